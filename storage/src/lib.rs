@@ -1,1 +1,41 @@
-//! placeholder
+//! fleetmq's embedded store: one redb file holding devices, service clients,
+//! retained messages and the admin key hash.
+//!
+//! Modules:
+//! - [`ids`]: [`DeviceId`], validated once against SPEC §2.
+//! - [`secret`]: salted slow hashes ([`CredentialHash`]), tokens and AES keys.
+//! - [`model`]: the plain records the rest of the program works with.
+//! - `codec`: versioned on-disk encodings of those records (postcard), kept
+//!   separate from the API structs so a serde change for JSON never changes
+//!   the file format.
+//! - `devices`, `service_clients`, `retained`, `meta`: one redb table each,
+//!   with the [`Store`] methods that read and write it.
+//! - [`store`]: opening the database and running calls off the async threads.
+//! - [`error`]: [`StoreError`] and [`OpenError`].
+//!
+//! Every write is one redb write transaction committed durably; every read of
+//! stored bytes goes through a decoder that reports [`StoreError::Corrupt`]
+//! instead of panicking.
+
+mod codec;
+mod devices;
+pub mod error;
+pub mod ids;
+mod meta;
+pub mod model;
+mod retained;
+pub mod secret;
+mod service_clients;
+pub mod store;
+#[cfg(test)]
+mod test_support;
+
+pub use devices::KEPT_KEY_GENERATIONS;
+pub use error::{OpenError, StoreError};
+pub use ids::{DeviceId, InvalidDeviceId, MAX_DEVICE_ID_LEN};
+pub use model::{
+    AclAction, AclRule, DeviceKey, DeviceRecord, NewDevice, RetainedMessage, ServiceClientRecord,
+    DEFAULT_PLUGIN,
+};
+pub use secret::{generate_key, generate_token, CredentialHash, DEFAULT_ITERATIONS};
+pub use store::{now_ms, Store, DB_FILE_NAME};

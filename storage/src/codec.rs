@@ -1,0 +1,330 @@
+//! Versioned on-disk encodings (postcard).
+//!
+//! Each table stores one enum per record kind whose variants are format
+//! versions (`StoredDevice::V1`, ...). The `V1` structs mirror the API records
+//! field for field but are private, so nothing outside this module can change
+//! the bytes on disk by accident; the golden-byte tests below pin them. A new
+//! format is a new variant, never an edit to an existing one.
+//!
+//! Decoding never panics: undecodable bytes, trailing bytes, unknown versions
+//! and broken invariants all come back as [`StoreError::Corrupt`].
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::ids::DeviceId;
+use crate::model::{
+    AclAction, AclRule, DeviceKey, DeviceRecord, RetainedMessage, ServiceClientRecord,
+};
+use crate::secret::CredentialHash;
+
+#[derive(Serialize, Deserialize)]
+enum StoredDevice {
+    V1(DeviceV1),
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeviceV1 {
+    id: String,
+    plugin: String,
+    labels: BTreeMap<String, String>,
+    encrypted: bool,
+    credential: CredentialV1,
+    keys: Vec<DeviceKeyV1>,
+    created_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeviceKeyV1 {
+    generation: u8,
+    key: [u8; 32],
+    created_at_ms: u64,
+    superseded_at_ms: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CredentialV1 {
+    iterations: u32,
+    salt: [u8; 16],
+    hash: [u8; 32],
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredServiceClient {
+    V1(ServiceClientV1),
+}
+
+#[derive(Serialize, Deserialize)]
+struct ServiceClientV1 {
+    name: String,
+    credential: CredentialV1,
+    rules: Vec<AclRuleV1>,
+    created_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AclRuleV1 {
+    action: AclActionV1,
+    topic: String,
+    allow: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+enum AclActionV1 {
+    Publish,
+    Subscribe,
+    All,
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredRetained {
+    V1(RetainedV1),
+}
+
+#[derive(Serialize, Deserialize)]
+struct RetainedV1 {
+    topic: String,
+    payload: Vec<u8>,
+    qos: u8,
+    stored_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredCredential {
+    V1(CredentialV1),
+}
+
+/// Where a record lives, for error messages.
+#[derive(Clone, Copy)]
+pub(crate) struct Location<'a> {
+    pub(crate) table: &'static str,
+    pub(crate) key: &'a str,
+}
+
+impl Location<'_> {
+    fn corrupt(self, reason: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            table: self.table,
+            key: self.key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn encode<T: Serialize>(at: Location<'_>, value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(|e| {
+        StoreError::Database(format!(
+            "cannot encode record for table {:?} key {:?}: {e}",
+            at.table, at.key
+        ))
+    })
+}
+
+fn decode<T: DeserializeOwned>(at: Location<'_>, bytes: &[u8]) -> Result<T, StoreError> {
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| at.corrupt(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(at.corrupt(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(value)
+}
+
+// ---- credentials -------------------------------------------------------
+
+impl From<&CredentialHash> for CredentialV1 {
+    fn from(c: &CredentialHash) -> Self {
+        CredentialV1 {
+            iterations: c.iterations,
+            salt: c.salt,
+            hash: c.hash,
+        }
+    }
+}
+
+impl CredentialV1 {
+    fn into_api(self, at: Location<'_>) -> Result<CredentialHash, StoreError> {
+        if self.iterations == 0 {
+            return Err(at.corrupt("credential hash has 0 iterations"));
+        }
+        Ok(CredentialHash {
+            iterations: self.iterations,
+            salt: self.salt,
+            hash: self.hash,
+        })
+    }
+}
+
+/// Encodes a stand-alone credential hash (the admin key).
+pub(crate) fn encode_credential(
+    at: Location<'_>,
+    c: &CredentialHash,
+) -> Result<Vec<u8>, StoreError> {
+    encode(at, &StoredCredential::V1(c.into()))
+}
+
+/// Decodes a stand-alone credential hash.
+pub(crate) fn decode_credential(
+    at: Location<'_>,
+    bytes: &[u8],
+) -> Result<CredentialHash, StoreError> {
+    match decode(at, bytes)? {
+        StoredCredential::V1(c) => c.into_api(at),
+    }
+}
+
+// ---- devices -----------------------------------------------------------
+
+/// Encodes a device record.
+pub(crate) fn encode_device(at: Location<'_>, d: &DeviceRecord) -> Result<Vec<u8>, StoreError> {
+    let v1 = DeviceV1 {
+        id: d.id.as_str().to_owned(),
+        plugin: d.plugin.clone(),
+        labels: d.labels.clone(),
+        encrypted: d.encrypted,
+        credential: (&d.credential).into(),
+        keys: d
+            .keys
+            .iter()
+            .map(|k| DeviceKeyV1 {
+                generation: k.generation,
+                key: k.key,
+                created_at_ms: k.created_at_ms,
+                superseded_at_ms: k.superseded_at_ms,
+            })
+            .collect(),
+        created_at_ms: d.created_at_ms,
+    };
+    encode(at, &StoredDevice::V1(v1))
+}
+
+/// Decodes a device record stored under `at.key`, checking its invariants.
+pub(crate) fn decode_device(at: Location<'_>, bytes: &[u8]) -> Result<DeviceRecord, StoreError> {
+    let StoredDevice::V1(v1) = decode(at, bytes)?;
+    let id: DeviceId = v1.id.parse().map_err(|e| at.corrupt(format!("{e}")))?;
+    if id.as_str() != at.key {
+        return Err(at.corrupt(format!("record is for device {id:?}")));
+    }
+    let ascending = v1
+        .keys
+        .windows(2)
+        .all(|w| w[0].generation < w[1].generation);
+    if !ascending {
+        return Err(at.corrupt("key generations are not strictly ascending"));
+    }
+    Ok(DeviceRecord {
+        id,
+        plugin: v1.plugin,
+        labels: v1.labels,
+        encrypted: v1.encrypted,
+        credential: v1.credential.into_api(at)?,
+        keys: v1
+            .keys
+            .into_iter()
+            .map(|k| DeviceKey {
+                generation: k.generation,
+                key: k.key,
+                created_at_ms: k.created_at_ms,
+                superseded_at_ms: k.superseded_at_ms,
+            })
+            .collect(),
+        created_at_ms: v1.created_at_ms,
+    })
+}
+
+// ---- service clients -----------------------------------------------------
+
+/// Encodes a service client record.
+pub(crate) fn encode_service_client(
+    at: Location<'_>,
+    c: &ServiceClientRecord,
+) -> Result<Vec<u8>, StoreError> {
+    let v1 = ServiceClientV1 {
+        name: c.name.clone(),
+        credential: (&c.credential).into(),
+        rules: c
+            .rules
+            .iter()
+            .map(|r| AclRuleV1 {
+                action: match r.action {
+                    AclAction::Publish => AclActionV1::Publish,
+                    AclAction::Subscribe => AclActionV1::Subscribe,
+                    AclAction::All => AclActionV1::All,
+                },
+                topic: r.topic.clone(),
+                allow: r.allow,
+            })
+            .collect(),
+        created_at_ms: c.created_at_ms,
+    };
+    encode(at, &StoredServiceClient::V1(v1))
+}
+
+/// Decodes a service client record stored under `at.key`.
+pub(crate) fn decode_service_client(
+    at: Location<'_>,
+    bytes: &[u8],
+) -> Result<ServiceClientRecord, StoreError> {
+    let StoredServiceClient::V1(v1) = decode(at, bytes)?;
+    if v1.name != at.key {
+        return Err(at.corrupt(format!("record is for service client {:?}", v1.name)));
+    }
+    Ok(ServiceClientRecord {
+        name: v1.name,
+        credential: v1.credential.into_api(at)?,
+        rules: v1
+            .rules
+            .into_iter()
+            .map(|r| AclRule {
+                action: match r.action {
+                    AclActionV1::Publish => AclAction::Publish,
+                    AclActionV1::Subscribe => AclAction::Subscribe,
+                    AclActionV1::All => AclAction::All,
+                },
+                topic: r.topic,
+                allow: r.allow,
+            })
+            .collect(),
+        created_at_ms: v1.created_at_ms,
+    })
+}
+
+// ---- retained messages -----------------------------------------------------
+
+/// Encodes a retained message.
+pub(crate) fn encode_retained(
+    at: Location<'_>,
+    m: &RetainedMessage,
+) -> Result<Vec<u8>, StoreError> {
+    let v1 = RetainedV1 {
+        topic: m.topic.clone(),
+        payload: m.payload.clone(),
+        qos: m.qos,
+        stored_at_ms: m.stored_at_ms,
+    };
+    encode(at, &StoredRetained::V1(v1))
+}
+
+/// Decodes a retained message stored under `at.key`.
+pub(crate) fn decode_retained(
+    at: Location<'_>,
+    bytes: &[u8],
+) -> Result<RetainedMessage, StoreError> {
+    let StoredRetained::V1(v1) = decode(at, bytes)?;
+    if v1.topic != at.key {
+        return Err(at.corrupt(format!("record is for topic {:?}", v1.topic)));
+    }
+    if v1.qos > 2 {
+        return Err(at.corrupt(format!("qos {} is not 0, 1 or 2", v1.qos)));
+    }
+    Ok(RetainedMessage {
+        topic: v1.topic,
+        payload: v1.payload,
+        qos: v1.qos,
+        stored_at_ms: v1.stored_at_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,321 @@
+//! Golden-byte, corruption and round-trip tests for the on-disk formats.
+
+use super::*;
+use proptest::prelude::*;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn loc(key: &str) -> Location<'_> {
+    Location { table: "test", key }
+}
+
+fn credential() -> CredentialHash {
+    CredentialHash {
+        iterations: 100_000,
+        salt: [0x11; 16],
+        hash: [0x22; 32],
+    }
+}
+
+fn device() -> DeviceRecord {
+    DeviceRecord {
+        id: "dev-1".parse().unwrap(),
+        plugin: "json".into(),
+        labels: BTreeMap::from([("site".to_owned(), "a".to_owned())]),
+        encrypted: true,
+        credential: credential(),
+        keys: vec![
+            DeviceKey {
+                generation: 1,
+                key: [0x33; 32],
+                created_at_ms: 1_000,
+                superseded_at_ms: Some(2_000),
+            },
+            DeviceKey {
+                generation: 2,
+                key: [0x44; 32],
+                created_at_ms: 2_000,
+                superseded_at_ms: None,
+            },
+        ],
+        created_at_ms: 1_000,
+    }
+}
+
+fn service_client() -> ServiceClientRecord {
+    ServiceClientRecord {
+        name: "svc".into(),
+        credential: credential(),
+        rules: vec![
+            AclRule {
+                action: AclAction::Subscribe,
+                topic: "device/+/telemetry".into(),
+                allow: true,
+            },
+            AclRule {
+                action: AclAction::All,
+                topic: "#".into(),
+                allow: false,
+            },
+        ],
+        created_at_ms: 42,
+    }
+}
+
+fn retained() -> RetainedMessage {
+    RetainedMessage {
+        topic: "a/b".into(),
+        payload: vec![0, 1, 2, 0xff],
+        qos: 1,
+        stored_at_ms: 1_000,
+    }
+}
+
+// Golden bytes: if one of these fails, the file format changed. Add a new
+// version variant instead of editing V1.
+const DEVICE_V1: &str = concat!(
+    "00",
+    "056465762d31",
+    "046a736f6e",
+    "0104736974650161",
+    "01",
+    "a08d06111111111111111111111111111111112222222222222222222222222222222222222222222222222222222222222222",
+    "02",
+    "013333333333333333333333333333333333333333333333333333333333333333e80701d00f",
+    "024444444444444444444444444444444444444444444444444444444444444444d00f00",
+    "e807",
+);
+const SERVICE_CLIENT_V1: &str = concat!(
+    "00",
+    "03737663",
+    "a08d06111111111111111111111111111111112222222222222222222222222222222222222222222222222222222222222222",
+    "02",
+    "01126465766963652f2b2f74656c656d6574727901",
+    "02012300",
+    "2a",
+);
+const RETAINED_V1: &str = concat!("00", "03612f62", "04000102ff", "01", "e807",);
+const CREDENTIAL_V1: &str = concat!(
+    "00",
+    "a08d06111111111111111111111111111111112222222222222222222222222222222222222222222222222222222222222222",
+);
+
+#[test]
+fn device_golden_bytes() {
+    let bytes = encode_device(loc("dev-1"), &device()).unwrap();
+    assert_eq!(hex(&bytes), DEVICE_V1);
+    assert_eq!(
+        decode_device(loc("dev-1"), &unhex(DEVICE_V1)).unwrap(),
+        device()
+    );
+}
+
+#[test]
+fn service_client_golden_bytes() {
+    let bytes = encode_service_client(loc("svc"), &service_client()).unwrap();
+    assert_eq!(hex(&bytes), SERVICE_CLIENT_V1);
+    let back = decode_service_client(loc("svc"), &unhex(SERVICE_CLIENT_V1)).unwrap();
+    assert_eq!(back, service_client());
+}
+
+#[test]
+fn retained_golden_bytes() {
+    let bytes = encode_retained(loc("a/b"), &retained()).unwrap();
+    assert_eq!(hex(&bytes), RETAINED_V1);
+    assert_eq!(
+        decode_retained(loc("a/b"), &unhex(RETAINED_V1)).unwrap(),
+        retained()
+    );
+}
+
+#[test]
+fn credential_golden_bytes() {
+    let bytes = encode_credential(loc("k"), &credential()).unwrap();
+    assert_eq!(hex(&bytes), CREDENTIAL_V1);
+    assert_eq!(
+        decode_credential(loc("k"), &unhex(CREDENTIAL_V1)).unwrap(),
+        credential()
+    );
+}
+
+fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, StoreError>, why: &str) {
+    match r {
+        Err(StoreError::Corrupt {
+            table: "test",
+            reason,
+            ..
+        }) => {
+            assert!(reason.contains(why), "{reason:?} does not mention {why:?}")
+        }
+        other => panic!("expected Corrupt ({why}), got {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_version_truncation_and_trailing_bytes_are_corrupt() {
+    let mut future = unhex(RETAINED_V1);
+    future[0] = 1;
+    assert_corrupt(decode_retained(loc("a/b"), &future), "");
+    let full = unhex(DEVICE_V1);
+    for len in 0..full.len() {
+        assert!(
+            decode_device(loc("dev-1"), &full[..len]).is_err(),
+            "len {len}"
+        );
+    }
+    let mut long = full.clone();
+    long.push(0);
+    assert_corrupt(decode_device(loc("dev-1"), &long), "trailing");
+    assert_corrupt(decode_credential(loc("k"), &[]), "");
+}
+
+#[test]
+fn broken_invariants_are_corrupt() {
+    assert_corrupt(decode_device(loc("dev-2"), &unhex(DEVICE_V1)), "dev-1");
+    assert_corrupt(
+        decode_service_client(loc("x"), &unhex(SERVICE_CLIENT_V1)),
+        "svc",
+    );
+    assert_corrupt(decode_retained(loc("a/c"), &unhex(RETAINED_V1)), "a/b");
+
+    let mut d = device();
+    d.keys.swap(0, 1);
+    let bytes = encode_device(loc("dev-1"), &d).unwrap();
+    assert_corrupt(decode_device(loc("dev-1"), &bytes), "ascending");
+
+    let mut c = credential();
+    c.iterations = 0;
+    let bytes = encode_credential(loc("k"), &c).unwrap();
+    assert_corrupt(decode_credential(loc("k"), &bytes), "iterations");
+
+    let mut m = retained();
+    m.qos = 3;
+    let bytes = encode_retained(loc("a/b"), &m).unwrap();
+    assert_corrupt(decode_retained(loc("a/b"), &bytes), "qos");
+
+    // A device id that breaks SPEC section 2 (stored by a buggy writer).
+    let mut bytes = unhex(DEVICE_V1);
+    bytes[5] = b'/'; // "dev-1" -> "dev/1"
+    assert_corrupt(decode_device(loc("dev/1"), &bytes), "device id");
+}
+
+fn arb_credential() -> impl Strategy<Value = CredentialHash> {
+    (1u32.., any::<[u8; 16]>(), any::<[u8; 32]>()).prop_map(|(iterations, salt, hash)| {
+        CredentialHash {
+            iterations,
+            salt,
+            hash,
+        }
+    })
+}
+
+fn arb_device() -> impl Strategy<Value = DeviceRecord> {
+    (
+        "[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}",
+        ".{0,16}",
+        proptest::collection::btree_map(".{0,8}", ".{0,8}", 0..4),
+        any::<bool>(),
+        arb_credential(),
+        proptest::collection::btree_map(
+            any::<u8>(),
+            (any::<[u8; 32]>(), any::<u64>(), any::<Option<u64>>()),
+            0..3,
+        ),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(id, plugin, labels, encrypted, credential, keys, created_at_ms)| DeviceRecord {
+                id: id.parse().unwrap(),
+                plugin,
+                labels,
+                encrypted,
+                credential,
+                keys: keys
+                    .into_iter()
+                    .map(
+                        |(generation, (key, created_at_ms, superseded_at_ms))| DeviceKey {
+                            generation,
+                            key,
+                            created_at_ms,
+                            superseded_at_ms,
+                        },
+                    )
+                    .collect(),
+                created_at_ms,
+            },
+        )
+}
+
+fn arb_action() -> impl Strategy<Value = AclAction> {
+    prop_oneof![
+        Just(AclAction::Publish),
+        Just(AclAction::Subscribe),
+        Just(AclAction::All)
+    ]
+}
+
+proptest! {
+    #[test]
+    fn device_roundtrip(d in arb_device()) {
+        let key = d.id.to_string();
+        let bytes = encode_device(loc(&key), &d).unwrap();
+        prop_assert_eq!(decode_device(loc(&key), &bytes).unwrap(), d);
+    }
+
+    #[test]
+    fn service_client_roundtrip(
+        name in ".{1,32}",
+        credential in arb_credential(),
+        rules in proptest::collection::vec((arb_action(), ".{0,32}", any::<bool>()), 0..5),
+        created_at_ms in any::<u64>(),
+    ) {
+        let rec = ServiceClientRecord {
+            name: name.clone(),
+            credential,
+            rules: rules
+                .into_iter()
+                .map(|(action, topic, allow)| AclRule { action, topic, allow })
+                .collect(),
+            created_at_ms,
+        };
+        let bytes = encode_service_client(loc(&name), &rec).unwrap();
+        prop_assert_eq!(decode_service_client(loc(&name), &bytes).unwrap(), rec);
+    }
+
+    #[test]
+    fn retained_roundtrip(
+        topic in ".{0,64}",
+        payload in proptest::collection::vec(any::<u8>(), 0..512),
+        qos in 0u8..=2,
+        stored_at_ms in any::<u64>(),
+    ) {
+        let msg = RetainedMessage { topic: topic.clone(), payload, qos, stored_at_ms };
+        let bytes = encode_retained(loc(&topic), &msg).unwrap();
+        prop_assert_eq!(decode_retained(loc(&topic), &bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode_device(loc("dev-1"), &bytes);
+        let _ = decode_service_client(loc("svc"), &bytes);
+        let _ = decode_retained(loc("a/b"), &bytes);
+        let _ = decode_credential(loc("k"), &bytes);
+    }
+
+    #[test]
+    fn mutated_golden_bytes_never_panic(index in 0usize..200, byte in any::<u8>()) {
+        let mut bytes = unhex(DEVICE_V1);
+        let i = index % bytes.len();
+        bytes[i] = byte;
+        let _ = decode_device(loc("dev-1"), &bytes);
+    }
+}

@@ -1,0 +1,188 @@
+//! The records the rest of the program works with.
+//!
+//! These derive serde for the program's own use (JSON in the admin API); the
+//! file format lives in `codec` and does not follow changes made here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::DeviceId;
+use crate::secret::CredentialHash;
+
+/// The plugin a device gets when none is given.
+pub const DEFAULT_PLUGIN: &str = "json";
+
+/// A provisioned device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// The device id; also its MQTT client id and username.
+    pub id: DeviceId,
+    /// How its payloads are read and written ([`DEFAULT_PLUGIN`] by default).
+    pub plugin: String,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+    /// Per-device override: payload encryption on even if the global flag is off.
+    pub encrypted: bool,
+    /// Hash of the device token (its MQTT password).
+    pub credential: CredentialHash,
+    /// Payload keys in ascending generation; the last is current. At most two
+    /// are kept: the current one and the one it superseded (grace period).
+    pub keys: Vec<DeviceKey>,
+    /// When the device was provisioned, unix ms.
+    pub created_at_ms: u64,
+}
+
+impl DeviceRecord {
+    /// The newest key, used to encrypt payloads sent to the device.
+    pub fn current_key(&self) -> Option<&DeviceKey> {
+        self.keys.last()
+    }
+
+    /// The stored key with this generation, if it is still kept.
+    pub fn key(&self, generation: u8) -> Option<&DeviceKey> {
+        self.keys.iter().find(|k| k.generation == generation)
+    }
+}
+
+/// One generation of a device's AES-256-GCM payload key. `Debug` redacts the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceKey {
+    /// Generation number, carried in byte 1 of every envelope. Starts at 1.
+    pub generation: u8,
+    /// The AES-256 key.
+    pub key: [u8; 32],
+    /// When this generation was created, unix ms.
+    pub created_at_ms: u64,
+    /// When a newer generation replaced it, unix ms; `None` for the current key.
+    pub superseded_at_ms: Option<u64>,
+}
+
+impl fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceKey")
+            .field("generation", &self.generation)
+            .field("key", &"<redacted>")
+            .field("created_at_ms", &self.created_at_ms)
+            .field("superseded_at_ms", &self.superseded_at_ms)
+            .finish()
+    }
+}
+
+/// What [`Store::create_device`](crate::Store::create_device) needs; the store
+/// adds key generation 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDevice {
+    /// The device id.
+    pub id: DeviceId,
+    /// Plugin name ([`DEFAULT_PLUGIN`] unless the caller chose another).
+    pub plugin: String,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+    /// Per-device encryption override.
+    pub encrypted: bool,
+    /// Hash of the device token.
+    pub credential: CredentialHash,
+    /// Provisioning time, unix ms.
+    pub created_at_ms: u64,
+}
+
+impl NewDevice {
+    /// A device with the default plugin, no labels and no encryption override.
+    pub fn new(id: DeviceId, credential: CredentialHash, created_at_ms: u64) -> NewDevice {
+        NewDevice {
+            id,
+            plugin: DEFAULT_PLUGIN.to_owned(),
+            labels: BTreeMap::new(),
+            encrypted: false,
+            credential,
+            created_at_ms,
+        }
+    }
+}
+
+/// Which MQTT operation an [`AclRule`] covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclAction {
+    /// PUBLISH.
+    Publish,
+    /// SUBSCRIBE (and delivery of messages).
+    Subscribe,
+    /// Both.
+    All,
+}
+
+/// One ACL rule: `{"action":"publish","topic":"x/#","allow":true}`. `topic` is
+/// an MQTT filter that may contain `%c` (client id) and `%u` (username).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclRule {
+    /// Operation covered.
+    pub action: AclAction,
+    /// Topic filter, as written.
+    pub topic: String,
+    /// Allow or deny when this rule is the first match.
+    pub allow: bool,
+}
+
+/// A named MQTT user for host applications.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceClientRecord {
+    /// Its MQTT username (unique across devices and service clients).
+    pub name: String,
+    /// Hash of its password.
+    pub credential: CredentialHash,
+    /// Its ACL, first match wins, default deny.
+    pub rules: Vec<AclRule>,
+    /// Creation time, unix ms.
+    pub created_at_ms: u64,
+}
+
+/// A retained MQTT message, keyed by topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedMessage {
+    /// Topic name (no wildcards).
+    pub topic: String,
+    /// Payload, plaintext.
+    pub payload: Vec<u8>,
+    /// QoS it was published with.
+    pub qos: u8,
+    /// When it was stored, unix ms.
+    pub stored_at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acl_rule_json_shape() {
+        let rule = AclRule {
+            action: AclAction::Publish,
+            topic: "x/#".into(),
+            allow: true,
+        };
+        let json = serde_json::to_string(&rule).unwrap();
+        assert_eq!(json, r#"{"action":"publish","topic":"x/#","allow":true}"#);
+        let back: AclRule =
+            serde_json::from_str(r#"{"action":"all","topic":"%c/#","allow":false}"#).unwrap();
+        assert_eq!(back.action, AclAction::All);
+        assert!(
+            serde_json::from_str::<AclRule>(r#"{"action":"write","topic":"a","allow":true}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn key_debug_redacts() {
+        let k = DeviceKey {
+            generation: 1,
+            key: [0xab; 32],
+            created_at_ms: 0,
+            superseded_at_ms: None,
+        };
+        let s = format!("{k:?}");
+        assert!(s.contains("redacted") && !s.contains("171"), "{s}");
+    }
+}

@@ -1,0 +1,201 @@
+//! Opening the database, running calls on the blocking pool, and the
+//! transaction helpers every table module uses.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase as _, WriteTransaction};
+
+use crate::error::{OpenError, StoreError};
+use crate::{devices, meta, retained, service_clients};
+
+/// Name of the database file inside the data directory.
+pub const DB_FILE_NAME: &str = "fleetmq.redb";
+
+/// Handle to the fleetmq database. Cheap to clone; clones share one
+/// `redb::Database` (which does its own locking, so no extra mutex).
+///
+/// Every method is blocking: from async code go through [`Store::call`].
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) `<data_dir>/fleetmq.redb`, creating `data_dir` and
+    /// every table up front so readers never meet a missing table.
+    ///
+    /// Blocking; call it before starting the runtime or from the blocking pool.
+    pub fn open(data_dir: &Path) -> Result<Store, OpenError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| OpenError::CreateDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE_NAME);
+        let db = Database::create(&path).map_err(|source| OpenError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let store = Store {
+            db: Arc::new(db),
+            path: Arc::new(path),
+        };
+        store.init()?;
+        tracing::debug!(path = %store.path.display(), "store opened");
+        Ok(store)
+    }
+
+    fn init(&self) -> Result<(), OpenError> {
+        let init_err = |source| OpenError::Init {
+            path: self.path.to_path_buf(),
+            source,
+        };
+        let found = self
+            .write(|txn| {
+                txn.open_table(devices::DEVICES)?;
+                txn.open_table(service_clients::SERVICE_CLIENTS)?;
+                txn.open_table(retained::RETAINED)?;
+                meta::init(txn)
+            })
+            .map_err(init_err)?;
+        if found > meta::SCHEMA_VERSION {
+            return Err(OpenError::UnsupportedSchema {
+                path: self.path.to_path_buf(),
+                found,
+                supported: meta::SCHEMA_VERSION,
+            });
+        }
+        Ok(())
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on tokio's blocking pool, so redb and password hashing never
+    /// run on an async worker thread. A panic in `f` is resumed in the caller.
+    ///
+    /// Must be called from within a tokio runtime.
+    pub async fn call<F, R>(&self, f: F) -> R
+    where
+        F: FnOnce(&Store) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Blocking tasks are only cancelled when the runtime shuts down,
+            // and then nothing is left to receive the result.
+            Err(e) => panic!("store call cancelled by runtime shutdown: {e}"),
+        }
+    }
+
+    /// Runs `f` in one write transaction and commits it durably; if `f`
+    /// fails, the transaction is aborted and nothing changes.
+    pub(crate) fn write<R>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let out = f(&txn)?;
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` in one read transaction (a consistent snapshot).
+    pub(crate) fn read<R>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let txn = self.db.begin_read()?;
+        f(&txn)
+    }
+}
+
+/// The current unix time in milliseconds (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn open_creates_dir_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a/b");
+        let store = Store::open(&data).unwrap();
+        assert_eq!(store.path(), data.join(DB_FILE_NAME));
+        assert!(data.join(DB_FILE_NAME).is_file());
+    }
+
+    #[test]
+    fn open_error_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Store::open(&file).unwrap_err();
+        assert!(matches!(err, OpenError::CreateDir { .. }), "{err:?}");
+        assert!(err.to_string().contains("not-a-dir"), "{err}");
+
+        let data = dir.path().join("garbage");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join(DB_FILE_NAME), [0xffu8; 4096]).unwrap();
+        let err = Store::open(&data).unwrap_err();
+        assert!(err.to_string().contains(DB_FILE_NAME), "{err}");
+    }
+
+    #[test]
+    fn now_ms_is_plausible() {
+        // 2020-01-01 < now < 2200-01-01
+        let now = now_ms();
+        assert!(now > 1_577_836_800_000 && now < 7_258_118_400_000, "{now}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn call_runs_on_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let async_thread = std::thread::current().id();
+
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        // If `call` ran `f` inline on this (only) async thread, `f` would wait
+        // for a message the second branch can never send.
+        let ((thread, received), ()) = tokio::join!(
+            store.call(move |_| {
+                let got = rx.recv_timeout(Duration::from_secs(10)).is_ok();
+                (std::thread::current().id(), got)
+            }),
+            async move { tx.send(()).unwrap() },
+        );
+        assert_ne!(thread, async_thread);
+        assert!(received);
+        // The closure gets a working store.
+        assert_eq!(store.call(|s| s.count_devices()).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "boom")]
+    async fn call_resumes_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.call(|_| panic!("boom")).await
+    }
+}

@@ -1,0 +1,33 @@
+//! Shared test fixtures.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+
+use crate::{CredentialHash, DeviceId, NewDevice, Store};
+
+/// A temporary store; keep the `TempDir` alive as long as the store.
+pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open store");
+    (dir, store)
+}
+
+/// A cheap hash, so tests do not spend 100k PBKDF2 rounds each.
+pub(crate) fn cheap_hash(secret: &str) -> CredentialHash {
+    CredentialHash::with_iterations(secret.as_bytes(), NonZeroU32::MIN)
+}
+
+pub(crate) fn id(s: &str) -> DeviceId {
+    s.parse().expect("valid test device id")
+}
+
+pub(crate) fn new_device(s: &str) -> NewDevice {
+    NewDevice {
+        id: id(s),
+        plugin: "json".into(),
+        labels: BTreeMap::from([("site".to_owned(), "lobby".to_owned())]),
+        encrypted: false,
+        credential: cheap_hash(s),
+        created_at_ms: 1_000,
+    }
+}
