@@ -1,0 +1,250 @@
+//! The `json` plugin: SPEC §3-§6's JSON payloads, as written.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::plugin::{
+    Command, CommandResponse, DeviceEvent, DevicePlugin, DeviceStatus, PluginError, Telemetry,
+};
+use crate::rfc3339;
+
+/// How far in the past a device `ts` may lie and still be believed (365 days).
+const MAX_TS_AGE_MS: u64 = 365 * 86_400_000;
+/// How far in the future a device `ts` may lie (clock skew) and still be believed.
+const MAX_TS_SKEW_MS: u64 = 5 * 60_000;
+
+/// The plugin for devices that speak SPEC §3's JSON payloads (the default plugin).
+///
+/// A response without `commandId` answers the oldest pending command (the trait's
+/// default matcher with every type allowed).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonPlugin;
+
+impl JsonPlugin {
+    /// The name device records use for this plugin.
+    pub const NAME: &'static str = "json";
+}
+
+/// `{"type":..,"commandId":..,"params":..}`, in this field order.
+#[derive(Serialize)]
+struct CommandWire<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(rename = "commandId")]
+    command_id: &'a str,
+    params: &'a Value,
+}
+
+/// `{"version":n,"config":{...}}`, in this field order.
+#[derive(Serialize)]
+struct ConfigWire<'a> {
+    version: u64,
+    config: &'a Value,
+}
+
+impl DevicePlugin for JsonPlugin {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn decode_telemetry(
+        &self,
+        payload: &[u8],
+        received_at_ms: u64,
+    ) -> Result<Telemetry, PluginError> {
+        let mut obj = parse_object(payload)?;
+        let ts_ms = obj
+            .remove("ts")
+            .and_then(|ts| device_ts_ms(&ts))
+            .filter(|&ts| is_sane_ts(ts, received_at_ms))
+            .unwrap_or(received_at_ms);
+        let mut numeric = Vec::new();
+        flatten_numbers("", &obj, &mut numeric);
+        let values: BTreeMap<String, Value> = obj.into_iter().collect();
+        Ok(Telemetry {
+            ts_ms,
+            values,
+            numeric,
+        })
+    }
+
+    fn encode_command(&self, cmd: &Command<'_>) -> Result<Vec<u8>, PluginError> {
+        non_empty("commandId", cmd.command_id)?;
+        non_empty("type", cmd.kind)?;
+        let empty = Value::Object(Map::new());
+        let params = match cmd.params {
+            Value::Null => &empty,
+            Value::Object(_) => cmd.params,
+            _ => {
+                return Err(PluginError::WrongType {
+                    field: "params",
+                    expected: "an object",
+                })
+            }
+        };
+        to_bytes(&CommandWire {
+            kind: cmd.kind,
+            command_id: cmd.command_id,
+            params,
+        })
+    }
+
+    fn decode_response(&self, payload: &[u8]) -> Result<CommandResponse, PluginError> {
+        let mut obj = parse_object(payload)?;
+        let command_id = opt_string(&obj, "commandId")?;
+        if command_id.as_deref() == Some("") {
+            return Err(PluginError::InvalidField {
+                field: "commandId",
+                reason: "empty",
+            });
+        }
+        let success = match obj.remove("success") {
+            None | Some(Value::Null) => return Err(PluginError::MissingField("success")),
+            Some(Value::Bool(b)) => b,
+            Some(_) => {
+                return Err(PluginError::WrongType {
+                    field: "success",
+                    expected: "a boolean",
+                })
+            }
+        };
+        let error = opt_string(&obj, "error")?;
+        let result = obj.remove("result").filter(|v| !v.is_null());
+        Ok(CommandResponse {
+            command_id,
+            success,
+            result,
+            error,
+        })
+    }
+
+    fn decode_status(&self, payload: &[u8]) -> Result<DeviceStatus, PluginError> {
+        let obj = parse_object(payload)?;
+        let state = opt_string(&obj, "state")?;
+        let version = opt_string(&obj, "version")?;
+        let ip = opt_string(&obj, "ip")?;
+        let config_version = match obj.get("configVersion") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or(PluginError::WrongType {
+                field: "configVersion",
+                expected: "a non-negative integer",
+            })?),
+        };
+        Ok(DeviceStatus {
+            state,
+            version,
+            ip,
+            config_version,
+            raw: Value::Object(obj),
+        })
+    }
+
+    fn encode_config(&self, version: u64, config: &Value) -> Result<Vec<u8>, PluginError> {
+        if !config.is_object() {
+            return Err(PluginError::WrongType {
+                field: "config",
+                expected: "an object",
+            });
+        }
+        to_bytes(&ConfigWire { version, config })
+    }
+
+    fn decode_event(&self, payload: &[u8]) -> Result<DeviceEvent, PluginError> {
+        let obj = parse_object(payload)?;
+        let kind = opt_string(&obj, "type")?.ok_or(PluginError::MissingField("type"))?;
+        non_empty("type", &kind)?;
+        Ok(DeviceEvent {
+            kind,
+            raw: Value::Object(obj),
+        })
+    }
+}
+
+/// Parses `payload` as a JSON object.
+fn parse_object(payload: &[u8]) -> Result<Map<String, Value>, PluginError> {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(_) => Err(PluginError::NotAnObject),
+        Err(e) => Err(PluginError::NotJson(e.to_string())),
+    }
+}
+
+/// Reads `field`: absent or `null` is `None`, a string is `Some`, anything else an error.
+fn opt_string(
+    obj: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, PluginError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(PluginError::WrongType {
+            field,
+            expected: "a string",
+        }),
+    }
+}
+
+fn non_empty(field: &'static str, value: &str) -> Result<(), PluginError> {
+    if value.is_empty() {
+        Err(PluginError::InvalidField {
+            field,
+            reason: "empty",
+        })
+    } else {
+        Ok(())
+    }
+}
+
+fn to_bytes(value: &impl Serialize) -> Result<Vec<u8>, PluginError> {
+    // Serializing borrowed strings and `Value`s cannot fail; the mapping keeps it total.
+    serde_json::to_vec(value).map_err(|_| PluginError::InvalidField {
+        field: "payload",
+        reason: "unserializable",
+    })
+}
+
+/// A device `ts` as unix ms: an RFC 3339 string or a non-negative unix-ms number.
+fn device_ts_ms(ts: &Value) -> Option<u64> {
+    match ts {
+        Value::String(s) => rfc3339::parse(s).ok().and_then(|ms| u64::try_from(ms).ok()),
+        Value::Number(n) => n.as_u64().or_else(|| {
+            // Float ms are accepted; `as` saturates, and the sanity window rejects extremes.
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
+        _ => None,
+    }
+}
+
+/// Whether a device timestamp lies within [received − 1 year, received + 5 min].
+fn is_sane_ts(ts: u64, received_at_ms: u64) -> bool {
+    ts >= received_at_ms.saturating_sub(MAX_TS_AGE_MS)
+        && ts <= received_at_ms.saturating_add(MAX_TS_SKEW_MS)
+}
+
+/// Appends every number under `obj` as `(dotted.key, value)`, recursing into objects.
+/// serde_json's recursion limit bounds the depth.
+fn flatten_numbers(prefix: &str, obj: &Map<String, Value>, out: &mut Vec<(String, f64)>) {
+    for (key, value) in obj {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            Value::Number(n) => {
+                if let Some(f) = n.as_f64() {
+                    out.push((path, f));
+                }
+            }
+            Value::Object(inner) => flatten_numbers(&path, inner, out),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
