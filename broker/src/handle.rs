@@ -1,11 +1,14 @@
 //! The handle the admin API uses to look at and steer the running broker.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use fleetmq_storage::{DeviceId, DeviceRecord};
+use fleetmq_storage::{now_ms, DeviceId, DeviceRecord, RetainedMessage};
 use serde::Serialize;
 
+use crate::link::{topic, Core};
+use crate::sessions::{CloseReason, Control};
 use crate::stats::StatsSnapshot;
 
 /// Which listener a client came in on.
@@ -67,48 +70,120 @@ pub enum PublishError {
 /// Cheap to clone; every clone steers the same broker.
 #[derive(Clone)]
 pub struct BrokerHandle {
-    _private: (),
+    pub(crate) core: Arc<Core>,
 }
 
 impl BrokerHandle {
     /// Every connected client, sorted by client id.
     pub fn clients(&self) -> Vec<ClientInfo> {
-        unimplemented!("filled in by the link layer")
+        self.core.sessions.clients()
     }
+
     /// Whether a client with this id is connected.
-    pub fn is_connected(&self, _client_id: &str) -> bool {
-        unimplemented!("filled in by the link layer")
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        self.core.sessions.is_connected(client_id, None)
     }
-    /// Disconnects the client; false if no such client is connected.
-    pub fn kick(&self, _client_id: &str) -> bool {
-        unimplemented!("filled in by the link layer")
+
+    /// Whether the device is connected (as a device, not a client reusing its id).
+    pub fn is_device_online(&self, id: &DeviceId) -> bool {
+        self.core
+            .sessions
+            .is_connected(id.as_str(), Some(ClientKind::Device))
     }
+
+    /// Disconnects every connection with this client id; false if there was none.
+    pub fn kick(&self, client_id: &str) -> bool {
+        self.core.sessions.send_where(
+            |l| l.info.client_id == client_id,
+            || Control::Close(CloseReason::Kicked),
+        ) > 0
+    }
+
     /// A device was deleted: forget cached credentials and close its connection at once.
-    pub fn device_removed(&self, _id: &DeviceId) {
-        unimplemented!("filled in by the link layer")
+    pub fn device_removed(&self, id: &DeviceId) {
+        self.revoke_device(id);
     }
+
     /// A device's token was rotated: forget cached credentials and close its connection.
-    pub fn device_credentials_changed(&self, _id: &DeviceId) {
-        unimplemented!("filled in by the link layer")
+    pub fn device_credentials_changed(&self, id: &DeviceId) {
+        self.revoke_device(id);
     }
+
+    fn revoke_device(&self, id: &DeviceId) {
+        self.core.auth.forget_device(id);
+        self.core.sessions.send_where(
+            |l| l.info.kind == ClientKind::Device && l.info.client_id == id.as_str(),
+            || Control::Close(CloseReason::CredentialsRevoked),
+        );
+    }
+
     /// A device's keys or flags changed: a live connection picks up the new record.
-    pub fn device_updated(&self, _record: &DeviceRecord) {
-        unimplemented!("filled in by the link layer")
+    pub fn device_updated(&self, record: &DeviceRecord) {
+        self.core.sessions.send_where(
+            |l| l.info.kind == ClientKind::Device && l.info.client_id == record.id.as_str(),
+            || Control::Reload(Box::new(record.clone())),
+        );
     }
+
     /// A service client was deleted: forget cached credentials and close its connections.
-    pub fn service_client_removed(&self, _name: &str) {
-        unimplemented!("filled in by the link layer")
+    pub fn service_client_removed(&self, name: &str) {
+        self.core.auth.forget_service(name);
+        self.core.sessions.send_where(
+            |l| l.service.as_deref() == Some(name),
+            || Control::Close(CloseReason::CredentialsRevoked),
+        );
     }
+
     /// Whether payload encryption is on for every device (`security.payload_encryption`).
     pub fn payload_encryption_default(&self) -> bool {
-        unimplemented!("filled in by the link layer")
+        self.core.config.payload_encryption
     }
+
     /// Publishes as the broker. Retained messages are stored durably before this returns.
-    pub async fn publish(&self, _msg: PublishRequest) -> Result<(), PublishError> {
-        unimplemented!("filled in by the link layer")
+    pub async fn publish(&self, msg: PublishRequest) -> Result<(), PublishError> {
+        if !topic::valid_topic_name(&msg.topic) || msg.topic.starts_with('$') {
+            return Err(PublishError::InvalidTopic(msg.topic));
+        }
+        if msg.qos > 2 {
+            return Err(PublishError::InvalidQos(msg.qos));
+        }
+        let max = self.core.config.max_payload;
+        if msg.payload.len() > max {
+            return Err(PublishError::TooLarge {
+                size: msg.payload.len(),
+                max,
+            });
+        }
+        if msg.retain {
+            self.persist_retained(&msg).await?;
+        }
+        self.core
+            .publish_system_wait(&msg.topic, &msg.payload, msg.retain)
+            .await
+            .map_err(|_| PublishError::ShuttingDown)
     }
+
+    async fn persist_retained(&self, msg: &PublishRequest) -> Result<(), PublishError> {
+        let topic = msg.topic.clone();
+        let result = if msg.payload.is_empty() {
+            self.core
+                .store
+                .call(move |s| s.delete_retained(&topic).map(|_| ()))
+                .await
+        } else {
+            let record = RetainedMessage {
+                topic,
+                payload: msg.payload.to_vec(),
+                qos: msg.qos,
+                stored_at_ms: now_ms(),
+            };
+            self.core.store.call(move |s| s.put_retained(&record)).await
+        };
+        result.map_err(|e| PublishError::Storage(e.to_string()))
+    }
+
     /// The broker's counters.
     pub fn stats(&self) -> StatsSnapshot {
-        unimplemented!("filled in by the link layer")
+        self.core.stats.snapshot()
     }
 }

@@ -1,13 +1,68 @@
-//! fleetmq's MQTT link layer over rumqttd's router.
+//! fleetmq's MQTT broker: our own link layer over rumqttd's router.
 //!
 //! Modules:
-//! - `handle`: [`BrokerHandle`], what the admin API and the binary use to look at and steer
-//!   the running broker (connected clients, kick, publish, stats, registry changes).
+//! - `config`: the `[mqtt]` and `[security]` config sections.
+//! - `auth`: device registry and service-client authentication.
+//! - `sessions`: the live-connection table (listing, kick, takeover).
 //! - `stats`: counters for connections, messages and drops by cause.
-//! - `link`: the per-connection link layer (listeners, CONNECT, ACL, payload crypto).
+//! - `handle`: [`BrokerHandle`], what the admin API uses to steer the broker.
+//! - `link`: the link layer itself; the only module that touches rumqttd.
+//!
+//! Start with [`Listeners::bind`] then [`start`]; see `docs/architecture.md`.
 
+mod auth;
+pub mod config;
 mod handle;
+mod link;
+mod sessions;
 mod stats;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing;
 
+pub use config::{
+    BrokerConfig, ConfigError, RawMqttConfig, RawSecurityConfig, RawTlsConfig, TlsConfig,
+};
 pub use handle::{BrokerHandle, ClientInfo, ClientKind, PublishError, PublishRequest, Transport};
-pub use stats::StatsSnapshot;
+pub use link::Listeners;
+pub use stats::{ConnectionStats, DropStats, MessageStats, StatsSnapshot};
+
+use fleetmq_storage::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("could not start rumqttd's router: {0}")]
+    Router(String),
+    #[error("could not load retained messages: {0}")]
+    Retained(String),
+}
+
+/// Starts the broker on bound listeners: spawns the router, replays the stored retained
+/// messages into it, then starts accepting. Every task is tracked by `tracker` and stops
+/// when `shutdown` is cancelled.
+pub async fn start(
+    config: BrokerConfig,
+    listeners: Listeners,
+    store: Store,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<BrokerHandle, StartError> {
+    let core = link::Core::start(config, store.clone(), shutdown).map_err(StartError::Router)?;
+    let retained = store
+        .call(|s| s.list_retained())
+        .await
+        .map_err(|e| StartError::Retained(e.to_string()))?;
+    let count = retained.len();
+    for msg in retained {
+        core.publish_system_wait(&msg.topic, &msg.payload, true)
+            .await
+            .map_err(StartError::Router)?;
+    }
+    tracing::info!(count, "retained messages replayed into the router");
+    link::spawn_listeners(&core, listeners, tracker);
+    Ok(BrokerHandle { core })
+}

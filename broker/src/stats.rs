@@ -1,6 +1,114 @@
-//! Broker counters. Every drop is counted by cause.
+//! Broker counters. Every drop is counted by cause; counters are relaxed atomics because
+//! they are read only for reporting.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
 
 use serde::Serialize;
+
+/// Why a message or packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropCause {
+    /// A PUBLISH the sender's ACL does not allow.
+    AclPublish,
+    /// A SUBSCRIBE filter the subscriber's ACL does not allow.
+    AclSubscribe,
+    /// A routed message the receiver may not read (delivery-time check).
+    AclDelivery,
+    /// A device payload that did not decrypt.
+    DecryptFailed,
+    /// A message that could not be encrypted for its receiving device (no key).
+    EncryptFailed,
+    /// A packet that does not parse or breaks the protocol.
+    Malformed,
+    /// A packet or payload over the configured limits.
+    TooLarge,
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    started: Option<Instant>,
+    pub(crate) devices: AtomicU64,
+    pub(crate) service_clients: AtomicU64,
+    pub(crate) anonymous: AtomicU64,
+    pub(crate) accepted_total: AtomicU64,
+    pub(crate) refused_total: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    /// Times the router paused a link because the client did not keep up.
+    pub(crate) router_pauses: AtomicU64,
+    acl_publish: AtomicU64,
+    acl_subscribe: AtomicU64,
+    acl_delivery: AtomicU64,
+    decrypt_failed: AtomicU64,
+    encrypt_failed: AtomicU64,
+    malformed: AtomicU64,
+    too_large: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn new() -> Stats {
+        Stats {
+            started: Some(Instant::now()),
+            ..Stats::default()
+        }
+    }
+
+    pub(crate) fn dropped(&self, cause: DropCause) {
+        let counter = match cause {
+            DropCause::AclPublish => &self.acl_publish,
+            DropCause::AclSubscribe => &self.acl_subscribe,
+            DropCause::AclDelivery => &self.acl_delivery,
+            DropCause::DecryptFailed => &self.decrypt_failed,
+            DropCause::EncryptFailed => &self.encrypt_failed,
+            DropCause::Malformed => &self.malformed,
+            DropCause::TooLarge => &self.too_large,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        let (devices, services, anonymous) = (
+            get(&self.devices),
+            get(&self.service_clients),
+            get(&self.anonymous),
+        );
+        StatsSnapshot {
+            uptime_s: self.started.map_or(0, |s| s.elapsed().as_secs()),
+            connections: ConnectionStats {
+                current: devices + services + anonymous,
+                devices,
+                service_clients: services,
+                anonymous,
+                accepted_total: get(&self.accepted_total),
+                refused_total: get(&self.refused_total),
+            },
+            messages: MessageStats {
+                received: get(&self.received),
+                sent: get(&self.sent),
+                bytes_received: get(&self.bytes_received),
+                bytes_sent: get(&self.bytes_sent),
+                backpressure_pauses: get(&self.router_pauses),
+            },
+            drops: DropStats {
+                acl_publish: get(&self.acl_publish),
+                acl_subscribe: get(&self.acl_subscribe),
+                acl_delivery: get(&self.acl_delivery),
+                decrypt_failed: get(&self.decrypt_failed),
+                encrypt_failed: get(&self.encrypt_failed),
+                malformed: get(&self.malformed),
+                too_large: get(&self.too_large),
+            },
+        }
+    }
+}
 
 /// A point-in-time copy of the broker's counters, as `GET /api/v1/stats` shows them.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -11,6 +119,7 @@ pub struct StatsSnapshot {
     pub drops: DropStats,
 }
 
+/// Connected clients by kind, and connection attempts.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConnectionStats {
     pub current: u64,
@@ -21,14 +130,18 @@ pub struct ConnectionStats {
     pub refused_total: u64,
 }
 
+/// PUBLISH packets in and out of the broker.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MessageStats {
     pub received: u64,
     pub sent: u64,
     pub bytes_received: u64,
     pub bytes_sent: u64,
+    /// Times a slow client made the router pause its link (backpressure, not loss).
+    pub backpressure_pauses: u64,
 }
 
+/// Drops by cause.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DropStats {
     pub acl_publish: u64,
@@ -38,5 +151,4 @@ pub struct DropStats {
     pub encrypt_failed: u64,
     pub malformed: u64,
     pub too_large: u64,
-    pub queue_full: u64,
 }

@@ -1,0 +1,205 @@
+//! The broker's config sections (`[mqtt]`, `[mqtt.tls]`, `[security]`): a raw serde form
+//! that rejects unknown keys, and `validate()` into typed values. Loading binds nothing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleetmq_storage::{AclAction, AclRule};
+use serde::Deserialize;
+
+/// `[mqtt]` as written in TOML / env / flags.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqttConfig {
+    pub tcp: Option<String>,
+    pub ws: Option<String>,
+    pub max_payload: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub connect_timeout_s: Option<u64>,
+    pub tls: Option<RawTlsConfig>,
+}
+
+/// `[mqtt.tls]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsConfig {
+    pub listen: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[security]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurityConfig {
+    pub payload_encryption: Option<bool>,
+    pub allow_anonymous: Option<bool>,
+    pub anonymous_rules: Option<Vec<AclRule>>,
+    pub key_grace_s: Option<u64>,
+}
+
+/// Validated TLS listener settings.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Everything the broker needs, validated.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `None` disables the listener.
+    pub tcp: Option<SocketAddr>,
+    pub ws: Option<SocketAddr>,
+    pub tls: Option<TlsConfig>,
+    pub max_payload: usize,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    pub payload_encryption: bool,
+    pub allow_anonymous: bool,
+    pub anonymous_rules: Vec<AclRule>,
+    /// How long a superseded device key generation is still accepted.
+    pub key_grace: Duration,
+}
+
+/// A config value that cannot be used, naming its key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value for `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+/// SPEC §3: anonymous clients get everything outside the device tree and `$SYS`.
+pub fn default_anonymous_rules() -> Vec<AclRule> {
+    let rule = |topic: &str, allow| AclRule {
+        action: AclAction::All,
+        topic: topic.to_owned(),
+        allow,
+    };
+    vec![
+        rule("device/#", false),
+        rule("$SYS/#", false),
+        rule("#", true),
+    ]
+}
+
+impl BrokerConfig {
+    /// Defaults of SPEC §1 with every listener on `127.0.0.1:0`, for tests.
+    pub fn for_tests() -> BrokerConfig {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        BrokerConfig {
+            tcp: Some(any),
+            ws: Some(any),
+            tls: None,
+            max_payload: 262_144,
+            max_connections: 10_000,
+            connect_timeout: Duration::from_secs(10),
+            payload_encryption: false,
+            allow_anonymous: false,
+            anonymous_rules: default_anonymous_rules(),
+            key_grace: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+fn listen_addr(
+    key: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let value = value.unwrap_or_else(|| default.to_owned());
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|e| ConfigError {
+        key,
+        reason: format!("{value:?} is not an address like 0.0.0.0:1883 ({e})"),
+    })
+}
+
+impl RawTlsConfig {
+    fn validate(self) -> Result<Option<TlsConfig>, ConfigError> {
+        let (cert, key) = match (self.cert, self.key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) => return Ok(None),
+            (Some(_), None) => {
+                return Err(ConfigError {
+                    key: "mqtt.tls.key",
+                    reason: "required when mqtt.tls.cert is set".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError {
+                    key: "mqtt.tls.cert",
+                    reason: "required when mqtt.tls.key is set".into(),
+                })
+            }
+        };
+        let Some(listen) = listen_addr("mqtt.tls.listen", self.listen, "0.0.0.0:8883")? else {
+            return Ok(None);
+        };
+        Ok(Some(TlsConfig {
+            listen,
+            cert,
+            key,
+            client_ca: self.client_ca,
+        }))
+    }
+}
+
+/// Validates `[mqtt]` and `[security]` together into a [`BrokerConfig`].
+pub fn validate(
+    mqtt: RawMqttConfig,
+    security: RawSecurityConfig,
+) -> Result<BrokerConfig, ConfigError> {
+    let max_payload = mqtt.max_payload.unwrap_or(262_144);
+    if max_payload == 0 || max_payload > 256 * 1024 * 1024 {
+        return Err(ConfigError {
+            key: "mqtt.max_payload",
+            reason: format!("{max_payload} is outside 1..=268435456"),
+        });
+    }
+    let max_connections = mqtt.max_connections.unwrap_or(10_000);
+    if max_connections == 0 {
+        return Err(ConfigError {
+            key: "mqtt.max_connections",
+            reason: "must be at least 1".into(),
+        });
+    }
+    let connect_timeout_s = mqtt.connect_timeout_s.unwrap_or(10);
+    if connect_timeout_s == 0 {
+        return Err(ConfigError {
+            key: "mqtt.connect_timeout_s",
+            reason: "must be at least 1".into(),
+        });
+    }
+    let anonymous_rules = security
+        .anonymous_rules
+        .unwrap_or_else(default_anonymous_rules);
+    for rule in &anonymous_rules {
+        let filter = rule.topic.as_str();
+        if !crate::link::valid_rule_filter(filter) {
+            return Err(ConfigError {
+                key: "security.anonymous_rules",
+                reason: format!("{filter:?} is not a valid topic filter"),
+            });
+        }
+    }
+    Ok(BrokerConfig {
+        tcp: listen_addr("mqtt.tcp", mqtt.tcp, "0.0.0.0:1883")?,
+        ws: listen_addr("mqtt.ws", mqtt.ws, "0.0.0.0:9001")?,
+        tls: mqtt.tls.unwrap_or_default().validate()?,
+        max_payload,
+        max_connections,
+        connect_timeout: Duration::from_secs(connect_timeout_s),
+        payload_encryption: security.payload_encryption.unwrap_or(false),
+        allow_anonymous: security.allow_anonymous.unwrap_or(false),
+        anonymous_rules,
+        key_grace: Duration::from_secs(security.key_grace_s.unwrap_or(24 * 3600)),
+    })
+}

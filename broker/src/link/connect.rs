@@ -1,0 +1,417 @@
+//! CONNECT: read it within the connect timeout, authenticate, check the will, take over an
+//! existing session, build the router link, and answer with the right CONNACK.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use fleetmq_storage::{now_ms, AclRule};
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill, Login,
+    Packet,
+};
+use rumqttd::Notification;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+
+use super::acl::Principal;
+use super::framing::{self, FrameError, Version};
+use super::transport::Stream;
+use super::{topic, Core};
+use crate::auth::{Identity, Presented, Refusal};
+use crate::handle::{ClientInfo, ClientKind, Transport};
+use crate::sessions::{Control, Live};
+use crate::stats::{DropCause, Stats};
+
+/// A decoded CONNECT.
+pub(crate) struct ConnectRequest {
+    pub(crate) version: Version,
+    pub(crate) connect: Connect,
+    pub(crate) props: Option<ConnectProperties>,
+    pub(crate) will: Option<LastWill>,
+    pub(crate) login: Option<Login>,
+}
+
+/// Why no session was established.
+#[derive(Debug)]
+pub(crate) enum ConnectFailure {
+    /// Say nothing, just close (timeout, garbage, I/O error).
+    Close(String),
+    /// Answer with this CONNACK code, then close.
+    Refuse(Version, ConnectReturnCode, String),
+}
+
+/// Reads the first packet, which must be a CONNECT.
+pub(crate) async fn read_connect(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    max_packet: usize,
+) -> Result<ConnectRequest, ConnectFailure> {
+    let frame = loop {
+        match framing::peek(buf, max_packet) {
+            Ok(Some(frame)) => break frame,
+            Ok(None) => {}
+            Err(e) => return Err(ConnectFailure::Close(e.to_string())),
+        }
+        match stream.read(buf).await {
+            Ok(0) => return Err(ConnectFailure::Close("closed before CONNECT".into())),
+            Ok(_) => {}
+            Err(e) => return Err(ConnectFailure::Close(e.to_string())),
+        }
+    };
+    if frame.packet_type() != 1 {
+        return Err(ConnectFailure::Close(format!(
+            "first packet has type {}, not CONNECT",
+            frame.packet_type()
+        )));
+    }
+    let version = match framing::connect_version(buf, frame.header_len) {
+        Ok(v) => v,
+        Err(FrameError::UnsupportedProtocol(level)) => {
+            return Err(ConnectFailure::Refuse(
+                Version::V4,
+                ConnectReturnCode::RefusedProtocolVersion,
+                format!("protocol level {level}"),
+            ))
+        }
+        Err(e) => return Err(ConnectFailure::Close(e.to_string())),
+    };
+    let bytes = buf.split_to(frame.len);
+    match framing::decode(version, frame, bytes, max_packet) {
+        Ok(Packet::Connect(connect, props, will, _will_props, login)) => Ok(ConnectRequest {
+            version,
+            connect,
+            props,
+            will,
+            login,
+        }),
+        Ok(_) => Err(ConnectFailure::Close("not a CONNECT".into())),
+        Err(e) => {
+            let code = match version {
+                Version::V5 => ConnectReturnCode::MalformedPacket,
+                Version::V4 => return Err(ConnectFailure::Close(e.to_string())),
+            };
+            Err(ConnectFailure::Refuse(version, code, e.to_string()))
+        }
+    }
+}
+
+/// Everything a connection needs once its CONNECT is accepted.
+pub(crate) struct Established {
+    pub(crate) version: Version,
+    pub(crate) principal: Principal,
+    pub(crate) identity: Identity,
+    pub(crate) client_id: String,
+    pub(crate) router_key: String,
+    pub(crate) conn_id: u64,
+    pub(crate) keep_alive: u16,
+    /// Whether the router drops the session state when this link ends.
+    pub(crate) clean: bool,
+    pub(crate) will: Option<LastWill>,
+    pub(crate) link_tx: LinkTx,
+    pub(crate) link_rx: LinkRx,
+    pub(crate) control: mpsc::Receiver<Control>,
+    pub(crate) closed: watch::Sender<bool>,
+    pub(crate) _permit: OwnedSemaphorePermit,
+}
+
+fn refuse(version: Version, code: ConnectReturnCode, why: impl Into<String>) -> ConnectFailure {
+    ConnectFailure::Refuse(version, code, why.into())
+}
+
+fn v4_or_v5(version: Version, v4: ConnectReturnCode, v5: ConnectReturnCode) -> ConnectReturnCode {
+    if version == Version::V4 {
+        v4
+    } else {
+        v5
+    }
+}
+
+/// Router client ids may not contain `+ $ # /`, and a device must never share a session
+/// namespace with another kind of client: devices are `d:{id}`, everyone else `c:{escaped}`.
+fn router_key(identity: &Identity, client_id: &str) -> String {
+    match identity {
+        Identity::Device(d) => format!("d:{}", d.id),
+        _ => {
+            let mut key = String::with_capacity(client_id.len() + 2);
+            key.push_str("c:");
+            for ch in client_id.chars() {
+                match ch {
+                    '+' | '$' | '#' | '/' | '%' => key.push_str(&format!("%{:02X}", ch as u32)),
+                    ch => key.push(ch),
+                }
+            }
+            key
+        }
+    }
+}
+
+fn assigned_client_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("fleetmq-{hex}")
+}
+
+fn principal_for(
+    identity: &Identity,
+    client_id: &str,
+    anonymous_rules: &Arc<[AclRule]>,
+) -> Principal {
+    match identity {
+        Identity::Device(d) => Principal::Device(d.id.clone()),
+        Identity::Service(s) => Principal::Service {
+            name: s.name.clone(),
+            client_id: client_id.to_owned(),
+            rules: s.rules.clone().into(),
+        },
+        Identity::Anonymous => Principal::Anonymous {
+            client_id: client_id.to_owned(),
+            rules: anonymous_rules.clone(),
+        },
+    }
+}
+
+fn refusal_code(version: Version, refusal: Refusal) -> ConnectReturnCode {
+    match refusal {
+        Refusal::NotAuthorized | Refusal::AnonymousRefused => ConnectReturnCode::NotAuthorized,
+        Refusal::Unavailable => v4_or_v5(
+            version,
+            ConnectReturnCode::ServiceUnavailable,
+            ConnectReturnCode::ServerUnavailable,
+        ),
+    }
+}
+
+/// Authenticates the CONNECT and registers the session with the router.
+pub(crate) async fn establish(
+    core: &Arc<Core>,
+    req: ConnectRequest,
+    peer: SocketAddr,
+    transport: Transport,
+    cert_cn: Option<&str>,
+) -> Result<(Established, Packet), ConnectFailure> {
+    let version = req.version;
+    let mut client_id = req.connect.client_id.clone();
+    let mut assigned = None;
+    if client_id.is_empty() {
+        if version == Version::V4 && !req.connect.clean_session {
+            return Err(refuse(
+                version,
+                ConnectReturnCode::ClientIdentifierNotValid,
+                "empty client id needs a clean session [MQTT-3.1.3-7]",
+            ));
+        }
+        client_id = assigned_client_id();
+        assigned = Some(client_id.clone());
+    }
+    let permit = core.permits.clone().try_acquire_owned().map_err(|_| {
+        refuse(
+            version,
+            v4_or_v5(
+                version,
+                ConnectReturnCode::ServiceUnavailable,
+                ConnectReturnCode::ServerBusy,
+            ),
+            "mqtt.max_connections reached",
+        )
+    })?;
+    let presented = Presented {
+        client_id: &client_id,
+        username: req
+            .login
+            .as_ref()
+            .map(|l| l.username.as_str())
+            .filter(|u| !u.is_empty()),
+        password: req.login.as_ref().map(|l| l.password.as_bytes()),
+        cert_cn,
+    };
+    let identity = core
+        .auth
+        .authenticate(presented)
+        .await
+        .map_err(|r| refuse(version, refusal_code(version, r), format!("{r:?}")))?;
+    let principal = principal_for(&identity, &client_id, &core.anonymous_rules);
+    let will = check_will(core, &principal, &identity, req.will, version)?;
+    let router_key = router_key(&identity, &client_id);
+    let clean = req.connect.clean_session && !persistent_v5(version, req.props.as_ref());
+
+    let slot = core.sessions.slot(&router_key);
+    let _setup = slot.lock().await;
+    core.sessions.take_over(&router_key).await;
+    let (link_tx, link_rx, connack) = core.links.build(&router_key, clean).await.map_err(|e| {
+        refuse(
+            version,
+            v4_or_v5(
+                version,
+                ConnectReturnCode::ServiceUnavailable,
+                ConnectReturnCode::ServerUnavailable,
+            ),
+            e,
+        )
+    })?;
+    let session_present = match connack {
+        Notification::DeviceAck(_) => session_present(connack),
+        _ => false,
+    };
+    let conn_id = core.next_conn_id.fetch_add(1, Relaxed);
+    let (control_tx, control_rx) = mpsc::channel(16);
+    let (closed_tx, closed_rx) = watch::channel(false);
+    let kind = match identity {
+        Identity::Device(_) => ClientKind::Device,
+        Identity::Service(_) => ClientKind::Service,
+        Identity::Anonymous => ClientKind::Anonymous,
+    };
+    let info = ClientInfo {
+        client_id: client_id.clone(),
+        kind,
+        username: req
+            .login
+            .as_ref()
+            .map(|l| l.username.clone())
+            .filter(|u| !u.is_empty()),
+        protocol: version.label(),
+        transport,
+        peer,
+        connected_at_ms: now_ms(),
+    };
+    let service = match &identity {
+        Identity::Service(s) => Some(s.name.clone()),
+        _ => None,
+    };
+    core.sessions.insert(
+        router_key.clone(),
+        Live {
+            conn_id,
+            info,
+            control: control_tx,
+            closed: closed_rx,
+            service,
+        },
+    );
+    count_connection(&core.stats, kind, 1);
+    let props = connack_properties(core, version, assigned);
+    let ack = Packet::ConnAck(
+        ConnAck {
+            session_present,
+            code: ConnectReturnCode::Success,
+        },
+        props,
+    );
+    let established = Established {
+        version,
+        principal,
+        identity,
+        client_id,
+        router_key,
+        conn_id,
+        keep_alive: req.connect.keep_alive,
+        clean,
+        will,
+        link_tx,
+        link_rx,
+        control: control_rx,
+        closed: closed_tx,
+        _permit: permit,
+    };
+    Ok((established, ack))
+}
+
+fn session_present(connack: Notification) -> bool {
+    match Option::<Packet>::from(connack) {
+        Some(Packet::ConnAck(ack, _)) => ack.session_present,
+        _ => false,
+    }
+}
+
+/// A v5 session outlives its connection only with a non-zero Session Expiry Interval.
+fn persistent_v5(version: Version, props: Option<&ConnectProperties>) -> bool {
+    version == Version::V5 && props.and_then(|p| p.session_expiry_interval).unwrap_or(0) > 0
+}
+
+fn connack_properties(
+    core: &Core,
+    version: Version,
+    assigned: Option<String>,
+) -> Option<ConnAckProperties> {
+    if version == Version::V4 {
+        return None;
+    }
+    Some(ConnAckProperties {
+        assigned_client_identifier: assigned,
+        max_packet_size: u32::try_from(core.max_packet()).ok(),
+        receive_max: Some(100),
+        retain_available: Some(1),
+        shared_subscription_available: Some(1),
+        wildcard_subscription_available: Some(1),
+        topic_alias_max: None,
+        ..ConnAckProperties::default()
+    })
+}
+
+/// Will topics pass the same ACL as a PUBLISH; an encrypted device's will is decrypted now.
+fn check_will(
+    core: &Core,
+    principal: &Principal,
+    identity: &Identity,
+    will: Option<LastWill>,
+    version: Version,
+) -> Result<Option<LastWill>, ConnectFailure> {
+    let Some(mut will) = will else {
+        return Ok(None);
+    };
+    let topic = std::str::from_utf8(&will.topic)
+        .unwrap_or_default()
+        .to_owned();
+    if !topic::valid_topic_name(&topic) {
+        let code = v4_or_v5(
+            version,
+            ConnectReturnCode::NotAuthorized,
+            ConnectReturnCode::TopicNameInvalid,
+        );
+        return Err(refuse(
+            version,
+            code,
+            format!("invalid will topic {topic:?}"),
+        ));
+    }
+    if !principal.may_publish(&topic) {
+        core.stats.dropped(DropCause::AclPublish);
+        return Err(refuse(
+            version,
+            ConnectReturnCode::NotAuthorized,
+            format!("will topic {topic:?} denied by ACL"),
+        ));
+    }
+    if let Identity::Device(device) = identity {
+        if let Some(mut crypto) = core.crypto_for(device) {
+            match crypto.open(&topic, &will.message) {
+                Ok(plain) => will.message = plain.into(),
+                Err(e) => {
+                    core.stats.dropped(DropCause::DecryptFailed);
+                    return Err(refuse(
+                        version,
+                        ConnectReturnCode::NotAuthorized,
+                        format!("will payload: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Some(will))
+}
+
+pub(crate) fn count_connection(stats: &Stats, kind: ClientKind, delta: i64) {
+    let counter = match kind {
+        ClientKind::Device => &stats.devices,
+        ClientKind::Service => &stats.service_clients,
+        ClientKind::Anonymous => &stats.anonymous,
+    };
+    if delta > 0 {
+        counter.fetch_add(1, Relaxed);
+        stats.accepted_total.fetch_add(1, Relaxed);
+    } else {
+        counter.fetch_sub(1, Relaxed);
+    }
+}

@@ -1,0 +1,300 @@
+//! One client connection after CONNECT: the run loop that moves packets between the
+//! client's stream and rumqttd's router, and the close sequence.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::FutureExt;
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, SubscribeReasonCode};
+use tokio::time::Instant;
+
+use super::acks::OutboundAcks;
+use super::connect::{count_connection, Established};
+use super::framing::{self, Version};
+use super::sealing::DeviceCrypto;
+use super::transport::Stream;
+use super::Core;
+use crate::auth::Identity;
+use crate::handle::ClientKind;
+use crate::sessions::{CloseReason, Control};
+
+/// How many router notifications are written per socket write at most.
+const MAX_EGRESS_BATCH: usize = 512;
+
+/// Why the run loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The client sent DISCONNECT (`with_will`: v5 reason 0x04).
+    ClientDisconnect {
+        with_will: bool,
+    },
+    /// The stream closed or failed without DISCONNECT.
+    Dropped,
+    KeepAliveTimeout,
+    /// The client broke the protocol; v5 clients are told why.
+    Violation(DisconnectReasonCode),
+    Closed(CloseReason),
+    /// The router closed our link.
+    RouterGone,
+}
+
+pub(crate) struct Connection {
+    pub(super) core: Arc<Core>,
+    pub(super) stream: Stream,
+    pub(super) s: Established,
+    pub(super) read_buf: BytesMut,
+    pub(super) out: BytesMut,
+    pub(super) to_router: Vec<Packet>,
+    pub(super) acks: OutboundAcks,
+    pub(super) crypto: Option<DeviceCrypto>,
+    /// Inbound QoS 2 packet ids answered with PUBREC and waiting for PUBREL.
+    pub(super) inbound_qos2: std::collections::HashSet<u16>,
+    /// SUBACK codes decided locally, merged with the router's by packet id.
+    pub(super) pending_subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    pub(super) last_read: Instant,
+    /// Whether this link ever sent the router a `Ready` (wake) event.
+    pub(super) woke: bool,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        stream: Stream,
+        s: Established,
+        read_buf: BytesMut,
+    ) -> Connection {
+        let crypto = match &s.identity {
+            Identity::Device(d) => core.crypto_for(d),
+            _ => None,
+        };
+        Connection {
+            core,
+            stream,
+            s,
+            read_buf,
+            out: BytesMut::with_capacity(4096),
+            to_router: Vec::new(),
+            acks: OutboundAcks::default(),
+            crypto,
+            inbound_qos2: Default::default(),
+            pending_subacks: HashMap::new(),
+            last_read: Instant::now(),
+            woke: false,
+        }
+    }
+
+    fn keepalive_deadline(&self) -> Option<Instant> {
+        let ka = self.s.keep_alive;
+        (ka > 0).then(|| self.last_read + Duration::from_millis(u64::from(ka) * 1500))
+    }
+
+    /// Sends the CONNACK, runs until the connection ends, then closes it.
+    pub(crate) async fn run(mut self, connack: Packet) {
+        self.write_packet(connack);
+        // Anything that arrived together with the CONNECT is processed right after.
+        let mut ending = match self.flush().await {
+            Ok(()) => self.ingress().await.err(),
+            Err(e) => Some(e),
+        };
+        while ending.is_none() {
+            ending = self.step().await.err();
+        }
+        self.close(ending.unwrap_or(Ending::Dropped)).await;
+    }
+
+    async fn step(&mut self) -> Result<(), Ending> {
+        let deadline = self.keepalive_deadline();
+        let sleep = tokio::time::sleep_until(
+            deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
+        );
+        tokio::select! {
+            biased;
+            ctrl = self.s.control.recv() => match ctrl {
+                Some(Control::Close(reason)) => Err(Ending::Closed(reason)),
+                Some(Control::Reload(record)) => {
+                    self.crypto = self.core.crypto_for(&record);
+                    Ok(())
+                }
+                None => Err(Ending::Closed(CloseReason::ShuttingDown)),
+            },
+            _ = self.core.shutdown.cancelled() => Err(Ending::Closed(CloseReason::ShuttingDown)),
+            read = self.stream.read(&mut self.read_buf) => match read {
+                Ok(0) | Err(_) => Err(Ending::Dropped),
+                Ok(n) => {
+                    self.last_read = Instant::now();
+                    crate::stats::Stats::add(&self.core.stats.bytes_received, n as u64);
+                    self.ingress().await
+                }
+            },
+            next = self.s.link_rx.next() => match next {
+                Ok(Some(first)) => self.egress(first).await,
+                Ok(None) => Ok(()),
+                Err(_) => Err(Ending::RouterGone),
+            },
+            _ = sleep, if deadline.is_some() => Err(Ending::KeepAliveTimeout),
+        }
+    }
+
+    /// Writes what is buffered for the client in one write.
+    pub(super) async fn flush(&mut self) -> Result<(), Ending> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let n = self.out.len();
+        let result = self.stream.write_all(&self.out).await;
+        self.out.clear();
+        if self.out.capacity() > 1 << 20 {
+            self.out = BytesMut::with_capacity(4096);
+        }
+        crate::stats::Stats::add(&self.core.stats.bytes_sent, n as u64);
+        result.map_err(|_| Ending::Dropped)
+    }
+
+    /// Encodes a packet for the client, dropping v5-only properties for 3.1.1 clients.
+    pub(super) fn write_packet(&mut self, packet: Packet) {
+        let packet = match self.s.version {
+            Version::V4 => super::strip_properties(packet),
+            Version::V5 => packet,
+        };
+        if let Err(e) = framing::encode(self.s.version, packet, &mut self.out) {
+            tracing::error!(client_id = %self.s.client_id, error = %e, "could not encode a packet for the client");
+        }
+    }
+
+    /// Hands the packets collected for the router over, waking it once.
+    pub(super) async fn send_to_router(&mut self) -> Result<(), Ending> {
+        let Some(last) = self.to_router.pop() else {
+            return Ok(());
+        };
+        {
+            let mut buffer = self.s.link_tx.buffer();
+            buffer.extend(self.to_router.drain(..));
+        }
+        self.s
+            .link_tx
+            .send(last)
+            .await
+            .map(|_| ())
+            .map_err(|_| Ending::RouterGone)
+    }
+
+    async fn close(mut self, ending: Ending) {
+        let core = self.core.clone();
+        let client_id = self.s.client_id.clone();
+        tracing::debug!(client_id = %client_id, ?ending, "connection closing");
+        if ending != Ending::RouterGone {
+            self.leave_router().await;
+        }
+        core.sessions.remove(&self.s.router_key, self.s.conn_id);
+        let _ = self.s.closed.send(true);
+        if let (Version::V5, Some(reason)) = (self.s.version, disconnect_reason(ending)) {
+            self.write_packet(super::server_disconnect(reason));
+            let _ = self.flush().await;
+        }
+        self.stream.shutdown().await;
+        let fire_will = !matches!(
+            ending,
+            Ending::ClientDisconnect { with_will: false }
+                | Ending::Closed(CloseReason::ShuttingDown)
+        );
+        if let (true, Some(will)) = (fire_will, self.s.will.take()) {
+            core.publish_will(will);
+        }
+        let kind = match self.s.identity {
+            Identity::Device(_) => ClientKind::Device,
+            Identity::Service(_) => ClientKind::Service,
+            Identity::Anonymous => ClientKind::Anonymous,
+        };
+        count_connection(&core.stats, kind, -1);
+    }
+}
+
+impl Connection {
+    /// Removes this link from the router before anyone can take the client id over (never
+    /// after the router dropped the link itself: it reuses link ids).
+    ///
+    /// A `Disconnect` packet travels in the link's shared buffer, so an earlier `DeviceData`
+    /// event may carry it to the router ahead of a `Ready` this link sent before; a `Ready`
+    /// for a removed link panics rumqttd's router thread (`scheduler.rs` `reschedule`). A
+    /// link that ever sent `Ready` therefore leaves by takeover instead: a fresh link with
+    /// the same client id is registered (its `Connect` event is ordered after every event
+    /// of ours), and that fresh link, which never sent `Ready`, disconnects.
+    async fn leave_router(&mut self) {
+        let bye = || {
+            Packet::Disconnect(
+                Disconnect {
+                    reason_code: DisconnectReasonCode::NormalDisconnection,
+                },
+                None,
+            )
+        };
+        self.to_router.clear();
+        if !self.woke {
+            self.to_router.push(bye());
+            let _ = self.send_to_router().await;
+            return;
+        }
+        match self
+            .core
+            .links
+            .build(&self.s.router_key, self.s.clean)
+            .await
+        {
+            Ok((mut tx, _rx, _ack)) => {
+                let _ = tx.send(bye()).await;
+            }
+            Err(e) => {
+                tracing::error!(client_id = %self.s.client_id, error = %e, "could not detach from the router")
+            }
+        }
+    }
+}
+
+fn disconnect_reason(ending: Ending) -> Option<DisconnectReasonCode> {
+    Some(match ending {
+        Ending::ClientDisconnect { .. } | Ending::Dropped => return None,
+        Ending::KeepAliveTimeout => DisconnectReasonCode::KeepAliveTimeout,
+        Ending::Violation(code) => code,
+        Ending::Closed(CloseReason::TakenOver) => DisconnectReasonCode::SessionTakenOver,
+        Ending::Closed(CloseReason::Kicked) => DisconnectReasonCode::AdministrativeAction,
+        Ending::Closed(CloseReason::CredentialsRevoked) => DisconnectReasonCode::NotAuthorized,
+        Ending::Closed(CloseReason::ShuttingDown) => DisconnectReasonCode::ServerShuttingDown,
+        Ending::RouterGone => DisconnectReasonCode::UnspecifiedError,
+    })
+}
+
+impl Connection {
+    /// Drains what the router has for this client: the first notification and whatever
+    /// else is already queued, written in one write; then wakes the router if it paused us.
+    async fn egress(&mut self, first: rumqttd::Notification) -> Result<(), Ending> {
+        let mut flow = self.notification(first);
+        for _ in 0..MAX_EGRESS_BATCH {
+            match self.s.link_rx.next().now_or_never() {
+                Some(Ok(Some(n))) => flow = flow.merge(self.notification(n)),
+                Some(Ok(None)) | None => break,
+                Some(Err(_)) => {
+                    flow.disconnected = true;
+                    break;
+                }
+            }
+        }
+        self.flush().await?;
+        if flow.disconnected {
+            return Err(Ending::RouterGone);
+        }
+        self.send_to_router().await?;
+        if flow.unscheduled {
+            // Only now, after the batch reached the socket: this is the backpressure.
+            self.woke = true;
+            crate::stats::Stats::add(&self.core.stats.router_pauses, 1);
+            self.s
+                .link_rx
+                .wake()
+                .await
+                .map_err(|_| Ending::RouterGone)?;
+        }
+        Ok(())
+    }
+}

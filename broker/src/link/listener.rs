@@ -1,0 +1,248 @@
+//! Accept loops for TCP (1883), WebSocket (9001, paths `/mqtt` and `/`, subprotocol
+//! `mqtt`) and TLS (8883). No per-accept sleep: the loop takes connections as fast as the
+//! kernel hands them over; each connection runs in its own task.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::{HeaderValue, StatusCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::task::TaskTracker;
+
+use super::connect::{self, ConnectFailure};
+use super::connection::Connection;
+use super::framing::{self, Version};
+use super::transport::Stream;
+use super::Core;
+use crate::config::BrokerConfig;
+use crate::handle::Transport;
+use rumqttd::protocol::{ConnAck, Packet};
+
+/// The broker's bound MQTT listeners. Bind first, then start: tests bind port 0.
+pub struct Listeners {
+    pub(crate) tcp: Option<TcpListener>,
+    pub(crate) ws: Option<TcpListener>,
+    pub(crate) tls: Option<(TcpListener, TlsAcceptor)>,
+}
+
+impl Listeners {
+    /// Binds every listener the config enables; TLS certificates are loaded here.
+    pub async fn bind(config: &BrokerConfig) -> io::Result<Listeners> {
+        let bind = |addr: Option<SocketAddr>| async move {
+            match addr {
+                Some(addr) => TcpListener::bind(addr)
+                    .await
+                    .map(Some)
+                    .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}"))),
+                None => Ok(None),
+            }
+        };
+        let tls = match &config.tls {
+            Some(tls) => {
+                let acceptor = super::tls::acceptor(tls)?;
+                bind(Some(tls.listen)).await?.map(|l| (l, acceptor))
+            }
+            None => None,
+        };
+        Ok(Listeners {
+            tcp: bind(config.tcp).await?,
+            ws: bind(config.ws).await?,
+            tls,
+        })
+    }
+
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws.as_ref().and_then(|l| l.local_addr().ok())
+    }
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+}
+
+/// Spawns one accept loop per listener.
+pub(crate) fn spawn_listeners(core: &Arc<Core>, listeners: Listeners, tracker: &TaskTracker) {
+    if let Some(l) = listeners.tcp {
+        tracker.spawn(accept_loop(core.clone(), l, tracker.clone(), Kind::Tcp));
+    }
+    if let Some(l) = listeners.ws {
+        tracker.spawn(accept_loop(core.clone(), l, tracker.clone(), Kind::Ws));
+    }
+    if let Some((l, acceptor)) = listeners.tls {
+        tracker.spawn(accept_loop(
+            core.clone(),
+            l,
+            tracker.clone(),
+            Kind::Tls(acceptor),
+        ));
+    }
+}
+
+#[derive(Clone)]
+enum Kind {
+    Tcp,
+    Ws,
+    Tls(TlsAcceptor),
+}
+
+async fn accept_loop(core: Arc<Core>, listener: TcpListener, tracker: TaskTracker, kind: Kind) {
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, listener = kind_name(&kind), "MQTT listener up");
+    loop {
+        let accepted = tokio::select! {
+            _ = core.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                // Without TCP_NODELAY a QoS 1 round trip waits ~40 ms on delayed ACKs.
+                let _ = socket.set_nodelay(true);
+                tracker.spawn(handshake(core.clone(), socket, peer, kind.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off a little instead of spinning.
+                tracing::error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Tcp => "tcp",
+        Kind::Ws => "ws",
+        Kind::Tls(_) => "tls",
+    }
+}
+
+async fn handshake(core: Arc<Core>, socket: TcpStream, peer: SocketAddr, kind: Kind) {
+    let timeout = core.config.connect_timeout;
+    let upgraded = tokio::time::timeout(timeout, async {
+        match kind {
+            Kind::Tcp => Ok((Stream::Tcp(socket), Transport::Tcp, None)),
+            Kind::Ws => ws_upgrade(socket, core.max_packet())
+                .await
+                .map(|ws| (ws, Transport::Ws, None)),
+            Kind::Tls(acceptor) => {
+                let tls = acceptor.accept(socket).await?;
+                let cn = super::tls::client_cn(&tls);
+                Ok((Stream::Tls(Box::new(tls)), Transport::Tls, cn))
+            }
+        }
+    })
+    .await;
+    match upgraded {
+        Ok(Ok((stream, transport, cn))) => serve(core, stream, peer, transport, cn).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "handshake failed"),
+        Err(_) => tracing::debug!(%peer, "handshake timed out"),
+    }
+}
+
+#[allow(
+    clippy::result_large_err,
+    reason = "the handshake callback's signature is tungstenite's"
+)]
+async fn ws_upgrade(socket: TcpStream, max_packet: usize) -> io::Result<Stream> {
+    let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let path = req.uri().path();
+        if path != "/mqtt" && path != "/" {
+            let mut err =
+                ErrorResponse::new(Some(format!("no MQTT endpoint at {path}; use /mqtt")));
+            *err.status_mut() = StatusCode::NOT_FOUND;
+            return Err(err);
+        }
+        let offered = req.headers().get_all("sec-websocket-protocol");
+        let mqtt = offered
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == "mqtt");
+        if mqtt {
+            resp.headers_mut()
+                .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
+        }
+        Ok(resp)
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max_packet + 16))
+        .max_frame_size(Some(max_packet + 16));
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(socket, check, Some(config))
+        .await
+        .map_err(io::Error::other)?;
+    Ok(Stream::Ws(Box::new(ws)))
+}
+
+/// Runs one client: CONNECT within the timeout, then the connection loop.
+async fn serve(
+    core: Arc<Core>,
+    mut stream: Stream,
+    peer: SocketAddr,
+    transport: Transport,
+    cert_cn: Option<String>,
+) {
+    let mut buf = BytesMut::with_capacity(1024);
+    let timeout = core.config.connect_timeout;
+    let request = match tokio::time::timeout(
+        timeout,
+        connect::read_connect(&mut stream, &mut buf, core.max_packet()),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(ConnectFailure::Close(
+            "no CONNECT within mqtt.connect_timeout_s".into(),
+        )),
+    };
+    let established = match request {
+        Ok(req) => connect::establish(&core, req, peer, transport, cert_cn.as_deref()).await,
+        Err(e) => Err(e),
+    };
+    match established {
+        Ok((session, connack)) => {
+            Connection::new(core, stream, session, buf)
+                .run(connack)
+                .await;
+        }
+        Err(failure) => refuse(&core, stream, peer, failure).await,
+    }
+}
+
+async fn refuse(core: &Core, mut stream: Stream, peer: SocketAddr, failure: ConnectFailure) {
+    core.stats
+        .refused_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match failure {
+        ConnectFailure::Close(why) => {
+            tracing::debug!(%peer, why, "connection closed before CONNACK")
+        }
+        ConnectFailure::Refuse(version, code, why) => {
+            tracing::info!(%peer, ?code, why, "CONNECT refused");
+            let mut out = BytesMut::new();
+            let ack = Packet::ConnAck(
+                ConnAck {
+                    session_present: false,
+                    code,
+                },
+                None,
+            );
+            let packet = if version == Version::V4 {
+                super::strip_properties(ack)
+            } else {
+                ack
+            };
+            if framing::encode(version, packet, &mut out).is_ok() {
+                let _ = stream.write_all(&out).await;
+            }
+        }
+    }
+    stream.shutdown().await;
+}

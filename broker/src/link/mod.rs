@@ -1,0 +1,272 @@
+//! The link layer: everything that touches rumqttd lives under this module.
+//!
+//! - `listener`: TCP, WebSocket and TLS accept loops, one task per connection.
+//! - `transport`: one byte-stream type over TCP, TLS and WebSocket frames.
+//! - `framing`: guarded decoding/encoding with rumqttd's v4/v5 codecs.
+//! - `connect`: CONNECT, authentication, takeover, CONNACK.
+//! - `connection`: the per-connection run loop and close sequence.
+//! - `ingress` / `egress`: client → router and router → client packet handling.
+//! - `acks`: outbound acks put back in the order the router demands.
+//! - `acl`, `topic`: SPEC §3 permissions and MQTT topic rules.
+//! - `crypto`, `sealing`: the SPEC §4 envelope and per-connection device keys.
+
+mod acks;
+pub(crate) mod acl;
+mod connect;
+mod connection;
+pub(crate) mod crypto;
+mod egress;
+mod framing;
+mod ingress;
+mod listener;
+mod sealing;
+mod tls;
+pub(crate) mod topic;
+mod transport;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use fleetmq_storage::{AclRule, DeviceRecord, Store};
+use futures_util::FutureExt;
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::protocol::{
+    Disconnect, DisconnectProperties, DisconnectReasonCode, LastWill, Packet, Publish,
+};
+use rumqttd::{Notification, Router, RouterConfig};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::config::BrokerConfig;
+use crate::sessions::Sessions;
+use crate::stats::Stats;
+
+pub(crate) use listener::spawn_listeners;
+pub use listener::Listeners;
+pub(crate) use sealing::DeviceCrypto;
+
+/// Whether a filter is usable in an ACL rule (config validation).
+pub(crate) fn valid_rule_filter(filter: &str) -> bool {
+    topic::valid_filter(filter)
+}
+
+type BuildLink = dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync;
+
+/// Builds router links. rumqttd's router handle has a type outside code cannot name, so
+/// it lives inside this closure.
+pub(crate) struct Links {
+    build: Arc<BuildLink>,
+}
+
+impl Links {
+    /// Spawns rumqttd's router thread with memory-bounding settings.
+    fn spawn(max_connections: usize) -> Links {
+        let config = RouterConfig {
+            max_connections: max_connections + 16,
+            max_outgoing_packet_count: 200,
+            // Each filter's log keeps at most 4 x 4 MiB in memory (bare rumqttd's example
+            // config keeps 1 GiB per filter).
+            max_segment_size: 4 * 1024 * 1024,
+            max_segment_count: 4,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        };
+        let router_tx = Router::new(0, config).spawn();
+        let build = move |client_id: &str, clean: bool| {
+            LinkBuilder::new(client_id, router_tx.clone())
+                .clean_session(clean)
+                .topic_alias_max(0)
+                .build()
+                .map_err(|e: LinkError| e.to_string())
+        };
+        Links {
+            build: Arc::new(build),
+        }
+    }
+
+    /// Registers a link with the router (a blocking round trip, run off the async threads).
+    pub(crate) async fn build(
+        &self,
+        client_id: &str,
+        clean: bool,
+    ) -> Result<(LinkTx, LinkRx, Notification), String> {
+        let build = self.build.clone();
+        let client_id = client_id.to_owned();
+        tokio::task::spawn_blocking(move || build(&client_id, clean))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+}
+
+/// State shared by every connection and the handle.
+pub(crate) struct Core {
+    pub(crate) config: BrokerConfig,
+    pub(crate) store: Store,
+    pub(crate) stats: Stats,
+    pub(crate) sessions: Sessions,
+    pub(crate) auth: Authenticator,
+    pub(crate) links: Links,
+    pub(crate) system: mpsc::Sender<Publish>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) next_conn_id: AtomicU64,
+    pub(crate) anonymous_rules: Arc<[AclRule]>,
+}
+
+impl Core {
+    /// Spawns the router and the broker's own system link.
+    pub(crate) fn start(
+        config: BrokerConfig,
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Core>, String> {
+        let links = Links::spawn(config.max_connections);
+        let (link_tx, link_rx, _) = (links.build)("fleetmq:system", true)?;
+        let (system, system_rx) = mpsc::channel(4096);
+        spawn_system_link(link_tx, link_rx, system_rx)?;
+        let anonymous_rules: Arc<[AclRule]> = config.anonymous_rules.clone().into();
+        Ok(Arc::new(Core {
+            auth: Authenticator::new(store.clone(), config.allow_anonymous),
+            permits: Arc::new(Semaphore::new(config.max_connections)),
+            stats: Stats::new(),
+            sessions: Sessions::default(),
+            next_conn_id: AtomicU64::new(1),
+            anonymous_rules,
+            links,
+            system,
+            shutdown,
+            store,
+            config,
+        }))
+    }
+
+    /// The largest packet a client may send: payload limit plus room for topic and properties.
+    pub(crate) fn max_packet(&self) -> usize {
+        self.config.max_payload + 65_536 + 1024
+    }
+
+    /// Encryption state for a device connection, when SPEC §4 applies to it.
+    pub(crate) fn crypto_for(&self, device: &DeviceRecord) -> Option<DeviceCrypto> {
+        (self.config.payload_encryption || device.encrypted)
+            .then(|| DeviceCrypto::new(device, self.config.key_grace))
+    }
+
+    /// Routes a message as the broker itself (QoS 0 into the router; subscribers get it
+    /// at their subscription QoS). Fails only when the system link queue is full or gone.
+    pub(crate) fn publish_system(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        retain: bool,
+    ) -> Result<(), &'static str> {
+        let publish = Publish::new(
+            bytes::Bytes::copy_from_slice(topic.as_bytes()),
+            bytes::Bytes::copy_from_slice(payload),
+            retain,
+        );
+        self.system.try_send(publish).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => "system link queue full",
+            mpsc::error::TrySendError::Closed(_) => "router stopped",
+        })
+    }
+
+    /// Like [`Core::publish_system`], but waits for room in the queue.
+    pub(crate) async fn publish_system_wait(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        retain: bool,
+    ) -> Result<(), String> {
+        let publish = Publish::new(
+            bytes::Bytes::copy_from_slice(topic.as_bytes()),
+            bytes::Bytes::copy_from_slice(payload),
+            retain,
+        );
+        self.system
+            .send(publish)
+            .await
+            .map_err(|_| "router stopped".to_owned())
+    }
+
+    pub(crate) fn publish_will(&self, will: LastWill) {
+        let topic = String::from_utf8_lossy(&will.topic).into_owned();
+        if let Err(e) = self.publish_system(&topic, &will.message, will.retain) {
+            tracing::error!(topic, error = e, "could not publish a will");
+        }
+    }
+}
+
+/// The system link's two ends run on their own threads: rumqttd's link calls block.
+fn spawn_system_link(
+    mut link_tx: LinkTx,
+    mut link_rx: LinkRx,
+    mut rx: mpsc::Receiver<Publish>,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("fleetmq-system-tx".into())
+        .spawn(move || {
+            while let Some(publish) = rx.blocking_recv() {
+                // `LinkTx::send` never awaits: it pushes and does a blocking channel send.
+                match link_tx.send(Packet::Publish(publish, None)).now_or_never() {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "router gone; system link stops");
+                        return;
+                    }
+                    None => tracing::error!("system link send did not complete"),
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("fleetmq-system-rx".into())
+        .spawn(move || loop {
+            match link_rx.recv() {
+                Ok(Some(Notification::Unschedule)) => {
+                    if link_rx.ready().is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Drops every property so that a packet can be written with the 3.1.1 codec (which
+/// panics on properties): a v5 publisher can never take 3.1.1 subscribers down.
+pub(crate) fn strip_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::Publish(p, _) => Packet::Publish(p, None),
+        Packet::PubAck(p, _) => Packet::PubAck(p, None),
+        Packet::PubRec(p, _) => Packet::PubRec(p, None),
+        Packet::PubRel(p, _) => Packet::PubRel(p, None),
+        Packet::PubComp(p, _) => Packet::PubComp(p, None),
+        Packet::SubAck(p, _) => Packet::SubAck(p, None),
+        Packet::UnsubAck(p, _) => Packet::UnsubAck(p, None),
+        Packet::ConnAck(p, _) => Packet::ConnAck(p, None),
+        Packet::Disconnect(p, _) => Packet::Disconnect(p, None),
+        other => other,
+    }
+}
+
+/// A v5 DISCONNECT from the server, with a reason string. Always with properties:
+/// rumqttd's v5 writer miscounts the remaining length of a DISCONNECT without them.
+pub(crate) fn server_disconnect(reason: DisconnectReasonCode) -> Packet {
+    let props = DisconnectProperties {
+        session_expiry_interval: None,
+        reason_string: Some(format!("{reason:?}")),
+        user_properties: Vec::new(),
+        server_reference: None,
+    };
+    Packet::Disconnect(
+        Disconnect {
+            reason_code: reason,
+        },
+        Some(props),
+    )
+}

@@ -1,0 +1,79 @@
+//! One byte stream per client, whatever listener it came in on: TCP, TLS, or binary
+//! WebSocket frames. Reads are cancel-safe (used inside `select!`); writes are not and are
+//! only awaited outside of `select!`.
+
+use std::io;
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// A connected client's stream.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Ws(Box<WebSocketStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Appends what arrives to `buf`; `Ok(0)` means the peer closed the stream.
+    pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(8192);
+        }
+        match self {
+            Stream::Tcp(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
+            Stream::Ws(ws) => loop {
+                match ws.next().await {
+                    None => return Ok(0),
+                    Some(Err(e)) => return Err(io::Error::other(e)),
+                    Some(Ok(Message::Binary(data))) => {
+                        if data.is_empty() {
+                            continue;
+                        }
+                        buf.extend_from_slice(&data);
+                        return Ok(data.len());
+                    }
+                    Some(Ok(Message::Close(_))) => return Ok(0),
+                    // Pings are answered by tungstenite on the next write or flush.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Ok(Message::Text(_))) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "MQTT over WebSocket must use binary frames",
+                        ))
+                    }
+                }
+            },
+        }
+    }
+
+    /// Writes the whole buffer: one write (one WebSocket message) per call.
+    pub(crate) async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(data).await,
+            Stream::Tls(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+            Stream::Ws(ws) => ws
+                .send(Message::Binary(bytes::Bytes::copy_from_slice(data)))
+                .await
+                .map_err(io::Error::other),
+        }
+    }
+
+    /// Closes the stream, ignoring errors: the peer may already be gone.
+    pub(crate) async fn shutdown(&mut self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown().await,
+            Stream::Tls(s) => s.shutdown().await,
+            Stream::Ws(ws) => ws.close().await.map_err(io::Error::other),
+        };
+    }
+}

@@ -1,0 +1,133 @@
+//! The table of live connections: listing, kicking, and takeover.
+//!
+//! A takeover is done by fleetmq, not by rumqttd's router: the new connection waits until
+//! the old one has closed and told the router (`Disconnect`) before it builds its own
+//! link. The router therefore never removes a link behind our back, and a late
+//! `Disconnect` can never hit a reused router slot.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use fleetmq_storage::DeviceRecord;
+use tokio::sync::{mpsc, watch};
+
+use crate::handle::{ClientInfo, ClientKind};
+
+/// Why the broker closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    TakenOver,
+    Kicked,
+    CredentialsRevoked,
+    ShuttingDown,
+}
+
+/// Messages the broker sends a live connection.
+#[derive(Debug)]
+pub(crate) enum Control {
+    Close(CloseReason),
+    /// The device's record changed (keys rotated, encryption flag).
+    Reload(Box<DeviceRecord>),
+}
+
+pub(crate) struct Live {
+    pub(crate) conn_id: u64,
+    pub(crate) info: ClientInfo,
+    pub(crate) control: mpsc::Sender<Control>,
+    pub(crate) closed: watch::Receiver<bool>,
+    /// The service client name, for closing all of a service client's connections.
+    pub(crate) service: Option<String>,
+}
+
+type SlotLock = Arc<tokio::sync::Mutex<()>>;
+
+#[derive(Default)]
+pub(crate) struct Sessions {
+    live: Mutex<HashMap<String, Live>>,
+    slots: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+/// How long a takeover waits for the old connection to close before going ahead.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+impl Sessions {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lock that serialises connection setup for one router client id.
+    pub(crate) fn slot(&self, key: &str) -> SlotLock {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get(key).and_then(Weak::upgrade) {
+            return slot;
+        }
+        if slots.len() > 1024 && slots.len().is_power_of_two() {
+            slots.retain(|_, w| w.strong_count() > 0);
+        }
+        let slot = SlotLock::default();
+        slots.insert(key.to_owned(), Arc::downgrade(&slot));
+        slot
+    }
+
+    /// Closes the live connection under `key`, if any, and waits until it is gone.
+    /// Call with the key's slot lock held.
+    pub(crate) async fn take_over(&self, key: &str) {
+        let old = self
+            .live()
+            .get(key)
+            .map(|l| (l.control.clone(), l.closed.clone()));
+        let Some((control, mut closed)) = old else {
+            return;
+        };
+        let _ = control.try_send(Control::Close(CloseReason::TakenOver));
+        let wait = closed.wait_for(|c| *c);
+        if tokio::time::timeout(TAKEOVER_WAIT, wait).await.is_err() {
+            tracing::warn!(
+                client = key,
+                "old connection did not close in time for takeover"
+            );
+        }
+    }
+
+    pub(crate) fn insert(&self, key: String, live: Live) {
+        self.live().insert(key, live);
+    }
+
+    /// Removes the entry if it still belongs to connection `conn_id`.
+    pub(crate) fn remove(&self, key: &str, conn_id: u64) {
+        let mut live = self.live();
+        if live.get(key).is_some_and(|l| l.conn_id == conn_id) {
+            live.remove(key);
+        }
+    }
+
+    pub(crate) fn clients(&self) -> Vec<ClientInfo> {
+        let mut all: Vec<ClientInfo> = self.live().values().map(|l| l.info.clone()).collect();
+        all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        all
+    }
+
+    /// Sends `control` to every live connection `select` picks; returns how many.
+    pub(crate) fn send_where(
+        &self,
+        select: impl Fn(&Live) -> bool,
+        control: impl Fn() -> Control,
+    ) -> usize {
+        let live = self.live();
+        let mut n = 0;
+        for l in live.values().filter(|l| select(l)) {
+            if l.control.try_send(control()).is_err() {
+                tracing::warn!(client_id = %l.info.client_id, "control queue full; connection is already closing");
+            }
+            n += 1;
+        }
+        n
+    }
+
+    pub(crate) fn is_connected(&self, client_id: &str, kind: Option<ClientKind>) -> bool {
+        self.live()
+            .values()
+            .any(|l| l.info.client_id == client_id && kind.is_none_or(|k| l.info.kind == k))
+    }
+}

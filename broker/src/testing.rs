@@ -1,0 +1,116 @@
+//! A real broker on `127.0.0.1:0` with a fresh redb file, for integration tests of this
+//! crate and of the admin API (feature `testing`).
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+
+use fleetmq_storage::{
+    now_ms, AclRule, CredentialHash, DeviceId, DeviceRecord, NewDevice, ServiceClientRecord, Store,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{BrokerConfig, BrokerHandle, Listeners};
+
+/// A running broker; everything stops when it is dropped.
+pub struct TestBroker {
+    pub handle: BrokerHandle,
+    pub store: Store,
+    pub tcp: SocketAddr,
+    pub ws: SocketAddr,
+    pub tls: Option<SocketAddr>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    /// The data directory (taken by [`TestBroker::stop`] for restarts).
+    pub dir: Option<tempfile::TempDir>,
+}
+
+/// Hashing cost for test credentials: the broker verifies whatever the hash says.
+const TEST_ITERATIONS: u32 = 1_000;
+
+impl TestBroker {
+    /// Starts with [`BrokerConfig::for_tests`].
+    pub async fn start() -> TestBroker {
+        TestBroker::with_config(BrokerConfig::for_tests()).await
+    }
+
+    /// Starts with the given config (listener addresses are used as given).
+    pub async fn with_config(config: BrokerConfig) -> TestBroker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        TestBroker::with_config_in(config, dir).await
+    }
+
+    /// Starts on an existing data directory (restart tests).
+    pub async fn with_config_in(config: BrokerConfig, dir: tempfile::TempDir) -> TestBroker {
+        let store = Store::open(dir.path()).expect("open store");
+        let listeners = Listeners::bind(&config).await.expect("bind listeners");
+        let (tcp, ws, tls) = (
+            listeners.tcp_addr(),
+            listeners.ws_addr(),
+            listeners.tls_addr(),
+        );
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let handle = crate::start(config, listeners, store.clone(), shutdown.clone(), &tracker)
+            .await
+            .expect("start broker");
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
+        TestBroker {
+            handle,
+            store,
+            tcp: tcp.unwrap_or(unbound),
+            ws: ws.unwrap_or(unbound),
+            tls,
+            shutdown,
+            tracker,
+            dir: Some(dir),
+        }
+    }
+
+    /// Provisions a device with `token` as its password.
+    pub async fn add_device(&self, id: &str, token: &str, encrypted: bool) -> DeviceRecord {
+        let id: DeviceId = id.parse().expect("valid device id");
+        let credential = hash(token);
+        let mut new = NewDevice::new(id, credential, now_ms());
+        new.encrypted = encrypted;
+        self.store
+            .call(move |s| s.create_device(new))
+            .await
+            .expect("create device")
+    }
+
+    /// Creates a service client with these rules.
+    pub async fn add_service(&self, name: &str, password: &str, rules: Vec<AclRule>) {
+        let rec = ServiceClientRecord {
+            name: name.to_owned(),
+            credential: hash(password),
+            rules,
+            created_at_ms: now_ms(),
+        };
+        self.store
+            .call(move |s| s.create_service_client(rec))
+            .await
+            .expect("create service client");
+    }
+
+    /// Stops accepting, closes every connection and waits for the tasks.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.tracker.wait()).await;
+        self.dir.take().expect("data dir present until stop")
+    }
+}
+
+fn hash(secret: &str) -> CredentialHash {
+    CredentialHash::with_iterations(
+        secret.as_bytes(),
+        NonZeroU32::new(TEST_ITERATIONS).expect("non-zero"),
+    )
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

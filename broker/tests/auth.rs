@@ -1,0 +1,176 @@
+//! CONNECT authentication matrix (SPEC §2) over TCP and WebSocket, MQTT 3.1.1 and 5.
+
+mod common;
+
+use common::*;
+use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as V5Code;
+use rumqttc::{ConnectReturnCode, ConnectionError};
+
+fn refused_v4(
+    r: Result<(rumqttc::AsyncClient, rumqttc::EventLoop), ConnectionError>,
+) -> ConnectReturnCode {
+    match r {
+        Err(ConnectionError::ConnectionRefused(code)) => code,
+        Err(e) => panic!("expected a CONNACK refusal, got {e:?}"),
+        Ok(_) => panic!("expected a CONNACK refusal, got a session"),
+    }
+}
+
+fn refused_v5(
+    r: Result<(rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop), rumqttc::v5::ConnectionError>,
+) -> V5Code {
+    match r {
+        Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => code,
+        Err(e) => panic!("expected a CONNACK refusal, got {e:?}"),
+        Ok(_) => panic!("expected a CONNACK refusal, got a session"),
+    }
+}
+
+#[tokio::test]
+async fn device_connects_with_its_token_on_every_listener_and_version() {
+    let b = TestBroker::start().await;
+    b.add_device("dev-1", "secret-token", false).await;
+    for via in [Via::Tcp, Via::Ws] {
+        let (c, _el) = connect_v4(&b, via, "dev-1", Some(("dev-1", "secret-token")))
+            .await
+            .expect("v4 connect");
+        c.disconnect().await.ok();
+        drop(_el);
+        let (c, _el) = connect_v5(&b, via, "dev-1", Some(("dev-1", "secret-token")))
+            .await
+            .expect("v5 connect");
+        c.disconnect().await.ok();
+    }
+}
+
+#[tokio::test]
+async fn bad_credentials_get_not_authorized_in_both_versions() {
+    let b = TestBroker::start().await;
+    b.add_device("dev-1", "secret-token", false).await;
+    b.add_service("backend", "backend-pass", allow_all()).await;
+    let cases: [(&str, Option<(&str, &str)>); 5] = [
+        ("dev-1", Some(("dev-1", "wrong"))),
+        // A device must connect with client id = username = its id.
+        ("someone-else", Some(("dev-1", "secret-token"))),
+        ("x", Some(("nobody", "whatever"))),
+        ("backend", Some(("backend", "wrong"))),
+        // Anonymous clients are refused unless security.allow_anonymous is set.
+        ("anon", None),
+    ];
+    for via in [Via::Tcp, Via::Ws] {
+        for (id, creds) in cases {
+            assert_eq!(
+                refused_v4(connect_v4(&b, via, id, creds).await),
+                ConnectReturnCode::NotAuthorized,
+                "{via:?} {id} {creds:?}"
+            );
+            assert_eq!(
+                refused_v5(connect_v5(&b, via, id, creds).await),
+                V5Code::NotAuthorized,
+                "{via:?} {id} {creds:?}"
+            );
+        }
+    }
+    let stats = b.handle.stats();
+    assert_eq!(stats.connections.refused_total, 20);
+    assert_eq!(stats.connections.current, 0);
+}
+
+#[tokio::test]
+async fn service_clients_and_allowed_anonymous_clients_connect() {
+    let mut config = fleetmq_broker::BrokerConfig::for_tests();
+    config.allow_anonymous = true;
+    let b = TestBroker::with_config(config).await;
+    b.add_service("backend", "backend-pass", allow_all()).await;
+    let (_c, _el) = connect_v4(
+        &b,
+        Via::Tcp,
+        "any-client-id",
+        Some(("backend", "backend-pass")),
+    )
+    .await
+    .expect("service");
+    let (_c2, _el2) = connect_v5(&b, Via::Ws, "anon-1", None)
+        .await
+        .expect("anonymous");
+    let kinds: Vec<_> = b
+        .handle
+        .clients()
+        .into_iter()
+        .map(|c| (c.client_id, c.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("anon-1".to_string(), fleetmq_broker::ClientKind::Anonymous),
+            (
+                "any-client-id".to_string(),
+                fleetmq_broker::ClientKind::Service
+            )
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_device_is_disconnected_and_its_token_stops_working() {
+    let b = TestBroker::start().await;
+    let rec = b.add_device("dev-1", "secret-token", false).await;
+    let (_c, mut el) = connect_v4(&b, Via::Tcp, "dev-1", Some(("dev-1", "secret-token")))
+        .await
+        .unwrap();
+    assert!(b.handle.is_device_online(&rec.id));
+    let id = rec.id.clone();
+    b.store.call(move |s| s.delete_device(&id)).await.unwrap();
+    b.handle.device_removed(&rec.id);
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            if el.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the live connection is closed at once");
+    assert_eq!(
+        refused_v4(connect_v4(&b, Via::Tcp, "dev-1", Some(("dev-1", "secret-token"))).await),
+        ConnectReturnCode::NotAuthorized
+    );
+}
+
+#[tokio::test]
+async fn a_second_connection_takes_the_session_over() {
+    let b = TestBroker::start().await;
+    let rec = b.add_device("dev-1", "secret-token", false).await;
+    let (_c1, mut el1) = connect_v5(&b, Via::Tcp, "dev-1", Some(("dev-1", "secret-token")))
+        .await
+        .unwrap();
+    let (c2, el2) = connect_v4(&b, Via::Ws, "dev-1", Some(("dev-1", "secret-token")))
+        .await
+        .unwrap();
+    // The first connection is told why (v5 DISCONNECT 0x8E) and closed.
+    let reason = tokio::time::timeout(WAIT, async {
+        loop {
+            match el1.poll().await {
+                Err(rumqttc::v5::ConnectionError::MqttState(
+                    rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+                )) => return Some(reason_code),
+                Ok(_) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("old connection closed");
+    assert_eq!(
+        reason,
+        Some(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver)
+    );
+    let _driver = drive_v4(el2);
+    c2.subscribe("device/dev-1/command", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(b.handle.is_device_online(&rec.id));
+    assert_eq!(b.handle.clients().len(), 1);
+    assert_eq!(b.handle.stats().connections.devices, 1);
+}
