@@ -1,1 +1,36 @@
-//! placeholder
+//! fleetmq's admin HTTP API (SPEC §8) on hyper 1.
+//!
+//! Modules:
+//! - `server`: [`serve`], the accept loop and graceful drain, and [`AppState`].
+//! - `router`: path and method to handler; the API key is checked first.
+//! - `routes`: one module per resource (`devices`, `service_clients`, `clients`,
+//!   `publish`, `stats`).
+//! - `auth`: [`ensure_admin_key`] and [`AdminKey`], which checks presented keys
+//!   without a slow hash per request.
+//! - `config`: the `[admin]` section, [`RawAdminConfig`] → [`AdminConfig`].
+//! - `error`: `ApiError`, the one funnel from failure to HTTP answer, and [`WebError`].
+//! - `json`: reading bodies under the size limit, writing JSON answers.
+//! - `query`: query strings, path segments and paging parameters.
+//! - `time`: RFC 3339 timestamps.
+//!
+//! Every store call and every password hash runs on the blocking pool through
+//! [`fleetmq_storage::Store::call`]; a failed request never changes state (all
+//! validation happens before the one store write a request makes).
+
+mod auth;
+mod config;
+mod error;
+mod json;
+mod query;
+mod router;
+mod routes;
+mod server;
+mod time;
+
+pub use auth::{ensure_admin_key, AdminKey, ADMIN_KEY_FILE, MAX_SLOW_VERIFIES};
+pub use config::{
+    AdminConfig, ConfigError, RawAdminConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
+    MIN_API_KEY_LEN,
+};
+pub use error::WebError;
+pub use server::{serve, AppState, DRAIN_DEADLINE};

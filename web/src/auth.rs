@@ -1,0 +1,243 @@
+//! The admin API key: making sure one exists ([`ensure_admin_key`]) and checking the
+//! key a request presents ([`AdminKey`]).
+//!
+//! Only a slow salted hash of the key is stored. Checking that hash on every request
+//! would cost a PBKDF2 run each (tens of milliseconds of CPU), so once a key has been
+//! accepted, its HMAC under a random per-process key is remembered and later requests
+//! are compared against that in constant time. There is exactly one valid key, so once
+//! it is known every other key is rejected without the slow path; before that, at most
+//! [`MAX_SLOW_VERIFIES`] slow checks run at once and further requests get `401` at
+//! once, so a flood of wrong keys cannot stall the server.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use fleetmq_storage::{generate_token, CredentialHash, Store};
+use http::{header, HeaderMap};
+use ring::hmac;
+use ring::rand::SystemRandom;
+use tokio::sync::Semaphore;
+
+use crate::error::{ApiError, WebError};
+
+/// File name of the generated key inside the data directory.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+/// How many slow (PBKDF2) key checks may run at once.
+pub const MAX_SLOW_VERIFIES: usize = 2;
+/// A presented key longer than this is rejected without hashing it.
+const MAX_PRESENTED_KEY_LEN: usize = 1024;
+
+/// Checks the API key of a request. Cheap to clone.
+#[derive(Clone)]
+pub struct AdminKey {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hash: CredentialHash,
+    /// Per-process random key for [`Inner::accepted`].
+    mac_key: hmac::Key,
+    /// HMAC of the key once it has been seen to verify.
+    accepted: OnceLock<hmac::Tag>,
+    slow_verifies: Arc<Semaphore>,
+}
+
+impl AdminKey {
+    /// A key known only by its stored hash: the first correct request pays one slow check.
+    pub fn from_hash(hash: CredentialHash) -> Self {
+        let rng = SystemRandom::new();
+        // Like the store's token generator: no safe fallback if the OS RNG fails.
+        let mac_key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
+            .expect("the operating system's random number generator failed");
+        AdminKey {
+            inner: Arc::new(Inner {
+                hash,
+                mac_key,
+                accepted: OnceLock::new(),
+                slow_verifies: Arc::new(Semaphore::new(MAX_SLOW_VERIFIES)),
+            }),
+        }
+    }
+
+    /// A key whose plaintext is known (configured or just generated) and matches `hash`.
+    fn known(hash: CredentialHash, key: &str) -> Self {
+        let admin_key = Self::from_hash(hash);
+        let tag = hmac::sign(&admin_key.inner.mac_key, key.as_bytes());
+        let _ = admin_key.inner.accepted.set(tag);
+        admin_key
+    }
+
+    /// Whether `presented` is the admin key. Never blocks an async thread.
+    pub async fn verify(&self, presented: &str) -> bool {
+        let inner = &self.inner;
+        if presented.is_empty() || presented.len() > MAX_PRESENTED_KEY_LEN {
+            return false;
+        }
+        if let Some(tag) = inner.accepted.get() {
+            return hmac::verify(&inner.mac_key, presented.as_bytes(), tag.as_ref()).is_ok();
+        }
+        let Ok(permit) = inner.slow_verifies.clone().try_acquire_owned() else {
+            tracing::debug!("admin key check refused: too many slow checks in flight");
+            return false;
+        };
+        let hash = inner.hash.clone();
+        let candidate = presented.to_owned();
+        // The permit moves into the task: it is held until the hash is done even if
+        // the request is dropped meanwhile.
+        let checked = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            hash.verify(candidate.as_bytes())
+        })
+        .await;
+        let ok = checked.unwrap_or(false);
+        if ok {
+            let _ = inner
+                .accepted
+                .set(hmac::sign(&inner.mac_key, presented.as_bytes()));
+        }
+        ok
+    }
+
+    /// Checks the `x-api-key` or `Authorization: Bearer` header of a request.
+    pub(crate) async fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(presented) = presented_key(headers) else {
+            return Err(ApiError::Unauthorized(
+                "missing API key: send `x-api-key: <key>` or `Authorization: Bearer <key>`",
+            ));
+        };
+        if self.verify(presented).await {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized("invalid API key"))
+        }
+    }
+}
+
+/// The key a request presents, from `x-api-key` or else `Authorization: Bearer`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get("x-api-key") {
+        return value.to_str().ok().map(str::trim);
+    }
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Makes sure an admin API key exists and returns its checker.
+///
+/// - A configured key wins: its hash replaces whatever the store held.
+/// - Otherwise the stored hash is used.
+/// - Otherwise a key is generated, written to `<data_dir>/admin.key` (mode 0600, before
+///   its hash is stored, so a stored hash always has a readable key), and its hash
+///   stored; the log says where the key is.
+pub async fn ensure_admin_key(
+    store: &Store,
+    data_dir: &Path,
+    configured: Option<&str>,
+) -> Result<AdminKey, WebError> {
+    if let Some(key) = configured {
+        let key = key.to_owned();
+        let (hash, key) = store
+            .call(move |s| {
+                let hash = CredentialHash::new(key.as_bytes());
+                s.set_admin_key_hash(&hash).map(|()| (hash, key))
+            })
+            .await?;
+        return Ok(AdminKey::known(hash, &key));
+    }
+    if let Some(hash) = store.call(|s| s.admin_key_hash()).await? {
+        return Ok(AdminKey::from_hash(hash));
+    }
+    let path = data_dir.join(ADMIN_KEY_FILE);
+    let key = generate_token();
+    let hash = {
+        let (path, key) = (path.clone(), key.clone());
+        store
+            .call(move |s| -> Result<CredentialHash, WebError> {
+                write_key_file(&path, &key)?;
+                let hash = CredentialHash::new(key.as_bytes());
+                s.set_admin_key_hash(&hash)?;
+                Ok(hash)
+            })
+            .await?
+    };
+    tracing::info!(path = %path.display(), "generated an admin API key; it is in this file");
+    Ok(AdminKey::known(hash, &key))
+}
+
+/// Writes the key through a temporary file so a crash never leaves a half-written key,
+/// readable by the owner only.
+fn write_key_file(path: &Path, key: &str) -> Result<(), WebError> {
+    use std::io::Write;
+    let err = |source| WebError::WriteKeyFile {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp).map_err(err)?;
+    file.write_all(key.as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+
+    fn fast_hash(key: &str) -> CredentialHash {
+        CredentialHash::with_iterations(key.as_bytes(), NonZeroU32::new(2).unwrap())
+    }
+
+    #[tokio::test]
+    async fn from_hash_verifies_then_caches() {
+        let key = AdminKey::from_hash(fast_hash("right-key"));
+        assert!(!key.verify("wrong-key").await);
+        assert!(key.inner.accepted.get().is_none());
+        assert!(key.verify("right-key").await);
+        assert!(key.inner.accepted.get().is_some());
+        assert!(key.verify("right-key").await);
+        assert!(!key.verify("wrong-key").await);
+        assert!(!key.verify("").await);
+    }
+
+    #[tokio::test]
+    async fn known_key_never_needs_the_hash() {
+        let key = AdminKey::known(fast_hash("right-key"), "right-key");
+        assert!(key.verify("right-key").await);
+        assert!(!key.verify("right-kez").await);
+    }
+
+    #[tokio::test]
+    async fn busy_slow_path_answers_no_at_once() {
+        let key = AdminKey::from_hash(fast_hash("right-key"));
+        let _held = key
+            .inner
+            .slow_verifies
+            .clone()
+            .acquire_many_owned(MAX_SLOW_VERIFIES as u32)
+            .await
+            .unwrap();
+        assert!(!key.verify("right-key").await);
+    }
+
+    #[test]
+    fn headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_key(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(presented_key(&h), None);
+        h.insert("x-api-key", "xyz".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("xyz"));
+    }
+}

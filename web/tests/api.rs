@@ -1,0 +1,937 @@
+//! The admin API over real HTTP, against a real store in a temporary directory.
+//!
+//! Every test builds its app through [`test_app`], the one place that wires store,
+//! broker, key and config together.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleetmq_broker::testing::TestBroker;
+use fleetmq_broker::BrokerConfig;
+use fleetmq_storage::{DeviceId, Store};
+use fleetmq_web::{ensure_admin_key, serve, AdminConfig, AppState, RawAdminConfig};
+use http::{header, HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const API_KEY: &str = "test-admin-key-0123456789abcdef";
+const MAX_BODY: usize = 64 * 1024;
+/// Upper bound for anything a test waits for over the network.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+struct TestApp {
+    addr: SocketAddr,
+    store: Store,
+    broker: TestBroker,
+    client: Client<HttpConnector, Full<Bytes>>,
+    shutdown: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+/// A real broker (fresh store in a temp dir), the configured test key, and the API on
+/// port 0 sharing the broker's store.
+async fn test_app() -> TestApp {
+    test_app_with(BrokerConfig::for_tests()).await
+}
+
+async fn test_app_with(broker_config: BrokerConfig) -> TestApp {
+    let broker = TestBroker::with_config(broker_config).await;
+    let store = broker.store.clone();
+    let data_dir = broker.dir.as_ref().expect("broker data dir").path();
+    let key = ensure_admin_key(&store, data_dir, Some(API_KEY))
+        .await
+        .unwrap();
+    let mut config: AdminConfig = RawAdminConfig {
+        listen: Some("127.0.0.1:0".into()),
+        api_key: Some(API_KEY.into()),
+    }
+    .validate()
+    .unwrap();
+    config.max_body_bytes = MAX_BODY;
+    let listener = TcpListener::bind(config.listen).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::new(store.clone(), broker.handle.clone(), key, config);
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(serve(listener, state, shutdown.clone()));
+    TestApp {
+        addr,
+        store,
+        broker,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        shutdown,
+        server,
+    }
+}
+
+/// An answer: status, headers and the body parsed as JSON (`Null` when empty).
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("<none>")
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    None,
+    ApiKey(&'a str),
+    Header(&'a str),
+}
+
+impl TestApp {
+    async fn send(&self, method: Method, path: &str, auth: Auth<'_>, body: Option<&str>) -> Answer {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        match auth {
+            Auth::None => {}
+            Auth::ApiKey(key) => req = req.header("x-api-key", key),
+            Auth::Header(value) => req = req.header(header::AUTHORIZATION, value),
+        }
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let body = Full::new(Bytes::from(body.unwrap_or("").to_owned()));
+        let response = self.client.request(req.body(body).unwrap()).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+        };
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
+        let body = body.map(|b| b.to_string());
+        self.send(method, path, Auth::ApiKey(API_KEY), body.as_deref())
+            .await
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    async fn raw_post(&self, path: &str, body: &str) -> Answer {
+        self.send(Method::POST, path, Auth::ApiKey(API_KEY), Some(body))
+            .await
+    }
+
+    async fn provision(&self, id: &str) -> Value {
+        let answer = self.post("/api/v1/devices", json!({ "id": id })).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        answer.body
+    }
+
+    async fn device_count(&self) -> u64 {
+        self.store.call(|s| s.count_devices()).await.unwrap()
+    }
+
+    async fn token_verifies(&self, id: &str, token: &str) -> bool {
+        let id: DeviceId = id.parse().unwrap();
+        let token = token.to_owned();
+        self.store
+            .call(move |s| s.get_device(&id))
+            .await
+            .unwrap()
+            .is_some_and(|d| d.credential.verify(token.as_bytes()))
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.server.await.unwrap().unwrap();
+        self.broker.stop().await;
+    }
+
+    fn mqtt_options(&self, client_id: &str, username: &str, password: &str) -> MqttOptions {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", self.broker.tcp.port());
+        options.set_credentials(username, password);
+        options.set_keep_alive(Duration::from_secs(30));
+        options
+    }
+
+    /// Connects over MQTT and waits for a successful CONNACK.
+    async fn mqtt_connect(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> (AsyncClient, EventLoop) {
+        let (client, mut events) =
+            AsyncClient::new(self.mqtt_options(client_id, username, password), 16);
+        let connack = next_packet(&mut events, |p| matches!(p, Packet::ConnAck(_))).await;
+        assert!(connack.is_ok(), "{client_id} not connected: {connack:?}");
+        (client, events)
+    }
+
+    /// Whether a CONNECT with these credentials is refused.
+    async fn mqtt_refused(&self, client_id: &str, username: &str, password: &str) -> bool {
+        let (_client, mut events) =
+            AsyncClient::new(self.mqtt_options(client_id, username, password), 16);
+        let first = tokio::time::timeout(PATIENCE, events.poll())
+            .await
+            .expect("no answer to CONNECT");
+        matches!(first, Err(ConnectionError::ConnectionRefused(_)))
+    }
+}
+
+/// Every API route with a body that would succeed if the key were right.
+fn every_api_route() -> Vec<(Method, &'static str, Option<Value>)> {
+    vec![
+        (Method::GET, "/api/v1/devices", None),
+        (
+            Method::POST,
+            "/api/v1/devices",
+            Some(json!({"id": "dev-1"})),
+        ),
+        (Method::GET, "/api/v1/devices/dev-1", None),
+        (
+            Method::PATCH,
+            "/api/v1/devices/dev-1",
+            Some(json!({"labels": {}})),
+        ),
+        (Method::DELETE, "/api/v1/devices/dev-1", None),
+        (
+            Method::POST,
+            "/api/v1/devices/dev-1/rotate-credentials",
+            None,
+        ),
+        (Method::POST, "/api/v1/devices/dev-1/rotate-key", None),
+        (
+            Method::POST,
+            "/api/v1/service-clients",
+            Some(json!({"name": "svc", "password": "long-enough", "rules": []})),
+        ),
+        (Method::GET, "/api/v1/service-clients", None),
+        (Method::DELETE, "/api/v1/service-clients/svc", None),
+        (Method::GET, "/api/v1/clients", None),
+        (Method::DELETE, "/api/v1/clients/dev-1", None),
+        (
+            Method::POST,
+            "/api/v1/publish",
+            Some(json!({"topic": "a/b", "payload": "x"})),
+        ),
+        (Method::GET, "/api/v1/stats", None),
+        (Method::GET, "/api/v1/no-such-route", None),
+    ]
+}
+
+#[tokio::test]
+async fn health_is_open() {
+    let app = test_app().await;
+    let answer = app.send(Method::GET, "/health", Auth::None, None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, json!({"status": "ok"}));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_api_route_needs_the_key_and_a_refused_request_changes_nothing() {
+    let app = test_app().await;
+    let basic = format!("Basic {API_KEY}");
+    let wrong = [
+        Auth::None,
+        Auth::ApiKey("wrong-key"),
+        Auth::ApiKey(""),
+        Auth::Header("Bearer wrong-key"),
+        Auth::Header(&basic),
+    ];
+    for (method, path, body) in every_api_route() {
+        for auth in wrong {
+            let body = body.as_ref().map(Value::to_string);
+            let answer = app.send(method.clone(), path, auth, body.as_deref()).await;
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+            assert_eq!(answer.error_code(), "unauthorized", "{method} {path}");
+            assert!(answer.headers.contains_key(header::WWW_AUTHENTICATE));
+        }
+    }
+    assert_eq!(app.device_count().await, 0);
+    let clients = app.get("/api/v1/service-clients").await;
+    assert_eq!(clients.body["items"], json!([]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn both_key_headers_are_accepted() {
+    let app = test_app().await;
+    let x_api_key = app
+        .send(Method::GET, "/api/v1/devices", Auth::ApiKey(API_KEY), None)
+        .await;
+    assert_eq!(x_api_key.status, StatusCode::OK);
+    let bearer = format!("Bearer {API_KEY}");
+    let bearer = app
+        .send(Method::GET, "/api/v1/devices", Auth::Header(&bearer), None)
+        .await;
+    assert_eq!(bearer.status, StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_and_wrong_methods_405() {
+    let app = test_app().await;
+    for path in [
+        "/",
+        "/nope",
+        "/api/v1/nope",
+        "/api/v1/devices/a/b",
+        "/api/v2/devices",
+    ] {
+        let answer = app.get(path).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(answer.error_code(), "not_found", "{path}");
+        assert_eq!(answer.headers[header::CONTENT_TYPE], "application/json");
+    }
+    let answer = app.call(Method::PUT, "/api/v1/devices", None).await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(answer.error_code(), "method_not_allowed");
+    assert_eq!(answer.headers[header::ALLOW], "GET, POST");
+    let answer = app.get("/api/v1/devices/x/rotate-key").await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    let answer = app.call(Method::POST, "/health", None).await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400_and_invalid_values_422_and_change_nothing() {
+    let app = test_app().await;
+    let cases: &[(&str, &str, StatusCode)] = &[
+        ("/api/v1/devices", "{", StatusCode::BAD_REQUEST),
+        ("/api/v1/devices", "", StatusCode::BAD_REQUEST),
+        ("/api/v1/devices", "not json", StatusCode::BAD_REQUEST),
+        (
+            "/api/v1/devices",
+            r#"{"id":"bad id"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/api/v1/devices",
+            r#"{"id":"-starts-badly"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/api/v1/devices",
+            r#"{"id":"ok","colour":1}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/api/v1/devices",
+            r#"{"id":"ok","labels":{"a:b":"c"}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/api/v1/devices",
+            r#"{"id":"ok","plugin":""}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/api/v1/devices",
+            r#"{"id":"ok","encrypted":"yes"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("/api/v1/devices", "[]", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/api/v1/service-clients", "{", StatusCode::BAD_REQUEST),
+        (
+            "/api/v1/service-clients",
+            r#"{"name":"svc","password":"short"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/api/v1/service-clients",
+            r#"{"name":"a/b","password":"long-enough"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/api/v1/service-clients",
+            r#"{"name":"svc","password":"long-enough","rules":[{"action":"write","topic":"a","allow":true}]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/api/v1/service-clients",
+            r#"{"name":"svc","password":"long-enough","rules":[{"action":"all","topic":"a/#/b","allow":true}]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("/api/v1/publish", "{", StatusCode::BAD_REQUEST),
+        (
+            "/api/v1/publish",
+            r#"{"topic":"a","qos":3}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/api/v1/publish",
+            r#"{"topic":"a","qos":-1}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/api/v1/publish",
+            r#"{"topic":"a","payload":"x","payload_base64":"eA=="}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/api/v1/publish",
+            r#"{"topic":"a","payload_base64":"!"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ];
+    for (path, body, status) in cases {
+        let answer = app.raw_post(path, body).await;
+        assert_eq!(answer.status, *status, "{path} {body}: {}", answer.body);
+        let code = if *status == StatusCode::BAD_REQUEST {
+            "bad_request"
+        } else {
+            "unprocessable"
+        };
+        assert_eq!(answer.error_code(), code, "{path} {body}");
+        assert!(answer.body["error"]["message"].is_string());
+    }
+    assert_eq!(app.device_count().await, 0);
+    let clients = app.get("/api/v1/service-clients").await;
+    assert_eq!(clients.body["items"], json!([]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn patch_with_invalid_labels_changes_nothing() {
+    let app = test_app().await;
+    app.provision("dev-1").await;
+    let path = "/api/v1/devices/dev-1";
+    let ok = app
+        .call(Method::PATCH, path, Some(json!({"labels": {"site": "a"}})))
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    for body in [
+        json!({"labels": {"": "x"}}),
+        json!({"labels": {"site": 1}}),
+        json!({}),
+    ] {
+        let answer = app.call(Method::PATCH, path, Some(body.clone())).await;
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    }
+    assert_eq!(app.get(path).await.body["labels"], json!({"site": "a"}));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413() {
+    let app = test_app().await;
+    let big = format!(r#"{{"id":"dev-1","plugin":"{}"}}"#, "a".repeat(MAX_BODY));
+    let answer = app.raw_post("/api/v1/devices", &big).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.error_code(), "payload_too_large");
+
+    // No Content-Length: the limit holds while reading.
+    let status = chunked_post(app.addr, "/api/v1/devices", big.as_bytes()).await;
+    assert_eq!(status, 413);
+    assert_eq!(app.device_count().await, 0);
+    app.stop().await;
+}
+
+/// Polls the MQTT event loop until a packet matching `want` arrives (`Ok`) or the
+/// connection fails (`Err`).
+async fn next_packet(
+    events: &mut EventLoop,
+    want: impl Fn(&Packet) -> bool,
+) -> Result<Packet, ConnectionError> {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match events.poll().await? {
+                Event::Incoming(packet) if want(&packet) => return Ok(packet),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("nothing happened on the MQTT connection")
+}
+
+/// Polls until the broker closes the connection.
+async fn closed_by_broker(events: &mut EventLoop) -> bool {
+    next_packet(events, |_| false).await.is_err()
+}
+
+/// Sends a chunked POST over a raw socket and returns the status code.
+async fn chunked_post(addr: SocketAddr, path: &str, body: &[u8]) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nx-api-key: {API_KEY}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.chunks(4096) {
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
+        // The server may answer and close before it has read everything.
+        if stream.write_all(&framed).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn provisioning_returns_the_token_once_and_stores_only_its_hash() {
+    let app = test_app().await;
+    let created = app
+        .post(
+            "/api/v1/devices",
+            json!({"id": "dev-1", "labels": {"site": "berlin"}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let body = created.body;
+    assert_eq!(body["device"]["id"], "dev-1");
+    assert_eq!(body["device"]["plugin"], "json");
+    assert_eq!(body["device"]["labels"], json!({"site": "berlin"}));
+    assert_eq!(body["device"]["online"], false);
+    assert!(body["device"]["created_at"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert_eq!(body["credentials"]["username"], "dev-1");
+    let token = body["credentials"]["password"].as_str().unwrap();
+    assert_eq!(token.len(), 64);
+    assert!(app.token_verifies("dev-1", token).await);
+
+    let shown = app.get("/api/v1/devices/dev-1").await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert_eq!(shown.body, body["device"]);
+    assert!(!shown.body.to_string().contains(token));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_encrypted_device_gets_its_key() {
+    let app = test_app().await;
+    let created = app
+        .post("/api/v1/devices", json!({"id": "enc-1", "encrypted": true}))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(created.body["key"]["generation"], 1);
+    let key = created.body["key"]["base64"].as_str().unwrap();
+    assert_eq!(key.len(), 44, "32 bytes in base64");
+    assert_eq!(created.body["device"]["encrypted"], true);
+    assert_eq!(created.body["device"]["key_generation"], 1);
+
+    let rotated = app
+        .post("/api/v1/devices/enc-1/rotate-key", json!({}))
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    assert_eq!(rotated.body["key"]["generation"], 2);
+    assert_ne!(rotated.body["key"]["base64"], key);
+    assert_eq!(
+        app.get("/api/v1/devices/enc-1").await.body["key_generation"],
+        2
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_device_is_409_and_keeps_its_token() {
+    let app = test_app().await;
+    let first = app.provision("dev-1").await;
+    let token = first["credentials"]["password"].as_str().unwrap();
+    let again = app
+        .post(
+            "/api/v1/devices",
+            json!({"id": "dev-1", "labels": {"x": "y"}}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.error_code(), "conflict");
+    assert!(app.token_verifies("dev-1", token).await);
+    assert_eq!(
+        app.get("/api/v1/devices/dev-1").await.body["labels"],
+        json!({})
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_devices_are_404() {
+    let app = test_app().await;
+    for id in ["nobody", "bad%20id", "-x"] {
+        let path = format!("/api/v1/devices/{id}");
+        assert_eq!(app.get(&path).await.status, StatusCode::NOT_FOUND, "{id}");
+        let patch = app
+            .call(Method::PATCH, &path, Some(json!({"labels": {}})))
+            .await;
+        assert_eq!(patch.status, StatusCode::NOT_FOUND, "{id}");
+        let delete = app.call(Method::DELETE, &path, None).await;
+        assert_eq!(delete.status, StatusCode::NOT_FOUND, "{id}");
+        for action in ["rotate-credentials", "rotate-key"] {
+            let answer = app.post(&format!("{path}/{action}"), json!({})).await;
+            assert_eq!(answer.status, StatusCode::NOT_FOUND, "{id} {action}");
+        }
+    }
+    assert_eq!(app.device_count().await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rotating_credentials_replaces_the_token() {
+    let app = test_app().await;
+    let created = app.provision("dev-1").await;
+    let old = created["credentials"]["password"].as_str().unwrap();
+    let rotated = app
+        .post("/api/v1/devices/dev-1/rotate-credentials", json!({}))
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    assert_eq!(rotated.body["credentials"]["username"], "dev-1");
+    let new = rotated.body["credentials"]["password"].as_str().unwrap();
+    assert_ne!(new, old);
+    assert!(app.token_verifies("dev-1", new).await);
+    assert!(!app.token_verifies("dev-1", old).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn patch_replaces_labels_and_delete_removes() {
+    let app = test_app().await;
+    app.post(
+        "/api/v1/devices",
+        json!({"id": "dev-1", "labels": {"a": "1", "b": "2"}}),
+    )
+    .await;
+    let path = "/api/v1/devices/dev-1";
+    let patched = app
+        .call(Method::PATCH, path, Some(json!({"labels": {"c": "3"}})))
+        .await;
+    assert_eq!(patched.status, StatusCode::OK);
+    assert_eq!(patched.body["labels"], json!({"c": "3"}));
+
+    let deleted = app.call(Method::DELETE, path, None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_eq!(deleted.body, Value::Null);
+    assert_eq!(app.get(path).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.device_count().await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn device_lists_page_and_filter() {
+    let app = test_app().await;
+    for (id, site) in [
+        ("d1", "a"),
+        ("d2", "b"),
+        ("d3", "a"),
+        ("d4", "a"),
+        ("d5", "b"),
+    ] {
+        app.post(
+            "/api/v1/devices",
+            json!({"id": id, "labels": {"site": site}}),
+        )
+        .await;
+    }
+    let ids = |answer: &Answer| -> Vec<String> {
+        let items = answer.body["items"].as_array().unwrap();
+        items
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = app.get("/api/v1/devices?limit=2").await;
+    assert_eq!(ids(&first), ["d1", "d2"]);
+    assert_eq!(first.body["next_cursor"], "d2");
+    let second = app.get("/api/v1/devices?limit=2&cursor=d2").await;
+    assert_eq!(ids(&second), ["d3", "d4"]);
+    let last = app.get("/api/v1/devices?limit=2&cursor=d4").await;
+    assert_eq!(ids(&last), ["d5"]);
+    assert_eq!(last.body["next_cursor"], Value::Null);
+
+    let site_a = app.get("/api/v1/devices?label=site:a&limit=2").await;
+    assert_eq!(ids(&site_a), ["d1", "d3"]);
+    assert_eq!(site_a.body["next_cursor"], "d3");
+    let rest = app
+        .get("/api/v1/devices?label=site:a&limit=2&cursor=d3")
+        .await;
+    assert_eq!(ids(&rest), ["d4"]);
+    assert_eq!(rest.body["next_cursor"], Value::Null);
+    let offline = app.get("/api/v1/devices?online=false").await;
+    assert_eq!(ids(&offline).len(), 5);
+    assert!(ids(&app.get("/api/v1/devices?online=true").await).is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_list_parameters_are_refused() {
+    let app = test_app().await;
+    let cases = [
+        ("limit=abc", StatusCode::BAD_REQUEST),
+        ("limit=0", StatusCode::UNPROCESSABLE_ENTITY),
+        ("limit=1001", StatusCode::UNPROCESSABLE_ENTITY),
+        ("online=maybe", StatusCode::BAD_REQUEST),
+        ("label=nocolon", StatusCode::BAD_REQUEST),
+        ("cursor=bad%20id", StatusCode::BAD_REQUEST),
+        ("colour=red", StatusCode::BAD_REQUEST),
+    ];
+    for (query, status) in cases {
+        let answer = app.get(&format!("/api/v1/devices?{query}")).await;
+        assert_eq!(answer.status, status, "{query}");
+    }
+    let ok = app.get("/api/v1/devices?limit=1000").await;
+    assert_eq!(ok.status, StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn service_clients_never_show_secrets() {
+    let app = test_app().await;
+    let rules = json!([{"action": "subscribe", "topic": "device/+/telemetry", "allow": true}]);
+    let body = json!({"name": "backend", "password": "backend-password", "rules": rules});
+    let created = app.post("/api/v1/service-clients", body.clone()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["name"], "backend");
+    assert_eq!(created.body["rules"], rules);
+    let again = app.post("/api/v1/service-clients", body).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+
+    let list = app.get("/api/v1/service-clients").await;
+    assert_eq!(list.status, StatusCode::OK);
+    let items = list.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["name"], "backend");
+    let text = list.body.to_string();
+    assert!(!text.contains("backend-password") && !text.contains("credential"));
+
+    let gone = app
+        .call(Method::DELETE, "/api/v1/service-clients/backend", None)
+        .await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT);
+    let again = app
+        .call(Method::DELETE, "/api/v1/service-clients/backend", None)
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_service_client_cannot_take_a_device_id() {
+    let app = test_app().await;
+    app.provision("dev-1").await;
+    let body = json!({"name": "dev-1", "password": "long-enough"});
+    let answer = app.post("/api/v1/service-clients", body).await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+    let device = app.post("/api/v1/devices", json!({"id": "svc"})).await;
+    assert_eq!(device.status, StatusCode::CREATED);
+    let svc = app
+        .post(
+            "/api/v1/service-clients",
+            json!({"name": "svc", "password": "long-enough"}),
+        )
+        .await;
+    assert_eq!(svc.status, StatusCode::CONFLICT);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn clients_stats_and_kicking_nobody() {
+    let app = test_app().await;
+    let clients = app.get("/api/v1/clients").await;
+    assert_eq!(clients.status, StatusCode::OK);
+    assert_eq!(clients.body["items"], json!([]));
+    let kick = app
+        .call(Method::DELETE, "/api/v1/clients/nobody", None)
+        .await;
+    assert_eq!(kick.status, StatusCode::NOT_FOUND);
+    let stats = app.get("/api/v1/stats").await;
+    assert_eq!(stats.status, StatusCode::OK);
+    assert!(stats.body["connections"].is_object());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_server() {
+    let app = test_app().await;
+    let addr = app.addr;
+    app.stop().await;
+    assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn presence_comes_from_the_broker() {
+    let app = test_app().await;
+    let created = app.provision("dev-1").await;
+    app.provision("dev-2").await;
+    let token = created["credentials"]["password"].as_str().unwrap();
+    let (_client, mut events) = app.mqtt_connect("dev-1", "dev-1", token).await;
+
+    assert_eq!(app.get("/api/v1/devices/dev-1").await.body["online"], true);
+    assert_eq!(app.get("/api/v1/devices/dev-2").await.body["online"], false);
+    let online = app.get("/api/v1/devices?online=true").await;
+    assert_eq!(online.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(online.body["items"][0]["id"], "dev-1");
+    let offline = app.get("/api/v1/devices?online=false").await;
+    assert_eq!(offline.body["items"][0]["id"], "dev-2");
+
+    let clients = app.get("/api/v1/clients").await;
+    assert_eq!(clients.status, StatusCode::OK);
+    assert_eq!(clients.body["items"][0]["client_id"], "dev-1");
+    assert_eq!(clients.body["items"][0]["kind"], "device");
+
+    let kicked = app
+        .call(Method::DELETE, "/api/v1/clients/dev-1", None)
+        .await;
+    assert_eq!(kicked.status, StatusCode::NO_CONTENT);
+    assert!(closed_by_broker(&mut events).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_a_device_disconnects_it_and_its_token_stops_working() {
+    let app = test_app().await;
+    let created = app.provision("dev-1").await;
+    let token = created["credentials"]["password"].as_str().unwrap();
+    let (_client, mut events) = app.mqtt_connect("dev-1", "dev-1", token).await;
+
+    let deleted = app
+        .call(Method::DELETE, "/api/v1/devices/dev-1", None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(closed_by_broker(&mut events).await);
+    assert!(app.mqtt_refused("dev-1", "dev-1", token).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rotated_credentials_disconnect_and_refuse_the_old_token() {
+    let app = test_app().await;
+    let created = app.provision("dev-1").await;
+    let old = created["credentials"]["password"].as_str().unwrap();
+    let (_client, mut events) = app.mqtt_connect("dev-1", "dev-1", old).await;
+
+    let rotated = app
+        .post("/api/v1/devices/dev-1/rotate-credentials", json!({}))
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    let new = rotated.body["credentials"]["password"].as_str().unwrap();
+    assert!(closed_by_broker(&mut events).await);
+    assert!(app.mqtt_refused("dev-1", "dev-1", old).await);
+    let _reconnected = app.mqtt_connect("dev-1", "dev-1", new).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn published_messages_reach_a_service_client() {
+    let app = test_app().await;
+    let rules = json!([{"action": "subscribe", "topic": "news/#", "allow": true}]);
+    let created = app
+        .post(
+            "/api/v1/service-clients",
+            json!({"name": "backend", "password": "backend-password", "rules": rules}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let (client, mut events) = app
+        .mqtt_connect("backend-1", "backend", "backend-password")
+        .await;
+    client.subscribe("news/#", QoS::AtLeastOnce).await.unwrap();
+    let suback = next_packet(&mut events, |p| matches!(p, Packet::SubAck(_))).await;
+    let Ok(Packet::SubAck(suback)) = suback else {
+        panic!("no SUBACK: {suback:?}")
+    };
+    assert!(matches!(
+        suback.return_codes[0],
+        rumqttc::SubscribeReasonCode::Success(_)
+    ));
+
+    let published = app
+        .post(
+            "/api/v1/publish",
+            json!({"topic": "news/a", "payload": {"n": 1}, "qos": 1}),
+        )
+        .await;
+    assert_eq!(published.status, StatusCode::ACCEPTED, "{}", published.body);
+    assert_eq!(published.body, json!({"published": true}));
+    let msg = next_packet(&mut events, |p| matches!(p, Packet::Publish(_))).await;
+    let Ok(Packet::Publish(msg)) = msg else {
+        panic!("no PUBLISH: {msg:?}")
+    };
+    assert_eq!(msg.topic, "news/a");
+    assert_eq!(&msg.payload[..], br#"{"n":1}"#);
+
+    let deleted = app
+        .call(Method::DELETE, "/api/v1/service-clients/backend", None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(closed_by_broker(&mut events).await);
+    assert!(
+        app.mqtt_refused("backend-1", "backend", "backend-password")
+            .await
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_broker_refuses_bad_publishes_with_422() {
+    let app = test_app_with(BrokerConfig {
+        max_payload: 16,
+        ..BrokerConfig::for_tests()
+    })
+    .await;
+    for body in [
+        json!({"topic": "a/+", "payload": "x"}),
+        json!({"topic": "", "payload": "x"}),
+        json!({"topic": "$SYS/x", "payload": "x"}),
+        json!({"topic": "a", "payload": "x".repeat(17)}),
+    ] {
+        let answer = app.post("/api/v1/publish", body.clone()).await;
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(answer.error_code(), "unprocessable");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn global_encryption_gives_every_device_a_key() {
+    let app = test_app_with(BrokerConfig {
+        payload_encryption: true,
+        ..BrokerConfig::for_tests()
+    })
+    .await;
+    let created = app.provision("dev-1").await;
+    assert_eq!(created["key"]["generation"], 1);
+    assert_eq!(created["device"]["encrypted"], true);
+    assert_eq!(created["device"]["key_generation"], 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_encryption_no_key_is_shown() {
+    let app = test_app().await;
+    let created = app.provision("dev-1").await;
+    assert!(created.get("key").is_none(), "{created}");
+    assert_eq!(created["device"]["encrypted"], false);
+    assert_eq!(created["device"]["key_generation"], Value::Null);
+    app.stop().await;
+}
