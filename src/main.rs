@@ -1,1 +1,197 @@
-fn main() {}
+//! `fleetmq`: parse flags, load config, wire the crates together, run until a signal,
+//! drain, flush, exit. All logic lives in the workspace crates.
+
+mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use toml::Value;
+
+/// An MQTT broker for fleets of edge devices, with the device logic built in.
+#[derive(Debug, Parser)]
+#[command(name = "fleetmq", version, about)]
+struct Cli {
+    /// Log format (the level comes from RUST_LOG, default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "FLEETMQ_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker (MQTT on TCP/WebSocket/TLS and the admin HTTP API).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML config file; environment variables FLEETMQ_<SECTION>_<KEY> override it.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Data directory (one redb file and generated secrets).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// MQTT over TCP listen address ("" disables).
+    #[arg(long, value_name = "ADDR")]
+    mqtt_tcp: Option<String>,
+    /// MQTT over WebSocket listen address ("" disables).
+    #[arg(long, value_name = "ADDR")]
+    mqtt_ws: Option<String>,
+    /// Admin HTTP API listen address.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Encrypt device payloads (SPEC §4) for every device.
+    #[arg(long)]
+    payload_encryption: bool,
+    /// Let clients without credentials connect, with `security.anonymous_rules`.
+    #[arg(long)]
+    allow_anonymous: bool,
+}
+
+impl ServeArgs {
+    fn flags(&self) -> Vec<(&'static str, Value)> {
+        let mut flags = Vec::new();
+        let mut string = |key, v: &Option<String>| {
+            if let Some(v) = v {
+                flags.push((key, Value::String(v.clone())));
+            }
+        };
+        string("mqtt.tcp", &self.mqtt_tcp);
+        string("mqtt.ws", &self.mqtt_ws);
+        string("admin.listen", &self.admin_listen);
+        if let Some(dir) = &self.data_dir {
+            flags.push(("data_dir", Value::String(dir.display().to_string())));
+        }
+        if self.payload_encryption {
+            flags.push(("security.payload_encryption", Value::Boolean(true)));
+        }
+        if self.allow_anonymous {
+            flags.push(("security.allow_anonymous", Value::Boolean(true)));
+        }
+        flags
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetmq: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("fleetmq: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = config::load(args.config.as_deref(), std::env::vars(), args.flags())?;
+    let data_dir = config.data_dir.clone();
+    let store = {
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || fleetmq_storage::Store::open(&dir)).await??
+    };
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let listeners = fleetmq_broker::Listeners::bind(&config.broker).await?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("bind admin API on {}", config.admin.listen))?;
+    tracing::info!(
+        mqtt_tcp = ?listeners.tcp_addr(),
+        mqtt_ws = ?listeners.ws_addr(),
+        mqtt_tls = ?listeners.tls_addr(),
+        admin = %admin_listener.local_addr()?,
+        data_dir = %data_dir.display(),
+        "fleetmq listening"
+    );
+    let broker = fleetmq_broker::start(
+        config.broker,
+        listeners,
+        store.clone(),
+        shutdown.clone(),
+        &tracker,
+    )
+    .await?;
+    let key =
+        fleetmq_web::ensure_admin_key(&store, &data_dir, config.admin.api_key.as_deref()).await?;
+    let state = fleetmq_web::AppState::new(store.clone(), broker, key, config.admin);
+    tracker.spawn(fleetmq_web::serve(admin_listener, state, shutdown.clone()));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections, closing clients");
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close within 5 s");
+    }
+    // Every redb write commits durably; dropping the last handle closes the file cleanly.
+    drop(store);
+    tracing::info!("fleetmq stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,283 @@
+//! `fleetmq serve` configuration: TOML file, then `FLEETMQ_<SECTION>_<KEY>` environment
+//! variables, then flags (SPEC §1). The merged table is deserialized into raw sections
+//! that reject unknown keys, then each crate validates its own section.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use toml::{Table, Value};
+
+/// Every key an environment variable may set, as a dotted path.
+const ENV_KEYS: &[&str] = &[
+    "data_dir",
+    "mqtt.tcp",
+    "mqtt.ws",
+    "mqtt.max_payload",
+    "mqtt.max_connections",
+    "mqtt.connect_timeout_s",
+    "mqtt.tls.listen",
+    "mqtt.tls.cert",
+    "mqtt.tls.key",
+    "mqtt.tls.client_ca",
+    "admin.listen",
+    "admin.api_key",
+    "security.payload_encryption",
+    "security.allow_anonymous",
+    "security.key_grace_s",
+    "commands.timeout_s",
+    "commands.max_retries",
+    "commands.ttl_s",
+    "telemetry.retention_days",
+    "telemetry.max_points_per_device",
+];
+
+/// `FLEETMQ_` variables that belong to the CLI client, not to `serve`.
+const CLIENT_ENV: &[&str] = &["FLEETMQ_ADMIN_URL", "FLEETMQ_API_KEY", "FLEETMQ_LOG_FORMAT"];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    mqtt: fleetmq_broker::RawMqttConfig,
+    #[serde(default)]
+    admin: fleetmq_web::RawAdminConfig,
+    #[serde(default)]
+    security: fleetmq_broker::RawSecurityConfig,
+    #[serde(default)]
+    commands: RawCommandsConfig,
+    #[serde(default)]
+    telemetry: RawTelemetryConfig,
+    #[serde(default)]
+    webhooks: Vec<RawWebhookConfig>,
+}
+
+/// `[commands]`: part of the contract; used by the command engine.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommandsConfig {
+    timeout_s: Option<u64>,
+    max_retries: Option<u32>,
+    ttl_s: Option<u64>,
+}
+
+/// `[telemetry]`: part of the contract; used by the telemetry store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetryConfig {
+    retention_days: Option<u64>,
+    max_points_per_device: Option<u64>,
+}
+
+fn at_least_one(key: &str, value: Option<u64>) -> anyhow::Result<()> {
+    if value == Some(0) {
+        bail!("invalid value for `{key}`: must be at least 1");
+    }
+    Ok(())
+}
+
+impl RawCommandsConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        at_least_one("commands.timeout_s", self.timeout_s)?;
+        at_least_one("commands.ttl_s", self.ttl_s)?;
+        if self.max_retries.is_some_and(|r| r > 100) {
+            bail!("invalid value for `commands.max_retries`: at most 100");
+        }
+        Ok(())
+    }
+}
+
+impl RawTelemetryConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        at_least_one("telemetry.retention_days", self.retention_days)?;
+        at_least_one(
+            "telemetry.max_points_per_device",
+            self.max_points_per_device,
+        )
+    }
+}
+
+/// `[[webhooks]]`: part of the contract; used by the webhook outbox.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhookConfig {
+    url: String,
+    secret: String,
+    events: Option<Vec<String>>,
+}
+
+/// The validated configuration of `fleetmq serve`.
+#[derive(Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub broker: fleetmq_broker::BrokerConfig,
+    pub admin: fleetmq_web::AdminConfig,
+}
+
+/// Reads the file (if any), applies `env` and `flags` (dotted key → value) over it, and
+/// validates the result.
+pub fn load(
+    file: Option<&Path>,
+    env: impl Iterator<Item = (String, String)>,
+    flags: Vec<(&str, Value)>,
+) -> anyhow::Result<Config> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            text.parse::<Table>()
+                .with_context(|| format!("parsing config file {}", path.display()))?
+        }
+        None => Table::new(),
+    };
+    for (name, value) in env {
+        if let Some(key) = env_key(&name)? {
+            set(&mut table, key, parse_env_value(&value))?;
+        }
+    }
+    for (key, value) in flags {
+        set(&mut table, key, value)?;
+    }
+    let raw = RawConfig::deserialize(Value::Table(table))
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    validate(raw)
+}
+
+/// Maps an environment variable to the key it sets; errors on an unknown `FLEETMQ_` one.
+fn env_key(name: &str) -> anyhow::Result<Option<&'static str>> {
+    if name == "MQTT_USE_ADVANCED_SECURITY" {
+        return Ok(Some("security.payload_encryption"));
+    }
+    let Some(rest) = name.strip_prefix("FLEETMQ_") else {
+        return Ok(None);
+    };
+    if CLIENT_ENV.contains(&name) {
+        return Ok(None);
+    }
+    let wanted = rest.to_ascii_lowercase();
+    match ENV_KEYS.iter().find(|k| k.replace('.', "_") == wanted) {
+        Some(key) => Ok(Some(key)),
+        None => bail!(
+            "unknown environment variable {name}: no config key {}",
+            wanted
+        ),
+    }
+}
+
+/// Environment values are TOML scalars when they parse as one (`true`, `42`), else strings.
+fn parse_env_value(value: &str) -> Value {
+    match format!("v = {value}").parse::<Table>() {
+        Ok(mut t) => match t.remove("v") {
+            Some(v @ (Value::Boolean(_) | Value::Integer(_))) => v,
+            _ => Value::String(value.to_owned()),
+        },
+        Err(_) => Value::String(value.to_owned()),
+    }
+}
+
+fn set(table: &mut Table, key: &str, value: Value) -> anyhow::Result<()> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or(key);
+    let mut current = table;
+    for part in parts {
+        let entry = current
+            .entry(part.to_owned())
+            .or_insert_with(|| Value::Table(Table::new()));
+        current = match entry {
+            Value::Table(t) => t,
+            _ => bail!("config key `{part}` must be a table to set `{key}`"),
+        };
+    }
+    current.insert(last.to_owned(), value);
+    Ok(())
+}
+
+fn validate(raw: RawConfig) -> anyhow::Result<Config> {
+    let broker = fleetmq_broker::config::validate(raw.mqtt, raw.security)?;
+    let admin = raw.admin.validate()?;
+    for hook in &raw.webhooks {
+        if !hook.url.starts_with("http://") && !hook.url.starts_with("https://") {
+            bail!(
+                "invalid value for `webhooks.url`: {:?} is not an http(s) URL",
+                hook.url
+            );
+        }
+        if hook.secret.is_empty() {
+            bail!("invalid value for `webhooks.secret`: must not be empty");
+        }
+        tracing::debug!(url = hook.url, events = ?hook.events, "webhook configured");
+    }
+    raw.commands.validate()?;
+    raw.telemetry.validate()?;
+    Ok(Config {
+        data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
+        broker,
+        admin,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("fleetmq.toml");
+        std::fs::write(&path, toml)?;
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        load(Some(&path), env, vec![])
+    }
+
+    #[test]
+    fn defaults_are_spec_defaults() {
+        let c = load(None, std::iter::empty(), vec![]).unwrap();
+        assert_eq!(c.broker.tcp.unwrap().to_string(), "0.0.0.0:1883");
+        assert_eq!(c.broker.ws.unwrap().to_string(), "0.0.0.0:9001");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert!(!c.broker.payload_encryption && !c.broker.allow_anonymous);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = load_str("[mqtt]\ntcpp = \"0.0.0.0:1\"\n", &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("tcpp"), "{e:#}");
+        let e = load_str("bogus = 1\n", &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("bogus"), "{e:#}");
+        let e = load_str("", &[("FLEETMQ_MQTT_TCPP", "x")]).unwrap_err();
+        assert!(format!("{e:#}").contains("FLEETMQ_MQTT_TCPP"), "{e:#}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let c = load_str(
+            "[mqtt]\ntcp = \"127.0.0.1:1000\"\n",
+            &[
+                ("FLEETMQ_MQTT_TCP", "127.0.0.1:2000"),
+                ("MQTT_USE_ADVANCED_SECURITY", "true"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.broker.tcp.unwrap().port(), 2000);
+        assert!(c.broker.payload_encryption);
+        let env = vec![("FLEETMQ_MQTT_TCP".to_string(), "127.0.0.1:2000".to_string())];
+        let c = load(
+            None,
+            env.into_iter(),
+            vec![("mqtt.tcp", Value::String("127.0.0.1:3000".into()))],
+        )
+        .unwrap();
+        assert_eq!(c.broker.tcp.unwrap().port(), 3000);
+    }
+
+    #[test]
+    fn empty_address_disables_a_listener_and_bad_values_name_their_key() {
+        let c = load_str("[mqtt]\nws = \"\"\n", &[]).unwrap();
+        assert!(c.broker.ws.is_none());
+        let e = load_str("[mqtt]\ntcp = \"not an address\"\n", &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("mqtt.tcp"), "{e:#}");
+        let e = load_str("[mqtt]\nmax_payload = 0\n", &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("mqtt.max_payload"), "{e:#}");
+    }
+}
