@@ -17,7 +17,7 @@ use toml::Value;
 #[derive(Debug, Parser)]
 #[command(name = "fleetmq", version, about)]
 struct Cli {
-    /// Log format (the level comes from RUST_LOG, default `info`).
+    /// Log format (the level comes from RUST_LOG, default `info,rumqttd=off`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "FLEETMQ_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]

@@ -339,3 +339,57 @@ async fn service_client_rules_first_match_wins_with_substitution() {
     assert_eq!(publishes_v4(&mut dev_el, QUIET).await.len(), 1);
     assert_eq!(publishes_v4(&mut devb_el, QUIET).await.len(), 0);
 }
+
+#[tokio::test]
+async fn retained_publishes_pass_the_acl_and_are_stored() {
+    let b = broker_with_devices().await;
+    let (dev, dev_el) = connect_v4(&b, Via::Tcp, "dev-a", Some(("dev-a", "token-a")))
+        .await
+        .unwrap();
+    let _d = drive_v4(dev_el);
+    dev.publish(
+        "device/dev-a/status",
+        QoS::AtLeastOnce,
+        true,
+        r#"{"state":"online"}"#,
+    )
+    .await
+    .unwrap();
+    dev.publish(
+        "device/dev-b/status",
+        QoS::AtLeastOnce,
+        true,
+        r#"{"state":"forged"}"#,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(QUIET).await;
+    let stored = b.store.call(|s| s.list_retained()).await.unwrap();
+    let topics: Vec<_> = stored.iter().map(|m| m.topic.as_str()).collect();
+    assert_eq!(topics, ["device/dev-a/status"]);
+    // A later subscriber gets the retained message, not the forged one.
+    let (svc, mut svc_el) =
+        connect_v4(&b, Via::Tcp, "backend-1", Some(("backend", "backend-pass")))
+            .await
+            .unwrap();
+    subscribe_v4(&svc, &mut svc_el, "device/+/status", QoS::AtLeastOnce).await;
+    let got = publishes_v4(&mut svc_el, QUIET).await;
+    assert_eq!(
+        got,
+        [(
+            "device/dev-a/status".to_string(),
+            br#"{"state":"online"}"#.to_vec()
+        )]
+    );
+    // An empty retained payload deletes it.
+    dev.publish("device/dev-a/status", QoS::AtLeastOnce, true, Vec::new())
+        .await
+        .unwrap();
+    tokio::time::sleep(QUIET).await;
+    assert!(b
+        .store
+        .call(|s| s.list_retained())
+        .await
+        .unwrap()
+        .is_empty());
+}

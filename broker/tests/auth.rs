@@ -174,3 +174,84 @@ async fn a_second_connection_takes_the_session_over() {
     assert_eq!(b.handle.clients().len(), 1);
     assert_eq!(b.handle.stats().connections.devices, 1);
 }
+
+#[tokio::test]
+async fn a_full_server_says_busy_and_bad_client_ids_are_rejected() {
+    let mut config = fleetmq_broker::BrokerConfig::for_tests();
+    config.max_connections = 1;
+    config.allow_anonymous = true;
+    let b = TestBroker::with_config(config).await;
+    let (_c, el) = connect_v4(&b, Via::Tcp, "first", None).await.unwrap();
+    let _d = drive_v4(el);
+    assert_eq!(
+        refused_v4(connect_v4(&b, Via::Tcp, "second", None).await),
+        ConnectReturnCode::ServiceUnavailable
+    );
+    assert_eq!(
+        refused_v5(connect_v5(&b, Via::Ws, "second", None).await),
+        V5Code::ServerBusy
+    );
+
+    let b = TestBroker::with_config({
+        let mut c = fleetmq_broker::BrokerConfig::for_tests();
+        c.allow_anonymous = true;
+        c
+    })
+    .await;
+    // [MQTT-3.1.3-8]: an empty client id needs a clean session in 3.1.1.
+    // (rumqttc refuses to send that, so the CONNECT is written by hand.)
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(b.tcp).await.unwrap();
+        s.write_all(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0, 0, 30, 0, 0])
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(WAIT, s.read_to_end(&mut reply))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            reply,
+            [0x20, 2, 0, 2],
+            "CONNACK identifier rejected, then close"
+        );
+    }
+    // With a clean session, or in v5, the broker assigns one.
+    let (_c, _el) = connect_v4(&b, Via::Tcp, "", None)
+        .await
+        .expect("assigned id");
+    let (_c5, mut el5) = rumqttc::v5::AsyncClient::new(options_v5(&b, Via::Tcp, "", None), 10);
+    let assigned = next_v5(&mut el5, |p| match p {
+        rumqttc::v5::mqttbytes::v5::Packet::ConnAck(a) => Some(
+            a.properties
+                .as_ref()
+                .and_then(|p| p.assigned_client_identifier.clone()),
+        ),
+        _ => None,
+    })
+    .await;
+    assert!(assigned.is_some_and(|id| id.starts_with("fleetmq-")));
+}
+
+#[tokio::test]
+async fn a_client_that_never_sends_connect_is_dropped_after_the_connect_timeout() {
+    use tokio::io::AsyncReadExt;
+    let mut config = fleetmq_broker::BrokerConfig::for_tests();
+    config.connect_timeout = std::time::Duration::from_millis(300);
+    let b = TestBroker::with_config(config).await;
+    let mut silent = tokio::net::TcpStream::connect(b.tcp).await.unwrap();
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(WAIT, silent.read(&mut buf))
+        .await
+        .expect("closed by the broker")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // Same on the WebSocket port before the upgrade.
+    let mut silent = tokio::net::TcpStream::connect(b.ws).await.unwrap();
+    let n = tokio::time::timeout(WAIT, silent.read(&mut buf))
+        .await
+        .expect("closed by the broker")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
