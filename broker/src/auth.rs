@@ -74,8 +74,8 @@ impl Authenticator {
 
     /// Authenticates a CONNECT (SPEC §2).
     pub(crate) async fn authenticate(&self, p: Presented<'_>) -> Result<Identity, Refusal> {
-        if let Some(cn) = p.cert_cn {
-            return self.by_certificate(cn, p.client_id).await;
+        if let Some(identity) = self.by_certificate(&p).await? {
+            return Ok(identity);
         }
         let Some(username) = p.username else {
             return if self.allow_anonymous {
@@ -109,16 +109,23 @@ impl Authenticator {
         Ok(Identity::Service(client))
     }
 
-    async fn by_certificate(&self, cn: &str, client_id: &str) -> Result<Identity, Refusal> {
-        let id: DeviceId = cn.parse().map_err(|_| Refusal::NotAuthorized)?;
-        if client_id != id.as_str() {
+    /// A verified client certificate whose CN is a provisioned device id is that device's
+    /// credential (as with Mosquitto's `use_identity_as_username`): the client id (and the
+    /// username, if one is given) must be that id. A certificate whose CN is no device (a
+    /// service client's, a shared fleet certificate) falls back to username and password.
+    async fn by_certificate(&self, p: &Presented<'_>) -> Result<Option<Identity>, Refusal> {
+        let Some(cn) = p.cert_cn else { return Ok(None) };
+        let Ok(id) = cn.parse::<DeviceId>() else {
+            return Ok(None);
+        };
+        let found = self.store.call(move |s| s.get_device(&id)).await;
+        let Some(device) = found.map_err(|_| Refusal::Unavailable)? else {
+            return Ok(None);
+        };
+        if p.client_id != cn || p.username.is_some_and(|u| u != cn) {
             return Err(Refusal::NotAuthorized);
         }
-        let found = self.store.call(move |s| s.get_device(&id)).await;
-        match found.map_err(|_| Refusal::Unavailable)? {
-            Some(device) => Ok(Identity::Device(Box::new(device))),
-            None => Err(Refusal::NotAuthorized),
-        }
+        Ok(Some(Identity::Device(Box::new(device))))
     }
 
     async fn check(
