@@ -187,3 +187,26 @@ impl BrokerHandle {
         self.core.stats.snapshot()
     }
 }
+
+impl BrokerHandle {
+    /// Handles one device event from the link layer.
+    pub(crate) async fn fleet_event(&self, event: crate::fleet::LinkEvent) {
+        tracing::trace!(?event, "device event");
+    }
+}
+
+impl crate::fleet::CommandSink for BrokerHandle {
+    fn deliver(&self, id: &DeviceId, generation: u64, command_id: &str, payload: Bytes) -> bool {
+        self.core.sessions.send_where(
+            |l| {
+                l.conn_id == generation
+                    && l.info.kind == ClientKind::Device
+                    && l.info.client_id == id.as_str()
+            },
+            || Control::Deliver {
+                command_id: command_id.to_owned(),
+                payload: payload.clone(),
+            },
+        ) > 0
+    }
+}

@@ -12,6 +12,7 @@
 
 mod auth;
 pub mod config;
+pub mod fleet;
 mod handle;
 mod link;
 mod sessions;
@@ -30,6 +31,10 @@ pub use stats::{ConnectionStats, DropStats, MessageStats, StatsSnapshot};
 use fleetmq_storage::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Device events in flight from connections to the fleet services; telemetry beyond this
+/// is dropped and counted, other events wait (backpressure on their connection).
+const FLEET_QUEUE: usize = 16_384;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +56,9 @@ pub async fn start(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<BrokerHandle, StartError> {
-    let core = link::Core::start(config, store.clone(), shutdown).map_err(StartError::Router)?;
+    let (fleet_tx, fleet_rx) = tokio::sync::mpsc::channel(FLEET_QUEUE);
+    let core = link::Core::start(config, store.clone(), shutdown.clone(), fleet_tx)
+        .map_err(StartError::Router)?;
     let retained = store
         .call(|s| s.list_retained())
         .await
@@ -63,6 +70,8 @@ pub async fn start(
             .map_err(StartError::Router)?;
     }
     tracing::info!(count, "retained messages replayed into the router");
-    link::spawn_listeners(&core, listeners, tracker);
-    Ok(BrokerHandle { core })
+    let handle = BrokerHandle { core };
+    fleet::spawn(handle.clone(), fleet_rx, shutdown, tracker);
+    link::spawn_listeners(&handle.core, listeners, tracker);
+    Ok(handle)
 }

@@ -29,6 +29,11 @@ pub(crate) enum Control {
     Close(CloseReason),
     /// The device's record changed (keys rotated, encryption flag).
     Reload(Box<DeviceRecord>),
+    /// Deliver a command to the device (QoS 1 on `device/{id}/command`).
+    Deliver {
+        command_id: String,
+        payload: bytes::Bytes,
+    },
 }
 
 pub(crate) struct Live {

@@ -23,6 +23,8 @@ pub enum DropCause {
     Malformed,
     /// A packet or payload over the configured limits.
     TooLarge,
+    /// A device event (telemetry) that found the fleet queue full.
+    QueueFull,
 }
 
 #[derive(Default)]
@@ -46,6 +48,7 @@ pub(crate) struct Stats {
     encrypt_failed: AtomicU64,
     malformed: AtomicU64,
     too_large: AtomicU64,
+    queue_full: AtomicU64,
 }
 
 impl Stats {
@@ -65,6 +68,7 @@ impl Stats {
             DropCause::EncryptFailed => &self.encrypt_failed,
             DropCause::Malformed => &self.malformed,
             DropCause::TooLarge => &self.too_large,
+            DropCause::QueueFull => &self.queue_full,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -105,6 +109,7 @@ impl Stats {
                 encrypt_failed: get(&self.encrypt_failed),
                 malformed: get(&self.malformed),
                 too_large: get(&self.too_large),
+                queue_full: get(&self.queue_full),
             },
         }
     }
@@ -151,4 +156,5 @@ pub struct DropStats {
     pub encrypt_failed: u64,
     pub malformed: u64,
     pub too_large: u64,
+    pub queue_full: u64,
 }

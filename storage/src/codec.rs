@@ -105,7 +105,7 @@ pub(crate) struct Location<'a> {
 }
 
 impl Location<'_> {
-    fn corrupt(self, reason: impl Into<String>) -> StoreError {
+    pub(crate) fn corrupt(self, reason: impl Into<String>) -> StoreError {
         StoreError::Corrupt {
             table: self.table,
             key: self.key.to_owned(),
@@ -114,7 +114,7 @@ impl Location<'_> {
     }
 }
 
-fn encode<T: Serialize>(at: Location<'_>, value: &T) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode<T: Serialize>(at: Location<'_>, value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(value).map_err(|e| {
         StoreError::Database(format!(
             "cannot encode record for table {:?} key {:?}: {e}",
@@ -123,7 +123,7 @@ fn encode<T: Serialize>(at: Location<'_>, value: &T) -> Result<Vec<u8>, StoreErr
     })
 }
 
-fn decode<T: DeserializeOwned>(at: Location<'_>, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(at: Location<'_>, bytes: &[u8]) -> Result<T, StoreError> {
     let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| at.corrupt(e.to_string()))?;
     if !rest.is_empty() {
         return Err(at.corrupt(format!("{} trailing bytes", rest.len())));

@@ -8,7 +8,8 @@
 //! - `codec`: versioned on-disk encodings of those records (postcard), kept
 //!   separate from the API structs so a serde change for JSON never changes
 //!   the file format.
-//! - `devices`, `service_clients`, `retained`, `meta`: one redb table each,
+//! - `devices`, `service_clients`, `retained`, `meta`, `device_state` (presence details
+//!   and reported status), `device_config` (versioned configuration): one redb table each,
 //!   with the [`Store`] methods that read and write it.
 //! - [`store`]: opening the database and running calls off the async threads.
 //! - [`error`]: [`StoreError`] and [`OpenError`].
@@ -18,6 +19,8 @@
 //! instead of panicking.
 
 mod codec;
+mod device_config;
+mod device_state;
 mod devices;
 pub mod error;
 pub mod ids;
@@ -30,6 +33,8 @@ pub mod store;
 #[cfg(test)]
 mod test_support;
 
+pub use device_config::{ConfigVersion, KEPT_CONFIG_VERSIONS};
+pub use device_state::DeviceState;
 pub use devices::KEPT_KEY_GENERATIONS;
 pub use error::{OpenError, StoreError};
 pub use ids::{DeviceId, InvalidDeviceId, MAX_DEVICE_ID_LEN};

@@ -65,6 +65,8 @@ impl Store {
                 txn.open_table(devices::DEVICES)?;
                 txn.open_table(service_clients::SERVICE_CLIENTS)?;
                 txn.open_table(retained::RETAINED)?;
+                txn.open_table(crate::device_state::DEVICE_STATE)?;
+                txn.open_table(crate::device_config::DEVICE_CONFIG)?;
                 meta::init(txn)
             })
             .map_err(init_err)?;

@@ -6,8 +6,10 @@
 //! accepted, its HMAC under a random per-process key is remembered and later requests
 //! are compared against that in constant time. There is exactly one valid key, so once
 //! it is known every other key is rejected without the slow path; before that, at most
-//! [`MAX_SLOW_VERIFIES`] slow checks run at once and further requests get `401` at
-//! once, so a flood of wrong keys cannot stall the server.
+//! [`MAX_SLOW_VERIFIES`] slow checks run at once; further requests wait up to
+//! [`SLOW_VERIFY_WAIT`] for a turn (re-checking the remembered key first, so the right
+//! key is never refused because it arrived together with others) and then get `503`, so
+//! a flood of wrong keys cannot stall the server.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -24,6 +26,17 @@ use crate::error::{ApiError, WebError};
 pub const ADMIN_KEY_FILE: &str = "admin.key";
 /// How many slow (PBKDF2) key checks may run at once.
 pub const MAX_SLOW_VERIFIES: usize = 2;
+/// How long a request waits for a slow check before it is answered `503`.
+pub const SLOW_VERIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The outcome of checking a presented key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    Rejected,
+    /// Too many slow checks in flight; try again.
+    Busy,
+}
 /// A presented key longer than this is rejected without hashing it.
 const MAX_PRESENTED_KEY_LEN: usize = 1024;
 
@@ -69,17 +82,41 @@ impl AdminKey {
 
     /// Whether `presented` is the admin key. Never blocks an async thread.
     pub async fn verify(&self, presented: &str) -> bool {
+        self.check(presented).await == Verdict::Accepted
+    }
+
+    fn remembered(&self, presented: &str) -> Option<Verdict> {
+        let inner = &self.inner;
+        let tag = inner.accepted.get()?;
+        let ok = hmac::verify(&inner.mac_key, presented.as_bytes(), tag.as_ref()).is_ok();
+        Some(if ok {
+            Verdict::Accepted
+        } else {
+            Verdict::Rejected
+        })
+    }
+
+    /// Checks `presented` against the admin key. Never blocks an async thread.
+    pub async fn check(&self, presented: &str) -> Verdict {
         let inner = &self.inner;
         if presented.is_empty() || presented.len() > MAX_PRESENTED_KEY_LEN {
-            return false;
+            return Verdict::Rejected;
         }
-        if let Some(tag) = inner.accepted.get() {
-            return hmac::verify(&inner.mac_key, presented.as_bytes(), tag.as_ref()).is_ok();
+        if let Some(verdict) = self.remembered(presented) {
+            return verdict;
         }
-        let Ok(permit) = inner.slow_verifies.clone().try_acquire_owned() else {
-            tracing::debug!("admin key check refused: too many slow checks in flight");
-            return false;
+        let wait = tokio::time::timeout(
+            SLOW_VERIFY_WAIT,
+            inner.slow_verifies.clone().acquire_owned(),
+        );
+        let Ok(Ok(permit)) = wait.await else {
+            tracing::debug!("admin key check postponed: too many slow checks in flight");
+            return Verdict::Busy;
         };
+        // Another request may have proven the key while this one waited.
+        if let Some(verdict) = self.remembered(presented) {
+            return verdict;
+        }
         let hash = inner.hash.clone();
         let candidate = presented.to_owned();
         // The permit moves into the task: it is held until the hash is done even if
@@ -94,8 +131,10 @@ impl AdminKey {
             let _ = inner
                 .accepted
                 .set(hmac::sign(&inner.mac_key, presented.as_bytes()));
+            Verdict::Accepted
+        } else {
+            Verdict::Rejected
         }
-        ok
     }
 
     /// Checks the `x-api-key` or `Authorization: Bearer` header of a request.
@@ -105,10 +144,12 @@ impl AdminKey {
                 "missing API key: send `x-api-key: <key>` or `Authorization: Bearer <key>`",
             ));
         };
-        if self.verify(presented).await {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized("invalid API key"))
+        match self.check(presented).await {
+            Verdict::Accepted => Ok(()),
+            Verdict::Rejected => Err(ApiError::Unauthorized("invalid API key")),
+            Verdict::Busy => Err(ApiError::Unavailable(
+                "too many API key checks in flight; retry".into(),
+            )),
         }
     }
 }
@@ -216,17 +257,31 @@ mod tests {
         assert!(!key.verify("right-kez").await);
     }
 
-    #[tokio::test]
-    async fn busy_slow_path_answers_no_at_once() {
+    #[tokio::test(start_paused = true)]
+    async fn busy_slow_path_waits_then_answers_busy() {
         let key = AdminKey::from_hash(fast_hash("right-key"));
-        let _held = key
+        let held = key
             .inner
             .slow_verifies
             .clone()
             .acquire_many_owned(MAX_SLOW_VERIFIES as u32)
             .await
             .unwrap();
-        assert!(!key.verify("right-key").await);
+        assert_eq!(key.check("right-key").await, Verdict::Busy);
+        drop(held);
+        assert_eq!(key.check("right-key").await, Verdict::Accepted);
+    }
+
+    #[tokio::test]
+    async fn many_concurrent_first_requests_with_the_right_key_all_pass() {
+        let key = AdminKey::from_hash(fast_hash("right-key"));
+        let checks = (0..16).map(|_| {
+            let key = key.clone();
+            tokio::spawn(async move { key.check("right-key").await })
+        });
+        for check in checks {
+            assert_eq!(check.await.unwrap(), Verdict::Accepted);
+        }
     }
 
     #[test]

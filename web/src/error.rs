@@ -6,6 +6,7 @@ use std::error::Error as StdError;
 use std::path::PathBuf;
 
 use bytes::Bytes;
+use fleetmq_broker::fleet::FleetError;
 use fleetmq_storage::StoreError;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
@@ -37,6 +38,9 @@ pub(crate) enum ApiError {
     /// Well-formed, but a value is not acceptable (bad device id, bad qos, ...).
     #[error("{0}")]
     Unprocessable(String),
+    /// A per-device queue is full (commands); `depth` is how many are waiting.
+    #[error("{message}")]
+    TooManyRequests { message: String, depth: usize },
     /// The broker cannot take the request right now (shutting down).
     #[error("{0}")]
     Unavailable(String),
@@ -54,6 +58,9 @@ struct ErrorBody<'a> {
 struct ErrorDetail<'a> {
     code: &'static str,
     message: &'a str,
+    /// For `too_many_requests`: how many commands are already waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    depth: Option<usize>,
 }
 
 impl ApiError {
@@ -71,6 +78,7 @@ impl ApiError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -90,6 +98,10 @@ impl ApiError {
             error: ErrorDetail {
                 code,
                 message: &message,
+                depth: match &self {
+                    Self::TooManyRequests { depth, .. } => Some(*depth),
+                    _ => None,
+                },
             },
         };
         let mut response = crate::json::response(status, &body);
@@ -113,6 +125,21 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => Self::NotFound(err.to_string()),
             StoreError::Conflict { .. } => Self::Conflict(err.to_string()),
             StoreError::Invalid(msg) => Self::Unprocessable(msg),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(err: FleetError) -> Self {
+        match err {
+            FleetError::NotFound { .. } => Self::NotFound(err.to_string()),
+            FleetError::Conflict { .. } => Self::Conflict(err.to_string()),
+            FleetError::Invalid(msg) => Self::Unprocessable(msg),
+            FleetError::QueueFull { depth } => Self::TooManyRequests {
+                message: err.to_string(),
+                depth,
+            },
             other => Self::internal(other),
         }
     }

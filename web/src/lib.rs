@@ -27,7 +27,9 @@ mod routes;
 mod server;
 mod time;
 
-pub use auth::{ensure_admin_key, AdminKey, ADMIN_KEY_FILE, MAX_SLOW_VERIFIES};
+pub use auth::{
+    ensure_admin_key, AdminKey, Verdict, ADMIN_KEY_FILE, MAX_SLOW_VERIFIES, SLOW_VERIFY_WAIT,
+};
 pub use config::{
     AdminConfig, ConfigError, RawAdminConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
     MIN_API_KEY_LEN,

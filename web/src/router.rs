@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::error::{ApiError, ApiResponse};
 use crate::query::path_segments;
-use crate::routes::{clients, devices, publish, service_clients, stats};
+use crate::routes::{clients, config, devices, publish, service_clients, stats};
 use crate::AppState;
 
 /// Answers one request; every failure becomes a JSON error here.
@@ -70,6 +70,9 @@ where
         }
         (["devices", id, "rotate-key"], Method::POST) => devices::rotate_key(state, id).await,
         (["devices", _, "rotate-credentials" | "rotate-key"], _) => not_allowed("POST"),
+        (["devices", id, "config"], Method::GET) => config::get(state, id).await,
+        (["devices", id, "config"], Method::PUT) => config::put(state, id, req).await,
+        (["devices", _, "config"], _) => not_allowed("GET, PUT"),
         (["service-clients"], Method::GET) => service_clients::list(state, req.uri().query()).await,
         (["service-clients"], Method::POST) => service_clients::create(state, req).await,
         (["service-clients"], _) => not_allowed("GET, POST"),

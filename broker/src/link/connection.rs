@@ -17,8 +17,16 @@ use super::sealing::DeviceCrypto;
 use super::transport::Stream;
 use super::Core;
 use crate::auth::Identity;
+use crate::fleet::LinkEvent;
 use crate::handle::ClientKind;
 use crate::sessions::{CloseReason, Control};
+use fleetmq_storage::now_ms;
+
+/// Packet ids the link uses for commands it writes itself; the router uses 1..=100.
+const FIRST_COMMAND_PKID: u16 = 1001;
+const LAST_COMMAND_PKID: u16 = 65_000;
+/// Commands awaiting PUBACK per connection; older ones are forgotten (re-sent on timeout).
+const MAX_COMMANDS_INFLIGHT: usize = 1024;
 
 /// How many router notifications are written per socket write at most.
 const MAX_EGRESS_BATCH: usize = 512;
@@ -56,6 +64,9 @@ pub(crate) struct Connection {
     pub(super) last_read: Instant,
     /// Whether this link ever sent the router a `Ready` (wake) event.
     pub(super) woke: bool,
+    /// Commands written by the link itself (not routed), by packet id, awaiting PUBACK.
+    pub(super) commands_inflight: HashMap<u16, String>,
+    pub(super) next_command_pkid: u16,
 }
 
 impl Connection {
@@ -82,6 +93,8 @@ impl Connection {
             pending_subacks: HashMap::new(),
             last_read: Instant::now(),
             woke: false,
+            commands_inflight: HashMap::new(),
+            next_command_pkid: FIRST_COMMAND_PKID,
         }
     }
 
@@ -92,6 +105,7 @@ impl Connection {
 
     /// Sends the CONNACK, runs until the connection ends, then closes it.
     pub(crate) async fn run(mut self, connack: Packet) {
+        self.announce().await;
         self.write_packet(connack);
         // Anything that arrived together with the CONNECT is processed right after.
         let mut ending = match self.flush().await {
@@ -116,6 +130,10 @@ impl Connection {
                 Some(Control::Reload(record)) => {
                     self.crypto = self.core.crypto_for(&record);
                     Ok(())
+                }
+                Some(Control::Deliver { command_id, payload }) => {
+                    self.deliver_command(command_id, &payload);
+                    self.flush().await
                 }
                 None => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
@@ -208,6 +226,14 @@ impl Connection {
             Identity::Anonymous => ClientKind::Anonymous,
         };
         count_connection(&core.stats, kind, -1);
+        if let Identity::Device(device) = &self.s.identity {
+            let event = LinkEvent::Disconnected {
+                id: device.id.clone(),
+                generation: self.s.conn_id,
+                at_ms: now_ms(),
+            };
+            core.fleet_event(event).await;
+        }
     }
 }
 
@@ -230,12 +256,14 @@ impl Connection {
                 None,
             )
         };
-        self.to_router.clear();
         if !self.woke {
+            // What the client sent last (e.g. a status before DISCONNECT) goes first, in
+            // the same router event.
             self.to_router.push(bye());
             let _ = self.send_to_router().await;
             return;
         }
+        let _ = self.send_to_router().await;
         match self
             .core
             .links
@@ -296,5 +324,92 @@ impl Connection {
                 .map_err(|_| Ending::RouterGone)?;
         }
         Ok(())
+    }
+}
+
+impl Connection {
+    /// Writes a command as a QoS 1 PUBLISH with a packet id of the link's own range.
+    fn deliver_command(&mut self, command_id: String, payload: &[u8]) {
+        let Identity::Device(device) = &self.s.identity else {
+            return;
+        };
+        let topic = format!("device/{}/command", device.id);
+        let payload = match self.crypto.as_mut() {
+            Some(crypto) => match crypto.seal(&topic, payload) {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    self.core
+                        .stats
+                        .dropped(crate::stats::DropCause::EncryptFailed);
+                    tracing::warn!(client_id = %self.s.client_id, error = %e, "cannot encrypt a command");
+                    return;
+                }
+            },
+            None => payload.to_vec(),
+        };
+        let pkid = self.next_command_pkid;
+        self.next_command_pkid = if pkid >= LAST_COMMAND_PKID {
+            FIRST_COMMAND_PKID
+        } else {
+            pkid + 1
+        };
+        if self.commands_inflight.len() >= MAX_COMMANDS_INFLIGHT {
+            self.commands_inflight.clear();
+        }
+        self.commands_inflight.insert(pkid, command_id);
+        let meta = framing::PublishMeta {
+            qos: 1,
+            dup: false,
+            retain: false,
+            pkid,
+        };
+        let publish = framing::build_publish(meta, topic.as_bytes(), &payload);
+        self.write_packet(Packet::Publish(publish, None));
+        crate::stats::Stats::add(&self.core.stats.sent, 1);
+    }
+
+    /// A PUBACK for a command the link wrote itself; false if the packet id is not one.
+    pub(super) async fn command_acked(&mut self, pkid: u16) -> bool {
+        let Some(command_id) = self.commands_inflight.remove(&pkid) else {
+            return false;
+        };
+        if let Identity::Device(device) = &self.s.identity {
+            let event = LinkEvent::CommandAcked {
+                id: device.id.clone(),
+                generation: self.s.conn_id,
+                command_id,
+                at_ms: now_ms(),
+            };
+            self.core.fleet_event(event).await;
+        }
+        true
+    }
+}
+
+impl Connection {
+    /// Tells the fleet services a device is connected (before its CONNACK, so presence
+    /// precedes anything it publishes); a resumed session can take commands at once.
+    async fn announce(&self) {
+        let Identity::Device(device) = &self.s.identity else {
+            return;
+        };
+        let at_ms = now_ms();
+        let event = LinkEvent::Connected {
+            id: device.id.clone(),
+            generation: self.s.conn_id,
+            peer: self.s.peer,
+            protocol: self.s.version.label(),
+            transport: self.s.transport,
+            session_present: self.s.session_present,
+            at_ms,
+        };
+        self.core.fleet_event(event).await;
+        if self.s.session_present {
+            let event = LinkEvent::Subscribed {
+                id: device.id.clone(),
+                generation: self.s.conn_id,
+            };
+            self.core.fleet_event(event).await;
+        }
     }
 }

@@ -12,6 +12,8 @@ use rumqttd::protocol::{
 use super::connection::{Connection, Ending};
 use super::framing::{self, FrameError, PublishMeta, Version};
 use super::topic;
+use crate::auth::Identity;
+use crate::fleet::{LinkEvent, Upstream};
 use crate::stats::{DropCause, Stats};
 
 impl Connection {
@@ -38,7 +40,11 @@ impl Connection {
             };
         }
         self.flush().await?;
-        self.send_to_router().await?;
+        if result.is_ok() {
+            self.send_to_router().await?;
+        }
+        // On an ending, what is queued for the router leaves together with the
+        // link's Disconnect, in one router event (see `Connection::leave_router`).
         result
     }
 
@@ -63,7 +69,9 @@ impl Connection {
             }
             Packet::PubAck(ack, props) => {
                 let pkid = ack.pkid;
-                self.client_ack(pkid, Packet::PubAck(ack, props));
+                if !self.command_acked(pkid).await {
+                    self.client_ack(pkid, Packet::PubAck(ack, props));
+                }
                 Ok(())
             }
             Packet::PubRec(rec, props) => {
@@ -97,7 +105,11 @@ impl Connection {
                 ));
                 Ok(())
             }
-            Packet::Subscribe(sub, props) => self.subscribe(sub, props),
+            Packet::Subscribe(sub, props) => {
+                let routed = self.subscribe(sub, props)?;
+                self.device_subscribed(&routed).await;
+                Ok(())
+            }
             Packet::Unsubscribe(unsub, _) => {
                 self.unsubscribe(unsub);
                 Ok(())
@@ -203,6 +215,7 @@ impl Connection {
             match crypto.open(&topic, &payload) {
                 Ok(plain) => payload = Bytes::from(plain),
                 Err(e) => {
+                    self.device_decrypt_failed(&topic, e.to_string());
                     self.core.stats.dropped(DropCause::DecryptFailed);
                     tracing::warn!(client_id = %self.s.client_id, topic, error = %e, "payload did not decrypt; dropped");
                     self.refuse_publish(
@@ -228,6 +241,7 @@ impl Connection {
         if meta.retain {
             self.persist_retained(&topic, &payload, meta.qos).await;
         }
+        self.device_published(&topic, &payload).await;
         self.route(meta, &topic, &payload, props);
         Ok(())
     }
@@ -290,7 +304,7 @@ impl Connection {
         &mut self,
         sub: Subscribe,
         props: Option<SubscribeProperties>,
-    ) -> Result<(), Ending> {
+    ) -> Result<Vec<String>, Ending> {
         if props.as_ref().and_then(|p| p.id) == Some(0) {
             return Err(Ending::Violation(Reason::ProtocolError));
         }
@@ -322,11 +336,12 @@ impl Connection {
                 },
                 None,
             ));
-            return Ok(());
+            return Ok(Vec::new());
         }
         if slots.iter().any(Option::is_some) {
             self.pending_subacks.insert(sub.pkid, slots);
         }
+        let paths = routed.iter().map(|f| f.path.clone()).collect();
         self.to_router.push(Packet::Subscribe(
             Subscribe {
                 pkid: sub.pkid,
@@ -334,7 +349,7 @@ impl Connection {
             },
             props,
         ));
-        Ok(())
+        Ok(paths)
     }
 
     fn check_filter(&self, path: &str) -> Result<(), SubscribeReasonCode> {
@@ -389,5 +404,62 @@ impl Connection {
             },
             None,
         ));
+    }
+}
+
+impl Connection {
+    /// Tells the fleet services what a device published on one of its upstream topics.
+    /// Telemetry never waits: when the queue is full it is dropped and counted.
+    async fn device_published(&self, topic: &str, payload: &Bytes) {
+        let Identity::Device(device) = &self.s.identity else {
+            return;
+        };
+        let Some(kind) = Upstream::of(&device.id, topic) else {
+            return;
+        };
+        let event = LinkEvent::Published {
+            id: device.id.clone(),
+            generation: self.s.conn_id,
+            kind,
+            payload: payload.clone(),
+            at_ms: now_ms(),
+        };
+        if kind == Upstream::Telemetry {
+            self.core.fleet_event_or_drop(event);
+        } else {
+            self.core.fleet_event(event).await;
+        }
+    }
+
+    fn device_decrypt_failed(&self, topic: &str, reason: String) {
+        let Identity::Device(device) = &self.s.identity else {
+            return;
+        };
+        let event = LinkEvent::DecryptFailed {
+            id: device.id.clone(),
+            topic: topic.to_owned(),
+            reason,
+            at_ms: now_ms(),
+        };
+        self.core.fleet_event_or_drop(event);
+    }
+
+    /// After a SUBSCRIBE: a device whose filters now cover its command topic is ready.
+    async fn device_subscribed(&self, filters: &[String]) {
+        let Identity::Device(device) = &self.s.identity else {
+            return;
+        };
+        let command_topic = format!("device/{}/command", device.id);
+        let covers = filters.iter().any(|f| {
+            let inner = topic::split_shared(f).map_or(f.as_str(), |(_, inner)| inner);
+            topic::matches(inner, &command_topic)
+        });
+        if covers {
+            let event = LinkEvent::Subscribed {
+                id: device.id.clone(),
+                generation: self.s.conn_id,
+            };
+            self.core.fleet_event(event).await;
+        }
     }
 }

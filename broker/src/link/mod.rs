@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::config::BrokerConfig;
+use crate::fleet::LinkEvent;
 use crate::sessions::Sessions;
 use crate::stats::Stats;
 
@@ -113,6 +114,8 @@ pub(crate) struct Core {
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) next_conn_id: AtomicU64,
     pub(crate) anonymous_rules: Arc<[AclRule]>,
+    /// Device events for the fleet services (bounded).
+    pub(crate) fleet: mpsc::Sender<LinkEvent>,
 }
 
 impl Core {
@@ -121,6 +124,7 @@ impl Core {
         config: BrokerConfig,
         store: Store,
         shutdown: CancellationToken,
+        fleet: mpsc::Sender<LinkEvent>,
     ) -> Result<Arc<Core>, String> {
         let links = Links::spawn(config.max_connections);
         let (link_tx, link_rx, _) = (links.build)("fleetmq:system", true)?;
@@ -134,6 +138,7 @@ impl Core {
             sessions: Sessions::default(),
             next_conn_id: AtomicU64::new(1),
             anonymous_rules,
+            fleet,
             links,
             system,
             shutdown,
@@ -188,6 +193,21 @@ impl Core {
             .send(publish)
             .await
             .map_err(|_| "router stopped".to_owned())
+    }
+
+    /// Hands a device event to the fleet services, waiting for room (backpressure on this
+    /// one connection only).
+    pub(crate) async fn fleet_event(&self, event: LinkEvent) {
+        if self.fleet.send(event).await.is_err() {
+            tracing::debug!("fleet services stopped; device event dropped");
+        }
+    }
+
+    /// Hands a device event over if there is room; otherwise drops and counts it.
+    pub(crate) fn fleet_event_or_drop(&self, event: LinkEvent) {
+        if self.fleet.try_send(event).is_err() {
+            self.stats.dropped(crate::stats::DropCause::QueueFull);
+        }
     }
 
     pub(crate) fn publish_will(&self, will: LastWill) {

@@ -108,7 +108,7 @@ fn key_view(key: &DeviceKey) -> KeyView {
 }
 
 /// A device id from a path: one that cannot be valid names no device.
-fn path_id(id: &str) -> Result<DeviceId, ApiError> {
+pub(crate) fn path_id(id: &str) -> Result<DeviceId, ApiError> {
     id.parse()
         .map_err(|_| ApiError::NotFound(format!("device {id:?} not found")))
 }

@@ -1,0 +1,155 @@
+//! Device logic fed by the link layer: what happens to devices (connected, subscribed,
+//! published, acknowledged a command) reaches the fleet services as [`LinkEvent`]s over
+//! one bounded queue.
+
+pub mod config;
+pub mod presence;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use fleetmq_storage::DeviceId;
+
+use crate::handle::Transport;
+
+/// Why a fleet operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    #[error("{kind} {key:?} not found")]
+    NotFound { kind: &'static str, key: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{kind} {key:?} already exists")]
+    Conflict { kind: &'static str, key: String },
+    #[error("queue full: {depth} commands are waiting")]
+    QueueFull { depth: usize },
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl From<fleetmq_storage::StoreError> for FleetError {
+    fn from(e: fleetmq_storage::StoreError) -> Self {
+        match e {
+            fleetmq_storage::StoreError::NotFound { kind, key } => {
+                FleetError::NotFound { kind, key }
+            }
+            fleetmq_storage::StoreError::Conflict { kind, key } => {
+                FleetError::Conflict { kind, key }
+            }
+            fleetmq_storage::StoreError::Invalid(m) => FleetError::Invalid(m),
+            other => FleetError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// The upstream topics of SPEC §3 a device publishes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    Response,
+    Status,
+    Telemetry,
+    Events,
+}
+
+impl Upstream {
+    /// Which upstream topic `topic` is for device `id`, if any.
+    pub fn of(id: &DeviceId, topic: &str) -> Option<Upstream> {
+        let rest = topic
+            .strip_prefix("device/")?
+            .strip_prefix(id.as_str())?
+            .strip_prefix('/')?;
+        Some(match rest {
+            "response" => Upstream::Response,
+            "status" => Upstream::Status,
+            "telemetry" => Upstream::Telemetry,
+            "events" => Upstream::Events,
+            _ => return None,
+        })
+    }
+}
+
+/// Something that happened on a device's connection. `generation` identifies the
+/// connection: it grows with every connection the broker accepts, so an event of an older
+/// connection can be told apart from the current one after a takeover or fast reconnect.
+#[derive(Debug, Clone)]
+pub enum LinkEvent {
+    Connected {
+        id: DeviceId,
+        generation: u64,
+        peer: SocketAddr,
+        protocol: &'static str,
+        transport: Transport,
+        session_present: bool,
+        at_ms: u64,
+    },
+    Disconnected {
+        id: DeviceId,
+        generation: u64,
+        at_ms: u64,
+    },
+    /// The device can now receive commands (it subscribed to its command topic, or its
+    /// persistent session already had such a subscription).
+    Subscribed { id: DeviceId, generation: u64 },
+    Published {
+        id: DeviceId,
+        generation: u64,
+        kind: Upstream,
+        payload: Bytes,
+        at_ms: u64,
+    },
+    DecryptFailed {
+        id: DeviceId,
+        topic: String,
+        reason: String,
+        at_ms: u64,
+    },
+    /// The device's connection acknowledged a command the broker delivered (PUBACK).
+    CommandAcked {
+        id: DeviceId,
+        generation: u64,
+        command_id: String,
+        at_ms: u64,
+    },
+}
+
+/// Where fleet services report what happened (SPEC §7 event types such as
+/// `device.online` or `command.completed`). The webhook outbox implements it durably; the
+/// future returns once the event is recorded.
+pub trait EventSink: Send + Sync + 'static {
+    fn emit(
+        &self,
+        kind: &'static str,
+        device: Option<&DeviceId>,
+        data: serde_json::Value,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
+/// How the command engine reaches a device's live connection.
+pub trait CommandSink: Send + Sync + 'static {
+    /// Writes `payload` (plaintext; sealed by the link when encryption applies) as a QoS 1
+    /// PUBLISH on `device/{id}/command` to the connection with `generation`. False when that
+    /// connection is gone. Its PUBACK comes back as [`LinkEvent::CommandAcked`].
+    fn deliver(&self, id: &DeviceId, generation: u64, command_id: &str, payload: Bytes) -> bool;
+}
+
+/// Runs the fleet services' event loop until shutdown.
+pub(crate) fn spawn(
+    handle: crate::BrokerHandle,
+    mut events: tokio::sync::mpsc::Receiver<LinkEvent>,
+    shutdown: tokio_util::sync::CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) {
+    tracker.spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                event = events.recv() => match event {
+                    Some(event) => event,
+                    None => return,
+                },
+            };
+            handle.fleet_event(event).await;
+        }
+    });
+}
