@@ -28,6 +28,7 @@ const ENV_KEYS: &[&str] = &[
     "commands.timeout_s",
     "commands.max_retries",
     "commands.ttl_s",
+    "commands.max_queued_per_device",
     "telemetry.retention_days",
     "telemetry.max_points_per_device",
 ];
@@ -46,65 +47,11 @@ struct RawConfig {
     #[serde(default)]
     security: fleetmq_broker::RawSecurityConfig,
     #[serde(default)]
-    commands: RawCommandsConfig,
+    commands: fleetmq_broker::config::RawCommandsConfig,
     #[serde(default)]
-    telemetry: RawTelemetryConfig,
+    telemetry: fleetmq_broker::fleet::telemetry::RawTelemetryConfig,
     #[serde(default)]
-    webhooks: Vec<RawWebhookConfig>,
-}
-
-/// `[commands]`: part of the contract; used by the command engine.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCommandsConfig {
-    timeout_s: Option<u64>,
-    max_retries: Option<u32>,
-    ttl_s: Option<u64>,
-}
-
-/// `[telemetry]`: part of the contract; used by the telemetry store.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTelemetryConfig {
-    retention_days: Option<u64>,
-    max_points_per_device: Option<u64>,
-}
-
-fn at_least_one(key: &str, value: Option<u64>) -> anyhow::Result<()> {
-    if value == Some(0) {
-        bail!("invalid value for `{key}`: must be at least 1");
-    }
-    Ok(())
-}
-
-impl RawCommandsConfig {
-    fn validate(&self) -> anyhow::Result<()> {
-        at_least_one("commands.timeout_s", self.timeout_s)?;
-        at_least_one("commands.ttl_s", self.ttl_s)?;
-        if self.max_retries.is_some_and(|r| r > 100) {
-            bail!("invalid value for `commands.max_retries`: at most 100");
-        }
-        Ok(())
-    }
-}
-
-impl RawTelemetryConfig {
-    fn validate(&self) -> anyhow::Result<()> {
-        at_least_one("telemetry.retention_days", self.retention_days)?;
-        at_least_one(
-            "telemetry.max_points_per_device",
-            self.max_points_per_device,
-        )
-    }
-}
-
-/// `[[webhooks]]`: part of the contract; used by the webhook outbox.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWebhookConfig {
-    url: String,
-    secret: String,
-    events: Option<Vec<String>>,
+    webhooks: Vec<fleetmq_broker::config::RawWebhookConfig>,
 }
 
 /// The validated configuration of `fleetmq serve`.
@@ -194,22 +141,13 @@ fn set(table: &mut Table, key: &str, value: Value) -> anyhow::Result<()> {
 }
 
 fn validate(raw: RawConfig) -> anyhow::Result<Config> {
-    let broker = fleetmq_broker::config::validate(raw.mqtt, raw.security)?;
+    let fleet = fleetmq_broker::config::RawFleetConfig {
+        commands: raw.commands,
+        telemetry: raw.telemetry,
+        webhooks: raw.webhooks,
+    };
+    let broker = fleetmq_broker::config::validate(raw.mqtt, raw.security, fleet)?;
     let admin = raw.admin.validate()?;
-    for hook in &raw.webhooks {
-        if !hook.url.starts_with("http://") && !hook.url.starts_with("https://") {
-            bail!(
-                "invalid value for `webhooks.url`: {:?} is not an http(s) URL",
-                hook.url
-            );
-        }
-        if hook.secret.is_empty() {
-            bail!("invalid value for `webhooks.secret`: must not be empty");
-        }
-        tracing::debug!(url = hook.url, events = ?hook.events, "webhook configured");
-    }
-    raw.commands.validate()?;
-    raw.telemetry.validate()?;
     Ok(Config {
         data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
         broker,

@@ -40,6 +40,119 @@ pub struct RawSecurityConfig {
     pub key_grace_s: Option<u64>,
 }
 
+/// `[commands]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCommandsConfig {
+    pub timeout_s: Option<u64>,
+    pub max_retries: Option<u32>,
+    pub ttl_s: Option<u64>,
+    pub max_queued_per_device: Option<usize>,
+}
+
+/// One `[[webhooks]]` entry as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhookConfig {
+    pub url: String,
+    pub secret: String,
+    pub events: Option<Vec<String>>,
+}
+
+/// The device-logic sections: `[commands]`, `[telemetry]`, `[[webhooks]]`.
+#[derive(Debug, Clone, Default)]
+pub struct RawFleetConfig {
+    pub commands: RawCommandsConfig,
+    pub telemetry: crate::fleet::telemetry::RawTelemetryConfig,
+    pub webhooks: Vec<RawWebhookConfig>,
+}
+
+/// A validated webhook target.
+#[derive(Clone)]
+pub struct WebhookSettings {
+    pub url: String,
+    pub secret: String,
+    /// Event types (`device.online`) or prefixes (`command.*`); `None` = every event.
+    pub events: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Validated device-logic settings.
+#[derive(Debug, Clone, Default)]
+pub struct FleetConfig {
+    pub commands: crate::fleet::commands::CommandsConfig,
+    pub telemetry: crate::fleet::telemetry::TelemetryConfig,
+    pub webhooks: Vec<WebhookSettings>,
+}
+
+fn at_least_one<T: PartialEq + From<u8>>(
+    key: &'static str,
+    value: Option<T>,
+) -> Result<(), ConfigError> {
+    if value == Some(T::from(0)) {
+        return Err(ConfigError {
+            key,
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+impl RawFleetConfig {
+    /// Validates the device-logic sections.
+    pub fn validate(self) -> Result<FleetConfig, ConfigError> {
+        let c = self.commands;
+        at_least_one("commands.timeout_s", c.timeout_s)?;
+        at_least_one(
+            "commands.max_queued_per_device",
+            c.max_queued_per_device.map(|v| v as u64),
+        )?;
+        if c.max_retries.is_some_and(|r| r > 100) {
+            return Err(ConfigError {
+                key: "commands.max_retries",
+                reason: "at most 100".into(),
+            });
+        }
+        let mut fleet = FleetConfig::default();
+        let commands = &mut fleet.commands;
+        commands.timeout = c.timeout_s.map_or(commands.timeout, Duration::from_secs);
+        commands.max_retries = c.max_retries.unwrap_or(commands.max_retries);
+        commands.ttl = c.ttl_s.map_or(commands.ttl, Duration::from_secs);
+        commands.max_queued_per_device = c
+            .max_queued_per_device
+            .unwrap_or(commands.max_queued_per_device);
+        fleet.telemetry = self.telemetry.validate()?;
+        for hook in self.webhooks {
+            if !hook.url.starts_with("http://") && !hook.url.starts_with("https://") {
+                return Err(ConfigError {
+                    key: "webhooks.url",
+                    reason: format!("{:?} is not an http(s) URL", hook.url),
+                });
+            }
+            if hook.secret.is_empty() {
+                return Err(ConfigError {
+                    key: "webhooks.secret",
+                    reason: "must not be empty".into(),
+                });
+            }
+            fleet.webhooks.push(WebhookSettings {
+                url: hook.url,
+                secret: hook.secret,
+                events: hook.events,
+            });
+        }
+        Ok(fleet)
+    }
+}
+
 /// Validated TLS listener settings.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
@@ -64,6 +177,8 @@ pub struct BrokerConfig {
     pub anonymous_rules: Vec<AclRule>,
     /// How long a superseded device key generation is still accepted.
     pub key_grace: Duration,
+    /// Commands, telemetry and webhooks.
+    pub fleet: FleetConfig,
 }
 
 /// A config value that cannot be used, naming its key.
@@ -103,6 +218,7 @@ impl BrokerConfig {
             allow_anonymous: false,
             anonymous_rules: default_anonymous_rules(),
             key_grace: Duration::from_secs(24 * 3600),
+            fleet: FleetConfig::default(),
         }
     }
 }
@@ -156,6 +272,7 @@ impl RawTlsConfig {
 pub fn validate(
     mqtt: RawMqttConfig,
     security: RawSecurityConfig,
+    fleet: RawFleetConfig,
 ) -> Result<BrokerConfig, ConfigError> {
     let max_payload = mqtt.max_payload.unwrap_or(262_144);
     if max_payload == 0 || max_payload > 256 * 1024 * 1024 {
@@ -201,5 +318,6 @@ pub fn validate(
         allow_anonymous: security.allow_anonymous.unwrap_or(false),
         anonymous_rules,
         key_grace: Duration::from_secs(security.key_grace_s.unwrap_or(24 * 3600)),
+        fleet: fleet.validate()?,
     })
 }

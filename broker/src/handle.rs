@@ -99,9 +99,16 @@ impl BrokerHandle {
         ) > 0
     }
 
-    /// A device was deleted: forget cached credentials and close its connection at once.
+    /// A device was deleted: forget cached credentials, close its connection at once,
+    /// and forget its commands, telemetry, state and config (in the background).
     pub fn device_removed(&self, id: &DeviceId) {
         self.revoke_device(id);
+        if let Some(services) = self.core.services.get().cloned() {
+            let id = id.clone();
+            self.core
+                .tracker
+                .spawn(async move { services.forget_device(&id).await });
+        }
     }
 
     /// A device's token was rotated: forget cached credentials and close its connection.
@@ -189,15 +196,46 @@ impl BrokerHandle {
 }
 
 impl BrokerHandle {
-    /// Handles one device event from the link layer.
-    pub(crate) async fn fleet_event(&self, event: crate::fleet::LinkEvent) {
-        tracing::trace!(?event, "device event");
+    /// The device services (commands, telemetry, events, presence).
+    pub fn services(&self) -> &crate::fleet::services::Services {
+        // `start` sets them before the handle is given to anyone.
+        self.core
+            .services
+            .get()
+            .expect("fleet services are set at start")
+    }
+
+    /// The command engine (SPEC §5).
+    pub fn commands(&self) -> &crate::fleet::commands::CommandEngine {
+        &self.services().commands
+    }
+
+    /// The telemetry store (SPEC §6).
+    pub fn telemetry(&self) -> &crate::fleet::telemetry::Telemetry {
+        &self.services().telemetry
+    }
+
+    /// The event bus (SPEC §7): webhooks and the live stream.
+    pub fn events(&self) -> &crate::fleet::events::EventBus {
+        &self.services().events
+    }
+
+    /// A command sink that does not keep the broker alive (no reference cycle through
+    /// the command engine).
+    pub(crate) fn weak_sink(&self) -> WeakSink {
+        WeakSink(Arc::downgrade(&self.core))
     }
 }
 
-impl crate::fleet::CommandSink for BrokerHandle {
+/// Delivers commands to live device connections; see [`BrokerHandle::weak_sink`].
+pub(crate) struct WeakSink(std::sync::Weak<Core>);
+
+impl crate::fleet::CommandSink for WeakSink {
     fn deliver(&self, id: &DeviceId, generation: u64, command_id: &str, payload: Bytes) -> bool {
-        self.core.sessions.send_where(
+        let Some(core) = self.0.upgrade() else {
+            return false;
+        };
+        core.sessions.send_where(
             |l| {
                 l.conn_id == generation
                     && l.info.kind == ClientKind::Device

@@ -44,6 +44,8 @@ pub enum StartError {
     Router(String),
     #[error("could not load retained messages: {0}")]
     Retained(String),
+    #[error("could not start the device services: {0}")]
+    Fleet(String),
 }
 
 /// Starts the broker on bound listeners: spawns the router, replays the stored retained
@@ -57,21 +59,35 @@ pub async fn start(
     tracker: &TaskTracker,
 ) -> Result<BrokerHandle, StartError> {
     let (fleet_tx, fleet_rx) = tokio::sync::mpsc::channel(FLEET_QUEUE);
-    let core = link::Core::start(config, store.clone(), shutdown.clone(), fleet_tx)
-        .map_err(StartError::Router)?;
+    let fleet_config = config.fleet.clone();
+    let core = link::Core::start(
+        config,
+        store.clone(),
+        shutdown.clone(),
+        fleet_tx,
+        tracker.clone(),
+    )
+    .map_err(StartError::Router)?;
+    let handle = BrokerHandle { core };
+    let services = fleet::start_services(&handle, fleet_config, &shutdown, tracker)
+        .map_err(StartError::Fleet)?;
+    if handle.core.services.set(services.clone()).is_err() {
+        return Err(StartError::Fleet("services started twice".into()));
+    }
     let retained = store
         .call(|s| s.list_retained())
         .await
         .map_err(|e| StartError::Retained(e.to_string()))?;
     let count = retained.len();
     for msg in retained {
-        core.publish_system_wait(&msg.topic, &msg.payload, true)
+        handle
+            .core
+            .publish_system_wait(&msg.topic, &msg.payload, true)
             .await
             .map_err(StartError::Router)?;
     }
     tracing::info!(count, "retained messages replayed into the router");
-    let handle = BrokerHandle { core };
-    fleet::spawn(handle.clone(), fleet_rx, shutdown, tracker);
+    fleet::spawn(services, fleet_rx, shutdown, tracker);
     link::spawn_listeners(&handle.core, listeners, tracker);
     Ok(handle)
 }

@@ -11,6 +11,7 @@
 //! - `devices`, `service_clients`, `retained`, `meta`, `device_state` (presence details
 //!   and reported status), `device_config` (versioned configuration): one redb table each,
 //!   with the [`Store`] methods that read and write it.
+//! - [`commands`]: durable commands (SPEC §5), their state machine and indexes.
 //! - [`store`]: opening the database and running calls off the async threads.
 //! - [`error`]: [`StoreError`] and [`OpenError`].
 //!
@@ -19,6 +20,7 @@
 //! instead of panicking.
 
 mod codec;
+pub mod commands;
 mod device_config;
 mod device_state;
 mod devices;
@@ -26,10 +28,12 @@ pub mod error;
 pub mod ids;
 mod meta;
 pub mod model;
+pub mod outbox;
 mod retained;
 pub mod secret;
 mod service_clients;
 pub mod store;
+pub mod telemetry;
 #[cfg(test)]
 mod test_support;
 

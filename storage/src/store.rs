@@ -67,6 +67,9 @@ impl Store {
                 txn.open_table(retained::RETAINED)?;
                 txn.open_table(crate::device_state::DEVICE_STATE)?;
                 txn.open_table(crate::device_config::DEVICE_CONFIG)?;
+                crate::commands::create_tables(txn)?;
+                crate::telemetry::create_tables(txn)?;
+                crate::outbox::create_tables(txn)?;
                 meta::init(txn)
             })
             .map_err(init_err)?;
@@ -102,6 +105,13 @@ impl Store {
             // and then nothing is left to receive the result.
             Err(e) => panic!("store call cancelled by runtime shutdown: {e}"),
         }
+    }
+
+    /// The redb database, for modules that keep their own tables (commands, telemetry,
+    /// the webhook outbox) and manage their own transactions. Use it only off the async
+    /// threads.
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
     }
 
     /// Runs `f` in one write transaction and commits it durably; if `f`

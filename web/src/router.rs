@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::error::{ApiError, ApiResponse};
 use crate::query::path_segments;
-use crate::routes::{clients, config, devices, publish, service_clients, stats};
+use crate::routes::{clients, commands, config, devices, publish, service_clients, stats};
 use crate::AppState;
 
 /// Answers one request; every failure becomes a JSON error here.
@@ -73,6 +73,14 @@ where
         (["devices", id, "config"], Method::GET) => config::get(state, id).await,
         (["devices", id, "config"], Method::PUT) => config::put(state, id, req).await,
         (["devices", _, "config"], _) => not_allowed("GET, PUT"),
+        (["devices", id, "commands"], Method::POST) => commands::create(state, id, req).await,
+        (["devices", id, "commands"], Method::GET) => {
+            commands::list(state, id, req.uri().query()).await
+        }
+        (["devices", _, "commands"], _) => not_allowed("GET, POST"),
+        (["commands", cid], Method::GET) => commands::get(state, cid).await,
+        (["commands", cid], Method::DELETE) => commands::cancel(state, cid).await,
+        (["commands", _], _) => not_allowed("GET, DELETE"),
         (["service-clients"], Method::GET) => service_clients::list(state, req.uri().query()).await,
         (["service-clients"], Method::POST) => service_clients::create(state, req).await,
         (["service-clients"], _) => not_allowed("GET, POST"),

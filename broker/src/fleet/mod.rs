@@ -2,8 +2,13 @@
 //! published, acknowledged a command) reaches the fleet services as [`LinkEvent`]s over
 //! one bounded queue.
 
+pub mod commands;
 pub mod config;
+pub mod events;
 pub mod presence;
+pub mod services;
+pub mod telemetry;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 
@@ -133,9 +138,47 @@ pub trait CommandSink: Send + Sync + 'static {
     fn deliver(&self, id: &DeviceId, generation: u64, command_id: &str, payload: Bytes) -> bool;
 }
 
+/// Starts the event bus and webhook workers, the command engine and the telemetry store.
+pub(crate) fn start_services(
+    handle: &crate::BrokerHandle,
+    config: crate::config::FleetConfig,
+    shutdown: &tokio_util::sync::CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> Result<std::sync::Arc<services::Services>, String> {
+    use std::sync::Arc;
+    let store = handle.core.store.clone();
+    let db = store.database();
+    let outbox = fleetmq_storage::outbox::Outbox::new(db.clone(), Default::default());
+    let hooks = config
+        .webhooks
+        .into_iter()
+        .map(|h| events::WebhookConfig {
+            url: h.url,
+            secret: h.secret,
+            events: h.events,
+        })
+        .collect();
+    let bus = events::EventBus::new(outbox, hooks);
+    webhooks::spawn_workers(&bus, shutdown.clone(), tracker);
+    let sink: Arc<dyn CommandSink> = Arc::new(handle.weak_sink());
+    let commands = commands::CommandEngine::start(
+        db.clone(),
+        config.commands,
+        sink,
+        Arc::new(bus.clone()),
+        fleetmq_device_plugins::PluginRegistry::builtin(),
+        shutdown.clone(),
+        tracker,
+    );
+    let telemetry = telemetry::Telemetry::start(db, config.telemetry, shutdown.clone(), tracker);
+    Ok(Arc::new(services::Services::new(
+        store, bus, commands, telemetry,
+    )))
+}
+
 /// Runs the fleet services' event loop until shutdown.
 pub(crate) fn spawn(
-    handle: crate::BrokerHandle,
+    services: std::sync::Arc<services::Services>,
     mut events: tokio::sync::mpsc::Receiver<LinkEvent>,
     shutdown: tokio_util::sync::CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
@@ -149,7 +192,7 @@ pub(crate) fn spawn(
                     None => return,
                 },
             };
-            handle.fleet_event(event).await;
+            services.on_event(event).await;
         }
     });
 }

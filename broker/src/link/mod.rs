@@ -116,6 +116,9 @@ pub(crate) struct Core {
     pub(crate) anonymous_rules: Arc<[AclRule]>,
     /// Device events for the fleet services (bounded).
     pub(crate) fleet: mpsc::Sender<LinkEvent>,
+    /// Device logic; set once by `start` before any connection or API request.
+    pub(crate) services: std::sync::OnceLock<Arc<crate::fleet::services::Services>>,
+    pub(crate) tracker: tokio_util::task::TaskTracker,
 }
 
 impl Core {
@@ -125,6 +128,7 @@ impl Core {
         store: Store,
         shutdown: CancellationToken,
         fleet: mpsc::Sender<LinkEvent>,
+        tracker: tokio_util::task::TaskTracker,
     ) -> Result<Arc<Core>, String> {
         let links = Links::spawn(config.max_connections);
         let (link_tx, link_rx, _) = (links.build)("fleetmq:system", true)?;
@@ -139,6 +143,8 @@ impl Core {
             next_conn_id: AtomicU64::new(1),
             anonymous_rules,
             fleet,
+            services: std::sync::OnceLock::new(),
+            tracker,
             links,
             system,
             shutdown,

@@ -1,6 +1,7 @@
 //! One module per resource of the admin API.
 
 pub(crate) mod clients;
+pub(crate) mod commands;
 pub(crate) mod config;
 pub(crate) mod devices;
 pub(crate) mod publish;

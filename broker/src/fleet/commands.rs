@@ -1,0 +1,657 @@
+//! The durable command engine (SPEC §5).
+//!
+//! [`CommandEngine`] is a cheap handle. Every state change goes through one worker task
+//! (`worker`) over a bounded queue, so changes to a command are serialized without
+//! locks; the worker applies whatever has queued up in one redb write transaction
+//! (group commit) on the blocking pool, then answers callers, wakes
+//! [`CommandEngine::wait_terminal`]ers and emits `command.*` events. Reads (`get`, `list`)
+//! go straight to redb snapshots.
+//!
+//! Timers are data: every non-terminal command stores its next deadline (TTL while
+//! queued, answer timeout once sent) in an index, and the worker sleeps until the
+//! earliest one, so a restart resumes them.
+//!
+//! Decisions SPEC §5 leaves open:
+//! - A re-send never moves a command backwards: a `delivered` command that is re-sent
+//!   stays `delivered` (its device got it once); `attempts` counts every hand-over.
+//! - On [`CommandEngine::device_ready`] for a *new* connection, `sent`/`delivered`
+//!   commands are re-sent (as SPEC requires) even if their retry budget is spent; each
+//!   such re-send re-arms the answer timeout. A repeated `device_ready` for the same
+//!   connection only sends what is still `queued`.
+//! - An answer timeout that fires while the device is offline does not use a retry: the
+//!   command waits for the next connection until `created_at + ttl`, then becomes
+//!   `failed` with `error: "timeout"` (it was sent, so it cannot be `expired`).
+//! - `completed_at` is set on every terminal status (when the command ended).
+//! - A deleted device's non-terminal commands become `cancelled` (`error: "device
+//!   deleted"`, with events), then all of its command records and idempotency keys are
+//!   removed, so a re-provisioned id starts clean.
+//! - A device answer that fails to decode is counted as `malformed_responses`; one without
+//!   a `commandId` answers the oldest `sent`/`delivered` command the plugin allows.
+//! - `ttl_s: 0` means "now or never": a command for a device that is not ready expires
+//!   at once.
+//! - Link-layer calls (`device_ready`, `device_gone`, `acked`, `response`) only queue work
+//!   and return; API calls (`create`, `cancel`, `forget_device`) return after the commit.
+//!   [`CommandEngine::flush`] waits for everything queued before it.
+//!
+//! Submodules: `worker` (the task, its loop and what happens after a commit) and `apply`
+//! (what happens inside one transaction).
+
+mod apply;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetmq_device_plugins::{Command, DevicePlugin, PluginRegistry};
+use fleetmq_storage::commands::{self as store, CommandRecord, NewCommandRecord};
+use fleetmq_storage::{generate_token, DeviceId, DeviceRecord, StoreError};
+use redb::Database;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::fleet::{CommandSink, EventSink};
+use worker::{Clock, Op, Worker};
+
+pub use fleetmq_storage::commands::CommandStatus;
+
+/// Longest command `type`, in bytes.
+pub const MAX_TYPE_LEN: usize = 256;
+/// Longest `Idempotency-Key`, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// Largest `timeout_s` a command may ask for (one day).
+pub const MAX_TIMEOUT_S: u64 = 86_400;
+/// Largest `ttl_s` a command may ask for (365 days).
+pub const MAX_TTL_S: u64 = 365 * 86_400;
+/// Largest `max_retries` a command may ask for.
+pub const MAX_RETRIES: u32 = 100;
+/// Largest page [`CommandEngine::list`] returns (SPEC §8).
+pub const MAX_LIST_LIMIT: usize = 1_000;
+
+/// How many calls may wait for the worker before callers wait for room.
+const QUEUE_DEPTH: usize = 1_024;
+/// How many terminal records `wait_terminal`ers may fall behind before they re-read.
+const TERMINAL_FANOUT: usize = 256;
+
+/// The `[commands]` config section, validated: defaults for commands that do not set
+/// their own values, and the per-device cap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandsConfig {
+    /// How long to wait for an answer after each send (`timeout_s`, default 30 s).
+    pub timeout: Duration,
+    /// Re-sends after a timeout before `failed` (`max_retries`, default 3).
+    pub max_retries: u32,
+    /// How long a command may wait for its device while queued (`ttl_s`, default 1 day).
+    pub ttl: Duration,
+    /// Non-terminal commands a device may have before creates answer `QueueFull`
+    /// (default 1000).
+    pub max_queued_per_device: usize,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            timeout: Duration::from_secs(30),
+            max_retries: 3,
+            ttl: Duration::from_secs(86_400),
+            max_queued_per_device: 1_000,
+        }
+    }
+}
+
+/// The body of `POST /api/v1/devices/{id}/commands`. Only `type` is required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCommand {
+    /// The command type, e.g. `"RELOAD"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Parameters: a JSON object; absent or `null` means `{}`.
+    #[serde(default)]
+    pub params: Value,
+    /// Opaque data for the host application, returned byte-for-byte.
+    #[serde(default)]
+    pub metadata: Option<Box<RawValue>>,
+    /// Answer timeout per send, seconds (1..=[`MAX_TIMEOUT_S`]).
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+    /// Re-sends after a timeout (0..=[`MAX_RETRIES`]).
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// How long it may stay queued, seconds (0..=[`MAX_TTL_S`]; 0 = only if the device
+    /// is ready now).
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+    /// Whether it supersedes older non-terminal commands of the same type (default true).
+    #[serde(default)]
+    pub supersede: Option<bool>,
+}
+
+/// What [`CommandEngine::create`] returns.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The command as stored (`queued`, or `sent` when the device was ready).
+    pub record: CommandView,
+    /// True when an earlier create with the same `Idempotency-Key` made it.
+    pub replayed: bool,
+}
+
+/// The command record of SPEC §5, as the API and events show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandView {
+    pub command_id: String,
+    pub device_id: DeviceId,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub params: Box<RawValue>,
+    /// Exactly the bytes the client sent.
+    pub metadata: Option<Box<RawValue>>,
+    pub status: CommandStatus,
+    /// How many times it was handed to a connection.
+    pub attempts: u32,
+    /// RFC 3339, UTC, milliseconds.
+    pub created_at: String,
+    pub sent_at: Option<String>,
+    pub delivered_at: Option<String>,
+    /// When it reached its terminal status (any terminal status).
+    pub completed_at: Option<String>,
+    pub result: Option<Box<RawValue>>,
+    pub error: Option<String>,
+    /// The last answer that arrived after the terminal status.
+    pub late_response: Option<Box<RawValue>>,
+}
+
+impl CommandView {
+    /// Builds the view of a stored record; fails if a stored JSON text or timestamp is
+    /// unusable (a corrupt record).
+    pub fn from_record(rec: &CommandRecord) -> Result<CommandView, CommandError> {
+        let bad =
+            |what: String| CommandError::Storage(format!("command {:?}: {what}", rec.command_id));
+        let raw = |field: &str, text: &str| {
+            RawValue::from_string(text.to_owned()).map_err(|e| bad(format!("{field}: {e}")))
+        };
+        let opt_raw = |field: &str, text: Option<&str>| text.map(|t| raw(field, t)).transpose();
+        let ts = |ms: u64| {
+            i64::try_from(ms)
+                .ok()
+                .and_then(fleetmq_device_plugins::rfc3339::format_utc_ms)
+                .ok_or_else(|| bad(format!("timestamp {ms} out of range")))
+        };
+        Ok(CommandView {
+            command_id: rec.command_id.clone(),
+            device_id: rec.device_id.clone(),
+            kind: rec.kind.clone(),
+            params: raw("params", &rec.params_json)?,
+            metadata: opt_raw("metadata", rec.metadata_json.as_deref())?,
+            status: rec.status(),
+            attempts: rec.attempts(),
+            created_at: ts(rec.created_at_ms)?,
+            sent_at: rec.sent_at_ms().map(ts).transpose()?,
+            delivered_at: rec.delivered_at_ms().map(ts).transpose()?,
+            completed_at: rec.completed_at_ms().map(ts).transpose()?,
+            result: opt_raw("result", rec.result_json())?,
+            error: rec.error().map(str::to_owned),
+            late_response: opt_raw("late_response", rec.late_response_json())?,
+        })
+    }
+}
+
+/// Why a command call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// No command with this id (404).
+    #[error("command not found")]
+    NotFound,
+    /// The command already reached a terminal status (409); carries its record.
+    #[error("command {} is already {}", .0.command_id, .0.status)]
+    AlreadyTerminal(Box<CommandView>),
+    /// The device has too many non-terminal commands (429).
+    #[error("device has {depth} pending commands, the limit")]
+    QueueFull { depth: usize },
+    /// The request is not acceptable (422); the message names the field.
+    #[error("invalid command: {0}")]
+    Invalid(String),
+    /// Our storage failed (500); logged where it happened.
+    #[error("command storage failed: {0}")]
+    Storage(String),
+    /// The engine has stopped (503).
+    #[error("the command engine is shutting down")]
+    ShuttingDown,
+}
+
+impl From<StoreError> for CommandError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "command storage failed");
+        CommandError::Storage(e.to_string())
+    }
+}
+
+/// Counters for `GET /api/v1/stats` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandStats {
+    /// Stored commands per status (every status present).
+    pub by_status: BTreeMap<&'static str, u64>,
+    /// Answers that matched no command of their device (since start).
+    pub unknown_responses: u64,
+    /// Answers to commands that were already terminal (since start).
+    pub late_responses: u64,
+    /// Answers the device's plugin could not decode (since start).
+    pub malformed_responses: u64,
+}
+
+/// Counters shared by the handle and the worker.
+#[derive(Debug, Default)]
+struct Counters {
+    by_status: [AtomicU64; 8],
+    unknown: AtomicU64,
+    late: AtomicU64,
+    malformed: AtomicU64,
+}
+
+impl Counters {
+    fn set_counts(&self, counts: &BTreeMap<CommandStatus, u64>) {
+        for (i, s) in CommandStatus::ALL.into_iter().enumerate() {
+            let n = counts.get(&s).copied().unwrap_or(0);
+            self.by_status[i].store(n, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Shared {
+    db: Arc<Database>,
+    config: CommandsConfig,
+    plugins: PluginRegistry,
+    ops: mpsc::Sender<Op>,
+    terminal: broadcast::Sender<Arc<CommandView>>,
+    counters: Arc<Counters>,
+    clock: Clock,
+}
+
+/// Handle to the command engine; clones share one engine.
+#[derive(Clone)]
+pub struct CommandEngine {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CommandEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandEngine")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CommandEngine {
+    /// Starts the worker on `tracker`. It creates the command tables if needed, loads the
+    /// earliest deadline and the status counts, re-emits terminal events a crash may
+    /// have lost, and stops when `shutdown` is cancelled (after applying the calls
+    /// already queued).
+    ///
+    /// `sink.deliver` is called from the blocking pool while the worker's write
+    /// transaction is open, so it must not block for long.
+    pub fn start(
+        db: Arc<Database>,
+        config: CommandsConfig,
+        sink: Arc<dyn CommandSink>,
+        events: Arc<dyn EventSink>,
+        plugins: PluginRegistry,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> CommandEngine {
+        let (ops, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (terminal, _) = broadcast::channel(TERMINAL_FANOUT);
+        let counters = Arc::new(Counters::default());
+        let clock = Clock::new();
+        let worker = Worker::new(
+            db.clone(),
+            config.clone(),
+            sink,
+            events,
+            terminal.clone(),
+            counters.clone(),
+            clock,
+        );
+        tracker.spawn(worker.run(rx, shutdown));
+        CommandEngine {
+            shared: Arc::new(Shared {
+                db,
+                config,
+                plugins,
+                ops,
+                terminal,
+                counters,
+                clock,
+            }),
+        }
+    }
+
+    /// Creates a command for `device`, durably, and sends it at once when the device is
+    /// ready. With an `idempotency_key` already used for this device, returns that
+    /// command instead (`replayed: true`) and creates nothing.
+    pub async fn create(
+        &self,
+        device: &DeviceRecord,
+        req: NewCommand,
+        idempotency_key: Option<String>,
+    ) -> Result<Created, CommandError> {
+        let (new, supersede) = self.validate(device, req, idempotency_key)?;
+        self.call(|reply| Op::Create {
+            new,
+            supersede,
+            reply,
+        })
+        .await?
+    }
+
+    fn validate(
+        &self,
+        device: &DeviceRecord,
+        req: NewCommand,
+        idempotency_key: Option<String>,
+    ) -> Result<(NewCommandRecord, bool), CommandError> {
+        let invalid = |m: String| Err(CommandError::Invalid(m));
+        let cfg = &self.shared.config;
+        if req.kind.is_empty() || req.kind.len() > MAX_TYPE_LEN {
+            return invalid(format!("type must be 1 to {MAX_TYPE_LEN} bytes"));
+        }
+        let (timeout_ms, ttl_ms, max_retries) = limits(cfg, &req)?;
+        let params = match req.params {
+            Value::Null => Value::Object(serde_json::Map::new()),
+            p @ Value::Object(_) => p,
+            _ => return invalid("params must be a JSON object".into()),
+        };
+        if let Some(key) = &idempotency_key {
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+                return invalid(format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"
+                ));
+            }
+        }
+        let plugin = self.plugin(device)?;
+        let created_at_ms = self.shared.clock.now_ms();
+        let command_id = new_command_id(created_at_ms);
+        // Encode once now so a command the device's plugin cannot express is refused
+        // here rather than failing at delivery.
+        encode(plugin.as_ref(), &command_id, &req.kind, &params)
+            .map_err(|e| CommandError::Invalid(e.to_string()))?;
+        let new = NewCommandRecord {
+            command_id,
+            device_id: device.id.clone(),
+            kind: req.kind,
+            params_json: params.to_string(),
+            metadata_json: req.metadata.map(|m| m.get().to_owned()),
+            idempotency_key,
+            timeout_ms,
+            max_retries,
+            ttl_ms,
+            created_at_ms,
+        };
+        Ok((new, req.supersede.unwrap_or(true)))
+    }
+
+    fn plugin(&self, device: &DeviceRecord) -> Result<Arc<dyn DevicePlugin>, CommandError> {
+        self.shared.plugins.get(&device.plugin).ok_or_else(|| {
+            CommandError::Invalid(format!(
+                "device {} uses plugin {:?}, which this broker does not have",
+                device.id, device.plugin
+            ))
+        })
+    }
+
+    /// Waits up to `max` for the command to reach a terminal status; returns its record
+    /// either way.
+    pub async fn wait_terminal(
+        &self,
+        command_id: &str,
+        max: Duration,
+    ) -> Result<CommandView, CommandError> {
+        // Subscribe before reading, so a change between the two is not missed.
+        let mut rx = self.shared.terminal.subscribe();
+        let view = self.get(command_id).await?;
+        if view.status.is_terminal() {
+            return Ok(view);
+        }
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Ok(v)) if v.command_id == command_id => return Ok((*v).clone()),
+                Ok(Ok(_)) => {}
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    let view = self.get(command_id).await?;
+                    if view.status.is_terminal() {
+                        return Ok(view);
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => {
+                    return self.get(command_id).await
+                }
+            }
+        }
+    }
+
+    /// The command's current record.
+    pub async fn get(&self, command_id: &str) -> Result<CommandView, CommandError> {
+        let id = command_id.to_owned();
+        let rec = self.read(move |db| store::get(db, &id)).await?;
+        CommandView::from_record(&rec.ok_or(CommandError::NotFound)?)
+    }
+
+    /// A device's commands, newest first, optionally only those in `status`; `limit` is
+    /// clamped to 1..=[`MAX_LIST_LIMIT`]. Returns the page and the cursor of the next one.
+    pub async fn list(
+        &self,
+        device: &DeviceId,
+        status: Option<CommandStatus>,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<(Vec<CommandView>, Option<String>), CommandError> {
+        let before = match cursor.as_deref() {
+            None | Some("") => None,
+            Some(c) => Some(
+                c.parse::<u64>()
+                    .map_err(|_| CommandError::Invalid(format!("invalid cursor {c:?}")))?,
+            ),
+        };
+        let limit = limit.clamp(1, MAX_LIST_LIMIT);
+        let device = device.clone();
+        let page = self
+            .read(move |db| store::list_for_device(db, &device, status, limit, before))
+            .await?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for rec in &page.items {
+            match CommandView::from_record(rec) {
+                Ok(v) => items.push(v),
+                Err(error) => tracing::error!(%error, "skipping unreadable command"),
+            }
+        }
+        Ok((items, page.next_before_seq.map(|s| s.to_string())))
+    }
+
+    /// Cancels a command that has not reached a terminal status.
+    pub async fn cancel(&self, command_id: &str) -> Result<CommandView, CommandError> {
+        let id = command_id.to_owned();
+        self.call(|reply| Op::Cancel { id, reply }).await?
+    }
+
+    /// The device was deleted: its non-terminal commands become `cancelled` (with
+    /// events), then every command record and idempotency key of it is removed.
+    pub async fn forget_device(&self, device: &DeviceId) {
+        let device = device.clone();
+        let done = self.call(|reply| Op::Forget { device, reply }).await;
+        if let Err(error) = done.and_then(|r| r) {
+            tracing::warn!(%error, "could not forget a device's commands");
+        }
+    }
+
+    /// The device's connection `generation` can receive commands: sends its `queued`
+    /// commands oldest first and, for a new connection, re-sends the `sent`/`delivered`
+    /// ones that got no answer. Returns once queued for the worker.
+    pub async fn device_ready(&self, device: &DeviceRecord, generation: u64) {
+        match self.plugin(device) {
+            Ok(plugin) => {
+                let device = device.id.clone();
+                self.post(Op::Ready {
+                    device,
+                    generation,
+                    plugin,
+                })
+                .await
+            }
+            Err(error) => tracing::error!(%error, "cannot deliver commands"),
+        }
+    }
+
+    /// The connection `generation` of the device is gone (ignored if a newer one is
+    /// current). Its commands wait for the next connection.
+    pub async fn device_gone(&self, device: &DeviceId, generation: u64) {
+        let device = device.clone();
+        self.post(Op::Gone { device, generation }).await
+    }
+
+    /// The device's connection acknowledged a command (PUBACK): `sent` → `delivered`.
+    pub async fn acked(&self, device: &DeviceId, generation: u64, command_id: &str) {
+        let (device, command_id) = (device.clone(), command_id.to_owned());
+        self.post(Op::Acked {
+            device,
+            generation,
+            command_id,
+        })
+        .await
+    }
+
+    /// A message the device published on `device/{id}/response`.
+    pub async fn response(&self, device: &DeviceRecord, payload: &[u8]) {
+        let plugin = match self.plugin(device) {
+            Ok(p) => p,
+            Err(error) => return tracing::error!(%error, "cannot read a command response"),
+        };
+        match plugin.decode_response(payload) {
+            Ok(response) => {
+                let device = device.id.clone();
+                self.post(Op::Response {
+                    device,
+                    response,
+                    plugin,
+                })
+                .await
+            }
+            Err(error) => {
+                self.shared
+                    .counters
+                    .malformed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(device_id = %device.id, %error, "dropping malformed command response");
+            }
+        }
+    }
+
+    /// Returns once every call made before it has been applied (and its events emitted).
+    pub async fn flush(&self) {
+        let _ = self.call(|reply| Op::Flush { reply }).await;
+    }
+
+    /// Commands per status and response counters.
+    pub fn stats(&self) -> CommandStats {
+        let c = &self.shared.counters;
+        CommandStats {
+            by_status: CommandStatus::ALL
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| (s.as_str(), c.by_status[i].load(Ordering::Relaxed)))
+                .collect(),
+            unknown_responses: c.unknown.load(Ordering::Relaxed),
+            late_responses: c.late.load(Ordering::Relaxed),
+            malformed_responses: c.malformed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends an op that answers, and waits for the answer.
+    async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, CommandError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .ops
+            .send(op(tx))
+            .await
+            .map_err(|_| CommandError::ShuttingDown)?;
+        rx.await.map_err(|_| CommandError::ShuttingDown)
+    }
+
+    /// Queues an op without waiting for it to be applied.
+    async fn post(&self, op: Op) {
+        if self.shared.ops.send(op).await.is_err() {
+            tracing::debug!("command engine stopped; dropping a link event");
+        }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, CommandError> {
+        let db = self.shared.db.clone();
+        match tokio::task::spawn_blocking(move || f(&db)).await {
+            Ok(r) => Ok(r?),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(CommandError::ShuttingDown),
+        }
+    }
+}
+
+/// The command's answer timeout and TTL in ms and its retry budget: its own values,
+/// checked, or the config's.
+fn limits(cfg: &CommandsConfig, req: &NewCommand) -> Result<(u64, u64, u32), CommandError> {
+    let invalid = |m: String| Err(CommandError::Invalid(m));
+    let timeout_ms = match req.timeout_s {
+        Some(s) if !(1..=MAX_TIMEOUT_S).contains(&s) => {
+            return invalid(format!("timeout_s must be 1 to {MAX_TIMEOUT_S}"))
+        }
+        Some(s) => s * 1_000,
+        None => duration_ms(cfg.timeout).max(1),
+    };
+    let ttl_ms = match req.ttl_s {
+        Some(s) if s > MAX_TTL_S => return invalid(format!("ttl_s must be 0 to {MAX_TTL_S}")),
+        Some(s) => s * 1_000,
+        None => duration_ms(cfg.ttl),
+    };
+    let max_retries = match req.max_retries {
+        Some(n) if n > MAX_RETRIES => {
+            return invalid(format!("max_retries must be 0 to {MAX_RETRIES}"))
+        }
+        Some(n) => n,
+        None => cfg.max_retries,
+    };
+    Ok((timeout_ms, ttl_ms, max_retries))
+}
+
+/// A new command id: 12 hex digits of creation ms (so ids sort roughly by age) and 80
+/// random bits.
+fn new_command_id(now_ms: u64) -> String {
+    let random = generate_token();
+    format!("{:012x}{}", now_ms & 0xffff_ffff_ffff, &random[..20])
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The payload of `command_id` for the device's plugin.
+fn encode(
+    plugin: &dyn DevicePlugin,
+    command_id: &str,
+    kind: &str,
+    params: &Value,
+) -> Result<Vec<u8>, fleetmq_device_plugins::PluginError> {
+    plugin.encode_command(&Command {
+        command_id,
+        kind,
+        params,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,302 @@
+//! The worker: the one task that changes commands.
+//!
+//! It applies queued calls in batches: one redb write transaction per batch, run by
+//! [`Core`] on the blocking pool, which also hands commands to the [`CommandSink`] and
+//! runs due deadlines. Only after the commit does anyone hear about the result: callers
+//! get their answers, `wait_terminal`ers their records, and the [`EventSink`] one event
+//! per terminal command. A terminal command stays in the `command_unannounced` table
+//! until its event was emitted, so a crash in between re-emits it at the next start (at
+//! least once).
+//!
+//! [`CommandSink`]: crate::fleet::CommandSink
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetmq_device_plugins::{CommandResponse, DevicePlugin};
+use fleetmq_storage::commands::{self as store, CommandRecord, CommandStatus, NewCommandRecord};
+use fleetmq_storage::{now_ms, DeviceId, StoreError};
+use redb::Database;
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::apply::{Core, Effects};
+use super::{duration_ms, CommandError, CommandView, CommandsConfig, Counters, Created};
+use crate::fleet::{CommandSink, EventSink};
+
+/// Most calls applied in one transaction.
+const MAX_BATCH: usize = 256;
+/// How long to wait before retrying after a failed transaction.
+const RETRY_AFTER_MS: u64 = 1_000;
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
+
+/// A call for the worker.
+pub(super) enum Op {
+    Create {
+        new: NewCommandRecord,
+        supersede: bool,
+        reply: Reply<Created>,
+    },
+    Cancel {
+        id: String,
+        reply: Reply<CommandView>,
+    },
+    Forget {
+        device: DeviceId,
+        reply: Reply<()>,
+    },
+    Ready {
+        device: DeviceId,
+        generation: u64,
+        plugin: Arc<dyn DevicePlugin>,
+    },
+    Gone {
+        device: DeviceId,
+        generation: u64,
+    },
+    Acked {
+        device: DeviceId,
+        generation: u64,
+        command_id: String,
+    },
+    Response {
+        device: DeviceId,
+        response: CommandResponse,
+        plugin: Arc<dyn DevicePlugin>,
+    },
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+impl Op {
+    /// Answers an op that could not be applied.
+    pub(super) fn reject(self, message: &str) {
+        let err = || CommandError::Storage(message.to_owned());
+        match self {
+            Op::Create { reply, .. } => drop(reply.send(Err(err()))),
+            Op::Cancel { reply, .. } => drop(reply.send(Err(err()))),
+            Op::Forget { reply, .. } => drop(reply.send(Err(err()))),
+            Op::Flush { reply } => drop(reply.send(())),
+            Op::Ready { .. } | Op::Gone { .. } | Op::Acked { .. } | Op::Response { .. } => {}
+        }
+    }
+}
+
+/// Unix ms for stored data, advanced by tokio's clock (so tests can pause time) from
+/// the wall clock read at start.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Clock {
+    base_ms: u64,
+    base: Instant,
+}
+
+impl Clock {
+    pub(super) fn new() -> Clock {
+        Clock {
+            base_ms: now_ms(),
+            base: Instant::now(),
+        }
+    }
+
+    pub(super) fn now_ms(&self) -> u64 {
+        self.base_ms
+            .saturating_add(duration_ms(self.base.elapsed()))
+    }
+
+    fn instant_at(&self, ms: u64) -> Instant {
+        let after = Duration::from_millis(ms.saturating_sub(self.base_ms));
+        self.base
+            .checked_add(after)
+            .unwrap_or_else(|| self.base + Duration::from_secs(100 * 365 * 86_400))
+    }
+}
+
+pub(super) struct Worker {
+    core: Option<Core>,
+    events: Arc<dyn EventSink>,
+    terminal: broadcast::Sender<Arc<CommandView>>,
+    counters: Arc<Counters>,
+    clock: Clock,
+    next_deadline: Option<u64>,
+    /// Emitted since the last transaction; cleared from `command_unannounced` by the next.
+    announced: Vec<String>,
+}
+
+impl Worker {
+    pub(super) fn new(
+        db: Arc<Database>,
+        config: CommandsConfig,
+        sink: Arc<dyn CommandSink>,
+        events: Arc<dyn EventSink>,
+        terminal: broadcast::Sender<Arc<CommandView>>,
+        counters: Arc<Counters>,
+        clock: Clock,
+    ) -> Worker {
+        Worker {
+            core: Some(Core::new(db, config, sink, counters.clone())),
+            events,
+            terminal,
+            counters,
+            clock,
+            next_deadline: None,
+            announced: Vec::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Op>, shutdown: CancellationToken) {
+        self.load().await;
+        let mut buf = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let wake = self.next_deadline.map(|ms| self.clock.instant_at(ms));
+            let alive = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                n = rx.recv_many(&mut buf, MAX_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.batch(std::mem::take(&mut buf)).await
+                }
+                () = sleep_until(wake) => self.batch(Vec::new()).await,
+            };
+            if !alive {
+                return;
+            }
+        }
+        // Apply what was already queued, then record which events went out.
+        rx.close();
+        while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
+            if !self.batch(std::mem::take(&mut buf)).await {
+                return;
+            }
+        }
+        if !self.announced.is_empty() {
+            self.batch(Vec::new()).await;
+        }
+        tracing::debug!("command engine stopped");
+    }
+
+    /// Creates the tables, loads counts and the first deadline, and re-emits events a
+    /// crash may have lost.
+    async fn load(&mut self) {
+        let Some(core) = &self.core else { return };
+        let db = core.db().clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            store::write(&db, |_| Ok(()))?;
+            Ok::<_, StoreError>((
+                store::status_counts(&db)?,
+                store::earliest_deadline(&db)?,
+                store::unannounced(&db)?,
+            ))
+        })
+        .await;
+        match loaded {
+            Ok(Ok((counts, next, owed))) => {
+                self.counters.set_counts(&counts);
+                self.next_deadline = next;
+                if !owed.is_empty() {
+                    tracing::info!(count = owed.len(), "re-emitting command events");
+                }
+                for rec in owed {
+                    self.announce(rec).await;
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot load commands; retrying");
+                self.next_deadline = Some(self.clock.now_ms() + RETRY_AFTER_MS);
+            }
+            Err(error) => tracing::error!(%error, "loading commands failed"),
+        }
+    }
+
+    /// Applies `ops` and due deadlines in one transaction, then reports. False if the
+    /// worker cannot go on.
+    async fn batch(&mut self, ops: Vec<Op>) -> bool {
+        let Some(mut core) = self.core.take() else {
+            return false;
+        };
+        let now = self.clock.now_ms();
+        let announced = std::mem::take(&mut self.announced);
+        let joined = tokio::task::spawn_blocking(move || {
+            let (fx, announced) = core.apply(ops, now, announced);
+            (core, fx, announced)
+        })
+        .await;
+        match joined {
+            Ok((core, fx, unmarked)) => {
+                self.core = Some(core);
+                self.announced = unmarked;
+                self.finish(fx, now).await;
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "command worker failed; commands stop changing");
+                false
+            }
+        }
+    }
+
+    async fn finish(&mut self, fx: Effects, now: u64) {
+        if let Some(counts) = &fx.counts {
+            self.counters.set_counts(counts);
+        }
+        self.next_deadline = match (&fx.failure, fx.next_deadline) {
+            (Some(_), _) => Some(now + RETRY_AFTER_MS),
+            // More was due than one batch handles: go again at once.
+            (None, next) if fx.more_due => next,
+            // A deadline that is still due after its turn is stuck (a bug): do not spin.
+            (None, Some(next)) if next <= now => Some(now + RETRY_AFTER_MS),
+            (None, next) => next,
+        };
+        for reply in fx.replies {
+            reply(fx.failure.as_deref());
+        }
+        for rec in fx.terminal {
+            self.announce(rec).await;
+        }
+        for flush in fx.flushes {
+            let _ = flush.send(());
+        }
+    }
+
+    /// Tells `wait_terminal`ers and the event sink that `rec` is terminal.
+    async fn announce(&mut self, rec: CommandRecord) {
+        let Some(kind) = event_kind(rec.status()) else {
+            return;
+        };
+        match CommandView::from_record(&rec) {
+            Ok(view) => {
+                let data = serde_json::to_value(&view).unwrap_or_else(|error| {
+                    tracing::error!(%error, "cannot serialize a command record");
+                    Value::Null
+                });
+                let _ = self.terminal.send(Arc::new(view));
+                self.events.emit(kind, Some(&rec.device_id), data).await;
+            }
+            Err(error) => tracing::error!(%error, "cannot announce an unreadable command"),
+        }
+        self.announced.push(rec.command_id);
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn event_kind(status: CommandStatus) -> Option<&'static str> {
+    Some(match status {
+        CommandStatus::Completed => "command.completed",
+        CommandStatus::Failed => "command.failed",
+        CommandStatus::Expired => "command.expired",
+        CommandStatus::Cancelled => "command.cancelled",
+        CommandStatus::Superseded => "command.superseded",
+        CommandStatus::Queued | CommandStatus::Sent | CommandStatus::Delivered => return None,
+    })
+}

@@ -1,0 +1,565 @@
+//! Fleet events (SPEC §7): what the fleet services report (`device.online`,
+//! `command.completed`, ...). [`EventBus::emit`] records each event in the webhook
+//! outbox for every configured URL whose filter matches, durably, before it returns;
+//! then it wakes those URLs' workers (`webhooks`) and broadcasts the event live (for
+//! `GET /api/v1/events`).
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use fleetmq_storage::{now_ms, DeviceId};
+use serde::Serialize;
+use tokio::sync::{broadcast, Notify};
+
+use super::webhooks::{redact_url, WebhookOptions};
+use super::EventSink;
+use fleetmq_storage::outbox::{self, Enqueued, NewDelivery, Outbox};
+
+/// One event, exactly as POSTed to webhooks and streamed live:
+/// `{"id","type","at","device_id","data"}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetEvent {
+    /// Unique and time-ordered: 16 hex digits of unix ms, then 8 hex digits of a
+    /// per-process counter that starts at a random value.
+    pub id: String,
+    /// The event type, e.g. `device.online`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When it happened: RFC 3339, UTC, millisecond precision.
+    pub at: String,
+    /// The device it is about, if any (`null` otherwise).
+    pub device_id: Option<String>,
+    /// Type-specific details.
+    pub data: serde_json::Value,
+}
+
+/// One `[[webhooks]]` entry.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL to POST to.
+    pub url: String,
+    /// HMAC-SHA256 key for `X-Fleetmq-Signature`.
+    pub secret: String,
+    /// Event types to send: exact (`device.online`) or prefix (`command.*`); `*` is
+    /// every type. `None`: every type.
+    pub events: Option<Vec<String>>,
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &redact_url(&self.url))
+            .field("secret", &"<redacted>")
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
+/// Why a `[[webhooks]]` entry is invalid; messages name the config key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebhookConfigError {
+    #[error("invalid value for `webhooks.url`: {url:?} is not an http(s) URL with a host")]
+    Url { url: String },
+    #[error("invalid value for `webhooks.secret` of {url:?}: must not be empty")]
+    EmptySecret { url: String },
+    #[error("invalid value for `webhooks.events` of {url:?}: empty; omit it for every event")]
+    NoEvents { url: String },
+    #[error(
+        "invalid value for `webhooks.events` of {url:?}: {pattern:?} is not an event type, \
+         a prefix ending in `.*`, or `*`"
+    )]
+    Pattern { url: String, pattern: String },
+    #[error("invalid value for `webhooks.url`: {url:?} is configured twice")]
+    Duplicate { url: String },
+}
+
+impl WebhookConfig {
+    /// Checks one entry: an http(s) URL with a host, a non-empty secret, and event
+    /// patterns that are a type, a `prefix.*` or `*`.
+    pub fn validate(&self) -> Result<(), WebhookConfigError> {
+        let url = || self.url.clone();
+        let uri: http::Uri = self
+            .url
+            .parse()
+            .map_err(|_| WebhookConfigError::Url { url: url() })?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(WebhookConfigError::Url { url: url() });
+        }
+        if self.secret.is_empty() {
+            return Err(WebhookConfigError::EmptySecret { url: url() });
+        }
+        match &self.events {
+            Some(patterns) if patterns.is_empty() => {
+                Err(WebhookConfigError::NoEvents { url: url() })
+            }
+            Some(patterns) => patterns.iter().try_for_each(|p| {
+                Pattern::parse(p)
+                    .map(drop)
+                    .ok_or_else(|| WebhookConfigError::Pattern {
+                        url: url(),
+                        pattern: p.clone(),
+                    })
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Validates every entry and that no URL appears twice (each URL has one ordered queue).
+pub fn validate_webhooks(hooks: &[WebhookConfig]) -> Result<(), WebhookConfigError> {
+    for (i, hook) in hooks.iter().enumerate() {
+        hook.validate()?;
+        if hooks[..i].iter().any(|h| h.url == hook.url) {
+            return Err(WebhookConfigError::Duplicate {
+                url: hook.url.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One parsed `events` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pattern {
+    Any,
+    Exact(String),
+    /// `command.*` is kept as `command.`.
+    Prefix(String),
+}
+
+impl Pattern {
+    fn parse(p: &str) -> Option<Pattern> {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.split('.').all(|seg| {
+                    !seg.is_empty()
+                        && seg
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                })
+        };
+        match p.strip_suffix(".*") {
+            _ if p == "*" => Some(Pattern::Any),
+            Some(prefix) if valid(prefix) => Some(Pattern::Prefix(format!("{prefix}."))),
+            None if valid(p) => Some(Pattern::Exact(p.to_owned())),
+            _ => None,
+        }
+    }
+
+    fn matches(&self, kind: &str) -> bool {
+        match self {
+            Pattern::Any => true,
+            Pattern::Exact(e) => e == kind,
+            Pattern::Prefix(p) => kind.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// Which event types a URL receives.
+#[derive(Debug, Clone)]
+pub(super) struct EventFilter(Option<Vec<Pattern>>);
+
+impl EventFilter {
+    /// Unparsable patterns (which [`WebhookConfig::validate`] rejects) match nothing.
+    fn new(patterns: Option<&[String]>) -> EventFilter {
+        EventFilter(patterns.map(|ps| ps.iter().filter_map(|p| Pattern::parse(p)).collect()))
+    }
+
+    pub(super) fn matches(&self, kind: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| p.matches(kind)))
+    }
+}
+
+/// A configured URL, shared by the bus and its worker.
+pub(super) struct Hook {
+    pub(super) url: String,
+    pub(super) key: ring::hmac::Key,
+    pub(super) filter: EventFilter,
+    /// Holds at most one permit, so wake-ups coalesce and none is lost while the
+    /// worker is busy.
+    pub(super) wake: Notify,
+}
+
+/// Counters since start, for stats and metrics.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) delivered: AtomicU64,
+    pub(super) failed_attempts: AtomicU64,
+    pub(super) given_up: AtomicU64,
+    /// Events not queued for a URL because its outbox queue was full.
+    pub(super) dropped_full: AtomicU64,
+    pub(super) store_errors: AtomicU64,
+}
+
+pub(super) struct Inner {
+    pub(super) outbox: Outbox,
+    pub(super) hooks: Vec<Arc<Hook>>,
+    pub(super) options: WebhookOptions,
+    pub(super) counters: Counters,
+    pub(super) workers_started: AtomicBool,
+    live: broadcast::Sender<FleetEvent>,
+    last_ms: AtomicU64,
+    counter: AtomicU32,
+}
+
+/// Emits fleet events; see the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct EventBus {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<_> = self
+            .inner
+            .hooks
+            .iter()
+            .map(|h| redact_url(&h.url))
+            .collect();
+        f.debug_struct("EventBus")
+            .field("webhooks", &urls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventBus {
+    /// A bus with the default [`WebhookOptions`] (SPEC §7 backoff, 10 s timeout).
+    pub fn new(outbox: Outbox, hooks: Vec<WebhookConfig>) -> EventBus {
+        EventBus::with_options(outbox, hooks, WebhookOptions::default())
+    }
+
+    /// A bus with explicit options. A URL configured twice keeps its first entry
+    /// ([`validate_webhooks`] rejects such a config).
+    pub fn with_options(
+        outbox: Outbox,
+        hooks: Vec<WebhookConfig>,
+        options: WebhookOptions,
+    ) -> EventBus {
+        let mut built: Vec<Arc<Hook>> = Vec::with_capacity(hooks.len());
+        for h in hooks {
+            if built.iter().any(|b| b.url == h.url) {
+                tracing::warn!(url = %redact_url(&h.url), "webhook URL configured twice; using the first");
+                continue;
+            }
+            built.push(Arc::new(Hook {
+                key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, h.secret.as_bytes()),
+                filter: EventFilter::new(h.events.as_deref()),
+                url: h.url,
+                wake: Notify::new(),
+            }));
+        }
+        let (live, _) = broadcast::channel(options.live_capacity.max(1));
+        let mut seed = [0u8; 4];
+        // A random start keeps ids unique across restarts even if the clock steps back;
+        // without randomness, 0 still gives unique ids within a run.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
+        EventBus {
+            inner: Arc::new(Inner {
+                outbox,
+                hooks: built,
+                options,
+                counters: Counters::default(),
+                workers_started: AtomicBool::new(false),
+                live,
+                last_ms: AtomicU64::new(0),
+                counter: AtomicU32::new(u32::from_be_bytes(seed)),
+            }),
+        }
+    }
+
+    /// The live stream: every event emitted from now on. Bounded
+    /// ([`WebhookOptions::live_capacity`]); a receiver that lags loses the oldest
+    /// events and is told how many (`RecvError::Lagged`).
+    pub fn subscribe(&self) -> broadcast::Receiver<FleetEvent> {
+        self.inner.live.subscribe()
+    }
+
+    /// Records the event in the outbox, one delivery per configured URL whose filter
+    /// matches, committed durably before returning; then wakes those URLs' workers and
+    /// broadcasts the event live. An outbox failure is logged and counted (the event
+    /// still goes live); the event is returned either way.
+    pub async fn emit(
+        &self,
+        kind: &str,
+        device_id: Option<&DeviceId>,
+        data: serde_json::Value,
+    ) -> FleetEvent {
+        let event = self.new_event(kind, device_id, data);
+        let targets: Vec<Arc<Hook>> = (self.inner.hooks.iter())
+            .filter(|h| h.filter.matches(kind))
+            .cloned()
+            .collect();
+        if !targets.is_empty() {
+            self.record(&event, targets).await;
+        }
+        // Err only when nobody is listening.
+        let _ = self.inner.live.send(event.clone());
+        event
+    }
+
+    fn new_event(
+        &self,
+        kind: &str,
+        device_id: Option<&DeviceId>,
+        data: serde_json::Value,
+    ) -> FleetEvent {
+        let now = now_ms();
+        // Never go back in time, so ids stay ordered if the clock steps back.
+        let ms = self
+            .inner
+            .last_ms
+            .fetch_max(now, Ordering::Relaxed)
+            .max(now);
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        FleetEvent {
+            id: format!("{ms:016x}{n:08x}"),
+            kind: kind.to_owned(),
+            at: rfc3339_ms(ms),
+            device_id: device_id.map(|d| d.as_str().to_owned()),
+            data,
+        }
+    }
+
+    /// Queues `event` for `targets` and wakes their workers. Both happen on the
+    /// blocking pool, so a caller that stops waiting cannot lose the wake-up.
+    async fn record(&self, event: &FleetEvent, targets: Vec<Arc<Hook>>) {
+        let inner = &self.inner;
+        let body = match serde_json::to_vec(event) {
+            Ok(body) => body,
+            Err(error) => {
+                inner.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, event_id = %event.id, "cannot encode event");
+                return;
+            }
+        };
+        let new = NewDelivery {
+            event_id: event.id.clone(),
+            event_type: event.kind.clone(),
+            body,
+        };
+        let urls: Vec<String> = targets.iter().map(|h| h.url.clone()).collect();
+        let now = now_ms();
+        let result = inner
+            .outbox
+            .call(move |db, limits| {
+                let outcome = outbox::enqueue(db, &new, &urls, now, limits)?;
+                for (hook, o) in targets.iter().zip(&outcome) {
+                    if let Enqueued::Queued(_) = o {
+                        hook.wake.notify_one();
+                    }
+                }
+                Ok(targets.into_iter().zip(outcome).collect::<Vec<_>>())
+            })
+            .await;
+        match result {
+            Ok(outcome) => {
+                for (hook, o) in outcome {
+                    if o == Enqueued::Full {
+                        let n = inner.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+                        // A dead URL can drop every event: log the first and every 1000th.
+                        if n.is_multiple_of(1000) {
+                            tracing::warn!(
+                                url = %redact_url(&hook.url),
+                                event_id = %event.id,
+                                dropped_total = n + 1,
+                                "webhook outbox full for this URL; event not queued for it"
+                            );
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                inner.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, event_id = %event.id, "cannot record event in the webhook outbox");
+            }
+        }
+    }
+}
+
+impl EventSink for EventBus {
+    fn emit(
+        &self,
+        kind: &'static str,
+        device: Option<&DeviceId>,
+        data: serde_json::Value,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        let device = device.cloned();
+        Box::pin(async move {
+            EventBus::emit(self, kind, device.as_ref(), data).await;
+        })
+    }
+}
+
+/// Formats unix milliseconds as RFC 3339 in UTC with millisecond precision,
+/// e.g. `2024-03-01T12:00:00.000Z`. (Same as the web crate's; see the lead's notes.)
+pub(super) fn rfc3339_ms(unix_ms: u64) -> String {
+    let days = unix_ms / 86_400_000;
+    let ms_of_day = unix_ms % 86_400_000;
+    let (year, month, day) = civil_from_days(days);
+    let (secs, ms) = (ms_of_day / 1000, ms_of_day % 1000);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard
+/// Hinnant's `civil_from_days`, restricted to dates on or after the epoch.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(url: &str, events: Option<&[&str]>) -> WebhookConfig {
+        WebhookConfig {
+            url: url.into(),
+            secret: "s".into(),
+            events: events.map(|e| e.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn filters_match_exact_prefix_and_any() {
+        let f = |ps: &[&str]| {
+            EventFilter::new(Some(&ps.iter().map(|s| s.to_string()).collect::<Vec<_>>()))
+        };
+        let cmd = f(&["command.*"]);
+        assert!(cmd.matches("command.completed"));
+        assert!(!cmd.matches("command"));
+        assert!(!cmd.matches("commands.x"));
+        assert!(!cmd.matches("device.online"));
+        let exact = f(&["device.online", "telemetry"]);
+        assert!(exact.matches("device.online") && exact.matches("telemetry"));
+        assert!(!exact.matches("device.offline"));
+        assert!(f(&["*"]).matches("anything"));
+        assert!(EventFilter::new(None).matches("anything"));
+        // Patterns validate() rejects match nothing.
+        assert!(!f(&["comm*"]).matches("command.completed"));
+    }
+
+    #[test]
+    fn config_validation_names_the_problem() {
+        assert_eq!(
+            hook(
+                "http://127.0.0.1:9000/hooks",
+                Some(&["command.*", "device.online", "*"])
+            )
+            .validate(),
+            Ok(())
+        );
+        assert_eq!(
+            hook("https://example.com/x?token=1", None).validate(),
+            Ok(())
+        );
+        for bad in [
+            "ftp://h/x",
+            "127.0.0.1:9000/x",
+            "http://",
+            "not a url",
+            "/path",
+        ] {
+            assert!(
+                matches!(
+                    hook(bad, None).validate(),
+                    Err(WebhookConfigError::Url { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let mut h = hook("http://h/x", None);
+        h.secret.clear();
+        assert!(matches!(
+            h.validate(),
+            Err(WebhookConfigError::EmptySecret { .. })
+        ));
+        assert!(matches!(
+            hook("http://h/x", Some(&[])).validate(),
+            Err(WebhookConfigError::NoEvents { .. })
+        ));
+        for bad in ["comm*", "", ".*", "a..b", "device.*.x", "device online"] {
+            let err = hook("http://h/x", Some(&[bad])).validate().unwrap_err();
+            assert!(matches!(err, WebhookConfigError::Pattern { .. }), "{bad}");
+            assert!(err.to_string().contains("webhooks.events"), "{err}");
+        }
+        let dup = [
+            hook("http://h/x", None),
+            hook("http://h/y", None),
+            hook("http://h/x", None),
+        ];
+        assert!(matches!(
+            validate_webhooks(&dup),
+            Err(WebhookConfigError::Duplicate { .. })
+        ));
+        assert_eq!(validate_webhooks(&dup[..2]), Ok(()));
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let h = WebhookConfig {
+            secret: "hunter2".into(),
+            ..hook("http://u:pw@h/x?k=v", None)
+        };
+        let s = format!("{h:?}");
+        assert!(
+            !s.contains("hunter2") && !s.contains("pw") && !s.contains("k=v"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn known_instants() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_709_294_400_123), "2024-03-01T12:00:00.123Z");
+        assert_eq!(rfc3339_ms(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
+
+    #[tokio::test]
+    async fn ids_are_unique_and_ordered_and_events_go_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("t.redb")).unwrap();
+        let outbox = Outbox::open(Arc::new(db), Default::default()).unwrap();
+        let bus = EventBus::new(outbox, vec![]);
+        let mut live = bus.subscribe();
+        let dev: DeviceId = "dev-1".parse().unwrap();
+        let mut ids = Vec::new();
+        for i in 0..50 {
+            let e = bus
+                .emit("device.online", Some(&dev), serde_json::json!({"i": i}))
+                .await;
+            assert_eq!(e.id.len(), 24);
+            assert!(e.id.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert_eq!(live.recv().await.unwrap(), e);
+            ids.push(e.id);
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        // Ordered unless the random counter wrapped within this run (1 in ~10^8).
+        assert_eq!(sorted.len(), ids.len());
+        let e = bus.emit("alarm.raised", None, serde_json::json!({})).await;
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["type"], "alarm.raised");
+        assert!(json["device_id"].is_null());
+        assert_eq!(json.as_object().unwrap().len(), 5);
+        assert!(e.at.ends_with('Z') && e.at.len() == 24, "{}", e.at);
+    }
+}

@@ -1,0 +1,275 @@
+//! The fleet services' event loop: presence, reported status, and handing device
+//! traffic to the command engine and the telemetry store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use fleetmq_device_plugins::{DevicePlugin, PluginRegistry};
+use fleetmq_storage::{DeviceId, DeviceRecord, DeviceState, Store, StoreError};
+use serde_json::json;
+
+use super::commands::CommandEngine;
+use super::events::EventBus;
+use super::presence::{Presence, Transition};
+use super::telemetry::{Rejected, Telemetry};
+use super::{LinkEvent, Upstream};
+
+/// Devices whose plugin is remembered at once (the cache starts over beyond this).
+const PLUGIN_CACHE_MAX: usize = 100_000;
+
+/// Everything device logic needs, shared by the event loop and the admin API.
+pub struct Services {
+    pub(crate) store: Store,
+    pub(crate) presence: Presence,
+    pub(crate) plugins: PluginRegistry,
+    pub(crate) events: EventBus,
+    pub(crate) commands: CommandEngine,
+    pub(crate) telemetry: Telemetry,
+    /// Each device's plugin, so per-message work never reads the device record.
+    plugin_cache: Mutex<HashMap<DeviceId, Arc<dyn DevicePlugin>>>,
+}
+
+impl Services {
+    pub(crate) fn new(
+        store: Store,
+        events: EventBus,
+        commands: CommandEngine,
+        telemetry: Telemetry,
+    ) -> Services {
+        Services {
+            store,
+            presence: Presence::default(),
+            plugins: PluginRegistry::builtin(),
+            events,
+            commands,
+            telemetry,
+            plugin_cache: Mutex::default(),
+        }
+    }
+
+    /// Presence of connected devices.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    async fn device(&self, id: &DeviceId) -> Option<DeviceRecord> {
+        let lookup = id.clone();
+        match self.store.call(move |s| s.get_device(&lookup)).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(device_id = %id, error = %e, "could not read device");
+                None
+            }
+        }
+    }
+
+    async fn plugin_of(&self, id: &DeviceId) -> Option<Arc<dyn DevicePlugin>> {
+        if let Some(plugin) = self.cache().get(id) {
+            return Some(plugin.clone());
+        }
+        let plugin = self.plugins.get(&self.device(id).await?.plugin)?;
+        let mut cache = self.cache();
+        if cache.len() >= PLUGIN_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(id.clone(), plugin.clone());
+        Some(plugin)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Arc<dyn DevicePlugin>>> {
+        self.plugin_cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Updates the stored state of a device; a device deleted meanwhile is skipped.
+    async fn update_state(
+        &self,
+        id: &DeviceId,
+        change: impl FnOnce(&mut DeviceState) + Send + 'static,
+    ) {
+        let id = id.clone();
+        let result = self
+            .store
+            .call(move |s| s.update_device_state(&id, change))
+            .await;
+        match result {
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => tracing::error!(error = %e, "could not store device state"),
+        }
+    }
+
+    /// A device was deleted: forget everything kept about it.
+    pub(crate) async fn forget_device(&self, id: &DeviceId) {
+        self.cache().remove(id);
+        self.commands.forget_device(id).await;
+        if let Err(e) = self.telemetry.forget_device(id).await {
+            tracing::error!(device_id = %id, error = %e, "could not delete telemetry");
+        }
+        let lookup = id.clone();
+        let forgotten = self
+            .store
+            .call(move |s| {
+                s.delete_device_state(&lookup)?;
+                s.delete_device_config(&lookup)
+            })
+            .await;
+        if let Err(e) = forgotten {
+            tracing::error!(device_id = %id, error = %e, "could not delete device state");
+        }
+    }
+
+    /// Handles one device event from the link layer.
+    pub(crate) async fn on_event(&self, event: LinkEvent) {
+        match event {
+            LinkEvent::Connected {
+                id,
+                generation,
+                peer,
+                protocol,
+                transport,
+                at_ms,
+                ..
+            } => {
+                let transition = self
+                    .presence
+                    .connected(&id, generation, peer, protocol, transport, at_ms);
+                self.connected(
+                    &id, transition, generation, peer, protocol, transport, at_ms,
+                )
+                .await;
+            }
+            LinkEvent::Disconnected {
+                id,
+                generation,
+                at_ms,
+            } => self.disconnected(&id, generation, at_ms).await,
+            LinkEvent::Published {
+                id,
+                kind,
+                payload,
+                at_ms,
+                ..
+            } => self.published(&id, kind, &payload, at_ms).await,
+            LinkEvent::DecryptFailed {
+                id, topic, reason, ..
+            } => {
+                let data = json!({"topic": topic, "reason": reason});
+                self.events
+                    .emit("device.decrypt_failed", Some(&id), data)
+                    .await;
+            }
+            LinkEvent::Subscribed { id, generation } => {
+                if let Some(device) = self.device(&id).await {
+                    self.commands.device_ready(&device, generation).await;
+                }
+            }
+            LinkEvent::CommandAcked {
+                id,
+                generation,
+                command_id,
+                ..
+            } => self.commands.acked(&id, generation, &command_id).await,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "the fields of one link event")]
+    async fn connected(
+        &self,
+        id: &DeviceId,
+        transition: Transition,
+        generation: u64,
+        peer: std::net::SocketAddr,
+        protocol: &'static str,
+        transport: crate::handle::Transport,
+        at_ms: u64,
+    ) {
+        let ip = peer.ip().to_string();
+        let transport_name = serde_json::to_value(transport).unwrap_or_default();
+        let stored_ip = ip.clone();
+        let stored_transport = transport_name.as_str().unwrap_or_default().to_owned();
+        self.update_state(id, move |s| {
+            s.generation = generation;
+            s.connected_at_ms = Some(at_ms);
+            s.last_seen_ms = Some(at_ms);
+            s.ip = Some(stored_ip);
+            s.protocol = Some(protocol.to_owned());
+            s.transport = Some(stored_transport);
+        })
+        .await;
+        if transition == Transition::Online {
+            let data = json!({"ip": ip, "protocol": protocol, "transport": transport_name, "generation": generation});
+            self.events.emit("device.online", Some(id), data).await;
+        }
+    }
+
+    async fn disconnected(&self, id: &DeviceId, generation: u64, at_ms: u64) {
+        let last_seen = self
+            .presence
+            .get(id)
+            .map_or(at_ms, |l| l.last_seen_ms.max(at_ms));
+        self.commands.device_gone(id, generation).await;
+        if self.presence.disconnected(id, generation) != Transition::Offline {
+            return;
+        }
+        self.update_state(id, move |s| {
+            s.disconnected_at_ms = Some(at_ms);
+            s.last_seen_ms = Some(last_seen);
+        })
+        .await;
+        let data = json!({"generation": generation});
+        self.events.emit("device.offline", Some(id), data).await;
+    }
+
+    async fn published(&self, id: &DeviceId, kind: Upstream, payload: &[u8], at_ms: u64) {
+        self.presence.seen(id, at_ms);
+        match kind {
+            Upstream::Status => self.status(id, payload, at_ms).await,
+            Upstream::Telemetry => self.telemetry_point(id, payload, at_ms).await,
+            Upstream::Response => {
+                if let Some(device) = self.device(id).await {
+                    self.commands.response(&device, payload).await;
+                }
+            }
+            // Device events are routed to subscribers; no SPEC §7 event is derived yet.
+            Upstream::Events => {}
+        }
+    }
+
+    /// `device/{id}/telemetry`: into the store's ingest queue; never waits for disk.
+    async fn telemetry_point(&self, id: &DeviceId, payload: &[u8], at_ms: u64) {
+        let Some(plugin) = self.plugin_of(id).await else {
+            return;
+        };
+        match self.telemetry.offer(id, plugin.as_ref(), payload, at_ms) {
+            Ok(()) | Err(Rejected::QueueFull) | Err(Rejected::ShuttingDown) => {}
+            Err(Rejected::NotJson { reason }) => {
+                tracing::debug!(device_id = %id, error = %reason, "telemetry rejected");
+                let data = json!({"topic": format!("device/{id}/telemetry"), "reason": reason.to_string()});
+                self.events.emit("device.bad_payload", Some(id), data).await;
+            }
+        }
+    }
+
+    /// `device/{id}/status`: kept as `reported_status`, with its `configVersion`.
+    async fn status(&self, id: &DeviceId, payload: &[u8], at_ms: u64) {
+        let Some(plugin) = self.plugin_of(id).await else {
+            return;
+        };
+        match plugin.decode_status(payload) {
+            Ok(status) => {
+                let raw = status.raw.to_string();
+                let config_version = status.config_version;
+                self.update_state(id, move |s| {
+                    s.reported_status = Some(raw);
+                    s.reported_status_at_ms = Some(at_ms);
+                    if config_version.is_some() {
+                        s.reported_config_version = config_version;
+                    }
+                })
+                .await;
+            }
+            Err(e) => {
+                tracing::debug!(device_id = %id, error = %e, "status payload not understood")
+            }
+        }
+    }
+}

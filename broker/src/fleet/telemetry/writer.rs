@@ -1,0 +1,144 @@
+//! The writer task, which commits queued points in batches, and the sweeper task,
+//! which enforces retention.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetmq_storage::now_ms;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::{blocking, store, Msg, Shared, TelemetryError};
+
+/// The one task that commits queued points. `buf` lives in the struct so a batch being
+/// filled survives the cancel-safe `select!`s.
+pub(super) struct Writer {
+    pub(super) shared: Arc<Shared>,
+    pub(super) rx: mpsc::Receiver<Msg>,
+    pub(super) buf: Vec<Msg>,
+    pub(super) batch_max: usize,
+    pub(super) batch_delay: Duration,
+}
+
+impl Writer {
+    pub(super) async fn run(mut self, shutdown: CancellationToken) {
+        // Flush waiters learn the writer is gone even if this task unwinds.
+        let _done = self.shared.writer_done.clone().drop_guard();
+        loop {
+            let received = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                n = self.rx.recv_many(&mut self.buf, self.batch_max) => n,
+            };
+            if received == 0 {
+                break;
+            }
+            self.fill(&shutdown).await;
+            self.commit().await;
+        }
+        // Shutdown: refuse new points, commit everything already queued.
+        self.rx.close();
+        loop {
+            self.commit().await;
+            if self.rx.recv_many(&mut self.buf, self.batch_max).await == 0 {
+                break;
+            }
+        }
+        tracing::debug!("telemetry writer stopped");
+    }
+
+    /// Waits up to `batch_delay` for the batch to fill, ending early for a full batch,
+    /// a flush request, or shutdown.
+    async fn fill(&mut self, shutdown: &CancellationToken) {
+        let deadline = Instant::now() + self.batch_delay;
+        let mut checked = 0;
+        loop {
+            if self.buf[checked..]
+                .iter()
+                .any(|m| matches!(m, Msg::Flush(_)))
+            {
+                return;
+            }
+            checked = self.buf.len();
+            let room = self.batch_max.saturating_sub(self.buf.len());
+            if room == 0 {
+                return;
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                // Before the deadline: with a zero delay, what is already queued still
+                // joins the batch.
+                n = self.rx.recv_many(&mut self.buf, room) => if n == 0 { return },
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    /// Commits the points in `buf` in one transaction, then acknowledges its flushes.
+    async fn commit(&mut self) {
+        let mut points = Vec::with_capacity(self.buf.len());
+        let mut acks = Vec::new();
+        for msg in self.buf.drain(..) {
+            match msg {
+                Msg::Point(p) => points.push(p),
+                Msg::Flush(ack) => acks.push(ack),
+            }
+        }
+        if !points.is_empty() {
+            let n = points.len() as u64;
+            let c = &self.shared.counters;
+            match blocking(&self.shared.db, move |db| store::insert_batch(db, &points)).await {
+                Ok(stored) => {
+                    c.stored.fetch_add(stored, Relaxed);
+                    c.batches.fetch_add(1, Relaxed);
+                }
+                Err(error) => {
+                    c.dropped_write_failed.fetch_add(n, Relaxed);
+                    tracing::error!(%error, points = n, "telemetry batch lost");
+                }
+            }
+            self.shared.saturated.store(false, Relaxed);
+        }
+        for ack in acks {
+            // The waiter may have given up; nothing to do then.
+            let _ = ack.send(());
+        }
+    }
+}
+
+// ---- sweeper ---------------------------------------------------------------------
+
+pub(super) async fn run_sweeper(shared: Arc<Shared>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = sweep(&shared).await {
+            tracing::error!(%error, "telemetry sweep failed");
+        }
+    }
+}
+
+/// One retention pass; counted, and announced to `sweeps` whether or not it succeeded.
+pub(super) async fn sweep(shared: &Shared) -> Result<u64, TelemetryError> {
+    let retention_ms = u64::try_from(shared.retention.as_millis()).unwrap_or(u64::MAX);
+    let cutoff = now_ms().saturating_sub(retention_ms);
+    let max = shared.max_points_per_device;
+    let stop = shared.shutdown.clone();
+    let result = blocking(&shared.db, move |db| {
+        store::sweep_until(db, cutoff, max, &|| stop.is_cancelled())
+    })
+    .await;
+    if let Ok(removed) = &result {
+        shared.counters.swept.fetch_add(*removed, Relaxed);
+    }
+    shared.sweeps.send_modify(|n| *n += 1);
+    result
+}

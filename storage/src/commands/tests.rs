@@ -1,0 +1,617 @@
+//! State machine, golden-byte, corruption and index tests for the command tables.
+
+use super::*;
+use proptest::prelude::*;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn dev(s: &str) -> DeviceId {
+    s.parse().unwrap()
+}
+
+fn new_cmd(id: &str, device: &str, kind: &str) -> NewCommandRecord {
+    NewCommandRecord {
+        command_id: id.into(),
+        device_id: dev(device),
+        kind: kind.into(),
+        params_json: "{}".into(),
+        metadata_json: None,
+        idempotency_key: None,
+        timeout_ms: 1_000,
+        max_retries: 2,
+        ttl_ms: 10_000,
+        created_at_ms: 100,
+    }
+}
+
+/// A queued record with every descriptive field set.
+fn queued() -> CommandRecord {
+    CommandRecord::new(
+        NewCommandRecord {
+            command_id: "c1".into(),
+            device_id: dev("d1"),
+            kind: "RELOAD".into(),
+            params_json: r#"{"x":1}"#.into(),
+            metadata_json: Some(r#"{"b":1,  "a":[1,2]}"#.into()),
+            idempotency_key: Some("k".into()),
+            timeout_ms: 30_000,
+            max_retries: 3,
+            ttl_ms: 86_400_000,
+            created_at_ms: 1_000,
+        },
+        7,
+    )
+}
+
+/// A completed record with every optional field set.
+fn completed_late() -> CommandRecord {
+    let mut r = queued();
+    r.send(2_000, 32_000).unwrap();
+    r.acknowledge(2_500).unwrap();
+    r.complete(3_000, Some(r#"{"ok":true}"#.into())).unwrap();
+    r.record_late_response(r#"{"success":false}"#.into())
+        .unwrap();
+    r
+}
+
+// Golden bytes: if one of these fails, the file format changed. Add a `V2` variant
+// instead of editing `V1`.
+const QUEUED_V1: &str = concat!(
+    "00",               // StoredCommand::V1
+    "026331",           // command_id "c1"
+    "026431",           // device_id "d1"
+    "07",               // seq
+    "0652454c4f4144",   // kind "RELOAD"
+    "077b2278223a317d", // params_json
+    "0113",             // metadata_json: Some, 19 bytes
+    "7b2262223a312c20202261223a5b312c325d7d",
+    "01016b",   // idempotency_key Some("k")
+    "b0ea01",   // timeout_ms 30000
+    "03",       // max_retries
+    "80b89929", // ttl_ms 86400000
+    "e807",     // created_at_ms 1000
+    "00",       // status Queued
+    "00",       // attempts
+    "00",
+    "00",
+    "00", // sent/delivered/completed_at
+    "00",
+    "00",
+    "00",         // result, error, late_response
+    "01e8bf9929", // next_deadline_ms 86401000
+);
+
+const COMPLETED_V1: &str = concat!(
+    "00",
+    "026331",
+    "026431",
+    "07",
+    "0652454c4f4144",
+    "077b2278223a317d",
+    "0113",
+    "7b2262223a312c20202261223a5b312c325d7d",
+    "01016b",
+    "b0ea01",
+    "03",
+    "80b89929",
+    "e807",
+    "03",                                     // status Completed
+    "01",                                     // attempts
+    "01d00f",                                 // sent_at 2000
+    "01c413",                                 // delivered_at 2500
+    "01b817",                                 // completed_at 3000
+    "010b7b226f6b223a747275657d",             // result_json
+    "00",                                     // error
+    "01117b2273756363657373223a66616c73657d", // late_response_json
+    "00",                                     // next_deadline_ms None
+);
+
+#[test]
+fn golden_bytes() {
+    for (rec, golden) in [(queued(), QUEUED_V1), (completed_late(), COMPLETED_V1)] {
+        let bytes = encode_command(&rec).unwrap();
+        assert_eq!(hex(&bytes), golden);
+        assert_eq!(decode_command("c1", &unhex(golden)).unwrap(), rec);
+    }
+}
+
+fn assert_corrupt(r: Result<CommandRecord, StoreError>, why: &str) {
+    match r {
+        Err(StoreError::Corrupt {
+            table: "commands",
+            reason,
+            ..
+        }) => assert!(reason.contains(why), "{reason:?} does not mention {why:?}"),
+        other => panic!("expected Corrupt ({why}), got {other:?}"),
+    }
+}
+
+#[test]
+fn truncation_trailing_bytes_and_unknown_versions_are_corrupt() {
+    let full = unhex(COMPLETED_V1);
+    for len in 0..full.len() {
+        assert!(decode_command("c1", &full[..len]).is_err(), "len {len}");
+    }
+    let mut long = full.clone();
+    long.push(0);
+    assert_corrupt(decode_command("c1", &long), "trailing");
+    let mut future = full.clone();
+    future[0] = 1;
+    assert_corrupt(decode_command("c1", &future), "");
+    let mut bad_status = unhex(QUEUED_V1);
+    let status_at = QUEUED_V1.find("e80700").unwrap() / 2 + 2;
+    bad_status[status_at] = 8;
+    assert_corrupt(decode_command("c1", &bad_status), "");
+}
+
+#[test]
+fn broken_invariants_are_corrupt() {
+    assert_corrupt(decode_command("c2", &unhex(QUEUED_V1)), "c1");
+    let mut bytes = unhex(QUEUED_V1);
+    bytes[5] = b'/'; // device "d1" -> "d/"
+    assert_corrupt(decode_command("c1", &bytes), "device id");
+
+    // Records no transition can produce.
+    let mut r = queued();
+    r.attempts = 1;
+    assert_corrupt(
+        decode_command("c1", &encode_command(&r).unwrap()),
+        "attempts",
+    );
+    let mut r = queued();
+    r.next_deadline_ms = None;
+    assert_corrupt(
+        decode_command("c1", &encode_command(&r).unwrap()),
+        "deadline",
+    );
+    let mut r = completed_late();
+    r.completed_at_ms = None;
+    assert_corrupt(
+        decode_command("c1", &encode_command(&r).unwrap()),
+        "completed_at",
+    );
+    let mut r = queued();
+    r.status = CommandStatus::Delivered;
+    r.attempts = 1;
+    r.sent_at_ms = Some(1);
+    assert_corrupt(
+        decode_command("c1", &encode_command(&r).unwrap()),
+        "delivered_at",
+    );
+    let mut r = queued();
+    r.timeout_ms = 0;
+    assert_corrupt(
+        decode_command("c1", &encode_command(&r).unwrap()),
+        "timeout",
+    );
+}
+
+// ---- state machine ------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Send,
+    Ack,
+    Complete,
+    Fail,
+    Expire,
+    Cancel,
+    Supersede,
+    Postpone,
+    Late,
+}
+
+const STEPS: [Step; 9] = [
+    Step::Send,
+    Step::Ack,
+    Step::Complete,
+    Step::Fail,
+    Step::Expire,
+    Step::Cancel,
+    Step::Supersede,
+    Step::Postpone,
+    Step::Late,
+];
+
+fn apply(r: &mut CommandRecord, step: Step, now: u64) -> Result<(), InvalidTransition> {
+    match step {
+        Step::Send => r.send(now, now + r.timeout_ms),
+        Step::Ack => r.acknowledge(now).map(drop),
+        Step::Complete => r.complete(now, Some("1".into())),
+        Step::Fail => r.fail(now, "timeout".into(), None),
+        Step::Expire => r.expire(now),
+        Step::Cancel => r.cancel(now, None),
+        Step::Supersede => r.supersede(now),
+        Step::Postpone => r.postpone(now + 5),
+        Step::Late => r.record_late_response("{}".into()),
+    }
+}
+
+fn in_status(status: CommandStatus) -> CommandRecord {
+    let mut r = queued();
+    let steps: &[Step] = match status {
+        CommandStatus::Queued => &[],
+        CommandStatus::Sent => &[Step::Send],
+        CommandStatus::Delivered => &[Step::Send, Step::Ack],
+        CommandStatus::Completed => &[Step::Complete],
+        CommandStatus::Failed => &[Step::Fail],
+        CommandStatus::Expired => &[Step::Expire],
+        CommandStatus::Cancelled => &[Step::Cancel],
+        CommandStatus::Superseded => &[Step::Supersede],
+    };
+    for s in steps {
+        apply(&mut r, *s, 10).unwrap();
+    }
+    assert_eq!(r.status(), status);
+    r
+}
+
+#[test]
+fn every_transition_from_every_status() {
+    use CommandStatus::*;
+    for from in CommandStatus::ALL {
+        for step in STEPS {
+            let mut r = in_status(from);
+            let before = r.clone();
+            let got = apply(&mut r, step, 20).map(|()| r.status());
+            let want = match (from, step) {
+                (Queued, Step::Send) => Ok(Sent),
+                (Sent | Delivered, Step::Send) => Ok(from),
+                (Sent | Delivered, Step::Ack) => Ok(Delivered),
+                (Queued | Sent | Delivered, Step::Complete) => Ok(Completed),
+                (Queued | Sent | Delivered, Step::Fail) => Ok(Failed),
+                (Queued, Step::Expire) => Ok(Expired),
+                (Queued | Sent | Delivered, Step::Cancel) => Ok(Cancelled),
+                (Queued | Sent | Delivered, Step::Supersede) => Ok(Superseded),
+                (Queued | Sent | Delivered, Step::Postpone) => Ok(from),
+                (Completed | Failed | Expired | Cancelled | Superseded, Step::Late) => Ok(from),
+                _ => Err(from),
+            };
+            match (got, want) {
+                (Ok(s), Ok(w)) => assert_eq!(s, w, "{from} {step:?}"),
+                (Err(e), Err(_)) => {
+                    assert_eq!(e.from, from);
+                    assert_eq!(r, before, "a refused transition changed the record");
+                }
+                (g, w) => panic!("{from} {step:?}: got {g:?}, want {w:?}"),
+            }
+            // Whatever happened, the record still satisfies the decoder's invariants.
+            assert_eq!(
+                decode_command("c1", &encode_command(&r).unwrap()).unwrap(),
+                r
+            );
+        }
+    }
+}
+
+#[test]
+fn send_counts_attempts_and_arms_the_timeout() {
+    let mut r = queued();
+    assert_eq!(r.next_deadline_ms(), Some(r.expires_at_ms()));
+    r.send(50, 150).unwrap();
+    assert_eq!(
+        (r.status(), r.attempts(), r.sent_at_ms()),
+        (CommandStatus::Sent, 1, Some(50))
+    );
+    assert_eq!(r.next_deadline_ms(), Some(150));
+    assert!(r.acknowledge(60).unwrap());
+    assert!(!r.acknowledge(70).unwrap());
+    assert_eq!(r.delivered_at_ms(), Some(60));
+    r.send(200, 300).unwrap();
+    assert_eq!((r.status(), r.attempts()), (CommandStatus::Delivered, 2));
+    r.fail(400, "timeout".into(), None).unwrap();
+    assert_eq!(r.error(), Some("timeout"));
+    assert_eq!(
+        (r.completed_at_ms(), r.next_deadline_ms()),
+        (Some(400), None)
+    );
+}
+
+#[test]
+fn status_names_round_trip() {
+    for s in CommandStatus::ALL {
+        assert_eq!(s.as_str().parse::<CommandStatus>().unwrap(), s);
+        assert_eq!(s.to_string(), s.as_str());
+    }
+    assert!("QUEUED".parse::<CommandStatus>().is_err());
+    let terminal: Vec<_> = CommandStatus::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .collect();
+    assert_eq!(terminal.len(), 5);
+}
+
+proptest! {
+    #[test]
+    fn reachable_records_round_trip(
+        steps in proptest::collection::vec(0usize..STEPS.len(), 0..12),
+        metadata in proptest::option::of(".{0,40}"),
+        kind in ".{1,20}",
+    ) {
+        let mut r = queued();
+        r.kind = kind;
+        r.metadata_json = metadata;
+        for (i, s) in steps.into_iter().enumerate() {
+            let _ = apply(&mut r, STEPS[s], 10 + i as u64);
+        }
+        let bytes = encode_command(&r).unwrap();
+        prop_assert_eq!(decode_command("c1", &bytes).unwrap(), r);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode_command("c1", &bytes);
+    }
+
+    #[test]
+    fn mutated_golden_bytes_never_panic(index in 0usize..200, byte in any::<u8>()) {
+        let mut bytes = unhex(COMPLETED_V1);
+        let i = index % bytes.len();
+        bytes[i] = byte;
+        let _ = decode_command("c1", &bytes);
+    }
+}
+
+// ---- tables -------------------------------------------------------------------
+
+fn temp_db() -> (tempfile::TempDir, Database) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path().join("t.redb")).unwrap();
+    (dir, db)
+}
+
+fn counts(db: &Database) -> Vec<(CommandStatus, u64)> {
+    status_counts(db)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[test]
+fn reads_before_tables_exist_are_empty() {
+    let (_dir, db) = temp_db();
+    assert_eq!(get(&db, "x").unwrap(), None);
+    assert_eq!(earliest_deadline(&db).unwrap(), None);
+    assert_eq!(status_counts(&db).unwrap().len(), 8);
+    assert!(unannounced(&db).unwrap().is_empty());
+    let page = list_for_device(&db, &dev("d"), None, 10, None).unwrap();
+    assert!(page.items.is_empty() && page.next_before_seq.is_none());
+}
+
+#[test]
+fn create_put_and_indexes_stay_in_step() {
+    let (_dir, db) = temp_db();
+    let a = write(&db, |w| w.create(new_cmd("a", "d1", "X"))).unwrap();
+    let b = write(&db, |w| w.create(new_cmd("b", "d1", "Y"))).unwrap();
+    write(&db, |w| w.create(new_cmd("c", "d2", "X"))).unwrap();
+    assert_eq!((a.seq, b.seq), (0, 1));
+    assert_eq!(get(&db, "a").unwrap(), Some(a.clone()));
+    assert_eq!(counts(&db), [(CommandStatus::Queued, 3)]);
+    assert_eq!(earliest_deadline(&db).unwrap(), Some(10_100));
+
+    // Send `a`: its deadline moves from expiry to the answer timeout.
+    let mut a2 = a.clone();
+    a2.send(200, 1_200).unwrap();
+    write(&db, |w| w.put(&a2)).unwrap();
+    assert_eq!(earliest_deadline(&db).unwrap(), Some(1_200));
+    let due = write(&db, |w| w.due(1_200, 10)).unwrap();
+    assert_eq!(due, vec![a2.clone()]);
+    assert!(write(&db, |w| w.due(1_199, 10)).unwrap().is_empty());
+
+    // Complete `a`: it leaves the open set and the deadlines, and is owed an event.
+    a2.complete(300, None).unwrap();
+    write(&db, |w| w.put(&a2)).unwrap();
+    assert_eq!(earliest_deadline(&db).unwrap(), Some(10_100));
+    assert_eq!(
+        counts(&db),
+        [(CommandStatus::Queued, 2), (CommandStatus::Completed, 1)]
+    );
+    let open = write(&db, |w| w.open_for_device(&dev("d1"))).unwrap();
+    assert_eq!(open, vec![b.clone()]);
+    assert_eq!(write(&db, |w| w.open_count(&dev("d1"))).unwrap(), 1);
+    assert_eq!(unannounced(&db).unwrap(), vec![a2.clone()]);
+    write(&db, |w| w.mark_announced(&["a".to_owned()])).unwrap();
+    assert!(unannounced(&db).unwrap().is_empty());
+
+    // A record cannot move to another device, and unknown ids are not found.
+    let mut moved = b.clone();
+    moved.device_id = dev("d2");
+    assert!(matches!(
+        write(&db, |w| w.put(&moved)),
+        Err(StoreError::Invalid(_))
+    ));
+    let mut ghost = b.clone();
+    ghost.command_id = "ghost".into();
+    assert!(matches!(
+        write(&db, |w| w.put(&ghost)),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        write(&db, |w| w.create(new_cmd("a", "d1", "X"))),
+        Err(StoreError::Conflict { .. })
+    ));
+}
+
+#[test]
+fn idempotency_keys_are_per_device() {
+    let (_dir, db) = temp_db();
+    let mut n = new_cmd("a", "d1", "X");
+    n.idempotency_key = Some("k".into());
+    write(&db, |w| w.create(n.clone())).unwrap();
+    let found = write(&db, |w| {
+        Ok((
+            w.find_idempotent(&dev("d1"), "k")?,
+            w.find_idempotent(&dev("d2"), "k")?,
+        ))
+    })
+    .unwrap();
+    assert_eq!(found, (Some("a".to_owned()), None));
+    n.command_id = "b".into();
+    assert!(matches!(
+        write(&db, |w| w.create(n.clone())),
+        Err(StoreError::Conflict { .. })
+    ));
+    n.device_id = dev("d2");
+    write(&db, |w| w.create(n)).unwrap();
+}
+
+#[test]
+fn list_pages_newest_first_with_filters() {
+    let (_dir, db) = temp_db();
+    write(&db, |w| {
+        for i in 0..7 {
+            let mut r = w.create(new_cmd(&format!("c{i}"), "d1", "X"))?;
+            if i % 2 == 0 {
+                r.cancel(5, None).unwrap();
+                w.put(&r)?;
+            }
+        }
+        w.create(new_cmd("other", "d10", "X"))?;
+        Ok(())
+    })
+    .unwrap();
+    let ids = |p: &CommandPage| {
+        p.items
+            .iter()
+            .map(|r| r.command_id.clone())
+            .collect::<Vec<_>>()
+    };
+    let d1 = dev("d1");
+    let p1 = list_for_device(&db, &d1, None, 3, None).unwrap();
+    assert_eq!(ids(&p1), ["c6", "c5", "c4"]);
+    let p2 = list_for_device(&db, &d1, None, 3, p1.next_before_seq).unwrap();
+    assert_eq!(ids(&p2), ["c3", "c2", "c1"]);
+    let p3 = list_for_device(&db, &d1, None, 3, p2.next_before_seq).unwrap();
+    assert_eq!(
+        (ids(&p3), p3.next_before_seq),
+        (vec!["c0".to_owned()], None)
+    );
+
+    let queued = list_for_device(&db, &d1, Some(CommandStatus::Queued), 10, None).unwrap();
+    assert_eq!(
+        (ids(&queued), queued.next_before_seq),
+        (vec!["c5".into(), "c3".into(), "c1".into()], None)
+    );
+    let cancelled = list_for_device(&db, &d1, Some(CommandStatus::Cancelled), 2, None).unwrap();
+    assert_eq!(ids(&cancelled), ["c6", "c4"]);
+    let rest = list_for_device(
+        &db,
+        &d1,
+        Some(CommandStatus::Cancelled),
+        2,
+        cancelled.next_before_seq,
+    )
+    .unwrap();
+    assert_eq!(
+        (ids(&rest), rest.next_before_seq),
+        (vec!["c2".into(), "c0".into()], None)
+    );
+    assert!(
+        list_for_device(&db, &d1, Some(CommandStatus::Sent), 2, None)
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&list_for_device(&db, &dev("d10"), None, 9, None).unwrap()),
+        ["other"]
+    );
+}
+
+#[test]
+fn remove_device_deletes_everything_it_owns() {
+    let (_dir, db) = temp_db();
+    write(&db, |w| {
+        for (id, d) in [("a", "d1"), ("b", "d1"), ("c", "d1-x")] {
+            let mut n = new_cmd(id, d, "X");
+            n.idempotency_key = Some(format!("k{id}"));
+            w.create(n)?;
+        }
+        let mut a = w.get("a")?.unwrap();
+        a.cancel(1, None).unwrap();
+        w.put(&a)
+    })
+    .unwrap();
+    assert_eq!(write(&db, |w| w.remove_device(&dev("d1"))).unwrap(), 2);
+    assert_eq!(get(&db, "a").unwrap(), None);
+    assert_eq!(get(&db, "b").unwrap(), None);
+    assert!(get(&db, "c").unwrap().is_some());
+    assert!(unannounced(&db).unwrap().is_empty());
+    assert_eq!(counts(&db), [(CommandStatus::Queued, 1)]);
+    assert!(write(&db, |w| w.due(u64::MAX, 10))
+        .unwrap()
+        .iter()
+        .all(|r| r.command_id == "c"));
+    let keys = write(&db, |w| {
+        Ok((
+            w.find_idempotent(&dev("d1"), "ka")?,
+            w.find_idempotent(&dev("d1-x"), "kc")?,
+        ))
+    })
+    .unwrap();
+    assert_eq!(keys, (None, Some("c".into())));
+    assert!(list_for_device(&db, &dev("d1"), None, 10, None)
+        .unwrap()
+        .items
+        .is_empty());
+}
+
+#[test]
+fn corrupt_records_are_reported_skipped_and_overwritable() {
+    let (_dir, db) = temp_db();
+    let b = write(&db, |w| {
+        w.create(new_cmd("a", "d1", "X"))?;
+        w.create(new_cmd("b", "d1", "X"))
+    })
+    .unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(COMMANDS)
+        .unwrap()
+        .insert("a", [9u8, 9].as_slice())
+        .unwrap();
+    txn.commit().unwrap();
+    assert!(matches!(
+        get(&db, "a"),
+        Err(StoreError::Corrupt {
+            table: "commands",
+            ..
+        })
+    ));
+    let page = list_for_device(&db, &dev("d1"), None, 10, None).unwrap();
+    assert_eq!(page.items, vec![b.clone()]);
+    assert_eq!(
+        write(&db, |w| w.open_for_device(&dev("d1"))).unwrap(),
+        vec![b.clone()]
+    );
+    // The corrupt record's deadline entry is dropped rather than served.
+    assert_eq!(write(&db, |w| w.due(u64::MAX, 10)).unwrap(), vec![b]);
+}
+
+#[test]
+fn survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.redb");
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        create_tables(&txn).unwrap();
+        txn.commit().unwrap();
+        write(&db, |w| w.create(new_cmd("a", "d1", "X"))).unwrap();
+    }
+    let db = Database::create(&path).unwrap();
+    assert_eq!(
+        get(&db, "a").unwrap().unwrap().status(),
+        CommandStatus::Queued
+    );
+    assert_eq!(earliest_deadline(&db).unwrap(), Some(10_100));
+}

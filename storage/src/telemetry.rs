@@ -1,0 +1,629 @@
+//! The telemetry tables: every point a device reported, and per device its point count
+//! and the latest value of each key, kept in step by the same transactions.
+//!
+//! - `telemetry_points`: point key → `StoredPoint`. The key is the device
+//!   id, a NUL, then `ts_ms` and `seq` big-endian, so plain byte order sorts one
+//!   device's points by time and a range scan walks its history (backwards for newest
+//!   first). `seq` comes from one store-wide counter: two points of a device with the
+//!   same timestamp never overwrite each other, and equal timestamps keep arrival order.
+//! - `telemetry_latest`: device → `StoredSummary`: how many points the device has (so
+//!   the per-device cap and [`count`] cost one lookup) and the newest value of each of
+//!   its keys. One row per device keeps a batch to one read and one write per device.
+//! - `telemetry_meta`: `"next_seq"` → the next unused `seq`.
+//!
+//! Values are stored as JSON text, one entry per top-level key: this module filters
+//! and returns them by key without parsing them (the broker parses and validates).
+//!
+//! Writes are batched: [`insert_batch`] commits any number of points in one durable
+//! transaction. [`sweep`] enforces retention in bounded transactions so ingest is never
+//! held up behind one huge delete. Nothing here panics on stored bytes: undecodable
+//! records come back as [`StoreError::Corrupt`]; [`query`] skips and logs an
+//! undecodable point so one bad record does not hide a device's history, and [`sweep`]
+//! rebuilds an undecodable summary.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Bound;
+use std::str::FromStr;
+
+use redb::{
+    Database, Durability, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase as _,
+    ReadableTable, Table, TableDefinition, TableError, Value, WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{DeviceId, StoreError};
+
+const POINTS_TABLE: &str = "telemetry_points";
+const LATEST_TABLE: &str = "telemetry_latest";
+const META_TABLE: &str = "telemetry_meta";
+
+/// Point key (device, NUL, ts_ms BE, seq BE) → `StoredPoint`.
+pub(crate) const POINTS: TableDefinition<'static, &[u8], &[u8]> =
+    TableDefinition::new(POINTS_TABLE);
+/// Device → `StoredSummary`.
+pub(crate) const LATEST: TableDefinition<'static, &str, &[u8]> = TableDefinition::new(LATEST_TABLE);
+/// Counter name → value.
+pub(crate) const META: TableDefinition<'static, &str, u64> = TableDefinition::new(META_TABLE);
+
+const NEXT_SEQ: &str = "next_seq";
+
+/// Most rows one [`query`] page reads; a key filter that matches rarely ends the page
+/// early with a cursor rather than walking a device's whole history in one call.
+pub const QUERY_SCAN_BUDGET: usize = 50_000;
+/// Most distinct keys whose latest value is kept per device; beyond it the least
+/// recently updated go, so a device inventing keys cannot grow its summary forever.
+pub const MAX_LATEST_KEYS_PER_DEVICE: usize = 1_000;
+
+// ---- keys ----------------------------------------------------------------------
+
+/// Bytes after the device id in a point key: NUL, ts_ms, seq.
+const KEY_SUFFIX: usize = 1 + 8 + 8;
+
+/// Writes the key of `(device, ts_ms, seq)` into `buf`. Device ids never contain NUL,
+/// so byte order is (device, ts_ms, seq) order and no device's keys interleave
+/// another's (`"a\0…"` < `"a-…"` < `"ab…"`).
+fn point_key(buf: &mut Vec<u8>, device: &str, ts_ms: u64, seq: u64) {
+    buf.clear();
+    buf.extend_from_slice(device.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(&ts_ms.to_be_bytes());
+    buf.extend_from_slice(&seq.to_be_bytes());
+}
+
+fn key_of(device: &str, ts_ms: u64, seq: u64) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(device.len() + KEY_SUFFIX);
+    point_key(&mut buf, device, ts_ms, seq);
+    buf
+}
+
+/// Splits a point key into `(device, ts_ms, seq)`.
+fn parse_point_key(key: &[u8]) -> Result<(&str, u64, u64), StoreError> {
+    let bad = |reason| {
+        corrupt(
+            POINTS_TABLE,
+            String::from_utf8_lossy(key).into_owned(),
+            reason,
+        )
+    };
+    let split = key
+        .len()
+        .checked_sub(KEY_SUFFIX)
+        .filter(|&i| i > 0 && key[i] == 0)
+        .ok_or_else(|| bad("malformed point key"))?;
+    let device = std::str::from_utf8(&key[..split]).map_err(|_| bad("device is not UTF-8"))?;
+    let mut ts = [0u8; 8];
+    let mut seq = [0u8; 8];
+    ts.copy_from_slice(&key[split + 1..split + 9]);
+    seq.copy_from_slice(&key[split + 9..]);
+    Ok((device, u64::from_be_bytes(ts), u64::from_be_bytes(seq)))
+}
+
+// ---- records -----------------------------------------------------------------
+
+/// On-disk point. A new format is a new variant, never an edit to `V1`.
+#[derive(Deserialize)]
+enum StoredPoint {
+    V1(PointV1),
+}
+
+#[derive(Deserialize)]
+struct PointV1 {
+    /// `(key, JSON text)`, keys strictly ascending.
+    values: Vec<(String, String)>,
+}
+
+/// Encoding side of [`StoredPoint`]: the same shape, borrowed, so a batch is encoded
+/// without cloning its values. The golden-byte tests pin both to the same bytes.
+#[derive(Serialize)]
+enum StoredPointRef<'a> {
+    V1(PointV1Ref<'a>),
+}
+
+#[derive(Serialize)]
+struct PointV1Ref<'a> {
+    values: &'a [(String, String)],
+}
+
+/// On-disk per-device summary.
+#[derive(Serialize, Deserialize)]
+enum StoredSummary {
+    V1(SummaryV1),
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SummaryV1 {
+    /// Points stored for the device.
+    points: u64,
+    /// Newest value of each key, keys strictly ascending.
+    latest: Vec<LatestV1>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LatestV1 {
+    key: String,
+    ts_ms: u64,
+    /// The `seq` of the point it came from: breaks ties between equal timestamps.
+    seq: u64,
+    /// JSON text.
+    value: String,
+}
+
+fn corrupt(table: &'static str, key: String, reason: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        key,
+        reason: reason.to_string(),
+    }
+}
+
+/// Decodes a whole postcard value, refusing trailing bytes.
+fn decode_exact<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, String> {
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
+    if rest.is_empty() {
+        Ok(value)
+    } else {
+        Err(format!("{} trailing bytes", rest.len()))
+    }
+}
+
+/// Appends the encoding of a point with `values` to `buf`.
+fn encode_point(values: &[(String, String)], buf: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(&StoredPointRef::V1(PointV1Ref { values }), buf)
+        .map_err(|e| StoreError::Database(format!("cannot encode telemetry point: {e}")))
+}
+
+/// Decodes a point stored under `(device, ts_ms, seq)`.
+fn decode_point(
+    device: &str,
+    ts_ms: u64,
+    seq: u64,
+    bytes: &[u8],
+) -> Result<Vec<(String, String)>, StoreError> {
+    let name = || format!("{device}@{ts_ms}#{seq}");
+    let StoredPoint::V1(v1) = decode_exact(bytes).map_err(|e| corrupt(POINTS_TABLE, name(), e))?;
+    if v1.values.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(corrupt(
+            POINTS_TABLE,
+            name(),
+            "keys are not strictly ascending",
+        ));
+    }
+    Ok(v1.values)
+}
+
+fn encode_summary(s: SummaryV1) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(&StoredSummary::V1(s))
+        .map_err(|e| StoreError::Database(format!("cannot encode telemetry summary: {e}")))
+}
+
+fn decode_summary(device: &str, bytes: &[u8]) -> Result<SummaryV1, StoreError> {
+    let StoredSummary::V1(v1) =
+        decode_exact(bytes).map_err(|e| corrupt(LATEST_TABLE, device.to_owned(), e))?;
+    if v1.latest.windows(2).any(|w| w[0].key >= w[1].key) {
+        return Err(corrupt(
+            LATEST_TABLE,
+            device.to_owned(),
+            "keys are not strictly ascending",
+        ));
+    }
+    Ok(v1)
+}
+
+// ---- API types -------------------------------------------------------------
+
+/// A point to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPoint {
+    device: DeviceId,
+    ts_ms: u64,
+    /// Keys strictly ascending: stored records are checked for it when read.
+    values: Vec<(String, String)>,
+}
+
+impl NewPoint {
+    /// A point of `device` measured at `ts_ms` (unix milliseconds) with `values` as
+    /// `(key, JSON text)`. The JSON is stored as given: the caller guarantees it is
+    /// valid. Values are put in key order; of a repeated key the first is kept.
+    pub fn new(device: DeviceId, ts_ms: u64, mut values: Vec<(String, String)>) -> NewPoint {
+        // Stable and linear on input that is already sorted (from a `BTreeMap`).
+        values.sort_by(|a, b| a.0.cmp(&b.0));
+        values.dedup_by(|later, earlier| later.0 == earlier.0);
+        NewPoint {
+            device,
+            ts_ms,
+            values,
+        }
+    }
+}
+
+/// A stored point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Point {
+    /// When it was measured, unix milliseconds.
+    pub ts_ms: u64,
+    /// Its store-wide sequence number (arrival order).
+    pub seq: u64,
+    /// `(key, JSON text)`, keys ascending.
+    pub values: Vec<(String, String)>,
+}
+
+/// The newest stored value of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Latest {
+    /// When it was measured, unix milliseconds.
+    pub ts_ms: u64,
+    /// The `seq` of the point it came from.
+    pub seq: u64,
+    /// JSON text.
+    pub value: String,
+}
+
+/// Where a newest-first page ended; the next page starts just before it.
+/// Shown to API clients as an opaque string (`Display` / `FromStr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    ts_ms: u64,
+    seq: u64,
+}
+
+/// A string that is not a [`Cursor`] this store handed out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid telemetry cursor")]
+pub struct InvalidCursor;
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.ts_ms, self.seq)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = InvalidCursor;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ts, seq) = s.split_once('.').ok_or(InvalidCursor)?;
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ts) || !digits(seq) {
+            return Err(InvalidCursor);
+        }
+        Ok(Cursor {
+            ts_ms: ts.parse().map_err(|_| InvalidCursor)?,
+            seq: seq.parse().map_err(|_| InvalidCursor)?,
+        })
+    }
+}
+
+/// What [`query`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct PointQuery<'a> {
+    /// Oldest timestamp included, unix milliseconds.
+    pub from_ms: u64,
+    /// Newest timestamp included, unix milliseconds.
+    pub to_ms: u64,
+    /// Only these keys; points carrying none of them are skipped. `None`: every key.
+    pub keys: Option<&'a [String]>,
+    /// Most points returned (at least one is asked for).
+    pub limit: usize,
+    /// Continue after a previous page.
+    pub cursor: Option<Cursor>,
+}
+
+/// One newest-first page of points.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// Newest first.
+    pub points: Vec<Point>,
+    /// Where to continue, when more points may follow.
+    pub next: Option<Cursor>,
+}
+
+// ---- tables ------------------------------------------------------------------
+
+/// Creates the telemetry tables, so readers never meet a missing table. Called from
+/// the store's initialisation transaction.
+pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(POINTS)?;
+    txn.open_table(LATEST)?;
+    txn.open_table(META)?;
+    Ok(())
+}
+
+/// Opens `def` for reading; a table that was never created reads as empty (`None`).
+fn open_read<K: Key + 'static, V: Value + 'static>(
+    txn: &ReadTransaction,
+    def: TableDefinition<'static, K, V>,
+) -> Result<Option<ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(def) {
+        Ok(table) => Ok(Some(table)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn begin_write(db: &Database) -> Result<WriteTransaction, StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    Ok(txn)
+}
+
+type PointsTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
+type LatestTable<'t> = Table<'t, &'static str, &'static [u8]>;
+
+// ---- writes ------------------------------------------------------------------
+
+/// Stores `points` in one durable write transaction, updating each device's summary
+/// (count, latest values) in the same transaction. Returns how many points were
+/// stored. Either every point is stored or none is.
+pub fn insert_batch(db: &Database, points: &[NewPoint]) -> Result<u64, StoreError> {
+    if points.is_empty() {
+        return Ok(0);
+    }
+    let txn = begin_write(db)?;
+    let stored = write_points(&txn, points)?;
+    txn.commit()?;
+    Ok(stored)
+}
+
+/// One point of a batch, with its `seq`.
+struct Row<'a> {
+    device: &'a str,
+    ts_ms: u64,
+    seq: u64,
+    values: &'a [(String, String)],
+}
+
+fn write_points(txn: &WriteTransaction, points: &[NewPoint]) -> Result<u64, StoreError> {
+    let n = u64::try_from(points.len())
+        .map_err(|_| StoreError::Invalid("telemetry batch too large".into()))?;
+    let base = {
+        let mut meta = txn.open_table(META)?;
+        let base = meta.get(NEXT_SEQ)?.map_or(0, |v| v.value());
+        let next = base
+            .checked_add(n)
+            .ok_or_else(|| StoreError::Invalid("telemetry sequence exhausted".into()))?;
+        meta.insert(NEXT_SEQ, next)?;
+        base
+    };
+    // `seq` is arrival order. A stable sort by (device, ts) leaves each device's run in
+    // (ts, seq) order and makes the B-tree writes sequential.
+    let mut order: Vec<Row<'_>> = points
+        .iter()
+        .zip(base..)
+        .map(|(p, seq)| Row {
+            device: p.device.as_str(),
+            ts_ms: p.ts_ms,
+            seq,
+            values: &p.values,
+        })
+        .collect();
+    order.sort_by(|a, b| (a.device, a.ts_ms).cmp(&(b.device, b.ts_ms)));
+
+    let mut table = txn.open_table(POINTS)?;
+    let mut summaries = txn.open_table(LATEST)?;
+    let mut key = Vec::new();
+    let mut value = Vec::new();
+    for run in order.chunk_by(|a, b| a.device == b.device) {
+        let device = run[0].device;
+        for row in run {
+            point_key(&mut key, device, row.ts_ms, row.seq);
+            value.clear();
+            value = encode_point(row.values, value)?;
+            table.insert(key.as_slice(), value.as_slice())?;
+        }
+        update_summary(&table, &mut summaries, device, run)?;
+    }
+    Ok(n)
+}
+
+/// Adds `run` (one device's points of this batch, in (ts, seq) order) to the device's
+/// summary.
+fn update_summary(
+    points: &PointsTable<'_>,
+    summaries: &mut LatestTable<'_>,
+    device: &str,
+    run: &[Row<'_>],
+) -> Result<(), StoreError> {
+    let stored = summaries
+        .get(device)?
+        .map(|v| decode_summary(device, v.value()));
+    let mut summary = match stored {
+        None => SummaryV1::default(),
+        Some(Ok(s)) => s,
+        Some(Err(error)) => {
+            tracing::warn!(%error, "rebuilding corrupt telemetry summary");
+            // The run is already inserted, so it is part of the recount.
+            let points = count_points(points, device)?.saturating_sub(run.len() as u64);
+            SummaryV1 {
+                points,
+                latest: Vec::new(),
+            }
+        }
+    };
+    summary.points = summary.points.saturating_add(run.len() as u64);
+    // Newest first: the first time a key is seen is its newest value in the batch.
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    for row in run.iter().rev() {
+        let (ts_ms, seq) = (row.ts_ms, row.seq);
+        for (key, json) in row.values {
+            if !seen.insert(key.as_str()) {
+                continue;
+            }
+            match summary
+                .latest
+                .binary_search_by(|l| l.key.as_str().cmp(key.as_str()))
+            {
+                Ok(i) => {
+                    let l = &mut summary.latest[i];
+                    if (ts_ms, seq) > (l.ts_ms, l.seq) {
+                        l.ts_ms = ts_ms;
+                        l.seq = seq;
+                        l.value.clone_from(json);
+                    }
+                }
+                Err(i) => summary.latest.insert(
+                    i,
+                    LatestV1 {
+                        key: key.clone(),
+                        ts_ms,
+                        seq,
+                        value: json.clone(),
+                    },
+                ),
+            }
+        }
+    }
+    cap_latest(&mut summary.latest);
+    summaries.insert(device, encode_summary(summary)?.as_slice())?;
+    Ok(())
+}
+
+/// Keeps the [`MAX_LATEST_KEYS_PER_DEVICE`] most recently updated keys.
+fn cap_latest(latest: &mut Vec<LatestV1>) {
+    if latest.len() > MAX_LATEST_KEYS_PER_DEVICE {
+        latest.sort_unstable_by_key(|l| std::cmp::Reverse((l.ts_ms, l.seq)));
+        latest.truncate(MAX_LATEST_KEYS_PER_DEVICE);
+        latest.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    }
+}
+
+fn device_range(device: &str) -> (Vec<u8>, Vec<u8>) {
+    (key_of(device, 0, 0), key_of(device, u64::MAX, u64::MAX))
+}
+
+fn count_points(
+    points: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    device: &str,
+) -> Result<u64, StoreError> {
+    let (lo, hi) = device_range(device);
+    let mut n = 0;
+    for row in points.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
+        row?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Removes every point and latest value of `device`; how many points were removed.
+pub fn delete_device(db: &Database, device: &DeviceId) -> Result<u64, StoreError> {
+    let dev = device.as_str();
+    let txn = begin_write(db)?;
+    let mut removed = 0u64;
+    {
+        let (lo, hi) = device_range(dev);
+        txn.open_table(POINTS)?
+            .retain_in::<&[u8], _>(lo.as_slice()..=hi.as_slice(), |_, _| {
+                removed += 1;
+                false
+            })?;
+        txn.open_table(LATEST)?.remove(dev)?;
+    }
+    txn.commit()?;
+    Ok(removed)
+}
+
+// ---- reads -------------------------------------------------------------------
+
+fn read_summary(db: &Database, device: &DeviceId) -> Result<Option<SummaryV1>, StoreError> {
+    let txn = db.begin_read()?;
+    let Some(table) = open_read(&txn, LATEST)? else {
+        return Ok(None);
+    };
+    let dev = device.as_str();
+    let row = table.get(dev)?;
+    row.map(|v| decode_summary(dev, v.value())).transpose()
+}
+
+/// How many points `device` has stored.
+pub fn count(db: &Database, device: &DeviceId) -> Result<u64, StoreError> {
+    Ok(read_summary(db, device)?.map_or(0, |s| s.points))
+}
+
+/// The newest value of every key `device` reported, by key.
+pub fn latest(db: &Database, device: &DeviceId) -> Result<BTreeMap<String, Latest>, StoreError> {
+    let summary = read_summary(db, device)?.unwrap_or_default();
+    Ok(summary
+        .latest
+        .into_iter()
+        .map(|l| {
+            (
+                l.key,
+                Latest {
+                    ts_ms: l.ts_ms,
+                    seq: l.seq,
+                    value: l.value,
+                },
+            )
+        })
+        .collect())
+}
+
+/// The points of `device` with `from_ms <= ts_ms <= to_ms`, newest first, one page.
+///
+/// A page ends after `limit` points, or after [`QUERY_SCAN_BUDGET`] rows were read
+/// (then it may be short, or empty, yet carry a cursor). A point that does not decode
+/// is skipped and logged, so one bad record does not hide a device's history.
+pub fn query(db: &Database, device: &DeviceId, q: &PointQuery<'_>) -> Result<Page, StoreError> {
+    let dev = device.as_str();
+    let limit = q.limit.max(1);
+    let lower = (q.from_ms, 0u64);
+    let mut upper = Bound::Included((q.to_ms, u64::MAX));
+    if let Some(c) = q.cursor {
+        if (c.ts_ms, c.seq) <= (q.to_ms, u64::MAX) {
+            upper = Bound::Excluded((c.ts_ms, c.seq));
+        }
+    }
+    let empty = match upper {
+        Bound::Included(u) => lower > u,
+        Bound::Excluded(u) => lower >= u,
+        Bound::Unbounded => false,
+    };
+    if empty {
+        return Ok(Page::default());
+    }
+    let txn = db.begin_read()?;
+    let Some(table) = open_read(&txn, POINTS)? else {
+        return Ok(Page::default());
+    };
+    let lower = key_of(dev, lower.0, lower.1);
+    let upper = upper.map(|(ts, seq)| key_of(dev, ts, seq));
+    let wanted: Option<BTreeSet<&str>> = q.keys.map(|k| k.iter().map(String::as_str).collect());
+    let mut rows = table
+        .range::<&[u8]>((
+            Bound::Included(lower.as_slice()),
+            upper.as_ref().map(Vec::as_slice),
+        ))?
+        .rev();
+    let mut page = Page::default();
+    let mut scanned = 0usize;
+    while let Some(row) = rows.next() {
+        let (k, v) = row?;
+        scanned += 1;
+        let (_, ts_ms, seq) = parse_point_key(k.value())?;
+        match decode_point(dev, ts_ms, seq, v.value()) {
+            Ok(mut values) => {
+                if let Some(wanted) = &wanted {
+                    values.retain(|(key, _)| wanted.contains(key.as_str()));
+                }
+                if wanted.is_none() || !values.is_empty() {
+                    page.points.push(Point { ts_ms, seq, values });
+                }
+            }
+            Err(error) => tracing::error!(%error, "skipping corrupt telemetry point"),
+        }
+        if page.points.len() >= limit || scanned >= QUERY_SCAN_BUDGET {
+            if rows.next().is_some() {
+                page.next = Some(Cursor { ts_ms, seq });
+            }
+            break;
+        }
+    }
+    Ok(page)
+}
+
+mod retention;
+
+pub use retention::{sweep, sweep_until};
+
+#[cfg(test)]
+mod tests;
