@@ -8,7 +8,9 @@ use serde_json::json;
 
 use crate::error::{ApiError, ApiResponse};
 use crate::query::path_segments;
-use crate::routes::{clients, commands, config, devices, publish, service_clients, stats};
+use crate::routes::{
+    clients, commands, config, devices, publish, service_clients, stats, telemetry, webhooks,
+};
 use crate::AppState;
 
 /// Answers one request; every failure becomes a JSON error here.
@@ -81,6 +83,16 @@ where
         (["commands", cid], Method::GET) => commands::get(state, cid).await,
         (["commands", cid], Method::DELETE) => commands::cancel(state, cid).await,
         (["commands", _], _) => not_allowed("GET, DELETE"),
+        (["devices", id, "telemetry"], Method::GET) => {
+            telemetry::query(state, id, req.uri().query()).await
+        }
+        (["devices", _, "telemetry"], _) => not_allowed("GET"),
+        (["devices", id, "telemetry", "latest"], Method::GET) => telemetry::latest(state, id).await,
+        (["devices", _, "telemetry", "latest"], _) => not_allowed("GET"),
+        (["webhooks", "deliveries"], Method::GET) => {
+            webhooks::deliveries(state, req.uri().query()).await
+        }
+        (["webhooks", "deliveries"], _) => not_allowed("GET"),
         (["service-clients"], Method::GET) => service_clients::list(state, req.uri().query()).await,
         (["service-clients"], Method::POST) => service_clients::create(state, req).await,
         (["service-clients"], _) => not_allowed("GET, POST"),
@@ -92,7 +104,7 @@ where
         (["clients", _], _) => not_allowed("DELETE"),
         (["publish"], Method::POST) => publish::publish(state, req).await,
         (["publish"], _) => not_allowed("POST"),
-        (["stats"], Method::GET) => stats::get(state),
+        (["stats"], Method::GET) => stats::get(state).await,
         (["stats"], _) => not_allowed("GET"),
         _ => Err(no_route()),
     }

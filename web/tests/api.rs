@@ -236,6 +236,23 @@ fn every_api_route() -> Vec<(Method, &'static str, Option<Value>)> {
             Some(json!({"topic": "a/b", "payload": "x"})),
         ),
         (Method::GET, "/api/v1/stats", None),
+        (Method::GET, "/api/v1/devices/dev-1/config", None),
+        (
+            Method::PUT,
+            "/api/v1/devices/dev-1/config",
+            Some(json!({"interval": 5})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices/dev-1/commands",
+            Some(json!({"type": "RELOAD"})),
+        ),
+        (Method::GET, "/api/v1/devices/dev-1/commands", None),
+        (Method::GET, "/api/v1/commands/c-1", None),
+        (Method::DELETE, "/api/v1/commands/c-1", None),
+        (Method::GET, "/api/v1/devices/dev-1/telemetry", None),
+        (Method::GET, "/api/v1/devices/dev-1/telemetry/latest", None),
+        (Method::GET, "/api/v1/webhooks/deliveries", None),
         (Method::GET, "/api/v1/no-such-route", None),
     ]
 }
@@ -934,4 +951,240 @@ async fn without_encryption_no_key_is_shown() {
     assert_eq!(created["device"]["encrypted"], false);
     assert_eq!(created["device"]["key_generation"], Value::Null);
     app.stop().await;
+}
+
+impl TestApp {
+    async fn put(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> Answer {
+        self.call(Method::DELETE, path, None).await
+    }
+}
+
+#[tokio::test]
+async fn commands_are_created_listed_read_and_cancelled() {
+    let app = test_app().await;
+    app.provision("dev-1").await;
+    let body = json!({"type": "RELOAD", "params": {"a": 1}, "metadata": {"job_id": "123"}});
+    let created = app
+        .post("/api/v1/devices/dev-1/commands", body.clone())
+        .await;
+    assert_eq!(created.status, StatusCode::ACCEPTED, "{}", created.body);
+    assert_eq!(created.body["status"], "queued", "the device is offline");
+    assert_eq!(created.body["metadata"], json!({"job_id": "123"}));
+    let id = created.body["command_id"].as_str().unwrap().to_owned();
+    let read = app.get(&format!("/api/v1/commands/{id}")).await;
+    assert_eq!(
+        (read.status, read.body["type"].clone()),
+        (StatusCode::OK, json!("RELOAD"))
+    );
+    let list = app
+        .get("/api/v1/devices/dev-1/commands?status=queued")
+        .await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+    let cancelled = app.delete(&format!("/api/v1/commands/{id}")).await;
+    assert_eq!(
+        (cancelled.status, cancelled.body["status"].clone()),
+        (StatusCode::OK, json!("cancelled"))
+    );
+    let again = app.delete(&format!("/api/v1/commands/{id}")).await;
+    assert_eq!(
+        (again.status, again.error_code()),
+        (StatusCode::CONFLICT, "conflict")
+    );
+    assert_eq!(
+        app.get("/api/v1/commands/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.post("/api/v1/devices/ghost/commands", json!({"type": "X"}))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get("/api/v1/devices/ghost/commands").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get("/api/v1/devices/dev-1/commands?status=bogus")
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    // Malformed and invalid bodies change nothing.
+    assert_eq!(
+        app.raw_post("/api/v1/devices/dev-1/commands", "{")
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.post("/api/v1/devices/dev-1/commands", json!({"params": {}}))
+            .await
+            .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        app.post(
+            "/api/v1/devices/dev-1/commands",
+            json!({"type": "X", "bogus": 1})
+        )
+        .await
+        .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let all = app.get("/api/v1/devices/dev-1/commands").await;
+    assert_eq!(all.body["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn idempotency_keys_and_the_queue_cap() {
+    let mut config = BrokerConfig::for_tests();
+    config.fleet.commands.max_queued_per_device = 2;
+    let app = test_app_with(config).await;
+    app.provision("dev-1").await;
+    let post = |key: &'static str, kind: &'static str| {
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}/api/v1/devices/dev-1/commands", app.addr))
+            .header("x-api-key", API_KEY)
+            .header(header::CONTENT_TYPE, "application/json");
+        if !key.is_empty() {
+            req = req.header("idempotency-key", key);
+        }
+        let body = Full::new(Bytes::from(
+            json!({"type": kind, "supersede": false}).to_string(),
+        ));
+        app.client.request(req.body(body).unwrap())
+    };
+    let first: Value = serde_json::from_slice(
+        &post("k-1", "A")
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes(),
+    )
+    .unwrap();
+    let second: Value = serde_json::from_slice(
+        &post("k-1", "A")
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        first["command_id"], second["command_id"],
+        "same Idempotency-Key, same command"
+    );
+    assert_eq!(post("", "B").await.unwrap().status(), StatusCode::ACCEPTED);
+    let full = post("", "C").await.unwrap();
+    assert_eq!(full.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value =
+        serde_json::from_slice(&full.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["depth"], 2);
+}
+
+#[tokio::test]
+async fn config_is_versioned_and_validated() {
+    let app = test_app().await;
+    app.provision("dev-1").await;
+    assert_eq!(
+        app.get("/api/v1/devices/dev-1/config").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let v1 = app
+        .put("/api/v1/devices/dev-1/config", json!({"interval": 5}))
+        .await;
+    assert_eq!(
+        (v1.status, v1.body["version"].clone()),
+        (StatusCode::OK, json!(1))
+    );
+    let bad = app.put("/api/v1/devices/dev-1/config", json!([1])).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let current = app.get("/api/v1/devices/dev-1/config").await;
+    assert_eq!(current.body["version"], 1);
+    assert_eq!(current.body["config"], json!({"interval": 5}));
+    assert_eq!(current.body["reported_version"], Value::Null);
+    assert_eq!(
+        app.put("/api/v1/devices/ghost/config", json!({}))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn telemetry_and_webhook_routes_check_their_parameters() {
+    let app = test_app().await;
+    app.provision("dev-1").await;
+    let empty = app.get("/api/v1/devices/dev-1/telemetry").await;
+    assert_eq!(
+        (empty.status, empty.body["items"].clone()),
+        (StatusCode::OK, json!([]))
+    );
+    assert_eq!(
+        app.get("/api/v1/devices/dev-1/telemetry/latest")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get("/api/v1/devices/ghost/telemetry").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get("/api/v1/devices/dev-1/telemetry?from=yesterday")
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/api/v1/devices/dev-1/telemetry?cursor=zzz")
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    let ok = app.get("/api/v1/devices/dev-1/telemetry?from=2026-01-01T00:00:00Z&to=1999999999999&keys=cpu,mem&limit=5").await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert_eq!(
+        app.get("/api/v1/webhooks/deliveries").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get("/api/v1/webhooks/deliveries?status=failed")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get("/api/v1/webhooks/deliveries?status=nope")
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/api/v1/webhooks/deliveries?cursor=abc")
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    let stats = app.get("/api/v1/stats").await;
+    assert!(
+        stats.body["commands"]["by_status"].is_object(),
+        "{}",
+        stats.body
+    );
+    assert!(stats.body["telemetry"]["stored"].is_u64());
+    assert!(stats.body["webhooks"]["backlog"].is_u64());
+    assert!(stats.body["connections"]["current"].is_u64());
 }

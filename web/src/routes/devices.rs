@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use fleetmq_storage::{
-    generate_token, now_ms, CredentialHash, DeviceId, DeviceKey, DeviceRecord, NewDevice,
-    StoreError, DEFAULT_PLUGIN,
+    generate_token, now_ms, CredentialHash, DeviceId, DeviceKey, DeviceRecord, DeviceState,
+    NewDevice, StoreError, DEFAULT_PLUGIN,
 };
 use http::{Request, StatusCode};
 use hyper::body::Body;
@@ -53,6 +53,16 @@ struct DeviceView<'a> {
     created_at: String,
     /// The current key generation; `null` when its payloads are not encrypted.
     key_generation: Option<u8>,
+    /// When its current (or last) connection was made.
+    connected_at: Option<String>,
+    /// Last time anything was heard from it.
+    last_seen: Option<String>,
+    ip: Option<String>,
+    /// `"3.1.1"` or `"5"`.
+    protocol: Option<String>,
+    transport: Option<String>,
+    /// Its last `device/{id}/status` payload.
+    reported_status: Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Serialize)]
@@ -85,8 +95,15 @@ fn encryption_applies(state: &AppState, record: &DeviceRecord) -> bool {
     record.encrypted || state.broker.payload_encryption_default()
 }
 
-fn view<'a>(state: &AppState, record: &'a DeviceRecord) -> DeviceView<'a> {
+fn view<'a>(
+    state: &AppState,
+    record: &'a DeviceRecord,
+    stored: Option<&DeviceState>,
+) -> DeviceView<'a> {
     let encrypted = encryption_applies(state, record);
+    let live = state.broker.services().presence().get(&record.id);
+    let stored = stored.cloned().unwrap_or_default();
+    let time = |ms: Option<u64>| ms.map(rfc3339_ms);
     DeviceView {
         id: record.id.as_str(),
         plugin: &record.plugin,
@@ -97,6 +114,29 @@ fn view<'a>(state: &AppState, record: &'a DeviceRecord) -> DeviceView<'a> {
         key_generation: encrypted
             .then(|| record.current_key().map(|k| k.generation))
             .flatten(),
+        connected_at: time(
+            live.as_ref()
+                .map(|l| l.connected_at_ms)
+                .or(stored.connected_at_ms),
+        ),
+        last_seen: time(
+            live.as_ref()
+                .map(|l| l.last_seen_ms)
+                .or(stored.last_seen_ms),
+        ),
+        ip: live.as_ref().map(|l| l.ip.clone()).or(stored.ip),
+        protocol: live
+            .as_ref()
+            .map(|l| l.protocol.to_owned())
+            .or(stored.protocol),
+        transport: live
+            .as_ref()
+            .and_then(|l| serde_json::to_value(l.transport).ok())
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .or(stored.transport),
+        reported_status: stored
+            .reported_status
+            .and_then(|s| serde_json::value::RawValue::from_string(s).ok()),
     }
 }
 
@@ -202,7 +242,7 @@ where
         .then(|| record.current_key().map(key_view))
         .flatten();
     let body = Provisioned {
-        device: view(state, &record),
+        device: view(state, &record, None),
         credentials: Credentials {
             username: record.id.as_str(),
             password: &token,
@@ -300,8 +340,21 @@ pub(crate) async fn list(state: &AppState, query: Option<&str>) -> Result<ApiRes
     } else {
         None
     };
+    let ids: Vec<DeviceId> = items.iter().map(|r| r.id.clone()).collect();
+    let states = state
+        .store
+        .call(move |s| {
+            ids.iter()
+                .map(|id| s.device_state(id))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
     let body = DeviceList {
-        items: items.iter().map(|r| view(state, r)).collect(),
+        items: items
+            .iter()
+            .zip(&states)
+            .map(|(r, st)| view(state, r, Some(st)))
+            .collect(),
         next_cursor,
     };
     Ok(json::response(StatusCode::OK, &body))
@@ -311,9 +364,15 @@ pub(crate) async fn list(state: &AppState, query: Option<&str>) -> Result<ApiRes
 pub(crate) async fn get(state: &AppState, id: &str) -> Result<ApiResponse, ApiError> {
     let id = path_id(id)?;
     let lookup = id.clone();
-    let record = state.store.call(move |s| s.get_device(&lookup)).await?;
+    let (record, stored) = state
+        .store
+        .call(move |s| Ok::<_, StoreError>((s.get_device(&lookup)?, s.device_state(&lookup)?)))
+        .await?;
     let record = found(&id, record)?;
-    Ok(json::response(StatusCode::OK, &view(state, &record)))
+    Ok(json::response(
+        StatusCode::OK,
+        &view(state, &record, Some(&stored)),
+    ))
 }
 
 /// `PATCH /api/v1/devices/{id}`: `{"labels":{...}}` replaces the labels.
@@ -333,7 +392,7 @@ where
         .store
         .call(move |s| s.set_device_labels(&id, body.labels))
         .await?;
-    Ok(json::response(StatusCode::OK, &view(state, &record)))
+    Ok(json::response(StatusCode::OK, &view(state, &record, None)))
 }
 
 /// `DELETE /api/v1/devices/{id}`: removed from the store first, so by the time the

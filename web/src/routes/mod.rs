@@ -7,3 +7,5 @@ pub(crate) mod devices;
 pub(crate) mod publish;
 pub(crate) mod service_clients;
 pub(crate) mod stats;
+pub(crate) mod telemetry;
+pub(crate) mod webhooks;

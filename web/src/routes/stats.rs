@@ -1,12 +1,41 @@
-//! `/api/v1/stats`: the broker's counters.
+//! `/api/v1/stats`: the broker's counters, command states, telemetry and the webhook
+//! backlog.
 
 use http::StatusCode;
+use serde::Serialize;
 
 use crate::error::{ApiError, ApiResponse};
 use crate::json;
 use crate::AppState;
 
+#[derive(Serialize)]
+struct Stats<B, C, T, W> {
+    #[serde(flatten)]
+    broker: B,
+    commands: C,
+    telemetry: T,
+    webhooks: W,
+}
+
+#[derive(Serialize)]
+struct Webhooks<S> {
+    /// Deliveries the outbox still owes (pending or failed).
+    backlog: u64,
+    #[serde(flatten)]
+    counters: S,
+}
+
 /// `GET /api/v1/stats`.
-pub(crate) fn get(state: &AppState) -> Result<ApiResponse, ApiError> {
-    Ok(json::response(StatusCode::OK, &state.broker.stats()))
+pub(crate) async fn get(state: &AppState) -> Result<ApiResponse, ApiError> {
+    let broker = &state.broker;
+    let body = Stats {
+        broker: broker.stats(),
+        commands: broker.commands().stats(),
+        telemetry: broker.telemetry().stats(),
+        webhooks: Webhooks {
+            backlog: broker.events().backlog().await,
+            counters: broker.events().webhook_stats(),
+        },
+    };
+    Ok(json::response(StatusCode::OK, &body))
 }
