@@ -86,11 +86,15 @@ impl ServeArgs {
 }
 
 fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
+    // rumqttd's router logs every link at info and harmless races at error; fleetmq's own
+    // link layer reports what matters. `RUST_LOG=info,rumqttd=warn` shows the router.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
