@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fleetmq_storage::{now_ms, DeviceId, DeviceRecord, RetainedMessage};
+use fleetmq_storage::{DeviceId, DeviceRecord};
 use serde::Serialize;
 
 use crate::link::{topic, Core};
@@ -171,22 +171,10 @@ impl BrokerHandle {
     }
 
     async fn persist_retained(&self, msg: &PublishRequest) -> Result<(), PublishError> {
-        let topic = msg.topic.clone();
-        let result = if msg.payload.is_empty() {
-            self.core
-                .store
-                .call(move |s| s.delete_retained(&topic).map(|_| ()))
-                .await
-        } else {
-            let record = RetainedMessage {
-                topic,
-                payload: msg.payload.to_vec(),
-                qos: msg.qos,
-                stored_at_ms: now_ms(),
-            };
-            self.core.store.call(move |s| s.put_retained(&record)).await
-        };
-        result.map_err(|e| PublishError::Storage(e.to_string()))
+        self.core
+            .persist_retained(&msg.topic, &msg.payload, msg.qos)
+            .await
+            .map_err(|e| PublishError::Storage(e.to_string()))
     }
 
     /// The broker's counters.
@@ -235,16 +223,7 @@ impl crate::fleet::CommandSink for WeakSink {
         let Some(core) = self.0.upgrade() else {
             return false;
         };
-        core.sessions.send_where(
-            |l| {
-                l.conn_id == generation
-                    && l.info.kind == ClientKind::Device
-                    && l.info.client_id == id.as_str()
-            },
-            || Control::Deliver {
-                command_id: command_id.to_owned(),
-                payload: payload.clone(),
-            },
-        ) > 0
+        core.sessions
+            .deliver(id.as_str(), generation, command_id, payload)
     }
 }

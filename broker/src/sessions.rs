@@ -5,10 +5,11 @@
 //! link. The router therefore never removes a link behind our back, and a late
 //! `Disconnect` can never hit a reused router slot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use fleetmq_storage::DeviceRecord;
 use tokio::sync::{mpsc, watch};
 
@@ -29,15 +30,43 @@ pub(crate) enum Control {
     Close(CloseReason),
     /// The device's record changed (keys rotated, encryption flag).
     Reload(Box<DeviceRecord>),
-    /// Deliver a command to the device (QoS 1 on `device/{id}/command`).
-    Deliver {
-        command_id: String,
-        payload: bytes::Bytes,
-    },
+}
+
+/// Commands waiting to be written by one device connection. Separate from the control
+/// channel so a burst of commands never crowds out a close, and bounded: when full,
+/// delivery reports the connection as unavailable and the engine re-sends later.
+#[derive(Default)]
+pub(crate) struct Mailbox {
+    queue: Mutex<VecDeque<(String, Bytes)>>,
+    pub(crate) ready: tokio::sync::Notify,
+}
+
+/// Commands a connection may have waiting to be written.
+const MAILBOX_CAPACITY: usize = 65_536;
+
+impl Mailbox {
+    /// Queues a command; false when the mailbox is full.
+    pub(crate) fn push(&self, command_id: String, payload: Bytes) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.len() >= MAILBOX_CAPACITY {
+            return false;
+        }
+        queue.push_back((command_id, payload));
+        drop(queue);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Everything queued, oldest first.
+    pub(crate) fn take(&self) -> VecDeque<(String, Bytes)> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 pub(crate) struct Live {
     pub(crate) conn_id: u64,
+    /// Commands for a device connection.
+    pub(crate) mailbox: Arc<Mailbox>,
     pub(crate) info: ClientInfo,
     pub(crate) control: mpsc::Sender<Control>,
     pub(crate) closed: watch::Receiver<bool>,
@@ -77,14 +106,13 @@ impl Sessions {
 
     /// Closes the live connection under `key`, if any, and waits until it is gone.
     /// Call with the key's slot lock held.
-    pub(crate) async fn take_over(&self, key: &str) {
+    /// Returns the connection id of the connection it closed.
+    pub(crate) async fn take_over(&self, key: &str) -> Option<u64> {
         let old = self
             .live()
             .get(key)
-            .map(|l| (l.control.clone(), l.closed.clone()));
-        let Some((control, mut closed)) = old else {
-            return;
-        };
+            .map(|l| (l.control.clone(), l.closed.clone(), l.conn_id));
+        let (control, mut closed, old_id) = old?;
         let _ = control.try_send(Control::Close(CloseReason::TakenOver));
         let wait = closed.wait_for(|c| *c);
         if tokio::time::timeout(TAKEOVER_WAIT, wait).await.is_err() {
@@ -93,6 +121,7 @@ impl Sessions {
                 "old connection did not close in time for takeover"
             );
         }
+        Some(old_id)
     }
 
     pub(crate) fn insert(&self, key: String, live: Live) {
@@ -134,5 +163,27 @@ impl Sessions {
         self.live()
             .values()
             .any(|l| l.info.client_id == client_id && kind.is_none_or(|k| l.info.kind == k))
+    }
+}
+
+impl Sessions {
+    /// Queues a command for the device connection `conn_id` of `client_id`; false if
+    /// that connection is gone or its mailbox is full.
+    pub(crate) fn deliver(
+        &self,
+        client_id: &str,
+        conn_id: u64,
+        command_id: &str,
+        payload: Bytes,
+    ) -> bool {
+        let live = self.live();
+        let Some(l) = live.values().find(|l| {
+            l.conn_id == conn_id
+                && l.info.kind == ClientKind::Device
+                && l.info.client_id == client_id
+        }) else {
+            return false;
+        };
+        l.mailbox.push(command_id.to_owned(), payload)
     }
 }

@@ -18,7 +18,7 @@ use fleetmq_storage::outbox::{self, Enqueued, NewDelivery, Outbox};
 
 /// One event, exactly as POSTed to webhooks and streamed live:
 /// `{"id","type","at","device_id","data"}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct FleetEvent {
     /// Unique and time-ordered: 16 hex digits of unix ms, then 8 hex digits of a
     /// per-process counter that starts at a random value.
@@ -30,8 +30,34 @@ pub struct FleetEvent {
     pub at: String,
     /// The device it is about, if any (`null` otherwise).
     pub device_id: Option<String>,
-    /// Type-specific details.
-    pub data: serde_json::Value,
+    /// Type-specific details, as JSON text: serialized exactly once, so values such as
+    /// a command's metadata reach webhooks byte-for-byte.
+    pub data: Box<serde_json::value::RawValue>,
+}
+
+impl FleetEvent {
+    /// `data` parsed (for tests and consumers that want a `Value`).
+    pub fn data_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.data.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl PartialEq for FleetEvent {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.id,
+            &self.kind,
+            &self.at,
+            &self.device_id,
+            self.data.get(),
+        ) == (
+            &other.id,
+            &other.kind,
+            &other.at,
+            &other.device_id,
+            other.data.get(),
+        )
+    }
 }
 
 /// One `[[webhooks]]` entry.
@@ -288,6 +314,17 @@ impl EventBus {
         device_id: Option<&DeviceId>,
         data: serde_json::Value,
     ) -> FleetEvent {
+        let raw = serde_json::value::to_raw_value(&data).unwrap_or_else(|_| null_raw());
+        self.emit_raw(kind, device_id, raw).await
+    }
+
+    /// Like [`EventBus::emit`], with `data` already serialized.
+    pub async fn emit_raw(
+        &self,
+        kind: &str,
+        device_id: Option<&DeviceId>,
+        data: Box<serde_json::value::RawValue>,
+    ) -> FleetEvent {
         let event = self.new_event(kind, device_id, data);
         let targets: Vec<Arc<Hook>> = (self.inner.hooks.iter())
             .filter(|h| h.filter.matches(kind))
@@ -305,7 +342,7 @@ impl EventBus {
         &self,
         kind: &str,
         device_id: Option<&DeviceId>,
-        data: serde_json::Value,
+        data: Box<serde_json::value::RawValue>,
     ) -> FleetEvent {
         let now = now_ms();
         // Never go back in time, so ids stay ordered if the clock steps back.
@@ -380,16 +417,21 @@ impl EventBus {
     }
 }
 
+/// `null` as raw JSON.
+fn null_raw() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("null".to_owned()).expect("null is JSON")
+}
+
 impl EventSink for EventBus {
     fn emit(
         &self,
         kind: &'static str,
         device: Option<&DeviceId>,
-        data: serde_json::Value,
+        data: Box<serde_json::value::RawValue>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         let device = device.cloned();
         Box::pin(async move {
-            EventBus::emit(self, kind, device.as_ref(), data).await;
+            EventBus::emit_raw(self, kind, device.as_ref(), data).await;
         })
     }
 }

@@ -92,6 +92,9 @@ pub enum LinkEvent {
         id: DeviceId,
         generation: u64,
         at_ms: u64,
+        /// Closed because a new connection of the same device took over; that connection
+        /// announces itself next (or, if it fails, reports this one gone after all).
+        taken_over: bool,
     },
     /// The device can now receive commands (it subscribed to its command topic, or its
     /// persistent session already had such a subscription).
@@ -126,7 +129,7 @@ pub trait EventSink: Send + Sync + 'static {
         &self,
         kind: &'static str,
         device: Option<&DeviceId>,
-        data: serde_json::Value,
+        data: Box<serde_json::value::RawValue>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 

@@ -89,10 +89,12 @@ impl Presence {
     }
 
     /// A connection of `id` ended.
-    pub fn disconnected(&self, id: &DeviceId, generation: u64) -> Transition {
+    /// A connection that was `taken_over` is about to be replaced by a newer one, which
+    /// announces itself next: the device stays online.
+    pub fn disconnected(&self, id: &DeviceId, generation: u64, taken_over: bool) -> Transition {
         let mut live = self.live();
         match live.get(id) {
-            Some(current) if current.generation == generation => {
+            Some(current) if current.generation == generation && !taken_over => {
                 live.remove(id);
                 Transition::Offline
             }
@@ -149,15 +151,15 @@ mod tests {
             p.connected(&id(), 2, peer(), "5", Transport::Tcp, 20),
             Transition::None
         );
-        assert_eq!(p.disconnected(&id(), 1), Transition::None);
+        assert_eq!(p.disconnected(&id(), 1, false), Transition::None);
         assert_eq!(p.generation(&id()), Some(2));
         // A late connect event of an older generation changes nothing.
         assert_eq!(
             p.connected(&id(), 1, peer(), "5", Transport::Tcp, 30),
             Transition::None
         );
-        assert_eq!(p.disconnected(&id(), 2), Transition::Offline);
-        assert_eq!(p.disconnected(&id(), 2), Transition::None);
+        assert_eq!(p.disconnected(&id(), 2, false), Transition::Offline);
+        assert_eq!(p.disconnected(&id(), 2, false), Transition::None);
         assert!(p.get(&id()).is_none());
         // Fast reconnect where the old disconnect is seen after the new connect.
         assert_eq!(
@@ -168,7 +170,15 @@ mod tests {
             p.connected(&id(), 4, peer(), "3.1.1", Transport::Ws, 41),
             Transition::None
         );
-        assert_eq!(p.disconnected(&id(), 3), Transition::None);
+        assert_eq!(p.disconnected(&id(), 3, false), Transition::None);
         assert_eq!(p.get(&id()).unwrap().generation, 4);
+        // A takeover seen in the order the broker produces it: the old connection closes
+        // first, then the new one announces itself. No event either way.
+        assert_eq!(p.disconnected(&id(), 4, true), Transition::None);
+        assert_eq!(
+            p.connected(&id(), 5, peer(), "5", Transport::Tcp, 50),
+            Transition::None
+        );
+        assert_eq!(p.generation(&id()), Some(5));
     }
 }

@@ -141,7 +141,8 @@ impl Services {
                 id,
                 generation,
                 at_ms,
-            } => self.disconnected(&id, generation, at_ms).await,
+                taken_over,
+            } => self.disconnected(&id, generation, at_ms, taken_over).await,
             LinkEvent::Published {
                 id,
                 kind,
@@ -201,13 +202,13 @@ impl Services {
         }
     }
 
-    async fn disconnected(&self, id: &DeviceId, generation: u64, at_ms: u64) {
+    async fn disconnected(&self, id: &DeviceId, generation: u64, at_ms: u64, taken_over: bool) {
         let last_seen = self
             .presence
             .get(id)
             .map_or(at_ms, |l| l.last_seen_ms.max(at_ms));
         self.commands.device_gone(id, generation).await;
-        if self.presence.disconnected(id, generation) != Transition::Offline {
+        if self.presence.disconnected(id, generation, taken_over) != Transition::Offline {
             return;
         }
         self.update_state(id, move |s| {

@@ -115,6 +115,8 @@ pub(crate) struct Established {
     pub(crate) link_tx: LinkTx,
     pub(crate) link_rx: LinkRx,
     pub(crate) control: mpsc::Receiver<Control>,
+    /// Commands to write (device connections only).
+    pub(crate) mailbox: std::sync::Arc<crate::sessions::Mailbox>,
     pub(crate) closed: watch::Sender<bool>,
     pub(crate) _permit: OwnedSemaphorePermit,
 }
@@ -242,8 +244,19 @@ pub(crate) async fn establish(
 
     let slot = core.sessions.slot(&router_key);
     let _setup = slot.lock().await;
-    core.sessions.take_over(&router_key).await;
-    let (link_tx, link_rx, connack) = core.links.build(&router_key, clean).await.map_err(|e| {
+    let replaced = core.sessions.take_over(&router_key).await;
+    let built = core.links.build(&router_key, clean).await;
+    if let (Err(_), Some(old), Identity::Device(device)) = (&built, replaced, &identity) {
+        // The replaced connection said it was taken over; it was not, after all.
+        let event = crate::fleet::LinkEvent::Disconnected {
+            id: device.id.clone(),
+            generation: old,
+            at_ms: now_ms(),
+            taken_over: false,
+        };
+        core.fleet_event(event).await;
+    }
+    let (link_tx, link_rx, connack) = built.map_err(|e| {
         refuse(
             version,
             v4_or_v5(
@@ -283,10 +296,12 @@ pub(crate) async fn establish(
         Identity::Service(s) => Some(s.name.clone()),
         _ => None,
     };
+    let mailbox = std::sync::Arc::new(crate::sessions::Mailbox::default());
     core.sessions.insert(
         router_key.clone(),
         Live {
             conn_id,
+            mailbox: mailbox.clone(),
             info,
             control: control_tx,
             closed: closed_rx,
@@ -318,6 +333,7 @@ pub(crate) async fn establish(
         link_tx,
         link_rx,
         control: control_rx,
+        mailbox,
         closed: closed_tx,
         _permit: permit,
     };

@@ -131,13 +131,15 @@ impl Connection {
                     self.crypto = self.core.crypto_for(&record);
                     Ok(())
                 }
-                Some(Control::Deliver { command_id, payload }) => {
-                    self.deliver_command(command_id, &payload);
-                    self.flush().await
-                }
                 None => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
             _ = self.core.shutdown.cancelled() => Err(Ending::Closed(CloseReason::ShuttingDown)),
+            _ = self.s.mailbox.ready.notified() => {
+                for (command_id, payload) in self.s.mailbox.take() {
+                    self.deliver_command(command_id, &payload);
+                }
+                self.flush().await
+            }
             read = self.stream.read(&mut self.read_buf) => match read {
                 Ok(0) | Err(_) => Err(Ending::Dropped),
                 Ok(n) => {
@@ -218,7 +220,8 @@ impl Connection {
                 | Ending::Closed(CloseReason::ShuttingDown)
         );
         if let (true, Some(will)) = (fire_will, self.s.will.take()) {
-            core.publish_will(will);
+            core.publish_will(&will).await;
+            self.will_published(&will).await;
         }
         let kind = match self.s.identity {
             Identity::Device(_) => ClientKind::Device,
@@ -231,6 +234,7 @@ impl Connection {
                 id: device.id.clone(),
                 generation: self.s.conn_id,
                 at_ms: now_ms(),
+                taken_over: ending == Ending::Closed(CloseReason::TakenOver),
             };
             core.fleet_event(event).await;
         }
@@ -411,5 +415,27 @@ impl Connection {
             };
             self.core.fleet_event(event).await;
         }
+    }
+}
+
+impl Connection {
+    /// A device's will on one of its upstream topics (its `status`, typically) is what the
+    /// device said last: the fleet services see it like any publish of the device.
+    async fn will_published(&self, will: &rumqttd::protocol::LastWill) {
+        let Identity::Device(device) = &self.s.identity else {
+            return;
+        };
+        let topic = String::from_utf8_lossy(&will.topic);
+        let Some(kind) = crate::fleet::Upstream::of(&device.id, &topic) else {
+            return;
+        };
+        let event = LinkEvent::Published {
+            id: device.id.clone(),
+            generation: self.s.conn_id,
+            kind,
+            payload: will.message.clone(),
+            at_ms: now_ms(),
+        };
+        self.core.fleet_event(event).await;
     }
 }

@@ -2,7 +2,7 @@
 //! batched for the router; acks and refusals the router cannot give are answered here.
 
 use bytes::Bytes;
-use fleetmq_storage::{now_ms, RetainedMessage};
+use fleetmq_storage::now_ms;
 use rumqttd::protocol::{
     DisconnectReasonCode as Reason, Filter, Packet, PingResp, PubAck, PubAckReason, PubComp,
     PubCompReason, PubRec, PubRecReason, Publish, PublishProperties, SubAck, Subscribe,
@@ -280,22 +280,7 @@ impl Connection {
 
     /// Retained messages are written through to the store before they are routed.
     async fn persist_retained(&self, topic: &str, payload: &[u8], qos: u8) {
-        let store = self.core.store.clone();
-        let topic = topic.to_owned();
-        let result = if payload.is_empty() {
-            store
-                .call(move |s| s.delete_retained(&topic).map(|_| ()))
-                .await
-        } else {
-            let msg = RetainedMessage {
-                topic,
-                payload: payload.to_vec(),
-                qos,
-                stored_at_ms: now_ms(),
-            };
-            store.call(move |s| s.put_retained(&msg)).await
-        };
-        if let Err(e) = result {
+        if let Err(e) = self.core.persist_retained(topic, payload, qos).await {
             tracing::error!(client_id = %self.s.client_id, error = %e, "could not store a retained message");
         }
     }

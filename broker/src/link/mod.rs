@@ -27,7 +27,7 @@ mod transport;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use fleetmq_storage::{AclRule, DeviceRecord, Store};
+use fleetmq_storage::{now_ms, AclRule, DeviceRecord, RetainedMessage, Store, StoreError};
 use futures_util::FutureExt;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{
@@ -165,25 +165,7 @@ impl Core {
     }
 
     /// Routes a message as the broker itself (QoS 0 into the router; subscribers get it
-    /// at their subscription QoS). Fails only when the system link queue is full or gone.
-    pub(crate) fn publish_system(
-        &self,
-        topic: &str,
-        payload: &[u8],
-        retain: bool,
-    ) -> Result<(), &'static str> {
-        let publish = Publish::new(
-            bytes::Bytes::copy_from_slice(topic.as_bytes()),
-            bytes::Bytes::copy_from_slice(payload),
-            retain,
-        );
-        self.system.try_send(publish).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => "system link queue full",
-            mpsc::error::TrySendError::Closed(_) => "router stopped",
-        })
-    }
-
-    /// Like [`Core::publish_system`], but waits for room in the queue.
+    /// at their subscription QoS), waiting for room in the system link's queue.
     pub(crate) async fn publish_system_wait(
         &self,
         topic: &str,
@@ -216,9 +198,46 @@ impl Core {
         }
     }
 
-    pub(crate) fn publish_will(&self, will: LastWill) {
+    /// Writes a retained message through to the store (an empty payload deletes it),
+    /// before it is routed, so it survives a restart.
+    pub(crate) async fn persist_retained(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+    ) -> Result<(), StoreError> {
+        let topic = topic.to_owned();
+        if payload.is_empty() {
+            return self
+                .store
+                .call(move |s| s.delete_retained(&topic).map(|_| ()))
+                .await;
+        }
+        let msg = RetainedMessage {
+            topic,
+            payload: payload.to_vec(),
+            qos,
+            stored_at_ms: now_ms(),
+        };
+        self.store.call(move |s| s.put_retained(&msg)).await
+    }
+
+    /// Publishes a will (already decrypted and ACL-checked at CONNECT); a retained will
+    /// is stored like any retained message.
+    pub(crate) async fn publish_will(&self, will: &LastWill) {
         let topic = String::from_utf8_lossy(&will.topic).into_owned();
-        if let Err(e) = self.publish_system(&topic, &will.message, will.retain) {
+        if will.retain {
+            if let Err(e) = self
+                .persist_retained(&topic, &will.message, will.qos as u8)
+                .await
+            {
+                tracing::error!(topic, error = %e, "could not store a retained will");
+            }
+        }
+        if let Err(e) = self
+            .publish_system_wait(&topic, &will.message, will.retain)
+            .await
+        {
             tracing::error!(topic, error = e, "could not publish a will");
         }
     }

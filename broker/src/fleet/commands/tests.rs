@@ -63,9 +63,10 @@ impl EventSink for RecordingEvents {
         &self,
         kind: &'static str,
         device: Option<&DeviceId>,
-        data: Value,
+        data: Box<serde_json::value::RawValue>,
     ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         let device = device.cloned();
+        let data: Value = serde_json::from_str(data.get()).unwrap();
         Box::pin(async move { self.0.lock().unwrap().push(Event { kind, device, data }) })
     }
 }

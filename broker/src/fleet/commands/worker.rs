@@ -17,7 +17,6 @@ use fleetmq_device_plugins::{CommandResponse, DevicePlugin};
 use fleetmq_storage::commands::{self as store, CommandRecord, CommandStatus, NewCommandRecord};
 use fleetmq_storage::{now_ms, DeviceId, StoreError};
 use redb::Database;
-use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -270,10 +269,12 @@ impl Worker {
         };
         match CommandView::from_record(&rec) {
             Ok(view) => {
-                let data = serde_json::to_value(&view).unwrap_or_else(|error| {
-                    tracing::error!(%error, "cannot serialize a command record");
-                    Value::Null
-                });
+                // Serialized once, straight from the record, so the metadata stays
+                // byte-for-byte as the client gave it.
+                let Ok(data) = serde_json::value::to_raw_value(&view) else {
+                    tracing::error!("cannot serialize a command record");
+                    return;
+                };
                 let _ = self.terminal.send(Arc::new(view));
                 self.events.emit(kind, Some(&rec.device_id), data).await;
             }
