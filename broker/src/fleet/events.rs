@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, Notify};
 
 use super::webhooks::{redact_url, WebhookOptions};
-use super::EventSink;
+use super::{rfc3339_ms, EventSink};
 use fleetmq_storage::outbox::{self, Enqueued, NewDelivery, Outbox};
 
 /// One event, exactly as POSTed to webhooks and streamed live:
@@ -434,36 +434,6 @@ impl EventSink for EventBus {
             EventBus::emit_raw(self, kind, device.as_ref(), data).await;
         })
     }
-}
-
-/// Formats unix milliseconds as RFC 3339 in UTC with millisecond precision,
-/// e.g. `2024-03-01T12:00:00.000Z`. (Same as the web crate's; see the lead's notes.)
-pub(super) fn rfc3339_ms(unix_ms: u64) -> String {
-    let days = unix_ms / 86_400_000;
-    let ms_of_day = unix_ms % 86_400_000;
-    let (year, month, day) = civil_from_days(days);
-    let (secs, ms) = (ms_of_day / 1000, ms_of_day % 1000);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard
-/// Hinnant's `civil_from_days`, restricted to dates on or after the epoch.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

@@ -35,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use super::events::{rfc3339_ms, EventBus, Hook, Inner};
+use super::events::{EventBus, Hook, Inner};
+use super::rfc3339_ms;
 use fleetmq_storage::outbox::{Delivery, DeliveryStatus, Due};
 
 /// The signature header: `sha256=<hex HMAC-SHA256(secret, body)>`.
