@@ -406,3 +406,47 @@ async fn a_status_will_becomes_the_reported_status() {
         serde_json::from_str(s.reported_status.as_deref().expect("a status")).unwrap();
     assert_eq!(reported, json!({"state": "offline"}), "{s:?}");
 }
+
+#[tokio::test]
+async fn device_alarms_become_alarm_events() {
+    let b = TestBroker::start().await;
+    b.add_device("alarm-1", "tok", false).await;
+    let mut events = b.handle.events().subscribe();
+    let (dev, el) = connect_v4(&b, Via::Tcp, "alarm-1", Some(("alarm-1", "tok")))
+        .await
+        .unwrap();
+    let _d = drive_v4(el);
+    for payload in [
+        r#"{"type":"alarm","name":"overheat","state":"raised","temp":91}"#,
+        r#"{"type":"door_open"}"#,
+        r#"{"type":"alarm","name":"overheat","active":false}"#,
+        "not json",
+    ] {
+        dev.publish(
+            "device/alarm-1/events",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            payload,
+        )
+        .await
+        .unwrap();
+    }
+    let mut alarms = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while alarms.len() < 2 && tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(e)) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), events.recv()).await
+        {
+            if e.kind.starts_with("alarm.") {
+                alarms.push((e.kind.clone(), e.data_value()["name"].clone()));
+            }
+        }
+    }
+    assert_eq!(
+        alarms,
+        [
+            ("alarm.raised".to_string(), serde_json::json!("overheat")),
+            ("alarm.cleared".to_string(), serde_json::json!("overheat"))
+        ]
+    );
+}

@@ -230,8 +230,7 @@ impl Services {
                     self.commands.response(&device, payload).await;
                 }
             }
-            // Device events are routed to subscribers; no SPEC §7 event is derived yet.
-            Upstream::Events => {}
+            Upstream::Events => self.device_event(id, payload).await,
         }
     }
 
@@ -247,6 +246,26 @@ impl Services {
                 let data = json!({"topic": format!("device/{id}/telemetry"), "reason": reason.to_string()});
                 self.events.emit("device.bad_payload", Some(id), data).await;
             }
+        }
+    }
+
+    /// `device/{id}/events`: alarms become `alarm.raised` / `alarm.cleared` (SPEC §7) with
+    /// the device's payload as data. An alarm is an event whose `type` is `alarm.raised`
+    /// or `alarm.cleared`, or `alarm` with `"state": "raised" | "cleared"` (or
+    /// `"active": true | false`). Other events reach their subscribers only.
+    async fn device_event(&self, id: &DeviceId, payload: &[u8]) {
+        let Some(plugin) = self.plugin_of(id).await else {
+            return;
+        };
+        let event = match plugin.decode_event(payload) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::debug!(device_id = %id, error = %e, "device event not understood");
+                return;
+            }
+        };
+        if let Some(kind) = alarm_kind(&event.kind, &event.raw) {
+            self.events.emit(kind, Some(id), event.raw).await;
         }
     }
 
@@ -272,5 +291,55 @@ impl Services {
                 tracing::debug!(device_id = %id, error = %e, "status payload not understood")
             }
         }
+    }
+}
+
+/// The SPEC §7 alarm event a device event stands for, if any.
+fn alarm_kind(kind: &str, raw: &serde_json::Value) -> Option<&'static str> {
+    match kind {
+        "alarm.raised" => Some("alarm.raised"),
+        "alarm.cleared" => Some("alarm.cleared"),
+        "alarm" => match (
+            raw.get("state").and_then(|s| s.as_str()),
+            raw.get("active").and_then(|a| a.as_bool()),
+        ) {
+            (Some("raised"), _) | (None, Some(true)) => Some("alarm.raised"),
+            (Some("cleared"), _) | (None, Some(false)) => Some("alarm.cleared"),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alarm_kind;
+    use serde_json::json;
+
+    #[test]
+    fn alarms_are_recognised_in_every_spelling() {
+        assert_eq!(alarm_kind("alarm.raised", &json!({})), Some("alarm.raised"));
+        assert_eq!(
+            alarm_kind("alarm.cleared", &json!({})),
+            Some("alarm.cleared")
+        );
+        assert_eq!(
+            alarm_kind("alarm", &json!({"state": "raised"})),
+            Some("alarm.raised")
+        );
+        assert_eq!(
+            alarm_kind("alarm", &json!({"state": "cleared"})),
+            Some("alarm.cleared")
+        );
+        assert_eq!(
+            alarm_kind("alarm", &json!({"active": true})),
+            Some("alarm.raised")
+        );
+        assert_eq!(
+            alarm_kind("alarm", &json!({"active": false})),
+            Some("alarm.cleared")
+        );
+        assert_eq!(alarm_kind("alarm", &json!({"state": "weird"})), None);
+        assert_eq!(alarm_kind("door_open", &json!({"state": "raised"})), None);
     }
 }
