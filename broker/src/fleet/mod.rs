@@ -188,23 +188,45 @@ pub(crate) fn start_services(
     )))
 }
 
-/// Runs the fleet services' event loop until shutdown.
+/// Runs the fleet services' event loop until shutdown, on a thread of its own.
+///
+/// On the shared runtime this one task competes with every connection task; under a
+/// publish flood it got so few turns that the queue filled and telemetry was dropped
+/// while the telemetry writer sat idle. Its own current-thread runtime (on a tracked
+/// blocking-pool thread) gives it a core's worth of scheduling regardless.
 pub(crate) fn spawn(
     services: std::sync::Arc<services::Services>,
     mut events: tokio::sync::mpsc::Receiver<LinkEvent>,
     shutdown: tokio_util::sync::CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) {
-    tracker.spawn(async move {
-        loop {
-            let event = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                event = events.recv() => match event {
-                    Some(event) => event,
-                    None => return,
-                },
-            };
-            services.on_event(event).await;
-        }
+    tracker.spawn_blocking(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the fleet services' runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let mut batch = Vec::with_capacity(EVENT_BATCH);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    n = events.recv_many(&mut batch, EVENT_BATCH) => if n == 0 {
+                        return;
+                    },
+                }
+                for event in batch.drain(..) {
+                    services.on_event(event).await;
+                }
+            }
+        });
     });
 }
+
+/// Device events taken from the queue at once.
+const EVENT_BATCH: usize = 1024;
