@@ -3,6 +3,7 @@
 //! Modules:
 //! - `server`: [`serve`], the accept loop and graceful drain, and [`AppState`].
 //! - `router`: path and method to handler; the API key is checked first.
+//! - `dashboard`: the web dashboard at `GET /`, files compiled in from `web/assets/`.
 //! - `routes`: one module per resource (`devices`, `service_clients`, `clients`,
 //!   `publish`, `stats`).
 //! - `auth`: [`ensure_admin_key`] and [`AdminKey`], which checks presented keys
@@ -19,6 +20,7 @@
 
 mod auth;
 mod config;
+mod dashboard;
 mod error;
 mod json;
 mod query;
@@ -34,5 +36,6 @@ pub use config::{
     AdminConfig, ConfigError, RawAdminConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
     MIN_API_KEY_LEN,
 };
+pub use dashboard::{Asset, ASSETS};
 pub use error::WebError;
 pub use server::{serve, AppState, DRAIN_DEADLINE};

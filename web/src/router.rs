@@ -34,6 +34,11 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // The dashboard's static files are open: the page asks for the key itself.
+    if crate::dashboard::owns(req.uri().path()) {
+        let (method, path) = (req.method(), req.uri().path());
+        return Ok(crate::dashboard::serve(method, path, req.headers()));
+    }
     let segments = path_segments(req.uri().path())?;
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     match segments.as_slice() {

@@ -1,7 +1,7 @@
 // The dashboard shell: sign-in, navigation, a hash router, and the live connection that
 // tells the current page when to reload.
 
-import { checkKey, onUnauthorized, session } from './api.js';
+import { ApiError, checkKey, onUnauthorized, session } from './api.js';
 import { fill, h, toast } from './dom.js';
 import { Live } from './live.js';
 import * as overview from './pages/overview.js';
@@ -148,7 +148,14 @@ onUnauthorized(() => {
   app.signIn('Your session ended: sign in again.');
 });
 window.addEventListener('hashchange', () => app.show());
+// A failed API call that no page handled is shown, and counts as handled (a 401 has
+// already sent the user to sign-in); anything else is a bug and stays an error.
 window.addEventListener('unhandledrejection', (ev) => {
-  if (ev.reason?.status !== 401) toast(ev.reason?.message || String(ev.reason), true);
+  if (ev.reason instanceof ApiError) {
+    ev.preventDefault();
+    if (ev.reason.status !== 401) toast(ev.reason.message, true);
+    return;
+  }
+  toast(ev.reason?.message || String(ev.reason), true);
 });
 app.show();
