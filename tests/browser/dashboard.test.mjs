@@ -1,0 +1,140 @@
+// The dashboard in a real Chromium against the real fleetmq binary and a simulated
+// device: sign in, see the device come online, send a command to `completed`, change
+// its config and see the device apply it, then the other pages. Screenshots go to
+// target/browser-artifacts/.
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { openSync } from 'node:fs';
+import { join } from 'node:path';
+import test from 'node:test';
+
+import {
+  API_KEY, ARTIFACTS, PATIENCE_MS, binary, eventually, launch, requirements, screenshot, startFleetmq, watchPage,
+} from './lib/harness.mjs';
+
+const DEVICE = 'dash-0000';
+
+/** Whether the server has `GET /api/v1/events` (asked without waiting for any event). */
+async function hasEventStream(fm) {
+  const abort = new AbortController();
+  const res = await fetch(`${fm.admin}/api/v1/events`, { headers: { 'x-api-key': API_KEY }, signal: abort.signal });
+  abort.abort();
+  return res.status !== 404;
+}
+
+test('dashboard: sign in, device online, command completed, config applied', async (t) => {
+  const chromium = await requirements(t);
+  if (!chromium) return;
+  const fm = await startFleetmq('dashboard');
+  t.after(() => fm.stop());
+
+  const live = await hasEventStream(fm);
+  // With the event stream, pages must not reload by polling during the test: only
+  // events can show the device online or the command completed.
+  const pollMs = live ? 600000 : 1000;
+  t.diagnostic(live ? 'GET /api/v1/events exists: checking the live path (polling off)'
+    : 'GET /api/v1/events is missing (404): checking the polling fallback');
+
+  const created = await fm.api('POST', '/devices', { id: DEVICE, labels: { site: 'lab' } });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+
+  const browser = await launch(chromium);
+  t.after(() => browser.close());
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  page.setDefaultTimeout(PATIENCE_MS);
+  const problems = watchPage(page);
+
+  // Sign in: a wrong key is refused, the right one opens the device page.
+  await page.goto(`${fm.admin}/?poll_ms=${pollMs}#/devices/${DEVICE}`);
+  await page.fill('#signin input[name=api_key]', 'not-the-key');
+  await page.click('#signin button[type=submit]');
+  await page.getByText('That key was not accepted.').waitFor();
+  await screenshot(page, 'dashboard-01-signin');
+  await page.fill('#signin input[name=api_key]', API_KEY);
+  await page.click('#signin button[type=submit]');
+  await page.waitForSelector('#presence[data-online="false"]');
+  if (live) await page.waitForSelector('#live[data-live="live"]');
+  await screenshot(page, 'dashboard-02-device-offline');
+
+  // The simulated device comes online (it refreshes the credentials it uses itself).
+  const simLog = openSync(join(ARTIFACTS, 'dashboard-device_sim.log'), 'w');
+  const sim = spawn(binary('device_sim', true), ['--mqtt', `127.0.0.1:${fm.tcp}`, '--admin', fm.admin,
+    '--api-key', API_KEY, '--count', '1', '--prefix', 'dash-', '--telemetry-ms', '300',
+    '--reply-latency-ms', '100', '--version', '2.3.4'], { stdio: ['ignore', simLog, simLog] });
+  t.after(() => sim.kill('SIGINT'));
+  await page.waitForSelector('#presence[data-online="true"]');
+  // Only the event stream knows when the device came online.
+  if (live) await page.waitForSelector('#presence-history li[data-type="device.online"]');
+  await screenshot(page, 'dashboard-03-device-online');
+
+  // A command, watched to its terminal state.
+  await page.fill('#send-command input[name=type]', 'REBOOT');
+  await page.fill('#send-command textarea[name=params]', '{"delay_s": 1}');
+  await page.fill('#send-command textarea[name=metadata]', '{"job_id": "browser-1"}');
+  await page.click('#send-command button[type=submit]');
+  await page.waitForSelector('#watch [data-status="completed"]');
+  await page.waitForSelector('#commands tr[data-status="completed"]');
+  const commands = await fm.api('GET', `/devices/${DEVICE}/commands`);
+  assert.equal(commands.body.items[0].status, 'completed');
+  assert.deepEqual(commands.body.items[0].metadata, { job_id: 'browser-1' });
+  await screenshot(page, 'dashboard-04-command-completed');
+
+  // Config: version 1 is saved, then reported by the device once it applied it.
+  await page.fill('#config-editor', '{"sample_ms": 250, "mode": "eco"}');
+  await page.click('#config-form button[type=submit]');
+  await eventually('config version 1 shown', async () => (await page.textContent('#config-version')) === '1');
+  await eventually('reported config version 1 shown', async () => (await page.textContent('#config-reported')) === '1');
+  const config = await fm.api('GET', `/devices/${DEVICE}/config`);
+  assert.deepEqual(config.body.config, { sample_ms: 250, mode: 'eco' });
+  assert.equal(config.body.reported_version, 1);
+
+  // Telemetry: the sim's numeric keys get a chart each.
+  await page.selectOption('#range', '15m');
+  await page.waitForSelector('#charts svg.chart path.line');
+  await page.waitForSelector('#reported-version:text("2.3.4")');
+  await screenshot(page, 'dashboard-05-config-and-telemetry');
+
+  // Overview, devices (label filter), clients, webhooks.
+  await page.goto(`${fm.admin}/?poll_ms=1000#/`);
+  await page.waitForSelector('#stat-online .value');
+  await screenshot(page, 'dashboard-06-overview');
+  await page.click('nav a[href="#/devices"]');
+  await page.waitForSelector(`#devices tr[data-device="${DEVICE}"] td:text("2.3.4")`);
+  await page.fill('#label-filter', 'site:elsewhere');
+  await page.waitForSelector(`#devices tr[data-device="${DEVICE}"]`, { state: 'detached' });
+  await page.fill('#label-filter', 'site:lab');
+  await page.waitForSelector(`#devices tr[data-device="${DEVICE}"]`);
+  // Provision from the UI: the token is shown once.
+  await page.fill('#provision input[name=id]', 'ui-made-1');
+  await page.fill('#provision input[name=labels]', 'site=lab, rack=7');
+  await page.click('#provision button[type=submit]');
+  await page.waitForSelector('#provision [data-secret] code[data-field=password]');
+  assert.equal((await fm.api('GET', '/devices/ui-made-1')).body.labels.rack, '7');
+  await screenshot(page, 'dashboard-07-devices');
+  await page.click('nav a[href="#/clients"]');
+  await page.waitForSelector('#clients tr[data-client]');
+  await screenshot(page, 'dashboard-08-clients');
+  await page.click('nav a[href="#/webhooks"]');
+  await page.waitForSelector('#deliveries tbody tr');
+  await page.click('nav a[href="#/service-clients"]');
+  await page.waitForSelector('#service-clients tbody tr');
+  await page.click('nav a[href="#/clients"]');
+
+  // Rotate credentials (this disconnects the device): the new token is shown once.
+  await page.click(`#clients a[href="#/devices/${DEVICE}"]`);
+  page.once('dialog', (d) => d.accept());
+  await page.click('#rotate-credentials');
+  await page.waitForSelector('[data-secret] code[data-field=password]');
+  await page.waitForSelector('#presence[data-online="false"]');
+  await screenshot(page, 'dashboard-09-rotated');
+
+  // A 401 (here: a key that stopped being valid) sends the user back to sign-in.
+  await page.evaluate(() => sessionStorage.setItem('fleetmq.apiKey', 'revoked'));
+  await page.click('nav a[href="#/devices"]');
+  await page.waitForSelector('#signin');
+  await screenshot(page, 'dashboard-10-signed-out');
+
+  const pageErrors = problems.filter((p) => p.startsWith('page error'));
+  assert.deepEqual(pageErrors, []);
+});
