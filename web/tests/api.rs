@@ -310,8 +310,9 @@ async fn both_key_headers_are_accepted() {
 #[tokio::test]
 async fn unknown_routes_are_404_and_wrong_methods_405() {
     let app = test_app().await;
+    // `/` is the dashboard (tests/dashboard.rs); an unknown file under it is a 404 too.
     for path in [
-        "/",
+        "/assets/nope.js",
         "/nope",
         "/api/v1/nope",
         "/api/v1/devices/a/b",
