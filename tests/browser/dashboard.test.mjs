@@ -150,3 +150,46 @@ test('dashboard: sign in, device online, command completed, config applied', asy
   const pageErrors = problems.filter((p) => p.startsWith('page error'));
   assert.deepEqual(pageErrors, []);
 });
+
+// The browser side of the live path on its own: the real server for everything but the
+// event stream, which is scripted here. With polling off, only an event can show the
+// device online.
+test('dashboard: an event on the stream reloads the device page (polling off)', async (t) => {
+  const chromium = await requirements(t);
+  if (!chromium) return;
+  const { default: mqtt } = await import('mqtt');
+  const fm = await startFleetmq('dashboard-live');
+  t.after(() => fm.stop());
+  const id = 'live-1';
+  const created = await fm.api('POST', '/devices', { id });
+  assert.equal(created.status, 201);
+
+  const browser = await launch(chromium);
+  t.after(() => browser.close());
+  const page = await browser.newPage();
+  page.setDefaultTimeout(PATIENCE_MS);
+  let online = null;
+  const streams = [];
+  await page.route('**/api/v1/events*', (route) => {
+    const headers = route.request().headers();
+    streams.push({ key: headers['x-api-key'], lastEventId: headers['last-event-id'] });
+    const frames = online
+      ? `id: 7\nevent: device.online\ndata: ${JSON.stringify(online)}\n\n`
+      : ': keepalive\n\n';
+    return route.fulfill({ status: 200, headers: { 'content-type': 'text/event-stream' }, body: frames });
+  });
+  await page.goto(`${fm.admin}/?poll_ms=600000#/devices/${id}`);
+  await page.fill('#signin input[name=api_key]', API_KEY);
+  await page.click('#signin button[type=submit]');
+  await page.waitForSelector('#presence[data-online="false"]');
+
+  const device = await mqtt.connectAsync(`mqtt://127.0.0.1:${fm.tcp}`,
+    { clientId: id, username: id, password: created.body.credentials.password, reconnectPeriod: 0 });
+  t.after(() => device.endAsync());
+  online = { id: '7', type: 'device.online', at: new Date().toISOString(), device_id: id, data: {} };
+  await page.waitForSelector('#presence[data-online="true"]');
+  await page.waitForSelector('#presence-history li[data-type="device.online"]', { state: 'attached' });
+  assert.ok(streams.every((s) => s.key === API_KEY), 'the stream is asked with the key');
+  assert.ok(streams.some((s) => s.lastEventId === undefined));
+  await screenshot(page, 'dashboard-live-scripted-stream');
+});
