@@ -12,6 +12,8 @@ const MAX_POINTS = 5000;
 /** The device's status has no event: while it has not applied the config, ask this often. */
 const CONFIG_RECHECK_MS = 2000;
 const EVENT_DEBOUNCE_MS = 200;
+/** Telemetry is left off the shared event stream: the charts reload on their own. */
+const TELEMETRY_EVERY_MS = 10000;
 
 async function telemetryPoints(id, from, to) {
   let items = [];
@@ -227,6 +229,7 @@ export function mount(root, ctx, id) {
     if (err.status === 404) fill(root, h('div', { class: 'panel' }, `No device ${id}. `, h('a', { href: '#/devices' }, 'All devices')));
     else throw err;
   });
+  const telemetryTimer = setInterval(() => loadTelemetry().catch(() => {}), TELEMETRY_EVERY_MS);
   for (const ev of ctx.recent.filter((e) => e.device_id === id && e.type.startsWith('device.'))) history.push(ev);
 
   return {
@@ -246,6 +249,6 @@ export function mount(root, ctx, id) {
         Promise.all(work);
       }, EVENT_DEBOUNCE_MS);
     },
-    unmount() { stopped = true; clearTimeout(configTimer); clearTimeout(eventTimer); },
+    unmount() { stopped = true; clearTimeout(configTimer); clearTimeout(eventTimer); clearInterval(telemetryTimer); },
   };
 }
