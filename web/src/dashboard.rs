@@ -10,7 +10,6 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
-use http_body_util::Full;
 use ring::digest;
 
 use crate::error::{ApiError, ApiResponse};
@@ -85,9 +84,10 @@ fn etags() -> &'static [HeaderValue] {
     })
 }
 
-/// Whether `path` belongs to the dashboard (so the router sends it here).
-pub(crate) fn owns(path: &str) -> bool {
-    path == "/" || path.starts_with("/assets/")
+/// Whether `path` is one of the dashboard's files besides the page itself (which the
+/// router's table serves as `/`).
+pub(crate) fn is_asset_path(path: &str) -> bool {
+    path.starts_with("/assets/")
 }
 
 /// Answers `GET`/`HEAD` for an embedded file; `404` for an unknown one.
@@ -111,7 +111,7 @@ pub(crate) fn serve(method: &Method, path: &str, headers: &HeaderMap) -> ApiResp
     } else {
         (StatusCode::OK, Bytes::from_static(asset.body))
     };
-    let mut response = Response::new(Full::new(body));
+    let mut response = Response::new(crate::json::full(body));
     *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(header::ETAG, etag.clone());
@@ -149,10 +149,10 @@ mod tests {
     #[test]
     fn paths_are_unique_and_owned() {
         for (i, a) in ASSETS.iter().enumerate() {
-            assert!(owns(a.path), "{}", a.path);
+            assert!(a.path == "/" || is_asset_path(a.path), "{}", a.path);
             assert!(ASSETS[i + 1..].iter().all(|b| b.path != a.path));
         }
-        assert!(!owns("/api/v1/devices") && !owns("/health"));
+        assert!(!is_asset_path("/api/v1/devices") && !is_asset_path("/"));
     }
 
     #[test]

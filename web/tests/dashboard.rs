@@ -135,7 +135,14 @@ async fn every_asset_is_served_without_a_key_with_its_type_and_etag() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, headers, _) = fetch(&app, Method::POST, "/", &[]).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers[header::ALLOW], "GET");
+    let (status, headers, _) = fetch(&app, Method::POST, "/assets/style.css", &[]).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(headers[header::ALLOW], "GET, HEAD");
+    let (status, headers, body) = fetch(&app, Method::HEAD, "/", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_empty());
+    assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
     // The API behind it still wants the key.
     let (status, _, _) = fetch(&app, Method::GET, "/api/v1/stats", &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
