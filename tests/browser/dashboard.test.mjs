@@ -35,18 +35,17 @@ async function hasEventStream(fm) {
   }
 }
 
-test('dashboard: sign in, device online, command completed, config applied', async (t) => {
+test('dashboard: sign in, device online live, command completed, config applied', async (t) => {
   const chromium = await requirements(t);
   if (!chromium) return;
   const fm = await startFleetmq('dashboard');
   t.after(() => fm.stop());
 
+  // Pages must not reload by polling during the test: only events can show the device
+  // online or the command completed. (The polling fallback: live.test.mjs.)
   const live = await hasEventStream(fm);
-  // With the event stream, pages must not reload by polling during the test: only
-  // events can show the device online or the command completed.
-  const pollMs = live ? 600000 : 1000;
-  t.diagnostic(live ? 'GET /api/v1/events exists: checking the live path (polling off)'
-    : 'GET /api/v1/events is missing (404): checking the polling fallback');
+  assert.ok(live, 'GET /api/v1/events answers 404');
+  const pollMs = 600000;
 
   const created = await fm.api('POST', '/devices', { id: DEVICE, labels: { site: 'lab' } });
   assert.equal(created.status, 201, JSON.stringify(created.body));
@@ -66,7 +65,7 @@ test('dashboard: sign in, device online, command completed, config applied', asy
   await page.fill('#signin input[name=api_key]', API_KEY);
   await page.click('#signin button[type=submit]');
   await page.waitForSelector('#presence[data-online="false"]');
-  if (live) await page.waitForSelector('#live[data-live="live"]');
+  await page.waitForSelector('#live[data-live="live"]');
   await screenshot(page, 'dashboard-02-device-offline');
 
   // The simulated device comes online (it refreshes the credentials it uses itself).
@@ -76,8 +75,8 @@ test('dashboard: sign in, device online, command completed, config applied', asy
     '--reply-latency-ms', '100', '--version', '2.3.4'], { stdio: ['ignore', simLog, simLog] });
   t.after(() => sim.kill('SIGINT'));
   await page.waitForSelector('#presence[data-online="true"]');
-  // Only the event stream knows when the device came online.
-  if (live) await page.waitForSelector('#presence-history li[data-type="device.online"]');
+  // Only the event stream tells when the device came online.
+  await page.waitForSelector('#presence-history li[data-type="device.online"]');
   await screenshot(page, 'dashboard-03-device-online');
 
   // A command, watched to its terminal state.
