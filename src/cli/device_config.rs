@@ -53,8 +53,7 @@ pub async fn run(admin: &Admin, json: bool, action: ConfigAction) -> Result<(), 
         );
         return Ok(());
     }
-    println!("version:          {}", cell(view.get("version")));
-    println!("reported_version: {}", cell(view.get("reported_version")));
+    output::print_fields(&view, &["version", "reported_version"]);
     let config = view.get("config").unwrap_or(&Value::Null);
     let pretty = serde_json::to_string_pretty(config).unwrap_or_else(|_| config.to_string());
     println!("config:\n{pretty}");

@@ -26,9 +26,17 @@ pub fn print_raw(reply: &Reply) {
     }
 }
 
+/// Width of the `key:` column, so that consecutive blocks line up.
+const KEY_COLUMN: usize = 17;
+
 /// `key: value` lines for the given fields of `object`, skipping absent and `null` ones.
 pub fn print_fields(object: &Value, fields: &[&str]) {
-    let width = fields.iter().map(|f| f.len()).max().unwrap_or(0) + 1;
+    let width = fields
+        .iter()
+        .map(|f| f.len() + 1)
+        .max()
+        .unwrap_or(0)
+        .max(KEY_COLUMN);
     let mut out = String::new();
     for field in fields {
         match object.get(field) {
