@@ -157,6 +157,7 @@ pub async fn run(admin: &Admin, json: bool, args: EventsArgs) -> Result<(), CliE
                 }
                 streamed = true;
                 delay = RETRY_FIRST;
+                eprintln!("note: following {}{path}", admin.base());
                 let why = follow(response.into_body(), &mut parser, json).await;
                 parser.reset();
                 eprintln!(
