@@ -109,11 +109,11 @@ struct ErrorDetail {
 impl Admin {
     /// Resolves URL and key from flags, environment and the `serve` config sources.
     pub async fn connect(args: &ConnArgs) -> Result<Admin, CliError> {
-        let needs_config = args.url.is_none() || args.api_key.is_none();
-        let config = if needs_config {
-            let path = args.config.clone();
+        // The config is read only for what the flags and environment left open.
+        let config = if args.url.is_none() || args.api_key.is_none() {
+            let path = args.config.as_deref();
             Some(
-                crate::config::load(path.as_deref(), std::env::vars(), Vec::new())
+                crate::config::load(path, std::env::vars(), Vec::new())
                     .map_err(CliError::Config)?,
             )
         } else {
@@ -122,7 +122,7 @@ impl Admin {
         let base = match (&args.url, &config) {
             (Some(url), _) => url.trim_end_matches('/').to_owned(),
             (None, Some(c)) => url_for_listen(c.admin.listen),
-            (None, None) => unreachable!("config is loaded when --url is absent"),
+            (None, None) => return Err(CliError::Usage("no admin API URL".into())),
         };
         let uri: Uri = base
             .parse()
@@ -138,7 +138,7 @@ impl Admin {
                 Some(key) => key.clone(),
                 None => read_key_file(&c.data_dir.join(fleetmq_web::ADMIN_KEY_FILE)).await?,
             },
-            (None, None) => unreachable!("config is loaded when --api-key is absent"),
+            (None, None) => return Err(CliError::Usage("no admin API key".into())),
         };
         let key = HeaderValue::from_str(&key).map_err(|_| {
             CliError::Usage("the API key contains characters a header cannot carry".into())

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::client::{enc, Admin, REQUEST_TIMEOUT};
 use super::error::CliError;
+use super::output::outln;
 use super::output::{self, cell, print_table};
 
 #[derive(Debug, Subcommand)]
@@ -28,7 +29,7 @@ pub async fn run(admin: &Admin, json: bool, action: Option<ClientsAction>) -> Re
             if json {
                 output::print_raw(&reply);
             } else {
-                println!("disconnected {client_id}");
+                outln!("disconnected {client_id}");
             }
             Ok(())
         }

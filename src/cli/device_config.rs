@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::client::{enc, Admin, REQUEST_TIMEOUT};
 use super::error::CliError;
+use super::output::outln;
 use super::output::{self, cell};
 
 #[derive(Debug, Subcommand)]
@@ -47,7 +48,7 @@ pub async fn run(admin: &Admin, json: bool, action: ConfigAction) -> Result<(), 
     }
     let view = reply.json()?;
     if set {
-        println!(
+        outln!(
             "stored config version {} for {device}; published retained on device/{device}/config",
             cell(view.get("version"))
         );
@@ -56,7 +57,7 @@ pub async fn run(admin: &Admin, json: bool, action: ConfigAction) -> Result<(), 
     output::print_fields(&view, &["version", "reported_version"]);
     let config = view.get("config").unwrap_or(&Value::Null);
     let pretty = serde_json::to_string_pretty(config).unwrap_or_else(|_| config.to_string());
-    println!("config:\n{pretty}");
+    outln!("config:\n{pretty}");
     Ok(())
 }
 

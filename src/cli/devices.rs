@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::client::{enc, Admin, REQUEST_TIMEOUT};
 use super::error::CliError;
+use super::output::outln;
 use super::output::{self, cell, print_fields, print_table};
 
 #[derive(Debug, Subcommand)]
@@ -208,7 +209,7 @@ pub async fn run(admin: &Admin, json: bool, action: DeviceAction) -> Result<(), 
             if json {
                 output::print_raw(&reply);
             } else {
-                println!("deleted device {id}");
+                outln!("deleted device {id}");
             }
         }
         DeviceAction::RotateCredentials { id } => {

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::client::{enc, Admin};
 use super::error::CliError;
 use super::output::cell;
+use super::output::outln;
 
 /// Without a byte (event or keepalive comment) for this long, the stream counts as dead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -201,11 +202,11 @@ fn print_event(event: &SseEvent, json: bool) {
         return;
     }
     if json {
-        println!("{}", event.data);
+        outln!("{}", event.data);
         return;
     }
     match serde_json::from_str::<Value>(&event.data) {
-        Ok(v) => println!(
+        Ok(v) => outln!(
             "{} {} {} {}",
             cell(v.get("at")),
             v.get("type")
@@ -214,7 +215,7 @@ fn print_event(event: &SseEvent, json: bool) {
             cell(v.get("device_id")),
             cell(v.get("data"))
         ),
-        Err(_) => println!("{} {}", event.event, event.data),
+        Err(_) => outln!("{} {}", event.event, event.data),
     }
 }
 

@@ -2,11 +2,33 @@
 //! `key: value` lines for people.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 
 use serde_json::Value;
 
 use super::client::Reply;
 use super::error::CliError;
+
+/// Writes `text` to stdout. A closed stdout (`fleetmq events | head`) ends the process
+/// quietly with exit 0, as other command-line tools do, instead of a panic.
+pub fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        std::process::exit(0);
+    }
+}
+
+/// `println!` through [`emit`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::emit(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;
 
 /// A JSON value as one cell or value: strings bare, `null` as `-`, the rest compact JSON.
 pub fn cell(value: Option<&Value>) -> String {
@@ -22,7 +44,7 @@ pub fn print_raw(reply: &Reply) {
     let text = String::from_utf8_lossy(&reply.body);
     let text = text.trim_end();
     if !text.is_empty() {
-        println!("{text}");
+        outln!("{text}");
     }
 }
 
@@ -46,7 +68,7 @@ pub fn print_fields(object: &Value, fields: &[&str]) {
             }
         }
     }
-    print!("{out}");
+    emit(&out);
 }
 
 /// A table with a header row; columns are as wide as their widest cell.
@@ -61,7 +83,7 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     for row in rows {
         out.push_str(&render_row(&widths, row.iter().map(String::as_str)));
     }
-    print!("{out}");
+    emit(&out);
 }
 
 fn render_row<'a>(widths: &[usize], cells: impl Iterator<Item = &'a str>) -> String {
