@@ -18,7 +18,14 @@ use toml::Value;
 
 /// An MQTT broker for fleets of edge devices, with the device logic built in.
 #[derive(Debug, Parser)]
-#[command(name = "fleetmq", version, about)]
+#[command(
+    name = "fleetmq",
+    version,
+    about,
+    after_help = "Exit codes of the admin commands: 0 done, 1 the API refused the request, \
+                  2 usage, 3 cannot reach the API or the key was refused, \
+                  4 `command send --wait` did not complete."
+)]
 struct Cli {
     /// Log format (the level comes from RUST_LOG, default `info,rumqttd=off`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "FLEETMQ_LOG_FORMAT")]
