@@ -1,6 +1,9 @@
 //! `fleetmq`: parse flags, load config, wire the crates together, run until a signal,
-//! drain, flush, exit. All logic lives in the workspace crates.
+//! drain, flush, exit. All logic lives in the workspace crates; the admin commands
+//! (`device`, `command`, `config`, `clients`, `events`) are a client of the admin API in
+//! `cli/`.
 
+mod cli;
 mod config;
 
 use std::path::PathBuf;
@@ -15,7 +18,14 @@ use toml::Value;
 
 /// An MQTT broker for fleets of edge devices, with the device logic built in.
 #[derive(Debug, Parser)]
-#[command(name = "fleetmq", version, about)]
+#[command(
+    name = "fleetmq",
+    version,
+    about,
+    after_help = "Exit codes of the admin commands: 0 done, 1 the API refused the request, \
+                  2 usage, 3 cannot reach the API or the key was refused, \
+                  4 `command send --wait` did not complete."
+)]
 struct Cli {
     /// Log format (the level comes from RUST_LOG, default `info,rumqttd=off`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "FLEETMQ_LOG_FORMAT")]
@@ -34,6 +44,8 @@ enum LogFormat {
 enum Command {
     /// Run the broker (MQTT on TCP/WebSocket/TLS and the admin HTTP API).
     Serve(ServeArgs),
+    #[command(flatten)]
+    Admin(cli::AdminCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,6 +115,10 @@ fn init_tracing(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Admin(command) => return cli::run(command),
+    };
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -114,10 +130,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
-    };
-    match result {
+    match runtime.block_on(serve(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -197,5 +210,16 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks (argument ids, globals, defaults) for every subcommand.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

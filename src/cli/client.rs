@@ -1,0 +1,354 @@
+//! The admin API as the CLI sees it: where it is and which key to present
+//! ([`ConnArgs`] → [`Admin`]), and one request/answer exchange ([`Admin::call`]).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Deserialize;
+
+use super::error::CliError;
+
+/// How long a TCP connect to the admin API may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an ordinary request may take on top of any wait it asks the server for.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes left as they are in a path segment or query value (RFC 3986 unreserved).
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes one path segment or query value.
+pub fn enc(text: &str) -> String {
+    utf8_percent_encode(text, COMPONENT).to_string()
+}
+
+/// Where the admin API is and how to authenticate; shared by every admin command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnArgs {
+    /// Admin API base URL [default: http:// + `admin.listen` from the config, 0.0.0.0 as 127.0.0.1]
+    #[arg(long, global = true, env = "FLEETMQ_ADMIN_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// Admin API key [default: `admin.api_key` from the config, else <data_dir>/admin.key]
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETMQ_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+    /// Print the API's JSON answers as they are, one document per line
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The config file `serve` uses; read only to find the admin address and data directory
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// The admin address `serve` would listen on, as a URL a client can use: an unspecified
+/// address (`0.0.0.0`, `::`) becomes loopback.
+fn url_for_listen(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, listen.port()))
+}
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A connection to the admin API: base URL, key and a pooled HTTP client.
+pub struct Admin {
+    /// Scheme, authority and any path prefix, without a trailing `/`.
+    base: String,
+    key: HeaderValue,
+    client: HttpClient,
+}
+
+/// A 2xx answer.
+pub struct Reply {
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON (`null` for an empty body).
+    pub fn json(&self) -> Result<serde_json::Value, CliError> {
+        if self.body.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_slice(&self.body)
+            .map_err(|e| CliError::Protocol(format!("answer is not JSON: {e}")))
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+impl Admin {
+    /// Resolves URL and key from flags, environment and the `serve` config sources.
+    pub async fn connect(args: &ConnArgs) -> Result<Admin, CliError> {
+        // The config is read only for what the flags and environment left open.
+        let config = if args.url.is_none() || args.api_key.is_none() {
+            let path = args.config.as_deref();
+            Some(
+                crate::config::load(path, std::env::vars(), Vec::new())
+                    .map_err(CliError::Config)?,
+            )
+        } else {
+            None
+        };
+        let base = match (&args.url, &config) {
+            (Some(url), _) => url.trim_end_matches('/').to_owned(),
+            (None, Some(c)) => url_for_listen(c.admin.listen),
+            (None, None) => return Err(CliError::Usage("no admin API URL".into())),
+        };
+        let uri: Uri = base
+            .parse()
+            .map_err(|e| CliError::Usage(format!("--url {base:?}: {e}")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+            return Err(CliError::Usage(format!(
+                "--url {base:?}: expected http://HOST:PORT or https://HOST:PORT"
+            )));
+        }
+        let key = match (&args.api_key, &config) {
+            (Some(key), _) => key.trim().to_owned(),
+            (None, Some(c)) => match &c.admin.api_key {
+                Some(key) => key.clone(),
+                None => read_key_file(&c.data_dir.join(fleetmq_web::ADMIN_KEY_FILE)).await?,
+            },
+            (None, None) => return Err(CliError::Usage("no admin API key".into())),
+        };
+        let key = HeaderValue::from_str(&key).map_err(|_| {
+            CliError::Usage("the API key contains characters a header cannot carry".into())
+        })?;
+        Ok(Admin {
+            base,
+            key,
+            client: http_client()?,
+        })
+    }
+
+    /// The base URL, for messages.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends one request (`path` starts with `/`, query included) and reads the whole
+    /// answer within `timeout`. Non-2xx answers become [`CliError`]s.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<Reply, CliError> {
+        let exchange = async {
+            let response = self.send(method, path, body, headers).await?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.connect_error(&e))?
+                .to_bytes();
+            Ok::<_, CliError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| CliError::Connect {
+                url: self.base.clone(),
+                reason: format!("no answer within {} s", timeout.as_secs()),
+            })??;
+        if status.is_success() {
+            return Ok(Reply { body });
+        }
+        Err(api_error(status, &body))
+    }
+
+    /// Sends a request and returns the answer with its body unread (for streams).
+    /// Non-2xx answers become [`CliError`]s.
+    pub async fn open(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<http::Response<Incoming>, CliError> {
+        let response =
+            tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, path, None, headers))
+                .await
+                .map_err(|_| CliError::Connect {
+                    url: self.base.clone(),
+                    reason: format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+                })??;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body = tokio::time::timeout(REQUEST_TIMEOUT, response.into_body().collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Err(api_error(status, &body))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+    ) -> Result<http::Response<Incoming>, CliError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("x-api-key", self.key.clone());
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| CliError::Usage(format!("cannot build the request for {path}: {e}")))?;
+        self.client
+            .request(request)
+            .await
+            .map_err(|e| self.connect_error(&e))
+    }
+
+    fn connect_error(&self, err: &(dyn std::error::Error + 'static)) -> CliError {
+        // The innermost cause ("Connection refused") is the useful part.
+        let mut reason = err.to_string();
+        let mut source = err.source();
+        while let Some(cause) = source {
+            reason = cause.to_string();
+            source = cause.source();
+        }
+        CliError::Connect {
+            url: self.base.clone(),
+            reason,
+        }
+    }
+}
+
+/// A non-2xx answer as an error, with the API's own code and message when it sent them.
+fn api_error(status: StatusCode, body: &[u8]) -> CliError {
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => (b.error.code, b.error.message),
+        Err(_) => (
+            status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_ascii_lowercase()
+                .replace(' ', "_"),
+            String::from_utf8_lossy(body).trim().to_owned(),
+        ),
+    };
+    let message = if message.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_owned()
+    } else {
+        message
+    };
+    if status == StatusCode::UNAUTHORIZED {
+        CliError::Unauthorized { message }
+    } else {
+        CliError::Api {
+            status: status.as_u16(),
+            code,
+            message,
+        }
+    }
+}
+
+async fn read_key_file(path: &Path) -> Result<String, CliError> {
+    let no_key = |reason: String| CliError::NoKey {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| no_key(e.to_string()))?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(no_key("the file is empty".into()));
+    }
+    Ok(key.to_owned())
+}
+
+fn http_client() -> Result<HttpClient, CliError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| CliError::Usage(format!("cannot set up TLS: {e}")))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_listen_addresses_become_loopback() {
+        assert_eq!(
+            url_for_listen("0.0.0.0:8080".parse().unwrap()),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(url_for_listen("[::]:9".parse().unwrap()), "http://[::1]:9");
+        assert_eq!(
+            url_for_listen("10.0.0.5:8080".parse().unwrap()),
+            "http://10.0.0.5:8080"
+        );
+    }
+
+    #[test]
+    fn error_bodies_keep_the_apis_code_and_message() {
+        let body = br#"{"error":{"code":"not_found","message":"device \"x\" not found"}}"#;
+        let err = api_error(StatusCode::NOT_FOUND, body);
+        assert_eq!(err.to_string(), r#"device "x" not found (404 not_found)"#);
+        assert_eq!(err.exit_code(), 1);
+        let err = api_error(StatusCode::UNAUTHORIZED, b"");
+        assert_eq!(err.exit_code(), 3);
+        let err = api_error(StatusCode::BAD_GATEWAY, b"upstream down");
+        assert_eq!(err.to_string(), "upstream down (502 bad_gateway)");
+    }
+
+    #[test]
+    fn components_are_escaped() {
+        assert_eq!(enc("sensor-1.a_b~"), "sensor-1.a_b~");
+        assert_eq!(enc("a/b c:d"), "a%2Fb%20c%3Ad");
+    }
+}

@@ -1,0 +1,306 @@
+//! `fleetmq device ...`: provision, list, show, delete, rotate credentials and keys.
+
+use std::collections::BTreeMap;
+
+use clap::Subcommand;
+use http::Method;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::client::{enc, Admin, REQUEST_TIMEOUT};
+use super::error::CliError;
+use super::output::outln;
+use super::output::{self, cell, print_fields, print_table};
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceAction {
+    /// Provision a device; prints its MQTT password (and key) once
+    Add {
+        /// Device id: [A-Za-z0-9][A-Za-z0-9_.:-]{0,127}
+        id: String,
+        /// A label, `key=value`; repeat for more
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Encrypt this device's payloads (SPEC §4) even when encryption is off globally
+        #[arg(long)]
+        encrypted: bool,
+        /// How its payloads are read and written [server default: json]
+        #[arg(long, value_name = "NAME")]
+        plugin: Option<String>,
+    },
+    /// List devices with their presence
+    List {
+        /// Only devices that are (true) or are not (false) connected
+        #[arg(long, value_name = "true|false")]
+        online: Option<bool>,
+        /// Only devices with this label, `key:value`; repeat to require several
+        #[arg(long = "label", value_name = "KEY:VALUE")]
+        labels: Vec<String>,
+        /// Devices per page (API default 100, at most 1000)
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Continue after this device id (the `next_cursor` of the previous page)
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one device
+    Show { id: String },
+    /// Delete a device; it is disconnected and its credentials stop working at once
+    Rm { id: String },
+    /// Issue a new MQTT password; the old one stops working and a live connection is closed
+    RotateCredentials { id: String },
+    /// Create a new encryption key generation; the previous one stays valid for the grace period
+    RotateKey { id: String },
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
+    }
+}
+
+#[derive(Serialize)]
+struct NewDevice<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugin: Option<&'a str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<&'a str, &'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    encrypted: bool,
+}
+
+/// The fields `device show` prints, in order.
+const DEVICE_FIELDS: &[&str] = &[
+    "id",
+    "plugin",
+    "online",
+    "encrypted",
+    "key_generation",
+    "labels",
+    "created_at",
+    "connected_at",
+    "last_seen",
+    "ip",
+    "protocol",
+    "transport",
+    "reported_status",
+];
+
+pub async fn run(admin: &Admin, json: bool, action: DeviceAction) -> Result<(), CliError> {
+    match action {
+        DeviceAction::Add {
+            id,
+            labels,
+            encrypted,
+            plugin,
+        } => {
+            let body = NewDevice {
+                id: &id,
+                plugin: plugin.as_deref(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+                encrypted,
+            };
+            let body = serde_json::to_vec(&body).map_err(|e| CliError::Usage(e.to_string()))?;
+            let reply = admin
+                .call(
+                    Method::POST,
+                    "/api/v1/devices",
+                    Some(body),
+                    &[],
+                    REQUEST_TIMEOUT,
+                )
+                .await?;
+            let answer = reply.json()?;
+            if json {
+                output::print_raw(&reply);
+            } else {
+                print_device(answer.get("device").unwrap_or(&Value::Null));
+                print_secrets(&answer);
+            }
+            secret_notes(&answer);
+        }
+        DeviceAction::List {
+            online,
+            labels,
+            limit,
+            cursor,
+        } => {
+            let mut query = Vec::new();
+            if let Some(online) = online {
+                query.push(format!("online={online}"));
+            }
+            for label in &labels {
+                query.push(format!("label={}", enc(label)));
+            }
+            if let Some(limit) = limit {
+                query.push(format!("limit={limit}"));
+            }
+            if let Some(cursor) = &cursor {
+                query.push(format!("cursor={}", enc(cursor)));
+            }
+            let path = if query.is_empty() {
+                "/api/v1/devices".to_owned()
+            } else {
+                format!("/api/v1/devices?{}", query.join("&"))
+            };
+            let reply = admin
+                .call(Method::GET, &path, None, &[], REQUEST_TIMEOUT)
+                .await?;
+            if json {
+                output::print_raw(&reply);
+                return Ok(());
+            }
+            let page = reply.json()?;
+            let rows: Vec<Vec<String>> = output::items(&page)?
+                .iter()
+                .map(|d| {
+                    vec![
+                        cell(d.get("id")),
+                        if d.get("online") == Some(&Value::Bool(true)) {
+                            "online".to_owned()
+                        } else {
+                            "offline".to_owned()
+                        },
+                        cell(d.get("plugin")),
+                        cell(d.get("encrypted")),
+                        output::labels(d.get("labels")),
+                        cell(d.get("last_seen")),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "ID",
+                    "PRESENCE",
+                    "PLUGIN",
+                    "ENCRYPTED",
+                    "LABELS",
+                    "LAST SEEN",
+                ],
+                &rows,
+            );
+            output::next_page_hint(&page);
+        }
+        DeviceAction::Show { id } => {
+            let reply = admin
+                .call(Method::GET, &device_path(&id), None, &[], REQUEST_TIMEOUT)
+                .await?;
+            if json {
+                output::print_raw(&reply);
+            } else {
+                print_device(&reply.json()?);
+            }
+        }
+        DeviceAction::Rm { id } => {
+            let reply = admin
+                .call(
+                    Method::DELETE,
+                    &device_path(&id),
+                    None,
+                    &[],
+                    REQUEST_TIMEOUT,
+                )
+                .await?;
+            if json {
+                output::print_raw(&reply);
+            } else {
+                outln!("deleted device {id}");
+            }
+        }
+        DeviceAction::RotateCredentials { id } => {
+            let path = format!("{}/rotate-credentials", device_path(&id));
+            rotate(admin, json, &path).await?;
+        }
+        DeviceAction::RotateKey { id } => {
+            let path = format!("{}/rotate-key", device_path(&id));
+            rotate(admin, json, &path).await?;
+        }
+    }
+    Ok(())
+}
+
+fn device_path(id: &str) -> String {
+    format!("/api/v1/devices/{}", enc(id))
+}
+
+async fn rotate(admin: &Admin, json: bool, path: &str) -> Result<(), CliError> {
+    let reply = admin
+        .call(Method::POST, path, None, &[], REQUEST_TIMEOUT)
+        .await?;
+    let answer = reply.json()?;
+    if json {
+        output::print_raw(&reply);
+    } else {
+        print_secrets(&answer);
+    }
+    secret_notes(&answer);
+    Ok(())
+}
+
+fn print_device(device: &Value) {
+    // Labels read better as k=v than as a JSON object.
+    let mut shown = device.clone();
+    if let Some(obj) = shown.as_object_mut() {
+        obj.insert(
+            "labels".into(),
+            Value::String(output::labels(device.get("labels"))),
+        );
+    }
+    print_fields(&shown, DEVICE_FIELDS);
+}
+
+/// Credentials and key of a provisioning or rotation answer, as `key: value` lines.
+fn print_secrets(answer: &Value) {
+    let null = Value::Null;
+    if let Some(creds) = answer.get("credentials") {
+        print_fields(
+            &serde_json::json!({
+                "username": creds.get("username").unwrap_or(&null),
+                "password": creds.get("password").unwrap_or(&null),
+            }),
+            &["username", "password"],
+        );
+    }
+    if let Some(key) = answer.get("key") {
+        print_fields(
+            &serde_json::json!({
+                "key_generation": key.get("generation").unwrap_or(&null),
+                "key_base64": key.get("base64").unwrap_or(&null),
+            }),
+            &["key_generation", "key_base64"],
+        );
+    }
+}
+
+fn secret_notes(answer: &Value) {
+    if answer.get("credentials").is_some() {
+        output::secret_note(
+            "the password is shown only this once (the broker keeps only its hash); give it to the device now",
+        );
+    }
+    if answer.get("key").is_some() {
+        output::secret_note(
+            "the encryption key is shown only this once; the device needs it to seal and open its payloads",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse() {
+        assert_eq!(
+            parse_label("site=lab=1").unwrap(),
+            ("site".into(), "lab=1".into())
+        );
+        assert!(parse_label("site").is_err());
+        assert!(parse_label("=x").is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! The admin commands of the `fleetmq` binary: a client of the admin HTTP API.
+//!
+//! Modules:
+//! - `client`: where the API is and which key to use ([`ConnArgs`]), one HTTP exchange.
+//! - `error`: `CliError` and the exit codes (0 ok, 1 API error, 2 usage, 3 cannot
+//!   connect / unauthorized, 4 `command send --wait` did not complete).
+//! - `output`: `--json` (the API's JSON as it came) or tables and `key: value` lines.
+//! - `devices`, `commands`, `device_config`, `clients`, `events`: one per command group.
+
+mod client;
+mod clients;
+mod commands;
+mod device_config;
+mod devices;
+mod error;
+mod events;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use client::Admin;
+pub use client::ConnArgs;
+use error::{exit, CliError};
+
+/// The admin commands, flattened into `fleetmq`'s own subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Provision and manage devices (admin API client)
+    Device {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        action: devices::DeviceAction,
+    },
+    /// Send, show, list and cancel device commands (admin API client)
+    Command {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        action: commands::CommandAction,
+    },
+    /// Set or show a device's configuration (admin API client)
+    Config {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        action: device_config::ConfigAction,
+    },
+    /// List connected MQTT clients, or kick one (admin API client)
+    Clients {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        action: Option<clients::ClientsAction>,
+    },
+    /// Follow the live event stream, one line per event (admin API client)
+    Events {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        args: events::EventsArgs,
+    },
+}
+
+/// Runs an admin command on a runtime of its own; returns the process exit code.
+pub fn run(command: AdminCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::API);
+        }
+    };
+    match runtime.block_on(dispatch(command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => err.report(),
+    }
+}
+
+async fn dispatch(command: AdminCommand) -> Result<u8, CliError> {
+    match command {
+        AdminCommand::Device { conn, action } => {
+            let admin = Admin::connect(&conn).await?;
+            devices::run(&admin, conn.json, action).await?;
+        }
+        AdminCommand::Command { conn, action } => {
+            let admin = Admin::connect(&conn).await?;
+            return commands::run(&admin, conn.json, action).await;
+        }
+        AdminCommand::Config { conn, action } => {
+            let admin = Admin::connect(&conn).await?;
+            device_config::run(&admin, conn.json, action).await?;
+        }
+        AdminCommand::Clients { conn, action } => {
+            let admin = Admin::connect(&conn).await?;
+            clients::run(&admin, conn.json, action).await?;
+        }
+        AdminCommand::Events { conn, args } => {
+            let admin = Admin::connect(&conn).await?;
+            events::run(&admin, conn.json, args).await?;
+        }
+    }
+    Ok(exit::OK)
+}
