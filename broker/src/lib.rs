@@ -26,7 +26,7 @@ pub use config::{
 };
 pub use handle::{BrokerHandle, ClientInfo, ClientKind, PublishError, PublishRequest, Transport};
 pub use link::Listeners;
-pub use stats::{ConnectionStats, DropStats, MessageStats, StatsSnapshot};
+pub use stats::{ConnectionStats, DropStats, MessageStats, PacketStats, StatsSnapshot};
 
 use fleetmq_storage::Store;
 use tokio_util::sync::CancellationToken;

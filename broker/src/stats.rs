@@ -1,6 +1,7 @@
 //! Broker counters. Every drop is counted by cause; counters are relaxed atomics because
 //! they are read only for reporting.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
@@ -27,6 +28,26 @@ pub enum DropCause {
     QueueFull,
 }
 
+/// MQTT control packet names by their fixed-header type (1..=15); 0 is reserved.
+const PACKET_TYPES: [&str; 16] = [
+    "reserved",
+    "connect",
+    "connack",
+    "publish",
+    "puback",
+    "pubrec",
+    "pubrel",
+    "pubcomp",
+    "subscribe",
+    "suback",
+    "unsubscribe",
+    "unsuback",
+    "pingreq",
+    "pingresp",
+    "disconnect",
+    "auth",
+];
+
 #[derive(Default)]
 pub(crate) struct Stats {
     started: Option<Instant>,
@@ -49,6 +70,10 @@ pub(crate) struct Stats {
     malformed: AtomicU64,
     too_large: AtomicU64,
     queue_full: AtomicU64,
+    /// Well-formed packets read from clients, by fixed-header type.
+    packets_in: [AtomicU64; 16],
+    /// Packets written to clients, by fixed-header type.
+    packets_out: [AtomicU64; 16],
 }
 
 impl Stats {
@@ -75,6 +100,16 @@ impl Stats {
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    /// A packet of fixed-header type `packet_type` (the first byte's high nibble) read.
+    pub(crate) fn packet_in(&self, packet_type: u8) {
+        self.packets_in[usize::from(packet_type & 0x0f)].fetch_add(1, Relaxed);
+    }
+
+    /// A packet of fixed-header type `packet_type` written.
+    pub(crate) fn packet_out(&self, packet_type: u8) {
+        self.packets_out[usize::from(packet_type & 0x0f)].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
@@ -111,8 +146,22 @@ impl Stats {
                 too_large: get(&self.too_large),
                 queue_full: get(&self.queue_full),
             },
+            packets: PacketStats {
+                received: by_type(&self.packets_in),
+                sent: by_type(&self.packets_out),
+            },
         }
     }
+}
+
+/// Counts by packet name, leaving out types never seen.
+fn by_type(counters: &[AtomicU64; 16]) -> BTreeMap<&'static str, u64> {
+    PACKET_TYPES
+        .iter()
+        .zip(counters)
+        .map(|(&name, n)| (name, n.load(Relaxed)))
+        .filter(|&(_, n)| n > 0)
+        .collect()
 }
 
 /// A point-in-time copy of the broker's counters, as `GET /api/v1/stats` shows them.
@@ -122,6 +171,15 @@ pub struct StatsSnapshot {
     pub connections: ConnectionStats,
     pub messages: MessageStats,
     pub drops: DropStats,
+    pub packets: PacketStats,
+}
+
+/// MQTT packets by type (`connect`, `publish`, `pingreq`, ...); types never seen are
+/// absent.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PacketStats {
+    pub received: BTreeMap<&'static str, u64>,
+    pub sent: BTreeMap<&'static str, u64>,
 }
 
 /// Connected clients by kind, and connection attempts.

@@ -275,7 +275,7 @@ pub fn write<R>(
         let mut writer = CommandWriter::open(&txn)?;
         f(&mut writer)?
     };
-    txn.commit()?;
+    crate::metrics::commit(txn)?;
     Ok(out)
 }
 

@@ -13,6 +13,7 @@
 //!   with the [`Store`] methods that read and write it.
 //! - [`commands`]: durable commands (SPEC §5), their state machine and indexes.
 //! - [`store`]: opening the database and running calls off the async threads.
+//! - [`metrics`]: latency histograms and the redb commit latency every write records.
 //! - [`error`]: [`StoreError`] and [`OpenError`].
 //!
 //! Every write is one redb write transaction committed durably; every read of
@@ -27,6 +28,7 @@ mod devices;
 pub mod error;
 pub mod ids;
 mod meta;
+pub mod metrics;
 pub mod model;
 pub mod outbox;
 mod retained;

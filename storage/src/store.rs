@@ -123,7 +123,7 @@ impl Store {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let out = f(&txn)?;
-        txn.commit()?;
+        crate::metrics::commit(txn)?;
         Ok(out)
     }
 

@@ -361,7 +361,7 @@ pub fn insert_batch(db: &Database, points: &[NewPoint]) -> Result<u64, StoreErro
     }
     let txn = begin_write(db)?;
     let stored = write_points(&txn, points)?;
-    txn.commit()?;
+    crate::metrics::commit(txn)?;
     Ok(stored)
 }
 
@@ -518,7 +518,7 @@ pub fn delete_device(db: &Database, device: &DeviceId) -> Result<u64, StoreError
             })?;
         txn.open_table(LATEST)?.remove(dev)?;
     }
-    txn.commit()?;
+    crate::metrics::commit(txn)?;
     Ok(removed)
 }
 

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -13,6 +14,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// A configured API key shorter than this is refused: it guards every device secret.
 pub const MIN_API_KEY_LEN: usize = 16;
+/// How often an idle `GET /api/v1/events` stream sends a `: keepalive` comment.
+pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// `[admin]` as written in TOML / env / flags. Unknown keys are an error.
 #[derive(Clone, Default, Deserialize)]
@@ -32,6 +35,9 @@ pub struct AdminConfig {
     pub api_key: Option<String>,
     /// Request bodies larger than this are answered with `413`.
     pub max_body_bytes: usize,
+    /// How often an event stream sends a keepalive comment (not a config key: tests
+    /// shorten it).
+    pub sse_keepalive: Duration,
 }
 
 /// A value in `[admin]` is not acceptable.
@@ -67,6 +73,7 @@ impl RawAdminConfig {
             listen,
             api_key: self.api_key,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            sse_keepalive: DEFAULT_SSE_KEEPALIVE,
         })
     }
 }
@@ -102,6 +109,7 @@ impl fmt::Debug for AdminConfig {
             .field("listen", &self.listen)
             .field("api_key", &format_args!("{}", redacted(&self.api_key)))
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("sse_keepalive", &self.sse_keepalive)
             .finish()
     }
 }

@@ -10,6 +10,11 @@ use serde::Serialize;
 
 use crate::error::{ApiError, ApiResponse};
 
+/// A body that is all there in one piece.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> crate::error::ApiBody {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
 /// Builds a JSON response. Our own response types always serialize; should one ever
 /// not, the client gets a 500 instead of a broken body.
 pub(crate) fn response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> ApiResponse {
@@ -21,7 +26,7 @@ pub(crate) fn response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> 
             (StatusCode::INTERNAL_SERVER_ERROR, fallback.to_vec())
         }
     };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -32,7 +37,7 @@ pub(crate) fn response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> 
 
 /// `204 No Content`.
 pub(crate) fn no_content() -> ApiResponse {
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(full(Bytes::new()));
     *response.status_mut() = StatusCode::NO_CONTENT;
     response
 }

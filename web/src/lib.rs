@@ -2,9 +2,13 @@
 //!
 //! Modules:
 //! - `server`: [`serve`], the accept loop and graceful drain, and [`AppState`].
-//! - `router`: path and method to handler; the API key is checked first.
-//! - `routes`: one module per resource (`devices`, `service_clients`, `clients`,
-//!   `publish`, `stats`).
+//! - `router`: `ROUTES`, the one table of path patterns and methods, and
+//!   dispatch from it; the API key is checked first for `/api/v1/*`.
+//! - `routes`: one module per resource (`devices`, `commands`, `config`, `telemetry`,
+//!   `webhooks`, `service_clients`, `clients`, `publish`, `stats`), plus `events`
+//!   (`GET /api/v1/events`, server-sent events with resume), `metrics` (`GET /metrics`)
+//!   and `openapi` (`GET /api/v1/openapi.json`, the hand-kept `openapi.json`).
+//! - `prometheus`: the Prometheus text exposition format.
 //! - `auth`: [`ensure_admin_key`] and [`AdminKey`], which checks presented keys
 //!   without a slow hash per request.
 //! - `config`: the `[admin]` section, [`RawAdminConfig`] → [`AdminConfig`].
@@ -21,6 +25,7 @@ mod auth;
 mod config;
 mod error;
 mod json;
+mod prometheus;
 mod query;
 mod router;
 mod routes;
@@ -32,7 +37,7 @@ pub use auth::{
 };
 pub use config::{
     AdminConfig, ConfigError, RawAdminConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
-    MIN_API_KEY_LEN,
+    DEFAULT_SSE_KEEPALIVE, MIN_API_KEY_LEN,
 };
 pub use error::WebError;
 pub use server::{serve, AppState, DRAIN_DEADLINE};

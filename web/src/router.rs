@@ -1,6 +1,10 @@
 //! Dispatch: path and method to handler, with the API key checked before any
 //! `/api/v1/*` route is looked at (so an unauthenticated client learns nothing about
 //! which routes exist).
+//!
+//! [`ROUTES`] is the one list of what the server answers: dispatch looks a path up in
+//! it (no table entry, no route), and the OpenAPI completeness test compares it with
+//! the published document, so a route nobody documented fails the build's tests.
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Body;
@@ -9,9 +13,70 @@ use serde_json::json;
 use crate::error::{ApiError, ApiResponse};
 use crate::query::path_segments;
 use crate::routes::{
-    clients, commands, config, devices, publish, service_clients, stats, telemetry, webhooks,
+    clients, commands, config, devices, events, metrics, openapi, publish, service_clients, stats,
+    telemetry, webhooks,
 };
 use crate::AppState;
+
+/// One path pattern and the methods it answers. `{name}` matches any one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Route {
+    pub(crate) path: &'static str,
+    /// The methods, as the `Allow` header of a `405` lists them.
+    pub(crate) allow: &'static str,
+}
+
+impl Route {
+    /// The methods this route answers.
+    #[cfg(test)]
+    pub(crate) fn methods(&self) -> impl Iterator<Item = &'static str> {
+        self.allow.split(", ")
+    }
+
+    /// The `{name}` segments' values if `segments` matches this pattern.
+    fn capture<'a>(&self, segments: &[&'a str]) -> Option<Vec<&'a str>> {
+        let pattern = self.path.strip_prefix('/').unwrap_or(self.path).split('/');
+        let mut params = Vec::new();
+        let mut segments = segments.iter();
+        for part in pattern {
+            let segment = segments.next()?;
+            if part.starts_with('{') && part.ends_with('}') {
+                params.push(*segment);
+            } else if part != *segment {
+                return None;
+            }
+        }
+        segments.next().is_none().then_some(params)
+    }
+}
+
+const fn route(path: &'static str, allow: &'static str) -> Route {
+    Route { path, allow }
+}
+
+/// Every route the admin API serves.
+pub(crate) const ROUTES: &[Route] = &[
+    route("/health", "GET"),
+    route("/metrics", "GET"),
+    route("/api/v1/openapi.json", "GET"),
+    route("/api/v1/devices", "GET, POST"),
+    route("/api/v1/devices/{id}", "GET, PATCH, DELETE"),
+    route("/api/v1/devices/{id}/rotate-credentials", "POST"),
+    route("/api/v1/devices/{id}/rotate-key", "POST"),
+    route("/api/v1/devices/{id}/config", "GET, PUT"),
+    route("/api/v1/devices/{id}/commands", "GET, POST"),
+    route("/api/v1/commands/{command_id}", "GET, DELETE"),
+    route("/api/v1/devices/{id}/telemetry", "GET"),
+    route("/api/v1/devices/{id}/telemetry/latest", "GET"),
+    route("/api/v1/webhooks/deliveries", "GET"),
+    route("/api/v1/service-clients", "GET, POST"),
+    route("/api/v1/service-clients/{name}", "DELETE"),
+    route("/api/v1/clients", "GET"),
+    route("/api/v1/clients/{client_id}", "DELETE"),
+    route("/api/v1/publish", "POST"),
+    route("/api/v1/stats", "GET"),
+    route("/api/v1/events", "GET"),
+];
 
 /// Answers one request; every failure becomes a JSON error here.
 pub(crate) async fn handle<B>(state: &AppState, req: Request<B>) -> ApiResponse
@@ -36,84 +101,96 @@ where
 {
     let segments = path_segments(req.uri().path())?;
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    match segments.as_slice() {
-        ["health"] => match *req.method() {
-            Method::GET => Ok(crate::json::response(
-                StatusCode::OK,
-                &json!({"status": "ok"}),
-            )),
-            _ => not_allowed("GET"),
-        },
-        ["api", "v1", rest @ ..] => {
-            state.key.authorize(req.headers()).await?;
-            api(state, req, rest).await
-        }
-        _ => Err(no_route()),
+    if let ["api", "v1", ..] = segments.as_slice() {
+        state.key.authorize(req.headers()).await?;
     }
-}
-
-/// Every `/api/v1/*` route; `path` is what follows `/api/v1/`.
-async fn api<B>(state: &AppState, req: Request<B>, path: &[&str]) -> Result<ApiResponse, ApiError>
-where
-    B: Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+    let (route, params) = ROUTES
+        .iter()
+        .find_map(|r| r.capture(&segments).map(|params| (r, params)))
+        .ok_or_else(|| ApiError::NotFound("no such route".to_owned()))?;
+    let p = |i: usize| params.get(i).copied().unwrap_or_default();
     let method = req.method().clone();
-    match (path, method) {
-        (["devices"], Method::GET) => devices::list(state, req.uri().query()).await,
-        (["devices"], Method::POST) => devices::create(state, req).await,
-        (["devices"], _) => not_allowed("GET, POST"),
-        (["devices", id], Method::GET) => devices::get(state, id).await,
-        (["devices", id], Method::PATCH) => devices::patch(state, id, req).await,
-        (["devices", id], Method::DELETE) => devices::delete(state, id).await,
-        (["devices", _], _) => not_allowed("GET, PATCH, DELETE"),
-        (["devices", id, "rotate-credentials"], Method::POST) => {
-            devices::rotate_credentials(state, id).await
+    let query = req.uri().query();
+    match (route.path, method) {
+        ("/health", Method::GET) => Ok(crate::json::response(
+            StatusCode::OK,
+            &json!({"status": "ok"}),
+        )),
+        ("/metrics", Method::GET) => metrics::get(state).await,
+        ("/api/v1/openapi.json", Method::GET) => Ok(openapi::get()),
+        ("/api/v1/devices", Method::GET) => devices::list(state, query).await,
+        ("/api/v1/devices", Method::POST) => devices::create(state, req).await,
+        ("/api/v1/devices/{id}", Method::GET) => devices::get(state, p(0)).await,
+        ("/api/v1/devices/{id}", Method::PATCH) => devices::patch(state, p(0), req).await,
+        ("/api/v1/devices/{id}", Method::DELETE) => devices::delete(state, p(0)).await,
+        ("/api/v1/devices/{id}/rotate-credentials", Method::POST) => {
+            devices::rotate_credentials(state, p(0)).await
         }
-        (["devices", id, "rotate-key"], Method::POST) => devices::rotate_key(state, id).await,
-        (["devices", _, "rotate-credentials" | "rotate-key"], _) => not_allowed("POST"),
-        (["devices", id, "config"], Method::GET) => config::get(state, id).await,
-        (["devices", id, "config"], Method::PUT) => config::put(state, id, req).await,
-        (["devices", _, "config"], _) => not_allowed("GET, PUT"),
-        (["devices", id, "commands"], Method::POST) => commands::create(state, id, req).await,
-        (["devices", id, "commands"], Method::GET) => {
-            commands::list(state, id, req.uri().query()).await
+        ("/api/v1/devices/{id}/rotate-key", Method::POST) => devices::rotate_key(state, p(0)).await,
+        ("/api/v1/devices/{id}/config", Method::GET) => config::get(state, p(0)).await,
+        ("/api/v1/devices/{id}/config", Method::PUT) => config::put(state, p(0), req).await,
+        ("/api/v1/devices/{id}/commands", Method::POST) => commands::create(state, p(0), req).await,
+        ("/api/v1/devices/{id}/commands", Method::GET) => commands::list(state, p(0), query).await,
+        ("/api/v1/commands/{command_id}", Method::GET) => commands::get(state, p(0)).await,
+        ("/api/v1/commands/{command_id}", Method::DELETE) => commands::cancel(state, p(0)).await,
+        ("/api/v1/devices/{id}/telemetry", Method::GET) => {
+            telemetry::query(state, p(0), query).await
         }
-        (["devices", _, "commands"], _) => not_allowed("GET, POST"),
-        (["commands", cid], Method::GET) => commands::get(state, cid).await,
-        (["commands", cid], Method::DELETE) => commands::cancel(state, cid).await,
-        (["commands", _], _) => not_allowed("GET, DELETE"),
-        (["devices", id, "telemetry"], Method::GET) => {
-            telemetry::query(state, id, req.uri().query()).await
+        ("/api/v1/devices/{id}/telemetry/latest", Method::GET) => {
+            telemetry::latest(state, p(0)).await
         }
-        (["devices", _, "telemetry"], _) => not_allowed("GET"),
-        (["devices", id, "telemetry", "latest"], Method::GET) => telemetry::latest(state, id).await,
-        (["devices", _, "telemetry", "latest"], _) => not_allowed("GET"),
-        (["webhooks", "deliveries"], Method::GET) => {
-            webhooks::deliveries(state, req.uri().query()).await
+        ("/api/v1/webhooks/deliveries", Method::GET) => webhooks::deliveries(state, query).await,
+        ("/api/v1/service-clients", Method::GET) => service_clients::list(state, query).await,
+        ("/api/v1/service-clients", Method::POST) => service_clients::create(state, req).await,
+        ("/api/v1/service-clients/{name}", Method::DELETE) => {
+            service_clients::delete(state, p(0)).await
         }
-        (["webhooks", "deliveries"], _) => not_allowed("GET"),
-        (["service-clients"], Method::GET) => service_clients::list(state, req.uri().query()).await,
-        (["service-clients"], Method::POST) => service_clients::create(state, req).await,
-        (["service-clients"], _) => not_allowed("GET, POST"),
-        (["service-clients", name], Method::DELETE) => service_clients::delete(state, name).await,
-        (["service-clients", _], _) => not_allowed("DELETE"),
-        (["clients"], Method::GET) => clients::list(state, req.uri().query()),
-        (["clients"], _) => not_allowed("GET"),
-        (["clients", id], Method::DELETE) => clients::kick(state, id),
-        (["clients", _], _) => not_allowed("DELETE"),
-        (["publish"], Method::POST) => publish::publish(state, req).await,
-        (["publish"], _) => not_allowed("POST"),
-        (["stats"], Method::GET) => stats::get(state).await,
-        (["stats"], _) => not_allowed("GET"),
-        _ => Err(no_route()),
+        ("/api/v1/clients", Method::GET) => clients::list(state, query),
+        ("/api/v1/clients/{client_id}", Method::DELETE) => clients::kick(state, p(0)),
+        ("/api/v1/publish", Method::POST) => publish::publish(state, req).await,
+        ("/api/v1/stats", Method::GET) => stats::get(state).await,
+        ("/api/v1/events", Method::GET) => events::stream(state, query, req.headers()),
+        // A method the table lists but no arm handles is caught by the route tests.
+        _ => Err(ApiError::MethodNotAllowed { allow: route.allow }),
     }
 }
 
-fn not_allowed(allow: &'static str) -> Result<ApiResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed { allow })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn no_route() -> ApiError {
-    ApiError::NotFound("no such route".to_owned())
+    fn find(path: &str) -> Option<(&'static str, Vec<String>)> {
+        let segments = path_segments(path).unwrap();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        ROUTES.iter().find_map(|r| {
+            r.capture(&segments)
+                .map(|p| (r.path, p.into_iter().map(str::to_owned).collect()))
+        })
+    }
+
+    #[test]
+    fn patterns_capture_segments() {
+        assert_eq!(
+            find("/api/v1/devices/d%2F1/telemetry/latest"),
+            Some((
+                "/api/v1/devices/{id}/telemetry/latest",
+                vec!["d/1".to_owned()]
+            ))
+        );
+        assert_eq!(find("/api/v1/devices"), Some(("/api/v1/devices", vec![])));
+        assert_eq!(find("/api/v1/devices/a/b"), None);
+        assert_eq!(find("/api/v1"), None);
+        assert_eq!(find("/health/x"), None);
+    }
+
+    #[test]
+    fn every_route_is_listed_once() {
+        for (i, r) in ROUTES.iter().enumerate() {
+            assert!(r.path.starts_with('/'), "{}", r.path);
+            assert!(!ROUTES[..i].iter().any(|o| o.path == r.path), "{}", r.path);
+            for m in r.methods() {
+                assert!(m.parse::<Method>().is_ok() && m == m.to_uppercase(), "{m}");
+            }
+        }
+    }
 }

@@ -32,6 +32,9 @@ pub struct AppState {
     pub(crate) broker: BrokerHandle,
     pub(crate) key: AdminKey,
     pub(crate) config: AdminConfig,
+    /// Cancelled when the server begins to shut down: open event streams end on it, so
+    /// the drain does not wait for them.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -42,12 +45,14 @@ impl AppState {
             broker,
             key,
             config,
+            shutdown: CancellationToken::new(),
         }
     }
 }
 
 /// Serves the admin API on `listener` until `shutdown` is cancelled, then stops
-/// accepting, lets open requests finish for up to [`DRAIN_DEADLINE`], and returns.
+/// accepting, ends open event streams, lets open requests finish for up to
+/// [`DRAIN_DEADLINE`], and returns.
 ///
 /// A failed `accept` (a client that hung up, out of file descriptors) is logged and
 /// retried, never fatal: the error in the signature is reserved for setup failures.
@@ -56,7 +61,10 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let state = Arc::new(state);
+    let state = Arc::new(AppState {
+        shutdown: shutdown.clone(),
+        ..state
+    });
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     if let Ok(addr) = listener.local_addr() {

@@ -250,6 +250,8 @@ struct Counters {
     unknown: AtomicU64,
     late: AtomicU64,
     malformed: AtomicU64,
+    /// From the first send to the device's answer, for answered commands.
+    round_trip: fleetmq_storage::metrics::Histogram,
 }
 
 impl Counters {
@@ -682,6 +684,11 @@ impl CommandEngine {
             late_responses: c.late.load(Ordering::Relaxed),
             malformed_responses: c.malformed.load(Ordering::Relaxed),
         }
+    }
+
+    /// How long answered commands took from their first send to the device's answer.
+    pub fn round_trip(&self) -> fleetmq_storage::metrics::HistogramSnapshot {
+        self.shared.counters.round_trip.snapshot()
     }
 
     /// Sends an op that answers, and waits for the answer.

@@ -2,11 +2,13 @@
 //! `command.completed`, ...). [`EventBus::emit`] records each event in the webhook
 //! outbox for every configured URL whose filter matches, durably, before it returns;
 //! then it wakes those URLs' workers (`webhooks`) and broadcasts the event live (for
-//! `GET /api/v1/events`).
+//! `GET /api/v1/events`), keeping the most recent ones in a bounded replay ring so a
+//! reconnecting stream can resume ([`EventBus::resume`]).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use fleetmq_storage::{now_ms, DeviceId};
 use serde::Serialize;
@@ -183,9 +185,16 @@ impl Pattern {
     }
 }
 
-/// Which event types a URL receives.
+/// Which event types a URL (or a live stream) receives: the `webhooks.events` syntax.
 #[derive(Debug, Clone)]
-pub(super) struct EventFilter(Option<Vec<Pattern>>);
+pub struct EventFilter(Option<Vec<Pattern>>);
+
+/// An event type pattern that is not a type, a `prefix.*` or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{pattern:?} is not an event type, a prefix ending in `.*`, or `*`")]
+pub struct InvalidPattern {
+    pub pattern: String,
+}
 
 impl EventFilter {
     /// Unparsable patterns (which [`WebhookConfig::validate`] rejects) match nothing.
@@ -193,7 +202,29 @@ impl EventFilter {
         EventFilter(patterns.map(|ps| ps.iter().filter_map(|p| Pattern::parse(p)).collect()))
     }
 
-    pub(super) fn matches(&self, kind: &str) -> bool {
+    /// Every event type.
+    pub fn any() -> EventFilter {
+        EventFilter(None)
+    }
+
+    /// A filter from patterns such as `device.online`, `command.*` or `*`; the first
+    /// pattern that is none of these is the error.
+    pub fn parse<'a>(
+        patterns: impl IntoIterator<Item = &'a str>,
+    ) -> Result<EventFilter, InvalidPattern> {
+        let parsed = patterns
+            .into_iter()
+            .map(|p| {
+                Pattern::parse(p).ok_or_else(|| InvalidPattern {
+                    pattern: p.to_owned(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(EventFilter(Some(parsed)))
+    }
+
+    /// Whether events of type `kind` pass.
+    pub fn matches(&self, kind: &str) -> bool {
         self.0
             .as_ref()
             .is_none_or(|ps| ps.iter().any(|p| p.matches(kind)))
@@ -228,8 +259,41 @@ pub(super) struct Inner {
     pub(super) counters: Counters,
     pub(super) workers_started: AtomicBool,
     live: broadcast::Sender<FleetEvent>,
+    /// Taken for every live send and every subscription, so a resumed stream's replay
+    /// and its live part meet without a gap or an overlap.
+    recent: Mutex<Recent>,
     last_ms: AtomicU64,
     counter: AtomicU32,
+}
+
+/// The replay ring: the last [`WebhookOptions::replay_capacity`] events, in the order
+/// they went live.
+struct Recent {
+    ring: VecDeque<FleetEvent>,
+    /// Every event this bus emits with an id greater than `floor` is in `ring` or still
+    /// to come. Starts as the start time (ids of an earlier run are older) and becomes
+    /// the id of each event that falls out of the ring.
+    floor: String,
+}
+
+/// Where a resumed stream starts; see [`EventBus::resume`].
+#[derive(Debug)]
+pub struct Resume {
+    /// Set when events after the client's last id may be lost (they fell out of the
+    /// replay ring, or were emitted before this process started).
+    pub gap: Option<Gap>,
+    /// Buffered events after the client's last id, oldest first.
+    pub replay: Vec<FleetEvent>,
+    /// Every event from the last one in `replay` on.
+    pub live: broadcast::Receiver<FleetEvent>,
+}
+
+/// The client asked to resume after an event the replay ring no longer holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    pub last_event_id: String,
+    /// The oldest event still buffered (`null` when none is).
+    pub oldest_available: Option<String>,
 }
 
 /// Emits fleet events; see the module docs. Cheap to clone.
@@ -279,6 +343,10 @@ impl EventBus {
             }));
         }
         let (live, _) = broadcast::channel(options.live_capacity.max(1));
+        let recent = Mutex::new(Recent {
+            ring: VecDeque::new(),
+            floor: format!("{:016x}", now_ms()),
+        });
         let mut seed = [0u8; 4];
         // A random start keeps ids unique across restarts even if the clock steps back;
         // without randomness, 0 still gives unique ids within a run.
@@ -291,6 +359,7 @@ impl EventBus {
                 counters: Counters::default(),
                 workers_started: AtomicBool::new(false),
                 live,
+                recent,
                 last_ms: AtomicU64::new(0),
                 counter: AtomicU32::new(u32::from_be_bytes(seed)),
             }),
@@ -302,6 +371,69 @@ impl EventBus {
     /// events and is told how many (`RecvError::Lagged`).
     pub fn subscribe(&self) -> broadcast::Receiver<FleetEvent> {
         self.inner.live.subscribe()
+    }
+
+    /// A live stream that first replays what a client missed after `last_event_id`.
+    ///
+    /// When `last_event_id` is in the replay ring, `replay` is everything that went
+    /// live after it; otherwise it is every buffered event with a greater id (ids are
+    /// time-ordered), with [`Resume::gap`] set when events after it may have been lost.
+    /// `None` is a fresh subscription.
+    pub fn resume(&self, last_event_id: Option<&str>) -> Resume {
+        let recent = self
+            .inner
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let live = self.inner.live.subscribe();
+        let Some(last) = last_event_id else {
+            return Resume {
+                gap: None,
+                replay: Vec::new(),
+                live,
+            };
+        };
+        let ring = &recent.ring;
+        // Two emitters can go live in an order slightly different from their ids, so an
+        // id the client saw is looked up by position first.
+        let position = ring.iter().rposition(|e| e.id == last);
+        let replay: Vec<FleetEvent> = match position {
+            Some(at) => ring.iter().skip(at + 1).cloned().collect(),
+            None => (ring.iter())
+                .filter(|e| e.id.as_str() > last)
+                .cloned()
+                .collect(),
+        };
+        let gap = (position.is_none() && last < recent.floor.as_str()).then(|| Gap {
+            last_event_id: last.to_owned(),
+            oldest_available: ring.front().map(|e| e.id.clone()),
+        });
+        Resume { gap, replay, live }
+    }
+
+    /// Buffers `event` for resumption and broadcasts it.
+    fn go_live(&self, event: FleetEvent) {
+        let capacity = self.inner.options.replay_capacity;
+        let mut recent = self
+            .inner
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if capacity > 0 {
+            while recent.ring.len() >= capacity {
+                let Some(old) = recent.ring.pop_front() else {
+                    break;
+                };
+                if old.id > recent.floor {
+                    recent.floor = old.id;
+                }
+            }
+            recent.ring.push_back(event.clone());
+        } else if event.id > recent.floor {
+            recent.floor.clone_from(&event.id);
+        }
+        // Err only when nobody is listening.
+        let _ = self.inner.live.send(event);
     }
 
     /// Records the event in the outbox, one delivery per configured URL whose filter
@@ -330,8 +462,7 @@ impl EventBus {
         if !targets.is_empty() {
             self.record_many(vec![(&event, targets)]).await;
         }
-        // Err only when nobody is listening.
-        let _ = self.inner.live.send(event.clone());
+        self.go_live(event.clone());
         event
     }
 
@@ -355,7 +486,7 @@ impl EventBus {
             self.record_many(batch).await;
         }
         for event in &events {
-            let _ = self.inner.live.send(event.clone());
+            self.go_live(event.clone());
         }
         events
     }
@@ -603,6 +734,76 @@ mod tests {
         assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339_ms(1_709_294_400_123), "2024-03-01T12:00:00.123Z");
         assert_eq!(rfc3339_ms(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn parsed_filters_name_the_bad_pattern() {
+        let f = EventFilter::parse(["device.online", "command.*"]).unwrap();
+        assert!(f.matches("device.online") && f.matches("command.failed"));
+        assert!(!f.matches("device.offline"));
+        assert!(EventFilter::parse(["*"]).unwrap().matches("x"));
+        assert!(EventFilter::any().matches("x"));
+        let err = EventFilter::parse(["device.online", "comm*"]).unwrap_err();
+        assert_eq!(err.pattern, "comm*");
+    }
+
+    #[tokio::test]
+    async fn resume_replays_after_the_last_id_then_goes_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("t.redb")).unwrap();
+        let outbox = Outbox::open(Arc::new(db), Default::default()).unwrap();
+        let options = WebhookOptions {
+            replay_capacity: 4,
+            ..WebhookOptions::default()
+        };
+        // Before anything is emitted, an id from an earlier run is a gap.
+        let bus = EventBus::with_options(outbox, vec![], options);
+        let before = bus.resume(Some("0000000000000001aaaaaaaa"));
+        assert_eq!(
+            before.gap,
+            Some(Gap {
+                last_event_id: "0000000000000001aaaaaaaa".into(),
+                oldest_available: None
+            })
+        );
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(bus.emit("x.y", None, serde_json::json!(i)).await.id);
+        }
+        let mut r = bus.resume(Some(&ids[0]));
+        assert!(r.gap.is_none());
+        let replayed: Vec<_> = r.replay.iter().map(|e| e.id.clone()).collect();
+        assert_eq!(replayed, ids[1..]);
+        let next = bus.emit("x.y", None, serde_json::json!(3)).await;
+        assert_eq!(r.live.recv().await.unwrap(), next);
+        assert!(
+            r.live.try_recv().is_err(),
+            "nothing replayed comes again live"
+        );
+        ids.push(next.id);
+        assert!(bus.resume(None).replay.is_empty());
+        assert!(bus.resume(Some(&ids[3])).replay.is_empty());
+
+        // Two more push ids[0] and ids[1] out of the ring of 4.
+        for i in 4..6 {
+            ids.push(bus.emit("x.y", None, serde_json::json!(i)).await.id);
+        }
+        let r = bus.resume(Some(&ids[0]));
+        assert_eq!(
+            r.gap,
+            Some(Gap {
+                last_event_id: ids[0].clone(),
+                oldest_available: Some(ids[2].clone())
+            })
+        );
+        assert_eq!(r.replay.len(), 4);
+        // The last id that fell out is not a gap: nothing after it was lost.
+        let r = bus.resume(Some(&ids[1]));
+        assert!(r.gap.is_none());
+        assert_eq!(r.replay.first().map(|e| &e.id), Some(&ids[2]));
+        // An unknown id newer than everything replays nothing.
+        let r = bus.resume(Some("ffffffffffffffffffffffff"));
+        assert!(r.gap.is_none() && r.replay.is_empty());
     }
 
     #[tokio::test]

@@ -86,6 +86,8 @@ pub struct WebhookOptions {
     pub timeout: Duration,
     /// Events the live stream buffers per subscriber before a slow one lags.
     pub live_capacity: usize,
+    /// Recent events kept for streams that resume with `Last-Event-ID`.
+    pub replay_capacity: usize,
 }
 
 impl Default for WebhookOptions {
@@ -94,6 +96,7 @@ impl Default for WebhookOptions {
             backoff: Backoff::default(),
             timeout: Duration::from_secs(10),
             live_capacity: 1024,
+            replay_capacity: 10_000,
         }
     }
 }

@@ -197,6 +197,7 @@ pub(crate) async fn establish(
     transport: Transport,
     cert_cn: Option<&str>,
 ) -> Result<(Established, Packet), ConnectFailure> {
+    core.stats.packet_in(1);
     let version = req.version;
     let mut client_id = req.connect.client_id.clone();
     let mut assigned = None;

@@ -178,8 +178,16 @@ impl Connection {
             Version::V4 => super::strip_properties(packet),
             Version::V5 => packet,
         };
-        if let Err(e) = framing::encode(self.s.version, packet, &mut self.out) {
-            tracing::error!(client_id = %self.s.client_id, error = %e, "could not encode a packet for the client");
+        let start = self.out.len();
+        match framing::encode(self.s.version, packet, &mut self.out) {
+            Ok(_) => {
+                if let Some(&byte1) = self.out.get(start) {
+                    self.core.stats.packet_out(byte1 >> 4);
+                }
+            }
+            Err(e) => {
+                tracing::error!(client_id = %self.s.client_id, error = %e, "could not encode a packet for the client");
+            }
         }
     }
 

@@ -30,12 +30,16 @@ impl Connection {
                     break;
                 }
             };
+            let packet_type = frame.packet_type();
             let bytes = self.read_buf.split_to(frame.len);
-            let meta = (frame.packet_type() == 3)
+            let meta = (packet_type == 3)
                 .then(|| framing::publish_meta(&bytes))
                 .flatten();
             result = match framing::decode(self.s.version, frame, bytes, max) {
-                Ok(packet) => self.packet(packet, meta).await,
+                Ok(packet) => {
+                    self.core.stats.packet_in(packet_type);
+                    self.packet(packet, meta).await
+                }
                 Err(e) => Err(self.frame_error(e)),
             };
         }

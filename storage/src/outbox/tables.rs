@@ -22,7 +22,7 @@ pub(super) fn write<R>(
     let mut txn = db.begin_write()?;
     txn.set_durability(durability)?;
     let out = f(&txn)?;
-    txn.commit()?;
+    crate::metrics::commit(txn)?;
     Ok(out)
 }
 

@@ -65,7 +65,7 @@ pub fn sweep_until(
                 }
             }
         }
-        txn.commit()?;
+        crate::metrics::commit(txn)?;
     }
     if removed > 0 {
         tracing::debug!(removed, devices = devices.len(), "telemetry sweep");

@@ -269,6 +269,7 @@ impl Worker {
             let Some(kind) = event_kind(rec.status()) else {
                 continue;
             };
+            self.observe_round_trip(&rec);
             match CommandView::from_record(&rec) {
                 Ok(view) => {
                     // Serialized once, straight from the record, so the metadata stays
@@ -285,6 +286,23 @@ impl Worker {
             self.announced.push(rec.command_id);
         }
         self.events.emit_many(events).await;
+    }
+}
+
+impl Worker {
+    /// Records send-to-answer time of a command the device answered (a timeout is no
+    /// answer).
+    fn observe_round_trip(&self, rec: &CommandRecord) {
+        let answered = match rec.status() {
+            CommandStatus::Completed => true,
+            CommandStatus::Failed => rec.error() != Some("timeout"),
+            _ => false,
+        };
+        if let (true, Some(sent), Some(done)) = (answered, rec.sent_at_ms(), rec.completed_at_ms())
+        {
+            let elapsed = Duration::from_millis(done.saturating_sub(sent));
+            self.counters.round_trip.observe(elapsed);
+        }
     }
 }
 

@@ -127,6 +127,7 @@ fn options(first_ms: u64, cap_ms: u64, give_up_ms: u64) -> WebhookOptions {
         },
         timeout: Duration::from_secs(5),
         live_capacity: 16,
+        replay_capacity: 64,
     }
 }
 
