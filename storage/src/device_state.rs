@@ -128,6 +128,35 @@ impl Store {
         })
     }
 
+    /// Applies several state changes in one durable transaction, in order (one commit
+    /// for a whole batch of presence updates). A change for a device that does not
+    /// exist (deleted meanwhile) is skipped. Returns how many were applied.
+    pub fn update_device_states<F>(&self, changes: Vec<(DeviceId, F)>) -> Result<usize, StoreError>
+    where
+        F: FnOnce(&mut DeviceState),
+    {
+        self.write(|txn| {
+            let devices = txn.open_table(crate::devices::DEVICES)?;
+            let mut table = txn.open_table(DEVICE_STATE)?;
+            let mut applied = 0;
+            for (id, change) in changes {
+                let key = id.as_str();
+                if devices.get(key)?.is_none() {
+                    continue;
+                }
+                let at = Location { table: TABLE, key };
+                let mut state = match table.get(key)? {
+                    Some(v) => decode(at, v.value())?,
+                    None => DeviceState::default(),
+                };
+                change(&mut state);
+                table.insert(key, encode(at, &state)?.as_slice())?;
+                applied += 1;
+            }
+            Ok(applied)
+        })
+    }
+
     /// Forgets the state of a deleted device.
     pub fn delete_device_state(&self, id: &DeviceId) -> Result<(), StoreError> {
         self.write(|txn| {
@@ -197,5 +226,26 @@ mod tests {
         assert_eq!(store.device_state(&id).unwrap().last_seen_ms, Some(5));
         store.delete_device_state(&id).unwrap();
         assert_eq!(store.device_state(&id).unwrap(), DeviceState::default());
+    }
+
+    #[test]
+    fn batched_updates_apply_in_order_and_skip_missing_devices() {
+        let (_dir, store) = temp_store();
+        let id: DeviceId = "dev-1".parse().unwrap();
+        let gone: DeviceId = "gone".parse().unwrap();
+        store
+            .create_device(crate::test_support::new_device("dev-1"))
+            .unwrap();
+        type Change = Box<dyn FnOnce(&mut DeviceState)>;
+        let changes: Vec<(DeviceId, Change)> = vec![
+            (id.clone(), Box::new(|s| s.generation = 1)),
+            (gone.clone(), Box::new(|s| s.generation = 9)),
+            (id.clone(), Box::new(|s| s.generation += 1)),
+            (id.clone(), Box::new(|s| s.last_seen_ms = Some(7))),
+        ];
+        assert_eq!(store.update_device_states(changes).unwrap(), 3);
+        let s = store.device_state(&id).unwrap();
+        assert_eq!((s.generation, s.last_seen_ms), (2, Some(7)));
+        assert_eq!(store.device_state(&gone).unwrap(), DeviceState::default());
     }
 }

@@ -229,40 +229,56 @@ pub fn enqueue(
     now_ms: u64,
     limits: OutboxLimits,
 ) -> Result<Vec<Enqueued>, StoreError> {
+    let mut outcomes = enqueue_many(db, &[(event, urls)], now_ms, limits)?;
+    Ok(outcomes.pop().unwrap_or_default())
+}
+
+/// Queues several events, each once for each of its URLs, in one durable transaction
+/// (one commit for a whole batch of events); one outcome list per event, in order.
+pub fn enqueue_many(
+    db: &Database,
+    events: &[(&NewDelivery, &[String])],
+    now_ms: u64,
+    limits: OutboxLimits,
+) -> Result<Vec<Vec<Enqueued>>, StoreError> {
     write(db, Durability::Immediate, |txn| {
         let mut meta = txn.open_table(META)?;
         let mut t = Tables::open(txn)?;
         let mut next_id = meta.get(NEXT_ID)?.map_or(1, |v| v.value());
-        let mut out = Vec::with_capacity(urls.len());
-        for url in urls {
-            let mut state = t.state(url)?;
-            if state.owed >= limits.max_owed_per_url {
-                out.push(Enqueued::Full);
-                continue;
+        let mut all = Vec::with_capacity(events.len());
+        for &(event, urls) in events {
+            let mut out = Vec::with_capacity(urls.len());
+            for url in urls {
+                let mut state = t.state(url)?;
+                if state.owed >= limits.max_owed_per_url {
+                    out.push(Enqueued::Full);
+                    continue;
+                }
+                let id = next_id;
+                next_id = next_id
+                    .checked_add(1)
+                    .ok_or_else(|| StoreError::Invalid("outbox delivery ids exhausted".into()))?;
+                let record = DeliveryV1 {
+                    url: url.clone(),
+                    event_id: event.event_id.clone(),
+                    event_type: event.event_type.clone(),
+                    body: event.body.clone(),
+                    created_at_ms: now_ms,
+                    attempts: 0,
+                    last_attempt_at_ms: None,
+                    last_error: None,
+                    dead_at_ms: None,
+                };
+                t.put(id, &record)?;
+                t.queue.insert((url.as_str(), id), ())?;
+                state.owed += 1;
+                t.put_state(url, &state)?;
+                out.push(Enqueued::Queued(id));
             }
-            let id = next_id;
-            next_id = next_id
-                .checked_add(1)
-                .ok_or_else(|| StoreError::Invalid("outbox delivery ids exhausted".into()))?;
-            let record = DeliveryV1 {
-                url: url.clone(),
-                event_id: event.event_id.clone(),
-                event_type: event.event_type.clone(),
-                body: event.body.clone(),
-                created_at_ms: now_ms,
-                attempts: 0,
-                last_attempt_at_ms: None,
-                last_error: None,
-                dead_at_ms: None,
-            };
-            t.put(id, &record)?;
-            t.queue.insert((url.as_str(), id), ())?;
-            state.owed += 1;
-            t.put_state(url, &state)?;
-            out.push(Enqueued::Queued(id));
+            all.push(out);
         }
         meta.insert(NEXT_ID, next_id)?;
-        Ok(out)
+        Ok(all)
     })
 }
 

@@ -39,9 +39,9 @@
 mod apply;
 mod worker;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleetmq_device_plugins::{Command, DevicePlugin, PluginRegistry};
@@ -51,7 +51,7 @@ use redb::Database;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -75,8 +75,6 @@ pub const MAX_LIST_LIMIT: usize = 1_000;
 
 /// How many calls may wait for the worker before callers wait for room.
 const QUEUE_DEPTH: usize = 1_024;
-/// How many terminal records `wait_terminal`ers may fall behind before they re-read.
-const TERMINAL_FANOUT: usize = 256;
 
 /// The `[commands]` config section, validated: defaults for commands that do not set
 /// their own values, and the per-device cap.
@@ -270,9 +268,56 @@ struct Shared {
     config: CommandsConfig,
     plugins: PluginRegistry,
     ops: mpsc::Sender<Op>,
-    terminal: broadcast::Sender<Arc<CommandView>>,
+    waiters: Arc<Waiters>,
     counters: Arc<Counters>,
     clock: Clock,
+}
+
+/// Callers waiting for commands to reach a terminal status, by command id. Each
+/// terminal record wakes only its own waiters (a broadcast to every waiter would cost
+/// O(waiters) wake-ups per command under load).
+#[derive(Default)]
+pub(super) struct Waiters {
+    by_id: Mutex<HashMap<String, Vec<oneshot::Sender<Arc<CommandView>>>>>,
+}
+
+impl Waiters {
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<Arc<CommandView>>>>> {
+        self.by_id.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers interest in `command_id`; the receiver gets the terminal record.
+    fn register(&self, command_id: &str) -> oneshot::Receiver<Arc<CommandView>> {
+        let (tx, rx) = oneshot::channel();
+        self.map()
+            .entry(command_id.to_owned())
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// Drops registrations whose receivers are gone (a waiter that timed out).
+    fn prune(&self, command_id: &str) {
+        let mut map = self.map();
+        if let Some(list) = map.get_mut(command_id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                map.remove(command_id);
+            }
+        }
+    }
+
+    /// Hands `view` to everyone waiting for its command.
+    pub(super) fn wake(&self, view: Arc<CommandView>) {
+        let Some(list) = self.map().remove(&view.command_id) else {
+            return;
+        };
+        for tx in list {
+            let _ = tx.send(view.clone());
+        }
+    }
 }
 
 /// Handle to the command engine; clones share one engine.
@@ -307,7 +352,7 @@ impl CommandEngine {
         tracker: &TaskTracker,
     ) -> CommandEngine {
         let (ops, rx) = mpsc::channel(QUEUE_DEPTH);
-        let (terminal, _) = broadcast::channel(TERMINAL_FANOUT);
+        let waiters = Arc::new(Waiters::default());
         let counters = Arc::new(Counters::default());
         let clock = Clock::new();
         let worker = Worker::new(
@@ -315,7 +360,7 @@ impl CommandEngine {
             config.clone(),
             sink,
             events,
-            terminal.clone(),
+            waiters.clone(),
             counters.clone(),
             clock,
         );
@@ -326,7 +371,7 @@ impl CommandEngine {
                 config,
                 plugins,
                 ops,
-                terminal,
+                waiters,
                 counters,
                 clock,
             }),
@@ -413,26 +458,75 @@ impl CommandEngine {
         command_id: &str,
         max: Duration,
     ) -> Result<CommandView, CommandError> {
-        // Subscribe before reading, so a change between the two is not missed.
-        let mut rx = self.shared.terminal.subscribe();
-        let view = self.get(command_id).await?;
-        if view.status.is_terminal() {
-            return Ok(view);
+        // Register before reading, so a change between the two is not missed.
+        let rx = self.shared.waiters.register(command_id);
+        let view = self.get(command_id).await;
+        match view {
+            Ok(view) if !view.status.is_terminal() => {
+                self.wait_registered(rx, command_id, max).await
+            }
+            other => {
+                drop(rx);
+                self.shared.waiters.prune(command_id);
+                other
+            }
         }
-        let deadline = tokio::time::Instant::now() + max;
-        loop {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Ok(v)) if v.command_id == command_id => return Ok((*v).clone()),
-                Ok(Ok(_)) => {}
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
-                    let view = self.get(command_id).await?;
-                    if view.status.is_terminal() {
-                        return Ok(view);
-                    }
-                }
-                Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => {
-                    return self.get(command_id).await
-                }
+    }
+
+    /// Creates a command like [`CommandEngine::create`], then waits up to `max` for it to
+    /// reach a terminal status. The waiter is registered before the command exists, so
+    /// no read is needed to catch a quick answer.
+    pub async fn create_and_wait(
+        &self,
+        device: &DeviceRecord,
+        req: NewCommand,
+        idempotency_key: Option<String>,
+        max: Duration,
+    ) -> Result<Created, CommandError> {
+        let (new, supersede) = self.validate(device, req, idempotency_key)?;
+        let id = new.command_id.clone();
+        let rx = self.shared.waiters.register(&id);
+        let created = self
+            .call(|reply| Op::Create {
+                new,
+                supersede,
+                reply,
+            })
+            .await;
+        let created = match created {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) | Err(e) => {
+                drop(rx);
+                self.shared.waiters.prune(&id);
+                return Err(e);
+            }
+        };
+        if created.replayed || created.record.status.is_terminal() {
+            drop(rx);
+            self.shared.waiters.prune(&id);
+            if created.record.status.is_terminal() {
+                return Ok(created);
+            }
+            // An earlier command with the same key: wait for that one.
+            let record = self.wait_terminal(&created.record.command_id, max).await?;
+            return Ok(Created { record, ..created });
+        }
+        let record = self.wait_registered(rx, &id, max).await?;
+        Ok(Created { record, ..created })
+    }
+
+    async fn wait_registered(
+        &self,
+        rx: oneshot::Receiver<Arc<CommandView>>,
+        command_id: &str,
+        max: Duration,
+    ) -> Result<CommandView, CommandError> {
+        match tokio::time::timeout(max, rx).await {
+            Ok(Ok(view)) => Ok(Arc::unwrap_or_clone(view)),
+            // Timed out, or the engine stopped: the record as it is now.
+            _ => {
+                self.shared.waiters.prune(command_id);
+                self.get(command_id).await
             }
         }
     }
@@ -496,17 +590,25 @@ impl CommandEngine {
     /// ones that got no answer. Returns once queued for the worker.
     pub async fn device_ready(&self, device: &DeviceRecord, generation: u64) {
         match self.plugin(device) {
-            Ok(plugin) => {
-                let device = device.id.clone();
-                self.post(Op::Ready {
-                    device,
-                    generation,
-                    plugin,
-                })
-                .await
-            }
+            Ok(plugin) => self.device_ready_with(&device.id, generation, plugin).await,
             Err(error) => tracing::error!(%error, "cannot deliver commands"),
         }
+    }
+
+    /// Like [`CommandEngine::device_ready`], for a caller that already knows the
+    /// device's plugin.
+    pub async fn device_ready_with(
+        &self,
+        device: &DeviceId,
+        generation: u64,
+        plugin: Arc<dyn DevicePlugin>,
+    ) {
+        self.post(Op::Ready {
+            device: device.clone(),
+            generation,
+            plugin,
+        })
+        .await
     }
 
     /// The connection `generation` of the device is gone (ignored if a newer one is
@@ -533,9 +635,20 @@ impl CommandEngine {
             Ok(p) => p,
             Err(error) => return tracing::error!(%error, "cannot read a command response"),
         };
+        self.response_with(&device.id, plugin, payload).await;
+    }
+
+    /// Like [`CommandEngine::response`], for a caller that already knows the device's
+    /// plugin (the fleet services cache it, so an answer costs no device read).
+    pub async fn response_with(
+        &self,
+        device: &DeviceId,
+        plugin: Arc<dyn DevicePlugin>,
+        payload: &[u8],
+    ) {
         match plugin.decode_response(payload) {
             Ok(response) => {
-                let device = device.id.clone();
+                let device = device.clone();
                 self.post(Op::Response {
                     device,
                     response,
@@ -548,7 +661,7 @@ impl CommandEngine {
                     .counters
                     .malformed
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(device_id = %device.id, %error, "dropping malformed command response");
+                tracing::debug!(device_id = %device, %error, "dropping malformed command response");
             }
         }
     }

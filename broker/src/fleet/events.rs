@@ -458,15 +458,44 @@ impl EventBus {
         data: Box<serde_json::value::RawValue>,
     ) -> FleetEvent {
         let event = self.new_event(kind, device_id, data);
-        let targets: Vec<Arc<Hook>> = (self.inner.hooks.iter())
-            .filter(|h| h.filter.matches(kind))
-            .cloned()
-            .collect();
+        let targets = self.targets(kind);
         if !targets.is_empty() {
-            self.record(&event, targets).await;
+            self.record_many(vec![(&event, targets)]).await;
         }
         self.go_live(event.clone());
         event
+    }
+
+    /// Like [`EventBus::emit_raw`] for several events: their outbox records are
+    /// committed in one transaction (one disk flush for a whole batch), then each goes
+    /// live, in order.
+    pub async fn emit_many(
+        &self,
+        events: Vec<(&str, Option<DeviceId>, Box<serde_json::value::RawValue>)>,
+    ) -> Vec<FleetEvent> {
+        let events: Vec<FleetEvent> = events
+            .into_iter()
+            .map(|(kind, device_id, data)| self.new_event(kind, device_id.as_ref(), data))
+            .collect();
+        let batch: Vec<(&FleetEvent, Vec<Arc<Hook>>)> = events
+            .iter()
+            .map(|e| (e, self.targets(&e.kind)))
+            .filter(|(_, targets)| !targets.is_empty())
+            .collect();
+        if !batch.is_empty() {
+            self.record_many(batch).await;
+        }
+        for event in &events {
+            self.go_live(event.clone());
+        }
+        events
+    }
+
+    fn targets(&self, kind: &str) -> Vec<Arc<Hook>> {
+        (self.inner.hooks.iter())
+            .filter(|h| h.filter.matches(kind))
+            .cloned()
+            .collect()
     }
 
     fn new_event(
@@ -492,57 +521,73 @@ impl EventBus {
         }
     }
 
-    /// Queues `event` for `targets` and wakes their workers. Both happen on the
-    /// blocking pool, so a caller that stops waiting cannot lose the wake-up.
-    async fn record(&self, event: &FleetEvent, targets: Vec<Arc<Hook>>) {
+    /// Queues each event for its targets in one outbox transaction and wakes those
+    /// URLs' workers. Both happen on the blocking pool, so a caller that stops waiting
+    /// cannot lose the wake-up.
+    async fn record_many(&self, batch: Vec<(&FleetEvent, Vec<Arc<Hook>>)>) {
         let inner = &self.inner;
-        let body = match serde_json::to_vec(event) {
-            Ok(body) => body,
-            Err(error) => {
-                inner.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, event_id = %event.id, "cannot encode event");
-                return;
+        let mut rows = Vec::with_capacity(batch.len());
+        for (event, targets) in batch {
+            match serde_json::to_vec(event) {
+                Ok(body) => rows.push((
+                    NewDelivery {
+                        event_id: event.id.clone(),
+                        event_type: event.kind.clone(),
+                        body,
+                    },
+                    targets,
+                )),
+                Err(error) => {
+                    inner.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%error, event_id = %event.id, "cannot encode event");
+                }
             }
-        };
-        let new = NewDelivery {
-            event_id: event.id.clone(),
-            event_type: event.kind.clone(),
-            body,
-        };
-        let urls: Vec<String> = targets.iter().map(|h| h.url.clone()).collect();
+        }
+        if rows.is_empty() {
+            return;
+        }
         let now = now_ms();
         let result = inner
             .outbox
             .call(move |db, limits| {
-                let outcome = outbox::enqueue(db, &new, &urls, now, limits)?;
-                for (hook, o) in targets.iter().zip(&outcome) {
-                    if let Enqueued::Queued(_) = o {
-                        hook.wake.notify_one();
+                let urls: Vec<Vec<String>> = (rows.iter())
+                    .map(|(_, targets)| targets.iter().map(|h| h.url.clone()).collect())
+                    .collect();
+                let events: Vec<(&NewDelivery, &[String])> = (rows.iter())
+                    .zip(&urls)
+                    .map(|((new, _), urls)| (new, urls.as_slice()))
+                    .collect();
+                let outcome = outbox::enqueue_many(db, &events, now, limits)?;
+                let mut full = Vec::new();
+                for ((new, targets), outcome) in rows.iter().zip(&outcome) {
+                    for (hook, o) in targets.iter().zip(outcome) {
+                        match o {
+                            Enqueued::Queued(_) => hook.wake.notify_one(),
+                            Enqueued::Full => full.push((hook.clone(), new.event_id.clone())),
+                        }
                     }
                 }
-                Ok(targets.into_iter().zip(outcome).collect::<Vec<_>>())
+                Ok(full)
             })
             .await;
         match result {
-            Ok(outcome) => {
-                for (hook, o) in outcome {
-                    if o == Enqueued::Full {
-                        let n = inner.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
-                        // A dead URL can drop every event: log the first and every 1000th.
-                        if n.is_multiple_of(1000) {
-                            tracing::warn!(
-                                url = %redact_url(&hook.url),
-                                event_id = %event.id,
-                                dropped_total = n + 1,
-                                "webhook outbox full for this URL; event not queued for it"
-                            );
-                        }
+            Ok(full) => {
+                for (hook, event_id) in full {
+                    let n = inner.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+                    // A dead URL can drop every event: log the first and every 1000th.
+                    if n.is_multiple_of(1000) {
+                        tracing::warn!(
+                            url = %redact_url(&hook.url),
+                            %event_id,
+                            dropped_total = n + 1,
+                            "webhook outbox full for this URL; event not queued for it"
+                        );
                     }
                 }
             }
             Err(error) => {
                 inner.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, event_id = %event.id, "cannot record event in the webhook outbox");
+                tracing::error!(%error, "cannot record events in the webhook outbox");
             }
         }
     }
@@ -563,6 +608,22 @@ impl EventSink for EventBus {
         let device = device.cloned();
         Box::pin(async move {
             EventBus::emit_raw(self, kind, device.as_ref(), data).await;
+        })
+    }
+
+    fn emit_many(
+        &self,
+        events: Vec<(
+            &'static str,
+            Option<DeviceId>,
+            Box<serde_json::value::RawValue>,
+        )>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let batch = (events.into_iter())
+                .map(|(kind, device, data)| (kind as &str, device, data))
+                .collect();
+            EventBus::emit_many(self, batch).await;
         })
     }
 }
@@ -774,5 +835,55 @@ mod tests {
         assert!(json["device_id"].is_null());
         assert_eq!(json.as_object().unwrap().len(), 5);
         assert!(e.at.ends_with('Z') && e.at.len() == 24, "{}", e.at);
+    }
+
+    #[tokio::test]
+    async fn emit_many_queues_every_matching_event_in_order_and_goes_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(redb::Database::create(dir.path().join("t.redb")).unwrap());
+        let outbox = Outbox::open(db.clone(), Default::default()).unwrap();
+        let hooks = vec![
+            hook("http://127.0.0.1:1/all", None),
+            hook("http://127.0.0.1:1/cmd", Some(&["command.*"])),
+        ];
+        let bus = EventBus::new(outbox, hooks);
+        let mut live = bus.subscribe();
+        let dev: DeviceId = "dev-1".parse().unwrap();
+        let raw = |v: serde_json::Value| serde_json::value::to_raw_value(&v).unwrap();
+        let sent = bus
+            .emit_many(vec![
+                (
+                    "command.completed",
+                    Some(dev.clone()),
+                    raw(serde_json::json!({"n": 1})),
+                ),
+                (
+                    "device.online",
+                    Some(dev.clone()),
+                    raw(serde_json::json!({"n": 2})),
+                ),
+                ("command.failed", None, raw(serde_json::json!({"n": 3}))),
+            ])
+            .await;
+        assert_eq!(sent.len(), 3);
+        for e in &sent {
+            assert_eq!(&live.recv().await.unwrap(), e);
+        }
+        let (queued, _) = outbox::list(&db, None, None, 100).unwrap();
+        let per_url = |url: &str| -> Vec<String> {
+            queued
+                .iter()
+                .filter(|d| d.url == url)
+                .map(|d| d.event_type.clone())
+                .collect()
+        };
+        assert_eq!(
+            per_url("http://127.0.0.1:1/all"),
+            ["command.completed", "device.online", "command.failed"]
+        );
+        assert_eq!(
+            per_url("http://127.0.0.1:1/cmd"),
+            ["command.completed", "command.failed"]
+        );
     }
 }

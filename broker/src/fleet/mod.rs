@@ -140,6 +140,23 @@ pub trait EventSink: Send + Sync + 'static {
         device: Option<&DeviceId>,
         data: Box<serde_json::value::RawValue>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+
+    /// Several events at once, recorded together where the sink can (one durable
+    /// write for the batch); by default one [`EventSink::emit`] after another.
+    fn emit_many(
+        &self,
+        events: Vec<(
+            &'static str,
+            Option<DeviceId>,
+            Box<serde_json::value::RawValue>,
+        )>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            for (kind, device, data) in events {
+                self.emit(kind, device.as_ref(), data).await;
+            }
+        })
+    }
 }
 
 /// How the command engine reaches a device's live connection.
@@ -220,9 +237,7 @@ pub(crate) fn spawn(
                         return;
                     },
                 }
-                for event in batch.drain(..) {
-                    services.on_event(event).await;
-                }
+                services.on_events(batch.drain(..)).await;
             }
         });
     });

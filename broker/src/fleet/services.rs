@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use fleetmq_device_plugins::{DevicePlugin, PluginRegistry};
-use fleetmq_storage::{DeviceId, DeviceRecord, DeviceState, Store, StoreError};
+use fleetmq_storage::{DeviceId, DeviceRecord, DeviceState, Store};
 use serde_json::json;
 
 use super::commands::CommandEngine;
@@ -17,6 +17,21 @@ use super::{LinkEvent, Upstream};
 /// Devices whose plugin is remembered at once (the cache starts over beyond this).
 const PLUGIN_CACHE_MAX: usize = 100_000;
 
+/// A change to one device's stored state, applied at the end of the batch.
+type StateChange = Box<dyn FnOnce(&mut DeviceState) + Send>;
+
+/// What handling a batch of link events leaves to write: state changes first, then
+/// events, each in order, so whoever sees an event finds the state it reports stored.
+#[derive(Default)]
+struct Pending {
+    states: Vec<(DeviceId, StateChange)>,
+    events: Vec<(
+        &'static str,
+        Option<DeviceId>,
+        Box<serde_json::value::RawValue>,
+    )>,
+}
+
 /// Everything device logic needs, shared by the event loop and the admin API.
 pub struct Services {
     pub(crate) store: Store,
@@ -27,6 +42,8 @@ pub struct Services {
     pub(crate) telemetry: Telemetry,
     /// Each device's plugin, so per-message work never reads the device record.
     plugin_cache: Mutex<HashMap<DeviceId, Arc<dyn DevicePlugin>>>,
+    /// Writes of the batch being handled (see [`Services::on_events`]).
+    pending: Mutex<Pending>,
 }
 
 impl Services {
@@ -44,6 +61,7 @@ impl Services {
             commands,
             telemetry,
             plugin_cache: Mutex::default(),
+            pending: Mutex::default(),
         }
     }
 
@@ -80,20 +98,41 @@ impl Services {
         self.plugin_cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Updates the stored state of a device; a device deleted meanwhile is skipped.
-    async fn update_state(
-        &self,
-        id: &DeviceId,
-        change: impl FnOnce(&mut DeviceState) + Send + 'static,
-    ) {
-        let id = id.clone();
-        let result = self
-            .store
-            .call(move |s| s.update_device_state(&id, change))
-            .await;
-        match result {
-            Ok(_) | Err(StoreError::NotFound { .. }) => {}
-            Err(e) => tracing::error!(error = %e, "could not store device state"),
+    /// Queues a change to the stored state of a device for the end of the batch; a
+    /// device deleted meanwhile is skipped.
+    fn update_state(&self, id: &DeviceId, change: impl FnOnce(&mut DeviceState) + Send + 'static) {
+        self.pending().states.push((id.clone(), Box::new(change)));
+    }
+
+    /// Queues an event for the end of the batch.
+    fn emit(&self, kind: &'static str, id: &DeviceId, data: serde_json::Value) {
+        let raw = serde_json::value::to_raw_value(&data).unwrap_or_default();
+        self.pending().events.push((kind, Some(id.clone()), raw));
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Handles a batch of link events in order, then writes what they changed: every
+    /// state change in one durable transaction, then every event in one outbox commit.
+    /// A reconnect storm thus costs two commits per batch instead of two per device.
+    pub(crate) async fn on_events(&self, events: impl IntoIterator<Item = LinkEvent>) {
+        for event in events {
+            self.on_event(event).await;
+        }
+        let Pending { states, events } = std::mem::take(&mut *self.pending());
+        if !states.is_empty() {
+            let result = self
+                .store
+                .call(move |s| s.update_device_states(states))
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "could not store device state");
+            }
+        }
+        if !events.is_empty() {
+            self.events.emit_many(events).await;
         }
     }
 
@@ -117,8 +156,8 @@ impl Services {
         }
     }
 
-    /// Handles one device event from the link layer.
-    pub(crate) async fn on_event(&self, event: LinkEvent) {
+    /// Handles one device event from the link layer; its writes wait in `pending`.
+    async fn on_event(&self, event: LinkEvent) {
         match event {
             LinkEvent::Connected {
                 id,
@@ -154,13 +193,13 @@ impl Services {
                 id, topic, reason, ..
             } => {
                 let data = json!({"topic": topic, "reason": reason});
-                self.events
-                    .emit("device.decrypt_failed", Some(&id), data)
-                    .await;
+                self.emit("device.decrypt_failed", &id, data);
             }
             LinkEvent::Subscribed { id, generation } => {
-                if let Some(device) = self.device(&id).await {
-                    self.commands.device_ready(&device, generation).await;
+                if let Some(plugin) = self.plugin_of(&id).await {
+                    self.commands
+                        .device_ready_with(&id, generation, plugin)
+                        .await;
                 }
             }
             LinkEvent::CommandAcked {
@@ -194,11 +233,10 @@ impl Services {
             s.ip = Some(stored_ip);
             s.protocol = Some(protocol.to_owned());
             s.transport = Some(stored_transport);
-        })
-        .await;
+        });
         if transition == Transition::Online {
             let data = json!({"ip": ip, "protocol": protocol, "transport": transport_name, "generation": generation});
-            self.events.emit("device.online", Some(id), data).await;
+            self.emit("device.online", id, data);
         }
     }
 
@@ -214,10 +252,9 @@ impl Services {
         self.update_state(id, move |s| {
             s.disconnected_at_ms = Some(at_ms);
             s.last_seen_ms = Some(last_seen);
-        })
-        .await;
+        });
         let data = json!({"generation": generation});
-        self.events.emit("device.offline", Some(id), data).await;
+        self.emit("device.offline", id, data);
     }
 
     async fn published(&self, id: &DeviceId, kind: Upstream, payload: &[u8], at_ms: u64) {
@@ -226,8 +263,8 @@ impl Services {
             Upstream::Status => self.status(id, payload, at_ms).await,
             Upstream::Telemetry => self.telemetry_point(id, payload, at_ms).await,
             Upstream::Response => {
-                if let Some(device) = self.device(id).await {
-                    self.commands.response(&device, payload).await;
+                if let Some(plugin) = self.plugin_of(id).await {
+                    self.commands.response_with(id, plugin, payload).await;
                 }
             }
             Upstream::Events => self.device_event(id, payload).await,
@@ -244,7 +281,7 @@ impl Services {
             Err(Rejected::NotJson { reason }) => {
                 tracing::debug!(device_id = %id, error = %reason, "telemetry rejected");
                 let data = json!({"topic": format!("device/{id}/telemetry"), "reason": reason.to_string()});
-                self.events.emit("device.bad_payload", Some(id), data).await;
+                self.emit("device.bad_payload", id, data);
             }
         }
     }
@@ -265,7 +302,7 @@ impl Services {
             }
         };
         if let Some(kind) = alarm_kind(&event.kind, &event.raw) {
-            self.events.emit(kind, Some(id), event.raw).await;
+            self.emit(kind, id, event.raw);
         }
     }
 
@@ -284,8 +321,7 @@ impl Services {
                     if config_version.is_some() {
                         s.reported_config_version = config_version;
                     }
-                })
-                .await;
+                });
             }
             Err(e) => {
                 tracing::debug!(device_id = %id, error = %e, "status payload not understood")

@@ -76,13 +76,15 @@ where
     let device = state.store.call(move |s| s.get_device(&lookup)).await?;
     let device = device.ok_or_else(|| ApiError::NotFound(format!("device {id:?} not found")))?;
     let engine = state.broker.commands();
-    let created = engine.create(&device, body, key).await?;
-    let mut record = created.record;
-    if let Some(ms) = wait_ms {
-        record = engine
-            .wait_terminal(&record.command_id, Duration::from_millis(ms))
-            .await?;
-    }
+    let record = match wait_ms {
+        Some(ms) => {
+            engine
+                .create_and_wait(&device, body, key, Duration::from_millis(ms))
+                .await?
+                .record
+        }
+        None => engine.create(&device, body, key).await?.record,
+    };
     let status = if record.status.is_terminal() && wait_ms.is_some() {
         StatusCode::OK
     } else {

@@ -17,12 +17,12 @@ use fleetmq_device_plugins::{CommandResponse, DevicePlugin};
 use fleetmq_storage::commands::{self as store, CommandRecord, CommandStatus, NewCommandRecord};
 use fleetmq_storage::{now_ms, DeviceId, StoreError};
 use redb::Database;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{Core, Effects};
-use super::{duration_ms, CommandError, CommandView, CommandsConfig, Counters, Created};
+use super::{duration_ms, CommandError, CommandView, CommandsConfig, Counters, Created, Waiters};
 use crate::fleet::{CommandSink, EventSink};
 
 /// Most calls applied in one transaction.
@@ -117,7 +117,7 @@ impl Clock {
 pub(super) struct Worker {
     core: Option<Core>,
     events: Arc<dyn EventSink>,
-    terminal: broadcast::Sender<Arc<CommandView>>,
+    waiters: Arc<Waiters>,
     counters: Arc<Counters>,
     clock: Clock,
     next_deadline: Option<u64>,
@@ -131,14 +131,14 @@ impl Worker {
         config: CommandsConfig,
         sink: Arc<dyn CommandSink>,
         events: Arc<dyn EventSink>,
-        terminal: broadcast::Sender<Arc<CommandView>>,
+        waiters: Arc<Waiters>,
         counters: Arc<Counters>,
         clock: Clock,
     ) -> Worker {
         Worker {
             core: Some(Core::new(db, config, sink, counters.clone())),
             events,
-            terminal,
+            waiters,
             counters,
             clock,
             next_deadline: None,
@@ -200,9 +200,7 @@ impl Worker {
                 if !owed.is_empty() {
                     tracing::info!(count = owed.len(), "re-emitting command events");
                 }
-                for rec in owed {
-                    self.announce(rec).await;
-                }
+                self.announce(owed).await;
             }
             Ok(Err(error)) => {
                 tracing::error!(%error, "cannot load commands; retrying");
@@ -254,34 +252,40 @@ impl Worker {
         for reply in fx.replies {
             reply(fx.failure.as_deref());
         }
-        for rec in fx.terminal {
-            self.announce(rec).await;
-        }
+        self.announce(fx.terminal).await;
         for flush in fx.flushes {
             let _ = flush.send(());
         }
     }
 
-    /// Tells `wait_terminal`ers and the event sink that `rec` is terminal.
-    async fn announce(&mut self, rec: CommandRecord) {
-        let Some(kind) = event_kind(rec.status()) else {
+    /// Tells `wait_terminal`ers and the event sink that these records are terminal; the
+    /// events of one batch are recorded together (one outbox commit).
+    async fn announce(&mut self, records: Vec<CommandRecord>) {
+        if records.is_empty() {
             return;
-        };
-        self.observe_round_trip(&rec);
-        match CommandView::from_record(&rec) {
-            Ok(view) => {
-                // Serialized once, straight from the record, so the metadata stays
-                // byte-for-byte as the client gave it.
-                let Ok(data) = serde_json::value::to_raw_value(&view) else {
-                    tracing::error!("cannot serialize a command record");
-                    return;
-                };
-                let _ = self.terminal.send(Arc::new(view));
-                self.events.emit(kind, Some(&rec.device_id), data).await;
-            }
-            Err(error) => tracing::error!(%error, "cannot announce an unreadable command"),
         }
-        self.announced.push(rec.command_id);
+        let mut events = Vec::with_capacity(records.len());
+        for rec in records {
+            let Some(kind) = event_kind(rec.status()) else {
+                continue;
+            };
+            self.observe_round_trip(&rec);
+            match CommandView::from_record(&rec) {
+                Ok(view) => {
+                    // Serialized once, straight from the record, so the metadata stays
+                    // byte-for-byte as the client gave it.
+                    let Ok(data) = serde_json::value::to_raw_value(&view) else {
+                        tracing::error!("cannot serialize a command record");
+                        continue;
+                    };
+                    self.waiters.wake(Arc::new(view));
+                    events.push((kind, Some(rec.device_id), data));
+                }
+                Err(error) => tracing::error!(%error, "cannot announce an unreadable command"),
+            }
+            self.announced.push(rec.command_id);
+        }
+        self.events.emit_many(events).await;
     }
 }
 
