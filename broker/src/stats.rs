@@ -25,6 +25,11 @@ pub enum DropCause {
     TooLarge,
     /// A device event (telemetry) that found the fleet queue full.
     QueueFull,
+    /// A message whose Message Expiry Interval ran out before delivery.
+    Expired,
+    /// A configured or client-announced limit: max connections, Receive Maximum,
+    /// a client's Maximum Packet Size.
+    Limit,
 }
 
 #[derive(Default)]
@@ -49,6 +54,8 @@ pub(crate) struct Stats {
     malformed: AtomicU64,
     too_large: AtomicU64,
     queue_full: AtomicU64,
+    expired: AtomicU64,
+    limit: AtomicU64,
 }
 
 impl Stats {
@@ -69,6 +76,8 @@ impl Stats {
             DropCause::Malformed => &self.malformed,
             DropCause::TooLarge => &self.too_large,
             DropCause::QueueFull => &self.queue_full,
+            DropCause::Expired => &self.expired,
+            DropCause::Limit => &self.limit,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -110,6 +119,8 @@ impl Stats {
                 malformed: get(&self.malformed),
                 too_large: get(&self.too_large),
                 queue_full: get(&self.queue_full),
+                expired: get(&self.expired),
+                limit: get(&self.limit),
             },
         }
     }
@@ -157,4 +168,7 @@ pub struct DropStats {
     pub malformed: u64,
     pub too_large: u64,
     pub queue_full: u64,
+    pub expired: u64,
+    /// Refusals and drops at a limit (max connections, Receive Maximum, packet sizes).
+    pub limit: u64,
 }
