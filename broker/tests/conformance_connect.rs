@@ -90,7 +90,8 @@ async fn takeover(via: Via, ver: Ver) {
     let mut first = t.connect(via, ver, &id).await;
     let mut second = t.connect(via, ver, &id).await;
     let reason = first.closed().await;
-    if ver == Ver::V5 {
+    // "sends a DISCONNECT ... 0x8E" is not a MUST of its own: external brokers may just close.
+    if ver == Ver::V5 && !t.external() {
         assert_eq!(reason, Some(0x8e));
     }
     second.pingreq().await;

@@ -14,8 +14,9 @@ async fn keepalive_zero(via: Via, ver: Ver) {
     let mut c = t.open(via, ver).await;
     let ack = c.connect(Conn::new(&unique("ka0")).keep_alive(0)).await;
     assert_eq!(ack.code, 0);
-    if let Some(props) = ack.props.as_ref() {
-        // A Server Keep Alive, if any, is what the client must use; 0 keeps it off.
+    if let (Some(props), false) = (ack.props.as_ref(), t.external()) {
+        // A Server Keep Alive, if any, is what the client must use; fleetmq sends none,
+        // so 0 stays off (Mosquitto answers 65535).
         assert!(props.server_keep_alive.is_none_or(|k| k == 0), "{props:?}");
     }
     assert!(c.recv_within(Duration::from_millis(1600)).await.is_none());
@@ -36,8 +37,14 @@ async fn keepalive_timeout(via: Via, ver: Ver) {
     let start = tokio::time::Instant::now();
     let reason = c.closed().await;
     let took = start.elapsed();
+    // fleetmq: 1.5 s plus scheduling slack; external brokers may check lazily.
+    let limit = if t.external() {
+        WAIT
+    } else {
+        Duration::from_millis(3000)
+    };
     assert!(
-        took >= Duration::from_millis(1000) && took <= Duration::from_millis(3000),
+        took >= Duration::from_millis(1000) && took <= limit,
         "closed after {took:?}"
     );
     if ver == Ver::V5 && !t.external() {

@@ -65,7 +65,16 @@ async fn out_of_range(via: Via, ver: Ver) {
         let n = bad.unwrap_or(max.saturating_add(1));
         c.send_raw(&raw_publish(ver, "x/y", b"1", 0, 0, &alias(n)))
             .await;
-        assert_eq!(c.closed().await, Some(0x94), "alias {n}");
+        let reason = c.closed().await;
+        if n == 0 && t.external() {
+            // 0x94 is defined for "greater than the maximum"; 0 may count as malformed.
+            assert!(
+                matches!(reason, Some(0x81 | 0x82 | 0x94)),
+                "alias 0: {reason:?}"
+            );
+        } else {
+            assert_eq!(reason, Some(0x94), "alias {n}");
+        }
     }
 }
 matrix!(

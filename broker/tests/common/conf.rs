@@ -1,9 +1,10 @@
 //! Conformance harness: a packet-level MQTT client over TCP or WebSocket speaking 3.1.1
 //! or 5, and a target that is either a fresh [`TestBroker`] or an external broker.
 //!
-//! `CONFORMANCE_TARGET=host:tcpport:wsport` points every conformance test at a running
-//! broker with anonymous access (Mosquitto, bare rumqttd, another fleetmq); tests that
-//! need a fleetmq-specific configuration skip themselves there.
+//! `CONFORMANCE_TARGET=host:tcpport:wsport[:tcpport_v5]` points every conformance test at
+//! a running broker with anonymous access (Mosquitto, bare rumqttd, another fleetmq); the
+//! optional last port is for brokers that take MQTT 5 on a listener of its own (rumqttd).
+//! Tests that need a fleetmq-specific configuration skip themselves there.
 //!
 //! Outgoing packets are encoded with rumqttc's client codecs; incoming packets are read
 //! by a small parser of our own (so reason codes are seen as the bytes on the wire), with
@@ -70,6 +71,8 @@ macro_rules! matrix {
 pub struct Target {
     pub tcp: SocketAddr,
     pub ws: SocketAddr,
+    /// MQTT 5 over TCP, when the broker wants it on a port of its own.
+    pub tcp5: Option<SocketAddr>,
     /// `None` when the tests run against an external broker.
     pub broker: Option<TestBroker>,
 }
@@ -93,6 +96,7 @@ impl Target {
         Target {
             tcp: broker.tcp,
             ws: broker.ws,
+            tcp5: None,
             broker: Some(broker),
         }
     }
@@ -115,19 +119,19 @@ impl Target {
     }
 }
 
-/// `CONFORMANCE_TARGET=host:tcpport:wsport`.
+/// `CONFORMANCE_TARGET=host:tcpport:wsport[:tcpport_v5]` (host: an IP address).
 fn external() -> Option<Target> {
     let spec = std::env::var("CONFORMANCE_TARGET").ok()?;
-    let mut parts = spec.rsplitn(3, ':');
-    let ws: u16 = parts.next()?.parse().ok()?;
-    let tcp: u16 = parts.next()?.parse().ok()?;
-    let host = parts.next()?;
-    let ip = host
+    let parts: Vec<&str> = spec.split(':').collect();
+    let ip = parts
+        .first()?
         .parse()
         .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let port = |i: usize| parts.get(i).and_then(|p| p.parse::<u16>().ok());
     Some(Target {
-        tcp: SocketAddr::new(ip, tcp),
-        ws: SocketAddr::new(ip, ws),
+        tcp: SocketAddr::new(ip, port(1)?),
+        ws: SocketAddr::new(ip, port(2)?),
+        tcp5: port(3).map(|p| SocketAddr::new(ip, p)),
         broker: None,
     })
 }
@@ -321,7 +325,11 @@ impl Client {
     async fn open(target: &Target, via: Via, ver: Ver) -> Client {
         let io = match via {
             Via::Tcp => {
-                let s = TcpStream::connect(target.tcp).await.expect("tcp connect");
+                let addr = match (ver, target.tcp5) {
+                    (Ver::V5, Some(tcp5)) => tcp5,
+                    _ => target.tcp,
+                };
+                let s = TcpStream::connect(addr).await.expect("tcp connect");
                 s.set_nodelay(true).ok();
                 Io::Tcp(s)
             }
