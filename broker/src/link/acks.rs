@@ -230,4 +230,22 @@ mod tests {
         assert!(!acks.router_pubrel(5, &mut out));
         assert!(matches!(out[1], Packet::PubComp(ref c, _) if c.pkid == 5));
     }
+
+    #[test]
+    fn qos2_downgraded_to_qos1_turns_the_puback_into_pubrec_and_answers_pubrel() {
+        let mut acks = OutboundAcks::default();
+        let mut out = Vec::new();
+        acks.sent(3);
+        acks.sent_downgraded(4);
+        assert!(acks.client_ack(4, puback(4), &mut out));
+        assert!(out.is_empty(), "still behind 3");
+        assert!(acks.client_ack(3, puback(3), &mut out));
+        assert!(matches!(out[0], Packet::PubAck(ref a, _) if a.pkid == 3));
+        assert!(matches!(out[1], Packet::PubRec(ref r, _) if r.pkid == 4));
+        assert!(
+            !acks.router_pubrel(4, &mut out),
+            "the client never sees this PUBREL"
+        );
+        assert!(matches!(out[2], Packet::PubComp(ref c, _) if c.pkid == 4));
+    }
 }
