@@ -106,7 +106,7 @@ impl Connection {
     /// client's own limits (Maximum Packet Size, Receive Maximum).
     fn forward(&mut self, forward: Forward) {
         let Forward {
-            publish,
+            mut publish,
             mut properties,
             ..
         } = forward;
@@ -145,7 +145,7 @@ impl Connection {
         }
         // rumqttd delivers at the subscription QoS; MQTT says the lower of the two.
         let qos = origin.map_or(routed.qos, |o| o.qos.min(routed.qos));
-        let mut payload = publish.payload;
+        let mut payload = std::mem::take(&mut publish.payload);
         if let Some(crypto) = self.crypto.as_mut() {
             match crypto.seal(&topic, &payload) {
                 Ok(sealed) => payload = sealed.into(),
@@ -157,16 +157,20 @@ impl Connection {
                 }
             }
         }
-        let meta = framing::PublishMeta {
-            qos,
-            dup: false,
-            retain: routed.retain,
-            pkid: if qos > 0 { routed.pkid } else { 0 },
+        let publish = if qos == routed.qos {
+            publish.payload = payload;
+            publish
+        } else {
+            // QoS and packet id are crate-private in rumqttd: rebuild the PUBLISH.
+            let meta = framing::PublishMeta {
+                qos,
+                dup: false,
+                retain: routed.retain,
+                pkid: if qos > 0 { routed.pkid } else { 0 },
+            };
+            framing::build_publish(meta, topic.as_bytes(), &payload)
         };
-        let packet = Packet::Publish(
-            framing::build_publish(meta, topic.as_bytes(), &payload),
-            properties,
-        );
+        let packet = Packet::Publish(publish, properties);
         if let Some(max) = self.flow.max_packet() {
             let mut probe = bytes::BytesMut::new();
             let fits = framing::encode(self.s.version, packet.clone(), &mut probe).is_ok()
