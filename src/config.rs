@@ -16,6 +16,9 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.max_payload",
     "mqtt.max_connections",
     "mqtt.connect_timeout_s",
+    "mqtt.sys_interval_s",
+    "mqtt.max_inflight",
+    "mqtt.topic_alias_max",
     "mqtt.tls.listen",
     "mqtt.tls.cert",
     "mqtt.tls.key",
@@ -217,5 +220,21 @@ mod tests {
         assert!(format!("{e:#}").contains("mqtt.tcp"), "{e:#}");
         let e = load_str("[mqtt]\nmax_payload = 0\n", &[]).unwrap_err();
         assert!(format!("{e:#}").contains("mqtt.max_payload"), "{e:#}");
+    }
+
+    #[test]
+    fn conformance_keys_have_defaults_and_checks() {
+        let c = load_str("", &[]).unwrap();
+        assert_eq!(c.broker.max_inflight, 100);
+        assert_eq!(c.broker.topic_alias_max, 16);
+        assert_eq!(
+            c.broker.sys_interval,
+            Some(std::time::Duration::from_secs(10))
+        );
+        let c = load_str("[mqtt]\nsys_interval_s = 0\ntopic_alias_max = 0\n", &[]).unwrap();
+        assert_eq!(c.broker.sys_interval, None);
+        assert_eq!(c.broker.topic_alias_max, 0);
+        let e = load_str("[mqtt]\nmax_inflight = 0\n", &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("mqtt.max_inflight"), "{e:#}");
     }
 }

@@ -17,6 +17,12 @@ pub struct RawMqttConfig {
     pub max_payload: Option<usize>,
     pub max_connections: Option<usize>,
     pub connect_timeout_s: Option<u64>,
+    /// Seconds between `$SYS` updates; 0 disables them.
+    pub sys_interval_s: Option<u64>,
+    /// Receive Maximum: QoS 1/2 messages a client may have unacknowledged towards us.
+    pub max_inflight: Option<u16>,
+    /// Topic Alias Maximum announced to MQTT 5 clients (0: no inbound aliases).
+    pub topic_alias_max: Option<u16>,
     pub tls: Option<RawTlsConfig>,
 }
 
@@ -172,6 +178,12 @@ pub struct BrokerConfig {
     pub max_payload: usize,
     pub max_connections: usize,
     pub connect_timeout: Duration,
+    /// How often `$SYS` topics are refreshed; `None` disables them.
+    pub sys_interval: Option<Duration>,
+    /// Receive Maximum announced to and enforced on clients (DISCONNECT 0x93).
+    pub max_inflight: u16,
+    /// Topic Alias Maximum announced to MQTT 5 clients.
+    pub topic_alias_max: u16,
     pub payload_encryption: bool,
     pub allow_anonymous: bool,
     pub anonymous_rules: Vec<AclRule>,
@@ -214,6 +226,9 @@ impl BrokerConfig {
             max_payload: 262_144,
             max_connections: 10_000,
             connect_timeout: Duration::from_secs(10),
+            sys_interval: Some(Duration::from_secs(10)),
+            max_inflight: 100,
+            topic_alias_max: 16,
             payload_encryption: false,
             allow_anonymous: false,
             anonymous_rules: default_anonymous_rules(),
@@ -295,6 +310,13 @@ pub fn validate(
             reason: "must be at least 1".into(),
         });
     }
+    let max_inflight = mqtt.max_inflight.unwrap_or(100);
+    if max_inflight == 0 {
+        return Err(ConfigError {
+            key: "mqtt.max_inflight",
+            reason: "must be at least 1 (a Receive Maximum of 0 is a protocol error)".into(),
+        });
+    }
     let anonymous_rules = security
         .anonymous_rules
         .unwrap_or_else(default_anonymous_rules);
@@ -314,6 +336,12 @@ pub fn validate(
         max_payload,
         max_connections,
         connect_timeout: Duration::from_secs(connect_timeout_s),
+        sys_interval: match mqtt.sys_interval_s.unwrap_or(10) {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        },
+        max_inflight,
+        topic_alias_max: mqtt.topic_alias_max.unwrap_or(16),
         payload_encryption: security.payload_encryption.unwrap_or(false),
         allow_anonymous: security.allow_anonymous.unwrap_or(false),
         anonymous_rules,

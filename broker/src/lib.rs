@@ -88,6 +88,7 @@ pub async fn start(
     }
     tracing::info!(count, "retained messages replayed into the router");
     fleet::spawn(services, fleet_rx, shutdown, tracker);
+    link::sys::spawn_ticker(&handle.core, tracker);
     link::spawn_listeners(&handle.core, listeners, tracker);
     Ok(handle)
 }

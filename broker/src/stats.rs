@@ -26,6 +26,11 @@ pub enum DropCause {
     TooLarge,
     /// A device event (telemetry) that found the fleet queue full.
     QueueFull,
+    /// A message whose Message Expiry Interval ran out before delivery.
+    Expired,
+    /// A configured or client-announced limit: max connections, Receive Maximum,
+    /// a client's Maximum Packet Size.
+    Limit,
 }
 
 /// MQTT control packet names by their fixed-header type (1..=15); 0 is reserved.
@@ -74,6 +79,8 @@ pub(crate) struct Stats {
     packets_in: [AtomicU64; 16],
     /// Packets written to clients, by fixed-header type.
     packets_out: [AtomicU64; 16],
+    expired: AtomicU64,
+    limit: AtomicU64,
 }
 
 impl Stats {
@@ -94,6 +101,8 @@ impl Stats {
             DropCause::Malformed => &self.malformed,
             DropCause::TooLarge => &self.too_large,
             DropCause::QueueFull => &self.queue_full,
+            DropCause::Expired => &self.expired,
+            DropCause::Limit => &self.limit,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -145,6 +154,8 @@ impl Stats {
                 malformed: get(&self.malformed),
                 too_large: get(&self.too_large),
                 queue_full: get(&self.queue_full),
+                expired: get(&self.expired),
+                limit: get(&self.limit),
             },
             packets: PacketStats {
                 received: by_type(&self.packets_in),
@@ -215,4 +226,7 @@ pub struct DropStats {
     pub malformed: u64,
     pub too_large: u64,
     pub queue_full: u64,
+    pub expired: u64,
+    /// Refusals and drops at a limit (max connections, Receive Maximum, packet sizes).
+    pub limit: u64,
 }

@@ -189,7 +189,7 @@ async fn a_full_server_says_busy_and_bad_client_ids_are_rejected() {
     );
     assert_eq!(
         refused_v5(connect_v5(&b, Via::Ws, "second", None).await),
-        V5Code::ServerBusy
+        V5Code::QuotaExceeded
     );
 
     let b = TestBroker::with_config({

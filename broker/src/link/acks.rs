@@ -15,6 +15,8 @@ use rumqttd::protocol::{
 struct Slot {
     pkid: u16,
     ack: Option<Packet>,
+    /// Routed at QoS 2, written at QoS 1: the client's PUBACK stands for the PUBREC.
+    downgraded: bool,
 }
 
 /// Queues client acks until they can go to the router in order.
@@ -33,7 +35,25 @@ impl OutboundAcks {
     /// A QoS 1/2 message with `pkid` was written to the client.
     pub(crate) fn sent(&mut self, pkid: u16) {
         if self.inflight.len() < MAX_TRACKED {
-            self.inflight.push_back(Slot { pkid, ack: None });
+            self.inflight.push_back(Slot {
+                pkid,
+                ack: None,
+                downgraded: false,
+            });
+        }
+    }
+
+    /// A QoS 2 message from the router was written at QoS 1 (its publisher used QoS 1):
+    /// the client's PUBACK becomes the router's PUBREC, and the router's PUBREL is
+    /// answered here.
+    pub(crate) fn sent_downgraded(&mut self, pkid: u16) {
+        if self.inflight.len() < MAX_TRACKED {
+            self.swallow_pubrel.insert(pkid);
+            self.inflight.push_back(Slot {
+                pkid,
+                ack: None,
+                downgraded: true,
+            });
         }
     }
 
@@ -60,6 +80,7 @@ impl OutboundAcks {
         self.inflight.push_back(Slot {
             pkid,
             ack: Some(ack),
+            downgraded: false,
         });
         Self::drain(&mut self.inflight, to_router);
     }
@@ -78,7 +99,16 @@ impl OutboundAcks {
         else {
             return false;
         };
-        slot.ack = Some(ack);
+        slot.ack = Some(match ack {
+            Packet::PubAck(..) if slot.downgraded => Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: PubRecReason::Success,
+                },
+                None,
+            ),
+            ack => ack,
+        });
         Self::drain(&mut self.inflight, to_router);
         true
     }
@@ -96,12 +126,17 @@ impl OutboundAcks {
             self.pubrels.push_back(Slot {
                 pkid,
                 ack: Some(comp),
+                downgraded: false,
             });
             Self::drain(&mut self.pubrels, to_router);
             return false;
         }
         if self.pubrels.len() < MAX_TRACKED {
-            self.pubrels.push_back(Slot { pkid, ack: None });
+            self.pubrels.push_back(Slot {
+                pkid,
+                ack: None,
+                downgraded: false,
+            });
         }
         true
     }
@@ -194,5 +229,23 @@ mod tests {
         assert!(matches!(out[0], Packet::PubRec(ref r, _) if r.pkid == 5));
         assert!(!acks.router_pubrel(5, &mut out));
         assert!(matches!(out[1], Packet::PubComp(ref c, _) if c.pkid == 5));
+    }
+
+    #[test]
+    fn qos2_downgraded_to_qos1_turns_the_puback_into_pubrec_and_answers_pubrel() {
+        let mut acks = OutboundAcks::default();
+        let mut out = Vec::new();
+        acks.sent(3);
+        acks.sent_downgraded(4);
+        assert!(acks.client_ack(4, puback(4), &mut out));
+        assert!(out.is_empty(), "still behind 3");
+        assert!(acks.client_ack(3, puback(3), &mut out));
+        assert!(matches!(out[0], Packet::PubAck(ref a, _) if a.pkid == 3));
+        assert!(matches!(out[1], Packet::PubRec(ref r, _) if r.pkid == 4));
+        assert!(
+            !acks.router_pubrel(4, &mut out),
+            "the client never sees this PUBREL"
+        );
+        assert!(matches!(out[2], Packet::PubComp(ref c, _) if c.pkid == 4));
     }
 }

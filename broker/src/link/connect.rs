@@ -9,8 +9,8 @@ use bytes::BytesMut;
 use fleetmq_storage::{now_ms, AclRule};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill, Login,
-    Packet,
+    ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
+    LastWillProperties, Login, Packet,
 };
 use rumqttd::Notification;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
@@ -30,6 +30,7 @@ pub(crate) struct ConnectRequest {
     pub(crate) connect: Connect,
     pub(crate) props: Option<ConnectProperties>,
     pub(crate) will: Option<LastWill>,
+    pub(crate) will_props: Option<LastWillProperties>,
     pub(crate) login: Option<Login>,
 }
 
@@ -79,11 +80,12 @@ pub(crate) async fn read_connect(
     };
     let bytes = buf.split_to(frame.len);
     match framing::decode(version, frame, bytes, max_packet) {
-        Ok(Packet::Connect(connect, props, will, _will_props, login)) => Ok(ConnectRequest {
+        Ok(Packet::Connect(connect, props, will, will_props, login)) => Ok(ConnectRequest {
             version,
             connect,
             props,
             will,
+            will_props,
             login,
         }),
         Ok(_) => Err(ConnectFailure::Close("not a CONNECT".into())),
@@ -108,7 +110,9 @@ pub(crate) struct Established {
     pub(crate) keep_alive: u16,
     /// Whether the router drops the session state when this link ends.
     pub(crate) clean: bool,
-    pub(crate) will: Option<LastWill>,
+    pub(crate) will: Option<super::will::Will>,
+    /// The client's CONNECT properties (v5): its limits for what we send it.
+    pub(crate) connect_props: Option<ConnectProperties>,
     pub(crate) peer: SocketAddr,
     pub(crate) transport: Transport,
     pub(crate) session_present: bool,
@@ -213,12 +217,13 @@ pub(crate) async fn establish(
         assigned = Some(client_id.clone());
     }
     let permit = core.permits.clone().try_acquire_owned().map_err(|_| {
+        core.stats.dropped(DropCause::Limit);
         refuse(
             version,
             v4_or_v5(
                 version,
                 ConnectReturnCode::ServiceUnavailable,
-                ConnectReturnCode::ServerBusy,
+                ConnectReturnCode::QuotaExceeded,
             ),
             "mqtt.max_connections reached",
         )
@@ -239,7 +244,13 @@ pub(crate) async fn establish(
         .await
         .map_err(|r| refuse(version, refusal_code(version, r), format!("{r:?}")))?;
     let principal = principal_for(&identity, &client_id, &core.anonymous_rules);
-    let will = check_will(core, &principal, &identity, req.will, version)?;
+    let session_expiry = req
+        .props
+        .as_ref()
+        .and_then(|p| p.session_expiry_interval)
+        .unwrap_or(0);
+    let will = check_will(core, &principal, &identity, req.will, version)?
+        .map(|w| super::will::Will::new(w, req.will_props, session_expiry));
     let router_key = router_key(&identity, &client_id);
     let clean = req.connect.clean_session && !persistent_v5(version, req.props.as_ref());
 
@@ -328,6 +339,7 @@ pub(crate) async fn establish(
         keep_alive: req.connect.keep_alive,
         clean,
         will,
+        connect_props: req.props,
         peer,
         transport,
         session_present,
@@ -364,11 +376,12 @@ fn connack_properties(
     Some(ConnAckProperties {
         assigned_client_identifier: assigned,
         max_packet_size: u32::try_from(core.max_packet()).ok(),
-        receive_max: Some(100),
+        receive_max: Some(core.config.max_inflight),
         retain_available: Some(1),
         shared_subscription_available: Some(1),
         wildcard_subscription_available: Some(1),
-        topic_alias_max: None,
+        subscription_identifiers_available: Some(1),
+        topic_alias_max: Some(core.config.topic_alias_max),
         ..ConnAckProperties::default()
     })
 }

@@ -11,9 +11,12 @@ use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, SubscribeReaso
 use tokio::time::Instant;
 
 use super::acks::OutboundAcks;
+use super::alias::InboundAliases;
 use super::connect::{count_connection, Established};
+use super::flow::OutboundFlow;
 use super::framing::{self, Version};
 use super::sealing::DeviceCrypto;
+use super::subscriptions::Subscriptions;
 use super::transport::Stream;
 use super::Core;
 use crate::auth::Identity;
@@ -67,6 +70,11 @@ pub(crate) struct Connection {
     /// Commands written by the link itself (not routed), by packet id, awaiting PUBACK.
     pub(super) commands_inflight: HashMap<u16, String>,
     pub(super) next_command_pkid: u16,
+    /// Per-connection MQTT state the router lacks (see `subscriptions`, `alias`, `flow`).
+    pub(super) subs: Subscriptions,
+    pub(super) aliases: InboundAliases,
+    pub(super) flow: OutboundFlow,
+    pub(super) sys_rx: tokio::sync::watch::Receiver<super::sys::SysValues>,
 }
 
 impl Connection {
@@ -80,7 +88,15 @@ impl Connection {
             Identity::Device(d) => core.crypto_for(d),
             _ => None,
         };
+        let aliases = InboundAliases::new(match s.version {
+            Version::V5 => core.config.topic_alias_max,
+            Version::V4 => 0,
+        });
         Connection {
+            subs: Subscriptions::new(s.session_present),
+            flow: OutboundFlow::new(s.connect_props.as_ref()),
+            sys_rx: core.sys.subscribe(),
+            aliases,
             core,
             stream,
             s,
@@ -105,6 +121,7 @@ impl Connection {
 
     /// Sends the CONNACK, runs until the connection ends, then closes it.
     pub(crate) async fn run(mut self, connack: Packet) {
+        self.core.wills.cancel(&self.s.router_key);
         self.announce().await;
         self.write_packet(connack);
         // Anything that arrived together with the CONNECT is processed right after.
@@ -154,6 +171,14 @@ impl Connection {
                 Err(_) => Err(Ending::RouterGone),
             },
             _ = sleep, if deadline.is_some() => Err(Ending::KeepAliveTimeout),
+            changed = self.sys_rx.changed(), if self.subs.has_sys() => match changed {
+                Ok(()) => {
+                    let values = self.sys_rx.borrow_and_update().clone();
+                    self.write_sys(&values, false);
+                    self.flush().await
+                }
+                Err(_) => Err(Ending::Closed(CloseReason::ShuttingDown)),
+            },
         }
     }
 
@@ -215,6 +240,22 @@ impl Connection {
         if ending != Ending::RouterGone {
             self.leave_router().await;
         }
+        let fire_will = !matches!(
+            ending,
+            Ending::ClientDisconnect { with_will: false }
+                | Ending::Closed(CloseReason::ShuttingDown)
+        );
+        let will = self.s.will.take().filter(|_| fire_will);
+        // A delayed will is scheduled before the session slot is released, so that a
+        // reconnect (which cancels it) always comes after.
+        let will_now = match will {
+            Some(w) if w.delay.is_zero() => Some(w),
+            Some(w) => {
+                super::will::fire(&core, &self.s.router_key, w).await;
+                None
+            }
+            None => None,
+        };
         core.sessions.remove(&self.s.router_key, self.s.conn_id);
         let _ = self.s.closed.send(true);
         if let (Version::V5, Some(reason)) = (self.s.version, disconnect_reason(ending)) {
@@ -222,14 +263,9 @@ impl Connection {
             let _ = self.flush().await;
         }
         self.stream.shutdown().await;
-        let fire_will = !matches!(
-            ending,
-            Ending::ClientDisconnect { with_will: false }
-                | Ending::Closed(CloseReason::ShuttingDown)
-        );
-        if let (true, Some(will)) = (fire_will, self.s.will.take()) {
-            core.publish_will(&will).await;
-            self.will_published(&will).await;
+        if let Some(will) = will_now {
+            super::will::fire(&core, &self.s.router_key, will.clone()).await;
+            self.will_published(&will.will).await;
         }
         let kind = match self.s.identity {
             Identity::Device(_) => ClientKind::Device,

@@ -4,8 +4,11 @@
 use rumqttd::protocol::{Packet, SubAck, SubscribeReasonCode};
 use rumqttd::{Forward, Notification};
 
+use fleetmq_storage::now_ms;
+
 use super::connection::Connection;
 use super::framing;
+use super::origin::{remaining_expiry, Origin};
 use crate::stats::{DropCause, Stats};
 
 /// What a notification asks of the egress loop besides writing.
@@ -99,42 +102,116 @@ impl Connection {
         }
     }
 
+    /// A routed message: read check, No Local, expiry, QoS downgrade, sealing, then the
+    /// client's own limits (Maximum Packet Size, Receive Maximum).
     fn forward(&mut self, forward: Forward) {
-        let mut publish = forward.publish;
-        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+        let Forward {
+            mut publish,
+            mut properties,
+            ..
+        } = forward;
+        let routed = framing::meta_of(&publish);
+        let origin = Origin::take(&mut properties);
+        let Ok(topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
+            self.drop_inflight(routed);
             return;
         };
-        if !self.s.principal.may_read(topic) {
+        if !self.s.principal.may_read(&topic) {
             self.core.stats.dropped(DropCause::AclDelivery);
             tracing::debug!(client_id = %self.s.client_id, topic, "delivery denied by read ACL");
-            self.drop_inflight(&publish);
+            self.drop_inflight(routed);
             return;
         }
+        if let Some(origin) = origin {
+            if origin.conn_id == self.s.conn_id && self.subs.no_local_blocks(&topic) {
+                // [MQTT-3.8.3-3]: not an error, just not for us.
+                self.drop_inflight(routed);
+                return;
+            }
+            if let Some(p) = properties.as_mut() {
+                if let Some(interval) = p.message_expiry_interval {
+                    let elapsed = now_ms().saturating_sub(origin.at_ms);
+                    match remaining_expiry(interval, elapsed) {
+                        Some(left) => p.message_expiry_interval = Some(left),
+                        None => {
+                            // [MQTT-3.3.2-5]
+                            self.core.stats.dropped(DropCause::Expired);
+                            self.drop_inflight(routed);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        // rumqttd delivers at the subscription QoS; MQTT says the lower of the two.
+        let qos = origin.map_or(routed.qos, |o| o.qos.min(routed.qos));
+        let mut payload = std::mem::take(&mut publish.payload);
         if let Some(crypto) = self.crypto.as_mut() {
-            match crypto.seal(topic, &publish.payload) {
-                Ok(sealed) => publish.payload = sealed.into(),
+            match crypto.seal(&topic, &payload) {
+                Ok(sealed) => payload = sealed.into(),
                 Err(e) => {
                     self.core.stats.dropped(DropCause::EncryptFailed);
                     tracing::warn!(client_id = %self.s.client_id, topic, error = %e, "cannot encrypt for device");
-                    self.drop_inflight(&publish);
+                    self.drop_inflight(routed);
                     return;
                 }
             }
         }
+        let publish = if qos == routed.qos {
+            publish.payload = payload;
+            publish
+        } else {
+            // QoS and packet id are crate-private in rumqttd: rebuild the PUBLISH.
+            let meta = framing::PublishMeta {
+                qos,
+                dup: false,
+                retain: routed.retain,
+                pkid: if qos > 0 { routed.pkid } else { 0 },
+            };
+            framing::build_publish(meta, topic.as_bytes(), &payload)
+        };
+        let packet = Packet::Publish(publish, properties);
+        if let Some(max) = self.flow.max_packet() {
+            let mut probe = bytes::BytesMut::new();
+            let fits = framing::encode(self.s.version, packet.clone(), &mut probe).is_ok()
+                && probe.len() <= max;
+            if !fits {
+                // Discarded as if delivered [MQTT-3.1.2-25].
+                self.core.stats.dropped(DropCause::Limit);
+                self.drop_inflight(routed);
+                return;
+            }
+        }
+        match (routed.qos, qos) {
+            (0, _) => {}
+            (r, 0) => self.acks.dropped(routed.pkid, r, &mut self.to_router),
+            (2, 1) => self.acks.sent_downgraded(routed.pkid),
+            _ => self.acks.sent(routed.pkid),
+        }
+        if qos > 0 && !self.flow.may_send() {
+            self.flow.hold(packet);
+            return;
+        }
+        self.write_forward(packet);
+    }
+
+    /// Writes a routed PUBLISH and counts it towards the client's Receive Maximum.
+    pub(super) fn write_forward(&mut self, packet: Packet) {
         let start = self.out.len();
-        self.write_packet(Packet::Publish(publish, forward.properties));
-        Stats::add(&self.core.stats.sent, 1);
+        self.write_packet(packet);
         if let Some(meta) = framing::publish_meta(&self.out[start..]) {
             if meta.qos > 0 {
-                self.acks.sent(meta.pkid);
+                self.flow.sent(meta.pkid);
             }
+            Stats::add(&self.core.stats.sent, 1);
         }
     }
 
-    fn drop_inflight(&mut self, publish: &rumqttd::protocol::Publish) {
-        let meta = framing::meta_of(publish);
-        if meta.qos > 0 {
-            self.acks.dropped(meta.pkid, meta.qos, &mut self.to_router);
+    /// A routed QoS 1/2 message that will not reach the client: acked on its behalf.
+    fn drop_inflight(&mut self, routed: framing::PublishMeta) {
+        if routed.qos > 0 {
+            self.acks
+                .dropped(routed.pkid, routed.qos, &mut self.to_router);
         }
     }
 }

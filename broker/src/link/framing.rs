@@ -127,6 +127,11 @@ pub(crate) fn decode(
         return Err(FrameError::Forbidden(packet_type));
     }
     let mut bytes = bytes;
+    if version == Version::V5 && packet_type == 14 && bytes.len() == 3 {
+        // A v5 DISCONNECT may stop after its reason code (§3.14.2.2); rumqttd's reader
+        // then demands a property length. Give it an empty one.
+        bytes = BytesMut::from(&[bytes[0], 2, bytes[2], 0][..]);
+    }
     let result = catch_unwind(AssertUnwindSafe(|| match version {
         Version::V4 => V4.read_mut(&mut bytes, max_packet),
         Version::V5 => V5.read_mut(&mut bytes, max_packet),
@@ -254,6 +259,18 @@ mod tests {
         assert!(matches!(
             peek(&[0x30, 0x7f], 10),
             Err(FrameError::TooLarge(127))
+        ));
+    }
+
+    #[test]
+    fn v5_disconnect_with_only_a_reason_code_decodes() {
+        let bytes = [0xe0u8, 0x01, 0x04];
+        let frame = peek(&bytes, 100).unwrap().unwrap();
+        let p = decode(Version::V5, frame, BytesMut::from(&bytes[..]), 100).unwrap();
+        assert!(matches!(
+            p,
+            Packet::Disconnect(d, None)
+                if d.reason_code == rumqttd::protocol::DisconnectReasonCode::DisconnectWithWillMessage
         ));
     }
 

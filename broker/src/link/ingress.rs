@@ -5,12 +5,15 @@ use bytes::Bytes;
 use fleetmq_storage::now_ms;
 use rumqttd::protocol::{
     DisconnectReasonCode as Reason, Filter, Packet, PingResp, PubAck, PubAckReason, PubComp,
-    PubCompReason, PubRec, PubRecReason, Publish, PublishProperties, SubAck, Subscribe,
+    PubCompReason, PubRec, PubRecReason, Publish, PublishProperties, QoS, SubAck, Subscribe,
     SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 
+use super::alias::AliasError;
 use super::connection::{Connection, Ending};
 use super::framing::{self, FrameError, PublishMeta, Version};
+use super::origin::Origin;
+use super::subscriptions::{self, SubOptions};
 use super::topic;
 use crate::auth::Identity;
 use crate::fleet::{LinkEvent, Upstream};
@@ -75,12 +78,21 @@ impl Connection {
                 let pkid = ack.pkid;
                 if !self.command_acked(pkid).await {
                     self.client_ack(pkid, Packet::PubAck(ack, props));
+                    self.completed(pkid);
                 }
                 Ok(())
             }
             Packet::PubRec(rec, props) => {
                 let pkid = rec.pkid;
+                // A PUBREC with an error code ends the exchange [MQTT-4.3.3-?, 4.9].
+                let failed = !matches!(
+                    rec.reason,
+                    PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                );
                 self.client_ack(pkid, Packet::PubRec(rec, props));
+                if failed {
+                    self.completed(pkid);
+                }
                 Ok(())
             }
             Packet::PubComp(comp, props) => {
@@ -92,6 +104,7 @@ impl Connection {
                 ) {
                     tracing::debug!(client_id = %self.s.client_id, pkid, "PUBCOMP for nothing in flight ignored");
                 }
+                self.completed(pkid);
                 Ok(())
             }
             Packet::PubRel(rel, _) => {
@@ -189,17 +202,44 @@ impl Connection {
         meta: PublishMeta,
     ) -> Result<(), Ending> {
         Stats::add(&self.core.stats.received, 1);
-        if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
-            // CONNACK announced a Topic Alias Maximum of 0 [MQTT-3.3.2-8].
-            return Err(Ending::Violation(Reason::TopicAliasInvalid));
+        let mut props = props;
+        let alias = props.as_mut().and_then(|p| p.topic_alias.take());
+        if props
+            .as_ref()
+            .is_some_and(|p| !p.subscription_identifiers.is_empty())
+        {
+            // A client never sends a Subscription Identifier [MQTT-3.3.4-6].
+            return Err(Ending::Violation(Reason::ProtocolError));
         }
         let topic = match std::str::from_utf8(&publish.topic) {
-            Ok(t) if topic::valid_topic_name(t) => t.to_owned(),
-            _ => {
+            Ok(t) => match self.aliases.resolve(t, alias) {
+                Ok(t) if topic::valid_topic_name(&t) => t,
+                Ok(_) => {
+                    self.core.stats.dropped(DropCause::Malformed);
+                    return Err(Ending::Violation(Reason::TopicNameInvalid));
+                }
+                Err(e) => {
+                    self.core.stats.dropped(DropCause::Malformed);
+                    tracing::debug!(client_id = %self.s.client_id, error = ?e, "bad topic alias");
+                    return Err(Ending::Violation(match e {
+                        AliasError::EmptyTopic => Reason::ProtocolError,
+                        _ => Reason::TopicAliasInvalid,
+                    }));
+                }
+            },
+            Err(_) => {
                 self.core.stats.dropped(DropCause::Malformed);
                 return Err(Ending::Violation(Reason::TopicNameInvalid));
             }
         };
+        if meta.qos == 2
+            && !self.inbound_qos2.contains(&meta.pkid)
+            && self.inbound_qos2.len() >= usize::from(self.core.config.max_inflight)
+        {
+            // More unacknowledged QoS 2 than our Receive Maximum [MQTT-3.3.4-9].
+            self.core.stats.dropped(DropCause::Limit);
+            return Err(Ending::Violation(Reason::ReceiveMaximumExceeded));
+        }
         if publish.payload.len() > self.core.config.max_payload {
             self.core.stats.dropped(DropCause::TooLarge);
             return Err(Ending::Violation(Reason::PacketTooLarge));
@@ -246,7 +286,12 @@ impl Connection {
             self.persist_retained(&topic, &payload, meta.qos).await;
         }
         self.device_published(&topic, &payload).await;
-        self.route(meta, &topic, &payload, props);
+        let origin = Origin {
+            qos: meta.qos,
+            conn_id: self.s.conn_id,
+            at_ms: now_ms(),
+        };
+        self.route(meta, &topic, &payload, origin.attach(props));
         Ok(())
     }
 
@@ -295,16 +340,39 @@ impl Connection {
         props: Option<SubscribeProperties>,
     ) -> Result<Vec<String>, Ending> {
         if props.as_ref().and_then(|p| p.id) == Some(0) {
+            // Subscription Identifier 0 is a protocol error [MQTT-3.8.2-?]; rumqttd would
+            // drop the link without a word.
             return Err(Ending::Violation(Reason::ProtocolError));
         }
         let v5 = self.s.version == Version::V5;
         let mut slots = Vec::with_capacity(sub.filters.len());
         let mut routed: Vec<Filter> = Vec::new();
+        let mut sys_added = false;
+        let mut replaced = Vec::new();
         for filter in sub.filters {
+            let options = SubOptions {
+                qos: filter.qos as u8,
+                no_local: v5 && filter.nolocal,
+            };
             match self.check_filter(&filter.path) {
-                Ok(()) => {
+                Ok(Target::Router) => {
+                    if v5 && filter.nolocal && topic::is_shared(&filter.path) {
+                        // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4].
+                        return Err(Ending::Violation(Reason::ProtocolError));
+                    }
+                    if self.subs.add(&filter.path, options) {
+                        // rumqttd keeps an existing subscription as it was (QoS,
+                        // identifier); MQTT replaces it [MQTT-3.8.4-3].
+                        replaced.push(filter.path.clone());
+                    }
                     slots.push(None);
                     routed.push(filter);
+                }
+                Ok(Target::Sys) => {
+                    // Served by the link at QoS 0 (see `sys`).
+                    self.subs.add(&filter.path, options);
+                    sys_added = true;
+                    slots.push(Some(SubscribeReasonCode::Success(QoS::AtMostOnce)));
                 }
                 Err(code) => {
                     let code = if v5 {
@@ -316,6 +384,7 @@ impl Connection {
                 }
             }
         }
+        let paths = routed.iter().map(|f| f.path.clone()).collect();
         if routed.is_empty() {
             let return_codes = slots.into_iter().flatten().collect();
             self.write_packet(Packet::SubAck(
@@ -325,28 +394,39 @@ impl Connection {
                 },
                 None,
             ));
-            return Ok(Vec::new());
+        } else {
+            if slots.iter().any(Option::is_some) {
+                self.pending_subacks.insert(sub.pkid, slots);
+            }
+            if !replaced.is_empty() {
+                // Its UNSUBACK is swallowed like every router UNSUBACK.
+                self.to_router.push(Packet::Unsubscribe(
+                    Unsubscribe {
+                        pkid: sub.pkid,
+                        filters: replaced,
+                    },
+                    None,
+                ));
+            }
+            self.to_router.push(Packet::Subscribe(
+                Subscribe {
+                    pkid: sub.pkid,
+                    filters: routed,
+                },
+                props,
+            ));
         }
-        if slots.iter().any(Option::is_some) {
-            self.pending_subacks.insert(sub.pkid, slots);
+        if sys_added {
+            let values = super::sys::snapshot(&self.core);
+            self.write_sys(&values, true);
         }
-        let paths = routed.iter().map(|f| f.path.clone()).collect();
-        self.to_router.push(Packet::Subscribe(
-            Subscribe {
-                pkid: sub.pkid,
-                filters: routed,
-            },
-            props,
-        ));
         Ok(paths)
     }
 
-    fn check_filter(&self, path: &str) -> Result<(), SubscribeReasonCode> {
+    fn check_filter(&self, path: &str) -> Result<Target, SubscribeReasonCode> {
         let inner = match topic::split_shared(path) {
             Some((_, inner)) => inner,
-            None if path.starts_with("$share/") => {
-                return Err(SubscribeReasonCode::TopicFilterInvalid)
-            }
+            None if topic::is_shared(path) => return Err(SubscribeReasonCode::TopicFilterInvalid),
             None => path,
         };
         if !topic::valid_filter(inner) {
@@ -357,26 +437,35 @@ impl Connection {
             tracing::warn!(client_id = %self.s.client_id, filter = path, "subscribe denied by ACL");
             return Err(SubscribeReasonCode::NotAuthorized);
         }
+        if subscriptions::is_sys(path) {
+            return Ok(Target::Sys);
+        }
         if inner.starts_with('$') {
-            // rumqttd's router drops a link that subscribes to a `$` filter.
+            // rumqttd's router drops a link that subscribes to a `$` filter, and nothing
+            // but `$SYS` is published on one.
             return Err(SubscribeReasonCode::ImplementationSpecific);
         }
-        Ok(())
+        Ok(Target::Router)
     }
 
-    /// Forwards the filters and answers with exactly one UNSUBACK (the router sends none
-    /// for an unknown filter and one per filter otherwise; those are swallowed).
+    /// Answers with exactly one UNSUBACK, 0x11 for a filter with no subscription
+    /// [MQTT-3.10.4-4, -5]; forwards the others (the router sends no UNSUBACK for an
+    /// unknown filter and one per filter otherwise; those are swallowed).
     fn unsubscribe(&mut self, unsub: Unsubscribe) {
-        let reasons = unsub
-            .filters
-            .iter()
-            .map(|_| UnsubAckReason::Success)
-            .collect();
-        let routed: Vec<String> = unsub
-            .filters
-            .into_iter()
-            .filter(|f| topic::valid_filter(topic::split_shared(f).map_or(f, |(_, inner)| inner)))
-            .collect();
+        let mut reasons = Vec::with_capacity(unsub.filters.len());
+        let mut routed = Vec::new();
+        for f in unsub.filters {
+            let existed = self.subs.remove(&f);
+            reasons.push(if existed {
+                UnsubAckReason::Success
+            } else {
+                UnsubAckReason::NoSubscriptionExisted
+            });
+            let inner = topic::split_shared(&f).map_or(f.as_str(), |(_, inner)| inner);
+            if existed && topic::valid_filter(inner) && !subscriptions::is_sys(&f) {
+                routed.push(f);
+            }
+        }
         if !routed.is_empty() {
             self.to_router.push(Packet::Unsubscribe(
                 Unsubscribe {
@@ -394,6 +483,20 @@ impl Connection {
             None,
         ));
     }
+
+    /// The client completed an outbound QoS 1/2 exchange: held messages may go now.
+    fn completed(&mut self, pkid: u16) {
+        self.flow.completed(pkid);
+        while let Some(packet) = self.flow.release() {
+            self.write_forward(packet);
+        }
+    }
+}
+
+/// Who serves an accepted subscription.
+enum Target {
+    Router,
+    Sys,
 }
 
 impl Connection {

@@ -172,9 +172,12 @@ async fn ws_upgrade(socket: TcpStream, max_packet: usize) -> io::Result<Stream> 
         }
         Ok(resp)
     };
+    // Room above the MQTT limit, so that a moderately oversized packet reaches the MQTT
+    // layer and gets its DISCONNECT 0x95 instead of a bare WebSocket close.
+    let ws_limit = max_packet.saturating_mul(2);
     let config = WebSocketConfig::default()
-        .max_message_size(Some(max_packet + 16))
-        .max_frame_size(Some(max_packet + 16));
+        .max_message_size(Some(ws_limit))
+        .max_frame_size(Some(ws_limit));
     let ws = tokio_tungstenite::accept_hdr_async_with_config(socket, check, Some(config))
         .await
         .map_err(io::Error::other)?;
@@ -227,12 +230,17 @@ async fn refuse(core: &Core, mut stream: Stream, peer: SocketAddr, failure: Conn
         ConnectFailure::Refuse(version, code, why) => {
             tracing::info!(%peer, ?code, why, "CONNECT refused");
             let mut out = BytesMut::new();
+            // v5 clients are told why (3.1.1 has no room for it).
+            let props = rumqttd::protocol::ConnAckProperties {
+                reason_string: Some(why),
+                ..Default::default()
+            };
             let ack = Packet::ConnAck(
                 ConnAck {
                     session_present: false,
                     code,
                 },
-                None,
+                Some(props),
             );
             let packet = if version == Version::V4 {
                 super::strip_properties(ack)

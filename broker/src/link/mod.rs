@@ -9,20 +9,32 @@
 //! - `acks`: outbound acks put back in the order the router demands.
 //! - `acl`, `topic`: SPEC §3 permissions and MQTT topic rules.
 //! - `crypto`, `sealing`: the SPEC §4 envelope and per-connection device keys.
+//! - `origin`: what the router forgets about a message (publish QoS, publisher, arrival),
+//!   carried through it as an internal user property.
+//! - `subscriptions`, `alias`, `flow`: per-connection MQTT state the router lacks
+//!   (UNSUBACK codes, No Local; inbound topic aliases; Receive Maximum and Maximum
+//!   Packet Size towards the client).
+//! - `will`: last wills with their delay; `sys`: the `$SYS` topics.
 
 mod acks;
 pub(crate) mod acl;
+mod alias;
 mod connect;
 mod connection;
 pub(crate) mod crypto;
 mod egress;
+mod flow;
 mod framing;
 mod ingress;
 mod listener;
+mod origin;
 mod sealing;
+mod subscriptions;
+pub(crate) mod sys;
 mod tls;
 pub(crate) mod topic;
 mod transport;
+mod will;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -31,7 +43,7 @@ use fleetmq_storage::{now_ms, AclRule, DeviceRecord, RetainedMessage, Store, Sto
 use futures_util::FutureExt;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{
-    Disconnect, DisconnectProperties, DisconnectReasonCode, LastWill, Packet, Publish,
+    Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, Publish, PublishProperties,
 };
 use rumqttd::{Notification, Router, RouterConfig};
 use tokio::sync::{mpsc, Semaphore};
@@ -109,7 +121,11 @@ pub(crate) struct Core {
     pub(crate) sessions: Sessions,
     pub(crate) auth: Authenticator,
     pub(crate) links: Links,
-    pub(crate) system: mpsc::Sender<Publish>,
+    pub(crate) system: mpsc::Sender<(Publish, Option<PublishProperties>)>,
+    /// Wills waiting for their Will Delay Interval.
+    pub(crate) wills: will::PendingWills,
+    /// The latest `$SYS` values (written by the ticker in `sys`).
+    pub(crate) sys: tokio::sync::watch::Sender<sys::SysValues>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) next_conn_id: AtomicU64,
@@ -147,6 +163,8 @@ impl Core {
             tracker,
             links,
             system,
+            wills: will::PendingWills::default(),
+            sys: sys::channel().0,
             shutdown,
             store,
             config,
@@ -172,13 +190,25 @@ impl Core {
         payload: &[u8],
         retain: bool,
     ) -> Result<(), String> {
+        self.publish_system_props(topic, payload, retain, None)
+            .await
+    }
+
+    /// [`Core::publish_system_wait`] with PUBLISH properties.
+    pub(crate) async fn publish_system_props(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        retain: bool,
+        props: Option<PublishProperties>,
+    ) -> Result<(), String> {
         let publish = Publish::new(
             bytes::Bytes::copy_from_slice(topic.as_bytes()),
             bytes::Bytes::copy_from_slice(payload),
             retain,
         );
         self.system
-            .send(publish)
+            .send((publish, props))
             .await
             .map_err(|_| "router stopped".to_owned())
     }
@@ -221,40 +251,20 @@ impl Core {
         };
         self.store.call(move |s| s.put_retained(&msg)).await
     }
-
-    /// Publishes a will (already decrypted and ACL-checked at CONNECT); a retained will
-    /// is stored like any retained message.
-    pub(crate) async fn publish_will(&self, will: &LastWill) {
-        let topic = String::from_utf8_lossy(&will.topic).into_owned();
-        if will.retain {
-            if let Err(e) = self
-                .persist_retained(&topic, &will.message, will.qos as u8)
-                .await
-            {
-                tracing::error!(topic, error = %e, "could not store a retained will");
-            }
-        }
-        if let Err(e) = self
-            .publish_system_wait(&topic, &will.message, will.retain)
-            .await
-        {
-            tracing::error!(topic, error = e, "could not publish a will");
-        }
-    }
 }
 
 /// The system link's two ends run on their own threads: rumqttd's link calls block.
 fn spawn_system_link(
     mut link_tx: LinkTx,
     mut link_rx: LinkRx,
-    mut rx: mpsc::Receiver<Publish>,
+    mut rx: mpsc::Receiver<(Publish, Option<PublishProperties>)>,
 ) -> Result<(), String> {
     std::thread::Builder::new()
         .name("fleetmq-system-tx".into())
         .spawn(move || {
-            while let Some(publish) = rx.blocking_recv() {
+            while let Some((publish, props)) = rx.blocking_recv() {
                 // `LinkTx::send` never awaits: it pushes and does a blocking channel send.
-                match link_tx.send(Packet::Publish(publish, None)).now_or_never() {
+                match link_tx.send(Packet::Publish(publish, props)).now_or_never() {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         tracing::error!(error = %e, "router gone; system link stops");

@@ -135,6 +135,8 @@ fn traffic(e: &mut Exposition, stats: &StatsSnapshot) {
             ("malformed", d.malformed),
             ("too_large", d.too_large),
             ("queue_full", d.queue_full),
+            ("expired", d.expired),
+            ("limit", d.limit),
         ],
     );
 }

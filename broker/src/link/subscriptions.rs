@@ -1,0 +1,114 @@
+//! The connection's own view of its subscriptions: what the router cannot answer (does
+//! this filter exist, for UNSUBACK 0x11; which options was it made with, for No Local)
+//! and what the router cannot serve at all (`$SYS` filters, delivered by the link).
+
+use std::collections::HashMap;
+
+use super::topic;
+
+/// Options of one subscription that egress needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubOptions {
+    pub(crate) qos: u8,
+    pub(crate) no_local: bool,
+}
+
+/// Filters this connection subscribed to (as written, `$share/...` included).
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions {
+    routed: HashMap<String, SubOptions>,
+    /// `$SYS/...` filters, served by the link from [`super::sys`].
+    sys: HashMap<String, u8>,
+    /// The session was resumed: the router may hold subscriptions this link never saw.
+    inherited: bool,
+}
+
+/// Whether a filter is served by the link's `$SYS` publisher instead of the router.
+pub(crate) fn is_sys(filter: &str) -> bool {
+    filter == "$SYS" || filter.starts_with("$SYS/")
+}
+
+impl Subscriptions {
+    pub(crate) fn new(session_present: bool) -> Subscriptions {
+        Subscriptions {
+            inherited: session_present,
+            ..Subscriptions::default()
+        }
+    }
+
+    /// Records a subscription; whether it replaced an existing one (for a resumed
+    /// session: possibly existing, so `true` too).
+    pub(crate) fn add(&mut self, filter: &str, options: SubOptions) -> bool {
+        if is_sys(filter) {
+            return self.sys.insert(filter.to_owned(), options.qos).is_some();
+        }
+        self.routed.insert(filter.to_owned(), options).is_some() || self.inherited
+    }
+
+    /// Removes a filter; whether a subscription existed (unknown for a resumed session,
+    /// which then counts as existing).
+    pub(crate) fn remove(&mut self, filter: &str) -> bool {
+        let known = self.routed.remove(filter).is_some() || self.sys.remove(filter).is_some();
+        known || (self.inherited && !is_sys(filter))
+    }
+
+    /// Whether a message this connection published on `topic` must not come back to it:
+    /// every subscription of ours that matches it asked for No Local [MQTT-3.8.3-3].
+    pub(crate) fn no_local_blocks(&self, topic_name: &str) -> bool {
+        let mut matching = self
+            .routed
+            .iter()
+            .filter(|(f, _)| {
+                let inner = topic::split_shared(f).map_or(f.as_str(), |(_, inner)| inner);
+                topic::matches(inner, topic_name)
+            })
+            .peekable();
+        matching.peek().is_some() && matching.all(|(_, o)| o.no_local)
+    }
+
+    /// `$SYS` filters and their QoS.
+    pub(crate) fn sys_filters(&self) -> impl Iterator<Item = &str> + '_ {
+        self.sys.keys().map(String::as_str)
+    }
+
+    pub(crate) fn has_sys(&self) -> bool {
+        !self.sys.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Q0: SubOptions = SubOptions {
+        qos: 0,
+        no_local: false,
+    };
+    const NL: SubOptions = SubOptions {
+        qos: 0,
+        no_local: true,
+    };
+
+    #[test]
+    fn remove_reports_whether_the_filter_existed() {
+        let mut s = Subscriptions::new(false);
+        s.add("a/+", Q0);
+        s.add("$SYS/#", Q0);
+        assert!(s.remove("a/+"));
+        assert!(!s.remove("a/+"));
+        assert!(s.remove("$SYS/#"));
+        assert!(!s.has_sys());
+        let mut resumed = Subscriptions::new(true);
+        assert!(resumed.remove("x"));
+    }
+
+    #[test]
+    fn no_local_needs_every_matching_subscription_to_ask_for_it() {
+        let mut s = Subscriptions::new(false);
+        s.add("a/b", NL);
+        assert!(s.no_local_blocks("a/b"));
+        assert!(!s.no_local_blocks("a/c"));
+        s.add("a/#", Q0);
+        assert!(!s.no_local_blocks("a/b"));
+    }
+}

@@ -1,0 +1,121 @@
+//! SUBSCRIBE / UNSUBSCRIBE conformance (MQTT 3.1.1 §3.8-§3.11, §4.7 / MQTT 5 §3.8-§3.11),
+//! over TCP and WebSocket, 3.1.1 and 5. Also runs against an external broker.
+
+mod common;
+
+use common::conf::*;
+
+/// [MQTT-3.8.4-1], [MQTT-3.9.3-1]: one SUBACK with one code per filter, in order.
+async fn suback_per_filter(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let base = unique("sub/");
+    let mut c = t.connect(via, ver, &unique("c")).await;
+    let codes = c
+        .subscribe_many(
+            &[
+                (&format!("{base}/a"), 0),
+                (&format!("{base}/b"), 1),
+                (&format!("{base}/c"), 2),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(codes, vec![0, 1, 2]);
+}
+matrix!(one_suback_code_per_filter_mqtt_3_8_4_1, suback_per_filter);
+
+/// [MQTT-4.7.1-2], [MQTT-4.7.1-3]: `+` matches one level, `#` the parent and any depth.
+async fn wildcards_match(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let base = unique("wild");
+    let mut c = t.connect(via, ver, &unique("c")).await;
+    c.subscribe(&format!("{base}/+/x"), 0).await;
+    c.subscribe(&format!("{base}/deep/#"), 0).await;
+    let mut p = t.connect(via, ver, &unique("p")).await;
+    for topic in ["a/x", "a/b/x", "deep", "deep/1/2/3", "other"] {
+        p.publish(&format!("{base}/{topic}"), topic.as_bytes(), 0, false)
+            .await;
+    }
+    let mut got: Vec<String> = c
+        .msgs_within(QUIET)
+        .await
+        .into_iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["a/x", "deep", "deep/1/2/3"]);
+}
+matrix!(wildcards_match_levels_mqtt_4_7_1_2, wildcards_match);
+
+/// [MQTT-3.10.4-4], [MQTT-3.10.4-5] / MQTT 5 §3.11.3: exactly one UNSUBACK per
+/// UNSUBSCRIBE; v5 says per filter whether a subscription existed (0x00 / 0x11); rumqttd
+/// sends none for an unknown filter and one per known filter.
+async fn one_unsuback_with_codes(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let base = unique("unsub/");
+    let (a, b, never) = (
+        format!("{base}/a"),
+        format!("{base}/b"),
+        format!("{base}/never"),
+    );
+    let mut c = t.connect(via, ver, &unique("c")).await;
+    c.subscribe(&a, 0).await;
+    c.subscribe(&b, 1).await;
+    let acks = c.unsubscribe(&[&a, &never, &b]).await;
+    assert_eq!(acks.len(), 1, "UNSUBACKs: {acks:?}");
+    if ver == Ver::V5 {
+        assert_eq!(acks[0], vec![0x00, 0x11, 0x00]);
+    } else {
+        assert!(acks[0].is_empty());
+    }
+    // Only unknown filters: still exactly one.
+    let acks = c.unsubscribe(&[&never]).await;
+    assert_eq!(acks.len(), 1, "UNSUBACKs: {acks:?}");
+    if ver == Ver::V5 {
+        assert_eq!(acks[0], vec![0x11]);
+    }
+}
+matrix!(
+    exactly_one_unsuback_per_unsubscribe_mqtt_3_10_4_4,
+    one_unsuback_with_codes
+);
+
+/// [MQTT-3.10.4-1], [MQTT-3.10.4-2]: after UNSUBSCRIBE no more messages for that filter;
+/// other subscriptions keep working.
+async fn unsubscribe_stops_delivery(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let base = unique("unsub2/");
+    let mut c = t.connect(via, ver, &unique("c")).await;
+    c.subscribe(&format!("{base}/a"), 1).await;
+    c.subscribe(&format!("{base}/b"), 1).await;
+    c.unsubscribe(&[&format!("{base}/a")]).await;
+    let mut p = t.connect(via, ver, &unique("p")).await;
+    p.publish_acked(&format!("{base}/a"), b"a").await;
+    p.publish_acked(&format!("{base}/b"), b"b").await;
+    let got = c.msgs_within(QUIET).await;
+    let payloads: Vec<&[u8]> = got.iter().map(|m| &m.payload[..]).collect();
+    assert_eq!(payloads, vec![&b"b"[..]]);
+}
+matrix!(
+    unsubscribe_stops_delivery_mqtt_3_10_4_2,
+    unsubscribe_stops_delivery
+);
+
+/// [MQTT-3.8.4-3]: a SUBSCRIBE for an existing filter replaces it (new QoS), and the
+/// message is delivered once.
+async fn resubscribe_replaces(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let topic = unique("resub/");
+    let mut c = t.connect(via, ver, &unique("c")).await;
+    c.subscribe(&topic, 0).await;
+    assert_eq!(c.subscribe(&topic, 1).await, vec![1]);
+    let mut p = t.connect(via, ver, &unique("p")).await;
+    p.publish_acked(&topic, b"x").await;
+    let got = c.msgs_within(QUIET).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].qos, 1);
+}
+matrix!(
+    resubscribe_replaces_the_subscription_mqtt_3_8_4_3,
+    resubscribe_replaces
+);
