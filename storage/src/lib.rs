@@ -11,6 +11,7 @@
 //! - `devices`, `service_clients`, `retained`, `meta`, `device_state` (presence details
 //!   and reported status), `device_config` (versioned configuration): one redb table each,
 //!   with the [`Store`] methods that read and write it.
+//! - `sessions`: persistent MQTT sessions and their queued QoS 1/2 messages.
 //! - [`commands`]: durable commands (SPEC §5), their state machine and indexes.
 //! - [`store`]: opening the database and running calls off the async threads.
 //! - [`error`]: [`StoreError`] and [`OpenError`].
@@ -32,6 +33,7 @@ pub mod outbox;
 mod retained;
 pub mod secret;
 mod service_clients;
+mod sessions;
 pub mod store;
 pub mod telemetry;
 #[cfg(test)]
@@ -46,5 +48,6 @@ pub use model::{
     AclAction, AclRule, DeviceKey, DeviceRecord, NewDevice, RetainedMessage, ServiceClientRecord,
     DEFAULT_PLUGIN,
 };
+pub use sessions::{QueuedMessage, SessionRecord, SessionSubscription};
 pub use secret::{generate_key, generate_token, CredentialHash, DEFAULT_ITERATIONS};
 pub use store::{now_ms, Store, DB_FILE_NAME};
