@@ -16,6 +16,7 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.max_payload",
     "mqtt.max_connections",
     "mqtt.connect_timeout_s",
+    "mqtt.max_queued_messages",
     "mqtt.tls.listen",
     "mqtt.tls.cert",
     "mqtt.tls.key",

@@ -17,6 +17,8 @@ pub struct RawMqttConfig {
     pub max_payload: Option<usize>,
     pub max_connections: Option<usize>,
     pub connect_timeout_s: Option<u64>,
+    /// QoS 1/2 messages kept per disconnected persistent session (oldest dropped).
+    pub max_queued_messages: Option<usize>,
     pub tls: Option<RawTlsConfig>,
 }
 
@@ -172,6 +174,9 @@ pub struct BrokerConfig {
     pub max_payload: usize,
     pub max_connections: usize,
     pub connect_timeout: Duration,
+    /// QoS 1/2 messages kept per disconnected persistent session; past it the oldest is
+    /// dropped and counted (`drops.session_queue_full`).
+    pub max_queued_messages: usize,
     pub payload_encryption: bool,
     pub allow_anonymous: bool,
     pub anonymous_rules: Vec<AclRule>,
@@ -214,6 +219,7 @@ impl BrokerConfig {
             max_payload: 262_144,
             max_connections: 10_000,
             connect_timeout: Duration::from_secs(10),
+            max_queued_messages: 1000,
             payload_encryption: false,
             allow_anonymous: false,
             anonymous_rules: default_anonymous_rules(),
@@ -295,6 +301,13 @@ pub fn validate(
             reason: "must be at least 1".into(),
         });
     }
+    let max_queued_messages = mqtt.max_queued_messages.unwrap_or(1000);
+    if max_queued_messages == 0 {
+        return Err(ConfigError {
+            key: "mqtt.max_queued_messages",
+            reason: "must be at least 1".into(),
+        });
+    }
     let anonymous_rules = security
         .anonymous_rules
         .unwrap_or_else(default_anonymous_rules);
@@ -314,6 +327,7 @@ pub fn validate(
         max_payload,
         max_connections,
         connect_timeout: Duration::from_secs(connect_timeout_s),
+        max_queued_messages,
         payload_encryption: security.payload_encryption.unwrap_or(false),
         allow_anonymous: security.allow_anonymous.unwrap_or(false),
         anonymous_rules,

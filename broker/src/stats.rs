@@ -25,6 +25,8 @@ pub enum DropCause {
     TooLarge,
     /// A device event (telemetry) that found the fleet queue full.
     QueueFull,
+    /// The oldest message of a disconnected session's full queue (`mqtt.max_queued_messages`).
+    SessionQueueFull,
 }
 
 #[derive(Default)]
@@ -49,6 +51,7 @@ pub(crate) struct Stats {
     malformed: AtomicU64,
     too_large: AtomicU64,
     queue_full: AtomicU64,
+    session_queue_full: AtomicU64,
 }
 
 impl Stats {
@@ -69,6 +72,7 @@ impl Stats {
             DropCause::Malformed => &self.malformed,
             DropCause::TooLarge => &self.too_large,
             DropCause::QueueFull => &self.queue_full,
+            DropCause::SessionQueueFull => &self.session_queue_full,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -110,6 +114,7 @@ impl Stats {
                 malformed: get(&self.malformed),
                 too_large: get(&self.too_large),
                 queue_full: get(&self.queue_full),
+                session_queue_full: get(&self.session_queue_full),
             },
         }
     }
@@ -157,4 +162,5 @@ pub struct DropStats {
     pub malformed: u64,
     pub too_large: u64,
     pub queue_full: u64,
+    pub session_queue_full: u64,
 }

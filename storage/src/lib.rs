@@ -48,6 +48,6 @@ pub use model::{
     AclAction, AclRule, DeviceKey, DeviceRecord, NewDevice, RetainedMessage, ServiceClientRecord,
     DEFAULT_PLUGIN,
 };
-pub use sessions::{QueuedMessage, SessionRecord, SessionSubscription};
 pub use secret::{generate_key, generate_token, CredentialHash, DEFAULT_ITERATIONS};
+pub use sessions::{QueuedMessage, SessionRecord, SessionSubscription};
 pub use store::{now_ms, Store, DB_FILE_NAME};

@@ -17,9 +17,11 @@ const SESSIONS_TABLE: &str = "sessions";
 const QUEUE_TABLE: &str = "session_queue";
 
 /// Session key → `StoredSession`.
-pub(crate) const SESSIONS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new(SESSIONS_TABLE);
+pub(crate) const SESSIONS: TableDefinition<'static, &str, &[u8]> =
+    TableDefinition::new(SESSIONS_TABLE);
 /// (session key, sequence) → `StoredQueued`.
-pub(crate) const QUEUE: TableDefinition<'static, (&str, u64), &[u8]> = TableDefinition::new(QUEUE_TABLE);
+pub(crate) const QUEUE: TableDefinition<'static, (&str, u64), &[u8]> =
+    TableDefinition::new(QUEUE_TABLE);
 
 /// One subscription of a persistent session, with its MQTT 5 options.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,7 +9,8 @@ use serde_json::json;
 use crate::error::{ApiError, ApiResponse};
 use crate::query::path_segments;
 use crate::routes::{
-    clients, commands, config, devices, publish, service_clients, stats, telemetry, webhooks,
+    clients, commands, config, devices, publish, retained, service_clients, stats, telemetry,
+    webhooks,
 };
 use crate::AppState;
 
@@ -104,6 +105,9 @@ where
         (["clients", _], _) => not_allowed("DELETE"),
         (["publish"], Method::POST) => publish::publish(state, req).await,
         (["publish"], _) => not_allowed("POST"),
+        (["retained"], Method::GET) => retained::list(state, req.uri().query()),
+        (["retained"], Method::DELETE) => retained::delete(state, req.uri().query()).await,
+        (["retained"], _) => not_allowed("GET, DELETE"),
         (["stats"], Method::GET) => stats::get(state).await,
         (["stats"], _) => not_allowed("GET"),
         _ => Err(no_route()),

@@ -67,15 +67,18 @@ pub(crate) struct Connection {
     /// Commands written by the link itself (not routed), by packet id, awaiting PUBACK.
     pub(super) commands_inflight: HashMap<u16, String>,
     pub(super) next_command_pkid: u16,
+    /// Session state: subscriptions kept, the link's own deliveries (`session_link.rs`).
+    pub(super) sess: super::session_link::SessionLink,
 }
 
 impl Connection {
     pub(crate) fn new(
         core: Arc<Core>,
         stream: Stream,
-        s: Established,
+        mut s: Established,
         read_buf: BytesMut,
     ) -> Connection {
+        let sess = super::session_link::SessionLink::new(std::mem::take(&mut s.session));
         let crypto = match &s.identity {
             Identity::Device(d) => core.crypto_for(d),
             _ => None,
@@ -95,6 +98,7 @@ impl Connection {
             woke: false,
             commands_inflight: HashMap::new(),
             next_command_pkid: FIRST_COMMAND_PKID,
+            sess,
         }
     }
 
@@ -107,8 +111,9 @@ impl Connection {
     pub(crate) async fn run(mut self, connack: Packet) {
         self.announce().await;
         self.write_packet(connack);
+        let resumed = self.resume_session().await;
         // Anything that arrived together with the CONNECT is processed right after.
-        let mut ending = match self.flush().await {
+        let mut ending = match resumed.and(self.flush().await) {
             Ok(()) => self.ingress().await.err(),
             Err(e) => Some(e),
         };
@@ -148,7 +153,8 @@ impl Connection {
                     self.ingress().await
                 }
             },
-            next = self.s.link_rx.next() => match next {
+            // A resumed session's queue and retained messages go before live traffic.
+            next = self.s.link_rx.next(), if self.sess.live_ready() => match next {
                 Ok(Some(first)) => self.egress(first).await,
                 Ok(None) => Ok(()),
                 Err(_) => Err(Ending::RouterGone),
@@ -204,6 +210,7 @@ impl Connection {
         let core = self.core.clone();
         let client_id = self.s.client_id.clone();
         tracing::debug!(client_id = %client_id, ?ending, "connection closing");
+        self.session_close().await;
         if ending != Ending::RouterGone {
             self.leave_router().await;
         }
@@ -312,6 +319,7 @@ impl Connection {
                 }
             }
         }
+        self.session_sync().await;
         self.flush().await?;
         if flow.disconnected {
             return Err(Ending::RouterGone);

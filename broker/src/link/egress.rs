@@ -66,8 +66,13 @@ impl Connection {
     fn router_ack(&mut self, packet: Packet) {
         match packet {
             Packet::SubAck(suback, props) => {
+                if self.session_subacked(&suback) {
+                    return;
+                }
                 let merged = self.merge_suback(suback);
                 self.write_packet(Packet::SubAck(merged, props));
+                // Retained messages for the new subscriptions follow their SUBACK.
+                self.fill_local();
             }
             // UNSUBACKs are answered by the link layer itself (one per UNSUBSCRIBE).
             Packet::UnsubAck(..) | Packet::ConnAck(..) => {}
@@ -110,6 +115,7 @@ impl Connection {
             self.drop_inflight(&publish);
             return;
         }
+        let plain = publish.payload.clone();
         if let Some(crypto) = self.crypto.as_mut() {
             match crypto.seal(topic, &publish.payload) {
                 Ok(sealed) => publish.payload = sealed.into(),
@@ -122,11 +128,14 @@ impl Connection {
             }
         }
         let start = self.out.len();
+        let publish_topic = publish.topic.clone();
         self.write_packet(Packet::Publish(publish, forward.properties));
         Stats::add(&self.core.stats.sent, 1);
         if let Some(meta) = framing::publish_meta(&self.out[start..]) {
             if meta.qos > 0 {
                 self.acks.sent(meta.pkid);
+                let topic = String::from_utf8_lossy(&publish_topic).into_owned();
+                self.session_forwarded(meta.pkid, meta.qos, &topic, &plain);
             }
         }
     }

@@ -39,6 +39,7 @@ impl Connection {
                 Err(e) => Err(self.frame_error(e)),
             };
         }
+        self.session_sync().await;
         self.flush().await?;
         if result.is_ok() {
             self.send_to_router().await?;
@@ -69,23 +70,29 @@ impl Connection {
             }
             Packet::PubAck(ack, props) => {
                 let pkid = ack.pkid;
-                if !self.command_acked(pkid).await {
+                if !self.command_acked(pkid).await && !self.local_ack(4, pkid) {
+                    self.session_client_acked(pkid);
                     self.client_ack(pkid, Packet::PubAck(ack, props));
                 }
                 Ok(())
             }
             Packet::PubRec(rec, props) => {
                 let pkid = rec.pkid;
-                self.client_ack(pkid, Packet::PubRec(rec, props));
+                if !self.local_ack(5, pkid) {
+                    self.session_client_acked(pkid);
+                    self.client_ack(pkid, Packet::PubRec(rec, props));
+                }
                 Ok(())
             }
             Packet::PubComp(comp, props) => {
                 let pkid = comp.pkid;
-                if !self.acks.client_pubcomp(
-                    pkid,
-                    Packet::PubComp(comp, props),
-                    &mut self.to_router,
-                ) {
+                if !self.local_ack(7, pkid)
+                    && !self.acks.client_pubcomp(
+                        pkid,
+                        Packet::PubComp(comp, props),
+                        &mut self.to_router,
+                    )
+                {
                     tracing::debug!(client_id = %self.s.client_id, pkid, "PUBCOMP for nothing in flight ignored");
                 }
                 Ok(())
@@ -241,6 +248,11 @@ impl Connection {
         if meta.retain {
             self.persist_retained(&topic, &payload, meta.qos).await;
         }
+        // Parked persistent sessions get their copy before the publisher's ack.
+        let sessions = &self.core.session_store;
+        sessions
+            .enqueue_matching(&topic, &payload, meta.qos, &self.core.stats)
+            .await;
         self.device_published(&topic, &payload).await;
         self.route(meta, &topic, &payload, props);
         Ok(())
@@ -269,10 +281,14 @@ impl Connection {
                 qos: 0,
                 pkid: 0,
                 dup: false,
-                ..meta
+                retain: false,
             }
         } else {
-            meta
+            // The router never holds retained messages (see `retained.rs`).
+            PublishMeta {
+                retain: false,
+                ..meta
+            }
         };
         let publish = framing::build_publish(routed, topic.as_bytes(), payload);
         self.to_router.push(Packet::Publish(publish, props));
@@ -326,6 +342,7 @@ impl Connection {
         if slots.iter().any(Option::is_some) {
             self.pending_subacks.insert(sub.pkid, slots);
         }
+        self.session_subscribing(sub.pkid, &routed);
         let paths = routed.iter().map(|f| f.path.clone()).collect();
         self.to_router.push(Packet::Subscribe(
             Subscribe {
@@ -337,7 +354,7 @@ impl Connection {
         Ok(paths)
     }
 
-    fn check_filter(&self, path: &str) -> Result<(), SubscribeReasonCode> {
+    pub(super) fn check_filter(&self, path: &str) -> Result<(), SubscribeReasonCode> {
         let inner = match topic::split_shared(path) {
             Some((_, inner)) => inner,
             None if path.starts_with("$share/") => {
@@ -363,6 +380,7 @@ impl Connection {
     /// Forwards the filters and answers with exactly one UNSUBACK (the router sends none
     /// for an unknown filter and one per filter otherwise; those are swallowed).
     fn unsubscribe(&mut self, unsub: Unsubscribe) {
+        self.session_unsubscribed(&unsub.filters);
         let reasons = unsub
             .filters
             .iter()

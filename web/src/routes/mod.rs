@@ -5,6 +5,7 @@ pub(crate) mod commands;
 pub(crate) mod config;
 pub(crate) mod devices;
 pub(crate) mod publish;
+pub(crate) mod retained;
 pub(crate) mod service_clients;
 pub(crate) mod stats;
 pub(crate) mod telemetry;
