@@ -210,3 +210,58 @@ async fn retained_delivery_checks_read_acl() {
     let topics: Vec<_> = got.into_iter().map(|(t, _, _)| t).collect();
     assert_eq!(topics, ["open/x"]);
 }
+
+/// MQTT 5 [MQTT-3.3.1-12] [MQTT-3.3.1-13]: live messages keep their RETAIN flag only
+/// for subscriptions with Retain As Published; 3.1.1 subscribers always get RETAIN=0
+/// on live traffic (3.1.1 [MQTT-3.3.1-9]).
+#[tokio::test]
+async fn retain_as_published_for_live_messages() {
+    let b = broker().await;
+    for via in [Via::Tcp, Via::Ws] {
+        // A topic per transport: nothing is retained on it before the subscriptions.
+        let topic = format!("rap/{via:?}");
+        let (keep, mut keep_el) = connect_v5(&b, via, "rap-1", None).await.unwrap();
+        let mut f = Filter::new(topic.clone(), Q5::AtLeastOnce);
+        f.preserve_retain = true;
+        keep.subscribe_many(vec![f]).await.unwrap();
+        next_v5(&mut keep_el, |p| matches!(p, P5::SubAck(_)).then_some(())).await;
+        let (plain, mut plain_el) = connect_v5(&b, via, "rap-0", None).await.unwrap();
+        plain
+            .subscribe(topic.clone(), Q5::AtLeastOnce)
+            .await
+            .unwrap();
+        next_v5(&mut plain_el, |p| matches!(p, P5::SubAck(_)).then_some(())).await;
+        let (old, mut old_el) = connect_v4(&b, via, "rap-4", None).await.unwrap();
+        subscribe_v4(&old, &mut old_el, &topic, QoS::AtLeastOnce).await;
+
+        retain(&b, &topic, b"r", true).await;
+        retain(&b, &topic, b"n", false).await;
+        for (el, expect) in [
+            (&mut keep_el, [true, false]),
+            (&mut plain_el, [false, false]),
+        ] {
+            let mut flags = Vec::new();
+            while flags.len() < 2 {
+                flags.push(
+                    next_v5(el, |p| match p {
+                        P5::Publish(p) => Some(p.retain),
+                        _ => None,
+                    })
+                    .await,
+                );
+            }
+            assert_eq!(flags, expect, "{via:?}");
+        }
+        let mut flags = Vec::new();
+        while flags.len() < 2 {
+            flags.push(
+                next_v4(&mut old_el, |p| match p {
+                    Packet::Publish(p) => Some(p.retain),
+                    _ => None,
+                })
+                .await,
+            );
+        }
+        assert_eq!(flags, [false, false], "{via:?}");
+    }
+}

@@ -127,9 +127,11 @@ impl Connection {
                 }
             }
         }
+        let mut props = forward.properties;
+        publish.retain = self.take_retain_mark(topic, &mut props);
         let start = self.out.len();
         let publish_topic = publish.topic.clone();
-        self.write_packet(Packet::Publish(publish, forward.properties));
+        self.write_packet(Packet::Publish(publish, props));
         Stats::add(&self.core.stats.sent, 1);
         if let Some(meta) = framing::publish_meta(&self.out[start..]) {
             if meta.qos > 0 {

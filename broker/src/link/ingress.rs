@@ -291,6 +291,7 @@ impl Connection {
             }
         };
         let publish = framing::build_publish(routed, topic.as_bytes(), payload);
+        let props = super::session_link::route_properties(props, meta.retain);
         self.to_router.push(Packet::Publish(publish, props));
     }
 

@@ -9,13 +9,13 @@ use bytes::Bytes;
 use fleetmq_storage::{now_ms, QueuedMessage, SessionRecord, SessionSubscription};
 use futures_util::FutureExt;
 use rumqttd::protocol::{
-    Filter, Packet, PubRel, PubRelReason, Publish, RetainForwardRule, SubAck, Subscribe,
-    SubscribeReasonCode,
+    Filter, Packet, PubRel, PubRelReason, Publish, PublishProperties, RetainForwardRule, SubAck,
+    Subscribe, SubscribeReasonCode,
 };
 use rumqttd::Notification;
 
 use super::connection::{Connection, Ending};
-use super::framing::{self, PublishMeta};
+use super::framing::{self, PublishMeta, Version};
 use super::topic;
 use crate::stats::{DropCause, Stats};
 
@@ -27,6 +27,32 @@ const LOCAL_WINDOW: usize = 64;
 /// The packet id of the SUBSCRIBE that restores a resumed session's router
 /// subscriptions; clients never use 0, so its SUBACK is recognisably ours.
 const RESUBSCRIBE_PKID: u16 = 0;
+
+/// A user property that carries a live message's RETAIN flag through the router (which
+/// clears RETAIN on fan-out) to subscriptions with Retain As Published.
+const RETAIN_MARK: &str = "fleetmq:retain";
+
+/// The properties a checked publish is routed with: a client's own copy of the mark is
+/// removed, and a retained publish is marked.
+pub(super) fn route_properties(
+    props: Option<PublishProperties>,
+    retain: bool,
+) -> Option<PublishProperties> {
+    let mut props = match props {
+        Some(mut p) => {
+            p.user_properties.retain(|(k, _)| k != RETAIN_MARK);
+            p
+        }
+        None if !retain => return None,
+        None => PublishProperties::default(),
+    };
+    if retain {
+        props
+            .user_properties
+            .push((RETAIN_MARK.to_owned(), String::new()));
+    }
+    Some(props)
+}
 
 /// What CONNECT decided about the session.
 #[derive(Debug, Default)]
@@ -250,6 +276,33 @@ impl Connection {
         for f in filters {
             self.sess.subs_dirty |= self.sess.subs.remove(f).is_some();
         }
+    }
+
+    /// Removes the retain mark from a routed message's properties; whether it goes out
+    /// with RETAIN=1: it was published retained and this v5 client subscribed with Retain
+    /// As Published (MQTT 5 [MQTT-3.3.1-12] [MQTT-3.3.1-13]).
+    pub(super) fn take_retain_mark(
+        &self,
+        topic_name: &str,
+        props: &mut Option<PublishProperties>,
+    ) -> bool {
+        let Some(p) = props.as_mut() else {
+            return false;
+        };
+        let before = p.user_properties.len();
+        p.user_properties.retain(|(k, _)| k != RETAIN_MARK);
+        if p.user_properties.len() == before {
+            return false;
+        }
+        if *p == PublishProperties::default() {
+            *props = None;
+        }
+        self.s.version == Version::V5
+            && self.sess.subs.values().any(|s| {
+                s.retain_as_published
+                    && !topic::is_shared(&s.filter)
+                    && topic::matches(&s.filter, topic_name)
+            })
     }
 
     /// A router delivery was written to the client.
