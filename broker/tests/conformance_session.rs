@@ -339,3 +339,54 @@ async fn inbound_qos2_across_reconnect() {
         "delivered exactly once"
     );
 }
+
+fn connect_v5_packet(id: &str, clean: bool, expiry: u32) -> Vec<u8> {
+    let mut body = vec![
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        5,
+        if clean { 2 } else { 0 },
+        0,
+        60,
+    ];
+    body.push(5);
+    body.push(0x11);
+    body.extend(expiry.to_be_bytes());
+    body.extend((id.len() as u16).to_be_bytes());
+    body.extend(id.as_bytes());
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend(body);
+    p
+}
+
+/// v5 [MQTT-3.14.2-2] and §3.14.2.2.2: a DISCONNECT may change the Session Expiry
+/// Interval; set to 0 the session ends with the connection.
+#[tokio::test]
+async fn v5_disconnect_changes_session_expiry() {
+    let b = broker().await;
+    for (change, kept) in [(None, true), (Some(0u32), false)] {
+        let mut s = tokio::net::TcpStream::connect(b.tcp).await.unwrap();
+        s.write_all(&connect_v5_packet("dx", true, 60))
+            .await
+            .unwrap();
+        assert_eq!(read_packet(&mut s).await[0], 0x20);
+        let disconnect = match change {
+            None => vec![0xe0, 0],
+            Some(e) => {
+                let mut d = vec![0xe0, 7, 0, 5, 0x11];
+                d.extend(e.to_be_bytes());
+                d
+            }
+        };
+        s.write_all(&disconnect).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await;
+        let (c, el, sp) = connect5(&b, Via::Tcp, "dx", false, Some(60)).await;
+        assert_eq!(sp, kept, "DISCONNECT expiry {change:?}");
+        hang_up5(c, el).await;
+    }
+}

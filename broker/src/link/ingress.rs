@@ -125,7 +125,9 @@ impl Connection {
                 self.write_packet(Packet::PingResp(PingResp));
                 Ok(())
             }
-            Packet::Disconnect(d, _) => {
+            Packet::Disconnect(d, props) => {
+                let expiry = props.and_then(|p| p.session_expiry_interval);
+                self.session_expiry_on_disconnect(expiry)?;
                 let with_will = d.reason_code == Reason::DisconnectWithWillMessage;
                 Err(Ending::ClientDisconnect { with_will })
             }

@@ -99,6 +99,8 @@ pub(crate) struct SessionLink {
     acked_seqs: Vec<u64>,
     subs_dirty: bool,
     saved_qos2: HashSet<u16>,
+    /// Whether this connection stored a session record.
+    saved: bool,
 }
 
 impl SessionLink {
@@ -175,6 +177,7 @@ impl Connection {
     pub(super) async fn resume_session(&mut self) -> Result<(), Ending> {
         let Some(rec) = self.sess.start.resumed.take() else {
             if self.sess.start.persistent {
+                self.sess.saved = true;
                 self.core.session_store.save(self.session_record()).await;
             }
             return Ok(());
@@ -212,12 +215,34 @@ impl Connection {
             });
         }
         if self.sess.start.persistent {
+            self.sess.saved = true;
             self.core.session_store.save(self.session_record()).await;
         } else {
             // Resumed by a connection whose session ends with it (v5 expiry 0).
             self.core.session_store.discard(&key).await;
         }
         self.fill_local();
+        Ok(())
+    }
+
+    /// A v5 DISCONNECT may change the Session Expiry Interval, but not from 0 to
+    /// non-zero [MQTT-3.14.2-2] (protocol error).
+    pub(super) fn session_expiry_on_disconnect(
+        &mut self,
+        expiry: Option<u32>,
+    ) -> Result<(), Ending> {
+        let Some(expiry) = expiry else {
+            return Ok(());
+        };
+        if self.sess.start.expiry_s == 0 && expiry > 0 {
+            return Err(Ending::Violation(
+                rumqttd::protocol::DisconnectReasonCode::ProtocolError,
+            ));
+        }
+        if self.s.version == Version::V5 {
+            self.sess.start.expiry_s = expiry;
+            self.sess.start.persistent = expiry > 0;
+        }
         Ok(())
     }
 
@@ -455,6 +480,10 @@ impl Connection {
     /// parked with what the client had not acknowledged, queued again with DUP=1.
     pub(super) async fn session_close(&mut self) {
         if !self.sess.start.persistent {
+            if self.sess.saved {
+                // A v5 DISCONNECT set the Session Expiry Interval to 0.
+                self.core.session_store.discard(&self.s.router_key).await;
+            }
             return;
         }
         let key = self.s.router_key.clone();
