@@ -19,6 +19,7 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.sys_interval_s",
     "mqtt.max_inflight",
     "mqtt.topic_alias_max",
+    "mqtt.max_queued_messages",
     "mqtt.tls.listen",
     "mqtt.tls.cert",
     "mqtt.tls.key",

@@ -23,6 +23,8 @@ pub struct RawMqttConfig {
     pub max_inflight: Option<u16>,
     /// Topic Alias Maximum announced to MQTT 5 clients (0: no inbound aliases).
     pub topic_alias_max: Option<u16>,
+    /// QoS 1/2 messages kept per disconnected persistent session (oldest dropped).
+    pub max_queued_messages: Option<usize>,
     pub tls: Option<RawTlsConfig>,
 }
 
@@ -184,6 +186,9 @@ pub struct BrokerConfig {
     pub max_inflight: u16,
     /// Topic Alias Maximum announced to MQTT 5 clients.
     pub topic_alias_max: u16,
+    /// QoS 1/2 messages kept per disconnected persistent session; past it the oldest is
+    /// dropped and counted (`drops.session_queue_full`).
+    pub max_queued_messages: usize,
     pub payload_encryption: bool,
     pub allow_anonymous: bool,
     pub anonymous_rules: Vec<AclRule>,
@@ -229,6 +234,7 @@ impl BrokerConfig {
             sys_interval: Some(Duration::from_secs(10)),
             max_inflight: 100,
             topic_alias_max: 16,
+            max_queued_messages: 1000,
             payload_encryption: false,
             allow_anonymous: false,
             anonymous_rules: default_anonymous_rules(),
@@ -317,6 +323,13 @@ pub fn validate(
             reason: "must be at least 1 (a Receive Maximum of 0 is a protocol error)".into(),
         });
     }
+    let max_queued_messages = mqtt.max_queued_messages.unwrap_or(1000);
+    if max_queued_messages == 0 {
+        return Err(ConfigError {
+            key: "mqtt.max_queued_messages",
+            reason: "must be at least 1".into(),
+        });
+    }
     let anonymous_rules = security
         .anonymous_rules
         .unwrap_or_else(default_anonymous_rules);
@@ -342,6 +355,7 @@ pub fn validate(
         },
         max_inflight,
         topic_alias_max: mqtt.topic_alias_max.unwrap_or(16),
+        max_queued_messages,
         payload_encryption: security.payload_encryption.unwrap_or(false),
         allow_anonymous: security.allow_anonymous.unwrap_or(false),
         anonymous_rules,

@@ -67,6 +67,16 @@ pub enum PublishError {
     Storage(String),
 }
 
+/// Why a retained message could not be listed or deleted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetainedError {
+    #[error("invalid topic: {0:?}")]
+    InvalidTopic(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
 /// Cheap to clone; every clone steers the same broker.
 #[derive(Clone)]
 pub struct BrokerHandle {
@@ -165,7 +175,7 @@ impl BrokerHandle {
             self.persist_retained(&msg).await?;
         }
         self.core
-            .publish_system_wait(&msg.topic, &msg.payload, msg.retain)
+            .publish_system_wait(&msg.topic, &msg.payload, msg.qos)
             .await
             .map_err(|_| PublishError::ShuttingDown)
     }
@@ -175,6 +185,34 @@ impl BrokerHandle {
             .persist_retained(&msg.topic, &msg.payload, msg.qos)
             .await
             .map_err(|e| PublishError::Storage(e.to_string()))
+    }
+
+    /// Retained messages whose topic matches `filter`, ordered by topic.
+    pub fn retained(
+        &self,
+        filter: &str,
+    ) -> Result<Vec<fleetmq_storage::RetainedMessage>, RetainedError> {
+        if !topic::valid_filter(filter) {
+            return Err(RetainedError::InvalidTopic(filter.to_owned()));
+        }
+        Ok(self
+            .core
+            .retained
+            .matching(filter)
+            .into_iter()
+            .map(|m| (*m).clone())
+            .collect())
+    }
+
+    /// Deletes the retained message of exactly `topic`; false if there was none.
+    pub async fn delete_retained(&self, topic: &str) -> Result<bool, RetainedError> {
+        if !topic::valid_topic_name(topic) {
+            return Err(RetainedError::InvalidTopic(topic.to_owned()));
+        }
+        self.core
+            .delete_retained(topic)
+            .await
+            .map_err(|e| RetainedError::Storage(e.to_string()))
     }
 
     /// The broker's counters.

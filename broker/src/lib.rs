@@ -24,7 +24,9 @@ pub mod testing;
 pub use config::{
     BrokerConfig, ConfigError, RawMqttConfig, RawSecurityConfig, RawTlsConfig, TlsConfig,
 };
-pub use handle::{BrokerHandle, ClientInfo, ClientKind, PublishError, PublishRequest, Transport};
+pub use handle::{
+    BrokerHandle, ClientInfo, ClientKind, PublishError, PublishRequest, RetainedError, Transport,
+};
 pub use link::Listeners;
 pub use stats::{ConnectionStats, DropStats, MessageStats, PacketStats, StatsSnapshot};
 
@@ -42,14 +44,14 @@ const FLEET_QUEUE: usize = 16_384;
 pub enum StartError {
     #[error("could not start rumqttd's router: {0}")]
     Router(String),
-    #[error("could not load retained messages: {0}")]
+    #[error("could not load retained messages and sessions: {0}")]
     Retained(String),
     #[error("could not start the device services: {0}")]
     Fleet(String),
 }
 
-/// Starts the broker on bound listeners: spawns the router, replays the stored retained
-/// messages into it, then starts accepting. Every task is tracked by `tracker` and stops
+/// Starts the broker on bound listeners: spawns the router, restores the stored retained
+/// messages and persistent sessions, then starts accepting. Every task is tracked by `tracker` and stops
 /// when `shutdown` is cancelled.
 pub async fn start(
     config: BrokerConfig,
@@ -60,12 +62,23 @@ pub async fn start(
 ) -> Result<BrokerHandle, StartError> {
     let (fleet_tx, fleet_rx) = tokio::sync::mpsc::channel(FLEET_QUEUE);
     let fleet_config = config.fleet.clone();
+    let restored = store
+        .call(|s| {
+            Ok::<_, fleetmq_storage::StoreError>(link::Restored {
+                retained: s.list_retained()?,
+                sessions: s.list_sessions()?,
+            })
+        })
+        .await
+        .map_err(|e| StartError::Retained(e.to_string()))?;
+    let retained_count = restored.retained.len();
     let core = link::Core::start(
         config,
         store.clone(),
         shutdown.clone(),
         fleet_tx,
         tracker.clone(),
+        restored,
     )
     .map_err(StartError::Router)?;
     let handle = BrokerHandle { core };
@@ -74,19 +87,8 @@ pub async fn start(
     if handle.core.services.set(services.clone()).is_err() {
         return Err(StartError::Fleet("services started twice".into()));
     }
-    let retained = store
-        .call(|s| s.list_retained())
-        .await
-        .map_err(|e| StartError::Retained(e.to_string()))?;
-    let count = retained.len();
-    for msg in retained {
-        handle
-            .core
-            .publish_system_wait(&msg.topic, &msg.payload, true)
-            .await
-            .map_err(StartError::Router)?;
-    }
-    tracing::info!(count, "retained messages replayed into the router");
+    tracing::info!(count = retained_count, "retained messages restored");
+    link::session_store::spawn_expiry(&handle.core, shutdown.clone());
     fleet::spawn(services, fleet_rx, shutdown, tracker);
     link::sys::spawn_ticker(&handle.core, tracker);
     link::spawn_listeners(&handle.core, listeners, tracker);

@@ -31,6 +31,8 @@ pub enum DropCause {
     /// A configured or client-announced limit: max connections, Receive Maximum,
     /// a client's Maximum Packet Size.
     Limit,
+    /// The oldest message of a disconnected session's full queue (`mqtt.max_queued_messages`).
+    SessionQueueFull,
 }
 
 /// MQTT control packet names by their fixed-header type (1..=15); 0 is reserved.
@@ -81,6 +83,7 @@ pub(crate) struct Stats {
     packets_out: [AtomicU64; 16],
     expired: AtomicU64,
     limit: AtomicU64,
+    session_queue_full: AtomicU64,
 }
 
 impl Stats {
@@ -103,6 +106,7 @@ impl Stats {
             DropCause::QueueFull => &self.queue_full,
             DropCause::Expired => &self.expired,
             DropCause::Limit => &self.limit,
+            DropCause::SessionQueueFull => &self.session_queue_full,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -156,6 +160,7 @@ impl Stats {
                 queue_full: get(&self.queue_full),
                 expired: get(&self.expired),
                 limit: get(&self.limit),
+                session_queue_full: get(&self.session_queue_full),
             },
             packets: PacketStats {
                 received: by_type(&self.packets_in),
@@ -229,4 +234,5 @@ pub struct DropStats {
     pub expired: u64,
     /// Refusals and drops at a limit (max connections, Receive Maximum, packet sizes).
     pub limit: u64,
+    pub session_queue_full: u64,
 }

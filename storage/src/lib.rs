@@ -11,6 +11,7 @@
 //! - `devices`, `service_clients`, `retained`, `meta`, `device_state` (presence details
 //!   and reported status), `device_config` (versioned configuration): one redb table each,
 //!   with the [`Store`] methods that read and write it.
+//! - `sessions`: persistent MQTT sessions and their queued QoS 1/2 messages.
 //! - [`commands`]: durable commands (SPEC §5), their state machine and indexes.
 //! - [`store`]: opening the database and running calls off the async threads.
 //! - [`metrics`]: latency histograms and the redb commit latency every write records.
@@ -34,6 +35,7 @@ pub mod outbox;
 mod retained;
 pub mod secret;
 mod service_clients;
+mod sessions;
 pub mod store;
 pub mod telemetry;
 #[cfg(test)]
@@ -49,4 +51,5 @@ pub use model::{
     DEFAULT_PLUGIN,
 };
 pub use secret::{generate_key, generate_token, CredentialHash, DEFAULT_ITERATIONS};
+pub use sessions::{QueuedMessage, SessionRecord, SessionSubscription};
 pub use store::{now_ms, Store, DB_FILE_NAME};

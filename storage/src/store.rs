@@ -65,6 +65,8 @@ impl Store {
                 txn.open_table(devices::DEVICES)?;
                 txn.open_table(service_clients::SERVICE_CLIENTS)?;
                 txn.open_table(retained::RETAINED)?;
+                txn.open_table(crate::sessions::SESSIONS)?;
+                txn.open_table(crate::sessions::QUEUE)?;
                 txn.open_table(crate::device_state::DEVICE_STATE)?;
                 txn.open_table(crate::device_config::DEVICE_CONFIG)?;
                 crate::commands::create_tables(txn)?;

@@ -13,8 +13,8 @@ use serde_json::json;
 use crate::error::{ApiError, ApiResponse};
 use crate::query::path_segments;
 use crate::routes::{
-    clients, commands, config, devices, events, metrics, openapi, publish, service_clients, stats,
-    telemetry, webhooks,
+    clients, commands, config, devices, events, metrics, openapi, publish, retained,
+    service_clients, stats, telemetry, webhooks,
 };
 use crate::AppState;
 
@@ -75,6 +75,7 @@ pub(crate) const ROUTES: &[Route] = &[
     route("/api/v1/clients", "GET"),
     route("/api/v1/clients/{client_id}", "DELETE"),
     route("/api/v1/publish", "POST"),
+    route("/api/v1/retained", "GET, DELETE"),
     route("/api/v1/stats", "GET"),
     route("/api/v1/events", "GET"),
 ];
@@ -158,6 +159,8 @@ where
         ("/api/v1/clients", Method::GET) => clients::list(state, query),
         ("/api/v1/clients/{client_id}", Method::DELETE) => clients::kick(state, p(0)),
         ("/api/v1/publish", Method::POST) => publish::publish(state, req).await,
+        ("/api/v1/retained", Method::GET) => retained::list(state, req.uri().query()),
+        ("/api/v1/retained", Method::DELETE) => retained::delete(state, req.uri().query()).await,
         ("/api/v1/stats", Method::GET) => stats::get(state).await,
         ("/api/v1/events", Method::GET) => events::stream(state, query, req.headers()),
         // A method the table lists but no arm handles is caught by the route tests.

@@ -12,7 +12,6 @@ use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
     LastWillProperties, Login, Packet,
 };
-use rumqttd::Notification;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use super::acl::Principal;
@@ -116,6 +115,8 @@ pub(crate) struct Established {
     pub(crate) peer: SocketAddr,
     pub(crate) transport: Transport,
     pub(crate) session_present: bool,
+    /// Whether the session persists, and the stored one it resumes.
+    pub(crate) session: super::session_link::SessionStart,
     pub(crate) link_tx: LinkTx,
     pub(crate) link_rx: LinkRx,
     pub(crate) control: mpsc::Receiver<Control>,
@@ -252,11 +253,15 @@ pub(crate) async fn establish(
     let will = check_will(core, &principal, &identity, req.will, version)?
         .map(|w| super::will::Will::new(w, req.will_props, session_expiry));
     let router_key = router_key(&identity, &client_id);
-    let clean = req.connect.clean_session && !persistent_v5(version, req.props.as_ref());
+    // Router links are always clean: sessions are fleetmq's (`session_store.rs`).
+    let clean = true;
 
     let slot = core.sessions.slot(&router_key);
     let _setup = slot.lock().await;
     let replaced = core.sessions.take_over(&router_key).await;
+    let session =
+        super::session_store::start(core, &router_key, version, &req.connect, req.props.as_ref())
+            .await;
     let built = core.links.build(&router_key, clean).await;
     if let (Err(_), Some(old), Identity::Device(device)) = (&built, replaced, &identity) {
         // The replaced connection said it was taken over; it was not, after all.
@@ -268,7 +273,7 @@ pub(crate) async fn establish(
         };
         core.fleet_event(event).await;
     }
-    let (link_tx, link_rx, connack) = built.map_err(|e| {
+    let (link_tx, link_rx, _connack) = built.map_err(|e| {
         refuse(
             version,
             v4_or_v5(
@@ -279,10 +284,7 @@ pub(crate) async fn establish(
             e,
         )
     })?;
-    let session_present = match connack {
-        Notification::DeviceAck(_) => session_present(connack),
-        _ => false,
-    };
+    let session_present = session.resumed.is_some();
     let conn_id = core.next_conn_id.fetch_add(1, Relaxed);
     let (control_tx, control_rx) = mpsc::channel(16);
     let (closed_tx, closed_rx) = watch::channel(false);
@@ -343,6 +345,7 @@ pub(crate) async fn establish(
         peer,
         transport,
         session_present,
+        session,
         link_tx,
         link_rx,
         control: control_rx,
@@ -351,18 +354,6 @@ pub(crate) async fn establish(
         _permit: permit,
     };
     Ok((established, ack))
-}
-
-fn session_present(connack: Notification) -> bool {
-    match Option::<Packet>::from(connack) {
-        Some(Packet::ConnAck(ack, _)) => ack.session_present,
-        _ => false,
-    }
-}
-
-/// A v5 session outlives its connection only with a non-zero Session Expiry Interval.
-fn persistent_v5(version: Version, props: Option<&ConnectProperties>) -> bool {
-    version == Version::V5 && props.and_then(|p| p.session_expiry_interval).unwrap_or(0) > 0
 }
 
 fn connack_properties(

@@ -75,15 +75,18 @@ pub(crate) struct Connection {
     pub(super) aliases: InboundAliases,
     pub(super) flow: OutboundFlow,
     pub(super) sys_rx: tokio::sync::watch::Receiver<super::sys::SysValues>,
+    /// Session state: subscriptions kept, the link's own deliveries (`session_link.rs`).
+    pub(super) sess: super::session_link::SessionLink,
 }
 
 impl Connection {
     pub(crate) fn new(
         core: Arc<Core>,
         stream: Stream,
-        s: Established,
+        mut s: Established,
         read_buf: BytesMut,
     ) -> Connection {
+        let sess = super::session_link::SessionLink::new(std::mem::take(&mut s.session));
         let crypto = match &s.identity {
             Identity::Device(d) => core.crypto_for(d),
             _ => None,
@@ -111,6 +114,7 @@ impl Connection {
             woke: false,
             commands_inflight: HashMap::new(),
             next_command_pkid: FIRST_COMMAND_PKID,
+            sess,
         }
     }
 
@@ -124,8 +128,9 @@ impl Connection {
         self.core.wills.cancel(&self.s.router_key);
         self.announce().await;
         self.write_packet(connack);
+        let resumed = self.resume_session().await;
         // Anything that arrived together with the CONNECT is processed right after.
-        let mut ending = match self.flush().await {
+        let mut ending = match resumed.and(self.flush().await) {
             Ok(()) => self.ingress().await.err(),
             Err(e) => Some(e),
         };
@@ -165,7 +170,8 @@ impl Connection {
                     self.ingress().await
                 }
             },
-            next = self.s.link_rx.next() => match next {
+            // A resumed session's queue and retained messages go before live traffic.
+            next = self.s.link_rx.next(), if self.sess.live_ready() => match next {
                 Ok(Some(first)) => self.egress(first).await,
                 Ok(None) => Ok(()),
                 Err(_) => Err(Ending::RouterGone),
@@ -237,6 +243,7 @@ impl Connection {
         let core = self.core.clone();
         let client_id = self.s.client_id.clone();
         tracing::debug!(client_id = %client_id, ?ending, "connection closing");
+        self.session_close().await;
         if ending != Ending::RouterGone {
             self.leave_router().await;
         }
@@ -356,6 +363,7 @@ impl Connection {
                 }
             }
         }
+        self.session_sync().await;
         self.flush().await?;
         if flow.disconnected {
             return Err(Ending::RouterGone);

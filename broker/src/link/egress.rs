@@ -69,8 +69,13 @@ impl Connection {
     fn router_ack(&mut self, packet: Packet) {
         match packet {
             Packet::SubAck(suback, props) => {
+                if self.session_subacked(&suback) {
+                    return;
+                }
                 let merged = self.merge_suback(suback);
                 self.write_packet(Packet::SubAck(merged, props));
+                // Retained messages for the new subscriptions follow their SUBACK.
+                self.fill_local();
             }
             // UNSUBACKs are answered by the link layer itself (one per UNSUBSCRIBE).
             Packet::UnsubAck(..) | Packet::ConnAck(..) => {}
@@ -145,7 +150,11 @@ impl Connection {
         }
         // rumqttd delivers at the subscription QoS; MQTT says the lower of the two.
         let qos = origin.map_or(routed.qos, |o| o.qos.min(routed.qos));
+        // Retain As Published: the flag travels through the router as a mark.
+        let retain = self.take_retain_mark(&topic, &mut properties);
         let mut payload = std::mem::take(&mut publish.payload);
+        // The plaintext, for a persistent session's re-send after a reconnect.
+        let plain = payload.clone();
         if let Some(crypto) = self.crypto.as_mut() {
             match crypto.seal(&topic, &payload) {
                 Ok(sealed) => payload = sealed.into(),
@@ -159,13 +168,14 @@ impl Connection {
         }
         let publish = if qos == routed.qos {
             publish.payload = payload;
+            publish.retain = retain;
             publish
         } else {
             // QoS and packet id are crate-private in rumqttd: rebuild the PUBLISH.
             let meta = framing::PublishMeta {
                 qos,
                 dup: false,
-                retain: routed.retain,
+                retain,
                 pkid: if qos > 0 { routed.pkid } else { 0 },
             };
             framing::build_publish(meta, topic.as_bytes(), &payload)
@@ -188,6 +198,7 @@ impl Connection {
             (2, 1) => self.acks.sent_downgraded(routed.pkid),
             _ => self.acks.sent(routed.pkid),
         }
+        self.session_forwarded(routed.pkid, qos, &topic, &plain);
         if qos > 0 && !self.flow.may_send() {
             self.flow.hold(packet);
             return;

@@ -46,6 +46,7 @@ impl Connection {
                 Err(e) => Err(self.frame_error(e)),
             };
         }
+        self.session_sync().await;
         self.flush().await?;
         if result.is_ok() {
             self.send_to_router().await?;
@@ -76,7 +77,8 @@ impl Connection {
             }
             Packet::PubAck(ack, props) => {
                 let pkid = ack.pkid;
-                if !self.command_acked(pkid).await {
+                if !self.command_acked(pkid).await && !self.local_ack(4, pkid) {
+                    self.session_client_acked(pkid);
                     self.client_ack(pkid, Packet::PubAck(ack, props));
                     self.completed(pkid);
                 }
@@ -84,24 +86,29 @@ impl Connection {
             }
             Packet::PubRec(rec, props) => {
                 let pkid = rec.pkid;
-                // A PUBREC with an error code ends the exchange [MQTT-4.3.3-?, 4.9].
-                let failed = !matches!(
-                    rec.reason,
-                    PubRecReason::Success | PubRecReason::NoMatchingSubscribers
-                );
-                self.client_ack(pkid, Packet::PubRec(rec, props));
-                if failed {
-                    self.completed(pkid);
+                if !self.local_ack(5, pkid) {
+                    // A PUBREC with an error code ends the exchange [MQTT-4.3.3-?, 4.9].
+                    let failed = !matches!(
+                        rec.reason,
+                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                    );
+                    self.session_client_acked(pkid);
+                    self.client_ack(pkid, Packet::PubRec(rec, props));
+                    if failed {
+                        self.completed(pkid);
+                    }
                 }
                 Ok(())
             }
             Packet::PubComp(comp, props) => {
                 let pkid = comp.pkid;
-                if !self.acks.client_pubcomp(
-                    pkid,
-                    Packet::PubComp(comp, props),
-                    &mut self.to_router,
-                ) {
+                if !self.local_ack(7, pkid)
+                    && !self.acks.client_pubcomp(
+                        pkid,
+                        Packet::PubComp(comp, props),
+                        &mut self.to_router,
+                    )
+                {
                     tracing::debug!(client_id = %self.s.client_id, pkid, "PUBCOMP for nothing in flight ignored");
                 }
                 self.completed(pkid);
@@ -135,7 +142,9 @@ impl Connection {
                 self.write_packet(Packet::PingResp(PingResp));
                 Ok(())
             }
-            Packet::Disconnect(d, _) => {
+            Packet::Disconnect(d, props) => {
+                let expiry = props.and_then(|p| p.session_expiry_interval);
+                self.session_expiry_on_disconnect(expiry)?;
                 let with_will = d.reason_code == Reason::DisconnectWithWillMessage;
                 Err(Ending::ClientDisconnect { with_will })
             }
@@ -285,6 +294,11 @@ impl Connection {
         if meta.retain {
             self.persist_retained(&topic, &payload, meta.qos).await;
         }
+        // Parked persistent sessions get their copy before the publisher's ack.
+        let sessions = &self.core.session_store;
+        sessions
+            .enqueue_matching(&topic, &payload, meta.qos, &self.core.stats)
+            .await;
         self.device_published(&topic, &payload).await;
         let origin = Origin {
             qos: meta.qos,
@@ -318,12 +332,17 @@ impl Connection {
                 qos: 0,
                 pkid: 0,
                 dup: false,
-                ..meta
+                retain: false,
             }
         } else {
-            meta
+            // The router never holds retained messages (see `retained.rs`).
+            PublishMeta {
+                retain: false,
+                ..meta
+            }
         };
         let publish = framing::build_publish(routed, topic.as_bytes(), payload);
+        let props = super::session_link::route_properties(props, meta.retain);
         self.to_router.push(Packet::Publish(publish, props));
     }
 
@@ -408,6 +427,7 @@ impl Connection {
                     None,
                 ));
             }
+            self.session_subscribing(sub.pkid, &routed);
             self.to_router.push(Packet::Subscribe(
                 Subscribe {
                     pkid: sub.pkid,
@@ -423,7 +443,7 @@ impl Connection {
         Ok(paths)
     }
 
-    fn check_filter(&self, path: &str) -> Result<Target, SubscribeReasonCode> {
+    pub(super) fn check_filter(&self, path: &str) -> Result<Target, SubscribeReasonCode> {
         let inner = match topic::split_shared(path) {
             Some((_, inner)) => inner,
             None if topic::is_shared(path) => return Err(SubscribeReasonCode::TopicFilterInvalid),
@@ -452,6 +472,7 @@ impl Connection {
     /// [MQTT-3.10.4-4, -5]; forwards the others (the router sends no UNSUBACK for an
     /// unknown filter and one per filter otherwise; those are swallowed).
     fn unsubscribe(&mut self, unsub: Unsubscribe) {
+        self.session_unsubscribed(&unsub.filters);
         let mut reasons = Vec::with_capacity(unsub.filters.len());
         let mut routed = Vec::new();
         for f in unsub.filters {
@@ -494,7 +515,7 @@ impl Connection {
 }
 
 /// Who serves an accepted subscription.
-enum Target {
+pub(super) enum Target {
     Router,
     Sys,
 }

@@ -15,6 +15,8 @@
 //!   (UNSUBACK codes, No Local; inbound topic aliases; Receive Maximum and Maximum
 //!   Packet Size towards the client).
 //! - `will`: last wills with their delay; `sys`: the `$SYS` topics.
+//! - `retained`: retained messages, delivered by the link layer (never by the router).
+//! - `session_store`, `session_link`: persistent sessions, their redb queues and expiry.
 
 mod acks;
 pub(crate) mod acl;
@@ -28,7 +30,10 @@ mod framing;
 mod ingress;
 mod listener;
 mod origin;
+mod retained;
 mod sealing;
+mod session_link;
+pub(crate) mod session_store;
 mod subscriptions;
 pub(crate) mod sys;
 mod tls;
@@ -39,7 +44,9 @@ mod will;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use fleetmq_storage::{now_ms, AclRule, DeviceRecord, RetainedMessage, Store, StoreError};
+use fleetmq_storage::{
+    now_ms, AclRule, DeviceRecord, RetainedMessage, SessionRecord, Store, StoreError,
+};
 use futures_util::FutureExt;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{
@@ -135,6 +142,16 @@ pub(crate) struct Core {
     /// Device logic; set once by `start` before any connection or API request.
     pub(crate) services: std::sync::OnceLock<Arc<crate::fleet::services::Services>>,
     pub(crate) tracker: tokio_util::task::TaskTracker,
+    /// Retained messages (mirror of the redb table); the router never holds any.
+    pub(crate) retained: retained::RetainedIndex,
+    /// Persistent sessions whose clients are away, and their queues.
+    pub(crate) session_store: session_store::SessionStore,
+}
+
+/// What the broker restores from the store at start.
+pub(crate) struct Restored {
+    pub(crate) retained: Vec<RetainedMessage>,
+    pub(crate) sessions: Vec<SessionRecord>,
 }
 
 impl Core {
@@ -145,13 +162,21 @@ impl Core {
         shutdown: CancellationToken,
         fleet: mpsc::Sender<LinkEvent>,
         tracker: tokio_util::task::TaskTracker,
+        restored: Restored,
     ) -> Result<Arc<Core>, String> {
         let links = Links::spawn(config.max_connections);
         let (link_tx, link_rx, _) = (links.build)("fleetmq:system", true)?;
         let (system, system_rx) = mpsc::channel(4096);
         spawn_system_link(link_tx, link_rx, system_rx)?;
         let anonymous_rules: Arc<[AclRule]> = config.anonymous_rules.clone().into();
+        let session_store = session_store::SessionStore::load(
+            store.clone(),
+            config.max_queued_messages,
+            restored.sessions,
+        );
         Ok(Arc::new(Core {
+            retained: retained::RetainedIndex::load(restored.retained),
+            session_store,
             auth: Authenticator::new(store.clone(), config.allow_anonymous),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             stats: Stats::new(),
@@ -183,29 +208,40 @@ impl Core {
     }
 
     /// Routes a message as the broker itself (QoS 0 into the router; subscribers get it
-    /// at their subscription QoS), waiting for room in the system link's queue.
+    /// at their subscription QoS), waiting for room in the system link's queue. A QoS 1/2
+    /// message is first queued for the parked sessions it matches. The router never gets
+    /// a RETAIN flag: retained messages are the link layer's (`retained.rs`).
     pub(crate) async fn publish_system_wait(
         &self,
         topic: &str,
         payload: &[u8],
-        retain: bool,
+        qos: u8,
     ) -> Result<(), String> {
-        self.publish_system_props(topic, payload, retain, None)
-            .await
+        self.publish_system_props(topic, payload, qos, None).await
     }
 
-    /// [`Core::publish_system_wait`] with PUBLISH properties.
+    /// [`Core::publish_system_wait`] with PUBLISH properties. The message carries its
+    /// QoS as its origin, so subscribers get min(QoS, subscription QoS).
     pub(crate) async fn publish_system_props(
         &self,
         topic: &str,
         payload: &[u8],
-        retain: bool,
+        qos: u8,
         props: Option<PublishProperties>,
     ) -> Result<(), String> {
+        self.session_store
+            .enqueue_matching(topic, payload, qos, &self.stats)
+            .await;
+        let props = origin::Origin {
+            qos,
+            conn_id: 0,
+            at_ms: now_ms(),
+        }
+        .attach(props);
         let publish = Publish::new(
             bytes::Bytes::copy_from_slice(topic.as_bytes()),
             bytes::Bytes::copy_from_slice(payload),
-            retain,
+            false,
         );
         self.system
             .send((publish, props))
@@ -229,27 +265,40 @@ impl Core {
     }
 
     /// Writes a retained message through to the store (an empty payload deletes it),
-    /// before it is routed, so it survives a restart.
+    /// before it is routed, so it survives a restart; then updates the in-memory index
+    /// SUBSCRIBE reads from.
     pub(crate) async fn persist_retained(
         &self,
         topic: &str,
         payload: &[u8],
         qos: u8,
     ) -> Result<(), StoreError> {
-        let topic = topic.to_owned();
+        let owned = topic.to_owned();
         if payload.is_empty() {
-            return self
-                .store
-                .call(move |s| s.delete_retained(&topic).map(|_| ()))
-                .await;
+            self.store
+                .call(move |s| s.delete_retained(&owned).map(|_| ()))
+                .await?;
+            self.retained.remove(topic);
+            return Ok(());
         }
         let msg = RetainedMessage {
-            topic,
+            topic: owned,
             payload: payload.to_vec(),
             qos,
             stored_at_ms: now_ms(),
         };
-        self.store.call(move |s| s.put_retained(&msg)).await
+        let stored = msg.clone();
+        self.store.call(move |s| s.put_retained(&stored)).await?;
+        self.retained.set(msg);
+        Ok(())
+    }
+
+    /// Removes a retained message (admin API); whether there was one.
+    pub(crate) async fn delete_retained(&self, topic: &str) -> Result<bool, StoreError> {
+        let owned = topic.to_owned();
+        let existed = self.store.call(move |s| s.delete_retained(&owned)).await?;
+        self.retained.remove(topic);
+        Ok(existed)
     }
 }
 

@@ -137,6 +137,7 @@ fn traffic(e: &mut Exposition, stats: &StatsSnapshot) {
             ("queue_full", d.queue_full),
             ("expired", d.expired),
             ("limit", d.limit),
+            ("session_queue_full", d.session_queue_full),
         ],
     );
 }

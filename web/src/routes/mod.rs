@@ -8,6 +8,7 @@ pub(crate) mod events;
 pub(crate) mod metrics;
 pub(crate) mod openapi;
 pub(crate) mod publish;
+pub(crate) mod retained;
 pub(crate) mod service_clients;
 pub(crate) mod stats;
 pub(crate) mod telemetry;

@@ -1,0 +1,548 @@
+//! A connection's part of session state: the subscriptions it keeps for a persistent
+//! session, the messages the link delivers itself (a resumed session's queue and
+//! retained messages, on packet ids 101..=1000 of its own), and parking the session
+//! when the client leaves. See `session_store` for the design.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use bytes::Bytes;
+use fleetmq_storage::{now_ms, QueuedMessage, SessionRecord, SessionSubscription};
+use futures_util::FutureExt;
+use rumqttd::protocol::{
+    Filter, Packet, PubRel, PubRelReason, Publish, PublishProperties, RetainForwardRule, SubAck,
+    Subscribe, SubscribeReasonCode,
+};
+use rumqttd::Notification;
+
+use super::connection::{Connection, Ending};
+use super::framing::{self, PublishMeta, Version};
+use super::topic;
+use crate::stats::{DropCause, Stats};
+
+/// Packet ids of messages the link delivers itself (router: 1..=100, commands: 1001..).
+const FIRST_LOCAL_PKID: u16 = 101;
+const LAST_LOCAL_PKID: u16 = 1000;
+/// Messages of the link's own in flight at once.
+const LOCAL_WINDOW: usize = 64;
+/// The packet id of the SUBSCRIBE that restores a resumed session's router
+/// subscriptions; clients never use 0, so its SUBACK is recognisably ours.
+const RESUBSCRIBE_PKID: u16 = 0;
+
+/// A user property that carries a live message's RETAIN flag through the router (which
+/// clears RETAIN on fan-out) to subscriptions with Retain As Published.
+const RETAIN_MARK: &str = "fleetmq:retain";
+
+/// The properties a checked publish is routed with: a client's own copy of the mark is
+/// removed, and a retained publish is marked.
+pub(super) fn route_properties(
+    props: Option<PublishProperties>,
+    retain: bool,
+) -> Option<PublishProperties> {
+    let mut props = match props {
+        Some(mut p) => {
+            p.user_properties.retain(|(k, _)| k != RETAIN_MARK);
+            p
+        }
+        None if !retain => return None,
+        None => PublishProperties::default(),
+    };
+    if retain {
+        props
+            .user_properties
+            .push((RETAIN_MARK.to_owned(), String::new()));
+    }
+    Some(props)
+}
+
+/// What CONNECT decided about the session.
+#[derive(Debug, Default)]
+pub(crate) struct SessionStart {
+    /// Whether the session outlives this connection.
+    pub(crate) persistent: bool,
+    /// Session Expiry Interval in seconds (`session_store::NEVER` for 3.1.1).
+    pub(crate) expiry_s: u32,
+    /// The stored session this connection resumes (CONNACK session present).
+    pub(crate) resumed: Option<SessionRecord>,
+}
+
+struct LocalMsg {
+    topic: String,
+    payload: Bytes,
+    qos: u8,
+    retain: bool,
+    dup: bool,
+    /// Its place in the session's redb queue, if it came from there.
+    seq: Option<u64>,
+}
+
+struct Inflight {
+    msg: LocalMsg,
+    /// QoS 2: PUBREC received, PUBREL sent.
+    released: bool,
+}
+
+/// Per-connection session state.
+#[derive(Default)]
+pub(crate) struct SessionLink {
+    start: SessionStart,
+    subs: BTreeMap<String, SessionSubscription>,
+    /// Filters of SUBSCRIBEs the router has not answered yet, and whether each
+    /// subscription existed before (Retain Handling 1).
+    pending_subs: HashMap<u16, Vec<(SessionSubscription, bool)>>,
+    /// Messages the link delivers itself, oldest first; live traffic waits for them.
+    pending: VecDeque<LocalMsg>,
+    inflight: BTreeMap<u16, Inflight>,
+    next_pkid: u16,
+    /// Router deliveries to a persistent session not yet acknowledged by the client:
+    /// queued again (DUP) if the client leaves first.
+    router_inflight: HashMap<u16, QueuedMessage>,
+    acked_seqs: Vec<u64>,
+    subs_dirty: bool,
+    saved_qos2: HashSet<u16>,
+    /// Whether this connection stored a session record.
+    saved: bool,
+}
+
+impl SessionLink {
+    pub(crate) fn new(start: SessionStart) -> SessionLink {
+        SessionLink {
+            start,
+            next_pkid: FIRST_LOCAL_PKID,
+            ..SessionLink::default()
+        }
+    }
+
+    /// Whether live traffic from the router may be written (the link's own queue is
+    /// delivered first).
+    pub(crate) fn live_ready(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+fn qos_of(code: &SubscribeReasonCode) -> Option<u8> {
+    match code {
+        SubscribeReasonCode::QoS0 => Some(0),
+        SubscribeReasonCode::QoS1 => Some(1),
+        SubscribeReasonCode::QoS2 => Some(2),
+        SubscribeReasonCode::Success(q) => Some(*q as u8),
+        _ => None,
+    }
+}
+
+fn subscription_of(f: &Filter) -> SessionSubscription {
+    SessionSubscription {
+        filter: f.path.clone(),
+        qos: f.qos as u8,
+        no_local: f.nolocal,
+        retain_as_published: f.preserve_retain,
+        retain_handling: match f.retain_forward_rule {
+            RetainForwardRule::OnEverySubscribe => 0,
+            RetainForwardRule::OnNewSubscribe => 1,
+            RetainForwardRule::Never => 2,
+        },
+    }
+}
+
+fn filter_of(s: &SessionSubscription) -> Filter {
+    Filter {
+        path: s.filter.clone(),
+        qos: rumqttd::protocol::qos(s.qos).unwrap_or_default(),
+        nolocal: s.no_local,
+        preserve_retain: s.retain_as_published,
+        retain_forward_rule: match s.retain_handling {
+            0 => RetainForwardRule::OnEverySubscribe,
+            1 => RetainForwardRule::OnNewSubscribe,
+            _ => RetainForwardRule::Never,
+        },
+    }
+}
+
+impl Connection {
+    fn session_record(&self) -> SessionRecord {
+        let mut inbound_qos2: Vec<u16> = self.inbound_qos2.iter().copied().collect();
+        inbound_qos2.sort_unstable();
+        SessionRecord {
+            key: self.s.router_key.clone(),
+            client_id: self.s.client_id.clone(),
+            subscriptions: self.sess.subs.values().cloned().collect(),
+            expiry_s: self.sess.start.expiry_s,
+            disconnected_at_ms: None,
+            inbound_qos2,
+        }
+    }
+
+    /// Right after CONNACK: restores a resumed session's subscriptions in the router,
+    /// stops queuing for it, and queues its stored messages for delivery ahead of live
+    /// traffic [MQTT-3.1.2-5] [MQTT-4.4.0-1].
+    pub(super) async fn resume_session(&mut self) -> Result<(), Ending> {
+        let Some(rec) = self.sess.start.resumed.take() else {
+            if self.sess.start.persistent {
+                self.sess.saved = true;
+                self.core.session_store.save(self.session_record()).await;
+            }
+            return Ok(());
+        };
+        self.inbound_qos2 = rec.inbound_qos2.iter().copied().collect();
+        self.sess.saved_qos2 = self.inbound_qos2.clone();
+        let mut filters = Vec::new();
+        for sub in rec.subscriptions {
+            // Permissions may have changed while the client was away.
+            if matches!(
+                self.check_filter(&sub.filter),
+                Ok(super::ingress::Target::Router)
+            ) {
+                filters.push(filter_of(&sub));
+                let options = super::subscriptions::SubOptions {
+                    qos: sub.qos,
+                    no_local: sub.no_local,
+                };
+                self.subs.add(&sub.filter, options);
+                self.sess.subs.insert(sub.filter.clone(), sub);
+            }
+        }
+        if !filters.is_empty() {
+            self.to_router.push(Packet::Subscribe(
+                Subscribe {
+                    pkid: RESUBSCRIBE_PKID,
+                    filters,
+                },
+                None,
+            ));
+            self.send_to_router().await?;
+        }
+        let key = self.s.router_key.clone();
+        self.core.session_store.unpark(&key);
+        for (seq, m) in self.core.session_store.queued(&key).await {
+            self.sess.pending.push_back(LocalMsg {
+                topic: m.topic,
+                payload: m.payload.into(),
+                qos: m.qos,
+                retain: false,
+                dup: m.dup,
+                seq: Some(seq),
+            });
+        }
+        if self.sess.start.persistent {
+            self.sess.saved = true;
+            self.core.session_store.save(self.session_record()).await;
+        } else {
+            // Resumed by a connection whose session ends with it (v5 expiry 0).
+            self.core.session_store.discard(&key).await;
+        }
+        self.fill_local();
+        Ok(())
+    }
+
+    /// A v5 DISCONNECT may change the Session Expiry Interval, but not from 0 to
+    /// non-zero [MQTT-3.14.2-2] (protocol error).
+    pub(super) fn session_expiry_on_disconnect(
+        &mut self,
+        expiry: Option<u32>,
+    ) -> Result<(), Ending> {
+        let Some(expiry) = expiry else {
+            return Ok(());
+        };
+        if self.sess.start.expiry_s == 0 && expiry > 0 {
+            return Err(Ending::Violation(
+                rumqttd::protocol::DisconnectReasonCode::ProtocolError,
+            ));
+        }
+        if self.s.version == Version::V5 {
+            self.sess.start.expiry_s = expiry;
+            self.sess.start.persistent = expiry > 0;
+        }
+        Ok(())
+    }
+
+    /// A SUBSCRIBE is going to the router with these filters.
+    pub(super) fn session_subscribing(&mut self, pkid: u16, filters: &[Filter]) {
+        let subs = filters
+            .iter()
+            .map(|f| {
+                let existed = self.sess.subs.contains_key(&f.path);
+                (subscription_of(f), existed)
+            })
+            .collect();
+        self.sess.pending_subs.insert(pkid, subs);
+    }
+
+    /// The router answered a SUBSCRIBE: records the subscriptions and queues the retained
+    /// messages they get (Retain Handling 0: always, 1: new subscriptions only, 2: never;
+    /// none for shared subscriptions) [MQTT-3.3.1-9] [MQTT-3.8.4-4]. Returns true for the
+    /// SUBACK of the link's own re-subscribe, which the client must not see.
+    pub(super) fn session_subacked(&mut self, suback: &SubAck) -> bool {
+        if suback.pkid == RESUBSCRIBE_PKID {
+            return true;
+        }
+        let Some(subs) = self.sess.pending_subs.remove(&suback.pkid) else {
+            return false;
+        };
+        for ((mut sub, existed), code) in subs.into_iter().zip(&suback.return_codes) {
+            let Some(granted) = qos_of(code) else {
+                continue;
+            };
+            sub.qos = granted;
+            let send = match sub.retain_handling {
+                0 => true,
+                1 => !existed,
+                _ => false,
+            };
+            if send && !topic::is_shared(&sub.filter) {
+                for m in self.core.retained.matching(&sub.filter) {
+                    self.sess.pending.push_back(LocalMsg {
+                        topic: m.topic.clone(),
+                        payload: Bytes::copy_from_slice(&m.payload),
+                        qos: m.qos.min(granted),
+                        retain: true,
+                        dup: false,
+                        seq: None,
+                    });
+                }
+            }
+            self.sess.subs.insert(sub.filter.clone(), sub);
+            self.sess.subs_dirty = true;
+        }
+        false
+    }
+
+    pub(super) fn session_unsubscribed(&mut self, filters: &[String]) {
+        for f in filters {
+            self.sess.subs_dirty |= self.sess.subs.remove(f).is_some();
+        }
+    }
+
+    /// Removes the retain mark from a routed message's properties; whether it goes out
+    /// with RETAIN=1: it was published retained and this v5 client subscribed with Retain
+    /// As Published (MQTT 5 [MQTT-3.3.1-12] [MQTT-3.3.1-13]).
+    pub(super) fn take_retain_mark(
+        &self,
+        topic_name: &str,
+        props: &mut Option<PublishProperties>,
+    ) -> bool {
+        let Some(p) = props.as_mut() else {
+            return false;
+        };
+        let before = p.user_properties.len();
+        p.user_properties.retain(|(k, _)| k != RETAIN_MARK);
+        if p.user_properties.len() == before {
+            return false;
+        }
+        if *p == PublishProperties::default() {
+            *props = None;
+        }
+        self.s.version == Version::V5
+            && self.sess.subs.values().any(|s| {
+                s.retain_as_published
+                    && !topic::is_shared(&s.filter)
+                    && topic::matches(&s.filter, topic_name)
+            })
+    }
+
+    /// A router delivery was written to the client.
+    pub(super) fn session_forwarded(&mut self, pkid: u16, qos: u8, topic: &str, payload: &[u8]) {
+        if qos > 0 && self.sess.start.persistent {
+            let msg = QueuedMessage {
+                topic: topic.to_owned(),
+                payload: payload.to_vec(),
+                qos,
+                dup: true,
+                queued_at_ms: now_ms(),
+            };
+            self.sess.router_inflight.insert(pkid, msg);
+        }
+    }
+
+    /// The client acknowledged a router delivery (PUBACK or PUBREC).
+    pub(super) fn session_client_acked(&mut self, pkid: u16) {
+        self.sess.router_inflight.remove(&pkid);
+    }
+
+    /// A PUBACK/PUBREC/PUBCOMP (`packet_type` 4/5/7) for a message the link delivered
+    /// itself; false if `pkid` is not one of those.
+    pub(super) fn local_ack(&mut self, packet_type: u8, pkid: u16) -> bool {
+        if !(FIRST_LOCAL_PKID..=LAST_LOCAL_PKID).contains(&pkid) {
+            return false;
+        }
+        let Some(inflight) = self.sess.inflight.get_mut(&pkid) else {
+            return true;
+        };
+        let done = match (packet_type, inflight.msg.qos, inflight.released) {
+            (4, 1, _) | (7, 2, true) => true,
+            (5, 2, false) => {
+                inflight.released = true;
+                if let Some(seq) = inflight.msg.seq.take() {
+                    self.sess.acked_seqs.push(seq);
+                }
+                self.write_packet(Packet::PubRel(
+                    PubRel {
+                        pkid,
+                        reason: PubRelReason::Success,
+                    },
+                    None,
+                ));
+                false
+            }
+            _ => false,
+        };
+        if done {
+            if let Some(seq) = self.sess.inflight.remove(&pkid).and_then(|i| i.msg.seq) {
+                self.sess.acked_seqs.push(seq);
+            }
+            self.fill_local();
+        }
+        true
+    }
+
+    /// Writes what fits in the link's window from its own queue.
+    pub(super) fn fill_local(&mut self) {
+        while self.sess.inflight.len() < LOCAL_WINDOW {
+            let Some(msg) = self.sess.pending.pop_front() else {
+                return;
+            };
+            if msg.qos == 0 {
+                self.write_local(&msg, 0);
+                if let Some(seq) = msg.seq {
+                    self.sess.acked_seqs.push(seq);
+                }
+                continue;
+            }
+            let pkid = self.local_pkid();
+            if self.write_local(&msg, pkid) {
+                self.sess.inflight.insert(
+                    pkid,
+                    Inflight {
+                        msg,
+                        released: false,
+                    },
+                );
+            } else if let Some(seq) = msg.seq {
+                self.sess.acked_seqs.push(seq);
+            }
+        }
+    }
+
+    fn local_pkid(&mut self) -> u16 {
+        loop {
+            let pkid = self.sess.next_pkid;
+            self.sess.next_pkid = if pkid >= LAST_LOCAL_PKID {
+                FIRST_LOCAL_PKID
+            } else {
+                pkid + 1
+            };
+            if !self.sess.inflight.contains_key(&pkid) {
+                return pkid;
+            }
+        }
+    }
+
+    /// Writes one of the link's own messages after the read ACL and sealing; false if
+    /// it was dropped.
+    fn write_local(&mut self, msg: &LocalMsg, pkid: u16) -> bool {
+        if !self.s.principal.may_read(&msg.topic) {
+            self.core.stats.dropped(DropCause::AclDelivery);
+            return false;
+        }
+        let payload = match self.crypto.as_mut() {
+            Some(crypto) => match crypto.seal(&msg.topic, &msg.payload) {
+                Ok(sealed) => Bytes::from(sealed),
+                Err(e) => {
+                    self.core.stats.dropped(DropCause::EncryptFailed);
+                    tracing::warn!(client_id = %self.s.client_id, error = %e, "cannot encrypt for device");
+                    return false;
+                }
+            },
+            None => msg.payload.clone(),
+        };
+        let meta = PublishMeta {
+            qos: msg.qos,
+            dup: msg.dup,
+            retain: msg.retain,
+            pkid,
+        };
+        let publish = framing::build_publish(meta, msg.topic.as_bytes(), &payload);
+        self.write_packet(Packet::Publish(publish, None));
+        Stats::add(&self.core.stats.sent, 1);
+        true
+    }
+
+    /// After a batch: removes delivered messages from the stored queue, stores changed
+    /// subscriptions or inbound QoS 2 state (before the PUBRECs of this batch reach the
+    /// client), and refills the window.
+    pub(super) async fn session_sync(&mut self) {
+        let key = self.s.router_key.clone();
+        if !self.sess.acked_seqs.is_empty() {
+            let seqs = std::mem::take(&mut self.sess.acked_seqs);
+            self.core.session_store.dequeue(&key, seqs).await;
+        }
+        if self.sess.start.persistent
+            && (self.sess.subs_dirty || self.sess.saved_qos2 != self.inbound_qos2)
+        {
+            self.sess.subs_dirty = false;
+            self.sess.saved_qos2 = self.inbound_qos2.clone();
+            self.core.session_store.save(self.session_record()).await;
+        }
+        self.fill_local();
+    }
+
+    /// The connection is ending (before it leaves the router): a persistent session is
+    /// parked with what the client had not acknowledged, queued again with DUP=1.
+    pub(super) async fn session_close(&mut self) {
+        if !self.sess.start.persistent {
+            if self.sess.saved {
+                // A v5 DISCONNECT set the Session Expiry Interval to 0.
+                self.core.session_store.discard(&self.s.router_key).await;
+            }
+            return;
+        }
+        let key = self.s.router_key.clone();
+        let subs: Vec<SessionSubscription> = self.sess.subs.values().cloned().collect();
+        self.core
+            .session_store
+            .begin_park(&key, &subs, self.sess.start.expiry_s);
+        let mut unacked: Vec<QueuedMessage> = Vec::new();
+        let to_queued = |m: LocalMsg, dup: bool| QueuedMessage {
+            topic: m.topic,
+            payload: m.payload.to_vec(),
+            qos: m.qos,
+            dup,
+            queued_at_ms: now_ms(),
+        };
+        let inflight = std::mem::take(&mut self.sess.inflight);
+        for (_, i) in inflight {
+            if i.msg.seq.is_none() && !i.released && i.msg.qos > 0 {
+                unacked.push(to_queued(i.msg, true));
+            }
+        }
+        let mut router: Vec<(u16, QueuedMessage)> = self.sess.router_inflight.drain().collect();
+        router.sort_by_key(|(pkid, _)| *pkid);
+        unacked.extend(router.into_iter().map(|(_, m)| m));
+        // Deliveries the router handed this link but the client never saw; anything
+        // routed after `begin_park` is queued by the publisher's side as well.
+        while let Some(Ok(Some(n))) = self.s.link_rx.next().now_or_never() {
+            if let Notification::Forward(f) = n {
+                if let Some(m) = self.undelivered(&f.publish) {
+                    unacked.push(m);
+                }
+            }
+        }
+        let rec = self.session_record();
+        self.core
+            .session_store
+            .finish_park(rec, unacked, &self.core.stats)
+            .await;
+    }
+
+    fn undelivered(&self, publish: &Publish) -> Option<QueuedMessage> {
+        let meta = framing::meta_of(publish);
+        if meta.qos == 0 {
+            return None;
+        }
+        Some(QueuedMessage {
+            topic: String::from_utf8(publish.topic.to_vec()).ok()?,
+            payload: publish.payload.to_vec(),
+            qos: meta.qos,
+            dup: false,
+            queued_at_ms: now_ms(),
+        })
+    }
+}

@@ -1,0 +1,284 @@
+//! Persistence against the real binary: retained messages, persistent sessions with
+//! queued QoS 1 messages, and inbound QoS 2 state survive `fleetmq serve` being stopped
+//! with SIGTERM and started again, and survive SIGKILL for everything acknowledged.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleetmq");
+const STARTUP: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(10);
+const QUIET: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(25);
+
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr")
+}
+
+/// A running `fleetmq serve` with anonymous MQTT on TCP; killed if the test panics.
+struct Server {
+    child: Child,
+    mqtt: SocketAddr,
+    log: PathBuf,
+}
+
+impl Server {
+    async fn start(data_dir: &Path, log: PathBuf) -> Server {
+        let (mqtt, admin) = (free_port(), free_port());
+        let mut cmd = Command::new(BIN);
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(|n| n.starts_with("FLEETMQ_")) {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--mqtt-tcp")
+            .arg(mqtt.to_string())
+            .arg("--mqtt-ws")
+            .arg("")
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .arg("--allow-anonymous")
+            .env("FLEETMQ_ADMIN_API_KEY", "restart-test-admin-key-0123456789")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"));
+        let mut server = Server {
+            child: cmd.spawn().expect("spawn fleetmq serve"),
+            mqtt,
+            log,
+        };
+        let deadline = Instant::now() + STARTUP;
+        while TcpStream::connect(mqtt).await.is_err() {
+            if let Some(status) = server.child.try_wait().expect("try_wait") {
+                panic!("fleetmq exited early ({status}):\n{}", server.log());
+            }
+            assert!(Instant::now() < deadline, "MQTT not up:\n{}", server.log());
+            tokio::time::sleep(POLL).await;
+        }
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    async fn terminate(&mut self) {
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + WAIT;
+        while self.child.try_wait().expect("try_wait").is_none() {
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn connect(s: &Server, id: &str, clean: bool) -> (AsyncClient, EventLoop, bool) {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", s.mqtt.port());
+    opts.set_clean_session(clean);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (c, mut el) = AsyncClient::new(opts, 100);
+    let present = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event::Incoming(Packet::ConnAck(a)) = el.poll().await.expect("connect") {
+                return a.session_present;
+            }
+        }
+    })
+    .await
+    .expect("CONNACK");
+    (c, el, present)
+}
+
+async fn hang_up(c: AsyncClient, mut el: EventLoop) {
+    c.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(QUIET, async { while el.poll().await.is_ok() {} }).await;
+}
+
+async fn wait_for<T>(el: &mut EventLoop, mut pick: impl FnMut(&Packet) -> Option<T>) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event::Incoming(p) = el.poll().await.expect("connected") {
+                if let Some(t) = pick(&p) {
+                    return t;
+                }
+            }
+        }
+    })
+    .await
+    .expect("packet in time")
+}
+
+/// Publishes QoS 1 messages, each acknowledged by the broker.
+async fn publish_acked(s: &Server, topic: &str, retain: bool, payloads: &[&str]) {
+    let (c, mut el, _) = connect(s, "publisher", true).await;
+    for p in payloads {
+        c.publish(topic, QoS::AtLeastOnce, retain, p.as_bytes().to_vec())
+            .await
+            .unwrap();
+        wait_for(&mut el, |p| matches!(p, Packet::PubAck(_)).then_some(())).await;
+    }
+    hang_up(c, el).await;
+}
+
+/// Collects PUBLISH payloads until `n` arrived, then checks nothing else follows.
+async fn receive(el: &mut EventLoop, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        got.push(
+            wait_for(el, |p| match p {
+                Packet::Publish(p) => Some(String::from_utf8_lossy(&p.payload).into_owned()),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    let _ = tokio::time::timeout(QUIET, async {
+        while let Ok(ev) = el.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                got.push(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+        }
+    })
+    .await;
+    got
+}
+
+// ---- a raw 3.1.1 publisher for inbound QoS 2 ----------------------------------------
+
+async fn raw_connect(s: &Server, id: &str) -> (TcpStream, bool) {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0, 0, 60];
+    body.extend((id.len() as u16).to_be_bytes());
+    body.extend(id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    let mut stream = TcpStream::connect(s.mqtt).await.unwrap();
+    stream.write_all(&packet).await.unwrap();
+    let ack = read_packet(&mut stream).await;
+    assert_eq!(ack[0], 0x20, "CONNACK");
+    (stream, ack[2] & 1 == 1)
+}
+
+async fn read_packet(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = [0u8; 2];
+    tokio::time::timeout(WAIT, s.read_exact(&mut head))
+        .await
+        .expect("packet in time")
+        .unwrap();
+    let mut rest = vec![0u8; usize::from(head[1])];
+    s.read_exact(&mut rest).await.unwrap();
+    [head.to_vec(), rest].concat()
+}
+
+async fn publish_qos2(s: &mut TcpStream, topic: &str, pkid: u16, payload: &str, dup: bool) {
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend(topic.as_bytes());
+    body.extend(pkid.to_be_bytes());
+    body.extend(payload.as_bytes());
+    let mut packet = vec![0x34 | if dup { 8 } else { 0 }, body.len() as u8];
+    packet.extend(body);
+    s.write_all(&packet).await.unwrap();
+    let [hi, lo] = pkid.to_be_bytes();
+    assert_eq!(read_packet(s).await, [0x50, 2, hi, lo], "PUBREC");
+}
+
+/// After a restart the QoS 2 publisher resends (DUP=1) and releases; the resend is not
+/// delivered again and the PUBREL is completed.
+async fn finish_qos2(s: &Server, pkid: u16, payload: &str) {
+    let (mut raw, present) = raw_connect(s, "q2-publisher").await;
+    assert!(present, "QoS 2 publisher's session survived");
+    publish_qos2(&mut raw, "r/q2", pkid, payload, true).await;
+    let [hi, lo] = pkid.to_be_bytes();
+    raw.write_all(&[0x62, 2, hi, lo]).await.unwrap();
+    assert_eq!(read_packet(&mut raw).await, [0x70, 2, hi, lo], "PUBCOMP");
+}
+
+#[tokio::test]
+async fn sessions_retained_and_qos2_survive_sigterm_and_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("fleetmq.log");
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, log.clone()).await;
+
+    // A persistent subscriber goes away; messages for it are acknowledged meanwhile.
+    let (c, mut el, _) = connect(&server, "r-sub", false).await;
+    c.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+    wait_for(&mut el, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
+    hang_up(c, el).await;
+    publish_acked(&server, "r/ret", true, &["kept"]).await;
+    publish_acked(&server, "r/q", false, &["m1", "m2"]).await;
+    let (mut raw, _) = raw_connect(&server, "q2-publisher").await;
+    publish_qos2(&mut raw, "r/q2", 9, "x9", false).await;
+    drop(raw);
+
+    server.terminate().await;
+    let mut server = Server::start(&data, log.clone()).await;
+
+    let (c, mut el, present) = connect(&server, "r-sub", false).await;
+    assert!(present, "persistent session survived SIGTERM");
+    assert_eq!(receive(&mut el, 4).await, ["kept", "m1", "m2", "x9"]);
+    finish_qos2(&server, 9, "x9").await;
+    assert!(
+        receive(&mut el, 0).await.is_empty(),
+        "QoS 2 resend not delivered twice"
+    );
+    c.subscribe("r/ret", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(
+        receive(&mut el, 1).await,
+        ["kept"],
+        "retained survived SIGTERM"
+    );
+    hang_up(c, el).await;
+
+    // Everything acknowledged before SIGKILL survives it.
+    publish_acked(&server, "r/q", false, &["k1", "k2"]).await;
+    let (mut raw, _) = raw_connect(&server, "q2-publisher").await;
+    publish_qos2(&mut raw, "r/q2", 10, "x10", false).await;
+    drop(raw);
+    server.kill9();
+    let server = Server::start(&data, log).await;
+
+    let (c, mut el, present) = connect(&server, "r-sub", false).await;
+    assert!(present, "persistent session survived SIGKILL");
+    assert_eq!(receive(&mut el, 3).await, ["k1", "k2", "x10"]);
+    finish_qos2(&server, 10, "x10").await;
+    assert!(
+        receive(&mut el, 0).await.is_empty(),
+        "QoS 2 resend not delivered twice"
+    );
+    c.subscribe("r/ret", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(
+        receive(&mut el, 1).await,
+        ["kept"],
+        "retained survived SIGKILL"
+    );
+}

@@ -1,0 +1,96 @@
+//! `/api/v1/retained`: list retained messages by topic filter, delete one by topic.
+
+use base64::Engine;
+use fleetmq_broker::RetainedError;
+use fleetmq_storage::RetainedMessage;
+use http::StatusCode;
+use serde::Serialize;
+
+use crate::error::{ApiError, ApiResponse};
+use crate::json;
+use crate::query::Query;
+use crate::time::rfc3339_ms;
+use crate::AppState;
+
+/// A retained message as the API shows it: UTF-8 payloads as text, others in base64.
+#[derive(Serialize)]
+struct RetainedView<'a> {
+    topic: &'a str,
+    payload: String,
+    /// `"utf8"` or `"base64"`.
+    encoding: &'static str,
+    qos: u8,
+    stored_at: String,
+}
+
+#[derive(Serialize)]
+struct RetainedList<'a> {
+    items: Vec<RetainedView<'a>>,
+    next_cursor: Option<&'a str>,
+}
+
+fn view(m: &RetainedMessage) -> RetainedView<'_> {
+    let (payload, encoding) = match std::str::from_utf8(&m.payload) {
+        Ok(text) => (text.to_owned(), "utf8"),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(&m.payload),
+            "base64",
+        ),
+    };
+    RetainedView {
+        topic: &m.topic,
+        payload,
+        encoding,
+        qos: m.qos,
+        stored_at: rfc3339_ms(m.stored_at_ms),
+    }
+}
+
+fn api_error(e: RetainedError) -> ApiError {
+    match e {
+        RetainedError::InvalidTopic(_) => ApiError::Unprocessable(e.to_string()),
+        other => ApiError::Internal(Box::new(other)),
+    }
+}
+
+/// `GET /api/v1/retained?topic=<filter>&limit=&cursor=` (filter default `#`), by topic.
+pub(crate) fn list(state: &AppState, query: Option<&str>) -> Result<ApiResponse, ApiError> {
+    let query = Query::parse(query, &["topic", "limit", "cursor"])?;
+    let page = query.page()?;
+    let filter = query.one("topic")?.unwrap_or("#");
+    let all = state.broker.retained(filter).map_err(api_error)?;
+    let mut after_cursor = all
+        .iter()
+        .filter(|m| page.cursor.as_deref().is_none_or(|c| m.topic.as_str() > c));
+    let items: Vec<_> = after_cursor.by_ref().take(page.limit).map(view).collect();
+    let next_cursor = match after_cursor.next() {
+        Some(_) => items.last().map(|v| v.topic),
+        None => None,
+    };
+    Ok(json::response(
+        StatusCode::OK,
+        &RetainedList { items, next_cursor },
+    ))
+}
+
+/// `DELETE /api/v1/retained?topic=<exact topic>`: 404 when there is none.
+pub(crate) async fn delete(state: &AppState, query: Option<&str>) -> Result<ApiResponse, ApiError> {
+    let query = Query::parse(query, &["topic"])?;
+    let Some(topic) = query.one("topic")? else {
+        return Err(ApiError::BadRequest(
+            "query parameter `topic` is required".into(),
+        ));
+    };
+    if !state
+        .broker
+        .delete_retained(topic)
+        .await
+        .map_err(api_error)?
+    {
+        return Err(ApiError::NotFound(format!(
+            "no retained message on {topic:?}"
+        )));
+    }
+    tracing::info!(topic, "retained message deleted");
+    Ok(json::no_content())
+}
