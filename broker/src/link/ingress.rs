@@ -293,6 +293,11 @@ impl Connection {
         }
         if meta.retain {
             self.persist_retained(&topic, &payload, meta.qos).await;
+            if let Some(interval) = props.as_ref().and_then(|p| p.message_expiry_interval) {
+                if !payload.is_empty() {
+                    self.core.retained.expire_after(&topic, interval);
+                }
+            }
         }
         // Parked persistent sessions get their copy before the publisher's ack.
         let sessions = &self.core.session_store;

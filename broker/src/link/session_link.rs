@@ -73,6 +73,8 @@ struct LocalMsg {
     dup: bool,
     /// Its place in the session's redb queue, if it came from there.
     seq: Option<u64>,
+    /// Message Expiry Interval left, seconds (retained messages published with one).
+    expiry_s: Option<u32>,
 }
 
 struct Inflight {
@@ -220,6 +222,7 @@ impl Connection {
                 retain: false,
                 dup: m.dup,
                 seq: Some(seq),
+                expiry_s: None,
             });
         }
         if self.sess.start.persistent {
@@ -296,6 +299,7 @@ impl Connection {
                         retain: true,
                         dup: false,
                         seq: None,
+                        expiry_s: self.core.retained.expiry_left(&m.topic),
                     });
                 }
             }
@@ -460,7 +464,13 @@ impl Connection {
             pkid,
         };
         let publish = framing::build_publish(meta, msg.topic.as_bytes(), &payload);
-        self.write_packet(Packet::Publish(publish, None));
+        // 3.1.1 clients never get properties.
+        let props =
+            (msg.expiry_s.is_some() && self.s.version == Version::V5).then(|| PublishProperties {
+                message_expiry_interval: msg.expiry_s,
+                ..PublishProperties::default()
+            });
+        self.write_packet(Packet::Publish(publish, props));
         Stats::add(&self.core.stats.sent, 1);
         true
     }
