@@ -41,6 +41,7 @@ pub fn probe(dir: &Path, rounds: usize) -> anyhow::Result<DiskCost> {
             payload: b"{\"probe\":true}".to_vec(),
             qos: 1,
             stored_at_ms: i as u64,
+            expires_at_ms: None,
         };
         let t = Instant::now();
         store.put_retained(&msg)?;

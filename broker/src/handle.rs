@@ -182,7 +182,7 @@ impl BrokerHandle {
 
     async fn persist_retained(&self, msg: &PublishRequest) -> Result<(), PublishError> {
         self.core
-            .persist_retained(&msg.topic, &msg.payload, msg.qos)
+            .persist_retained(&msg.topic, &msg.payload, msg.qos, None)
             .await
             .map_err(|e| PublishError::Storage(e.to_string()))
     }

@@ -82,6 +82,17 @@ enum AclActionV1 {
 #[derive(Serialize, Deserialize)]
 enum StoredRetained {
     V1(RetainedV1),
+    V2(RetainedV2),
+}
+
+/// V1 plus the expiry time (MQTT 5 Message Expiry Interval).
+#[derive(Serialize, Deserialize)]
+struct RetainedV2 {
+    topic: String,
+    payload: Vec<u8>,
+    qos: u8,
+    stored_at_ms: u64,
+    expires_at_ms: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -297,13 +308,14 @@ pub(crate) fn encode_retained(
     at: Location<'_>,
     m: &RetainedMessage,
 ) -> Result<Vec<u8>, StoreError> {
-    let v1 = RetainedV1 {
+    let v2 = RetainedV2 {
         topic: m.topic.clone(),
         payload: m.payload.clone(),
         qos: m.qos,
         stored_at_ms: m.stored_at_ms,
+        expires_at_ms: m.expires_at_ms,
     };
-    encode(at, &StoredRetained::V1(v1))
+    encode(at, &StoredRetained::V2(v2))
 }
 
 /// Decodes a retained message stored under `at.key`.
@@ -311,19 +323,29 @@ pub(crate) fn decode_retained(
     at: Location<'_>,
     bytes: &[u8],
 ) -> Result<RetainedMessage, StoreError> {
-    let StoredRetained::V1(v1) = decode(at, bytes)?;
-    if v1.topic != at.key {
-        return Err(at.corrupt(format!("record is for topic {:?}", v1.topic)));
+    let m = match decode(at, bytes)? {
+        StoredRetained::V1(v1) => RetainedMessage {
+            topic: v1.topic,
+            payload: v1.payload,
+            qos: v1.qos,
+            stored_at_ms: v1.stored_at_ms,
+            expires_at_ms: None,
+        },
+        StoredRetained::V2(v2) => RetainedMessage {
+            topic: v2.topic,
+            payload: v2.payload,
+            qos: v2.qos,
+            stored_at_ms: v2.stored_at_ms,
+            expires_at_ms: v2.expires_at_ms,
+        },
+    };
+    if m.topic != at.key {
+        return Err(at.corrupt(format!("record is for topic {:?}", m.topic)));
     }
-    if v1.qos > 2 {
-        return Err(at.corrupt(format!("qos {} is not 0, 1 or 2", v1.qos)));
+    if m.qos > 2 {
+        return Err(at.corrupt(format!("qos {} is not 0, 1 or 2", m.qos)));
     }
-    Ok(RetainedMessage {
-        topic: v1.topic,
-        payload: v1.payload,
-        qos: v1.qos,
-        stored_at_ms: v1.stored_at_ms,
-    })
+    Ok(m)
 }
 
 #[cfg(test)]

@@ -150,6 +150,8 @@ pub struct RetainedMessage {
     pub qos: u8,
     /// When it was stored, unix ms.
     pub stored_at_ms: u64,
+    /// When it expires (MQTT 5 Message Expiry Interval), unix ms; `None`: never.
+    pub expires_at_ms: Option<u64>,
 }
 
 #[cfg(test)]

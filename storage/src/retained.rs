@@ -85,6 +85,7 @@ mod tests {
             payload: payload.to_vec(),
             qos: 1,
             stored_at_ms: 7,
+            expires_at_ms: None,
         }
     }
 

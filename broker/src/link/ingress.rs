@@ -292,12 +292,9 @@ impl Connection {
             return Ok(());
         }
         if meta.retain {
-            self.persist_retained(&topic, &payload, meta.qos).await;
-            if let Some(interval) = props.as_ref().and_then(|p| p.message_expiry_interval) {
-                if !payload.is_empty() {
-                    self.core.retained.expire_after(&topic, interval);
-                }
-            }
+            let expiry = props.as_ref().and_then(|p| p.message_expiry_interval);
+            self.persist_retained(&topic, &payload, meta.qos, expiry)
+                .await;
         }
         // Parked persistent sessions get their copy before the publisher's ack.
         let sessions = &self.core.session_store;
@@ -352,8 +349,12 @@ impl Connection {
     }
 
     /// Retained messages are written through to the store before they are routed.
-    async fn persist_retained(&self, topic: &str, payload: &[u8], qos: u8) {
-        if let Err(e) = self.core.persist_retained(topic, payload, qos).await {
+    async fn persist_retained(&self, topic: &str, payload: &[u8], qos: u8, expiry: Option<u32>) {
+        if let Err(e) = self
+            .core
+            .persist_retained(topic, payload, qos, expiry)
+            .await
+        {
             tracing::error!(client_id = %self.s.client_id, error = %e, "could not store a retained message");
         }
     }

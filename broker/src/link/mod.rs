@@ -272,6 +272,7 @@ impl Core {
         topic: &str,
         payload: &[u8],
         qos: u8,
+        expiry_s: Option<u32>,
     ) -> Result<(), StoreError> {
         let owned = topic.to_owned();
         if payload.is_empty() {
@@ -281,11 +282,13 @@ impl Core {
             self.retained.remove(topic);
             return Ok(());
         }
+        let now = now_ms();
         let msg = RetainedMessage {
             topic: owned,
             payload: payload.to_vec(),
             qos,
-            stored_at_ms: now_ms(),
+            stored_at_ms: now,
+            expires_at_ms: expiry_s.map(|s| now.saturating_add(u64::from(s) * 1000)),
         };
         let stored = msg.clone();
         self.store.call(move |s| s.put_retained(&stored)).await?;

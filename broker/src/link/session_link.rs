@@ -299,7 +299,7 @@ impl Connection {
                         retain: true,
                         dup: false,
                         seq: None,
-                        expiry_s: self.core.retained.expiry_left(&m.topic),
+                        expiry_s: super::retained::expiry_left(&m),
                     });
                 }
             }

@@ -8,11 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleetmq_storage::now_ms;
 use rumqttd::protocol::{LastWill, LastWillProperties, PublishProperties};
 use tokio_util::sync::CancellationToken;
 
-use super::origin::Origin;
 use super::Core;
 
 /// A will accepted at CONNECT (ACL-checked, decrypted).
@@ -42,10 +40,15 @@ impl Will {
         }
     }
 
-    /// The PUBLISH properties the will carries to its subscribers [MQTT-3.1.3-10], with
-    /// its QoS as the origin (the router routes it at QoS 0).
+    /// The will's Message Expiry Interval, if it set one.
+    fn expiry_interval(&self) -> Option<u32> {
+        self.props.as_ref().and_then(|p| p.message_expiry_interval)
+    }
+
+    /// The PUBLISH properties the will carries to its subscribers [MQTT-3.1.3-10]
+    /// (`Core::publish_system_props` adds its QoS as the origin).
     fn publish_properties(&self) -> Option<PublishProperties> {
-        let props = self.props.clone().map(|p| PublishProperties {
+        self.props.clone().map(|p| PublishProperties {
             payload_format_indicator: p.payload_format_indicator,
             message_expiry_interval: p.message_expiry_interval,
             topic_alias: None,
@@ -54,13 +57,7 @@ impl Will {
             user_properties: p.user_properties,
             subscription_identifiers: Vec::new(),
             content_type: p.content_type,
-        });
-        Origin {
-            qos: self.will.qos as u8,
-            conn_id: 0,
-            at_ms: now_ms(),
-        }
-        .attach(props)
+        })
     }
 }
 
@@ -130,7 +127,10 @@ async fn publish(core: &Core, will: &Will) {
     let w = &will.will;
     let topic = String::from_utf8_lossy(&w.topic).into_owned();
     if w.retain {
-        if let Err(e) = core.persist_retained(&topic, &w.message, w.qos as u8).await {
+        if let Err(e) = core
+            .persist_retained(&topic, &w.message, w.qos as u8, will.expiry_interval())
+            .await
+        {
             tracing::error!(topic, error = %e, "could not store a retained will");
         }
     }

@@ -77,6 +77,7 @@ fn retained() -> RetainedMessage {
         payload: vec![0, 1, 2, 0xff],
         qos: 1,
         stored_at_ms: 1_000,
+        expires_at_ms: None,
     }
 }
 
@@ -104,6 +105,7 @@ const SERVICE_CLIENT_V1: &str = concat!(
     "2a",
 );
 const RETAINED_V1: &str = concat!("00", "03612f62", "04000102ff", "01", "e807",);
+const RETAINED_V2: &str = concat!("01", "03612f62", "04000102ff", "01", "e807", "01", "d00f");
 const CREDENTIAL_V1: &str = concat!(
     "00",
     "a08d06111111111111111111111111111111112222222222222222222222222222222222222222222222222222222222222222",
@@ -129,11 +131,20 @@ fn service_client_golden_bytes() {
 
 #[test]
 fn retained_golden_bytes() {
-    let bytes = encode_retained(loc("a/b"), &retained()).unwrap();
-    assert_eq!(hex(&bytes), RETAINED_V1);
+    // V1 records (written before expiry was kept) still read, with no expiry.
     assert_eq!(
         decode_retained(loc("a/b"), &unhex(RETAINED_V1)).unwrap(),
         retained()
+    );
+    let expiring = RetainedMessage {
+        expires_at_ms: Some(2_000),
+        ..retained()
+    };
+    let bytes = encode_retained(loc("a/b"), &expiring).unwrap();
+    assert_eq!(hex(&bytes), RETAINED_V2);
+    assert_eq!(
+        decode_retained(loc("a/b"), &unhex(RETAINED_V2)).unwrap(),
+        expiring
     );
 }
 
@@ -162,8 +173,8 @@ fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, StoreError>, why: &str) {
 
 #[test]
 fn unknown_version_truncation_and_trailing_bytes_are_corrupt() {
-    let mut future = unhex(RETAINED_V1);
-    future[0] = 1;
+    let mut future = unhex(RETAINED_V2);
+    future[0] = 2;
     assert_corrupt(decode_retained(loc("a/b"), &future), "");
     let full = unhex(DEVICE_V1);
     for len in 0..full.len() {
@@ -297,8 +308,9 @@ proptest! {
         payload in proptest::collection::vec(any::<u8>(), 0..512),
         qos in 0u8..=2,
         stored_at_ms in any::<u64>(),
+        expires_at_ms in proptest::option::of(any::<u64>()),
     ) {
-        let msg = RetainedMessage { topic: topic.clone(), payload, qos, stored_at_ms };
+        let msg = RetainedMessage { topic: topic.clone(), payload, qos, stored_at_ms, expires_at_ms };
         let bytes = encode_retained(loc(&topic), &msg).unwrap();
         prop_assert_eq!(decode_retained(loc(&topic), &bytes).unwrap(), msg);
     }
