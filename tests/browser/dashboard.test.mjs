@@ -141,8 +141,12 @@ test('dashboard: sign in, device online live, command completed, config applied'
   await screenshot(page, 'dashboard-09-rotated');
 
   // A 401 (here: a key that stopped being valid) sends the user back to sign-in.
-  await page.evaluate(() => sessionStorage.setItem('fleetmq.apiKey', 'revoked'));
-  await page.click('nav a[href="#/devices"]');
+  // The page polls every second here, so a poll may hit the 401 (and replace the nav with
+  // sign-in) before a click on the nav could land: navigate by the hash instead.
+  await page.evaluate(() => {
+    sessionStorage.setItem('fleetmq.apiKey', 'revoked');
+    location.hash = '#/devices';
+  });
   await page.waitForSelector('#signin');
   await screenshot(page, 'dashboard-10-signed-out');
 
