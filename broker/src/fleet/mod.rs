@@ -121,6 +121,13 @@ pub enum LinkEvent {
         reason: String,
         at_ms: u64,
     },
+    /// The device's plugin refused a payload the connection decoded itself (telemetry).
+    BadPayload {
+        id: DeviceId,
+        topic: String,
+        reason: String,
+        at_ms: u64,
+    },
     /// The device's connection acknowledged a command the broker delivered (PUBACK).
     CommandAcked {
         id: DeviceId,

@@ -195,6 +195,9 @@ impl Services {
                 let data = json!({"topic": topic, "reason": reason});
                 self.emit("device.decrypt_failed", &id, data);
             }
+            LinkEvent::BadPayload {
+                id, topic, reason, ..
+            } => self.bad_payload(&id, &topic, &reason),
             LinkEvent::Subscribed { id, generation } => {
                 if let Some(plugin) = self.plugin_of(&id).await {
                     self.commands
@@ -261,7 +264,13 @@ impl Services {
         self.presence.seen(id, at_ms);
         match kind {
             Upstream::Status => self.status(id, payload, at_ms).await,
-            Upstream::Telemetry => self.telemetry_point(id, payload, at_ms).await,
+            // Telemetry reaching the loop (a caller other than a connection task): the
+            // same path the connections take, its refusal reported here.
+            Upstream::Telemetry => {
+                if let Err(reason) = self.telemetry_point(id, payload, at_ms).await {
+                    self.bad_payload(id, &format!("device/{id}/telemetry"), &reason);
+                }
+            }
             Upstream::Response => {
                 if let Some(plugin) = self.plugin_of(id).await {
                     self.commands.response_with(id, plugin, payload).await;
@@ -271,19 +280,31 @@ impl Services {
         }
     }
 
-    /// `device/{id}/telemetry`: into the store's ingest queue; never waits for disk.
-    async fn telemetry_point(&self, id: &DeviceId, payload: &[u8], at_ms: u64) {
+    /// `device/{id}/telemetry`, called by the device's connection task itself (not the
+    /// fleet loop): decoded there and put on the store's ingest queue, never waiting for
+    /// disk. Under a publish flood the decoding thus spreads over the runtime's workers
+    /// instead of starving behind one loop. `Err` carries a refused payload's reason,
+    /// which the caller reports as [`LinkEvent::BadPayload`].
+    pub(crate) async fn telemetry_point(
+        &self,
+        id: &DeviceId,
+        payload: &[u8],
+        at_ms: u64,
+    ) -> Result<(), String> {
+        self.presence.seen(id, at_ms);
         let Some(plugin) = self.plugin_of(id).await else {
-            return;
+            return Ok(());
         };
         match self.telemetry.offer(id, plugin.as_ref(), payload, at_ms) {
-            Ok(()) | Err(Rejected::QueueFull) | Err(Rejected::ShuttingDown) => {}
-            Err(Rejected::NotJson { reason }) => {
-                tracing::debug!(device_id = %id, error = %reason, "telemetry rejected");
-                let data = json!({"topic": format!("device/{id}/telemetry"), "reason": reason.to_string()});
-                self.emit("device.bad_payload", id, data);
-            }
+            Ok(()) | Err(Rejected::QueueFull) | Err(Rejected::ShuttingDown) => Ok(()),
+            Err(Rejected::NotJson { reason }) => Err(reason.to_string()),
         }
+    }
+
+    fn bad_payload(&self, id: &DeviceId, topic: &str, reason: &str) {
+        tracing::debug!(device_id = %id, topic, error = %reason, "payload rejected");
+        let data = json!({"topic": topic, "reason": reason});
+        self.emit("device.bad_payload", id, data);
     }
 
     /// `device/{id}/events`: alarms become `alarm.raised` / `alarm.cleared` (SPEC §7) with

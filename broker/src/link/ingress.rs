@@ -528,7 +528,8 @@ pub(super) enum Target {
 
 impl Connection {
     /// Tells the fleet services what a device published on one of its upstream topics.
-    /// Telemetry never waits: when the queue is full it is dropped and counted.
+    /// Telemetry is decoded and queued for the store right here and never waits: when
+    /// the store's queue is full the point is dropped and counted.
     async fn device_published(&self, topic: &str, payload: &Bytes) {
         let Identity::Device(device) = &self.s.identity else {
             return;
@@ -536,12 +537,26 @@ impl Connection {
         let Some(kind) = Upstream::of(&device.id, topic) else {
             return;
         };
+        let at_ms = now_ms();
+        if kind == Upstream::Telemetry {
+            if let Some(services) = self.core.services.get() {
+                if let Err(reason) = services.telemetry_point(&device.id, payload, at_ms).await {
+                    self.core.fleet_event_or_drop(LinkEvent::BadPayload {
+                        id: device.id.clone(),
+                        topic: topic.to_owned(),
+                        reason,
+                        at_ms,
+                    });
+                }
+                return;
+            }
+        }
         let event = LinkEvent::Published {
             id: device.id.clone(),
             generation: self.s.conn_id,
             kind,
             payload: payload.clone(),
-            at_ms: now_ms(),
+            at_ms,
         };
         if kind == Upstream::Telemetry {
             self.core.fleet_event_or_drop(event);
