@@ -116,7 +116,7 @@ impl Connection {
             ..
         } = forward;
         let routed = framing::meta_of(&publish);
-        let origin = Origin::take(&mut properties);
+        let origin = Origin::take(&mut publish.payload);
         let Ok(topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
             self.drop_inflight(routed);
             return;

@@ -200,19 +200,34 @@ pub(crate) fn publish_meta(frame: &[u8]) -> Option<PublishMeta> {
 /// Builds a PUBLISH with the given QoS and packet id in one fresh allocation (so it
 /// never pins a connection's read buffer).
 pub(crate) fn build_publish(meta: PublishMeta, topic: &[u8], payload: &[u8]) -> Publish {
-    let mut b = BytesMut::with_capacity(5 + topic.len() + payload.len());
+    build_prefixed(meta, topic, &[], payload)
+}
+
+/// [`build_publish`] with `prefix` in front of the payload, in the same one copy.
+pub(crate) fn build_prefixed(
+    meta: PublishMeta,
+    topic: &[u8],
+    prefix: &[u8],
+    payload: &[u8],
+) -> Publish {
+    let mut b = BytesMut::with_capacity(5 + topic.len() + prefix.len() + payload.len());
     b.put_u8(0x30 | u8::from(meta.retain) | (meta.qos << 1) | (u8::from(meta.dup) << 3));
     b.put_u16(meta.pkid);
     // Topic names are at most 65535 bytes: the codec refused anything longer.
     b.put_u16(u16::try_from(topic.len()).unwrap_or(u16::MAX));
     b.put_slice(topic);
+    b.put_slice(prefix);
     b.put_slice(payload);
     Publish::deserialize(b.freeze())
 }
 
 /// The QoS and packet id of a PUBLISH held by value (via its MQTT-independent encoding).
 pub(crate) fn meta_of(publish: &Publish) -> PublishMeta {
-    let raw: Bytes = publish.serialize();
+    // Without topic and payload (reference counts, not copies) the encoding is 5 bytes.
+    let mut head = publish.clone();
+    head.topic = Bytes::new();
+    head.payload = Bytes::new();
+    let raw: Bytes = head.serialize();
     let byte1 = raw.first().copied().unwrap_or(0);
     let pkid = raw
         .get(1..3)

@@ -307,7 +307,7 @@ impl Connection {
             conn_id: self.s.conn_id,
             at_ms: now_ms(),
         };
-        self.route(meta, &topic, &payload, origin.attach(props));
+        self.route(meta, &topic, &payload, props, origin);
         Ok(())
     }
 
@@ -320,6 +320,7 @@ impl Connection {
         topic: &str,
         payload: &[u8],
         props: Option<PublishProperties>,
+        origin: Origin,
     ) {
         let routed = if meta.qos == 2 {
             self.inbound_qos2.insert(meta.pkid);
@@ -343,7 +344,7 @@ impl Connection {
                 ..meta
             }
         };
-        let publish = framing::build_publish(routed, topic.as_bytes(), payload);
+        let publish = framing::build_prefixed(routed, topic.as_bytes(), &origin.header(), payload);
         let props = super::session_link::route_properties(props, meta.retain);
         self.to_router.push(Packet::Publish(publish, props));
     }

@@ -232,15 +232,14 @@ impl Core {
         self.session_store
             .enqueue_matching(topic, payload, qos, &self.stats)
             .await;
-        let props = origin::Origin {
+        let origin = origin::Origin {
             qos,
             conn_id: 0,
             at_ms: now_ms(),
-        }
-        .attach(props);
+        };
         let publish = Publish::new(
             bytes::Bytes::copy_from_slice(topic.as_bytes()),
-            bytes::Bytes::copy_from_slice(payload),
+            origin.prefix(payload),
             false,
         );
         self.system

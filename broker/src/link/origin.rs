@@ -1,13 +1,20 @@
-//! What the router forgets about a message, carried through it as one internal user
-//! property: the QoS it was published with (rumqttd delivers at the subscription QoS,
-//! `routing.rs` ~1564), the connection that published it (No Local) and when it arrived
-//! (Message Expiry Interval). Ingress attaches it, egress removes it; a client can never
-//! set or see it (3.1.1 receivers get no properties at all).
+//! What the router forgets about a message, carried through it as a fixed header in
+//! front of the payload: the QoS it was published with (rumqttd delivers at the
+//! subscription QoS, `routing.rs` ~1564), the connection that published it (No Local)
+//! and when it arrived (Message Expiry Interval). Ingress writes the header while it
+//! builds the routed PUBLISH (which copies the payload anyway), egress splits it off
+//! without copying; a client can never set or see it.
+//!
+//! It used to travel as a v5 user property: an allocated property list and a formatted
+//! string per message, cloned again by the router for every filter and every delivery
+//! and parsed at egress. The header costs none of that.
 
-use rumqttd::protocol::PublishProperties;
+use bytes::{Buf, Bytes};
 
-/// The user property name. Clients' own properties with this name are dropped at ingress.
-const KEY: &str = "$fleetmq";
+/// First byte of the header: a message routed without one is a bug, and shows as such.
+const MAGIC: u8 = 0xF1;
+/// Magic, QoS, publishing connection (u64), arrival in unix ms (u64); big-endian.
+pub(crate) const HEADER_LEN: usize = 1 + 1 + 8 + 8;
 
 /// A message's origin as ingress saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,30 +28,36 @@ pub(crate) struct Origin {
 }
 
 impl Origin {
-    /// Removes any client-supplied copy of the property and attaches `self`.
-    pub(crate) fn attach(self, props: Option<PublishProperties>) -> Option<PublishProperties> {
-        let mut props = props.unwrap_or_default();
-        props.user_properties.retain(|(k, _)| k != KEY);
-        props.user_properties.push((
-            KEY.to_owned(),
-            format!("{}:{}:{}", self.qos, self.conn_id, self.at_ms),
-        ));
-        Some(props)
+    /// The header that goes in front of the routed payload.
+    pub(crate) fn header(self) -> [u8; HEADER_LEN] {
+        let mut h = [0; HEADER_LEN];
+        h[0] = MAGIC;
+        h[1] = self.qos;
+        h[2..10].copy_from_slice(&self.conn_id.to_be_bytes());
+        h[10..18].copy_from_slice(&self.at_ms.to_be_bytes());
+        h
     }
 
-    /// Takes the origin out of `props` (the last property of that name, which is ours).
-    /// Properties that carried nothing else become `None`.
-    pub(crate) fn take(props: &mut Option<PublishProperties>) -> Option<Origin> {
-        let p = props.as_mut()?;
-        let at = p.user_properties.iter().rposition(|(k, _)| k == KEY)?;
-        let (_, value) = p.user_properties.remove(at);
-        if *p == PublishProperties::default() {
-            *props = None;
+    /// `payload` behind `self`'s header, in one buffer.
+    pub(crate) fn prefix(self, payload: &[u8]) -> Bytes {
+        let mut b = Vec::with_capacity(HEADER_LEN + payload.len());
+        b.extend_from_slice(&self.header());
+        b.extend_from_slice(payload);
+        b.into()
+    }
+
+    /// Splits the header off a routed payload, leaving the client's payload. `None`
+    /// (payload untouched) when it carries none.
+    pub(crate) fn take(payload: &mut Bytes) -> Option<Origin> {
+        if payload.len() < HEADER_LEN || payload[0] != MAGIC {
+            tracing::error!("routed message without its origin header");
+            return None;
         }
-        let mut parts = value.split(':');
-        let qos = parts.next()?.parse().ok()?;
-        let conn_id = parts.next()?.parse().ok()?;
-        let at_ms = parts.next()?.parse().ok()?;
+        let mut h = payload.split_to(HEADER_LEN);
+        h.advance(1);
+        let qos = h.get_u8();
+        let conn_id = h.get_u64();
+        let at_ms = h.get_u64();
         Some(Origin {
             qos,
             conn_id,
@@ -69,26 +82,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn attach_and_take_round_trip_and_leave_client_properties_alone() {
-        let client = PublishProperties {
-            user_properties: vec![("a".into(), "1".into()), (KEY.into(), "2:999:1".into())],
-            ..PublishProperties::default()
-        };
+    fn prefix_and_take_round_trip_and_leave_the_payload_alone() {
         let o = Origin {
-            qos: 1,
-            conn_id: 7,
-            at_ms: 1234,
+            qos: 2,
+            conn_id: u64::MAX - 7,
+            at_ms: 1_700_000_000_123,
         };
-        let mut props = o.attach(Some(client));
-        assert_eq!(Origin::take(&mut props), Some(o));
-        assert_eq!(
-            props.expect("client property stays").user_properties,
-            vec![("a".to_owned(), "1".to_owned())]
-        );
-        let mut bare = o.attach(None);
-        assert_eq!(Origin::take(&mut bare), Some(o));
-        assert!(bare.is_none());
-        assert_eq!(Origin::take(&mut None), None);
+        let mut routed = o.prefix(b"{\"cpu\":40}");
+        assert_eq!(routed.len(), HEADER_LEN + 10);
+        assert_eq!(Origin::take(&mut routed), Some(o));
+        assert_eq!(&routed[..], b"{\"cpu\":40}");
+        let mut empty = o.prefix(b"");
+        assert_eq!(Origin::take(&mut empty), Some(o));
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn a_payload_without_header_is_left_untouched() {
+        let mut short = Bytes::from_static(b"abc");
+        assert_eq!(Origin::take(&mut short), None);
+        assert_eq!(&short[..], b"abc");
+        let mut plain = Bytes::from(vec![b'x'; HEADER_LEN + 4]);
+        assert_eq!(Origin::take(&mut plain), None);
+        assert_eq!(plain.len(), HEADER_LEN + 4);
     }
 
     #[test]

@@ -544,13 +544,17 @@ impl Connection {
 
     fn undelivered(&self, publish: &Publish) -> Option<QueuedMessage> {
         let meta = framing::meta_of(publish);
-        if meta.qos == 0 {
+        let mut payload = publish.payload.clone();
+        // Delivered at min(publish QoS, subscription QoS), like a live message.
+        let qos =
+            super::origin::Origin::take(&mut payload).map_or(meta.qos, |o| o.qos.min(meta.qos));
+        if qos == 0 {
             return None;
         }
         Some(QueuedMessage {
             topic: String::from_utf8(publish.topic.to_vec()).ok()?,
-            payload: publish.payload.to_vec(),
-            qos: meta.qos,
+            payload: payload.to_vec(),
+            qos,
             dup: false,
             queued_at_ms: now_ms(),
         })
