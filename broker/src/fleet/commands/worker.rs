@@ -4,13 +4,16 @@
 //! [`Core`] on the blocking pool, which also hands commands to the [`CommandSink`] and
 //! runs due deadlines. Only after the commit does anyone hear about the result: callers
 //! get their answers, `wait_terminal`ers their records, and the [`EventSink`] one event
-//! per terminal command. A terminal command stays in the `command_unannounced` table
-//! until its event was emitted, so a crash in between re-emits it at the next start (at
-//! least once).
+//! per terminal command. The events go through the announcer task, which records each
+//! batch's events (one outbox commit, batches in order) while the worker already
+//! applies the next batch, so the outbox's commit is not a second serial stage. A
+//! terminal command stays in the `command_unannounced` table until the announcer has
+//! emitted its event, so a crash in between re-emits it at the next start (at least
+//! once).
 //!
 //! [`CommandSink`]: crate::fleet::CommandSink
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleetmq_device_plugins::{CommandResponse, DevicePlugin};
@@ -29,6 +32,56 @@ use crate::fleet::{CommandSink, EventSink};
 const MAX_BATCH: usize = 256;
 /// How long to wait before retrying after a failed transaction.
 const RETRY_AFTER_MS: u64 = 1_000;
+/// Batches' announcements queued for the announcer before the worker waits for it.
+const ANNOUNCE_QUEUE: usize = 64;
+
+type EventData = (
+    &'static str,
+    Option<DeviceId>,
+    Box<serde_json::value::RawValue>,
+);
+
+/// One batch's terminal events, on their way to the event sink.
+struct Announcement {
+    events: Vec<EventData>,
+    /// Their commands, marked announced by a later transaction once emitted.
+    ids: Vec<String>,
+    /// Flushes of the batch: answered once its events are recorded.
+    flushes: Vec<oneshot::Sender<()>>,
+}
+
+/// Commands whose events were emitted and are not yet marked so in the store.
+type Emitted = Arc<Mutex<Vec<String>>>;
+
+fn lock(emitted: &Emitted) -> std::sync::MutexGuard<'_, Vec<String>> {
+    emitted.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records announcements in order; what is queued meanwhile goes in one commit.
+async fn run_announcer(
+    sink: Arc<dyn EventSink>,
+    mut rx: mpsc::Receiver<Announcement>,
+    emitted: Emitted,
+) {
+    let mut queued = Vec::new();
+    while rx.recv_many(&mut queued, ANNOUNCE_QUEUE).await > 0 {
+        let mut events = Vec::new();
+        let mut ids = Vec::new();
+        let mut flushes = Vec::new();
+        for a in queued.drain(..) {
+            events.extend(a.events);
+            ids.extend(a.ids);
+            flushes.extend(a.flushes);
+        }
+        if !events.is_empty() {
+            sink.emit_many(events).await;
+        }
+        lock(&emitted).extend(ids);
+        for flush in flushes {
+            let _ = flush.send(());
+        }
+    }
+}
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
 
@@ -122,7 +175,9 @@ pub(super) struct Worker {
     clock: Clock,
     next_deadline: Option<u64>,
     /// Emitted since the last transaction; cleared from `command_unannounced` by the next.
-    announced: Vec<String>,
+    announced: Emitted,
+    /// The announcer's queue while it runs (see [`run_announcer`]).
+    announcer: Option<mpsc::Sender<Announcement>>,
 }
 
 impl Worker {
@@ -142,11 +197,19 @@ impl Worker {
             counters,
             clock,
             next_deadline: None,
-            announced: Vec::new(),
+            announced: Emitted::default(),
+            announcer: None,
         }
     }
 
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Op>, shutdown: CancellationToken) {
+        let (announce_tx, announce_rx) = mpsc::channel(ANNOUNCE_QUEUE);
+        let announcer = tokio::spawn(run_announcer(
+            self.events.clone(),
+            announce_rx,
+            self.announced.clone(),
+        ));
+        self.announcer = Some(announce_tx);
         self.load().await;
         let mut buf = Vec::with_capacity(MAX_BATCH);
         loop {
@@ -173,7 +236,13 @@ impl Worker {
                 return;
             }
         }
-        if !self.announced.is_empty() {
+        // Let the announcer record what it has, then mark it (later events are emitted
+        // inline).
+        self.announcer = None;
+        if let Err(error) = announcer.await {
+            tracing::error!(%error, "command announcer failed");
+        }
+        if !lock(&self.announced).is_empty() {
             self.batch(Vec::new()).await;
         }
         tracing::debug!("command engine stopped");
@@ -200,7 +269,7 @@ impl Worker {
                 if !owed.is_empty() {
                     tracing::info!(count = owed.len(), "re-emitting command events");
                 }
-                self.announce(owed).await;
+                self.announce(owed, Vec::new()).await;
             }
             Ok(Err(error)) => {
                 tracing::error!(%error, "cannot load commands; retrying");
@@ -217,7 +286,7 @@ impl Worker {
             return false;
         };
         let now = self.clock.now_ms();
-        let announced = std::mem::take(&mut self.announced);
+        let announced = std::mem::take(&mut *lock(&self.announced));
         let joined = tokio::task::spawn_blocking(move || {
             let (fx, announced) = core.apply(ops, now, announced);
             (core, fx, announced)
@@ -226,7 +295,7 @@ impl Worker {
         match joined {
             Ok((core, fx, unmarked)) => {
                 self.core = Some(core);
-                self.announced = unmarked;
+                lock(&self.announced).extend(unmarked);
                 self.finish(fx, now).await;
                 true
             }
@@ -252,19 +321,17 @@ impl Worker {
         for reply in fx.replies {
             reply(fx.failure.as_deref());
         }
-        self.announce(fx.terminal).await;
-        for flush in fx.flushes {
-            let _ = flush.send(());
-        }
+        self.announce(fx.terminal, fx.flushes).await;
     }
 
-    /// Tells `wait_terminal`ers and the event sink that these records are terminal; the
-    /// events of one batch are recorded together (one outbox commit).
-    async fn announce(&mut self, records: Vec<CommandRecord>) {
-        if records.is_empty() {
+    /// Tells `wait_terminal`ers at once and the event sink through the announcer that
+    /// these records are terminal; `flushes` are answered after the events are recorded.
+    async fn announce(&mut self, records: Vec<CommandRecord>, flushes: Vec<oneshot::Sender<()>>) {
+        if records.is_empty() && flushes.is_empty() {
             return;
         }
         let mut events = Vec::with_capacity(records.len());
+        let mut ids = Vec::with_capacity(records.len());
         for rec in records {
             let Some(kind) = event_kind(rec.status()) else {
                 continue;
@@ -283,9 +350,28 @@ impl Worker {
                 }
                 Err(error) => tracing::error!(%error, "cannot announce an unreadable command"),
             }
-            self.announced.push(rec.command_id);
+            ids.push(rec.command_id);
         }
-        self.events.emit_many(events).await;
+        let announcement = Announcement {
+            events,
+            ids,
+            flushes,
+        };
+        let announcement = match &self.announcer {
+            Some(tx) => match tx.send(announcement).await {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => back,
+            },
+            None => announcement,
+        };
+        // No announcer (shutting down): record the events here.
+        if !announcement.events.is_empty() {
+            self.events.emit_many(announcement.events).await;
+        }
+        lock(&self.announced).extend(announcement.ids);
+        for flush in announcement.flushes {
+            let _ = flush.send(());
+        }
     }
 }
 
