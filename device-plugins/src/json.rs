@@ -60,14 +60,8 @@ impl DevicePlugin for JsonPlugin {
             .and_then(|ts| device_ts_ms(&ts))
             .filter(|&ts| is_sane_ts(ts, received_at_ms))
             .unwrap_or(received_at_ms);
-        let mut numeric = Vec::new();
-        flatten_numbers("", &obj, &mut numeric);
         let values: BTreeMap<String, Value> = obj.into_iter().collect();
-        Ok(Telemetry {
-            ts_ms,
-            values,
-            numeric,
-        })
+        Ok(Telemetry { ts_ms, values })
     }
 
     fn encode_command(&self, cmd: &Command<'_>) -> Result<Vec<u8>, PluginError> {
@@ -223,27 +217,6 @@ fn device_ts_ms(ts: &Value) -> Option<u64> {
 fn is_sane_ts(ts: u64, received_at_ms: u64) -> bool {
     ts >= received_at_ms.saturating_sub(MAX_TS_AGE_MS)
         && ts <= received_at_ms.saturating_add(MAX_TS_SKEW_MS)
-}
-
-/// Appends every number under `obj` as `(dotted.key, value)`, recursing into objects.
-/// serde_json's recursion limit bounds the depth.
-fn flatten_numbers(prefix: &str, obj: &Map<String, Value>, out: &mut Vec<(String, f64)>) {
-    for (key, value) in obj {
-        let path = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match value {
-            Value::Number(n) => {
-                if let Some(f) = n.as_f64() {
-                    out.push((path, f));
-                }
-            }
-            Value::Object(inner) => flatten_numbers(&path, inner, out),
-            _ => {}
-        }
-    }
 }
 
 #[cfg(test)]

@@ -16,9 +16,37 @@ pub struct Telemetry {
     pub ts_ms: u64,
     /// Every top-level key of the payload except `ts`, with its JSON value as sent.
     pub values: BTreeMap<String, Value>,
+}
+
+impl Telemetry {
     /// Every number in the payload, nested objects flattened to dotted keys
-    /// (`{"disk":{"free":3}}` gives `("disk.free", 3.0)`), in key order.
-    pub numeric: Vec<(String, f64)>,
+    /// (`{"disk":{"free":3}}` gives `("disk.free", 3.0)`), in key order. Computed on
+    /// request: the store keeps `values` and does not need it for every point.
+    pub fn numeric(&self) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        for (key, value) in &self.values {
+            flatten_number(key.clone(), value, &mut out);
+        }
+        out
+    }
+}
+
+/// Appends `value` as `(path, number)` if it is one, or every number under it if it is
+/// an object. serde_json's recursion limit bounds the depth.
+fn flatten_number(path: String, value: &Value, out: &mut Vec<(String, f64)>) {
+    match value {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64() {
+                out.push((path, f));
+            }
+        }
+        Value::Object(inner) => {
+            for (key, v) in inner {
+                flatten_number(format!("{path}.{key}"), v, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// A command to be encoded for a device.

@@ -19,7 +19,7 @@ fn telemetry_values_and_flattened_numbers() {
     assert_eq!(t.values.len(), 5);
     assert_eq!(t.values["disk"], json!({"free":3,"mount":"/","x":{"y":-1}}));
     assert_eq!(
-        t.numeric,
+        t.numeric(),
         vec![
             ("cpu".to_owned(), 40.0),
             ("disk.free".to_owned(), 3.0),
@@ -46,7 +46,7 @@ fn telemetry_ts_is_used_when_sane_and_never_a_value() {
         let t = telemetry(payload).expect("valid");
         assert_eq!(t.ts_ms, *want, "{payload}");
         assert!(!t.values.contains_key("ts"));
-        assert_eq!(t.numeric, vec![("a".to_owned(), 1.0)]);
+        assert_eq!(t.numeric(), vec![("a".to_owned(), 1.0)]);
     }
 }
 
@@ -68,7 +68,7 @@ fn telemetry_insane_or_malformed_ts_falls_back_to_received() {
     for payload in cases {
         let t = telemetry(payload).expect("valid");
         assert_eq!(t.ts_ms, NOW, "{payload}");
-        assert!(t.values.is_empty() && t.numeric.is_empty());
+        assert!(t.values.is_empty() && t.numeric().is_empty());
     }
 }
 
