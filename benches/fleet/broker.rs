@@ -30,11 +30,7 @@ pub struct Device {
 impl Device {
     /// client id = username = device id, password = token (SPEC §2).
     pub fn login(&self) -> Login {
-        Login {
-            client_id: self.id.clone(),
-            username: self.id.clone(),
-            password: self.password.clone(),
-        }
+        Login::password(&self.id, &self.id, &self.password)
     }
 }
 
@@ -57,11 +53,7 @@ impl Drop for Broker {
 
 /// The login of the service client, as connection `client_id`.
 pub fn service_login(client_id: &str) -> Login {
-    Login {
-        client_id: client_id.to_owned(),
-        username: SERVICE_NAME.to_owned(),
-        password: SERVICE_PASSWORD.to_owned(),
-    }
+    Login::password(client_id, SERVICE_NAME, SERVICE_PASSWORD)
 }
 
 /// Where the benchmark keeps data directories and the broker log.

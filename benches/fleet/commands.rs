@@ -82,7 +82,7 @@ pub async fn start_devices(broker: &Broker, devices: &[Device]) -> anyhow::Resul
     for device in devices.iter().cloned() {
         let addr = broker.mqtt;
         connecting.spawn(async move {
-            let mut client = Client::connect(addr, &device.login()).await?;
+            let mut client = Client::connect_with(addr, &device.login(), None).await?;
             client
                 .subscribe(&format!("device/{}/command", device.id), 1)
                 .await?;

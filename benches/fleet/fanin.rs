@@ -216,8 +216,12 @@ async fn prepare(broker: &Broker, devices: &[Device], mode: Mode) -> anyhow::Res
         .zip(&topics)
         .map(|(c, topic)| (c, batch_for(topic)))
         .collect();
-    let mut subscriber =
-        Client::connect(broker.mqtt, &service_login(&format!("fanin-sub-{mode:?}"))).await?;
+    let mut subscriber = Client::connect_with(
+        broker.mqtt,
+        &service_login(&format!("fanin-sub-{mode:?}")),
+        None,
+    )
+    .await?;
     subscriber.subscribe(mode.filter(), 0).await?;
     let received = Arc::new(Received {
         count: AtomicU64::new(0),

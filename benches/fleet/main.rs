@@ -30,6 +30,7 @@ mod commands;
 mod disk;
 mod fanin;
 mod http;
+#[path = "../common/mqtt.rs"]
 mod mqtt;
 mod report;
 mod telemetry;

@@ -21,6 +21,7 @@
 //! Results and their reading are in `docs/benchmarks.md`.
 
 mod broker;
+#[path = "../common/mqtt.rs"]
 mod mqtt;
 mod report;
 mod scenarios;

@@ -1,6 +1,9 @@
-//! A minimal MQTT 3.1.1 client for load generation: packets are encoded by hand (a few
-//! bytes each) and written over a `TcpStream` with TCP_NODELAY, so the generator spends
-//! its CPU on syscalls rather than on a client library's bookkeeping.
+//! A minimal MQTT 3.1.1 client for load generation, shared by the `load` and `fleet`
+//! benchmarks (each includes this file with `#[path]` and uses part of it): packets are
+//! encoded by hand (a few bytes each) and written over a `TcpStream` with TCP_NODELAY,
+//! so the generator, which shares the machine with the broker, spends its CPU on
+//! syscalls rather than on a client library's bookkeeping.
+#![allow(dead_code, reason = "shared by two benchmarks, each uses part of it")]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,6 +12,8 @@ use anyhow::{bail, Context};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 /// MQTT packet types (upper nibble of byte 1).
 pub const CONNACK: u8 = 2;
@@ -28,6 +33,13 @@ impl Login {
         Login {
             client_id: client_id.into(),
             credentials: None,
+        }
+    }
+
+    pub fn password(client_id: &str, username: &str, password: &str) -> Login {
+        Login {
+            client_id: client_id.to_owned(),
+            credentials: Some((username.to_owned(), password.to_owned())),
         }
     }
 }
@@ -165,16 +177,42 @@ impl Client {
         keep_alive: u16,
     ) -> anyhow::Result<Client> {
         let stream = TcpStream::connect(addr).await.context("tcp connect")?;
+        Client::handshake(stream, login, keep_alive, 256).await
+    }
+
+    /// Like [`Client::connect`] with keepalive 0 (runs are short and never idle a
+    /// connection) and the socket's send buffer capped at `send_buffer` bytes, so a
+    /// publisher that outruns the broker waits instead of parking megabytes in the
+    /// kernel that the broker reads long after the measurement ended.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        login: &Login,
+        send_buffer: Option<u32>,
+    ) -> anyhow::Result<Client> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if let Some(bytes) = send_buffer {
+            socket.set_send_buffer_size(bytes)?;
+        }
+        let stream = socket.connect(addr).await.context("tcp connect")?;
+        Client::handshake(stream, login, 0, 16 * 1024).await
+    }
+
+    async fn handshake(
+        stream: TcpStream,
+        login: &Login,
+        keep_alive: u16,
+        chunk: usize,
+    ) -> anyhow::Result<Client> {
         stream.set_nodelay(true)?;
         let mut client = Client {
             stream,
             buf: Vec::new(),
             start: 0,
-            chunk: 256,
+            chunk,
         };
         client.stream.write_all(&connect(login, keep_alive)).await?;
         let code = client
-            .expect(CONNACK, Duration::from_secs(5))
+            .expect(CONNACK, Duration::from_secs(30))
             .await?
             .1
             .get(1)
@@ -211,6 +249,14 @@ impl Client {
         Ok(self.stream.read_buf(&mut self.buf).await?)
     }
 
+    /// Calls `f` on every complete frame read so far.
+    pub fn drain_frames(&mut self, mut f: impl FnMut(Frame<'_>)) {
+        while let Some((frame, used)) = next_frame(&self.buf[self.start..]) {
+            f(frame);
+            self.start += used;
+        }
+    }
+
     /// Waits for a packet of type `kind` (skipping others): its byte 1 and body.
     pub async fn expect(&mut self, kind: u8, within: Duration) -> anyhow::Result<(u8, Vec<u8>)> {
         let deadline = tokio::time::Instant::now() + within;
@@ -230,6 +276,32 @@ impl Client {
             }
         }
     }
+}
+
+/// Connects every login, `at_once` at a time (a device's first CONNECT costs the broker
+/// one PBKDF2 check), with [`Client::connect_with`]'s `send_buffer`; clients come back
+/// in the order of `logins`.
+pub async fn connect_many(
+    addr: SocketAddr,
+    logins: Vec<Login>,
+    at_once: usize,
+    send_buffer: Option<u32>,
+) -> anyhow::Result<Vec<Client>> {
+    let gate = std::sync::Arc::new(Semaphore::new(at_once.max(1)));
+    let mut tasks = JoinSet::new();
+    for (i, login) in logins.into_iter().enumerate() {
+        let gate = gate.clone();
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            anyhow::Ok((i, Client::connect_with(addr, &login, send_buffer).await?))
+        });
+    }
+    let mut clients = Vec::with_capacity(tasks.len());
+    while let Some(joined) = tasks.join_next().await {
+        clients.push(joined??);
+    }
+    clients.sort_by_key(|(i, _)| *i);
+    Ok(clients.into_iter().map(|(_, c)| c).collect())
 }
 
 /// Seals payloads into the SPEC §4 envelope for one device.
