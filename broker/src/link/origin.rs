@@ -1,13 +1,15 @@
 //! What the router forgets about a message, carried through it as one internal user
 //! property: the QoS it was published with (rumqttd delivers at the subscription QoS,
 //! `routing.rs` ~1564), the connection that published it (No Local) and when it arrived
-//! (Message Expiry Interval). Ingress attaches it, egress removes it; a client can never
+//! (Message Expiry Interval), and for QoS 1/2 its arrival number at the parked-session
+//! check (`session_store`), which tells a session being parked whether the publisher
+//! already queued the message for it. Ingress attaches it, egress removes it; a client can never
 //! set or see it (3.1.1 receivers get no properties at all).
 
 use rumqttd::protocol::PublishProperties;
 
 /// The user property name. Clients' own properties with this name are dropped at ingress.
-const KEY: &str = "$fleetmq";
+pub(super) const KEY: &str = "$fleetmq";
 
 /// A message's origin as ingress saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +20,9 @@ pub(crate) struct Origin {
     pub(crate) conn_id: u64,
     /// Arrival, unix milliseconds.
     pub(crate) at_ms: u64,
+    /// Its number at the parked-session check (`SessionStore::enqueue_matching`);
+    /// QoS 1/2 messages only.
+    pub(crate) arrival: Option<u64>,
 }
 
 impl Origin {
@@ -25,10 +30,11 @@ impl Origin {
     pub(crate) fn attach(self, props: Option<PublishProperties>) -> Option<PublishProperties> {
         let mut props = props.unwrap_or_default();
         props.user_properties.retain(|(k, _)| k != KEY);
-        props.user_properties.push((
-            KEY.to_owned(),
-            format!("{}:{}:{}", self.qos, self.conn_id, self.at_ms),
-        ));
+        let mut value = format!("{}:{}:{}", self.qos, self.conn_id, self.at_ms);
+        if let Some(arrival) = self.arrival {
+            value.push_str(&format!(":{arrival}"));
+        }
+        props.user_properties.push((KEY.to_owned(), value));
         Some(props)
     }
 
@@ -45,10 +51,15 @@ impl Origin {
         let qos = parts.next()?.parse().ok()?;
         let conn_id = parts.next()?.parse().ok()?;
         let at_ms = parts.next()?.parse().ok()?;
+        let arrival = match parts.next() {
+            Some(a) => Some(a.parse().ok()?),
+            None => None,
+        };
         Some(Origin {
             qos,
             conn_id,
             at_ms,
+            arrival,
         })
     }
 }
@@ -78,6 +89,7 @@ mod tests {
             qos: 1,
             conn_id: 7,
             at_ms: 1234,
+            arrival: Some(99),
         };
         let mut props = o.attach(Some(client));
         assert_eq!(Origin::take(&mut props), Some(o));
@@ -88,6 +100,8 @@ mod tests {
         let mut bare = o.attach(None);
         assert_eq!(Origin::take(&mut bare), Some(o));
         assert!(bare.is_none());
+        let qos0 = Origin { arrival: None, ..o };
+        assert_eq!(Origin::take(&mut qos0.attach(None)), Some(qos0));
         assert_eq!(Origin::take(&mut None), None);
     }
 
