@@ -51,5 +51,7 @@ pub use model::{
     DEFAULT_PLUGIN,
 };
 pub use secret::{generate_key, generate_token, CredentialHash, DEFAULT_ITERATIONS};
-pub use sessions::{QueuedMessage, SessionRecord, SessionSubscription};
+pub use sessions::{
+    MessageProperties, QueuedMessage, SessionRecord, SessionSubscription, MAX_SUBSCRIPTION_ID,
+};
 pub use store::{now_ms, Store, DB_FILE_NAME};

@@ -198,7 +198,7 @@ impl Connection {
             (2, 1) => self.acks.sent_downgraded(routed.pkid),
             _ => self.acks.sent(routed.pkid),
         }
-        self.session_forwarded(routed.pkid, qos, &topic, &plain);
+        self.session_forwarded(routed.pkid, &packet, &plain);
         if qos > 0 && !self.flow.may_send() {
             self.flow.hold(packet);
             return;

@@ -13,6 +13,7 @@ use super::alias::AliasError;
 use super::connection::{Connection, Ending};
 use super::framing::{self, FrameError, PublishMeta, Version};
 use super::origin::Origin;
+use super::session_store::Incoming;
 use super::subscriptions::{self, SubOptions};
 use super::topic;
 use crate::auth::Identity;
@@ -297,15 +298,24 @@ impl Connection {
                 .await;
         }
         // Parked persistent sessions get their copy before the publisher's ack.
-        let sessions = &self.core.session_store;
-        sessions
-            .enqueue_matching(&topic, &payload, meta.qos, &self.core.stats)
+        let incoming = Incoming {
+            topic: &topic,
+            payload: &payload,
+            qos: meta.qos,
+            retain: meta.retain,
+            props: props.as_ref(),
+        };
+        let arrival = self
+            .core
+            .session_store
+            .enqueue_matching(incoming, &self.core.stats)
             .await;
         self.device_published(&topic, &payload).await;
         let origin = Origin {
             qos: meta.qos,
             conn_id: self.s.conn_id,
             at_ms: now_ms(),
+            arrival,
         };
         self.route(meta, &topic, &payload, props, origin);
         Ok(())
@@ -434,7 +444,8 @@ impl Connection {
                     None,
                 ));
             }
-            self.session_subscribing(sub.pkid, &routed);
+            let id = props.as_ref().and_then(|p| p.id);
+            self.session_subscribing(sub.pkid, &routed, id);
             self.to_router.push(Packet::Subscribe(
                 Subscribe {
                     pkid: sub.pkid,

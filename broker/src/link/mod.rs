@@ -16,7 +16,9 @@
 //!   Packet Size towards the client).
 //! - `will`: last wills with their delay; `sys`: the `$SYS` topics.
 //! - `retained`: retained messages, delivered by the link layer (never by the router).
-//! - `session_store`, `session_link`: persistent sessions, their redb queues and expiry.
+//! - `session_store`, `session_link`: persistent sessions, their redb queues and expiry;
+//!   `session_index`: the parked sessions' filters by level, so a publish finds its
+//!   parked subscribers without scanning them all.
 
 mod acks;
 pub(crate) mod acl;
@@ -32,6 +34,7 @@ mod listener;
 mod origin;
 mod retained;
 mod sealing;
+mod session_index;
 mod session_link;
 pub(crate) mod session_store;
 mod subscriptions;
@@ -229,13 +232,23 @@ impl Core {
         qos: u8,
         props: Option<PublishProperties>,
     ) -> Result<(), String> {
-        self.session_store
-            .enqueue_matching(topic, payload, qos, &self.stats)
+        let incoming = session_store::Incoming {
+            topic,
+            payload,
+            qos,
+            // Routed without the retain mark, so live subscribers see RETAIN=0 too.
+            retain: false,
+            props: props.as_ref(),
+        };
+        let arrival = self
+            .session_store
+            .enqueue_matching(incoming, &self.stats)
             .await;
         let origin = origin::Origin {
             qos,
             conn_id: 0,
             at_ms: now_ms(),
+            arrival,
         };
         let publish = Publish::new(
             bytes::Bytes::copy_from_slice(topic.as_bytes()),

@@ -1,7 +1,9 @@
 //! What the router forgets about a message, carried through it as a fixed header in
 //! front of the payload: the QoS it was published with (rumqttd delivers at the
-//! subscription QoS, `routing.rs` ~1564), the connection that published it (No Local)
-//! and when it arrived (Message Expiry Interval). Ingress writes the header while it
+//! subscription QoS, `routing.rs` ~1564), the connection that published it (No Local),
+//! when it arrived (Message Expiry Interval), and for QoS 1/2 its arrival number at the
+//! parked-session check (`session_store`), which tells a session being parked whether
+//! the publisher already queued the message for it. Ingress writes the header while it
 //! builds the routed PUBLISH (which copies the payload anyway), egress splits it off
 //! without copying; a client can never set or see it.
 //!
@@ -13,8 +15,10 @@ use bytes::{Buf, Bytes};
 
 /// First byte of the header: a message routed without one is a bug, and shows as such.
 const MAGIC: u8 = 0xF1;
-/// Magic, QoS, publishing connection (u64), arrival in unix ms (u64); big-endian.
-pub(crate) const HEADER_LEN: usize = 1 + 1 + 8 + 8;
+/// Magic, QoS, flags (bit 0: an arrival number follows), publishing connection (u64),
+/// arrival in unix ms (u64), arrival number (u64, 0 without one); big-endian.
+pub(crate) const HEADER_LEN: usize = 1 + 1 + 1 + 8 + 8 + 8;
+const HAS_ARRIVAL: u8 = 1;
 
 /// A message's origin as ingress saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +29,9 @@ pub(crate) struct Origin {
     pub(crate) conn_id: u64,
     /// Arrival, unix milliseconds.
     pub(crate) at_ms: u64,
+    /// Its number at the parked-session check (`SessionStore::enqueue_matching`);
+    /// QoS 1/2 messages only.
+    pub(crate) arrival: Option<u64>,
 }
 
 impl Origin {
@@ -33,8 +40,14 @@ impl Origin {
         let mut h = [0; HEADER_LEN];
         h[0] = MAGIC;
         h[1] = self.qos;
-        h[2..10].copy_from_slice(&self.conn_id.to_be_bytes());
-        h[10..18].copy_from_slice(&self.at_ms.to_be_bytes());
+        h[2] = if self.arrival.is_some() {
+            HAS_ARRIVAL
+        } else {
+            0
+        };
+        h[3..11].copy_from_slice(&self.conn_id.to_be_bytes());
+        h[11..19].copy_from_slice(&self.at_ms.to_be_bytes());
+        h[19..27].copy_from_slice(&self.arrival.unwrap_or(0).to_be_bytes());
         h
     }
 
@@ -56,12 +69,15 @@ impl Origin {
         let mut h = payload.split_to(HEADER_LEN);
         h.advance(1);
         let qos = h.get_u8();
+        let flags = h.get_u8();
         let conn_id = h.get_u64();
         let at_ms = h.get_u64();
+        let arrival = h.get_u64();
         Some(Origin {
             qos,
             conn_id,
             at_ms,
+            arrival: (flags & HAS_ARRIVAL != 0).then_some(arrival),
         })
     }
 }
@@ -87,6 +103,7 @@ mod tests {
             qos: 2,
             conn_id: u64::MAX - 7,
             at_ms: 1_700_000_000_123,
+            arrival: Some(99),
         };
         let mut routed = o.prefix(b"{\"cpu\":40}");
         assert_eq!(routed.len(), HEADER_LEN + 10);
@@ -95,6 +112,8 @@ mod tests {
         let mut empty = o.prefix(b"");
         assert_eq!(Origin::take(&mut empty), Some(o));
         assert!(empty.is_empty());
+        let qos0 = Origin { arrival: None, ..o };
+        assert_eq!(Origin::take(&mut qos0.prefix(b"x")), Some(qos0));
     }
 
     #[test]

@@ -6,16 +6,20 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
-use fleetmq_storage::{now_ms, QueuedMessage, SessionRecord, SessionSubscription};
+use fleetmq_storage::{
+    now_ms, MessageProperties, QueuedMessage, SessionRecord, SessionSubscription,
+};
 use futures_util::FutureExt;
 use rumqttd::protocol::{
     Filter, Packet, PubRel, PubRelReason, Publish, PublishProperties, RetainForwardRule, SubAck,
-    Subscribe, SubscribeReasonCode,
+    Subscribe, SubscribeProperties, SubscribeReasonCode,
 };
 use rumqttd::Notification;
 
 use super::connection::{Connection, Ending};
 use super::framing::{self, PublishMeta, Version};
+use super::origin::Origin;
+use super::session_store::{self, Unacked};
 use super::topic;
 use crate::stats::{DropCause, Stats};
 
@@ -30,7 +34,7 @@ const RESUBSCRIBE_PKID: u16 = 0;
 
 /// A user property that carries a live message's RETAIN flag through the router (which
 /// clears RETAIN on fan-out) to subscriptions with Retain As Published.
-const RETAIN_MARK: &str = "fleetmq:retain";
+pub(super) const RETAIN_MARK: &str = "fleetmq:retain";
 
 /// The properties a checked publish is routed with: a client's own copy of the mark is
 /// removed, and a retained publish is marked.
@@ -73,8 +77,10 @@ struct LocalMsg {
     dup: bool,
     /// Its place in the session's redb queue, if it came from there.
     seq: Option<u64>,
-    /// Message Expiry Interval left, seconds (retained messages published with one).
-    expiry_s: Option<u32>,
+    /// When its Message Expiry Interval runs out, unix ms.
+    expires_at_ms: Option<u64>,
+    /// Its MQTT 5 properties (queued messages); sent to MQTT 5 clients only.
+    props: MessageProperties,
 }
 
 struct Inflight {
@@ -131,8 +137,9 @@ fn qos_of(code: &SubscribeReasonCode) -> Option<u8> {
     }
 }
 
-fn subscription_of(f: &Filter) -> SessionSubscription {
+fn subscription_of(f: &Filter, id: Option<usize>) -> SessionSubscription {
     SessionSubscription {
+        id: id.and_then(|id| u32::try_from(id).ok()),
         filter: f.path.clone(),
         qos: f.qos as u8,
         no_local: f.nolocal,
@@ -186,14 +193,15 @@ impl Connection {
         };
         self.inbound_qos2 = rec.inbound_qos2.iter().copied().collect();
         self.sess.saved_qos2 = self.inbound_qos2.clone();
-        let mut filters = Vec::new();
+        // One SUBSCRIBE per Subscription Identifier, so live messages carry it again.
+        let mut filters: BTreeMap<Option<u32>, Vec<Filter>> = BTreeMap::new();
         for sub in rec.subscriptions {
             // Permissions may have changed while the client was away.
             if matches!(
                 self.check_filter(&sub.filter),
                 Ok(super::ingress::Target::Router)
             ) {
-                filters.push(filter_of(&sub));
+                filters.entry(sub.id).or_default().push(filter_of(&sub));
                 let options = super::subscriptions::SubOptions {
                     qos: sub.qos,
                     no_local: sub.no_local,
@@ -203,13 +211,19 @@ impl Connection {
             }
         }
         if !filters.is_empty() {
-            self.to_router.push(Packet::Subscribe(
-                Subscribe {
-                    pkid: RESUBSCRIBE_PKID,
-                    filters,
-                },
-                None,
-            ));
+            for (id, filters) in filters {
+                let props = id.map(|id| SubscribeProperties {
+                    id: Some(id as usize),
+                    user_properties: Vec::new(),
+                });
+                self.to_router.push(Packet::Subscribe(
+                    Subscribe {
+                        pkid: RESUBSCRIBE_PKID,
+                        filters,
+                    },
+                    props,
+                ));
+            }
             self.send_to_router().await?;
         }
         let key = self.s.router_key.clone();
@@ -219,10 +233,11 @@ impl Connection {
                 topic: m.topic,
                 payload: m.payload.into(),
                 qos: m.qos,
-                retain: false,
+                retain: m.retain,
                 dup: m.dup,
                 seq: Some(seq),
-                expiry_s: None,
+                expires_at_ms: m.expires_at_ms,
+                props: m.properties,
             });
         }
         if self.sess.start.persistent {
@@ -258,12 +273,12 @@ impl Connection {
     }
 
     /// A SUBSCRIBE is going to the router with these filters.
-    pub(super) fn session_subscribing(&mut self, pkid: u16, filters: &[Filter]) {
+    pub(super) fn session_subscribing(&mut self, pkid: u16, filters: &[Filter], id: Option<usize>) {
         let subs = filters
             .iter()
             .map(|f| {
                 let existed = self.sess.subs.contains_key(&f.path);
-                (subscription_of(f), existed)
+                (subscription_of(f, id), existed)
             })
             .collect();
         self.sess.pending_subs.insert(pkid, subs);
@@ -299,7 +314,8 @@ impl Connection {
                         retain: true,
                         dup: false,
                         seq: None,
-                        expiry_s: super::retained::expiry_left(&m),
+                        expires_at_ms: m.expires_at_ms,
+                        props: MessageProperties::default(),
                     });
                 }
             }
@@ -342,15 +358,27 @@ impl Connection {
             })
     }
 
-    /// A router delivery was written to the client.
-    pub(super) fn session_forwarded(&mut self, pkid: u16, qos: u8, topic: &str, payload: &[u8]) {
-        if qos > 0 && self.sess.start.persistent {
+    /// A router delivery was written to the client (`packet`, with `payload` in plain).
+    pub(super) fn session_forwarded(&mut self, pkid: u16, packet: &Packet, payload: &[u8]) {
+        let Packet::Publish(publish, props) = packet else {
+            return;
+        };
+        let meta = framing::meta_of(publish);
+        if meta.qos > 0 && self.sess.start.persistent {
+            let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+                return;
+            };
+            let now = now_ms();
+            let (properties, expires_at_ms) = session_store::stored_properties(props.as_ref(), now);
             let msg = QueuedMessage {
                 topic: topic.to_owned(),
                 payload: payload.to_vec(),
-                qos,
+                qos: meta.qos,
                 dup: true,
-                queued_at_ms: now_ms(),
+                retain: meta.retain,
+                queued_at_ms: now,
+                expires_at_ms,
+                properties,
             };
             self.sess.router_inflight.insert(pkid, msg);
         }
@@ -446,6 +474,15 @@ impl Connection {
             self.core.stats.dropped(DropCause::AclDelivery);
             return false;
         }
+        // Seconds left, rounded up so a message still sent never says 0 [MQTT-3.3.2-6].
+        let expiry_s = match msg.expires_at_ms.map(|at| at.saturating_sub(now_ms())) {
+            Some(0) => {
+                // [MQTT-3.3.2-5]
+                self.core.stats.dropped(DropCause::Expired);
+                return false;
+            }
+            left => left.map(|ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)),
+        };
         let payload = match self.crypto.as_mut() {
             Some(crypto) => match crypto.seal(&msg.topic, &msg.payload) {
                 Ok(sealed) => Bytes::from(sealed),
@@ -465,11 +502,10 @@ impl Connection {
         };
         let publish = framing::build_publish(meta, msg.topic.as_bytes(), &payload);
         // 3.1.1 clients never get properties.
-        let props =
-            (msg.expiry_s.is_some() && self.s.version == Version::V5).then(|| PublishProperties {
-                message_expiry_interval: msg.expiry_s,
-                ..PublishProperties::default()
-            });
+        let props = match self.s.version {
+            Version::V5 => session_store::publish_properties(&msg.props, expiry_s),
+            Version::V4 => None,
+        };
         self.write_packet(Packet::Publish(publish, props));
         Stats::add(&self.core.stats.sent, 1);
         true
@@ -506,57 +542,85 @@ impl Connection {
         }
         let key = self.s.router_key.clone();
         let subs: Vec<SessionSubscription> = self.sess.subs.values().cloned().collect();
-        self.core
+        let mark = self
+            .core
             .session_store
             .begin_park(&key, &subs, self.sess.start.expiry_s);
-        let mut unacked: Vec<QueuedMessage> = Vec::new();
+        let mut unacked: Vec<Unacked> = Vec::new();
         let to_queued = |m: LocalMsg, dup: bool| QueuedMessage {
             topic: m.topic,
             payload: m.payload.to_vec(),
             qos: m.qos,
             dup,
+            retain: m.retain,
             queued_at_ms: now_ms(),
+            expires_at_ms: m.expires_at_ms,
+            properties: m.props,
         };
         let inflight = std::mem::take(&mut self.sess.inflight);
         for (_, i) in inflight {
             if i.msg.seq.is_none() && !i.released && i.msg.qos > 0 {
-                unacked.push(to_queued(i.msg, true));
+                let msg = to_queued(i.msg, true);
+                unacked.push(Unacked { msg, arrival: None });
             }
         }
         let mut router: Vec<(u16, QueuedMessage)> = self.sess.router_inflight.drain().collect();
         router.sort_by_key(|(pkid, _)| *pkid);
-        unacked.extend(router.into_iter().map(|(_, m)| m));
-        // Deliveries the router handed this link but the client never saw; anything
-        // routed after `begin_park` is queued by the publisher's side as well.
+        unacked.extend(
+            router
+                .into_iter()
+                .map(|(_, msg)| Unacked { msg, arrival: None }),
+        );
+        // Deliveries the router handed this link but the client never saw; those its
+        // publisher queued after `begin_park` are left out by `finish_park`.
         while let Some(Ok(Some(n))) = self.s.link_rx.next().now_or_never() {
             if let Notification::Forward(f) = n {
-                if let Some(m) = self.undelivered(&f.publish) {
-                    unacked.push(m);
+                if let Some(u) = self.undelivered(f.publish, f.properties) {
+                    unacked.push(u);
                 }
             }
         }
         let rec = self.session_record();
         self.core
             .session_store
-            .finish_park(rec, unacked, &self.core.stats)
+            .finish_park(rec, unacked, mark, &self.core.stats)
             .await;
     }
 
-    fn undelivered(&self, publish: &Publish) -> Option<QueuedMessage> {
-        let meta = framing::meta_of(publish);
+    /// A routed message the client never saw, as egress would have sent it (QoS, No
+    /// Local, expiry, Retain As Published), with its arrival number.
+    fn undelivered(
+        &self,
+        publish: Publish,
+        mut props: Option<PublishProperties>,
+    ) -> Option<Unacked> {
+        let meta = framing::meta_of(&publish);
         let mut payload = publish.payload.clone();
-        // Delivered at min(publish QoS, subscription QoS), like a live message.
-        let qos =
-            super::origin::Origin::take(&mut payload).map_or(meta.qos, |o| o.qos.min(meta.qos));
-        if qos == 0 {
+        let origin = Origin::take(&mut payload);
+        let qos = origin.map_or(meta.qos, |o| o.qos.min(meta.qos));
+        let topic = String::from_utf8(publish.topic.to_vec()).ok()?;
+        if qos == 0
+            || origin
+                .is_some_and(|o| o.conn_id == self.s.conn_id && self.subs.no_local_blocks(&topic))
+        {
             return None;
         }
-        Some(QueuedMessage {
-            topic: String::from_utf8(publish.topic.to_vec()).ok()?,
+        let retain = self.take_retain_mark(&topic, &mut props);
+        let arrived = origin.map_or_else(now_ms, |o| o.at_ms);
+        let (properties, expires_at_ms) = session_store::stored_properties(props.as_ref(), arrived);
+        let msg = QueuedMessage {
+            topic,
             payload: payload.to_vec(),
             qos,
             dup: false,
+            retain,
             queued_at_ms: now_ms(),
+            expires_at_ms,
+            properties,
+        };
+        Some(Unacked {
+            msg,
+            arrival: origin.and_then(|o| o.arrival),
         })
     }
 }

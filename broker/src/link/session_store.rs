@@ -2,28 +2,52 @@
 //!
 //! Every router link is built clean; what a persistent session keeps between
 //! connections lives here and in redb (`storage::sessions`):
-//! - the record (subscriptions, expiry, inbound QoS 2 packet ids) is written when it
-//!   changes and when the client leaves;
+//! - the record (subscriptions with their identifiers, expiry, inbound QoS 2 packet ids)
+//!   is written when it changes and when the client leaves;
 //! - while the client is away the session is *parked*: its subscriptions sit in an
-//!   in-memory index, and every QoS 1/2 PUBLISH that matches is appended to the
-//!   session's redb queue **before** it is routed, so before the publisher gets its
-//!   PUBACK/PUBREC: nothing acknowledged is lost, even by kill -9;
+//!   index by filter level (`session_index`), and every QoS 1/2 PUBLISH that matches
+//!   is appended to the session's redb queue, with its MQTT 5 properties (fleetmq's
+//!   internal user properties removed, the session's matching Subscription Identifiers
+//!   added), **before** it is routed, so before the publisher gets its PUBACK/PUBREC;
 //! - at reconnect the connection re-subscribes its router link, unparks the session and
 //!   delivers the queue before any live traffic.
 //! - parked sessions expire after their Session Expiry Interval (3.1.1: never).
+//!
+//! # The parking window
+//!
+//! A session is parked (`begin_park`) while its router link is still subscribed; the
+//! link leaves the router only after `finish_park`. A message M checked by
+//! `enqueue_matching` *after* `begin_park` is queued by its publisher, and is then
+//! routed, so the router may still hand it to the leaving link, which collects what
+//! the router handed it but the client never saw. Without a rule M would be queued
+//! twice and delivered twice. The rule: the check and the parking take the same lock,
+//! and every check gets an arrival number from a counter under it (carried through the
+//! router in the message's origin); `begin_park` returns the counter as the session's
+//! [`ParkMark`]. A collected message numbered at or past the mark that matches one of
+//! the session's (non-shared) subscriptions was queued by its publisher and is not
+//! queued again; one numbered below the mark was checked before the session was
+//! parked, so its publisher did not queue it, and the link's copy is the only one.
+//!
+//! Messages checked before `begin_park` that the router had not yet handed the link
+//! when it collected (still in a publisher's batch or in the router's log behind the
+//! link's 100 in flight) are not queued by anyone: that part of the window remains
+//! (see `docs/architecture.md`, known gaps).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleetmq_storage::{now_ms, QueuedMessage, SessionRecord, SessionSubscription, Store};
-use rumqttd::protocol::{Connect, ConnectProperties};
+use fleetmq_storage::{
+    now_ms, MessageProperties, QueuedMessage, SessionRecord, SessionSubscription, Store,
+};
+use rumqttd::protocol::{Connect, ConnectProperties, PublishProperties};
 use tokio_util::sync::CancellationToken;
 
 use super::framing::Version;
+use super::session_index::FilterIndex;
 use super::session_link::SessionStart;
-use super::topic;
 use super::Core;
+use super::{session_link, topic};
 use crate::stats::{DropCause, Stats};
 
 /// Session Expiry Interval meaning "never" (3.1.1 sessions, v5 0xFFFFFFFF).
@@ -34,15 +58,146 @@ struct Parked {
     expires_at_ms: Option<u64>,
 }
 
+/// The parked sessions, their filters by level and the arrival counter, under one lock:
+/// a publish's check and a session's parking are ordered by it (see the module docs).
+#[derive(Default)]
+struct ParkedSet {
+    sessions: HashMap<String, Parked>,
+    index: FilterIndex,
+    next_arrival: u64,
+}
+
+impl ParkedSet {
+    fn insert(&mut self, key: &str, parked: Parked) {
+        self.remove(key);
+        for s in parked.subscriptions.iter().filter(|s| queues(s)) {
+            self.index.insert(&s.filter, key);
+        }
+        self.sessions.insert(key.to_owned(), parked);
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(parked) = self.sessions.remove(key) {
+            for s in parked.subscriptions.iter().filter(|s| queues(s)) {
+                self.index.remove(&s.filter, key);
+            }
+        }
+    }
+}
+
+/// Whether a subscription gets queued copies while its session is parked (a shared
+/// subscription's messages go to a connected member instead).
+fn queues(s: &SessionSubscription) -> bool {
+    !topic::is_shared(&s.filter)
+}
+
+/// Where a session's parking cut the arrival numbers: messages numbered at or past it
+/// were checked while it was parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ParkMark(u64);
+
+/// A message the leaving client had not acknowledged (or never saw).
+pub(crate) struct Unacked {
+    pub(crate) msg: QueuedMessage,
+    /// Its arrival number, for one the router handed the link (see [`ParkMark`]).
+    pub(crate) arrival: Option<u64>,
+}
+
 /// The parked sessions (clients away), and the store behind every session.
 pub(crate) struct SessionStore {
     store: Store,
     max_queued: usize,
-    parked: Mutex<HashMap<String, Parked>>,
+    parked: Mutex<ParkedSet>,
 }
 
 fn expires_at(rec: &SessionRecord, left_at_ms: u64) -> Option<u64> {
     (rec.expiry_s != NEVER).then(|| left_at_ms.saturating_add(u64::from(rec.expiry_s) * 1000))
+}
+
+/// A message's properties as a queue keeps them: without the Topic Alias (per
+/// connection) and fleetmq's internal retain mark, with the
+/// Message Expiry Interval, counted from `now_ms`, as the expiry time.
+pub(super) fn stored_properties(
+    props: Option<&PublishProperties>,
+    now_ms: u64,
+) -> (MessageProperties, Option<u64>) {
+    let Some(p) = props else {
+        return (MessageProperties::default(), None);
+    };
+    let stored = MessageProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.as_ref().map(|c| c.to_vec()),
+        user_properties: p
+            .user_properties
+            .iter()
+            .filter(|(k, _)| k != session_link::RETAIN_MARK)
+            .cloned()
+            .collect(),
+        subscription_ids: p
+            .subscription_identifiers
+            .iter()
+            .filter_map(|&id| u32::try_from(id).ok())
+            .collect(),
+    };
+    let expires_at = p
+        .message_expiry_interval
+        .map(|s| now_ms.saturating_add(u64::from(s) * 1000));
+    (stored, expires_at)
+}
+
+/// The PUBLISH properties a stored message goes out with to an MQTT 5 client, with
+/// `expiry_s` left of its Message Expiry Interval; `None` when it has none.
+pub(super) fn publish_properties(
+    p: &MessageProperties,
+    expiry_s: Option<u32>,
+) -> Option<PublishProperties> {
+    let props = PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: expiry_s,
+        topic_alias: None,
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone().map(Into::into),
+        user_properties: p.user_properties.clone(),
+        subscription_identifiers: p.subscription_ids.iter().map(|&id| id as usize).collect(),
+        content_type: p.content_type.clone(),
+    };
+    (props != PublishProperties::default()).then_some(props)
+}
+
+/// A publish as the parked-session check sees it.
+pub(crate) struct Incoming<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) payload: &'a [u8],
+    pub(crate) qos: u8,
+    pub(crate) retain: bool,
+    /// The publisher's properties (internal user properties are dropped).
+    pub(crate) props: Option<&'a PublishProperties>,
+}
+
+/// The copy of `base` for a parked session, if one of its subscriptions takes it: QoS
+/// capped by the best matching subscription, RETAIN kept only for Retain As Published,
+/// the identifiers of every matching subscription [MQTT-3.3.4-3] [MQTT-3.3.4-5].
+fn copy_for(p: &Parked, base: &QueuedMessage) -> Option<QueuedMessage> {
+    let matching: Vec<&SessionSubscription> = p
+        .subscriptions
+        .iter()
+        .filter(|s| queues(s) && topic::matches(&s.filter, &base.topic))
+        .collect();
+    let granted = matching.iter().map(|s| s.qos).max()?;
+    let qos = base.qos.min(granted);
+    if qos == 0 {
+        return None;
+    }
+    let mut ids: Vec<u32> = matching.iter().filter_map(|s| s.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut msg = base.clone();
+    msg.qos = qos;
+    msg.retain = base.retain && matching.iter().any(|s| s.retain_as_published);
+    msg.properties.subscription_ids = ids;
+    Some(msg)
 }
 
 impl SessionStore {
@@ -54,16 +209,19 @@ impl SessionStore {
         records: Vec<SessionRecord>,
     ) -> SessionStore {
         let now = now_ms();
-        let mut parked = HashMap::new();
+        let mut parked = ParkedSet::default();
         for rec in records {
             let left = rec.disconnected_at_ms.unwrap_or(now);
             let p = Parked {
                 expires_at_ms: expires_at(&rec, left),
                 subscriptions: rec.subscriptions,
             };
-            parked.insert(rec.key, p);
+            parked.insert(&rec.key, p);
         }
-        tracing::info!(count = parked.len(), "persistent sessions restored");
+        tracing::info!(
+            count = parked.sessions.len(),
+            "persistent sessions restored"
+        );
         SessionStore {
             store,
             max_queued,
@@ -71,7 +229,7 @@ impl SessionStore {
         }
     }
 
-    fn parked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Parked>> {
+    fn parked(&self) -> std::sync::MutexGuard<'_, ParkedSet> {
         self.parked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -104,34 +262,42 @@ impl SessionStore {
         }
     }
 
-    /// The client is leaving: from now on matching publishes are queued for it.
+    /// The client is leaving: from now on matching publishes are queued for it. The mark
+    /// tells `finish_park` which of the link's leftovers their publishers queued.
     pub(crate) fn begin_park(
         &self,
         key: &str,
         subscriptions: &[SessionSubscription],
         expiry_s: u32,
-    ) {
+    ) -> ParkMark {
         let expires_at_ms =
             (expiry_s != NEVER).then(|| now_ms().saturating_add(u64::from(expiry_s) * 1000));
         let parked = Parked {
             subscriptions: subscriptions.to_vec(),
             expires_at_ms,
         };
-        self.parked().insert(key.to_owned(), parked);
+        let mut set = self.parked();
+        set.insert(key, parked);
+        ParkMark(set.next_arrival)
     }
 
     /// The client left: stores the record and appends what it had not acknowledged to
-    /// the queue.
+    /// the queue, except what publishers queued themselves after `mark`.
     pub(crate) async fn finish_park(
         &self,
         mut rec: SessionRecord,
-        unacked: Vec<QueuedMessage>,
+        unacked: Vec<Unacked>,
+        mark: ParkMark,
         stats: &Stats,
     ) {
         rec.disconnected_at_ms = Some(now_ms());
         let key = rec.key.clone();
         let max = self.max_queued;
-        let batch: Vec<_> = unacked.into_iter().map(|m| (key.clone(), m)).collect();
+        let batch: Vec<_> = unacked
+            .into_iter()
+            .filter(|u| !queued_by_publisher(&rec.subscriptions, mark, u))
+            .map(|u| (key.clone(), u.msg))
+            .collect();
         let result = self
             .store
             .call(move |s| {
@@ -151,54 +317,54 @@ impl SessionStore {
     }
 
     /// Appends a QoS 1/2 publish to the queue of every parked session with a matching
-    /// subscription, durably, before it is routed. Returns when committed.
-    pub(crate) async fn enqueue_matching(
-        &self,
-        topic_name: &str,
-        payload: &[u8],
-        qos: u8,
-        stats: &Stats,
-    ) {
-        if qos == 0 {
-            return;
+    /// subscription, durably, before it is routed. Returns when committed, with the
+    /// message's arrival number (`None` for QoS 0, which is never queued).
+    pub(crate) async fn enqueue_matching(&self, m: Incoming<'_>, stats: &Stats) -> Option<u64> {
+        if m.qos == 0 {
+            return None;
         }
-        let batch: Vec<(String, QueuedMessage)> = {
-            let parked = self.parked();
-            if parked.is_empty() {
-                return;
+        let (arrival, batch) = self.matching_copies(&m);
+        if !batch.is_empty() {
+            let max = self.max_queued;
+            match self.store.call(move |s| s.enqueue(&batch, max)).await {
+                Ok(dropped) => count_dropped(stats, dropped),
+                Err(e) => tracing::error!(error = %e, "could not queue a message for a session"),
             }
-            parked
-                .iter()
-                .filter_map(|(key, p)| {
-                    let granted = p
-                        .subscriptions
-                        .iter()
-                        .filter(|s| !topic::is_shared(&s.filter))
-                        .filter(|s| topic::matches(&s.filter, topic_name))
-                        .map(|s| s.qos)
-                        .max()?;
-                    let qos = qos.min(granted);
-                    (qos > 0).then(|| {
-                        let msg = QueuedMessage {
-                            topic: topic_name.to_owned(),
-                            payload: payload.to_vec(),
-                            qos,
-                            dup: false,
-                            queued_at_ms: now_ms(),
-                        };
-                        (key.clone(), msg)
-                    })
-                })
-                .collect()
+        }
+        Some(arrival)
+    }
+
+    /// Numbers a QoS 1/2 publish and builds its copy for each parked session that takes
+    /// it; only sessions whose filters can match are looked at.
+    fn matching_copies(&self, m: &Incoming<'_>) -> (u64, Vec<(String, QueuedMessage)>) {
+        let mut guard = self.parked();
+        let set = &mut *guard;
+        let arrival = set.next_arrival;
+        set.next_arrival += 1;
+        let keys = set.index.matching(m.topic);
+        if keys.is_empty() {
+            return (arrival, Vec::new());
+        }
+        let now = now_ms();
+        let (properties, expires_at_ms) = stored_properties(m.props, now);
+        let base = QueuedMessage {
+            topic: m.topic.to_owned(),
+            payload: m.payload.to_vec(),
+            qos: m.qos,
+            dup: false,
+            retain: m.retain,
+            queued_at_ms: now,
+            expires_at_ms,
+            properties,
         };
-        if batch.is_empty() {
-            return;
-        }
-        let max = self.max_queued;
-        match self.store.call(move |s| s.enqueue(&batch, max)).await {
-            Ok(dropped) => count_dropped(stats, dropped),
-            Err(e) => tracing::error!(error = %e, "could not queue a message for a session"),
-        }
+        let batch = keys
+            .into_iter()
+            .filter_map(|key| {
+                let copy = copy_for(set.sessions.get(key)?, &base)?;
+                Some((key.to_owned(), copy))
+            })
+            .collect();
+        (arrival, batch)
     }
 
     /// A session's queue, oldest first.
@@ -223,17 +389,28 @@ impl SessionStore {
 
     fn is_expired(&self, key: &str, now: u64) -> bool {
         self.parked()
+            .sessions
             .get(key)
             .is_some_and(|p| p.expires_at_ms.is_some_and(|at| at <= now))
     }
 
     fn expired(&self, now: u64) -> Vec<String> {
         self.parked()
+            .sessions
             .iter()
             .filter(|(_, p)| p.expires_at_ms.is_some_and(|at| at <= now))
             .map(|(k, _)| k.clone())
             .collect()
     }
+}
+
+/// Whether the publisher of a message the leaving link collected queued it itself: it
+/// was checked at or after the session's parking and one of its subscriptions takes it.
+fn queued_by_publisher(subs: &[SessionSubscription], mark: ParkMark, u: &Unacked) -> bool {
+    u.arrival.is_some_and(|a| a >= mark.0)
+        && subs
+            .iter()
+            .any(|s| queues(s) && s.qos > 0 && topic::matches(&s.filter, &u.msg.topic))
 }
 
 /// Decides a new connection's session (call with the key's setup lock held, after any
@@ -254,7 +431,7 @@ pub(crate) async fn start(
             (expiry > 0, expiry)
         }
     };
-    let stored = core.session_store.parked().contains_key(key);
+    let stored = core.session_store.parked().sessions.contains_key(key);
     let resumed = match (stored, connect.clean_session) {
         (false, _) => None,
         (true, true) => {
@@ -303,3 +480,6 @@ pub(crate) fn spawn_expiry(core: &Arc<Core>, shutdown: CancellationToken) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests;
