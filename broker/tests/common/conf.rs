@@ -52,7 +52,9 @@ pub enum Ver {
     V5,
 }
 
-/// Generates one `#[tokio::test]` per transport and version for `case(target, via, ver)`.
+/// Generates one `#[tokio::test]` per transport and version for `case(target, via, ver)`;
+/// `ignore = "why"` after the list marks them `#[ignore]` (a known fleetmq failure that
+/// `benches/peers/run.sh` still measures, with `--include-ignored`).
 #[macro_export]
 macro_rules! matrix {
     ($name:ident, $case:ident) => {
@@ -60,6 +62,18 @@ macro_rules! matrix {
     };
     ($name:ident, $case:ident, v5) => {
         $crate::matrix!($name, $case, [tcp_v5: Tcp V5, ws_v5: Ws V5]);
+    };
+    ($name:ident, $case:ident, [$($t:ident: $via:ident $ver:ident),*], ignore = $why:literal) => {
+        mod $name {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = $why]
+                async fn $t() {
+                    use $crate::common::conf::{Ver, Via};
+                    super::$case(Via::$via, Ver::$ver).await
+                }
+            )*
+        }
     };
     ($name:ident, $case:ident, [$($t:ident: $via:ident $ver:ident),*]) => {
         mod $name {
@@ -82,6 +96,8 @@ pub struct Target {
     pub tcp5: Option<SocketAddr>,
     /// `None` when the tests run against an external broker.
     pub broker: Option<TestBroker>,
+    /// The configuration `broker` runs with, for [`Target::restart`].
+    config: Option<BrokerConfig>,
 }
 
 impl Target {
@@ -99,17 +115,44 @@ impl Target {
         let mut config = BrokerConfig::for_tests();
         config.allow_anonymous = true;
         adjust(&mut config);
-        let broker = TestBroker::with_config(config).await;
+        let broker = TestBroker::with_config(config.clone()).await;
+        Target::fleetmq(broker, config)
+    }
+
+    fn fleetmq(broker: TestBroker, config: BrokerConfig) -> Target {
         Target {
             tcp: broker.tcp,
             ws: broker.ws,
             tcp5: None,
             broker: Some(broker),
+            config: Some(config),
         }
     }
 
     pub fn external(&self) -> bool {
         self.broker.is_none()
+    }
+
+    /// True for an external target, after printing `SKIPPED` and why: the caller returns
+    /// at once, as the case needs fleetmq itself (its configuration, its admin API or a
+    /// restart). `benches/peers/run.sh` counts these apart from the passes.
+    pub fn skip_external(&self, why: &str) -> bool {
+        if self.external() {
+            skipped(&format!("fleetmq only: {why}"));
+        }
+        self.external()
+    }
+
+    /// Stops fleetmq and starts it again on the same data directory and configuration,
+    /// on new ports (fleetmq only: check [`Target::skip_external`] first).
+    pub async fn restart(mut self) -> Target {
+        let broker = self.broker.take().expect("restart needs fleetmq");
+        let config = self.config.take().expect("fleetmq's config");
+        let dir = broker.stop().await;
+        Target::fleetmq(
+            TestBroker::with_config_in(config.clone(), dir).await,
+            config,
+        )
     }
 
     /// Opens a client connection (no CONNECT sent yet).
@@ -140,7 +183,14 @@ fn external() -> Option<Target> {
         ws: SocketAddr::new(ip, port(2)?),
         tcp5: port(3).map(|p| SocketAddr::new(ip, p)),
         broker: None,
+        config: None,
     })
+}
+
+/// Prints `SKIPPED` and why, for a case that returns without checking anything
+/// (`benches/peers/run.sh` counts these apart from the passes).
+pub fn skipped(why: &str) {
+    println!("SKIPPED: {why}");
 }
 
 /// Unique names per test run, so an external broker's leftovers never interfere.
