@@ -372,6 +372,22 @@ impl Client {
         }
     }
 
+    /// The next PUBLISH within `d` (stashed ones first); `None` on timeout or close.
+    pub async fn next_msg_within(&mut self, d: Duration) -> Option<Msg> {
+        if !self.stash.is_empty() {
+            return Some(self.stash.remove(0));
+        }
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.read_packet()).await {
+                Ok(Some(In::Publish(m))) => return Some(m),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
     /// Every PUBLISH that arrives within `d` (stashed ones first), acking none.
     pub async fn msgs_within(&mut self, d: Duration) -> Vec<Msg> {
         let mut got = std::mem::take(&mut self.stash);
@@ -389,15 +405,22 @@ impl Client {
     /// Waits until the server closes the connection; returns the v5 DISCONNECT reason it
     /// sent first, if any. Panics if the connection stays open for [`WAIT`].
     pub async fn closed(&mut self) -> Option<u8> {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.closed_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("the server did not close the connection"))
+    }
+
+    /// Like [`Client::closed`], waiting up to `d`; `None` if the connection is still open.
+    pub async fn closed_within(&mut self, d: Duration) -> Option<Option<u8>> {
+        let deadline = tokio::time::Instant::now() + d;
         let mut reason = None;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match tokio::time::timeout(left, self.read_packet()).await {
                 Ok(Some(In::Disconnect { reason: r, .. })) => reason = Some(r),
                 Ok(Some(_)) => {}
-                Ok(None) => return reason,
-                Err(_) => panic!("the server did not close the connection"),
+                Ok(None) => return Some(reason),
+                Err(_) => return None,
             }
         }
     }
