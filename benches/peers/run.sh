@@ -5,7 +5,8 @@
 #   benches/peers/run.sh [fleetmq] [fleetmq-bin] [mosquitto] [rumqttd]   (default: all four)
 #
 # fleetmq      a fresh in-process TestBroker per test (every case runs, none skipped)
-# fleetmq-bin  the fleetmq binary (debug build) as an external target, like the others
+# fleetmq-bin  the fleetmq binary (debug build) as an external target, like the others,
+#              with benches/peers/fleetmq.toml (anonymous, `$SYS` readable)
 # mosquitto    /usr/sbin/mosquitto (MOSQUITTO=...) with benches/peers/mosquitto.conf
 # rumqttd      bare rumqttd 0.20 (benches/peers/rumqttd, built in target/bare-rumqttd)
 #
@@ -100,7 +101,7 @@ measure() {
     fleetmq-bin)
         cargo build -q -p fleetmq
         dir=$(mktemp -d)
-        "$ROOT/target/debug/fleetmq" serve --allow-anonymous --data-dir "$dir" \
+        "$ROOT/target/debug/fleetmq" serve --config "$HERE/fleetmq.toml" --data-dir "$dir" \
             --mqtt-tcp 127.0.0.1:41883 --mqtt-ws 127.0.0.1:49001 \
             --admin-listen 127.0.0.1:48080 >"$OUT/$peer.server.log" 2>&1 &
         PEER_PID=$!
