@@ -130,12 +130,15 @@ async fn many_retained(via: Via, ver: Ver) {
     c.subscribe(&format!("{prefix}/#"), 1).await;
     let mut got = std::collections::BTreeSet::new();
     while got.len() < topics.len() {
-        let m = c.next_msg().await;
+        let Some(m) = c.next_msg_within(WAIT).await else {
+            break;
+        };
         if m.qos == 1 {
             c.puback(m.pkid).await;
         }
         got.insert(m.topic);
     }
+    assert_eq!(got.len(), topics.len(), "retained messages delivered");
     c.disconnect(0).await;
     for topic in &topics {
         p.publish(topic, b"", 0, true).await;

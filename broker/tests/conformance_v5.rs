@@ -271,7 +271,14 @@ async fn protocol_error_disconnect(via: Via, ver: Ver) {
                 assert!(reason_string.is_some());
             }
         }
-        None => panic!("no DISCONNECT within {WAIT:?} (closed or ignored)"),
+        None => {
+            // Say which: closed without DISCONNECT, or ignored (still answers pings).
+            c.pingreq().await;
+            match c.recv_within(QUIET).await {
+                Some(In::PingResp) => panic!("no DISCONNECT within {WAIT:?}: ignored"),
+                _ => panic!("no DISCONNECT within {WAIT:?}: closed"),
+            }
+        }
         other => panic!("unexpected {other:?}"),
     }
 }
