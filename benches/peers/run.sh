@@ -38,6 +38,16 @@ stop_peer() {
 }
 trap stop_peer EXIT
 
+# Refuses to measure whatever already listens on a peer's ports.
+ports_free() {
+    for port; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "port $port is already in use: stop what listens there first" >&2
+            exit 1
+        fi
+    done
+}
+
 wait_port() {
     for _ in $(seq 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
@@ -100,6 +110,7 @@ measure() {
         ;;
     fleetmq-bin)
         cargo build -q -p fleetmq
+        ports_free 41883 49001 48080
         dir=$(mktemp -d)
         "$ROOT/target/debug/fleetmq" serve --config "$HERE/fleetmq.toml" --data-dir "$dir" \
             --mqtt-tcp 127.0.0.1:41883 --mqtt-ws 127.0.0.1:49001 \
@@ -111,6 +122,7 @@ measure() {
         rm -rf "$dir"
         ;;
     mosquitto)
+        ports_free 21883 29001
         "$MOSQUITTO" -c "$HERE/mosquitto.conf" >"$OUT/$peer.server.log" 2>&1 &
         PEER_PID=$!
         wait_port 21883 && wait_port 29001
@@ -120,6 +132,7 @@ measure() {
     rumqttd)
         cargo build -q --release --manifest-path "$HERE/rumqttd/Cargo.toml" \
             --target-dir "$ROOT/target/bare-rumqttd"
+        ports_free 31883 31884 31901
         "$ROOT/target/bare-rumqttd/release/bare-rumqttd" 31883 31884 31901 \
             >"$OUT/$peer.server.log" 2>&1 &
         PEER_PID=$!
