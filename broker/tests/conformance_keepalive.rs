@@ -35,18 +35,18 @@ async fn keepalive_timeout(via: Via, ver: Ver) {
     let mut c = t.open(via, ver).await;
     c.connect(Conn::new(&unique("ka1")).keep_alive(1)).await;
     let start = tokio::time::Instant::now();
-    let reason = c.closed().await;
+    // Waits past the limit, so that a late close is reported with its time.
+    let closed = c.closed_within(Duration::from_secs(10)).await;
     let took = start.elapsed();
-    // fleetmq: 1.5 s plus scheduling slack; external brokers may check lazily.
-    let limit = if t.external() {
-        WAIT
-    } else {
-        Duration::from_millis(3000)
-    };
+    // 1.5 s plus 1.5 s of scheduling slack, for every target (Mosquitto 2.0.11 closes
+    // after 5-6 s: its keepalive check is coarse).
     assert!(
-        took >= Duration::from_millis(1000) && took <= limit,
-        "closed after {took:?}"
+        closed.is_some()
+            && took >= Duration::from_millis(1000)
+            && took <= Duration::from_millis(3000),
+        "closed after {took:?}: {closed:?}"
     );
+    let reason = closed.flatten();
     if ver == Ver::V5 && !t.external() {
         assert_eq!(reason, Some(0x8d));
     }

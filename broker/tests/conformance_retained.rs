@@ -1,200 +1,175 @@
 //! Retained messages [MQTT-3.3.1-5..12], [MQTT-3.8.4-3], v5 Retain Handling and
-//! Retain As Published, over TCP and WebSocket, 3.1.1 and 5, with real clients.
+//! Retain As Published, over TCP and WebSocket, 3.1.1 and 5. Also runs against an
+//! external broker (`CONFORMANCE_TARGET`), except the cases that need fleetmq's ACL, its
+//! handle or a restart.
 
 mod common;
 
-use std::time::Duration;
+use common::conf::*;
+use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule};
 
-use common::*;
-use fleetmq_broker::BrokerConfig;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet as P5, RetainForwardRule};
-use rumqttc::v5::mqttbytes::QoS as Q5;
-use rumqttc::{Packet, QoS};
-
-const QUIET: Duration = Duration::from_millis(300);
-
-async fn broker() -> TestBroker {
-    let mut config = BrokerConfig::for_tests();
-    config.allow_anonymous = true;
-    TestBroker::with_config(config).await
+/// Publishes `payload` on `topic` at QoS 1 with the given RETAIN flag and waits for the
+/// PUBACK.
+async fn retain(t: &Target, via: Via, ver: Ver, topic: &str, payload: &[u8], retain: bool) {
+    let mut c = t.connect(via, ver, &unique("retainer")).await;
+    let pkid = c.publish(topic, payload, 1, retain).await;
+    c.expect(|p| matches!(p, In::PubAck { pkid: id, .. } if *id == pkid))
+        .await;
+    c.disconnect(0).await;
 }
 
-async fn retain(b: &TestBroker, topic: &str, payload: &[u8], retain: bool) {
-    let (c, mut el) = connect_v4(b, Via::Tcp, "retainer", None).await.unwrap();
-    c.publish(topic, QoS::AtLeastOnce, retain, payload.to_vec())
-        .await
-        .unwrap();
-    next_v4(&mut el, |p| matches!(p, Packet::PubAck(_)).then_some(())).await;
-    c.disconnect().await.unwrap();
-    let _ = tokio::time::timeout(QUIET, async { while el.poll().await.is_ok() {} }).await;
+/// Subscribes with `filters` and returns (topic, payload, RETAIN) of the PUBLISHes that
+/// follow within [`QUIET`], acknowledging them.
+async fn subscribe_collect(c: &mut Client, filters: Vec<Filter>) -> Vec<(String, Vec<u8>, bool)> {
+    c.subscribe_filters(filters, None).await;
+    let got = c.msgs_within(QUIET).await;
+    for m in got.iter().filter(|m| m.qos == 1) {
+        c.puback(m.pkid).await;
+    }
+    got.into_iter()
+        .map(|m| (m.topic, m.payload, m.retain))
+        .collect()
 }
 
-/// Subscribes (3.1.1) and collects the retained PUBLISHes that follow (topic, payload, retain flag).
-async fn subscribe_collect_v4(
-    c: &rumqttc::AsyncClient,
-    el: &mut rumqttc::EventLoop,
-    filter: &str,
-) -> Vec<(String, Vec<u8>, bool)> {
-    c.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-    let mut got = Vec::new();
-    let _ = tokio::time::timeout(QUIET, async {
-        while let Ok(ev) = el.poll().await {
-            if let rumqttc::Event::Incoming(Packet::Publish(p)) = ev {
-                got.push((p.topic.clone(), p.payload.to_vec(), p.retain));
-            }
-        }
-    })
-    .await;
-    got
-}
-
-async fn subscribe_collect_v5(
-    c: &rumqttc::v5::AsyncClient,
-    el: &mut rumqttc::v5::EventLoop,
-    filter: &str,
-    rule: RetainForwardRule,
-) -> Vec<(Vec<u8>, bool)> {
-    let mut f = Filter::new(filter, Q5::AtLeastOnce);
+fn with_rule(path: &str, rule: RetainForwardRule) -> Vec<Filter> {
+    let mut f = filter(path, 1);
     f.retain_forward_rule = rule;
-    c.subscribe_many(vec![f]).await.unwrap();
-    let mut got = Vec::new();
-    let _ = tokio::time::timeout(QUIET, async {
-        while let Ok(ev) = el.poll().await {
-            if let rumqttc::v5::Event::Incoming(P5::Publish(p)) = ev {
-                got.push((p.payload.to_vec(), p.retain));
-            }
-        }
-    })
-    .await;
-    got
+    vec![f]
 }
 
 /// [MQTT-3.3.1-6] [MQTT-3.8.4-3]: retained messages go out on every matching
 /// SUBSCRIBE, also one that replaces an existing subscription, with RETAIN=1.
-#[tokio::test]
-async fn retained_on_every_subscribe_v4() {
-    let b = broker().await;
-    retain(&b, "r/a", b"one", true).await;
-    for via in [Via::Tcp, Via::Ws] {
-        let (c, mut el) = connect_v4(&b, via, "sub", None).await.unwrap();
-        for _ in 0..2 {
-            let got = subscribe_collect_v4(&c, &mut el, "r/+").await;
-            assert_eq!(
-                got,
-                vec![("r/a".to_owned(), b"one".to_vec(), true)],
-                "{via:?}"
-            );
-        }
+async fn on_every_subscribe(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let prefix = unique("r/");
+    let topic = format!("{prefix}/a");
+    retain(&t, via, ver, &topic, b"one", true).await;
+    let mut c = t.connect(via, ver, &unique("sub")).await;
+    for _ in 0..2 {
+        let got = subscribe_collect(&mut c, vec![filter(&format!("{prefix}/+"), 1)]).await;
+        assert_eq!(got, [(topic.clone(), b"one".to_vec(), true)]);
+    }
+    retain(&t, via, ver, &topic, b"", true).await;
+}
+matrix!(retained_on_every_subscribe_mqtt_3_8_4_3, on_every_subscribe);
+
+/// [MQTT-3.3.1-10] [MQTT-3.3.1-12] (5: [MQTT-3.3.1-6] [MQTT-3.3.1-8]): an empty retained
+/// payload deletes the retained message; an empty payload with RETAIN=0 must not
+/// (rumqttd deletes it).
+async fn empty_payload_deletes(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let topic = unique("r/b/");
+    retain(&t, via, ver, &topic, b"keep", true).await;
+    retain(&t, via, ver, &topic, b"", false).await;
+    let mut c = t.connect(via, ver, &unique("sub1")).await;
+    let got = subscribe_collect(&mut c, vec![filter(&topic, 1)]).await;
+    assert_eq!(got, [(topic.clone(), b"keep".to_vec(), true)]);
+    if let Some(b) = &t.broker {
+        assert!(b.store.get_retained(&topic).unwrap().is_some());
+    }
+    retain(&t, via, ver, &topic, b"", true).await;
+    let mut c = t.connect(via, ver, &unique("sub2")).await;
+    assert!(subscribe_collect(&mut c, vec![filter(&topic, 1)])
+        .await
+        .is_empty());
+    if let Some(b) = &t.broker {
+        assert!(b.store.get_retained(&topic).unwrap().is_none());
     }
 }
-
-/// [MQTT-3.3.1-10] [MQTT-3.3.1-12]: an empty retained payload deletes the retained
-/// message; an empty payload with RETAIN=0 must not (rumqttd deletes it).
-#[tokio::test]
-async fn empty_payload_deletes_only_when_retained() {
-    let b = broker().await;
-    retain(&b, "r/b", b"keep", true).await;
-    retain(&b, "r/b", b"", false).await;
-    let (c, mut el) = connect_v4(&b, Via::Tcp, "sub1", None).await.unwrap();
-    let got = subscribe_collect_v4(&c, &mut el, "r/b").await;
-    assert_eq!(got, vec![("r/b".to_owned(), b"keep".to_vec(), true)]);
-    assert!(b.store.get_retained("r/b").unwrap().is_some());
-    retain(&b, "r/b", b"", true).await;
-    let (c, mut el) = connect_v4(&b, Via::Ws, "sub2", None).await.unwrap();
-    assert!(subscribe_collect_v4(&c, &mut el, "r/b").await.is_empty());
-    assert!(b.store.get_retained("r/b").unwrap().is_none());
-}
+matrix!(
+    empty_payload_deletes_only_when_retained_mqtt_3_3_1_12,
+    empty_payload_deletes
+);
 
 /// [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11]: Retain Handling 0 sends retained
 /// messages on every subscribe, 1 only when the subscription is new, 2 never.
-#[tokio::test]
-async fn v5_retain_handling() {
-    let b = broker().await;
-    retain(&b, "rh/x", b"v", true).await;
-    for via in [Via::Tcp, Via::Ws] {
-        let (c, mut el) = connect_v5(&b, via, "rh", None).await.unwrap();
-        let every = RetainForwardRule::OnEverySubscribe;
-        let new = RetainForwardRule::OnNewSubscribe;
-        assert_eq!(
-            subscribe_collect_v5(&c, &mut el, "rh/x", every.clone())
-                .await
-                .len(),
-            1
-        );
-        assert_eq!(
-            subscribe_collect_v5(&c, &mut el, "rh/x", every).await.len(),
-            1
-        );
-        assert_eq!(
-            subscribe_collect_v5(&c, &mut el, "rh/#", new.clone())
-                .await
-                .len(),
-            1
-        );
-        assert!(subscribe_collect_v5(&c, &mut el, "rh/#", new)
-            .await
-            .is_empty());
-        let never = RetainForwardRule::Never;
-        assert!(subscribe_collect_v5(&c, &mut el, "rh/+", never)
-            .await
-            .is_empty());
-        let got =
-            subscribe_collect_v5(&c, &mut el, "+/x", RetainForwardRule::OnEverySubscribe).await;
-        assert_eq!(got, vec![(b"v".to_vec(), true)], "{via:?}");
-    }
+async fn retain_handling(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let prefix = unique("rh");
+    let topic = format!("{prefix}/rh/x");
+    retain(&t, via, ver, &topic, b"v", true).await;
+    let mut c = t.connect(via, ver, &unique("rh")).await;
+    let every = RetainForwardRule::OnEverySubscribe;
+    let new = RetainForwardRule::OnNewSubscribe;
+    let sub = |path: &str, rule| with_rule(&format!("{prefix}/{path}"), rule);
+    let got = subscribe_collect(&mut c, sub("rh/x", every.clone())).await;
+    assert_eq!(got.len(), 1, "0, new subscription");
+    let got = subscribe_collect(&mut c, sub("rh/x", every.clone())).await;
+    assert_eq!(got.len(), 1, "0, existing subscription");
+    let got = subscribe_collect(&mut c, sub("rh/#", new.clone())).await;
+    assert_eq!(got.len(), 1, "1, new subscription");
+    let got = subscribe_collect(&mut c, sub("rh/#", new)).await;
+    assert!(got.is_empty(), "1, existing subscription");
+    let got = subscribe_collect(&mut c, sub("rh/+", RetainForwardRule::Never)).await;
+    assert!(got.is_empty(), "2");
+    let got = subscribe_collect(&mut c, sub("+/x", every)).await;
+    assert_eq!(got, [(topic.clone(), b"v".to_vec(), true)]);
+    retain(&t, via, ver, &topic, b"", true).await;
 }
+matrix!(v5_retain_handling_mqtt_3_3_1_9, retain_handling, v5);
 
 /// None dropped for lack of inflight slots: rumqttd truncates retained messages to its
-/// free inflight window (100); every one of 250 arrives.
-#[tokio::test]
-async fn many_retained_all_delivered() {
-    let b = broker().await;
-    let (c, mut el) = connect_v4(&b, Via::Tcp, "bulk", None).await.unwrap();
-    for i in 0..250 {
-        c.publish(format!("bulk/{i:03}"), QoS::AtLeastOnce, true, vec![1])
-            .await
-            .unwrap();
-        next_v4(&mut el, |p| matches!(p, Packet::PubAck(_)).then_some(())).await;
+/// free inflight window (100); every one of 250 QoS 1 messages arrives.
+async fn many_retained(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let prefix = unique("bulk/");
+    let topics: Vec<String> = (0..250).map(|i| format!("{prefix}/{i:03}")).collect();
+    let mut p = t.connect(via, ver, &unique("bulk")).await;
+    // Ten at a time: under any Receive Maximum a broker announces.
+    for chunk in topics.chunks(10) {
+        let mut pkids = Vec::new();
+        for topic in chunk {
+            pkids.push(p.publish(topic, &[1], 1, true).await);
+        }
+        for pkid in pkids {
+            p.expect(|p| matches!(p, In::PubAck { pkid: id, .. } if *id == pkid))
+                .await;
+        }
     }
-    for (via, id) in [(Via::Tcp, "s4"), (Via::Ws, "s4w")] {
-        let (c, mut el) = connect_v4(&b, via, id, None).await.unwrap();
-        c.subscribe("bulk/#", QoS::AtLeastOnce).await.unwrap();
-        let mut topics = std::collections::BTreeSet::new();
-        tokio::time::timeout(WAIT, async {
-            while topics.len() < 250 {
-                if let rumqttc::Event::Incoming(Packet::Publish(p)) = el.poll().await.unwrap() {
-                    topics.insert(p.topic.clone());
-                }
-            }
-        })
-        .await
-        .expect("all 250 retained messages");
+    let mut c = t.connect(via, ver, &unique("s")).await;
+    c.subscribe(&format!("{prefix}/#"), 1).await;
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < topics.len() {
+        let Some(m) = c.next_msg_within(WAIT).await else {
+            break;
+        };
+        if m.qos == 1 {
+            c.puback(m.pkid).await;
+        }
+        got.insert(m.topic);
     }
+    assert_eq!(got.len(), topics.len(), "retained messages delivered");
+    c.disconnect(0).await;
+    for topic in &topics {
+        p.publish(topic, b"", 0, true).await;
+    }
+    p.publish_acked(&prefix, b"done").await;
 }
+matrix!(many_retained_all_delivered, many_retained);
 
-/// Retained messages are written through and come back after a restart [MQTT-3.3.1-5].
-#[tokio::test]
-async fn retained_survive_restart() {
-    let b = broker().await;
-    retain(&b, "keep/me", b"durable", true).await;
-    let config = {
-        let mut c = BrokerConfig::for_tests();
-        c.allow_anonymous = true;
-        c
-    };
-    let dir = b.stop().await;
-    let b = TestBroker::with_config_in(config, dir).await;
-    let (c, mut el) = connect_v5(&b, Via::Ws, "after", None).await.unwrap();
-    let got =
-        subscribe_collect_v5(&c, &mut el, "keep/#", RetainForwardRule::OnEverySubscribe).await;
-    assert_eq!(got, vec![(b"durable".to_vec(), true)]);
+/// Retained messages are written through and come back after a restart [MQTT-3.3.1-5]
+/// (fleetmq only: the suite cannot restart another broker).
+async fn survive_restart(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    if t.skip_external("restarts the broker") {
+        return;
+    }
+    retain(&t, Via::Tcp, Ver::V4, "keep/me", b"durable", true).await;
+    let t = t.restart().await;
+    let mut c = t.connect(via, ver, "after").await;
+    let got = subscribe_collect(&mut c, vec![filter("keep/#", 1)]).await;
+    assert_eq!(got, [("keep/me".to_owned(), b"durable".to_vec(), true)]);
 }
+matrix!(retained_survive_restart, survive_restart, [ws_v5: Ws V5]);
 
 /// Retained delivery honours the read ACL (SPEC §3): anonymous clients never see the
-/// device tree, even through `#`.
-#[tokio::test]
-async fn retained_delivery_checks_read_acl() {
-    let b = broker().await;
+/// device tree, even through `#` (fleetmq only: needs its ACL and its handle).
+async fn checks_read_acl(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    if t.skip_external("needs fleetmq's anonymous ACL and its handle to publish device/...") {
+        return;
+    }
+    let b = t.broker.as_ref().expect("fleetmq");
     b.handle
         .publish(fleetmq_broker::PublishRequest {
             topic: "device/d1/config".into(),
@@ -204,64 +179,62 @@ async fn retained_delivery_checks_read_acl() {
         })
         .await
         .unwrap();
-    retain(&b, "open/x", b"ok", true).await;
-    let (c, mut el) = connect_v4(&b, Via::Tcp, "anon", None).await.unwrap();
-    let got = subscribe_collect_v4(&c, &mut el, "#").await;
+    retain(&t, via, ver, "open/x", b"ok", true).await;
+    let mut c = t.connect(via, ver, "anon").await;
+    let got = subscribe_collect(&mut c, vec![filter("#", 1)]).await;
     let topics: Vec<_> = got.into_iter().map(|(t, _, _)| t).collect();
     assert_eq!(topics, ["open/x"]);
 }
+matrix!(retained_delivery_checks_read_acl, checks_read_acl, [tcp_v4: Tcp V4]);
 
-/// MQTT 5 [MQTT-3.3.1-12] [MQTT-3.3.1-13]: live messages keep their RETAIN flag only
-/// for subscriptions with Retain As Published; 3.1.1 subscribers always get RETAIN=0
-/// on live traffic (3.1.1 [MQTT-3.3.1-9]).
-#[tokio::test]
-async fn retain_as_published_for_live_messages() {
-    let b = broker().await;
-    for via in [Via::Tcp, Via::Ws] {
-        // A topic per transport: nothing is retained on it before the subscriptions.
-        let topic = format!("rap/{via:?}");
-        let (keep, mut keep_el) = connect_v5(&b, via, "rap-1", None).await.unwrap();
-        let mut f = Filter::new(topic.clone(), Q5::AtLeastOnce);
-        f.preserve_retain = true;
-        keep.subscribe_many(vec![f]).await.unwrap();
-        next_v5(&mut keep_el, |p| matches!(p, P5::SubAck(_)).then_some(())).await;
-        let (plain, mut plain_el) = connect_v5(&b, via, "rap-0", None).await.unwrap();
-        plain
-            .subscribe(topic.clone(), Q5::AtLeastOnce)
-            .await
-            .unwrap();
-        next_v5(&mut plain_el, |p| matches!(p, P5::SubAck(_)).then_some(())).await;
-        let (old, mut old_el) = connect_v4(&b, via, "rap-4", None).await.unwrap();
-        subscribe_v4(&old, &mut old_el, &topic, QoS::AtLeastOnce).await;
-
-        retain(&b, &topic, b"r", true).await;
-        retain(&b, &topic, b"n", false).await;
-        for (el, expect) in [
-            (&mut keep_el, [true, false]),
-            (&mut plain_el, [false, false]),
-        ] {
-            let mut flags = Vec::new();
-            while flags.len() < 2 {
-                flags.push(
-                    next_v5(el, |p| match p {
-                        P5::Publish(p) => Some(p.retain),
-                        _ => None,
-                    })
-                    .await,
-                );
-            }
-            assert_eq!(flags, expect, "{via:?}");
-        }
-        let mut flags = Vec::new();
-        while flags.len() < 2 {
-            flags.push(
-                next_v4(&mut old_el, |p| match p {
-                    Packet::Publish(p) => Some(p.retain),
-                    _ => None,
-                })
-                .await,
-            );
-        }
-        assert_eq!(flags, [false, false], "{via:?}");
+/// MQTT 5 [MQTT-3.3.1-12] [MQTT-3.3.1-13]: live messages keep their RETAIN flag only for
+/// subscriptions with Retain As Published.
+async fn retain_as_published(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let topic = unique("rap/");
+    let mut keep = t.connect(via, ver, &unique("rap1")).await;
+    let mut f = filter(&topic, 1);
+    f.preserve_retain = true;
+    keep.subscribe_filters(vec![f], None).await;
+    let mut plain = t.connect(via, ver, &unique("rap0")).await;
+    plain.subscribe(&topic, 1).await;
+    retain(&t, via, ver, &topic, b"r", true).await;
+    retain(&t, via, ver, &topic, b"n", false).await;
+    for (c, expect) in [(&mut keep, [true, false]), (&mut plain, [false, false])] {
+        let got = c.next_msg().await;
+        c.puback(got.pkid).await;
+        let next = c.next_msg().await;
+        c.puback(next.pkid).await;
+        assert_eq!([got.retain, next.retain], expect);
     }
+    retain(&t, via, ver, &topic, b"", true).await;
 }
+matrix!(
+    retain_as_published_for_live_messages_mqtt_3_3_1_12,
+    retain_as_published,
+    v5
+);
+
+/// 3.1.1 [MQTT-3.3.1-9]: a message sent because it matches an established subscription
+/// has RETAIN=0, however it was published.
+async fn live_retain_0(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let topic = unique("live/");
+    let mut c = t.connect(via, ver, &unique("live")).await;
+    c.subscribe(&topic, 1).await;
+    retain(&t, via, ver, &topic, b"r", true).await;
+    retain(&t, via, ver, &topic, b"n", false).await;
+    let mut flags = Vec::new();
+    for _ in 0..2 {
+        let m = c.next_msg().await;
+        c.puback(m.pkid).await;
+        flags.push(m.retain);
+    }
+    assert_eq!(flags, [false, false]);
+    retain(&t, via, ver, &topic, b"", true).await;
+}
+matrix!(
+    live_messages_have_retain_0_mqtt_3_3_1_9,
+    live_retain_0,
+    [tcp_v4: Tcp V4, ws_v4: Ws V4]
+);

@@ -1,509 +1,279 @@
 //! Sessions: Clean Session / Clean Start, Session Expiry Interval, session present,
-//! subscriptions and queued QoS 1/2 messages across reconnects and restarts, inbound
-//! QoS 2 state, outbound re-delivery with DUP=1. Real clients over TCP and WebSocket,
-//! 3.1.1 and 5; a raw socket where a client library cannot send what the test needs.
+//! subscriptions and queued QoS 1 messages across reconnects, inbound QoS 2 state,
+//! outbound re-delivery with DUP=1, over TCP and WebSocket, 3.1.1 and 5. Also runs
+//! against an external broker (`CONFORMANCE_TARGET`), except the cases that need
+//! fleetmq's configuration or a restart.
 
 mod common;
 
 use std::time::Duration;
 
-use common::*;
-use fleetmq_broker::BrokerConfig;
-use rumqttc::v5::mqttbytes::v5::{Packet as P5, PublishProperties, SubscribeProperties};
-use rumqttc::v5::mqttbytes::QoS as Q5;
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::conf::*;
 
-const QUIET: Duration = Duration::from_millis(300);
-
-fn config() -> BrokerConfig {
-    let mut config = BrokerConfig::for_tests();
-    config.allow_anonymous = true;
-    config
-}
-
-async fn broker() -> TestBroker {
-    TestBroker::with_config(config()).await
-}
-
-/// Connects a 3.1.1 client; returns it with the CONNACK's session-present flag.
-async fn connect4(
-    b: &TestBroker,
-    via: Via,
-    id: &str,
-    clean: bool,
-    manual_acks: bool,
-) -> (AsyncClient, EventLoop, bool) {
-    let mut opts = options_v4(b, via, id, None);
-    opts.set_clean_session(clean);
-    opts.set_manual_acks(manual_acks);
-    let (c, mut el) = AsyncClient::new(opts, 100);
-    let present = next_v4(&mut el, |p| match p {
-        Packet::ConnAck(a) => Some(a.session_present),
-        _ => None,
-    })
-    .await;
-    (c, el, present)
-}
-
-async fn connect5(
-    b: &TestBroker,
-    via: Via,
-    id: &str,
-    clean_start: bool,
-    expiry: Option<u32>,
-) -> (rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop, bool) {
-    let mut opts = options_v5(b, via, id, None);
-    opts.set_clean_start(clean_start);
-    opts.set_session_expiry_interval(expiry);
-    let (c, mut el) = rumqttc::v5::AsyncClient::new(opts, 100);
-    let present = next_v5(&mut el, |p| match p {
-        P5::ConnAck(a) => Some(a.session_present),
-        _ => None,
-    })
-    .await;
-    (c, el, present)
-}
-
-async fn hang_up(c: AsyncClient, mut el: EventLoop) {
-    c.disconnect().await.unwrap();
-    let _ = tokio::time::timeout(QUIET, async { while el.poll().await.is_ok() {} }).await;
-}
-
-async fn hang_up5(c: rumqttc::v5::AsyncClient, mut el: rumqttc::v5::EventLoop) {
-    c.disconnect().await.unwrap();
-    let _ = tokio::time::timeout(QUIET, async { while el.poll().await.is_ok() {} }).await;
-}
-
-/// Publishes QoS 1 messages `payloads` on `topic`, each acknowledged.
-async fn publish_acked(b: &TestBroker, topic: &str, payloads: &[&str]) {
-    let (c, mut el) = connect_v4(b, Via::Tcp, "publisher", None).await.unwrap();
-    for p in payloads {
-        c.publish(topic, QoS::AtLeastOnce, false, p.as_bytes().to_vec())
-            .await
-            .unwrap();
-        next_v4(&mut el, |p| matches!(p, Packet::PubAck(_)).then_some(())).await;
+/// CONNECT for a session that outlives the connection and resumes a stored one: Clean
+/// Session 0 (3.1.1); Clean Start 0 and a Session Expiry Interval of `expiry` (5).
+fn resume(id: &str, ver: Ver, expiry: u32) -> Conn {
+    let mut c = Conn::new(id);
+    c.clean = false;
+    if ver == Ver::V5 {
+        c = c.props(connect_props(|p| p.session_expiry_interval = Some(expiry)));
     }
-    hang_up(c, el).await;
+    c
 }
 
-async fn payloads4(el: &mut EventLoop, n: usize) -> Vec<(String, bool)> {
+/// CONNECT that starts a new session (Clean Session / Clean Start 1) kept for 60 s after
+/// the connection in v5 (3.1.1: a clean session ends with the connection).
+fn fresh_kept(id: &str, ver: Ver) -> Conn {
+    let mut c = resume(id, ver, 60);
+    c.clean = true;
+    c
+}
+
+/// Connects and returns the client with the CONNACK's session present flag.
+async fn connect(t: &Target, via: Via, ver: Ver, conn: Conn) -> (Client, bool) {
+    let mut c = t.open(via, ver).await;
+    let ack = c.connect(conn).await;
+    assert_eq!(ack.code, 0, "CONNACK {ack:?}");
+    (c, ack.session_present)
+}
+
+/// Ends the session of `id`: a clean connection, then DISCONNECT.
+async fn forget(t: &Target, via: Via, ver: Ver, id: &str) {
+    let (c, _) = connect(t, via, ver, Conn::new(id)).await;
+    c.disconnect(0).await;
+}
+
+/// Publishes each payload on `topic` at QoS 1 and waits for its PUBACK.
+async fn publish_acked(t: &Target, via: Via, ver: Ver, topic: &str, payloads: &[&str]) {
+    let mut p = t.connect(via, ver, &unique("pub")).await;
+    for payload in payloads {
+        p.publish_acked(topic, payload.as_bytes()).await;
+    }
+    p.disconnect(0).await;
+}
+
+/// The next `n` PUBLISHes, QoS 1 ones acknowledged.
+async fn take(c: &mut Client, n: usize) -> Vec<Msg> {
     let mut got = Vec::new();
-    tokio::time::timeout(WAIT, async {
-        while got.len() < n {
-            if let Event::Incoming(Packet::Publish(p)) = el.poll().await.unwrap() {
-                got.push((String::from_utf8_lossy(&p.payload).into_owned(), p.dup));
-            }
+    while got.len() < n {
+        let m = c.next_msg().await;
+        if m.qos == 1 {
+            c.puback(m.pkid).await;
         }
-    })
-    .await
-    .expect("queued messages in time");
+        got.push(m);
+    }
     got
 }
 
-/// [MQTT-3.2.2-1] [MQTT-3.2.2-2] [MQTT-3.2.2-3] [MQTT-3.1.2-6]: session present is 0 for
-/// a clean session and for a new persistent one, 1 when a stored session is resumed;
-/// a clean session discards the stored one.
-#[tokio::test]
-async fn session_present_flag_v4() {
-    let b = broker().await;
-    for (via, id) in [(Via::Tcp, "sp-tcp"), (Via::Ws, "sp-ws")] {
-        let (c, el, sp) = connect4(&b, via, id, true, false).await;
-        assert!(!sp, "clean session");
-        hang_up(c, el).await;
-        let (c, el, sp) = connect4(&b, via, id, false, false).await;
-        assert!(!sp, "no stored session yet");
-        hang_up(c, el).await;
-        let (c, el, sp) = connect4(&b, via, id, false, false).await;
-        assert!(sp, "stored session resumed ({via:?})");
-        hang_up(c, el).await;
-        let (c, el, sp) = connect4(&b, via, id, true, false).await;
-        assert!(!sp, "clean session");
-        hang_up(c, el).await;
-        let (c, el, sp) = connect4(&b, via, id, false, false).await;
-        assert!(!sp, "the clean session discarded the stored one");
-        hang_up(c, el).await;
-    }
+fn payloads(msgs: &[Msg]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect()
 }
 
-/// [MQTT-3.1.2-4] [MQTT-3.1.2-5] [MQTT-4.6.0-6]: subscriptions survive a reconnect, and
-/// QoS 1 messages published while the client was away are delivered after it, in order.
-#[tokio::test]
-async fn queued_messages_after_reconnect_v4() {
-    let b = broker().await;
-    for (via, id) in [(Via::Tcp, "q-tcp"), (Via::Ws, "q-ws")] {
-        let (c, mut el, _) = connect4(&b, via, id, false, false).await;
-        subscribe_v4(&c, &mut el, "q/+", QoS::AtLeastOnce).await;
-        hang_up(c, el).await;
-        publish_acked(&b, "q/1", &["a", "b", "c", "d"]).await;
-        let (c, mut el, sp) = connect4(&b, via, id, false, false).await;
-        assert!(sp);
-        let got = payloads4(&mut el, 4).await;
-        let got: Vec<_> = got.into_iter().map(|(p, _)| p).collect();
-        assert_eq!(got, ["a", "b", "c", "d"], "{via:?}");
-        // The subscription itself survived: live traffic arrives too.
-        publish_acked(&b, "q/2", &["live"]).await;
-        assert_eq!(payloads4(&mut el, 1).await[0].0, "live");
-        hang_up(c, el).await;
-    }
+/// [MQTT-3.2.2-1] [MQTT-3.2.2-2] [MQTT-3.2.2-3] [MQTT-3.1.2-6] (5: [MQTT-3.1.2-4]):
+/// session present is 0 for a clean session and for a new persistent one, 1 when a
+/// stored session is resumed; a clean session discards the stored one.
+async fn session_present(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let id = unique("sp");
+    let (c, sp) = connect(&t, via, ver, Conn::new(&id)).await;
+    assert!(!sp, "clean session");
+    c.disconnect(0).await;
+    let (c, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    assert!(!sp, "no stored session yet");
+    c.disconnect(0).await;
+    let (c, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    assert!(sp, "stored session resumed");
+    c.disconnect(0).await;
+    let (c, sp) = connect(&t, via, ver, Conn::new(&id)).await;
+    assert!(!sp, "clean session");
+    c.disconnect(0).await;
+    let (c, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    assert!(!sp, "the clean session discarded the stored one");
+    c.disconnect(0).await;
+    forget(&t, via, ver, &id).await;
 }
+matrix!(session_present_flag_mqtt_3_2_2_2, session_present);
+
+/// [MQTT-3.1.2-4] [MQTT-3.1.2-5] [MQTT-4.6.0-6] (5: [MQTT-3.1.2-23]): subscriptions
+/// survive a reconnect, and QoS 1 messages published while the client was away are
+/// delivered after it, in order.
+async fn queued_after_reconnect(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let id = unique("q");
+    let prefix = unique("q/");
+    let (mut c, _) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    assert_eq!(c.subscribe(&format!("{prefix}/+"), 1).await, [1]);
+    c.disconnect(0).await;
+    let topic = format!("{prefix}/1");
+    publish_acked(&t, via, ver, &topic, &["a", "b", "c", "d"]).await;
+    let (mut c, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    assert!(sp, "session resumed");
+    assert_eq!(payloads(&take(&mut c, 4).await), ["a", "b", "c", "d"]);
+    // The subscription itself survived: live traffic arrives too.
+    publish_acked(&t, via, ver, &format!("{prefix}/2"), &["live"]).await;
+    assert_eq!(payloads(&take(&mut c, 1).await), ["live"]);
+    c.disconnect(0).await;
+    forget(&t, via, ver, &id).await;
+}
+matrix!(
+    queued_messages_after_reconnect_mqtt_3_1_2_5,
+    queued_after_reconnect
+);
 
 /// v5: Session Expiry Interval > 0 keeps the session (queued messages delivered,
-/// session present), 0 ends it with the connection, and an expired session is gone
-/// [MQTT-3.1.2-23] [MQTT-3.2.2-2].
-#[tokio::test]
-async fn v5_session_expiry() {
-    let b = broker().await;
-    for (via, id) in [(Via::Tcp, "x-tcp"), (Via::Ws, "x-ws")] {
-        let (c, el, sp) = connect5(&b, via, id, true, Some(60)).await;
-        assert!(!sp);
-        c.subscribe("x/t", Q5::AtLeastOnce).await.unwrap();
-        let mut el = el;
-        next_v5(&mut el, |p| matches!(p, P5::SubAck(_)).then_some(())).await;
-        hang_up5(c, el).await;
-        publish_acked(&b, "x/t", &["1", "2"]).await;
-        let (c, mut el, sp) = connect5(&b, via, id, false, Some(0)).await;
-        assert!(sp, "resumed ({via:?})");
-        let mut got = Vec::new();
-        while got.len() < 2 {
-            let p = next_v5(&mut el, |p| match p {
-                P5::Publish(p) => Some(p.payload.to_vec()),
-                _ => None,
-            })
-            .await;
-            got.push(p);
-        }
-        assert_eq!(got, [b"1".to_vec(), b"2".to_vec()]);
-        hang_up5(c, el).await;
-        // That connection had expiry 0: nothing is left.
-        let (c, el, sp) = connect5(&b, via, id, false, Some(1)).await;
-        assert!(!sp, "expiry 0 ended the session");
-        hang_up5(c, el).await;
-    }
+/// session present) [MQTT-3.1.2-23]; 0 ends it with the connection; a session whose
+/// interval has passed is gone. (The wait is 2.5 s for an interval of 1 s: the spec
+/// sets no deadline for the purge, and Mosquitto checks expiry once a second.)
+async fn session_expiry(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let id = unique("x");
+    let topic = unique("x/");
+    let (mut c, sp) = connect(&t, via, ver, fresh_kept(&id, ver)).await;
+    assert!(!sp);
+    c.subscribe(&topic, 1).await;
+    c.disconnect(0).await;
+    publish_acked(&t, via, ver, &topic, &["1", "2"]).await;
+    let (mut c, sp) = connect(&t, via, ver, resume(&id, ver, 0)).await;
+    assert!(sp, "resumed");
+    assert_eq!(payloads(&take(&mut c, 2).await), ["1", "2"]);
+    c.disconnect(0).await;
+    // That connection had expiry 0: nothing is left.
+    let (c, sp) = connect(&t, via, ver, resume(&id, ver, 1)).await;
+    assert!(!sp, "expiry 0 ended the session");
+    c.disconnect(0).await;
     // Expiry 1 s: gone after it.
-    let (c, el, _) = connect5(&b, Via::Tcp, "short", false, Some(1)).await;
-    hang_up5(c, el).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (c, el, sp) = connect5(&b, Via::Tcp, "short", false, Some(1)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (c, sp) = connect(&t, via, ver, resume(&id, ver, 1)).await;
     assert!(!sp, "expired session purged");
-    hang_up5(c, el).await;
+    c.disconnect(0).await;
+    forget(&t, via, ver, &id).await;
 }
+matrix!(v5_session_expiry_mqtt_3_1_2_23, session_expiry, v5);
 
-/// `mqtt.max_queued_messages`: the oldest queued messages are dropped and counted.
-#[tokio::test]
-async fn queue_bound_drops_oldest() {
-    let mut config = config();
-    config.max_queued_messages = 3;
-    let b = TestBroker::with_config(config).await;
-    let (c, mut el, _) = connect4(&b, Via::Tcp, "bounded", false, false).await;
-    subscribe_v4(&c, &mut el, "bq", QoS::AtLeastOnce).await;
-    hang_up(c, el).await;
-    publish_acked(&b, "bq", &["1", "2", "3", "4", "5"]).await;
-    let (_c, mut el, _) = connect4(&b, Via::Tcp, "bounded", false, false).await;
-    let got: Vec<_> = payloads4(&mut el, 3)
-        .await
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    assert_eq!(got, ["3", "4", "5"]);
-    assert_eq!(b.handle.stats().drops.session_queue_full, 2);
+/// `mqtt.max_queued_messages`: the oldest queued messages are dropped and counted
+/// (fleetmq only: needs the config and the drop counter).
+async fn queue_bound(via: Via, ver: Ver) {
+    let t = Target::with(|c| c.max_queued_messages = 3).await;
+    if t.skip_external("needs mqtt.max_queued_messages = 3 and fleetmq's drop counter") {
+        return;
+    }
+    let (mut c, _) = connect(&t, via, ver, resume("bounded", ver, 60)).await;
+    c.subscribe("bq", 1).await;
+    c.disconnect(0).await;
+    publish_acked(&t, via, ver, "bq", &["1", "2", "3", "4", "5"]).await;
+    let (mut c, _) = connect(&t, via, ver, resume("bounded", ver, 60)).await;
+    assert_eq!(payloads(&take(&mut c, 3).await), ["3", "4", "5"]);
+    let stats = t.broker.as_ref().expect("fleetmq").handle.stats();
+    assert_eq!(stats.drops.session_queue_full, 2);
 }
+matrix!(queue_bound_drops_oldest, queue_bound, [tcp_v4: Tcp V4]);
 
-/// [MQTT-4.4.0-1]: a QoS 1 message the client did not acknowledge before it left is
-/// sent again after reconnect with DUP=1.
-#[tokio::test]
-async fn unacked_redelivered_with_dup() {
-    let b = broker().await;
-    let (c, mut el, _) = connect4(&b, Via::Tcp, "unacked", false, true).await;
-    subscribe_v4(&c, &mut el, "u", QoS::AtLeastOnce).await;
-    let (p, mut pel) = connect_v4(&b, Via::Tcp, "pub-u", None).await.unwrap();
-    p.publish("u", QoS::AtLeastOnce, false, b"once".to_vec())
-        .await
-        .unwrap();
-    next_v4(&mut pel, |p| matches!(p, Packet::PubAck(_)).then_some(())).await;
-    let first = payloads4(&mut el, 1).await;
-    assert_eq!(first, [("once".to_owned(), false)]);
-    drop(c);
-    drop(el);
-    let (_c, mut el, sp) = connect4(&b, Via::Tcp, "unacked", false, false).await;
+/// A QoS 1 message the client did not acknowledge before it dropped the connection,
+/// as first delivered and as delivered again after the reconnect.
+async fn redelivery(via: Via, ver: Ver) -> (Msg, Msg) {
+    let t = Target::start().await;
+    let id = unique("unacked");
+    let topic = unique("u/");
+    let (mut c, _) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    c.subscribe(&topic, 1).await;
+    publish_acked(&t, via, ver, &topic, &["once"]).await;
+    let first = c.next_msg().await;
+    c.drop_connection().await;
+    let (mut c, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
     assert!(sp);
-    assert_eq!(payloads4(&mut el, 1).await, [("once".to_owned(), true)]);
+    let again = take(&mut c, 1).await.remove(0);
+    c.disconnect(0).await;
+    forget(&t, via, ver, &id).await;
+    (first, again)
 }
 
-/// Persistent sessions, their queues and subscriptions survive a broker restart.
-#[tokio::test]
-async fn sessions_survive_restart() {
-    let b = broker().await;
-    let (c, el, _) = connect5(&b, Via::Ws, "durable", true, Some(3600)).await;
-    c.subscribe("d/#", Q5::AtLeastOnce).await.unwrap();
-    let mut el = el;
-    next_v5(&mut el, |p| matches!(p, P5::SubAck(_)).then_some(())).await;
-    hang_up5(c, el).await;
-    publish_acked(&b, "d/x", &["before"]).await;
-    let dir = b.stop().await;
-    let b = TestBroker::with_config_in(config(), dir).await;
-    publish_acked(&b, "d/y", &["after"]).await;
-    let (_c, mut el, sp) = connect5(&b, Via::Tcp, "durable", false, Some(3600)).await;
+/// [MQTT-4.4.0-1] [MQTT-3.3.1-1]: a QoS 1 message the client did not acknowledge before
+/// it left is sent again after the reconnect, with DUP=1.
+async fn unacked_redelivered(via: Via, ver: Ver) {
+    let (first, again) = redelivery(via, ver).await;
+    assert_eq!((first.payload.as_slice(), first.dup), (&b"once"[..], false));
+    assert_eq!((again.payload.as_slice(), again.dup), (&b"once"[..], true));
+}
+matrix!(
+    unacked_redelivered_with_dup_mqtt_4_4_0_1,
+    unacked_redelivered
+);
+
+/// [MQTT-4.4.0-1]: ... and with its original Packet Identifier. fleetmq keeps the
+/// message (`router_inflight` in `broker/src/link/session_link.rs`) but re-sends it as
+/// one of the link's own messages, numbered from the link's packet id range; reported,
+/// not fixed here: the outbound delivery path in `broker/src/link/` is being rewritten.
+async fn unacked_redelivered_same_pkid(via: Via, ver: Ver) {
+    let (first, again) = redelivery(via, ver).await;
+    assert_eq!(again.pkid, first.pkid, "{again:?}");
+}
+matrix!(
+    unacked_redelivered_with_original_packet_id_mqtt_4_4_0_1,
+    unacked_redelivered_same_pkid,
+    [tcp_v4: Tcp V4, tcp_v5: Tcp V5, ws_v4: Ws V4, ws_v5: Ws V5],
+    ignore = "fleetmq re-sends with a new packet id (reported, broker/src/link is being rewritten)"
+);
+
+/// Persistent sessions, their queues and subscriptions survive a broker restart
+/// (fleetmq only: the suite cannot restart another broker; `tests/restart.rs` does the
+/// same through SIGTERM and kill -9 of the binary).
+async fn survive_restart(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    if t.skip_external("restarts the broker") {
+        return;
+    }
+    let (mut c, _) = connect(&t, via, ver, fresh_kept("durable", ver)).await;
+    c.subscribe("d/#", 1).await;
+    c.disconnect(0).await;
+    publish_acked(&t, via, ver, "d/x", &["before"]).await;
+    let t = t.restart().await;
+    publish_acked(&t, via, ver, "d/y", &["after"]).await;
+    let (mut c, sp) = connect(&t, via, ver, resume("durable", ver, 3600)).await;
     assert!(sp);
-    let mut got = Vec::new();
-    while got.len() < 2 {
-        let p = next_v5(&mut el, |p| match p {
-            P5::Publish(p) => Some(String::from_utf8_lossy(&p.payload).into_owned()),
-            _ => None,
-        })
-        .await;
-        got.push(p);
-    }
-    assert_eq!(got, ["before", "after"]);
+    assert_eq!(payloads(&take(&mut c, 2).await), ["before", "after"]);
 }
+matrix!(sessions_survive_restart, survive_restart, [ws_v5: Ws V5]);
 
-// ---- MQTT 5 properties through the queue ------------------------------------------
-
-/// A v5 subscriber's persistent session with `pr/+` (identifier 5) and `pr/x/#`
-/// (identifier 6), parked.
-async fn park_v5_subscriber(b: &TestBroker, via: Via, id: &str) {
-    let (c, mut el, _) = connect5(b, via, id, true, Some(3600)).await;
-    for (filter, sub_id) in [("pr/+", 5), ("pr/x/#", 6)] {
-        let props = SubscribeProperties {
-            id: Some(sub_id),
-            user_properties: Vec::new(),
-        };
-        c.subscribe_with_properties(filter, Q5::AtLeastOnce, props)
-            .await
-            .unwrap();
-        next_v5(&mut el, |p| matches!(p, P5::SubAck(_)).then_some(())).await;
-    }
-    hang_up5(c, el).await;
-}
-
-fn message_properties() -> PublishProperties {
-    PublishProperties {
-        payload_format_indicator: Some(1),
-        message_expiry_interval: Some(3600),
-        response_topic: Some("reply/here".into()),
-        correlation_data: Some(bytes::Bytes::from_static(b"\x00corr")),
-        user_properties: vec![
-            ("a".into(), "1".into()),
-            // fleetmq's internal retain mark: a client cannot set it, nobody sees it.
-            ("fleetmq:retain".into(), String::new()),
-            ("a".into(), "2".into()),
-        ],
-        content_type: Some("text/plain".into()),
-        ..PublishProperties::default()
-    }
-}
-
-async fn publish_v5_props(b: &TestBroker, topic: &str, payload: &str) {
-    let (c, mut el) = connect_v5(b, Via::Tcp, "prop-publisher", None)
-        .await
-        .unwrap();
-    c.publish_with_properties(
-        topic,
-        Q5::AtLeastOnce,
-        false,
-        payload.as_bytes().to_vec(),
-        message_properties(),
-    )
-    .await
-    .unwrap();
-    next_v5(&mut el, |p| matches!(p, P5::PubAck(_)).then_some(())).await;
-    hang_up5(c, el).await;
-}
-
-async fn next_publish5(el: &mut rumqttc::v5::EventLoop) -> rumqttc::v5::mqttbytes::v5::Publish {
-    next_v5(el, |p| match p {
-        P5::Publish(p) => Some(p.clone()),
-        _ => None,
-    })
-    .await
-}
-
-/// What a queued message must arrive with: the publisher's properties in order
-/// [MQTT-3.3.2-18] (fleetmq's own removed), the expiry counted down [MQTT-3.3.2-6], and
-/// the identifiers of every matching subscription of the receiving session
-/// [MQTT-3.3.4-3].
-fn assert_queued_properties(p: &rumqttc::v5::mqttbytes::v5::Publish, ids: &[usize]) {
-    let props = p.properties.clone().expect("properties kept");
-    let sent = message_properties();
-    assert_eq!(props.payload_format_indicator, Some(1));
-    assert_eq!(props.response_topic, sent.response_topic);
-    assert_eq!(props.correlation_data, sent.correlation_data);
-    assert_eq!(props.content_type, sent.content_type);
-    assert_eq!(
-        props.user_properties,
-        [
-            ("a".to_owned(), "1".to_owned()),
-            ("a".to_owned(), "2".to_owned())
-        ]
-    );
-    let left = props.message_expiry_interval.expect("expiry kept");
-    assert!((3500..=3600).contains(&left), "{left}");
-    assert_eq!(props.subscription_identifiers, ids);
-    assert!(!p.retain);
-}
-
-/// A message queued for a parked MQTT 5 session keeps its PUBLISH properties, and the
-/// resumed session's live messages carry their subscription identifiers again; a 3.1.1
-/// session gets the message without properties.
-#[tokio::test]
-async fn v5_properties_survive_the_session_queue() {
-    let b = broker().await;
-    for (via, id) in [(Via::Tcp, "props-tcp"), (Via::Ws, "props-ws")] {
-        park_v5_subscriber(&b, via, id).await;
-        let v4_id = format!("{id}-v4");
-        let (c, mut el, _) = connect4(&b, via, &v4_id, false, false).await;
-        subscribe_v4(&c, &mut el, "pr/#", QoS::AtLeastOnce).await;
-        hang_up(c, el).await;
-        publish_v5_props(&b, "pr/x", "queued").await;
-        let (_c, mut el, sp) = connect5(&b, via, id, false, Some(3600)).await;
-        assert!(sp);
-        let p = next_publish5(&mut el).await;
-        assert_eq!(&p.payload[..], b"queued");
-        assert_queued_properties(&p, &[5, 6]);
-        // Live, after resume: `pr/y` matches `pr/+` only.
-        publish_v5_props(&b, "pr/y", "live").await;
-        let p = next_publish5(&mut el).await;
-        assert_eq!(&p.payload[..], b"live");
-        let ids = p.properties.map(|p| p.subscription_identifiers);
-        assert_eq!(ids, Some(vec![5]), "{via:?}");
-        let (_c4, mut el4, sp) = connect4(&b, via, &v4_id, false, false).await;
-        assert!(sp);
-        assert_eq!(payloads4(&mut el4, 2).await[0].0, "queued");
-    }
-}
-
-/// The queued properties are in redb: they survive a restart.
-#[tokio::test]
-async fn v5_queued_properties_survive_restart() {
-    let b = broker().await;
-    park_v5_subscriber(&b, Via::Tcp, "props-durable").await;
-    publish_v5_props(&b, "pr/x", "kept").await;
-    let dir = b.stop().await;
-    let b = TestBroker::with_config_in(config(), dir).await;
-    let (_c, mut el, sp) = connect5(&b, Via::Tcp, "props-durable", false, Some(3600)).await;
+/// [MQTT-4.3.3-9] [MQTT-4.3.3-10] (5: [MQTT-4.3.3-10] [MQTT-4.3.3-11]): inbound QoS 2
+/// state outlives the connection of a persistent session: after the reconnect a
+/// re-sent PUBLISH (DUP=1) is acknowledged but not delivered again, and the PUBREL gets
+/// its PUBCOMP.
+async fn inbound_qos2_across_reconnect(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let topic = unique("q2/");
+    let id = unique("q2pub");
+    let mut sub = t.connect(via, ver, &unique("q2sub")).await;
+    sub.subscribe(&topic, 0).await;
+    let (mut p, _) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    let pubrec = |p: &In| matches!(p, In::PubRec { pkid: 7, .. });
+    p.publish_raw(&topic, b"x", 2, false, false, 7, None).await;
+    p.expect(pubrec).await;
+    p.drop_connection().await;
+    let (mut p, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
     assert!(sp);
-    let p = next_publish5(&mut el).await;
-    assert_eq!(&p.payload[..], b"kept");
-    assert_queued_properties(&p, &[5, 6]);
+    p.publish_raw(&topic, b"x", 2, false, true, 7, None).await;
+    p.expect(pubrec).await;
+    p.pubrel(7).await;
+    p.expect(|p| matches!(p, In::PubComp { pkid: 7, .. })).await;
+    let got = sub.msgs_within(QUIET).await;
+    assert_eq!(payloads(&got), ["x"], "delivered exactly once");
+    p.disconnect(0).await;
+    forget(&t, via, ver, &id).await;
 }
+matrix!(
+    inbound_qos2_across_reconnect_mqtt_4_3_3_10,
+    inbound_qos2_across_reconnect
+);
 
-// ---- raw 3.1.1 packets for inbound QoS 2 ------------------------------------------
-
-fn connect_packet(id: &str, clean: bool) -> Vec<u8> {
-    let mut body = vec![
-        0,
-        4,
-        b'M',
-        b'Q',
-        b'T',
-        b'T',
-        4,
-        if clean { 2 } else { 0 },
-        0,
-        60,
-    ];
-    body.extend((id.len() as u16).to_be_bytes());
-    body.extend(id.as_bytes());
-    let mut p = vec![0x10, body.len() as u8];
-    p.extend(body);
-    p
-}
-
-fn publish_qos2(topic: &str, pkid: u16, payload: &[u8], dup: bool) -> Vec<u8> {
-    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-    body.extend(topic.as_bytes());
-    body.extend(pkid.to_be_bytes());
-    body.extend(payload);
-    let mut p = vec![0x34 | if dup { 8 } else { 0 }, body.len() as u8];
-    p.extend(body);
-    p
-}
-
-async fn raw_connect(b: &TestBroker, id: &str, clean: bool) -> (tokio::net::TcpStream, bool) {
-    let mut s = tokio::net::TcpStream::connect(b.tcp).await.unwrap();
-    s.write_all(&connect_packet(id, clean)).await.unwrap();
-    let ack = read_packet(&mut s).await;
-    assert_eq!(ack[0], 0x20);
-    (s, ack[2] & 1 == 1)
-}
-
-async fn read_packet(s: &mut tokio::net::TcpStream) -> Vec<u8> {
-    let mut head = [0u8; 2];
-    tokio::time::timeout(WAIT, s.read_exact(&mut head))
-        .await
-        .expect("packet in time")
-        .unwrap();
-    let mut rest = vec![0u8; usize::from(head[1])];
-    s.read_exact(&mut rest).await.unwrap();
-    let mut p = head.to_vec();
-    p.extend(rest);
-    p
-}
-
-/// [MQTT-4.3.3-9] [MQTT-4.3.3-10]: inbound QoS 2 state outlives the connection of a
-/// persistent session: after reconnect a re-sent PUBLISH (DUP=1) is acknowledged but
-/// not delivered again, and the PUBREL gets its PUBCOMP.
-#[tokio::test]
-async fn inbound_qos2_across_reconnect() {
-    let b = broker().await;
-    let (sub, mut sel) = connect_v4(&b, Via::Tcp, "q2-sub", None).await.unwrap();
-    subscribe_v4(&sub, &mut sel, "q2", QoS::ExactlyOnce).await;
-    let (mut s, _) = raw_connect(&b, "q2-pub", false).await;
-    s.write_all(&publish_qos2("q2", 7, b"x", false))
-        .await
-        .unwrap();
-    assert_eq!(read_packet(&mut s).await, [0x50, 2, 0, 7]);
-    drop(s);
-    let (mut s, present) = raw_connect(&b, "q2-pub", false).await;
-    assert!(present);
-    s.write_all(&publish_qos2("q2", 7, b"x", true))
-        .await
-        .unwrap();
-    assert_eq!(read_packet(&mut s).await, [0x50, 2, 0, 7]);
-    s.write_all(&[0x62, 2, 0, 7]).await.unwrap();
-    assert_eq!(read_packet(&mut s).await, [0x70, 2, 0, 7]);
-    let got = publishes_v4(&mut sel, QUIET).await;
-    assert_eq!(
-        got,
-        [("q2".to_owned(), b"x".to_vec())],
-        "delivered exactly once"
-    );
-}
-
-fn connect_v5_packet(id: &str, clean: bool, expiry: u32) -> Vec<u8> {
-    let mut body = vec![
-        0,
-        4,
-        b'M',
-        b'Q',
-        b'T',
-        b'T',
-        5,
-        if clean { 2 } else { 0 },
-        0,
-        60,
-    ];
-    body.push(5);
-    body.push(0x11);
-    body.extend(expiry.to_be_bytes());
-    body.extend((id.len() as u16).to_be_bytes());
-    body.extend(id.as_bytes());
-    let mut p = vec![0x10, body.len() as u8];
-    p.extend(body);
-    p
-}
-
-/// v5 [MQTT-3.14.2-2] and §3.14.2.2.2: a DISCONNECT may change the Session Expiry
-/// Interval; set to 0 the session ends with the connection.
-#[tokio::test]
-async fn v5_disconnect_changes_session_expiry() {
-    let b = broker().await;
+/// v5 §3.14.2.2.2: a DISCONNECT may change the Session Expiry Interval; set to 0 the
+/// session ends with the connection.
+async fn disconnect_changes_expiry(via: Via, ver: Ver) {
+    let t = Target::start().await;
     for (change, kept) in [(None, true), (Some(0u32), false)] {
-        let mut s = tokio::net::TcpStream::connect(b.tcp).await.unwrap();
-        s.write_all(&connect_v5_packet("dx", true, 60))
-            .await
-            .unwrap();
-        assert_eq!(read_packet(&mut s).await[0], 0x20);
+        let id = unique("dx");
+        let (mut c, _) = connect(&t, via, ver, fresh_kept(&id, ver)).await;
         let disconnect = match change {
             None => vec![0xe0, 0],
             Some(e) => {
@@ -512,11 +282,17 @@ async fn v5_disconnect_changes_session_expiry() {
                 d
             }
         };
-        s.write_all(&disconnect).await.unwrap();
-        let mut rest = Vec::new();
-        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await;
-        let (c, el, sp) = connect5(&b, Via::Tcp, "dx", false, Some(60)).await;
+        c.send_raw(&disconnect).await;
+        // Until the server closes the connection (or WAIT passes).
+        while c.recv_within(WAIT).await.is_some() {}
+        let (c, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
         assert_eq!(sp, kept, "DISCONNECT expiry {change:?}");
-        hang_up5(c, el).await;
+        c.disconnect(0).await;
+        forget(&t, via, ver, &id).await;
     }
 }
+matrix!(
+    v5_disconnect_changes_session_expiry_mqtt_3_14_2,
+    disconnect_changes_expiry,
+    v5
+);
