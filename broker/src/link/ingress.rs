@@ -1,7 +1,7 @@
 //! Client → router: frames are decoded, checked (protocol, ACL, size), decrypted, and
 //! batched for the router; acks and refusals the router cannot give are answered here.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fleetmq_storage::now_ms;
 use rumqttd::protocol::{
     DisconnectReasonCode as Reason, Filter, Packet, PingResp, PubAck, PubAckReason, PubComp,
@@ -18,13 +18,16 @@ use super::topic;
 use crate::auth::Identity;
 use crate::fleet::{LinkEvent, Upstream};
 use crate::stats::{DropCause, Stats};
+use tokio::time::Instant;
 
 impl Connection {
-    /// Processes every complete frame in the read buffer.
+    /// Processes every complete frame in the read buffer, up to a QoS 1/2 PUBLISH that
+    /// must wait for a congested subscriber (`congestion.rs`); while one waits, only the
+    /// client's acks and pings are taken from the buffer.
     pub(super) async fn ingress(&mut self) -> Result<(), Ending> {
         let max = self.core.max_packet();
-        let mut result = Ok(());
-        while result.is_ok() {
+        let mut result = self.retry_stalled().await;
+        while result.is_ok() && self.stalled.is_none() {
             let frame = match framing::peek(&self.read_buf, max) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -41,19 +44,99 @@ impl Connection {
             result = match framing::decode(self.s.version, frame, bytes, max) {
                 Ok(packet) => {
                     self.core.stats.packet_in(packet_type);
-                    self.packet(packet, meta).await
+                    if self.must_wait(&packet, meta) {
+                        Stats::add(&self.core.stats.publisher_pauses, 1);
+                        self.stalled = Some((packet, meta));
+                        Ok(())
+                    } else {
+                        self.packet(packet, meta).await
+                    }
                 }
                 Err(e) => Err(self.frame_error(e)),
             };
+        }
+        if result.is_ok() && self.stalled.is_some() {
+            result = self.acks_while_stalled().await;
         }
         self.session_sync().await;
         self.flush().await?;
         if result.is_ok() {
             self.send_to_router().await?;
+            self.update_congestion();
         }
         // On an ending, what is queued for the router leaves together with the
         // link's Disconnect, in one router event (see `Connection::leave_router`).
         result
+    }
+
+    /// Whether a PUBLISH must wait: QoS 1/2 on a topic a congested connection other than
+    /// this one subscribed to. Checked before the publish is routed, so its PUBACK/PUBREC
+    /// waits too.
+    fn must_wait(&mut self, packet: &Packet, meta: Option<PublishMeta>) -> bool {
+        let (Packet::Publish(publish, props), Some(meta)) = (packet, meta) else {
+            return false;
+        };
+        if meta.qos == 0 {
+            return false;
+        }
+        // Seen before checking, so a connection leaving in between wakes us.
+        self.congestion_rx.borrow_and_update();
+        let alias = props.as_ref().and_then(|p| p.topic_alias);
+        let Ok(raw) = std::str::from_utf8(&publish.topic) else {
+            return false;
+        };
+        match self.aliases.peek(raw, alias) {
+            Some(topic) => self.core.congestion.blocks(self.s.conn_id, topic),
+            None => false,
+        }
+    }
+
+    /// Handles the waiting PUBLISH if its subscribers are no longer congested.
+    async fn retry_stalled(&mut self) -> Result<(), Ending> {
+        let Some((packet, meta)) = self.stalled.take() else {
+            return Ok(());
+        };
+        if self.must_wait(&packet, meta) {
+            self.stalled = Some((packet, meta));
+            return Ok(());
+        }
+        // The client could not be read while it waited: its keepalive starts over.
+        self.last_read = Instant::now();
+        self.packet(packet, meta).await
+    }
+
+    /// While a PUBLISH waits: handles the acks (PUBACK, PUBREC, PUBCOMP) and PINGREQs
+    /// among the buffered frames, so a paused publisher's own subscriptions keep
+    /// draining; everything else stays in order behind the waiting PUBLISH.
+    async fn acks_while_stalled(&mut self) -> Result<(), Ending> {
+        let max = self.core.max_packet();
+        let mut rest = std::mem::take(&mut self.read_buf);
+        let mut keep = BytesMut::with_capacity(rest.len());
+        let mut acks = Vec::new();
+        loop {
+            match framing::peek(&rest, max) {
+                Ok(Some(frame)) if matches!(frame.packet_type(), 4 | 5 | 7 | 12) => {
+                    let bytes = rest.split_to(frame.len);
+                    acks.push((frame, bytes));
+                }
+                Ok(Some(frame)) => keep.extend_from_slice(&rest.split_to(frame.len)),
+                // Incomplete or bad: left for the normal path once the PUBLISH is through.
+                Ok(None) | Err(_) => break,
+            }
+        }
+        keep.extend_from_slice(&rest);
+        self.read_buf = keep;
+        for (frame, bytes) in acks {
+            let packet_type = frame.packet_type();
+            match framing::decode(self.s.version, frame, bytes, max) {
+                Ok(packet) => {
+                    self.core.stats.packet_in(packet_type);
+                    self.packet(packet, None).await?;
+                }
+                Err(e) => return Err(self.frame_error(e)),
+            }
+        }
+        Ok(())
     }
 
     fn frame_error(&self, e: FrameError) -> Ending {
@@ -75,43 +158,23 @@ impl Connection {
                 let meta = meta.ok_or(Ending::Violation(Reason::MalformedPacket))?;
                 self.publish(publish, props, meta).await
             }
-            Packet::PubAck(ack, props) => {
-                let pkid = ack.pkid;
-                if !self.command_acked(pkid).await && !self.local_ack(4, pkid) {
-                    self.session_client_acked(pkid);
-                    self.client_ack(pkid, Packet::PubAck(ack, props));
-                    self.completed(pkid);
+            Packet::PubAck(ack, _) => {
+                if !self.command_acked(ack.pkid).await && !self.out_ack(4, ack.pkid, false) {
+                    tracing::debug!(client_id = %self.s.client_id, pkid = ack.pkid, "PUBACK for nothing in flight ignored");
                 }
                 Ok(())
             }
-            Packet::PubRec(rec, props) => {
-                let pkid = rec.pkid;
-                if !self.local_ack(5, pkid) {
-                    // A PUBREC with an error code ends the exchange [MQTT-4.3.3-?, 4.9].
-                    let failed = !matches!(
-                        rec.reason,
-                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
-                    );
-                    self.session_client_acked(pkid);
-                    self.client_ack(pkid, Packet::PubRec(rec, props));
-                    if failed {
-                        self.completed(pkid);
-                    }
-                }
+            Packet::PubRec(rec, _) => {
+                // A PUBREC with an error code ends the exchange [MQTT-4.3.3].
+                let failed = !matches!(
+                    rec.reason,
+                    PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                );
+                self.out_ack(5, rec.pkid, failed);
                 Ok(())
             }
-            Packet::PubComp(comp, props) => {
-                let pkid = comp.pkid;
-                if !self.local_ack(7, pkid)
-                    && !self.acks.client_pubcomp(
-                        pkid,
-                        Packet::PubComp(comp, props),
-                        &mut self.to_router,
-                    )
-                {
-                    tracing::debug!(client_id = %self.s.client_id, pkid, "PUBCOMP for nothing in flight ignored");
-                }
-                self.completed(pkid);
+            Packet::PubComp(comp, _) => {
+                self.out_ack(7, comp.pkid, false);
                 Ok(())
             }
             Packet::PubRel(rel, _) => {
@@ -150,12 +213,6 @@ impl Connection {
             }
             Packet::Connect(..) => Err(Ending::Violation(Reason::ProtocolError)),
             _ => Err(Ending::Violation(Reason::ProtocolError)),
-        }
-    }
-
-    fn client_ack(&mut self, pkid: u16, ack: Packet) {
-        if !self.acks.client_ack(pkid, ack, &mut self.to_router) {
-            tracing::debug!(client_id = %self.s.client_id, pkid, "ack for nothing in flight ignored");
         }
     }
 
@@ -509,14 +566,6 @@ impl Connection {
             },
             None,
         ));
-    }
-
-    /// The client completed an outbound QoS 1/2 exchange: held messages may go now.
-    fn completed(&mut self, pkid: u16) {
-        self.flow.completed(pkid);
-        while let Some(packet) = self.flow.release() {
-            self.write_forward(packet);
-        }
     }
 }
 

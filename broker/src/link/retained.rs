@@ -64,14 +64,3 @@ impl RetainedIndex {
 fn expired(m: &RetainedMessage, now: u64) -> bool {
     m.expires_at_ms.is_some_and(|at| at <= now)
 }
-
-/// Seconds a retained message has left, if it expires [MQTT-3.3.2-6] (rounded up, so a
-/// message that is still delivered never says 0).
-pub(crate) fn expiry_left(m: &RetainedMessage) -> Option<u32> {
-    let left_ms = m.expires_at_ms?.saturating_sub(now_ms());
-    Some(
-        u32::try_from(left_ms.div_ceil(1000))
-            .unwrap_or(u32::MAX)
-            .max(1),
-    )
-}

@@ -1,29 +1,23 @@
 //! A connection's part of session state: the subscriptions it keeps for a persistent
-//! session, the messages the link delivers itself (a resumed session's queue and
-//! retained messages, on packet ids 101..=1000 of its own), and parking the session
-//! when the client leaves. See `session_store` for the design.
+//! session, what it puts on the outbound queue (`outbound.rs`: a resumed session's stored
+//! queue, retained messages for new subscriptions), and parking the session with what
+//! the client was still owed when it leaves. See `session_store` for the design.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use fleetmq_storage::{now_ms, QueuedMessage, SessionRecord, SessionSubscription};
 use futures_util::FutureExt;
 use rumqttd::protocol::{
-    Filter, Packet, PubRel, PubRelReason, Publish, PublishProperties, RetainForwardRule, SubAck,
-    Subscribe, SubscribeReasonCode,
+    Filter, Packet, Publish, PublishProperties, RetainForwardRule, SubAck, Subscribe,
+    SubscribeReasonCode,
 };
 use rumqttd::Notification;
 
 use super::connection::{Connection, Ending};
-use super::framing::{self, PublishMeta, Version};
+use super::framing::{self, Version};
+use super::outbound::OutMsg;
 use super::topic;
-use crate::stats::{DropCause, Stats};
-
-/// Packet ids of messages the link delivers itself (router: 1..=100, commands: 1001..).
-const FIRST_LOCAL_PKID: u16 = 101;
-const LAST_LOCAL_PKID: u16 = 1000;
-/// Messages of the link's own in flight at once.
-const LOCAL_WINDOW: usize = 64;
 /// The packet id of the SUBSCRIBE that restores a resumed session's router
 /// subscriptions; clients never use 0, so its SUBACK is recognisably ours.
 const RESUBSCRIBE_PKID: u16 = 0;
@@ -65,24 +59,6 @@ pub(crate) struct SessionStart {
     pub(crate) resumed: Option<SessionRecord>,
 }
 
-struct LocalMsg {
-    topic: String,
-    payload: Bytes,
-    qos: u8,
-    retain: bool,
-    dup: bool,
-    /// Its place in the session's redb queue, if it came from there.
-    seq: Option<u64>,
-    /// Message Expiry Interval left, seconds (retained messages published with one).
-    expiry_s: Option<u32>,
-}
-
-struct Inflight {
-    msg: LocalMsg,
-    /// QoS 2: PUBREC received, PUBREL sent.
-    released: bool,
-}
-
 /// Per-connection session state.
 #[derive(Default)]
 pub(crate) struct SessionLink {
@@ -91,14 +67,6 @@ pub(crate) struct SessionLink {
     /// Filters of SUBSCRIBEs the router has not answered yet, and whether each
     /// subscription existed before (Retain Handling 1).
     pending_subs: HashMap<u16, Vec<(SessionSubscription, bool)>>,
-    /// Messages the link delivers itself, oldest first; live traffic waits for them.
-    pending: VecDeque<LocalMsg>,
-    inflight: BTreeMap<u16, Inflight>,
-    next_pkid: u16,
-    /// Router deliveries to a persistent session not yet acknowledged by the client:
-    /// queued again (DUP) if the client leaves first.
-    router_inflight: HashMap<u16, QueuedMessage>,
-    acked_seqs: Vec<u64>,
     subs_dirty: bool,
     saved_qos2: HashSet<u16>,
     /// Whether this connection stored a session record.
@@ -109,15 +77,13 @@ impl SessionLink {
     pub(crate) fn new(start: SessionStart) -> SessionLink {
         SessionLink {
             start,
-            next_pkid: FIRST_LOCAL_PKID,
             ..SessionLink::default()
         }
     }
 
-    /// Whether live traffic from the router may be written (the link's own queue is
-    /// delivered first).
-    pub(crate) fn live_ready(&self) -> bool {
-        self.pending.is_empty()
+    /// Whether the session outlives this connection.
+    pub(crate) fn persistent(&self) -> bool {
+        self.start.persistent
     }
 }
 
@@ -215,15 +181,10 @@ impl Connection {
         let key = self.s.router_key.clone();
         self.core.session_store.unpark(&key);
         for (seq, m) in self.core.session_store.queued(&key).await {
-            self.sess.pending.push_back(LocalMsg {
-                topic: m.topic,
-                payload: m.payload.into(),
-                qos: m.qos,
-                retain: false,
-                dup: m.dup,
-                seq: Some(seq),
-                expiry_s: None,
-            });
+            let mut msg = OutMsg::plain(m.topic, m.payload.into(), m.qos);
+            msg.dup = m.dup;
+            msg.seq = Some(seq);
+            self.queue.push(msg);
         }
         if self.sess.start.persistent {
             self.sess.saved = true;
@@ -232,7 +193,7 @@ impl Connection {
             // Resumed by a connection whose session ends with it (v5 expiry 0).
             self.core.session_store.discard(&key).await;
         }
-        self.fill_local();
+        self.fill_out();
         Ok(())
     }
 
@@ -292,15 +253,14 @@ impl Connection {
             };
             if send && !topic::is_shared(&sub.filter) {
                 for m in self.core.retained.matching(&sub.filter) {
-                    self.sess.pending.push_back(LocalMsg {
-                        topic: m.topic.clone(),
-                        payload: Bytes::copy_from_slice(&m.payload),
-                        qos: m.qos.min(granted),
-                        retain: true,
-                        dup: false,
-                        seq: None,
-                        expiry_s: super::retained::expiry_left(&m),
-                    });
+                    let mut msg = OutMsg::plain(
+                        m.topic.clone(),
+                        Bytes::copy_from_slice(&m.payload),
+                        m.qos.min(granted),
+                    );
+                    msg.retain = true;
+                    msg.expires_at_ms = m.expires_at_ms;
+                    self.queue.push(msg);
                 }
             }
             self.sess.subs.insert(sub.filter.clone(), sub);
@@ -342,146 +302,13 @@ impl Connection {
             })
     }
 
-    /// A router delivery was written to the client.
-    pub(super) fn session_forwarded(&mut self, pkid: u16, qos: u8, topic: &str, payload: &[u8]) {
-        if qos > 0 && self.sess.start.persistent {
-            let msg = QueuedMessage {
-                topic: topic.to_owned(),
-                payload: payload.to_vec(),
-                qos,
-                dup: true,
-                queued_at_ms: now_ms(),
-            };
-            self.sess.router_inflight.insert(pkid, msg);
-        }
-    }
-
-    /// The client acknowledged a router delivery (PUBACK or PUBREC).
-    pub(super) fn session_client_acked(&mut self, pkid: u16) {
-        self.sess.router_inflight.remove(&pkid);
-    }
-
-    /// A PUBACK/PUBREC/PUBCOMP (`packet_type` 4/5/7) for a message the link delivered
-    /// itself; false if `pkid` is not one of those.
-    pub(super) fn local_ack(&mut self, packet_type: u8, pkid: u16) -> bool {
-        if !(FIRST_LOCAL_PKID..=LAST_LOCAL_PKID).contains(&pkid) {
-            return false;
-        }
-        let Some(inflight) = self.sess.inflight.get_mut(&pkid) else {
-            return true;
-        };
-        let done = match (packet_type, inflight.msg.qos, inflight.released) {
-            (4, 1, _) | (7, 2, true) => true,
-            (5, 2, false) => {
-                inflight.released = true;
-                if let Some(seq) = inflight.msg.seq.take() {
-                    self.sess.acked_seqs.push(seq);
-                }
-                self.write_packet(Packet::PubRel(
-                    PubRel {
-                        pkid,
-                        reason: PubRelReason::Success,
-                    },
-                    None,
-                ));
-                false
-            }
-            _ => false,
-        };
-        if done {
-            if let Some(seq) = self.sess.inflight.remove(&pkid).and_then(|i| i.msg.seq) {
-                self.sess.acked_seqs.push(seq);
-            }
-            self.fill_local();
-        }
-        true
-    }
-
-    /// Writes what fits in the link's window from its own queue.
-    pub(super) fn fill_local(&mut self) {
-        while self.sess.inflight.len() < LOCAL_WINDOW {
-            let Some(msg) = self.sess.pending.pop_front() else {
-                return;
-            };
-            if msg.qos == 0 {
-                self.write_local(&msg, 0);
-                if let Some(seq) = msg.seq {
-                    self.sess.acked_seqs.push(seq);
-                }
-                continue;
-            }
-            let pkid = self.local_pkid();
-            if self.write_local(&msg, pkid) {
-                self.sess.inflight.insert(
-                    pkid,
-                    Inflight {
-                        msg,
-                        released: false,
-                    },
-                );
-            } else if let Some(seq) = msg.seq {
-                self.sess.acked_seqs.push(seq);
-            }
-        }
-    }
-
-    fn local_pkid(&mut self) -> u16 {
-        loop {
-            let pkid = self.sess.next_pkid;
-            self.sess.next_pkid = if pkid >= LAST_LOCAL_PKID {
-                FIRST_LOCAL_PKID
-            } else {
-                pkid + 1
-            };
-            if !self.sess.inflight.contains_key(&pkid) {
-                return pkid;
-            }
-        }
-    }
-
-    /// Writes one of the link's own messages after the read ACL and sealing; false if
-    /// it was dropped.
-    fn write_local(&mut self, msg: &LocalMsg, pkid: u16) -> bool {
-        if !self.s.principal.may_read(&msg.topic) {
-            self.core.stats.dropped(DropCause::AclDelivery);
-            return false;
-        }
-        let payload = match self.crypto.as_mut() {
-            Some(crypto) => match crypto.seal(&msg.topic, &msg.payload) {
-                Ok(sealed) => Bytes::from(sealed),
-                Err(e) => {
-                    self.core.stats.dropped(DropCause::EncryptFailed);
-                    tracing::warn!(client_id = %self.s.client_id, error = %e, "cannot encrypt for device");
-                    return false;
-                }
-            },
-            None => msg.payload.clone(),
-        };
-        let meta = PublishMeta {
-            qos: msg.qos,
-            dup: msg.dup,
-            retain: msg.retain,
-            pkid,
-        };
-        let publish = framing::build_publish(meta, msg.topic.as_bytes(), &payload);
-        // 3.1.1 clients never get properties.
-        let props =
-            (msg.expiry_s.is_some() && self.s.version == Version::V5).then(|| PublishProperties {
-                message_expiry_interval: msg.expiry_s,
-                ..PublishProperties::default()
-            });
-        self.write_packet(Packet::Publish(publish, props));
-        Stats::add(&self.core.stats.sent, 1);
-        true
-    }
-
     /// After a batch: removes delivered messages from the stored queue, stores changed
     /// subscriptions or inbound QoS 2 state (before the PUBRECs of this batch reach the
     /// client), and refills the window.
     pub(super) async fn session_sync(&mut self) {
         let key = self.s.router_key.clone();
-        if !self.sess.acked_seqs.is_empty() {
-            let seqs = std::mem::take(&mut self.sess.acked_seqs);
+        if !self.queue.acked_seqs.is_empty() {
+            let seqs = std::mem::take(&mut self.queue.acked_seqs);
             self.core.session_store.dequeue(&key, seqs).await;
         }
         if self.sess.start.persistent
@@ -491,7 +318,7 @@ impl Connection {
             self.sess.saved_qos2 = self.inbound_qos2.clone();
             self.core.session_store.save(self.session_record()).await;
         }
-        self.fill_local();
+        self.fill_out();
     }
 
     /// The connection is ending (before it leaves the router): a persistent session is
@@ -509,23 +336,7 @@ impl Connection {
         self.core
             .session_store
             .begin_park(&key, &subs, self.sess.start.expiry_s);
-        let mut unacked: Vec<QueuedMessage> = Vec::new();
-        let to_queued = |m: LocalMsg, dup: bool| QueuedMessage {
-            topic: m.topic,
-            payload: m.payload.to_vec(),
-            qos: m.qos,
-            dup,
-            queued_at_ms: now_ms(),
-        };
-        let inflight = std::mem::take(&mut self.sess.inflight);
-        for (_, i) in inflight {
-            if i.msg.seq.is_none() && !i.released && i.msg.qos > 0 {
-                unacked.push(to_queued(i.msg, true));
-            }
-        }
-        let mut router: Vec<(u16, QueuedMessage)> = self.sess.router_inflight.drain().collect();
-        router.sort_by_key(|(pkid, _)| *pkid);
-        unacked.extend(router.into_iter().map(|(_, m)| m));
+        let mut unacked = self.queue.take_unacked();
         // Deliveries the router handed this link but the client never saw; anything
         // routed after `begin_park` is queued by the publisher's side as well.
         while let Some(Ok(Some(n))) = self.s.link_rx.next().now_or_never() {
