@@ -390,3 +390,50 @@ async fn v5_disconnect_changes_session_expiry() {
         hang_up5(c, el).await;
     }
 }
+
+/// [MQTT-4.4.0-1]: messages the client had in flight when it left are re-sent after it
+/// reconnects with DUP=1 and their original packet ids, in order, before new ones.
+#[tokio::test]
+async fn unacked_redelivered_with_their_packet_ids() {
+    use common::conf::{Conn, Target, Ver, Via as CVia};
+    let t = Target::with(|_| {}).await;
+    if t.external() {
+        return;
+    }
+    let mut conn = Conn::new("same-ids");
+    conn.clean = false;
+    let mut sub = t.open(CVia::Tcp, Ver::V4).await;
+    assert_eq!(sub.connect(conn.clone()).await.code, 0);
+    sub.subscribe("ids/#", 1).await;
+    let mut publ = t.connect(CVia::Tcp, Ver::V4, "ids-pub").await;
+    for i in 0..3u8 {
+        publ.publish_acked("ids/a", &[i]).await;
+    }
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        let m = sub.next_msg().await;
+        assert!(!m.dup);
+        sent.push((m.pkid, m.payload));
+    }
+    // The first one is acknowledged; the other two are in flight when the client goes.
+    sub.puback(sent[0].0).await;
+    sub.pingreq().await;
+    sub.expect(|p| matches!(p, common::conf::In::PingResp))
+        .await;
+    sub.drop_connection().await;
+    let b = t.broker.as_ref().expect("fleetmq");
+    eventually("the session is parked", || async {
+        (b.handle.stats().connections.current == 1).then_some(())
+    })
+    .await;
+    publ.publish_acked("ids/a", &[3]).await;
+    let mut back = t.open(CVia::Tcp, Ver::V4).await;
+    assert!(back.connect(conn).await.session_present);
+    for (pkid, payload) in &sent[1..] {
+        let m = back.next_msg().await;
+        assert_eq!((m.pkid, &m.payload, m.dup), (*pkid, payload, true));
+        back.puback(m.pkid).await;
+    }
+    let m = back.next_msg().await;
+    assert_eq!((m.payload.as_slice(), m.dup), (&[3u8][..], false));
+}

@@ -16,8 +16,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use bytes::BytesMut;
+use rumqttd::protocol::Packet;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
+use super::connection::{Connection, Ending};
+use super::framing::{self, PublishMeta};
 use super::topic;
 
 /// The congested connections and their QoS 1/2 filters.
@@ -86,6 +91,78 @@ impl Congestion {
         self.map().iter().any(|(&conn, filters)| {
             conn != publisher && filters.iter().any(|f| topic::matches(f, topic_name))
         })
+    }
+}
+
+impl Connection {
+    /// Whether a PUBLISH must wait: QoS 1/2 on a topic a congested connection other than
+    /// this one subscribed to. Checked before the publish is routed, so its PUBACK/PUBREC
+    /// waits too.
+    pub(super) fn must_wait(&mut self, packet: &Packet, meta: Option<PublishMeta>) -> bool {
+        let (Packet::Publish(publish, props), Some(meta)) = (packet, meta) else {
+            return false;
+        };
+        if meta.qos == 0 {
+            return false;
+        }
+        // Seen before checking, so a connection leaving in between wakes us.
+        self.congestion_rx.borrow_and_update();
+        let alias = props.as_ref().and_then(|p| p.topic_alias);
+        let Ok(raw) = std::str::from_utf8(&publish.topic) else {
+            return false;
+        };
+        match self.aliases.peek(raw, alias) {
+            Some(topic) => self.core.congestion.blocks(self.s.conn_id, topic),
+            None => false,
+        }
+    }
+
+    /// Handles the waiting PUBLISH if its subscribers are no longer congested.
+    pub(super) async fn retry_stalled(&mut self) -> Result<(), Ending> {
+        let Some((packet, meta)) = self.stalled.take() else {
+            return Ok(());
+        };
+        if self.must_wait(&packet, meta) {
+            self.stalled = Some((packet, meta));
+            return Ok(());
+        }
+        // The client could not be read while it waited: its keepalive starts over.
+        self.last_read = Instant::now();
+        self.packet(packet, meta).await
+    }
+
+    /// While a PUBLISH waits: handles the acks (PUBACK, PUBREC, PUBCOMP) and PINGREQs
+    /// among the buffered frames, so a paused publisher's own subscriptions keep
+    /// draining; everything else stays in order behind the waiting PUBLISH.
+    pub(super) async fn acks_while_stalled(&mut self) -> Result<(), Ending> {
+        let max = self.core.max_packet();
+        let mut rest = std::mem::take(&mut self.read_buf);
+        let mut keep = BytesMut::with_capacity(rest.len());
+        let mut acks = Vec::new();
+        loop {
+            match framing::peek(&rest, max) {
+                Ok(Some(frame)) if matches!(frame.packet_type(), 4 | 5 | 7 | 12) => {
+                    let bytes = rest.split_to(frame.len);
+                    acks.push((frame, bytes));
+                }
+                Ok(Some(frame)) => keep.extend_from_slice(&rest.split_to(frame.len)),
+                // Incomplete or bad: left for the normal path once the PUBLISH is through.
+                Ok(None) | Err(_) => break,
+            }
+        }
+        keep.extend_from_slice(&rest);
+        self.read_buf = keep;
+        for (frame, bytes) in acks {
+            let packet_type = frame.packet_type();
+            match framing::decode(self.s.version, frame, bytes, max) {
+                Ok(packet) => {
+                    self.core.stats.packet_in(packet_type);
+                    self.packet(packet, None).await?;
+                }
+                Err(e) => return Err(self.frame_error(e)),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -173,6 +173,7 @@ impl Connection {
             props: properties,
             expires_at_ms,
             read_checked: true,
+            pkid: None,
         };
         self.push_live(msg);
     }

@@ -1,7 +1,7 @@
 //! Client → router: frames are decoded, checked (protocol, ACL, size), decrypted, and
 //! batched for the router; acks and refusals the router cannot give are answered here.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fleetmq_storage::now_ms;
 use rumqttd::protocol::{
     DisconnectReasonCode as Reason, Filter, Packet, PingResp, PubAck, PubAckReason, PubComp,
@@ -18,7 +18,6 @@ use super::topic;
 use crate::auth::Identity;
 use crate::fleet::{LinkEvent, Upstream};
 use crate::stats::{DropCause, Stats};
-use tokio::time::Instant;
 
 impl Connection {
     /// Processes every complete frame in the read buffer, up to a QoS 1/2 PUBLISH that
@@ -69,77 +68,7 @@ impl Connection {
         result
     }
 
-    /// Whether a PUBLISH must wait: QoS 1/2 on a topic a congested connection other than
-    /// this one subscribed to. Checked before the publish is routed, so its PUBACK/PUBREC
-    /// waits too.
-    fn must_wait(&mut self, packet: &Packet, meta: Option<PublishMeta>) -> bool {
-        let (Packet::Publish(publish, props), Some(meta)) = (packet, meta) else {
-            return false;
-        };
-        if meta.qos == 0 {
-            return false;
-        }
-        // Seen before checking, so a connection leaving in between wakes us.
-        self.congestion_rx.borrow_and_update();
-        let alias = props.as_ref().and_then(|p| p.topic_alias);
-        let Ok(raw) = std::str::from_utf8(&publish.topic) else {
-            return false;
-        };
-        match self.aliases.peek(raw, alias) {
-            Some(topic) => self.core.congestion.blocks(self.s.conn_id, topic),
-            None => false,
-        }
-    }
-
-    /// Handles the waiting PUBLISH if its subscribers are no longer congested.
-    async fn retry_stalled(&mut self) -> Result<(), Ending> {
-        let Some((packet, meta)) = self.stalled.take() else {
-            return Ok(());
-        };
-        if self.must_wait(&packet, meta) {
-            self.stalled = Some((packet, meta));
-            return Ok(());
-        }
-        // The client could not be read while it waited: its keepalive starts over.
-        self.last_read = Instant::now();
-        self.packet(packet, meta).await
-    }
-
-    /// While a PUBLISH waits: handles the acks (PUBACK, PUBREC, PUBCOMP) and PINGREQs
-    /// among the buffered frames, so a paused publisher's own subscriptions keep
-    /// draining; everything else stays in order behind the waiting PUBLISH.
-    async fn acks_while_stalled(&mut self) -> Result<(), Ending> {
-        let max = self.core.max_packet();
-        let mut rest = std::mem::take(&mut self.read_buf);
-        let mut keep = BytesMut::with_capacity(rest.len());
-        let mut acks = Vec::new();
-        loop {
-            match framing::peek(&rest, max) {
-                Ok(Some(frame)) if matches!(frame.packet_type(), 4 | 5 | 7 | 12) => {
-                    let bytes = rest.split_to(frame.len);
-                    acks.push((frame, bytes));
-                }
-                Ok(Some(frame)) => keep.extend_from_slice(&rest.split_to(frame.len)),
-                // Incomplete or bad: left for the normal path once the PUBLISH is through.
-                Ok(None) | Err(_) => break,
-            }
-        }
-        keep.extend_from_slice(&rest);
-        self.read_buf = keep;
-        for (frame, bytes) in acks {
-            let packet_type = frame.packet_type();
-            match framing::decode(self.s.version, frame, bytes, max) {
-                Ok(packet) => {
-                    self.core.stats.packet_in(packet_type);
-                    self.packet(packet, None).await?;
-                }
-                Err(e) => return Err(self.frame_error(e)),
-            }
-        }
-        Ok(())
-    }
-
-    fn frame_error(&self, e: FrameError) -> Ending {
+    pub(super) fn frame_error(&self, e: FrameError) -> Ending {
         let (cause, reason) = match e {
             FrameError::TooLarge(_) => (DropCause::TooLarge, Reason::PacketTooLarge),
             FrameError::Forbidden(_) | FrameError::UnsupportedProtocol(_) => {
@@ -152,7 +81,11 @@ impl Connection {
         Ending::Violation(reason)
     }
 
-    async fn packet(&mut self, packet: Packet, meta: Option<PublishMeta>) -> Result<(), Ending> {
+    pub(super) async fn packet(
+        &mut self,
+        packet: Packet,
+        meta: Option<PublishMeta>,
+    ) -> Result<(), Ending> {
         match packet {
             Packet::Publish(publish, props) => {
                 let meta = meta.ok_or(Ending::Violation(Reason::MalformedPacket))?;

@@ -18,7 +18,8 @@
 //!   Maximum Packet Size).
 //! - `will`: last wills with their delay; `sys`: the `$SYS` topics.
 //! - `retained`: retained messages, delivered by the link layer (never by the router).
-//! - `session_store`, `session_link`: persistent sessions, their redb queues and expiry.
+//! - `session_store`, `session_link`: persistent sessions, their redb queues and expiry;
+//!   `resend`: packet ids of in-flight messages kept for their re-send after a reconnect.
 
 pub(crate) mod acl;
 mod alias;
@@ -33,6 +34,7 @@ mod ingress;
 mod listener;
 mod origin;
 mod outbound;
+mod resend;
 mod retained;
 mod sealing;
 mod session_link;
@@ -151,6 +153,8 @@ pub(crate) struct Core {
     pub(crate) session_store: session_store::SessionStore,
     /// Connections whose outbound queue is past its bound, and the filters they pause.
     pub(crate) congestion: congestion::Congestion,
+    /// Packet ids parked sessions had in flight (re-sent on the same ids).
+    pub(crate) resend: resend::ResendIds,
 }
 
 /// What the broker restores from the store at start.
@@ -183,6 +187,7 @@ impl Core {
             retained: retained::RetainedIndex::load(restored.retained),
             session_store,
             congestion: congestion::Congestion::default(),
+            resend: resend::ResendIds::default(),
             auth: Authenticator::new(store.clone(), config.allow_anonymous),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             stats: Stats::new(),

@@ -42,6 +42,8 @@ pub(super) struct OutMsg {
     pub(super) expires_at_ms: Option<u64>,
     /// The read ACL was checked when it was queued (live messages).
     pub(super) read_checked: bool,
+    /// The packet id it was in flight with before the client reconnected.
+    pub(super) pkid: Option<u16>,
 }
 
 impl OutMsg {
@@ -57,6 +59,7 @@ impl OutMsg {
             props: None,
             expires_at_ms: None,
             read_checked: false,
+            pkid: None,
         }
     }
 
@@ -69,6 +72,15 @@ impl OutMsg {
             queued_at_ms: now_ms(),
         }
     }
+}
+
+/// What a leaving client was owed (see [`Outbound::take_unacked`]).
+pub(super) struct Owed {
+    /// Messages to append to the session's queue, in order, with the packet id of those
+    /// that were in flight.
+    pub(super) messages: Vec<(QueuedMessage, Option<u16>)>,
+    /// Stored-queue entries that were in flight: (seq, packet id).
+    pub(super) stored_inflight: Vec<(u64, u16)>,
 }
 
 struct Inflight {
@@ -122,23 +134,34 @@ impl Outbound {
     }
 
     /// What a leaving persistent session still owes its client, in send order: messages
-    /// written and not acknowledged (DUP), then those not written yet. Stored-queue
-    /// entries stay where they are in redb.
-    pub(super) fn take_unacked(&mut self) -> Vec<QueuedMessage> {
-        let mut inflight: Vec<Inflight> = std::mem::take(&mut self.inflight)
-            .into_values()
-            .filter(|i| i.msg.seq.is_none() && !i.released && i.msg.qos > 0)
+    /// written and not acknowledged (DUP, with their packet ids), then those not written
+    /// yet. Stored-queue entries stay where they are in redb; those in flight are
+    /// returned with their packet ids.
+    pub(super) fn take_unacked(&mut self) -> Owed {
+        let mut stored = Vec::new();
+        let mut inflight = Vec::new();
+        for (pkid, i) in std::mem::take(&mut self.inflight) {
+            match i.msg.seq {
+                Some(seq) if !i.released => stored.push((seq, pkid)),
+                None if !i.released && i.msg.qos > 0 => inflight.push((pkid, i)),
+                _ => {}
+            }
+        }
+        inflight.sort_by_key(|(_, i)| i.order);
+        let mut out: Vec<(QueuedMessage, Option<u16>)> = inflight
+            .into_iter()
+            .map(|(pkid, i)| (i.msg.queued(true), Some(pkid)))
             .collect();
-        inflight.sort_by_key(|i| i.order);
-        let mut out: Vec<QueuedMessage> =
-            inflight.into_iter().map(|i| i.msg.queued(true)).collect();
         for m in std::mem::take(&mut self.pending) {
             if m.seq.is_none() && m.qos > 0 {
                 let dup = m.dup;
-                out.push(m.queued(dup));
+                out.push((m.queued(dup), None));
             }
         }
-        out
+        Owed {
+            messages: out,
+            stored_inflight: stored,
+        }
     }
 
     /// When a congested connection that made no progress is cut.
@@ -190,7 +213,11 @@ impl Connection {
                 }
                 continue;
             }
-            let pkid = self.queue.next_pkid();
+            // A re-send keeps its packet id [MQTT-4.4.0-1] unless that id is taken.
+            let pkid = match msg.pkid {
+                Some(p) if !self.queue.inflight.contains_key(&p) => p,
+                _ => self.queue.next_pkid(),
+            };
             if self.write_out(&msg, pkid) {
                 let order = self.queue.next_order;
                 self.queue.next_order += 1;

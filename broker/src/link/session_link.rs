@@ -143,6 +143,8 @@ impl Connection {
     /// stops queuing for it, and queues its stored messages for delivery ahead of live
     /// traffic [MQTT-3.1.2-5] [MQTT-4.4.0-1].
     pub(super) async fn resume_session(&mut self) -> Result<(), Ending> {
+        // Ids of a session that is not resumed are of no use any more.
+        let mut resend = self.core.resend.take(&self.s.router_key);
         let Some(rec) = self.sess.start.resumed.take() else {
             if self.sess.start.persistent {
                 self.sess.saved = true;
@@ -181,9 +183,11 @@ impl Connection {
         let key = self.s.router_key.clone();
         self.core.session_store.unpark(&key);
         for (seq, m) in self.core.session_store.queued(&key).await {
+            let pkid = resend.pkid_for(seq, &m);
             let mut msg = OutMsg::plain(m.topic, m.payload.into(), m.qos);
-            msg.dup = m.dup;
+            msg.dup = m.dup || pkid.is_some();
             msg.seq = Some(seq);
+            msg.pkid = pkid;
             self.queue.push(msg);
         }
         if self.sess.start.persistent {
@@ -336,7 +340,20 @@ impl Connection {
         self.core
             .session_store
             .begin_park(&key, &subs, self.sess.start.expiry_s);
-        let mut unacked = self.queue.take_unacked();
+        let owed = self.queue.take_unacked();
+        let mut ids = super::resend::InFlightIds {
+            by_seq: owed.stored_inflight.into_iter().collect(),
+            ..Default::default()
+        };
+        let mut unacked = Vec::with_capacity(owed.messages.len());
+        for (m, pkid) in owed.messages {
+            if let Some(pkid) = pkid {
+                let fp = super::resend::fingerprint(&m.topic, &m.payload);
+                ids.appended.push_back((fp, pkid));
+            }
+            unacked.push(m);
+        }
+        self.core.resend.park(&key, ids);
         // Deliveries the router handed this link but the client never saw; anything
         // routed after `begin_park` is queued by the publisher's side as well.
         while let Some(Ok(Some(n))) = self.s.link_rx.next().now_or_never() {
