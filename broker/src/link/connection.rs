@@ -178,6 +178,16 @@ impl Connection {
                 None => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
             _ = self.core.shutdown.cancelled() => Err(Ending::Closed(CloseReason::ShuttingDown)),
+            // Before router traffic, which a stuck client's QoS 0 subscriptions or the
+            // broker's own publishes could keep ready.
+            _ = stuck, if stuck_at.is_some() => {
+                tracing::warn!(client_id = %self.s.client_id, "slow consumer: no acknowledgement while congested");
+                Err(Ending::SlowConsumer)
+            }
+            changed = self.congestion_rx.changed(), if self.stalled.is_some() => match changed {
+                Ok(()) => self.ingress().await,
+                Err(_) => Err(Ending::Closed(CloseReason::ShuttingDown)),
+            },
             _ = self.s.mailbox.ready.notified() => {
                 for (command_id, payload) in self.s.mailbox.take() {
                     self.deliver_command(command_id, &payload);
@@ -200,14 +210,6 @@ impl Connection {
                 Err(_) => Err(Ending::RouterGone),
             },
             _ = sleep, if deadline.is_some() => Err(Ending::KeepAliveTimeout),
-            _ = stuck, if stuck_at.is_some() => {
-                tracing::warn!(client_id = %self.s.client_id, "slow consumer: no acknowledgement while congested");
-                Err(Ending::SlowConsumer)
-            }
-            changed = self.congestion_rx.changed(), if self.stalled.is_some() => match changed {
-                Ok(()) => self.ingress().await,
-                Err(_) => Err(Ending::Closed(CloseReason::ShuttingDown)),
-            },
             changed = self.sys_rx.changed(), if self.subs.has_sys() => match changed {
                 Ok(()) => {
                     let values = self.sys_rx.borrow_and_update().clone();
