@@ -239,3 +239,40 @@ async fn outbound_qos2_acked_out_of_order() {
         .await;
     sub.pubcomp(m.pkid).await;
 }
+
+/// QoS 0 messages are never waited for: past `mqtt.max_pending_messages` waiting, they
+/// are dropped and counted (`drops.slow_consumer`); nothing else is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_past_the_bound_is_dropped_and_counted() {
+    let t = target(|c| c.max_pending_messages = 10).await;
+    let Some(b) = t.broker.as_ref() else { return };
+    let mut sub = t.connect(conf::Via::Tcp, Ver::V4, "mixed-sub").await;
+    sub.subscribe("mix/#", 1).await;
+    let mut publ = t.connect(conf::Via::Tcp, Ver::V4, "mixed-pub").await;
+    // 100 in flight and unacknowledged, one waiting behind them.
+    for i in 0..101 {
+        publ.publish_acked("mix/1", &payload(i)).await;
+    }
+    // Queued behind the waiting QoS 1 message: 9 fit, 41 are dropped.
+    for i in 0..50 {
+        publ.publish("mix/0", &payload(1000 + i), 0, false).await;
+    }
+    eventually("QoS 0 drops counted", || async {
+        (b.handle.stats().drops.slow_consumer >= 41).then_some(())
+    })
+    .await;
+    let (mut qos1, mut qos0) = (Vec::new(), Vec::new());
+    while qos1.len() + qos0.len() < 110 {
+        let m = sub.next_msg().await;
+        if m.qos == 1 {
+            sub.puback(m.pkid).await;
+            qos1.push(index(&m.payload));
+        } else {
+            qos0.push(index(&m.payload));
+        }
+    }
+    assert_eq!(qos1, (0..101).collect::<Vec<_>>());
+    assert_eq!(qos0, (1000..1009).collect::<Vec<_>>());
+    assert_eq!(b.handle.stats().drops.slow_consumer, 41);
+    assert!(sub.msgs_within(Duration::from_millis(200)).await.is_empty());
+}
