@@ -3,7 +3,8 @@
 //! PUBACKs wait); a subscriber that takes nothing is disconnected after
 //! `mqtt.slow_consumer_timeout_s`, its publishers resume, and what it was owed is either
 //! parked with its persistent session or counted as dropped. The router's per-filter log
-//! is made tiny here, so any message that depended on it would be lost.
+//! is made small here (128 KiB, about 600 of these messages), so a subscriber whose
+//! messages waited in it would lose them.
 
 mod common;
 
@@ -29,10 +30,12 @@ fn index(p: &[u8]) -> u32 {
     u32::from_be_bytes([p[0], p[1], p[2], p[3]])
 }
 
-/// A fleetmq whose router log holds 4 x 8 KiB per filter, far less than the tests send.
+/// A fleetmq whose router log holds 4 x 32 KiB per filter. It must still absorb what is
+/// routed before a subscriber's task drains it (a scheduling delay, which a loaded test
+/// machine stretches), so it is not made smaller.
 async fn target(adjust: impl FnOnce(&mut BrokerConfig)) -> conf::Target {
     conf::Target::with(|c| {
-        c.router_segment_size = 8 * 1024;
+        c.router_segment_size = 32 * 1024;
         adjust(c);
     })
     .await
@@ -94,7 +97,8 @@ async fn count_pubacks(mut el: EventLoop, acked: Arc<AtomicUsize>) {
 /// subscriber reads again it gets every message, in order, none lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_gets_every_message_in_order_and_its_publisher_waits() {
-    const N: u32 = 600;
+    // About 430 KB: more than three times what the router's log holds.
+    const N: u32 = 2000;
     let t = target(|c| c.max_pending_messages = 50).await;
     let Some(b) = t.broker.as_ref() else { return };
     let mut sub = t.connect(conf::Via::Tcp, Ver::V5, "slow-reader").await;

@@ -91,7 +91,7 @@ impl Links {
             max_connections: max_connections + 16,
             max_outgoing_packet_count: 200,
             // Each filter's log keeps at most 4 segments in memory. Links drain it at
-            // once into their own queues, so its size bounds memory, not delivery.
+            // once into their own queues, so it only absorbs their scheduling delays.
             max_segment_size: segment_size,
             max_segment_count: 4,
             custom_segment: None,
