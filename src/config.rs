@@ -20,6 +20,8 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.max_inflight",
     "mqtt.topic_alias_max",
     "mqtt.max_queued_messages",
+    "mqtt.max_pending_messages",
+    "mqtt.slow_consumer_timeout_s",
     "mqtt.tls.listen",
     "mqtt.tls.cert",
     "mqtt.tls.key",

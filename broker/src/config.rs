@@ -25,6 +25,11 @@ pub struct RawMqttConfig {
     pub topic_alias_max: Option<u16>,
     /// QoS 1/2 messages kept per disconnected persistent session (oldest dropped).
     pub max_queued_messages: Option<usize>,
+    /// Messages waiting per connected client before its publishers are paused.
+    pub max_pending_messages: Option<usize>,
+    /// Seconds a congested client may go without acknowledging anything before it is
+    /// disconnected.
+    pub slow_consumer_timeout_s: Option<u64>,
     pub tls: Option<RawTlsConfig>,
 }
 
@@ -189,6 +194,16 @@ pub struct BrokerConfig {
     /// QoS 1/2 messages kept per disconnected persistent session; past it the oldest is
     /// dropped and counted (`drops.session_queue_full`).
     pub max_queued_messages: usize,
+    /// Messages waiting in a connected client's outbound queue past which it is
+    /// congested: publishers whose QoS 1/2 messages would reach it are paused until it is
+    /// back at half of this. QoS 0 messages past it are dropped (`drops.slow_consumer`).
+    pub max_pending_messages: usize,
+    /// A congested client that acknowledges nothing for this long is disconnected (v5:
+    /// 0x97); so is one whose socket accepts nothing for this long.
+    pub slow_consumer_timeout: Duration,
+    /// Bytes per segment of the router's per-filter log (4 segments). Not a config key:
+    /// tests shrink it to show that nothing depends on the log's size.
+    pub router_segment_size: usize,
     pub payload_encryption: bool,
     pub allow_anonymous: bool,
     pub anonymous_rules: Vec<AclRule>,
@@ -197,6 +212,10 @@ pub struct BrokerConfig {
     /// Commands, telemetry and webhooks.
     pub fleet: FleetConfig,
 }
+
+/// The router keeps at most 4 segments of this size per filter (bare rumqttd's example
+/// config keeps 1 GiB per filter).
+const ROUTER_SEGMENT_SIZE: usize = 4 * 1024 * 1024;
 
 /// A config value that cannot be used, naming its key.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +254,9 @@ impl BrokerConfig {
             max_inflight: 100,
             topic_alias_max: 16,
             max_queued_messages: 1000,
+            max_pending_messages: 1000,
+            slow_consumer_timeout: Duration::from_secs(30),
+            router_segment_size: ROUTER_SEGMENT_SIZE,
             payload_encryption: false,
             allow_anonymous: false,
             anonymous_rules: default_anonymous_rules(),
@@ -330,6 +352,20 @@ pub fn validate(
             reason: "must be at least 1".into(),
         });
     }
+    let max_pending_messages = mqtt.max_pending_messages.unwrap_or(1000);
+    if max_pending_messages == 0 {
+        return Err(ConfigError {
+            key: "mqtt.max_pending_messages",
+            reason: "must be at least 1".into(),
+        });
+    }
+    let slow_consumer_timeout_s = mqtt.slow_consumer_timeout_s.unwrap_or(30);
+    if slow_consumer_timeout_s == 0 {
+        return Err(ConfigError {
+            key: "mqtt.slow_consumer_timeout_s",
+            reason: "must be at least 1".into(),
+        });
+    }
     let anonymous_rules = security
         .anonymous_rules
         .unwrap_or_else(default_anonymous_rules);
@@ -356,6 +392,9 @@ pub fn validate(
         max_inflight,
         topic_alias_max: mqtt.topic_alias_max.unwrap_or(16),
         max_queued_messages,
+        max_pending_messages,
+        slow_consumer_timeout: Duration::from_secs(slow_consumer_timeout_s),
+        router_segment_size: ROUTER_SEGMENT_SIZE,
         payload_encryption: security.payload_encryption.unwrap_or(false),
         allow_anonymous: security.allow_anonymous.unwrap_or(false),
         anonymous_rules,

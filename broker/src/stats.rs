@@ -33,6 +33,10 @@ pub enum DropCause {
     Limit,
     /// The oldest message of a disconnected session's full queue (`mqtt.max_queued_messages`).
     SessionQueueFull,
+    /// A message a connected client could not take: QoS 0 past its
+    /// `mqtt.max_pending_messages`, or what a clean session still owed when it was
+    /// disconnected as a stuck consumer.
+    SlowConsumer,
 }
 
 /// MQTT control packet names by their fixed-header type (1..=15); 0 is reserved.
@@ -69,6 +73,10 @@ pub(crate) struct Stats {
     pub(crate) bytes_sent: AtomicU64,
     /// Times the router paused a link because the client did not keep up.
     pub(crate) router_pauses: AtomicU64,
+    /// Times a publisher's ingress waited for a congested subscriber.
+    pub(crate) publisher_pauses: AtomicU64,
+    /// Clients disconnected for not taking their messages (`mqtt.slow_consumer_timeout_s`).
+    pub(crate) slow_consumers_disconnected: AtomicU64,
     acl_publish: AtomicU64,
     acl_subscribe: AtomicU64,
     acl_delivery: AtomicU64,
@@ -84,6 +92,7 @@ pub(crate) struct Stats {
     expired: AtomicU64,
     limit: AtomicU64,
     session_queue_full: AtomicU64,
+    slow_consumer: AtomicU64,
 }
 
 impl Stats {
@@ -107,6 +116,7 @@ impl Stats {
             DropCause::Expired => &self.expired,
             DropCause::Limit => &self.limit,
             DropCause::SessionQueueFull => &self.session_queue_full,
+            DropCause::SlowConsumer => &self.slow_consumer,
         };
         counter.fetch_add(1, Relaxed);
     }
@@ -148,6 +158,8 @@ impl Stats {
                 bytes_received: get(&self.bytes_received),
                 bytes_sent: get(&self.bytes_sent),
                 backpressure_pauses: get(&self.router_pauses),
+                publisher_pauses: get(&self.publisher_pauses),
+                slow_consumers_disconnected: get(&self.slow_consumers_disconnected),
             },
             drops: DropStats {
                 acl_publish: get(&self.acl_publish),
@@ -161,6 +173,7 @@ impl Stats {
                 expired: get(&self.expired),
                 limit: get(&self.limit),
                 session_queue_full: get(&self.session_queue_full),
+                slow_consumer: get(&self.slow_consumer),
             },
             packets: PacketStats {
                 received: by_type(&self.packets_in),
@@ -218,6 +231,10 @@ pub struct MessageStats {
     pub bytes_sent: u64,
     /// Times a slow client made the router pause its link (backpressure, not loss).
     pub backpressure_pauses: u64,
+    /// Times a publisher was paused because a subscriber of its topic was congested.
+    pub publisher_pauses: u64,
+    /// Clients disconnected because they did not take their messages.
+    pub slow_consumers_disconnected: u64,
 }
 
 /// Drops by cause.
@@ -235,4 +252,7 @@ pub struct DropStats {
     /// Refusals and drops at a limit (max connections, Receive Maximum, packet sizes).
     pub limit: u64,
     pub session_queue_full: u64,
+    /// QoS 0 messages past a connected client's pending limit, and messages a clean
+    /// session still owed when it was cut off as a stuck consumer.
+    pub slow_consumer: u64,
 }

@@ -201,19 +201,14 @@ matrix!(
     unacked_redelivered
 );
 
-/// [MQTT-4.4.0-1]: ... and with its original Packet Identifier. fleetmq keeps the
-/// message (`router_inflight` in `broker/src/link/session_link.rs`) but re-sends it as
-/// one of the link's own messages, numbered from the link's packet id range; reported,
-/// not fixed here: the outbound delivery path in `broker/src/link/` is being rewritten.
+/// [MQTT-4.4.0-1]: ... and with its original Packet Identifier.
 async fn unacked_redelivered_same_pkid(via: Via, ver: Ver) {
     let (first, again) = redelivery(via, ver).await;
     assert_eq!(again.pkid, first.pkid, "{again:?}");
 }
 matrix!(
     unacked_redelivered_with_original_packet_id_mqtt_4_4_0_1,
-    unacked_redelivered_same_pkid,
-    [tcp_v4: Tcp V4, tcp_v5: Tcp V5, ws_v4: Ws V4, ws_v5: Ws V5],
-    ignore = "fleetmq re-sends with a new packet id (reported, broker/src/link is being rewritten)"
+    unacked_redelivered_same_pkid
 );
 
 /// Persistent sessions, their queues and subscriptions survive a broker restart
@@ -296,3 +291,50 @@ matrix!(
     disconnect_changes_expiry,
     v5
 );
+
+/// [MQTT-4.4.0-1]: messages the client had in flight when it left are re-sent after it
+/// reconnects with DUP=1 and their original packet ids, in order, before new ones.
+#[tokio::test]
+async fn unacked_redelivered_with_their_packet_ids() {
+    use common::conf::{Conn, Target, Ver, Via as CVia};
+    let t = Target::with(|_| {}).await;
+    if t.external() {
+        return;
+    }
+    let mut conn = Conn::new("same-ids");
+    conn.clean = false;
+    let mut sub = t.open(CVia::Tcp, Ver::V4).await;
+    assert_eq!(sub.connect(conn.clone()).await.code, 0);
+    sub.subscribe("ids/#", 1).await;
+    let mut publ = t.connect(CVia::Tcp, Ver::V4, "ids-pub").await;
+    for i in 0..3u8 {
+        publ.publish_acked("ids/a", &[i]).await;
+    }
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        let m = sub.next_msg().await;
+        assert!(!m.dup);
+        sent.push((m.pkid, m.payload));
+    }
+    // The first one is acknowledged; the other two are in flight when the client goes.
+    sub.puback(sent[0].0).await;
+    sub.pingreq().await;
+    sub.expect(|p| matches!(p, common::conf::In::PingResp))
+        .await;
+    sub.drop_connection().await;
+    let b = t.broker.as_ref().expect("fleetmq");
+    common::eventually("the session is parked", || async {
+        (b.handle.stats().connections.current == 1).then_some(())
+    })
+    .await;
+    publ.publish_acked("ids/a", &[3]).await;
+    let mut back = t.open(CVia::Tcp, Ver::V4).await;
+    assert!(back.connect(conn).await.session_present);
+    for (pkid, payload) in &sent[1..] {
+        let m = back.next_msg().await;
+        assert_eq!((m.pkid, &m.payload, m.dup), (*pkid, payload, true));
+        back.puback(m.pkid).await;
+    }
+    let m = back.next_msg().await;
+    assert_eq!((m.payload.as_slice(), m.dup), (&[3u8][..], false));
+}

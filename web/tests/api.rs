@@ -1699,6 +1699,16 @@ async fn metrics_move_with_mqtt_traffic_and_a_command() {
         after.value("fleetmq_dropped_total", &[("cause", "too_large")]),
         0.0
     );
+    // Slow consumers: exposed (and idle here).
+    assert_eq!(
+        after.value("fleetmq_dropped_total", &[("cause", "slow_consumer")]),
+        0.0
+    );
+    assert_eq!(after.value("fleetmq_publisher_pauses_total", &[]), 0.0);
+    assert_eq!(
+        after.value("fleetmq_slow_consumers_disconnected_total", &[]),
+        0.0
+    );
     assert_eq!(
         after.value("fleetmq_commands", &[("status", "completed")]),
         1.0

@@ -56,6 +56,14 @@ impl InboundAliases {
         self.map.insert(alias, topic.to_owned());
         Ok(topic.to_owned())
     }
+
+    /// The topic a PUBLISH would resolve to, without remembering anything.
+    pub(crate) fn peek<'a>(&'a self, topic: &'a str, alias: Option<u16>) -> Option<&'a str> {
+        if !topic.is_empty() {
+            return Some(topic);
+        }
+        self.map.get(&alias?).map(String::as_str)
+    }
 }
 
 #[cfg(test)]

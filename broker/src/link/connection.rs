@@ -10,11 +10,11 @@ use futures_util::FutureExt;
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, SubscribeReasonCode};
 use tokio::time::Instant;
 
-use super::acks::OutboundAcks;
 use super::alias::InboundAliases;
 use super::connect::{count_connection, Established};
 use super::flow::OutboundFlow;
-use super::framing::{self, Version};
+use super::framing::{self, PublishMeta, Version};
+use super::outbound::Outbound;
 use super::sealing::DeviceCrypto;
 use super::subscriptions::Subscriptions;
 use super::transport::Stream;
@@ -33,6 +33,9 @@ const MAX_COMMANDS_INFLIGHT: usize = 1024;
 
 /// How many router notifications are written per socket write at most.
 const MAX_EGRESS_BATCH: usize = 512;
+/// While a PUBLISH waits for a congested subscriber, the socket is read only while the
+/// buffer holds less than this (acks are taken out of it; the rest waits).
+const STALLED_READ_LIMIT: usize = 64 * 1024;
 
 /// Why the run loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +52,9 @@ pub(crate) enum Ending {
     Closed(CloseReason),
     /// The router closed our link.
     RouterGone,
+    /// The client did not take its messages: congested without acknowledging anything,
+    /// or a socket that accepted nothing, for `mqtt.slow_consumer_timeout_s`.
+    SlowConsumer,
 }
 
 pub(crate) struct Connection {
@@ -58,7 +64,12 @@ pub(crate) struct Connection {
     pub(super) read_buf: BytesMut,
     pub(super) out: BytesMut,
     pub(super) to_router: Vec<Packet>,
-    pub(super) acks: OutboundAcks,
+    /// Every PUBLISH owed to the client, and those in flight (`outbound.rs`).
+    pub(super) queue: Outbound,
+    /// A QoS 1/2 PUBLISH from the client waiting for a congested subscriber.
+    pub(super) stalled: Option<(Packet, Option<PublishMeta>)>,
+    /// Sees congested connections drain (`congestion.rs`).
+    pub(super) congestion_rx: tokio::sync::watch::Receiver<u64>,
     pub(super) crypto: Option<DeviceCrypto>,
     /// Inbound QoS 2 packet ids answered with PUBREC and waiting for PUBREL.
     pub(super) inbound_qos2: std::collections::HashSet<u16>,
@@ -99,6 +110,9 @@ impl Connection {
             subs: Subscriptions::new(s.session_present),
             flow: OutboundFlow::new(s.connect_props.as_ref()),
             sys_rx: core.sys.subscribe(),
+            queue: Outbound::new(core.config.max_pending_messages),
+            stalled: None,
+            congestion_rx: core.congestion.subscribe(),
             aliases,
             core,
             stream,
@@ -106,7 +120,6 @@ impl Connection {
             read_buf,
             out: BytesMut::with_capacity(4096),
             to_router: Vec::new(),
-            acks: OutboundAcks::default(),
             crypto,
             inbound_qos2: Default::default(),
             pending_subacks: HashMap::new(),
@@ -118,9 +131,11 @@ impl Connection {
         }
     }
 
+    /// None while a PUBLISH waits: the client's pings may be stuck behind it.
     fn keepalive_deadline(&self) -> Option<Instant> {
         let ka = self.s.keep_alive;
-        (ka > 0).then(|| self.last_read + Duration::from_millis(u64::from(ka) * 1500))
+        (ka > 0 && self.stalled.is_none())
+            .then(|| self.last_read + Duration::from_millis(u64::from(ka) * 1500))
     }
 
     /// Sends the CONNACK, runs until the connection ends, then closes it.
@@ -145,6 +160,13 @@ impl Connection {
         let sleep = tokio::time::sleep_until(
             deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
         );
+        let stuck_at = self
+            .queue
+            .stuck_deadline(self.core.config.slow_consumer_timeout);
+        let stuck = tokio::time::sleep_until(
+            stuck_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
+        );
+        let may_read = self.stalled.is_none() || self.read_buf.len() < STALLED_READ_LIMIT;
         tokio::select! {
             biased;
             ctrl = self.s.control.recv() => match ctrl {
@@ -156,13 +178,23 @@ impl Connection {
                 None => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
             _ = self.core.shutdown.cancelled() => Err(Ending::Closed(CloseReason::ShuttingDown)),
+            // Before router traffic, which a stuck client's QoS 0 subscriptions or the
+            // broker's own publishes could keep ready.
+            _ = stuck, if stuck_at.is_some() => {
+                tracing::warn!(client_id = %self.s.client_id, "slow consumer: no acknowledgement while congested");
+                Err(Ending::SlowConsumer)
+            }
+            changed = self.congestion_rx.changed(), if self.stalled.is_some() => match changed {
+                Ok(()) => self.ingress().await,
+                Err(_) => Err(Ending::Closed(CloseReason::ShuttingDown)),
+            },
             _ = self.s.mailbox.ready.notified() => {
                 for (command_id, payload) in self.s.mailbox.take() {
                     self.deliver_command(command_id, &payload);
                 }
                 self.flush().await
             }
-            read = self.stream.read(&mut self.read_buf) => match read {
+            read = self.stream.read(&mut self.read_buf), if may_read => match read {
                 Ok(0) | Err(_) => Err(Ending::Dropped),
                 Ok(n) => {
                     self.last_read = Instant::now();
@@ -170,8 +202,9 @@ impl Connection {
                     self.ingress().await
                 }
             },
-            // A resumed session's queue and retained messages go before live traffic.
-            next = self.s.link_rx.next(), if self.sess.live_ready() => match next {
+            // Always drained: live messages queue behind a resumed session's queue and
+            // retained messages in `outbound.rs`, never in the router's log.
+            next = self.s.link_rx.next() => match next {
                 Ok(Some(first)) => self.egress(first).await,
                 Ok(None) => Ok(()),
                 Err(_) => Err(Ending::RouterGone),
@@ -194,13 +227,22 @@ impl Connection {
             return Ok(());
         }
         let n = self.out.len();
-        let result = self.stream.write_all(&self.out).await;
+        // A socket that takes nothing for this long belongs to a stuck consumer (the
+        // write is not cancel-safe, but the connection ends anyway).
+        let timeout = self.core.config.slow_consumer_timeout;
+        let result = match tokio::time::timeout(timeout, self.stream.write_all(&self.out)).await {
+            Ok(result) => result.map_err(|_| Ending::Dropped),
+            Err(_) => {
+                tracing::warn!(client_id = %self.s.client_id, "slow consumer: socket write timed out");
+                Err(Ending::SlowConsumer)
+            }
+        };
         self.out.clear();
         if self.out.capacity() > 1 << 20 {
             self.out = BytesMut::with_capacity(4096);
         }
         crate::stats::Stats::add(&self.core.stats.bytes_sent, n as u64);
-        result.map_err(|_| Ending::Dropped)
+        result
     }
 
     /// Encodes a packet for the client, dropping v5-only properties for 3.1.1 clients.
@@ -243,7 +285,19 @@ impl Connection {
         let core = self.core.clone();
         let client_id = self.s.client_id.clone();
         tracing::debug!(client_id = %client_id, ?ending, "connection closing");
+        if ending == Ending::SlowConsumer {
+            crate::stats::Stats::add(&core.stats.slow_consumers_disconnected, 1);
+            if !self.sess.persistent() {
+                // A clean session's messages end with it; these were owed, so counted.
+                for _ in 0..self.queue.owed() {
+                    core.stats.dropped(crate::stats::DropCause::SlowConsumer);
+                }
+            }
+        }
         self.session_close().await;
+        // Only now do paused publishers resume: what they publish next is queued for a
+        // parked session after what this connection still owed it.
+        core.congestion.leave(self.s.conn_id);
         if ending != Ending::RouterGone {
             self.leave_router().await;
         }
@@ -266,8 +320,12 @@ impl Connection {
         core.sessions.remove(&self.s.router_key, self.s.conn_id);
         let _ = self.s.closed.send(true);
         if let (Version::V5, Some(reason)) = (self.s.version, disconnect_reason(ending)) {
+            if ending == Ending::SlowConsumer {
+                // Whatever it was not taking goes; the DISCONNECT is all it may still get.
+                self.out.clear();
+            }
             self.write_packet(super::server_disconnect(reason));
-            let _ = self.flush().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
         }
         self.stream.shutdown().await;
         if let Some(will) = will_now {
@@ -345,6 +403,7 @@ fn disconnect_reason(ending: Ending) -> Option<DisconnectReasonCode> {
         Ending::Closed(CloseReason::CredentialsRevoked) => DisconnectReasonCode::NotAuthorized,
         Ending::Closed(CloseReason::ShuttingDown) => DisconnectReasonCode::ServerShuttingDown,
         Ending::RouterGone => DisconnectReasonCode::UnspecifiedError,
+        Ending::SlowConsumer => DisconnectReasonCode::QuotaExceeded,
     })
 }
 
@@ -364,11 +423,15 @@ impl Connection {
             }
         }
         self.session_sync().await;
+        // Acks first: the router may go on at once while the client's copies are written.
+        if !flow.disconnected {
+            self.send_to_router().await?;
+        }
         self.flush().await?;
         if flow.disconnected {
             return Err(Ending::RouterGone);
         }
-        self.send_to_router().await?;
+        self.update_congestion();
         if flow.unscheduled {
             // Only now, after the batch reached the socket: this is the backpressure.
             self.woke = true;

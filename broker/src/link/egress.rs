@@ -1,15 +1,20 @@
-//! Router → client: each notification becomes a packet for the client, after the
-//! delivery-time read check and per-device encryption.
+//! Router → client: each notification becomes a packet for the client (acks, SUBACKs,
+//! DISCONNECT) or a message on the outbound queue (`outbound.rs`), after the
+//! delivery-time read check; routed messages are acknowledged to the router at once.
 
-use rumqttd::protocol::{Packet, SubAck, SubscribeReasonCode};
+use rumqttd::protocol::{
+    Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PublishProperties,
+    SubAck, SubscribeReasonCode,
+};
 use rumqttd::{Forward, Notification};
 
 use fleetmq_storage::now_ms;
 
 use super::connection::Connection;
 use super::framing;
-use super::origin::{remaining_expiry, Origin};
-use crate::stats::{DropCause, Stats};
+use super::origin::Origin;
+use super::outbound::OutMsg;
+use crate::stats::DropCause;
 
 /// What a notification asks of the egress loop besides writing.
 #[derive(Debug, Default, Clone, Copy)]
@@ -75,15 +80,19 @@ impl Connection {
                 let merged = self.merge_suback(suback);
                 self.write_packet(Packet::SubAck(merged, props));
                 // Retained messages for the new subscriptions follow their SUBACK.
-                self.fill_local();
+                self.fill_out();
             }
             // UNSUBACKs are answered by the link layer itself (one per UNSUBSCRIBE).
             Packet::UnsubAck(..) | Packet::ConnAck(..) => {}
-            Packet::PubRel(pubrel, props) => {
-                if self.acks.router_pubrel(pubrel.pkid, &mut self.to_router) {
-                    self.write_packet(Packet::PubRel(pubrel, props));
-                }
-            }
+            // Our PUBREC of a routed QoS 2 message: the exchange with the router ends
+            // here; the one with the client is the outbound queue's.
+            Packet::PubRel(pubrel, _) => self.to_router.push(Packet::PubComp(
+                PubComp {
+                    pkid: pubrel.pkid,
+                    reason: PubCompReason::Success,
+                },
+                None,
+            )),
             other => self.write_packet(other),
         }
     }
@@ -107,8 +116,10 @@ impl Connection {
         }
     }
 
-    /// A routed message: read check, No Local, expiry, QoS downgrade, sealing, then the
-    /// client's own limits (Maximum Packet Size, Receive Maximum).
+    /// A routed message. The router is answered at once (the message is the link's from
+    /// now on, so the router's log never waits for this client); then read check, No
+    /// Local, expiry, QoS downgrade and Retain As Published, and the message joins the
+    /// outbound queue (`outbound.rs`) with its properties.
     fn forward(&mut self, forward: Forward) {
         let Forward {
             mut publish,
@@ -116,113 +127,79 @@ impl Connection {
             ..
         } = forward;
         let routed = framing::meta_of(&publish);
+        self.ack_router(routed);
         let origin = Origin::take(&mut publish.payload);
         let Ok(topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
-            self.drop_inflight(routed);
             return;
         };
         if !self.s.principal.may_read(&topic) {
             self.core.stats.dropped(DropCause::AclDelivery);
             tracing::debug!(client_id = %self.s.client_id, topic, "delivery denied by read ACL");
-            self.drop_inflight(routed);
             return;
         }
+        let mut expires_at_ms = None;
         if let Some(origin) = origin {
             if origin.conn_id == self.s.conn_id && self.subs.no_local_blocks(&topic) {
                 // [MQTT-3.8.3-3]: not an error, just not for us.
-                self.drop_inflight(routed);
                 return;
             }
-            if let Some(p) = properties.as_mut() {
-                if let Some(interval) = p.message_expiry_interval {
-                    let elapsed = now_ms().saturating_sub(origin.at_ms);
-                    match remaining_expiry(interval, elapsed) {
-                        Some(left) => p.message_expiry_interval = Some(left),
-                        None => {
-                            // [MQTT-3.3.2-5]
-                            self.core.stats.dropped(DropCause::Expired);
-                            self.drop_inflight(routed);
-                            return;
-                        }
-                    }
+            if let Some(interval) = properties
+                .as_mut()
+                .and_then(|p| p.message_expiry_interval.take())
+            {
+                let at = origin.at_ms.saturating_add(u64::from(interval) * 1000);
+                if at <= now_ms() {
+                    // [MQTT-3.3.2-5]
+                    self.core.stats.dropped(DropCause::Expired);
+                    return;
                 }
+                expires_at_ms = Some(at);
             }
         }
         // rumqttd delivers at the subscription QoS; MQTT says the lower of the two.
         let qos = origin.map_or(routed.qos, |o| o.qos.min(routed.qos));
         // Retain As Published: the flag travels through the router as a mark.
         let retain = self.take_retain_mark(&topic, &mut properties);
-        let mut payload = std::mem::take(&mut publish.payload);
-        // The plaintext, for a persistent session's re-send after a reconnect.
-        let plain = payload.clone();
-        if let Some(crypto) = self.crypto.as_mut() {
-            match crypto.seal(&topic, &payload) {
-                Ok(sealed) => payload = sealed.into(),
-                Err(e) => {
-                    self.core.stats.dropped(DropCause::EncryptFailed);
-                    tracing::warn!(client_id = %self.s.client_id, topic, error = %e, "cannot encrypt for device");
-                    self.drop_inflight(routed);
-                    return;
-                }
-            }
+        if properties.as_ref() == Some(&PublishProperties::default()) {
+            properties = None;
         }
-        let publish = if qos == routed.qos {
-            publish.payload = payload;
-            publish.retain = retain;
-            publish
-        } else {
-            // QoS and packet id are crate-private in rumqttd: rebuild the PUBLISH.
-            let meta = framing::PublishMeta {
-                qos,
-                dup: false,
-                retain,
-                pkid: if qos > 0 { routed.pkid } else { 0 },
-            };
-            framing::build_publish(meta, topic.as_bytes(), &payload)
+        let msg = OutMsg {
+            topic,
+            payload: publish.payload,
+            qos,
+            retain,
+            dup: false,
+            seq: None,
+            props: properties,
+            expires_at_ms,
+            read_checked: true,
+            pkid: None,
+            arrival: origin.and_then(|o| o.arrival),
         };
-        let packet = Packet::Publish(publish, properties);
-        if let Some(max) = self.flow.max_packet() {
-            let mut probe = bytes::BytesMut::new();
-            let fits = framing::encode(self.s.version, packet.clone(), &mut probe).is_ok()
-                && probe.len() <= max;
-            if !fits {
-                // Discarded as if delivered [MQTT-3.1.2-25].
-                self.core.stats.dropped(DropCause::Limit);
-                self.drop_inflight(routed);
-                return;
-            }
-        }
-        match (routed.qos, qos) {
-            (0, _) => {}
-            (r, 0) => self.acks.dropped(routed.pkid, r, &mut self.to_router),
-            (2, 1) => self.acks.sent_downgraded(routed.pkid),
-            _ => self.acks.sent(routed.pkid),
-        }
-        self.session_forwarded(routed.pkid, &packet, &plain);
-        if qos > 0 && !self.flow.may_send() {
-            self.flow.hold(packet);
-            return;
-        }
-        self.write_forward(packet);
+        self.push_live(msg);
     }
 
-    /// Writes a routed PUBLISH and counts it towards the client's Receive Maximum.
-    pub(super) fn write_forward(&mut self, packet: Packet) {
-        let start = self.out.len();
-        self.write_packet(packet);
-        if let Some(meta) = framing::publish_meta(&self.out[start..]) {
-            if meta.qos > 0 {
-                self.flow.sent(meta.pkid);
-            }
-            Stats::add(&self.core.stats.sent, 1);
-        }
-    }
-
-    /// A routed QoS 1/2 message that will not reach the client: acked on its behalf.
-    fn drop_inflight(&mut self, routed: framing::PublishMeta) {
-        if routed.qos > 0 {
-            self.acks
-                .dropped(routed.pkid, routed.qos, &mut self.to_router);
+    /// Takes a routed QoS 1/2 message off the router's hands: PUBACK, or PUBREC (whose
+    /// PUBREL is answered in `router_ack`). Router deliveries always arrive in order,
+    /// which is the only order the router accepts acks in.
+    fn ack_router(&mut self, routed: framing::PublishMeta) {
+        let pkid = routed.pkid;
+        match routed.qos {
+            1 => self.to_router.push(Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            )),
+            2 => self.to_router.push(Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: PubRecReason::Success,
+                },
+                None,
+            )),
+            _ => {}
         }
     }
 }

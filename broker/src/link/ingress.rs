@@ -21,11 +21,13 @@ use crate::fleet::{LinkEvent, Upstream};
 use crate::stats::{DropCause, Stats};
 
 impl Connection {
-    /// Processes every complete frame in the read buffer.
+    /// Processes every complete frame in the read buffer, up to a QoS 1/2 PUBLISH that
+    /// must wait for a congested subscriber (`congestion.rs`); while one waits, only the
+    /// client's acks and pings are taken from the buffer.
     pub(super) async fn ingress(&mut self) -> Result<(), Ending> {
         let max = self.core.max_packet();
-        let mut result = Ok(());
-        while result.is_ok() {
+        let mut result = self.retry_stalled().await;
+        while result.is_ok() && self.stalled.is_none() {
             let frame = match framing::peek(&self.read_buf, max) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -42,22 +44,32 @@ impl Connection {
             result = match framing::decode(self.s.version, frame, bytes, max) {
                 Ok(packet) => {
                     self.core.stats.packet_in(packet_type);
-                    self.packet(packet, meta).await
+                    if self.must_wait(&packet, meta) {
+                        Stats::add(&self.core.stats.publisher_pauses, 1);
+                        self.stalled = Some((packet, meta));
+                        Ok(())
+                    } else {
+                        self.packet(packet, meta).await
+                    }
                 }
                 Err(e) => Err(self.frame_error(e)),
             };
+        }
+        if result.is_ok() && self.stalled.is_some() {
+            result = self.acks_while_stalled().await;
         }
         self.session_sync().await;
         self.flush().await?;
         if result.is_ok() {
             self.send_to_router().await?;
+            self.update_congestion();
         }
         // On an ending, what is queued for the router leaves together with the
         // link's Disconnect, in one router event (see `Connection::leave_router`).
         result
     }
 
-    fn frame_error(&self, e: FrameError) -> Ending {
+    pub(super) fn frame_error(&self, e: FrameError) -> Ending {
         let (cause, reason) = match e {
             FrameError::TooLarge(_) => (DropCause::TooLarge, Reason::PacketTooLarge),
             FrameError::Forbidden(_) | FrameError::UnsupportedProtocol(_) => {
@@ -70,49 +82,33 @@ impl Connection {
         Ending::Violation(reason)
     }
 
-    async fn packet(&mut self, packet: Packet, meta: Option<PublishMeta>) -> Result<(), Ending> {
+    pub(super) async fn packet(
+        &mut self,
+        packet: Packet,
+        meta: Option<PublishMeta>,
+    ) -> Result<(), Ending> {
         match packet {
             Packet::Publish(publish, props) => {
                 let meta = meta.ok_or(Ending::Violation(Reason::MalformedPacket))?;
                 self.publish(publish, props, meta).await
             }
-            Packet::PubAck(ack, props) => {
-                let pkid = ack.pkid;
-                if !self.command_acked(pkid).await && !self.local_ack(4, pkid) {
-                    self.session_client_acked(pkid);
-                    self.client_ack(pkid, Packet::PubAck(ack, props));
-                    self.completed(pkid);
+            Packet::PubAck(ack, _) => {
+                if !self.command_acked(ack.pkid).await && !self.out_ack(4, ack.pkid, false) {
+                    tracing::debug!(client_id = %self.s.client_id, pkid = ack.pkid, "PUBACK for nothing in flight ignored");
                 }
                 Ok(())
             }
-            Packet::PubRec(rec, props) => {
-                let pkid = rec.pkid;
-                if !self.local_ack(5, pkid) {
-                    // A PUBREC with an error code ends the exchange [MQTT-4.3.3-?, 4.9].
-                    let failed = !matches!(
-                        rec.reason,
-                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
-                    );
-                    self.session_client_acked(pkid);
-                    self.client_ack(pkid, Packet::PubRec(rec, props));
-                    if failed {
-                        self.completed(pkid);
-                    }
-                }
+            Packet::PubRec(rec, _) => {
+                // A PUBREC with an error code ends the exchange [MQTT-4.3.3].
+                let failed = !matches!(
+                    rec.reason,
+                    PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                );
+                self.out_ack(5, rec.pkid, failed);
                 Ok(())
             }
-            Packet::PubComp(comp, props) => {
-                let pkid = comp.pkid;
-                if !self.local_ack(7, pkid)
-                    && !self.acks.client_pubcomp(
-                        pkid,
-                        Packet::PubComp(comp, props),
-                        &mut self.to_router,
-                    )
-                {
-                    tracing::debug!(client_id = %self.s.client_id, pkid, "PUBCOMP for nothing in flight ignored");
-                }
-                self.completed(pkid);
+            Packet::PubComp(comp, _) => {
+                self.out_ack(7, comp.pkid, false);
                 Ok(())
             }
             Packet::PubRel(rel, _) => {
@@ -151,12 +147,6 @@ impl Connection {
             }
             Packet::Connect(..) => Err(Ending::Violation(Reason::ProtocolError)),
             _ => Err(Ending::Violation(Reason::ProtocolError)),
-        }
-    }
-
-    fn client_ack(&mut self, pkid: u16, ack: Packet) {
-        if !self.acks.client_ack(pkid, ack, &mut self.to_router) {
-            tracing::debug!(client_id = %self.s.client_id, pkid, "ack for nothing in flight ignored");
         }
     }
 
@@ -521,14 +511,6 @@ impl Connection {
             },
             None,
         ));
-    }
-
-    /// The client completed an outbound QoS 1/2 exchange: held messages may go now.
-    fn completed(&mut self, pkid: u16) {
-        self.flow.completed(pkid);
-        while let Some(packet) = self.flow.release() {
-            self.write_forward(packet);
-        }
     }
 }
 

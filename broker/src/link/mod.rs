@@ -6,23 +6,26 @@
 //! - `connect`: CONNECT, authentication, takeover, CONNACK.
 //! - `connection`: the per-connection run loop and close sequence.
 //! - `ingress` / `egress`: client → router and router → client packet handling.
-//! - `acks`: outbound acks put back in the order the router demands.
+//! - `outbound`: the queue of every PUBLISH owed to a client, on the link's own packet
+//!   ids and window (routed messages are acknowledged to the router on arrival).
+//! - `congestion`: slow consumers pause the publishers of their QoS 1/2 topics.
 //! - `acl`, `topic`: SPEC §3 permissions and MQTT topic rules.
 //! - `crypto`, `sealing`: the SPEC §4 envelope and per-connection device keys.
 //! - `origin`: what the router forgets about a message (publish QoS, publisher, arrival),
 //!   carried through it as an internal user property.
 //! - `subscriptions`, `alias`, `flow`: per-connection MQTT state the router lacks
-//!   (UNSUBACK codes, No Local; inbound topic aliases; Receive Maximum and Maximum
-//!   Packet Size towards the client).
+//!   (UNSUBACK codes, No Local; inbound topic aliases; the client's Receive Maximum and
+//!   Maximum Packet Size).
 //! - `will`: last wills with their delay; `sys`: the `$SYS` topics.
 //! - `retained`: retained messages, delivered by the link layer (never by the router).
 //! - `session_store`, `session_link`: persistent sessions, their redb queues and expiry;
 //!   `session_index`: the parked sessions' filters by level, so a publish finds its
-//!   parked subscribers without scanning them all.
+//!   parked subscribers without scanning them all; `resend`: packet ids of in-flight
+//!   messages kept for their re-send after a reconnect.
 
-mod acks;
 pub(crate) mod acl;
 mod alias;
+mod congestion;
 mod connect;
 mod connection;
 pub(crate) mod crypto;
@@ -32,6 +35,8 @@ mod framing;
 mod ingress;
 mod listener;
 mod origin;
+mod outbound;
+mod resend;
 mod retained;
 mod sealing;
 mod session_index;
@@ -84,13 +89,13 @@ pub(crate) struct Links {
 
 impl Links {
     /// Spawns rumqttd's router thread with memory-bounding settings.
-    fn spawn(max_connections: usize) -> Links {
+    fn spawn(max_connections: usize, segment_size: usize) -> Links {
         let config = RouterConfig {
             max_connections: max_connections + 16,
             max_outgoing_packet_count: 200,
-            // Each filter's log keeps at most 4 x 4 MiB in memory (bare rumqttd's example
-            // config keeps 1 GiB per filter).
-            max_segment_size: 4 * 1024 * 1024,
+            // Each filter's log keeps at most 4 segments in memory. Links drain it at
+            // once into their own queues, so it only absorbs their scheduling delays.
+            max_segment_size: segment_size,
             max_segment_count: 4,
             custom_segment: None,
             initialized_filters: None,
@@ -149,6 +154,10 @@ pub(crate) struct Core {
     pub(crate) retained: retained::RetainedIndex,
     /// Persistent sessions whose clients are away, and their queues.
     pub(crate) session_store: session_store::SessionStore,
+    /// Connections whose outbound queue is past its bound, and the filters they pause.
+    pub(crate) congestion: congestion::Congestion,
+    /// Packet ids parked sessions had in flight (re-sent on the same ids).
+    pub(crate) resend: resend::ResendIds,
 }
 
 /// What the broker restores from the store at start.
@@ -167,7 +176,7 @@ impl Core {
         tracker: tokio_util::task::TaskTracker,
         restored: Restored,
     ) -> Result<Arc<Core>, String> {
-        let links = Links::spawn(config.max_connections);
+        let links = Links::spawn(config.max_connections, config.router_segment_size);
         let (link_tx, link_rx, _) = (links.build)("fleetmq:system", true)?;
         let (system, system_rx) = mpsc::channel(4096);
         spawn_system_link(link_tx, link_rx, system_rx)?;
@@ -180,6 +189,8 @@ impl Core {
         Ok(Arc::new(Core {
             retained: retained::RetainedIndex::load(restored.retained),
             session_store,
+            congestion: congestion::Congestion::default(),
+            resend: resend::ResendIds::default(),
             auth: Authenticator::new(store.clone(), config.allow_anonymous),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             stats: Stats::new(),

@@ -82,15 +82,14 @@ impl Origin {
     }
 }
 
-/// The Message Expiry Interval left after `elapsed_ms`, or `None` when it ran out
-/// [MQTT-3.3.2-5, -6].
-pub(crate) fn remaining_expiry(interval_s: u32, elapsed_ms: u64) -> Option<u32> {
-    let total_ms = u64::from(interval_s) * 1000;
-    if elapsed_ms >= total_ms {
+/// The Message Expiry Interval left at `now_ms` of a message that expires at
+/// `expires_at_ms`, or `None` when it ran out [MQTT-3.3.2-5, -6].
+pub(crate) fn remaining_expiry(expires_at_ms: u64, now_ms: u64) -> Option<u32> {
+    if expires_at_ms <= now_ms {
         return None;
     }
     // Rounded up: a message with 300 ms left still says 1 s, never 0.
-    u32::try_from((total_ms - elapsed_ms).div_ceil(1000)).ok()
+    Some(u32::try_from((expires_at_ms - now_ms).div_ceil(1000)).unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]
@@ -128,10 +127,10 @@ mod tests {
 
     #[test]
     fn expiry_counts_down_and_runs_out() {
-        assert_eq!(remaining_expiry(10, 0), Some(10));
-        assert_eq!(remaining_expiry(10, 2500), Some(8));
-        assert_eq!(remaining_expiry(10, 9999), Some(1));
-        assert_eq!(remaining_expiry(10, 10_000), None);
+        assert_eq!(remaining_expiry(10_000, 0), Some(10));
+        assert_eq!(remaining_expiry(10_000, 2500), Some(8));
+        assert_eq!(remaining_expiry(10_000, 9999), Some(1));
+        assert_eq!(remaining_expiry(10_000, 10_000), None);
         assert_eq!(remaining_expiry(0, 0), None);
     }
 }

@@ -1,33 +1,25 @@
 //! A connection's part of session state: the subscriptions it keeps for a persistent
-//! session, the messages the link delivers itself (a resumed session's queue and
-//! retained messages, on packet ids 101..=1000 of its own), and parking the session
-//! when the client leaves. See `session_store` for the design.
+//! session, what it puts on the outbound queue (`outbound.rs`: a resumed session's stored
+//! queue, retained messages for new subscriptions), and parking the session with what
+//! the client was still owed when it leaves. See `session_store` for the design.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
-use fleetmq_storage::{
-    now_ms, MessageProperties, QueuedMessage, SessionRecord, SessionSubscription,
-};
+use fleetmq_storage::{now_ms, QueuedMessage, SessionRecord, SessionSubscription};
 use futures_util::FutureExt;
 use rumqttd::protocol::{
-    Filter, Packet, PubRel, PubRelReason, Publish, PublishProperties, RetainForwardRule, SubAck,
-    Subscribe, SubscribeProperties, SubscribeReasonCode,
+    Filter, Packet, Publish, PublishProperties, RetainForwardRule, SubAck, Subscribe,
+    SubscribeProperties, SubscribeReasonCode,
 };
 use rumqttd::Notification;
 
 use super::connection::{Connection, Ending};
-use super::framing::{self, PublishMeta, Version};
+use super::framing::{self, Version};
 use super::origin::Origin;
+use super::outbound::OutMsg;
 use super::session_store::{self, Unacked};
 use super::topic;
-use crate::stats::{DropCause, Stats};
-
-/// Packet ids of messages the link delivers itself (router: 1..=100, commands: 1001..).
-const FIRST_LOCAL_PKID: u16 = 101;
-const LAST_LOCAL_PKID: u16 = 1000;
-/// Messages of the link's own in flight at once.
-const LOCAL_WINDOW: usize = 64;
 /// The packet id of the SUBSCRIBE that restores a resumed session's router
 /// subscriptions; clients never use 0, so its SUBACK is recognisably ours.
 const RESUBSCRIBE_PKID: u16 = 0;
@@ -69,26 +61,6 @@ pub(crate) struct SessionStart {
     pub(crate) resumed: Option<SessionRecord>,
 }
 
-struct LocalMsg {
-    topic: String,
-    payload: Bytes,
-    qos: u8,
-    retain: bool,
-    dup: bool,
-    /// Its place in the session's redb queue, if it came from there.
-    seq: Option<u64>,
-    /// When its Message Expiry Interval runs out, unix ms.
-    expires_at_ms: Option<u64>,
-    /// Its MQTT 5 properties (queued messages); sent to MQTT 5 clients only.
-    props: MessageProperties,
-}
-
-struct Inflight {
-    msg: LocalMsg,
-    /// QoS 2: PUBREC received, PUBREL sent.
-    released: bool,
-}
-
 /// Per-connection session state.
 #[derive(Default)]
 pub(crate) struct SessionLink {
@@ -97,14 +69,6 @@ pub(crate) struct SessionLink {
     /// Filters of SUBSCRIBEs the router has not answered yet, and whether each
     /// subscription existed before (Retain Handling 1).
     pending_subs: HashMap<u16, Vec<(SessionSubscription, bool)>>,
-    /// Messages the link delivers itself, oldest first; live traffic waits for them.
-    pending: VecDeque<LocalMsg>,
-    inflight: BTreeMap<u16, Inflight>,
-    next_pkid: u16,
-    /// Router deliveries to a persistent session not yet acknowledged by the client:
-    /// queued again (DUP) if the client leaves first.
-    router_inflight: HashMap<u16, QueuedMessage>,
-    acked_seqs: Vec<u64>,
     subs_dirty: bool,
     saved_qos2: HashSet<u16>,
     /// Whether this connection stored a session record.
@@ -115,15 +79,13 @@ impl SessionLink {
     pub(crate) fn new(start: SessionStart) -> SessionLink {
         SessionLink {
             start,
-            next_pkid: FIRST_LOCAL_PKID,
             ..SessionLink::default()
         }
     }
 
-    /// Whether live traffic from the router may be written (the link's own queue is
-    /// delivered first).
-    pub(crate) fn live_ready(&self) -> bool {
-        self.pending.is_empty()
+    /// Whether the session outlives this connection.
+    pub(crate) fn persistent(&self) -> bool {
+        self.start.persistent
     }
 }
 
@@ -184,6 +146,8 @@ impl Connection {
     /// stops queuing for it, and queues its stored messages for delivery ahead of live
     /// traffic [MQTT-3.1.2-5] [MQTT-4.4.0-1].
     pub(super) async fn resume_session(&mut self) -> Result<(), Ending> {
+        // Ids of a session that is not resumed are of no use any more.
+        let mut resend = self.core.resend.take(&self.s.router_key);
         let Some(rec) = self.sess.start.resumed.take() else {
             if self.sess.start.persistent {
                 self.sess.saved = true;
@@ -229,16 +193,16 @@ impl Connection {
         let key = self.s.router_key.clone();
         self.core.session_store.unpark(&key);
         for (seq, m) in self.core.session_store.queued(&key).await {
-            self.sess.pending.push_back(LocalMsg {
-                topic: m.topic,
-                payload: m.payload.into(),
-                qos: m.qos,
-                retain: m.retain,
-                dup: m.dup,
-                seq: Some(seq),
-                expires_at_ms: m.expires_at_ms,
-                props: m.properties,
-            });
+            let pkid = resend.pkid_for(seq, &m);
+            let mut msg = OutMsg::plain(m.topic, m.payload.into(), m.qos);
+            msg.dup = m.dup || pkid.is_some();
+            msg.retain = m.retain;
+            msg.seq = Some(seq);
+            msg.pkid = pkid;
+            msg.expires_at_ms = m.expires_at_ms;
+            // Sent to MQTT 5 clients only; the expiry left is added when it is written.
+            msg.props = session_store::publish_properties(&m.properties, None);
+            self.queue.push(msg);
         }
         if self.sess.start.persistent {
             self.sess.saved = true;
@@ -247,7 +211,7 @@ impl Connection {
             // Resumed by a connection whose session ends with it (v5 expiry 0).
             self.core.session_store.discard(&key).await;
         }
-        self.fill_local();
+        self.fill_out();
         Ok(())
     }
 
@@ -307,16 +271,14 @@ impl Connection {
             };
             if send && !topic::is_shared(&sub.filter) {
                 for m in self.core.retained.matching(&sub.filter) {
-                    self.sess.pending.push_back(LocalMsg {
-                        topic: m.topic.clone(),
-                        payload: Bytes::copy_from_slice(&m.payload),
-                        qos: m.qos.min(granted),
-                        retain: true,
-                        dup: false,
-                        seq: None,
-                        expires_at_ms: m.expires_at_ms,
-                        props: MessageProperties::default(),
-                    });
+                    let mut msg = OutMsg::plain(
+                        m.topic.clone(),
+                        Bytes::copy_from_slice(&m.payload),
+                        m.qos.min(granted),
+                    );
+                    msg.retain = true;
+                    msg.expires_at_ms = m.expires_at_ms;
+                    self.queue.push(msg);
                 }
             }
             self.sess.subs.insert(sub.filter.clone(), sub);
@@ -358,166 +320,13 @@ impl Connection {
             })
     }
 
-    /// A router delivery was written to the client (`packet`, with `payload` in plain).
-    pub(super) fn session_forwarded(&mut self, pkid: u16, packet: &Packet, payload: &[u8]) {
-        let Packet::Publish(publish, props) = packet else {
-            return;
-        };
-        let meta = framing::meta_of(publish);
-        if meta.qos > 0 && self.sess.start.persistent {
-            let Ok(topic) = std::str::from_utf8(&publish.topic) else {
-                return;
-            };
-            let now = now_ms();
-            let (properties, expires_at_ms) = session_store::stored_properties(props.as_ref(), now);
-            let msg = QueuedMessage {
-                topic: topic.to_owned(),
-                payload: payload.to_vec(),
-                qos: meta.qos,
-                dup: true,
-                retain: meta.retain,
-                queued_at_ms: now,
-                expires_at_ms,
-                properties,
-            };
-            self.sess.router_inflight.insert(pkid, msg);
-        }
-    }
-
-    /// The client acknowledged a router delivery (PUBACK or PUBREC).
-    pub(super) fn session_client_acked(&mut self, pkid: u16) {
-        self.sess.router_inflight.remove(&pkid);
-    }
-
-    /// A PUBACK/PUBREC/PUBCOMP (`packet_type` 4/5/7) for a message the link delivered
-    /// itself; false if `pkid` is not one of those.
-    pub(super) fn local_ack(&mut self, packet_type: u8, pkid: u16) -> bool {
-        if !(FIRST_LOCAL_PKID..=LAST_LOCAL_PKID).contains(&pkid) {
-            return false;
-        }
-        let Some(inflight) = self.sess.inflight.get_mut(&pkid) else {
-            return true;
-        };
-        let done = match (packet_type, inflight.msg.qos, inflight.released) {
-            (4, 1, _) | (7, 2, true) => true,
-            (5, 2, false) => {
-                inflight.released = true;
-                if let Some(seq) = inflight.msg.seq.take() {
-                    self.sess.acked_seqs.push(seq);
-                }
-                self.write_packet(Packet::PubRel(
-                    PubRel {
-                        pkid,
-                        reason: PubRelReason::Success,
-                    },
-                    None,
-                ));
-                false
-            }
-            _ => false,
-        };
-        if done {
-            if let Some(seq) = self.sess.inflight.remove(&pkid).and_then(|i| i.msg.seq) {
-                self.sess.acked_seqs.push(seq);
-            }
-            self.fill_local();
-        }
-        true
-    }
-
-    /// Writes what fits in the link's window from its own queue.
-    pub(super) fn fill_local(&mut self) {
-        while self.sess.inflight.len() < LOCAL_WINDOW {
-            let Some(msg) = self.sess.pending.pop_front() else {
-                return;
-            };
-            if msg.qos == 0 {
-                self.write_local(&msg, 0);
-                if let Some(seq) = msg.seq {
-                    self.sess.acked_seqs.push(seq);
-                }
-                continue;
-            }
-            let pkid = self.local_pkid();
-            if self.write_local(&msg, pkid) {
-                self.sess.inflight.insert(
-                    pkid,
-                    Inflight {
-                        msg,
-                        released: false,
-                    },
-                );
-            } else if let Some(seq) = msg.seq {
-                self.sess.acked_seqs.push(seq);
-            }
-        }
-    }
-
-    fn local_pkid(&mut self) -> u16 {
-        loop {
-            let pkid = self.sess.next_pkid;
-            self.sess.next_pkid = if pkid >= LAST_LOCAL_PKID {
-                FIRST_LOCAL_PKID
-            } else {
-                pkid + 1
-            };
-            if !self.sess.inflight.contains_key(&pkid) {
-                return pkid;
-            }
-        }
-    }
-
-    /// Writes one of the link's own messages after the read ACL and sealing; false if
-    /// it was dropped.
-    fn write_local(&mut self, msg: &LocalMsg, pkid: u16) -> bool {
-        if !self.s.principal.may_read(&msg.topic) {
-            self.core.stats.dropped(DropCause::AclDelivery);
-            return false;
-        }
-        // Seconds left, rounded up so a message still sent never says 0 [MQTT-3.3.2-6].
-        let expiry_s = match msg.expires_at_ms.map(|at| at.saturating_sub(now_ms())) {
-            Some(0) => {
-                // [MQTT-3.3.2-5]
-                self.core.stats.dropped(DropCause::Expired);
-                return false;
-            }
-            left => left.map(|ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)),
-        };
-        let payload = match self.crypto.as_mut() {
-            Some(crypto) => match crypto.seal(&msg.topic, &msg.payload) {
-                Ok(sealed) => Bytes::from(sealed),
-                Err(e) => {
-                    self.core.stats.dropped(DropCause::EncryptFailed);
-                    tracing::warn!(client_id = %self.s.client_id, error = %e, "cannot encrypt for device");
-                    return false;
-                }
-            },
-            None => msg.payload.clone(),
-        };
-        let meta = PublishMeta {
-            qos: msg.qos,
-            dup: msg.dup,
-            retain: msg.retain,
-            pkid,
-        };
-        let publish = framing::build_publish(meta, msg.topic.as_bytes(), &payload);
-        // 3.1.1 clients never get properties.
-        let props = match self.s.version {
-            Version::V5 => session_store::publish_properties(&msg.props, expiry_s),
-            Version::V4 => None,
-        };
-        self.write_packet(Packet::Publish(publish, props));
-        Stats::add(&self.core.stats.sent, 1);
-        true
-    }
-
     /// After a batch: removes delivered messages from the stored queue, stores changed
     /// subscriptions or inbound QoS 2 state (before the PUBRECs of this batch reach the
     /// client), and refills the window.
     pub(super) async fn session_sync(&mut self) {
         let key = self.s.router_key.clone();
-        if !self.sess.acked_seqs.is_empty() {
-            let seqs = std::mem::take(&mut self.sess.acked_seqs);
+        if !self.queue.acked_seqs.is_empty() {
+            let seqs = std::mem::take(&mut self.queue.acked_seqs);
             self.core.session_store.dequeue(&key, seqs).await;
         }
         if self.sess.start.persistent
@@ -527,7 +336,7 @@ impl Connection {
             self.sess.saved_qos2 = self.inbound_qos2.clone();
             self.core.session_store.save(self.session_record()).await;
         }
-        self.fill_local();
+        self.fill_out();
     }
 
     /// The connection is ending (before it leaves the router): a persistent session is
@@ -546,31 +355,20 @@ impl Connection {
             .core
             .session_store
             .begin_park(&key, &subs, self.sess.start.expiry_s);
-        let mut unacked: Vec<Unacked> = Vec::new();
-        let to_queued = |m: LocalMsg, dup: bool| QueuedMessage {
-            topic: m.topic,
-            payload: m.payload.to_vec(),
-            qos: m.qos,
-            dup,
-            retain: m.retain,
-            queued_at_ms: now_ms(),
-            expires_at_ms: m.expires_at_ms,
-            properties: m.props,
+        let owed = self.queue.take_unacked();
+        let mut ids = super::resend::InFlightIds {
+            by_seq: owed.stored_inflight.into_iter().collect(),
+            ..Default::default()
         };
-        let inflight = std::mem::take(&mut self.sess.inflight);
-        for (_, i) in inflight {
-            if i.msg.seq.is_none() && !i.released && i.msg.qos > 0 {
-                let msg = to_queued(i.msg, true);
-                unacked.push(Unacked { msg, arrival: None });
+        let mut unacked = Vec::with_capacity(owed.messages.len());
+        for (u, pkid) in owed.messages {
+            if let Some(pkid) = pkid {
+                let fp = super::resend::fingerprint(&u.msg.topic, &u.msg.payload);
+                ids.appended.push_back((fp, pkid));
             }
+            unacked.push(u);
         }
-        let mut router: Vec<(u16, QueuedMessage)> = self.sess.router_inflight.drain().collect();
-        router.sort_by_key(|(pkid, _)| *pkid);
-        unacked.extend(
-            router
-                .into_iter()
-                .map(|(_, msg)| Unacked { msg, arrival: None }),
-        );
+        self.core.resend.park(&key, ids);
         // Deliveries the router handed this link but the client never saw; those its
         // publisher queued after `begin_park` are left out by `finish_park`.
         while let Some(Ok(Some(n))) = self.s.link_rx.next().now_or_never() {

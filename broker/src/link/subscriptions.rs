@@ -66,6 +66,16 @@ impl Subscriptions {
         matching.peek().is_some() && matching.all(|(_, o)| o.no_local)
     }
 
+    /// Filters the router delivers QoS 1/2 messages on (what a congested connection
+    /// holds publishers back for).
+    pub(crate) fn qos_filters(&self) -> Vec<String> {
+        self.routed
+            .iter()
+            .filter(|(_, o)| o.qos > 0)
+            .map(|(f, _)| f.clone())
+            .collect()
+    }
+
     /// `$SYS` filters and their QoS.
     pub(crate) fn sys_filters(&self) -> impl Iterator<Item = &str> + '_ {
         self.sys.keys().map(String::as_str)

@@ -121,6 +121,16 @@ fn traffic(e: &mut Exposition, stats: &StatsSnapshot) {
         "Times a slow client made the router pause its link.",
         m.backpressure_pauses,
     );
+    e.counter(
+        "fleetmq_publisher_pauses_total",
+        "Times a publisher was paused because a subscriber of its topic was congested.",
+        m.publisher_pauses,
+    );
+    e.counter(
+        "fleetmq_slow_consumers_disconnected_total",
+        "Clients disconnected because they did not take their messages.",
+        m.slow_consumers_disconnected,
+    );
     let d = &stats.drops;
     e.counter_by(
         "fleetmq_dropped_total",
@@ -138,6 +148,7 @@ fn traffic(e: &mut Exposition, stats: &StatsSnapshot) {
             ("expired", d.expired),
             ("limit", d.limit),
             ("session_queue_full", d.session_queue_full),
+            ("slow_consumer", d.slow_consumer),
         ],
     );
 }

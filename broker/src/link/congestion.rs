@@ -1,0 +1,191 @@
+//! Backpressure from slow consumers to publishers.
+//!
+//! A connection whose outbound queue (`outbound.rs`) has more than
+//! `mqtt.max_pending_messages` messages waiting is *congested*: it registers the filters
+//! of its QoS 1/2 subscriptions here. A publisher's ingress checks every QoS 1/2 PUBLISH
+//! against the registry before it routes it (so before the publisher gets its
+//! PUBACK/PUBREC) and, when the topic would reach a congested connection other than
+//! itself, stops there until the registry changes: its socket is not read any further
+//! (acks excepted), so TCP pushes back on the publisher. A congested connection leaves
+//! the registry when its queue is back at half the bound, or when it ends (a stuck one is
+//! cut after `mqtt.slow_consumer_timeout_s` without progress).
+//!
+//! Nothing is paid while nobody is congested: the check is one relaxed atomic load.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use bytes::BytesMut;
+use rumqttd::protocol::Packet;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::connection::{Connection, Ending};
+use super::framing::{self, PublishMeta};
+use super::topic;
+
+/// The congested connections and their QoS 1/2 filters.
+pub(crate) struct Congestion {
+    /// How many connections are registered; 0 makes [`Congestion::blocks`] free.
+    count: AtomicUsize,
+    /// Connection id → filters (shared subscriptions by their inner filter).
+    filters: Mutex<HashMap<u64, Vec<String>>>,
+    /// Bumped whenever a connection leaves, so paused publishers check again.
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Congestion {
+    fn default() -> Congestion {
+        Congestion {
+            count: AtomicUsize::new(0),
+            filters: Mutex::new(HashMap::new()),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+impl Congestion {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<String>>> {
+        self.filters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connection `conn_id` is congested for messages on `filters`.
+    pub(crate) fn enter(&self, conn_id: u64, filters: Vec<String>) {
+        let filters = filters
+            .into_iter()
+            .map(|f| match topic::split_shared(&f) {
+                Some((_, inner)) => inner.to_owned(),
+                None => f,
+            })
+            .collect();
+        let mut map = self.map();
+        map.insert(conn_id, filters);
+        self.count.store(map.len(), Ordering::Release);
+    }
+
+    /// Connection `conn_id` drained (or ended); publishers it paused check again.
+    pub(crate) fn leave(&self, conn_id: u64) {
+        {
+            let mut map = self.map();
+            if map.remove(&conn_id).is_none() {
+                return;
+            }
+            self.count.store(map.len(), Ordering::Release);
+        }
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// A receiver that sees every [`Congestion::leave`].
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Whether a QoS 1/2 message from connection `publisher` on `topic_name` must wait:
+    /// it matches a filter of a congested connection other than the publisher (a
+    /// connection is never paused by its own congestion).
+    pub(crate) fn blocks(&self, publisher: u64, topic_name: &str) -> bool {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        self.map().iter().any(|(&conn, filters)| {
+            conn != publisher && filters.iter().any(|f| topic::matches(f, topic_name))
+        })
+    }
+}
+
+impl Connection {
+    /// Whether a PUBLISH must wait: QoS 1/2 on a topic a congested connection other than
+    /// this one subscribed to. Checked before the publish is routed, so its PUBACK/PUBREC
+    /// waits too.
+    pub(super) fn must_wait(&mut self, packet: &Packet, meta: Option<PublishMeta>) -> bool {
+        let (Packet::Publish(publish, props), Some(meta)) = (packet, meta) else {
+            return false;
+        };
+        if meta.qos == 0 {
+            return false;
+        }
+        // Seen before checking, so a connection leaving in between wakes us.
+        self.congestion_rx.borrow_and_update();
+        let alias = props.as_ref().and_then(|p| p.topic_alias);
+        let Ok(raw) = std::str::from_utf8(&publish.topic) else {
+            return false;
+        };
+        match self.aliases.peek(raw, alias) {
+            Some(topic) => self.core.congestion.blocks(self.s.conn_id, topic),
+            None => false,
+        }
+    }
+
+    /// Handles the waiting PUBLISH if its subscribers are no longer congested.
+    pub(super) async fn retry_stalled(&mut self) -> Result<(), Ending> {
+        let Some((packet, meta)) = self.stalled.take() else {
+            return Ok(());
+        };
+        if self.must_wait(&packet, meta) {
+            self.stalled = Some((packet, meta));
+            return Ok(());
+        }
+        // The client could not be read while it waited: its keepalive starts over.
+        self.last_read = Instant::now();
+        self.packet(packet, meta).await
+    }
+
+    /// While a PUBLISH waits: handles the acks (PUBACK, PUBREC, PUBCOMP) and PINGREQs
+    /// among the buffered frames, so a paused publisher's own subscriptions keep
+    /// draining; everything else stays in order behind the waiting PUBLISH.
+    pub(super) async fn acks_while_stalled(&mut self) -> Result<(), Ending> {
+        let max = self.core.max_packet();
+        let mut rest = std::mem::take(&mut self.read_buf);
+        let mut keep = BytesMut::with_capacity(rest.len());
+        let mut acks = Vec::new();
+        loop {
+            match framing::peek(&rest, max) {
+                Ok(Some(frame)) if matches!(frame.packet_type(), 4 | 5 | 7 | 12) => {
+                    let bytes = rest.split_to(frame.len);
+                    acks.push((frame, bytes));
+                }
+                Ok(Some(frame)) => keep.extend_from_slice(&rest.split_to(frame.len)),
+                // Incomplete or bad: left for the normal path once the PUBLISH is through.
+                Ok(None) | Err(_) => break,
+            }
+        }
+        keep.extend_from_slice(&rest);
+        self.read_buf = keep;
+        for (frame, bytes) in acks {
+            let packet_type = frame.packet_type();
+            match framing::decode(self.s.version, frame, bytes, max) {
+                Ok(packet) => {
+                    self.core.stats.packet_in(packet_type);
+                    self.packet(packet, None).await?;
+                }
+                Err(e) => return Err(self.frame_error(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_only_matching_topics_of_other_connections_until_they_leave() {
+        let c = Congestion::default();
+        assert!(!c.blocks(1, "a/b"));
+        c.enter(2, vec!["a/#".into(), "$share/g/x/+".into()]);
+        let mut rx = c.subscribe();
+        rx.borrow_and_update();
+        assert!(c.blocks(1, "a/b"));
+        assert!(
+            c.blocks(1, "x/y"),
+            "shared subscriptions by their inner filter"
+        );
+        assert!(!c.blocks(1, "b/c"));
+        assert!(!c.blocks(2, "a/b"), "never paused by its own congestion");
+        c.leave(2);
+        assert!(rx.has_changed().unwrap_or(false));
+        assert!(!c.blocks(1, "a/b"));
+    }
+}

@@ -1,0 +1,365 @@
+//! A connection's outbound queue: every PUBLISH the link owes its client, in the order it
+//! must arrive — a resumed session's stored queue, retained messages for new
+//! subscriptions, and live messages from the router (acknowledged to the router as soon
+//! as they arrive, so its per-filter log never waits for a slow client and never skips
+//! ahead of it). QoS 1/2 messages go out on packet ids of the link's own (1..=1000),
+//! at most the client's Receive Maximum (and 100) at a time; the client's acks complete
+//! them in any order. Past `mqtt.max_pending_messages` waiting messages the connection is
+//! congested (`congestion.rs`).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use fleetmq_storage::{now_ms, QueuedMessage};
+use rumqttd::protocol::{Packet, PubRel, PubRelReason, PublishProperties};
+use tokio::time::Instant;
+
+use super::connection::Connection;
+use super::framing::{self, PublishMeta};
+use super::origin::remaining_expiry;
+use super::session_store::{self, Unacked};
+use crate::stats::{DropCause, Stats};
+
+/// Packet ids of the messages the link delivers (commands use 1001..).
+const FIRST_PKID: u16 = 1;
+const LAST_PKID: u16 = 1000;
+/// QoS 1/2 messages in flight at once (the client's Receive Maximum may lower it).
+const WINDOW: usize = 100;
+
+/// One PUBLISH owed to the client. The payload is plaintext: sealing happens when it is
+/// written, so a parked session stores plaintext.
+pub(super) struct OutMsg {
+    pub(super) topic: String,
+    pub(super) payload: Bytes,
+    pub(super) qos: u8,
+    pub(super) retain: bool,
+    pub(super) dup: bool,
+    /// Its place in the session's redb queue, if it came from there.
+    pub(super) seq: Option<u64>,
+    /// PUBLISH properties to send (v5 clients), without the Message Expiry Interval.
+    pub(super) props: Option<PublishProperties>,
+    /// When the message expires (unix ms): dropped if still waiting then; otherwise it is
+    /// sent with the seconds left.
+    pub(super) expires_at_ms: Option<u64>,
+    /// The read ACL was checked when it was queued (live messages).
+    pub(super) read_checked: bool,
+    /// The packet id it was in flight with before the client reconnected.
+    pub(super) pkid: Option<u16>,
+    /// Its arrival number at the parked-session check (live QoS 1/2 messages), which
+    /// parking compares with the session's mark (`session_store`).
+    pub(super) arrival: Option<u64>,
+}
+
+impl OutMsg {
+    /// A stored or retained message (read ACL checked when written).
+    pub(super) fn plain(topic: String, payload: Bytes, qos: u8) -> OutMsg {
+        OutMsg {
+            topic,
+            payload,
+            qos,
+            retain: false,
+            dup: false,
+            seq: None,
+            props: None,
+            expires_at_ms: None,
+            read_checked: false,
+            pkid: None,
+            arrival: None,
+        }
+    }
+
+    /// As a parked session's queue keeps it, with its v5 properties and expiry time.
+    fn queued(self, dup: bool) -> Unacked {
+        let now = now_ms();
+        let (properties, _) = session_store::stored_properties(self.props.as_ref(), now);
+        let msg = QueuedMessage {
+            topic: self.topic,
+            payload: self.payload.to_vec(),
+            qos: self.qos,
+            dup,
+            retain: self.retain,
+            queued_at_ms: now,
+            expires_at_ms: self.expires_at_ms,
+            properties,
+        };
+        Unacked {
+            msg,
+            arrival: self.arrival,
+        }
+    }
+}
+
+/// What a leaving client was owed (see [`Outbound::take_unacked`]).
+pub(super) struct Owed {
+    /// Messages to append to the session's queue, in order, with the packet id of those
+    /// that were in flight.
+    pub(super) messages: Vec<(Unacked, Option<u16>)>,
+    /// Stored-queue entries that were in flight: (seq, packet id).
+    pub(super) stored_inflight: Vec<(u64, u16)>,
+}
+
+struct Inflight {
+    msg: OutMsg,
+    /// QoS 2: PUBREC received, PUBREL sent.
+    released: bool,
+    /// Send order (packet ids wrap).
+    order: u64,
+}
+
+/// Per-connection outbound state.
+pub(crate) struct Outbound {
+    pending: VecDeque<OutMsg>,
+    inflight: BTreeMap<u16, Inflight>,
+    next_pkid: u16,
+    next_order: u64,
+    max_pending: usize,
+    /// Queue entries delivered (QoS 0 written, QoS 1 acked, QoS 2 PUBREC'd): removed from
+    /// the stored queue after the batch.
+    pub(super) acked_seqs: Vec<u64>,
+    /// Registered in `Core::congestion`.
+    congested: bool,
+    /// The client's last ack of a message (or when congestion began).
+    progress_at: Instant,
+}
+
+impl Outbound {
+    pub(crate) fn new(max_pending: usize) -> Outbound {
+        Outbound {
+            pending: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            next_pkid: FIRST_PKID,
+            next_order: 0,
+            max_pending,
+            acked_seqs: Vec::new(),
+            congested: false,
+            progress_at: Instant::now(),
+        }
+    }
+
+    /// Queues a message that must not be dropped (stored, retained).
+    pub(super) fn push(&mut self, msg: OutMsg) {
+        self.pending.push_back(msg);
+    }
+
+    /// QoS 1/2 messages the client has not completed, or not been sent yet.
+    pub(super) fn owed(&self) -> usize {
+        let waiting = self.pending.iter().filter(|m| m.qos > 0).count();
+        let inflight = self.inflight.values().filter(|i| !i.released).count();
+        waiting + inflight
+    }
+
+    /// What a leaving persistent session still owes its client, in send order: messages
+    /// written and not acknowledged (DUP, with their packet ids), then those not written
+    /// yet. Stored-queue entries stay where they are in redb; those in flight are
+    /// returned with their packet ids.
+    pub(super) fn take_unacked(&mut self) -> Owed {
+        let mut stored = Vec::new();
+        let mut inflight = Vec::new();
+        for (pkid, i) in std::mem::take(&mut self.inflight) {
+            match i.msg.seq {
+                Some(seq) if !i.released => stored.push((seq, pkid)),
+                None if !i.released && i.msg.qos > 0 => inflight.push((pkid, i)),
+                _ => {}
+            }
+        }
+        inflight.sort_by_key(|(_, i)| i.order);
+        let mut out: Vec<(Unacked, Option<u16>)> = inflight
+            .into_iter()
+            .map(|(pkid, i)| (i.msg.queued(true), Some(pkid)))
+            .collect();
+        for m in std::mem::take(&mut self.pending) {
+            if m.seq.is_none() && m.qos > 0 {
+                let dup = m.dup;
+                out.push((m.queued(dup), None));
+            }
+        }
+        Owed {
+            messages: out,
+            stored_inflight: stored,
+        }
+    }
+
+    /// When a congested connection that made no progress is cut.
+    pub(super) fn stuck_deadline(&self, timeout: std::time::Duration) -> Option<Instant> {
+        self.congested.then(|| self.progress_at + timeout)
+    }
+
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            let pkid = self.next_pkid;
+            self.next_pkid = if pkid >= LAST_PKID {
+                FIRST_PKID
+            } else {
+                pkid + 1
+            };
+            if !self.inflight.contains_key(&pkid) {
+                return pkid;
+            }
+        }
+    }
+}
+
+impl Connection {
+    /// Queues a live message; a QoS 0 one past the pending limit is dropped and counted
+    /// (QoS 1/2 ones are held back at their publishers instead, see `congestion.rs`).
+    pub(super) fn push_live(&mut self, msg: OutMsg) {
+        if msg.qos == 0 && self.queue.pending.len() >= self.queue.max_pending {
+            self.core.stats.dropped(DropCause::SlowConsumer);
+            return;
+        }
+        self.queue.pending.push_back(msg);
+    }
+
+    /// Writes from the head of the queue what the window allows: QoS 0 at once, QoS 1/2
+    /// while fewer than the window are in flight. Nothing overtakes a waiting message.
+    pub(super) fn fill_out(&mut self) {
+        let window = self.flow.receive_max().min(WINDOW);
+        while let Some(head) = self.queue.pending.front() {
+            if head.qos > 0 && self.queue.inflight.len() >= window {
+                return;
+            }
+            let Some(msg) = self.queue.pending.pop_front() else {
+                return;
+            };
+            if msg.qos == 0 {
+                self.write_out(&msg, 0);
+                if let Some(seq) = msg.seq {
+                    self.queue.acked_seqs.push(seq);
+                }
+                continue;
+            }
+            // A re-send keeps its packet id [MQTT-4.4.0-1] unless that id is taken.
+            let pkid = match msg.pkid {
+                Some(p) if !self.queue.inflight.contains_key(&p) => p,
+                _ => self.queue.next_pkid(),
+            };
+            if self.write_out(&msg, pkid) {
+                let order = self.queue.next_order;
+                self.queue.next_order += 1;
+                let inflight = Inflight {
+                    msg,
+                    released: false,
+                    order,
+                };
+                self.queue.inflight.insert(pkid, inflight);
+            } else if let Some(seq) = msg.seq {
+                self.queue.acked_seqs.push(seq);
+            }
+        }
+    }
+
+    /// Writes one message after the read ACL (unless checked when queued), its expiry,
+    /// sealing and the client's Maximum Packet Size; false if it was dropped.
+    fn write_out(&mut self, msg: &OutMsg, pkid: u16) -> bool {
+        if !msg.read_checked && !self.s.principal.may_read(&msg.topic) {
+            self.core.stats.dropped(DropCause::AclDelivery);
+            return false;
+        }
+        let mut props = msg.props.clone();
+        if let Some(at) = msg.expires_at_ms {
+            let Some(left) = remaining_expiry(at, now_ms()) else {
+                // [MQTT-3.3.2-5]
+                self.core.stats.dropped(DropCause::Expired);
+                return false;
+            };
+            props
+                .get_or_insert_with(PublishProperties::default)
+                .message_expiry_interval = Some(left);
+        }
+        let payload = match self.crypto.as_mut() {
+            Some(crypto) => match crypto.seal(&msg.topic, &msg.payload) {
+                Ok(sealed) => Bytes::from(sealed),
+                Err(e) => {
+                    self.core.stats.dropped(DropCause::EncryptFailed);
+                    tracing::warn!(client_id = %self.s.client_id, topic = msg.topic, error = %e, "cannot encrypt for device");
+                    return false;
+                }
+            },
+            None => msg.payload.clone(),
+        };
+        let meta = PublishMeta {
+            qos: msg.qos,
+            dup: msg.dup,
+            retain: msg.retain,
+            pkid,
+        };
+        let publish = framing::build_publish(meta, msg.topic.as_bytes(), &payload);
+        let packet = Packet::Publish(publish, props);
+        if let Some(max) = self.flow.max_packet() {
+            let mut probe = bytes::BytesMut::new();
+            let fits = framing::encode(self.s.version, packet.clone(), &mut probe).is_ok()
+                && probe.len() <= max;
+            if !fits {
+                // Discarded as if delivered [MQTT-3.1.2-25].
+                self.core.stats.dropped(DropCause::Limit);
+                return false;
+            }
+        }
+        self.write_packet(packet);
+        Stats::add(&self.core.stats.sent, 1);
+        true
+    }
+
+    /// A PUBACK/PUBREC/PUBCOMP (`packet_type` 4/5/7) from the client; `failed`: a PUBREC
+    /// with an error code, which ends the exchange. False if `pkid` is not one of the
+    /// link's delivery ids.
+    pub(super) fn out_ack(&mut self, packet_type: u8, pkid: u16, failed: bool) -> bool {
+        if !(FIRST_PKID..=LAST_PKID).contains(&pkid) {
+            return false;
+        }
+        let Some(inflight) = self.queue.inflight.get_mut(&pkid) else {
+            tracing::debug!(client_id = %self.s.client_id, pkid, "ack for nothing in flight ignored");
+            return true;
+        };
+        let done = match (packet_type, inflight.msg.qos, inflight.released) {
+            (4, 1, _) | (7, 2, true) => true,
+            (5, 2, false) if failed => true,
+            (5, 2, false) => {
+                inflight.released = true;
+                if let Some(seq) = inflight.msg.seq.take() {
+                    self.queue.acked_seqs.push(seq);
+                }
+                self.write_packet(Packet::PubRel(
+                    PubRel {
+                        pkid,
+                        reason: PubRelReason::Success,
+                    },
+                    None,
+                ));
+                self.queue.progress_at = Instant::now();
+                false
+            }
+            _ => false,
+        };
+        if done {
+            if let Some(seq) = self.queue.inflight.remove(&pkid).and_then(|i| i.msg.seq) {
+                self.queue.acked_seqs.push(seq);
+            }
+            self.queue.progress_at = Instant::now();
+            self.fill_out();
+        }
+        true
+    }
+
+    /// After a batch: enters or leaves the congestion registry by the queue's length.
+    ///
+    /// The queue may overshoot the bound by what publishers had already routed when
+    /// congestion began (each one stops at its next QoS 1/2 PUBLISH), by the broker's own
+    /// publishes and by the connection's own (never paused); a connection that stops
+    /// acknowledging is cut after `mqtt.slow_consumer_timeout_s` in any case.
+    pub(super) fn update_congestion(&mut self) {
+        let waiting = self.queue.pending.len();
+        let max = self.queue.max_pending;
+        if !self.queue.congested && waiting > max {
+            self.queue.congested = true;
+            self.queue.progress_at = Instant::now();
+            let filters = self.subs.qos_filters();
+            self.core.congestion.enter(self.s.conn_id, filters);
+            tracing::debug!(client_id = %self.s.client_id, waiting, "congested: pausing its publishers");
+        } else if self.queue.congested && waiting <= max / 2 {
+            self.queue.congested = false;
+            self.core.congestion.leave(self.s.conn_id);
+            tracing::debug!(client_id = %self.s.client_id, waiting, "drained: publishers resume");
+        }
+    }
+}
