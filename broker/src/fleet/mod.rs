@@ -212,41 +212,49 @@ pub(crate) fn start_services(
     )))
 }
 
-/// Runs the fleet services' event loop until shutdown, on a thread of its own.
-///
-/// On the shared runtime this one task competes with every connection task; under a
-/// publish flood it got so few turns that the queue filled and telemetry was dropped
-/// while the telemetry writer sat idle. Its own current-thread runtime (on a tracked
-/// blocking-pool thread) gives it a core's worth of scheduling regardless.
+/// Runs the fleet services' event loop until shutdown, on a thread of its own
+/// ([`spawn_dedicated`]): on the shared runtime this one task competed with every
+/// connection task, and under a publish flood it got so few turns that its queue filled.
 pub(crate) fn spawn(
     services: std::sync::Arc<services::Services>,
     mut events: tokio::sync::mpsc::Receiver<LinkEvent>,
     shutdown: tokio_util::sync::CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) {
+    spawn_dedicated("the fleet services", tracker, async move {
+        let mut batch = Vec::with_capacity(EVENT_BATCH);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = events.recv_many(&mut batch, EVENT_BATCH) => if n == 0 {
+                    return;
+                },
+            }
+            services.on_events(batch.drain(..)).await;
+        }
+    });
+}
+
+/// Runs `task` on a current-thread runtime of its own, on a tracked blocking-pool
+/// thread. A single task that everything behind it waits for (the fleet loop, the
+/// telemetry writer) keeps a thread's worth of scheduling this way, however many
+/// connection tasks keep the shared runtime busy: with 1,000 publishing devices one
+/// round over the shared runtime's tasks can take hundreds of milliseconds.
+pub(crate) fn spawn_dedicated<F>(
+    what: &'static str,
+    tracker: &tokio_util::task::TaskTracker,
+    task: F,
+) where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     tracker.spawn_blocking(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
+        match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
-            Ok(runtime) => runtime,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the fleet services' runtime");
-                return;
-            }
-        };
-        runtime.block_on(async move {
-            let mut batch = Vec::with_capacity(EVENT_BATCH);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    n = events.recv_many(&mut batch, EVENT_BATCH) => if n == 0 {
-                        return;
-                    },
-                }
-                services.on_events(batch.drain(..)).await;
-            }
-        });
+            Ok(runtime) => runtime.block_on(task),
+            Err(e) => tracing::error!(error = %e, "cannot start the runtime of {what}"),
+        }
     });
 }
 

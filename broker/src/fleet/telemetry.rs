@@ -3,8 +3,8 @@
 //! Connection tasks hand each telemetry payload to [`Telemetry::offer`], which decodes
 //! it with the device's plugin and puts the point on one bounded queue without ever
 //! waiting: a full queue drops the point and counts it, so storing telemetry never
-//! stalls routing. One writer task drains the queue into batches and commits each batch
-//! in one redb write transaction on the blocking pool. A sweeper task enforces
+//! stalls routing. One writer task, on a thread of its own, drains the queue into
+//! batches and commits each batch in one redb write transaction. A sweeper task enforces
 //! retention by age and by points per device. Both tasks take the shutdown token; on
 //! shutdown the writer commits everything still queued before it exits.
 //!
@@ -316,7 +316,13 @@ impl Telemetry {
             batch_max: config.batch_max.max(1),
             batch_delay: config.batch_delay,
         };
-        tracker.spawn(writer.run(shutdown.clone()));
+        // Its own thread: under a publish flood the connection tasks would otherwise
+        // leave it a turn every few hundred milliseconds, and the queue would overflow.
+        super::spawn_dedicated(
+            "the telemetry writer",
+            tracker,
+            writer.run(shutdown.clone()),
+        );
         let every = config.sweep_every.max(Duration::from_millis(1));
         tracker.spawn(writer::run_sweeper(shared.clone(), every, shutdown));
         Telemetry { shared }
