@@ -34,8 +34,9 @@ pub enum DropCause {
     /// The oldest message of a disconnected session's full queue (`mqtt.max_queued_messages`).
     SessionQueueFull,
     /// A message a connected client could not take: QoS 0 past its
-    /// `mqtt.max_pending_messages`, or what a clean session still owed when it was
-    /// disconnected as a stuck consumer.
+    /// `mqtt.max_pending_messages`, what a clean session still owed when it was
+    /// disconnected as a stuck consumer, or what rumqttd's bounded per-filter log skipped
+    /// because the subscriber's task fell that far behind.
     SlowConsumer,
 }
 
@@ -104,6 +105,10 @@ impl Stats {
     }
 
     pub(crate) fn dropped(&self, cause: DropCause) {
+        self.dropped_many(cause, 1);
+    }
+
+    pub(crate) fn dropped_many(&self, cause: DropCause, n: u64) {
         let counter = match cause {
             DropCause::AclPublish => &self.acl_publish,
             DropCause::AclSubscribe => &self.acl_subscribe,
@@ -118,7 +123,7 @@ impl Stats {
             DropCause::SessionQueueFull => &self.session_queue_full,
             DropCause::SlowConsumer => &self.slow_consumer,
         };
-        counter.fetch_add(1, Relaxed);
+        counter.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {

@@ -122,6 +122,7 @@ impl Connection {
     /// outbound queue (`outbound.rs`) with its properties.
     fn forward(&mut self, forward: Forward) {
         let Forward {
+            cursor,
             mut publish,
             mut properties,
             ..
@@ -132,6 +133,16 @@ impl Connection {
         let Ok(topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
             return;
         };
+        if let Some((_, offset)) = cursor {
+            let skipped = self.subs.skipped(&topic, offset);
+            if skipped > 0 {
+                // The router's log outran this reader: lost, but never silently.
+                self.core
+                    .stats
+                    .dropped_many(DropCause::SlowConsumer, skipped);
+                tracing::warn!(client_id = %self.s.client_id, topic, skipped, "router log skipped messages for a slow subscriber");
+            }
+        }
         if !self.s.principal.may_read(&topic) {
             self.core.stats.dropped(DropCause::AclDelivery);
             tracing::debug!(client_id = %self.s.client_id, topic, "delivery denied by read ACL");

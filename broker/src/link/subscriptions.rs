@@ -21,6 +21,9 @@ pub(crate) struct Subscriptions {
     sys: HashMap<String, u8>,
     /// The session was resumed: the router may hold subscriptions this link never saw.
     inherited: bool,
+    /// Per plain filter: the offset, in the router's log of that filter, of the last
+    /// message delivered on it (see [`Subscriptions::skipped`]).
+    log_offsets: HashMap<String, u64>,
 }
 
 /// Whether a filter is served by the link's `$SYS` publisher instead of the router.
@@ -39,6 +42,8 @@ impl Subscriptions {
     /// Records a subscription; whether it replaced an existing one (for a resumed
     /// session: possibly existing, so `true` too).
     pub(crate) fn add(&mut self, filter: &str, options: SubOptions) -> bool {
+        // A new subscription reads the router's log from its end.
+        self.log_offsets.remove(filter);
         if is_sys(filter) {
             return self.sys.insert(filter.to_owned(), options.qos).is_some();
         }
@@ -48,6 +53,7 @@ impl Subscriptions {
     /// Removes a filter; whether a subscription existed (unknown for a resumed session,
     /// which then counts as existing).
     pub(crate) fn remove(&mut self, filter: &str) -> bool {
+        self.log_offsets.remove(filter);
         let known = self.routed.remove(filter).is_some() || self.sys.remove(filter).is_some();
         known || (self.inherited && !is_sys(filter))
     }
@@ -76,6 +82,37 @@ impl Subscriptions {
             .collect()
     }
 
+    /// How many messages the router skipped before this one, which it delivered from
+    /// offset `offset` of a filter's log: rumqttd moves a reader that fell behind its
+    /// bounded per-filter log to the head without a word (`segments/mod.rs` `readv`), so
+    /// the only trace of the loss is a step of more than one between the offsets of
+    /// consecutive deliveries on that filter. A message is attributed to a filter only
+    /// when exactly one plain (not shared) subscription matches its topic and no shared
+    /// one does (shared groups see gaps by design); others are not checked.
+    pub(crate) fn skipped(&mut self, topic_name: &str, offset: u64) -> u64 {
+        let mut matching = self.routed.keys().filter(|f| match topic::split_shared(f) {
+            Some((_, inner)) => topic::matches(inner, topic_name),
+            None => topic::matches(f, topic_name),
+        });
+        let (Some(filter), None) = (matching.next(), matching.next()) else {
+            return 0;
+        };
+        if topic::is_shared(filter) {
+            return 0;
+        }
+        match self.log_offsets.get_mut(filter.as_str()) {
+            Some(last) => {
+                let gap = offset.saturating_sub(*last).saturating_sub(1);
+                *last = (*last).max(offset);
+                gap
+            }
+            None => {
+                self.log_offsets.insert(filter.clone(), offset);
+                0
+            }
+        }
+    }
+
     /// `$SYS` filters and their QoS.
     pub(crate) fn sys_filters(&self) -> impl Iterator<Item = &str> + '_ {
         self.sys.keys().map(String::as_str)
@@ -98,6 +135,27 @@ mod tests {
         qos: 0,
         no_local: true,
     };
+
+    #[test]
+    fn skipped_counts_steps_of_a_sole_plain_filter() {
+        let mut s = Subscriptions::new(false);
+        s.add("a/+", Q0);
+        assert_eq!(s.skipped("a/x", 10), 0, "the first delivery sets the start");
+        assert_eq!(s.skipped("a/y", 11), 0);
+        assert_eq!(s.skipped("a/x", 15), 3);
+        assert_eq!(s.skipped("a/x", 16), 0);
+        // Re-subscribing starts from the log's end again.
+        s.add("a/+", Q0);
+        assert_eq!(s.skipped("a/x", 40), 0);
+        assert_eq!(s.skipped("a/x", 41), 0);
+        // Overlapping or shared subscriptions are not attributed.
+        s.add("a/#", Q0);
+        assert_eq!(s.skipped("a/x", 90), 0);
+        let mut shared = Subscriptions::new(false);
+        shared.add("$share/g/b/+", Q0);
+        assert_eq!(shared.skipped("b/x", 1), 0);
+        assert_eq!(shared.skipped("b/x", 9), 0);
+    }
 
     #[test]
     fn remove_reports_whether_the_filter_existed() {
