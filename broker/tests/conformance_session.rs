@@ -211,6 +211,44 @@ matrix!(
     unacked_redelivered_same_pkid
 );
 
+/// [MQTT-4.4.0-1]: a QoS 2 exchange the client had PUBRECed but not completed when it
+/// left: after the reconnect the server sends the PUBREL again, on the same packet id,
+/// and the message itself is not delivered again.
+async fn unacked_pubrel_resent(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let id = unique("pubrel");
+    let topic = unique("r/");
+    let (mut c, _) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    c.subscribe(&topic, 2).await;
+    let mut p = t.connect(via, ver, &unique("pub2")).await;
+    let pkid = p.publish(&topic, b"twice?", 2, false).await;
+    p.expect(|x| matches!(x, In::PubRec { pkid: id, .. } if *id == pkid))
+        .await;
+    p.pubrel(pkid).await;
+    p.expect(|x| matches!(x, In::PubComp { .. })).await;
+    let m = c.next_msg().await;
+    assert_eq!(m.qos, 2);
+    c.pubrec(m.pkid).await;
+    c.expect(|x| matches!(x, In::PubRel { pkid, .. } if *pkid == m.pkid))
+        .await;
+    // Gone before the PUBCOMP.
+    c.drop_connection().await;
+    let (mut c, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    assert!(sp);
+    c.expect(|x| matches!(x, In::PubRel { pkid, .. } if *pkid == m.pkid))
+        .await;
+    c.pubcomp(m.pkid).await;
+    // Not delivered again: the next message is the next one published.
+    p.publish_acked(&topic, b"next").await;
+    let n = c.next_msg().await;
+    assert_eq!(n.payload, b"next");
+    c.puback(n.pkid).await;
+    c.disconnect(0).await;
+    p.disconnect(0).await;
+    forget(&t, via, ver, &id).await;
+}
+matrix!(unacked_pubrel_resent_mqtt_4_4_0_1, unacked_pubrel_resent);
+
 /// Persistent sessions, their queues and subscriptions survive a broker restart
 /// (fleetmq only: the suite cannot restart another broker; `tests/restart.rs` does the
 /// same through SIGTERM and kill -9 of the binary).

@@ -96,6 +96,8 @@ pub(super) struct Owed {
     pub(super) messages: Vec<(Unacked, Option<u16>)>,
     /// Stored-queue entries that were in flight: (seq, packet id).
     pub(super) stored_inflight: Vec<(u64, u16)>,
+    /// Packet ids of QoS 2 exchanges waiting for the client's PUBCOMP.
+    pub(super) pubrels: Vec<u16>,
 }
 
 struct Inflight {
@@ -136,6 +138,28 @@ impl Outbound {
         }
     }
 
+    /// A resumed session's QoS 2 exchange that was released before the client left: its
+    /// PUBREL is sent again first [MQTT-4.4.0-1], and the packet id stays taken until
+    /// the PUBCOMP.
+    pub(super) fn released(&mut self, pkid: u16) -> bool {
+        if !(FIRST_PKID..=LAST_PKID).contains(&pkid) || self.inflight.contains_key(&pkid) {
+            return false;
+        }
+        let order = self.next_order;
+        self.next_order += 1;
+        let mut msg = OutMsg::plain(String::new(), Bytes::new(), 2);
+        msg.read_checked = true;
+        self.inflight.insert(
+            pkid,
+            Inflight {
+                msg,
+                released: true,
+                order,
+            },
+        );
+        true
+    }
+
     /// Queues a message that must not be dropped (stored, retained).
     pub(super) fn push(&mut self, msg: OutMsg) {
         self.pending.push_back(msg);
@@ -151,14 +175,16 @@ impl Outbound {
     /// What a leaving persistent session still owes its client, in send order: messages
     /// written and not acknowledged (DUP, with their packet ids), then those not written
     /// yet. Stored-queue entries stay where they are in redb; those in flight are
-    /// returned with their packet ids.
+    /// returned with their packet ids, and released QoS 2 exchanges with theirs.
     pub(super) fn take_unacked(&mut self) -> Owed {
         let mut stored = Vec::new();
         let mut inflight = Vec::new();
+        let mut pubrels = Vec::new();
         for (pkid, i) in std::mem::take(&mut self.inflight) {
             match i.msg.seq {
-                Some(seq) if !i.released => stored.push((seq, pkid)),
-                None if !i.released && i.msg.qos > 0 => inflight.push((pkid, i)),
+                _ if i.released => pubrels.push((i.order, pkid)),
+                Some(seq) => stored.push((seq, pkid)),
+                None if i.msg.qos > 0 => inflight.push((pkid, i)),
                 _ => {}
             }
         }
@@ -173,9 +199,11 @@ impl Outbound {
                 out.push((m.queued(dup), None));
             }
         }
+        pubrels.sort_unstable();
         Owed {
             messages: out,
             stored_inflight: stored,
+            pubrels: pubrels.into_iter().map(|(_, pkid)| pkid).collect(),
         }
     }
 

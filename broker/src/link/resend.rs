@@ -1,5 +1,6 @@
 //! Packet ids of the messages a persistent session's client had in flight when it left,
-//! so that after it reconnects they are re-sent with DUP=1 on the same packet id
+//! so that after it reconnects they are re-sent with DUP=1 on the same packet id, and
+//! the PUBRELs of QoS 2 exchanges the client had not completed are sent again
 //! [MQTT-4.4.0-1]. Kept in memory: after a restart the re-sends get new ids.
 
 use std::collections::hash_map::DefaultHasher;
@@ -21,6 +22,8 @@ pub(crate) struct InFlightIds {
     /// Messages appended to the queue when the client left, in order: their
     /// fingerprint and packet id.
     pub(crate) appended: VecDeque<(u64, u16)>,
+    /// QoS 2 exchanges released (PUBREC received, PUBREL sent) and not completed.
+    pub(crate) pubrels: Vec<u16>,
 }
 
 impl InFlightIds {
@@ -42,7 +45,7 @@ impl InFlightIds {
     }
 
     fn is_empty(&self) -> bool {
-        self.by_seq.is_empty() && self.appended.is_empty()
+        self.by_seq.is_empty() && self.appended.is_empty() && self.pubrels.is_empty()
     }
 }
 

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use fleetmq_storage::{now_ms, QueuedMessage, SessionRecord, SessionSubscription};
 use futures_util::FutureExt;
 use rumqttd::protocol::{
-    Filter, Packet, Publish, PublishProperties, RetainForwardRule, SubAck, Subscribe,
-    SubscribeProperties, SubscribeReasonCode,
+    Filter, Packet, PubRel, PubRelReason, Publish, PublishProperties, RetainForwardRule, SubAck,
+    Subscribe, SubscribeProperties, SubscribeReasonCode,
 };
 use rumqttd::Notification;
 
@@ -192,6 +192,18 @@ impl Connection {
         }
         let key = self.s.router_key.clone();
         self.core.session_store.unpark(&key);
+        // PUBRELs of QoS 2 exchanges the client had not completed go first [MQTT-4.4.0-1].
+        for pkid in std::mem::take(&mut resend.pubrels) {
+            if self.queue.released(pkid) {
+                self.write_packet(Packet::PubRel(
+                    PubRel {
+                        pkid,
+                        reason: PubRelReason::Success,
+                    },
+                    None,
+                ));
+            }
+        }
         for (seq, m) in self.core.session_store.queued(&key).await {
             let pkid = resend.pkid_for(seq, &m);
             let mut msg = OutMsg::plain(m.topic, m.payload.into(), m.qos);
@@ -358,6 +370,7 @@ impl Connection {
         let owed = self.queue.take_unacked();
         let mut ids = super::resend::InFlightIds {
             by_seq: owed.stored_inflight.into_iter().collect(),
+            pubrels: owed.pubrels,
             ..Default::default()
         };
         let mut unacked = Vec::with_capacity(owed.messages.len());
