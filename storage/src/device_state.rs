@@ -169,7 +169,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::temp_store;
+    use crate::test_support::{hex, temp_store};
 
     const STATE_V1: &str =
         "0007010a011401020105312e322e33010135010374637001077b2261223a317d011e0103";
@@ -187,10 +187,6 @@ mod tests {
             reported_status_at_ms: Some(30),
             reported_config_version: Some(3),
         }
-    }
-
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
     #[test]

@@ -31,3 +31,16 @@ pub(crate) fn new_device(s: &str) -> NewDevice {
         created_at_ms: 1_000,
     }
 }
+
+/// Lower-case hex of `bytes`, for golden-byte tests of stored records.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of a hex string written by [`hex`].
+pub(crate) fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}

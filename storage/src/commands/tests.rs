@@ -3,16 +3,7 @@
 use super::*;
 use proptest::prelude::*;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
+use crate::test_support::{hex, unhex};
 
 fn dev(s: &str) -> DeviceId {
     s.parse().unwrap()

@@ -4,10 +4,7 @@ use std::sync::Arc;
 
 use super::records::{encode_delivery, encode_state};
 use super::*;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::test_support::hex;
 
 fn temp_db() -> (tempfile::TempDir, Database) {
     let dir = tempfile::tempdir().unwrap();

@@ -4,9 +4,7 @@ use super::retention::SWEEP_TXN_BUDGET;
 use super::*;
 use proptest::prelude::*;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::test_support::hex;
 
 fn id(s: &str) -> DeviceId {
     s.parse().expect("valid test device id")
