@@ -604,21 +604,14 @@ impl EventSink for EventBus {
         kind: &'static str,
         device: Option<&DeviceId>,
         data: Box<serde_json::value::RawValue>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    ) -> crate::fleet::SinkFuture<'_> {
         let device = device.cloned();
         Box::pin(async move {
             EventBus::emit_raw(self, kind, device.as_ref(), data).await;
         })
     }
 
-    fn emit_many(
-        &self,
-        events: Vec<(
-            &'static str,
-            Option<DeviceId>,
-            Box<serde_json::value::RawValue>,
-        )>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    fn emit_many(&self, events: Vec<crate::fleet::SinkEvent>) -> crate::fleet::SinkFuture<'_> {
         Box::pin(async move {
             let batch = (events.into_iter())
                 .map(|(kind, device, data)| (kind as &str, device, data))

@@ -137,6 +137,16 @@ pub enum LinkEvent {
     },
 }
 
+/// An event on its way to an [`EventSink`]: its SPEC §7 type, device and data (JSON).
+pub type SinkEvent = (
+    &'static str,
+    Option<DeviceId>,
+    Box<serde_json::value::RawValue>,
+);
+
+/// What [`EventSink`]'s methods return: done once the events are recorded.
+pub type SinkFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
 /// Where fleet services report what happened (SPEC §7 event types such as
 /// `device.online` or `command.completed`). The webhook outbox implements it durably; the
 /// future returns once the event is recorded.
@@ -146,18 +156,11 @@ pub trait EventSink: Send + Sync + 'static {
         kind: &'static str,
         device: Option<&DeviceId>,
         data: Box<serde_json::value::RawValue>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+    ) -> SinkFuture<'_>;
 
     /// Several events at once, recorded together where the sink can (one durable
     /// write for the batch); by default one [`EventSink::emit`] after another.
-    fn emit_many(
-        &self,
-        events: Vec<(
-            &'static str,
-            Option<DeviceId>,
-            Box<serde_json::value::RawValue>,
-        )>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    fn emit_many(&self, events: Vec<SinkEvent>) -> SinkFuture<'_> {
         Box::pin(async move {
             for (kind, device, data) in events {
                 self.emit(kind, device.as_ref(), data).await;

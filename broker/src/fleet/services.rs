@@ -25,11 +25,7 @@ type StateChange = Box<dyn FnOnce(&mut DeviceState) + Send>;
 #[derive(Default)]
 struct Pending {
     states: Vec<(DeviceId, StateChange)>,
-    events: Vec<(
-        &'static str,
-        Option<DeviceId>,
-        Box<serde_json::value::RawValue>,
-    )>,
+    events: Vec<super::SinkEvent>,
 }
 
 /// Everything device logic needs, shared by the event loop and the admin API.

@@ -35,15 +35,9 @@ const RETRY_AFTER_MS: u64 = 1_000;
 /// Batches' announcements queued for the announcer before the worker waits for it.
 const ANNOUNCE_QUEUE: usize = 64;
 
-type EventData = (
-    &'static str,
-    Option<DeviceId>,
-    Box<serde_json::value::RawValue>,
-);
-
 /// One batch's terminal events, on their way to the event sink.
 struct Announcement {
-    events: Vec<EventData>,
+    events: Vec<crate::fleet::SinkEvent>,
     /// Their commands, marked announced by a later transaction once emitted.
     ids: Vec<String>,
     /// Flushes of the batch: answered once its events are recorded.
