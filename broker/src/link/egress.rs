@@ -120,7 +120,7 @@ impl Connection {
     /// now on, so the router's log never waits for this client); then read check, No
     /// Local, expiry, QoS downgrade and Retain As Published, and the message joins the
     /// outbound queue (`outbound.rs`) with its properties.
-    fn forward(&mut self, forward: Forward) {
+    pub(super) fn forward(&mut self, forward: Forward) {
         let Forward {
             cursor,
             mut publish,

@@ -6,19 +6,18 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
-use fleetmq_storage::{now_ms, QueuedMessage, SessionRecord, SessionSubscription};
+use fleetmq_storage::{SessionRecord, SessionSubscription};
 use futures_util::FutureExt;
 use rumqttd::protocol::{
-    Filter, Packet, PubRel, PubRelReason, Publish, PublishProperties, RetainForwardRule, SubAck,
-    Subscribe, SubscribeProperties, SubscribeReasonCode,
+    Filter, Packet, PubRel, PubRelReason, PublishProperties, RetainForwardRule, SubAck, Subscribe,
+    SubscribeProperties, SubscribeReasonCode,
 };
 use rumqttd::Notification;
 
 use super::connection::{Connection, Ending};
-use super::framing::{self, Version};
-use super::origin::Origin;
+use super::framing::Version;
 use super::outbound::OutMsg;
-use super::session_store::{self, Unacked};
+use super::session_store;
 use super::topic;
 /// The packet id of the SUBSCRIBE that restores a resumed session's router
 /// subscriptions; clients never use 0, so its SUBACK is recognisably ours.
@@ -367,6 +366,15 @@ impl Connection {
             .core
             .session_store
             .begin_park(&key, &subs, self.sess.start.expiry_s);
+        // Deliveries the router handed this link but the client never saw join the queue
+        // the way egress takes every delivery (QoS, No Local, expiry, Retain As
+        // Published); those their publisher queued after `begin_park` are left out by
+        // `finish_park`.
+        while let Some(Ok(Some(n))) = self.s.link_rx.next().now_or_never() {
+            if let Notification::Forward(f) = n {
+                self.forward(f);
+            }
+        }
         let owed = self.queue.take_unacked();
         let mut ids = super::resend::InFlightIds {
             by_seq: owed.stored_inflight.into_iter().collect(),
@@ -382,56 +390,10 @@ impl Connection {
             unacked.push(u);
         }
         self.core.resend.park(&key, ids);
-        // Deliveries the router handed this link but the client never saw; those its
-        // publisher queued after `begin_park` are left out by `finish_park`.
-        while let Some(Ok(Some(n))) = self.s.link_rx.next().now_or_never() {
-            if let Notification::Forward(f) = n {
-                if let Some(u) = self.undelivered(f.publish, f.properties) {
-                    unacked.push(u);
-                }
-            }
-        }
         let rec = self.session_record();
         self.core
             .session_store
             .finish_park(rec, unacked, mark, &self.core.stats)
             .await;
-    }
-
-    /// A routed message the client never saw, as egress would have sent it (QoS, No
-    /// Local, expiry, Retain As Published), with its arrival number.
-    fn undelivered(
-        &self,
-        publish: Publish,
-        mut props: Option<PublishProperties>,
-    ) -> Option<Unacked> {
-        let meta = framing::meta_of(&publish);
-        let mut payload = publish.payload.clone();
-        let origin = Origin::take(&mut payload);
-        let qos = origin.map_or(meta.qos, |o| o.qos.min(meta.qos));
-        let topic = String::from_utf8(publish.topic.to_vec()).ok()?;
-        if qos == 0
-            || origin
-                .is_some_and(|o| o.conn_id == self.s.conn_id && self.subs.no_local_blocks(&topic))
-        {
-            return None;
-        }
-        let retain = self.take_retain_mark(&topic, &mut props);
-        let arrived = origin.map_or_else(now_ms, |o| o.at_ms);
-        let (properties, expires_at_ms) = session_store::stored_properties(props.as_ref(), arrived);
-        let msg = QueuedMessage {
-            topic,
-            payload: payload.to_vec(),
-            qos,
-            dup: false,
-            retain,
-            queued_at_ms: now_ms(),
-            expires_at_ms,
-            properties,
-        };
-        Some(Unacked {
-            msg,
-            arrival: origin.and_then(|o| o.arrival),
-        })
     }
 }
