@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::plugin::{
@@ -54,13 +55,13 @@ impl DevicePlugin for JsonPlugin {
         payload: &[u8],
         received_at_ms: u64,
     ) -> Result<Telemetry, PluginError> {
-        let mut obj = parse_object(payload)?;
-        let ts_ms = obj
+        let mut values = parse_raw_object(payload)?;
+        let ts_ms = values
             .remove("ts")
+            .and_then(|ts| serde_json::from_str::<Value>(ts.get()).ok())
             .and_then(|ts| device_ts_ms(&ts))
             .filter(|&ts| is_sane_ts(ts, received_at_ms))
             .unwrap_or(received_at_ms);
-        let values: BTreeMap<String, Value> = obj.into_iter().collect();
         Ok(Telemetry { ts_ms, values })
     }
 
@@ -162,6 +163,18 @@ fn parse_object(payload: &[u8]) -> Result<Map<String, Value>, PluginError> {
         Ok(Value::Object(obj)) => Ok(obj),
         Ok(_) => Err(PluginError::NotAnObject),
         Err(e) => Err(PluginError::NotJson(e.to_string())),
+    }
+}
+
+/// Parses `payload` as a JSON object whose values are kept as their validated text.
+/// Of a repeated key the last value is kept, as in [`parse_object`].
+fn parse_raw_object(payload: &[u8]) -> Result<BTreeMap<String, Box<RawValue>>, PluginError> {
+    match serde_json::from_slice(payload) {
+        Ok(obj) => Ok(obj),
+        // Valid JSON that is not an object, or not JSON at all: the slow path names which.
+        Err(e) => Err(parse_object(payload)
+            .err()
+            .unwrap_or(PluginError::NotJson(e.to_string()))),
     }
 }
 

@@ -6,26 +6,49 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Telemetry decoded from one device message.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Telemetry {
     /// When the measurement was taken, in unix milliseconds: the device's own `ts` when
     /// it was sane, else the time the broker received the message.
     pub ts_ms: u64,
-    /// Every top-level key of the payload except `ts`, with its JSON value as sent.
-    pub values: BTreeMap<String, Value>,
+    /// Every top-level key of the payload except `ts`, with its JSON text as sent
+    /// (validated, not re-encoded: the store keeps it as text, so parsing it into a
+    /// tree and serialising it again would be work thrown away).
+    pub values: BTreeMap<String, Box<RawValue>>,
+}
+
+impl PartialEq for Telemetry {
+    fn eq(&self, other: &Self) -> bool {
+        self.ts_ms == other.ts_ms
+            && self.values.len() == other.values.len()
+            && self
+                .values
+                .iter()
+                .zip(&other.values)
+                .all(|((ka, va), (kb, vb))| ka == kb && va.get() == vb.get())
+    }
 }
 
 impl Telemetry {
+    /// The value of `key` parsed, if the payload had it.
+    pub fn value(&self, key: &str) -> Option<Value> {
+        // The text was validated when the payload was decoded; parsing it cannot fail.
+        serde_json::from_str(self.values.get(key)?.get()).ok()
+    }
+
     /// Every number in the payload, nested objects flattened to dotted keys
     /// (`{"disk":{"free":3}}` gives `("disk.free", 3.0)`), in key order. Computed on
     /// request: the store keeps `values` and does not need it for every point.
     pub fn numeric(&self) -> Vec<(String, f64)> {
         let mut out = Vec::new();
-        for (key, value) in &self.values {
-            flatten_number(key.clone(), value, &mut out);
+        for key in self.values.keys() {
+            if let Some(value) = self.value(key) {
+                flatten_number(key.clone(), &value, &mut out);
+            }
         }
         out
     }

@@ -17,7 +17,12 @@ fn telemetry_values_and_flattened_numbers() {
     let t = telemetry(&format!(r#"{payload}"ok":true,"tags":[1,2]}}"#)).expect("valid");
     assert_eq!(t.ts_ms, NOW);
     assert_eq!(t.values.len(), 5);
-    assert_eq!(t.values["disk"], json!({"free":3,"mount":"/","x":{"y":-1}}));
+    assert_eq!(
+        t.value("disk"),
+        Some(json!({"free":3,"mount":"/","x":{"y":-1}}))
+    );
+    // Kept as sent, not re-encoded.
+    assert_eq!(t.values["tags"].get(), "[1,2]");
     assert_eq!(
         t.numeric(),
         vec![

@@ -705,3 +705,28 @@ fn bench_insert_batch_only() {
         );
     }
 }
+
+/// Decoding alone: `decode` of the fan-in bench's payload, per point.
+#[test]
+#[ignore = "benchmark; run in release mode"]
+fn bench_decode_only() {
+    let plugin = json();
+    let device = id("device-0001");
+    let payload = br#"{"cpu":37.5,"mem":612,"temp":48.25,"uptime":86400,"rssi":-67}"#;
+    let n = 1_000_000u32;
+    let started = StdInstant::now();
+    for i in 0..n {
+        let p = decode(
+            &device,
+            plugin.as_ref(),
+            payload,
+            1_700_000_000_000 + u64::from(i),
+        );
+        std::hint::black_box(p.unwrap());
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "decode: {n} points in {elapsed:.2?}: {:.2} µs/point",
+        elapsed.as_secs_f64() * 1e6 / f64::from(n)
+    );
+}
