@@ -218,6 +218,13 @@ proptest! {
     }
 
     #[test]
+    fn encoding_matches_postcard(values in proptest::collection::vec((".{0,200}", ".{0,300}"), 0..140)) {
+        let by_hand = encode_point(&values, vec![7]).unwrap();
+        let postcard = postcard::to_extend(&StoredPointRef::V1(PointV1Ref { values: &values }), vec![7]).unwrap();
+        prop_assert_eq!(by_hand, postcard);
+    }
+
+    #[test]
     fn cursor_parse_never_panics_and_round_trips(s in ".{0,24}", ts in any::<u64>(), seq in any::<u64>()) {
         let _ = s.parse::<Cursor>();
         let c = Cursor { ts_ms: ts, seq };
