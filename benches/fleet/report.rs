@@ -189,7 +189,7 @@ fn telemetry_row(out: &mut String, t: &TelemetryRun) {
 fn fanin_rows(out: &mut String, results: &[FanInResult]) {
     let find = |mode: Mode, paced: bool| {
         (results.iter())
-            .find(|r| r.mode == mode && r.offered.is_some() == paced)
+            .find(|r| r.mode == mode && r.offered.is_some() == paced && !r.runs.is_empty())
             .map(|r| r.median())
     };
     for r in results {
