@@ -35,6 +35,18 @@ fn telemetry_values_and_flattened_numbers() {
 }
 
 #[test]
+fn telemetry_keys_sorted_once_each_last_value_wins() {
+    let t = telemetry(r#"{"b":1,"a":{"x":1},"b":2,"c":"s","a":3}"#).expect("valid");
+    let keys: Vec<&str> = t.values.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["a", "b", "c"]);
+    assert_eq!(t.value("a"), Some(json!(3)));
+    assert_eq!(t.value("b"), Some(json!(2)));
+    // The same as a serde_json object would keep.
+    let obj: Value = serde_json::from_str(r#"{"b":1,"a":{"x":1},"b":2,"c":"s","a":3}"#).unwrap();
+    assert_eq!(obj["a"], json!(3));
+}
+
+#[test]
 fn telemetry_ts_is_used_when_sane_and_never_a_value() {
     let cases: &[(&str, u64)] = &[
         (r#"{"ts":"2024-03-01T12:00:00Z","a":1}"#, NOW - 2_096_000),
