@@ -20,8 +20,7 @@
 //! - `retained`: retained messages, delivered by the link layer (never by the router).
 //! - `session_store`, `session_link`: persistent sessions, their redb queues and expiry;
 //!   `session_index`: the parked sessions' filters by level, so a publish finds its
-//!   parked subscribers without scanning them all; `resend`: packet ids of in-flight
-//!   messages kept for their re-send after a reconnect.
+//!   parked subscribers without scanning them all.
 
 pub(crate) mod acl;
 mod alias;
@@ -36,7 +35,6 @@ mod ingress;
 mod listener;
 mod origin;
 mod outbound;
-mod resend;
 mod retained;
 mod sealing;
 mod session_index;
@@ -156,8 +154,6 @@ pub(crate) struct Core {
     pub(crate) session_store: session_store::SessionStore,
     /// Connections whose outbound queue is past its bound, and the filters they pause.
     pub(crate) congestion: congestion::Congestion,
-    /// Packet ids parked sessions had in flight (re-sent on the same ids).
-    pub(crate) resend: resend::ResendIds,
 }
 
 /// What the broker restores from the store at start.
@@ -190,7 +186,6 @@ impl Core {
             retained: retained::RetainedIndex::load(restored.retained),
             session_store,
             congestion: congestion::Congestion::default(),
-            resend: resend::ResendIds::default(),
             auth: Authenticator::new(store.clone(), config.allow_anonymous),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             stats: Stats::new(),
