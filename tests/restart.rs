@@ -336,10 +336,10 @@ async fn publish_released(s: &Server, topic: &str, payload: &str) {
     raw_disconnect(raw).await;
 }
 
-/// A persistent subscriber leaves with two QoS 1 messages unacknowledged and a QoS 2
-/// exchange released but not completed; one more message is queued while it is away.
-/// Returns the packet ids the QoS 1 messages were sent on, in order, and the QoS 2 one.
-async fn leave_with_messages_in_flight(s: &Server, id: &str, prefix: &str) -> (Vec<u16>, u16) {
+/// A persistent subscriber has two QoS 1 messages unacknowledged and a QoS 2 exchange
+/// released but not completed. Returns its connection, the packet ids the QoS 1 messages
+/// were sent on, in order, and the QoS 2 one.
+async fn messages_in_flight(s: &Server, id: &str, prefix: &str) -> (TcpStream, Vec<u16>, u16) {
     let (mut sub, _) = raw_connect(s, id).await;
     raw_subscribe(&mut sub, &format!("{prefix}/#"), 2).await;
     publish_acked(s, &format!("{prefix}/q1"), false, &["a", "b"]).await;
@@ -364,15 +364,14 @@ async fn leave_with_messages_in_flight(s: &Server, id: &str, prefix: &str) -> (V
     sub.write_all(&[0x50, 2, hi, lo]).await.unwrap();
     assert_eq!(read_packet(&mut sub).await, [0x62, 2, hi, lo], "PUBREL");
     // No PUBACKs, no PUBCOMP.
-    raw_disconnect(sub).await;
-    publish_acked(s, &format!("{prefix}/q1"), false, &["d"]).await;
-    (q1.into_iter().map(|(_, pkid)| pkid).collect(), q2)
+    (sub, q1.into_iter().map(|(_, pkid)| pkid).collect(), q2)
 }
 
 /// [MQTT-4.4.0-1] after a restart: the PUBREL comes first on the QoS 2 exchange's id,
-/// then the QoS 1 messages with DUP=1 on their original ids, then the message queued
+/// then the QoS 1 messages with DUP=1 on their original ids, then a message queued
 /// while away (DUP=0) on an id none of them holds.
-async fn resume_in_flight(s: &Server, id: &str, q1: &[u16], q2: u16) {
+async fn resume_in_flight(s: &Server, id: &str, prefix: &str, q1: &[u16], q2: u16) {
+    publish_acked(s, &format!("{prefix}/q1"), false, &["d"]).await;
     let (mut sub, present) = raw_connect(s, id).await;
     assert!(present, "session survived");
     let [hi, lo] = q2.to_be_bytes();
@@ -416,14 +415,25 @@ async fn inflight_ids_and_pubrels_survive_sigterm_and_sigkill() {
     let data = dir.path().join("data");
     let mut server = Server::start(&data, log.clone()).await;
 
-    let (q1, q2) = leave_with_messages_in_flight(&server, "f-sub-term", "f/term").await;
+    // The client leaves, then the broker stops.
+    let (sub, q1, q2) = messages_in_flight(&server, "f-sub-left", "f/left").await;
+    raw_disconnect(sub).await;
     server.terminate().await;
     let mut server = Server::start(&data, log.clone()).await;
-    resume_in_flight(&server, "f-sub-term", &q1, q2).await;
+    resume_in_flight(&server, "f-sub-left", "f/left", &q1, q2).await;
 
-    // The client's departure is committed before the broker closes the connection.
-    let (q1, q2) = leave_with_messages_in_flight(&server, "f-sub-kill", "f/kill").await;
+    // The broker stops while the client is connected: shutdown parks the session.
+    let (sub, q1, q2) = messages_in_flight(&server, "f-sub-term", "f/term").await;
+    server.terminate().await;
+    drop(sub);
+    let mut server = Server::start(&data, log.clone()).await;
+    resume_in_flight(&server, "f-sub-term", "f/term", &q1, q2).await;
+
+    // kill -9 after the client left: its departure was committed before the broker
+    // closed the connection.
+    let (sub, q1, q2) = messages_in_flight(&server, "f-sub-kill", "f/kill").await;
+    raw_disconnect(sub).await;
     server.kill9();
     let server = Server::start(&data, log).await;
-    resume_in_flight(&server, "f-sub-kill", &q1, q2).await;
+    resume_in_flight(&server, "f-sub-kill", "f/kill", &q1, q2).await;
 }
