@@ -283,6 +283,7 @@ impl Core {
     }
 
     /// Writes a retained message through to the store (an empty payload deletes it),
+    /// with its publisher's MQTT 5 properties (the expiry interval as an expiry time),
     /// before it is routed, so it survives a restart; then updates the in-memory index
     /// SUBSCRIBE reads from.
     pub(crate) async fn persist_retained(
@@ -290,7 +291,7 @@ impl Core {
         topic: &str,
         payload: &[u8],
         qos: u8,
-        expiry_s: Option<u32>,
+        props: Option<&PublishProperties>,
     ) -> Result<(), StoreError> {
         let owned = topic.to_owned();
         if payload.is_empty() {
@@ -301,12 +302,16 @@ impl Core {
             return Ok(());
         }
         let now = now_ms();
+        let (mut properties, expires_at_ms) = session_store::stored_properties(props, now);
+        // Subscription identifiers are the receiver's, never the publisher's.
+        properties.subscription_ids.clear();
         let msg = RetainedMessage {
             topic: owned,
             payload: payload.to_vec(),
             qos,
             stored_at_ms: now,
-            expires_at_ms: expiry_s.map(|s| now.saturating_add(u64::from(s) * 1000)),
+            expires_at_ms,
+            properties,
         };
         let stored = msg.clone();
         self.store.call(move |s| s.put_retained(&stored)).await?;

@@ -288,6 +288,13 @@ impl Connection {
                     );
                     msg.retain = true;
                     msg.expires_at_ms = m.expires_at_ms;
+                    if self.s.version == Version::V5 {
+                        // Its publisher's properties, and this subscription's identifier
+                        // [MQTT-3.3.2-17] [MQTT-3.3.4-3].
+                        let mut props = m.properties.clone();
+                        props.subscription_ids.extend(sub.id);
+                        msg.props = session_store::publish_properties(&props, None);
+                    }
                     self.queue.push(msg);
                 }
             }

@@ -12,6 +12,7 @@
 mod records;
 
 use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::store::Store;
@@ -85,10 +86,10 @@ pub struct QueuedMessage {
     pub pkid: Option<u16>,
 }
 
-/// The MQTT 5 PUBLISH properties a queued message is delivered with, besides the
-/// Message Expiry Interval (kept as [`QueuedMessage::expires_at_ms`]) and the Topic
-/// Alias (per connection, never stored).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The MQTT 5 PUBLISH properties a queued (or retained) message is delivered with,
+/// besides the Message Expiry Interval (kept as an expiry time) and the Topic Alias (per
+/// connection, never stored).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageProperties {
     pub payload_format_indicator: Option<u8>,
     pub content_type: Option<String>,
@@ -97,7 +98,7 @@ pub struct MessageProperties {
     /// The publisher's user properties, in order [MQTT-3.3.2-18].
     pub user_properties: Vec<(String, String)>,
     /// The identifiers of the receiving session's subscriptions that matched
-    /// [MQTT-3.3.4-3].
+    /// [MQTT-3.3.4-3] (none for a retained message: they are the subscriber's).
     pub subscription_ids: Vec<u32>,
 }
 
