@@ -439,3 +439,37 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resend(pkid: u16) -> OutMsg {
+        let mut m = OutMsg::plain("t".into(), Bytes::new(), 1);
+        m.pkid = Some(pkid);
+        m
+    }
+
+    /// A message that was never in flight does not take the id of a waiting re-send
+    /// (a publisher may queue one ahead of them in the parking window), nor that of a
+    /// pending PUBREL; with every free id kept, one is given up.
+    #[test]
+    fn fresh_ids_skip_reserved_and_released_ones() {
+        let mut q = Outbound::new(10);
+        assert!(q.released(1));
+        q.push(resend(2));
+        q.push(resend(4));
+        assert_eq!([q.next_pkid(), q.next_pkid()], [3, 5]);
+        assert_eq!(q.pubrels(), [1]);
+        let mut q = Outbound::new(10);
+        for pkid in FIRST_PKID..=LAST_PKID {
+            q.push(resend(pkid));
+        }
+        let given_up = q.next_pkid();
+        assert!(!q.reserved.contains(&given_up));
+        // Parking keeps each waiting re-send's id with it.
+        let owed = q.take_unacked();
+        assert!(q.reserved.is_empty());
+        assert_eq!(owed.messages[1].msg.pkid, Some(2));
+    }
+}
