@@ -282,3 +282,158 @@ async fn sessions_retained_and_qos2_survive_sigterm_and_sigkill() {
         "retained survived SIGKILL"
     );
 }
+
+// ---- a raw 3.1.1 persistent subscriber with messages in flight ----------------------
+
+/// A PUBLISH as the subscriber sees it: (DUP, QoS, packet id, payload).
+fn parse_publish(p: &[u8]) -> (bool, u8, u16, String) {
+    assert_eq!(p[0] & 0xf0, 0x30, "PUBLISH, got {p:?}");
+    let (dup, qos) = (p[0] & 8 != 0, (p[0] >> 1) & 3);
+    let topic_len = usize::from(u16::from_be_bytes([p[2], p[3]]));
+    let at = 4 + topic_len;
+    assert!(qos > 0, "QoS 1/2 expected: {p:?}");
+    let pkid = u16::from_be_bytes([p[at], p[at + 1]]);
+    let payload = String::from_utf8_lossy(&p[at + 2..]).into_owned();
+    (dup, qos, pkid, payload)
+}
+
+async fn raw_subscribe(s: &mut TcpStream, filter: &str, qos: u8) {
+    let mut body = vec![0, 1];
+    body.extend((filter.len() as u16).to_be_bytes());
+    body.extend(filter.as_bytes());
+    body.push(qos);
+    let mut packet = vec![0x82, body.len() as u8];
+    packet.extend(body);
+    s.write_all(&packet).await.unwrap();
+    assert_eq!(read_packet(s).await, [0x90, 3, 0, 1, qos], "SUBACK");
+}
+
+/// Sends DISCONNECT and waits for the broker to close the connection, which it does
+/// only once the session is parked (stored).
+async fn raw_disconnect(mut s: TcpStream) {
+    s.write_all(&[0xe0, 0]).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    assert!(rest.is_empty(), "nothing after DISCONNECT: {rest:?}");
+}
+
+/// Nothing more arrives within `QUIET`.
+async fn raw_quiet(s: &mut TcpStream) {
+    let mut b = [0u8; 1];
+    let got = tokio::time::timeout(QUIET, s.read(&mut b)).await;
+    assert!(got.is_err(), "unexpected bytes: {got:?} {b:?}");
+}
+
+/// A QoS 2 publish, released and completed by its publisher.
+async fn publish_released(s: &Server, topic: &str, payload: &str) {
+    let (mut raw, _) = raw_connect(s, "f-publisher").await;
+    publish_qos2(&mut raw, topic, 1, payload, false).await;
+    raw.write_all(&[0x62, 2, 0, 1]).await.unwrap();
+    assert_eq!(read_packet(&mut raw).await, [0x70, 2, 0, 1], "PUBCOMP");
+    raw_disconnect(raw).await;
+}
+
+/// A persistent subscriber has two QoS 1 messages unacknowledged and a QoS 2 exchange
+/// released but not completed. Returns its connection, the packet ids the QoS 1 messages
+/// were sent on, in order, and the QoS 2 one.
+async fn messages_in_flight(s: &Server, id: &str, prefix: &str) -> (TcpStream, Vec<u16>, u16) {
+    let (mut sub, _) = raw_connect(s, id).await;
+    raw_subscribe(&mut sub, &format!("{prefix}/#"), 2).await;
+    publish_acked(s, &format!("{prefix}/q1"), false, &["a", "b"]).await;
+    publish_released(s, &format!("{prefix}/q2"), "c").await;
+    let mut q1 = Vec::new();
+    let mut q2 = None;
+    for _ in 0..3 {
+        let (dup, qos, pkid, payload) = parse_publish(&read_packet(&mut sub).await);
+        assert!(!dup);
+        match (qos, payload.as_str()) {
+            (1, "a" | "b") => q1.push((payload, pkid)),
+            (2, "c") => q2 = Some(pkid),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        q1.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let q2 = q2.expect("QoS 2 message");
+    let [hi, lo] = q2.to_be_bytes();
+    sub.write_all(&[0x50, 2, hi, lo]).await.unwrap();
+    assert_eq!(read_packet(&mut sub).await, [0x62, 2, hi, lo], "PUBREL");
+    // No PUBACKs, no PUBCOMP.
+    (sub, q1.into_iter().map(|(_, pkid)| pkid).collect(), q2)
+}
+
+/// [MQTT-4.4.0-1] after a restart: the PUBREL comes first on the QoS 2 exchange's id,
+/// then the QoS 1 messages with DUP=1 on their original ids, then a message queued
+/// while away (DUP=0) on an id none of them holds.
+async fn resume_in_flight(s: &Server, id: &str, prefix: &str, q1: &[u16], q2: u16) {
+    publish_acked(s, &format!("{prefix}/q1"), false, &["d"]).await;
+    let (mut sub, present) = raw_connect(s, id).await;
+    assert!(present, "session survived");
+    let [hi, lo] = q2.to_be_bytes();
+    assert_eq!(
+        read_packet(&mut sub).await,
+        [0x62, 2, hi, lo],
+        "PUBREL again"
+    );
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(parse_publish(&read_packet(&mut sub).await));
+    }
+    assert_eq!(
+        got[..2],
+        [
+            (true, 1, q1[0], "a".to_owned()),
+            (true, 1, q1[1], "b".to_owned())
+        ]
+    );
+    let (dup, qos, fresh, payload) = got[2].clone();
+    assert_eq!((dup, qos, payload.as_str()), (false, 1, "d"));
+    assert!(fresh != q2 && !q1.contains(&fresh), "fresh id {fresh}");
+    for (_, _, pkid, _) in &got {
+        let [hi, lo] = pkid.to_be_bytes();
+        sub.write_all(&[0x40, 2, hi, lo]).await.unwrap();
+    }
+    sub.write_all(&[0x70, 2, hi, lo]).await.unwrap();
+    raw_quiet(&mut sub).await;
+    raw_disconnect(sub).await;
+    // Completed: nothing is owed any more.
+    let (mut sub, present) = raw_connect(s, id).await;
+    assert!(present);
+    raw_quiet(&mut sub).await;
+    raw_disconnect(sub).await;
+}
+
+#[tokio::test]
+async fn inflight_ids_and_pubrels_survive_sigterm_and_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("fleetmq.log");
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, log.clone()).await;
+
+    // The client leaves, then the broker stops.
+    let (sub, q1, q2) = messages_in_flight(&server, "f-sub-left", "f/left").await;
+    raw_disconnect(sub).await;
+    server.terminate().await;
+    let mut server = Server::start(&data, log.clone()).await;
+    resume_in_flight(&server, "f-sub-left", "f/left", &q1, q2).await;
+
+    // The broker stops while the client is connected: shutdown parks the session.
+    let (sub, q1, q2) = messages_in_flight(&server, "f-sub-term", "f/term").await;
+    server.terminate().await;
+    drop(sub);
+    let mut server = Server::start(&data, log.clone()).await;
+    resume_in_flight(&server, "f-sub-term", "f/term", &q1, q2).await;
+
+    // kill -9 after the client left: its departure was committed before the broker
+    // closed the connection.
+    let (sub, q1, q2) = messages_in_flight(&server, "f-sub-kill", "f/kill").await;
+    raw_disconnect(sub).await;
+    server.kill9();
+    let server = Server::start(&data, log).await;
+    resume_in_flight(&server, "f-sub-kill", "f/kill", &q1, q2).await;
+}

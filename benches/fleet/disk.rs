@@ -42,6 +42,7 @@ pub fn probe(dir: &Path, rounds: usize) -> anyhow::Result<DiskCost> {
             qos: 1,
             stored_at_ms: i as u64,
             expires_at_ms: None,
+            properties: Default::default(),
         };
         let t = Instant::now();
         store.put_retained(&msg)?;

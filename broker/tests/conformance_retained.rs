@@ -238,3 +238,96 @@ matrix!(
     live_retain_0,
     [tcp_v4: Tcp V4, ws_v4: Ws V4]
 );
+
+/// Every v5 PUBLISH property a retained message keeps, user properties with a repeat.
+fn rich_props() -> Option<PublishProperties> {
+    publish_props(|p| {
+        p.payload_format_indicator = Some(1);
+        p.content_type = Some("application/json".into());
+        p.response_topic = Some("reply/here".into());
+        p.correlation_data = Some(bytes::Bytes::from_static(b"\x00corr"));
+        p.user_properties = vec![
+            ("b".into(), "2".into()),
+            ("a".into(), "1".into()),
+            ("b".into(), "3".into()),
+        ];
+    })
+}
+
+/// A retained message published with [`rich_props`] on `topic`, acknowledged.
+async fn retain_rich(t: &Target, via: Via, topic: &str) {
+    let mut p = t.connect(via, Ver::V5, &unique("rich")).await;
+    let pkid = p.publish_with(topic, b"{}", 1, true, rich_props()).await;
+    p.expect(|x| matches!(x, In::PubAck { pkid: id, .. } if *id == pkid))
+        .await;
+    p.disconnect(0).await;
+}
+
+/// Subscribes to `topic` (v5: with Subscription Identifier 7) and checks the retained
+/// message it gets: a v5 subscriber sees its publisher's properties, a 3.1.1 one none.
+async fn check_rich_retained(c: &mut Client, ver: Ver, topic: &str) {
+    let id = SubscribeProperties {
+        id: Some(7),
+        user_properties: Vec::new(),
+    };
+    c.subscribe_filters(vec![filter(topic, 1)], (ver == Ver::V5).then_some(id))
+        .await;
+    let m = c.next_msg().await;
+    assert_eq!((m.payload.as_slice(), m.retain), (&b"{}"[..], true));
+    c.puback(m.pkid).await;
+    if ver == Ver::V4 {
+        assert_eq!(m.props, None);
+        return;
+    }
+    let got = m.props.expect("properties");
+    let want = rich_props().expect("set");
+    assert_eq!(got.payload_format_indicator, Some(1), "[MQTT-3.3.2-4]");
+    assert_eq!(got.response_topic, want.response_topic, "[MQTT-3.3.2-15]");
+    assert_eq!(
+        got.correlation_data, want.correlation_data,
+        "[MQTT-3.3.2-16]"
+    );
+    assert_eq!(
+        got.user_properties, want.user_properties,
+        "[MQTT-3.3.2-17] [MQTT-3.3.2-18] all, in order"
+    );
+    assert_eq!(got.content_type, want.content_type, "[MQTT-3.3.2-20]");
+    assert_eq!(got.subscription_identifiers, [7], "[MQTT-3.3.4-3]");
+}
+
+/// v5 [MQTT-3.3.2-4] [MQTT-3.3.2-15] [MQTT-3.3.2-16] [MQTT-3.3.2-17] [MQTT-3.3.2-18]
+/// [MQTT-3.3.2-20]: a retained message sent at SUBSCRIBE carries its publisher's
+/// Payload Format Indicator, Response Topic, Correlation Data, User Properties (all, in
+/// order) and Content Type, as a live message does, plus the identifier of the
+/// subscription [MQTT-3.3.4-3]; a 3.1.1 subscriber gets the bare message.
+async fn retained_properties(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let topic = unique("rp/");
+    retain_rich(&t, via, &topic).await;
+    let mut c = t.connect(via, ver, &unique("sub")).await;
+    check_rich_retained(&mut c, ver, &topic).await;
+    c.pingreq().await;
+    c.expect(|p| matches!(p, In::PingResp)).await;
+    retain(&t, via, Ver::V5, &topic, b"", true).await;
+}
+matrix!(
+    retained_carries_publisher_properties_mqtt_3_3_2_17,
+    retained_properties
+);
+
+/// ... and they are stored with it: they come back after a restart (fleetmq only).
+async fn retained_properties_restart(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    if t.skip_external("restarts the broker") {
+        return;
+    }
+    retain_rich(&t, via, "rich/kept").await;
+    let t = t.restart().await;
+    let mut c = t.connect(via, ver, &unique("after")).await;
+    check_rich_retained(&mut c, ver, "rich/kept").await;
+}
+matrix!(
+    retained_properties_survive_restart,
+    retained_properties_restart,
+    [tcp_v5: Tcp V5, ws_v4: Ws V4]
+);

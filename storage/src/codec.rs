@@ -20,6 +20,7 @@ use crate::model::{
     AclAction, AclRule, DeviceKey, DeviceRecord, RetainedMessage, ServiceClientRecord,
 };
 use crate::secret::CredentialHash;
+use crate::sessions::MessageProperties;
 
 #[derive(Serialize, Deserialize)]
 enum StoredDevice {
@@ -83,6 +84,22 @@ enum AclActionV1 {
 enum StoredRetained {
     V1(RetainedV1),
     V2(RetainedV2),
+    V3(RetainedV3),
+}
+
+/// V2 plus the publisher's MQTT 5 PUBLISH properties.
+#[derive(Serialize, Deserialize)]
+struct RetainedV3 {
+    topic: String,
+    payload: Vec<u8>,
+    qos: u8,
+    stored_at_ms: u64,
+    expires_at_ms: Option<u64>,
+    payload_format_indicator: Option<u8>,
+    content_type: Option<String>,
+    response_topic: Option<String>,
+    correlation_data: Option<Vec<u8>>,
+    user_properties: Vec<(String, String)>,
 }
 
 /// V1 plus the expiry time (MQTT 5 Message Expiry Interval).
@@ -308,14 +325,25 @@ pub(crate) fn encode_retained(
     at: Location<'_>,
     m: &RetainedMessage,
 ) -> Result<Vec<u8>, StoreError> {
-    let v2 = RetainedV2 {
+    if !m.properties.subscription_ids.is_empty() {
+        return Err(StoreError::Invalid(
+            "a retained message has no subscription identifiers".into(),
+        ));
+    }
+    let p = &m.properties;
+    let v3 = RetainedV3 {
         topic: m.topic.clone(),
         payload: m.payload.clone(),
         qos: m.qos,
         stored_at_ms: m.stored_at_ms,
         expires_at_ms: m.expires_at_ms,
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
     };
-    encode(at, &StoredRetained::V2(v2))
+    encode(at, &StoredRetained::V3(v3))
 }
 
 /// Decodes a retained message stored under `at.key`.
@@ -330,6 +358,7 @@ pub(crate) fn decode_retained(
             qos: v1.qos,
             stored_at_ms: v1.stored_at_ms,
             expires_at_ms: None,
+            properties: MessageProperties::default(),
         },
         StoredRetained::V2(v2) => RetainedMessage {
             topic: v2.topic,
@@ -337,6 +366,22 @@ pub(crate) fn decode_retained(
             qos: v2.qos,
             stored_at_ms: v2.stored_at_ms,
             expires_at_ms: v2.expires_at_ms,
+            properties: MessageProperties::default(),
+        },
+        StoredRetained::V3(v3) => RetainedMessage {
+            topic: v3.topic,
+            payload: v3.payload,
+            qos: v3.qos,
+            stored_at_ms: v3.stored_at_ms,
+            expires_at_ms: v3.expires_at_ms,
+            properties: MessageProperties {
+                payload_format_indicator: v3.payload_format_indicator,
+                content_type: v3.content_type,
+                response_topic: v3.response_topic,
+                correlation_data: v3.correlation_data,
+                user_properties: v3.user_properties,
+                subscription_ids: Vec::new(),
+            },
         },
     };
     if m.topic != at.key {
@@ -344,6 +389,9 @@ pub(crate) fn decode_retained(
     }
     if m.qos > 2 {
         return Err(at.corrupt(format!("qos {} is not 0, 1 or 2", m.qos)));
+    }
+    if let Some(bad) = m.properties.payload_format_indicator.filter(|&f| f > 1) {
+        return Err(at.corrupt(format!("payload format indicator {bad}")));
     }
     Ok(m)
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::DeviceId;
 use crate::secret::CredentialHash;
+use crate::sessions::MessageProperties;
 
 /// The plugin a device gets when none is given.
 pub const DEFAULT_PLUGIN: &str = "json";
@@ -152,6 +153,8 @@ pub struct RetainedMessage {
     pub stored_at_ms: u64,
     /// When it expires (MQTT 5 Message Expiry Interval), unix ms; `None`: never.
     pub expires_at_ms: Option<u64>,
+    /// Its publisher's MQTT 5 PUBLISH properties (no subscription identifiers).
+    pub properties: MessageProperties,
 }
 
 #[cfg(test)]

@@ -86,6 +86,7 @@ mod tests {
             qos: 1,
             stored_at_ms: 7,
             expires_at_ms: None,
+            properties: crate::MessageProperties::default(),
         }
     }
 

@@ -283,8 +283,7 @@ impl Connection {
             return Ok(());
         }
         if meta.retain {
-            let expiry = props.as_ref().and_then(|p| p.message_expiry_interval);
-            self.persist_retained(&topic, &payload, meta.qos, expiry)
+            self.persist_retained(&topic, &payload, meta.qos, props.as_ref())
                 .await;
         }
         // Parked persistent sessions get their copy before the publisher's ack.
@@ -350,12 +349,14 @@ impl Connection {
     }
 
     /// Retained messages are written through to the store before they are routed.
-    async fn persist_retained(&self, topic: &str, payload: &[u8], qos: u8, expiry: Option<u32>) {
-        if let Err(e) = self
-            .core
-            .persist_retained(topic, payload, qos, expiry)
-            .await
-        {
+    async fn persist_retained(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+        props: Option<&PublishProperties>,
+    ) {
+        if let Err(e) = self.core.persist_retained(topic, payload, qos, props).await {
             tracing::error!(client_id = %self.s.client_id, error = %e, "could not store a retained message");
         }
     }

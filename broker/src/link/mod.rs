@@ -20,8 +20,7 @@
 //! - `retained`: retained messages, delivered by the link layer (never by the router).
 //! - `session_store`, `session_link`: persistent sessions, their redb queues and expiry;
 //!   `session_index`: the parked sessions' filters by level, so a publish finds its
-//!   parked subscribers without scanning them all; `resend`: packet ids of in-flight
-//!   messages kept for their re-send after a reconnect.
+//!   parked subscribers without scanning them all.
 
 pub(crate) mod acl;
 mod alias;
@@ -36,7 +35,6 @@ mod ingress;
 mod listener;
 mod origin;
 mod outbound;
-mod resend;
 mod retained;
 mod sealing;
 mod session_index;
@@ -156,8 +154,6 @@ pub(crate) struct Core {
     pub(crate) session_store: session_store::SessionStore,
     /// Connections whose outbound queue is past its bound, and the filters they pause.
     pub(crate) congestion: congestion::Congestion,
-    /// Packet ids parked sessions had in flight (re-sent on the same ids).
-    pub(crate) resend: resend::ResendIds,
 }
 
 /// What the broker restores from the store at start.
@@ -190,7 +186,6 @@ impl Core {
             retained: retained::RetainedIndex::load(restored.retained),
             session_store,
             congestion: congestion::Congestion::default(),
-            resend: resend::ResendIds::default(),
             auth: Authenticator::new(store.clone(), config.allow_anonymous),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             stats: Stats::new(),
@@ -288,6 +283,7 @@ impl Core {
     }
 
     /// Writes a retained message through to the store (an empty payload deletes it),
+    /// with its publisher's MQTT 5 properties (the expiry interval as an expiry time),
     /// before it is routed, so it survives a restart; then updates the in-memory index
     /// SUBSCRIBE reads from.
     pub(crate) async fn persist_retained(
@@ -295,7 +291,7 @@ impl Core {
         topic: &str,
         payload: &[u8],
         qos: u8,
-        expiry_s: Option<u32>,
+        props: Option<&PublishProperties>,
     ) -> Result<(), StoreError> {
         let owned = topic.to_owned();
         if payload.is_empty() {
@@ -306,12 +302,16 @@ impl Core {
             return Ok(());
         }
         let now = now_ms();
+        let (mut properties, expires_at_ms) = session_store::stored_properties(props, now);
+        // Subscription identifiers are the receiver's, never the publisher's.
+        properties.subscription_ids.clear();
         let msg = RetainedMessage {
             topic: owned,
             payload: payload.to_vec(),
             qos,
             stored_at_ms: now,
-            expires_at_ms: expiry_s.map(|s| now.saturating_add(u64::from(s) * 1000)),
+            expires_at_ms,
+            properties,
         };
         let stored = msg.clone();
         self.store.call(move |s| s.put_retained(&stored)).await?;

@@ -7,7 +7,7 @@
 //! them in any order. Past `mqtt.max_pending_messages` waiting messages the connection is
 //! congested (`congestion.rs`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use fleetmq_storage::{now_ms, QueuedMessage};
@@ -25,6 +25,9 @@ const FIRST_PKID: u16 = 1;
 const LAST_PKID: u16 = 1000;
 /// QoS 1/2 messages in flight at once (the client's Receive Maximum may lower it).
 const WINDOW: usize = 100;
+/// Released QoS 2 exchanges of a resumed session taken back at most (their PUBRELs hold
+/// packet ids until the PUBCOMPs).
+const MAX_RELEASED: usize = 500;
 
 /// One PUBLISH owed to the client. The payload is plaintext: sealing happens when it is
 /// written, so a parked session stores plaintext.
@@ -68,8 +71,9 @@ impl OutMsg {
         }
     }
 
-    /// As a parked session's queue keeps it, with its v5 properties and expiry time.
-    fn queued(self, dup: bool) -> Unacked {
+    /// As a parked session's queue keeps it, with its v5 properties and expiry time, and
+    /// the packet id it was in flight with.
+    fn queued(self, dup: bool, pkid: Option<u16>) -> Unacked {
         let now = now_ms();
         let (properties, _) = session_store::stored_properties(self.props.as_ref(), now);
         let msg = QueuedMessage {
@@ -81,6 +85,7 @@ impl OutMsg {
             queued_at_ms: now,
             expires_at_ms: self.expires_at_ms,
             properties,
+            pkid,
         };
         Unacked {
             msg,
@@ -91,12 +96,12 @@ impl OutMsg {
 
 /// What a leaving client was owed (see [`Outbound::take_unacked`]).
 pub(super) struct Owed {
-    /// Messages to append to the session's queue, in order, with the packet id of those
-    /// that were in flight.
-    pub(super) messages: Vec<(Unacked, Option<u16>)>,
+    /// Messages to append to the session's queue, in order (those that were in flight
+    /// with their packet ids).
+    pub(super) messages: Vec<Unacked>,
     /// Stored-queue entries that were in flight: (seq, packet id).
     pub(super) stored_inflight: Vec<(u64, u16)>,
-    /// Packet ids of QoS 2 exchanges waiting for the client's PUBCOMP.
+    /// Packet ids of QoS 2 exchanges waiting for the client's PUBCOMP, in send order.
     pub(super) pubrels: Vec<u16>,
 }
 
@@ -112,6 +117,8 @@ struct Inflight {
 pub(crate) struct Outbound {
     pending: VecDeque<OutMsg>,
     inflight: BTreeMap<u16, Inflight>,
+    /// Packet ids of waiting re-sends, which new messages do not take.
+    reserved: HashSet<u16>,
     next_pkid: u16,
     next_order: u64,
     max_pending: usize,
@@ -129,6 +136,7 @@ impl Outbound {
         Outbound {
             pending: VecDeque::new(),
             inflight: BTreeMap::new(),
+            reserved: HashSet::new(),
             next_pkid: FIRST_PKID,
             next_order: 0,
             max_pending,
@@ -142,7 +150,10 @@ impl Outbound {
     /// PUBREL is sent again first [MQTT-4.4.0-1], and the packet id stays taken until
     /// the PUBCOMP.
     pub(super) fn released(&mut self, pkid: u16) -> bool {
-        if !(FIRST_PKID..=LAST_PKID).contains(&pkid) || self.inflight.contains_key(&pkid) {
+        if !(FIRST_PKID..=LAST_PKID).contains(&pkid)
+            || self.inflight.contains_key(&pkid)
+            || self.inflight.len() >= MAX_RELEASED
+        {
             return false;
         }
         let order = self.next_order;
@@ -160,9 +171,25 @@ impl Outbound {
         true
     }
 
-    /// Queues a message that must not be dropped (stored, retained).
+    /// Queues a message that must not be dropped (stored, retained); a re-send's packet
+    /// id is kept for it.
     pub(super) fn push(&mut self, msg: OutMsg) {
+        if let Some(pkid) = msg.pkid {
+            self.reserved.insert(pkid);
+        }
         self.pending.push_back(msg);
+    }
+
+    /// Packet ids of the QoS 2 exchanges waiting for the client's PUBCOMP, in send order.
+    pub(super) fn pubrels(&self) -> Vec<u16> {
+        let mut released: Vec<(u64, u16)> = self
+            .inflight
+            .iter()
+            .filter(|(_, i)| i.released)
+            .map(|(&pkid, i)| (i.order, pkid))
+            .collect();
+        released.sort_unstable();
+        released.into_iter().map(|(_, pkid)| pkid).collect()
     }
 
     /// QoS 1/2 messages the client has not completed, or not been sent yet.
@@ -189,14 +216,15 @@ impl Outbound {
             }
         }
         inflight.sort_by_key(|(_, i)| i.order);
-        let mut out: Vec<(Unacked, Option<u16>)> = inflight
+        let mut out: Vec<Unacked> = inflight
             .into_iter()
-            .map(|(pkid, i)| (i.msg.queued(true), Some(pkid)))
+            .map(|(pkid, i)| i.msg.queued(true, Some(pkid)))
             .collect();
+        self.reserved.clear();
         for m in std::mem::take(&mut self.pending) {
             if m.seq.is_none() && m.qos > 0 {
-                let dup = m.dup;
-                out.push((m.queued(dup), None));
+                let (dup, pkid) = (m.dup, m.pkid);
+                out.push(m.queued(dup, pkid));
             }
         }
         pubrels.sort_unstable();
@@ -212,18 +240,30 @@ impl Outbound {
         self.congested.then(|| self.progress_at + timeout)
     }
 
+    /// A packet id neither in flight nor kept for a waiting re-send; should every free id
+    /// be kept, one is given up (that re-send then gets a new id if its own is taken).
+    /// Fewer than `LAST_PKID` are ever in flight (`WINDOW` plus `MAX_RELEASED`).
     fn next_pkid(&mut self) -> u16 {
-        loop {
+        let mut fallback = None;
+        for _ in FIRST_PKID..=LAST_PKID {
             let pkid = self.next_pkid;
             self.next_pkid = if pkid >= LAST_PKID {
                 FIRST_PKID
             } else {
                 pkid + 1
             };
-            if !self.inflight.contains_key(&pkid) {
+            if self.inflight.contains_key(&pkid) {
+                continue;
+            }
+            if !self.reserved.contains(&pkid) {
                 return pkid;
             }
+            fallback.get_or_insert(pkid);
         }
+        debug_assert!(fallback.is_some(), "every packet id in flight");
+        let pkid = fallback.unwrap_or(FIRST_PKID);
+        self.reserved.remove(&pkid);
+        pkid
     }
 }
 
@@ -257,8 +297,16 @@ impl Connection {
                 continue;
             }
             // A re-send keeps its packet id [MQTT-4.4.0-1] unless that id is taken.
+            if let Some(p) = msg.pkid {
+                self.queue.reserved.remove(&p);
+            }
             let pkid = match msg.pkid {
-                Some(p) if !self.queue.inflight.contains_key(&p) => p,
+                Some(p)
+                    if (FIRST_PKID..=LAST_PKID).contains(&p)
+                        && !self.queue.inflight.contains_key(&p) =>
+                {
+                    p
+                }
                 _ => self.queue.next_pkid(),
             };
             if self.write_out(&msg, pkid) {
@@ -389,5 +437,39 @@ impl Connection {
             self.core.congestion.leave(self.s.conn_id);
             tracing::debug!(client_id = %self.s.client_id, waiting, "drained: publishers resume");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resend(pkid: u16) -> OutMsg {
+        let mut m = OutMsg::plain("t".into(), Bytes::new(), 1);
+        m.pkid = Some(pkid);
+        m
+    }
+
+    /// A message that was never in flight does not take the id of a waiting re-send
+    /// (a publisher may queue one ahead of them in the parking window), nor that of a
+    /// pending PUBREL; with every free id kept, one is given up.
+    #[test]
+    fn fresh_ids_skip_reserved_and_released_ones() {
+        let mut q = Outbound::new(10);
+        assert!(q.released(1));
+        q.push(resend(2));
+        q.push(resend(4));
+        assert_eq!([q.next_pkid(), q.next_pkid()], [3, 5]);
+        assert_eq!(q.pubrels(), [1]);
+        let mut q = Outbound::new(10);
+        for pkid in FIRST_PKID..=LAST_PKID {
+            q.push(resend(pkid));
+        }
+        let given_up = q.next_pkid();
+        assert!(!q.reserved.contains(&given_up));
+        // Parking keeps each waiting re-send's id with it.
+        let owed = q.take_unacked();
+        assert!(q.reserved.is_empty());
+        assert_eq!(owed.messages[1].msg.pkid, Some(2));
     }
 }

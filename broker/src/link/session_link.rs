@@ -138,6 +138,7 @@ impl Connection {
             expiry_s: self.sess.start.expiry_s,
             disconnected_at_ms: None,
             inbound_qos2,
+            outbound_pubrels: self.queue.pubrels(),
         }
     }
 
@@ -145,8 +146,6 @@ impl Connection {
     /// stops queuing for it, and queues its stored messages for delivery ahead of live
     /// traffic [MQTT-3.1.2-5] [MQTT-4.4.0-1].
     pub(super) async fn resume_session(&mut self) -> Result<(), Ending> {
-        // Ids of a session that is not resumed are of no use any more.
-        let mut resend = self.core.resend.take(&self.s.router_key);
         let Some(rec) = self.sess.start.resumed.take() else {
             if self.sess.start.persistent {
                 self.sess.saved = true;
@@ -192,7 +191,7 @@ impl Connection {
         let key = self.s.router_key.clone();
         self.core.session_store.unpark(&key);
         // PUBRELs of QoS 2 exchanges the client had not completed go first [MQTT-4.4.0-1].
-        for pkid in std::mem::take(&mut resend.pubrels) {
+        for pkid in rec.outbound_pubrels {
             if self.queue.released(pkid) {
                 self.write_packet(Packet::PubRel(
                     PubRel {
@@ -203,13 +202,13 @@ impl Connection {
                 ));
             }
         }
+        // Those that were in flight go out on their packet ids again, with DUP=1.
         for (seq, m) in self.core.session_store.queued(&key).await {
-            let pkid = resend.pkid_for(seq, &m);
             let mut msg = OutMsg::plain(m.topic, m.payload.into(), m.qos);
-            msg.dup = m.dup || pkid.is_some();
+            msg.dup = m.dup || m.pkid.is_some();
             msg.retain = m.retain;
             msg.seq = Some(seq);
-            msg.pkid = pkid;
+            msg.pkid = m.pkid;
             msg.expires_at_ms = m.expires_at_ms;
             // Sent to MQTT 5 clients only; the expiry left is added when it is written.
             msg.props = session_store::publish_properties(&m.properties, None);
@@ -289,6 +288,13 @@ impl Connection {
                     );
                     msg.retain = true;
                     msg.expires_at_ms = m.expires_at_ms;
+                    if self.s.version == Version::V5 {
+                        // Its publisher's properties, and this subscription's identifier
+                        // [MQTT-3.3.2-17] [MQTT-3.3.4-3].
+                        let mut props = m.properties.clone();
+                        props.subscription_ids.extend(sub.id);
+                        msg.props = session_store::publish_properties(&props, None);
+                    }
                     self.queue.push(msg);
                 }
             }
@@ -351,7 +357,9 @@ impl Connection {
     }
 
     /// The connection is ending (before it leaves the router): a persistent session is
-    /// parked with what the client had not acknowledged, queued again with DUP=1.
+    /// parked with what the client had not acknowledged, queued again with DUP=1 and
+    /// the packet ids it was in flight with, and the PUBRELs of the QoS 2 exchanges the
+    /// client had not completed.
     pub(super) async fn session_close(&mut self) {
         if !self.sess.start.persistent {
             if self.sess.saved {
@@ -375,25 +383,18 @@ impl Connection {
                 self.forward(f);
             }
         }
+        let mut rec = self.session_record();
         let owed = self.queue.take_unacked();
-        let mut ids = super::resend::InFlightIds {
-            by_seq: owed.stored_inflight.into_iter().collect(),
-            pubrels: owed.pubrels,
-            ..Default::default()
-        };
-        let mut unacked = Vec::with_capacity(owed.messages.len());
-        for (u, pkid) in owed.messages {
-            if let Some(pkid) = pkid {
-                let fp = super::resend::fingerprint(&u.msg.topic, &u.msg.payload);
-                ids.appended.push_back((fp, pkid));
-            }
-            unacked.push(u);
-        }
-        self.core.resend.park(&key, ids);
-        let rec = self.session_record();
+        rec.outbound_pubrels = owed.pubrels;
         self.core
             .session_store
-            .finish_park(rec, unacked, mark, &self.core.stats)
+            .finish_park(
+                rec,
+                owed.messages,
+                owed.stored_inflight,
+                mark,
+                &self.core.stats,
+            )
             .await;
     }
 }

@@ -281,12 +281,15 @@ impl SessionStore {
         ParkMark(set.next_arrival)
     }
 
-    /// The client left: stores the record and appends what it had not acknowledged to
-    /// the queue, except what publishers queued themselves after `mark`.
+    /// The client left: stores the record (with its pending PUBRELs), marks the queue
+    /// entries that were in flight with their packet ids (`sent`: seq, packet id) and
+    /// appends what it had not acknowledged to the queue, except what publishers queued
+    /// themselves after `mark`.
     pub(crate) async fn finish_park(
         &self,
         mut rec: SessionRecord,
         unacked: Vec<Unacked>,
+        sent: Vec<(u64, u16)>,
         mark: ParkMark,
         stats: &Stats,
     ) {
@@ -302,6 +305,7 @@ impl SessionStore {
             .store
             .call(move |s| {
                 s.put_session(&rec)?;
+                s.mark_sent(&rec.key, &sent)?;
                 s.enqueue(&batch, max)
             })
             .await;
@@ -356,6 +360,7 @@ impl SessionStore {
             queued_at_ms: now,
             expires_at_ms,
             properties,
+            pkid: None,
         };
         let batch = keys
             .into_iter()

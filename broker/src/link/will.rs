@@ -40,11 +40,6 @@ impl Will {
         }
     }
 
-    /// The will's Message Expiry Interval, if it set one.
-    fn expiry_interval(&self) -> Option<u32> {
-        self.props.as_ref().and_then(|p| p.message_expiry_interval)
-    }
-
     /// The PUBLISH properties the will carries to its subscribers [MQTT-3.1.3-10]
     /// (`Core::publish_system_props` adds its QoS as the origin).
     fn publish_properties(&self) -> Option<PublishProperties> {
@@ -128,7 +123,12 @@ async fn publish(core: &Core, will: &Will) {
     let topic = String::from_utf8_lossy(&w.topic).into_owned();
     if w.retain {
         if let Err(e) = core
-            .persist_retained(&topic, &w.message, w.qos as u8, will.expiry_interval())
+            .persist_retained(
+                &topic,
+                &w.message,
+                w.qos as u8,
+                will.publish_properties().as_ref(),
+            )
             .await
         {
             tracing::error!(topic, error = %e, "could not store a retained will");

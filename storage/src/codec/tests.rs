@@ -69,6 +69,7 @@ fn retained() -> RetainedMessage {
         qos: 1,
         stored_at_ms: 1_000,
         expires_at_ms: None,
+        properties: MessageProperties::default(),
     }
 }
 
@@ -97,6 +98,19 @@ const SERVICE_CLIENT_V1: &str = concat!(
 );
 const RETAINED_V1: &str = concat!("00", "03612f62", "04000102ff", "01", "e807",);
 const RETAINED_V2: &str = concat!("01", "03612f62", "04000102ff", "01", "e807", "01", "d00f");
+const RETAINED_V3: &str = concat!(
+    "02",
+    "03612f62",
+    "04000102ff",
+    "01",
+    "e807",
+    "01d00f",
+    "0101",
+    "010474657874",
+    "010172",
+    "0101c0",
+    "02016b01760161016b"
+);
 const CREDENTIAL_V1: &str = concat!(
     "00",
     "a08d06111111111111111111111111111111112222222222222222222222222222222222222222222222222222222222222222",
@@ -131,12 +145,35 @@ fn retained_golden_bytes() {
         expires_at_ms: Some(2_000),
         ..retained()
     };
-    let bytes = encode_retained(loc("a/b"), &expiring).unwrap();
-    assert_eq!(hex(&bytes), RETAINED_V2);
+    // V2 records (written before properties were kept) still read, with none.
     assert_eq!(
         decode_retained(loc("a/b"), &unhex(RETAINED_V2)).unwrap(),
         expiring
     );
+    let with_props = RetainedMessage {
+        properties: MessageProperties {
+            payload_format_indicator: Some(1),
+            content_type: Some("text".into()),
+            response_topic: Some("r".into()),
+            correlation_data: Some(vec![0xc0]),
+            // In order, repeats kept [MQTT-3.3.2-18].
+            user_properties: vec![("k".into(), "v".into()), ("a".into(), "k".into())],
+            subscription_ids: Vec::new(),
+        },
+        ..expiring
+    };
+    let bytes = encode_retained(loc("a/b"), &with_props).unwrap();
+    assert_eq!(hex(&bytes), RETAINED_V3);
+    assert_eq!(decode_retained(loc("a/b"), &bytes).unwrap(), with_props);
+    let mut bad = with_props.clone();
+    bad.properties.payload_format_indicator = Some(2);
+    let bytes = encode_retained(loc("a/b"), &bad).unwrap();
+    assert_corrupt(decode_retained(loc("a/b"), &bytes), "payload format");
+    bad.properties.subscription_ids = vec![1];
+    assert!(matches!(
+        encode_retained(loc("a/b"), &bad),
+        Err(StoreError::Invalid(_))
+    ));
 }
 
 #[test]
@@ -301,7 +338,8 @@ proptest! {
         stored_at_ms in any::<u64>(),
         expires_at_ms in proptest::option::of(any::<u64>()),
     ) {
-        let msg = RetainedMessage { topic: topic.clone(), payload, qos, stored_at_ms, expires_at_ms };
+        let properties = MessageProperties::default();
+        let msg = RetainedMessage { topic: topic.clone(), payload, qos, stored_at_ms, expires_at_ms, properties };
         let bytes = encode_retained(loc(&topic), &msg).unwrap();
         prop_assert_eq!(decode_retained(loc(&topic), &bytes).unwrap(), msg);
     }

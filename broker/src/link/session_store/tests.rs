@@ -22,6 +22,7 @@ fn record(key: &str, subscriptions: Vec<SessionSubscription>) -> SessionRecord {
         expiry_s: NEVER,
         disconnected_at_ms: Some(1),
         inbound_qos2: Vec::new(),
+        outbound_pubrels: Vec::new(),
     }
 }
 
@@ -152,6 +153,7 @@ async fn message_in_the_parking_window_is_queued_once() {
             queued_at_ms: 0,
             expires_at_ms: None,
             properties: MessageProperties::default(),
+            pkid: None,
         },
         arrival,
     };
@@ -164,7 +166,8 @@ async fn message_in_the_parking_window_is_queued_once() {
     assert_eq!(s.queued("c:w").await.len(), 1);
     // The router handed both to the leaving link before it left.
     let leftovers = vec![copy(b"before", before), copy(b"after", after)];
-    s.finish_park(rec, leftovers, mark, &stats).await;
+    s.finish_park(rec, leftovers, Vec::new(), mark, &stats)
+        .await;
     let mut q: Vec<Vec<u8>> = s
         .queued("c:w")
         .await
