@@ -3,13 +3,14 @@
 //! where a command needs an answer or a client must be connected. Checks the human
 //! output, that `--json` output parses, and the documented exit codes.
 
-mod cli_support;
+mod support;
 
 use rumqttc::{Event, Packet};
 use serde_json::json;
 use tokio::time::Instant;
 
-use cli_support::{answer_commands, fleetmq, free_ports, run, Server, WAIT};
+use support::cli::{answer_commands, run};
+use support::{fleetmq, free_ports, Server, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_are_provisioned_listed_shown_rotated_and_removed() {

@@ -2,11 +2,12 @@
 //! event's JSON), filters by type and device, and a stream that drops when the server
 //! restarts is picked up again by itself, resuming with `Last-Event-ID`.
 
-mod cli_support;
+mod support;
 
 use serde_json::Value;
 
-use cli_support::{resilient_device, Server, Tail};
+use support::cli::{resilient_device, Tail};
+use support::Server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_followed_and_the_stream_is_resumed_after_a_restart() {

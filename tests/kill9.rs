@@ -4,225 +4,20 @@
 //! answers some, the process is killed with SIGKILL mid-way, and after a restart on the
 //! same data directory every command the API acknowledged reaches a terminal state.
 
+mod support;
+
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleetmq");
-const API_KEY: &str = "kill9-test-admin-key-0123456789";
-/// How long `serve` may take to answer on the admin port.
-const STARTUP: Duration = Duration::from_secs(30);
-/// How long anything else may take.
-const WAIT: Duration = Duration::from_secs(20);
-const POLL: Duration = Duration::from_millis(25);
+use support::{http, Server, POLL, WAIT};
+
 const DEVICE: &str = "k9-display-1";
-
-/// `n` distinct free loopback ports: bound together on port 0, then released.
-fn free_ports(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr"))
-        .collect()
-}
-
-/// A running `fleetmq serve`; killed if the test panics.
-struct Server {
-    child: Child,
-    mqtt: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
-}
-
-impl Server {
-    async fn start(data_dir: &Path, log: PathBuf) -> Server {
-        let ports = free_ports(2);
-        let mut cmd = Command::new(BIN);
-        for (name, _) in std::env::vars_os() {
-            let leaks = name
-                .to_str()
-                .is_some_and(|n| n.starts_with("FLEETMQ_") || n == "MQTT_USE_ADVANCED_SECURITY");
-            if leaks {
-                cmd.env_remove(name);
-            }
-        }
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--mqtt-tcp")
-            .arg(ports[0].to_string())
-            .arg("--mqtt-ws")
-            .arg("")
-            .arg("--admin-listen")
-            .arg(ports[1].to_string())
-            .env("FLEETMQ_ADMIN_API_KEY", API_KEY)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("log file"));
-        let child = cmd.spawn().expect("spawn fleetmq serve");
-        let mut server = Server {
-            child,
-            mqtt: ports[0],
-            admin: ports[1],
-            log,
-        };
-        server.wait_healthy().await;
-        server
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("fleetmq serve exited early ({status}):\n{}", self.log());
-            }
-            if let Ok((200, _)) = http(self.admin, "GET", "/health", None).await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "admin API not up within {STARTUP:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let (status, text) = http(self.admin, method, path, body.map(|b| b.to_string()))
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()));
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text:?}"))
-        };
-        (status, json)
-    }
-
-    /// SIGKILL: no shutdown, no flush.
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        let status = self.child.wait().expect("reap");
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::ExitStatusExt;
-            assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
-        }
-        #[cfg(not(unix))]
-        let _ = status;
-    }
-
-    /// SIGTERM, then the exit code.
-    async fn terminate(&mut self) -> Option<i32> {
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            tokio::time::sleep(POLL).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection with the API key; (status, body).
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<String>,
-) -> std::io::Result<(u16, String)> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let body = body.unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-             x-api-key: {API_KEY}\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        parse_response(&response)
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| std::io::Error::other("HTTP request timed out"))?
-}
-
-fn parse_response(raw: &[u8]) -> std::io::Result<(u16, String)> {
-    let bad =
-        |what: &str| std::io::Error::other(format!("{what}: {:?}", String::from_utf8_lossy(raw)));
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no header end"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut body = raw[split + 4..].to_vec();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status"))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    if chunked {
-        let mut out = Vec::new();
-        let mut rest = body.as_slice();
-        loop {
-            let eol = rest
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .ok_or_else(|| bad("chunk size"))?;
-            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16)
-                .map_err(|_| bad("chunk size"))?;
-            if size == 0 {
-                break;
-            }
-            let start = eol + 2;
-            out.extend_from_slice(rest.get(start..start + size).ok_or_else(|| bad("chunk"))?);
-            rest = rest
-                .get(start + size + 2..)
-                .ok_or_else(|| bad("chunk end"))?;
-        }
-        body = out;
-    }
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
 
 /// A firmware-like device: subscribed at QoS 1 to its command topic; every received
 /// command (commandId, type) goes to `commands`.
@@ -312,8 +107,7 @@ fn terminal(status: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_acknowledged_by_the_api_survive_kill_9() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let mut server = Server::start(&data, dir.path().join("first.log")).await;
+    let mut server = Server::start(dir.path()).await;
 
     let (status, provisioned) = server
         .api("POST", "/api/v1/devices", Some(json!({"id": DEVICE})))
@@ -378,11 +172,11 @@ async fn commands_acknowledged_by_the_api_survive_kill_9() {
     // Answers in flight, then the crash.
     device.answer(&received[2]).await;
     device.answer(&received[4]).await;
-    server.kill9();
+    server.kill9().await;
     let _ = tokio::time::timeout(WAIT, device.task).await;
     let first_log = server.log();
 
-    let mut server = Server::start(&data, dir.path().join("second.log")).await;
+    server.start_again().await;
     // Every acknowledged command is still there.
     for id in acknowledged.keys() {
         let (status, record) = server
@@ -448,7 +242,7 @@ async fn commands_acknowledged_by_the_api_survive_kill_9() {
 
     device.client.disconnect().await.ok();
     let _ = tokio::time::timeout(WAIT, device.task).await;
-    assert_eq!(server.terminate().await, Some(0), "{}", server.log());
+    assert_eq!(server.stop().await, Some(0), "{}", server.log());
 }
 
 /// Answers every command the device receives, until its connection ends.
@@ -463,6 +257,7 @@ fn answer_everything(mut device: Device) -> tokio::task::JoinHandle<()> {
 /// Creates commands in a loop; every `202` goes to `acked`. Ends at the first failure.
 fn creator(
     admin: SocketAddr,
+    key: String,
     n: usize,
     acked: mpsc::Sender<String>,
 ) -> tokio::task::JoinHandle<()> {
@@ -470,7 +265,7 @@ fn creator(
         let path = format!("/api/v1/devices/{DEVICE}/commands");
         for i in 0.. {
             let body = json!({"type": format!("C{n}_{i}"), "supersede": false}).to_string();
-            match http(admin, "POST", &path, Some(body)).await {
+            match http(admin, &key, "POST", &path, Some(body)).await {
                 Ok((202, text)) => {
                     let record: Value = serde_json::from_str(&text).expect("record");
                     let id = record["command_id"].as_str().expect("id").to_owned();
@@ -488,8 +283,7 @@ fn creator(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn commands_created_while_the_process_is_killed_are_not_lost() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let mut server = Server::start(&data, dir.path().join("first.log")).await;
+    let mut server = Server::start(dir.path()).await;
     let (status, provisioned) = server
         .api("POST", "/api/v1/devices", Some(json!({"id": DEVICE})))
         .await;
@@ -504,7 +298,7 @@ async fn commands_created_while_the_process_is_killed_are_not_lost() {
     // Four clients create commands as fast as the API answers; the device answers each.
     let (tx, mut rx) = mpsc::channel(100_000);
     let creators: Vec<_> = (0..4)
-        .map(|n| creator(server.admin, n, tx.clone()))
+        .map(|n| creator(server.admin, server.key.clone(), n, tx.clone()))
         .collect();
     drop(tx);
     let mut acknowledged = Vec::new();
@@ -515,7 +309,7 @@ async fn commands_created_while_the_process_is_killed_are_not_lost() {
             .expect("creators running");
         acknowledged.push(id);
     }
-    server.kill9();
+    server.kill9().await;
     for c in creators {
         tokio::time::timeout(WAIT, c)
             .await
@@ -527,7 +321,7 @@ async fn commands_created_while_the_process_is_killed_are_not_lost() {
     }
     let _ = tokio::time::timeout(WAIT, answering).await;
 
-    let server = Server::start(&data, dir.path().join("second.log")).await;
+    server.start_again().await;
     let device = Device::connect(server.mqtt, &password).await;
     let _answering = answer_everything(device);
     let deadline = Instant::now() + WAIT;

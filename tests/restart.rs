@@ -2,105 +2,17 @@
 //! queued QoS 1 messages, and inbound QoS 2 state survive `fleetmq serve` being stopped
 //! with SIGTERM and started again, and survive SIGKILL for everything acknowledged.
 
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleetmq");
-const STARTUP: Duration = Duration::from_secs(30);
-const WAIT: Duration = Duration::from_secs(10);
+use support::{Server, WAIT};
+
 const QUIET: Duration = Duration::from_millis(500);
-const POLL: Duration = Duration::from_millis(25);
-
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr")
-}
-
-/// A running `fleetmq serve` with anonymous MQTT on TCP; killed if the test panics.
-struct Server {
-    child: Child,
-    mqtt: SocketAddr,
-    log: PathBuf,
-}
-
-impl Server {
-    async fn start(data_dir: &Path, log: PathBuf) -> Server {
-        let (mqtt, admin) = (free_port(), free_port());
-        let mut cmd = Command::new(BIN);
-        for (name, _) in std::env::vars_os() {
-            if name.to_str().is_some_and(|n| n.starts_with("FLEETMQ_")) {
-                cmd.env_remove(name);
-            }
-        }
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--mqtt-tcp")
-            .arg(mqtt.to_string())
-            .arg("--mqtt-ws")
-            .arg("")
-            .arg("--admin-listen")
-            .arg(admin.to_string())
-            .arg("--allow-anonymous")
-            .env("FLEETMQ_ADMIN_API_KEY", "restart-test-admin-key-0123456789")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("log file"));
-        let mut server = Server {
-            child: cmd.spawn().expect("spawn fleetmq serve"),
-            mqtt,
-            log,
-        };
-        let deadline = Instant::now() + STARTUP;
-        while TcpStream::connect(mqtt).await.is_err() {
-            if let Some(status) = server.child.try_wait().expect("try_wait") {
-                panic!("fleetmq exited early ({status}):\n{}", server.log());
-            }
-            assert!(Instant::now() < deadline, "MQTT not up:\n{}", server.log());
-            tokio::time::sleep(POLL).await;
-        }
-        server
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-
-    async fn terminate(&mut self) {
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
-        let deadline = Instant::now() + WAIT;
-        while self.child.try_wait().expect("try_wait").is_none() {
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            tokio::time::sleep(POLL).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn connect(s: &Server, id: &str, clean: bool) -> (AsyncClient, EventLoop, bool) {
     let mut opts = MqttOptions::new(id, "127.0.0.1", s.mqtt.port());
@@ -225,9 +137,7 @@ async fn finish_qos2(s: &Server, pkid: u16, payload: &str) {
 #[tokio::test]
 async fn sessions_retained_and_qos2_survive_sigterm_and_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("fleetmq.log");
-    let data = dir.path().join("data");
-    let mut server = Server::start(&data, log.clone()).await;
+    let mut server = Server::start_anonymous(dir.path()).await;
 
     // A persistent subscriber goes away; messages for it are acknowledged meanwhile.
     let (c, mut el, _) = connect(&server, "r-sub", false).await;
@@ -240,8 +150,7 @@ async fn sessions_retained_and_qos2_survive_sigterm_and_sigkill() {
     publish_qos2(&mut raw, "r/q2", 9, "x9", false).await;
     drop(raw);
 
-    server.terminate().await;
-    let mut server = Server::start(&data, log.clone()).await;
+    server.restart().await;
 
     let (c, mut el, present) = connect(&server, "r-sub", false).await;
     assert!(present, "persistent session survived SIGTERM");
@@ -264,8 +173,8 @@ async fn sessions_retained_and_qos2_survive_sigterm_and_sigkill() {
     let (mut raw, _) = raw_connect(&server, "q2-publisher").await;
     publish_qos2(&mut raw, "r/q2", 10, "x10", false).await;
     drop(raw);
-    server.kill9();
-    let server = Server::start(&data, log).await;
+    server.kill9().await;
+    server.start_again().await;
 
     let (c, mut el, present) = connect(&server, "r-sub", false).await;
     assert!(present, "persistent session survived SIGKILL");
@@ -411,29 +320,26 @@ async fn resume_in_flight(s: &Server, id: &str, prefix: &str, q1: &[u16], q2: u1
 #[tokio::test]
 async fn inflight_ids_and_pubrels_survive_sigterm_and_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("fleetmq.log");
-    let data = dir.path().join("data");
-    let mut server = Server::start(&data, log.clone()).await;
+    let mut server = Server::start_anonymous(dir.path()).await;
 
     // The client leaves, then the broker stops.
     let (sub, q1, q2) = messages_in_flight(&server, "f-sub-left", "f/left").await;
     raw_disconnect(sub).await;
-    server.terminate().await;
-    let mut server = Server::start(&data, log.clone()).await;
+    server.restart().await;
     resume_in_flight(&server, "f-sub-left", "f/left", &q1, q2).await;
 
     // The broker stops while the client is connected: shutdown parks the session.
     let (sub, q1, q2) = messages_in_flight(&server, "f-sub-term", "f/term").await;
-    server.terminate().await;
+    assert_eq!(server.stop().await, Some(0), "{}", server.log());
     drop(sub);
-    let mut server = Server::start(&data, log.clone()).await;
+    server.start_again().await;
     resume_in_flight(&server, "f-sub-term", "f/term", &q1, q2).await;
 
     // kill -9 after the client left: its departure was committed before the broker
     // closed the connection.
     let (sub, q1, q2) = messages_in_flight(&server, "f-sub-kill", "f/kill").await;
     raw_disconnect(sub).await;
-    server.kill9();
-    let server = Server::start(&data, log).await;
+    server.kill9().await;
+    server.start_again().await;
     resume_in_flight(&server, "f-sub-kill", "f/kill", &q1, q2).await;
 }

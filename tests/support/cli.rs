@@ -1,52 +1,15 @@
-//! What the CLI tests share: a real `fleetmq serve` on free loopback ports with a
-//! generated admin key ([`Server`]), CLI runs pointed at it ([`Server::run`]) and
-//! long-running ones ([`Tail`]), and rumqttc devices.
+//! The CLI tests' part of the harness: runs of the admin commands pointed at a
+//! [`Server`], long-running ones ([`Tail`]), and rumqttc devices.
 
-// Each test binary that includes this module uses a different part of it.
-#![allow(dead_code)]
-
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_fleetmq");
-/// How long `serve` may take to answer on the admin port.
-pub const STARTUP: Duration = Duration::from_secs(30);
-/// How long one CLI run or one MQTT step may take.
-pub const WAIT: Duration = Duration::from_secs(30);
-pub const POLL: Duration = Duration::from_millis(25);
-
-/// `n` distinct free loopback ports: bound together on port 0, then released.
-pub fn free_ports(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr"))
-        .collect()
-}
-
-/// `fleetmq` with no `FLEETMQ_*` variable of the caller leaking in.
-pub fn fleetmq() -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        let leaks = name
-            .to_str()
-            .is_some_and(|n| n.starts_with("FLEETMQ_") || n == "MQTT_USE_ADVANCED_SECURITY");
-        if leaks {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.stdin(Stdio::null()).kill_on_drop(true);
-    cmd
-}
+use super::{fleetmq, Server, WAIT};
 
 /// What one CLI run printed and how it exited.
 #[derive(Debug)]
@@ -80,116 +43,7 @@ pub async fn run(mut cmd: tokio::process::Command) -> Run {
     }
 }
 
-/// One `GET /health`; true on a 200.
-pub async fn healthy(admin: SocketAddr) -> bool {
-    let Ok(mut stream) = tokio::net::TcpStream::connect(admin).await else {
-        return false;
-    };
-    let request = format!("GET /health HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    answer.starts_with(b"HTTP/1.1 200")
-}
-
-/// A running `fleetmq serve` with a generated admin key; killed on drop.
-pub struct Server {
-    child: tokio::process::Child,
-    pub mqtt: SocketAddr,
-    pub admin: SocketAddr,
-    pub data: PathBuf,
-    pub key: String,
-    log: PathBuf,
-}
-
 impl Server {
-    pub async fn start(dir: &Path) -> Server {
-        let ports = free_ports(2);
-        let data = dir.join("data");
-        let log = dir.join("serve.log");
-        let child = Server::spawn(&data, ports[0], ports[1], &log);
-        let mut server = Server {
-            child,
-            mqtt: ports[0],
-            admin: ports[1],
-            data,
-            key: String::new(),
-            log,
-        };
-        server.wait_healthy().await;
-        // The key file is written before the admin API answers.
-        let key = std::fs::read_to_string(server.data.join("admin.key")).expect("admin.key");
-        server.key = key.trim().to_owned();
-        server
-    }
-
-    fn spawn(
-        data: &Path,
-        mqtt: SocketAddr,
-        admin: SocketAddr,
-        log: &Path,
-    ) -> tokio::process::Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("log file");
-        fleetmq()
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data)
-            .arg("--mqtt-tcp")
-            .arg(mqtt.to_string())
-            .arg("--mqtt-ws")
-            .arg("")
-            .arg("--admin-listen")
-            .arg(admin.to_string())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn fleetmq serve")
-    }
-
-    async fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + STARTUP;
-        while !healthy(self.admin).await {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("fleetmq serve exited ({status}):\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "not up:\n{}", self.log());
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// SIGTERM, wait for exit 0, then start again on the same ports and data directory.
-    pub async fn restart(&mut self) {
-        let pid = self.child.id().expect("running").to_string();
-        let sent = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .expect("run kill");
-        assert!(sent.success());
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("serve stops after SIGTERM")
-            .expect("wait");
-        assert_eq!(status.code(), Some(0), "{}", self.log());
-        self.child = Server::spawn(&self.data, self.mqtt, self.admin, &self.log);
-        self.wait_healthy().await;
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.admin)
-    }
-
     /// `fleetmq ARGS...` pointed at this server through the environment.
     pub fn cli(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = fleetmq();
