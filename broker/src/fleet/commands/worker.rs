@@ -84,6 +84,8 @@ pub(super) enum Op {
     Create {
         new: NewCommandRecord,
         supersede: bool,
+        /// What the first send writes (encoded when the request was checked).
+        payload: bytes::Bytes,
         reply: Reply<Created>,
     },
     Cancel {
@@ -172,6 +174,9 @@ pub(super) struct Worker {
     announced: Emitted,
     /// The announcer's queue while it runs (see [`run_announcer`]).
     announcer: Option<mpsc::Sender<Announcement>>,
+    /// Run transactions on this task's own thread (a dedicated one) rather than on the
+    /// blocking pool.
+    pub(super) inline: bool,
 }
 
 impl Worker {
@@ -193,6 +198,7 @@ impl Worker {
             next_deadline: None,
             announced: Emitted::default(),
             announcer: None,
+            inline: false,
         }
     }
 
@@ -281,11 +287,16 @@ impl Worker {
         };
         let now = self.clock.now_ms();
         let announced = std::mem::take(&mut *lock(&self.announced));
-        let joined = tokio::task::spawn_blocking(move || {
+        let joined = if self.inline {
             let (fx, announced) = core.apply(ops, now, announced);
-            (core, fx, announced)
-        })
-        .await;
+            Ok((core, fx, announced))
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let (fx, announced) = core.apply(ops, now, announced);
+                (core, fx, announced)
+            })
+            .await
+        };
         match joined {
             Ok((core, fx, unmarked)) => {
                 self.core = Some(core);
