@@ -3,7 +3,8 @@
 //! [`CommandEngine`] is a cheap handle. Every state change goes through one worker task
 //! (`worker`) over a bounded queue, so changes to a command are serialized without
 //! locks; the worker applies whatever has queued up in one redb write transaction
-//! (group commit) on the blocking pool, then answers callers, wakes
+//! (group commit) — on its own thread in the broker ([`CommandEngine::start_dedicated`]),
+//! on the blocking pool under [`CommandEngine::start`] — then answers callers, wakes
 //! [`CommandEngine::wait_terminal`]ers and emits `command.*` events. Reads (`get`, `list`)
 //! go straight to redb snapshots.
 //!
@@ -376,8 +377,8 @@ impl CommandEngine {
     /// have lost, and stops when `shutdown` is cancelled (after applying the calls
     /// already queued).
     ///
-    /// `sink.deliver` is called from the blocking pool while the worker's write
-    /// transaction is open, so it must not block for long.
+    /// `sink.deliver` is called while the worker's write transaction is open, so it must
+    /// not block for long.
     pub fn start(
         db: Arc<Database>,
         config: CommandsConfig,

@@ -1,4 +1,5 @@
-//! [`Core`]: what the worker does inside one write transaction, on the blocking pool.
+//! [`Core`]: what the worker does inside one write transaction (on the worker's own
+//! thread, or on the blocking pool).
 //!
 //! It owns which devices are ready (connection generation and plugin) and turns calls
 //! and due deadlines into transitions of stored commands, handing commands to the
@@ -86,7 +87,7 @@ impl Effects {
     }
 }
 
-/// The part of the worker that runs on the blocking pool.
+/// The part of the worker that runs inside its transactions.
 pub(super) struct Core {
     db: Arc<Database>,
     config: CommandsConfig,

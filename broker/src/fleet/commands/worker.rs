@@ -1,7 +1,8 @@
 //! The worker: the one task that changes commands.
 //!
 //! It applies queued calls in batches: one redb write transaction per batch, run by
-//! [`Core`] on the blocking pool, which also hands commands to the [`CommandSink`] and
+//! [`Core`] on the worker's own thread when it has one (`inline`), otherwise on the
+//! blocking pool; [`Core`] also hands commands to the [`CommandSink`] and
 //! runs due deadlines. Only after the commit does anyone hear about the result: callers
 //! get their answers, `wait_terminal`ers their records, and the [`EventSink`] one event
 //! per terminal command. The events go through the announcer task, which records each
