@@ -288,15 +288,18 @@ impl Worker {
         };
         let now = self.clock.now_ms();
         let announced = std::mem::take(&mut *lock(&self.announced));
-        let joined = if self.inline {
+        let run = move || {
             let (fx, announced) = core.apply(ops, now, announced);
-            Ok((core, fx, announced))
+            (core, fx, announced)
+        };
+        // A panic stops the worker either way; it is reported the same way.
+        let joined = if self.inline {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+                .map_err(|_| "the batch panicked".to_owned())
         } else {
-            tokio::task::spawn_blocking(move || {
-                let (fx, announced) = core.apply(ops, now, announced);
-                (core, fx, announced)
-            })
-            .await
+            tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|e| e.to_string())
         };
         match joined {
             Ok((core, fx, unmarked)) => {
