@@ -114,6 +114,8 @@ impl BrokerHandle {
     pub fn device_removed(&self, id: &DeviceId) {
         self.revoke_device(id);
         if let Some(services) = self.core.services.get().cloned() {
+            // Before the delete is answered: a create after it must not find the device.
+            services.commands.forget_cached_device(id);
             let id = id.clone();
             self.core
                 .tracker

@@ -176,14 +176,18 @@ impl Sessions {
         command_id: &str,
         payload: Bytes,
     ) -> bool {
+        // A device's entry is keyed `d:{id}` (`link::connect::router_key`).
+        let key = format!("d:{client_id}");
         let live = self.live();
-        let Some(l) = live.values().find(|l| {
-            l.conn_id == conn_id
-                && l.info.kind == ClientKind::Device
-                && l.info.client_id == client_id
-        }) else {
-            return false;
-        };
-        l.mailbox.push(command_id.to_owned(), payload)
+        match live.get(&key) {
+            Some(l)
+                if l.conn_id == conn_id
+                    && l.info.kind == ClientKind::Device
+                    && l.info.client_id == client_id =>
+            {
+                l.mailbox.push(command_id.to_owned(), payload)
+            }
+            _ => false,
+        }
     }
 }

@@ -1020,9 +1020,20 @@ async fn a_deleted_device_has_its_commands_cancelled_and_forgotten() {
     let mut events = b.handle.events().subscribe();
     let a = create(&b, &dev, r#"{"type":"A","metadata":{"m":1}}"#).await;
     let c = create(&b, &dev, r#"{"type":"C"}"#).await;
+    // The create route's device cache knows it ...
+    let engine = b.handle.commands();
+    let miss = engine.cached_device(&dev.id).unwrap_err();
+    engine.remember_device(&dev, miss).unwrap();
+    assert!(engine.cached_device(&dev.id).is_ok());
     let id = dev.id.clone();
     b.store.call(move |s| s.delete_device(&id)).await.unwrap();
     b.handle.device_removed(&dev.id);
+    // ... and forgets it before the delete is answered, not when the background
+    // cleanup gets its turn (it cannot run before this test task yields).
+    assert!(
+        engine.cached_device(&dev.id).is_err(),
+        "a deleted device is still cached"
+    );
     let mut cancelled = Vec::new();
     for _ in 0..2 {
         let e = next_event(&mut events, |e| e.kind == "command.cancelled").await;

@@ -23,14 +23,15 @@
 //! This module does not parse them; the engine checks them when it builds a view.
 //!
 //! Submodules: `record` (the record and its state machine), `format` (its versioned
-//! postcard encoding).
+//! postcard encoding), `writer` ([`CommandWriter`], which keeps a transaction's changed
+//! records decoded and stores each once at the end).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase as _, ReadableTable,
-    Table, TableDefinition, TableError, WriteTransaction,
+    TableDefinition, TableError, WriteTransaction,
 };
 
 use crate::error::StoreError;
@@ -38,11 +39,13 @@ use crate::ids::DeviceId;
 
 mod format;
 mod record;
+mod writer;
 
-use format::{decode_command, encode_command};
+use format::decode_command;
 pub use record::{
     CommandRecord, CommandStatus, InvalidTransition, NewCommandRecord, UnknownStatus,
 };
+pub use writer::CommandWriter;
 
 const COMMANDS_TABLE: &str = "commands";
 
@@ -77,8 +80,17 @@ pub const LIST_SCAN_BUDGET: usize = 10_000;
 
 // ---- reading ----------------------------------------------------------------
 
-fn status_key(s: CommandStatus) -> String {
-    format!("status/{}", s.as_str())
+fn status_key(s: CommandStatus) -> &'static str {
+    match s {
+        CommandStatus::Queued => "status/queued",
+        CommandStatus::Sent => "status/sent",
+        CommandStatus::Delivered => "status/delivered",
+        CommandStatus::Completed => "status/completed",
+        CommandStatus::Failed => "status/failed",
+        CommandStatus::Expired => "status/expired",
+        CommandStatus::Cancelled => "status/cancelled",
+        CommandStatus::Superseded => "status/superseded",
+    }
 }
 
 /// A range of `(device, seq)` keys.
@@ -121,7 +133,7 @@ fn counts_from(
 ) -> Result<BTreeMap<CommandStatus, u64>, StoreError> {
     let mut out = BTreeMap::new();
     for s in CommandStatus::ALL {
-        let n = table.get(status_key(s).as_str())?.map_or(0, |v| v.value());
+        let n = table.get(status_key(s))?.map_or(0, |v| v.value());
         out.insert(s, n);
     }
     Ok(out)
@@ -273,270 +285,12 @@ pub fn write<R>(
     txn.set_durability(Durability::Immediate)?;
     let out = {
         let mut writer = CommandWriter::open(&txn)?;
-        f(&mut writer)?
+        let out = f(&mut writer)?;
+        writer.finish()?;
+        out
     };
     crate::metrics::commit(txn)?;
     Ok(out)
-}
-
-/// The command tables inside one write transaction; see [`write()`].
-pub struct CommandWriter<'txn> {
-    commands: Table<'txn, &'static str, &'static [u8]>,
-    by_device: Table<'txn, (&'static str, u64), &'static str>,
-    open: Table<'txn, (&'static str, u64), &'static str>,
-    deadlines: Table<'txn, (u64, &'static str), ()>,
-    idempotency: Table<'txn, (&'static str, &'static str), &'static str>,
-    counters: Table<'txn, &'static str, u64>,
-    unannounced: Table<'txn, &'static str, ()>,
-}
-
-impl<'txn> CommandWriter<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
-        Ok(CommandWriter {
-            commands: txn.open_table(COMMANDS)?,
-            by_device: txn.open_table(COMMANDS_BY_DEVICE)?,
-            open: txn.open_table(COMMANDS_OPEN)?,
-            deadlines: txn.open_table(COMMAND_DEADLINES)?,
-            idempotency: txn.open_table(COMMAND_IDEMPOTENCY)?,
-            counters: txn.open_table(COMMAND_COUNTERS)?,
-            unannounced: txn.open_table(COMMAND_UNANNOUNCED)?,
-        })
-    }
-
-    /// The command `id`, as this transaction sees it.
-    pub fn get(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
-        load(&self.commands, id)
-    }
-
-    /// The id of the command created for `(device, key)`, if any.
-    pub fn find_idempotent(
-        &self,
-        device: &DeviceId,
-        key: &str,
-    ) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .idempotency
-            .get((device.as_str(), key))?
-            .map(|v| v.value().to_owned()))
-    }
-
-    /// Stores a new `queued` command with its indexes and returns it.
-    /// [`StoreError::Conflict`] if the id or the idempotency key is taken.
-    pub fn create(&mut self, new: NewCommandRecord) -> Result<CommandRecord, StoreError> {
-        if self.commands.get(new.command_id.as_str())?.is_some() {
-            return Err(StoreError::Conflict {
-                kind: "command",
-                key: new.command_id,
-            });
-        }
-        if let Some(key) = &new.idempotency_key {
-            if self.find_idempotent(&new.device_id, key)?.is_some() {
-                return Err(StoreError::Conflict {
-                    kind: "idempotency key",
-                    key: key.clone(),
-                });
-            }
-        }
-        let seq = self.counters.get(NEXT_SEQ)?.map_or(0, |v| v.value());
-        self.counters.insert(NEXT_SEQ, seq.saturating_add(1))?;
-        let rec = CommandRecord::new(new, seq);
-        let (id, dev) = (rec.command_id.as_str(), rec.device_id.as_str());
-        self.commands.insert(id, encode_command(&rec)?.as_slice())?;
-        self.by_device.insert((dev, seq), id)?;
-        self.open.insert((dev, seq), id)?;
-        if let Some(d) = rec.next_deadline_ms {
-            self.deadlines.insert((d, id), ())?;
-        }
-        if let Some(key) = &rec.idempotency_key {
-            self.idempotency.insert((dev, key.as_str()), id)?;
-        }
-        self.bump(rec.status, 1)?;
-        Ok(rec)
-    }
-
-    /// Stores a changed version of an existing record and brings every index in step:
-    /// status counters, the open set, the deadline index, and the unannounced set when
-    /// the record became terminal. [`StoreError::NotFound`] if it was never created.
-    pub fn put(&mut self, rec: &CommandRecord) -> Result<(), StoreError> {
-        let id = rec.command_id.as_str();
-        let old = match self.commands.get(id)? {
-            None => {
-                return Err(StoreError::NotFound {
-                    kind: "command",
-                    key: id.to_owned(),
-                })
-            }
-            Some(v) => decode_command(id, v.value()),
-        };
-        match old {
-            Ok(old) => self.reindex(&old, rec)?,
-            Err(error) => {
-                // The old index entries are unknown; write the new ones. A stale deadline
-                // entry is dropped by `due`.
-                tracing::error!(%error, "overwriting corrupt command");
-                self.reindex_fresh(rec)?;
-            }
-        }
-        self.commands.insert(id, encode_command(rec)?.as_slice())?;
-        Ok(())
-    }
-
-    fn reindex(&mut self, old: &CommandRecord, rec: &CommandRecord) -> Result<(), StoreError> {
-        let (id, dev) = (rec.command_id.as_str(), rec.device_id.as_str());
-        if old.device_id != rec.device_id || old.seq != rec.seq {
-            return Err(StoreError::Invalid(format!(
-                "command {id:?} cannot change device or seq"
-            )));
-        }
-        if old.status != rec.status {
-            self.bump(old.status, -1)?;
-            self.bump(rec.status, 1)?;
-            if rec.status.is_terminal() {
-                self.open.remove((dev, rec.seq))?;
-                self.unannounced.insert(id, ())?;
-            }
-        }
-        if old.next_deadline_ms != rec.next_deadline_ms {
-            if let Some(d) = old.next_deadline_ms {
-                self.deadlines.remove((d, id))?;
-            }
-            if let Some(d) = rec.next_deadline_ms {
-                self.deadlines.insert((d, id), ())?;
-            }
-        }
-        Ok(())
-    }
-
-    fn reindex_fresh(&mut self, rec: &CommandRecord) -> Result<(), StoreError> {
-        let (id, dev) = (rec.command_id.as_str(), rec.device_id.as_str());
-        if rec.status.is_terminal() {
-            self.open.remove((dev, rec.seq))?;
-            self.unannounced.insert(id, ())?;
-        } else {
-            self.open.insert((dev, rec.seq), id)?;
-        }
-        if let Some(d) = rec.next_deadline_ms {
-            self.deadlines.insert((d, id), ())?;
-        }
-        Ok(())
-    }
-
-    fn bump(&mut self, status: CommandStatus, delta: i64) -> Result<(), StoreError> {
-        let key = status_key(status);
-        let n = self.counters.get(key.as_str())?.map_or(0, |v| v.value());
-        let n = n.saturating_add_signed(delta);
-        self.counters.insert(key.as_str(), n)?;
-        Ok(())
-    }
-
-    /// The device's non-terminal commands, oldest first. Undecodable ones are skipped
-    /// and logged.
-    pub fn open_for_device(&self, device: &DeviceId) -> Result<Vec<CommandRecord>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.open.range(device_range(device.as_str(), None))? {
-            let (_, id) = entry?;
-            match load(&self.commands, id.value()) {
-                Ok(Some(rec)) => out.push(rec),
-                Ok(None) => tracing::error!(
-                    command_id = id.value(),
-                    "open index names a missing command"
-                ),
-                Err(error) => tracing::error!(%error, "skipping corrupt command"),
-            }
-        }
-        Ok(out)
-    }
-
-    /// How many non-terminal commands the device has.
-    pub fn open_count(&self, device: &DeviceId) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for entry in self.open.range(device_range(device.as_str(), None))? {
-            entry?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    /// Up to `limit` non-terminal commands whose deadline is at or before `now_ms`,
-    /// earliest first. Index entries that no longer match their record (missing,
-    /// undecodable, terminal or re-armed) are removed on the way.
-    pub fn due(&mut self, now_ms: u64, limit: usize) -> Result<Vec<CommandRecord>, StoreError> {
-        let mut entries = Vec::new();
-        for entry in self.deadlines.range((0, "")..)? {
-            let (key, _) = entry?;
-            let (deadline, id) = key.value();
-            if deadline > now_ms || entries.len() >= limit {
-                break;
-            }
-            entries.push((deadline, id.to_owned()));
-        }
-        let mut out = Vec::with_capacity(entries.len());
-        for (deadline, id) in entries {
-            match load(&self.commands, &id) {
-                Ok(Some(rec)) if rec.next_deadline_ms == Some(deadline) => out.push(rec),
-                other => {
-                    if let Err(error) = other {
-                        tracing::error!(%error, "dropping the deadline of a corrupt command");
-                    }
-                    self.deadlines.remove((deadline, id.as_str()))?;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The earliest stored deadline, as this transaction sees it.
-    pub fn earliest_deadline(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self.deadlines.first()?.map(|(k, _)| k.value().0))
-    }
-
-    /// How many commands are in each status, as this transaction sees it.
-    pub fn status_counts(&self) -> Result<BTreeMap<CommandStatus, u64>, StoreError> {
-        counts_from(&self.counters)
-    }
-
-    /// Forgets that these commands' terminal events are owed (they were emitted).
-    pub fn mark_announced(&mut self, ids: &[String]) -> Result<(), StoreError> {
-        for id in ids {
-            self.unannounced.remove(id.as_str())?;
-        }
-        Ok(())
-    }
-
-    /// Deletes every command of `device` and every index entry that names one;
-    /// returns how many records were deleted.
-    pub fn remove_device(&mut self, device: &DeviceId) -> Result<usize, StoreError> {
-        let dev = device.as_str();
-        let mut ids = Vec::new();
-        for entry in self.by_device.range(device_range(dev, None))? {
-            let (key, id) = entry?;
-            ids.push((key.value().1, id.value().to_owned()));
-        }
-        for (seq, id) in &ids {
-            let old = self
-                .commands
-                .remove(id.as_str())?
-                .map(|v| decode_command(id, v.value()));
-            match old {
-                Some(Ok(rec)) => {
-                    self.bump(rec.status, -1)?;
-                    if let Some(d) = rec.next_deadline_ms {
-                        self.deadlines.remove((d, id.as_str()))?;
-                    }
-                }
-                Some(Err(error)) => tracing::error!(%error, "deleting corrupt command"),
-                None => {}
-            }
-            self.unannounced.remove(id.as_str())?;
-            self.open.remove((dev, *seq))?;
-            self.by_device.remove((dev, *seq))?;
-        }
-        // Device ids never contain NUL, so `dev + "\0"` sorts after every `(dev, _)`.
-        let past = format!("{dev}\0");
-        self.idempotency
-            .retain_in((dev, "")..(past.as_str(), ""), |_, _| false)?;
-        Ok(ids.len())
-    }
 }
 
 #[cfg(test)]

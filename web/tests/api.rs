@@ -969,6 +969,29 @@ impl TestApp {
     }
 }
 
+/// The create route remembers devices it looked up; a deleted device is forgotten before
+/// its delete is answered, so a create right after it is a 404, and a device provisioned
+/// again under the same id gets commands again.
+#[tokio::test]
+async fn commands_for_a_deleted_device_are_refused_at_once() {
+    let app = test_app().await;
+    app.provision("dev-1").await;
+    let path = "/api/v1/devices/dev-1/commands";
+    let first = app.post(path, json!({"type": "RELOAD"})).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    let again = app.post(path, json!({"type": "PING"})).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
+    assert_eq!(
+        app.delete("/api/v1/devices/dev-1").await.status,
+        StatusCode::NO_CONTENT
+    );
+    let after = app.post(path, json!({"type": "RELOAD"})).await;
+    assert_eq!(after.status, StatusCode::NOT_FOUND, "{}", after.body);
+    app.provision("dev-1").await;
+    let back = app.post(path, json!({"type": "RELOAD"})).await;
+    assert_eq!(back.status, StatusCode::ACCEPTED, "{}", back.body);
+}
+
 #[tokio::test]
 async fn commands_are_created_listed_read_and_cancelled() {
     let app = test_app().await;

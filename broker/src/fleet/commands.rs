@@ -3,7 +3,8 @@
 //! [`CommandEngine`] is a cheap handle. Every state change goes through one worker task
 //! (`worker`) over a bounded queue, so changes to a command are serialized without
 //! locks; the worker applies whatever has queued up in one redb write transaction
-//! (group commit) on the blocking pool, then answers callers, wakes
+//! (group commit) — on its own thread in the broker ([`CommandEngine::start_dedicated`]),
+//! on the blocking pool under [`CommandEngine::start`] — then answers callers, wakes
 //! [`CommandEngine::wait_terminal`]ers and emits `command.*` events. Reads (`get`, `list`)
 //! go straight to redb snapshots.
 //!
@@ -44,6 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use fleetmq_device_plugins::{Command, DevicePlugin, PluginRegistry};
 use fleetmq_storage::commands::{self as store, CommandRecord, NewCommandRecord};
 use fleetmq_storage::{generate_token, DeviceId, DeviceRecord, StoreError};
@@ -75,6 +77,8 @@ pub const MAX_LIST_LIMIT: usize = 1_000;
 
 /// How many calls may wait for the worker before callers wait for room.
 const QUEUE_DEPTH: usize = 1_024;
+/// Most devices [`CommandEngine::cached_device`] remembers (then it starts over).
+const DEVICE_CACHE_MAX: usize = 100_000;
 
 /// The `[commands]` config section, validated: defaults for commands that do not set
 /// their own values, and the per-device cap.
@@ -271,7 +275,40 @@ struct Shared {
     waiters: Arc<Waiters>,
     counters: Arc<Counters>,
     clock: Clock,
+    devices: Mutex<DeviceCache>,
 }
+
+/// The devices the command API looked up, so a create costs no store read. A device's
+/// plugin never changes; only its deletion makes an entry wrong, and
+/// [`CommandEngine::forget_cached_device`] runs before a delete is answered. `epoch`
+/// counts those: a lookup that raced with one is not remembered.
+#[derive(Default)]
+struct DeviceCache {
+    plugins: HashMap<DeviceId, Arc<dyn DevicePlugin>>,
+    epoch: u64,
+}
+
+/// A device commands may be created for: its id and plugin (see
+/// [`CommandEngine::cached_device`]).
+#[derive(Clone)]
+pub struct KnownDevice {
+    pub id: DeviceId,
+    plugin: Arc<dyn DevicePlugin>,
+}
+
+impl std::fmt::Debug for KnownDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnownDevice")
+            .field("id", &self.id)
+            .field("plugin", &self.plugin.name())
+            .finish()
+    }
+}
+
+/// What [`CommandEngine::remember_device`] needs to know whether the device was
+/// forgotten since the cache missed.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheMiss(u64);
 
 /// Callers waiting for commands to reach a terminal status, by command id. Each
 /// terminal record wakes only its own waiters (a broadcast to every waiter would cost
@@ -340,8 +377,8 @@ impl CommandEngine {
     /// have lost, and stops when `shutdown` is cancelled (after applying the calls
     /// already queued).
     ///
-    /// `sink.deliver` is called from the blocking pool while the worker's write
-    /// transaction is open, so it must not block for long.
+    /// `sink.deliver` is called while the worker's write transaction is open, so it must
+    /// not block for long.
     pub fn start(
         db: Arc<Database>,
         config: CommandsConfig,
@@ -351,6 +388,38 @@ impl CommandEngine {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> CommandEngine {
+        let (engine, worker, rx) = Self::new(db, config, sink, events, plugins);
+        tracker.spawn(worker.run(rx, shutdown));
+        engine
+    }
+
+    /// Like [`CommandEngine::start`], with the worker on a thread of its own
+    /// (`fleet::spawn_dedicated`) that runs each batch's transaction itself: no hop to
+    /// the blocking pool and back per batch, and no waiting for a turn among the
+    /// connection tasks of the shared runtime. Its timers follow that thread's runtime,
+    /// so tests that pause time use [`CommandEngine::start`].
+    pub(crate) fn start_dedicated(
+        db: Arc<Database>,
+        config: CommandsConfig,
+        sink: Arc<dyn CommandSink>,
+        events: Arc<dyn EventSink>,
+        plugins: PluginRegistry,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> CommandEngine {
+        let (engine, mut worker, rx) = Self::new(db, config, sink, events, plugins);
+        worker.inline = true;
+        crate::fleet::spawn_dedicated("the command engine", tracker, worker.run(rx, shutdown));
+        engine
+    }
+
+    fn new(
+        db: Arc<Database>,
+        config: CommandsConfig,
+        sink: Arc<dyn CommandSink>,
+        events: Arc<dyn EventSink>,
+        plugins: PluginRegistry,
+    ) -> (CommandEngine, Worker, mpsc::Receiver<Op>) {
         let (ops, rx) = mpsc::channel(QUEUE_DEPTH);
         let waiters = Arc::new(Waiters::default());
         let counters = Arc::new(Counters::default());
@@ -364,8 +433,7 @@ impl CommandEngine {
             counters.clone(),
             clock,
         );
-        tracker.spawn(worker.run(rx, shutdown));
-        CommandEngine {
+        let engine = CommandEngine {
             shared: Arc::new(Shared {
                 db,
                 config,
@@ -374,8 +442,63 @@ impl CommandEngine {
                 waiters,
                 counters,
                 clock,
+                devices: Mutex::default(),
             }),
+        };
+        (engine, worker, rx)
+    }
+
+    fn devices(&self) -> std::sync::MutexGuard<'_, DeviceCache> {
+        self.shared
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The device `id` if a lookup remembered it; otherwise what
+    /// [`CommandEngine::remember_device`] needs after reading it from the store.
+    pub fn cached_device(&self, id: &DeviceId) -> Result<KnownDevice, CacheMiss> {
+        let cache = self.devices();
+        match cache.plugins.get(id) {
+            Some(plugin) => Ok(KnownDevice {
+                id: id.clone(),
+                plugin: plugin.clone(),
+            }),
+            None => Err(CacheMiss(cache.epoch)),
         }
+    }
+
+    /// `device`, read from the store after `miss`, as a [`KnownDevice`]; remembered
+    /// unless a device was forgotten since the miss (it may have been this one).
+    pub fn remember_device(
+        &self,
+        device: &DeviceRecord,
+        miss: CacheMiss,
+    ) -> Result<KnownDevice, CommandError> {
+        let known = self.known(device)?;
+        let mut cache = self.devices();
+        if cache.epoch == miss.0 {
+            if cache.plugins.len() >= DEVICE_CACHE_MAX {
+                cache.plugins.clear();
+            }
+            cache.plugins.insert(known.id.clone(), known.plugin.clone());
+        }
+        Ok(known)
+    }
+
+    /// The device was deleted: [`CommandEngine::cached_device`] no longer knows it.
+    /// Must run before the deletion is answered.
+    pub fn forget_cached_device(&self, id: &DeviceId) {
+        let mut cache = self.devices();
+        cache.plugins.remove(id);
+        cache.epoch += 1;
+    }
+
+    fn known(&self, device: &DeviceRecord) -> Result<KnownDevice, CommandError> {
+        Ok(KnownDevice {
+            id: device.id.clone(),
+            plugin: self.plugin(device)?,
+        })
     }
 
     /// Creates a command for `device`, durably, and sends it at once when the device is
@@ -387,21 +510,35 @@ impl CommandEngine {
         req: NewCommand,
         idempotency_key: Option<String>,
     ) -> Result<Created, CommandError> {
-        let (new, supersede) = self.validate(device, req, idempotency_key)?;
+        self.create_for(&self.known(device)?, req, idempotency_key)
+            .await
+    }
+
+    /// [`CommandEngine::create`] for a device from [`CommandEngine::cached_device`].
+    pub async fn create_for(
+        &self,
+        device: &KnownDevice,
+        req: NewCommand,
+        idempotency_key: Option<String>,
+    ) -> Result<Created, CommandError> {
+        let (new, supersede, payload) = self.validate(device, req, idempotency_key)?;
         self.call(|reply| Op::Create {
             new,
             supersede,
+            payload,
             reply,
         })
         .await?
     }
 
+    /// Checks a request; returns the record to create, whether it supersedes, and its
+    /// payload for the device.
     fn validate(
         &self,
-        device: &DeviceRecord,
+        device: &KnownDevice,
         req: NewCommand,
         idempotency_key: Option<String>,
-    ) -> Result<(NewCommandRecord, bool), CommandError> {
+    ) -> Result<(NewCommandRecord, bool, Bytes), CommandError> {
         let invalid = |m: String| Err(CommandError::Invalid(m));
         let cfg = &self.shared.config;
         if req.kind.is_empty() || req.kind.len() > MAX_TYPE_LEN {
@@ -420,12 +557,11 @@ impl CommandEngine {
                 ));
             }
         }
-        let plugin = self.plugin(device)?;
         let created_at_ms = self.shared.clock.now_ms();
         let command_id = new_command_id(created_at_ms);
-        // Encode once now so a command the device's plugin cannot express is refused
-        // here rather than failing at delivery.
-        encode(plugin.as_ref(), &command_id, &req.kind, &params)
+        // Encoded now so a command the device's plugin cannot express is refused here
+        // rather than failing at delivery; the first send uses this payload.
+        let payload = encode(device.plugin.as_ref(), &command_id, &req.kind, &params)
             .map_err(|e| CommandError::Invalid(e.to_string()))?;
         let new = NewCommandRecord {
             command_id,
@@ -439,7 +575,7 @@ impl CommandEngine {
             ttl_ms,
             created_at_ms,
         };
-        Ok((new, req.supersede.unwrap_or(true)))
+        Ok((new, req.supersede.unwrap_or(true), Bytes::from(payload)))
     }
 
     fn plugin(&self, device: &DeviceRecord) -> Result<Arc<dyn DevicePlugin>, CommandError> {
@@ -483,13 +619,27 @@ impl CommandEngine {
         idempotency_key: Option<String>,
         max: Duration,
     ) -> Result<Created, CommandError> {
-        let (new, supersede) = self.validate(device, req, idempotency_key)?;
+        self.create_and_wait_for(&self.known(device)?, req, idempotency_key, max)
+            .await
+    }
+
+    /// [`CommandEngine::create_and_wait`] for a device from
+    /// [`CommandEngine::cached_device`].
+    pub async fn create_and_wait_for(
+        &self,
+        device: &KnownDevice,
+        req: NewCommand,
+        idempotency_key: Option<String>,
+        max: Duration,
+    ) -> Result<Created, CommandError> {
+        let (new, supersede, payload) = self.validate(device, req, idempotency_key)?;
         let id = new.command_id.clone();
         let rx = self.shared.waiters.register(&id);
         let created = self
             .call(|reply| Op::Create {
                 new,
                 supersede,
+                payload,
                 reply,
             })
             .await;
@@ -578,6 +728,7 @@ impl CommandEngine {
     /// The device was deleted: its non-terminal commands become `cancelled` (with
     /// events), then every command record and idempotency key of it is removed.
     pub async fn forget_device(&self, device: &DeviceId) {
+        self.forget_cached_device(device);
         let device = device.clone();
         let done = self.call(|reply| Op::Forget { device, reply }).await;
         if let Err(error) = done.and_then(|r| r) {

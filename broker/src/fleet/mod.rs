@@ -200,7 +200,7 @@ pub(crate) fn start_services(
     let bus = events::EventBus::new(outbox, hooks);
     webhooks::spawn_workers(&bus, shutdown.clone(), tracker);
     let sink: Arc<dyn CommandSink> = Arc::new(handle.weak_sink());
-    let commands = commands::CommandEngine::start(
+    let commands = commands::CommandEngine::start_dedicated(
         db.clone(),
         config.commands,
         sink,

@@ -3,6 +3,7 @@
 use super::*;
 use proptest::prelude::*;
 
+use super::format::encode_command;
 use crate::test_support::{hex, unhex};
 
 fn dev(s: &str) -> DeviceId {
@@ -431,6 +432,68 @@ fn create_put_and_indexes_stay_in_step() {
         write(&db, |w| w.create(new_cmd("a", "d1", "X"))),
         Err(StoreError::Conflict { .. })
     ));
+}
+
+/// Several changes to one record in one transaction (the engine's create-and-send, or
+/// ack-and-answer): what is stored is the last version, read back in the transaction
+/// as changed, with every index and counter as if each change had been its own write.
+#[test]
+fn many_changes_in_one_transaction_store_the_last_version() {
+    let (_dir, db) = temp_db();
+    let (sent, done) = write(&db, |w| {
+        let mut a = w.create(new_cmd("a", "d1", "X"))?;
+        a.send(200, 1_200).unwrap();
+        w.put(&a)?;
+        let sent = w.get("a")?.unwrap();
+        assert_eq!(w.open_for_device(&dev("d1"))?, vec![sent.clone()]);
+        assert_eq!(w.due(1_200, 10)?, vec![sent.clone()]);
+        assert_eq!(w.status_counts()?[&CommandStatus::Sent], 1);
+        let mut b = w.create(new_cmd("b", "d1", "Y"))?;
+        assert_eq!(b.seq, 1);
+        b.send(200, 1_200).unwrap();
+        w.put(&b)?;
+        b.acknowledge(250).unwrap();
+        w.put(&b)?;
+        b.complete(260, Some("1".into())).unwrap();
+        w.put(&b)?;
+        Ok((sent, b))
+    })
+    .unwrap();
+    assert_eq!(get(&db, "a").unwrap(), Some(sent.clone()));
+    assert_eq!(get(&db, "b").unwrap(), Some(done.clone()));
+    assert_eq!(
+        counts(&db),
+        [(CommandStatus::Sent, 1), (CommandStatus::Completed, 1)]
+    );
+    assert_eq!(earliest_deadline(&db).unwrap(), Some(1_200));
+    assert_eq!(unannounced(&db).unwrap(), vec![done]);
+    let open = write(&db, |w| w.open_for_device(&dev("d1"))).unwrap();
+    assert_eq!(open, vec![sent]);
+    // The next `seq` was kept, and a removal in the creating transaction leaves nothing.
+    write(&db, |w| {
+        let c = w.create(new_cmd("c", "d2", "X"))?;
+        assert_eq!(c.seq, 2);
+        assert_eq!(w.remove_device(&dev("d2"))?, 1);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(get(&db, "c").unwrap(), None);
+    assert_eq!(
+        counts(&db),
+        [(CommandStatus::Sent, 1), (CommandStatus::Completed, 1)]
+    );
+    // A failed transaction stores none of its changes.
+    let failed: Result<(), StoreError> = write(&db, |w| {
+        let mut a = w.get("a")?.unwrap();
+        a.cancel(300, None).unwrap();
+        w.put(&a)?;
+        Err(StoreError::Invalid("stop".into()))
+    });
+    assert!(failed.is_err());
+    assert_eq!(
+        get(&db, "a").unwrap().unwrap().status(),
+        CommandStatus::Sent
+    );
 }
 
 #[test]

@@ -72,18 +72,27 @@ where
         ),
     };
     let body: NewCommand = json::read_request(req, state.config.max_body_bytes).await?;
-    let lookup = id.clone();
-    let device = state.store.call(move |s| s.get_device(&lookup)).await?;
-    let device = device.ok_or_else(|| ApiError::NotFound(format!("device {id:?} not found")))?;
     let engine = state.broker.commands();
+    // The device as the engine remembers it; a store read only the first time (its
+    // entry is dropped when the device is deleted, before the delete is answered).
+    let device = match engine.cached_device(&id) {
+        Ok(device) => device,
+        Err(miss) => {
+            let lookup = id.clone();
+            let device = state.store.call(move |s| s.get_device(&lookup)).await?;
+            let device =
+                device.ok_or_else(|| ApiError::NotFound(format!("device {id:?} not found")))?;
+            engine.remember_device(&device, miss)?
+        }
+    };
     let record = match wait_ms {
         Some(ms) => {
             engine
-                .create_and_wait(&device, body, key, Duration::from_millis(ms))
+                .create_and_wait_for(&device, body, key, Duration::from_millis(ms))
                 .await?
                 .record
         }
-        None => engine.create(&device, body, key).await?.record,
+        None => engine.create_for(&device, body, key).await?.record,
     };
     let status = if record.status.is_terminal() && wait_ms.is_some() {
         StatusCode::OK

@@ -1,4 +1,5 @@
-//! [`Core`]: what the worker does inside one write transaction, on the blocking pool.
+//! [`Core`]: what the worker does inside one write transaction (on the worker's own
+//! thread, or on the blocking pool).
 //!
 //! It owns which devices are ready (connection generation and plugin) and turns calls
 //! and due deadlines into transitions of stored commands, handing commands to the
@@ -86,7 +87,7 @@ impl Effects {
     }
 }
 
-/// The part of the worker that runs on the blocking pool.
+/// The part of the worker that runs inside its transactions.
 pub(super) struct Core {
     db: Arc<Database>,
     config: CommandsConfig,
@@ -188,9 +189,10 @@ impl Core {
             Op::Create {
                 new,
                 supersede,
+                payload,
                 reply,
             } => {
-                let r = self.create(w, new, supersede, now, fx);
+                let r = self.create(w, new, supersede, payload, now, fx);
                 fx.answer(reply, r)?;
             }
             Op::Cancel { id, reply } => {
@@ -235,6 +237,7 @@ impl Core {
         w: &mut CommandWriter<'_>,
         new: NewCommandRecord,
         supersede: bool,
+        payload: Bytes,
         now: u64,
         fx: &mut Effects,
     ) -> Result<Result<Created, CommandError>, StoreError> {
@@ -275,7 +278,7 @@ impl Core {
             Ok(rec) => rec,
             Err(e) => return Ok(Err(e)),
         };
-        self.deliver(w, &mut rec, now, fx)?;
+        self.deliver(w, &mut rec, Some(payload), now, fx)?;
         Ok(CommandView::from_record(&rec).map(|record| Created {
             record,
             replayed: false,
@@ -346,7 +349,7 @@ impl Core {
             if !new_connection && rec.status() != CommandStatus::Queued {
                 continue;
             }
-            self.deliver(w, &mut rec, now, fx)?;
+            self.deliver(w, &mut rec, None, now, fx)?;
             if !self.ready.contains_key(&device) {
                 break; // the connection went away
             }
@@ -356,25 +359,32 @@ impl Core {
 
     /// Hands `rec` to its device's ready connection and records the send. False if the
     /// device has no ready connection (the record is unchanged) or the command cannot be
-    /// encoded (it fails).
+    /// encoded (it fails). `encoded` is its payload when the caller has it (a create,
+    /// encoded by the device's plugin while checking the request); otherwise the
+    /// connection's plugin encodes it.
     fn deliver(
         &mut self,
         w: &mut CommandWriter<'_>,
         rec: &mut CommandRecord,
+        encoded: Option<Bytes>,
         now: u64,
         fx: &mut Effects,
     ) -> Result<bool, StoreError> {
         let Some(link) = self.ready.get(&rec.device_id) else {
             return Ok(false);
         };
-        let payload = serde_json::from_str::<Value>(&rec.params_json)
-            .map_err(|e| e.to_string())
-            .and_then(|params| {
-                encode(link.plugin.as_ref(), &rec.command_id, &rec.kind, &params)
-                    .map_err(|e| e.to_string())
-            });
+        let payload = match encoded {
+            Some(p) => Ok(p),
+            None => serde_json::from_str::<Value>(&rec.params_json)
+                .map_err(|e| e.to_string())
+                .and_then(|params| {
+                    encode(link.plugin.as_ref(), &rec.command_id, &rec.kind, &params)
+                        .map(Bytes::from)
+                        .map_err(|e| e.to_string())
+                }),
+        };
         let payload = match payload {
-            Ok(p) => Bytes::from(p),
+            Ok(p) => p,
             Err(reason) => {
                 tracing::error!(command_id = %rec.command_id, %reason, "cannot encode command");
                 if moved(rec.fail(now, format!("cannot encode: {reason}"), None)) {
@@ -557,7 +567,7 @@ impl Core {
             }
             CommandStatus::Sent | CommandStatus::Delivered => {
                 let retries_left = rec.attempts() <= rec.max_retries;
-                if retries_left && self.deliver(w, &mut rec, now, fx)? {
+                if retries_left && self.deliver(w, &mut rec, None, now, fx)? {
                     tracing::debug!(command_id = %rec.command_id, attempts = rec.attempts(), "command re-sent");
                 } else if rec.status().is_terminal() {
                     // `deliver` failed it.

@@ -919,3 +919,28 @@ async fn concurrent_creates_are_serialized() {
     assert_eq!((s.by_status["queued"], s.by_status["superseded"]), (1, 9));
     assert_eq!(h.event_kinds().len(), 9);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_device_cache_forgets_deleted_devices_even_mid_lookup() {
+    let h = Harness::new(config());
+    let dev = device("d1");
+    let miss = h.engine.cached_device(&dev.id).unwrap_err();
+    h.engine.remember_device(&dev, miss).unwrap();
+    assert_eq!(h.engine.cached_device(&dev.id).unwrap().id, dev.id);
+    h.engine.forget_cached_device(&dev.id);
+    assert!(h.engine.cached_device(&dev.id).is_err());
+    // A store read that started before a delete is used once, never remembered.
+    let miss = h.engine.cached_device(&dev.id).unwrap_err();
+    h.engine.forget_cached_device(&dev.id);
+    assert_eq!(h.engine.remember_device(&dev, miss).unwrap().id, dev.id);
+    assert!(h.engine.cached_device(&dev.id).is_err());
+    // A device whose plugin this broker lacks is refused and not remembered.
+    let mut odd = device("d2");
+    odd.plugin = "nope".into();
+    let miss = h.engine.cached_device(&odd.id).unwrap_err();
+    assert!(matches!(
+        h.engine.remember_device(&odd, miss),
+        Err(CommandError::Invalid(_))
+    ));
+    assert!(h.engine.cached_device(&odd.id).is_err());
+}

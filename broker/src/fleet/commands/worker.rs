@@ -1,7 +1,8 @@
 //! The worker: the one task that changes commands.
 //!
 //! It applies queued calls in batches: one redb write transaction per batch, run by
-//! [`Core`] on the blocking pool, which also hands commands to the [`CommandSink`] and
+//! [`Core`] on the worker's own thread when it has one (`inline`), otherwise on the
+//! blocking pool; [`Core`] also hands commands to the [`CommandSink`] and
 //! runs due deadlines. Only after the commit does anyone hear about the result: callers
 //! get their answers, `wait_terminal`ers their records, and the [`EventSink`] one event
 //! per terminal command. The events go through the announcer task, which records each
@@ -84,6 +85,8 @@ pub(super) enum Op {
     Create {
         new: NewCommandRecord,
         supersede: bool,
+        /// What the first send writes (encoded when the request was checked).
+        payload: bytes::Bytes,
         reply: Reply<Created>,
     },
     Cancel {
@@ -172,6 +175,9 @@ pub(super) struct Worker {
     announced: Emitted,
     /// The announcer's queue while it runs (see [`run_announcer`]).
     announcer: Option<mpsc::Sender<Announcement>>,
+    /// Run transactions on this task's own thread (a dedicated one) rather than on the
+    /// blocking pool.
+    pub(super) inline: bool,
 }
 
 impl Worker {
@@ -193,6 +199,7 @@ impl Worker {
             next_deadline: None,
             announced: Emitted::default(),
             announcer: None,
+            inline: false,
         }
     }
 
@@ -281,11 +288,19 @@ impl Worker {
         };
         let now = self.clock.now_ms();
         let announced = std::mem::take(&mut *lock(&self.announced));
-        let joined = tokio::task::spawn_blocking(move || {
+        let run = move || {
             let (fx, announced) = core.apply(ops, now, announced);
             (core, fx, announced)
-        })
-        .await;
+        };
+        // A panic stops the worker either way; it is reported the same way.
+        let joined = if self.inline {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+                .map_err(|_| "the batch panicked".to_owned())
+        } else {
+            tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|e| e.to_string())
+        };
         match joined {
             Ok((core, fx, unmarked)) => {
                 self.core = Some(core);

@@ -1,0 +1,330 @@
+//! [`CommandWriter`]: the command tables inside one write transaction.
+//!
+//! Records changed in a transaction are kept decoded until [`CommandWriter::finish`]
+//! encodes and stores each one once, and the status counters move once per
+//! transaction: a command that is created and sent, or acknowledged and answered, in
+//! the same batch costs one record write instead of two or three, and reading it back
+//! costs no decode. Indexes (open set, deadlines, unannounced, by device, idempotency)
+//! change at once, so every read in the transaction sees them as they are.
+
+use std::collections::{BTreeMap, HashMap};
+
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use super::format::{decode_command, encode_command};
+use super::{
+    device_range, load, status_key, CommandRecord, CommandStatus, NewCommandRecord, COMMANDS,
+    COMMANDS_BY_DEVICE, COMMANDS_OPEN, COMMAND_COUNTERS, COMMAND_DEADLINES, COMMAND_IDEMPOTENCY,
+    COMMAND_UNANNOUNCED, NEXT_SEQ,
+};
+use crate::error::StoreError;
+use crate::ids::DeviceId;
+
+/// The command tables inside one write transaction; see [`write()`](super::write).
+pub struct CommandWriter<'txn> {
+    commands: Table<'txn, &'static str, &'static [u8]>,
+    by_device: Table<'txn, (&'static str, u64), &'static str>,
+    open: Table<'txn, (&'static str, u64), &'static str>,
+    deadlines: Table<'txn, (u64, &'static str), ()>,
+    idempotency: Table<'txn, (&'static str, &'static str), &'static str>,
+    counters: Table<'txn, &'static str, u64>,
+    unannounced: Table<'txn, &'static str, ()>,
+    /// Records created or changed in this transaction, by id: their latest version,
+    /// stored by [`CommandWriter::finish`].
+    dirty: HashMap<String, CommandRecord>,
+    /// Change of each status's count (index as in [`CommandStatus::ALL`]) not stored yet.
+    deltas: [i64; 8],
+    /// The next `seq`, once read; stored by `finish`.
+    next_seq: Option<u64>,
+}
+
+fn slot(s: CommandStatus) -> usize {
+    CommandStatus::ALL
+        .iter()
+        .position(|&x| x == s)
+        .unwrap_or_default()
+}
+
+impl<'txn> CommandWriter<'txn> {
+    pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        Ok(CommandWriter {
+            commands: txn.open_table(COMMANDS)?,
+            by_device: txn.open_table(COMMANDS_BY_DEVICE)?,
+            open: txn.open_table(COMMANDS_OPEN)?,
+            deadlines: txn.open_table(COMMAND_DEADLINES)?,
+            idempotency: txn.open_table(COMMAND_IDEMPOTENCY)?,
+            counters: txn.open_table(COMMAND_COUNTERS)?,
+            unannounced: txn.open_table(COMMAND_UNANNOUNCED)?,
+            dirty: HashMap::new(),
+            deltas: [0; 8],
+            next_seq: None,
+        })
+    }
+
+    /// Stores every changed record and counter; the last step before the commit.
+    pub(super) fn finish(&mut self) -> Result<(), StoreError> {
+        for (id, rec) in self.dirty.drain() {
+            self.commands
+                .insert(id.as_str(), encode_command(&rec)?.as_slice())?;
+        }
+        if let Some(seq) = self.next_seq {
+            self.counters.insert(NEXT_SEQ, seq)?;
+        }
+        for (i, delta) in std::mem::take(&mut self.deltas).into_iter().enumerate() {
+            if delta != 0 {
+                let key = status_key(CommandStatus::ALL[i]);
+                let n = self.counters.get(key)?.map_or(0, |v| v.value());
+                self.counters.insert(key, n.saturating_add_signed(delta))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The command `id`, as this transaction sees it.
+    pub fn get(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        match self.dirty.get(id) {
+            Some(rec) => Ok(Some(rec.clone())),
+            None => load(&self.commands, id),
+        }
+    }
+
+    /// The id of the command created for `(device, key)`, if any.
+    pub fn find_idempotent(
+        &self,
+        device: &DeviceId,
+        key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .idempotency
+            .get((device.as_str(), key))?
+            .map(|v| v.value().to_owned()))
+    }
+
+    /// Stores a new `queued` command with its indexes and returns it.
+    /// [`StoreError::Conflict`] if the id or the idempotency key is taken.
+    pub fn create(&mut self, new: NewCommandRecord) -> Result<CommandRecord, StoreError> {
+        let taken = self.dirty.contains_key(new.command_id.as_str())
+            || self.commands.get(new.command_id.as_str())?.is_some();
+        if taken {
+            return Err(StoreError::Conflict {
+                kind: "command",
+                key: new.command_id,
+            });
+        }
+        if let Some(key) = &new.idempotency_key {
+            if self.find_idempotent(&new.device_id, key)?.is_some() {
+                return Err(StoreError::Conflict {
+                    kind: "idempotency key",
+                    key: key.clone(),
+                });
+            }
+        }
+        let seq = match self.next_seq {
+            Some(seq) => seq,
+            None => self.counters.get(NEXT_SEQ)?.map_or(0, |v| v.value()),
+        };
+        self.next_seq = Some(seq.saturating_add(1));
+        let rec = CommandRecord::new(new, seq);
+        let (id, dev) = (rec.command_id.as_str(), rec.device_id.as_str());
+        self.by_device.insert((dev, seq), id)?;
+        self.open.insert((dev, seq), id)?;
+        if let Some(d) = rec.next_deadline_ms {
+            self.deadlines.insert((d, id), ())?;
+        }
+        if let Some(key) = &rec.idempotency_key {
+            self.idempotency.insert((dev, key.as_str()), id)?;
+        }
+        self.deltas[slot(rec.status)] += 1;
+        self.dirty.insert(rec.command_id.clone(), rec.clone());
+        Ok(rec)
+    }
+
+    /// Stores a changed version of an existing record and brings every index in step:
+    /// status counters, the open set, the deadline index, and the unannounced set when
+    /// the record became terminal. [`StoreError::NotFound`] if it was never created.
+    pub fn put(&mut self, rec: &CommandRecord) -> Result<(), StoreError> {
+        let id = rec.command_id.as_str();
+        let old = match self.dirty.remove(id) {
+            Some(old) => Ok(old),
+            None => match self.commands.get(id)? {
+                None => {
+                    return Err(StoreError::NotFound {
+                        kind: "command",
+                        key: id.to_owned(),
+                    })
+                }
+                Some(v) => decode_command(id, v.value()),
+            },
+        };
+        let indexed = match old {
+            Ok(old) => self.reindex(&old, rec),
+            Err(error) => {
+                // The old index entries are unknown; write the new ones. A stale deadline
+                // entry is dropped by `due`.
+                tracing::error!(%error, "overwriting corrupt command");
+                self.reindex_fresh(rec)
+            }
+        };
+        // Kept even when the index update failed: that error aborts the transaction.
+        self.dirty.insert(id.to_owned(), rec.clone());
+        indexed
+    }
+
+    fn reindex(&mut self, old: &CommandRecord, rec: &CommandRecord) -> Result<(), StoreError> {
+        let (id, dev) = (rec.command_id.as_str(), rec.device_id.as_str());
+        if old.device_id != rec.device_id || old.seq != rec.seq {
+            return Err(StoreError::Invalid(format!(
+                "command {id:?} cannot change device or seq"
+            )));
+        }
+        if old.status != rec.status {
+            self.deltas[slot(old.status)] -= 1;
+            self.deltas[slot(rec.status)] += 1;
+            if rec.status.is_terminal() {
+                self.open.remove((dev, rec.seq))?;
+                self.unannounced.insert(id, ())?;
+            }
+        }
+        if old.next_deadline_ms != rec.next_deadline_ms {
+            if let Some(d) = old.next_deadline_ms {
+                self.deadlines.remove((d, id))?;
+            }
+            if let Some(d) = rec.next_deadline_ms {
+                self.deadlines.insert((d, id), ())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reindex_fresh(&mut self, rec: &CommandRecord) -> Result<(), StoreError> {
+        let (id, dev) = (rec.command_id.as_str(), rec.device_id.as_str());
+        if rec.status.is_terminal() {
+            self.open.remove((dev, rec.seq))?;
+            self.unannounced.insert(id, ())?;
+        } else {
+            self.open.insert((dev, rec.seq), id)?;
+        }
+        if let Some(d) = rec.next_deadline_ms {
+            self.deadlines.insert((d, id), ())?;
+        }
+        Ok(())
+    }
+
+    /// The device's non-terminal commands, oldest first. Undecodable ones are skipped
+    /// and logged.
+    pub fn open_for_device(&self, device: &DeviceId) -> Result<Vec<CommandRecord>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.open.range(device_range(device.as_str(), None))? {
+            let (_, id) = entry?;
+            match self.get(id.value()) {
+                Ok(Some(rec)) => out.push(rec),
+                Ok(None) => tracing::error!(
+                    command_id = id.value(),
+                    "open index names a missing command"
+                ),
+                Err(error) => tracing::error!(%error, "skipping corrupt command"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many non-terminal commands the device has.
+    pub fn open_count(&self, device: &DeviceId) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for entry in self.open.range(device_range(device.as_str(), None))? {
+            entry?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Up to `limit` non-terminal commands whose deadline is at or before `now_ms`,
+    /// earliest first. Index entries that no longer match their record (missing,
+    /// undecodable, terminal or re-armed) are removed on the way.
+    pub fn due(&mut self, now_ms: u64, limit: usize) -> Result<Vec<CommandRecord>, StoreError> {
+        let mut entries = Vec::new();
+        for entry in self.deadlines.range((0, "")..)? {
+            let (key, _) = entry?;
+            let (deadline, id) = key.value();
+            if deadline > now_ms || entries.len() >= limit {
+                break;
+            }
+            entries.push((deadline, id.to_owned()));
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for (deadline, id) in entries {
+            match self.get(&id) {
+                Ok(Some(rec)) if rec.next_deadline_ms == Some(deadline) => out.push(rec),
+                other => {
+                    if let Err(error) = other {
+                        tracing::error!(%error, "dropping the deadline of a corrupt command");
+                    }
+                    self.deadlines.remove((deadline, id.as_str()))?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest stored deadline, as this transaction sees it.
+    pub fn earliest_deadline(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.deadlines.first()?.map(|(k, _)| k.value().0))
+    }
+
+    /// How many commands are in each status, as this transaction sees it.
+    pub fn status_counts(&self) -> Result<BTreeMap<CommandStatus, u64>, StoreError> {
+        let mut counts = BTreeMap::new();
+        for (i, s) in CommandStatus::ALL.into_iter().enumerate() {
+            let n = self.counters.get(status_key(s))?.map_or(0, |v| v.value());
+            counts.insert(s, n.saturating_add_signed(self.deltas[i]));
+        }
+        Ok(counts)
+    }
+
+    /// Forgets that these commands' terminal events are owed (they were emitted).
+    pub fn mark_announced(&mut self, ids: &[String]) -> Result<(), StoreError> {
+        for id in ids {
+            self.unannounced.remove(id.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every command of `device` and every index entry that names one;
+    /// returns how many records were deleted.
+    pub fn remove_device(&mut self, device: &DeviceId) -> Result<usize, StoreError> {
+        let dev = device.as_str();
+        let mut ids = Vec::new();
+        for entry in self.by_device.range(device_range(dev, None))? {
+            let (key, id) = entry?;
+            ids.push((key.value().1, id.value().to_owned()));
+        }
+        for (seq, id) in &ids {
+            let stored = self
+                .commands
+                .remove(id.as_str())?
+                .map(|v| decode_command(id, v.value()));
+            let old = match self.dirty.remove(id.as_str()) {
+                Some(rec) => Some(Ok(rec)),
+                None => stored,
+            };
+            match old {
+                Some(Ok(rec)) => {
+                    self.deltas[slot(rec.status)] -= 1;
+                    if let Some(d) = rec.next_deadline_ms {
+                        self.deadlines.remove((d, id.as_str()))?;
+                    }
+                }
+                Some(Err(error)) => tracing::error!(%error, "deleting corrupt command"),
+                None => {}
+            }
+            self.unannounced.remove(id.as_str())?;
+            self.open.remove((dev, *seq))?;
+            self.by_device.remove((dev, *seq))?;
+        }
+        // Device ids never contain NUL, so `dev + "\0"` sorts after every `(dev, _)`.
+        let past = format!("{dev}\0");
+        self.idempotency
+            .retain_in((dev, "")..(past.as_str(), ""), |_, _| false)?;
+        Ok(ids.len())
+    }
+}
