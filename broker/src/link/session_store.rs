@@ -453,7 +453,12 @@ impl SessionStore {
         let arrival = set.next_arrival;
         set.next_arrival += 1;
         let routed = routing.finish(Some(arrival));
-        for key in set.live_index.matching(m.topic) {
+        let live_keys = if set.live.is_empty() {
+            HashSet::new()
+        } else {
+            set.live_index.matching(m.topic)
+        };
+        for key in live_keys {
             if let Some(live) = set.live.get(key) {
                 if takes(&live.subscriptions, m.topic) {
                     live.ledger.lock().record(arrival, routed.clone());
