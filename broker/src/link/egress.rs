@@ -3,8 +3,8 @@
 //! delivery-time read check; routed messages are acknowledged to the router at once.
 
 use rumqttd::protocol::{
-    Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PublishProperties,
-    SubAck, SubscribeReasonCode,
+    Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish,
+    PublishProperties, SubAck, SubscribeReasonCode,
 };
 use rumqttd::{Forward, Notification};
 
@@ -123,16 +123,34 @@ impl Connection {
     pub(super) fn forward(&mut self, forward: Forward) {
         let Forward {
             cursor,
-            mut publish,
-            mut properties,
+            publish,
+            properties,
             ..
         } = forward;
         let routed = framing::meta_of(&publish);
         self.ack_router(routed);
+        self.deliver(publish, properties, routed.qos, cursor);
+    }
+
+    /// A message for the client at `routed_qos` (the subscription's), from the router or
+    /// from the session's ledger when it parks (`session_ledger`, no cursor).
+    pub(super) fn deliver(
+        &mut self,
+        mut publish: Publish,
+        mut properties: Option<PublishProperties>,
+        routed_qos: u8,
+        cursor: Option<(u64, u64)>,
+    ) {
         let origin = Origin::take(&mut publish.payload);
         let Ok(topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
             return;
         };
+        if let Some(arrival) = origin.and_then(|o| o.arrival) {
+            if self.session_delivered(arrival, &topic) {
+                // Its publisher queued it for the parked session; it comes from there.
+                return;
+            }
+        }
         if let Some((_, offset)) = cursor {
             let skipped = self.subs.skipped(&topic, offset);
             if skipped > 0 {
@@ -168,7 +186,7 @@ impl Connection {
             }
         }
         // rumqttd delivers at the subscription QoS; MQTT says the lower of the two.
-        let qos = origin.map_or(routed.qos, |o| o.qos.min(routed.qos));
+        let qos = origin.map_or(routed_qos, |o| o.qos.min(routed_qos));
         // Retain As Published: the flag travels through the router as a mark.
         let retain = self.take_retain_mark(&topic, &mut properties);
         if properties.as_ref() == Some(&PublishProperties::default()) {

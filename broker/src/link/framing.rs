@@ -210,6 +210,17 @@ pub(crate) fn build_prefixed(
     prefix: &[u8],
     payload: &[u8],
 ) -> Publish {
+    Publish::deserialize(encode_prefixed(meta, topic, prefix, payload).freeze())
+}
+
+/// The encoding [`build_prefixed`] parses, still mutable: `prefix` starts at
+/// `5 + topic.len()`.
+pub(crate) fn encode_prefixed(
+    meta: PublishMeta,
+    topic: &[u8],
+    prefix: &[u8],
+    payload: &[u8],
+) -> BytesMut {
     let mut b = BytesMut::with_capacity(5 + topic.len() + prefix.len() + payload.len());
     b.put_u8(0x30 | u8::from(meta.retain) | (meta.qos << 1) | (u8::from(meta.dup) << 3));
     b.put_u16(meta.pkid);
@@ -218,7 +229,7 @@ pub(crate) fn build_prefixed(
     b.put_slice(topic);
     b.put_slice(prefix);
     b.put_slice(payload);
-    Publish::deserialize(b.freeze())
+    b
 }
 
 /// The QoS and packet id of a PUBLISH held by value (via its MQTT-independent encoding).

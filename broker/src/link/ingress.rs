@@ -12,7 +12,7 @@ use rumqttd::protocol::{
 use super::alias::AliasError;
 use super::connection::{Connection, Ending};
 use super::framing::{self, FrameError, PublishMeta, Version};
-use super::origin::Origin;
+use super::origin::{Origin, Routing};
 use super::session_store::Incoming;
 use super::subscriptions::{self, SubOptions};
 use super::topic;
@@ -286,41 +286,42 @@ impl Connection {
             self.persist_retained(&topic, &payload, meta.qos, props.as_ref())
                 .await;
         }
-        // Parked persistent sessions get their copy before the publisher's ack.
+        let origin = Origin {
+            qos: meta.qos,
+            conn_id: self.s.conn_id,
+            at_ms: now_ms(),
+            arrival: None,
+        };
+        let routing = self.routing(meta, &topic, &payload, props, origin);
+        // Parked persistent sessions get their copy before the publisher's ack; the
+        // check numbers the routed message (and keeps it for connected ones).
         let incoming = Incoming {
             topic: &topic,
             payload: &payload,
             qos: meta.qos,
             retain: meta.retain,
-            props: props.as_ref(),
         };
-        let arrival = self
+        let (publish, props) = self
             .core
             .session_store
-            .enqueue_matching(incoming, &self.core.stats)
+            .enqueue_matching(incoming, routing, &self.core.stats)
             .await;
         self.device_published(&topic, &payload).await;
-        let origin = Origin {
-            qos: meta.qos,
-            conn_id: self.s.conn_id,
-            at_ms: now_ms(),
-            arrival,
-        };
-        self.route(meta, &topic, &payload, props, origin);
+        self.to_router.push(Packet::Publish(publish, props));
         Ok(())
     }
 
-    /// Queues a checked publish for the router. QoS 2 is completed by the link layer
+    /// Builds a checked publish for the router. QoS 2 is completed by the link layer
     /// (rumqttd's inbound QoS 2 matches PUBREL by order and forgets it on reconnect), so
     /// it is routed like QoS 1 content without a packet id for the router to track.
-    fn route(
+    fn routing(
         &mut self,
         meta: PublishMeta,
         topic: &str,
         payload: &[u8],
         props: Option<PublishProperties>,
         origin: Origin,
-    ) {
+    ) -> Routing {
         let routed = if meta.qos == 2 {
             self.inbound_qos2.insert(meta.pkid);
             self.write_packet(Packet::PubRec(
@@ -343,9 +344,8 @@ impl Connection {
                 ..meta
             }
         };
-        let publish = framing::build_prefixed(routed, topic.as_bytes(), &origin.header(), payload);
         let props = super::session_link::route_properties(props, meta.retain);
-        self.to_router.push(Packet::Publish(publish, props));
+        Routing::new(routed, topic, origin, payload, props)
     }
 
     /// Retained messages are written through to the store before they are routed.

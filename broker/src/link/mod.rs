@@ -12,7 +12,7 @@
 //! - `acl`, `topic`: SPEC §3 permissions and MQTT topic rules.
 //! - `crypto`, `sealing`: the SPEC §4 envelope and per-connection device keys.
 //! - `origin`: what the router forgets about a message (publish QoS, publisher, arrival),
-//!   carried through it as an internal user property.
+//!   carried through it as a header in front of the payload.
 //! - `subscriptions`, `alias`, `flow`: per-connection MQTT state the router lacks
 //!   (UNSUBACK codes, No Local; inbound topic aliases; the client's Receive Maximum and
 //!   Maximum Packet Size).
@@ -20,7 +20,8 @@
 //! - `retained`: retained messages, delivered by the link layer (never by the router).
 //! - `session_store`, `session_link`: persistent sessions, their redb queues and expiry;
 //!   `session_index`: the parked sessions' filters by level, so a publish finds its
-//!   parked subscribers without scanning them all.
+//!   parked subscribers without scanning them all; `session_ledger`: what the router
+//!   still owes a connected persistent session, queued if it parks first.
 
 pub(crate) mod acl;
 mod alias;
@@ -38,7 +39,9 @@ mod outbound;
 mod retained;
 mod sealing;
 mod session_index;
+mod session_ledger;
 mod session_link;
+mod session_props;
 pub(crate) mod session_store;
 mod subscriptions;
 pub(crate) mod sys;
@@ -244,25 +247,27 @@ impl Core {
             qos,
             // Routed without the retain mark, so live subscribers see RETAIN=0 too.
             retain: false,
-            props: props.as_ref(),
         };
-        let arrival = self
-            .session_store
-            .enqueue_matching(incoming, &self.stats)
-            .await;
         let origin = origin::Origin {
             qos,
             conn_id: 0,
             at_ms: now_ms(),
-            arrival,
+            arrival: None,
         };
-        let publish = Publish::new(
-            bytes::Bytes::copy_from_slice(topic.as_bytes()),
-            origin.prefix(payload),
-            false,
-        );
+        // QoS 0 to the router, like `Publish::new`: the system link acknowledges nothing.
+        let meta = framing::PublishMeta {
+            qos: 0,
+            pkid: 0,
+            dup: false,
+            retain: false,
+        };
+        let routing = origin::Routing::new(meta, topic, origin, payload, props);
+        let routed = self
+            .session_store
+            .enqueue_matching(incoming, routing, &self.stats)
+            .await;
         self.system
-            .send((publish, props))
+            .send(routed)
             .await
             .map_err(|_| "router stopped".to_owned())
     }

@@ -11,7 +11,10 @@
 //! string per message, cloned again by the router for every filter and every delivery
 //! and parsed at egress. The header costs none of that.
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
+use rumqttd::protocol::{Publish, PublishProperties};
+
+use super::framing::{self, PublishMeta};
 
 /// First byte of the header: a message routed without one is a bug, and shows as such.
 const MAGIC: u8 = 0xF1;
@@ -52,6 +55,7 @@ impl Origin {
     }
 
     /// `payload` behind `self`'s header, in one buffer.
+    #[cfg(test)]
     pub(crate) fn prefix(self, payload: &[u8]) -> Bytes {
         let mut b = Vec::with_capacity(HEADER_LEN + payload.len());
         b.extend_from_slice(&self.header());
@@ -79,6 +83,50 @@ impl Origin {
             at_ms,
             arrival: (flags & HAS_ARRIVAL != 0).then_some(arrival),
         })
+    }
+}
+
+/// A PUBLISH and its properties as they go to the router.
+pub(crate) type Routed = (Publish, Option<PublishProperties>);
+
+/// A PUBLISH for the router, built (the one copy of topic and payload) but not yet
+/// frozen: its header's arrival number is written by the parked-session check, under
+/// its lock, which also keeps a reference-counted copy for connected persistent
+/// sessions (`session_ledger`).
+pub(crate) struct Routing {
+    buf: BytesMut,
+    header_at: usize,
+    properties: Option<PublishProperties>,
+}
+
+impl Routing {
+    pub(crate) fn new(
+        meta: PublishMeta,
+        topic: &str,
+        origin: Origin,
+        payload: &[u8],
+        properties: Option<PublishProperties>,
+    ) -> Routing {
+        let header = Origin {
+            arrival: None,
+            ..origin
+        }
+        .header();
+        Routing {
+            buf: framing::encode_prefixed(meta, topic.as_bytes(), &header, payload),
+            header_at: 5 + topic.len(),
+            properties,
+        }
+    }
+
+    /// Writes the arrival number (QoS 1/2) and freezes the PUBLISH.
+    pub(crate) fn finish(mut self, arrival: Option<u64>) -> Routed {
+        if let Some(arrival) = arrival {
+            let h = &mut self.buf[self.header_at..self.header_at + HEADER_LEN];
+            h[2] |= HAS_ARRIVAL;
+            h[19..27].copy_from_slice(&arrival.to_be_bytes());
+        }
+        (Publish::deserialize(self.buf.freeze()), self.properties)
     }
 }
 
@@ -113,6 +161,31 @@ mod tests {
         assert!(empty.is_empty());
         let qos0 = Origin { arrival: None, ..o };
         assert_eq!(Origin::take(&mut qos0.prefix(b"x")), Some(qos0));
+    }
+
+    #[test]
+    fn routing_numbers_the_header_of_the_built_publish() {
+        let o = Origin {
+            qos: 1,
+            conn_id: 7,
+            at_ms: 1_700_000_000_000,
+            arrival: None,
+        };
+        let meta = PublishMeta {
+            qos: 1,
+            pkid: 9,
+            dup: false,
+            retain: false,
+        };
+        let (mut p, props) = Routing::new(meta, "a/b", o, b"x", None).finish(Some(41));
+        assert!(props.is_none());
+        assert_eq!(&p.topic[..], b"a/b");
+        assert_eq!(framing::meta_of(&p), meta);
+        let got = Origin::take(&mut p.payload).expect("header");
+        assert_eq!(got.arrival, Some(41));
+        assert_eq!(&p.payload[..], b"x");
+        let (mut p, _) = Routing::new(meta, "a/b", o, b"", None).finish(None);
+        assert_eq!(Origin::take(&mut p.payload), Some(o));
     }
 
     #[test]

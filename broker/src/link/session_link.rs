@@ -16,7 +16,9 @@ use rumqttd::Notification;
 
 use super::connection::{Connection, Ending};
 use super::framing::Version;
+use super::origin::Origin;
 use super::outbound::OutMsg;
+use super::session_ledger::SharedLedger;
 use super::session_store;
 use super::topic;
 /// The packet id of the SUBSCRIBE that restores a resumed session's router
@@ -72,6 +74,12 @@ pub(crate) struct SessionLink {
     saved_qos2: HashSet<u16>,
     /// Whether this connection stored a session record.
     saved: bool,
+    /// What the router still owes this persistent session (`session_ledger`).
+    ledger: Option<SharedLedger>,
+    /// Arrival numbers the router delivered since the ledger was last told.
+    delivered: Vec<u64>,
+    /// What publishers queued while the resumed session was parked.
+    queued_window: Option<session_store::QueuedWindow>,
 }
 
 impl SessionLink {
@@ -150,6 +158,9 @@ impl Connection {
             if self.sess.start.persistent {
                 self.sess.saved = true;
                 self.core.session_store.save(self.session_record()).await;
+                let (ledger, window) = self.core.session_store.go_live(&self.s.router_key, &[]);
+                self.sess.ledger = Some(ledger);
+                self.sess.queued_window = window;
             }
             return Ok(());
         };
@@ -189,7 +200,16 @@ impl Connection {
             self.send_to_router().await?;
         }
         let key = self.s.router_key.clone();
-        self.core.session_store.unpark(&key);
+        if self.sess.start.persistent {
+            // From parked to connected in one step: every publish is either queued or
+            // recorded for it.
+            let subs: Vec<SessionSubscription> = self.sess.subs.values().cloned().collect();
+            let (ledger, window) = self.core.session_store.go_live(&key, &subs);
+            self.sess.ledger = Some(ledger);
+            self.sess.queued_window = window;
+        } else {
+            self.core.session_store.unpark(&key);
+        }
         // PUBRELs of QoS 2 exchanges the client had not completed go first [MQTT-4.4.0-1].
         for pkid in rec.outbound_pubrels {
             if self.queue.released(pkid) {
@@ -202,6 +222,8 @@ impl Connection {
                 ));
             }
         }
+        // Copies publishers were still writing when it went live belong to the queue.
+        self.core.session_store.settled(&key).await;
         // Those that were in flight go out on their packet ids again, with DUP=1.
         for (seq, m) in self.core.session_store.queued(&key).await {
             let mut msg = OutMsg::plain(m.topic, m.payload.into(), m.qos);
@@ -301,6 +323,8 @@ impl Connection {
             self.sess.subs.insert(sub.filter.clone(), sub);
             self.sess.subs_dirty = true;
         }
+        // The router delivers on them from now on.
+        self.session_live_subscriptions();
         false
     }
 
@@ -308,6 +332,80 @@ impl Connection {
         for f in filters {
             self.sess.subs_dirty |= self.sess.subs.remove(f).is_some();
         }
+        self.session_live_subscriptions();
+        if let Some(ledger) = &self.sess.ledger {
+            // The router drops what it has not delivered on them.
+            let subs: Vec<SessionSubscription> = self.sess.subs.values().cloned().collect();
+            ledger
+                .lock()
+                .retain_topics(|t| session_store::takes(&subs, t));
+        }
+    }
+
+    fn session_live_subscriptions(&self) {
+        if self.sess.ledger.is_some() {
+            let subs: Vec<SessionSubscription> = self.sess.subs.values().cloned().collect();
+            self.core
+                .session_store
+                .live_subscriptions(&self.s.router_key, &subs);
+        }
+    }
+
+    /// The router handed this connection a message with this arrival number; whether
+    /// it is already in the session's stored queue (see `QueuedWindow`), so this copy
+    /// is not for the client.
+    pub(super) fn session_delivered(&mut self, arrival: u64, topic_name: &str) -> bool {
+        if self.sess.ledger.is_some() {
+            self.sess.delivered.push(arrival);
+        }
+        self.sess
+            .queued_window
+            .as_ref()
+            .is_some_and(|w| w.queued(arrival, topic_name))
+    }
+
+    /// What the router had not handed this connection when its session parked: each
+    /// joins the outbound queue as the router would have delivered it (at the best
+    /// matching subscription's QoS, with the identifiers of the matching ones).
+    fn session_undelivered(&mut self) -> HashSet<u64> {
+        let mut arrivals = HashSet::new();
+        let Some(ledger) = self.sess.ledger.take() else {
+            return arrivals;
+        };
+        let left = {
+            let mut l = ledger.lock();
+            l.delivered(self.sess.delivered.drain(..));
+            l.take()
+        };
+        for (publish, mut props) in left {
+            let Ok(topic_name) = std::str::from_utf8(&publish.topic) else {
+                continue;
+            };
+            let mut payload = publish.payload.clone();
+            arrivals.extend(Origin::take(&mut payload).and_then(|o| o.arrival));
+            let matching: Vec<&SessionSubscription> = self
+                .sess
+                .subs
+                .values()
+                .filter(|s| !topic::is_shared(&s.filter) && topic::matches(&s.filter, topic_name))
+                .collect();
+            let Some(qos) = matching.iter().map(|s| s.qos).max() else {
+                continue;
+            };
+            let mut ids: Vec<usize> = matching
+                .iter()
+                .filter_map(|s| s.id.map(|id| id as usize))
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if !ids.is_empty() {
+                props
+                    .get_or_insert_with(PublishProperties::default)
+                    .subscription_identifiers = ids;
+            }
+            self.deliver(publish, props, qos, None);
+        }
+        arrivals
     }
 
     /// Removes the retain mark from a routed message's properties; whether it goes out
@@ -346,6 +444,9 @@ impl Connection {
             let seqs = std::mem::take(&mut self.queue.acked_seqs);
             self.core.session_store.dequeue(&key, seqs).await;
         }
+        if let (Some(ledger), false) = (&self.sess.ledger, self.sess.delivered.is_empty()) {
+            ledger.lock().delivered(self.sess.delivered.drain(..));
+        }
         if self.sess.start.persistent
             && (self.sess.subs_dirty || self.sess.saved_qos2 != self.inbound_qos2)
         {
@@ -383,6 +484,12 @@ impl Connection {
                 self.forward(f);
             }
         }
+        // Then what was checked before `begin_park` but is still on its way through the
+        // router: queued by no publisher, and this link will not see it.
+        let leftovers = self.session_undelivered();
+        // The next connection leaves out their live copies, should the router still
+        // deliver them after it subscribed.
+        self.core.session_store.queued_leftovers(&key, leftovers);
         let mut rec = self.session_record();
         let owed = self.queue.take_unacked();
         rec.outbound_pubrels = owed.pubrels;

@@ -28,26 +28,38 @@
 //! queued again; one numbered below the mark was checked before the session was
 //! parked, so its publisher did not queue it, and the link's copy is the only one.
 //!
-//! Messages checked before `begin_park` that the router had not yet handed the link
-//! when it collected (still in a publisher's batch or in the router's log behind the
-//! link's 100 in flight) are not queued by anyone: that part of the window remains
-//! (see `docs/architecture.md`, known gaps).
+//! The other side of the window: a message checked *before* `begin_park` that the
+//! router had not yet handed the link when it collected (still in a publisher's batch,
+//! in the router's event channel or in a filter log) is queued by no publisher, and the
+//! link never sees it. So while a persistent session is connected its filters sit in a
+//! second index, and every check that matches one records the routed message, under
+//! the same lock, in that session's ledger (`session_ledger`); egress removes what the
+//! router delivers. `begin_park` moves the session from the live index to the parked
+//! one under the lock, so the ledger then holds exactly the messages numbered below the
+//! mark that the link has not been handed: after collecting its leftovers the link
+//! takes them through egress (ACL, No Local, QoS, expiry) and they are queued with the
+//! rest, in arrival order. A barrier that waits for the router to have forwarded
+//! everything numbered below the mark is not possible with rumqttd: it consumes each
+//! filter's log separately, 100 at a time round-robin, so no marker proves that
+//! another filter's log has been read past a point.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleetmq_storage::{
-    now_ms, MessageProperties, QueuedMessage, SessionRecord, SessionSubscription, Store,
-};
-use rumqttd::protocol::{Connect, ConnectProperties, PublishProperties};
+use fleetmq_storage::{now_ms, QueuedMessage, SessionRecord, SessionSubscription, Store};
+use rumqttd::protocol::{Connect, ConnectProperties};
 use tokio_util::sync::CancellationToken;
 
 use super::framing::Version;
+use super::origin::{Routed, Routing};
 use super::session_index::FilterIndex;
+pub(crate) use super::session_ledger::QueuedWindow;
+use super::session_ledger::SharedLedger;
 use super::session_link::SessionStart;
+pub(super) use super::session_props::{publish_properties, stored_properties};
+use super::topic;
 use super::Core;
-use super::{session_link, topic};
 use crate::stats::{DropCause, Stats};
 
 /// Session Expiry Interval meaning "never" (3.1.1 sessions, v5 0xFFFFFFFF).
@@ -56,15 +68,32 @@ pub(crate) const NEVER: u32 = u32::MAX;
 struct Parked {
     subscriptions: Vec<SessionSubscription>,
     expires_at_ms: Option<u64>,
+    /// The arrival counter when it was parked (0 for one loaded at start: the counter
+    /// starts again there).
+    since: u64,
+    /// Arrival numbers its connection queued from its ledger when it left.
+    leftovers: HashSet<u64>,
+}
+
+/// A connected persistent session, as the check sees it.
+struct Live {
+    subscriptions: Vec<SessionSubscription>,
+    ledger: SharedLedger,
 }
 
 /// The parked sessions, their filters by level and the arrival counter, under one lock:
 /// a publish's check and a session's parking are ordered by it (see the module docs).
+/// Also the connected persistent sessions and their filters, whose ledgers the check
+/// fills.
 #[derive(Default)]
 struct ParkedSet {
     sessions: HashMap<String, Parked>,
     index: FilterIndex,
     next_arrival: u64,
+    live: HashMap<String, Live>,
+    live_index: FilterIndex,
+    /// Parked sessions with copies being written by publishers right now.
+    writing: HashMap<String, usize>,
 }
 
 impl ParkedSet {
@@ -83,6 +112,22 @@ impl ParkedSet {
             }
         }
     }
+
+    fn insert_live(&mut self, key: &str, live: Live) {
+        self.remove_live(key);
+        for s in live.subscriptions.iter().filter(|s| queues(s)) {
+            self.live_index.insert(&s.filter, key);
+        }
+        self.live.insert(key.to_owned(), live);
+    }
+
+    fn remove_live(&mut self, key: &str) -> Option<Live> {
+        let live = self.live.remove(key)?;
+        for s in live.subscriptions.iter().filter(|s| queues(s)) {
+            self.live_index.remove(&s.filter, key);
+        }
+        Some(live)
+    }
 }
 
 /// Whether a subscription gets queued copies while its session is parked (a shared
@@ -96,6 +141,31 @@ fn queues(s: &SessionSubscription) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ParkMark(u64);
 
+/// Counts a publisher's copies for parked sessions as being written until dropped.
+struct Writing<'a> {
+    store: &'a SessionStore,
+    keys: Vec<String>,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let mut set = self.store.parked();
+        for key in &self.keys {
+            if let Some(n) = set.writing.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    set.writing.remove(key);
+                }
+            }
+        }
+        drop(set);
+        self.store.written.notify_waiters();
+    }
+}
+
 /// A message the leaving client had not acknowledged (or never saw).
 pub(crate) struct Unacked {
     pub(crate) msg: QueuedMessage,
@@ -108,62 +178,15 @@ pub(crate) struct SessionStore {
     store: Store,
     max_queued: usize,
     parked: Mutex<ParkedSet>,
+    /// Signalled when publishers finished writing copies (see [`SessionStore::settled`]).
+    written: tokio::sync::Notify,
 }
+
+/// Entries a connected session's ledger keeps at most, per message its queue keeps.
+const LEDGER_PER_QUEUED: usize = 4;
 
 fn expires_at(rec: &SessionRecord, left_at_ms: u64) -> Option<u64> {
     (rec.expiry_s != NEVER).then(|| left_at_ms.saturating_add(u64::from(rec.expiry_s) * 1000))
-}
-
-/// A message's properties as a queue keeps them: without the Topic Alias (per
-/// connection) and fleetmq's internal retain mark, with the
-/// Message Expiry Interval, counted from `now_ms`, as the expiry time.
-pub(super) fn stored_properties(
-    props: Option<&PublishProperties>,
-    now_ms: u64,
-) -> (MessageProperties, Option<u64>) {
-    let Some(p) = props else {
-        return (MessageProperties::default(), None);
-    };
-    let stored = MessageProperties {
-        payload_format_indicator: p.payload_format_indicator,
-        content_type: p.content_type.clone(),
-        response_topic: p.response_topic.clone(),
-        correlation_data: p.correlation_data.as_ref().map(|c| c.to_vec()),
-        user_properties: p
-            .user_properties
-            .iter()
-            .filter(|(k, _)| k != session_link::RETAIN_MARK)
-            .cloned()
-            .collect(),
-        subscription_ids: p
-            .subscription_identifiers
-            .iter()
-            .filter_map(|&id| u32::try_from(id).ok())
-            .collect(),
-    };
-    let expires_at = p
-        .message_expiry_interval
-        .map(|s| now_ms.saturating_add(u64::from(s) * 1000));
-    (stored, expires_at)
-}
-
-/// The PUBLISH properties a stored message goes out with to an MQTT 5 client, with
-/// `expiry_s` left of its Message Expiry Interval; `None` when it has none.
-pub(super) fn publish_properties(
-    p: &MessageProperties,
-    expiry_s: Option<u32>,
-) -> Option<PublishProperties> {
-    let props = PublishProperties {
-        payload_format_indicator: p.payload_format_indicator,
-        message_expiry_interval: expiry_s,
-        topic_alias: None,
-        response_topic: p.response_topic.clone(),
-        correlation_data: p.correlation_data.clone().map(Into::into),
-        user_properties: p.user_properties.clone(),
-        subscription_identifiers: p.subscription_ids.iter().map(|&id| id as usize).collect(),
-        content_type: p.content_type.clone(),
-    };
-    (props != PublishProperties::default()).then_some(props)
 }
 
 /// A publish as the parked-session check sees it.
@@ -172,8 +195,13 @@ pub(crate) struct Incoming<'a> {
     pub(crate) payload: &'a [u8],
     pub(crate) qos: u8,
     pub(crate) retain: bool,
-    /// The publisher's properties (internal user properties are dropped).
-    pub(crate) props: Option<&'a PublishProperties>,
+}
+
+/// Whether a session with these subscriptions gets a QoS 1/2 message on `topic_name`
+/// queued (a matching non-shared subscription above QoS 0).
+pub(super) fn takes(subs: &[SessionSubscription], topic_name: &str) -> bool {
+    subs.iter()
+        .any(|s| queues(s) && s.qos > 0 && topic::matches(&s.filter, topic_name))
 }
 
 /// The copy of `base` for a parked session, if one of its subscriptions takes it: QoS
@@ -215,6 +243,8 @@ impl SessionStore {
             let p = Parked {
                 expires_at_ms: expires_at(&rec, left),
                 subscriptions: rec.subscriptions,
+                since: 0,
+                leftovers: HashSet::new(),
             };
             parked.insert(&rec.key, p);
         }
@@ -226,6 +256,7 @@ impl SessionStore {
             store,
             max_queued,
             parked: Mutex::new(parked),
+            written: tokio::sync::Notify::new(),
         }
     }
 
@@ -248,7 +279,11 @@ impl SessionStore {
     /// Forgets a session (clean start, expiry, or a session that ended with its
     /// connection).
     pub(crate) async fn discard(&self, key: &str) {
-        self.parked().remove(key);
+        {
+            let mut set = self.parked();
+            set.remove(key);
+            set.remove_live(key);
+        }
         let key = key.to_owned();
         if let Err(e) = self.store.call(move |s| s.delete_session(&key)).await {
             tracing::error!(error = %e, "could not delete a session");
@@ -272,11 +307,14 @@ impl SessionStore {
     ) -> ParkMark {
         let expires_at_ms =
             (expiry_s != NEVER).then(|| now_ms().saturating_add(u64::from(expiry_s) * 1000));
+        let mut set = self.parked();
         let parked = Parked {
             subscriptions: subscriptions.to_vec(),
             expires_at_ms,
+            since: set.next_arrival,
+            leftovers: HashSet::new(),
         };
-        let mut set = self.parked();
+        set.remove_live(key);
         set.insert(key, parked);
         ParkMark(set.next_arrival)
     }
@@ -320,14 +358,59 @@ impl SessionStore {
         self.parked().remove(key);
     }
 
-    /// Appends a QoS 1/2 publish to the queue of every parked session with a matching
-    /// subscription, durably, before it is routed. Returns when committed, with the
-    /// message's arrival number (`None` for QoS 0, which is never queued).
-    pub(crate) async fn enqueue_matching(&self, m: Incoming<'_>, stats: &Stats) -> Option<u64> {
-        if m.qos == 0 {
-            return None;
+    /// A persistent session's client is connected (its router link subscribed to
+    /// `subscriptions`): stops queuing for it, if it was parked, and from now on records
+    /// what its subscriptions take in the returned ledger, until `begin_park`. For a
+    /// session that was parked, also the window of arrival numbers its publishers queued.
+    pub(crate) fn go_live(
+        &self,
+        key: &str,
+        subscriptions: &[SessionSubscription],
+    ) -> (SharedLedger, Option<QueuedWindow>) {
+        let ledger = SharedLedger::new(self.max_queued.saturating_mul(LEDGER_PER_QUEUED));
+        let live = Live {
+            subscriptions: subscriptions.to_vec(),
+            ledger: ledger.clone(),
+        };
+        let mut set = self.parked();
+        let now = set.next_arrival;
+        let window = set.sessions.get_mut(key).map(|p| QueuedWindow {
+            arrivals: p.since..now,
+            subscriptions: p.subscriptions.clone(),
+            leftovers: std::mem::take(&mut p.leftovers),
+        });
+        set.remove(key);
+        set.insert_live(key, live);
+        (ledger, window)
+    }
+
+    /// A connected session's subscriptions changed (the router answered a SUBSCRIBE, or
+    /// an UNSUBSCRIBE goes to it).
+    pub(crate) fn live_subscriptions(&self, key: &str, subscriptions: &[SessionSubscription]) {
+        let mut set = self.parked();
+        if let Some(live) = set.remove_live(key) {
+            let live = Live {
+                subscriptions: subscriptions.to_vec(),
+                ..live
+            };
+            set.insert_live(key, live);
         }
-        let (arrival, batch) = self.matching_copies(&m);
+    }
+
+    /// Appends a QoS 1/2 publish to the queue of every parked session with a matching
+    /// subscription, durably, before it is routed, and records it in the ledger of every
+    /// connected persistent session it matches. Returns when committed, with the routed
+    /// PUBLISH, its header numbered (QoS 0 is never queued nor numbered).
+    pub(crate) async fn enqueue_matching(
+        &self,
+        m: Incoming<'_>,
+        routing: Routing,
+        stats: &Stats,
+    ) -> Routed {
+        if m.qos == 0 {
+            return routing.finish(None);
+        }
+        let (routed, batch, writing) = self.matching_copies(&m, routing);
         if !batch.is_empty() {
             let max = self.max_queued;
             match self.store.call(move |s| s.enqueue(&batch, max)).await {
@@ -335,22 +418,69 @@ impl SessionStore {
                 Err(e) => tracing::error!(error = %e, "could not queue a message for a session"),
             }
         }
-        Some(arrival)
+        drop(writing);
+        routed
     }
 
-    /// Numbers a QoS 1/2 publish and builds its copy for each parked session that takes
-    /// it; only sessions whose filters can match are looked at.
-    fn matching_copies(&self, m: &Incoming<'_>) -> (u64, Vec<(String, QueuedMessage)>) {
+    /// Returns once no publisher is still writing a copy for `key`, which is no longer
+    /// parked: its stored queue is then complete.
+    pub(crate) async fn settled(&self, key: &str) {
+        loop {
+            let notified = self.written.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.parked().writing.contains_key(key) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The leaving connection of a parked session queued these from its ledger (see
+    /// [`QueuedWindow`]).
+    pub(crate) fn queued_leftovers(&self, key: &str, arrivals: HashSet<u64>) {
+        if let Some(p) = self.parked().sessions.get_mut(key) {
+            p.leftovers = arrivals;
+        }
+    }
+
+    /// Numbers a QoS 1/2 publish, records it for each connected session that takes it
+    /// and builds its copy for each parked one; only sessions whose filters can match are
+    /// looked at.
+    fn matching_copies(
+        &self,
+        m: &Incoming<'_>,
+        routing: Routing,
+    ) -> (Routed, Vec<(String, QueuedMessage)>, Writing<'_>) {
         let mut guard = self.parked();
         let set = &mut *guard;
         let arrival = set.next_arrival;
         set.next_arrival += 1;
+        let routed = routing.finish(Some(arrival));
+        let live_keys = if set.live.is_empty() {
+            HashSet::new()
+        } else {
+            set.live_index.matching(m.topic)
+        };
+        for key in live_keys {
+            if let Some(live) = set.live.get(key) {
+                if takes(&live.subscriptions, m.topic) {
+                    live.ledger.lock().record(arrival, routed.clone());
+                }
+            }
+        }
+        let mut writing = Writing {
+            store: self,
+            keys: Vec::new(),
+        };
         let keys = set.index.matching(m.topic);
         if keys.is_empty() {
-            return (arrival, Vec::new());
+            return (routed, Vec::new(), writing);
         }
         let now = now_ms();
-        let (properties, expires_at_ms) = stored_properties(m.props, now);
+        // The routed properties: the publisher's, with fleetmq's retain mark, which
+        // the stored copy leaves out.
+        let (properties, expires_at_ms) = stored_properties(routed.1.as_ref(), now);
         let base = QueuedMessage {
             topic: m.topic.to_owned(),
             payload: m.payload.to_vec(),
@@ -368,8 +498,12 @@ impl SessionStore {
                 let copy = copy_for(set.sessions.get(key)?, &base)?;
                 Some((key.to_owned(), copy))
             })
-            .collect();
-        (arrival, batch)
+            .collect::<Vec<_>>();
+        for (key, _) in &batch {
+            *set.writing.entry(key.clone()).or_default() += 1;
+            writing.keys.push(key.clone());
+        }
+        (routed, batch, writing)
     }
 
     /// A session's queue, oldest first.
@@ -412,10 +546,7 @@ impl SessionStore {
 /// Whether the publisher of a message the leaving link collected queued it itself: it
 /// was checked at or after the session's parking and one of its subscriptions takes it.
 fn queued_by_publisher(subs: &[SessionSubscription], mark: ParkMark, u: &Unacked) -> bool {
-    u.arrival.is_some_and(|a| a >= mark.0)
-        && subs
-            .iter()
-            .any(|s| queues(s) && s.qos > 0 && topic::matches(&s.filter, &u.msg.topic))
+    u.arrival.is_some_and(|a| a >= mark.0) && takes(subs, &u.msg.topic)
 }
 
 /// Decides a new connection's session (call with the key's setup lock held, after any

@@ -2,6 +2,12 @@
 //! over a real redb file.
 
 use super::*;
+use fleetmq_storage::MessageProperties;
+use rumqttd::protocol::PublishProperties;
+
+use crate::link::framing::PublishMeta;
+use crate::link::origin::Origin;
+use crate::link::session_link;
 
 fn sub(filter: &str, qos: u8, id: Option<u32>) -> SessionSubscription {
     SessionSubscription {
@@ -26,14 +32,41 @@ fn record(key: &str, subscriptions: Vec<SessionSubscription>) -> SessionRecord {
     }
 }
 
-fn incoming<'a>(topic: &'a str, props: Option<&'a PublishProperties>) -> Incoming<'a> {
+fn incoming(topic: &str) -> Incoming<'_> {
     Incoming {
         topic,
         payload: b"m",
         qos: 1,
         retain: false,
-        props,
     }
+}
+
+/// The check as ingress runs it; the arrival number the routed header carries.
+async fn enqueue(s: &SessionStore, m: Incoming<'_>, stats: &Stats) -> Option<u64> {
+    enqueue_with(s, m, None, stats).await
+}
+
+async fn enqueue_with(
+    s: &SessionStore,
+    m: Incoming<'_>,
+    props: Option<PublishProperties>,
+    stats: &Stats,
+) -> Option<u64> {
+    let origin = Origin {
+        qos: m.qos,
+        conn_id: 1,
+        at_ms: 0,
+        arrival: None,
+    };
+    let meta = PublishMeta {
+        qos: m.qos,
+        pkid: 1,
+        dup: false,
+        retain: false,
+    };
+    let routing = Routing::new(meta, m.topic, origin, m.payload, props);
+    let (mut p, _) = s.enqueue_matching(m, routing, stats).await;
+    Origin::take(&mut p.payload).and_then(|o| o.arrival)
 }
 
 fn sessions(records: Vec<SessionRecord>) -> (tempfile::TempDir, SessionStore) {
@@ -103,8 +136,7 @@ async fn queued_copy_keeps_properties_and_session_ids() {
         ..PublishProperties::default()
     };
     let stats = Stats::default();
-    s.enqueue_matching(incoming("p/x", Some(&props)), &stats)
-        .await;
+    enqueue_with(&s, incoming("p/x"), Some(props), &stats).await;
     let q = s.queued("c:a").await;
     assert_eq!(q.len(), 1);
     let m = &q[0].1;
@@ -158,10 +190,10 @@ async fn message_in_the_parking_window_is_queued_once() {
         arrival,
     };
     // Checked while the client was connected: nobody queued it.
-    let before = s.enqueue_matching(incoming("w/x", None), &stats).await;
+    let before = enqueue(&s, incoming("w/x"), &stats).await;
     let mark = s.begin_park("c:w", &subs, NEVER);
     // Checked after parking: the publisher queued it.
-    let after = s.enqueue_matching(incoming("w/x", None), &stats).await;
+    let after = enqueue(&s, incoming("w/x"), &stats).await;
     assert!(before.expect("numbered") < after.expect("numbered"));
     assert_eq!(s.queued("c:w").await.len(), 1);
     // The router handed both to the leaving link before it left.
@@ -177,4 +209,100 @@ async fn message_in_the_parking_window_is_queued_once() {
     // (The publisher's copy was written first; see the module docs on order.)
     q.sort();
     assert_eq!(q, [b"before".to_vec(), b"m".to_vec()], "each message once");
+}
+
+/// The other side of the window: while the client is connected, each message its
+/// subscriptions take is recorded until the router delivers it; at parking what is
+/// left is what the link never got, in arrival order, and later messages are queued by
+/// their publishers instead.
+#[tokio::test]
+async fn a_connected_session_records_what_the_router_has_not_delivered() {
+    let subs = vec![sub("w/#", 1, None), sub("q0/#", 0, None)];
+    let (_dir, s) = sessions(vec![]);
+    s.save(record("c:w", subs.clone())).await;
+    let stats = Stats::default();
+    let (ledger, window) = s.go_live("c:w", &subs);
+    assert!(window.is_none(), "a new session was not parked");
+    let first = enqueue(&s, incoming("w/1"), &stats)
+        .await
+        .expect("numbered");
+    let second = enqueue(&s, incoming("w/2"), &stats)
+        .await
+        .expect("numbered");
+    enqueue(&s, incoming("other"), &stats).await;
+    // A QoS 0 subscription gets no QoS 1 copy to keep.
+    enqueue(&s, incoming("q0/x"), &stats).await;
+    let third = enqueue(&s, incoming("w/3"), &stats)
+        .await
+        .expect("numbered");
+    assert_eq!(ledger.lock().len(), 3);
+    // The router delivered the second.
+    ledger.lock().delivered([second]);
+    let mark = s.begin_park("c:w", &subs, NEVER);
+    let fourth = enqueue(&s, incoming("w/4"), &stats)
+        .await
+        .expect("numbered");
+    assert_eq!(s.queued("c:w").await.len(), 1, "queued by its publisher");
+    let left: Vec<u64> = ledger
+        .lock()
+        .take()
+        .into_iter()
+        .map(|(mut p, _)| {
+            assert!(p.topic.starts_with(b"w/"));
+            Origin::take(&mut p.payload)
+                .and_then(|o| o.arrival)
+                .expect("numbered")
+        })
+        .collect();
+    assert_eq!(left, [first, third]);
+    assert!(left.iter().all(|&a| a < mark.0));
+    // Resumed: what was queued while it was parked is known, so a late live copy of
+    // it is left out; before and after parking, and other topics, are not.
+    let (ledger, window) = s.go_live("c:w", &subs);
+    let window = window.expect("it was parked");
+    assert!(window.queued(fourth, "w/4"));
+    assert!(!window.queued(third, "w/3"));
+    assert!(!window.queued(fourth, "q0/x"));
+    let fifth = enqueue(&s, incoming("w/5"), &stats)
+        .await
+        .expect("numbered");
+    assert!(!window.queued(fifth, "w/5"));
+    ledger.lock().delivered([fifth]);
+    // Unsubscribed filters stop recording; a discarded session records nothing.
+    s.live_subscriptions("c:w", &subs[1..]);
+    enqueue(&s, incoming("w/7"), &stats).await;
+    assert_eq!(ledger.lock().len(), 0);
+    s.live_subscriptions("c:w", &subs);
+    s.discard("c:w").await;
+    enqueue(&s, incoming("w/6"), &stats).await;
+    assert_eq!(ledger.lock().len(), 0);
+}
+
+/// A ledger keeps at most its cap: the oldest entries (ones the router skipped) go.
+#[test]
+fn a_ledger_is_bounded() {
+    let ledger = crate::link::session_ledger::SharedLedger::new(3);
+    let meta = PublishMeta {
+        qos: 1,
+        pkid: 1,
+        dup: false,
+        retain: false,
+    };
+    let o = Origin {
+        qos: 1,
+        conn_id: 1,
+        at_ms: 0,
+        arrival: None,
+    };
+    for a in 0..5 {
+        let routed = Routing::new(meta, "t", o, b"x", None).finish(Some(a));
+        ledger.lock().record(a, routed);
+    }
+    let left: Vec<u64> = ledger
+        .lock()
+        .take()
+        .into_iter()
+        .filter_map(|(mut p, _)| Origin::take(&mut p.payload).and_then(|o| o.arrival))
+        .collect();
+    assert_eq!(left, [2, 3, 4]);
 }
