@@ -16,9 +16,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use toml::Value;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// An MQTT broker for fleets of edge devices, with the device logic built in.
 #[derive(Debug, Parser)]
 #[command(
