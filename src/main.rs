@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use toml::Value;
 
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// An MQTT broker for fleets of edge devices, with the device logic built in.
 #[derive(Debug, Parser)]
 #[command(
