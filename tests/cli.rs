@@ -2,14 +2,17 @@
 //! name the culprit, and a real `serve` that generates its admin key, answers on the admin
 //! API, exits 0 on SIGTERM/SIGINT and keeps the key across a restart.
 
+mod support;
+
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleetmq");
+use support::{free_ports, BIN};
+
 /// How long a command that should fail at once may take.
 const QUICK: Duration = Duration::from_secs(10);
 /// How long `serve` may take to answer on the admin port.
@@ -68,17 +71,6 @@ fn run(mut cmd: Command, dir: &Path, what: &str) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// `n` distinct free loopback ports: bound together on port 0, then released.
-fn free_ports(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr"))
-        .collect()
 }
 
 /// Listener flags on free loopback ports, so a test never touches the SPEC defaults.
