@@ -15,6 +15,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::handle::{ClientInfo, ClientKind};
 
+/// The sessions table's (and the router's) key of a device's connection: `d:{id}`.
+/// Other clients are `c:{escaped client id}`, so no client can take over a device's
+/// session.
+pub(crate) fn device_key(id: &str) -> String {
+    format!("d:{id}")
+}
+
 /// Why the broker closes a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CloseReason {
@@ -176,8 +183,7 @@ impl Sessions {
         command_id: &str,
         payload: Bytes,
     ) -> bool {
-        // A device's entry is keyed `d:{id}` (`link::connect::router_key`).
-        let key = format!("d:{client_id}");
+        let key = device_key(client_id);
         let live = self.live();
         match live.get(&key) {
             Some(l)

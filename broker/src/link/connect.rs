@@ -142,7 +142,7 @@ fn v4_or_v5(version: Version, v4: ConnectReturnCode, v5: ConnectReturnCode) -> C
 /// namespace with another kind of client: devices are `d:{id}`, everyone else `c:{escaped}`.
 fn router_key(identity: &Identity, client_id: &str) -> String {
     match identity {
-        Identity::Device(d) => format!("d:{}", d.id),
+        Identity::Device(d) => crate::sessions::device_key(d.id.as_str()),
         _ => {
             let mut key = String::with_capacity(client_id.len() + 2);
             key.push_str("c:");
