@@ -24,13 +24,8 @@ const POLL: Duration = Duration::from_millis(25);
 /// `fleetmq` with a clean environment: no `FLEETMQ_*` variables of the caller leak in.
 fn fleetmq() -> Command {
     let mut cmd = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        let leaks = name
-            .to_str()
-            .is_some_and(|n| n.starts_with("FLEETMQ_") || n == "MQTT_USE_ADVANCED_SECURITY");
-        if leaks {
-            cmd.env_remove(name);
-        }
+    for name in support::leaking_vars() {
+        cmd.env_remove(name);
     }
     cmd.env("RUST_LOG", "info").stdin(Stdio::null());
     cmd

@@ -35,16 +35,20 @@ pub fn free_ports(n: usize) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// `fleetmq` with no `FLEETMQ_*` variable of the caller leaking in.
+/// The caller's environment variables that would change how `fleetmq` runs: every
+/// `FLEETMQ_*` and rumqttd's `MQTT_USE_ADVANCED_SECURITY`. Tests remove them.
+pub fn leaking_vars() -> impl Iterator<Item = std::ffi::OsString> {
+    std::env::vars_os().map(|(name, _)| name).filter(|name| {
+        name.to_str()
+            .is_some_and(|n| n.starts_with("FLEETMQ_") || n == "MQTT_USE_ADVANCED_SECURITY")
+    })
+}
+
+/// `fleetmq` with no [`leaking_vars`] of the caller.
 pub fn fleetmq() -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        let leaks = name
-            .to_str()
-            .is_some_and(|n| n.starts_with("FLEETMQ_") || n == "MQTT_USE_ADVANCED_SECURITY");
-        if leaks {
-            cmd.env_remove(name);
-        }
+    for name in leaking_vars() {
+        cmd.env_remove(name);
     }
     cmd.stdin(Stdio::null()).kill_on_drop(true);
     cmd
