@@ -21,6 +21,32 @@ struct RetainedView<'a> {
     encoding: &'static str,
     qos: u8,
     stored_at: String,
+    /// When its MQTT 5 Message Expiry Interval runs out; `null`: never.
+    expires_at: Option<String>,
+    /// The MQTT 5 PUBLISH properties it is delivered with (to v5 subscribers).
+    properties: PropertiesView<'a>,
+}
+
+/// A retained message's publisher properties; absent ones are left out, user
+/// properties keep their order and repeats [MQTT-3.3.2-18].
+#[derive(Serialize)]
+struct PropertiesView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_format_indicator: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_topic: Option<&'a str>,
+    /// Binary in MQTT, so base64 here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_data: Option<String>,
+    user_properties: Vec<UserProperty<'a>>,
+}
+
+#[derive(Serialize)]
+struct UserProperty<'a> {
+    key: &'a str,
+    value: &'a str,
 }
 
 #[derive(Serialize)]
@@ -30,19 +56,30 @@ struct RetainedList<'a> {
 }
 
 fn view(m: &RetainedMessage) -> RetainedView<'_> {
+    let base64 = &base64::engine::general_purpose::STANDARD;
     let (payload, encoding) = match std::str::from_utf8(&m.payload) {
         Ok(text) => (text.to_owned(), "utf8"),
-        Err(_) => (
-            base64::engine::general_purpose::STANDARD.encode(&m.payload),
-            "base64",
-        ),
+        Err(_) => (base64.encode(&m.payload), "base64"),
     };
+    let p = &m.properties;
     RetainedView {
         topic: &m.topic,
         payload,
         encoding,
         qos: m.qos,
         stored_at: rfc3339_ms(m.stored_at_ms),
+        expires_at: m.expires_at_ms.map(rfc3339_ms),
+        properties: PropertiesView {
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type.as_deref(),
+            response_topic: p.response_topic.as_deref(),
+            correlation_data: p.correlation_data.as_ref().map(|d| base64.encode(d)),
+            user_properties: p
+                .user_properties
+                .iter()
+                .map(|(key, value)| UserProperty { key, value })
+                .collect(),
+        },
     }
 }
 
