@@ -41,6 +41,7 @@ mod sealing;
 mod session_index;
 mod session_ledger;
 mod session_link;
+mod session_owed;
 mod session_props;
 pub(crate) mod session_store;
 mod subscriptions;
