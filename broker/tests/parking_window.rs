@@ -166,6 +166,19 @@ async fn parking_window(ver: Ver) {
         sub = next;
     }
     stop.store(true, Ordering::Relaxed);
+    // Keep reading while the publishers finish their last bursts: a subscriber that
+    // reads nothing becomes congested and pauses them (`congestion.rs`) until it is
+    // cut as a stuck consumer after `slow_consumer_timeout_s` (30 s), which is what made
+    // this test take 35 s once in a while.
+    while !publishers.iter().all(|p| p.is_finished()) {
+        take(
+            &mut sub,
+            &mut seen,
+            Duration::from_millis(20),
+            Duration::from_millis(20),
+        )
+        .await;
+    }
     let mut acked = Vec::new();
     for p in publishers {
         acked.extend(p.await.expect("publisher"));
