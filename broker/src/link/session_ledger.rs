@@ -151,6 +151,11 @@ impl Ledger {
         (left, lost)
     }
 
+    /// Undelivered entries kept at most.
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.live

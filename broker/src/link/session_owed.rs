@@ -26,10 +26,6 @@ use super::origin::Origin;
 use super::session_store;
 use super::topic;
 
-/// Arrival numbers delivered from the ledger whose router copy may still come, kept at
-/// most (the oldest are forgotten: by then the router delivered or dropped them).
-const PRE_DELIVERED_MAX: usize = 10_000;
-
 /// When a connected persistent session's subscription took effect.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Marks {
@@ -53,6 +49,9 @@ pub(super) struct OwedState {
     pub(super) resubscribing: std::collections::VecDeque<(Vec<String>, u64)>,
     /// Delivered from the ledger at a SUBACK; the router's copy is left out.
     pub(super) pre_delivered: BTreeSet<u64>,
+    /// The highest `since` of any answered subscription: a delivery numbered at or past
+    /// it is never left out for having come too early (checked once per delivery).
+    pub(super) max_since: u64,
 }
 
 impl Connection {
@@ -102,6 +101,7 @@ impl Connection {
                 .marks
                 .insert(f.clone(), Marks { since, acked });
         }
+        self.sess.owed.max_since = self.sess.owed.max_since.max(since);
         let owed = {
             let mut l = ledger.lock();
             l.delivered(self.sess.delivered.drain(..));
@@ -131,7 +131,10 @@ impl Connection {
                 self.sess.owed.pre_delivered.insert(arrival);
             }
         }
-        while self.sess.owed.pre_delivered.len() > PRE_DELIVERED_MAX {
+        // Kept to the ledger's own bound (what was flushed came out of it); past it the
+        // oldest go, and a late router copy of one of those would be delivered twice.
+        let cap = ledger.lock().cap();
+        while self.sess.owed.pre_delivered.len() > cap {
             self.sess.owed.pre_delivered.pop_first();
         }
     }
@@ -140,8 +143,12 @@ impl Connection {
     /// client: the ledger gave it already, or it was checked before every subscription
     /// that takes it took effect.
     pub(super) fn owed_left_out(&mut self, arrival: u64, topic_name: &str) -> bool {
-        if self.sess.owed.pre_delivered.remove(&arrival) {
+        let owed = &mut self.sess.owed;
+        if !owed.pre_delivered.is_empty() && owed.pre_delivered.remove(&arrival) {
             return true;
+        }
+        if arrival >= owed.max_since {
+            return false;
         }
         let mut matching = self
             .sess

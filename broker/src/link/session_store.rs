@@ -38,7 +38,10 @@
 //! one under the lock, so the ledger then holds exactly the messages numbered below the
 //! mark that the link has not been handed: after collecting its leftovers the link
 //! takes them through egress (ACL, No Local, QoS, expiry) and they are queued with the
-//! rest, in arrival order. A barrier that waits for the router to have forwarded
+//! rest, in arrival order (ahead of what publishers queued since the mark). A new
+//! subscription of a connected session enters the live index before its SUBSCRIBE goes
+//! to the router, and its SUBACK settles what the router may not deliver of what was
+//! recorded meanwhile (`session_owed`). A barrier that waits for the router to have forwarded
 //! everything numbered below the mark is not possible with rumqttd: it consumes each
 //! filter's log separately, 100 at a time round-robin, so no marker proves that
 //! another filter's log has been read past a point.
@@ -508,6 +511,9 @@ impl SessionStore {
             store: self,
             keys: Vec::new(),
         };
+        if set.sessions.is_empty() {
+            return (routed, Vec::new(), writing);
+        }
         let keys = set.index.matching(m.topic);
         if keys.is_empty() {
             return (routed, Vec::new(), writing);
