@@ -478,16 +478,11 @@ impl Connection {
         // Published); those their publisher queued after `begin_park` are left out by
         // `finish_park`.
         while let Some(Ok(Some(n))) = self.s.link_rx.next().now_or_never() {
-            match n {
-                Notification::Forward(f) => self.forward(f),
-                // A subscription the router took is part of the session, and what the
-                // ledger holds for it is delivered as at any SUBACK (`session_owed`).
-                ack @ Notification::DeviceAck(_) => {
-                    if let Some(Packet::SubAck(suback, _)) = Option::<Packet>::from(ack) {
-                        self.session_subacked(&suback);
-                    }
-                }
-                _ => {}
+            // A SUBACK among them is left alone: its subscription is not part of the
+            // session parked above (publishers do not queue for it), so what the ledger
+            // recorded for it alone is not queued either.
+            if let Notification::Forward(f) = n {
+                self.forward(f);
             }
         }
         // Then what was checked before `begin_park` but is still on its way through the
