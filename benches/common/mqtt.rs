@@ -26,6 +26,8 @@ pub const SUBACK: u8 = 9;
 pub struct Login {
     pub client_id: String,
     pub credentials: Option<(String, String)>,
+    /// CONNECT with Clean Session = 0 (a persistent session).
+    pub persistent: bool,
 }
 
 impl Login {
@@ -33,6 +35,7 @@ impl Login {
         Login {
             client_id: client_id.into(),
             credentials: None,
+            persistent: false,
         }
     }
 
@@ -40,6 +43,7 @@ impl Login {
         Login {
             client_id: client_id.to_owned(),
             credentials: Some((username.to_owned(), password.to_owned())),
+            persistent: false,
         }
     }
 }
@@ -63,12 +67,12 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
-/// CONNECT, clean session, no will.
+/// CONNECT, clean session unless the login asks for a persistent one, no will.
 pub fn connect(login: &Login, keep_alive: u16) -> Vec<u8> {
     let mut body = Vec::with_capacity(64);
     put_str(&mut body, b"MQTT");
     body.push(4);
-    let mut flags = 0x02;
+    let mut flags = if login.persistent { 0x00 } else { 0x02 };
     if login.credentials.is_some() {
         flags |= 0xc0;
     }

@@ -75,6 +75,7 @@ impl Broker {
         Login {
             client_id: client_id.to_owned(),
             credentials: self.service.clone(),
+            persistent: false,
         }
     }
 
@@ -133,9 +134,9 @@ pub struct Programs {
 
 impl Programs {
     pub fn find() -> Programs {
-        let fleetmq = PathBuf::from(env!("CARGO_BIN_EXE_fleetmq"));
+        let built = PathBuf::from(env!("CARGO_BIN_EXE_fleetmq"));
         // CARGO_BIN_EXE points into `<target>/<profile>/`.
-        let target = fleetmq
+        let target = built
             .parent()
             .and_then(Path::parent)
             .map_or_else(|| PathBuf::from("target"), Path::to_path_buf);
@@ -148,7 +149,8 @@ impl Programs {
             .or_else(|| Some(PathBuf::from("/usr/sbin/mosquitto")))
             .filter(|p| p.is_file());
         Programs {
-            fleetmq,
+            // Another build of fleetmq (A/B runs against a saved binary).
+            fleetmq: std::env::var_os("LOAD_FLEETMQ_BIN").map_or(built, PathBuf::from),
             rumqttd,
             mosquitto,
             work: target.join("bench-load"),
@@ -408,6 +410,7 @@ async fn provision(
                     login: Login {
                         client_id: id.clone(),
                         credentials: Some((user, pass)),
+                        persistent: false,
                     },
                     id,
                     key,

@@ -4,11 +4,14 @@
 //! ```text
 //! cargo bench --bench load -- [--quick] [--repeat N] [--only fleetmq|rumqttd|mosquitto]
 //!     [--scenarios idle,connect,rr,qos1,qos0] [--client-threads N] [--mosquitto-nodelay]
+//!     [--persistent-subscriber]
 //! ```
 //!
 //! `--repeat N` runs every broker N times (taking turns) and reports the median run;
 //! `--mosquitto-nodelay` adds a Mosquitto run with `set_tcp_nodelay true` (its default
-//! is false). Environment: `RUMQTTD_BIN` (default `<target>/bench-tools/bin/rumqttd`),
+//! is false). `--persistent-subscriber`: the fan-in subscriber connects with a persistent
+//! session (Clean Session = 0; fleetmq then keeps its ledger, see `docs/architecture.md`).
+//! Environment: `LOAD_FLEETMQ_BIN` (another fleetmq build, for A/B runs), `RUMQTTD_BIN` (default `<target>/bench-tools/bin/rumqttd`),
 //! `MOSQUITTO_BIN` (default `/usr/sbin/mosquitto`), `LOAD_FLEETMQ_LOG` (fleetmq's
 //! `RUST_LOG`; unset: fleetmq's own default). A broker that is not installed is skipped
 //! with a line saying how to install it.
@@ -38,6 +41,7 @@ struct Args {
     only: Option<String>,
     client_threads: usize,
     mosquitto_nodelay: bool,
+    persistent_subscriber: bool,
     /// Runs per broker; the report shows the median.
     repeat: usize,
     /// Which scenarios to run (all by default).
@@ -58,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
         only: None,
         client_threads: 1,
         mosquitto_nodelay: false,
+        persistent_subscriber: false,
         repeat: 1,
         scenarios: Vec::new(),
     };
@@ -66,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--quick" => args.quick = true,
             "--mosquitto-nodelay" => args.mosquitto_nodelay = true,
+            "--persistent-subscriber" => args.persistent_subscriber = true,
             "--repeat" => {
                 let n = it.next().ok_or("--repeat needs a number")?;
                 args.repeat = n
@@ -143,11 +149,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
-    let params = if args.quick {
+    let mut params = if args.quick {
         Params::quick()
     } else {
         Params::full()
     };
+    params.persistent_subscriber = args.persistent_subscriber;
     let programs = Programs::find();
     let mut kinds = vec![
         Kind::Fleetmq { encryption: false },

@@ -32,6 +32,8 @@ pub struct Params {
     pub grace: Duration,
     /// Upper bound for one fan-in run.
     pub deadline: Duration,
+    /// The fan-in subscriber connects with a persistent session (Clean Session = 0).
+    pub persistent_subscriber: bool,
 }
 
 impl Params {
@@ -48,6 +50,7 @@ impl Params {
             idle: 2_000,
             grace: Duration::from_secs(1),
             deadline: Duration::from_secs(30),
+            persistent_subscriber: false,
         }
     }
 
@@ -195,12 +198,12 @@ pub async fn fan_in(broker: &Broker, p: &Params, qos: u8) -> anyhow::Result<FanI
         p.qos1_messages
     };
     let per = total / p.publishers;
-    let mut sub = Client::connect(
-        broker.mqtt,
-        &broker.subscriber(&format!("bench-sub-q{qos}")),
-        600,
-    )
-    .await?;
+    // A persistent subscriber gets a fresh client id every run (nothing to resume) and
+    // its session is discarded afterwards, so later runs queue nothing for it.
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let mut login = broker.subscriber(&format!("bench-sub-q{qos}-{}", RUNS.fetch_add(1, Relaxed)));
+    login.persistent = p.persistent_subscriber;
+    let mut sub = Client::connect(broker.mqtt, &login, 600).await?;
     sub.chunk = 256 * 1024;
     sub.subscribe("device/+/telemetry", qos).await?;
     let mut publishers = Vec::new();
@@ -294,6 +297,11 @@ pub async fn fan_in(broker: &Broker, p: &Params, qos: u8) -> anyhow::Result<FanI
         keep.push(client);
     }
     drop(keep);
+    if login.persistent {
+        drop(sub);
+        login.persistent = false;
+        drop(Client::connect(broker.mqtt, &login, 600).await?);
+    }
     let drops_after = broker.queue_full_drops().await;
     Ok(FanIn {
         sent,

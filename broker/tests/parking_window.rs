@@ -1,7 +1,9 @@
 //! The parking window (issue #3): a persistent session's client that leaves in the middle
 //! of a QoS 1 flood gets, after it resumes, every message a publisher was acknowledged
 //! for — exactly once, except that a message still in flight (sent, its PUBACK not
-//! processed) when the connection ended may come again with DUP=1.
+//! processed) when the connection ended may come again with DUP=1 — and in each
+//! publisher's order [MQTT-4.6.0-5]: a message first arrives after every earlier one of
+//! its publisher.
 //!
 //! The messages at risk are those a publisher checked against the parked sessions just
 //! before the session was parked, but that the router had not yet handed to the leaving
@@ -65,12 +67,16 @@ async fn flood(
     acked
 }
 
-/// What the persistent subscriber saw: payload → how often, and whether every copy
-/// after the first carried DUP.
+/// What the persistent subscriber saw: payload → how often, whether every copy after
+/// the first carried DUP, and whether each message first came after every earlier one
+/// of its publisher.
 #[derive(Default)]
 struct Seen {
     count: HashMap<String, usize>,
     undue_duplicates: Vec<String>,
+    /// Publisher → the highest message number seen from it.
+    highest: HashMap<String, u64>,
+    out_of_order: Vec<String>,
 }
 
 impl Seen {
@@ -79,7 +85,16 @@ impl Seen {
         let n = self.count.entry(p.clone()).or_default();
         *n += 1;
         if *n > 1 && !dup {
-            self.undue_duplicates.push(p);
+            self.undue_duplicates.push(p.clone());
+        }
+        if *n == 1 {
+            let (who, num) = p.split_once('-').expect("who-n");
+            let num: u64 = num.parse().expect("message number");
+            let highest = self.highest.entry(who.to_owned()).or_insert(num);
+            if num < *highest {
+                self.out_of_order.push(format!("{p} after {who}-{highest}"));
+            }
+            *highest = (*highest).max(num);
         }
     }
 }
@@ -151,6 +166,19 @@ async fn parking_window(ver: Ver) {
         sub = next;
     }
     stop.store(true, Ordering::Relaxed);
+    // Keep reading while the publishers finish their last bursts: a subscriber that
+    // reads nothing becomes congested and pauses them (`congestion.rs`) until it is
+    // cut as a stuck consumer after `slow_consumer_timeout_s` (30 s), which is what made
+    // this test take 35 s once in a while.
+    while !publishers.iter().all(|p| p.is_finished()) {
+        take(
+            &mut sub,
+            &mut seen,
+            Duration::from_millis(20),
+            Duration::from_millis(20),
+        )
+        .await;
+    }
     let mut acked = Vec::new();
     for p in publishers {
         acked.extend(p.await.expect("publisher"));
@@ -182,6 +210,12 @@ async fn parking_window(ver: Ver) {
         lost.iter().take(5).collect::<Vec<_>>(),
         seen.undue_duplicates.len(),
         seen.undue_duplicates.iter().take(5).collect::<Vec<_>>(),
+    );
+    assert!(
+        seen.out_of_order.is_empty(),
+        "{} messages first came after a later one of their publisher (first: {:?})",
+        seen.out_of_order.len(),
+        seen.out_of_order.iter().take(5).collect::<Vec<_>>(),
     );
 }
 

@@ -129,29 +129,31 @@ impl Connection {
         } = forward;
         let routed = framing::meta_of(&publish);
         self.ack_router(routed);
-        self.deliver(publish, properties, routed.qos, cursor);
+        self.deliver(publish, properties, routed.qos, Some(cursor));
     }
 
-    /// A message for the client at `routed_qos` (the subscription's), from the router or
-    /// from the session's ledger when it parks (`session_ledger`, no cursor).
+    /// A message for the client at `routed_qos` (the subscription's), from the router
+    /// (`router`: with its log cursor) or from the session's ledger (`session_owed`,
+    /// `None`).
     pub(super) fn deliver(
         &mut self,
         mut publish: Publish,
         mut properties: Option<PublishProperties>,
         routed_qos: u8,
-        cursor: Option<(u64, u64)>,
+        router: Option<Option<(u64, u64)>>,
     ) {
         let origin = Origin::take(&mut publish.payload);
         let Ok(topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
             return;
         };
-        if let Some(arrival) = origin.and_then(|o| o.arrival) {
+        if let (Some(arrival), true) = (origin.and_then(|o| o.arrival), router.is_some()) {
             if self.session_delivered(arrival, &topic) {
-                // Its publisher queued it for the parked session; it comes from there.
+                // Its publisher queued it for the parked session, or the session's
+                // ledger gave it already: it comes from there (`session_owed`).
                 return;
             }
         }
-        if let Some((_, offset)) = cursor {
+        if let Some((_, offset)) = router.flatten() {
             let skipped = self.subs.skipped(&topic, offset);
             if skipped > 0 {
                 // The router's log outran this reader: lost, but never silently.

@@ -21,7 +21,9 @@
 //! - `session_store`, `session_link`: persistent sessions, their redb queues and expiry;
 //!   `session_index`: the parked sessions' filters by level, so a publish finds its
 //!   parked subscribers without scanning them all; `session_ledger`: what the router
-//!   still owes a connected persistent session, queued if it parks first.
+//!   still owes a connected persistent session, queued if it parks first;
+//!   `session_owed`: the connection's side of it (when a subscription takes effect,
+//!   what a SUBACK settles).
 
 pub(crate) mod acl;
 mod alias;
@@ -41,6 +43,7 @@ mod sealing;
 mod session_index;
 mod session_ledger;
 mod session_link;
+mod session_owed;
 mod session_props;
 pub(crate) mod session_store;
 mod subscriptions;

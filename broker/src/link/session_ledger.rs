@@ -10,7 +10,7 @@
 //! holds too, not a copy) with its properties, so the leaving connection takes it
 //! through egress exactly as if the router had delivered it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fleetmq_storage::SessionSubscription;
@@ -19,10 +19,20 @@ use super::origin::Routed;
 use super::session_store;
 
 /// A connected persistent session's undelivered messages, by arrival number.
+///
+/// Recorded under the check's lock, so arrival numbers only grow: an entry is appended,
+/// found again by binary search, and a delivered one is cleared in place and dropped
+/// once it reaches the front (no allocation or rebalancing per message).
 pub(crate) struct Ledger {
-    entries: BTreeMap<u64, Routed>,
-    /// Entries kept at most; past it the oldest are forgotten.
+    entries: VecDeque<(u64, Option<Routed>)>,
+    /// Entries still undelivered.
+    live: usize,
+    /// Undelivered entries kept at most; past it the oldest are evicted.
     cap: usize,
+    /// Arrival numbers of evicted entries the router has not delivered since (at most
+    /// `cap`, past it counted in `forgotten`): lost if the session parks first.
+    evicted: BTreeSet<u64>,
+    forgotten: u64,
 }
 
 /// The ledger of one connected session, shared by the publishers' check (which records)
@@ -33,8 +43,11 @@ pub(crate) struct SharedLedger(Arc<Mutex<Ledger>>);
 impl SharedLedger {
     pub(crate) fn new(cap: usize) -> SharedLedger {
         SharedLedger(Arc::new(Mutex::new(Ledger {
-            entries: BTreeMap::new(),
+            entries: VecDeque::new(),
+            live: 0,
             cap: cap.max(1),
+            evicted: BTreeSet::new(),
+            forgotten: 0,
         })))
     }
 
@@ -45,38 +58,107 @@ impl SharedLedger {
 
 impl Ledger {
     /// A message checked for the session (arrival numbers only grow). Past the cap the
-    /// oldest entry goes: one the router never delivers (it skipped it for a slow
-    /// subscriber, counted there, or dropped it as expired in its log) would otherwise
-    /// stay until the session parks.
+    /// oldest undelivered entry is evicted: the router skipped it for a slow subscriber
+    /// (counted there) or dropped it as expired in its log, or it is still on its way —
+    /// then it is lost if the session parks before the router delivers it, and counted
+    /// at parking (see [`Ledger::take`]).
     pub(crate) fn record(&mut self, arrival: u64, routed: Routed) {
-        self.entries.insert(arrival, routed);
-        while self.entries.len() > self.cap {
-            self.entries.pop_first();
+        self.entries.push_back((arrival, Some(routed)));
+        self.live += 1;
+        while self.live > self.cap {
+            let Some((a, e)) = self.entries.pop_front() else {
+                break;
+            };
+            if e.is_some() {
+                self.live -= 1;
+                self.evicted.insert(a);
+            }
         }
+        while self.evicted.len() > self.cap {
+            self.evicted.pop_first();
+            self.forgotten += 1;
+        }
+        self.compact();
     }
 
     /// The router handed these to the connection.
     pub(crate) fn delivered(&mut self, arrivals: impl IntoIterator<Item = u64>) {
         for a in arrivals {
-            self.entries.remove(&a);
+            match self.entries.binary_search_by_key(&a, |e| e.0) {
+                Ok(i) => {
+                    if self.entries[i].1.take().is_some() {
+                        self.live -= 1;
+                    }
+                }
+                Err(_) => {
+                    self.evicted.remove(&a);
+                }
+            }
+        }
+        self.compact();
+    }
+
+    /// Drops delivered entries at the front, and all of them once they outnumber the
+    /// undelivered ones (an old entry the router never delivers keeps the front).
+    fn compact(&mut self) {
+        while self.entries.front().is_some_and(|e| e.1.is_none()) {
+            self.entries.pop_front();
+        }
+        if self.entries.len() > 64 && self.entries.len() > 2 * self.live {
+            self.entries.retain(|e| e.1.is_some());
         }
     }
 
     /// Keeps only the entries whose topic `keep` accepts (after an UNSUBSCRIBE: the
     /// router no longer delivers the others).
     pub(crate) fn retain_topics(&mut self, keep: impl Fn(&str) -> bool) {
-        self.entries
-            .retain(|_, (p, _)| std::str::from_utf8(&p.topic).is_ok_and(&keep));
+        self.entries.retain(|(_, e)| {
+            e.as_ref()
+                .is_some_and(|(p, _)| std::str::from_utf8(&p.topic).is_ok_and(&keep))
+        });
+        self.live = self.entries.len();
     }
 
-    /// Everything still undelivered, in arrival order.
-    pub(crate) fn take(&mut self) -> Vec<Routed> {
-        std::mem::take(&mut self.entries).into_values().collect()
+    /// Takes out, in arrival order, the entries `take` picks by arrival number and topic
+    /// (those the router may never deliver when a SUBSCRIBE is answered, see
+    /// `session_owed`).
+    pub(crate) fn take_where(&mut self, take: impl Fn(u64, &str) -> bool) -> Vec<Routed> {
+        let mut out = Vec::new();
+        for (a, e) in &mut self.entries {
+            let picked = e
+                .as_ref()
+                .is_some_and(|(p, _)| std::str::from_utf8(&p.topic).is_ok_and(|t| take(*a, t)));
+            if picked {
+                out.extend(e.take());
+            }
+        }
+        self.live -= out.len();
+        self.compact();
+        out
+    }
+
+    /// Everything still undelivered, in arrival order, and how many evicted entries the
+    /// router never delivered (lost now).
+    pub(crate) fn take(&mut self) -> (Vec<Routed>, u64) {
+        let lost = self.evicted.len() as u64 + self.forgotten;
+        self.evicted.clear();
+        self.forgotten = 0;
+        self.live = 0;
+        let left = std::mem::take(&mut self.entries)
+            .into_iter()
+            .filter_map(|(_, e)| e)
+            .collect();
+        (left, lost)
+    }
+
+    /// Undelivered entries kept at most.
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.live
     }
 }
 

@@ -16,9 +16,9 @@ use rumqttd::Notification;
 
 use super::connection::{Connection, Ending};
 use super::framing::Version;
-use super::origin::Origin;
 use super::outbound::OutMsg;
 use super::session_ledger::SharedLedger;
+use super::session_owed::OwedState;
 use super::session_store;
 use super::topic;
 /// The packet id of the SUBSCRIBE that restores a resumed session's router
@@ -66,18 +66,20 @@ pub(crate) struct SessionStart {
 #[derive(Default)]
 pub(crate) struct SessionLink {
     start: SessionStart,
-    subs: BTreeMap<String, SessionSubscription>,
+    pub(super) subs: BTreeMap<String, SessionSubscription>,
     /// Filters of SUBSCRIBEs the router has not answered yet, and whether each
     /// subscription existed before (Retain Handling 1).
-    pending_subs: HashMap<u16, Vec<(SessionSubscription, bool)>>,
+    pub(super) pending_subs: HashMap<u16, Vec<(SessionSubscription, bool)>>,
     subs_dirty: bool,
     saved_qos2: HashSet<u16>,
     /// Whether this connection stored a session record.
     saved: bool,
     /// What the router still owes this persistent session (`session_ledger`).
-    ledger: Option<SharedLedger>,
+    pub(super) ledger: Option<SharedLedger>,
     /// Arrival numbers the router delivered since the ledger was last told.
-    delivered: Vec<u64>,
+    pub(super) delivered: Vec<u64>,
+    /// When its subscriptions took effect (`session_owed`).
+    pub(super) owed: OwedState,
     /// What publishers queued while the resumed session was parked.
     queued_window: Option<session_store::QueuedWindow>,
 }
@@ -158,7 +160,7 @@ impl Connection {
             if self.sess.start.persistent {
                 self.sess.saved = true;
                 self.core.session_store.save(self.session_record()).await;
-                let (ledger, window) = self.core.session_store.go_live(&self.s.router_key, &[]);
+                let (ledger, window, _) = self.core.session_store.go_live(&self.s.router_key, &[]);
                 self.sess.ledger = Some(ledger);
                 self.sess.queued_window = window;
             }
@@ -168,6 +170,7 @@ impl Connection {
         self.sess.saved_qos2 = self.inbound_qos2.clone();
         // One SUBSCRIBE per Subscription Identifier, so live messages carry it again.
         let mut filters: BTreeMap<Option<u32>, Vec<Filter>> = BTreeMap::new();
+        let mut resubscribed = Vec::new();
         for sub in rec.subscriptions {
             // Permissions may have changed while the client was away.
             if matches!(
@@ -185,6 +188,7 @@ impl Connection {
         }
         if !filters.is_empty() {
             for (id, filters) in filters {
+                resubscribed.push(filters.iter().map(|f| f.path.clone()).collect());
                 let props = id.map(|id| SubscribeProperties {
                     id: Some(id as usize),
                     user_properties: Vec::new(),
@@ -204,9 +208,12 @@ impl Connection {
             // From parked to connected in one step: every publish is either queued or
             // recorded for it.
             let subs: Vec<SessionSubscription> = self.sess.subs.values().cloned().collect();
-            let (ledger, window) = self.core.session_store.go_live(&key, &subs);
+            let (ledger, window, since) = self.core.session_store.go_live(&key, &subs);
             self.sess.ledger = Some(ledger);
             self.sess.queued_window = window;
+            // Its subscriptions take effect here; each re-subscribe's SUBACK settles what
+            // was checked before the router had it (`session_owed`).
+            self.sess.owed.resubscribing = resubscribed.into_iter().map(|f| (f, since)).collect();
         } else {
             self.core.session_store.unpark(&key);
         }
@@ -278,6 +285,8 @@ impl Connection {
             })
             .collect();
         self.sess.pending_subs.insert(pkid, subs);
+        // Recorded in the ledger from here on, before the router has the SUBSCRIBE.
+        self.owed_subscribing(pkid);
     }
 
     /// The router answered a SUBSCRIBE: records the subscriptions and queues the retained
@@ -286,11 +295,16 @@ impl Connection {
     /// SUBACK of the link's own re-subscribe, which the client must not see.
     pub(super) fn session_subacked(&mut self, suback: &SubAck) -> bool {
         if suback.pkid == RESUBSCRIBE_PKID {
+            if let Some((filters, since)) = self.sess.owed.resubscribing.pop_front() {
+                self.owed_subacked(filters, since);
+            }
             return true;
         }
         let Some(subs) = self.sess.pending_subs.remove(&suback.pkid) else {
             return false;
         };
+        let since = self.sess.owed.pending_since.remove(&suback.pkid);
+        let mut granted_filters = Vec::new();
         for ((mut sub, existed), code) in subs.into_iter().zip(&suback.return_codes) {
             let Some(granted) = qos_of(code) else {
                 continue;
@@ -320,34 +334,32 @@ impl Connection {
                     self.queue.push(msg);
                 }
             }
+            granted_filters.push(sub.filter.clone());
             self.sess.subs.insert(sub.filter.clone(), sub);
             self.sess.subs_dirty = true;
         }
-        // The router delivers on them from now on.
-        self.session_live_subscriptions();
+        // The router delivers on them from now on; what it may not deliver of what the
+        // ledger recorded for them since the SUBSCRIBE went out is delivered now.
+        if let Some(since) = since {
+            self.owed_subacked(granted_filters, since);
+        }
         false
     }
 
     pub(super) fn session_unsubscribed(&mut self, filters: &[String]) {
         for f in filters {
             self.sess.subs_dirty |= self.sess.subs.remove(f).is_some();
+            self.sess.owed.marks.remove(f);
         }
-        self.session_live_subscriptions();
         if let Some(ledger) = &self.sess.ledger {
-            // The router drops what it has not delivered on them.
-            let subs: Vec<SessionSubscription> = self.sess.subs.values().cloned().collect();
-            ledger
-                .lock()
-                .retain_topics(|t| session_store::takes(&subs, t));
-        }
-    }
-
-    fn session_live_subscriptions(&self) {
-        if self.sess.ledger.is_some() {
-            let subs: Vec<SessionSubscription> = self.sess.subs.values().cloned().collect();
+            let subs = self.owed_subscriptions();
             self.core
                 .session_store
                 .live_subscriptions(&self.s.router_key, &subs);
+            // The router drops what it has not delivered on them.
+            ledger
+                .lock()
+                .retain_topics(|t| session_store::takes(&subs, t));
         }
     }
 
@@ -355,13 +367,15 @@ impl Connection {
     /// it is already in the session's stored queue (see `QueuedWindow`), so this copy
     /// is not for the client.
     pub(super) fn session_delivered(&mut self, arrival: u64, topic_name: &str) -> bool {
-        if self.sess.ledger.is_some() {
-            self.sess.delivered.push(arrival);
+        if self.sess.ledger.is_none() {
+            return false;
         }
+        self.sess.delivered.push(arrival);
         self.sess
             .queued_window
             .as_ref()
             .is_some_and(|w| w.queued(arrival, topic_name))
+            || self.owed_left_out(arrival, topic_name)
     }
 
     /// What the router had not handed this connection when its session parked: each
@@ -372,38 +386,20 @@ impl Connection {
         let Some(ledger) = self.sess.ledger.take() else {
             return arrivals;
         };
-        let left = {
+        let (left, lost) = {
             let mut l = ledger.lock();
             l.delivered(self.sess.delivered.drain(..));
             l.take()
         };
-        for (publish, mut props) in left {
-            let Ok(topic_name) = std::str::from_utf8(&publish.topic) else {
-                continue;
-            };
-            let mut payload = publish.payload.clone();
-            arrivals.extend(Origin::take(&mut payload).and_then(|o| o.arrival));
-            let matching: Vec<&SessionSubscription> = self
-                .sess
-                .subs
-                .values()
-                .filter(|s| !topic::is_shared(&s.filter) && topic::matches(&s.filter, topic_name))
-                .collect();
-            let Some(qos) = matching.iter().map(|s| s.qos).max() else {
-                continue;
-            };
-            let mut ids: Vec<usize> = matching
-                .iter()
-                .filter_map(|s| s.id.map(|id| id as usize))
-                .collect();
-            ids.sort_unstable();
-            ids.dedup();
-            if !ids.is_empty() {
-                props
-                    .get_or_insert_with(PublishProperties::default)
-                    .subscription_identifiers = ids;
-            }
-            self.deliver(publish, props, qos, None);
+        if lost > 0 {
+            // Evicted past the ledger's bound and never delivered: lost, but counted.
+            self.core
+                .stats
+                .dropped_many(crate::stats::DropCause::SlowConsumer, lost);
+            tracing::warn!(client_id = %self.s.client_id, lost, "session parked while owed more than its ledger keeps");
+        }
+        for (publish, props) in left {
+            arrivals.extend(self.deliver_owed(publish, props));
         }
         arrivals
     }
@@ -471,6 +467,8 @@ impl Connection {
         }
         let key = self.s.router_key.clone();
         let subs: Vec<SessionSubscription> = self.sess.subs.values().cloned().collect();
+        // The queue's newest entry before parking: publishers' copies come after it.
+        let stored = self.core.session_store.last_queued_seq(&key).await;
         let mark = self
             .core
             .session_store
@@ -480,6 +478,9 @@ impl Connection {
         // Published); those their publisher queued after `begin_park` are left out by
         // `finish_park`.
         while let Some(Ok(Some(n))) = self.s.link_rx.next().now_or_never() {
+            // A SUBACK among them is left alone: its subscription is not part of the
+            // session parked above (publishers do not queue for it), so what the ledger
+            // recorded for it alone is not queued either.
             if let Notification::Forward(f) = n {
                 self.forward(f);
             }
@@ -500,6 +501,7 @@ impl Connection {
                 owed.messages,
                 owed.stored_inflight,
                 mark,
+                stored,
                 &self.core.stats,
             )
             .await;

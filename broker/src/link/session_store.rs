@@ -38,7 +38,10 @@
 //! one under the lock, so the ledger then holds exactly the messages numbered below the
 //! mark that the link has not been handed: after collecting its leftovers the link
 //! takes them through egress (ACL, No Local, QoS, expiry) and they are queued with the
-//! rest, in arrival order. A barrier that waits for the router to have forwarded
+//! rest, in arrival order (ahead of what publishers queued since the mark). A new
+//! subscription of a connected session enters the live index before its SUBSCRIBE goes
+//! to the router, and its SUBACK settles what the router may not deliver of what was
+//! recorded meanwhile (`session_owed`). A barrier that waits for the router to have forwarded
 //! everything numbered below the mark is not possible with rumqttd: it consumes each
 //! filter's log separately, 100 at a time round-robin, so no marker proves that
 //! another filter's log has been read past a point.
@@ -115,7 +118,7 @@ impl ParkedSet {
 
     fn insert_live(&mut self, key: &str, live: Live) {
         self.remove_live(key);
-        for s in live.subscriptions.iter().filter(|s| queues(s)) {
+        for s in live.subscriptions.iter().filter(|s| records(s)) {
             self.live_index.insert(&s.filter, key);
         }
         self.live.insert(key.to_owned(), live);
@@ -123,7 +126,7 @@ impl ParkedSet {
 
     fn remove_live(&mut self, key: &str) -> Option<Live> {
         let live = self.live.remove(key)?;
-        for s in live.subscriptions.iter().filter(|s| queues(s)) {
+        for s in live.subscriptions.iter().filter(|s| records(s)) {
             self.live_index.remove(&s.filter, key);
         }
         Some(live)
@@ -134,6 +137,12 @@ impl ParkedSet {
 /// subscription's messages go to a connected member instead).
 fn queues(s: &SessionSubscription) -> bool {
     !topic::is_shared(&s.filter)
+}
+
+/// Whether a connected session's subscription takes QoS 1/2 messages into its ledger:
+/// one that would queue them, above QoS 0 (so a match in the live index is a take).
+fn records(s: &SessionSubscription) -> bool {
+    queues(s) && s.qos > 0
 }
 
 /// Where a session's parking cut the arrival numbers: messages numbered at or past it
@@ -321,36 +330,53 @@ impl SessionStore {
 
     /// The client left: stores the record (with its pending PUBRELs), marks the queue
     /// entries that were in flight with their packet ids (`sent`: seq, packet id) and
-    /// appends what it had not acknowledged to the queue, except what publishers queued
-    /// themselves after `mark`.
+    /// queues what it had not acknowledged, except what publishers queued themselves
+    /// after `mark`. Those go ahead of the copies publishers queued since `mark` (queue
+    /// entries past `stored`, the newest one before `begin_park`: nothing is queued for
+    /// a connected session), so the queue stays in arrival order: everything the
+    /// connection owed arrived before the mark.
     pub(crate) async fn finish_park(
         &self,
         mut rec: SessionRecord,
         unacked: Vec<Unacked>,
         sent: Vec<(u64, u16)>,
         mark: ParkMark,
+        stored: Option<u64>,
         stats: &Stats,
     ) {
         rec.disconnected_at_ms = Some(now_ms());
-        let key = rec.key.clone();
         let max = self.max_queued;
         let batch: Vec<_> = unacked
             .into_iter()
             .filter(|u| !queued_by_publisher(&rec.subscriptions, mark, u))
-            .map(|u| (key.clone(), u.msg))
+            .map(|u| u.msg)
             .collect();
         let result = self
             .store
             .call(move |s| {
                 s.put_session(&rec)?;
                 s.mark_sent(&rec.key, &sent)?;
-                s.enqueue(&batch, max)
+                s.enqueue_before(&rec.key, stored, &batch, max)
             })
             .await;
         match result {
             Ok(dropped) => count_dropped(stats, dropped),
             Err(e) => tracing::error!(error = %e, "could not park a session"),
         }
+    }
+
+    /// The sequence number of the newest entry of a session's queue: read by a
+    /// connection about to park its session, so what publishers queue from then on is
+    /// told apart (`finish_park`).
+    pub(crate) async fn last_queued_seq(&self, key: &str) -> Option<u64> {
+        let key = key.to_owned();
+        self.store
+            .call(move |s| s.last_queued_seq(&key))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "could not read a session queue");
+                None
+            })
     }
 
     /// Stops queuing for a session whose client is back (its router link is subscribed).
@@ -361,12 +387,13 @@ impl SessionStore {
     /// A persistent session's client is connected (its router link subscribed to
     /// `subscriptions`): stops queuing for it, if it was parked, and from now on records
     /// what its subscriptions take in the returned ledger, until `begin_park`. For a
-    /// session that was parked, also the window of arrival numbers its publishers queued.
+    /// session that was parked, also the window of arrival numbers its publishers queued;
+    /// and the arrival counter from which the ledger records.
     pub(crate) fn go_live(
         &self,
         key: &str,
         subscriptions: &[SessionSubscription],
-    ) -> (SharedLedger, Option<QueuedWindow>) {
+    ) -> (SharedLedger, Option<QueuedWindow>, u64) {
         let ledger = SharedLedger::new(self.max_queued.saturating_mul(LEDGER_PER_QUEUED));
         let live = Live {
             subscriptions: subscriptions.to_vec(),
@@ -381,12 +408,18 @@ impl SessionStore {
         });
         set.remove(key);
         set.insert_live(key, live);
-        (ledger, window)
+        (ledger, window, now)
     }
 
-    /// A connected session's subscriptions changed (the router answered a SUBSCRIBE, or
-    /// an UNSUBSCRIBE goes to it).
-    pub(crate) fn live_subscriptions(&self, key: &str, subscriptions: &[SessionSubscription]) {
+    /// A connected session's subscriptions changed (a SUBSCRIBE goes to the router, the
+    /// router answered one, or an UNSUBSCRIBE goes to it). Returns the arrival counter
+    /// at the change: a message numbered at or past it was checked with these
+    /// subscriptions (`session_owed`).
+    pub(crate) fn live_subscriptions(
+        &self,
+        key: &str,
+        subscriptions: &[SessionSubscription],
+    ) -> u64 {
         let mut set = self.parked();
         if let Some(live) = set.remove_live(key) {
             let live = Live {
@@ -395,6 +428,12 @@ impl SessionStore {
             };
             set.insert_live(key, live);
         }
+        set.next_arrival
+    }
+
+    /// The arrival counter now: every message numbered below it has been checked.
+    pub(crate) fn arrival_mark(&self) -> u64 {
+        self.parked().next_arrival
     }
 
     /// Appends a QoS 1/2 publish to the queue of every parked session with a matching
@@ -462,17 +501,19 @@ impl SessionStore {
         } else {
             set.live_index.matching(m.topic)
         };
+        // Only subscriptions that take QoS 1/2 copies are in the live index.
         for key in live_keys {
             if let Some(live) = set.live.get(key) {
-                if takes(&live.subscriptions, m.topic) {
-                    live.ledger.lock().record(arrival, routed.clone());
-                }
+                live.ledger.lock().record(arrival, routed.clone());
             }
         }
         let mut writing = Writing {
             store: self,
             keys: Vec::new(),
         };
+        if set.sessions.is_empty() {
+            return (routed, Vec::new(), writing);
+        }
         let keys = set.index.matching(m.topic);
         if keys.is_empty() {
             return (routed, Vec::new(), writing);

@@ -175,21 +175,74 @@ impl Store {
                     .map(|(k, _)| k.value().1);
                 let seq = last.map_or(0, |s| s + 1);
                 queue.insert((key, seq), encode_queued(key, msg)?.as_slice())?;
-                let len = queue.range((key, 0)..=(key, u64::MAX))?.count();
-                let excess = len.saturating_sub(max_per_session);
-                if excess > 0 {
-                    let oldest: Vec<u64> = queue
-                        .range((key, 0)..=(key, u64::MAX))?
-                        .take(excess)
-                        .map(|e| e.map(|(k, _)| k.value().1))
-                        .collect::<Result<_, _>>()?;
-                    for seq in oldest {
-                        queue.remove((key, seq))?;
-                        dropped += 1;
-                    }
-                }
+                dropped += trim(&mut queue, key, max_per_session)?;
             }
             Ok(dropped)
+        })
+    }
+
+    /// Puts messages into `key`'s queue ahead of its entries numbered past `after` (all
+    /// of them for `None`), in one durable transaction: those are renumbered to follow.
+    /// For a session being parked, whose publishers already queued what arrived after
+    /// what its connection still owed. The queue is then cut to `max_per_session` as in
+    /// [`Store::enqueue`]; returns how many were dropped. Nothing is stored for a session
+    /// that no longer exists.
+    pub fn enqueue_before(
+        &self,
+        key: &str,
+        after: Option<u64>,
+        msgs: &[QueuedMessage],
+        max_per_session: usize,
+    ) -> Result<u64, StoreError> {
+        if msgs.is_empty() {
+            return Ok(0);
+        }
+        self.write(|txn| {
+            if txn.open_table(SESSIONS)?.get(key)?.is_none() {
+                return Ok(0);
+            }
+            let mut queue = txn.open_table(QUEUE)?;
+            let from = after.map_or(0, |a| a.saturating_add(1));
+            let newer: Vec<(u64, Vec<u8>)> = queue
+                .range((key, from)..=(key, u64::MAX))?
+                .map(|e| e.map(|(k, v)| (k.value().1, v.value().to_vec())))
+                .collect::<Result<_, _>>()?;
+            let mut seq = newer.first().map_or_else(
+                || -> Result<u64, StoreError> {
+                    Ok(queue
+                        .range((key, 0)..=(key, u64::MAX))?
+                        .next_back()
+                        .transpose()?
+                        .map_or(0, |(k, _)| k.value().1 + 1))
+                },
+                |(first, _)| Ok(*first),
+            )?;
+            for (old, _) in &newer {
+                queue.remove((key, *old))?;
+            }
+            for m in msgs {
+                queue.insert((key, seq), encode_queued(key, m)?.as_slice())?;
+                seq += 1;
+            }
+            for (_, bytes) in &newer {
+                queue.insert((key, seq), bytes.as_slice())?;
+                seq += 1;
+            }
+            trim(&mut queue, key, max_per_session)
+        })
+    }
+
+    /// The sequence number of the newest entry of a session's queue (entries queued
+    /// later get higher ones, as long as it is not emptied).
+    pub fn last_queued_seq(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.read(|txn| {
+            let queue = txn.open_table(QUEUE)?;
+            let last = queue
+                .range((key, 0)..=(key, u64::MAX))?
+                .next_back()
+                .transpose()?
+                .map(|(k, _)| k.value().1);
+            Ok(last)
         })
     }
 
@@ -241,6 +294,28 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// Drops the oldest of `key`'s queue past `max_per_session`; how many.
+fn trim(
+    queue: &mut redb::Table<'_, (&'static str, u64), &'static [u8]>,
+    key: &str,
+    max_per_session: usize,
+) -> Result<u64, StoreError> {
+    let len = queue.range((key, 0)..=(key, u64::MAX))?.count();
+    let excess = len.saturating_sub(max_per_session);
+    if excess == 0 {
+        return Ok(0);
+    }
+    let oldest: Vec<u64> = queue
+        .range((key, 0)..=(key, u64::MAX))?
+        .take(excess)
+        .map(|e| e.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    for seq in &oldest {
+        queue.remove((key, *seq))?;
+    }
+    Ok(oldest.len() as u64)
 }
 
 #[cfg(test)]
@@ -327,5 +402,55 @@ pub(crate) mod tests {
         assert!(store.delete_session("c:sensor").unwrap());
         assert_eq!(store.queued("c:sensor").unwrap(), vec![]);
         assert_eq!(store.get_session("c:sensor").unwrap(), None);
+    }
+
+    /// A parking connection's leftovers go ahead of what publishers queued meanwhile,
+    /// behind what was stored before; then the oldest past the bound go.
+    #[test]
+    fn enqueue_before_puts_messages_ahead_of_newer_entries() {
+        let (_dir, store) = temp_store();
+        store.put_session(&session()).unwrap();
+        let key = "c:sensor";
+        let append = |p: u8| {
+            store
+                .enqueue(&[(key.to_owned(), queued(&[p]))], 100)
+                .unwrap()
+        };
+        append(1);
+        append(2);
+        let stored = store.last_queued_seq(key).unwrap();
+        assert_eq!(stored, store.queued(key).unwrap().last().map(|(s, _)| *s));
+        append(7);
+        append(8);
+        let payloads = |store: &Store| -> Vec<u8> {
+            store
+                .queued(key)
+                .unwrap()
+                .iter()
+                .map(|(_, m)| m.payload[0])
+                .collect()
+        };
+        let leftovers = [queued(&[3]), queued(&[4])];
+        assert_eq!(
+            store.enqueue_before(key, stored, &leftovers, 100).unwrap(),
+            0
+        );
+        assert_eq!(payloads(&store), [1, 2, 3, 4, 7, 8]);
+        let seqs: Vec<u64> = store.queued(key).unwrap().iter().map(|(s, _)| *s).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        // Later appends still go last; nothing stored before: all of the queue is newer.
+        append(9);
+        assert_eq!(payloads(&store), [1, 2, 3, 4, 7, 8, 9]);
+        assert_eq!(
+            store.enqueue_before(key, None, &[queued(&[0])], 5).unwrap(),
+            3
+        );
+        assert_eq!(payloads(&store), [3, 4, 7, 8, 9]);
+        // An empty batch or a gone session stores nothing.
+        assert_eq!(
+            store.enqueue_before("c:gone", None, &leftovers, 5).unwrap(),
+            0
+        );
+        assert_eq!(store.queued("c:gone").unwrap(), vec![]);
     }
 }

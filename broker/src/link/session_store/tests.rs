@@ -167,7 +167,8 @@ async fn queued_copy_keeps_properties_and_session_ids() {
 
 /// The parking window: a message checked after `begin_park` is queued by its
 /// publisher; when the router also handed it to the leaving link, `finish_park`
-/// must not queue it again. One checked before `begin_park` is queued by the link.
+/// must not queue it again. One checked before `begin_park` is queued by the link,
+/// ahead of the publishers' copies.
 #[tokio::test]
 async fn message_in_the_parking_window_is_queued_once() {
     let subs = vec![sub("w/#", 1, None)];
@@ -198,17 +199,17 @@ async fn message_in_the_parking_window_is_queued_once() {
     assert_eq!(s.queued("c:w").await.len(), 1);
     // The router handed both to the leaving link before it left.
     let leftovers = vec![copy(b"before", before), copy(b"after", after)];
-    s.finish_park(rec, leftovers, Vec::new(), mark, &stats)
+    s.finish_park(rec, leftovers, Vec::new(), mark, None, &stats)
         .await;
-    let mut q: Vec<Vec<u8>> = s
+    let q: Vec<Vec<u8>> = s
         .queued("c:w")
         .await
         .into_iter()
         .map(|(_, m)| m.payload)
         .collect();
-    // (The publisher's copy was written first; see the module docs on order.)
-    q.sort();
-    assert_eq!(q, [b"before".to_vec(), b"m".to_vec()], "each message once");
+    // Each once, in arrival order: the link's copy goes ahead of the publisher's,
+    // which was written first.
+    assert_eq!(q, [b"before".to_vec(), b"m".to_vec()]);
 }
 
 /// The other side of the window: while the client is connected, each message its
@@ -221,7 +222,7 @@ async fn a_connected_session_records_what_the_router_has_not_delivered() {
     let (_dir, s) = sessions(vec![]);
     s.save(record("c:w", subs.clone())).await;
     let stats = Stats::default();
-    let (ledger, window) = s.go_live("c:w", &subs);
+    let (ledger, window, _) = s.go_live("c:w", &subs);
     assert!(window.is_none(), "a new session was not parked");
     let first = enqueue(&s, incoming("w/1"), &stats)
         .await
@@ -246,6 +247,7 @@ async fn a_connected_session_records_what_the_router_has_not_delivered() {
     let left: Vec<u64> = ledger
         .lock()
         .take()
+        .0
         .into_iter()
         .map(|(mut p, _)| {
             assert!(p.topic.starts_with(b"w/"));
@@ -258,7 +260,7 @@ async fn a_connected_session_records_what_the_router_has_not_delivered() {
     assert!(left.iter().all(|&a| a < mark.0));
     // Resumed: what was queued while it was parked is known, so a late live copy of
     // it is left out; before and after parking, and other topics, are not.
-    let (ledger, window) = s.go_live("c:w", &subs);
+    let (ledger, window, _) = s.go_live("c:w", &subs);
     let window = window.expect("it was parked");
     assert!(window.queued(fourth, "w/4"));
     assert!(!window.queued(third, "w/3"));
@@ -278,9 +280,10 @@ async fn a_connected_session_records_what_the_router_has_not_delivered() {
     assert_eq!(ledger.lock().len(), 0);
 }
 
-/// A ledger keeps at most its cap: the oldest entries (ones the router skipped) go.
+/// A ledger keeps at most its cap: the oldest entries go, and those the router does not
+/// deliver afterwards are counted as lost when the session parks.
 #[test]
-fn a_ledger_is_bounded() {
+fn a_ledger_is_bounded_and_counts_what_it_evicted() {
     let ledger = crate::link::session_ledger::SharedLedger::new(3);
     let meta = PublishMeta {
         qos: 1,
@@ -294,15 +297,39 @@ fn a_ledger_is_bounded() {
         at_ms: 0,
         arrival: None,
     };
-    for a in 0..5 {
+    let record = |a: u64| {
         let routed = Routing::new(meta, "t", o, b"x", None).finish(Some(a));
         ledger.lock().record(a, routed);
+    };
+    for a in 0..5 {
+        record(a);
     }
-    let left: Vec<u64> = ledger
-        .lock()
-        .take()
+    assert_eq!(ledger.lock().len(), 3);
+    // 0 and 1 were evicted; the router still delivers 1, and 3 (in the middle).
+    ledger.lock().delivered([1, 3]);
+    assert_eq!(ledger.lock().len(), 2);
+    record(5);
+    record(6);
+    // 2 was evicted too; 4, 5, 6 are kept.
+    let (left, lost) = ledger.lock().take();
+    let left: Vec<u64> = left
         .into_iter()
         .filter_map(|(mut p, _)| Origin::take(&mut p.payload).and_then(|o| o.arrival))
         .collect();
-    assert_eq!(left, [2, 3, 4]);
+    assert_eq!(left, [4, 5, 6]);
+    assert_eq!(lost, 2, "0 and 2 were evicted and never delivered");
+    // Evicted numbers are kept up to the cap too, past it only counted (10..=13,
+    // even though the router delivers them after all: nothing is lost silently).
+    for a in 10..20 {
+        record(a);
+    }
+    ledger.lock().delivered(10..17);
+    let (left, lost) = ledger.lock().take();
+    assert_eq!(left.len(), 3);
+    assert_eq!(lost, 4);
+    for a in 20..30 {
+        record(a);
+    }
+    let (_, lost) = ledger.lock().take();
+    assert_eq!(lost, 7);
 }
