@@ -99,13 +99,7 @@ fn parse_block_key(key: &[u8]) -> Result<(&str, u64, u64), StoreError> {
 
 /// Splits a key of `table` laid out as (device, NUL, u64 BE, u64 BE).
 fn parse_key<'k>(table: &'static str, key: &'k [u8]) -> Result<(&'k str, u64, u64), StoreError> {
-    let bad = |reason| {
-        corrupt(
-            table,
-            String::from_utf8_lossy(key).into_owned(),
-            reason,
-        )
-    };
+    let bad = |reason| corrupt(table, String::from_utf8_lossy(key).into_owned(), reason);
     let split = key
         .len()
         .checked_sub(KEY_SUFFIX)
@@ -583,8 +577,8 @@ pub fn delete_device(db: &Database, device: &DeviceId) -> Result<u64, StoreError
         let range = lo.as_slice()..=hi.as_slice();
         txn.open_table(BLOCKS)?
             .retain_in::<&[u8], _>(range.clone(), |k, v| {
-                let count = parse_block_key(k)
-                    .and_then(|(_, max_ts, id)| block_header(dev, max_ts, id, v));
+                let count =
+                    parse_block_key(k).and_then(|(_, max_ts, id)| block_header(dev, max_ts, id, v));
                 removed = removed.saturating_add(count.map_or(0, |(n, _)| n));
                 false
             })?;
@@ -643,5 +637,7 @@ use block::{block_header, block_key_parts, bucket, encode_block, PointRef};
 pub use query::query;
 pub use retention::{sweep, sweep_until};
 
+#[cfg(test)]
+mod block_tests;
 #[cfg(test)]
 mod tests;

@@ -122,7 +122,10 @@ pub fn query(db: &Database, device: &DeviceId, q: &PointQuery<'_>) -> Result<Pag
     // at or below it.
     let blocks_hi = key_of(dev, bucket(upper_at.0).1, u64::MAX);
     let mut blocks = match &blocks_table {
-        Some(t) => Some(t.range::<&[u8]>(lo.as_slice()..=blocks_hi.as_slice())?.rev()),
+        Some(t) => Some(
+            t.range::<&[u8]>(lo.as_slice()..=blocks_hi.as_slice())?
+                .rev(),
+        ),
         None => None,
     };
     let old_hi = upper.map(|(ts, seq)| key_of(dev, ts, seq));
@@ -164,7 +167,9 @@ pub fn query(db: &Database, device: &DeviceId, q: &PointQuery<'_>) -> Result<Pag
             scanned += 1;
             let at = (point.ts_ms, point.seq);
             if let Some(wanted) = &wanted {
-                point.values.retain(|(key, _)| wanted.contains(key.as_str()));
+                point
+                    .values
+                    .retain(|(key, _)| wanted.contains(key.as_str()));
             }
             if wanted.is_none() || !point.values.is_empty() {
                 page.points.push(point);

@@ -14,9 +14,9 @@ use redb::{Database, ReadableDatabase as _, ReadableTable, WriteTransaction};
 
 use super::block::{block_header, block_key_parts, bucket, decode_block, encode_block, PointRef};
 use super::{
-    begin_write, count_points, decode_point, decode_summary, device_range, encode_summary,
-    key_of, open_read, parse_block_key, parse_point_key, BlocksTable, LatestTable, Point,
-    SummaryV1, BLOCKS, LATEST, POINTS,
+    begin_write, count_points, decode_point, decode_summary, device_range, encode_summary, key_of,
+    open_read, parse_block_key, parse_point_key, BlocksTable, LatestTable, Point, SummaryV1,
+    BLOCKS, LATEST, POINTS,
 };
 use crate::StoreError;
 
@@ -120,7 +120,10 @@ fn move_rows(txn: &WriteTransaction, budget: u64) -> Result<u64, StoreError> {
     {
         let mut old = txn.open_table(POINTS)?;
         let all = (Bound::<&[u8]>::Unbounded, Bound::<&[u8]>::Unbounded);
-        for row in old.extract_from_if::<&[u8], _>(all, |_, _| true)?.take(take) {
+        for row in old
+            .extract_from_if::<&[u8], _>(all, |_, _| true)?
+            .take(take)
+        {
             let (k, v) = row?;
             rows.push((k.value().to_vec(), v.value().to_vec()));
         }
@@ -132,14 +135,7 @@ fn move_rows(txn: &WriteTransaction, budget: u64) -> Result<u64, StoreError> {
     for (k, v) in &rows {
         match parse_point_key(k) {
             Ok((dev, ts_ms, seq)) => match decode_point(dev, ts_ms, seq, v) {
-                Ok(values) => points.push((
-                    dev,
-                    Point {
-                        ts_ms,
-                        seq,
-                        values,
-                    },
-                )),
+                Ok(values) => points.push((dev, Point { ts_ms, seq, values })),
                 Err(error) => {
                     tracing::error!(%error, "dropping corrupt telemetry point");
                     *lost.entry(dev).or_default() += 1;
