@@ -59,6 +59,26 @@ type RowItem<'a> = Result<
 trait Rows<'a>: Iterator<Item = RowItem<'a>> {}
 impl<'a, T: Iterator<Item = RowItem<'a>>> Rows<'a> for T {}
 
+/// Splits a key into (device, and its two numbers).
+type ParseKey = fn(&[u8]) -> Result<(&str, u64, u64), StoreError>;
+
+/// The `(ts_ms, seq)` range of a page.
+struct Span {
+    lower: (u64, u64),
+    upper: Bound<(u64, u64)>,
+}
+
+impl Span {
+    fn contains(&self, at: (u64, u64)) -> bool {
+        self.lower <= at
+            && match self.upper {
+                Bound::Included(u) => at <= u,
+                Bound::Excluded(u) => at < u,
+                Bound::Unbounded => true,
+            }
+    }
+}
+
 /// A row read ahead from one of the two tables: its key's two numbers and its bytes.
 struct Ahead {
     a: u64,
@@ -66,10 +86,7 @@ struct Ahead {
     bytes: Vec<u8>,
 }
 
-fn pull<'a, I>(
-    rows: &mut I,
-    parse: fn(&[u8]) -> Result<(&str, u64, u64), StoreError>,
-) -> Result<Option<Ahead>, StoreError>
+fn pull<'a, I>(rows: &mut I, parse: ParseKey) -> Result<Option<Ahead>, StoreError>
 where
     I: Rows<'a>,
 {
@@ -100,11 +117,11 @@ pub fn query(db: &Database, device: &DeviceId, q: &PointQuery<'_>) -> Result<Pag
             upper = Bound::Excluded((c.ts_ms, c.seq));
         }
     }
-    let (upper_at, in_range): ((u64, u64), Box<dyn Fn((u64, u64)) -> bool>) = match upper {
-        Bound::Included(u) => (u, Box::new(move |p| lower <= p && p <= u)),
-        Bound::Excluded(u) => (u, Box::new(move |p| lower <= p && p < u)),
-        Bound::Unbounded => ((u64::MAX, u64::MAX), Box::new(move |p| lower <= p)),
+    let upper_at = match upper {
+        Bound::Included(u) | Bound::Excluded(u) => u,
+        Bound::Unbounded => (u64::MAX, u64::MAX),
     };
+    let in_range = Span { lower, upper };
     let empty = match upper {
         Bound::Included(u) => lower > u,
         Bound::Excluded(u) => lower >= u,
@@ -214,7 +231,7 @@ pub fn query(db: &Database, device: &DeviceId, q: &PointQuery<'_>) -> Result<Pag
 fn load_next<'a, B, O>(
     dev: &str,
     heap: &mut BinaryHeap<Pending>,
-    in_range: &dyn Fn((u64, u64)) -> bool,
+    in_range: &Span,
     (next_block, blocks): (&mut Option<Ahead>, Option<&mut B>),
     (next_old, olds): (&mut Option<Ahead>, Option<&mut O>),
 ) -> Result<(), StoreError>
@@ -230,7 +247,7 @@ where
                 Ok(points) => heap.extend(
                     points
                         .into_iter()
-                        .filter(|p| in_range((p.ts_ms, p.seq)))
+                        .filter(|p| in_range.contains((p.ts_ms, p.seq)))
                         .map(Pending),
                 ),
                 Err(error) => tracing::error!(%error, "skipping corrupt telemetry block"),
