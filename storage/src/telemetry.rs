@@ -28,7 +28,7 @@
 //! undecodable block or point so one bad record does not hide a device's history, and
 //! [`sweep`] rebuilds an undecodable summary.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -490,14 +490,11 @@ fn update_summary(
         }
     };
     summary.points = summary.points.saturating_add(run.len() as u64);
-    // Newest first: the first time a key is seen is its newest value in the batch.
-    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    // Newest first: once a key took a point's value, no older point of the run is
+    // newer than it, so each key's text is copied at most once.
     for row in run.iter().rev() {
         let (ts_ms, seq) = (row.point.ts_ms, row.point.seq);
         for (key, json) in row.point.values {
-            if !seen.insert(key.as_str()) {
-                continue;
-            }
             match summary
                 .latest
                 .binary_search_by(|l| l.key.as_str().cmp(key.as_str()))
