@@ -1,11 +1,18 @@
 //! The telemetry tables: every point a device reported, and per device its point count
 //! and the latest value of each key, kept in step by the same transactions.
 //!
-//! - `telemetry_points`: point key → `StoredPoint`. The key is the device
-//!   id, a NUL, then `ts_ms` and `seq` big-endian, so plain byte order sorts one
-//!   device's points by time and a range scan walks its history (backwards for newest
-//!   first). `seq` comes from one store-wide counter: two points of a device with the
-//!   same timestamp never overwrite each other, and equal timestamps keep arrival order.
+//! - `telemetry_blocks`: block key → block (`block.rs`). A batch stores each device's
+//!   points as one row per [`block::BLOCK_SPAN_MS`] bucket of time they fall in, not
+//!   one row per point: the B-tree insert and its page writes were most of what storing
+//!   a point cost. The key is the device id, a NUL, then the block's newest `ts_ms` and
+//!   its `id` big-endian, so a reverse range scan meets a device's blocks newest first
+//!   and a query merges the points of overlapping blocks (`query.rs`). Every point has
+//!   a `seq` from one store-wide counter: two points of a device with the same
+//!   timestamp never overwrite each other, and equal timestamps keep arrival order.
+//! - `telemetry_points`: the format before blocks, point key (device, NUL, `ts_ms` BE,
+//!   `seq` BE) → `StoredPoint`. Nothing writes it any more; queries read it alongside
+//!   the blocks, and the sweeper moves its rows into blocks in bounded transactions
+//!   (`retention.rs`) until it is empty, so an upgraded store loses and repeats nothing.
 //! - `telemetry_latest`: device → `StoredSummary`: how many points the device has (so
 //!   the per-device cap and [`count`] cost one lookup) and the newest value of each of
 //!   its keys. One row per device keeps a batch to one read and one write per device.
@@ -18,12 +25,11 @@
 //! transaction. [`sweep`] enforces retention in bounded transactions so ingest is never
 //! held up behind one huge delete. Nothing here panics on stored bytes: undecodable
 //! records come back as [`StoreError::Corrupt`]; [`query`] skips and logs an
-//! undecodable point so one bad record does not hide a device's history, and [`sweep`]
-//! rebuilds an undecodable summary.
+//! undecodable block or point so one bad record does not hide a device's history, and
+//! [`sweep`] rebuilds an undecodable summary.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::Bound;
 use std::str::FromStr;
 
 use redb::{
@@ -35,10 +41,14 @@ use serde::{Deserialize, Serialize};
 use crate::{DeviceId, StoreError};
 
 const POINTS_TABLE: &str = "telemetry_points";
+use block::BLOCKS_TABLE;
 const LATEST_TABLE: &str = "telemetry_latest";
 const META_TABLE: &str = "telemetry_meta";
 
-/// Point key (device, NUL, ts_ms BE, seq BE) → `StoredPoint`.
+/// Block key (device, NUL, max_ts BE, id BE) → `StoredBlock`.
+pub(crate) const BLOCKS: TableDefinition<'static, &[u8], &[u8]> =
+    TableDefinition::new(BLOCKS_TABLE);
+/// The format before blocks: point key (device, NUL, ts_ms BE, seq BE) → `StoredPoint`.
 pub(crate) const POINTS: TableDefinition<'static, &[u8], &[u8]> =
     TableDefinition::new(POINTS_TABLE);
 /// Device → `StoredSummary`.
@@ -79,13 +89,17 @@ fn key_of(device: &str, ts_ms: u64, seq: u64) -> Vec<u8> {
 
 /// Splits a point key into `(device, ts_ms, seq)`.
 fn parse_point_key(key: &[u8]) -> Result<(&str, u64, u64), StoreError> {
-    let bad = |reason| {
-        corrupt(
-            POINTS_TABLE,
-            String::from_utf8_lossy(key).into_owned(),
-            reason,
-        )
-    };
+    parse_key(POINTS_TABLE, key)
+}
+
+/// Splits a block key into `(device, max_ts, id)`.
+fn parse_block_key(key: &[u8]) -> Result<(&str, u64, u64), StoreError> {
+    parse_key(BLOCKS_TABLE, key)
+}
+
+/// Splits a key of `table` laid out as (device, NUL, u64 BE, u64 BE).
+fn parse_key<'k>(table: &'static str, key: &'k [u8]) -> Result<(&'k str, u64, u64), StoreError> {
+    let bad = |reason| corrupt(table, String::from_utf8_lossy(key).into_owned(), reason);
     let split = key
         .len()
         .checked_sub(KEY_SUFFIX)
@@ -170,9 +184,10 @@ fn decode_exact<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, String>
 }
 
 /// Appends the encoding of a point with `values` to `buf`: postcard's bytes for
-/// `StoredPoint::V1` (variant, count, then each key and JSON text length-prefixed),
-/// written directly. Through serde this was a fifth of a batch's write time; the
-/// `encoding_matches_postcard` test pins the two to the same bytes.
+/// `StoredPoint::V1` (variant, count, then each key and JSON text length-prefixed).
+/// Nothing writes points any more (blocks replaced them); tests write rows of the
+/// format before blocks with it.
+#[cfg(test)]
 fn encode_point(values: &[(String, String)], mut buf: Vec<u8>) -> Result<Vec<u8>, StoreError> {
     const V1: u64 = 0;
     let text = values
@@ -350,7 +365,7 @@ pub struct Page {
 /// Creates the telemetry tables, so readers never meet a missing table. Called from
 /// the store's initialisation transaction.
 pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
-    txn.open_table(POINTS)?;
+    txn.open_table(BLOCKS)?;
     txn.open_table(LATEST)?;
     txn.open_table(META)?;
     Ok(())
@@ -374,7 +389,7 @@ fn begin_write(db: &Database) -> Result<WriteTransaction, StoreError> {
     Ok(txn)
 }
 
-type PointsTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
+type BlocksTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
 type LatestTable<'t> = Table<'t, &'static str, &'static [u8]>;
 
 // ---- writes ------------------------------------------------------------------
@@ -395,9 +410,7 @@ pub fn insert_batch(db: &Database, points: &[NewPoint]) -> Result<u64, StoreErro
 /// One point of a batch, with its `seq`.
 struct Row<'a> {
     device: &'a str,
-    ts_ms: u64,
-    seq: u64,
-    values: &'a [(String, String)],
+    point: PointRef<'a>,
 }
 
 fn write_points(txn: &WriteTransaction, points: &[NewPoint]) -> Result<u64, StoreError> {
@@ -413,32 +426,39 @@ fn write_points(txn: &WriteTransaction, points: &[NewPoint]) -> Result<u64, Stor
         base
     };
     // `seq` is arrival order. A stable sort by (device, ts) leaves each device's run in
-    // (ts, seq) order and makes the B-tree writes sequential.
+    // (ts, seq) order, ready to be cut into blocks.
     let mut order: Vec<Row<'_>> = points
         .iter()
         .zip(base..)
         .map(|(p, seq)| Row {
             device: p.device.as_str(),
-            ts_ms: p.ts_ms,
-            seq,
-            values: &p.values,
+            point: PointRef {
+                ts_ms: p.ts_ms,
+                seq,
+                values: &p.values,
+            },
         })
         .collect();
-    order.sort_by(|a, b| (a.device, a.ts_ms).cmp(&(b.device, b.ts_ms)));
+    order.sort_by(|a, b| (a.device, a.point.ts_ms).cmp(&(b.device, b.point.ts_ms)));
 
-    let mut table = txn.open_table(POINTS)?;
+    let mut blocks = txn.open_table(BLOCKS)?;
     let mut summaries = txn.open_table(LATEST)?;
     let mut key = Vec::new();
     let mut value = Vec::new();
     for run in order.chunk_by(|a, b| a.device == b.device) {
         let device = run[0].device;
-        for row in run {
-            point_key(&mut key, device, row.ts_ms, row.seq);
+        let same_bucket = |a: &Row<'_>, b: &Row<'_>| bucket(a.point.ts_ms) == bucket(b.point.ts_ms);
+        for chunk in run.chunk_by(same_bucket) {
+            let rows = chunk.iter().map(|r| r.point);
+            let Some((max_ts, id)) = block_key_parts(rows.clone()) else {
+                continue;
+            };
+            point_key(&mut key, device, max_ts, id);
             value.clear();
-            value = encode_point(row.values, value)?;
-            table.insert(key.as_slice(), value.as_slice())?;
+            encode_block(max_ts, id, rows, &mut value)?;
+            blocks.insert(key.as_slice(), value.as_slice())?;
         }
-        update_summary(&table, &mut summaries, device, run)?;
+        update_summary(&blocks, txn, &mut summaries, device, run)?;
     }
     Ok(n)
 }
@@ -446,7 +466,8 @@ fn write_points(txn: &WriteTransaction, points: &[NewPoint]) -> Result<u64, Stor
 /// Adds `run` (one device's points of this batch, in (ts, seq) order) to the device's
 /// summary.
 fn update_summary(
-    points: &PointsTable<'_>,
+    blocks: &BlocksTable<'_>,
+    txn: &WriteTransaction,
     summaries: &mut LatestTable<'_>,
     device: &str,
     run: &[Row<'_>],
@@ -460,7 +481,8 @@ fn update_summary(
         Some(Err(error)) => {
             tracing::warn!(%error, "rebuilding corrupt telemetry summary");
             // The run is already inserted, so it is part of the recount.
-            let points = count_points(points, device)?.saturating_sub(run.len() as u64);
+            let old = txn.open_table(POINTS)?;
+            let points = count_points(blocks, Some(&old), device)?.saturating_sub(run.len() as u64);
             SummaryV1 {
                 points,
                 latest: Vec::new(),
@@ -468,14 +490,11 @@ fn update_summary(
         }
     };
     summary.points = summary.points.saturating_add(run.len() as u64);
-    // Newest first: the first time a key is seen is its newest value in the batch.
-    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    // Newest first: once a key took a point's value, no older point of the run is
+    // newer than it, so each key's text is copied at most once.
     for row in run.iter().rev() {
-        let (ts_ms, seq) = (row.ts_ms, row.seq);
-        for (key, json) in row.values {
-            if !seen.insert(key.as_str()) {
-                continue;
-            }
+        let (ts_ms, seq) = (row.point.ts_ms, row.point.seq);
+        for (key, json) in row.point.values {
             match summary
                 .latest
                 .binary_search_by(|l| l.key.as_str().cmp(key.as_str()))
@@ -518,15 +537,29 @@ fn device_range(device: &str) -> (Vec<u8>, Vec<u8>) {
     (key_of(device, 0, 0), key_of(device, u64::MAX, u64::MAX))
 }
 
+/// How many points `device` has: the counts of its blocks (an undecodable one is
+/// logged and counted as none) and its rows in the table before blocks.
 fn count_points(
-    points: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    old: Option<&impl ReadableTable<&'static [u8], &'static [u8]>>,
     device: &str,
 ) -> Result<u64, StoreError> {
     let (lo, hi) = device_range(device);
-    let mut n = 0;
-    for row in points.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
-        row?;
-        n += 1;
+    let mut n = 0u64;
+    for row in blocks.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
+        let (k, v) = row?;
+        match parse_block_key(k.value())
+            .and_then(|(_, max_ts, id)| block_header(device, max_ts, id, v.value()))
+        {
+            Ok((count, _)) => n = n.saturating_add(count),
+            Err(error) => tracing::error!(%error, "not counting corrupt telemetry block"),
+        }
+    }
+    if let Some(old) = old {
+        for row in old.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
+            row?;
+            n += 1;
+        }
     }
     Ok(n)
 }
@@ -538,8 +571,16 @@ pub fn delete_device(db: &Database, device: &DeviceId) -> Result<u64, StoreError
     let mut removed = 0u64;
     {
         let (lo, hi) = device_range(dev);
+        let range = lo.as_slice()..=hi.as_slice();
+        txn.open_table(BLOCKS)?
+            .retain_in::<&[u8], _>(range.clone(), |k, v| {
+                let count =
+                    parse_block_key(k).and_then(|(_, max_ts, id)| block_header(dev, max_ts, id, v));
+                removed = removed.saturating_add(count.map_or(0, |(n, _)| n));
+                false
+            })?;
         txn.open_table(POINTS)?
-            .retain_in::<&[u8], _>(lo.as_slice()..=hi.as_slice(), |_, _| {
+            .retain_in::<&[u8], _>(range, |_, _| {
                 removed += 1;
                 false
             })?;
@@ -585,72 +626,15 @@ pub fn latest(db: &Database, device: &DeviceId) -> Result<BTreeMap<String, Lates
         .collect())
 }
 
-/// The points of `device` with `from_ms <= ts_ms <= to_ms`, newest first, one page.
-///
-/// A page ends after `limit` points, or after [`QUERY_SCAN_BUDGET`] rows were read
-/// (then it may be short, or empty, yet carry a cursor). A point that does not decode
-/// is skipped and logged, so one bad record does not hide a device's history.
-pub fn query(db: &Database, device: &DeviceId, q: &PointQuery<'_>) -> Result<Page, StoreError> {
-    let dev = device.as_str();
-    let limit = q.limit.max(1);
-    let lower = (q.from_ms, 0u64);
-    let mut upper = Bound::Included((q.to_ms, u64::MAX));
-    if let Some(c) = q.cursor {
-        if (c.ts_ms, c.seq) <= (q.to_ms, u64::MAX) {
-            upper = Bound::Excluded((c.ts_ms, c.seq));
-        }
-    }
-    let empty = match upper {
-        Bound::Included(u) => lower > u,
-        Bound::Excluded(u) => lower >= u,
-        Bound::Unbounded => false,
-    };
-    if empty {
-        return Ok(Page::default());
-    }
-    let txn = db.begin_read()?;
-    let Some(table) = open_read(&txn, POINTS)? else {
-        return Ok(Page::default());
-    };
-    let lower = key_of(dev, lower.0, lower.1);
-    let upper = upper.map(|(ts, seq)| key_of(dev, ts, seq));
-    let wanted: Option<BTreeSet<&str>> = q.keys.map(|k| k.iter().map(String::as_str).collect());
-    let mut rows = table
-        .range::<&[u8]>((
-            Bound::Included(lower.as_slice()),
-            upper.as_ref().map(Vec::as_slice),
-        ))?
-        .rev();
-    let mut page = Page::default();
-    let mut scanned = 0usize;
-    while let Some(row) = rows.next() {
-        let (k, v) = row?;
-        scanned += 1;
-        let (_, ts_ms, seq) = parse_point_key(k.value())?;
-        match decode_point(dev, ts_ms, seq, v.value()) {
-            Ok(mut values) => {
-                if let Some(wanted) = &wanted {
-                    values.retain(|(key, _)| wanted.contains(key.as_str()));
-                }
-                if wanted.is_none() || !values.is_empty() {
-                    page.points.push(Point { ts_ms, seq, values });
-                }
-            }
-            Err(error) => tracing::error!(%error, "skipping corrupt telemetry point"),
-        }
-        if page.points.len() >= limit || scanned >= QUERY_SCAN_BUDGET {
-            if rows.next().is_some() {
-                page.next = Some(Cursor { ts_ms, seq });
-            }
-            break;
-        }
-    }
-    Ok(page)
-}
-
+mod block;
+mod query;
 mod retention;
 
+use block::{block_header, block_key_parts, bucket, encode_block, PointRef};
+pub use query::query;
 pub use retention::{sweep, sweep_until};
 
+#[cfg(test)]
+mod block_tests;
 #[cfg(test)]
 mod tests;

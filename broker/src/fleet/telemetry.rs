@@ -21,7 +21,7 @@ use fleetmq_storage::{DeviceId, StoreError};
 use redb::Database;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -262,6 +262,9 @@ struct Shared {
     saturated: AtomicBool,
     /// Cancelled when the writer has exited (after its final commit).
     writer_done: CancellationToken,
+    /// Told after a flush is queued, so the writer, which looks at its queue only
+    /// now and then while a batch fills, commits it at once.
+    flush_wanted: Notify,
     /// Number of finished sweeps, for whoever waits on retention.
     sweeps: watch::Sender<u64>,
     retention: Duration,
@@ -304,6 +307,7 @@ impl Telemetry {
             counters: Counters::default(),
             saturated: AtomicBool::new(false),
             writer_done: CancellationToken::new(),
+            flush_wanted: Notify::new(),
             sweeps: watch::Sender::new(0),
             retention: config.retention,
             max_points_per_device: config.max_points_per_device.max(1),
@@ -482,8 +486,11 @@ impl Telemetry {
     /// shutdown, until the writer has made its final commit).
     pub async fn flush(&self) {
         let (ack, done) = oneshot::channel();
-        if self.shared.tx.send(Msg::Flush(ack)).await.is_ok() && done.await.is_ok() {
-            return;
+        if self.shared.tx.send(Msg::Flush(ack)).await.is_ok() {
+            self.shared.flush_wanted.notify_one();
+            if done.await.is_ok() {
+                return;
+            }
         }
         self.shared.writer_done.cancelled().await;
     }

@@ -1,0 +1,203 @@
+//! The block record: one device's points of one batch that fall in one
+//! [`BLOCK_SPAN_MS`] bucket of time, stored as one row of `telemetry_blocks`.
+//!
+//! Key: device, NUL, `max_ts` BE, `id` BE, the same layout as a point key. `max_ts` is
+//! the newest point's timestamp, so a newest-first walk of a device's keys meets blocks
+//! by descending `max_ts`; `id` is the smallest `seq` of the block's points when it was
+//! written (unique, since every `seq` is used once) and a base for their `seq` offsets.
+//! Every point of a block lies in the bucket of `max_ts` (`[max_ts - max_ts % SPAN,
+//! …+SPAN)`): blocks of different buckets never interleave in time, so a query knows
+//! which blocks can hold a point without reading them, and retention splits at most
+//! the blocks of one bucket.
+//!
+//! Value: postcard's bytes for `StoredBlock::V1`, written by hand ([`encode_block`]):
+//! variant 0, the point count, then per point, in ascending `(ts, seq)` order,
+//! `max_ts - ts`, `seq - id`, the number of values and each `(key, JSON text)`.
+
+use serde::Deserialize;
+#[cfg(test)]
+use serde::Serialize;
+
+use super::{corrupt, decode_exact, put_varint, Point};
+use crate::StoreError;
+
+pub(super) const BLOCKS_TABLE: &str = "telemetry_blocks";
+
+/// Width of the time buckets blocks are cut along, milliseconds.
+pub(super) const BLOCK_SPAN_MS: u64 = 1_000;
+
+/// First and last timestamp of the bucket holding `ts_ms`.
+pub(super) fn bucket(ts_ms: u64) -> (u64, u64) {
+    let start = ts_ms - ts_ms % BLOCK_SPAN_MS;
+    (start, start.saturating_add(BLOCK_SPAN_MS - 1))
+}
+
+/// On-disk block. A new format is a new variant, never an edit to `V1`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub(super) enum StoredBlock {
+    V1(BlockV1),
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub(super) struct BlockV1 {
+    /// Ascending `(ts, seq)`, at least one.
+    pub(super) points: Vec<BlockPointV1>,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub(super) struct BlockPointV1 {
+    /// `max_ts - ts_ms`.
+    pub(super) ts_back: u64,
+    /// `seq - id`.
+    pub(super) seq_off: u64,
+    /// `(key, JSON text)`, keys strictly ascending.
+    pub(super) values: Vec<(String, String)>,
+}
+
+/// One point to encode into a block.
+#[derive(Clone, Copy)]
+pub(super) struct PointRef<'a> {
+    pub(super) ts_ms: u64,
+    pub(super) seq: u64,
+    pub(super) values: &'a [(String, String)],
+}
+
+/// `(max_ts, id)` of a block holding `points` (ascending `(ts, seq)`, not empty).
+pub(super) fn block_key_parts<'a>(
+    points: impl Iterator<Item = PointRef<'a>>,
+) -> Option<(u64, u64)> {
+    points.fold(None, |acc, p| match acc {
+        None => Some((p.ts_ms, p.seq)),
+        Some((max_ts, id)) => Some((max_ts.max(p.ts_ms), id.min(p.seq))),
+    })
+}
+
+/// Appends the encoding of a block keyed `(max_ts, id)` holding `points` to `buf`.
+/// `points` must be ascending, in `max_ts`'s bucket, with `seq >= id`: anything else is
+/// refused rather than written as a record that would not decode.
+pub(super) fn encode_block<'a>(
+    max_ts: u64,
+    id: u64,
+    points: impl ExactSizeIterator<Item = PointRef<'a>> + Clone,
+    buf: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    const V1: u64 = 0;
+    let (start, _) = bucket(max_ts);
+    let bad = |why: &str| StoreError::Database(format!("cannot encode telemetry block: {why}"));
+    if points.len() == 0 {
+        return Err(bad("no points"));
+    }
+    let text = points
+        .clone()
+        .flat_map(|p| p.values)
+        .map(|(k, v)| k.len() + v.len() + 2)
+        .sum::<usize>();
+    buf.reserve(text + points.len() * 6 + 4);
+    put_varint(buf, V1);
+    put_varint(buf, points.len() as u64);
+    let mut prev: Option<(u64, u64)> = None;
+    for p in points {
+        if p.ts_ms > max_ts || p.ts_ms < start || p.seq < id {
+            return Err(bad("point outside the block's key"));
+        }
+        if prev.is_some_and(|q| q >= (p.ts_ms, p.seq)) {
+            return Err(bad("points not ascending"));
+        }
+        prev = Some((p.ts_ms, p.seq));
+        put_varint(buf, max_ts - p.ts_ms);
+        put_varint(buf, p.seq - id);
+        put_varint(buf, p.values.len() as u64);
+        for (key, json) in p.values {
+            put_varint(buf, key.len() as u64);
+            buf.extend_from_slice(key.as_bytes());
+            put_varint(buf, json.len() as u64);
+            buf.extend_from_slice(json.as_bytes());
+        }
+    }
+    Ok(())
+}
+
+fn block_name(device: &str, max_ts: u64, id: u64) -> String {
+    format!("{device}@{max_ts}#{id}")
+}
+
+/// Decodes the block stored under `(device, max_ts, id)`: its points, ascending.
+pub(super) fn decode_block(
+    device: &str,
+    max_ts: u64,
+    id: u64,
+    bytes: &[u8],
+) -> Result<Vec<Point>, StoreError> {
+    let bad = |reason: &dyn std::fmt::Display| {
+        corrupt(BLOCKS_TABLE, block_name(device, max_ts, id), reason)
+    };
+    let StoredBlock::V1(v1) = decode_exact(bytes).map_err(|e| bad(&e))?;
+    if v1.points.is_empty() {
+        return Err(bad(&"empty block"));
+    }
+    let (start, _) = bucket(max_ts);
+    let mut out: Vec<Point> = Vec::with_capacity(v1.points.len());
+    for p in v1.points {
+        let ts_ms = max_ts
+            .checked_sub(p.ts_back)
+            .filter(|&ts| ts >= start)
+            .ok_or_else(|| bad(&"timestamp outside the block's bucket"))?;
+        let seq = id
+            .checked_add(p.seq_off)
+            .ok_or_else(|| bad(&"seq overflows"))?;
+        if out.last().is_some_and(|q| (q.ts_ms, q.seq) >= (ts_ms, seq)) {
+            return Err(bad(&"points are not strictly ascending"));
+        }
+        if p.values.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(bad(&"keys are not strictly ascending"));
+        }
+        out.push(Point {
+            ts_ms,
+            seq,
+            values: p.values,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads a postcard varint (at most 10 bytes) from the front of `bytes`.
+fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut n = 0u64;
+    for shift in (0..70).step_by(7) {
+        let (&b, rest) = bytes.split_first()?;
+        *bytes = rest;
+        n |= u64::from(b & 0x7f).checked_shl(shift)?;
+        if b & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// `(point count, oldest timestamp)` of a block, read from its first bytes without
+/// decoding the rest (the sweeper's view; [`decode_block`] checks the whole record).
+pub(super) fn block_header(
+    device: &str,
+    max_ts: u64,
+    id: u64,
+    bytes: &[u8],
+) -> Result<(u64, u64), StoreError> {
+    let mut rest = bytes;
+    let header = (|| {
+        let version = take_varint(&mut rest)?;
+        let count = take_varint(&mut rest)?;
+        let back = take_varint(&mut rest)?;
+        let min_ts = max_ts.checked_sub(back)?;
+        (version == 0 && count > 0 && min_ts >= bucket(max_ts).0).then_some((count, min_ts))
+    })();
+    header.ok_or_else(|| {
+        corrupt(
+            BLOCKS_TABLE,
+            block_name(device, max_ts, id),
+            "undecodable block header",
+        )
+    })
+}
