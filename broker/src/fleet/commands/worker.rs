@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{Core, Effects};
+use super::apply::{status_slot, Core, Effects};
 use super::{duration_ms, CommandError, CommandView, CommandsConfig, Counters, Created, Waiters};
 use crate::fleet::{CommandSink, EventSink};
 
@@ -178,6 +178,15 @@ pub(super) struct Worker {
     /// Run transactions on this task's own thread (a dedicated one) rather than on the
     /// blocking pool.
     pub(super) inline: bool,
+    /// Per status: whether its event is recorded durably (see [`owed_events`]).
+    owed: [bool; 8],
+}
+
+/// Per status (as in [`CommandStatus::ALL`]): whether its event is recorded durably by
+/// `events`, so that a terminal command stays in `command_unannounced` until its event
+/// went out. Without a webhook for it, nothing durable would get a re-emitted event.
+fn owed_events(events: &dyn EventSink) -> [bool; 8] {
+    CommandStatus::ALL.map(|s| event_kind(s).is_some_and(|kind| events.records_durably(kind)))
 }
 
 impl Worker {
@@ -190,8 +199,10 @@ impl Worker {
         counters: Arc<Counters>,
         clock: Clock,
     ) -> Worker {
+        let owed = owed_events(events.as_ref());
         Worker {
-            core: Some(Core::new(db, config, sink, counters.clone())),
+            core: Some(Core::new(db, config, sink, counters.clone(), owed)),
+            owed,
             events,
             waiters,
             counters,
@@ -270,7 +281,7 @@ impl Worker {
                 if !owed.is_empty() {
                     tracing::info!(count = owed.len(), "re-emitting command events");
                 }
-                self.announce(owed, Vec::new()).await;
+                self.announce(owed, Vec::new(), true).await;
             }
             Ok(Err(error)) => {
                 tracing::error!(%error, "cannot load commands; retrying");
@@ -330,12 +341,19 @@ impl Worker {
         for reply in fx.replies {
             reply(fx.failure.as_deref());
         }
-        self.announce(fx.terminal, fx.flushes).await;
+        self.announce(fx.terminal, fx.flushes, false).await;
     }
 
     /// Tells `wait_terminal`ers at once and the event sink through the announcer that
     /// these records are terminal; `flushes` are answered after the events are recorded.
-    async fn announce(&mut self, records: Vec<CommandRecord>, flushes: Vec<oneshot::Sender<()>>) {
+    /// `stored`: every record is in `command_unannounced` (re-emitted at start), not only
+    /// those whose status owes an event now.
+    async fn announce(
+        &mut self,
+        records: Vec<CommandRecord>,
+        flushes: Vec<oneshot::Sender<()>>,
+        stored: bool,
+    ) {
         if records.is_empty() && flushes.is_empty() {
             return;
         }
@@ -345,6 +363,7 @@ impl Worker {
             let Some(kind) = event_kind(rec.status()) else {
                 continue;
             };
+            let owed = stored || self.owed[status_slot(rec.status())];
             self.observe_round_trip(&rec);
             match CommandView::from_record(&rec) {
                 Ok(view) => {
@@ -359,7 +378,9 @@ impl Worker {
                 }
                 Err(error) => tracing::error!(%error, "cannot announce an unreadable command"),
             }
-            ids.push(rec.command_id);
+            if owed {
+                ids.push(rec.command_id);
+            }
         }
         let announcement = Announcement {
             events,
