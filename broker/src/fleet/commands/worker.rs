@@ -33,6 +33,12 @@ use crate::fleet::{CommandSink, EventSink};
 const MAX_BATCH: usize = 256;
 /// How long to wait before retrying after a failed transaction.
 const RETRY_AFTER_MS: u64 = 1_000;
+/// Group commit: a batch of fewer calls than this that found calls already waiting
+/// (the engine is busy) waits [`GROUP_WAIT`] for more before its transaction, so under
+/// load more commands share one durable commit. An idle engine never waits.
+const GROUP_BELOW: usize = 32;
+/// See [`GROUP_BELOW`]: about an fdatasync on an idle SSD.
+const GROUP_WAIT: Duration = Duration::from_micros(200);
 /// Batches' announcements queued for the announcer before the worker waits for it.
 const ANNOUNCE_QUEUE: usize = 64;
 
@@ -226,12 +232,17 @@ impl Worker {
         let mut buf = Vec::with_capacity(MAX_BATCH);
         loop {
             let wake = self.next_deadline.map(|ms| self.clock.instant_at(ms));
+            // Calls arrived while the last batch ran: the engine is busy.
+            let busy = !rx.is_empty();
             let alive = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
                 n = rx.recv_many(&mut buf, MAX_BATCH) => {
                     if n == 0 {
                         break;
+                    }
+                    if busy && self.inline && n < GROUP_BELOW {
+                        self.gather(&mut rx, &mut buf);
                     }
                     self.batch(std::mem::take(&mut buf)).await
                 }
@@ -258,6 +269,18 @@ impl Worker {
             self.batch(Vec::new()).await;
         }
         tracing::debug!("command engine stopped");
+    }
+
+    /// Group commit (see [`GROUP_BELOW`]): waits a moment on this dedicated thread, then
+    /// adds what arrived meanwhile to `buf`.
+    fn gather(&self, rx: &mut mpsc::Receiver<Op>, buf: &mut Vec<Op>) {
+        std::thread::sleep(GROUP_WAIT);
+        while buf.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => buf.push(op),
+                Err(_) => break,
+            }
+        }
     }
 
     /// Creates the tables, loads counts and the first deadline, and re-emits events a
