@@ -34,9 +34,13 @@ const MAX_BATCH: usize = 256;
 /// How long to wait before retrying after a failed transaction.
 const RETRY_AFTER_MS: u64 = 1_000;
 /// Group commit: a batch of fewer calls than this that found calls already waiting
-/// (the engine is busy) waits [`GROUP_WAIT`] for more before its transaction, so under
-/// load more commands share one durable commit. An idle engine never waits.
+/// after a batch of at least [`GROUP_AFTER`] calls (the engine is busy) waits
+/// [`GROUP_WAIT`] for more before its transaction, so under load more commands share
+/// one durable commit. A lightly used engine never waits: one client's create, then its
+/// device's PUBACK and answer, are batches of one or two calls.
 const GROUP_BELOW: usize = 32;
+/// See [`GROUP_BELOW`].
+const GROUP_AFTER: usize = 4;
 /// See [`GROUP_BELOW`]: about an fdatasync on an idle SSD.
 const GROUP_WAIT: Duration = Duration::from_micros(200);
 /// Batches' announcements queued for the announcer before the worker waits for it.
@@ -230,10 +234,11 @@ impl Worker {
         self.announcer = Some(announce_tx);
         self.load().await;
         let mut buf = Vec::with_capacity(MAX_BATCH);
+        let mut last = 0;
         loop {
             let wake = self.next_deadline.map(|ms| self.clock.instant_at(ms));
-            // Calls arrived while the last batch ran: the engine is busy.
-            let busy = !rx.is_empty();
+            // Calls arrived while a batch of several ran: the engine is busy.
+            let busy = last >= GROUP_AFTER && !rx.is_empty();
             let alive = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -244,9 +249,13 @@ impl Worker {
                     if busy && self.inline && n < GROUP_BELOW {
                         self.gather(&mut rx, &mut buf);
                     }
+                    last = buf.len();
                     self.batch(std::mem::take(&mut buf)).await
                 }
-                () = sleep_until(wake) => self.batch(Vec::new()).await,
+                () = sleep_until(wake) => {
+                    last = 0;
+                    self.batch(Vec::new()).await
+                }
             };
             if !alive {
                 return;
