@@ -201,8 +201,9 @@ impl CommandEngine {
     /// have lost, and stops when `shutdown` is cancelled (after applying the calls
     /// already queued).
     ///
-    /// `sink.deliver` is called while the worker's write transaction is open, so it must
-    /// not block for long.
+    /// `sink.deliver` is called by the worker right after the commit that recorded the
+    /// send (never before: a device must not act on a command a crash could make the
+    /// store forget), so it must not block for long.
     pub fn start(
         db: Arc<Database>,
         config: CommandsConfig,

@@ -599,6 +599,11 @@ fn null_raw() -> Box<serde_json::value::RawValue> {
 }
 
 impl EventSink for EventBus {
+    /// Only webhooks are durable; the live stream and its replay ring start empty.
+    fn records_durably(&self, kind: &str) -> bool {
+        self.inner.hooks.iter().any(|h| h.filter.matches(kind))
+    }
+
     fn emit(
         &self,
         kind: &'static str,

@@ -158,6 +158,13 @@ pub trait EventSink: Send + Sync + 'static {
         data: Box<serde_json::value::RawValue>,
     ) -> SinkFuture<'_>;
 
+    /// Whether events of `kind` are recorded durably (a webhook takes them), so that one
+    /// a crash lost must be emitted again after the restart. By default every kind.
+    fn records_durably(&self, kind: &str) -> bool {
+        let _ = kind;
+        true
+    }
+
     /// Several events at once, recorded together where the sink can (one durable
     /// write for the batch); by default one [`EventSink::emit`] after another.
     fn emit_many(&self, events: Vec<SinkEvent>) -> SinkFuture<'_> {

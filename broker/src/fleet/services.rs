@@ -276,6 +276,23 @@ impl Services {
         }
     }
 
+    /// `device/{id}/response`, called by the device's connection task itself (not the
+    /// fleet loop): decoded there and queued for the command engine, so an answer costs
+    /// no hand-over to the loop's thread. The connection's PUBACKs of commands take the
+    /// same way ([`Services::command_acked`]), so the engine sees them in the order the
+    /// device sent them.
+    pub(crate) async fn command_response(&self, id: &DeviceId, payload: &[u8], at_ms: u64) {
+        self.presence.seen(id, at_ms);
+        if let Some(plugin) = self.plugin_of(id).await {
+            self.commands.response_with(id, plugin, payload).await;
+        }
+    }
+
+    /// The device's connection `generation` got the PUBACK of a command it wrote.
+    pub(crate) async fn command_acked(&self, id: &DeviceId, generation: u64, command_id: &str) {
+        self.commands.acked(id, generation, command_id).await;
+    }
+
     /// `device/{id}/telemetry`, called by the device's connection task itself (not the
     /// fleet loop): decoded there and put on the store's ingest queue, never waiting for
     /// disk. Under a publish flood the decoding thus spreads over the runtime's workers

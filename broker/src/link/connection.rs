@@ -493,6 +493,14 @@ impl Connection {
             return false;
         };
         if let Identity::Device(device) = &self.s.identity {
+            // Straight to the engine, like the device's answers (see `device_published`).
+            if let Some(services) = self.core.services.get() {
+                let generation = self.s.conn_id;
+                services
+                    .command_acked(&device.id, generation, &command_id)
+                    .await;
+                return true;
+            }
             let event = LinkEvent::CommandAcked {
                 id: device.id.clone(),
                 generation: self.s.conn_id,

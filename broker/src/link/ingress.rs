@@ -533,6 +533,12 @@ impl Connection {
             return;
         };
         let at_ms = now_ms();
+        if kind == Upstream::Response {
+            if let Some(services) = self.core.services.get() {
+                services.command_response(&device.id, payload, at_ms).await;
+                return;
+            }
+        }
         if kind == Upstream::Telemetry {
             if let Some(services) = self.core.services.get() {
                 if let Err(reason) = services.telemetry_point(&device.id, payload, at_ms).await {

@@ -380,6 +380,83 @@ fn reads_before_tables_exist_are_empty() {
     assert!(page.items.is_empty() && page.next_before_seq.is_none());
 }
 
+/// Every deadline index entry, as committed.
+fn deadline_entries(db: &Database) -> Vec<(u64, String)> {
+    let txn = db.begin_read().unwrap();
+    let table = txn.open_table(COMMAND_DEADLINES).unwrap();
+    let entries = table.iter().unwrap().map(|e| {
+        let (k, _) = e.unwrap();
+        let (d, id) = k.value();
+        (d, id.to_owned())
+    });
+    entries.collect()
+}
+
+#[test]
+fn the_deadline_index_follows_every_change_of_a_transaction() {
+    let (_dir, db) = temp_db();
+    // Created and sent in one transaction: one entry, the answer timeout's, and reads
+    // inside the transaction already see it.
+    let a = write(&db, |w| {
+        let mut a = w.create(new_cmd("a", "d1", "X"))?;
+        a.send(200, 1_200).unwrap();
+        w.put(&a)?;
+        assert_eq!(w.earliest_deadline()?, Some(1_200));
+        assert_eq!(w.due(1_200, 10)?, vec![a.clone()]);
+        Ok(a)
+    })
+    .unwrap();
+    assert_eq!(deadline_entries(&db), [(1_200, "a".to_owned())]);
+    // Re-armed twice, then completed, in one transaction: no entry left.
+    write(&db, |w| {
+        let mut a = a.clone();
+        a.send(300, 1_300).unwrap();
+        w.put(&a)?;
+        a.send(400, 1_400).unwrap();
+        w.put(&a)?;
+        assert_eq!(w.earliest_deadline()?, Some(1_400));
+        a.complete(500, None).unwrap();
+        w.put(&a)
+    })
+    .unwrap();
+    assert!(deadline_entries(&db).is_empty());
+    // A device removed in the transaction that moved its command's deadline: the entry
+    // the index held goes too.
+    let b = write(&db, |w| w.create(new_cmd("b", "d2", "X"))).unwrap();
+    assert_eq!(deadline_entries(&db), [(10_100, "b".to_owned())]);
+    write(&db, |w| {
+        let mut b = b.clone();
+        b.send(200, 1_200).unwrap();
+        w.put(&b)?;
+        w.remove_device(&dev("d2")).map(drop)
+    })
+    .unwrap();
+    assert!(deadline_entries(&db).is_empty());
+}
+
+#[test]
+fn terminal_statuses_that_owe_no_event_are_not_remembered() {
+    let (_dir, db) = temp_db();
+    let a = write(&db, |w| w.create(new_cmd("a", "d1", "X"))).unwrap();
+    let b = write(&db, |w| w.create(new_cmd("b", "d1", "Y"))).unwrap();
+    write(&db, |w| {
+        w.set_events_owed(|s| s == CommandStatus::Failed);
+        let (mut a, mut b) = (a.clone(), b.clone());
+        a.complete(300, None).unwrap();
+        w.put(&a)?;
+        b.fail(300, "x".into(), None).unwrap();
+        w.put(&b)
+    })
+    .unwrap();
+    let owed: Vec<_> = unannounced(&db).unwrap();
+    let owed: Vec<_> = owed.into_iter().map(|r| r.command_id).collect();
+    assert_eq!(owed, ["b"]);
+    assert_eq!(
+        counts(&db),
+        [(CommandStatus::Completed, 1), (CommandStatus::Failed, 1)]
+    );
+}
+
 #[test]
 fn create_put_and_indexes_stay_in_step() {
     let (_dir, db) = temp_db();

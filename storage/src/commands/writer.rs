@@ -4,8 +4,11 @@
 //! encodes and stores each one once, and the status counters move once per
 //! transaction: a command that is created and sent, or acknowledged and answered, in
 //! the same batch costs one record write instead of two or three, and reading it back
-//! costs no decode. Indexes (open set, deadlines, unannounced, by device, idempotency)
-//! change at once, so every read in the transaction sees them as they are.
+//! costs no decode. Indexes (open set, unannounced, by device, idempotency) change at
+//! once, so every read in the transaction sees them as they are. The deadline index is
+//! brought in step when something reads it ([`CommandWriter::due`],
+//! [`CommandWriter::earliest_deadline`]) and before the commit, so a command created and
+//! sent in one transaction moves its entry once, not three times.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -36,6 +39,12 @@ pub struct CommandWriter<'txn> {
     deltas: [i64; 8],
     /// The next `seq`, once read; stored by `finish`.
     next_seq: Option<u64>,
+    /// For dirty records whose deadline may have changed: the deadline the index holds
+    /// for them (`None`: no entry). Synced by [`CommandWriter::sync_deadlines`].
+    indexed_deadlines: HashMap<String, Option<u64>>,
+    /// Per status (index as in [`CommandStatus::ALL`]): whether a command reaching it is
+    /// owed an event, i.e. recorded in `command_unannounced`.
+    owed: [bool; 8],
 }
 
 fn slot(s: CommandStatus) -> usize {
@@ -58,11 +67,40 @@ impl<'txn> CommandWriter<'txn> {
             dirty: HashMap::new(),
             deltas: [0; 8],
             next_seq: None,
+            indexed_deadlines: HashMap::new(),
+            owed: [true; 8],
         })
+    }
+
+    /// Which terminal statuses owe an event (default: all). A status nobody records
+    /// durably (no webhook takes its event) need not be remembered until its event is
+    /// emitted: a crash loses nothing a restart could re-send to anyone.
+    pub fn set_events_owed(&mut self, owed: impl Fn(CommandStatus) -> bool) {
+        for (i, s) in CommandStatus::ALL.into_iter().enumerate() {
+            self.owed[i] = owed(s);
+        }
+    }
+
+    /// Brings the deadline index in step with the records changed so far.
+    fn sync_deadlines(&mut self) -> Result<(), StoreError> {
+        for (id, indexed) in self.indexed_deadlines.drain() {
+            let current = self.dirty.get(&id).and_then(|r| r.next_deadline_ms);
+            if indexed == current {
+                continue;
+            }
+            if let Some(d) = indexed {
+                self.deadlines.remove((d, id.as_str()))?;
+            }
+            if let Some(d) = current {
+                self.deadlines.insert((d, id.as_str()), ())?;
+            }
+        }
+        Ok(())
     }
 
     /// Stores every changed record and counter; the last step before the commit.
     pub(super) fn finish(&mut self) -> Result<(), StoreError> {
+        self.sync_deadlines()?;
         for (id, rec) in self.dirty.drain() {
             self.commands
                 .insert(id.as_str(), encode_command(&rec)?.as_slice())?;
@@ -128,9 +166,7 @@ impl<'txn> CommandWriter<'txn> {
         let (id, dev) = (rec.command_id.as_str(), rec.device_id.as_str());
         self.by_device.insert((dev, seq), id)?;
         self.open.insert((dev, seq), id)?;
-        if let Some(d) = rec.next_deadline_ms {
-            self.deadlines.insert((d, id), ())?;
-        }
+        self.indexed_deadlines.insert(rec.command_id.clone(), None);
         if let Some(key) = &rec.idempotency_key {
             self.idempotency.insert((dev, key.as_str()), id)?;
         }
@@ -182,16 +218,17 @@ impl<'txn> CommandWriter<'txn> {
             self.deltas[slot(rec.status)] += 1;
             if rec.status.is_terminal() {
                 self.open.remove((dev, rec.seq))?;
-                self.unannounced.insert(id, ())?;
+                if self.owed[slot(rec.status)] {
+                    self.unannounced.insert(id, ())?;
+                }
             }
         }
         if old.next_deadline_ms != rec.next_deadline_ms {
-            if let Some(d) = old.next_deadline_ms {
-                self.deadlines.remove((d, id))?;
-            }
-            if let Some(d) = rec.next_deadline_ms {
-                self.deadlines.insert((d, id), ())?;
-            }
+            // `old` is the stored version or an earlier one of this transaction; the
+            // first of those is what the index holds.
+            self.indexed_deadlines
+                .entry(id.to_owned())
+                .or_insert(old.next_deadline_ms);
         }
         Ok(())
     }
@@ -200,13 +237,15 @@ impl<'txn> CommandWriter<'txn> {
         let (id, dev) = (rec.command_id.as_str(), rec.device_id.as_str());
         if rec.status.is_terminal() {
             self.open.remove((dev, rec.seq))?;
-            self.unannounced.insert(id, ())?;
+            if self.owed[slot(rec.status)] {
+                self.unannounced.insert(id, ())?;
+            }
         } else {
             self.open.insert((dev, rec.seq), id)?;
         }
-        if let Some(d) = rec.next_deadline_ms {
-            self.deadlines.insert((d, id), ())?;
-        }
+        // Its old entry is unknown: a new one is written at the next sync (a stale entry
+        // is dropped by `due`).
+        self.indexed_deadlines.entry(id.to_owned()).or_insert(None);
         Ok(())
     }
 
@@ -242,6 +281,7 @@ impl<'txn> CommandWriter<'txn> {
     /// earliest first. Index entries that no longer match their record (missing,
     /// undecodable, terminal or re-armed) are removed on the way.
     pub fn due(&mut self, now_ms: u64, limit: usize) -> Result<Vec<CommandRecord>, StoreError> {
+        self.sync_deadlines()?;
         let mut entries = Vec::new();
         for entry in self.deadlines.range((0, "")..)? {
             let (key, _) = entry?;
@@ -267,7 +307,8 @@ impl<'txn> CommandWriter<'txn> {
     }
 
     /// The earliest stored deadline, as this transaction sees it.
-    pub fn earliest_deadline(&self) -> Result<Option<u64>, StoreError> {
+    pub fn earliest_deadline(&mut self) -> Result<Option<u64>, StoreError> {
+        self.sync_deadlines()?;
         Ok(self.deadlines.first()?.map(|(k, _)| k.value().0))
     }
 
@@ -307,10 +348,11 @@ impl<'txn> CommandWriter<'txn> {
                 Some(rec) => Some(Ok(rec)),
                 None => stored,
             };
+            let indexed = self.indexed_deadlines.remove(id.as_str());
             match old {
                 Some(Ok(rec)) => {
                     self.deltas[slot(rec.status)] -= 1;
-                    if let Some(d) = rec.next_deadline_ms {
+                    if let Some(d) = indexed.unwrap_or(rec.next_deadline_ms) {
                         self.deadlines.remove((d, id.as_str()))?;
                     }
                 }

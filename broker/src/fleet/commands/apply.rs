@@ -2,9 +2,10 @@
 //! thread, or on the blocking pool).
 //!
 //! It owns which devices are ready (connection generation and plugin) and turns calls
-//! and due deadlines into transitions of stored commands, handing commands to the
-//! [`CommandSink`] as it goes. What must wait for the commit (answers, events) is
-//! collected in [`Effects`].
+//! and due deadlines into transitions of stored commands. What must wait for the commit
+//! is collected: the PUBLISHes for the [`CommandSink`] (handed over right after the
+//! commit, on the same thread, so a device never acts on a command a crash could make
+//! the store forget) and the answers and events in [`Effects`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -34,6 +35,14 @@ const TIMEOUT: &str = "timeout";
 
 /// Answers one caller after the commit; given the failure message if it failed.
 type Finisher = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// A command to hand to a device connection once the transaction is durable.
+struct Outgoing {
+    device: DeviceId,
+    generation: u64,
+    command_id: String,
+    payload: Bytes,
+}
 
 /// A device connection that can receive commands.
 pub(super) struct Link {
@@ -94,6 +103,11 @@ pub(super) struct Core {
     sink: Arc<dyn CommandSink>,
     counters: Arc<Counters>,
     ready: HashMap<DeviceId, Link>,
+    /// Per status (as in [`CommandStatus::ALL`]): whether its event is recorded durably,
+    /// so a command reaching it is remembered until the event went out.
+    owed: [bool; 8],
+    /// This transaction's sends, in order; handed to the sink after its commit.
+    outgoing: Vec<Outgoing>,
 }
 
 impl Core {
@@ -102,19 +116,30 @@ impl Core {
         config: CommandsConfig,
         sink: Arc<dyn CommandSink>,
         counters: Arc<Counters>,
+        owed: [bool; 8],
     ) -> Core {
         Core {
+            owed,
             db,
             config,
             sink,
             counters,
             ready: HashMap::new(),
+            outgoing: Vec::new(),
         }
     }
 
     pub(super) fn db(&self) -> &Arc<Database> {
         &self.db
     }
+}
+
+/// The index of `s` in [`CommandStatus::ALL`].
+pub(super) fn status_slot(s: CommandStatus) -> usize {
+    CommandStatus::ALL
+        .iter()
+        .position(|&x| x == s)
+        .unwrap_or_default()
 }
 
 /// Applies a transition result: true if it happened. The worker only asks for
@@ -155,7 +180,9 @@ impl Core {
         let mut fx = Effects::default();
         let mut pending = ops.into_iter();
         let db = self.db.clone();
+        let owed = self.owed;
         let result = store::write(&db, |w| {
+            w.set_events_owed(|s| owed[status_slot(s)]);
             w.mark_announced(&announced)?;
             for op in pending.by_ref() {
                 self.apply_op(w, op, now, &mut fx)?;
@@ -166,8 +193,13 @@ impl Core {
             Ok(())
         });
         match result {
-            Ok(()) => (fx, Vec::new()),
+            Ok(()) => {
+                self.send_outgoing();
+                (fx, Vec::new())
+            }
             Err(error) => {
+                // Nothing of it is stored, so nothing of it may reach a device.
+                self.outgoing.clear();
                 tracing::error!(%error, "command transaction failed");
                 let message = error.to_string();
                 pending.for_each(|op| op.reject(&message));
@@ -350,16 +382,13 @@ impl Core {
                 continue;
             }
             self.deliver(w, &mut rec, None, now, fx)?;
-            if !self.ready.contains_key(&device) {
-                break; // the connection went away
-            }
         }
         Ok(())
     }
 
-    /// Hands `rec` to its device's ready connection and records the send. False if the
-    /// device has no ready connection (the record is unchanged) or the command cannot be
-    /// encoded (it fails). `encoded` is its payload when the caller has it (a create,
+    /// Records the send of `rec` to its device's ready connection; the PUBLISH goes out
+    /// after the commit ([`Core::send_outgoing`]). False if the device has no ready
+    /// connection (the record is unchanged) or the command cannot be encoded (it fails). `encoded` is its payload when the caller has it (a create,
     /// encoded by the device's plugin while checking the request); otherwise the
     /// connection's plugin encodes it.
     fn deliver(
@@ -395,18 +424,41 @@ impl Core {
             }
         };
         let generation = link.generation;
-        if !self
-            .sink
-            .deliver(&rec.device_id, generation, &rec.command_id, payload)
-        {
-            tracing::debug!(device_id = %rec.device_id, generation, "connection gone before a command");
-            self.ready.remove(&rec.device_id);
+        if !moved(rec.send(now, now.saturating_add(rec.timeout_ms))) {
             return Ok(false);
         }
-        if moved(rec.send(now, now.saturating_add(rec.timeout_ms))) {
-            w.put(rec)?;
-        }
+        w.put(rec)?;
+        self.outgoing.push(Outgoing {
+            device: rec.device_id.clone(),
+            generation,
+            command_id: rec.command_id.clone(),
+            payload,
+        });
         Ok(true)
+    }
+
+    /// Hands the committed transaction's commands to their connections, in order. A
+    /// connection that is gone is no longer ready (unless a newer one took its place);
+    /// its commands stay `sent` and go out again on the device's next connection (or at
+    /// their answer timeout), as for a send the network lost.
+    fn send_outgoing(&mut self) {
+        for out in self.outgoing.drain(..) {
+            let current = |ready: &HashMap<DeviceId, Link>| {
+                ready
+                    .get(&out.device)
+                    .is_some_and(|l| l.generation == out.generation)
+            };
+            if !current(&self.ready) {
+                continue; // it left later in the batch
+            }
+            let sent = self
+                .sink
+                .deliver(&out.device, out.generation, &out.command_id, out.payload);
+            if !sent {
+                tracing::debug!(device_id = %out.device, generation = out.generation, "connection gone before a command");
+                self.ready.remove(&out.device);
+            }
+        }
     }
 
     fn acked(

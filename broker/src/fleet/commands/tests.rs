@@ -19,12 +19,16 @@ struct Delivery {
     generation: u64,
     command_id: String,
     payload: Value,
+    /// The command's status in the store's last commit when it was handed over.
+    committed: Option<CommandStatus>,
 }
 
 #[derive(Default)]
 struct RecordingSink {
     sent: Mutex<Vec<Delivery>>,
     refuse: AtomicBool,
+    /// The engine's database, read (committed state only) at every hand-over.
+    db: std::sync::OnceLock<std::sync::Weak<Database>>,
 }
 
 impl CommandSink for RecordingSink {
@@ -38,11 +42,20 @@ impl CommandSink for RecordingSink {
         if self.refuse.load(Ordering::SeqCst) {
             return false;
         }
+        let committed = self
+            .db
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .and_then(|db| {
+                let rec = fleetmq_storage::commands::get(&db, command_id).unwrap();
+                rec.map(|r| r.status())
+            });
         self.sent.lock().unwrap().push(Delivery {
             device: id.to_string(),
             generation,
             command_id: command_id.to_owned(),
             payload: serde_json::from_slice(&payload).unwrap(),
+            committed,
         });
         true
     }
@@ -100,6 +113,7 @@ impl Harness {
     fn open(dir: tempfile::TempDir, config: CommandsConfig) -> Harness {
         let db = Arc::new(Database::create(dir.path().join("fleetmq.redb")).unwrap());
         let sink = Arc::new(RecordingSink::default());
+        let _ = sink.db.set(Arc::downgrade(&db));
         let events = Arc::new(RecordingEvents::default());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -447,14 +461,38 @@ async fn reconnects_resend_unanswered_commands_but_repeats_do_not() {
     assert_eq!(h.status(&a).await, CommandStatus::Sent);
 }
 
+/// SPEC §5: a device must never act on a command a crash could make the API forget, so
+/// nothing reaches a connection before the transaction that records it is durable.
+/// (Failed before the fix: the create's send saw no record, the queued one's `queued`.)
 #[tokio::test(start_paused = true)]
-async fn a_connection_that_is_gone_leaves_commands_queued() {
+async fn commands_reach_the_device_only_after_their_send_is_committed() {
+    let h = Harness::new(config()); // timeout 10 s, 2 re-sends
+    let queued = h.id("d1", r#"{"type":"A"}"#).await;
+    h.ready("d1", 1).await;
+    let created = h.id("d1", r#"{"type":"B"}"#).await;
+    advance(&h, 11).await; // both re-sent
+    h.ready("d1", 2).await; // both re-sent to a new connection
+    let sent = h.sink.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 6, "{sent:?}");
+    for id in [&queued, &created] {
+        assert_eq!(sent.iter().filter(|d| d.command_id == *id).count(), 3);
+    }
+    for d in &sent {
+        assert_eq!(d.committed, Some(CommandStatus::Sent), "{d:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_is_gone_is_not_ready_and_gets_its_commands_again() {
     let h = Harness::new(config());
     h.sink.refuse.store(true, Ordering::SeqCst);
     h.ready("d1", 1).await;
     let a = h.id("d1", r#"{"type":"A"}"#).await;
+    // Handed over after its commit, as the connection vanished: recorded as sent (like a
+    // PUBLISH the network lost), never given to the device.
     let v = h.get(&a).await;
-    assert_eq!((v.status, v.attempts), (CommandStatus::Queued, 0));
+    assert_eq!((v.status, v.attempts), (CommandStatus::Sent, 1));
+    assert!(h.sent_ids().is_empty());
     h.sink.refuse.store(false, Ordering::SeqCst);
     let b = h.id("d1", r#"{"type":"B"}"#).await;
     assert_eq!(
