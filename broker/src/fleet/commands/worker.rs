@@ -33,16 +33,6 @@ use crate::fleet::{CommandSink, EventSink};
 const MAX_BATCH: usize = 256;
 /// How long to wait before retrying after a failed transaction.
 const RETRY_AFTER_MS: u64 = 1_000;
-/// Group commit: a batch of fewer calls than this that found calls already waiting
-/// after a batch of at least [`GROUP_AFTER`] calls (the engine is busy) waits
-/// [`GROUP_WAIT`] for more before its transaction, so under load more commands share
-/// one durable commit. A lightly used engine never waits: one client's create, then its
-/// device's PUBACK and answer, are batches of one or two calls.
-const GROUP_BELOW: usize = 32;
-/// See [`GROUP_BELOW`].
-const GROUP_AFTER: usize = 4;
-/// See [`GROUP_BELOW`]: about an fdatasync on an idle SSD.
-const GROUP_WAIT: Duration = Duration::from_micros(200);
 /// Batches' announcements queued for the announcer before the worker waits for it.
 const ANNOUNCE_QUEUE: usize = 64;
 
@@ -234,11 +224,8 @@ impl Worker {
         self.announcer = Some(announce_tx);
         self.load().await;
         let mut buf = Vec::with_capacity(MAX_BATCH);
-        let mut last = 0;
         loop {
             let wake = self.next_deadline.map(|ms| self.clock.instant_at(ms));
-            // Calls arrived while a batch of several ran: the engine is busy.
-            let busy = last >= GROUP_AFTER && !rx.is_empty();
             let alive = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -246,14 +233,9 @@ impl Worker {
                     if n == 0 {
                         break;
                     }
-                    if busy && self.inline && n < GROUP_BELOW {
-                        self.gather(&mut rx, &mut buf);
-                    }
-                    last = buf.len();
                     self.batch(std::mem::take(&mut buf)).await
                 }
                 () = sleep_until(wake) => {
-                    last = 0;
                     self.batch(Vec::new()).await
                 }
             };
@@ -278,18 +260,6 @@ impl Worker {
             self.batch(Vec::new()).await;
         }
         tracing::debug!("command engine stopped");
-    }
-
-    /// Group commit (see [`GROUP_BELOW`]): waits a moment on this dedicated thread, then
-    /// adds what arrived meanwhile to `buf`.
-    fn gather(&self, rx: &mut mpsc::Receiver<Op>, buf: &mut Vec<Op>) {
-        std::thread::sleep(GROUP_WAIT);
-        while buf.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => buf.push(op),
-                Err(_) => break,
-            }
-        }
     }
 
     /// Creates the tables, loads counts and the first deadline, and re-emits events a
