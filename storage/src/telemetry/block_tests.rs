@@ -6,31 +6,12 @@ use super::block::{
     bucket, decode_block, encode_block, BlockPointV1, BlockV1, PointRef, StoredBlock, BLOCK_SPAN_MS,
 };
 use super::retention::{migrate_step, SWEEP_TXN_BUDGET};
+use super::tests::{id, temp_db, vals};
 use super::*;
 use proptest::prelude::*;
 use redb::ReadableTableMetadata as _;
 
 use crate::test_support::hex;
-
-fn id(s: &str) -> DeviceId {
-    s.parse().expect("valid test device id")
-}
-
-fn temp_db() -> (tempfile::TempDir, Database) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::create(dir.path().join("t.redb")).expect("create db");
-    let txn = db.begin_write().expect("begin");
-    create_tables(&txn).expect("create tables");
-    txn.commit().expect("commit");
-    (dir, db)
-}
-
-fn vals(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
 
 fn refs(points: &[Point]) -> impl ExactSizeIterator<Item = PointRef<'_>> + Clone {
     points.iter().map(|p| PointRef {

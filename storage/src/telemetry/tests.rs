@@ -6,11 +6,11 @@ use proptest::prelude::*;
 
 use crate::test_support::hex;
 
-fn id(s: &str) -> DeviceId {
+pub(super) fn id(s: &str) -> DeviceId {
     s.parse().expect("valid test device id")
 }
 
-fn temp_db() -> (tempfile::TempDir, Database) {
+pub(super) fn temp_db() -> (tempfile::TempDir, Database) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::create(dir.path().join("t.redb")).expect("create db");
     let txn = db.begin_write().expect("begin");
@@ -19,7 +19,7 @@ fn temp_db() -> (tempfile::TempDir, Database) {
     (dir, db)
 }
 
-fn vals(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+pub(super) fn vals(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
