@@ -39,10 +39,12 @@
 //! the command view, errors, counters).
 
 mod apply;
+mod devices;
 mod model;
+mod waiters;
 mod worker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,6 +60,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::fleet::{CommandSink, EventSink};
+use devices::DeviceCache;
+pub use devices::{CacheMiss, KnownDevice};
+use waiters::Waiters;
 use worker::{Clock, Op, Worker};
 
 pub use fleetmq_storage::commands::CommandStatus;
@@ -68,8 +73,6 @@ pub use model::{
 
 /// How many calls may wait for the worker before callers wait for room.
 const QUEUE_DEPTH: usize = 1_024;
-/// Most devices [`CommandEngine::cached_device`] remembers (then it starts over).
-const DEVICE_CACHE_MAX: usize = 100_000;
 
 /// Counters shared by the handle and the worker.
 #[derive(Debug, Default)]
@@ -100,85 +103,6 @@ struct Shared {
     counters: Arc<Counters>,
     clock: Clock,
     devices: Mutex<DeviceCache>,
-}
-
-/// The devices the command API looked up, so a create costs no store read. A device's
-/// plugin never changes; only its deletion makes an entry wrong, and
-/// [`CommandEngine::forget_cached_device`] runs before a delete is answered. `epoch`
-/// counts those: a lookup that raced with one is not remembered.
-#[derive(Default)]
-struct DeviceCache {
-    plugins: HashMap<DeviceId, Arc<dyn DevicePlugin>>,
-    epoch: u64,
-}
-
-/// A device commands may be created for: its id and plugin (see
-/// [`CommandEngine::cached_device`]).
-#[derive(Clone)]
-pub struct KnownDevice {
-    pub id: DeviceId,
-    plugin: Arc<dyn DevicePlugin>,
-}
-
-impl std::fmt::Debug for KnownDevice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KnownDevice")
-            .field("id", &self.id)
-            .field("plugin", &self.plugin.name())
-            .finish()
-    }
-}
-
-/// What [`CommandEngine::remember_device`] needs to know whether the device was
-/// forgotten since the cache missed.
-#[derive(Debug, Clone, Copy)]
-pub struct CacheMiss(u64);
-
-/// Callers waiting for commands to reach a terminal status, by command id. Each
-/// terminal record wakes only its own waiters (a broadcast to every waiter would cost
-/// O(waiters) wake-ups per command under load).
-#[derive(Default)]
-pub(super) struct Waiters {
-    by_id: Mutex<HashMap<String, Vec<oneshot::Sender<Arc<CommandView>>>>>,
-}
-
-impl Waiters {
-    fn map(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<Arc<CommandView>>>>> {
-        self.by_id.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Registers interest in `command_id`; the receiver gets the terminal record.
-    fn register(&self, command_id: &str) -> oneshot::Receiver<Arc<CommandView>> {
-        let (tx, rx) = oneshot::channel();
-        self.map()
-            .entry(command_id.to_owned())
-            .or_default()
-            .push(tx);
-        rx
-    }
-
-    /// Drops registrations whose receivers are gone (a waiter that timed out).
-    fn prune(&self, command_id: &str) {
-        let mut map = self.map();
-        if let Some(list) = map.get_mut(command_id) {
-            list.retain(|tx| !tx.is_closed());
-            if list.is_empty() {
-                map.remove(command_id);
-            }
-        }
-    }
-
-    /// Hands `view` to everyone waiting for its command.
-    pub(super) fn wake(&self, view: Arc<CommandView>) {
-        let Some(list) = self.map().remove(&view.command_id) else {
-            return;
-        };
-        for tx in list {
-            let _ = tx.send(view.clone());
-        }
-    }
 }
 
 /// Handle to the command engine; clones share one engine.
@@ -271,59 +195,6 @@ impl CommandEngine {
             }),
         };
         (engine, worker, rx)
-    }
-
-    fn devices(&self) -> std::sync::MutexGuard<'_, DeviceCache> {
-        self.shared
-            .devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The device `id` if a lookup remembered it; otherwise what
-    /// [`CommandEngine::remember_device`] needs after reading it from the store.
-    pub fn cached_device(&self, id: &DeviceId) -> Result<KnownDevice, CacheMiss> {
-        let cache = self.devices();
-        match cache.plugins.get(id) {
-            Some(plugin) => Ok(KnownDevice {
-                id: id.clone(),
-                plugin: plugin.clone(),
-            }),
-            None => Err(CacheMiss(cache.epoch)),
-        }
-    }
-
-    /// `device`, read from the store after `miss`, as a [`KnownDevice`]; remembered
-    /// unless a device was forgotten since the miss (it may have been this one).
-    pub fn remember_device(
-        &self,
-        device: &DeviceRecord,
-        miss: CacheMiss,
-    ) -> Result<KnownDevice, CommandError> {
-        let known = self.known(device)?;
-        let mut cache = self.devices();
-        if cache.epoch == miss.0 {
-            if cache.plugins.len() >= DEVICE_CACHE_MAX {
-                cache.plugins.clear();
-            }
-            cache.plugins.insert(known.id.clone(), known.plugin.clone());
-        }
-        Ok(known)
-    }
-
-    /// The device was deleted: [`CommandEngine::cached_device`] no longer knows it.
-    /// Must run before the deletion is answered.
-    pub fn forget_cached_device(&self, id: &DeviceId) {
-        let mut cache = self.devices();
-        cache.plugins.remove(id);
-        cache.epoch += 1;
-    }
-
-    fn known(&self, device: &DeviceRecord) -> Result<KnownDevice, CommandError> {
-        Ok(KnownDevice {
-            id: device.id.clone(),
-            plugin: self.plugin(device)?,
-        })
     }
 
     /// Creates a command for `device`, durably, and sends it at once when the device is
