@@ -1,10 +1,9 @@
 //! The fleet services' event loop: presence, reported status, and handing device
 //! traffic to the command engine and the telemetry store.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use fleetmq_device_plugins::{DevicePlugin, PluginRegistry};
+use fleetmq_device_plugins::DevicePlugin;
 use fleetmq_storage::{DeviceId, DeviceRecord, DeviceState, Store};
 use serde_json::json;
 
@@ -13,9 +12,6 @@ use super::events::EventBus;
 use super::presence::{Presence, Transition};
 use super::telemetry::{Rejected, Telemetry};
 use super::{LinkEvent, Upstream};
-
-/// Devices whose plugin is remembered at once (the cache starts over beyond this).
-const PLUGIN_CACHE_MAX: usize = 100_000;
 
 /// A change to one device's stored state, applied at the end of the batch.
 type StateChange = Box<dyn FnOnce(&mut DeviceState) + Send>;
@@ -32,12 +28,9 @@ struct Pending {
 pub struct Services {
     pub(crate) store: Store,
     pub(crate) presence: Presence,
-    pub(crate) plugins: PluginRegistry,
     pub(crate) events: EventBus,
     pub(crate) commands: CommandEngine,
     pub(crate) telemetry: Telemetry,
-    /// Each device's plugin, so per-message work never reads the device record.
-    plugin_cache: Mutex<HashMap<DeviceId, Arc<dyn DevicePlugin>>>,
     /// Writes of the batch being handled (see [`Services::on_events`]).
     pending: Mutex<Pending>,
 }
@@ -52,11 +45,9 @@ impl Services {
         Services {
             store,
             presence: Presence::default(),
-            plugins: PluginRegistry::builtin(),
             events,
             commands,
             telemetry,
-            plugin_cache: Mutex::default(),
             pending: Mutex::default(),
         }
     }
@@ -77,21 +68,16 @@ impl Services {
         }
     }
 
+    /// The device's plugin, from the command engine's device cache (one store read per
+    /// device until it is deleted; a lookup racing a delete is not remembered).
     async fn plugin_of(&self, id: &DeviceId) -> Option<Arc<dyn DevicePlugin>> {
-        if let Some(plugin) = self.cache().get(id) {
-            return Some(plugin.clone());
-        }
-        let plugin = self.plugins.get(&self.device(id).await?.plugin)?;
-        let mut cache = self.cache();
-        if cache.len() >= PLUGIN_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(id.clone(), plugin.clone());
-        Some(plugin)
-    }
-
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Arc<dyn DevicePlugin>>> {
-        self.plugin_cache.lock().unwrap_or_else(|e| e.into_inner())
+        let miss = match self.commands.cached_plugin(id) {
+            Ok(plugin) => return Some(plugin),
+            Err(miss) => miss,
+        };
+        let device = self.device(id).await?;
+        let known = self.commands.remember_device(&device, miss).ok()?;
+        Some(known.plugin().clone())
     }
 
     /// Queues a change to the stored state of a device for the end of the batch; a
@@ -134,7 +120,7 @@ impl Services {
 
     /// A device was deleted: forget everything kept about it.
     pub(crate) async fn forget_device(&self, id: &DeviceId) {
-        self.cache().remove(id);
+        // Also drops its plugin from the cache per-message work uses (`plugin_of`).
         self.commands.forget_device(id).await;
         if let Err(e) = self.telemetry.forget_device(id).await {
             tracing::error!(device_id = %id, error = %e, "could not delete telemetry");

@@ -30,6 +30,13 @@ pub struct KnownDevice {
     pub(super) plugin: Arc<dyn DevicePlugin>,
 }
 
+impl KnownDevice {
+    /// The device's plugin.
+    pub(crate) fn plugin(&self) -> &Arc<dyn DevicePlugin> {
+        &self.plugin
+    }
+}
+
 impl std::fmt::Debug for KnownDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KnownDevice")
@@ -55,12 +62,18 @@ impl CommandEngine {
     /// The device `id` if a lookup remembered it; otherwise what
     /// [`CommandEngine::remember_device`] needs after reading it from the store.
     pub fn cached_device(&self, id: &DeviceId) -> Result<KnownDevice, CacheMiss> {
+        self.cached_plugin(id).map(|plugin| KnownDevice {
+            id: id.clone(),
+            plugin,
+        })
+    }
+
+    /// The plugin of device `id` if a lookup remembered it: the same cache serves the
+    /// link layer's per-message work (`Services::plugin_of`), without copying the id.
+    pub(crate) fn cached_plugin(&self, id: &DeviceId) -> Result<Arc<dyn DevicePlugin>, CacheMiss> {
         let cache = self.devices();
         match cache.plugins.get(id) {
-            Some(plugin) => Ok(KnownDevice {
-                id: id.clone(),
-                plugin: plugin.clone(),
-            }),
+            Some(plugin) => Ok(plugin.clone()),
             None => Err(CacheMiss(cache.epoch)),
         }
     }
