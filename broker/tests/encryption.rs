@@ -195,9 +195,10 @@ async fn rotate(b: &TestBroker, rec: &DeviceRecord) -> DeviceRecord {
     rotated
 }
 
-#[tokio::test]
-async fn the_previous_key_generation_is_accepted_only_during_the_grace_period() {
-    let (b, rec, _svc, mut svc_el) = setup(Duration::from_secs(3600)).await;
+/// Rotates the key of a connected device under `grace`, then sends one message sealed
+/// with the old generation and one with the new; returns what the service client got.
+async fn old_then_new_after_rotation(grace: Duration) -> Vec<Vec<u8>> {
+    let (b, rec, _svc, mut svc_el) = setup(grace).await;
     let (old_gen, old_key) = current(&rec);
     let (dev, dev_el) = connect_v4(&b, Via::Tcp, "sealed-1", Some(("sealed-1", "token")))
         .await
@@ -208,59 +209,28 @@ async fn the_previous_key_generation_is_accepted_only_during_the_grace_period() 
     assert_eq!(new_gen, old_gen + 1);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let topic = "device/sealed-1/telemetry";
-    dev.publish(
-        topic,
-        QoS::AtLeastOnce,
-        false,
-        seal(&old_key, old_gen, [7; 12], topic, b"old"),
-    )
-    .await
-    .unwrap();
-    dev.publish(
-        topic,
-        QoS::AtLeastOnce,
-        false,
-        seal(&new_key, new_gen, [8; 12], topic, b"new"),
-    )
-    .await
-    .unwrap();
-    let got: Vec<_> = publishes_v4(&mut svc_el, QUIET)
+    for (key, generation, nonce, plain) in [
+        (&old_key, old_gen, [7; 12], b"old"),
+        (&new_key, new_gen, [8; 12], b"new"),
+    ] {
+        let envelope = seal(key, generation, nonce, topic, plain);
+        dev.publish(topic, QoS::AtLeastOnce, false, envelope)
+            .await
+            .unwrap();
+    }
+    publishes_v4(&mut svc_el, QUIET)
         .await
         .into_iter()
         .map(|(_, p)| p)
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn the_previous_key_generation_is_accepted_only_during_the_grace_period() {
+    let got = old_then_new_after_rotation(Duration::from_secs(3600)).await;
     assert_eq!(got, [b"old".to_vec(), b"new".to_vec()]);
 
     // With no grace period the old generation is refused at once.
-    let (b, rec, _svc, mut svc_el) = setup(Duration::ZERO).await;
-    let (old_gen, old_key) = current(&rec);
-    let (dev, dev_el) = connect_v4(&b, Via::Tcp, "sealed-1", Some(("sealed-1", "token")))
-        .await
-        .unwrap();
-    let _d = drive_v4(dev_el);
-    let rotated = rotate(&b, &rec).await;
-    let (new_gen, new_key) = current(&rotated);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    dev.publish(
-        topic,
-        QoS::AtLeastOnce,
-        false,
-        seal(&old_key, old_gen, [7; 12], topic, b"old"),
-    )
-    .await
-    .unwrap();
-    dev.publish(
-        topic,
-        QoS::AtLeastOnce,
-        false,
-        seal(&new_key, new_gen, [8; 12], topic, b"new"),
-    )
-    .await
-    .unwrap();
-    let got: Vec<_> = publishes_v4(&mut svc_el, QUIET)
-        .await
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
+    let got = old_then_new_after_rotation(Duration::ZERO).await;
     assert_eq!(got, [b"new".to_vec()]);
 }
