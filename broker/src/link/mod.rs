@@ -46,6 +46,7 @@ mod session_link;
 mod session_owed;
 mod session_props;
 pub(crate) mod session_store;
+mod session_writer;
 mod subscriptions;
 pub(crate) mod sys;
 mod tls;
@@ -166,6 +167,8 @@ pub(crate) struct Core {
 pub(crate) struct Restored {
     pub(crate) retained: Vec<RetainedMessage>,
     pub(crate) sessions: Vec<SessionRecord>,
+    /// The highest slot of any stored session queue (arrival numbers start past it).
+    pub(crate) max_queued_seq: Option<u64>,
 }
 
 impl Core {
@@ -187,6 +190,7 @@ impl Core {
             store.clone(),
             config.max_queued_messages,
             restored.sessions,
+            restored.max_queued_seq,
         );
         Ok(Arc::new(Core {
             retained: retained::RetainedIndex::load(restored.retained),
@@ -248,6 +252,7 @@ impl Core {
             topic,
             payload,
             qos,
+            conn_id: 0,
             // Routed without the retain mark, so live subscribers see RETAIN=0 too.
             retain: false,
         };

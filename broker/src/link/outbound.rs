@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::connection::Connection;
 use super::framing::{self, PublishMeta};
 use super::origin::remaining_expiry;
-use super::session_store::{self, Unacked};
+use super::session_store;
 use crate::stats::{DropCause, Stats};
 
 /// Packet ids of the messages the link delivers (commands use 1001..).
@@ -37,7 +37,9 @@ pub(super) struct OutMsg {
     pub(super) qos: u8,
     pub(super) retain: bool,
     pub(super) dup: bool,
-    /// Its place in the session's redb queue, if it came from there.
+    /// Its slot in the persistent session's redb queue (`session_store`): where it is
+    /// stored, or would be should the session park before the client acknowledged it.
+    /// QoS 1/2 messages of persistent sessions only.
     pub(super) seq: Option<u64>,
     /// PUBLISH properties to send (v5 clients), without the Message Expiry Interval.
     pub(super) props: Option<PublishProperties>,
@@ -48,9 +50,6 @@ pub(super) struct OutMsg {
     pub(super) read_checked: bool,
     /// The packet id it was in flight with before the client reconnected.
     pub(super) pkid: Option<u16>,
-    /// Its arrival number at the parked-session check (live QoS 1/2 messages), which
-    /// parking compares with the session's mark (`session_store`).
-    pub(super) arrival: Option<u64>,
 }
 
 impl OutMsg {
@@ -67,13 +66,12 @@ impl OutMsg {
             expires_at_ms: None,
             read_checked: false,
             pkid: None,
-            arrival: None,
         }
     }
 
     /// As a parked session's queue keeps it, with its v5 properties and expiry time, and
-    /// the packet id it was in flight with.
-    fn queued(self, dup: bool, pkid: Option<u16>) -> Unacked {
+    /// the packet id it was in flight with; and its slot.
+    fn queued(self, dup: bool, pkid: Option<u16>) -> (Option<u64>, QueuedMessage) {
         let now = now_ms();
         let (properties, _) = session_store::stored_properties(self.props.as_ref(), now);
         let msg = QueuedMessage {
@@ -87,20 +85,15 @@ impl OutMsg {
             properties,
             pkid,
         };
-        Unacked {
-            msg,
-            arrival: self.arrival,
-        }
+        (self.seq, msg)
     }
 }
 
 /// What a leaving client was owed (see [`Outbound::take_unacked`]).
 pub(super) struct Owed {
-    /// Messages to append to the session's queue, in order (those that were in flight
-    /// with their packet ids).
-    pub(super) messages: Vec<Unacked>,
-    /// Stored-queue entries that were in flight: (seq, packet id).
-    pub(super) stored_inflight: Vec<(u64, u16)>,
+    /// Messages the session's queue must hold, in send order, with their slots (those
+    /// that were in flight with DUP and their packet ids).
+    pub(super) messages: Vec<(Option<u64>, QueuedMessage)>,
     /// Packet ids of QoS 2 exchanges waiting for the client's PUBCOMP, in send order.
     pub(super) pubrels: Vec<u16>,
 }
@@ -122,9 +115,17 @@ pub(crate) struct Outbound {
     next_pkid: u16,
     next_order: u64,
     max_pending: usize,
-    /// Queue entries delivered (QoS 0 written, QoS 1 acked, QoS 2 PUBREC'd): removed from
-    /// the stored queue after the batch.
+    /// Queue slots delivered (QoS 0 written, QoS 1 acked, dropped): removed from the
+    /// stored queue after the batch, without waiting for the disk (a crash may deliver
+    /// them again, which at-least-once allows).
     pub(super) acked_seqs: Vec<u64>,
+    /// QoS 2 slots PUBREC'd: removed, and their PUBREL recorded, durably before the
+    /// PUBRELs go out, so a client that completed one never gets it again.
+    pub(super) released_seqs: Vec<u64>,
+    /// QoS 2 slots written on a packet id they were not stored with: recorded durably
+    /// before the PUBLISH goes out, so a re-send after a crash uses the same id with
+    /// DUP=1 [MQTT-4.4.0-1] and the client's QoS 2 state recognises it.
+    pub(super) sent_marks: Vec<(u64, u16)>,
     /// Registered in `Core::congestion`.
     congested: bool,
     /// The client's last ack of a message (or when congestion began).
@@ -141,6 +142,8 @@ impl Outbound {
             next_order: 0,
             max_pending,
             acked_seqs: Vec::new(),
+            released_seqs: Vec::new(),
+            sent_marks: Vec::new(),
             congested: false,
             progress_at: Instant::now(),
         }
@@ -201,28 +204,25 @@ impl Outbound {
 
     /// What a leaving persistent session still owes its client, in send order: messages
     /// written and not acknowledged (DUP, with their packet ids), then those not written
-    /// yet. Stored-queue entries stay where they are in redb; those in flight are
-    /// returned with their packet ids, and released QoS 2 exchanges with theirs.
+    /// yet; and the packet ids of released QoS 2 exchanges.
     pub(super) fn take_unacked(&mut self) -> Owed {
-        let mut stored = Vec::new();
         let mut inflight = Vec::new();
         let mut pubrels = Vec::new();
         for (pkid, i) in std::mem::take(&mut self.inflight) {
-            match i.msg.seq {
-                _ if i.released => pubrels.push((i.order, pkid)),
-                Some(seq) => stored.push((seq, pkid)),
-                None if i.msg.qos > 0 => inflight.push((pkid, i)),
-                _ => {}
+            if i.released {
+                pubrels.push((i.order, pkid));
+            } else if i.msg.qos > 0 {
+                inflight.push((pkid, i));
             }
         }
         inflight.sort_by_key(|(_, i)| i.order);
-        let mut out: Vec<Unacked> = inflight
+        let mut out: Vec<(Option<u64>, QueuedMessage)> = inflight
             .into_iter()
             .map(|(pkid, i)| i.msg.queued(true, Some(pkid)))
             .collect();
         self.reserved.clear();
         for m in std::mem::take(&mut self.pending) {
-            if m.seq.is_none() && m.qos > 0 {
+            if m.qos > 0 {
                 let (dup, pkid) = (m.dup, m.pkid);
                 out.push(m.queued(dup, pkid));
             }
@@ -230,7 +230,6 @@ impl Outbound {
         pubrels.sort_unstable();
         Owed {
             messages: out,
-            stored_inflight: stored,
             pubrels: pubrels.into_iter().map(|(_, pkid)| pkid).collect(),
         }
     }
@@ -310,6 +309,9 @@ impl Connection {
                 _ => self.queue.next_pkid(),
             };
             if self.write_out(&msg, pkid) {
+                if let (2, Some(seq), false) = (msg.qos, msg.seq, msg.pkid == Some(pkid)) {
+                    self.queue.sent_marks.push((seq, pkid));
+                }
                 let order = self.queue.next_order;
                 self.queue.next_order += 1;
                 let inflight = Inflight {
@@ -393,7 +395,7 @@ impl Connection {
             (5, 2, false) => {
                 inflight.released = true;
                 if let Some(seq) = inflight.msg.seq.take() {
-                    self.queue.acked_seqs.push(seq);
+                    self.queue.released_seqs.push(seq);
                 }
                 self.write_packet(Packet::PubRel(
                     PubRel {
@@ -470,6 +472,6 @@ mod tests {
         // Parking keeps each waiting re-send's id with it.
         let owed = q.take_unacked();
         assert!(q.reserved.is_empty());
-        assert_eq!(owed.messages[1].msg.pkid, Some(2));
+        assert_eq!(owed.messages[1].1.pkid, Some(2));
     }
 }
