@@ -21,9 +21,9 @@
 //! - `session_store`, `session_link`: persistent sessions, their redb queues and expiry;
 //!   `session_index`: the parked sessions' filters by level, so a publish finds its
 //!   parked subscribers without scanning them all; `session_ledger`: what the router
-//!   still owes a connected persistent session, queued if it parks first;
-//!   `session_owed`: the connection's side of it (when a subscription takes effect,
-//!   what a SUBACK settles).
+//!   still owes a connected persistent session (stored too); `session_owed`: the
+//!   connection's side of it (when a subscription takes effect, what a SUBACK
+//!   settles); `session_writer`: the group-committed writer of every session queue.
 
 pub(crate) mod acl;
 mod alias;

@@ -6,7 +6,7 @@ use fleetmq_storage::MessageProperties;
 use rumqttd::protocol::PublishProperties;
 
 use crate::link::framing::PublishMeta;
-use crate::link::origin::Origin;
+use crate::link::origin::{Origin, Routing};
 use crate::link::session_link;
 
 fn sub(filter: &str, qos: u8, id: Option<u32>) -> SessionSubscription {
