@@ -171,9 +171,11 @@ impl Connection {
         let slot = origin
             .and_then(|o| o.arrival)
             .filter(|_| qos > 0 && self.sess.ledger.is_some());
+        let stored = slot.is_some() && self.core.session_store.durable_live();
+        let stored_slot = slot.filter(|_| stored);
         if !self.s.principal.may_read(&topic) {
             self.core.stats.dropped(DropCause::AclDelivery);
-            self.queue.acked_seqs.extend(slot);
+            self.queue.acked_seqs.extend(stored_slot);
             tracing::debug!(client_id = %self.s.client_id, topic, "delivery denied by read ACL");
             return;
         }
@@ -181,7 +183,7 @@ impl Connection {
         if let Some(origin) = origin {
             if origin.conn_id == self.s.conn_id && self.subs.no_local_blocks(&topic) {
                 // [MQTT-3.8.3-3]: not an error, just not for us.
-                self.queue.acked_seqs.extend(slot);
+                self.queue.acked_seqs.extend(stored_slot);
                 return;
             }
             if let Some(interval) = properties
@@ -192,7 +194,7 @@ impl Connection {
                 if at <= now_ms() {
                     // [MQTT-3.3.2-5]
                     self.core.stats.dropped(DropCause::Expired);
-                    self.queue.acked_seqs.extend(slot);
+                    self.queue.acked_seqs.extend(stored_slot);
                     return;
                 }
                 expires_at_ms = Some(at);
@@ -210,6 +212,7 @@ impl Connection {
             retain,
             dup: false,
             seq: slot,
+            stored,
             props: properties,
             expires_at_ms,
             read_checked: true,

@@ -191,6 +191,7 @@ impl Core {
             config.max_queued_messages,
             restored.sessions,
             restored.max_queued_seq,
+            config.durable_connected_sessions,
         );
         Ok(Arc::new(Core {
             retained: retained::RetainedIndex::load(restored.retained),

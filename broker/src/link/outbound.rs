@@ -41,6 +41,8 @@ pub(super) struct OutMsg {
     /// stored, or would be should the session park before the client acknowledged it.
     /// QoS 1/2 messages of persistent sessions only.
     pub(super) seq: Option<u64>,
+    /// Whether a copy is stored at `seq` (to be removed when delivered).
+    pub(super) stored: bool,
     /// PUBLISH properties to send (v5 clients), without the Message Expiry Interval.
     pub(super) props: Option<PublishProperties>,
     /// When the message expires (unix ms): dropped if still waiting then; otherwise it is
@@ -62,11 +64,17 @@ impl OutMsg {
             retain: false,
             dup: false,
             seq: None,
+            stored: false,
             props: None,
             expires_at_ms: None,
             read_checked: false,
             pkid: None,
         }
+    }
+
+    /// Its slot, if a copy is stored there.
+    fn stored_seq(&self) -> Option<u64> {
+        self.seq.filter(|_| self.stored)
     }
 
     /// As a parked session's queue keeps it, with its v5 properties and expiry time, and
@@ -290,9 +298,7 @@ impl Connection {
             };
             if msg.qos == 0 {
                 self.write_out(&msg, 0);
-                if let Some(seq) = msg.seq {
-                    self.queue.acked_seqs.push(seq);
-                }
+                self.queue.acked_seqs.extend(msg.stored_seq());
                 continue;
             }
             // A re-send keeps its packet id [MQTT-4.4.0-1] unless that id is taken.
@@ -309,7 +315,7 @@ impl Connection {
                 _ => self.queue.next_pkid(),
             };
             if self.write_out(&msg, pkid) {
-                if let (2, Some(seq), false) = (msg.qos, msg.seq, msg.pkid == Some(pkid)) {
+                if let (2, Some(seq), false) = (msg.qos, msg.stored_seq(), msg.pkid == Some(pkid)) {
                     self.queue.sent_marks.push((seq, pkid));
                 }
                 let order = self.queue.next_order;
@@ -320,8 +326,8 @@ impl Connection {
                     order,
                 };
                 self.queue.inflight.insert(pkid, inflight);
-            } else if let Some(seq) = msg.seq {
-                self.queue.acked_seqs.push(seq);
+            } else {
+                self.queue.acked_seqs.extend(msg.stored_seq());
             }
         }
     }
@@ -394,9 +400,8 @@ impl Connection {
             (5, 2, false) if failed => true,
             (5, 2, false) => {
                 inflight.released = true;
-                if let Some(seq) = inflight.msg.seq.take() {
-                    self.queue.released_seqs.push(seq);
-                }
+                self.queue.released_seqs.extend(inflight.msg.stored_seq());
+                inflight.msg.seq = None;
                 self.write_packet(Packet::PubRel(
                     PubRel {
                         pkid,
@@ -410,8 +415,8 @@ impl Connection {
             _ => false,
         };
         if done {
-            if let Some(seq) = self.queue.inflight.remove(&pkid).and_then(|i| i.msg.seq) {
-                self.queue.acked_seqs.push(seq);
+            if let Some(i) = self.queue.inflight.remove(&pkid) {
+                self.queue.acked_seqs.extend(i.msg.stored_seq());
             }
             self.queue.progress_at = Instant::now();
             self.fill_out();

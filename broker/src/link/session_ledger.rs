@@ -9,7 +9,7 @@
 //! holds too, not a copy) with its properties, so the connection takes it through
 //! egress exactly as if the router had delivered it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fleetmq_storage::SessionSubscription;
@@ -26,9 +26,13 @@ pub(crate) struct Ledger {
     entries: VecDeque<(u64, Option<Routed>)>,
     /// Entries still undelivered.
     live: usize,
-    /// Undelivered entries kept at most; past it the oldest are evicted (they are in
-    /// the stored queue).
+    /// Undelivered entries kept at most; past it the oldest are evicted.
     cap: usize,
+    /// Arrival numbers of evicted entries the router has not delivered since (at most
+    /// `cap`, past it counted in `forgotten`): lost if the session parks first, unless
+    /// they are stored.
+    evicted: BTreeSet<u64>,
+    forgotten: u64,
 }
 
 /// The ledger of one connected session, shared by the publishers' check (which records)
@@ -42,6 +46,8 @@ impl SharedLedger {
             entries: VecDeque::new(),
             live: 0,
             cap: cap.max(1),
+            evicted: BTreeSet::new(),
+            forgotten: 0,
         })))
     }
 
@@ -53,18 +59,24 @@ impl SharedLedger {
 impl Ledger {
     /// A message checked for the session (arrival numbers only grow). Past the cap the
     /// oldest undelivered entry is evicted: the router skipped it for a slow subscriber
-    /// (counted there), dropped it as expired in its log, or it is still on its way; it
-    /// is in the stored queue in any case.
+    /// (counted there) or dropped it as expired in its log, or it is still on its way —
+    /// then, unless it is stored, it is lost if the session parks before the router
+    /// delivers it, and counted at parking (see [`Ledger::take`]).
     pub(crate) fn record(&mut self, arrival: u64, routed: Routed) {
         self.entries.push_back((arrival, Some(routed)));
         self.live += 1;
         while self.live > self.cap {
-            let Some((_, e)) = self.entries.pop_front() else {
+            let Some((a, e)) = self.entries.pop_front() else {
                 break;
             };
             if e.is_some() {
                 self.live -= 1;
+                self.evicted.insert(a);
             }
+        }
+        while self.evicted.len() > self.cap {
+            self.evicted.pop_first();
+            self.forgotten += 1;
         }
         self.compact();
     }
@@ -72,9 +84,14 @@ impl Ledger {
     /// The router handed these to the connection.
     pub(crate) fn delivered(&mut self, arrivals: impl IntoIterator<Item = u64>) {
         for a in arrivals {
-            if let Ok(i) = self.entries.binary_search_by_key(&a, |e| e.0) {
-                if self.entries[i].1.take().is_some() {
-                    self.live -= 1;
+            match self.entries.binary_search_by_key(&a, |e| e.0) {
+                Ok(i) => {
+                    if self.entries[i].1.take().is_some() {
+                        self.live -= 1;
+                    }
+                }
+                Err(_) => {
+                    self.evicted.remove(&a);
                 }
             }
         }
@@ -127,6 +144,20 @@ impl Ledger {
         self.live -= out.len();
         self.compact();
         out
+    }
+
+    /// Everything still undelivered, in arrival order, and how many evicted entries the
+    /// router never delivered (lost now, unless stored).
+    pub(crate) fn take(&mut self) -> (Vec<Routed>, u64) {
+        let lost = self.evicted.len() as u64 + self.forgotten;
+        self.evicted.clear();
+        self.forgotten = 0;
+        self.live = 0;
+        let left = std::mem::take(&mut self.entries)
+            .into_iter()
+            .filter_map(|(_, e)| e)
+            .collect();
+        (left, lost)
     }
 
     /// Undelivered entries kept at most.

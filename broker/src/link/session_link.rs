@@ -249,6 +249,7 @@ impl Connection {
             msg.dup = m.dup || m.pkid.is_some() || crashed;
             msg.retain = m.retain;
             msg.seq = Some(seq);
+            msg.stored = true;
             msg.pkid = m.pkid;
             msg.expires_at_ms = m.expires_at_ms;
             // Sent to MQTT 5 clients only; the expiry left is added when it is written.
@@ -378,7 +379,9 @@ impl Connection {
             let dropped = ledger
                 .lock()
                 .retain_topics(|t| session_store::takes(&subs, t));
-            self.queue.acked_seqs.extend(dropped);
+            if self.core.session_store.durable_live() {
+                self.queue.acked_seqs.extend(dropped);
+            }
         }
     }
 
@@ -395,6 +398,31 @@ impl Connection {
             .as_ref()
             .is_some_and(|w| w.queued(arrival, topic_name))
             || self.owed_left_out(arrival, topic_name)
+    }
+
+    /// What the router had not handed this connection when its session parked (without
+    /// durable connected sessions): each joins the outbound queue as the router would
+    /// have delivered it (at the best matching subscription's QoS, with the identifiers
+    /// of the matching ones), at its slot.
+    fn session_undelivered(&mut self) {
+        let Some(ledger) = self.sess.ledger.clone() else {
+            return;
+        };
+        let (left, lost) = {
+            let mut l = ledger.lock();
+            l.delivered(self.sess.delivered.drain(..));
+            l.take()
+        };
+        if lost > 0 {
+            // Evicted past the ledger's bound and never delivered: lost, but counted.
+            self.core
+                .stats
+                .dropped_many(crate::stats::DropCause::SlowConsumer, lost);
+            tracing::warn!(client_id = %self.s.client_id, lost, "session parked while owed more than its ledger keeps");
+        }
+        for (publish, props) in left {
+            self.deliver_owed(publish, props);
+        }
     }
 
     /// Removes the retain mark from a routed message's properties; whether it goes out
@@ -442,7 +470,9 @@ impl Connection {
             && q.sent_marks.is_empty()
             && !self.sess.subs_dirty
             && self.sess.saved_qos2 == self.inbound_qos2
-            && (!self.sess.start.persistent || self.sess.saved_pubrels == q.pubrels())
+            && (!self.sess.start.persistent
+                || !self.core.session_store.durable_live()
+                || self.sess.saved_pubrels == q.pubrels())
         {
             return;
         }
@@ -459,9 +489,12 @@ impl Connection {
             pkid,
         }));
         if self.sess.start.persistent {
+            // Without durable connected sessions PUBRELs are stored with the other
+            // changes and at parking only.
+            let durable_live = self.core.session_store.durable_live();
             let pubrels = q.pubrels();
             let changed = self.sess.subs_dirty || self.sess.saved_qos2 != self.inbound_qos2;
-            if changed || self.sess.saved_pubrels != pubrels {
+            if changed || (durable_live && self.sess.saved_pubrels != pubrels) {
                 // A new PUBREL must be on disk before it is sent; one completed may be
                 // forgotten (sent again after a crash, answered with PUBCOMP).
                 durable |= changed || pubrels.iter().any(|p| !self.sess.saved_pubrels.contains(p));
@@ -505,7 +538,12 @@ impl Connection {
                 self.forward(f);
             }
         }
-        // What the router still has for it is stored: nothing to take from the ledger.
+        if !self.core.session_store.durable_live() {
+            // What was checked before parking but is still on its way through the router
+            // is stored by no publisher, and this link will not see it.
+            self.session_undelivered();
+        }
+        // With durable connected sessions, what the router still has for it is stored.
         self.sess.ledger = None;
         let mut rec = self.session_record();
         let owed = self.queue.take_unacked();

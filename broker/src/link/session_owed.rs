@@ -107,7 +107,9 @@ impl Connection {
             l.delivered(self.sess.delivered.drain(..));
             // A filter the router refused records nothing more (nor keeps it stored).
             let refused = l.retain_topics(|t| session_store::takes(&subs, t));
-            self.queue.acked_seqs.extend(refused);
+            if self.core.session_store.durable_live() {
+                self.queue.acked_seqs.extend(refused);
+            }
             let marks = &self.sess.owed.marks;
             let established: Vec<&SessionSubscription> = self
                 .sess

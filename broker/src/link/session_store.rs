@@ -162,6 +162,8 @@ fn lock(set: &Mutex<ParkedSet>) -> std::sync::MutexGuard<'_, ParkedSet> {
 /// behind every session.
 pub(crate) struct SessionStore {
     store: Store,
+    /// `mqtt.durable_connected_sessions`: connected sessions get stored copies too.
+    durable_live: bool,
     writer: QueueWriter,
     max_queued: usize,
     parked: SharedSet,
@@ -185,6 +187,7 @@ impl SessionStore {
         max_queued: usize,
         records: Vec<SessionRecord>,
         max_queued_seq: Option<u64>,
+        durable_live: bool,
     ) -> SessionStore {
         let now = now_ms();
         let mut parked = ParkedSet {
@@ -204,6 +207,7 @@ impl SessionStore {
             "persistent sessions restored"
         );
         SessionStore {
+            durable_live,
             writer: QueueWriter::new(store.clone(), max_queued),
             store,
             max_queued,
@@ -371,6 +375,13 @@ impl SessionStore {
     /// The arrival counter now: every message numbered below it has been checked.
     pub(crate) fn arrival_mark(&self) -> u64 {
         self.parked().next_arrival
+    }
+
+    /// Whether a connected session's messages are stored before their publishers' acks
+    /// (`mqtt.durable_connected_sessions`); otherwise its connection writes what it was
+    /// owed when it parks.
+    pub(crate) fn durable_live(&self) -> bool {
+        self.durable_live
     }
 
     /// A fresh slot, for a message no publisher numbered (a retained message sent at

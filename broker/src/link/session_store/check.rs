@@ -158,6 +158,17 @@ impl SessionStore {
                 .map(str::to_owned)
                 .collect()
         };
+        // Only subscriptions that take QoS 1/2 copies are in the live index.
+        for key in &live_keys {
+            if let Some(live) = set.live.get(key) {
+                live.ledger.lock().record(arrival, routed.clone());
+            }
+        }
+        let live_keys = if self.durable_live {
+            live_keys
+        } else {
+            Vec::new()
+        };
         if live_keys.is_empty() && parked_keys.is_empty() {
             return routed;
         }
@@ -177,12 +188,10 @@ impl SessionStore {
             pkid: None,
         };
         let before = copies.ops.len();
-        // Only subscriptions that take QoS 1/2 copies are in the live index.
         for key in live_keys {
             let Some(live) = set.live.get(&key) else {
                 continue;
             };
-            live.ledger.lock().record(arrival, routed.clone());
             let own = m.conn_id != 0 && m.conn_id == live.conn_id;
             if let Some(msg) = copy_for(&live.subscriptions, &base, own) {
                 copies.ops.push(QueueOp::Insert {

@@ -76,7 +76,7 @@ fn sessions(records: Vec<SessionRecord>) -> (tempfile::TempDir, SessionStore) {
     for r in &records {
         store.put_session(r).expect("put");
     }
-    (dir, SessionStore::load(store, 100, records, None))
+    (dir, SessionStore::load(store, 100, records, None, true))
 }
 
 /// A publish looks only at the parked sessions whose filters can match: with
@@ -95,7 +95,7 @@ fn a_publish_looks_only_at_matching_sessions() {
         .collect();
     records.push(record("c:all", vec![sub("dev/+/cmd/reboot", 1, None)]));
     records.push(record("c:shared", vec![sub("$share/g/dev/#", 1, None)]));
-    let s = SessionStore::load(store, 100, records, None);
+    let s = SessionStore::load(store, 100, records, None, true);
     let set = s.parked();
     let mut got: Vec<&str> = set.index.matching("dev/7/cmd/reboot").into_iter().collect();
     got.sort_unstable();
@@ -323,7 +323,7 @@ async fn arrival_numbers_start_past_stored_slots() {
         .expect("numbered");
     let max = s.store.max_queued_seq().expect("read");
     assert_eq!(max, Some(a));
-    let reloaded = SessionStore::load(s.store.clone(), 100, Vec::new(), max);
+    let reloaded = SessionStore::load(s.store.clone(), 100, Vec::new(), max, true);
     assert_eq!(reloaded.arrival_mark(), a + 1);
 }
 
