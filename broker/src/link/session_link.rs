@@ -463,9 +463,23 @@ impl Connection {
             ledger.lock().delivered(self.sess.delivered.drain(..));
         }
         self.fill_out();
+        // What a SUBACK delivered from the ledger may be acknowledged before its
+        // publisher's copy is written: a QoS 2 exchange waits for it (its PUBREL or
+        // first send must not go out before it is stored), a QoS 1 removal waits for
+        // a later batch.
+        let mut must_wait: Vec<u64> = self.queue.released_seqs.clone();
+        must_wait.extend(self.queue.sent_marks.iter().map(|(seq, _)| *seq));
+        if !must_wait.is_empty() {
+            self.core.session_store.wait_written(&must_wait).await;
+        }
+        // Those whose copies are not written yet stay for a later batch.
+        let ready = self
+            .core
+            .session_store
+            .written_of(&mut self.queue.acked_seqs);
         let key = &self.s.router_key;
         let q = &mut self.queue;
-        if q.acked_seqs.is_empty()
+        if ready.is_empty()
             && q.released_seqs.is_empty()
             && q.sent_marks.is_empty()
             && !self.sess.subs_dirty
@@ -481,7 +495,7 @@ impl Connection {
             seq,
         };
         let mut durable = !q.released_seqs.is_empty() || !q.sent_marks.is_empty();
-        let mut ops: Vec<QueueOp> = q.acked_seqs.drain(..).map(remove).collect();
+        let mut ops: Vec<QueueOp> = ready.into_iter().map(remove).collect();
         ops.extend(q.released_seqs.drain(..).map(remove));
         ops.extend(q.sent_marks.drain(..).map(|(seq, pkid)| QueueOp::Mark {
             key: key.clone(),
@@ -556,9 +570,10 @@ impl Connection {
                 (slot, m)
             })
             .collect();
-        // Acknowledged since the last batch: removed first.
+        // Acknowledged since the last batch: removed first (once stored).
         let mut removed = std::mem::take(&mut self.queue.acked_seqs);
         removed.append(&mut self.queue.released_seqs);
+        self.core.session_store.wait_written(&removed).await;
         self.core
             .session_store
             .finish_park(rec, removed, messages, &self.core.stats)

@@ -102,6 +102,10 @@ struct ParkedSet {
     live_index: FilterIndex,
     /// Sessions with copies being written by publishers right now.
     writing: HashMap<String, usize>,
+    /// Arrival numbers whose copies for connected sessions are not written yet. The
+    /// router has not seen those messages, but a SUBACK can deliver one from a ledger
+    /// (`session_owed`): its removal must not reach the store before its copy.
+    unwritten: std::collections::HashSet<u64>,
 }
 
 impl ParkedSet {
@@ -375,6 +379,37 @@ impl SessionStore {
     /// The arrival counter now: every message numbered below it has been checked.
     pub(crate) fn arrival_mark(&self) -> u64 {
         self.parked().next_arrival
+    }
+
+    /// Of `slots`, those whose copies are written, so their removal may go to the store;
+    /// the others are left in `slots`.
+    pub(crate) fn written_of(&self, slots: &mut Vec<u64>) -> Vec<u64> {
+        if slots.is_empty() {
+            return Vec::new();
+        }
+        let set = self.parked();
+        if set.unwritten.is_empty() {
+            return std::mem::take(slots);
+        }
+        let (ready, later) = slots.drain(..).partition(|s| !set.unwritten.contains(s));
+        *slots = later;
+        ready
+    }
+
+    /// Returns once the copies of `slots` are written.
+    pub(crate) async fn wait_written(&self, slots: &[u64]) {
+        loop {
+            let notified = self.written.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let set = self.parked();
+                if !slots.iter().any(|s| set.unwritten.contains(s)) {
+                    return;
+                }
+            }
+            notified.await;
+        }
     }
 
     /// Whether a connected session's messages are stored before their publishers' acks

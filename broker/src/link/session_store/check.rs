@@ -21,6 +21,8 @@ use crate::stats::Stats;
 pub(crate) struct Copies {
     ops: Vec<QueueOp>,
     keys: Vec<String>,
+    /// Arrival numbers with copies for connected sessions (see `ParkedSet::unwritten`).
+    slots: Vec<u64>,
     set: Option<(SharedSet, Arc<tokio::sync::Notify>)>,
 }
 
@@ -39,6 +41,9 @@ impl Drop for Copies {
             return;
         }
         let mut set = lock(&set);
+        for slot in &self.slots {
+            set.unwritten.remove(slot);
+        }
         for key in &self.keys {
             if let Some(n) = set.writing.get_mut(key) {
                 *n -= 1;
@@ -201,6 +206,11 @@ impl SessionStore {
                     trim: false,
                 });
             }
+        }
+        if copies.ops.len() > before {
+            // A SUBACK may hand it to its client from the ledger before it is written.
+            set.unwritten.insert(arrival);
+            copies.slots.push(arrival);
         }
         for key in parked_keys {
             let Some(p) = set.sessions.get(&key) else {
