@@ -20,6 +20,7 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.max_inflight",
     "mqtt.topic_alias_max",
     "mqtt.max_queued_messages",
+    "mqtt.durable_connected_sessions",
     "mqtt.max_pending_messages",
     "mqtt.slow_consumer_timeout_s",
     "mqtt.tls.listen",

@@ -25,6 +25,9 @@ pub struct RawMqttConfig {
     pub topic_alias_max: Option<u16>,
     /// QoS 1/2 messages kept per disconnected persistent session (oldest dropped).
     pub max_queued_messages: Option<usize>,
+    /// Whether a connected persistent session's messages are stored before their
+    /// publishers' acks (survive kill -9), or only when it parks.
+    pub durable_connected_sessions: Option<bool>,
     /// Messages waiting per connected client before its publishers are paused.
     pub max_pending_messages: Option<usize>,
     /// Seconds a congested client may go without acknowledging anything before it is
@@ -194,6 +197,11 @@ pub struct BrokerConfig {
     /// QoS 1/2 messages kept per disconnected persistent session; past it the oldest is
     /// dropped and counted (`drops.session_queue_full`).
     pub max_queued_messages: usize,
+    /// A connected persistent session's QoS 1/2 messages are written to its stored queue
+    /// before their publishers get PUBACK/PUBREC, so they survive kill -9 (default).
+    /// False: written only when the session parks (faster; kill -9 loses what its
+    /// client had not acknowledged).
+    pub durable_connected_sessions: bool,
     /// Messages waiting in a connected client's outbound queue past which it is
     /// congested: publishers whose QoS 1/2 messages would reach it are paused until it is
     /// back at half of this. QoS 0 messages past it are dropped (`drops.slow_consumer`).
@@ -254,6 +262,7 @@ impl BrokerConfig {
             max_inflight: 100,
             topic_alias_max: 16,
             max_queued_messages: 1000,
+            durable_connected_sessions: true,
             max_pending_messages: 1000,
             slow_consumer_timeout: Duration::from_secs(30),
             router_segment_size: ROUTER_SEGMENT_SIZE,
@@ -392,6 +401,7 @@ pub fn validate(
         max_inflight,
         topic_alias_max: mqtt.topic_alias_max.unwrap_or(16),
         max_queued_messages,
+        durable_connected_sessions: mqtt.durable_connected_sessions.unwrap_or(true),
         max_pending_messages,
         slow_consumer_timeout: Duration::from_secs(slow_consumer_timeout_s),
         router_segment_size: ROUTER_SEGMENT_SIZE,

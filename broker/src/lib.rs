@@ -67,6 +67,7 @@ pub async fn start(
             Ok::<_, fleetmq_storage::StoreError>(link::Restored {
                 retained: s.list_retained()?,
                 sessions: s.list_sessions()?,
+                max_queued_seq: s.max_queued_seq()?,
             })
         })
         .await

@@ -138,9 +138,15 @@ async fn take(c: &mut Client, seen: &mut Seen, slice: Duration, quiet: Duration)
     got
 }
 
-async fn parking_window(ver: Ver) {
+async fn parking_window(ver: Ver, durable: bool) {
     // Queues never overflow here (that loss is counted, and not this test's subject).
-    let t = Arc::new(Target::with(|c| c.max_queued_messages = 1_000_000).await);
+    let t = Arc::new(
+        Target::with(|c| {
+            c.max_queued_messages = 1_000_000;
+            c.durable_connected_sessions = durable;
+        })
+        .await,
+    );
     if t.skip_external("many abrupt disconnects of one session") {
         return;
     }
@@ -221,10 +227,18 @@ async fn parking_window(ver: Ver) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_message_is_lost_or_doubled_across_abrupt_leaves_v4() {
-    parking_window(Ver::V4).await;
+    parking_window(Ver::V4, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_message_is_lost_or_doubled_across_abrupt_leaves_v5() {
-    parking_window(Ver::V5).await;
+    parking_window(Ver::V5, true).await;
+}
+
+/// The same with `mqtt.durable_connected_sessions = false`: a connected session's
+/// messages reach its queue only when it parks (from its outbound queue, the router's
+/// leftovers and its ledger).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_message_is_lost_or_doubled_across_abrupt_leaves_not_durable() {
+    parking_window(Ver::V4, false).await;
 }

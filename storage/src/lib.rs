@@ -52,6 +52,7 @@ pub use model::{
 };
 pub use secret::{generate_key, generate_token, CredentialHash, DEFAULT_ITERATIONS};
 pub use sessions::{
-    MessageProperties, QueuedMessage, SessionRecord, SessionSubscription, MAX_SUBSCRIPTION_ID,
+    MessageProperties, QueueOp, QueuedMessage, SessionRecord, SessionSubscription,
+    MAX_SUBSCRIPTION_ID,
 };
 pub use store::{now_ms, Store, DB_FILE_NAME};

@@ -122,8 +122,22 @@ impl Store {
         &self,
         f: impl FnOnce(&WriteTransaction) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        self.write_with(true, f)
+    }
+
+    /// [`Store::write`], or without waiting for the disk when `durable` is false: the
+    /// commit is then persisted by the next durable one, and lost by a crash before.
+    pub(crate) fn write_with<R>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&WriteTransaction) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
         let out = f(&txn)?;
         crate::metrics::commit(txn)?;
         Ok(out)

@@ -44,9 +44,11 @@ pub fn leaking_vars() -> impl Iterator<Item = std::ffi::OsString> {
     })
 }
 
-/// `fleetmq` with no [`leaking_vars`] of the caller.
+/// `fleetmq` with no [`leaking_vars`] of the caller; `TEST_FLEETMQ_BIN` runs another
+/// build instead (to show a test fails against an older one).
 pub fn fleetmq() -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(BIN);
+    let bin = std::env::var_os("TEST_FLEETMQ_BIN").unwrap_or_else(|| BIN.into());
+    let mut cmd = tokio::process::Command::new(bin);
     for name in leaking_vars() {
         cmd.env_remove(name);
     }

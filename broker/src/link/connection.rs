@@ -88,6 +88,9 @@ pub(crate) struct Connection {
     pub(super) sys_rx: tokio::sync::watch::Receiver<super::sys::SysValues>,
     /// Session state: subscriptions kept, the link's own deliveries (`session_link.rs`).
     pub(super) sess: super::session_link::SessionLink,
+    /// Persistent sessions' copies of this read batch's messages, written before the
+    /// batch is routed (`session_store`).
+    pub(super) copies: super::session_store::Copies,
 }
 
 impl Connection {
@@ -128,6 +131,7 @@ impl Connection {
             commands_inflight: HashMap::new(),
             next_command_pkid: FIRST_COMMAND_PKID,
             sess,
+            copies: Default::default(),
         }
     }
 

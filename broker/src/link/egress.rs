@@ -156,15 +156,26 @@ impl Connection {
         if let Some((_, offset)) = router.flatten() {
             let skipped = self.subs.skipped(&topic, offset);
             if skipped > 0 {
-                // The router's log outran this reader: lost, but never silently.
+                // The router's log outran this reader: lost, but never silently (for a
+                // persistent session, the skipped messages are in its stored queue).
                 self.core
                     .stats
                     .dropped_many(DropCause::SlowConsumer, skipped);
                 tracing::warn!(client_id = %self.s.client_id, topic, skipped, "router log skipped messages for a slow subscriber");
             }
         }
+        // rumqttd delivers at the subscription QoS; MQTT says the lower of the two.
+        let qos = origin.map_or(routed_qos, |o| o.qos.min(routed_qos));
+        // A persistent session's QoS 1/2 message has its slot in the stored queue: its
+        // arrival number (`session_store`). One not delivered leaves the queue.
+        let slot = origin
+            .and_then(|o| o.arrival)
+            .filter(|_| qos > 0 && self.sess.ledger.is_some());
+        let stored = slot.is_some() && self.core.session_store.durable_live();
+        let stored_slot = slot.filter(|_| stored);
         if !self.s.principal.may_read(&topic) {
             self.core.stats.dropped(DropCause::AclDelivery);
+            self.queue.acked_seqs.extend(stored_slot);
             tracing::debug!(client_id = %self.s.client_id, topic, "delivery denied by read ACL");
             return;
         }
@@ -172,6 +183,7 @@ impl Connection {
         if let Some(origin) = origin {
             if origin.conn_id == self.s.conn_id && self.subs.no_local_blocks(&topic) {
                 // [MQTT-3.8.3-3]: not an error, just not for us.
+                self.queue.acked_seqs.extend(stored_slot);
                 return;
             }
             if let Some(interval) = properties
@@ -182,13 +194,12 @@ impl Connection {
                 if at <= now_ms() {
                     // [MQTT-3.3.2-5]
                     self.core.stats.dropped(DropCause::Expired);
+                    self.queue.acked_seqs.extend(stored_slot);
                     return;
                 }
                 expires_at_ms = Some(at);
             }
         }
-        // rumqttd delivers at the subscription QoS; MQTT says the lower of the two.
-        let qos = origin.map_or(routed_qos, |o| o.qos.min(routed_qos));
         // Retain As Published: the flag travels through the router as a mark.
         let retain = self.take_retain_mark(&topic, &mut properties);
         if properties.as_ref() == Some(&PublishProperties::default()) {
@@ -200,12 +211,12 @@ impl Connection {
             qos,
             retain,
             dup: false,
-            seq: None,
+            seq: slot,
+            stored,
             props: properties,
             expires_at_ms,
             read_checked: true,
             pkid: None,
-            arrival: origin.and_then(|o| o.arrival),
         };
         self.push_live(msg);
     }

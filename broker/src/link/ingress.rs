@@ -58,6 +58,15 @@ impl Connection {
         if result.is_ok() && self.stalled.is_some() {
             result = self.acks_while_stalled().await;
         }
+        // The sessions' copies of this batch's QoS 1/2 messages, in one durable write
+        // before the router (which acknowledges them) and the client (PUBRECs) see it.
+        let copies = std::mem::take(&mut self.copies);
+        if !copies.is_empty() {
+            self.core
+                .session_store
+                .write_copies(copies, &self.core.stats)
+                .await;
+        }
         self.session_sync().await;
         self.flush().await?;
         if result.is_ok() {
@@ -293,19 +302,20 @@ impl Connection {
             arrival: None,
         };
         let routing = self.routing(meta, &topic, &payload, props, origin);
-        // Parked persistent sessions get their copy before the publisher's ack; the
-        // check numbers the routed message (and keeps it for connected ones).
+        // Persistent sessions get their copy before the publisher's ack (written at the
+        // end of the batch); the check numbers the routed message (and records it for
+        // connected ones).
         let incoming = Incoming {
             topic: &topic,
             payload: &payload,
             qos: meta.qos,
             retain: meta.retain,
+            conn_id: self.s.conn_id,
         };
         let (publish, props) = self
             .core
             .session_store
-            .enqueue_matching(incoming, routing, &self.core.stats)
-            .await;
+            .check(&incoming, routing, &mut self.copies);
         self.device_published(&topic, &payload).await;
         self.to_router.push(Packet::Publish(publish, props));
         Ok(())

@@ -21,9 +21,9 @@
 //! - `session_store`, `session_link`: persistent sessions, their redb queues and expiry;
 //!   `session_index`: the parked sessions' filters by level, so a publish finds its
 //!   parked subscribers without scanning them all; `session_ledger`: what the router
-//!   still owes a connected persistent session, queued if it parks first;
-//!   `session_owed`: the connection's side of it (when a subscription takes effect,
-//!   what a SUBACK settles).
+//!   still owes a connected persistent session (stored too); `session_owed`: the
+//!   connection's side of it (when a subscription takes effect, what a SUBACK
+//!   settles); `session_writer`: the group-committed writer of every session queue.
 
 pub(crate) mod acl;
 mod alias;
@@ -46,6 +46,7 @@ mod session_link;
 mod session_owed;
 mod session_props;
 pub(crate) mod session_store;
+mod session_writer;
 mod subscriptions;
 pub(crate) mod sys;
 mod tls;
@@ -166,6 +167,8 @@ pub(crate) struct Core {
 pub(crate) struct Restored {
     pub(crate) retained: Vec<RetainedMessage>,
     pub(crate) sessions: Vec<SessionRecord>,
+    /// The highest slot of any stored session queue (arrival numbers start past it).
+    pub(crate) max_queued_seq: Option<u64>,
 }
 
 impl Core {
@@ -187,6 +190,8 @@ impl Core {
             store.clone(),
             config.max_queued_messages,
             restored.sessions,
+            restored.max_queued_seq,
+            config.durable_connected_sessions,
         );
         Ok(Arc::new(Core {
             retained: retained::RetainedIndex::load(restored.retained),
@@ -248,6 +253,7 @@ impl Core {
             topic,
             payload,
             qos,
+            conn_id: 0,
             // Routed without the retain mark, so live subscribers see RETAIN=0 too.
             retain: false,
         };

@@ -2,8 +2,8 @@
 //! front of the payload: the QoS it was published with (rumqttd delivers at the
 //! subscription QoS, `routing.rs` ~1564), the connection that published it (No Local),
 //! when it arrived (Message Expiry Interval), and for QoS 1/2 its arrival number at the
-//! parked-session check (`session_store`), which tells a session being parked whether
-//! the publisher already queued the message for it. Ingress writes the header while it
+//! session check (`session_store`), which is the message's slot in every persistent
+//! session's stored queue. Ingress writes the header while it
 //! builds the routed PUBLISH (which copies the payload anyway), egress splits it off
 //! without copying; a client can never set or see it.
 //!

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::connection::Connection;
 use super::framing::{self, PublishMeta};
 use super::origin::remaining_expiry;
-use super::session_store::{self, Unacked};
+use super::session_store;
 use crate::stats::{DropCause, Stats};
 
 /// Packet ids of the messages the link delivers (commands use 1001..).
@@ -37,8 +37,12 @@ pub(super) struct OutMsg {
     pub(super) qos: u8,
     pub(super) retain: bool,
     pub(super) dup: bool,
-    /// Its place in the session's redb queue, if it came from there.
+    /// Its slot in the persistent session's redb queue (`session_store`): where it is
+    /// stored, or would be should the session park before the client acknowledged it.
+    /// QoS 1/2 messages of persistent sessions only.
     pub(super) seq: Option<u64>,
+    /// Whether a copy is stored at `seq` (to be removed when delivered).
+    pub(super) stored: bool,
     /// PUBLISH properties to send (v5 clients), without the Message Expiry Interval.
     pub(super) props: Option<PublishProperties>,
     /// When the message expires (unix ms): dropped if still waiting then; otherwise it is
@@ -48,9 +52,6 @@ pub(super) struct OutMsg {
     pub(super) read_checked: bool,
     /// The packet id it was in flight with before the client reconnected.
     pub(super) pkid: Option<u16>,
-    /// Its arrival number at the parked-session check (live QoS 1/2 messages), which
-    /// parking compares with the session's mark (`session_store`).
-    pub(super) arrival: Option<u64>,
 }
 
 impl OutMsg {
@@ -63,17 +64,22 @@ impl OutMsg {
             retain: false,
             dup: false,
             seq: None,
+            stored: false,
             props: None,
             expires_at_ms: None,
             read_checked: false,
             pkid: None,
-            arrival: None,
         }
     }
 
+    /// Its slot, if a copy is stored there.
+    fn stored_seq(&self) -> Option<u64> {
+        self.seq.filter(|_| self.stored)
+    }
+
     /// As a parked session's queue keeps it, with its v5 properties and expiry time, and
-    /// the packet id it was in flight with.
-    fn queued(self, dup: bool, pkid: Option<u16>) -> Unacked {
+    /// the packet id it was in flight with; and its slot.
+    fn queued(self, dup: bool, pkid: Option<u16>) -> (Option<u64>, QueuedMessage) {
         let now = now_ms();
         let (properties, _) = session_store::stored_properties(self.props.as_ref(), now);
         let msg = QueuedMessage {
@@ -87,20 +93,15 @@ impl OutMsg {
             properties,
             pkid,
         };
-        Unacked {
-            msg,
-            arrival: self.arrival,
-        }
+        (self.seq, msg)
     }
 }
 
 /// What a leaving client was owed (see [`Outbound::take_unacked`]).
 pub(super) struct Owed {
-    /// Messages to append to the session's queue, in order (those that were in flight
-    /// with their packet ids).
-    pub(super) messages: Vec<Unacked>,
-    /// Stored-queue entries that were in flight: (seq, packet id).
-    pub(super) stored_inflight: Vec<(u64, u16)>,
+    /// Messages the session's queue must hold, in send order, with their slots (those
+    /// that were in flight with DUP and their packet ids).
+    pub(super) messages: Vec<(Option<u64>, QueuedMessage)>,
     /// Packet ids of QoS 2 exchanges waiting for the client's PUBCOMP, in send order.
     pub(super) pubrels: Vec<u16>,
 }
@@ -122,9 +123,17 @@ pub(crate) struct Outbound {
     next_pkid: u16,
     next_order: u64,
     max_pending: usize,
-    /// Queue entries delivered (QoS 0 written, QoS 1 acked, QoS 2 PUBREC'd): removed from
-    /// the stored queue after the batch.
+    /// Queue slots delivered (QoS 0 written, QoS 1 acked, dropped): removed from the
+    /// stored queue after the batch, without waiting for the disk (a crash may deliver
+    /// them again, which at-least-once allows).
     pub(super) acked_seqs: Vec<u64>,
+    /// QoS 2 slots PUBREC'd: removed, and their PUBREL recorded, durably before the
+    /// PUBRELs go out, so a client that completed one never gets it again.
+    pub(super) released_seqs: Vec<u64>,
+    /// QoS 2 slots written on a packet id they were not stored with: recorded durably
+    /// before the PUBLISH goes out, so a re-send after a crash uses the same id with
+    /// DUP=1 [MQTT-4.4.0-1] and the client's QoS 2 state recognises it.
+    pub(super) sent_marks: Vec<(u64, u16)>,
     /// Registered in `Core::congestion`.
     congested: bool,
     /// The client's last ack of a message (or when congestion began).
@@ -141,6 +150,8 @@ impl Outbound {
             next_order: 0,
             max_pending,
             acked_seqs: Vec::new(),
+            released_seqs: Vec::new(),
+            sent_marks: Vec::new(),
             congested: false,
             progress_at: Instant::now(),
         }
@@ -201,28 +212,25 @@ impl Outbound {
 
     /// What a leaving persistent session still owes its client, in send order: messages
     /// written and not acknowledged (DUP, with their packet ids), then those not written
-    /// yet. Stored-queue entries stay where they are in redb; those in flight are
-    /// returned with their packet ids, and released QoS 2 exchanges with theirs.
+    /// yet; and the packet ids of released QoS 2 exchanges.
     pub(super) fn take_unacked(&mut self) -> Owed {
-        let mut stored = Vec::new();
         let mut inflight = Vec::new();
         let mut pubrels = Vec::new();
         for (pkid, i) in std::mem::take(&mut self.inflight) {
-            match i.msg.seq {
-                _ if i.released => pubrels.push((i.order, pkid)),
-                Some(seq) => stored.push((seq, pkid)),
-                None if i.msg.qos > 0 => inflight.push((pkid, i)),
-                _ => {}
+            if i.released {
+                pubrels.push((i.order, pkid));
+            } else if i.msg.qos > 0 {
+                inflight.push((pkid, i));
             }
         }
         inflight.sort_by_key(|(_, i)| i.order);
-        let mut out: Vec<Unacked> = inflight
+        let mut out: Vec<(Option<u64>, QueuedMessage)> = inflight
             .into_iter()
             .map(|(pkid, i)| i.msg.queued(true, Some(pkid)))
             .collect();
         self.reserved.clear();
         for m in std::mem::take(&mut self.pending) {
-            if m.seq.is_none() && m.qos > 0 {
+            if m.qos > 0 {
                 let (dup, pkid) = (m.dup, m.pkid);
                 out.push(m.queued(dup, pkid));
             }
@@ -230,7 +238,6 @@ impl Outbound {
         pubrels.sort_unstable();
         Owed {
             messages: out,
-            stored_inflight: stored,
             pubrels: pubrels.into_iter().map(|(_, pkid)| pkid).collect(),
         }
     }
@@ -291,9 +298,7 @@ impl Connection {
             };
             if msg.qos == 0 {
                 self.write_out(&msg, 0);
-                if let Some(seq) = msg.seq {
-                    self.queue.acked_seqs.push(seq);
-                }
+                self.queue.acked_seqs.extend(msg.stored_seq());
                 continue;
             }
             // A re-send keeps its packet id [MQTT-4.4.0-1] unless that id is taken.
@@ -310,6 +315,9 @@ impl Connection {
                 _ => self.queue.next_pkid(),
             };
             if self.write_out(&msg, pkid) {
+                if let (2, Some(seq), false) = (msg.qos, msg.stored_seq(), msg.pkid == Some(pkid)) {
+                    self.queue.sent_marks.push((seq, pkid));
+                }
                 let order = self.queue.next_order;
                 self.queue.next_order += 1;
                 let inflight = Inflight {
@@ -318,8 +326,8 @@ impl Connection {
                     order,
                 };
                 self.queue.inflight.insert(pkid, inflight);
-            } else if let Some(seq) = msg.seq {
-                self.queue.acked_seqs.push(seq);
+            } else {
+                self.queue.acked_seqs.extend(msg.stored_seq());
             }
         }
     }
@@ -392,9 +400,8 @@ impl Connection {
             (5, 2, false) if failed => true,
             (5, 2, false) => {
                 inflight.released = true;
-                if let Some(seq) = inflight.msg.seq.take() {
-                    self.queue.acked_seqs.push(seq);
-                }
+                self.queue.released_seqs.extend(inflight.msg.stored_seq());
+                inflight.msg.seq = None;
                 self.write_packet(Packet::PubRel(
                     PubRel {
                         pkid,
@@ -408,8 +415,8 @@ impl Connection {
             _ => false,
         };
         if done {
-            if let Some(seq) = self.queue.inflight.remove(&pkid).and_then(|i| i.msg.seq) {
-                self.queue.acked_seqs.push(seq);
+            if let Some(i) = self.queue.inflight.remove(&pkid) {
+                self.queue.acked_seqs.extend(i.msg.stored_seq());
             }
             self.queue.progress_at = Instant::now();
             self.fill_out();
@@ -470,6 +477,6 @@ mod tests {
         // Parking keeps each waiting re-send's id with it.
         let owed = q.take_unacked();
         assert!(q.reserved.is_empty());
-        assert_eq!(owed.messages[1].msg.pkid, Some(2));
+        assert_eq!(owed.messages[1].1.pkid, Some(2));
     }
 }

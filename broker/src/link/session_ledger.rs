@@ -1,16 +1,15 @@
 //! What the router still owes a *connected* persistent session: every QoS 1/2 message
-//! that matched one of its subscriptions at the parked-session check, from that check
-//! until the router hands it to the session's connection. When the session is parked,
-//! what is left here is exactly what was checked before parking (so no publisher queued
-//! it) and that the leaving connection never got (still in a publisher's batch, in the
-//! router's event channel or in a filter log): the connection queues it with what it
-//! still owed. See `session_store` ("The parking window").
+//! that matched one of its subscriptions at the session check, from that check until the
+//! router hands it to the session's connection. Each is stored in the session's queue
+//! too (`session_store`), so nothing here is needed at parking; the ledger is what a
+//! SUBACK settles (`session_owed`): a message recorded for a new subscription that the
+//! router may never deliver is delivered from here.
 //!
 //! An entry is the routed PUBLISH itself (reference counts on the one buffer the router
-//! holds too, not a copy) with its properties, so the leaving connection takes it
-//! through egress exactly as if the router had delivered it.
+//! holds too, not a copy) with its properties, so the connection takes it through
+//! egress exactly as if the router had delivered it.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fleetmq_storage::SessionSubscription;
@@ -30,7 +29,8 @@ pub(crate) struct Ledger {
     /// Undelivered entries kept at most; past it the oldest are evicted.
     cap: usize,
     /// Arrival numbers of evicted entries the router has not delivered since (at most
-    /// `cap`, past it counted in `forgotten`): lost if the session parks first.
+    /// `cap`, past it counted in `forgotten`): lost if the session parks first, unless
+    /// they are stored.
     evicted: BTreeSet<u64>,
     forgotten: u64,
 }
@@ -60,8 +60,8 @@ impl Ledger {
     /// A message checked for the session (arrival numbers only grow). Past the cap the
     /// oldest undelivered entry is evicted: the router skipped it for a slow subscriber
     /// (counted there) or dropped it as expired in its log, or it is still on its way —
-    /// then it is lost if the session parks before the router delivers it, and counted
-    /// at parking (see [`Ledger::take`]).
+    /// then, unless it is stored, it is lost if the session parks before the router
+    /// delivers it, and counted at parking (see [`Ledger::take`]).
     pub(crate) fn record(&mut self, arrival: u64, routed: Routed) {
         self.entries.push_back((arrival, Some(routed)));
         self.live += 1;
@@ -110,13 +110,22 @@ impl Ledger {
     }
 
     /// Keeps only the entries whose topic `keep` accepts (after an UNSUBSCRIBE: the
-    /// router no longer delivers the others).
-    pub(crate) fn retain_topics(&mut self, keep: impl Fn(&str) -> bool) {
-        self.entries.retain(|(_, e)| {
-            e.as_ref()
-                .is_some_and(|(p, _)| std::str::from_utf8(&p.topic).is_ok_and(&keep))
+    /// router no longer delivers the others); returns the arrival numbers of those it
+    /// dropped (to leave the stored queue too).
+    pub(crate) fn retain_topics(&mut self, keep: impl Fn(&str) -> bool) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        self.entries.retain(|(a, e)| {
+            let Some((p, _)) = e else {
+                return false;
+            };
+            let kept = std::str::from_utf8(&p.topic).is_ok_and(&keep);
+            if !kept {
+                dropped.push(*a);
+            }
+            kept
         });
         self.live = self.entries.len();
+        dropped
     }
 
     /// Takes out, in arrival order, the entries `take` picks by arrival number and topic
@@ -138,7 +147,7 @@ impl Ledger {
     }
 
     /// Everything still undelivered, in arrival order, and how many evicted entries the
-    /// router never delivered (lost now).
+    /// router never delivered (lost now, unless stored).
     pub(crate) fn take(&mut self) -> (Vec<Routed>, u64) {
         let lost = self.evicted.len() as u64 + self.forgotten;
         self.evicted.clear();
@@ -162,23 +171,21 @@ impl Ledger {
     }
 }
 
-/// The arrival numbers checked while a resumed session was parked, and the
-/// subscriptions it was parked with. Its router link subscribes again before the session
-/// is unparked, so a message checked (and queued by its publisher) just before that can
-/// still be routed after the subscription: it is in the stored queue already, and its
-/// live copy is left out.
-/// Likewise what the previous connection queued from its ledger when it left.
+/// What a resumed session's stored queue holds of its live deliveries: its router link
+/// subscribes again before the session goes live, so a message checked (and stored)
+/// just before that can still be routed to it after the subscription. Every message
+/// numbered below `before` that the subscriptions it was parked with take is in the
+/// stored queue (written by its publisher while the session was parked or connected,
+/// or by a leaving connection), or was delivered and acknowledged already; its live copy
+/// is left out.
 pub(crate) struct QueuedWindow {
-    pub(super) arrivals: std::ops::Range<u64>,
+    pub(super) before: u64,
     pub(super) subscriptions: Vec<SessionSubscription>,
-    pub(super) leftovers: HashSet<u64>,
 }
 
 impl QueuedWindow {
     /// Whether a live delivery is in the session's stored queue already.
     pub(crate) fn queued(&self, arrival: u64, topic_name: &str) -> bool {
-        self.leftovers.contains(&arrival)
-            || (self.arrivals.contains(&arrival)
-                && session_store::takes(&self.subscriptions, topic_name))
+        arrival < self.before && session_store::takes(&self.subscriptions, topic_name)
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
-use fleetmq_storage::{SessionRecord, SessionSubscription};
+use fleetmq_storage::{QueueOp, SessionRecord, SessionSubscription};
 use futures_util::FutureExt;
 use rumqttd::protocol::{
     Filter, Packet, PubRel, PubRelReason, PublishProperties, RetainForwardRule, SubAck, Subscribe,
@@ -72,6 +72,8 @@ pub(crate) struct SessionLink {
     pub(super) pending_subs: HashMap<u16, Vec<(SessionSubscription, bool)>>,
     subs_dirty: bool,
     saved_qos2: HashSet<u16>,
+    /// The outbound PUBRELs the stored record holds.
+    saved_pubrels: Vec<u16>,
     /// Whether this connection stored a session record.
     saved: bool,
     /// What the router still owes this persistent session (`session_ledger`).
@@ -80,7 +82,7 @@ pub(crate) struct SessionLink {
     pub(super) delivered: Vec<u64>,
     /// When its subscriptions took effect (`session_owed`).
     pub(super) owed: OwedState,
-    /// What publishers queued while the resumed session was parked.
+    /// What the stored queue of the resumed session holds of its live deliveries.
     queued_window: Option<session_store::QueuedWindow>,
 }
 
@@ -160,7 +162,10 @@ impl Connection {
             if self.sess.start.persistent {
                 self.sess.saved = true;
                 self.core.session_store.save(self.session_record()).await;
-                let (ledger, window, _) = self.core.session_store.go_live(&self.s.router_key, &[]);
+                let (ledger, window, _) =
+                    self.core
+                        .session_store
+                        .go_live(&self.s.router_key, &[], self.s.conn_id);
                 self.sess.ledger = Some(ledger);
                 self.sess.queued_window = window;
             }
@@ -168,6 +173,10 @@ impl Connection {
         };
         self.inbound_qos2 = rec.inbound_qos2.iter().copied().collect();
         self.sess.saved_qos2 = self.inbound_qos2.clone();
+        // Its client was connected when the broker stopped without parking it (kill -9):
+        // any of its queue may have been sent, so all of it goes with DUP=1 ("might be a
+        // re-delivery") [MQTT-3.3.1-1].
+        let crashed = rec.disconnected_at_ms.is_none();
         // One SUBSCRIBE per Subscription Identifier, so live messages carry it again.
         let mut filters: BTreeMap<Option<u32>, Vec<Filter>> = BTreeMap::new();
         let mut resubscribed = Vec::new();
@@ -204,11 +213,14 @@ impl Connection {
             self.send_to_router().await?;
         }
         let key = self.s.router_key.clone();
+        // What is numbered from here on comes from the router, not the stored queue.
+        let mut live_from = self.core.session_store.arrival_mark();
         if self.sess.start.persistent {
-            // From parked to connected in one step: every publish is either queued or
-            // recorded for it.
+            // From parked to connected in one step: every publish is stored for it.
             let subs: Vec<SessionSubscription> = self.sess.subs.values().cloned().collect();
-            let (ledger, window, since) = self.core.session_store.go_live(&key, &subs);
+            let (ledger, window, since) =
+                self.core.session_store.go_live(&key, &subs, self.s.conn_id);
+            live_from = since;
             self.sess.ledger = Some(ledger);
             self.sess.queued_window = window;
             // Its subscriptions take effect here; each re-subscribe's SUBACK settles what
@@ -232,11 +244,12 @@ impl Connection {
         // Copies publishers were still writing when it went live belong to the queue.
         self.core.session_store.settled(&key).await;
         // Those that were in flight go out on their packet ids again, with DUP=1.
-        for (seq, m) in self.core.session_store.queued(&key).await {
+        for (seq, m) in self.core.session_store.queued(&key, live_from).await {
             let mut msg = OutMsg::plain(m.topic, m.payload.into(), m.qos);
-            msg.dup = m.dup || m.pkid.is_some();
+            msg.dup = m.dup || m.pkid.is_some() || crashed;
             msg.retain = m.retain;
             msg.seq = Some(seq);
+            msg.stored = true;
             msg.pkid = m.pkid;
             msg.expires_at_ms = m.expires_at_ms;
             // Sent to MQTT 5 clients only; the expiry left is added when it is written.
@@ -245,12 +258,14 @@ impl Connection {
         }
         if self.sess.start.persistent {
             self.sess.saved = true;
+            self.sess.saved_pubrels = self.queue.pubrels();
             self.core.session_store.save(self.session_record()).await;
         } else {
             // Resumed by a connection whose session ends with it (v5 expiry 0).
             self.core.session_store.discard(&key).await;
         }
-        self.fill_out();
+        // The first sends, with the packet ids of QoS 2 ones recorded before they go out.
+        self.session_sync().await;
         Ok(())
     }
 
@@ -324,6 +339,10 @@ impl Connection {
                     );
                     msg.retain = true;
                     msg.expires_at_ms = m.expires_at_ms;
+                    if msg.qos > 0 && self.sess.ledger.is_some() {
+                        // Stored should the session park before it is acknowledged.
+                        msg.seq = Some(self.core.session_store.next_slot());
+                    }
                     if self.s.version == Version::V5 {
                         // Its publisher's properties, and this subscription's identifier
                         // [MQTT-3.3.2-17] [MQTT-3.3.4-3].
@@ -356,10 +375,13 @@ impl Connection {
             self.core
                 .session_store
                 .live_subscriptions(&self.s.router_key, &subs);
-            // The router drops what it has not delivered on them.
-            ledger
+            // The router drops what it has not delivered on them; so does the stored queue.
+            let dropped = ledger
                 .lock()
                 .retain_topics(|t| session_store::takes(&subs, t));
+            if self.core.session_store.durable_live() {
+                self.queue.acked_seqs.extend(dropped);
+            }
         }
     }
 
@@ -378,13 +400,13 @@ impl Connection {
             || self.owed_left_out(arrival, topic_name)
     }
 
-    /// What the router had not handed this connection when its session parked: each
-    /// joins the outbound queue as the router would have delivered it (at the best
-    /// matching subscription's QoS, with the identifiers of the matching ones).
-    fn session_undelivered(&mut self) -> HashSet<u64> {
-        let mut arrivals = HashSet::new();
-        let Some(ledger) = self.sess.ledger.take() else {
-            return arrivals;
+    /// What the router had not handed this connection when its session parked (without
+    /// durable connected sessions): each joins the outbound queue as the router would
+    /// have delivered it (at the best matching subscription's QoS, with the identifiers
+    /// of the matching ones), at its slot.
+    fn session_undelivered(&mut self) {
+        let Some(ledger) = self.sess.ledger.clone() else {
+            return;
         };
         let (left, lost) = {
             let mut l = ledger.lock();
@@ -399,9 +421,8 @@ impl Connection {
             tracing::warn!(client_id = %self.s.client_id, lost, "session parked while owed more than its ledger keeps");
         }
         for (publish, props) in left {
-            arrivals.extend(self.deliver_owed(publish, props));
+            self.deliver_owed(publish, props);
         }
-        arrivals
     }
 
     /// Removes the retain mark from a routed message's properties; whether it goes out
@@ -431,32 +452,83 @@ impl Connection {
             })
     }
 
-    /// After a batch: removes delivered messages from the stored queue, stores changed
-    /// subscriptions or inbound QoS 2 state (before the PUBRECs of this batch reach the
-    /// client), and refills the window.
+    /// After a batch: refills the window, then in one request to the session writer
+    /// removes what the client acknowledged from the stored queue and stores the packet
+    /// ids of QoS 2 sends and changed subscriptions, inbound QoS 2 state or outbound
+    /// PUBRELs. Waits for the disk when the client must not see this batch before it is
+    /// there: new QoS 2 sends or PUBRELs, PUBRECs (inbound QoS 2 state), SUBACKs;
+    /// plain removals are not waited for (lost in a crash, the message is sent again).
     pub(super) async fn session_sync(&mut self) {
-        let key = self.s.router_key.clone();
-        if !self.queue.acked_seqs.is_empty() {
-            let seqs = std::mem::take(&mut self.queue.acked_seqs);
-            self.core.session_store.dequeue(&key, seqs).await;
-        }
         if let (Some(ledger), false) = (&self.sess.ledger, self.sess.delivered.is_empty()) {
             ledger.lock().delivered(self.sess.delivered.drain(..));
         }
-        if self.sess.start.persistent
-            && (self.sess.subs_dirty || self.sess.saved_qos2 != self.inbound_qos2)
-        {
-            self.sess.subs_dirty = false;
-            self.sess.saved_qos2 = self.inbound_qos2.clone();
-            self.core.session_store.save(self.session_record()).await;
-        }
         self.fill_out();
+        // What a SUBACK delivered from the ledger may be acknowledged before its
+        // publisher's copy is written: a QoS 2 exchange waits for it (its PUBREL or
+        // first send must not go out before it is stored), a QoS 1 removal waits for
+        // a later batch.
+        let mut must_wait: Vec<u64> = self.queue.released_seqs.clone();
+        must_wait.extend(self.queue.sent_marks.iter().map(|(seq, _)| *seq));
+        if !must_wait.is_empty() {
+            self.core.session_store.wait_written(&must_wait).await;
+        }
+        // Those whose copies are not written yet stay for a later batch.
+        let ready = self
+            .core
+            .session_store
+            .written_of(&mut self.queue.acked_seqs);
+        let key = &self.s.router_key;
+        let q = &mut self.queue;
+        if ready.is_empty()
+            && q.released_seqs.is_empty()
+            && q.sent_marks.is_empty()
+            && !self.sess.subs_dirty
+            && self.sess.saved_qos2 == self.inbound_qos2
+            && (!self.sess.start.persistent
+                || !self.core.session_store.durable_live()
+                || self.sess.saved_pubrels == q.pubrels())
+        {
+            return;
+        }
+        let remove = |seq| QueueOp::Remove {
+            key: key.clone(),
+            seq,
+        };
+        let mut durable = !q.released_seqs.is_empty() || !q.sent_marks.is_empty();
+        let mut ops: Vec<QueueOp> = ready.into_iter().map(remove).collect();
+        ops.extend(q.released_seqs.drain(..).map(remove));
+        ops.extend(q.sent_marks.drain(..).map(|(seq, pkid)| QueueOp::Mark {
+            key: key.clone(),
+            seq,
+            pkid,
+        }));
+        if self.sess.start.persistent {
+            // Without durable connected sessions PUBRELs are stored with the other
+            // changes and at parking only.
+            let durable_live = self.core.session_store.durable_live();
+            let pubrels = q.pubrels();
+            let changed = self.sess.subs_dirty || self.sess.saved_qos2 != self.inbound_qos2;
+            if changed || (durable_live && self.sess.saved_pubrels != pubrels) {
+                // A new PUBREL must be on disk before it is sent; one completed may be
+                // forgotten (sent again after a crash, answered with PUBCOMP).
+                durable |= changed || pubrels.iter().any(|p| !self.sess.saved_pubrels.contains(p));
+                self.sess.subs_dirty = false;
+                self.sess.saved_qos2 = self.inbound_qos2.clone();
+                self.sess.saved_pubrels = pubrels;
+                ops.push(QueueOp::PutSession(self.session_record()));
+            }
+        }
+        if durable {
+            self.core.session_store.sync(ops, true).await;
+        } else {
+            self.core.session_store.sync_later(ops);
+        }
     }
 
     /// The connection is ending (before it leaves the router): a persistent session is
-    /// parked with what the client had not acknowledged, queued again with DUP=1 and
-    /// the packet ids it was in flight with, and the PUBRELs of the QoS 2 exchanges the
-    /// client had not completed.
+    /// parked with what the client had not acknowledged (at their slots: most are
+    /// stored already), those in flight with DUP=1 and their packet ids, and the
+    /// PUBRELs of the QoS 2 exchanges the client had not completed.
     pub(super) async fn session_close(&mut self) {
         if !self.sess.start.persistent {
             if self.sess.saved {
@@ -467,43 +539,44 @@ impl Connection {
         }
         let key = self.s.router_key.clone();
         let subs: Vec<SessionSubscription> = self.sess.subs.values().cloned().collect();
-        // The queue's newest entry before parking: publishers' copies come after it.
-        let stored = self.core.session_store.last_queued_seq(&key).await;
-        let mark = self
-            .core
+        self.core
             .session_store
             .begin_park(&key, &subs, self.sess.start.expiry_s);
-        // Deliveries the router handed this link but the client never saw join the queue
-        // the way egress takes every delivery (QoS, No Local, expiry, Retain As
-        // Published); those their publisher queued after `begin_park` are left out by
-        // `finish_park`.
+        // Deliveries the router handed this link but the client never saw are owed the
+        // way egress takes every delivery (QoS, No Local, expiry, Retain As Published);
+        // their publishers stored them at the same slots.
         while let Some(Ok(Some(n))) = self.s.link_rx.next().now_or_never() {
             // A SUBACK among them is left alone: its subscription is not part of the
-            // session parked above (publishers do not queue for it), so what the ledger
-            // recorded for it alone is not queued either.
+            // session parked above.
             if let Notification::Forward(f) = n {
                 self.forward(f);
             }
         }
-        // Then what was checked before `begin_park` but is still on its way through the
-        // router: queued by no publisher, and this link will not see it.
-        let leftovers = self.session_undelivered();
-        // The next connection leaves out their live copies, should the router still
-        // deliver them after it subscribed.
-        self.core.session_store.queued_leftovers(&key, leftovers);
+        if !self.core.session_store.durable_live() {
+            // What was checked before parking but is still on its way through the router
+            // is stored by no publisher, and this link will not see it.
+            self.session_undelivered();
+        }
+        // With durable connected sessions, what the router still has for it is stored.
+        self.sess.ledger = None;
         let mut rec = self.session_record();
         let owed = self.queue.take_unacked();
         rec.outbound_pubrels = owed.pubrels;
+        let messages = owed
+            .messages
+            .into_iter()
+            .map(|(slot, m)| {
+                let slot = slot.unwrap_or_else(|| self.core.session_store.next_slot());
+                (slot, m)
+            })
+            .collect();
+        // Acknowledged since the last batch: removed first (once stored).
+        let mut removed = std::mem::take(&mut self.queue.acked_seqs);
+        removed.append(&mut self.queue.released_seqs);
+        self.core.session_store.wait_written(&removed).await;
         self.core
             .session_store
-            .finish_park(
-                rec,
-                owed.messages,
-                owed.stored_inflight,
-                mark,
-                stored,
-                &self.core.stats,
-            )
+            .finish_park(rec, removed, messages, &self.core.stats)
             .await;
     }
 }

@@ -105,8 +105,11 @@ impl Connection {
         let owed = {
             let mut l = ledger.lock();
             l.delivered(self.sess.delivered.drain(..));
-            // A filter the router refused records nothing more.
-            l.retain_topics(|t| session_store::takes(&subs, t));
+            // A filter the router refused records nothing more (nor keeps it stored).
+            let refused = l.retain_topics(|t| session_store::takes(&subs, t));
+            if self.core.session_store.durable_live() {
+                self.queue.acked_seqs.extend(refused);
+            }
             let marks = &self.sess.owed.marks;
             let established: Vec<&SessionSubscription> = self
                 .sess

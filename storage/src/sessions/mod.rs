@@ -102,6 +102,38 @@ pub struct MessageProperties {
     pub subscription_ids: Vec<u32>,
 }
 
+/// One change of a session's queue or record, applied with others in one transaction
+/// by [`Store::apply_queue_ops`]. Queue entries are numbered by the broker (by arrival,
+/// so one message has one slot per session and writing it twice stores it once).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueOp {
+    /// Stores (or replaces) a session record.
+    PutSession(SessionRecord),
+    /// A publisher's copy, at its slot. `trim` (a parked session's copy): unless the slot
+    /// is taken (the session's parking connection wrote it first, with what it knew of
+    /// it), and the queue is cut to its bound afterwards. A connected session's copy
+    /// (`trim` false) is at a fresh slot; its queue is cut when it parks.
+    Insert {
+        key: String,
+        seq: u64,
+        msg: QueuedMessage,
+        trim: bool,
+    },
+    /// A parking connection's unacknowledged message: an entry already at the slot keeps
+    /// its content and takes DUP and the packet id; otherwise `msg` is stored. The queue
+    /// is then cut to its bound.
+    Upsert {
+        key: String,
+        seq: u64,
+        msg: QueuedMessage,
+    },
+    /// The entry is being sent on `pkid`: re-sent with DUP=1 on it from now on. Skipped
+    /// if the entry is gone.
+    Mark { key: String, seq: u64, pkid: u16 },
+    /// The entry was delivered (or is not to be).
+    Remove { key: String, seq: u64 },
+}
+
 impl Store {
     /// Stores (or replaces) a session record, committed durably.
     pub fn put_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
@@ -151,98 +183,112 @@ impl Store {
         })
     }
 
-    /// Appends messages to session queues in one durable transaction. A queue longer
-    /// than `max_per_session` loses its oldest messages; returns how many were dropped.
-    /// Messages for sessions that no longer exist are not stored.
-    pub fn enqueue(
+    /// Applies queue and record changes in one transaction, committed durably unless
+    /// `durable` is false (then it becomes durable with the next durable commit, and a
+    /// crash before that loses it). A queue an `Insert` (with `trim`) or an `Upsert`
+    /// touched is then cut to `max_per_session`, oldest first; returns how many were
+    /// dropped. Entries of a session that no longer exists are not stored.
+    pub fn apply_queue_ops(
         &self,
-        batch: &[(String, QueuedMessage)],
+        ops: &[QueueOp],
         max_per_session: usize,
+        durable: bool,
     ) -> Result<u64, StoreError> {
-        self.write(|txn| {
-            let sessions = txn.open_table(SESSIONS)?;
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        self.write_with(durable, |txn| {
+            let mut sessions = txn.open_table(SESSIONS)?;
             let mut queue = txn.open_table(QUEUE)?;
-            let mut dropped = 0;
-            for (key, msg) in batch {
-                let key = key.as_str();
-                if sessions.get(key)?.is_none() {
-                    continue;
+            let mut exists: std::collections::HashMap<&str, bool> = Default::default();
+            let mut trim_keys: Vec<&str> = Vec::new();
+            for op in ops {
+                match op {
+                    QueueOp::PutSession(rec) => {
+                        let bytes = encode_session(rec)?;
+                        sessions.insert(rec.key.as_str(), bytes.as_slice())?;
+                        exists.insert(rec.key.as_str(), true);
+                    }
+                    QueueOp::Insert {
+                        key,
+                        seq,
+                        msg,
+                        trim,
+                    } => {
+                        let key = key.as_str();
+                        // A connected session's slot is fresh: its connection can only
+                        // have the message once this is committed.
+                        if !session_exists(&sessions, &mut exists, key)?
+                            || (*trim && queue.get((key, *seq))?.is_some())
+                        {
+                            continue;
+                        }
+                        queue.insert((key, *seq), encode_queued(key, msg)?.as_slice())?;
+                        if *trim && !trim_keys.contains(&key) {
+                            trim_keys.push(key);
+                        }
+                    }
+                    QueueOp::Upsert { key, seq, msg } => {
+                        let key = key.as_str();
+                        if !session_exists(&sessions, &mut exists, key)? {
+                            continue;
+                        }
+                        let stored = match queue.get((key, *seq))? {
+                            Some(v) => {
+                                let mut m = decode_queued(key, v.value())?;
+                                m.dup |= msg.dup;
+                                m.pkid = msg.pkid.or(m.pkid);
+                                m
+                            }
+                            None => msg.clone(),
+                        };
+                        queue.insert((key, *seq), encode_queued(key, &stored)?.as_slice())?;
+                        if !trim_keys.contains(&key) {
+                            trim_keys.push(key);
+                        }
+                    }
+                    QueueOp::Mark { key, seq, pkid } => {
+                        let key = key.as_str();
+                        let Some(bytes) = queue.get((key, *seq))?.map(|v| v.value().to_vec())
+                        else {
+                            continue;
+                        };
+                        let mut m = decode_queued(key, &bytes)?;
+                        m.dup = true;
+                        m.pkid = Some(*pkid);
+                        queue.insert((key, *seq), encode_queued(key, &m)?.as_slice())?;
+                    }
+                    QueueOp::Remove { key, seq } => {
+                        queue.remove((key.as_str(), *seq))?;
+                    }
                 }
-                let last = queue
-                    .range((key, 0)..=(key, u64::MAX))?
-                    .next_back()
-                    .transpose()?
-                    .map(|(k, _)| k.value().1);
-                let seq = last.map_or(0, |s| s + 1);
-                queue.insert((key, seq), encode_queued(key, msg)?.as_slice())?;
+            }
+            let mut dropped = 0;
+            for key in trim_keys {
                 dropped += trim(&mut queue, key, max_per_session)?;
             }
             Ok(dropped)
         })
     }
 
-    /// Puts messages into `key`'s queue ahead of its entries numbered past `after` (all
-    /// of them for `None`), in one durable transaction: those are renumbered to follow.
-    /// For a session being parked, whose publishers already queued what arrived after
-    /// what its connection still owed. The queue is then cut to `max_per_session` as in
-    /// [`Store::enqueue`]; returns how many were dropped. Nothing is stored for a session
-    /// that no longer exists.
-    pub fn enqueue_before(
-        &self,
-        key: &str,
-        after: Option<u64>,
-        msgs: &[QueuedMessage],
-        max_per_session: usize,
-    ) -> Result<u64, StoreError> {
-        if msgs.is_empty() {
-            return Ok(0);
-        }
-        self.write(|txn| {
-            if txn.open_table(SESSIONS)?.get(key)?.is_none() {
-                return Ok(0);
-            }
-            let mut queue = txn.open_table(QUEUE)?;
-            let from = after.map_or(0, |a| a.saturating_add(1));
-            let newer: Vec<(u64, Vec<u8>)> = queue
-                .range((key, from)..=(key, u64::MAX))?
-                .map(|e| e.map(|(k, v)| (k.value().1, v.value().to_vec())))
-                .collect::<Result<_, _>>()?;
-            let mut seq = newer.first().map_or_else(
-                || -> Result<u64, StoreError> {
-                    Ok(queue
-                        .range((key, 0)..=(key, u64::MAX))?
-                        .next_back()
-                        .transpose()?
-                        .map_or(0, |(k, _)| k.value().1 + 1))
-                },
-                |(first, _)| Ok(*first),
-            )?;
-            for (old, _) in &newer {
-                queue.remove((key, *old))?;
-            }
-            for m in msgs {
-                queue.insert((key, seq), encode_queued(key, m)?.as_slice())?;
-                seq += 1;
-            }
-            for (_, bytes) in &newer {
-                queue.insert((key, seq), bytes.as_slice())?;
-                seq += 1;
-            }
-            trim(&mut queue, key, max_per_session)
-        })
-    }
-
-    /// The sequence number of the newest entry of a session's queue (entries queued
-    /// later get higher ones, as long as it is not emptied).
-    pub fn last_queued_seq(&self, key: &str) -> Result<Option<u64>, StoreError> {
+    /// The highest sequence number of any session's queue: a broker numbering queue
+    /// entries by arrival starts past it.
+    pub fn max_queued_seq(&self) -> Result<Option<u64>, StoreError> {
         self.read(|txn| {
+            let sessions = txn.open_table(SESSIONS)?;
             let queue = txn.open_table(QUEUE)?;
-            let last = queue
-                .range((key, 0)..=(key, u64::MAX))?
-                .next_back()
-                .transpose()?
-                .map(|(k, _)| k.value().1);
-            Ok(last)
+            let mut max = None;
+            for entry in sessions.iter()? {
+                let (k, _) = entry?;
+                let key = k.value();
+                let last = queue
+                    .range((key, 0)..=(key, u64::MAX))?
+                    .next_back()
+                    .transpose()?
+                    .map(|(k, _)| k.value().1);
+                max = max.max(last);
+            }
+            Ok(max)
         })
     }
 
@@ -262,38 +308,20 @@ impl Store {
             Ok(out)
         })
     }
+}
 
-    /// Marks queue entries as sent on these packet ids (with DUP=1 from now on); entries
-    /// no longer queued are skipped.
-    pub fn mark_sent(&self, key: &str, sent: &[(u64, u16)]) -> Result<(), StoreError> {
-        if sent.is_empty() {
-            return Ok(());
-        }
-        self.write(|txn| {
-            let mut queue = txn.open_table(QUEUE)?;
-            for &(seq, pkid) in sent {
-                let Some(bytes) = queue.get((key, seq))?.map(|v| v.value().to_vec()) else {
-                    continue;
-                };
-                let mut m = decode_queued(key, &bytes)?;
-                m.dup = true;
-                m.pkid = Some(pkid);
-                queue.insert((key, seq), encode_queued(key, &m)?.as_slice())?;
-            }
-            Ok(())
-        })
+/// Whether a session is stored (looked up once per transaction and key).
+fn session_exists<'k>(
+    sessions: &redb::Table<'_, &'static str, &'static [u8]>,
+    known: &mut std::collections::HashMap<&'k str, bool>,
+    key: &'k str,
+) -> Result<bool, StoreError> {
+    if let Some(&e) = known.get(key) {
+        return Ok(e);
     }
-
-    /// Removes delivered messages from a session's queue.
-    pub fn dequeue(&self, key: &str, seqs: &[u64]) -> Result<(), StoreError> {
-        self.write(|txn| {
-            let mut queue = txn.open_table(QUEUE)?;
-            for &seq in seqs {
-                queue.remove((key, seq))?;
-            }
-            Ok(())
-        })
-    }
+    let e = sessions.get(key)?.is_some();
+    known.insert(key, e);
+    Ok(e)
 }
 
 /// Drops the oldest of `key`'s queue past `max_per_session`; how many.
@@ -374,83 +402,113 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn queue_keeps_order_drops_oldest_marks_sent_and_goes_with_its_session() {
-        let (_dir, store) = temp_store();
-        assert_eq!(store.list_sessions().unwrap(), vec![]);
-        assert_eq!(store.queued("c:sensor").unwrap(), vec![]);
-        store.put_session(&session()).unwrap();
-        let batch: Vec<_> = (0..5u8)
-            .map(|i| ("c:sensor".to_owned(), queued(&[i])))
-            .collect();
-        let orphan = vec![("c:gone".to_owned(), queued(b"z"))];
-        assert_eq!(store.enqueue(&orphan, 3).unwrap(), 0);
-        assert_eq!(store.enqueue(&batch, 3).unwrap(), 2);
-        let q = store.queued("c:sensor").unwrap();
-        let payloads: Vec<_> = q.iter().map(|(_, m)| m.payload[0]).collect();
-        assert_eq!(payloads, [2, 3, 4]);
-        store.dequeue("c:sensor", &[q[0].0]).unwrap();
-        // The entry that was in flight keeps its packet id; a gone entry is skipped.
-        store
-            .mark_sent("c:sensor", &[(q[1].0, 9), (q[0].0, 8)])
-            .unwrap();
-        let q = store.queued("c:sensor").unwrap();
-        let sent: Vec<_> = q.iter().map(|(_, m)| (m.pkid, m.dup)).collect();
-        assert_eq!(sent, [(Some(9), true), (None, true)]);
-        assert_eq!(store.queued("c:gone").unwrap(), vec![]);
-        assert_eq!(store.list_sessions().unwrap(), vec![session()]);
-        assert!(store.delete_session("c:sensor").unwrap());
-        assert_eq!(store.queued("c:sensor").unwrap(), vec![]);
-        assert_eq!(store.get_session("c:sensor").unwrap(), None);
+    fn insert(key: &str, seq: u64, payload: u8, trim: bool) -> QueueOp {
+        QueueOp::Insert {
+            key: key.into(),
+            seq,
+            msg: queued(&[payload]),
+            trim,
+        }
     }
 
-    /// A parking connection's leftovers go ahead of what publishers queued meanwhile,
-    /// behind what was stored before; then the oldest past the bound go.
+    fn payloads(store: &Store, key: &str) -> Vec<(u64, u8)> {
+        let q = store.queued(key).unwrap();
+        q.iter().map(|(s, m)| (*s, m.payload[0])).collect()
+    }
+
     #[test]
-    fn enqueue_before_puts_messages_ahead_of_newer_entries() {
+    fn queue_keeps_slots_drops_oldest_marks_sent_and_goes_with_its_session() {
         let (_dir, store) = temp_store();
-        store.put_session(&session()).unwrap();
         let key = "c:sensor";
-        let append = |p: u8| {
-            store
-                .enqueue(&[(key.to_owned(), queued(&[p]))], 100)
-                .unwrap()
-        };
-        append(1);
-        append(2);
-        let stored = store.last_queued_seq(key).unwrap();
-        assert_eq!(stored, store.queued(key).unwrap().last().map(|(s, _)| *s));
-        append(7);
-        append(8);
-        let payloads = |store: &Store| -> Vec<u8> {
-            store
-                .queued(key)
-                .unwrap()
-                .iter()
-                .map(|(_, m)| m.payload[0])
-                .collect()
-        };
-        let leftovers = [queued(&[3]), queued(&[4])];
-        assert_eq!(
-            store.enqueue_before(key, stored, &leftovers, 100).unwrap(),
-            0
-        );
-        assert_eq!(payloads(&store), [1, 2, 3, 4, 7, 8]);
-        let seqs: Vec<u64> = store.queued(key).unwrap().iter().map(|(s, _)| *s).collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
-        // Later appends still go last; nothing stored before: all of the queue is newer.
-        append(9);
-        assert_eq!(payloads(&store), [1, 2, 3, 4, 7, 8, 9]);
-        assert_eq!(
-            store.enqueue_before(key, None, &[queued(&[0])], 5).unwrap(),
-            3
-        );
-        assert_eq!(payloads(&store), [3, 4, 7, 8, 9]);
-        // An empty batch or a gone session stores nothing.
-        assert_eq!(
-            store.enqueue_before("c:gone", None, &leftovers, 5).unwrap(),
-            0
-        );
+        assert_eq!(store.list_sessions().unwrap(), vec![]);
+        assert_eq!(store.queued(key).unwrap(), vec![]);
+        assert_eq!(store.max_queued_seq().unwrap(), None);
+        // Nothing is stored for a session that does not exist.
+        let orphan = [insert("c:gone", 1, b'z', true)];
+        assert_eq!(store.apply_queue_ops(&orphan, 3, true).unwrap(), 0);
         assert_eq!(store.queued("c:gone").unwrap(), vec![]);
+        // Slots are the broker's (arrival numbers): sparse, in order; a connected
+        // session's inserts are not trimmed, a parked one's are.
+        let mut ops = vec![QueueOp::PutSession(session())];
+        ops.extend([10, 12, 15, 20].map(|s| insert(key, s, s as u8, false)));
+        assert_eq!(store.apply_queue_ops(&ops, 3, true).unwrap(), 0);
+        assert_eq!(payloads(&store, key).len(), 4);
+        assert_eq!(
+            store
+                .apply_queue_ops(&[insert(key, 21, 21, true)], 3, true)
+                .unwrap(),
+            2
+        );
+        assert_eq!(payloads(&store, key), [(15, 15), (20, 20), (21, 21)]);
+        assert_eq!(store.max_queued_seq().unwrap(), Some(21));
+        // A slot written twice keeps the first; marks and removals, not durable.
+        let ops = [
+            insert(key, 15, 99, true),
+            QueueOp::Mark {
+                key: key.into(),
+                seq: 20,
+                pkid: 9,
+            },
+            QueueOp::Mark {
+                key: key.into(),
+                seq: 3,
+                pkid: 8,
+            },
+            QueueOp::Remove {
+                key: key.into(),
+                seq: 21,
+            },
+        ];
+        store.apply_queue_ops(&ops, 3, false).unwrap();
+        let q = store.queued(key).unwrap();
+        let sent: Vec<_> = q.iter().map(|(s, m)| (*s, m.payload[0], m.pkid)).collect();
+        assert_eq!(sent, [(15, 15, None), (20, 20, Some(9))]);
+        assert!(q[1].1.dup);
+        assert_eq!(store.list_sessions().unwrap(), vec![session()]);
+        assert!(store.delete_session(key).unwrap());
+        assert_eq!(store.queued(key).unwrap(), vec![]);
+        assert_eq!(store.get_session(key).unwrap(), None);
+    }
+
+    /// A parking connection's upsert keeps what a publisher stored at the slot and adds
+    /// DUP and the packet id; an empty slot gets its message; then the queue is cut.
+    #[test]
+    fn upsert_keeps_stored_content_and_fills_empty_slots() {
+        let (_dir, store) = temp_store();
+        let key = "c:sensor";
+        store.put_session(&session()).unwrap();
+        store
+            .apply_queue_ops(&[insert(key, 5, 5, true)], 10, true)
+            .unwrap();
+        let mut sent = queued(&[50]);
+        sent.dup = true;
+        sent.pkid = Some(7);
+        let ops = [
+            QueueOp::Upsert {
+                key: key.into(),
+                seq: 5,
+                msg: sent.clone(),
+            },
+            QueueOp::Upsert {
+                key: key.into(),
+                seq: 3,
+                msg: queued(&[3]),
+            },
+            QueueOp::Upsert {
+                key: key.into(),
+                seq: 8,
+                msg: queued(&[8]),
+            },
+        ];
+        assert_eq!(store.apply_queue_ops(&ops, 2, true).unwrap(), 1);
+        let q = store.queued(key).unwrap();
+        let got: Vec<_> = q.iter().map(|(s, m)| (*s, m.payload[0], m.pkid)).collect();
+        assert_eq!(got, [(5, 5, Some(7)), (8, 8, None)]);
+        // A publisher's copy arriving after the parking connection wrote the slot
+        // leaves it as it is.
+        store
+            .apply_queue_ops(&[insert(key, 5, 77, true)], 10, true)
+            .unwrap();
+        assert_eq!(store.queued(key).unwrap()[0].1.pkid, Some(7));
     }
 }

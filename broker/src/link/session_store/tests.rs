@@ -6,7 +6,7 @@ use fleetmq_storage::MessageProperties;
 use rumqttd::protocol::PublishProperties;
 
 use crate::link::framing::PublishMeta;
-use crate::link::origin::Origin;
+use crate::link::origin::{Origin, Routing};
 use crate::link::session_link;
 
 fn sub(filter: &str, qos: u8, id: Option<u32>) -> SessionSubscription {
@@ -38,6 +38,7 @@ fn incoming(topic: &str) -> Incoming<'_> {
         payload: b"m",
         qos: 1,
         retain: false,
+        conn_id: 1,
     }
 }
 
@@ -75,7 +76,7 @@ fn sessions(records: Vec<SessionRecord>) -> (tempfile::TempDir, SessionStore) {
     for r in &records {
         store.put_session(r).expect("put");
     }
-    (dir, SessionStore::load(store, 100, records))
+    (dir, SessionStore::load(store, 100, records, None, true))
 }
 
 /// A publish looks only at the parked sessions whose filters can match: with
@@ -94,7 +95,7 @@ fn a_publish_looks_only_at_matching_sessions() {
         .collect();
     records.push(record("c:all", vec![sub("dev/+/cmd/reboot", 1, None)]));
     records.push(record("c:shared", vec![sub("$share/g/dev/#", 1, None)]));
-    let s = SessionStore::load(store, 100, records);
+    let s = SessionStore::load(store, 100, records, None, true);
     let set = s.parked();
     let mut got: Vec<&str> = set.index.matching("dev/7/cmd/reboot").into_iter().collect();
     got.sort_unstable();
@@ -137,7 +138,7 @@ async fn queued_copy_keeps_properties_and_session_ids() {
     };
     let stats = Stats::default();
     enqueue_with(&s, incoming("p/x"), Some(props), &stats).await;
-    let q = s.queued("c:a").await;
+    let q = s.queued("c:a", u64::MAX).await;
     assert_eq!(q.len(), 1);
     let m = &q[0].1;
     assert_eq!(m.qos, 1);
@@ -165,10 +166,33 @@ async fn queued_copy_keeps_properties_and_session_ids() {
     );
 }
 
-/// The parking window: a message checked after `begin_park` is queued by its
-/// publisher; when the router also handed it to the leaving link, `finish_park`
-/// must not queue it again. One checked before `begin_park` is queued by the link,
-/// ahead of the publishers' copies.
+fn owed(payload: &[u8], pkid: Option<u16>) -> QueuedMessage {
+    QueuedMessage {
+        topic: "w/x".into(),
+        payload: payload.to_vec(),
+        qos: 1,
+        dup: pkid.is_some(),
+        retain: false,
+        queued_at_ms: 0,
+        expires_at_ms: None,
+        properties: MessageProperties::default(),
+        pkid,
+    }
+}
+
+async fn payloads(s: &SessionStore, key: &str) -> Vec<(Vec<u8>, Option<u16>)> {
+    s.queued(key, u64::MAX)
+        .await
+        .into_iter()
+        .map(|(_, m)| (m.payload, m.pkid))
+        .collect()
+}
+
+/// The parking window: a message checked while the session was connected was stored by
+/// its publisher, one checked after `begin_park` too; when the router also handed both
+/// to the leaving link, `finish_park` writes them at the same slots, so each is queued
+/// once, in arrival order, the one in flight with its packet id. What no publisher
+/// stored (a retained message sent at SUBSCRIBE) gets a fresh slot.
 #[tokio::test]
 async fn message_in_the_parking_window_is_queued_once() {
     let subs = vec![sub("w/#", 1, None)];
@@ -176,53 +200,51 @@ async fn message_in_the_parking_window_is_queued_once() {
     let (_dir, s) = sessions(vec![]);
     s.save(rec.clone()).await;
     let stats = Stats::default();
-    let copy = |payload: &[u8], arrival| Unacked {
-        msg: QueuedMessage {
-            topic: "w/x".into(),
-            payload: payload.to_vec(),
-            qos: 1,
-            dup: false,
-            retain: false,
-            queued_at_ms: 0,
-            expires_at_ms: None,
-            properties: MessageProperties::default(),
-            pkid: None,
-        },
-        arrival,
-    };
-    // Checked while the client was connected: nobody queued it.
-    let before = enqueue(&s, incoming("w/x"), &stats).await;
-    let mark = s.begin_park("c:w", &subs, NEVER);
-    // Checked after parking: the publisher queued it.
-    let after = enqueue(&s, incoming("w/x"), &stats).await;
-    assert!(before.expect("numbered") < after.expect("numbered"));
-    assert_eq!(s.queued("c:w").await.len(), 1);
-    // The router handed both to the leaving link before it left.
-    let leftovers = vec![copy(b"before", before), copy(b"after", after)];
-    s.finish_park(rec, leftovers, Vec::new(), mark, None, &stats)
-        .await;
-    let q: Vec<Vec<u8>> = s
-        .queued("c:w")
+    s.go_live("c:w", &subs, 7);
+    let before = enqueue(&s, incoming("w/x"), &stats)
         .await
-        .into_iter()
-        .map(|(_, m)| m.payload)
-        .collect();
-    // Each once, in arrival order: the link's copy goes ahead of the publisher's,
-    // which was written first.
-    assert_eq!(q, [b"before".to_vec(), b"m".to_vec()]);
+        .expect("numbered");
+    assert_eq!(payloads(&s, "c:w").await.len(), 1, "stored while connected");
+    s.begin_park("c:w", &subs, NEVER);
+    let after = enqueue(&s, incoming("w/x"), &stats)
+        .await
+        .expect("numbered");
+    assert!(before < after);
+    assert_eq!(payloads(&s, "c:w").await.len(), 2);
+    // The router handed both to the leaving link before it left; the first was in
+    // flight on packet id 5; a retained message it had not sent yet is owed too.
+    let retained = s.next_slot();
+    let leftovers = vec![
+        (before, owed(b"before", Some(5))),
+        (after, owed(b"after", None)),
+        (retained, owed(b"retained", None)),
+    ];
+    s.finish_park(rec, Vec::new(), leftovers, &stats).await;
+    assert_eq!(
+        payloads(&s, "c:w").await,
+        [
+            (b"m".to_vec(), Some(5)),
+            (b"m".to_vec(), None),
+            (b"retained".to_vec(), None)
+        ]
+    );
+    // What the client acknowledged before it left goes.
+    s.finish_park(record("c:w", subs), vec![before], Vec::new(), &stats)
+        .await;
+    assert_eq!(payloads(&s, "c:w").await.len(), 2);
 }
 
-/// The other side of the window: while the client is connected, each message its
-/// subscriptions take is recorded until the router delivers it; at parking what is
-/// left is what the link never got, in arrival order, and later messages are queued by
-/// their publishers instead.
+/// While the client is connected, each message its subscriptions take is stored and
+/// recorded until the router delivers it. Resumed: a live delivery numbered below the
+/// counter at going live, that the parked subscriptions take, is in the stored queue
+/// and left out; the queue is read up to that counter.
 #[tokio::test]
-async fn a_connected_session_records_what_the_router_has_not_delivered() {
+async fn a_connected_session_stores_and_records_what_it_takes() {
     let subs = vec![sub("w/#", 1, None), sub("q0/#", 0, None)];
     let (_dir, s) = sessions(vec![]);
     s.save(record("c:w", subs.clone())).await;
     let stats = Stats::default();
-    let (ledger, window, _) = s.go_live("c:w", &subs);
+    let (ledger, window, _) = s.go_live("c:w", &subs, 7);
     assert!(window.is_none(), "a new session was not parked");
     let first = enqueue(&s, incoming("w/1"), &stats)
         .await
@@ -233,57 +255,81 @@ async fn a_connected_session_records_what_the_router_has_not_delivered() {
     enqueue(&s, incoming("other"), &stats).await;
     // A QoS 0 subscription gets no QoS 1 copy to keep.
     enqueue(&s, incoming("q0/x"), &stats).await;
+    // Its own message on a No Local subscription is not stored for it.
+    let mut no_local = subs.clone();
+    no_local.push(SessionSubscription {
+        no_local: true,
+        ..sub("own/#", 1, None)
+    });
+    s.live_subscriptions("c:w", &no_local);
+    enqueue(
+        &s,
+        Incoming {
+            conn_id: 7,
+            ..incoming("own/x")
+        },
+        &stats,
+    )
+    .await;
+    s.live_subscriptions("c:w", &subs);
+    assert_eq!(ledger.lock().len(), 3);
+    let slots: Vec<u64> = s
+        .queued("c:w", u64::MAX)
+        .await
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    assert_eq!(slots, [first, second], "stored at their arrival numbers");
+    ledger.lock().delivered([second]);
+    assert_eq!(ledger.lock().len(), 2);
+    s.begin_park("c:w", &subs, NEVER);
     let third = enqueue(&s, incoming("w/3"), &stats)
         .await
         .expect("numbered");
-    assert_eq!(ledger.lock().len(), 3);
-    // The router delivered the second.
-    ledger.lock().delivered([second]);
-    let mark = s.begin_park("c:w", &subs, NEVER);
+    assert_eq!(ledger.lock().len(), 2, "parked: no longer recorded");
+    let (ledger, window, since) = s.go_live("c:w", &subs, 8);
+    let window = window.expect("it was parked");
+    assert!(window.queued(first, "w/1"));
+    assert!(window.queued(third, "w/3"));
+    assert!(!window.queued(third, "q0/x"));
     let fourth = enqueue(&s, incoming("w/4"), &stats)
         .await
         .expect("numbered");
-    assert_eq!(s.queued("c:w").await.len(), 1, "queued by its publisher");
-    let left: Vec<u64> = ledger
-        .lock()
-        .take()
-        .0
-        .into_iter()
-        .map(|(mut p, _)| {
-            assert!(p.topic.starts_with(b"w/"));
-            Origin::take(&mut p.payload)
-                .and_then(|o| o.arrival)
-                .expect("numbered")
-        })
-        .collect();
-    assert_eq!(left, [first, third]);
-    assert!(left.iter().all(|&a| a < mark.0));
-    // Resumed: what was queued while it was parked is known, so a late live copy of
-    // it is left out; before and after parking, and other topics, are not.
-    let (ledger, window, _) = s.go_live("c:w", &subs);
-    let window = window.expect("it was parked");
-    assert!(window.queued(fourth, "w/4"));
-    assert!(!window.queued(third, "w/3"));
-    assert!(!window.queued(fourth, "q0/x"));
-    let fifth = enqueue(&s, incoming("w/5"), &stats)
+    assert!(!window.queued(fourth, "w/4"));
+    assert!(fourth >= since);
+    let resumed: Vec<u64> = s
+        .queued("c:w", since)
         .await
-        .expect("numbered");
-    assert!(!window.queued(fifth, "w/5"));
-    ledger.lock().delivered([fifth]);
-    // Unsubscribed filters stop recording; a discarded session records nothing.
-    s.live_subscriptions("c:w", &subs[1..]);
-    enqueue(&s, incoming("w/7"), &stats).await;
-    assert_eq!(ledger.lock().len(), 0);
-    s.live_subscriptions("c:w", &subs);
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    assert_eq!(resumed, [first, second, third]);
+    ledger.lock().delivered([fourth]);
+    // A discarded session records and stores nothing.
     s.discard("c:w").await;
     enqueue(&s, incoming("w/6"), &stats).await;
     assert_eq!(ledger.lock().len(), 0);
+    assert!(s.queued("c:w", u64::MAX).await.is_empty());
 }
 
-/// A ledger keeps at most its cap: the oldest entries go, and those the router does not
-/// deliver afterwards are counted as lost when the session parks.
+/// Arrival numbers start past every stored slot after a restart.
+#[tokio::test]
+async fn arrival_numbers_start_past_stored_slots() {
+    let subs = vec![sub("w/#", 1, None)];
+    let (_dir, s) = sessions(vec![record("c:w", subs)]);
+    let stats = Stats::default();
+    let a = enqueue(&s, incoming("w/1"), &stats)
+        .await
+        .expect("numbered");
+    let max = s.store.max_queued_seq().expect("read");
+    assert_eq!(max, Some(a));
+    let reloaded = SessionStore::load(s.store.clone(), 100, Vec::new(), max, true);
+    assert_eq!(reloaded.arrival_mark(), a + 1);
+}
+
+/// A ledger keeps at most its cap: the oldest entries go (they are stored).
 #[test]
-fn a_ledger_is_bounded_and_counts_what_it_evicted() {
+fn a_ledger_is_bounded() {
     let ledger = crate::link::session_ledger::SharedLedger::new(3);
     let meta = PublishMeta {
         qos: 1,
@@ -310,26 +356,11 @@ fn a_ledger_is_bounded_and_counts_what_it_evicted() {
     assert_eq!(ledger.lock().len(), 2);
     record(5);
     record(6);
-    // 2 was evicted too; 4, 5, 6 are kept.
-    let (left, lost) = ledger.lock().take();
-    let left: Vec<u64> = left
+    assert_eq!(ledger.lock().len(), 3);
+    let all = ledger.lock().take_where(|_, _| true);
+    let left: Vec<u64> = all
         .into_iter()
         .filter_map(|(mut p, _)| Origin::take(&mut p.payload).and_then(|o| o.arrival))
         .collect();
     assert_eq!(left, [4, 5, 6]);
-    assert_eq!(lost, 2, "0 and 2 were evicted and never delivered");
-    // Evicted numbers are kept up to the cap too, past it only counted (10..=13,
-    // even though the router delivers them after all: nothing is lost silently).
-    for a in 10..20 {
-        record(a);
-    }
-    ledger.lock().delivered(10..17);
-    let (left, lost) = ledger.lock().take();
-    assert_eq!(left.len(), 3);
-    assert_eq!(lost, 4);
-    for a in 20..30 {
-        record(a);
-    }
-    let (_, lost) = ledger.lock().take();
-    assert_eq!(lost, 7);
 }
