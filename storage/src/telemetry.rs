@@ -536,8 +536,7 @@ fn write_points(txn: &WriteTransaction, points: &[NewPoint]) -> Result<u64, Stor
         let same_bucket = |a: &Row<'_>, b: &Row<'_>| bucket(a.point.ts_ms) == bucket(b.point.ts_ms);
         for chunk in run.chunk_by(same_bucket) {
             let rows = chunk.iter().map(|r| r.point);
-            let Some((max_ts, id)) = block_key_parts(rows.clone().map(|r| (r.ts_ms, r.seq)))
-            else {
+            let Some((max_ts, id)) = block_key_parts(rows.clone().map(|r| (r.ts_ms, r.seq))) else {
                 continue;
             };
             point_key(&mut key, device, max_ts, id);
@@ -756,5 +755,7 @@ pub use retention::{sweep, sweep_until};
 
 #[cfg(test)]
 mod block_tests;
+#[cfg(test)]
+mod raw_tests;
 #[cfg(test)]
 mod tests;

@@ -233,9 +233,8 @@ pub(super) fn decode_block(
         .map(|p| {
             let values = match p.body {
                 Body::Values(values) => values,
-                Body::Object(range) => object_values(&bytes[range]).map_err(|e| {
-                    corrupt(BLOCKS_TABLE, block_name(device, max_ts, id), e)
-                })?,
+                Body::Object(range) => object_values(&bytes[range])
+                    .map_err(|e| corrupt(BLOCKS_TABLE, block_name(device, max_ts, id), e))?,
             };
             Ok(Point {
                 ts_ms: p.ts_ms,
@@ -328,7 +327,8 @@ pub(super) fn block_header(
         let count = take_varint(&mut rest)?;
         let back = take_varint(&mut rest)?;
         let min_ts = max_ts.checked_sub(back)?;
-        ((version == V1 || version == V2) && count > 0 && min_ts >= bucket(max_ts).0).then_some((count, min_ts))
+        ((version == V1 || version == V2) && count > 0 && min_ts >= bucket(max_ts).0)
+            .then_some((count, min_ts))
     })();
     header.ok_or_else(|| {
         corrupt(

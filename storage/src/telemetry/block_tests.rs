@@ -188,7 +188,14 @@ fn bad_blocks_are_corrupt_errors() {
             "{bytes:?}: {err:?}"
         );
     }
-    for bytes in [&[][..], &[2, 1, 0], &[0, 0, 0], &[0, 1, 11], &[0, 1], &[1, 0, 0]] {
+    for bytes in [
+        &[][..],
+        &[2, 1, 0],
+        &[0, 0, 0],
+        &[0, 1, 11],
+        &[0, 1],
+        &[1, 0, 0],
+    ] {
         assert!(
             block::block_header("dev", 10, 3, bytes).is_err(),
             "{bytes:?}"
@@ -480,7 +487,12 @@ fn rows_before_blocks_are_read_moved_and_swept() {
         .map(|(t, s, v)| pt(*t, *s, &[("n", v)]))
         .collect();
     // New points land between and on top of the old ones, in blocks.
-    let new = [(1_001, "\"a\""), (4_000, "\"b\""), (9_000, "\"c\""), (4_000, "\"d\"")];
+    let new = [
+        (1_001, "\"a\""),
+        (4_000, "\"b\""),
+        (9_000, "\"c\""),
+        (4_000, "\"d\""),
+    ];
     let batch: Vec<NewPoint> = new
         .iter()
         .map(|(ts, v)| NewPoint::new(id("d"), *ts, vals(&[("n", v)])))
@@ -524,7 +536,11 @@ fn rows_before_blocks_are_read_moved_and_swept() {
     drop(db);
     let db = Database::create(&path).unwrap();
     assert_eq!(pages(&db, "d", 0, u64::MAX, 1_000), kept);
-    insert_batch(&db, &[NewPoint::new(id("d"), 9_000, vals(&[("n", "\"z\"")]))]).unwrap();
+    insert_batch(
+        &db,
+        &[NewPoint::new(id("d"), 9_000, vals(&[("n", "\"z\"")]))],
+    )
+    .unwrap();
     let top = pages(&db, "d", 9_000, 9_000, 1);
     assert_eq!(top.len(), 2);
     assert_eq!(top[0].values, vals(&[("n", "\"z\"")]));

@@ -318,7 +318,13 @@ fn new_point_orders_values_and_drops_repeated_keys() {
     let p = NewPoint::new(
         id("d"),
         1,
-        vals(&[("b", "1"), ("a", "2"), ("b", "3"), ("ts", "4"), ("q\"", "[5]")]),
+        vals(&[
+            ("b", "1"),
+            ("a", "2"),
+            ("b", "3"),
+            ("ts", "4"),
+            ("q\"", "[5]"),
+        ]),
     );
     assert_eq!(p.device(), b"d");
     // An object as a device would send it; `ts` is never a value.
