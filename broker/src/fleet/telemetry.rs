@@ -581,4 +581,6 @@ fn parse_value(device: &DeviceId, key: &str, json: &str) -> Option<Value> {
 mod writer;
 
 #[cfg(test)]
+mod raw_tests;
+#[cfg(test)]
 mod tests;
