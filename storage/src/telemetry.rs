@@ -19,7 +19,8 @@
 //!   (list of key names), plus the newest value of each key that only older objects
 //!   carried. A batch copies a device's newest object over the one of the same shape
 //!   instead of decoding every point's keys; [`latest`] decodes the few objects when
-//!   asked. One row per device keeps a batch to one read and one write per device.
+//!   asked (`summary.rs`). One row per device keeps a batch to one read and one write
+//!   per device.
 //! - `telemetry_meta`: `"next_seq"` → the next unused `seq`.
 //!
 //! A point is stored as its telemetry object, the JSON text the device sent (the
