@@ -7,7 +7,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::plugin::{
-    Command, CommandResponse, DeviceEvent, DevicePlugin, DeviceStatus, PluginError, Telemetry,
+    Command, CommandResponse, DeviceEvent, DevicePlugin, DeviceStatus, PluginError, RawTelemetry,
+    Telemetry,
 };
 use crate::rfc3339;
 
@@ -55,6 +56,12 @@ impl DevicePlugin for JsonPlugin {
         payload: &[u8],
         received_at_ms: u64,
     ) -> Result<Telemetry, PluginError> {
+        if scan::scan_object(payload).is_none() {
+            // Refused by the scanner: serde_json names the problem. What it refuses and
+            // the `RawValue`s below would take (a lone surrogate, a number beyond
+            // `f64`) could be stored but never read back as a value.
+            parse_object(payload)?;
+        }
         let mut values = parse_raw_object(payload)?;
         let ts_ms = values
             .remove("ts")
@@ -63,6 +70,34 @@ impl DevicePlugin for JsonPlugin {
             .filter(|&ts| is_sane_ts(ts, received_at_ms))
             .unwrap_or(received_at_ms);
         Ok(Telemetry { ts_ms, values })
+    }
+
+    /// One pass of [`scan::scan_object`] over the payload, allocating nothing; a
+    /// payload it refuses goes to [`decode_telemetry`](Self::decode_telemetry) for the
+    /// error (or, should the scanner ever be stricter than serde_json, the result).
+    fn check_telemetry(
+        &self,
+        payload: &[u8],
+        received_at_ms: u64,
+    ) -> Option<Result<RawTelemetry, PluginError>> {
+        let Some(scanned) = scan::scan_object(payload) else {
+            return Some(
+                self.decode_telemetry(payload, received_at_ms)
+                    .map(|t| RawTelemetry {
+                        ts_ms: t.ts_ms,
+                        shape: fallback_shape(t.values.keys()),
+                    }),
+            );
+        };
+        let ts_ms = scanned
+            .ts
+            .and_then(ts_of_text)
+            .filter(|&ts| is_sane_ts(ts, received_at_ms))
+            .unwrap_or(received_at_ms);
+        Some(Ok(RawTelemetry {
+            ts_ms,
+            shape: scanned.shape,
+        }))
     }
 
     fn encode_command(&self, cmd: &Command<'_>) -> Result<Vec<u8>, PluginError> {
@@ -212,6 +247,36 @@ fn to_bytes(value: &impl Serialize) -> Result<Vec<u8>, PluginError> {
     })
 }
 
+/// A device `ts` given as its JSON text, as unix ms ([`device_ts_ms`]): strings
+/// without escapes and integers are read in place, anything else through serde_json.
+fn ts_of_text(text: &[u8]) -> Option<u64> {
+    match text {
+        [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => std::str::from_utf8(inner)
+            .ok()
+            .and_then(|s| rfc3339::parse(s).ok())
+            .and_then(|ms| u64::try_from(ms).ok()),
+        [b'0'..=b'9', ..] if text.len() <= 19 && text.iter().all(u8::is_ascii_digit) => {
+            std::str::from_utf8(text).ok()?.parse().ok()
+        }
+        _ => serde_json::from_slice::<Value>(text)
+            .ok()
+            .and_then(|ts| device_ts_ms(&ts)),
+    }
+}
+
+/// A shape for a payload the scanner refused but serde_json took (none is known):
+/// any hash of the key names serves, as long as equal names give equal shapes.
+#[cold]
+fn fallback_shape<'a>(keys: impl Iterator<Item = &'a String>) -> u64 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+    for key in keys {
+        for &b in key.as_bytes().iter().chain(b"\0") {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
 /// A device `ts` as unix ms: an RFC 3339 string or a non-negative unix-ms number.
 fn device_ts_ms(ts: &Value) -> Option<u64> {
     match ts {
@@ -231,6 +296,8 @@ fn is_sane_ts(ts: u64, received_at_ms: u64) -> bool {
     ts >= received_at_ms.saturating_sub(MAX_TS_AGE_MS)
         && ts <= received_at_ms.saturating_add(MAX_TS_SKEW_MS)
 }
+
+mod scan;
 
 #[cfg(test)]
 mod tests;

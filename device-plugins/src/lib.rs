@@ -2,7 +2,7 @@
 //!
 //! Modules:
 //! - `plugin`: the object-safe [`DevicePlugin`] trait and the plugin-neutral types it
-//!   speaks ([`Telemetry`], [`Command`], [`CommandResponse`], [`PendingCommand`],
+//!   speaks ([`Telemetry`], [`RawTelemetry`], [`Command`], [`CommandResponse`], [`PendingCommand`],
 //!   [`DeviceStatus`], [`DeviceEvent`]) plus the crate's error, [`PluginError`].
 //! - `json`: [`JsonPlugin`], SPEC §3-§6's JSON payloads as written (the default plugin).
 //! - [`rfc3339`]: a strict RFC 3339 parser and UTC formatter for telemetry timestamps.
@@ -19,6 +19,6 @@ pub mod rfc3339;
 pub use json::JsonPlugin;
 pub use plugin::{
     Command, CommandResponse, DeviceEvent, DevicePlugin, DeviceStatus, PendingCommand, PluginError,
-    Telemetry,
+    RawTelemetry, Telemetry,
 };
 pub use registry::PluginRegistry;

@@ -72,6 +72,23 @@ fn flatten_number(path: String, value: &Value, out: &mut Vec<(String, f64)>) {
     }
 }
 
+/// A telemetry message that is stored as sent: what [`DevicePlugin::check_telemetry`]
+/// learnt from it without decoding it.
+///
+/// The payload it describes is a JSON object in UTF-8 whose top-level members other
+/// than `ts` are the point's values (of a repeated key the last counts), as
+/// [`DevicePlugin::decode_telemetry`] would have returned them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawTelemetry {
+    /// As [`Telemetry::ts_ms`].
+    pub ts_ms: u64,
+    /// A hash of the payload's key names: payloads with the same keys in the same
+    /// order and spelling have the same shape (the store keeps one latest payload per
+    /// shape instead of decoding every point's keys). Different key lists may collide
+    /// with a chance of about 2^-64.
+    pub shape: u64,
+}
+
 /// A command to be encoded for a device.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Command<'a> {
@@ -188,6 +205,21 @@ pub trait DevicePlugin: Send + Sync {
         payload: &[u8],
         received_at_ms: u64,
     ) -> Result<Telemetry, PluginError>;
+
+    /// Checks one telemetry message received at `received_at_ms` that is to be stored
+    /// as sent, without decoding its values (see [`RawTelemetry`] for what the payload
+    /// must then be). `None`: this plugin's telemetry is not stored as sent, and the
+    /// caller decodes it with [`decode_telemetry`](Self::decode_telemetry) (the
+    /// default, for plugins that turn binary payloads into points). When it returns
+    /// `Some`, it refuses exactly what `decode_telemetry` refuses.
+    fn check_telemetry(
+        &self,
+        payload: &[u8],
+        received_at_ms: u64,
+    ) -> Option<Result<RawTelemetry, PluginError>> {
+        let _ = (payload, received_at_ms);
+        None
+    }
 
     /// Encodes a command for the device's `command` topic.
     fn encode_command(&self, cmd: &Command<'_>) -> Result<Vec<u8>, PluginError>;

@@ -14,12 +14,19 @@
 //!   the blocks, and the sweeper moves its rows into blocks in bounded transactions
 //!   (`retention.rs`) until it is empty, so an upgraded store loses and repeats nothing.
 //! - `telemetry_latest`: device → `StoredSummary`: how many points the device has (so
-//!   the per-device cap and [`count`] cost one lookup) and the newest value of each of
-//!   its keys. One row per device keeps a batch to one read and one write per device.
+//!   the per-device cap and [`count`] cost one lookup) and what its keys' newest values
+//!   are: up to [`MAX_RECENT_SHAPES`] newest telemetry objects as sent, one per *shape*
+//!   (list of key names), plus the newest value of each key that only older objects
+//!   carried. A batch copies a device's newest object over the one of the same shape
+//!   instead of decoding every point's keys; [`latest`] decodes the few objects when
+//!   asked (`summary.rs`). One row per device keeps a batch to one read and one write
+//!   per device.
 //! - `telemetry_meta`: `"next_seq"` → the next unused `seq`.
 //!
-//! Values are stored as JSON text, one entry per top-level key: this module filters
-//! and returns them by key without parsing them (the broker parses and validates).
+//! A point is stored as its telemetry object, the JSON text the device sent (the
+//! broker validated it): its top-level members but `ts` are the values. This module
+//! splits objects into `(key, JSON text)` pairs only when they are read, and returns
+//! values without parsing them further (the broker parses them).
 //!
 //! Writes are batched: [`insert_batch`] commits any number of points in one durable
 //! transaction. [`sweep`] enforces retention in bounded transactions so ingest is never
@@ -28,15 +35,18 @@
 //! undecodable block or point so one bad record does not hide a device's history, and
 //! [`sweep`] rebuilds an undecodable summary.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+#[cfg(test)]
+use redb::ReadableDatabase as _;
 use redb::{
-    Database, Durability, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase as _,
-    ReadableTable, Table, TableDefinition, TableError, Value, WriteTransaction,
+    Database, Durability, Key, ReadOnlyTable, ReadTransaction, ReadableTable, Table,
+    TableDefinition, TableError, Value, WriteTransaction,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+#[cfg(test)]
+use serde::Serialize;
 
 use crate::{DeviceId, StoreError};
 
@@ -64,6 +74,9 @@ pub const QUERY_SCAN_BUDGET: usize = 50_000;
 /// Most distinct keys whose latest value is kept per device; beyond it the least
 /// recently updated go, so a device inventing keys cannot grow its summary forever.
 pub const MAX_LATEST_KEYS_PER_DEVICE: usize = 1_000;
+/// Most objects a device's summary keeps as sent, one per shape; a new shape beyond it
+/// has the oldest decoded into per-key values. Devices send one or two shapes.
+pub const MAX_RECENT_SHAPES: usize = 4;
 
 // ---- keys ----------------------------------------------------------------------
 
@@ -141,30 +154,6 @@ struct PointV1Ref<'a> {
     values: &'a [(String, String)],
 }
 
-/// On-disk per-device summary.
-#[derive(Serialize, Deserialize)]
-enum StoredSummary {
-    V1(SummaryV1),
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct SummaryV1 {
-    /// Points stored for the device.
-    points: u64,
-    /// Newest value of each key, keys strictly ascending.
-    latest: Vec<LatestV1>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct LatestV1 {
-    key: String,
-    ts_ms: u64,
-    /// The `seq` of the point it came from: breaks ties between equal timestamps.
-    seq: u64,
-    /// JSON text.
-    value: String,
-}
-
 fn corrupt(table: &'static str, key: String, reason: impl fmt::Display) -> StoreError {
     StoreError::Corrupt {
         table,
@@ -234,48 +223,75 @@ fn decode_point(
     Ok(v1.values)
 }
 
-fn encode_summary(s: SummaryV1) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(&StoredSummary::V1(s))
-        .map_err(|e| StoreError::Database(format!("cannot encode telemetry summary: {e}")))
-}
-
-fn decode_summary(device: &str, bytes: &[u8]) -> Result<SummaryV1, StoreError> {
-    let StoredSummary::V1(v1) =
-        decode_exact(bytes).map_err(|e| corrupt(LATEST_TABLE, device.to_owned(), e))?;
-    if v1.latest.windows(2).any(|w| w[0].key >= w[1].key) {
-        return Err(corrupt(
-            LATEST_TABLE,
-            device.to_owned(),
-            "keys are not strictly ascending",
-        ));
-    }
-    Ok(v1)
-}
-
 // ---- API types -------------------------------------------------------------
 
-/// A point to store.
+/// A point to store: one allocation holding the device id and the telemetry object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewPoint {
-    device: DeviceId,
+    /// The device id's bytes, then the object's.
+    buf: Box<[u8]>,
+    device_len: usize,
     ts_ms: u64,
-    /// Keys strictly ascending: stored records are checked for it when read.
-    values: Vec<(String, String)>,
+    shape: u64,
 }
 
 impl NewPoint {
     /// A point of `device` measured at `ts_ms` (unix milliseconds) with `values` as
     /// `(key, JSON text)`. The JSON is stored as given: the caller guarantees it is
-    /// valid. Values are put in key order; of a repeated key the first is kept.
+    /// valid. Of a repeated key the first is kept; a key `ts` is not a value (an
+    /// object's `ts` is its timestamp) and is left out.
     pub fn new(device: DeviceId, ts_ms: u64, mut values: Vec<(String, String)>) -> NewPoint {
         // Stable and linear on input that is already sorted (from a `BTreeMap`).
         values.sort_by(|a, b| a.0.cmp(&b.0));
         values.dedup_by(|later, earlier| later.0 == earlier.0);
-        NewPoint {
-            device,
-            ts_ms,
-            values,
+        values.retain(|(key, _)| key != "ts");
+        let mut object = Vec::with_capacity(
+            2 + values
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>(),
+        );
+        let mut shape = 0u64;
+        object.push(b'{');
+        for (i, (key, json)) in values.iter().enumerate() {
+            if i > 0 {
+                object.push(b',');
+            }
+            // Writing a string cannot fail.
+            let _ = serde_json::to_writer(&mut object, key);
+            object.push(b':');
+            object.extend_from_slice(json.as_bytes());
+            for &b in key.as_bytes().iter().chain(b"\0") {
+                shape = (shape ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
         }
+        object.push(b'}');
+        NewPoint::object(&device, ts_ms, shape, &object)
+    }
+
+    /// A point of `device` measured at `ts_ms` whose values are the top-level members
+    /// but `ts` of `object`, a JSON object as the device sent it (the caller guarantees
+    /// it is valid UTF-8 JSON). `shape` tells objects with different key lists apart
+    /// (equal key lists must give equal shapes; see [`MAX_RECENT_SHAPES`]).
+    pub fn object(device: &DeviceId, ts_ms: u64, shape: u64, object: &[u8]) -> NewPoint {
+        let id = device.as_str().as_bytes();
+        let mut buf = Vec::with_capacity(id.len() + object.len());
+        buf.extend_from_slice(id);
+        buf.extend_from_slice(object);
+        NewPoint {
+            buf: buf.into_boxed_slice(),
+            device_len: id.len(),
+            ts_ms,
+            shape,
+        }
+    }
+
+    fn device(&self) -> &[u8] {
+        &self.buf[..self.device_len]
+    }
+
+    fn object_bytes(&self) -> &[u8] {
+        &self.buf[self.device_len..]
     }
 }
 
@@ -409,8 +425,9 @@ pub fn insert_batch(db: &Database, points: &[NewPoint]) -> Result<u64, StoreErro
 
 /// One point of a batch, with its `seq`.
 struct Row<'a> {
-    device: &'a str,
-    point: PointRef<'a>,
+    device: &'a [u8],
+    point: RawRef<'a>,
+    shape: u64,
 }
 
 fn write_points(txn: &WriteTransaction, points: &[NewPoint]) -> Result<u64, StoreError> {
@@ -431,12 +448,13 @@ fn write_points(txn: &WriteTransaction, points: &[NewPoint]) -> Result<u64, Stor
         .iter()
         .zip(base..)
         .map(|(p, seq)| Row {
-            device: p.device.as_str(),
-            point: PointRef {
+            device: p.device(),
+            point: RawRef {
                 ts_ms: p.ts_ms,
                 seq,
-                values: &p.values,
+                object: p.object_bytes(),
             },
+            shape: p.shape,
         })
         .collect();
     order.sort_by(|a, b| (a.device, a.point.ts_ms).cmp(&(b.device, b.point.ts_ms)));
@@ -446,91 +464,23 @@ fn write_points(txn: &WriteTransaction, points: &[NewPoint]) -> Result<u64, Stor
     let mut key = Vec::new();
     let mut value = Vec::new();
     for run in order.chunk_by(|a, b| a.device == b.device) {
-        let device = run[0].device;
+        // Built from a `DeviceId`, so always UTF-8.
+        let device = std::str::from_utf8(run[0].device)
+            .map_err(|_| StoreError::Invalid("telemetry device id is not UTF-8".into()))?;
         let same_bucket = |a: &Row<'_>, b: &Row<'_>| bucket(a.point.ts_ms) == bucket(b.point.ts_ms);
         for chunk in run.chunk_by(same_bucket) {
             let rows = chunk.iter().map(|r| r.point);
-            let Some((max_ts, id)) = block_key_parts(rows.clone()) else {
+            let Some((max_ts, id)) = block_key_parts(rows.clone().map(|r| (r.ts_ms, r.seq))) else {
                 continue;
             };
             point_key(&mut key, device, max_ts, id);
             value.clear();
-            encode_block(max_ts, id, rows, &mut value)?;
+            encode_block_v2(max_ts, id, rows, &mut value)?;
             blocks.insert(key.as_slice(), value.as_slice())?;
         }
         update_summary(&blocks, txn, &mut summaries, device, run)?;
     }
     Ok(n)
-}
-
-/// Adds `run` (one device's points of this batch, in (ts, seq) order) to the device's
-/// summary.
-fn update_summary(
-    blocks: &BlocksTable<'_>,
-    txn: &WriteTransaction,
-    summaries: &mut LatestTable<'_>,
-    device: &str,
-    run: &[Row<'_>],
-) -> Result<(), StoreError> {
-    let stored = summaries
-        .get(device)?
-        .map(|v| decode_summary(device, v.value()));
-    let mut summary = match stored {
-        None => SummaryV1::default(),
-        Some(Ok(s)) => s,
-        Some(Err(error)) => {
-            tracing::warn!(%error, "rebuilding corrupt telemetry summary");
-            // The run is already inserted, so it is part of the recount.
-            let old = txn.open_table(POINTS)?;
-            let points = count_points(blocks, Some(&old), device)?.saturating_sub(run.len() as u64);
-            SummaryV1 {
-                points,
-                latest: Vec::new(),
-            }
-        }
-    };
-    summary.points = summary.points.saturating_add(run.len() as u64);
-    // Newest first: once a key took a point's value, no older point of the run is
-    // newer than it, so each key's text is copied at most once.
-    for row in run.iter().rev() {
-        let (ts_ms, seq) = (row.point.ts_ms, row.point.seq);
-        for (key, json) in row.point.values {
-            match summary
-                .latest
-                .binary_search_by(|l| l.key.as_str().cmp(key.as_str()))
-            {
-                Ok(i) => {
-                    let l = &mut summary.latest[i];
-                    if (ts_ms, seq) > (l.ts_ms, l.seq) {
-                        l.ts_ms = ts_ms;
-                        l.seq = seq;
-                        l.value.clone_from(json);
-                    }
-                }
-                Err(i) => summary.latest.insert(
-                    i,
-                    LatestV1 {
-                        key: key.clone(),
-                        ts_ms,
-                        seq,
-                        value: json.clone(),
-                    },
-                ),
-            }
-        }
-    }
-    cap_latest(&mut summary.latest);
-    summaries.insert(device, encode_summary(summary)?.as_slice())?;
-    Ok(())
-}
-
-/// Keeps the [`MAX_LATEST_KEYS_PER_DEVICE`] most recently updated keys.
-fn cap_latest(latest: &mut Vec<LatestV1>) {
-    if latest.len() > MAX_LATEST_KEYS_PER_DEVICE {
-        latest.sort_unstable_by_key(|l| std::cmp::Reverse((l.ts_ms, l.seq)));
-        latest.truncate(MAX_LATEST_KEYS_PER_DEVICE);
-        latest.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-    }
 }
 
 fn device_range(device: &str) -> (Vec<u8>, Vec<u8>) {
@@ -592,49 +542,22 @@ pub fn delete_device(db: &Database, device: &DeviceId) -> Result<u64, StoreError
 
 // ---- reads -------------------------------------------------------------------
 
-fn read_summary(db: &Database, device: &DeviceId) -> Result<Option<SummaryV1>, StoreError> {
-    let txn = db.begin_read()?;
-    let Some(table) = open_read(&txn, LATEST)? else {
-        return Ok(None);
-    };
-    let dev = device.as_str();
-    let row = table.get(dev)?;
-    row.map(|v| decode_summary(dev, v.value())).transpose()
-}
-
-/// How many points `device` has stored.
-pub fn count(db: &Database, device: &DeviceId) -> Result<u64, StoreError> {
-    Ok(read_summary(db, device)?.map_or(0, |s| s.points))
-}
-
-/// The newest value of every key `device` reported, by key.
-pub fn latest(db: &Database, device: &DeviceId) -> Result<BTreeMap<String, Latest>, StoreError> {
-    let summary = read_summary(db, device)?.unwrap_or_default();
-    Ok(summary
-        .latest
-        .into_iter()
-        .map(|l| {
-            (
-                l.key,
-                Latest {
-                    ts_ms: l.ts_ms,
-                    seq: l.seq,
-                    value: l.value,
-                },
-            )
-        })
-        .collect())
-}
-
 mod block;
 mod query;
 mod retention;
+mod summary;
 
-use block::{block_header, block_key_parts, bucket, encode_block, PointRef};
+use block::{block_header, block_key_parts, bucket, encode_block_v2, RawRef};
 pub use query::query;
 pub use retention::{sweep, sweep_until};
+pub use summary::{count, latest};
+use summary::{decode_summary, encode_summary, update_summary, Summary};
+#[cfg(test)]
+use summary::{LatestV1, StoredSummary, SummaryV1};
 
 #[cfg(test)]
 mod block_tests;
+#[cfg(test)]
+mod raw_tests;
 #[cfg(test)]
 mod tests;

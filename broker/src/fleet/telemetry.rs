@@ -1,8 +1,8 @@
 //! Telemetry ingest and reads (SPEC §6).
 //!
-//! Connection tasks hand each telemetry payload to [`Telemetry::offer`], which decodes
-//! it with the device's plugin and puts the point on one bounded queue without ever
-//! waiting: a full queue drops the point and counts it, so storing telemetry never
+//! Connection tasks hand each telemetry payload to [`Telemetry::offer`], which checks
+//! it with the device's plugin (the `json` plugin's payloads are stored as sent, not
+//! decoded) and puts the point on one bounded queue without ever waiting: a full queue drops the point and counts it, so storing telemetry never
 //! stalls routing. One writer task, on a thread of its own, drains the queue into
 //! batches and commits each batch in one redb write transaction. A sweeper task enforces
 //! retention by age and by points per device. Both tasks take the shutdown token; on
@@ -515,20 +515,25 @@ async fn blocking<R: Send + 'static>(
     }
 }
 
-/// Decodes a payload into a point with each value as JSON text.
+/// Turns a payload into a point to store. A plugin that stores telemetry as sent (the
+/// `json` plugin) only checks it, in one pass that allocates nothing, and the payload
+/// is copied once, next to the device id, into the point; another plugin's decoded
+/// values are written out as a JSON object.
 fn decode(
     device: &DeviceId,
     plugin: &dyn DevicePlugin,
     payload: &[u8],
     received_at_ms: u64,
 ) -> Result<store::NewPoint, PluginError> {
-    let telemetry = plugin.decode_telemetry(payload, received_at_ms)?;
-    if telemetry.ts_ms > MAX_TS_MS {
-        return Err(PluginError::InvalidField {
-            field: "ts",
-            reason: "after year 9999",
-        });
+    if let Some(checked) = plugin.check_telemetry(payload, received_at_ms) {
+        let raw = checked?;
+        check_ts(raw.ts_ms)?;
+        return Ok(store::NewPoint::object(
+            device, raw.ts_ms, raw.shape, payload,
+        ));
     }
+    let telemetry = plugin.decode_telemetry(payload, received_at_ms)?;
+    check_ts(telemetry.ts_ms)?;
     // The plugin validated each value's JSON text; it is stored as it came.
     let values = telemetry
         .values
@@ -540,6 +545,17 @@ fn decode(
         telemetry.ts_ms,
         values,
     ))
+}
+
+/// Refuses a timestamp RFC 3339 cannot show.
+fn check_ts(ts_ms: u64) -> Result<(), PluginError> {
+    if ts_ms > MAX_TS_MS {
+        return Err(PluginError::InvalidField {
+            field: "ts",
+            reason: "after year 9999",
+        });
+    }
+    Ok(())
 }
 
 /// A stored timestamp as RFC 3339; `None` (logged) if it is beyond year 9999.
@@ -564,5 +580,7 @@ fn parse_value(device: &DeviceId, key: &str, json: &str) -> Option<Value> {
 
 mod writer;
 
+#[cfg(test)]
+mod raw_tests;
 #[cfg(test)]
 mod tests;

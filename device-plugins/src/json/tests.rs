@@ -467,3 +467,59 @@ proptest! {
         prop_assert_eq!(back, json!({"type": kind, "commandId": id, "params": params}));
     }
 }
+
+/// `check_telemetry` refuses what `decode_telemetry` refuses, with the same error, and
+/// finds the same timestamp.
+fn check_matches_decode(payload: &[u8], now: u64) {
+    let checked = JsonPlugin
+        .check_telemetry(payload, now)
+        .expect("the json plugin stores telemetry as sent");
+    match (checked, JsonPlugin.decode_telemetry(payload, now)) {
+        (Ok(raw), Ok(t)) => assert_eq!(raw.ts_ms, t.ts_ms, "{payload:?}"),
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        (a, b) => panic!("{payload:?}: check {a:?}, decode {b:?}"),
+    }
+}
+
+#[test]
+fn check_telemetry_reads_ts_as_decode_does() {
+    for payload in [
+        r#"{"ts":"2024-03-01T12:00:00Z","a":1}"#,
+        r#"{"ts":"2024-03-01T14:00:00+02:00"}"#,
+        r#"{"ts":"2024-03-01T12:00:00\u005a"}"#,
+        r#"{"ts":1709294400000,"a":1}"#,
+        r#"{"ts":1709294400000.9}"#,
+        r#"{"ts":17092944e5}"#,
+        r#"{"ts":99999999999999999999}"#,
+        r#"{"ts":-1709294400000}"#,
+        r#"{"ts":1,"ts":1709294400000}"#,
+        r#"{"\u0074s":1709294400000}"#,
+        r#"{"ts":null}"#,
+        r#"{"ts":"yesterday"}"#,
+        r#"{"a":1e400}"#,
+        r#"{"a":"\ud800"}"#,
+        "[1]",
+        "{",
+    ] {
+        check_matches_decode(payload.as_bytes(), NOW);
+    }
+    // Values serde_json cannot read back are refused at the door, not stored.
+    assert!(matches!(
+        telemetry(r#"{"a":1e400}"#),
+        Err(PluginError::NotJson(_))
+    ));
+    assert!(matches!(
+        telemetry(r#"{"a":"\ud800"}"#),
+        Err(PluginError::NotJson(_))
+    ));
+}
+
+proptest! {
+    #[test]
+    fn check_telemetry_agrees_with_decode(
+        s in r#"\{("ts":)?("[0-9TZ:.+-]{0,28}"|-?[0-9]{1,16}(\.[0-9])?|null|\{\})?(,"a":[0-9])?\}?"#,
+        now in prop_oneof![Just(NOW), any::<u64>()],
+    ) {
+        check_matches_decode(s.as_bytes(), now);
+    }
+}

@@ -10,15 +10,27 @@
 //! which blocks can hold a point without reading them, and retention splits at most
 //! the blocks of one bucket.
 //!
-//! Value: postcard's bytes for `StoredBlock::V1`, written by hand ([`encode_block`]):
-//! variant 0, the point count, then per point, in ascending `(ts, seq)` order,
-//! `max_ts - ts`, `seq - id`, the number of values and each `(key, JSON text)`.
+//! Value, two versions, both postcard's bytes of a `StoredBlock` variant written by
+//! hand; both start with the variant, the point count, and per point, in ascending
+//! `(ts, seq)` order, `max_ts - ts` and `seq - id`, then:
+//! - V1 ([`encode_block`], variant 0; the session-5 format, still written when old
+//!   rows move into blocks and when retention rewrites a V1 block): the number of
+//!   values and each `(key, JSON text)`;
+//! - V2 ([`encode_block_v2`], variant 1; what a batch writes): the telemetry object as
+//!   the device sent it, length-prefixed. Its top-level members but `ts` are the
+//!   point's values (of a repeated key the last); they are decoded only when read
+//!   ([`object_values`]), so storing a point costs a copy, not a parse.
+
+use std::ops::Range;
 
 use serde::Deserialize;
 #[cfg(test)]
 use serde::Serialize;
+use serde_json::value::RawValue;
 
-use super::{corrupt, decode_exact, put_varint, Point};
+#[cfg(test)]
+use super::Point;
+use super::{corrupt, decode_exact, put_varint};
 use crate::StoreError;
 
 pub(super) const BLOCKS_TABLE: &str = "telemetry_blocks";
@@ -65,13 +77,11 @@ pub(super) struct PointRef<'a> {
     pub(super) values: &'a [(String, String)],
 }
 
-/// `(max_ts, id)` of a block holding `points` (ascending `(ts, seq)`, not empty).
-pub(super) fn block_key_parts<'a>(
-    points: impl Iterator<Item = PointRef<'a>>,
-) -> Option<(u64, u64)> {
-    points.fold(None, |acc, p| match acc {
-        None => Some((p.ts_ms, p.seq)),
-        Some((max_ts, id)) => Some((max_ts.max(p.ts_ms), id.min(p.seq))),
+/// `(max_ts, id)` of a block holding points at `(ts, seq)` (not empty).
+pub(super) fn block_key_parts(points: impl Iterator<Item = (u64, u64)>) -> Option<(u64, u64)> {
+    points.fold(None, |acc, (ts, seq)| match acc {
+        None => Some((ts, seq)),
+        Some((max_ts, id)) => Some((max_ts.max(ts), id.min(seq))),
     })
 }
 
@@ -84,7 +94,6 @@ pub(super) fn encode_block<'a>(
     points: impl ExactSizeIterator<Item = PointRef<'a>> + Clone,
     buf: &mut Vec<u8>,
 ) -> Result<(), StoreError> {
-    const V1: u64 = 0;
     let (start, _) = bucket(max_ts);
     let bad = |why: &str| StoreError::Database(format!("cannot encode telemetry block: {why}"));
     if points.len() == 0 {
@@ -124,43 +133,170 @@ fn block_name(device: &str, max_ts: u64, id: u64) -> String {
     format!("{device}@{max_ts}#{id}")
 }
 
-/// Decodes the block stored under `(device, max_ts, id)`: its points, ascending.
+/// One point of a decoded block, its values decoded (V1) or not (V2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BlockPoint {
+    pub(super) ts_ms: u64,
+    pub(super) seq: u64,
+    pub(super) body: Body,
+}
+
+/// A block point's values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Body {
+    /// `(key, JSON text)`, keys strictly ascending (V1).
+    Values(Vec<(String, String)>),
+    /// Where in the block's bytes its telemetry object lies (V2).
+    Object(Range<usize>),
+}
+
+const V1: u64 = 0;
+const V2: u64 = 1;
+
+/// Decodes the block stored under `(device, max_ts, id)`: its points, ascending, the
+/// objects of V2 points left undecoded in `bytes`.
+pub(super) fn decode_block_points(
+    device: &str,
+    max_ts: u64,
+    id: u64,
+    bytes: &[u8],
+) -> Result<Vec<BlockPoint>, StoreError> {
+    let bad = |reason: &dyn std::fmt::Display| {
+        corrupt(BLOCKS_TABLE, block_name(device, max_ts, id), reason)
+    };
+    let (start, _) = bucket(max_ts);
+    let mut out: Vec<BlockPoint> = Vec::new();
+    let mut push = |ts_back: u64, seq_off: u64, body: Body| {
+        let ts_ms = max_ts
+            .checked_sub(ts_back)
+            .filter(|&ts| ts >= start)
+            .ok_or_else(|| bad(&"timestamp outside the block's bucket"))?;
+        let seq = id
+            .checked_add(seq_off)
+            .ok_or_else(|| bad(&"seq overflows"))?;
+        if out.last().is_some_and(|q| (q.ts_ms, q.seq) >= (ts_ms, seq)) {
+            return Err(bad(&"points are not strictly ascending"));
+        }
+        out.push(BlockPoint { ts_ms, seq, body });
+        Ok(())
+    };
+    let mut rest = bytes;
+    match take_varint(&mut rest) {
+        Some(V2) => {
+            let count = take_varint(&mut rest).ok_or_else(|| bad(&"truncated header"))?;
+            if count == 0 {
+                return Err(bad(&"empty block"));
+            }
+            for _ in 0..count {
+                let (ts_back, seq_off, len) = (|| {
+                    let ts_back = take_varint(&mut rest)?;
+                    let seq_off = take_varint(&mut rest)?;
+                    let len = usize::try_from(take_varint(&mut rest)?).ok()?;
+                    (len <= rest.len()).then_some((ts_back, seq_off, len))
+                })()
+                .ok_or_else(|| bad(&"truncated point"))?;
+                let at = bytes.len() - rest.len();
+                rest = &rest[len..];
+                push(ts_back, seq_off, Body::Object(at..at + len))?;
+            }
+            if !rest.is_empty() {
+                return Err(bad(&format!("{} trailing bytes", rest.len())));
+            }
+        }
+        _ => {
+            let StoredBlock::V1(v1) = decode_exact(bytes).map_err(|e| bad(&e))?;
+            if v1.points.is_empty() {
+                return Err(bad(&"empty block"));
+            }
+            for p in v1.points {
+                if p.values.windows(2).any(|w| w[0].0 >= w[1].0) {
+                    return Err(bad(&"keys are not strictly ascending"));
+                }
+                push(p.ts_back, p.seq_off, Body::Values(p.values))?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes the block stored under `(device, max_ts, id)`: its points, ascending, with
+/// their values (tests: the store decodes objects only as it reads them) (a V2 point's object that does not decode makes the block corrupt).
+#[cfg(test)]
 pub(super) fn decode_block(
     device: &str,
     max_ts: u64,
     id: u64,
     bytes: &[u8],
 ) -> Result<Vec<Point>, StoreError> {
-    let bad = |reason: &dyn std::fmt::Display| {
-        corrupt(BLOCKS_TABLE, block_name(device, max_ts, id), reason)
-    };
-    let StoredBlock::V1(v1) = decode_exact(bytes).map_err(|e| bad(&e))?;
-    if v1.points.is_empty() {
-        return Err(bad(&"empty block"));
-    }
+    decode_block_points(device, max_ts, id, bytes)?
+        .into_iter()
+        .map(|p| {
+            let values = match p.body {
+                Body::Values(values) => values,
+                Body::Object(range) => object_values(&bytes[range])
+                    .map_err(|e| corrupt(BLOCKS_TABLE, block_name(device, max_ts, id), e))?,
+            };
+            Ok(Point {
+                ts_ms: p.ts_ms,
+                seq: p.seq,
+                values,
+            })
+        })
+        .collect()
+}
+
+/// A stored telemetry object's values: every top-level member but `ts`, by key
+/// (of a repeated key the last), each value as its JSON text.
+pub(crate) fn object_values(object: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let mut members: std::collections::BTreeMap<String, &RawValue> =
+        serde_json::from_slice(object).map_err(|e| format!("telemetry object: {e}"))?;
+    members.remove("ts");
+    Ok(members
+        .into_iter()
+        .map(|(key, value)| (key, value.get().to_owned()))
+        .collect())
+}
+
+/// One point to encode into a V2 block: its telemetry object as sent.
+#[derive(Clone, Copy)]
+pub(super) struct RawRef<'a> {
+    pub(super) ts_ms: u64,
+    pub(super) seq: u64,
+    pub(super) object: &'a [u8],
+}
+
+/// Appends the V2 encoding of a block keyed `(max_ts, id)` holding `points` to `buf`,
+/// under the rules of [`encode_block`].
+pub(super) fn encode_block_v2<'a>(
+    max_ts: u64,
+    id: u64,
+    points: impl ExactSizeIterator<Item = RawRef<'a>> + Clone,
+    buf: &mut Vec<u8>,
+) -> Result<(), StoreError> {
     let (start, _) = bucket(max_ts);
-    let mut out: Vec<Point> = Vec::with_capacity(v1.points.len());
-    for p in v1.points {
-        let ts_ms = max_ts
-            .checked_sub(p.ts_back)
-            .filter(|&ts| ts >= start)
-            .ok_or_else(|| bad(&"timestamp outside the block's bucket"))?;
-        let seq = id
-            .checked_add(p.seq_off)
-            .ok_or_else(|| bad(&"seq overflows"))?;
-        if out.last().is_some_and(|q| (q.ts_ms, q.seq) >= (ts_ms, seq)) {
-            return Err(bad(&"points are not strictly ascending"));
-        }
-        if p.values.windows(2).any(|w| w[0].0 >= w[1].0) {
-            return Err(bad(&"keys are not strictly ascending"));
-        }
-        out.push(Point {
-            ts_ms,
-            seq,
-            values: p.values,
-        });
+    let bad = |why: &str| StoreError::Database(format!("cannot encode telemetry block: {why}"));
+    if points.len() == 0 {
+        return Err(bad("no points"));
     }
-    Ok(out)
+    let text = points.clone().map(|p| p.object.len() + 8).sum::<usize>();
+    buf.reserve(text + 4);
+    put_varint(buf, V2);
+    put_varint(buf, points.len() as u64);
+    let mut prev: Option<(u64, u64)> = None;
+    for p in points {
+        if p.ts_ms > max_ts || p.ts_ms < start || p.seq < id {
+            return Err(bad("point outside the block's key"));
+        }
+        if prev.is_some_and(|q| q >= (p.ts_ms, p.seq)) {
+            return Err(bad("points not ascending"));
+        }
+        prev = Some((p.ts_ms, p.seq));
+        put_varint(buf, max_ts - p.ts_ms);
+        put_varint(buf, p.seq - id);
+        put_varint(buf, p.object.len() as u64);
+        buf.extend_from_slice(p.object);
+    }
+    Ok(())
 }
 
 /// Reads a postcard varint (at most 10 bytes) from the front of `bytes`.
@@ -191,7 +327,8 @@ pub(super) fn block_header(
         let count = take_varint(&mut rest)?;
         let back = take_varint(&mut rest)?;
         let min_ts = max_ts.checked_sub(back)?;
-        (version == 0 && count > 0 && min_ts >= bucket(max_ts).0).then_some((count, min_ts))
+        ((version == V1 || version == V2) && count > 0 && min_ts >= bucket(max_ts).0)
+            .then_some((count, min_ts))
     })();
     header.ok_or_else(|| {
         corrupt(

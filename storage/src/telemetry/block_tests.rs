@@ -6,7 +6,7 @@ use super::block::{
     bucket, decode_block, encode_block, BlockPointV1, BlockV1, PointRef, StoredBlock, BLOCK_SPAN_MS,
 };
 use super::retention::{migrate_step, SWEEP_TXN_BUDGET};
-use super::tests::{id, temp_db, vals};
+use super::tests::{encode_summary_v1, id, temp_db, vals};
 use super::*;
 use proptest::prelude::*;
 use redb::ReadableTableMetadata as _;
@@ -188,7 +188,14 @@ fn bad_blocks_are_corrupt_errors() {
             "{bytes:?}: {err:?}"
         );
     }
-    for bytes in [&[][..], &[1, 1, 0], &[0, 0, 0], &[0, 1, 11], &[0, 1]] {
+    for bytes in [
+        &[][..],
+        &[2, 1, 0],
+        &[0, 0, 0],
+        &[0, 1, 11],
+        &[0, 1],
+        &[1, 0, 0],
+    ] {
         assert!(
             block::block_header("dev", 10, 3, bytes).is_err(),
             "{bytes:?}"
@@ -448,7 +455,7 @@ fn put_old_points(db: &Database, device: &str, points: &[(u64, u64, &str)]) {
         };
         txn.open_table(LATEST)
             .unwrap()
-            .insert(device, encode_summary(summary).unwrap().as_slice())
+            .insert(device, encode_summary_v1(summary).unwrap().as_slice())
             .unwrap();
         let next = points.iter().map(|p| p.1 + 1).max().unwrap();
         let mut meta = txn.open_table(META).unwrap();
@@ -480,7 +487,12 @@ fn rows_before_blocks_are_read_moved_and_swept() {
         .map(|(t, s, v)| pt(*t, *s, &[("n", v)]))
         .collect();
     // New points land between and on top of the old ones, in blocks.
-    let new = [(1_001, "a"), (4_000, "b"), (9_000, "c"), (4_000, "d")];
+    let new = [
+        (1_001, "\"a\""),
+        (4_000, "\"b\""),
+        (9_000, "\"c\""),
+        (4_000, "\"d\""),
+    ];
     let batch: Vec<NewPoint> = new
         .iter()
         .map(|(ts, v)| NewPoint::new(id("d"), *ts, vals(&[("n", v)])))
@@ -494,7 +506,7 @@ fn rows_before_blocks_are_read_moved_and_swept() {
     let everything = newest_first(&model, 0, u64::MAX);
     assert_eq!(count(&db, &id("d")).unwrap(), 2_504);
     assert_eq!(pages(&db, "d", 0, u64::MAX, 97), everything);
-    assert_eq!(latest(&db, &id("d")).unwrap()["n"].value, "c");
+    assert_eq!(latest(&db, &id("d")).unwrap()["n"].value, "\"c\"");
 
     // Moved in bounded steps; a page reads the same before, between and after.
     assert_eq!(migrate_step(&db, 1_000).unwrap(), 1_000);
@@ -524,10 +536,14 @@ fn rows_before_blocks_are_read_moved_and_swept() {
     drop(db);
     let db = Database::create(&path).unwrap();
     assert_eq!(pages(&db, "d", 0, u64::MAX, 1_000), kept);
-    insert_batch(&db, &[NewPoint::new(id("d"), 9_000, vals(&[("n", "z")]))]).unwrap();
+    insert_batch(
+        &db,
+        &[NewPoint::new(id("d"), 9_000, vals(&[("n", "\"z\"")]))],
+    )
+    .unwrap();
     let top = pages(&db, "d", 9_000, 9_000, 1);
     assert_eq!(top.len(), 2);
-    assert_eq!(top[0].values, vals(&[("n", "z")]));
+    assert_eq!(top[0].values, vals(&[("n", "\"z\"")]));
     assert!(top[0].seq > top[1].seq);
 }
 

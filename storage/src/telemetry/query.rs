@@ -6,14 +6,18 @@
 //! or row not yet read can hold (a block holds nothing newer than its `max_ts`), so the
 //! order is exact even when blocks overlap because a device's timestamps went
 //! backwards. A block holds points of one bucket only, so the walk starts at the last
-//! block of the bucket of the page's upper bound.
+//! block of the bucket of the page's upper bound. A point of a V2 block waits in the
+//! heap as a range of the block's bytes; its object is decoded into values only when
+//! the point is emitted, so a page decodes the points it returns (and those a key
+//! filter skips), not whole blocks.
 
 use std::collections::{BTreeSet, BinaryHeap};
-use std::ops::Bound;
+use std::ops::{Bound, Range};
+use std::rc::Rc;
 
 use redb::{Database, ReadableDatabase as _};
 
-use super::block::{bucket, decode_block};
+use super::block::{bucket, decode_block_points, object_values, Body};
 use super::{
     decode_point, key_of, open_read, parse_block_key, parse_point_key, Cursor, Page, Point,
     PointQuery, BLOCKS, POINTS, QUERY_SCAN_BUDGET,
@@ -21,11 +25,40 @@ use super::{
 use crate::{DeviceId, StoreError};
 
 /// A point waiting in the merge, ordered by `(ts_ms, seq)`.
-struct Pending(Point);
+struct Pending {
+    ts_ms: u64,
+    seq: u64,
+    values: Lazy,
+}
+
+/// A waiting point's values: decoded, or its object in a block's bytes.
+enum Lazy {
+    Values(Vec<(String, String)>),
+    Object(Rc<[u8]>, Range<usize>),
+}
 
 impl Pending {
     fn at(&self) -> (u64, u64) {
-        (self.0.ts_ms, self.0.seq)
+        (self.ts_ms, self.seq)
+    }
+
+    /// The point with its values; `None` (logged) if its object does not decode.
+    fn into_point(self, dev: &str) -> Option<Point> {
+        let values = match self.values {
+            Lazy::Values(values) => values,
+            Lazy::Object(bytes, range) => match object_values(&bytes[range]) {
+                Ok(values) => values,
+                Err(error) => {
+                    tracing::error!(device_id = dev, ts_ms = self.ts_ms, seq = self.seq, %error, "skipping corrupt telemetry point");
+                    return None;
+                }
+            },
+        };
+        Some(Point {
+            ts_ms: self.ts_ms,
+            seq: self.seq,
+            values,
+        })
     }
 }
 
@@ -83,7 +116,7 @@ impl Span {
 struct Ahead {
     a: u64,
     b: u64,
-    bytes: Vec<u8>,
+    bytes: Rc<[u8]>,
 }
 
 fn pull<'a, I>(rows: &mut I, parse: ParseKey) -> Result<Option<Ahead>, StoreError>
@@ -98,7 +131,7 @@ where
     Ok(Some(Ahead {
         a,
         b,
-        bytes: v.value().to_vec(),
+        bytes: Rc::from(v.value()),
     }))
 }
 
@@ -178,18 +211,20 @@ pub fn query(db: &Database, device: &DeviceId, q: &PointQuery<'_>) -> Result<Pag
             .peek()
             .is_some_and(|top| unread.is_none_or(|u| top.at() > u));
         if ready {
-            let Some(Pending(mut point)) = heap.pop() else {
+            let Some(pending) = heap.pop() else {
                 break;
             };
             scanned += 1;
-            let at = (point.ts_ms, point.seq);
-            if let Some(wanted) = &wanted {
-                point
-                    .values
-                    .retain(|(key, _)| wanted.contains(key.as_str()));
-            }
-            if wanted.is_none() || !point.values.is_empty() {
-                page.points.push(point);
+            let at = pending.at();
+            if let Some(mut point) = pending.into_point(dev) {
+                if let Some(wanted) = &wanted {
+                    point
+                        .values
+                        .retain(|(key, _)| wanted.contains(key.as_str()));
+                }
+                if wanted.is_none() || !point.values.is_empty() {
+                    page.points.push(point);
+                }
             }
             if page.points.len() >= limit || scanned >= QUERY_SCAN_BUDGET {
                 // Is there more in range? Read ahead until a point turns up or
@@ -243,12 +278,19 @@ where
     let old_bound = next_old.as_ref().map(|o| (o.a, o.b));
     if block_bound.is_some() && block_bound >= old_bound {
         if let Some(block) = next_block.take() {
-            match decode_block(dev, block.a, block.b, &block.bytes) {
+            match decode_block_points(dev, block.a, block.b, &block.bytes) {
                 Ok(points) => heap.extend(
                     points
                         .into_iter()
                         .filter(|p| in_range.contains((p.ts_ms, p.seq)))
-                        .map(Pending),
+                        .map(|p| Pending {
+                            ts_ms: p.ts_ms,
+                            seq: p.seq,
+                            values: match p.body {
+                                Body::Values(values) => Lazy::Values(values),
+                                Body::Object(range) => Lazy::Object(block.bytes.clone(), range),
+                            },
+                        }),
                 ),
                 Err(error) => tracing::error!(%error, "skipping corrupt telemetry block"),
             }
@@ -259,11 +301,11 @@ where
         };
     } else if let Some(row) = next_old.take() {
         match decode_point(dev, row.a, row.b, &row.bytes) {
-            Ok(values) => heap.push(Pending(Point {
+            Ok(values) => heap.push(Pending {
                 ts_ms: row.a,
                 seq: row.b,
-                values,
-            })),
+                values: Lazy::Values(values),
+            }),
             Err(error) => tracing::error!(%error, "skipping corrupt telemetry point"),
         }
         *next_old = match olds {

@@ -12,11 +12,14 @@ use std::ops::Bound;
 
 use redb::{Database, ReadableDatabase as _, ReadableTable, WriteTransaction};
 
-use super::block::{block_header, block_key_parts, bucket, decode_block, encode_block, PointRef};
+use super::block::{
+    block_header, block_key_parts, bucket, decode_block_points, encode_block, encode_block_v2,
+    BlockPoint, Body, PointRef, RawRef,
+};
 use super::{
     begin_write, count_points, decode_point, decode_summary, device_range, encode_summary, key_of,
-    open_read, parse_block_key, parse_point_key, BlocksTable, LatestTable, Point, SummaryV1,
-    BLOCKS, LATEST, POINTS,
+    open_read, parse_block_key, parse_point_key, BlocksTable, LatestTable, Point, Summary, BLOCKS,
+    LATEST, POINTS,
 };
 use crate::StoreError;
 
@@ -154,7 +157,7 @@ fn move_rows(txn: &WriteTransaction, budget: u64) -> Result<u64, StoreError> {
                 seq: p.seq,
                 values: &p.values,
             });
-            let Some((max_ts, id)) = block_key_parts(refs.clone()) else {
+            let Some((max_ts, id)) = block_key_parts(refs.clone().map(|r| (r.ts_ms, r.seq))) else {
                 continue;
             };
             value.clear();
@@ -195,6 +198,7 @@ fn devices_to_sweep(
             Ok(s) => {
                 s.points > max
                     || s.latest.iter().any(|l| l.ts_ms < older_than_ms)
+                    || s.recent.iter().any(|r| r.ts_ms < older_than_ms)
                     || (older_than_ms > 0 && has_points_before(&blocks, dev, older_than_ms)?)
             }
             Err(_) => true,
@@ -244,9 +248,9 @@ fn sweep_device(
         Some(Ok(s)) => s,
         Some(Err(error)) => {
             tracing::error!(%error, "rebuilding corrupt telemetry summary; latest values lost");
-            SummaryV1 {
+            Summary {
                 points: count_points(blocks, None::<&BlocksTable<'_>>, dev)?,
-                latest: Vec::new(),
+                ..Summary::default()
             }
         }
     };
@@ -261,7 +265,8 @@ fn sweep_device(
         summary.points = count_points(blocks, None::<&BlocksTable<'_>>, dev)?;
     }
     summary.latest.retain(|l| l.ts_ms >= older_than_ms);
-    if summary.points == 0 && summary.latest.is_empty() {
+    summary.recent.retain(|r| r.ts_ms >= older_than_ms);
+    if summary.points == 0 && summary.latest.is_empty() && summary.recent.is_empty() {
         summaries.remove(dev)?;
     } else {
         summaries.insert(dev, encode_summary(summary)?.as_slice())?;
@@ -365,9 +370,9 @@ fn cut_bucket(
     max: u64,
 ) -> Result<(u64, bool), StoreError> {
     let mut lost = false;
-    let mut decoded: Vec<(Member, Vec<Point>)> = Vec::with_capacity(members.len());
+    let mut decoded: Vec<(Member, Vec<BlockPoint>)> = Vec::with_capacity(members.len());
     for m in members {
-        match decode_block(dev, m.max_ts, m.id, &m.bytes) {
+        match decode_block_points(dev, m.max_ts, m.id, &m.bytes) {
             Ok(points) => decoded.push((m, points)),
             Err(error) => {
                 tracing::error!(%error, "removing corrupt telemetry block");
@@ -397,14 +402,45 @@ fn cut_bucket(
             blocks.remove(m.key.as_slice())?;
             continue;
         }
-        let keep = points[n..].iter().map(|p| PointRef {
-            ts_ms: p.ts_ms,
-            seq: p.seq,
-            values: &p.values,
-        });
         value.clear();
-        encode_block(m.max_ts, m.id, keep, &mut value)?;
+        reencode(m, &points[n..], &mut value)?;
         blocks.insert(m.key.as_slice(), value.as_slice())?;
     }
     Ok((candidates.len() as u64, lost))
+}
+
+/// Encodes what is left of a block's points in the block's own version (a block's
+/// points all have the same kind of body).
+fn reencode(m: &Member, keep: &[BlockPoint], buf: &mut Vec<u8>) -> Result<(), StoreError> {
+    let values: Option<Vec<PointRef<'_>>> = keep
+        .iter()
+        .map(|p| match &p.body {
+            Body::Values(values) => Some(PointRef {
+                ts_ms: p.ts_ms,
+                seq: p.seq,
+                values,
+            }),
+            Body::Object(_) => None,
+        })
+        .collect();
+    if let Some(values) = values {
+        return encode_block(m.max_ts, m.id, values.into_iter(), buf);
+    }
+    let objects: Option<Vec<RawRef<'_>>> = keep
+        .iter()
+        .map(|p| match &p.body {
+            Body::Object(range) => Some(RawRef {
+                ts_ms: p.ts_ms,
+                seq: p.seq,
+                object: m.bytes.get(range.clone())?,
+            }),
+            Body::Values(_) => None,
+        })
+        .collect();
+    match objects {
+        Some(objects) => encode_block_v2(m.max_ts, m.id, objects.into_iter(), buf),
+        None => Err(StoreError::Database(
+            "cannot encode telemetry block: mixed point formats".into(),
+        )),
+    }
 }

@@ -82,7 +82,7 @@ fn golden_summary_v1() {
             value: "40".into(),
         }],
     };
-    let bytes = encode_summary(summary).unwrap();
+    let bytes = encode_summary_v1(summary).unwrap();
     assert_eq!(hex(&bytes), "00020103637075ac0205023430");
     let back = decode_summary("d", &bytes).unwrap();
     assert_eq!(back.points, 2);
@@ -180,7 +180,7 @@ fn bad_records_are_corrupt_errors() {
             "{err:?}"
         );
     }
-    let unordered = encode_summary(SummaryV1 {
+    let unordered = encode_summary_v1(SummaryV1 {
         points: 1,
         latest: ["b", "a"]
             .iter()
@@ -315,8 +315,24 @@ fn equal_timestamps_never_overwrite_and_keep_arrival_order() {
 
 #[test]
 fn new_point_orders_values_and_drops_repeated_keys() {
-    let p = NewPoint::new(id("d"), 1, vals(&[("b", "1"), ("a", "2"), ("b", "3")]));
-    assert_eq!(p.values, vals(&[("a", "2"), ("b", "1")]));
+    let p = NewPoint::new(
+        id("d"),
+        1,
+        vals(&[
+            ("b", "1"),
+            ("a", "2"),
+            ("b", "3"),
+            ("ts", "4"),
+            ("q\"", "[5]"),
+        ]),
+    );
+    assert_eq!(p.device(), b"d");
+    // An object as a device would send it; `ts` is never a value.
+    assert_eq!(p.object_bytes(), br#"{"a":2,"b":1,"q\"":[5]}"#);
+    assert_eq!(
+        block::object_values(p.object_bytes()).unwrap(),
+        vals(&[("a", "2"), ("b", "1"), ("q\"", "[5]")])
+    );
 }
 
 #[test]
@@ -335,12 +351,12 @@ fn latest_keeps_the_newest_timestamp_per_key() {
         &[
             point("d", 100, &[("a", "1"), ("b", "1")]),
             point("d", 200, &[("a", "2")]),
-            point("other", 999, &[("a", "x")]),
+            point("other", 999, &[("a", "\"x\"")]),
         ],
     )
     .unwrap();
     // A late-arriving older point does not replace a newer value.
-    insert_batch(&db, &[point("d", 150, &[("a", "late"), ("c", "3")])]).unwrap();
+    insert_batch(&db, &[point("d", 150, &[("a", "\"late\""), ("c", "3")])]).unwrap();
     let l = latest(&db, &id("d")).unwrap();
     let got: Vec<(&str, &str, u64)> = l
         .iter()
@@ -659,6 +675,11 @@ fn points_survive_reopen() {
     assert_eq!(count(&db, &id("d")).unwrap(), 2);
     assert_eq!(all(&db, "d").len(), 2);
     // The sequence continues instead of restarting at 0 and overwriting.
-    insert_batch(&db, &[point("d", 1, &[("a", "again")])]).unwrap();
+    insert_batch(&db, &[point("d", 1, &[("a", "\"again\"")])]).unwrap();
     assert_eq!(all(&db, "d").len(), 3);
+}
+
+/// The summary as session 5 wrote it (`StoredSummary::V1`).
+pub(super) fn encode_summary_v1(s: SummaryV1) -> Result<Vec<u8>, StoreError> {
+    Ok(postcard::to_allocvec(&StoredSummary::V1(s)).unwrap())
 }

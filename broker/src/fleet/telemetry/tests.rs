@@ -14,11 +14,11 @@ use super::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn id(s: &str) -> DeviceId {
+pub(super) fn id(s: &str) -> DeviceId {
     s.parse().expect("valid test device id")
 }
 
-fn json() -> Arc<dyn DevicePlugin> {
+pub(super) fn json() -> Arc<dyn DevicePlugin> {
     PluginRegistry::builtin().get("json").expect("json plugin")
 }
 
@@ -31,23 +31,23 @@ fn open_db(path: &Path) -> Arc<Database> {
 }
 
 /// No sweeping beyond the one at start, unless a test asks for it.
-fn quiet() -> TelemetryConfig {
+pub(super) fn quiet() -> TelemetryConfig {
     TelemetryConfig {
         sweep_every: Duration::from_secs(3_600),
         ..TelemetryConfig::default()
     }
 }
 
-struct Harness {
+pub(super) struct Harness {
     dir: TempDir,
     db: Arc<Database>,
-    t: Telemetry,
+    pub(super) t: Telemetry,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
 
 impl Harness {
-    fn start(config: TelemetryConfig) -> Harness {
+    pub(super) fn start(config: TelemetryConfig) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         Harness::start_in(dir, config)
     }
@@ -70,7 +70,7 @@ impl Harness {
         self.dir.path().join("t.redb")
     }
 
-    async fn stop(&self) {
+    pub(super) async fn stop(&self) {
         self.shutdown.cancel();
         self.tracker.close();
         tokio::time::timeout(WAIT, self.tracker.wait())
@@ -78,7 +78,7 @@ impl Harness {
             .expect("tasks stop");
     }
 
-    fn offer(&self, device: &str, payload: &str, at_ms: u64) -> Result<(), Rejected> {
+    pub(super) fn offer(&self, device: &str, payload: &str, at_ms: u64) -> Result<(), Rejected> {
         self.t
             .offer(&id(device), json().as_ref(), payload.as_bytes(), at_ms)
     }
