@@ -887,6 +887,14 @@ async fn a_persistent_session_gets_queued_commands_without_subscribing_again() {
     );
     client.disconnect().await.unwrap();
     drive_v4(el).await.unwrap();
+    // The client is done once its DISCONNECT is written; the broker may not have read
+    // it yet. Offline in the fleet's presence means the engine has the connection's
+    // `Gone` queued ahead of the create below.
+    eventually("the device to be offline", || async {
+        let presence = b.handle.services().presence();
+        presence.get(&dev.id).is_none().then_some(())
+    })
+    .await;
 
     let created = create(&b, &dev, r#"{"type":"RELOAD"}"#).await;
     assert_eq!(created.status, CommandStatus::Queued);
