@@ -38,6 +38,7 @@ const ENV_KEYS: &[&str] = &[
     "commands.max_queued_per_device",
     "telemetry.retention_days",
     "telemetry.max_points_per_device",
+    "telemetry.store",
 ];
 
 /// `FLEETMQ_` variables that belong to the CLI client, not to `serve`.
@@ -224,6 +225,18 @@ mod tests {
         assert!(format!("{e:#}").contains("mqtt.tcp"), "{e:#}");
         let e = load_str("[mqtt]\nmax_payload = 0\n", &[]).unwrap_err();
         assert!(format!("{e:#}").contains("mqtt.max_payload"), "{e:#}");
+    }
+
+    #[test]
+    fn telemetry_storage_is_on_by_default_and_can_be_turned_off() {
+        let c = load_str("", &[]).unwrap();
+        assert!(c.broker.fleet.telemetry.store);
+        let c = load_str("[telemetry]\nstore = false\n", &[]).unwrap();
+        assert!(!c.broker.fleet.telemetry.store);
+        let c = load_str("", &[("FLEETMQ_TELEMETRY_STORE", "false")]).unwrap();
+        assert!(!c.broker.fleet.telemetry.store);
+        let e = load_str("[telemetry]\nstore = \"no\"\n", &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("store"), "{e:#}");
     }
 
     #[test]

@@ -273,3 +273,51 @@ async fn points_survive_a_restart_and_retention_keeps_the_newest() {
         .expect("latest");
     assert_eq!(latest["n"].value, json!(7));
 }
+
+/// `telemetry.store = false`: telemetry still reaches its subscribers and is still
+/// checked (a refused payload raises `device.bad_payload`), but nothing is stored.
+#[tokio::test]
+async fn with_storage_off_telemetry_is_routed_and_checked_but_not_stored() {
+    let mut config = fleetmq_broker::BrokerConfig::for_tests();
+    config.fleet.telemetry.store = false;
+    let b = TestBroker::with_config(config).await;
+    b.add_device("tel-6", "tok", false).await;
+    b.add_service("collector", "pw", allow_all()).await;
+    let (sub, mut el) = connect_v4(&b, Via::Tcp, "collector", Some(("collector", "pw")))
+        .await
+        .expect("collector connects");
+    subscribe_v4(
+        &sub,
+        &mut el,
+        "device/+/telemetry",
+        rumqttc::QoS::AtLeastOnce,
+    )
+    .await;
+    let mut rx = b.handle.events().subscribe();
+    let fw = Firmware::connect(&b, "tel-6", "tok").await;
+
+    fw.publish("telemetry", br#"{"cpu":40}"#).await;
+    fw.publish("telemetry", b"cpu=41").await;
+    let got = publishes_v4(&mut el, Duration::from_millis(500)).await;
+    assert_eq!(
+        got,
+        vec![
+            (
+                "device/tel-6/telemetry".to_owned(),
+                br#"{"cpu":40}"#.to_vec()
+            ),
+            ("device/tel-6/telemetry".to_owned(), b"cpu=41".to_vec()),
+        ]
+    );
+    let e = next_event(&mut rx, |e| e.kind == "device.bad_payload").await;
+    assert_eq!(e.data_value()["topic"], "device/tel-6/telemetry");
+
+    b.handle.telemetry().flush().await;
+    let s = b.handle.telemetry().stats();
+    assert_eq!((s.not_stored, s.rejected, s.stored), (1, 1, 0));
+    assert_eq!(
+        query(&b, "tel-6", TelemetryQuery::default()).await.items,
+        vec![]
+    );
+    fw.disconnect().await;
+}

@@ -46,6 +46,7 @@ const MAX_TS_MS: u64 = 253_402_300_799_999;
 pub struct RawTelemetryConfig {
     pub retention_days: Option<u64>,
     pub max_points_per_device: Option<u64>,
+    pub store: Option<bool>,
 }
 
 /// How telemetry is queued, batched and kept.
@@ -55,6 +56,10 @@ pub struct TelemetryConfig {
     pub retention: Duration,
     /// Each device keeps at most this many points; the oldest go first.
     pub max_points_per_device: u64,
+    /// `telemetry.store`: whether telemetry is stored. When false it is still checked
+    /// by the device's plugin (a refused payload is counted and raised as
+    /// `device.bad_payload`) and routed to subscribers, but no point is kept.
+    pub store: bool,
     /// Capacity of the ingest queue, in points.
     pub queue: usize,
     /// Most points committed in one write transaction.
@@ -71,6 +76,7 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             retention: Duration::from_millis(7 * MS_PER_DAY),
             max_points_per_device: 100_000,
+            store: true,
             queue: 65_536,
             batch_max: 16_384,
             batch_delay: Duration::from_millis(20),
@@ -102,6 +108,7 @@ impl RawTelemetryConfig {
         Ok(TelemetryConfig {
             retention: Duration::from_millis(days * MS_PER_DAY),
             max_points_per_device,
+            store: self.store.unwrap_or(defaults.store),
             ..defaults
         })
     }
@@ -226,6 +233,8 @@ pub struct TelemetryStats {
     pub dropped_write_failed: u64,
     /// Payloads the device's plugin refused.
     pub rejected: u64,
+    /// Points checked and not stored because `telemetry.store` is false.
+    pub not_stored: u64,
     /// Write transactions committed.
     pub batches: u64,
     /// Points removed by retention.
@@ -249,6 +258,7 @@ struct Counters {
     dropped_shutdown: AtomicU64,
     dropped_write_failed: AtomicU64,
     rejected: AtomicU64,
+    not_stored: AtomicU64,
     batches: AtomicU64,
     swept: AtomicU64,
 }
@@ -269,6 +279,8 @@ struct Shared {
     sweeps: watch::Sender<u64>,
     retention: Duration,
     max_points_per_device: u64,
+    /// `telemetry.store`.
+    store: bool,
     /// Stops a long sweep between transactions.
     shutdown: CancellationToken,
 }
@@ -311,6 +323,7 @@ impl Telemetry {
             sweeps: watch::Sender::new(0),
             retention: config.retention,
             max_points_per_device: config.max_points_per_device.max(1),
+            store: config.store,
             shutdown: shutdown.clone(),
         });
         let writer = writer::Writer {
@@ -342,6 +355,19 @@ impl Telemetry {
         received_at_ms: u64,
     ) -> Result<(), Rejected> {
         let c = &self.shared.counters;
+        if !self.shared.store {
+            return match check(plugin, payload, received_at_ms) {
+                Ok(()) => {
+                    c.not_stored.fetch_add(1, Relaxed);
+                    Ok(())
+                }
+                Err(reason) => {
+                    c.rejected.fetch_add(1, Relaxed);
+                    tracing::debug!(device_id = %device, plugin = plugin.name(), %reason, "telemetry rejected");
+                    Err(Rejected::NotJson { reason })
+                }
+            };
+        }
         let point = match decode(device, plugin, payload, received_at_ms) {
             Ok(point) => point,
             Err(reason) => {
@@ -476,6 +502,7 @@ impl Telemetry {
             dropped_shutdown: c.dropped_shutdown.load(Relaxed),
             dropped_write_failed: c.dropped_write_failed.load(Relaxed),
             rejected: c.rejected.load(Relaxed),
+            not_stored: c.not_stored.load(Relaxed),
             batches: c.batches.load(Relaxed),
             swept: c.swept.load(Relaxed),
             queued: (tx.max_capacity() - tx.capacity()) as u64,
@@ -545,6 +572,19 @@ fn decode(
         telemetry.ts_ms,
         values,
     ))
+}
+
+/// What [`decode`] checks, without building a point (`telemetry.store = false`).
+fn check(
+    plugin: &dyn DevicePlugin,
+    payload: &[u8],
+    received_at_ms: u64,
+) -> Result<(), PluginError> {
+    let ts_ms = match plugin.check_telemetry(payload, received_at_ms) {
+        Some(checked) => checked?.ts_ms,
+        None => plugin.decode_telemetry(payload, received_at_ms)?.ts_ms,
+    };
+    check_ts(ts_ms)
 }
 
 /// Refuses a timestamp RFC 3339 cannot show.

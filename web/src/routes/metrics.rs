@@ -202,6 +202,11 @@ fn telemetry(e: &mut Exposition, state: &AppState) {
         t.rejected,
     );
     e.counter(
+        "fleetmq_telemetry_points_not_stored_total",
+        "Telemetry points checked and not stored (telemetry.store = false).",
+        t.not_stored,
+    );
+    e.counter(
         "fleetmq_telemetry_batches_total",
         "Telemetry write transactions committed.",
         t.batches,

@@ -240,6 +240,33 @@ async fn bad_payloads_are_rejected_and_counted() {
     h.stop().await;
 }
 
+/// `telemetry.store = false`: every payload is still checked (refused ones counted and
+/// reported to the caller for `device.bad_payload`), none is stored.
+#[tokio::test]
+async fn with_storage_off_payloads_are_checked_and_not_stored() {
+    let h = Harness::start(TelemetryConfig {
+        store: false,
+        ..quiet()
+    });
+    let now = now_ms();
+    h.offer("d", r#"{"cpu":40}"#, now).unwrap();
+    h.offer("d", r#"{"cpu":41,"ts":"2024-03-01T12:34:56Z"}"#, now)
+        .unwrap();
+    let err = h.offer("d", "not json", now).unwrap_err();
+    assert!(matches!(err, Rejected::NotJson { .. }), "{err:?}");
+    // A timestamp RFC 3339 cannot show is refused as when storing.
+    let err = h.offer("d", "{}", MAX_TS_MS + 1).unwrap_err();
+    assert!(matches!(err, Rejected::NotJson { .. }), "{err:?}");
+    h.t.flush().await;
+    let s = h.t.stats();
+    assert_eq!(
+        (s.not_stored, s.rejected, s.stored, s.batches),
+        (2, 2, 0, 0)
+    );
+    assert_eq!(h.count("d").await, 0);
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_drops_and_counts_without_blocking() {
     let h = Harness::start(TelemetryConfig {
