@@ -278,3 +278,68 @@ async fn resumed_subscription_gets_what_was_routed_before_the_router_had_it_not_
 async fn resumed_subscription_gets_what_was_routed_before_the_router_had_it_not_durable_v5() {
     resumed_subscription(NOT_DURABLE_V5).await;
 }
+
+/// The session already has an overlapping QoS 0 subscription, through which the router
+/// delivers the held-window messages at QoS 0 before the SUBACK: they are still owed at
+/// the new subscription's QoS 1 (a further copy per matching subscription is allowed).
+async fn under_a_qos0_subscription(case: Case) {
+    let Some(t) = start(case).await else {
+        return;
+    };
+    let ver = case.ver;
+    let base = unique("sw/qos0");
+    let (topic, wide, narrow) = (
+        format!("{base}/a"),
+        format!("{base}/+"),
+        format!("{base}/a"),
+    );
+    let id = unique("sw-sub");
+    let (mut sub, _) = connect(&t, &id, ver).await;
+    assert_eq!(sub.subscribe(&wide, 0).await, vec![0], "SUBACK for {wide}");
+
+    let hold = broker(&t).hold_router(&id);
+    let publisher = async {
+        hold.held(WAIT).await;
+        let sent = publish_acked(&t, ver, &topic, "held").await;
+        hold.release(broker(&t));
+        sent
+    };
+    let filters = [(narrow.as_str(), 1)];
+    let (codes, sent) = tokio::join!(sub.subscribe_many(&filters, None), publisher);
+    assert_eq!(codes, vec![1], "SUBACK for {narrow}");
+    let mut at_qos1 = Vec::new();
+    while at_qos1.len() < sent.len() {
+        let Some(m) = sub.next_msg_within(WAIT).await else {
+            panic!("got {at_qos1:?} at QoS 1 of {sent:?}");
+        };
+        if m.qos == 1 {
+            sub.puback(m.pkid).await;
+            at_qos1.push(String::from_utf8_lossy(&m.payload).into_owned());
+        }
+    }
+    assert_eq!(at_qos1, sent, "at QoS 1, in publish order");
+    let more: Vec<_> = sub
+        .msgs_within(QUIET)
+        .await
+        .into_iter()
+        .filter(|m| m.qos > 0)
+        .collect();
+    assert!(more.is_empty(), "at QoS 1 again: {more:?}");
+    // Settled: a resume brings none of them back.
+    sub.disconnect(0).await;
+    let (mut sub, present) = connect(&t, &id, ver).await;
+    assert!(present, "session resumed");
+    let again = sub.msgs_within(QUIET).await;
+    assert!(again.is_empty(), "after a resume, again: {again:?}");
+    sub.disconnect(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_subscription_under_a_qos0_one_gets_its_qos_v4() {
+    under_a_qos0_subscription(V4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_subscription_under_a_qos0_one_gets_its_qos_not_durable() {
+    under_a_qos0_subscription(NOT_DURABLE).await;
+}
