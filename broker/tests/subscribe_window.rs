@@ -343,3 +343,45 @@ async fn new_subscription_under_a_qos0_one_gets_its_qos_v4() {
 async fn new_subscription_under_a_qos0_one_gets_its_qos_not_durable() {
     under_a_qos0_subscription(NOT_DURABLE).await;
 }
+
+/// The session SUBSCRIBEs again to a filter it has (MQTT replaces the subscription; the
+/// link has the router drop and re-create it): what the old subscription delivers while
+/// the new SUBSCRIBE is held is not delivered again at the SUBACK.
+async fn replaced_subscription(case: Case) {
+    let Some(t) = start(case).await else {
+        return;
+    };
+    let ver = case.ver;
+    let base = unique("sw/again");
+    let (topic, filter) = (format!("{base}/a"), format!("{base}/+"));
+    let id = unique("sw-sub");
+    let (mut sub, _) = connect(&t, &id, ver).await;
+    subscribe(&mut sub, &filter, ver).await;
+
+    let hold = broker(&t).hold_router(&id);
+    let publisher = async {
+        hold.held(WAIT).await;
+        let sent = publish_acked(&t, ver, &topic, "held").await;
+        hold.release(broker(&t));
+        sent
+    };
+    let ((), sent) = tokio::join!(subscribe(&mut sub, &filter, ver), publisher);
+    expect_exactly(
+        &mut sub,
+        &sent,
+        ver,
+        "published while the SUBSCRIBE was held",
+    )
+    .await;
+    after_the_window(&t, sub, &id, &topic, case).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_subscription_gets_each_message_once_v5() {
+    replaced_subscription(V5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_subscription_gets_each_message_once_not_durable() {
+    replaced_subscription(NOT_DURABLE).await;
+}
