@@ -126,8 +126,8 @@ impl TestBroker {
     }
 }
 
-/// See [`TestBroker::hold_router`]. Dropping it without [`RouterHold::release`] leaves
-/// the connection held until it ends.
+/// See [`TestBroker::hold_router`]. Dropped without [`RouterHold::release`], it stops
+/// holding: what was held goes to the router with the connection's next batch for it.
 pub struct RouterHold {
     client_id: String,
     state: Arc<HoldState>,
