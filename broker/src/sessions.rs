@@ -37,6 +37,10 @@ pub(crate) enum Control {
     Close(CloseReason),
     /// The device's record changed (keys rotated, encryption flag).
     Reload(Box<DeviceRecord>),
+    /// Tests only: what the connection withheld from the router goes now
+    /// (`testing::RouterHold`).
+    #[cfg(feature = "testing")]
+    RouterRelease,
 }
 
 /// Commands waiting to be written by one device connection. Separate from the control

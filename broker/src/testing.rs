@@ -1,12 +1,17 @@
 //! A real broker on `127.0.0.1:0` with a fresh redb file, for integration tests of this
 //! crate and of the admin API (feature `testing`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use fleetmq_storage::{
     now_ms, AclRule, CredentialHash, DeviceId, DeviceRecord, NewDevice, ServiceClientRecord, Store,
 };
+use rumqttd::protocol::Packet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -93,6 +98,25 @@ impl TestBroker {
             .expect("create service client");
     }
 
+    /// Holds back from rumqttd's router what the connection(s) of `client_id` hand it,
+    /// from the first batch with a SUBSCRIBE on, until [`RouterHold::release`]: the
+    /// link layer goes on (a connected persistent session's subscription has taken
+    /// effect in its ledger, a resumed one's re-subscribe is followed by its going
+    /// live), but the router processes the SUBSCRIBE only after whatever other clients
+    /// publish meanwhile. That is the window a SUBACK settles (`link/session_owed.rs`),
+    /// which the router's own timing opens only now and then. Armed before the SUBSCRIBE
+    /// (or the CONNECT whose re-subscribe is to be held).
+    pub fn hold_router(&self, client_id: &str) -> RouterHold {
+        let state = Arc::new(HoldState::default());
+        let previous = holds().insert(client_id.to_owned(), state.clone());
+        assert!(previous.is_none(), "{client_id} is held already");
+        ARMED.fetch_add(1, Ordering::SeqCst);
+        RouterHold {
+            client_id: client_id.to_owned(),
+            state,
+        }
+    }
+
     /// Stops accepting, closes every connection and waits for the tasks.
     pub async fn stop(mut self) -> tempfile::TempDir {
         self.shutdown.cancel();
@@ -100,6 +124,91 @@ impl TestBroker {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.tracker.wait()).await;
         self.dir.take().expect("data dir present until stop")
     }
+}
+
+/// See [`TestBroker::hold_router`]. Dropped without [`RouterHold::release`], it stops
+/// holding: what was held goes to the router with the connection's next batch for it.
+pub struct RouterHold {
+    client_id: String,
+    state: Arc<HoldState>,
+}
+
+#[derive(Default)]
+struct HoldState {
+    /// Whether a SUBSCRIBE has been withheld (from then on, everything is).
+    holding: AtomicBool,
+    held: tokio::sync::Notify,
+}
+
+impl RouterHold {
+    /// Waits until a SUBSCRIBE of the client is being held; panics after `within`.
+    pub async fn held(&self, within: Duration) {
+        if self.state.holding.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::timeout(within, self.state.held.notified())
+            .await
+            .unwrap_or_else(|_| panic!("no SUBSCRIBE of {} was held", self.client_id));
+    }
+
+    /// The router gets what was held back (in one event, as the link would have sent
+    /// it) and the client's packets flow as usual again. Panics if nothing was held.
+    pub fn release(self, broker: &TestBroker) {
+        assert!(
+            self.state.holding.load(Ordering::SeqCst),
+            "release of {}: nothing was held",
+            self.client_id
+        );
+        disarm(&self.client_id);
+        let told = broker.handle.core.sessions.send_where(
+            |l| l.info.client_id == self.client_id,
+            || crate::sessions::Control::RouterRelease,
+        );
+        assert!(told > 0, "release of {}: not connected", self.client_id);
+    }
+}
+
+impl Drop for RouterHold {
+    fn drop(&mut self) {
+        disarm(&self.client_id);
+    }
+}
+
+/// How many holds are armed: the link layer looks no further while there are none.
+static ARMED: AtomicUsize = AtomicUsize::new(0);
+
+fn holds() -> std::sync::MutexGuard<'static, HashMap<String, Arc<HoldState>>> {
+    static HOLDS: OnceLock<Mutex<HashMap<String, Arc<HoldState>>>> = OnceLock::new();
+    HOLDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+fn disarm(client_id: &str) {
+    if holds().remove(client_id).is_some() {
+        ARMED.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Whether the link of `client_id` keeps `packets` from the router for now (the link
+/// layer's side of [`RouterHold`]).
+pub(crate) fn withheld(client_id: &str, packets: &[Packet]) -> bool {
+    if ARMED.load(Ordering::SeqCst) == 0 {
+        return false;
+    }
+    let Some(state) = holds().get(client_id).cloned() else {
+        return false;
+    };
+    if state.holding.load(Ordering::SeqCst) {
+        return true;
+    }
+    if !packets.iter().any(|p| matches!(p, Packet::Subscribe(..))) {
+        return false;
+    }
+    state.holding.store(true, Ordering::SeqCst);
+    state.held.notify_one();
+    true
 }
 
 fn hash(secret: &str) -> CredentialHash {

@@ -179,6 +179,8 @@ impl Connection {
                     self.crypto = self.core.crypto_for(&record);
                     Ok(())
                 }
+                #[cfg(feature = "testing")]
+                Some(Control::RouterRelease) => self.router_released().await,
                 None => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
             _ = self.core.shutdown.cancelled() => Err(Ending::Closed(CloseReason::ShuttingDown)),
@@ -270,6 +272,12 @@ impl Connection {
 
     /// Hands the packets collected for the router over, waking it once.
     pub(super) async fn send_to_router(&mut self) -> Result<(), Ending> {
+        #[cfg(feature = "testing")]
+        if crate::testing::withheld(&self.s.client_id, &self.to_router) {
+            // In the link's buffer, but the router is not told (`testing::RouterHold`).
+            self.s.link_tx.buffer().extend(self.to_router.drain(..));
+            return Ok(());
+        }
         let Some(last) = self.to_router.pop() else {
             return Ok(());
         };
@@ -283,6 +291,23 @@ impl Connection {
             .await
             .map(|_| ())
             .map_err(|_| Ending::RouterGone)
+    }
+
+    /// Tests only: tells the router of what `send_to_router` withheld (if the router has
+    /// not taken it already), as `send_to_router` would have.
+    #[cfg(feature = "testing")]
+    async fn router_released(&mut self) -> Result<(), Ending> {
+        let last = self.s.link_tx.buffer().pop_back();
+        match last {
+            Some(last) => self
+                .s
+                .link_tx
+                .send(last)
+                .await
+                .map(|_| ())
+                .map_err(|_| Ending::RouterGone),
+            None => Ok(()),
+        }
     }
 
     async fn close(mut self, ending: Ending) {

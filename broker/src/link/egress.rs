@@ -146,8 +146,10 @@ impl Connection {
         let Ok(topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
             return;
         };
+        // rumqttd delivers at the subscription QoS; MQTT says the lower of the two.
+        let qos = origin.map_or(routed_qos, |o| o.qos.min(routed_qos));
         if let (Some(arrival), true) = (origin.and_then(|o| o.arrival), router.is_some()) {
-            if self.session_delivered(arrival, &topic) {
+            if self.session_delivered(arrival, &topic, qos) {
                 // Its publisher queued it for the parked session, or the session's
                 // ledger gave it already: it comes from there (`session_owed`).
                 return;
@@ -164,8 +166,6 @@ impl Connection {
                 tracing::warn!(client_id = %self.s.client_id, topic, skipped, "router log skipped messages for a slow subscriber");
             }
         }
-        // rumqttd delivers at the subscription QoS; MQTT says the lower of the two.
-        let qos = origin.map_or(routed_qos, |o| o.qos.min(routed_qos));
         // A persistent session's QoS 1/2 message has its slot in the stored queue: its
         // arrival number (`session_store`). One not delivered leaves the queue.
         let slot = origin

@@ -385,14 +385,20 @@ impl Connection {
         }
     }
 
-    /// The router handed this connection a message with this arrival number; whether
-    /// it is already in the session's stored queue (see `QueuedWindow`), so this copy
-    /// is not for the client.
-    pub(super) fn session_delivered(&mut self, arrival: u64, topic_name: &str) -> bool {
+    /// The router handed this connection a message with this arrival number, to go out
+    /// at `qos`; whether it is already in the session's stored queue (see
+    /// `QueuedWindow`), so this copy is not for the client.
+    pub(super) fn session_delivered(&mut self, arrival: u64, topic_name: &str, qos: u8) -> bool {
         if self.sess.ledger.is_none() {
             return false;
         }
-        self.sess.delivered.push(arrival);
+        // Only a QoS 1/2 copy settles the ledger's entry: one through an overlapping
+        // QoS 0 subscription (the only copy the router gives while a new QoS 1/2
+        // subscription's SUBSCRIBE is on its way) leaves the message owed at the QoS it
+        // was recorded for, delivered at the SUBACK or stored at parking.
+        if qos > 0 {
+            self.sess.delivered.push(arrival);
+        }
         self.sess
             .queued_window
             .as_ref()
