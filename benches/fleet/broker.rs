@@ -82,12 +82,18 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 impl Broker {
     /// Starts fleetmq and waits until both listeners accept.
     pub async fn start() -> anyhow::Result<Broker> {
+        Broker::start_with("fleetmq", &[]).await
+    }
+
+    /// [`Broker::start`] with these `FLEETMQ_*` settings in its environment, logging to
+    /// `<work dir>/{name}.log`.
+    pub async fn start_with(name: &str, env: &[(&str, &str)]) -> anyhow::Result<Broker> {
         let work = work_dir();
         std::fs::create_dir_all(&work)?;
         let dir = tempfile::tempdir_in(&work)?;
         let data_dir = dir.path().join("data");
         let (mqtt, admin) = (free_port()?, free_port()?);
-        let log = work.join("fleetmq.log");
+        let log = work.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(binary());
         cmd.arg("serve")
@@ -99,7 +105,8 @@ impl Broker {
             cmd.env_remove(name);
         }
         cmd.env_remove("MQTT_USE_ADVANCED_SECURITY")
-            .env("FLEETMQ_ADMIN_API_KEY", ADMIN_KEY);
+            .env("FLEETMQ_ADMIN_API_KEY", ADMIN_KEY)
+            .envs(env.iter().copied());
         // fleetmq's own default log filter unless FLEET_BENCH_LOG names one.
         match std::env::var("FLEET_BENCH_LOG") {
             Ok(filter) => cmd.env("RUST_LOG", filter),

@@ -2,14 +2,17 @@
 //! subscriber (the service client), as fast as the broker takes it; measured is what
 //! the subscriber receives per second.
 //!
-//! Three kinds of traffic, same payload, same topic depth, same subscriber identity:
+//! Four kinds of traffic, same payload, same topic depth, same subscriber identity:
 //! - `Telemetry`: devices publish `device/{id}/telemetry`; the fleet services decode and
 //!   store every message (storage on).
+//! - `Unstored`: the same, against a second fleetmq started with `telemetry.store =
+//!   false`: every message is checked by the device's plugin and routed, none stored
+//!   (storage off: what the "telemetry storage on vs off" compares).
 //! - `Events`: other devices publish `device/{id}/events`; the link layer hands each
 //!   message to the fleet services, which parse it (alarm events) and store nothing: the
 //!   queue hop and a JSON parse without the store.
 //! - `Plain`: service-client connections publish `plain/{n}/data`; the fleet services
-//!   never see it (storage off: routing and ACL only).
+//!   never see it (routing and ACL only: no device path at all).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -33,24 +36,28 @@ const DEADLINE: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Telemetry,
+    Unstored,
     Events,
     Plain,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Telemetry, Mode::Events, Mode::Plain];
+    pub const ALL: [Mode; 4] = [Mode::Telemetry, Mode::Unstored, Mode::Events, Mode::Plain];
 
     pub fn label(self) -> &'static str {
         match self {
             Mode::Telemetry => "storage on: devices → `device/+/telemetry`",
+            Mode::Unstored => {
+                "storage off (`telemetry.store = false`): devices → `device/+/telemetry`"
+            }
             Mode::Events => "parsed, not stored: devices → `device/+/events`",
-            Mode::Plain => "storage off: service client → `plain/+/data`",
+            Mode::Plain => "no device path: service client → `plain/+/data`",
         }
     }
 
     fn filter(self) -> &'static str {
         match self {
-            Mode::Telemetry => "device/+/telemetry",
+            Mode::Telemetry | Mode::Unstored => "device/+/telemetry",
             Mode::Events => "device/+/events",
             Mode::Plain => "plain/+/data",
         }
@@ -132,31 +139,36 @@ pub struct Plan {
     pub repeat: usize,
 }
 
-/// Runs every mode at every rate `repeat` times (taking turns). `devices` needs
+/// Runs every mode at every rate `repeat` times (taking turns). `broker.devices` needs
 /// `2 * publishers`: a device has one connection, so `Telemetry` and `Events` publish
-/// as different devices.
+/// as different devices. `unstored` is a second fleetmq with `telemetry.store = false`
+/// and `publishers` devices of its own, for `Mode::Unstored`.
 pub async fn run(
     broker: &Broker,
-    devices: &[Device],
+    unstored: &Broker,
     plan: &Plan,
 ) -> anyhow::Result<Vec<FanInResult>> {
     let publishers = plan.publishers;
-    if devices.len() < 2 * publishers {
+    let (devices, others) = (&broker.devices, &unstored.devices);
+    if devices.len() < 2 * publishers || others.len() < publishers {
         bail!(
-            "fan-in needs {} devices, have {}",
+            "fan-in needs {} + {publishers} devices, have {} + {}",
             2 * publishers,
-            devices.len()
+            devices.len(),
+            others.len()
         );
     }
     let mut setups = Vec::new();
     for mode in Mode::ALL {
-        let mine = match mode {
-            Mode::Events => &devices[publishers..2 * publishers],
-            Mode::Telemetry | Mode::Plain => &devices[..publishers],
+        let (on, mine) = match mode {
+            Mode::Events => (broker, &devices[publishers..2 * publishers]),
+            Mode::Telemetry | Mode::Plain => (broker, &devices[..publishers]),
+            Mode::Unstored => (unstored, &others[..publishers]),
         };
-        setups.push(prepare(broker, mine, mode).await?);
+        setups.push(prepare(on, mine, mode).await?);
     }
     broker.settle().await;
+    unstored.settle().await;
     let mut results = Vec::new();
     for &offered in &plan.rates {
         for mode in Mode::ALL {
@@ -179,9 +191,14 @@ pub async fn run(
                     setups[i].mode,
                     round + 1
                 );
-                let run = once(broker, &mut setups[i], plan.per_publisher, rate).await?;
+                let on = if setups[i].mode == Mode::Unstored {
+                    unstored
+                } else {
+                    broker
+                };
+                let run = once(on, &mut setups[i], plan.per_publisher, rate).await?;
                 results[r * setups.len() + i].runs.push(run);
-                broker.settle().await;
+                on.settle().await;
             }
         }
     }
@@ -190,13 +207,13 @@ pub async fn run(
 
 async fn prepare(broker: &Broker, devices: &[Device], mode: Mode) -> anyhow::Result<Setup> {
     let (logins, topics): (Vec<Login>, Vec<String>) = match mode {
-        Mode::Telemetry | Mode::Events => devices
+        Mode::Telemetry | Mode::Unstored | Mode::Events => devices
             .iter()
             .map(|d| {
-                let leaf = if mode == Mode::Telemetry {
-                    "telemetry"
-                } else {
+                let leaf = if mode == Mode::Events {
                     "events"
+                } else {
+                    "telemetry"
                 };
                 (d.login(), format!("device/{}/{leaf}", d.id))
             })

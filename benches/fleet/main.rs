@@ -38,6 +38,7 @@ mod telemetry;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use broker::Broker;
 use report::{Results, Setup};
 
@@ -279,7 +280,7 @@ async fn scenarios(broker: &Broker, args: &Args, p: &Params) -> Results {
             rates: p.fanin_rates.clone(),
             repeat: p.repeat,
         };
-        match fanin::run(broker, &devices, &plan).await {
+        match fanin_runs(broker, &plan).await {
             Ok(f) => r.fanin = f,
             Err(e) => r.notes.push(format!("fan-in: {e:#}")),
         }
@@ -302,6 +303,20 @@ async fn command_runs(
         runs.push(commands::run(broker, devices, c, p.commands).await?);
     }
     Ok(runs)
+}
+
+/// Fan-in against `broker` and a second fleetmq with telemetry storage off (the same
+/// binary and devices of its own), both running for the whole scenario.
+async fn fanin_runs(
+    broker: &Broker,
+    plan: &fanin::Plan,
+) -> anyhow::Result<Vec<fanin::FanInResult>> {
+    let mut unstored =
+        Broker::start_with("fleetmq-unstored", &[("FLEETMQ_TELEMETRY_STORE", "false")])
+            .await
+            .context("start the fleetmq with telemetry.store = false")?;
+    unstored.provision(plan.publishers).await?;
+    fanin::run(broker, &unstored, plan).await
 }
 
 fn command_line() -> String {
