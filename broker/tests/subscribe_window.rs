@@ -20,6 +20,7 @@ use common::conf::{
     connect_props, unique, Client, Conn, In, SubscribeProperties, Target, Ver, Via, QUIET, WAIT,
 };
 use common::TestBroker;
+use fleetmq_broker::testing::RouterHold;
 
 /// Messages published while the SUBSCRIBE is held.
 const HELD: usize = 5;
@@ -124,13 +125,38 @@ async fn start(case: Case) -> Option<Target> {
     (!t.skip_external("holds a SUBSCRIBE back from fleetmq's router")).then_some(t)
 }
 
+/// Once `hold` has caught a SUBSCRIBE: publishes `HELD` acknowledged messages on
+/// `topic`, then lets the SUBSCRIBE through. Returns the payloads.
+async fn publish_while_held(t: &Target, hold: RouterHold, ver: Ver, topic: &str) -> Vec<String> {
+    hold.held(WAIT).await;
+    // The subscription has taken effect in the ledger; the router has not seen it.
+    let sent = publish_acked(t, ver, topic, "held").await;
+    hold.release(broker(t));
+    sent
+}
+
+/// With `case.watcher`, a clean subscriber on `filter` (see [`Case::watcher`]).
+async fn watcher(t: &Target, case: Case, filter: &str) -> Option<Client> {
+    if !case.watcher {
+        return None;
+    }
+    let mut w = t.connect(Via::Tcp, case.ver, &unique("sw-watch")).await;
+    w.subscribe(filter, 1).await;
+    Some(w)
+}
+
 /// After the window: live traffic flows as usual, and a resume brings nothing back
 /// (every message was acknowledged once, so nothing of it is left stored or owed).
 async fn after_the_window(t: &Target, mut sub: Client, id: &str, topic: &str, case: Case) {
     let live = publish_acked(t, case.ver, topic, "live").await;
     expect_exactly(&mut sub, &live, case.ver, "after the window").await;
     sub.disconnect(0).await;
-    let (mut sub, present) = connect(t, id, case.ver).await;
+    nothing_after_a_resume(t, id, case.ver).await;
+}
+
+/// The session resumes and gets nothing: every message was settled.
+async fn nothing_after_a_resume(t: &Target, id: &str, ver: Ver) {
+    let (mut sub, present) = connect(t, id, ver).await;
     assert!(present, "session resumed");
     let again = sub.msgs_within(QUIET).await;
     assert!(again.is_empty(), "after a resume, again: {again:?}");
@@ -147,25 +173,12 @@ async fn new_subscription(case: Case) {
     let base = unique("sw/new");
     let (topic, filter) = (format!("{base}/a"), format!("{base}/+"));
     let id = unique("sw-sub");
-    let _watcher = match case.watcher {
-        true => {
-            let mut w = t.connect(Via::Tcp, ver, &unique("sw-watch")).await;
-            w.subscribe(&filter, 1).await;
-            Some(w)
-        }
-        false => None,
-    };
+    let _watcher = watcher(&t, case, &filter).await;
     let (mut sub, present) = connect(&t, &id, ver).await;
     assert!(!present, "a fresh session");
 
     let hold = broker(&t).hold_router(&id);
-    let publisher = async {
-        hold.held(WAIT).await;
-        // The subscription has taken effect in the ledger; the router has not seen it.
-        let sent = publish_acked(&t, ver, &topic, "held").await;
-        hold.release(broker(&t));
-        sent
-    };
+    let publisher = publish_while_held(&t, hold, ver, &topic);
     let ((), sent) = tokio::join!(subscribe(&mut sub, &filter, ver), publisher);
     expect_exactly(
         &mut sub,
@@ -187,14 +200,7 @@ async fn resumed_subscription(case: Case) {
     let base = unique("sw/resume");
     let (topic, filter) = (format!("{base}/a"), format!("{base}/+"));
     let id = unique("sw-sub");
-    let _watcher = match case.watcher {
-        true => {
-            let mut w = t.connect(Via::Tcp, ver, &unique("sw-watch")).await;
-            w.subscribe(&filter, 1).await;
-            Some(w)
-        }
-        false => None,
-    };
+    let _watcher = watcher(&t, case, &filter).await;
     let (mut sub, _) = connect(&t, &id, ver).await;
     subscribe(&mut sub, &filter, ver).await;
     sub.disconnect(0).await;
@@ -204,9 +210,7 @@ async fn resumed_subscription(case: Case) {
     assert!(present, "session resumed");
     // CONNACK comes after the session went live: from here on its messages are
     // recorded in its ledger, not delivered from its stored queue.
-    hold.held(WAIT).await;
-    let sent = publish_acked(&t, ver, &topic, "held").await;
-    hold.release(broker(&t));
+    let sent = publish_while_held(&t, hold, ver, &topic).await;
     expect_exactly(
         &mut sub,
         &sent,
@@ -298,12 +302,7 @@ async fn under_a_qos0_subscription(case: Case) {
     assert_eq!(sub.subscribe(&wide, 0).await, vec![0], "SUBACK for {wide}");
 
     let hold = broker(&t).hold_router(&id);
-    let publisher = async {
-        hold.held(WAIT).await;
-        let sent = publish_acked(&t, ver, &topic, "held").await;
-        hold.release(broker(&t));
-        sent
-    };
+    let publisher = publish_while_held(&t, hold, ver, &topic);
     let filters = [(narrow.as_str(), 1)];
     let (codes, sent) = tokio::join!(sub.subscribe_many(&filters, None), publisher);
     assert_eq!(codes, vec![1], "SUBACK for {narrow}");
@@ -327,11 +326,7 @@ async fn under_a_qos0_subscription(case: Case) {
     assert!(more.is_empty(), "at QoS 1 again: {more:?}");
     // Settled: a resume brings none of them back.
     sub.disconnect(0).await;
-    let (mut sub, present) = connect(&t, &id, ver).await;
-    assert!(present, "session resumed");
-    let again = sub.msgs_within(QUIET).await;
-    assert!(again.is_empty(), "after a resume, again: {again:?}");
-    sub.disconnect(0).await;
+    nothing_after_a_resume(&t, &id, ver).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,12 +354,7 @@ async fn replaced_subscription(case: Case) {
     subscribe(&mut sub, &filter, ver).await;
 
     let hold = broker(&t).hold_router(&id);
-    let publisher = async {
-        hold.held(WAIT).await;
-        let sent = publish_acked(&t, ver, &topic, "held").await;
-        hold.release(broker(&t));
-        sent
-    };
+    let publisher = publish_while_held(&t, hold, ver, &topic);
     let ((), sent) = tokio::join!(subscribe(&mut sub, &filter, ver), publisher);
     expect_exactly(
         &mut sub,
