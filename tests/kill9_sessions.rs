@@ -10,104 +10,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
-use support::{Server, WAIT};
-
-const QUIET: Duration = Duration::from_millis(500);
-
-/// CONNECT with Clean Session = 0 (or 1); whether the session was present.
-async fn connect(s: &Server, id: &str, clean: bool) -> (TcpStream, bool) {
-    let flags = if clean { 2 } else { 0 };
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60];
-    body.extend((id.len() as u16).to_be_bytes());
-    body.extend(id.as_bytes());
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend(body);
-    let mut stream = TcpStream::connect(s.mqtt).await.unwrap();
-    stream.write_all(&packet).await.unwrap();
-    let ack = read_packet(&mut stream).await;
-    assert_eq!(ack[..2], [0x20, 2], "CONNACK");
-    assert_eq!(ack[3], 0, "accepted");
-    (stream, ack[2] & 1 == 1)
-}
-
-async fn read_packet(s: &mut TcpStream) -> Vec<u8> {
-    let mut head = [0u8; 2];
-    tokio::time::timeout(WAIT, s.read_exact(&mut head))
-        .await
-        .expect("packet in time")
-        .unwrap();
-    assert!(head[1] < 128, "short packets only");
-    let mut rest = vec![0u8; usize::from(head[1])];
-    s.read_exact(&mut rest).await.unwrap();
-    [head.to_vec(), rest].concat()
-}
-
-/// The next packet, or `None` if nothing arrives within `QUIET`.
-async fn next_packet(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut head = [0u8; 2];
-    match tokio::time::timeout(QUIET, s.read_exact(&mut head)).await {
-        Err(_) => return None,
-        Ok(r) => {
-            r.unwrap();
-        }
-    }
-    let mut rest = vec![0u8; usize::from(head[1])];
-    s.read_exact(&mut rest).await.unwrap();
-    Some([head.to_vec(), rest].concat())
-}
-
-async fn subscribe(s: &mut TcpStream, filter: &str, qos: u8) {
-    let mut body = vec![0, 1];
-    body.extend((filter.len() as u16).to_be_bytes());
-    body.extend(filter.as_bytes());
-    body.push(qos);
-    let mut packet = vec![0x82, body.len() as u8];
-    packet.extend(body);
-    s.write_all(&packet).await.unwrap();
-    assert_eq!(read_packet(s).await, [0x90, 3, 0, 1, qos], "SUBACK");
-}
-
-async fn disconnect(mut s: TcpStream) {
-    s.write_all(&[0xe0, 0]).await.unwrap();
-    let mut rest = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
-        .await
-        .expect("closed in time")
-        .unwrap();
-}
-
-/// A PUBLISH as the subscriber sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Delivery {
-    dup: bool,
-    qos: u8,
-    pkid: u16,
-    payload: String,
-}
-
-fn parse_publish(p: &[u8]) -> Delivery {
-    assert_eq!(p[0] & 0xf0, 0x30, "PUBLISH, got {p:?}");
-    let (dup, qos) = (p[0] & 8 != 0, (p[0] >> 1) & 3);
-    let topic_len = usize::from(u16::from_be_bytes([p[2], p[3]]));
-    let at = 4 + topic_len;
-    assert!(qos > 0, "QoS 1/2 expected: {p:?}");
-    Delivery {
-        dup,
-        qos,
-        pkid: u16::from_be_bytes([p[at], p[at + 1]]),
-        payload: String::from_utf8_lossy(&p[at + 2..]).into_owned(),
-    }
-}
-
-fn ack(kind: u8, pkid: u16) -> [u8; 4] {
-    let [hi, lo] = pkid.to_be_bytes();
-    [kind, 2, hi, lo]
-}
+use support::raw::{
+    ack, connect, disconnect, next_packet, parse_publish, read_packet, subscribe, Delivery,
+};
+use support::Server;
 
 /// `n` QoS 1 (or 2) messages from one publisher, each acknowledged to it (PUBACK, or
 /// PUBREC and then PUBCOMP) before the next.
@@ -115,13 +24,7 @@ async fn publish(s: &Server, topic: &str, qos: u8, payloads: &[String]) {
     let (mut p, _) = connect(s, &format!("k9-pub-{qos}"), true).await;
     for (i, payload) in payloads.iter().enumerate() {
         let pkid = i as u16 + 1;
-        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-        body.extend(topic.as_bytes());
-        body.extend(pkid.to_be_bytes());
-        body.extend(payload.as_bytes());
-        let mut packet = vec![0x30 | (qos << 1), body.len() as u8];
-        packet.extend(body);
-        p.write_all(&packet).await.unwrap();
+        support::raw::publish(&mut p, topic, qos, pkid, payload, false).await;
         if qos == 1 {
             assert_eq!(read_packet(&mut p).await, ack(0x40, pkid), "PUBACK");
         } else {

@@ -7,9 +7,10 @@ mod support;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use support::raw::{self, ack, parse_publish, Delivery};
 use support::{Server, WAIT};
 
 const QUIET: Duration = Duration::from_millis(500);
@@ -87,51 +88,24 @@ async fn receive(el: &mut EventLoop, n: usize) -> Vec<String> {
 
 // ---- a raw 3.1.1 publisher for inbound QoS 2 ----------------------------------------
 
-async fn raw_connect(s: &Server, id: &str) -> (TcpStream, bool) {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0, 0, 60];
-    body.extend((id.len() as u16).to_be_bytes());
-    body.extend(id.as_bytes());
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend(body);
-    let mut stream = TcpStream::connect(s.mqtt).await.unwrap();
-    stream.write_all(&packet).await.unwrap();
-    let ack = read_packet(&mut stream).await;
-    assert_eq!(ack[0], 0x20, "CONNACK");
-    (stream, ack[2] & 1 == 1)
-}
-
-async fn read_packet(s: &mut TcpStream) -> Vec<u8> {
-    let mut head = [0u8; 2];
-    tokio::time::timeout(WAIT, s.read_exact(&mut head))
-        .await
-        .expect("packet in time")
-        .unwrap();
-    let mut rest = vec![0u8; usize::from(head[1])];
-    s.read_exact(&mut rest).await.unwrap();
-    [head.to_vec(), rest].concat()
-}
-
 async fn publish_qos2(s: &mut TcpStream, topic: &str, pkid: u16, payload: &str, dup: bool) {
-    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-    body.extend(topic.as_bytes());
-    body.extend(pkid.to_be_bytes());
-    body.extend(payload.as_bytes());
-    let mut packet = vec![0x34 | if dup { 8 } else { 0 }, body.len() as u8];
-    packet.extend(body);
-    s.write_all(&packet).await.unwrap();
-    let [hi, lo] = pkid.to_be_bytes();
-    assert_eq!(read_packet(s).await, [0x50, 2, hi, lo], "PUBREC");
+    raw::publish(s, topic, 2, pkid, payload, dup).await;
+    assert_eq!(raw::read_packet(s).await, ack(0x50, pkid), "PUBREC");
 }
 
 /// After a restart the QoS 2 publisher resends (DUP=1) and releases; the resend is not
 /// delivered again and the PUBREL is completed.
 async fn finish_qos2(s: &Server, pkid: u16, payload: &str) {
-    let (mut raw, present) = raw_connect(s, "q2-publisher").await;
+    let (mut raw, present) = raw::connect(s, "q2-publisher", false).await;
     assert!(present, "QoS 2 publisher's session survived");
     publish_qos2(&mut raw, "r/q2", pkid, payload, true).await;
     let [hi, lo] = pkid.to_be_bytes();
     raw.write_all(&[0x62, 2, hi, lo]).await.unwrap();
-    assert_eq!(read_packet(&mut raw).await, [0x70, 2, hi, lo], "PUBCOMP");
+    assert_eq!(
+        raw::read_packet(&mut raw).await,
+        [0x70, 2, hi, lo],
+        "PUBCOMP"
+    );
 }
 
 #[tokio::test]
@@ -146,7 +120,7 @@ async fn sessions_retained_and_qos2_survive_sigterm_and_sigkill() {
     hang_up(c, el).await;
     publish_acked(&server, "r/ret", true, &["kept"]).await;
     publish_acked(&server, "r/q", false, &["m1", "m2"]).await;
-    let (mut raw, _) = raw_connect(&server, "q2-publisher").await;
+    let (mut raw, _) = raw::connect(&server, "q2-publisher", false).await;
     publish_qos2(&mut raw, "r/q2", 9, "x9", false).await;
     drop(raw);
 
@@ -170,7 +144,7 @@ async fn sessions_retained_and_qos2_survive_sigterm_and_sigkill() {
 
     // Everything acknowledged before SIGKILL survives it.
     publish_acked(&server, "r/q", false, &["k1", "k2"]).await;
-    let (mut raw, _) = raw_connect(&server, "q2-publisher").await;
+    let (mut raw, _) = raw::connect(&server, "q2-publisher", false).await;
     publish_qos2(&mut raw, "r/q2", 10, "x10", false).await;
     drop(raw);
     server.kill9().await;
@@ -194,69 +168,32 @@ async fn sessions_retained_and_qos2_survive_sigterm_and_sigkill() {
 
 // ---- a raw 3.1.1 persistent subscriber with messages in flight ----------------------
 
-/// A PUBLISH as the subscriber sees it: (DUP, QoS, packet id, payload).
-fn parse_publish(p: &[u8]) -> (bool, u8, u16, String) {
-    assert_eq!(p[0] & 0xf0, 0x30, "PUBLISH, got {p:?}");
-    let (dup, qos) = (p[0] & 8 != 0, (p[0] >> 1) & 3);
-    let topic_len = usize::from(u16::from_be_bytes([p[2], p[3]]));
-    let at = 4 + topic_len;
-    assert!(qos > 0, "QoS 1/2 expected: {p:?}");
-    let pkid = u16::from_be_bytes([p[at], p[at + 1]]);
-    let payload = String::from_utf8_lossy(&p[at + 2..]).into_owned();
-    (dup, qos, pkid, payload)
-}
-
-async fn raw_subscribe(s: &mut TcpStream, filter: &str, qos: u8) {
-    let mut body = vec![0, 1];
-    body.extend((filter.len() as u16).to_be_bytes());
-    body.extend(filter.as_bytes());
-    body.push(qos);
-    let mut packet = vec![0x82, body.len() as u8];
-    packet.extend(body);
-    s.write_all(&packet).await.unwrap();
-    assert_eq!(read_packet(s).await, [0x90, 3, 0, 1, qos], "SUBACK");
-}
-
-/// Sends DISCONNECT and waits for the broker to close the connection, which it does
-/// only once the session is parked (stored).
-async fn raw_disconnect(mut s: TcpStream) {
-    s.write_all(&[0xe0, 0]).await.unwrap();
-    let mut rest = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
-        .await
-        .expect("closed in time")
-        .unwrap();
-    assert!(rest.is_empty(), "nothing after DISCONNECT: {rest:?}");
-}
-
-/// Nothing more arrives within `QUIET`.
-async fn raw_quiet(s: &mut TcpStream) {
-    let mut b = [0u8; 1];
-    let got = tokio::time::timeout(QUIET, s.read(&mut b)).await;
-    assert!(got.is_err(), "unexpected bytes: {got:?} {b:?}");
-}
-
 /// A QoS 2 publish, released and completed by its publisher.
 async fn publish_released(s: &Server, topic: &str, payload: &str) {
-    let (mut raw, _) = raw_connect(s, "f-publisher").await;
+    let (mut raw, _) = raw::connect(s, "f-publisher", false).await;
     publish_qos2(&mut raw, topic, 1, payload, false).await;
     raw.write_all(&[0x62, 2, 0, 1]).await.unwrap();
-    assert_eq!(read_packet(&mut raw).await, [0x70, 2, 0, 1], "PUBCOMP");
-    raw_disconnect(raw).await;
+    assert_eq!(raw::read_packet(&mut raw).await, [0x70, 2, 0, 1], "PUBCOMP");
+    raw::disconnect(raw).await;
 }
 
 /// A persistent subscriber has two QoS 1 messages unacknowledged and a QoS 2 exchange
 /// released but not completed. Returns its connection, the packet ids the QoS 1 messages
 /// were sent on, in order, and the QoS 2 one.
 async fn messages_in_flight(s: &Server, id: &str, prefix: &str) -> (TcpStream, Vec<u16>, u16) {
-    let (mut sub, _) = raw_connect(s, id).await;
-    raw_subscribe(&mut sub, &format!("{prefix}/#"), 2).await;
+    let (mut sub, _) = raw::connect(s, id, false).await;
+    raw::subscribe(&mut sub, &format!("{prefix}/#"), 2).await;
     publish_acked(s, &format!("{prefix}/q1"), false, &["a", "b"]).await;
     publish_released(s, &format!("{prefix}/q2"), "c").await;
     let mut q1 = Vec::new();
     let mut q2 = None;
     for _ in 0..3 {
-        let (dup, qos, pkid, payload) = parse_publish(&read_packet(&mut sub).await);
+        let Delivery {
+            dup,
+            qos,
+            pkid,
+            payload,
+        } = parse_publish(&raw::read_packet(&mut sub).await);
         assert!(!dup);
         match (qos, payload.as_str()) {
             (1, "a" | "b") => q1.push((payload, pkid)),
@@ -271,7 +208,11 @@ async fn messages_in_flight(s: &Server, id: &str, prefix: &str) -> (TcpStream, V
     let q2 = q2.expect("QoS 2 message");
     let [hi, lo] = q2.to_be_bytes();
     sub.write_all(&[0x50, 2, hi, lo]).await.unwrap();
-    assert_eq!(read_packet(&mut sub).await, [0x62, 2, hi, lo], "PUBREL");
+    assert_eq!(
+        raw::read_packet(&mut sub).await,
+        [0x62, 2, hi, lo],
+        "PUBREL"
+    );
     // No PUBACKs, no PUBCOMP.
     (sub, q1.into_iter().map(|(_, pkid)| pkid).collect(), q2)
 }
@@ -281,40 +222,42 @@ async fn messages_in_flight(s: &Server, id: &str, prefix: &str) -> (TcpStream, V
 /// while away (DUP=0) on an id none of them holds.
 async fn resume_in_flight(s: &Server, id: &str, prefix: &str, q1: &[u16], q2: u16) {
     publish_acked(s, &format!("{prefix}/q1"), false, &["d"]).await;
-    let (mut sub, present) = raw_connect(s, id).await;
+    let (mut sub, present) = raw::connect(s, id, false).await;
     assert!(present, "session survived");
     let [hi, lo] = q2.to_be_bytes();
     assert_eq!(
-        read_packet(&mut sub).await,
+        raw::read_packet(&mut sub).await,
         [0x62, 2, hi, lo],
         "PUBREL again"
     );
     let mut got = Vec::new();
     for _ in 0..3 {
-        got.push(parse_publish(&read_packet(&mut sub).await));
+        got.push(parse_publish(&raw::read_packet(&mut sub).await));
     }
+    let redelivered = |pkid, payload: &str| Delivery {
+        dup: true,
+        qos: 1,
+        pkid,
+        payload: payload.to_owned(),
+    };
+    assert_eq!(got[..2], [redelivered(q1[0], "a"), redelivered(q1[1], "b")]);
+    let fresh = got[2].pkid;
     assert_eq!(
-        got[..2],
-        [
-            (true, 1, q1[0], "a".to_owned()),
-            (true, 1, q1[1], "b".to_owned())
-        ]
+        (got[2].dup, got[2].qos, got[2].payload.as_str()),
+        (false, 1, "d")
     );
-    let (dup, qos, fresh, payload) = got[2].clone();
-    assert_eq!((dup, qos, payload.as_str()), (false, 1, "d"));
     assert!(fresh != q2 && !q1.contains(&fresh), "fresh id {fresh}");
-    for (_, _, pkid, _) in &got {
-        let [hi, lo] = pkid.to_be_bytes();
-        sub.write_all(&[0x40, 2, hi, lo]).await.unwrap();
+    for d in &got {
+        sub.write_all(&ack(0x40, d.pkid)).await.unwrap();
     }
     sub.write_all(&[0x70, 2, hi, lo]).await.unwrap();
-    raw_quiet(&mut sub).await;
-    raw_disconnect(sub).await;
+    raw::quiet(&mut sub).await;
+    raw::disconnect(sub).await;
     // Completed: nothing is owed any more.
-    let (mut sub, present) = raw_connect(s, id).await;
+    let (mut sub, present) = raw::connect(s, id, false).await;
     assert!(present);
-    raw_quiet(&mut sub).await;
-    raw_disconnect(sub).await;
+    raw::quiet(&mut sub).await;
+    raw::disconnect(sub).await;
 }
 
 #[tokio::test]
@@ -324,7 +267,7 @@ async fn inflight_ids_and_pubrels_survive_sigterm_and_sigkill() {
 
     // The client leaves, then the broker stops.
     let (sub, q1, q2) = messages_in_flight(&server, "f-sub-left", "f/left").await;
-    raw_disconnect(sub).await;
+    raw::disconnect(sub).await;
     server.restart().await;
     resume_in_flight(&server, "f-sub-left", "f/left", &q1, q2).await;
 
@@ -338,7 +281,7 @@ async fn inflight_ids_and_pubrels_survive_sigterm_and_sigkill() {
     // kill -9 after the client left: its departure was committed before the broker
     // closed the connection.
     let (sub, q1, q2) = messages_in_flight(&server, "f-sub-kill", "f/kill").await;
-    raw_disconnect(sub).await;
+    raw::disconnect(sub).await;
     server.kill9().await;
     server.start_again().await;
     resume_in_flight(&server, "f-sub-kill", "f/kill", &q1, q2).await;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod raw;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
