@@ -85,6 +85,43 @@ pub(super) fn block_key_parts(points: impl Iterator<Item = (u64, u64)>) -> Optio
     })
 }
 
+fn encode_error(why: &str) -> StoreError {
+    StoreError::Database(format!("cannot encode telemetry block: {why}"))
+}
+
+/// What every encoder checks of the points it writes, one at a time: each lies within
+/// the block's key (in `max_ts`'s bucket, at or before `max_ts`, `seq >= id`), each after
+/// the one before.
+struct KeyOrder {
+    start: u64,
+    max_ts: u64,
+    id: u64,
+    prev: Option<(u64, u64)>,
+}
+
+impl KeyOrder {
+    fn new(max_ts: u64, id: u64) -> KeyOrder {
+        let (start, _) = bucket(max_ts);
+        KeyOrder {
+            start,
+            max_ts,
+            id,
+            prev: None,
+        }
+    }
+
+    fn check(&mut self, ts_ms: u64, seq: u64) -> Result<(), StoreError> {
+        if ts_ms > self.max_ts || ts_ms < self.start || seq < self.id {
+            return Err(encode_error("point outside the block's key"));
+        }
+        if self.prev.is_some_and(|q| q >= (ts_ms, seq)) {
+            return Err(encode_error("points not ascending"));
+        }
+        self.prev = Some((ts_ms, seq));
+        Ok(())
+    }
+}
+
 /// Appends the encoding of a block keyed `(max_ts, id)` holding `points` to `buf`.
 /// `points` must be ascending, in `max_ts`'s bucket, with `seq >= id`: anything else is
 /// refused rather than written as a record that would not decode.
@@ -94,10 +131,8 @@ pub(super) fn encode_block<'a>(
     points: impl ExactSizeIterator<Item = PointRef<'a>> + Clone,
     buf: &mut Vec<u8>,
 ) -> Result<(), StoreError> {
-    let (start, _) = bucket(max_ts);
-    let bad = |why: &str| StoreError::Database(format!("cannot encode telemetry block: {why}"));
     if points.len() == 0 {
-        return Err(bad("no points"));
+        return Err(encode_error("no points"));
     }
     let text = points
         .clone()
@@ -107,15 +142,9 @@ pub(super) fn encode_block<'a>(
     buf.reserve(text + points.len() * 6 + 4);
     put_varint(buf, V1);
     put_varint(buf, points.len() as u64);
-    let mut prev: Option<(u64, u64)> = None;
+    let mut order = KeyOrder::new(max_ts, id);
     for p in points {
-        if p.ts_ms > max_ts || p.ts_ms < start || p.seq < id {
-            return Err(bad("point outside the block's key"));
-        }
-        if prev.is_some_and(|q| q >= (p.ts_ms, p.seq)) {
-            return Err(bad("points not ascending"));
-        }
-        prev = Some((p.ts_ms, p.seq));
+        order.check(p.ts_ms, p.seq)?;
         put_varint(buf, max_ts - p.ts_ms);
         put_varint(buf, p.seq - id);
         put_varint(buf, p.values.len() as u64);
@@ -273,24 +302,16 @@ pub(super) fn encode_block_v2<'a>(
     points: impl ExactSizeIterator<Item = RawRef<'a>> + Clone,
     buf: &mut Vec<u8>,
 ) -> Result<(), StoreError> {
-    let (start, _) = bucket(max_ts);
-    let bad = |why: &str| StoreError::Database(format!("cannot encode telemetry block: {why}"));
     if points.len() == 0 {
-        return Err(bad("no points"));
+        return Err(encode_error("no points"));
     }
     let text = points.clone().map(|p| p.object.len() + 8).sum::<usize>();
     buf.reserve(text + 4);
     put_varint(buf, V2);
     put_varint(buf, points.len() as u64);
-    let mut prev: Option<(u64, u64)> = None;
+    let mut order = KeyOrder::new(max_ts, id);
     for p in points {
-        if p.ts_ms > max_ts || p.ts_ms < start || p.seq < id {
-            return Err(bad("point outside the block's key"));
-        }
-        if prev.is_some_and(|q| q >= (p.ts_ms, p.seq)) {
-            return Err(bad("points not ascending"));
-        }
-        prev = Some((p.ts_ms, p.seq));
+        order.check(p.ts_ms, p.seq)?;
         put_varint(buf, max_ts - p.ts_ms);
         put_varint(buf, p.seq - id);
         put_varint(buf, p.object.len() as u64);
