@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo bench --bench fleet -- [--quick] [--only commands,telemetry,fanin]
-//!     [--concurrency 1,32] [--commands N] [--repeat N] [--client-threads N]
+//!     [--concurrency 1,32] [--commands N] [--repeat N] [--command-rounds N]
+//!     [--client-threads N]
 //! ```
 //!
 //! Scenarios (SPEC §5, §6):
@@ -95,6 +96,8 @@ struct Args {
     concurrency: Option<Vec<usize>>,
     repeat: Option<usize>,
     commands: Option<usize>,
+    /// Runs of the whole concurrency sweep (the VM's speed drifts: one run decides little).
+    command_rounds: usize,
     client_threads: usize,
 }
 
@@ -119,6 +122,7 @@ fn parse_args() -> Result<Args, String> {
         concurrency: None,
         repeat: None,
         commands: None,
+        command_rounds: 1,
         client_threads: 2,
     };
     let mut it = std::env::args().skip(1);
@@ -146,6 +150,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--repeat" => args.repeat = Some(number("--repeat", it.next())?),
             "--commands" => args.commands = Some(number("--commands", it.next())?),
+            "--command-rounds" => {
+                args.command_rounds = number("--command-rounds", it.next())?;
+            }
             "--client-threads" => args.client_threads = number("--client-threads", it.next())?,
             // `cargo bench` passes `--bench`; filters and other harness flags are ignored.
             _ => {}
@@ -256,7 +263,7 @@ async fn scenarios(broker: &Broker, args: &Args, p: &Params) -> Results {
     if args.wants("commands") {
         eprintln!("fleet: command round trip ...");
         let mine = &devices[..p.command_devices.min(devices.len())];
-        match command_runs(broker, mine, p).await {
+        match command_runs(broker, mine, p, args.command_rounds).await {
             Ok(runs) => r.commands = runs,
             Err(e) => r.notes.push(format!("command round trip: {e:#}")),
         }
@@ -292,15 +299,18 @@ async fn command_runs(
     broker: &Broker,
     devices: &[broker::Device],
     p: &Params,
+    rounds: usize,
 ) -> anyhow::Result<Vec<commands::CommandRun>> {
     let _running = commands::start_devices(broker, devices).await?;
     broker.settle().await;
     commands::warm_up(broker, devices).await?;
     let mut runs = Vec::new();
-    for &c in &p.concurrency {
-        broker.settle().await;
-        eprintln!("fleet:   C={c}");
-        runs.push(commands::run(broker, devices, c, p.commands).await?);
+    for round in 1..=rounds {
+        for &c in &p.concurrency {
+            broker.settle().await;
+            eprintln!("fleet:   C={c} (round {round} of {rounds})");
+            runs.push(commands::run(broker, devices, c, p.commands).await?);
+        }
     }
     Ok(runs)
 }
