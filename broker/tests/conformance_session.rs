@@ -10,21 +10,10 @@ use std::time::Duration;
 
 use common::conf::*;
 
-/// CONNECT for a session that outlives the connection and resumes a stored one: Clean
-/// Session 0 (3.1.1); Clean Start 0 and a Session Expiry Interval of `expiry` (5).
-fn resume(id: &str, ver: Ver, expiry: u32) -> Conn {
-    let mut c = Conn::new(id);
-    c.clean = false;
-    if ver == Ver::V5 {
-        c = c.props(connect_props(|p| p.session_expiry_interval = Some(expiry)));
-    }
-    c
-}
-
 /// CONNECT that starts a new session (Clean Session / Clean Start 1) kept for 60 s after
 /// the connection in v5 (3.1.1: a clean session ends with the connection).
 fn fresh_kept(id: &str, ver: Ver) -> Conn {
-    let mut c = resume(id, ver, 60);
+    let mut c = Conn::persistent(id, ver, 60);
     c.clean = true;
     c
 }
@@ -80,16 +69,16 @@ async fn session_present(via: Via, ver: Ver) {
     let (c, sp) = connect(&t, via, ver, Conn::new(&id)).await;
     assert!(!sp, "clean session");
     c.disconnect(0).await;
-    let (c, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    let (c, sp) = connect(&t, via, ver, Conn::persistent(&id, ver, 60)).await;
     assert!(!sp, "no stored session yet");
     c.disconnect(0).await;
-    let (c, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    let (c, sp) = connect(&t, via, ver, Conn::persistent(&id, ver, 60)).await;
     assert!(sp, "stored session resumed");
     c.disconnect(0).await;
     let (c, sp) = connect(&t, via, ver, Conn::new(&id)).await;
     assert!(!sp, "clean session");
     c.disconnect(0).await;
-    let (c, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    let (c, sp) = connect(&t, via, ver, Conn::persistent(&id, ver, 60)).await;
     assert!(!sp, "the clean session discarded the stored one");
     c.disconnect(0).await;
     forget(&t, via, ver, &id).await;
@@ -103,12 +92,12 @@ async fn queued_after_reconnect(via: Via, ver: Ver) {
     let t = Target::start().await;
     let id = unique("q");
     let prefix = unique("q/");
-    let (mut c, _) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    let (mut c, _) = connect(&t, via, ver, Conn::persistent(&id, ver, 60)).await;
     assert_eq!(c.subscribe(&format!("{prefix}/+"), 1).await, [1]);
     c.disconnect(0).await;
     let topic = format!("{prefix}/1");
     publish_acked(&t, via, ver, &topic, &["a", "b", "c", "d"]).await;
-    let (mut c, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    let (mut c, sp) = connect(&t, via, ver, Conn::persistent(&id, ver, 60)).await;
     assert!(sp, "session resumed");
     assert_eq!(payloads(&take(&mut c, 4).await), ["a", "b", "c", "d"]);
     // The subscription itself survived: live traffic arrives too.
@@ -135,17 +124,17 @@ async fn session_expiry(via: Via, ver: Ver) {
     c.subscribe(&topic, 1).await;
     c.disconnect(0).await;
     publish_acked(&t, via, ver, &topic, &["1", "2"]).await;
-    let (mut c, sp) = connect(&t, via, ver, resume(&id, ver, 0)).await;
+    let (mut c, sp) = connect(&t, via, ver, Conn::persistent(&id, ver, 0)).await;
     assert!(sp, "resumed");
     assert_eq!(payloads(&take(&mut c, 2).await), ["1", "2"]);
     c.disconnect(0).await;
     // That connection had expiry 0: nothing is left.
-    let (c, sp) = connect(&t, via, ver, resume(&id, ver, 1)).await;
+    let (c, sp) = connect(&t, via, ver, Conn::persistent(&id, ver, 1)).await;
     assert!(!sp, "expiry 0 ended the session");
     c.disconnect(0).await;
     // Expiry 1 s: gone after it.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (c, sp) = connect(&t, via, ver, resume(&id, ver, 1)).await;
+    let (c, sp) = connect(&t, via, ver, Conn::persistent(&id, ver, 1)).await;
     assert!(!sp, "expired session purged");
     c.disconnect(0).await;
     forget(&t, via, ver, &id).await;
@@ -159,11 +148,11 @@ async fn queue_bound(via: Via, ver: Ver) {
     if t.skip_external("needs mqtt.max_queued_messages = 3 and fleetmq's drop counter") {
         return;
     }
-    let (mut c, _) = connect(&t, via, ver, resume("bounded", ver, 60)).await;
+    let (mut c, _) = connect(&t, via, ver, Conn::persistent("bounded", ver, 60)).await;
     c.subscribe("bq", 1).await;
     c.disconnect(0).await;
     publish_acked(&t, via, ver, "bq", &["1", "2", "3", "4", "5"]).await;
-    let (mut c, _) = connect(&t, via, ver, resume("bounded", ver, 60)).await;
+    let (mut c, _) = connect(&t, via, ver, Conn::persistent("bounded", ver, 60)).await;
     assert_eq!(payloads(&take(&mut c, 3).await), ["3", "4", "5"]);
     let stats = t.broker.as_ref().expect("fleetmq").handle.stats();
     assert_eq!(stats.drops.session_queue_full, 2);
@@ -176,12 +165,12 @@ async fn redelivery(via: Via, ver: Ver) -> (Msg, Msg) {
     let t = Target::start().await;
     let id = unique("unacked");
     let topic = unique("u/");
-    let (mut c, _) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    let (mut c, _) = connect(&t, via, ver, Conn::persistent(&id, ver, 60)).await;
     c.subscribe(&topic, 1).await;
     publish_acked(&t, via, ver, &topic, &["once"]).await;
     let first = c.next_msg().await;
     c.drop_connection().await;
-    let (mut c, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    let (mut c, sp) = connect(&t, via, ver, Conn::persistent(&id, ver, 60)).await;
     assert!(sp);
     let again = take(&mut c, 1).await.remove(0);
     c.disconnect(0).await;
@@ -218,7 +207,7 @@ async fn unacked_pubrel_resent(via: Via, ver: Ver) {
     let t = Target::start().await;
     let id = unique("pubrel");
     let topic = unique("r/");
-    let (mut c, _) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    let (mut c, _) = connect(&t, via, ver, Conn::persistent(&id, ver, 60)).await;
     c.subscribe(&topic, 2).await;
     let mut p = t.connect(via, ver, &unique("pub2")).await;
     let pkid = p.publish(&topic, b"twice?", 2, false).await;
@@ -233,7 +222,7 @@ async fn unacked_pubrel_resent(via: Via, ver: Ver) {
         .await;
     // Gone before the PUBCOMP.
     c.drop_connection().await;
-    let (mut c, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    let (mut c, sp) = connect(&t, via, ver, Conn::persistent(&id, ver, 60)).await;
     assert!(sp);
     c.expect(|x| matches!(x, In::PubRel { pkid, .. } if *pkid == m.pkid))
         .await;
@@ -263,7 +252,7 @@ async fn survive_restart(via: Via, ver: Ver) {
     publish_acked(&t, via, ver, "d/x", &["before"]).await;
     let t = t.restart().await;
     publish_acked(&t, via, ver, "d/y", &["after"]).await;
-    let (mut c, sp) = connect(&t, via, ver, resume("durable", ver, 3600)).await;
+    let (mut c, sp) = connect(&t, via, ver, Conn::persistent("durable", ver, 3600)).await;
     assert!(sp);
     assert_eq!(payloads(&take(&mut c, 2).await), ["before", "after"]);
 }
@@ -279,12 +268,12 @@ async fn inbound_qos2_across_reconnect(via: Via, ver: Ver) {
     let id = unique("q2pub");
     let mut sub = t.connect(via, ver, &unique("q2sub")).await;
     sub.subscribe(&topic, 0).await;
-    let (mut p, _) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    let (mut p, _) = connect(&t, via, ver, Conn::persistent(&id, ver, 60)).await;
     let pubrec = |p: &In| matches!(p, In::PubRec { pkid: 7, .. });
     p.publish_raw(&topic, b"x", 2, false, false, 7, None).await;
     p.expect(pubrec).await;
     p.drop_connection().await;
-    let (mut p, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+    let (mut p, sp) = connect(&t, via, ver, Conn::persistent(&id, ver, 60)).await;
     assert!(sp);
     p.publish_raw(&topic, b"x", 2, false, true, 7, None).await;
     p.expect(pubrec).await;
@@ -318,7 +307,7 @@ async fn disconnect_changes_expiry(via: Via, ver: Ver) {
         c.send_raw(&disconnect).await;
         // Until the server closes the connection (or WAIT passes).
         while c.recv_within(WAIT).await.is_some() {}
-        let (c, sp) = connect(&t, via, ver, resume(&id, ver, 60)).await;
+        let (c, sp) = connect(&t, via, ver, Conn::persistent(&id, ver, 60)).await;
         assert_eq!(sp, kept, "DISCONNECT expiry {change:?}");
         c.disconnect(0).await;
         forget(&t, via, ver, &id).await;

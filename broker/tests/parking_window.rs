@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::conf::{connect_props, unique, Client, Conn, In, Target, Ver, Via};
+use common::conf::{unique, Client, Conn, In, Target, Ver, Via};
 
 const PUBLISHERS: usize = 4;
 /// QoS 1 publishes a publisher has outstanding at a time.
@@ -99,19 +99,10 @@ impl Seen {
     }
 }
 
-fn resume(id: &str, ver: Ver) -> Conn {
-    let mut c = Conn::new(id);
-    c.clean = false;
-    if ver == Ver::V5 {
-        c = c.props(connect_props(|p| p.session_expiry_interval = Some(600)));
-    }
-    c
-}
-
 /// Connects the persistent subscriber; whether its session was resumed.
 async fn connect(t: &Target, id: &str, ver: Ver) -> (Client, bool) {
     let mut c = t.open(Via::Tcp, ver).await;
-    c.send_connect(resume(id, ver)).await;
+    c.send_connect(Conn::persistent(id, ver, 600)).await;
     match c.recv_within(PATIENCE).await {
         Some(In::ConnAck(a)) => {
             assert_eq!(a.code, 0, "CONNACK {a:?}");

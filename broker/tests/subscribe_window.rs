@@ -16,9 +16,7 @@
 
 mod common;
 
-use common::conf::{
-    connect_props, unique, Client, Conn, In, SubscribeProperties, Target, Ver, Via, QUIET, WAIT,
-};
+use common::conf::{unique, Client, Conn, In, SubscribeProperties, Target, Ver, Via, QUIET, WAIT};
 use common::TestBroker;
 use fleetmq_broker::testing::RouterHold;
 
@@ -37,19 +35,10 @@ struct Case {
     watcher: bool,
 }
 
-fn persistent(id: &str, ver: Ver) -> Conn {
-    let mut c = Conn::new(id);
-    c.clean = false;
-    if ver == Ver::V5 {
-        c = c.props(connect_props(|p| p.session_expiry_interval = Some(600)));
-    }
-    c
-}
-
 /// Connects the persistent subscriber; whether its session was resumed.
 async fn connect(t: &Target, id: &str, ver: Ver) -> (Client, bool) {
     let mut c = t.open(Via::Tcp, ver).await;
-    c.send_connect(persistent(id, ver)).await;
+    c.send_connect(Conn::persistent(id, ver, 600)).await;
     match c.recv_within(WAIT).await {
         Some(In::ConnAck(a)) => {
             assert_eq!(a.code, 0, "CONNACK {a:?}");

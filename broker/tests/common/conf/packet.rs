@@ -40,6 +40,17 @@ impl Conn {
         }
     }
 
+    /// A session that outlives the connection and resumes a stored one: Clean Session 0
+    /// (3.1.1); Clean Start 0 and a Session Expiry Interval of `expiry` seconds (5).
+    pub fn persistent(id: &str, ver: Ver, expiry: u32) -> Conn {
+        let mut c = Conn::new(id);
+        c.clean = false;
+        if ver == Ver::V5 {
+            c = c.props(connect_props(|p| p.session_expiry_interval = Some(expiry)));
+        }
+        c
+    }
+
     pub fn keep_alive(mut self, secs: u16) -> Conn {
         self.keep_alive = secs;
         self
