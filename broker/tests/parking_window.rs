@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::conf::{unique, Client, Conn, In, Target, Ver, Via};
+use common::conf::{unique, Client, In, Target, Ver, Via};
 
 const PUBLISHERS: usize = 4;
 /// QoS 1 publishes a publisher has outstanding at a time.
@@ -101,15 +101,7 @@ impl Seen {
 
 /// Connects the persistent subscriber; whether its session was resumed.
 async fn connect(t: &Target, id: &str, ver: Ver) -> (Client, bool) {
-    let mut c = t.open(Via::Tcp, ver).await;
-    c.send_connect(Conn::persistent(id, ver, 600)).await;
-    match c.recv_within(PATIENCE).await {
-        Some(In::ConnAck(a)) => {
-            assert_eq!(a.code, 0, "CONNACK {a:?}");
-            (c, a.session_present)
-        }
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
+    t.connect_persistent(ver, id, PATIENCE).await
 }
 
 /// Takes (and acknowledges) PUBLISHes for `slice`, or until none came for `quiet`.

@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::conf::{unique, Client, Conn, In, SubscribeProperties, Target, Ver, Via, QUIET, WAIT};
+use common::conf::{unique, Client, SubscribeProperties, Target, Ver, Via, QUIET, WAIT};
 use common::TestBroker;
 use fleetmq_broker::testing::RouterHold;
 
@@ -37,15 +37,7 @@ struct Case {
 
 /// Connects the persistent subscriber; whether its session was resumed.
 async fn connect(t: &Target, id: &str, ver: Ver) -> (Client, bool) {
-    let mut c = t.open(Via::Tcp, ver).await;
-    c.send_connect(Conn::persistent(id, ver, 600)).await;
-    match c.recv_within(WAIT).await {
-        Some(In::ConnAck(a)) => {
-            assert_eq!(a.code, 0, "CONNACK {a:?}");
-            (c, a.session_present)
-        }
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
+    t.connect_persistent(ver, id, WAIT).await
 }
 
 fn sub_props(ver: Ver) -> Option<SubscribeProperties> {

@@ -167,6 +167,21 @@ impl Target {
         assert_eq!(ack.code, 0, "CONNACK for {id}: {ack:?}");
         c
     }
+
+    /// Opens and connects over TCP with a persistent session ([`Conn::persistent`], kept
+    /// 600 s in v5), waiting up to `within` for the CONNACK; panics unless it is a
+    /// success. Returns the client and whether its session was present.
+    pub async fn connect_persistent(&self, ver: Ver, id: &str, within: Duration) -> (Client, bool) {
+        let mut c = self.open(Via::Tcp, ver).await;
+        c.send_connect(Conn::persistent(id, ver, 600)).await;
+        match c.recv_within(within).await {
+            Some(In::ConnAck(a)) => {
+                assert_eq!(a.code, 0, "CONNACK for {id}: {a:?}");
+                (c, a.session_present)
+            }
+            other => panic!("expected CONNACK for {id}, got {other:?}"),
+        }
+    }
 }
 
 /// `CONFORMANCE_TARGET=host:tcpport:wsport[:tcpport_v5]` (host: an IP address).
