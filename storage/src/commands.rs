@@ -3,10 +3,16 @@
 //!
 //! Tables (all created by [`create_tables`]):
 //! - `commands`: command id → versioned [`CommandRecord`] (postcard).
-//! - `commands_by_device`: `(device, seq)` → command id, every command of a device in
-//!   creation order (`seq` is a store-wide counter), for listing and deleting.
-//! - `commands_open`: the same key for non-terminal commands only, so "what does this
-//!   device still owe" (delivery on connect, supersede, queue depth) never scans history.
+//! - `command_heads`: device → id of its newest command, and `command_chain`: command id
+//!   → id of the same device's previous command (`""` for its first). Together a
+//!   newest-first list of every command of a device, for listing and deleting. (Schema 1
+//!   kept a `(device, seq)` index instead; it cost every commit one B-tree leaf per
+//!   device in the batch plus their branch pages, about half of a command commit's
+//!   pages, where the chain's entries are appended at the right edge of one tree and the
+//!   heads are one entry per device. See [`migrate_v1_index`].)
+//! - `commands_open`: `(device, seq)` → command id (`seq` is a store-wide counter, so
+//!   this is creation order) for non-terminal commands only, so "what does this device
+//!   still owe" (delivery on connect, supersede, queue depth) never scans history.
 //! - `command_deadlines`: `(deadline_ms, command id)`, one entry per non-terminal command,
 //!   so one timer can sleep until the earliest and restarts reload it.
 //! - `command_idempotency`: `(device, Idempotency-Key)` → command id.
@@ -52,8 +58,15 @@ const COMMANDS_TABLE: &str = "commands";
 /// Command id → `StoredCommand`.
 pub(crate) const COMMANDS: TableDefinition<'static, &str, &[u8]> =
     TableDefinition::new(COMMANDS_TABLE);
+/// Device id → id of its newest command.
+pub(crate) const COMMAND_HEADS: TableDefinition<'static, &str, &str> =
+    TableDefinition::new("command_heads");
+/// Command id → id of the same device's previous command, `""` for its first.
+pub(crate) const COMMAND_CHAIN: TableDefinition<'static, &str, &str> =
+    TableDefinition::new("command_chain");
+/// The table schema 1 kept instead of [`COMMAND_HEADS`] and [`COMMAND_CHAIN`]:
 /// `(device id, seq)` → command id, every command.
-pub(crate) const COMMANDS_BY_DEVICE: TableDefinition<'static, (&str, u64), &str> =
+const V1_BY_DEVICE: TableDefinition<'static, (&str, u64), &str> =
     TableDefinition::new("commands_by_device");
 /// `(device id, seq)` → command id, non-terminal commands only.
 pub(crate) const COMMANDS_OPEN: TableDefinition<'static, (&str, u64), &str> =
@@ -153,72 +166,132 @@ pub fn get(db: &Database, id: &str) -> Result<Option<CommandRecord>, StoreError>
 pub struct CommandPage {
     /// The records.
     pub items: Vec<CommandRecord>,
-    /// Pass as `before_seq` to get the next page; `None` when there is no more.
-    pub next_before_seq: Option<u64>,
+    /// Pass as `from` to get the next page: the id of the next command to look at.
+    /// `None` when there is no more.
+    pub next: Option<String>,
 }
 
 /// A device's commands, newest first, optionally only those in `status`, at most `limit`
-/// (at least 1), created before `before_seq` when given.
+/// (at least 1), starting with the command `from` (a [`CommandPage::next`]) when given.
+/// [`StoreError::Invalid`] if `from` is not a command of `device`.
 ///
-/// Reads at most [`LIST_SCAN_BUDGET`] index entries; when a filter matches little, the
-/// page may be short but still carries a `next_before_seq`. Undecodable records are
-/// skipped and logged (one bad record must not hide a device's history).
+/// Looks at most [`LIST_SCAN_BUDGET`] commands; when a filter matches little, the page
+/// may be short but still carries a `next`. Undecodable records are skipped and logged
+/// (one bad record must not hide a device's history).
 pub fn list_for_device(
     db: &Database,
     device: &DeviceId,
     status: Option<CommandStatus>,
     limit: usize,
-    before_seq: Option<u64>,
+    from: Option<&str>,
 ) -> Result<CommandPage, StoreError> {
     let limit = limit.max(1);
-    let empty = CommandPage {
-        items: Vec::new(),
-        next_before_seq: None,
-    };
     let txn = db.begin_read()?;
-    let only_open = status.is_some_and(|s| !s.is_terminal());
-    let index = if only_open {
-        COMMANDS_OPEN
-    } else {
-        COMMANDS_BY_DEVICE
+    let tables = (
+        open_read(&txn, COMMANDS)?,
+        open_read(&txn, COMMAND_HEADS)?,
+        open_read(&txn, COMMAND_CHAIN)?,
+        open_read(&txn, COMMANDS_OPEN)?,
+    );
+    let (Some(commands), Some(heads), Some(chain), Some(open)) = tables else {
+        return match from {
+            Some(id) => Err(bad_cursor(device, id)),
+            None => Ok(CommandPage {
+                items: Vec::new(),
+                next: None,
+            }),
+        };
     };
-    let (Some(index), Some(commands)) = (open_read(&txn, index)?, open_read(&txn, COMMANDS)?)
-    else {
-        return Ok(empty);
+    let dev = device.as_str();
+    let mut page = Paging {
+        items: Vec::new(),
+        limit,
+        status,
+        scanned: 0,
     };
-    let mut items = Vec::new();
-    let mut scanned = 0;
-    for entry in index
-        .range(device_range(device.as_str(), before_seq))?
-        .rev()
-    {
-        let (key, id) = entry?;
-        let seq = key.value().1;
-        scanned += 1;
-        match load(&commands, id.value()) {
-            Ok(Some(rec)) if status.is_none_or(|s| rec.status == s) => items.push(rec),
+    if status.is_some_and(|s| !s.is_terminal()) {
+        // Non-terminal commands are all in the open index: no history walk.
+        let upper = match from {
+            None => Bound::Included((dev, u64::MAX)),
+            Some(id) => match load(&commands, id) {
+                Ok(Some(rec)) if rec.device_id == *device => Bound::Included((dev, rec.seq)),
+                _ => return Err(bad_cursor(device, id)),
+            },
+        };
+        for entry in open.range((Bound::Included((dev, 0)), upper))?.rev() {
+            let (_, id) = entry?;
+            if let Some(next) = page.offer(&commands, id.value())? {
+                return Ok(page.finish(Some(next)));
+            }
+        }
+        return Ok(page.finish(None));
+    }
+    let mut cursor = match from {
+        None => heads.get(dev)?.map(|v| v.value().to_owned()),
+        Some(id) => {
+            let known = chain.get(id)?.is_some();
+            match load(&commands, id) {
+                Ok(Some(rec)) if known && rec.device_id == *device => Some(id.to_owned()),
+                // An unreadable record cannot say whose it is; its chain entry can lead on.
+                Err(_) if known => Some(id.to_owned()),
+                _ => return Err(bad_cursor(device, id)),
+            }
+        }
+    };
+    while let Some(id) = cursor {
+        if let Some(next) = page.offer(&commands, &id)? {
+            return Ok(page.finish(Some(next)));
+        }
+        cursor = match chain.get(id.as_str())? {
+            Some(prev) if !prev.value().is_empty() => Some(prev.value().to_owned()),
+            Some(_) => None,
+            None => {
+                tracing::error!(command_id = %id, "command chain has no entry; history ends here");
+                None
+            }
+        };
+    }
+    Ok(page.finish(None))
+}
+
+fn bad_cursor(device: &DeviceId, id: &str) -> StoreError {
+    StoreError::Invalid(format!("cursor {id:?} is not a command of device {device}"))
+}
+
+/// A page of [`list_for_device`] being filled.
+struct Paging {
+    items: Vec<CommandRecord>,
+    limit: usize,
+    status: Option<CommandStatus>,
+    scanned: usize,
+}
+
+impl Paging {
+    /// Looks at command `id`; returns it back when the page is full or the budget spent
+    /// before it, so it starts the next page.
+    fn offer(
+        &mut self,
+        commands: &ReadOnlyTable<&'static str, &'static [u8]>,
+        id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        if self.items.len() >= self.limit || self.scanned >= LIST_SCAN_BUDGET {
+            return Ok(Some(id.to_owned()));
+        }
+        self.scanned += 1;
+        match load(commands, id) {
+            Ok(Some(rec)) if self.status.is_none_or(|s| rec.status == s) => self.items.push(rec),
             Ok(_) => {}
             Err(error) => tracing::error!(%error, "skipping corrupt command"),
         }
-        if items.len() > limit {
-            items.truncate(limit);
-            let next_before_seq = items.last().map(|r| r.seq);
-            return Ok(CommandPage {
-                items,
-                next_before_seq,
-            });
-        }
-        if scanned >= LIST_SCAN_BUDGET {
-            return Ok(CommandPage {
-                items,
-                next_before_seq: Some(seq),
-            });
+        Ok(None)
+    }
+
+    fn finish(self, next: Option<String>) -> CommandPage {
+        CommandPage {
+            items: self.items,
+            next,
         }
     }
-    Ok(CommandPage {
-        items,
-        next_before_seq: None,
-    })
 }
 
 /// The earliest stored deadline, unix ms.
@@ -266,12 +339,43 @@ pub fn unannounced(db: &Database) -> Result<Vec<CommandRecord>, StoreError> {
 /// Creates every command table; part of opening the database.
 pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(COMMANDS)?;
-    txn.open_table(COMMANDS_BY_DEVICE)?;
+    txn.open_table(COMMAND_HEADS)?;
+    txn.open_table(COMMAND_CHAIN)?;
     txn.open_table(COMMANDS_OPEN)?;
     txn.open_table(COMMAND_DEADLINES)?;
     txn.open_table(COMMAND_IDEMPOTENCY)?;
     txn.open_table(COMMAND_COUNTERS)?;
     txn.open_table(COMMAND_UNANNOUNCED)?;
+    Ok(())
+}
+
+/// Schema 1 → 2: builds [`COMMAND_HEADS`] and [`COMMAND_CHAIN`] from schema 1's
+/// `commands_by_device` index (`(device, seq)` → command id, so each device's entries
+/// are in creation order) and deletes it. Part of opening a schema-1 file, in the same
+/// transaction that records schema 2, so a crash leaves either layout whole.
+pub(crate) fn migrate_v1_index(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut heads = txn.open_table(COMMAND_HEADS)?;
+    let mut chain = txn.open_table(COMMAND_CHAIN)?;
+    {
+        let old = match txn.open_table(V1_BY_DEVICE) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut last: Option<(String, String)> = None;
+        for entry in old.iter()? {
+            let (key, id) = entry?;
+            let (device, id) = (key.value().0, id.value());
+            let prev = match &last {
+                Some((d, prev)) if d == device => prev.as_str(),
+                _ => "",
+            };
+            chain.insert(id, prev)?;
+            heads.insert(device, id)?;
+            last = Some((device.to_owned(), id.to_owned()));
+        }
+    }
+    txn.delete_table(V1_BY_DEVICE)?;
     Ok(())
 }
 

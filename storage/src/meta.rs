@@ -20,7 +20,11 @@ const ADMIN_KEY_HASH_KEY: &str = "admin_key_hash";
 /// The layout (set of tables and record versions) this build writes. Bump it
 /// only when an older build could misread the file; new record versions alone
 /// do not need it, since old builds report them as corrupt instead.
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+///
+/// - 1: the first layout.
+/// - 2: a device's command history is a chain (`command_heads`, `command_chain`)
+///   instead of the `commands_by_device` index ([`crate::commands::migrate_v1_index`]).
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 
 /// Creates the table and records the schema version of a new file; returns the
 /// version found in the file.
@@ -37,6 +41,22 @@ pub(crate) fn init(txn: &WriteTransaction) -> Result<u32, StoreError> {
             Ok(SCHEMA_VERSION)
         }
     }
+}
+
+/// Brings a file of an older schema to [`SCHEMA_VERSION`] inside `txn` and records
+/// the new version; `found` is what [`init`] returned. Newer files are left alone (the
+/// caller refuses them).
+pub(crate) fn upgrade(txn: &WriteTransaction, found: u32) -> Result<(), StoreError> {
+    if found >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    if found < 2 {
+        crate::commands::migrate_v1_index(txn)?;
+    }
+    txn.open_table(META)?
+        .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_le_bytes().as_slice())?;
+    tracing::info!(from = found, to = SCHEMA_VERSION, "store schema upgraded");
+    Ok(())
 }
 
 fn decode_version(bytes: &[u8]) -> Result<u32, StoreError> {
@@ -120,12 +140,115 @@ mod tests {
                 err,
                 OpenError::UnsupportedSchema {
                     found: 99,
-                    supported: 1,
+                    supported: SCHEMA_VERSION,
                     ..
                 }
             ),
             "{err:?}"
         );
+    }
+
+    /// Schema 1's `commands_by_device` index becomes the history chain at the first
+    /// open by this build, in one transaction, and every reader sees the same commands.
+    #[test]
+    fn schema_1_command_index_is_migrated() {
+        use crate::commands::{
+            self, CommandStatus, NewCommandRecord, COMMAND_CHAIN, COMMAND_HEADS,
+        };
+        use crate::DeviceId;
+        use redb::{ReadableDatabase as _, ReadableTableMetadata as _, TableHandle as _};
+
+        let dev = |s: &str| s.parse::<DeviceId>().unwrap();
+        let new = |id: &str, device: &str| NewCommandRecord {
+            command_id: id.into(),
+            device_id: dev(device),
+            kind: "X".into(),
+            params_json: "{}".into(),
+            metadata_json: None,
+            idempotency_key: None,
+            timeout_ms: 1_000,
+            max_retries: 2,
+            ttl_ms: 10_000,
+            created_at_ms: 100,
+        };
+        const V1_BY_DEVICE: redb::TableDefinition<'static, (&str, u64), &str> =
+            redb::TableDefinition::new("commands_by_device");
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let db = store.database();
+            commands::write(&db, |w| {
+                for (id, d) in [("a", "d1"), ("b", "d1"), ("c", "d2"), ("d", "d1")] {
+                    w.create(new(id, d))?;
+                }
+                let mut b = w.get("b")?.unwrap();
+                b.cancel(5, None).unwrap();
+                w.put(&b)
+            })
+            .unwrap();
+            // Rewrite the file as schema 1 left it: its index, no chain.
+            store
+                .write(|txn| {
+                    let mut old = txn.open_table(V1_BY_DEVICE)?;
+                    for (device, seq, id) in [
+                        ("d1", 0, "a"),
+                        ("d1", 1, "b"),
+                        ("d2", 2, "c"),
+                        ("d1", 3, "d"),
+                    ] {
+                        old.insert((device, seq), id)?;
+                    }
+                    txn.delete_table(COMMAND_HEADS)?;
+                    txn.delete_table(COMMAND_CHAIN)?;
+                    txn.open_table(META)?
+                        .insert(SCHEMA_VERSION_KEY, 1u32.to_le_bytes().as_slice())?;
+                    Ok(())
+                })
+                .unwrap();
+            assert!(commands::list_for_device(&db, &dev("d1"), None, 9, None)
+                .unwrap()
+                .items
+                .is_empty());
+        }
+
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.database();
+        let txn = db.begin_read().unwrap();
+        let version = txn.open_table(META).unwrap();
+        let version = decode_version(version.get(SCHEMA_VERSION_KEY).unwrap().unwrap().value());
+        assert_eq!(version.unwrap(), SCHEMA_VERSION);
+        let tables: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_owned())
+            .collect();
+        assert!(
+            !tables.iter().any(|n| n == "commands_by_device"),
+            "{tables:?}"
+        );
+        assert_eq!(txn.open_table(COMMAND_CHAIN).unwrap().len().unwrap(), 4);
+        drop(txn);
+
+        let ids = |device: &str, status: Option<CommandStatus>| {
+            let page = commands::list_for_device(&db, &dev(device), status, 10, None).unwrap();
+            page.items
+                .into_iter()
+                .map(|r| r.command_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids("d1", None), ["d", "b", "a"]);
+        assert_eq!(ids("d1", Some(CommandStatus::Queued)), ["d", "a"]);
+        assert_eq!(ids("d2", None), ["c"]);
+        // New commands join the migrated chain.
+        commands::write(&db, |w| w.create(new("e", "d1")).map(drop)).unwrap();
+        assert_eq!(ids("d1", None), ["e", "d", "b", "a"]);
+        assert_eq!(
+            commands::write(&db, |w| w.remove_device(&dev("d1"))).unwrap(),
+            4
+        );
+        assert!(ids("d1", None).is_empty());
+        assert_eq!(ids("d2", None), ["c"]);
     }
 
     #[test]

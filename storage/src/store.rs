@@ -72,7 +72,9 @@ impl Store {
                 crate::commands::create_tables(txn)?;
                 crate::telemetry::create_tables(txn)?;
                 crate::outbox::create_tables(txn)?;
-                meta::init(txn)
+                let found = meta::init(txn)?;
+                meta::upgrade(txn, found)?;
+                Ok(found)
             })
             .map_err(init_err)?;
         if found > meta::SCHEMA_VERSION {

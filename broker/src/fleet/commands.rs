@@ -393,18 +393,19 @@ impl CommandEngine {
         limit: usize,
         cursor: Option<String>,
     ) -> Result<(Vec<CommandView>, Option<String>), CommandError> {
-        let before = match cursor.as_deref() {
-            None | Some("") => None,
-            Some(c) => Some(
-                c.parse::<u64>()
-                    .map_err(|_| CommandError::Invalid(format!("invalid cursor {c:?}")))?,
-            ),
-        };
+        // The cursor is the id of the first command of the page (opaque to clients).
+        let from = cursor.filter(|c| !c.is_empty());
         let limit = limit.clamp(1, MAX_LIST_LIMIT);
         let device = device.clone();
         let page = self
-            .read(move |db| store::list_for_device(db, &device, status, limit, before))
-            .await?;
+            .read(move |db| {
+                match store::list_for_device(db, &device, status, limit, from.as_deref()) {
+                    // A cursor that names no command of this device: the caller's mistake.
+                    Err(StoreError::Invalid(why)) => Ok(Err(CommandError::Invalid(why))),
+                    other => other.map(Ok),
+                }
+            })
+            .await??;
         let mut items = Vec::with_capacity(page.items.len());
         for rec in &page.items {
             match CommandView::from_record(rec) {
@@ -412,7 +413,7 @@ impl CommandEngine {
                 Err(error) => tracing::error!(%error, "skipping unreadable command"),
             }
         }
-        Ok((items, page.next_before_seq.map(|s| s.to_string())))
+        Ok((items, page.next))
     }
 
     /// Cancels a command that has not reached a terminal status.

@@ -2,6 +2,7 @@
 
 use super::*;
 use proptest::prelude::*;
+use redb::ReadableTableMetadata as _;
 
 use super::format::encode_command;
 use crate::test_support::{hex, unhex};
@@ -377,7 +378,7 @@ fn reads_before_tables_exist_are_empty() {
     assert_eq!(status_counts(&db).unwrap().len(), 8);
     assert!(unannounced(&db).unwrap().is_empty());
     let page = list_for_device(&db, &dev("d"), None, 10, None).unwrap();
-    assert!(page.items.is_empty() && page.next_before_seq.is_none());
+    assert!(page.items.is_empty() && page.next.is_none());
 }
 
 /// Every deadline index entry, as committed.
@@ -620,17 +621,14 @@ fn list_pages_newest_first_with_filters() {
     let d1 = dev("d1");
     let p1 = list_for_device(&db, &d1, None, 3, None).unwrap();
     assert_eq!(ids(&p1), ["c6", "c5", "c4"]);
-    let p2 = list_for_device(&db, &d1, None, 3, p1.next_before_seq).unwrap();
+    let p2 = list_for_device(&db, &d1, None, 3, p1.next.as_deref()).unwrap();
     assert_eq!(ids(&p2), ["c3", "c2", "c1"]);
-    let p3 = list_for_device(&db, &d1, None, 3, p2.next_before_seq).unwrap();
-    assert_eq!(
-        (ids(&p3), p3.next_before_seq),
-        (vec!["c0".to_owned()], None)
-    );
+    let p3 = list_for_device(&db, &d1, None, 3, p2.next.as_deref()).unwrap();
+    assert_eq!((ids(&p3), p3.next), (vec!["c0".to_owned()], None));
 
     let queued = list_for_device(&db, &d1, Some(CommandStatus::Queued), 10, None).unwrap();
     assert_eq!(
-        (ids(&queued), queued.next_before_seq),
+        (ids(&queued), queued.next),
         (vec!["c5".into(), "c3".into(), "c1".into()], None)
     );
     let cancelled = list_for_device(&db, &d1, Some(CommandStatus::Cancelled), 2, None).unwrap();
@@ -640,11 +638,11 @@ fn list_pages_newest_first_with_filters() {
         &d1,
         Some(CommandStatus::Cancelled),
         2,
-        cancelled.next_before_seq,
+        cancelled.next.as_deref(),
     )
     .unwrap();
     assert_eq!(
-        (ids(&rest), rest.next_before_seq),
+        (ids(&rest), rest.next),
         (vec!["c2".into(), "c0".into()], None)
     );
     assert!(
@@ -657,6 +655,56 @@ fn list_pages_newest_first_with_filters() {
         ids(&list_for_device(&db, &dev("d10"), None, 9, None).unwrap()),
         ["other"]
     );
+
+    // The open statuses page through the open index, with the same kind of cursor.
+    let q1 = list_for_device(&db, &d1, Some(CommandStatus::Queued), 2, None).unwrap();
+    assert_eq!(
+        (ids(&q1), q1.next.as_deref()),
+        (vec!["c5".into(), "c3".into()], Some("c1"))
+    );
+    let q2 = list_for_device(&db, &d1, Some(CommandStatus::Queued), 2, Some("c1")).unwrap();
+    assert_eq!((ids(&q2), q2.next), (vec!["c1".into()], None));
+
+    // A cursor must be a command of the device listed.
+    for status in [None, Some(CommandStatus::Queued)] {
+        for cursor in ["other", "nope", ""] {
+            assert!(
+                matches!(
+                    list_for_device(&db, &d1, status, 2, Some(cursor)),
+                    Err(StoreError::Invalid(_))
+                ),
+                "{status:?} {cursor:?}"
+            );
+        }
+    }
+}
+
+/// An undecodable record in the middle of a device's history is skipped, and the
+/// history goes on past it: the chain does not live in the records.
+#[test]
+fn listing_walks_past_an_undecodable_record() {
+    let (_dir, db) = temp_db();
+    write(&db, |w| {
+        for id in ["a", "b", "c"] {
+            w.create(new_cmd(id, "d1", "X"))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(COMMANDS)
+        .unwrap()
+        .insert("b", [9u8, 9].as_slice())
+        .unwrap();
+    txn.commit().unwrap();
+    let page = list_for_device(&db, &dev("d1"), None, 1, None).unwrap();
+    assert_eq!(page.next.as_deref(), Some("b"));
+    // The cursor may name the undecodable record: its chain entry leads on.
+    let page = list_for_device(&db, &dev("d1"), None, 5, Some("b")).unwrap();
+    let ids: Vec<_> = page.items.iter().map(|r| r.command_id.as_str()).collect();
+    assert_eq!((ids, page.next), (vec!["a"], None));
+    assert_eq!(write(&db, |w| w.remove_device(&dev("d1"))).unwrap(), 3);
+    assert!(get(&db, "a").unwrap().is_none());
 }
 
 #[test]
@@ -695,6 +743,13 @@ fn remove_device_deletes_everything_it_owns() {
         .unwrap()
         .items
         .is_empty());
+    // Only `d1-x`'s history is left in the chain.
+    let txn = db.begin_read().unwrap();
+    let heads = txn.open_table(COMMAND_HEADS).unwrap();
+    let chain = txn.open_table(COMMAND_CHAIN).unwrap();
+    assert_eq!(heads.len().unwrap(), 1);
+    assert_eq!(chain.len().unwrap(), 1);
+    assert_eq!(heads.get("d1-x").unwrap().unwrap().value(), "c");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! encodes and stores each one once, and the status counters move once per
 //! transaction: a command that is created and sent, or acknowledged and answered, in
 //! the same batch costs one record write instead of two or three, and reading it back
-//! costs no decode. Indexes (open set, unannounced, by device, idempotency) change at
+//! costs no decode. Indexes (history chain, open set, unannounced, idempotency) change at
 //! once, so every read in the transaction sees them as they are. The deadline index is
 //! brought in step when something reads it ([`CommandWriter::due`],
 //! [`CommandWriter::earliest_deadline`]) and before the commit, so a command created and
@@ -17,8 +17,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use super::format::{decode_command, encode_command};
 use super::{
     device_range, load, status_key, CommandRecord, CommandStatus, NewCommandRecord, COMMANDS,
-    COMMANDS_BY_DEVICE, COMMANDS_OPEN, COMMAND_COUNTERS, COMMAND_DEADLINES, COMMAND_IDEMPOTENCY,
-    COMMAND_UNANNOUNCED, NEXT_SEQ,
+    COMMANDS_OPEN, COMMAND_CHAIN, COMMAND_COUNTERS, COMMAND_DEADLINES, COMMAND_HEADS,
+    COMMAND_IDEMPOTENCY, COMMAND_UNANNOUNCED, NEXT_SEQ,
 };
 use crate::error::StoreError;
 use crate::ids::DeviceId;
@@ -26,7 +26,8 @@ use crate::ids::DeviceId;
 /// The command tables inside one write transaction; see [`write()`](super::write).
 pub struct CommandWriter<'txn> {
     commands: Table<'txn, &'static str, &'static [u8]>,
-    by_device: Table<'txn, (&'static str, u64), &'static str>,
+    heads: Table<'txn, &'static str, &'static str>,
+    chain: Table<'txn, &'static str, &'static str>,
     open: Table<'txn, (&'static str, u64), &'static str>,
     deadlines: Table<'txn, (u64, &'static str), ()>,
     idempotency: Table<'txn, (&'static str, &'static str), &'static str>,
@@ -58,7 +59,8 @@ impl<'txn> CommandWriter<'txn> {
     pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
         Ok(CommandWriter {
             commands: txn.open_table(COMMANDS)?,
-            by_device: txn.open_table(COMMANDS_BY_DEVICE)?,
+            heads: txn.open_table(COMMAND_HEADS)?,
+            chain: txn.open_table(COMMAND_CHAIN)?,
             open: txn.open_table(COMMANDS_OPEN)?,
             deadlines: txn.open_table(COMMAND_DEADLINES)?,
             idempotency: txn.open_table(COMMAND_IDEMPOTENCY)?,
@@ -164,7 +166,9 @@ impl<'txn> CommandWriter<'txn> {
         self.next_seq = Some(seq.saturating_add(1));
         let rec = CommandRecord::new(new, seq);
         let (id, dev) = (rec.command_id.as_str(), rec.device_id.as_str());
-        self.by_device.insert((dev, seq), id)?;
+        let prev = self.heads.insert(dev, id)?;
+        let prev = prev.as_ref().map_or("", |p| p.value());
+        self.chain.insert(id, prev)?;
         self.open.insert((dev, seq), id)?;
         self.indexed_deadlines.insert(rec.command_id.clone(), None);
         if let Some(key) = &rec.idempotency_key {
@@ -335,11 +339,25 @@ impl<'txn> CommandWriter<'txn> {
     pub fn remove_device(&mut self, device: &DeviceId) -> Result<usize, StoreError> {
         let dev = device.as_str();
         let mut ids = Vec::new();
-        for entry in self.by_device.range(device_range(dev, None))? {
-            let (key, id) = entry?;
-            ids.push((key.value().1, id.value().to_owned()));
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = self.heads.remove(dev)?.map(|v| v.value().to_owned());
+        while let Some(id) = cursor {
+            if !seen.insert(id.clone()) {
+                tracing::error!(command_id = %id, "command chain loops; stopping there");
+                break;
+            }
+            cursor = match self.chain.remove(id.as_str())? {
+                Some(prev) if !prev.value().is_empty() => Some(prev.value().to_owned()),
+                Some(_) => None,
+                None => {
+                    tracing::error!(command_id = %id, "command chain has no entry; stopping there");
+                    None
+                }
+            };
+            ids.push(id);
         }
-        for (seq, id) in &ids {
+        let mut removed = 0;
+        for id in &ids {
             let stored = self
                 .commands
                 .remove(id.as_str())?
@@ -351,22 +369,25 @@ impl<'txn> CommandWriter<'txn> {
             let indexed = self.indexed_deadlines.remove(id.as_str());
             match old {
                 Some(Ok(rec)) => {
+                    removed += 1;
                     self.deltas[slot(rec.status)] -= 1;
                     if let Some(d) = indexed.unwrap_or(rec.next_deadline_ms) {
                         self.deadlines.remove((d, id.as_str()))?;
                     }
                 }
-                Some(Err(error)) => tracing::error!(%error, "deleting corrupt command"),
+                Some(Err(error)) => {
+                    removed += 1;
+                    tracing::error!(%error, "deleting corrupt command");
+                }
                 None => {}
             }
             self.unannounced.remove(id.as_str())?;
-            self.open.remove((dev, *seq))?;
-            self.by_device.remove((dev, *seq))?;
         }
+        self.open.retain_in(device_range(dev, None), |_, _| false)?;
         // Device ids never contain NUL, so `dev + "\0"` sorts after every `(dev, _)`.
         let past = format!("{dev}\0");
         self.idempotency
             .retain_in((dev, "")..(past.as_str(), ""), |_, _| false)?;
-        Ok(ids.len())
+        Ok(removed)
     }
 }

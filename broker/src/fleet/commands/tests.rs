@@ -875,6 +875,14 @@ async fn list_pages_and_filters() {
         h.engine.list(&d1, None, 10, Some("x".into())).await,
         Err(CommandError::Invalid(_))
     ));
+    // Another device's command is no cursor for this one.
+    let other = h.id("d2", r#"{"type":"T0"}"#).await;
+    for status in [None, Some(CommandStatus::Queued)] {
+        assert!(matches!(
+            h.engine.list(&d1, status, 10, Some(other.clone())).await,
+            Err(CommandError::Invalid(_))
+        ));
+    }
 }
 
 #[tokio::test(start_paused = true)]
