@@ -96,6 +96,8 @@ struct Args {
     concurrency: Option<Vec<usize>>,
     repeat: Option<usize>,
     commands: Option<usize>,
+    /// Messages per fan-in publisher and run (the default runs are ~0.2 s unpaced).
+    fanin_messages: Option<usize>,
     /// Runs of the whole concurrency sweep (the VM's speed drifts: one run decides little).
     command_rounds: usize,
     client_threads: usize,
@@ -122,6 +124,7 @@ fn parse_args() -> Result<Args, String> {
         concurrency: None,
         repeat: None,
         commands: None,
+        fanin_messages: None,
         command_rounds: 1,
         client_threads: 2,
     };
@@ -150,6 +153,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--repeat" => args.repeat = Some(number("--repeat", it.next())?),
             "--commands" => args.commands = Some(number("--commands", it.next())?),
+            "--fanin-messages" => {
+                args.fanin_messages = Some(number("--fanin-messages", it.next())?);
+            }
             "--command-rounds" => {
                 args.command_rounds = number("--command-rounds", it.next())?;
             }
@@ -194,6 +200,9 @@ async fn run(args: Args) -> ExitCode {
     }
     p.repeat = args.repeat.unwrap_or(p.repeat);
     p.commands = args.commands.unwrap_or(p.commands);
+    if let Some(n) = args.fanin_messages {
+        p.fanin_per_publisher = n as u64;
+    }
     eprintln!("fleet: binary {}", broker::binary().display());
     let disk = probe_disk().await;
     let mut broker = match Broker::start().await {
