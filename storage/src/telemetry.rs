@@ -442,8 +442,9 @@ fn write_points(txn: &WriteTransaction, points: &[NewPoint]) -> Result<u64, Stor
         meta.insert(NEXT_SEQ, next)?;
         base
     };
-    // `seq` is arrival order. A stable sort by (device, ts) leaves each device's run in
-    // (ts, seq) order, ready to be cut into blocks.
+    // `seq` is arrival order. Sorted by (device, ts, seq), each device's run is in
+    // (ts, seq) order, ready to be cut into blocks (`seq` is unique, so an unstable sort
+    // gives that one order, without the stable sort's buffer).
     let mut order: Vec<Row<'_>> = points
         .iter()
         .zip(base..)
@@ -457,7 +458,9 @@ fn write_points(txn: &WriteTransaction, points: &[NewPoint]) -> Result<u64, Stor
             shape: p.shape,
         })
         .collect();
-    order.sort_by(|a, b| (a.device, a.point.ts_ms).cmp(&(b.device, b.point.ts_ms)));
+    order.sort_unstable_by(|a, b| {
+        (a.device, a.point.ts_ms, a.point.seq).cmp(&(b.device, b.point.ts_ms, b.point.seq))
+    });
 
     let mut blocks = txn.open_table(BLOCKS)?;
     let mut summaries = txn.open_table(LATEST)?;
