@@ -36,6 +36,7 @@ const ENV_KEYS: &[&str] = &[
     "commands.max_retries",
     "commands.ttl_s",
     "commands.max_queued_per_device",
+    "commands.history_days",
     "telemetry.retention_days",
     "telemetry.max_points_per_device",
     "telemetry.store",
@@ -237,6 +238,19 @@ mod tests {
         assert!(!c.broker.fleet.telemetry.store);
         let e = load_str("[telemetry]\nstore = \"no\"\n", &[]).unwrap_err();
         assert!(format!("{e:#}").contains("store"), "{e:#}");
+    }
+
+    #[test]
+    fn command_history_is_kept_30_days_by_default_and_0_keeps_it_all() {
+        let day = std::time::Duration::from_secs(86_400);
+        let c = load_str("", &[]).unwrap();
+        assert_eq!(c.broker.fleet.commands.history, Some(30 * day));
+        let c = load_str("[commands]\nhistory_days = 7\n", &[]).unwrap();
+        assert_eq!(c.broker.fleet.commands.history, Some(7 * day));
+        let c = load_str("", &[("FLEETMQ_COMMANDS_HISTORY_DAYS", "0")]).unwrap();
+        assert_eq!(c.broker.fleet.commands.history, None);
+        let e = load_str("[commands]\nhistory_days = 36501\n", &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("commands.history_days"), "{e:#}");
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub struct RawCommandsConfig {
     pub max_retries: Option<u32>,
     pub ttl_s: Option<u64>,
     pub max_queued_per_device: Option<usize>,
+    pub history_days: Option<u64>,
 }
 
 /// One `[[webhooks]]` entry as written.
@@ -109,6 +110,9 @@ pub struct FleetConfig {
     pub webhooks: Vec<WebhookSettings>,
 }
 
+/// The longest `commands.history_days` other than 0 (keep everything): 100 years.
+const MAX_HISTORY_DAYS: u64 = 36_500;
+
 fn at_least_one<T: PartialEq + From<u8>>(
     key: &'static str,
     value: Option<T>,
@@ -145,6 +149,19 @@ impl RawFleetConfig {
         commands.max_queued_per_device = c
             .max_queued_per_device
             .unwrap_or(commands.max_queued_per_device);
+        match c.history_days {
+            None => {}
+            Some(0) => commands.history = None,
+            Some(days) if days <= MAX_HISTORY_DAYS => {
+                commands.history = Some(Duration::from_secs(days * 86_400));
+            }
+            Some(_) => {
+                return Err(ConfigError {
+                    key: "commands.history_days",
+                    reason: format!("at most {MAX_HISTORY_DAYS} (0 keeps every command)"),
+                })
+            }
+        }
         fleet.telemetry = self.telemetry.validate()?;
         for hook in self.webhooks {
             if !hook.url.starts_with("http://") && !hook.url.starts_with("https://") {

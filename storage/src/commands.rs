@@ -51,7 +51,7 @@ use format::decode_command;
 pub use record::{
     CommandRecord, CommandStatus, InvalidTransition, NewCommandRecord, UnknownStatus,
 };
-pub use writer::CommandWriter;
+pub use writer::{CommandWriter, PruneStep};
 
 const COMMANDS_TABLE: &str = "commands";
 
@@ -242,13 +242,14 @@ pub fn list_for_device(
         if let Some(next) = page.offer(&commands, &id)? {
             return Ok(page.finish(Some(next)));
         }
+        // The history ends at its first command or where older ones were pruned (a
+        // chain entry naming a command that has none).
         cursor = match chain.get(id.as_str())? {
-            Some(prev) if !prev.value().is_empty() => Some(prev.value().to_owned()),
-            Some(_) => None,
-            None => {
-                tracing::error!(command_id = %id, "command chain has no entry; history ends here");
-                None
+            Some(prev) if !prev.value().is_empty() => {
+                let prev = prev.value().to_owned();
+                chain.get(prev.as_str())?.is_some().then_some(prev)
             }
+            _ => None,
         };
     }
     Ok(page.finish(None))

@@ -81,6 +81,8 @@ struct Counters {
     unknown: AtomicU64,
     late: AtomicU64,
     malformed: AtomicU64,
+    /// Finished commands pruned from history.
+    pruned: AtomicU64,
     /// From the first send to the device's answer, for answered commands.
     round_trip: fleetmq_storage::metrics::Histogram,
 }
@@ -138,7 +140,8 @@ impl CommandEngine {
         tracker: &TaskTracker,
     ) -> CommandEngine {
         let (engine, worker, rx) = Self::new(db, config, sink, events, plugins);
-        tracker.spawn(worker.run(rx, shutdown));
+        tracker.spawn(worker.run(rx, shutdown.clone()));
+        tracker.spawn(engine.clone().run_pruner(shutdown));
         engine
     }
 
@@ -158,7 +161,12 @@ impl CommandEngine {
     ) -> CommandEngine {
         let (engine, mut worker, rx) = Self::new(db, config, sink, events, plugins);
         worker.inline = true;
-        crate::fleet::spawn_dedicated("the command engine", tracker, worker.run(rx, shutdown));
+        crate::fleet::spawn_dedicated(
+            "the command engine",
+            tracker,
+            worker.run(rx, shutdown.clone()),
+        );
+        tracker.spawn(engine.clone().run_pruner(shutdown));
         engine
     }
 
@@ -531,6 +539,64 @@ impl CommandEngine {
             unknown_responses: c.unknown.load(Ordering::Relaxed),
             late_responses: c.late.load(Ordering::Relaxed),
             malformed_responses: c.malformed.load(Ordering::Relaxed),
+            pruned: c.pruned.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Deletes the finished commands older than `commands.history_days`, from the old
+    /// end of each device's history, in steps that each share a batch with other calls;
+    /// returns how many. Nothing when history is kept forever.
+    pub async fn prune_now(&self) -> Result<u64, CommandError> {
+        let Some(history) = self.shared.config.history else {
+            return Ok(0);
+        };
+        let cutoff_ms = self
+            .shared
+            .clock
+            .now_ms()
+            .saturating_sub(duration_ms(history));
+        let mut removed = 0u64;
+        let mut after = None;
+        loop {
+            let step = self
+                .call(|reply| Op::Prune {
+                    cutoff_ms,
+                    after: after.take(),
+                    reply,
+                })
+                .await??;
+            removed += step.removed as u64;
+            self.shared
+                .counters
+                .pruned
+                .fetch_add(step.removed as u64, Ordering::Relaxed);
+            match step.next {
+                Some(next) => after = Some(next),
+                None => return Ok(removed),
+            }
+        }
+    }
+
+    /// Prunes history at start and every `prune_every` until `shutdown`.
+    async fn run_pruner(self, shutdown: CancellationToken) {
+        if self.shared.config.history.is_none() {
+            return;
+        }
+        let every = self.shared.config.prune_every.max(Duration::from_millis(1));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.prune_now().await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "pruned finished commands from history"),
+                Err(CommandError::ShuttingDown) => return,
+                Err(error) => tracing::error!(%error, "pruning command history failed"),
+            }
         }
     }
 

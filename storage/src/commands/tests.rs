@@ -801,3 +801,121 @@ fn survives_reopen() {
     );
     assert_eq!(earliest_deadline(&db).unwrap(), Some(10_100));
 }
+
+/// Pruning deletes finished commands older than the cutoff from the old end of each
+/// device's history only; everything else stays, and the rest of the history reads
+/// as before.
+#[test]
+fn prune_cuts_only_the_old_finished_end_of_each_history() {
+    let (_dir, db) = temp_db();
+    let at = |id: &str, device: &str, t: u64| {
+        let mut n = new_cmd(id, device, "X");
+        n.created_at_ms = t;
+        n.idempotency_key = Some(format!("k-{id}"));
+        n
+    };
+    write(&db, |w| {
+        // d1: a finished, b still queued, c finished; d2: x finished, y finished late,
+        // z new; d3: u finished but its event not yet emitted.
+        for (id, d, t) in [
+            ("a", "d1", 10),
+            ("b", "d1", 11),
+            ("c", "d1", 12),
+            ("u", "d3", 13),
+            ("x", "d2", 14),
+            ("y", "d2", 15),
+            ("z", "d2", 500),
+        ] {
+            w.create(at(id, d, t))?;
+        }
+        for (id, t) in [("a", 20), ("c", 21), ("x", 22), ("y", 300), ("z", 501)] {
+            let mut r = w.get(id)?.unwrap();
+            r.cancel(t, None).unwrap();
+            w.put(&r)?;
+        }
+        let mut u = w.get("u")?.unwrap();
+        u.cancel(23, None).unwrap();
+        w.put(&u)
+    })
+    .unwrap();
+    let all = |d: &str| {
+        let page = list_for_device(&db, &dev(d), None, 10, None).unwrap();
+        page.items
+            .into_iter()
+            .map(|r| r.command_id)
+            .collect::<Vec<_>>()
+    };
+    // Events of d1 and d2 were emitted; u's is still owed.
+    write(&db, |w| {
+        w.mark_announced(&["a", "c", "x", "y", "z"].map(String::from))
+    })
+    .unwrap();
+
+    // One command at a time: the cursor walks the table in id order.
+    let mut removed = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let step = write(&db, |w| w.prune(100, after.as_deref(), 1)).unwrap();
+        removed += step.removed;
+        match step.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(removed, 2);
+    assert_eq!(get(&db, "a").unwrap(), None);
+    assert_eq!(get(&db, "x").unwrap(), None);
+    assert_eq!(
+        all("d1"),
+        ["c", "b"],
+        "b is not finished, so c, behind it, stays"
+    );
+    assert_eq!(all("d2"), ["z", "y"], "y finished after the cutoff");
+    assert_eq!(all("d3"), ["u"], "u's event is owed");
+    let page = list_for_device(&db, &dev("d2"), None, 1, None).unwrap();
+    assert_eq!(page.next, Some("y".to_owned()));
+    let page = list_for_device(&db, &dev("d2"), None, 1, Some("y")).unwrap();
+    assert_eq!(page.next, None, "the pruned x is no cursor");
+    assert_eq!(
+        counts(&db),
+        [(CommandStatus::Queued, 1), (CommandStatus::Cancelled, 4)]
+    );
+    let keys = write(&db, |w| {
+        Ok((
+            w.find_idempotent(&dev("d2"), "k-x")?,
+            w.find_idempotent(&dev("d2"), "k-y")?,
+        ))
+    })
+    .unwrap();
+    assert_eq!(keys, (None, Some("y".into())));
+
+    // Once b is finished, one step with room for everything takes b and c; the
+    // emptied device loses its head; the step ends at the first young command.
+    write(&db, |w| {
+        let mut b = w.get("b")?.unwrap();
+        b.cancel(30, None).unwrap();
+        w.put(&b)?;
+        w.mark_announced(&["b".to_owned()])
+    })
+    .unwrap();
+    let step = write(&db, |w| w.prune(100, None, 100)).unwrap();
+    assert_eq!(
+        step,
+        PruneStep {
+            removed: 2,
+            next: None
+        }
+    );
+    assert!(all("d1").is_empty());
+    let txn = db.begin_read().unwrap();
+    assert!(txn
+        .open_table(COMMAND_HEADS)
+        .unwrap()
+        .get("d1")
+        .unwrap()
+        .is_none());
+    drop(txn);
+    // A device whose old end was pruned is still deleted whole.
+    assert_eq!(write(&db, |w| w.remove_device(&dev("d2"))).unwrap(), 2);
+    assert!(all("d2").is_empty());
+}

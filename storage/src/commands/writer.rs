@@ -23,6 +23,15 @@ use super::{
 use crate::error::StoreError;
 use crate::ids::DeviceId;
 
+/// What one [`CommandWriter::prune`] step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneStep {
+    /// Commands deleted.
+    pub removed: usize,
+    /// Pass as `after` to go on; `None` when the pass is done.
+    pub next: Option<String>,
+}
+
 /// The command tables inside one write transaction; see [`write()`](super::write).
 pub struct CommandWriter<'txn> {
     commands: Table<'txn, &'static str, &'static [u8]>,
@@ -326,6 +335,99 @@ impl<'txn> CommandWriter<'txn> {
         Ok(counts)
     }
 
+    /// One step of pruning history: looks at up to `budget` commands in creation order
+    /// (after the command `after`, when given) and deletes each that finished before
+    /// `cutoff_ms` and is the oldest its device has left, so a device's history only
+    /// ever loses its oldest end and its chain stays whole. A command not yet finished,
+    /// finished since `cutoff_ms`, or whose event is still owed is kept, and so is
+    /// everything newer of its device. The step ends at the first command created at or
+    /// after `cutoff_ms` (none newer can qualify).
+    pub fn prune(
+        &mut self,
+        cutoff_ms: u64,
+        after: Option<&str>,
+        budget: usize,
+    ) -> Result<PruneStep, StoreError> {
+        let mut ids = Vec::new();
+        {
+            let lower = match after {
+                Some(id) => std::ops::Bound::Excluded(id),
+                None => std::ops::Bound::Unbounded,
+            };
+            for entry in self
+                .commands
+                .range::<&str>((lower, std::ops::Bound::Unbounded))?
+                .take(budget.max(1))
+            {
+                ids.push(entry?.0.value().to_owned());
+            }
+        }
+        let mut step = PruneStep {
+            removed: 0,
+            next: None,
+        };
+        for id in &ids {
+            let rec = match self.get(id) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::error!(%error, "not pruning a corrupt command");
+                    continue;
+                }
+            };
+            if rec.created_at_ms >= cutoff_ms {
+                step.next = None;
+                return Ok(step);
+            }
+            step.next = Some(id.clone());
+            let finished = rec.completed_at_ms().is_some_and(|at| at < cutoff_ms);
+            if !finished || self.unannounced.get(id.as_str())?.is_some() || !self.is_tail(id)? {
+                continue;
+            }
+            self.delete_tail(&rec)?;
+            step.removed += 1;
+        }
+        if ids.len() < budget.max(1) {
+            step.next = None;
+        }
+        Ok(step)
+    }
+
+    /// Whether `id` is the oldest command its device has left: its chain entry names
+    /// none, or one already pruned.
+    fn is_tail(&self, id: &str) -> Result<bool, StoreError> {
+        let prev = match self.chain.get(id)? {
+            Some(prev) if !prev.value().is_empty() => prev.value().to_owned(),
+            _ => return Ok(true),
+        };
+        Ok(self.chain.get(prev.as_str())?.is_none())
+    }
+
+    /// Deletes a terminal command that is its device's oldest, with its index entries.
+    fn delete_tail(&mut self, rec: &CommandRecord) -> Result<(), StoreError> {
+        let (id, dev) = (rec.command_id.as_str(), rec.device_id.as_str());
+        self.commands.remove(id)?;
+        self.dirty.remove(id);
+        self.indexed_deadlines.remove(id);
+        // The newer command's chain entry now names a pruned one: the end of the chain.
+        self.chain.remove(id)?;
+        let head = self.heads.get(dev)?.map(|v| v.value() == id);
+        if head == Some(true) {
+            self.heads.remove(dev)?;
+        }
+        if let Some(key) = &rec.idempotency_key {
+            let ours = self
+                .idempotency
+                .get((dev, key.as_str()))?
+                .map(|v| v.value() == id);
+            if ours == Some(true) {
+                self.idempotency.remove((dev, key.as_str()))?;
+            }
+        }
+        self.deltas[slot(rec.status)] -= 1;
+        Ok(())
+    }
+
     /// Forgets that these commands' terminal events are owed (they were emitted).
     pub fn mark_announced(&mut self, ids: &[String]) -> Result<(), StoreError> {
         for id in ids {
@@ -346,13 +448,10 @@ impl<'txn> CommandWriter<'txn> {
                 tracing::error!(command_id = %id, "command chain loops; stopping there");
                 break;
             }
+            // No entry: older commands were pruned, `id` with them.
             cursor = match self.chain.remove(id.as_str())? {
                 Some(prev) if !prev.value().is_empty() => Some(prev.value().to_owned()),
-                Some(_) => None,
-                None => {
-                    tracing::error!(command_id = %id, "command chain has no entry; stopping there");
-                    None
-                }
+                _ => None,
             };
             ids.push(id);
         }

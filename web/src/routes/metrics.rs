@@ -172,6 +172,11 @@ fn commands(e: &mut Exposition, state: &AppState) {
             ("malformed", stats.malformed_responses),
         ],
     );
+    e.counter(
+        "fleetmq_commands_pruned_total",
+        "Finished commands deleted as older than commands.history_days.",
+        stats.pruned,
+    );
     e.histogram(
         "fleetmq_command_round_trip_seconds",
         "From a command's first send to the device's answer.",

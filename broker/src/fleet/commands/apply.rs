@@ -26,6 +26,10 @@ use super::worker::{Op, Reply};
 use super::{encode, CommandError, CommandView, CommandsConfig, Counters, Created};
 use crate::fleet::CommandSink;
 
+/// Commands one prune step looks at: it shares a transaction with the batch's other
+/// calls, so it is kept small (a pass takes as many steps as it needs).
+const PRUNE_STEP: usize = 128;
+
 /// Most due deadlines handled per round, and rounds per batch (the rest wait for the
 /// next wake-up, which is immediate).
 const DUE_BATCH: usize = 256;
@@ -260,6 +264,14 @@ impl Core {
                 plugin,
             } => self.response(w, &device, &response, plugin.as_ref(), now, fx)?,
             Op::Flush { reply } => fx.flushes.push(reply),
+            Op::Prune {
+                cutoff_ms,
+                after,
+                reply,
+            } => {
+                let r = w.prune(cutoff_ms, after.as_deref(), PRUNE_STEP).map(Ok);
+                fx.answer(reply, r)?;
+            }
         }
         Ok(())
     }

@@ -36,6 +36,11 @@ pub struct CommandsConfig {
     /// Non-terminal commands a device may have before creates answer `QueueFull`
     /// (default 1000).
     pub max_queued_per_device: usize,
+    /// How long a finished command is kept (`history_days`, default 30 days; `None`
+    /// keeps every command). Pruned from the old end of each device's history.
+    pub history: Option<Duration>,
+    /// How often history is pruned (also once at start); not a config key.
+    pub prune_every: Duration,
 }
 
 impl Default for CommandsConfig {
@@ -45,6 +50,8 @@ impl Default for CommandsConfig {
             max_retries: 3,
             ttl: Duration::from_secs(86_400),
             max_queued_per_device: 1_000,
+            history: Some(Duration::from_secs(30 * 86_400)),
+            prune_every: Duration::from_secs(3_600),
         }
     }
 }
@@ -188,4 +195,6 @@ pub struct CommandStats {
     pub late_responses: u64,
     /// Answers the device's plugin could not decode (since start).
     pub malformed_responses: u64,
+    /// Finished commands deleted as older than `commands.history_days` (since start).
+    pub pruned: u64,
 }

@@ -101,6 +101,8 @@ fn config() -> CommandsConfig {
         max_retries: 2,
         ttl: Duration::from_secs(3_600),
         max_queued_per_device: 1_000,
+        history: None,
+        prune_every: Duration::from_secs(3_600),
     }
 }
 
@@ -989,4 +991,57 @@ async fn the_device_cache_forgets_deleted_devices_even_mid_lookup() {
         Err(CommandError::Invalid(_))
     ));
     assert!(h.engine.cached_device(&odd.id).is_err());
+}
+
+/// With `history_days`, finished commands older than it are pruned by the engine's
+/// timer, from the old end of each device's history; unfinished ones stay.
+#[tokio::test(start_paused = true)]
+async fn finished_commands_older_than_the_history_are_pruned() {
+    let day = Duration::from_secs(86_400);
+    let h = Harness::new(CommandsConfig {
+        history: Some(day),
+        ttl: 2 * day,
+        ..config()
+    });
+    let done = h.id("d1", r#"{"type":"A"}"#).await;
+    h.engine.cancel(&done).await.unwrap();
+    let waiting = h.id("d1", r#"{"type":"B"}"#).await;
+    let other = h.id("d2", r#"{"type":"A"}"#).await;
+    h.engine.cancel(&other).await.unwrap();
+
+    // Not a day old yet: nothing goes.
+    tokio::time::sleep(Duration::from_secs(3_600)).await;
+    assert_eq!(h.engine.prune_now().await.unwrap(), 0);
+
+    // The hourly timer prunes both cancelled commands once they are a day old.
+    let mut waited = Duration::ZERO;
+    while h.engine.stats().pruned < 2 {
+        assert!(waited < 2 * day, "not pruned: {:?}", h.engine.stats());
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        waited += Duration::from_secs(600);
+    }
+    assert!(matches!(
+        h.engine.get(&done).await,
+        Err(CommandError::NotFound)
+    ));
+    assert!(matches!(
+        h.engine.get(&other).await,
+        Err(CommandError::NotFound)
+    ));
+    let (items, cursor) = h.engine.list(&dev_id("d1"), None, 10, None).await.unwrap();
+    let ids: Vec<_> = items.iter().map(|v| v.command_id.clone()).collect();
+    assert_eq!((ids, cursor), (vec![waiting.clone()], None));
+    assert_eq!(h.engine.stats().by_status["cancelled"], 0);
+    assert_eq!(h.engine.stats().by_status["queued"], 1);
+
+    // The queued one expires after its TTL (two days) and is pruned a day later.
+    tokio::time::sleep(day).await;
+    assert_eq!(h.status(&waiting).await, CommandStatus::Expired);
+    tokio::time::sleep(day + Duration::from_secs(3_600)).await;
+    h.engine.prune_now().await.unwrap();
+    assert!(matches!(
+        h.engine.get(&waiting).await,
+        Err(CommandError::NotFound)
+    ));
+    assert_eq!(h.engine.stats().pruned, 3);
 }

@@ -119,6 +119,12 @@ pub(super) enum Op {
     Flush {
         reply: oneshot::Sender<()>,
     },
+    /// One step of pruning history ([`store::CommandWriter::prune`]).
+    Prune {
+        cutoff_ms: u64,
+        after: Option<String>,
+        reply: Reply<store::PruneStep>,
+    },
 }
 
 impl Op {
@@ -129,6 +135,7 @@ impl Op {
             Op::Create { reply, .. } => drop(reply.send(Err(err()))),
             Op::Cancel { reply, .. } => drop(reply.send(Err(err()))),
             Op::Forget { reply, .. } => drop(reply.send(Err(err()))),
+            Op::Prune { reply, .. } => drop(reply.send(Err(err()))),
             Op::Flush { reply } => drop(reply.send(())),
             Op::Ready { .. } | Op::Gone { .. } | Op::Acked { .. } | Op::Response { .. } => {}
         }
