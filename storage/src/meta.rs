@@ -50,6 +50,11 @@ pub(crate) fn upgrade(txn: &WriteTransaction, found: u32) -> Result<(), StoreErr
     if found >= SCHEMA_VERSION {
         return Ok(());
     }
+    tracing::info!(
+        from = found,
+        to = SCHEMA_VERSION,
+        "upgrading the store's schema (one transaction; a large command history takes a while)"
+    );
     if found < 2 {
         crate::commands::migrate_v1_index(txn)?;
     }
