@@ -157,25 +157,12 @@ mod tests {
     /// open by this build, in one transaction, and every reader sees the same commands.
     #[test]
     fn schema_1_command_index_is_migrated() {
-        use crate::commands::{
-            self, CommandStatus, NewCommandRecord, COMMAND_CHAIN, COMMAND_HEADS,
-        };
+        use crate::commands::{self, CommandStatus, COMMAND_CHAIN, COMMAND_HEADS};
         use crate::DeviceId;
         use redb::{ReadableDatabase as _, ReadableTableMetadata as _, TableHandle as _};
 
         let dev = |s: &str| s.parse::<DeviceId>().unwrap();
-        let new = |id: &str, device: &str| NewCommandRecord {
-            command_id: id.into(),
-            device_id: dev(device),
-            kind: "X".into(),
-            params_json: "{}".into(),
-            metadata_json: None,
-            idempotency_key: None,
-            timeout_ms: 1_000,
-            max_retries: 2,
-            ttl_ms: 10_000,
-            created_at_ms: 100,
-        };
+        let new = |id: &str, device: &str| crate::test_support::new_command(id, device, "X");
         const V1_BY_DEVICE: redb::TableDefinition<'static, (&str, u64), &str> =
             redb::TableDefinition::new("commands_by_device");
 

@@ -5,25 +5,10 @@ use proptest::prelude::*;
 use redb::ReadableTableMetadata as _;
 
 use super::format::encode_command;
-use crate::test_support::{hex, unhex};
+use crate::test_support::{hex, new_command as new_cmd, unhex};
 
 fn dev(s: &str) -> DeviceId {
     s.parse().unwrap()
-}
-
-fn new_cmd(id: &str, device: &str, kind: &str) -> NewCommandRecord {
-    NewCommandRecord {
-        command_id: id.into(),
-        device_id: dev(device),
-        kind: kind.into(),
-        params_json: "{}".into(),
-        metadata_json: None,
-        idempotency_key: None,
-        timeout_ms: 1_000,
-        max_retries: 2,
-        ttl_ms: 10_000,
-        created_at_ms: 100,
-    }
 }
 
 /// A queued record with every descriptive field set.
