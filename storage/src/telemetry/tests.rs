@@ -683,3 +683,32 @@ fn points_survive_reopen() {
 pub(super) fn encode_summary_v1(s: SummaryV1) -> Result<Vec<u8>, StoreError> {
     Ok(postcard::to_allocvec(&StoredSummary::V1(s)).unwrap())
 }
+
+proptest! {
+    /// `sort_rows` numbers devices and counts rows into place; it must give the order
+    /// of a stable sort by (device, ts), which is (device, ts, seq).
+    #[test]
+    fn sort_rows_matches_a_stable_sort_by_device_and_ts(
+        rows in proptest::collection::vec((0..6usize, 0..20u64), 0..200),
+    ) {
+        const DEVICES: [&[u8]; 6] = [b"b", b"a", b"a-1", b"ab", b"z", b"fleet-10"];
+        let object: &[u8] = b"{}";
+        let given: Vec<Row<'_>> = rows
+            .iter()
+            .zip(100u64..)
+            .map(|(&(d, ts_ms), seq)| Row {
+                device: DEVICES[d],
+                point: RawRef { ts_ms, seq, object },
+                shape: 0,
+            })
+            .collect();
+        let mut want = given.clone();
+        want.sort_by(|a, b| (a.device, a.point.ts_ms).cmp(&(b.device, b.point.ts_ms)));
+        let got = sort_rows(given.into_iter());
+        let key = |r: &Row<'_>| (r.device.to_vec(), r.point.ts_ms, r.point.seq);
+        prop_assert_eq!(
+            got.iter().map(key).collect::<Vec<_>>(),
+            want.iter().map(key).collect::<Vec<_>>()
+        );
+    }
+}
