@@ -242,17 +242,23 @@ pub fn list_for_device(
         if let Some(next) = page.offer(&commands, &id)? {
             return Ok(page.finish(Some(next)));
         }
-        // The history ends at its first command or where older ones were pruned (a
-        // chain entry naming a command that has none).
-        cursor = match chain.get(id.as_str())? {
-            Some(prev) if !prev.value().is_empty() => {
-                let prev = prev.value().to_owned();
-                chain.get(prev.as_str())?.is_some().then_some(prev)
-            }
-            _ => None,
-        };
+        cursor = previous(&chain, &id)?;
     }
     Ok(page.finish(None))
+}
+
+/// The same device's command before `id` in its history, if one is still stored. The
+/// history ends at a device's first command (chain entry `""`), and where older ones
+/// were pruned: the chain entry names a command that has none left.
+fn previous(
+    chain: &impl ReadableTable<&'static str, &'static str>,
+    id: &str,
+) -> Result<Option<String>, StoreError> {
+    let prev = match chain.get(id)? {
+        Some(prev) if !prev.value().is_empty() => prev.value().to_owned(),
+        _ => return Ok(None),
+    };
+    Ok(chain.get(prev.as_str())?.is_some().then_some(prev))
 }
 
 fn bad_cursor(device: &DeviceId, id: &str) -> StoreError {

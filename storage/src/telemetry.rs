@@ -516,12 +516,12 @@ fn sort_rows<'a>(rows: impl Iterator<Item = Row<'a>>) -> Vec<Row<'a>> {
         start[*n] = at;
         at += count[*n];
     }
-    let mut out: Vec<Option<Row<'a>>> = vec![None; numbered.len()];
+    // Every slot is overwritten below; copying the rows is just a way to fill it.
+    let mut out: Vec<Row<'a>> = numbered.iter().map(|&(_, row)| row).collect();
     for (n, row) in numbered {
-        out[start[n]] = Some(row);
+        out[start[n]] = row;
         start[n] += 1;
     }
-    let mut out: Vec<Row<'a>> = out.into_iter().flatten().collect();
     for run in out.chunk_by_mut(|a, b| a.device == b.device) {
         if !run.is_sorted_by_key(|r| r.point.ts_ms) {
             run.sort_by_key(|r| r.point.ts_ms);

@@ -16,8 +16,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::format::{decode_command, encode_command};
 use super::{
-    device_range, load, status_key, CommandRecord, CommandStatus, NewCommandRecord, COMMANDS,
-    COMMANDS_OPEN, COMMAND_CHAIN, COMMAND_COUNTERS, COMMAND_DEADLINES, COMMAND_HEADS,
+    device_range, load, previous, status_key, CommandRecord, CommandStatus, NewCommandRecord,
+    COMMANDS, COMMANDS_OPEN, COMMAND_CHAIN, COMMAND_COUNTERS, COMMAND_DEADLINES, COMMAND_HEADS,
     COMMAND_IDEMPOTENCY, COMMAND_UNANNOUNCED, NEXT_SEQ,
 };
 use crate::error::StoreError;
@@ -381,7 +381,9 @@ impl<'txn> CommandWriter<'txn> {
             }
             step.next = Some(id.clone());
             let finished = rec.completed_at_ms().is_some_and(|at| at < cutoff_ms);
-            if !finished || self.unannounced.get(id.as_str())?.is_some() || !self.is_tail(id)? {
+            let owed = self.unannounced.get(id.as_str())?.is_some();
+            // Only a device's oldest stored command goes, so its history stays one chain.
+            if !finished || owed || previous(&self.chain, id)?.is_some() {
                 continue;
             }
             self.delete_tail(&rec)?;
@@ -391,16 +393,6 @@ impl<'txn> CommandWriter<'txn> {
             step.next = None;
         }
         Ok(step)
-    }
-
-    /// Whether `id` is the oldest command its device has left: its chain entry names
-    /// none, or one already pruned.
-    fn is_tail(&self, id: &str) -> Result<bool, StoreError> {
-        let prev = match self.chain.get(id)? {
-            Some(prev) if !prev.value().is_empty() => prev.value().to_owned(),
-            _ => return Ok(true),
-        };
-        Ok(self.chain.get(prev.as_str())?.is_none())
     }
 
     /// Deletes a terminal command that is its device's oldest, with its index entries.
@@ -448,11 +440,8 @@ impl<'txn> CommandWriter<'txn> {
                 tracing::error!(command_id = %id, "command chain loops; stopping there");
                 break;
             }
-            // No entry: older commands were pruned, `id` with them.
-            cursor = match self.chain.remove(id.as_str())? {
-                Some(prev) if !prev.value().is_empty() => Some(prev.value().to_owned()),
-                _ => None,
-            };
+            cursor = previous(&self.chain, &id)?;
+            self.chain.remove(id.as_str())?;
             ids.push(id);
         }
         let mut removed = 0;
