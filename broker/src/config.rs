@@ -110,8 +110,17 @@ pub struct FleetConfig {
     pub webhooks: Vec<WebhookSettings>,
 }
 
-/// The longest `commands.history_days` other than 0 (keep everything): 100 years.
-const MAX_HISTORY_DAYS: u64 = 36_500;
+/// A retention in days (`telemetry.retention_days`, `commands.history_days`): 1 to
+/// 36,500 (100 years).
+pub(crate) fn retention_days(key: &'static str, days: u64) -> Result<Duration, ConfigError> {
+    if !(1..=36_500).contains(&days) {
+        return Err(ConfigError {
+            key,
+            reason: format!("{days} is outside 1..=36500"),
+        });
+    }
+    Ok(Duration::from_secs(days * 86_400))
+}
 
 fn at_least_one<T: PartialEq + From<u8>>(
     key: &'static str,
@@ -152,14 +161,8 @@ impl RawFleetConfig {
         match c.history_days {
             None => {}
             Some(0) => commands.history = None,
-            Some(days) if days <= MAX_HISTORY_DAYS => {
-                commands.history = Some(Duration::from_secs(days * 86_400));
-            }
-            Some(_) => {
-                return Err(ConfigError {
-                    key: "commands.history_days",
-                    reason: format!("at most {MAX_HISTORY_DAYS} (0 keeps every command)"),
-                })
+            Some(days) => {
+                commands.history = Some(retention_days("commands.history_days", days)?);
             }
         }
         fleet.telemetry = self.telemetry.validate()?;

@@ -89,13 +89,10 @@ impl RawTelemetryConfig {
     /// Validates into a [`TelemetryConfig`] with the default queue and batching.
     pub fn validate(self) -> Result<TelemetryConfig, ConfigError> {
         let defaults = TelemetryConfig::default();
-        let days = self.retention_days.unwrap_or(7);
-        if !(1..=36_500).contains(&days) {
-            return Err(ConfigError {
-                key: "telemetry.retention_days",
-                reason: format!("{days} is outside 1..=36500"),
-            });
-        }
+        let retention = crate::config::retention_days(
+            "telemetry.retention_days",
+            self.retention_days.unwrap_or(7),
+        )?;
         let max_points_per_device = self
             .max_points_per_device
             .unwrap_or(defaults.max_points_per_device);
@@ -106,7 +103,7 @@ impl RawTelemetryConfig {
             });
         }
         Ok(TelemetryConfig {
-            retention: Duration::from_millis(days * MS_PER_DAY),
+            retention,
             max_points_per_device,
             store: self.store.unwrap_or(defaults.store),
             ..defaults
