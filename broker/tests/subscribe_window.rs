@@ -202,6 +202,20 @@ async fn resumed_subscription(case: Case) {
     after_the_window(&t, sub, &id, &topic, case).await;
 }
 
+/// One `#[tokio::test]` per case of a scenario: `test_name: CASE` runs
+/// `scenario(CASE)`. With `NOT_DURABLE` (`mqtt.durable_connected_sessions = false`) the
+/// ledger is all there is of the held messages.
+macro_rules! cases {
+    ($scenario:ident { $($name:ident: $case:ident),* $(,)? }) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $scenario($case).await;
+            }
+        )*
+    };
+}
+
 const V4: Case = Case {
     ver: Ver::V4,
     durable: true,
@@ -223,46 +237,20 @@ const NOT_DURABLE_V5: Case = Case {
     watcher: false,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_subscription_gets_what_was_routed_before_the_router_had_it_v4() {
-    new_subscription(V4).await;
-}
+cases!(new_subscription {
+    new_subscription_gets_what_was_routed_before_the_router_had_it_v4: V4,
+    new_subscription_gets_what_was_routed_before_the_router_had_it_v5: V5,
+    new_subscription_gets_what_was_routed_before_the_router_had_it_not_durable: NOT_DURABLE,
+    new_subscription_gets_what_was_routed_before_the_router_had_it_not_durable_v5: NOT_DURABLE_V5,
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_subscription_gets_what_was_routed_before_the_router_had_it_v5() {
-    new_subscription(V5).await;
-}
-
-/// With `mqtt.durable_connected_sessions = false` the ledger is all there is of them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_subscription_gets_what_was_routed_before_the_router_had_it_not_durable() {
-    new_subscription(NOT_DURABLE).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_subscription_gets_what_was_routed_before_the_router_had_it_not_durable_v5() {
-    new_subscription(NOT_DURABLE_V5).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resumed_subscription_gets_what_was_routed_before_the_router_had_it_v4() {
-    resumed_subscription(V4).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resumed_subscription_gets_what_was_routed_before_the_router_had_it_v5() {
-    resumed_subscription(V5).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resumed_subscription_gets_what_was_routed_before_the_router_had_it_not_durable() {
-    resumed_subscription(NOT_DURABLE).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resumed_subscription_gets_what_was_routed_before_the_router_had_it_not_durable_v5() {
-    resumed_subscription(NOT_DURABLE_V5).await;
-}
+cases!(resumed_subscription {
+    resumed_subscription_gets_what_was_routed_before_the_router_had_it_v4: V4,
+    resumed_subscription_gets_what_was_routed_before_the_router_had_it_v5: V5,
+    resumed_subscription_gets_what_was_routed_before_the_router_had_it_not_durable: NOT_DURABLE,
+    resumed_subscription_gets_what_was_routed_before_the_router_had_it_not_durable_v5:
+        NOT_DURABLE_V5,
+});
 
 /// The session already has an overlapping QoS 0 subscription, through which the router
 /// delivers the held-window messages at QoS 0 before the SUBACK: they are still owed at
@@ -310,15 +298,10 @@ async fn under_a_qos0_subscription(case: Case) {
     nothing_after_a_resume(&t, &id, ver).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_subscription_under_a_qos0_one_gets_its_qos_v4() {
-    under_a_qos0_subscription(V4).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_subscription_under_a_qos0_one_gets_its_qos_not_durable() {
-    under_a_qos0_subscription(NOT_DURABLE).await;
-}
+cases!(under_a_qos0_subscription {
+    new_subscription_under_a_qos0_one_gets_its_qos_v4: V4,
+    new_subscription_under_a_qos0_one_gets_its_qos_not_durable: NOT_DURABLE,
+});
 
 /// The session SUBSCRIBEs again to a filter it has (MQTT replaces the subscription; the
 /// link has the router drop and re-create it): what the old subscription delivers while
@@ -347,12 +330,7 @@ async fn replaced_subscription(case: Case) {
     after_the_window(&t, sub, &id, &topic, case).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replaced_subscription_gets_each_message_once_v5() {
-    replaced_subscription(V5).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replaced_subscription_gets_each_message_once_not_durable() {
-    replaced_subscription(NOT_DURABLE).await;
-}
+cases!(replaced_subscription {
+    replaced_subscription_gets_each_message_once_v5: V5,
+    replaced_subscription_gets_each_message_once_not_durable: NOT_DURABLE,
+});
