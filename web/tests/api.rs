@@ -1069,6 +1069,60 @@ async fn commands_are_created_listed_read_and_cancelled() {
     assert_eq!(all.body["items"].as_array().unwrap().len(), 1);
 }
 
+/// A device's command list pages newest first through the opaque `next_cursor`; a
+/// cursor that is no command of the device (another device's, or a number) is a 422.
+#[tokio::test]
+async fn command_lists_page_by_cursor() {
+    let app = test_app().await;
+    app.provision("dev-1").await;
+    app.provision("dev-2").await;
+    let mut ids = Vec::new();
+    for kind in ["A", "B", "C"] {
+        let created = app
+            .post("/api/v1/devices/dev-1/commands", json!({ "type": kind }))
+            .await;
+        assert_eq!(created.status, StatusCode::ACCEPTED, "{}", created.body);
+        ids.push(created.body["command_id"].as_str().unwrap().to_owned());
+    }
+    let other = app
+        .post("/api/v1/devices/dev-2/commands", json!({ "type": "A" }))
+        .await;
+    let other = other.body["command_id"].as_str().unwrap().to_owned();
+    let types = |page: &Answer| -> Vec<String> {
+        page.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let first = app.get("/api/v1/devices/dev-1/commands?limit=2").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(types(&first), ["C", "B"]);
+    let cursor = first.body["next_cursor"].as_str().unwrap().to_owned();
+    let second = app
+        .get(&format!(
+            "/api/v1/devices/dev-1/commands?limit=2&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(types(&second), ["A"]);
+    assert!(second.body["next_cursor"].is_null(), "{}", second.body);
+    assert_eq!(second.body["items"][0]["command_id"], ids[0].as_str());
+
+    for bad in [other.as_str(), "1"] {
+        let answer = app
+            .get(&format!("/api/v1/devices/dev-1/commands?cursor={bad}"))
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {}",
+            answer.body
+        );
+    }
+}
+
 #[tokio::test]
 async fn idempotency_keys_and_the_queue_cap() {
     let mut config = BrokerConfig::for_tests();
