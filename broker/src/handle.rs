@@ -1,86 +1,23 @@
 //! The handle the admin API uses to look at and steer the running broker.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use fleetmq_storage::{DeviceId, DeviceRecord};
-use serde::Serialize;
 
+use crate::client::{ClientInfo, ClientKind};
+use crate::fleet::device_config::ConfigView;
+use crate::fleet::services::Services;
+use crate::fleet::FleetError;
 use crate::link::{topic, Core};
+use crate::publish::{PublishError, PublishRequest, RetainedError};
 use crate::sessions::{CloseReason, Control};
 use crate::stats::StatsSnapshot;
-
-/// Which listener a client came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Tcp,
-    Ws,
-    Tls,
-}
-
-/// Who a connected client is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientKind {
-    Device,
-    Service,
-    Anonymous,
-}
-
-/// One connected MQTT client.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClientInfo {
-    pub client_id: String,
-    pub kind: ClientKind,
-    pub username: Option<String>,
-    /// `"3.1.1"` or `"5"`.
-    pub protocol: &'static str,
-    pub transport: Transport,
-    pub peer: SocketAddr,
-    pub connected_at_ms: u64,
-}
-
-/// A message the broker publishes on its own behalf (`POST /api/v1/publish`).
-#[derive(Debug, Clone)]
-pub struct PublishRequest {
-    pub topic: String,
-    pub payload: Bytes,
-    pub qos: u8,
-    pub retain: bool,
-}
-
-/// Why the broker refused to publish a message.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PublishError {
-    #[error("invalid topic name: {0}")]
-    InvalidTopic(String),
-    #[error("invalid qos {0}: must be 0, 1 or 2")]
-    InvalidQos(u8),
-    #[error("payload of {size} bytes exceeds mqtt.max_payload ({max})")]
-    TooLarge { size: usize, max: usize },
-    #[error("broker is shutting down")]
-    ShuttingDown,
-    #[error("storage error: {0}")]
-    Storage(String),
-}
-
-/// Why a retained message could not be listed or deleted.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RetainedError {
-    #[error("invalid topic: {0:?}")]
-    InvalidTopic(String),
-    #[error("storage error: {0}")]
-    Storage(String),
-}
 
 /// Cheap to clone; every clone steers the same broker.
 #[derive(Clone)]
 pub struct BrokerHandle {
     pub(crate) core: Arc<Core>,
+    pub(crate) services: Arc<Services>,
 }
 
 impl BrokerHandle {
@@ -113,14 +50,12 @@ impl BrokerHandle {
     /// and forget its commands, telemetry, state and config (in the background).
     pub fn device_removed(&self, id: &DeviceId) {
         self.revoke_device(id);
-        if let Some(services) = self.core.services.get().cloned() {
-            // Before the delete is answered: a create after it must not find the device.
-            services.commands.forget_cached_device(id);
-            let id = id.clone();
-            self.core
-                .tracker
-                .spawn(async move { services.forget_device(&id).await });
-        }
+        // Before the delete is answered: a create after it must not find the device.
+        self.services.commands.forget_cached_device(id);
+        let (services, id) = (self.services.clone(), id.clone());
+        self.core
+            .tracker
+            .spawn(async move { services.forget_device(&id).await });
     }
 
     /// A device's token was rotated: forget cached credentials and close its connection.
@@ -186,7 +121,7 @@ impl BrokerHandle {
         self.core
             .persist_retained(&msg.topic, &msg.payload, msg.qos, None)
             .await
-            .map_err(|e| PublishError::Storage(e.to_string()))
+            .map_err(PublishError::Storage)
     }
 
     /// Retained messages whose topic matches `filter`, ordered by topic.
@@ -214,7 +149,7 @@ impl BrokerHandle {
         self.core
             .delete_retained(topic)
             .await
-            .map_err(|e| RetainedError::Storage(e.to_string()))
+            .map_err(RetainedError::Storage)
     }
 
     /// The broker's counters.
@@ -225,45 +160,47 @@ impl BrokerHandle {
 
 impl BrokerHandle {
     /// The device services (commands, telemetry, events, presence).
-    pub fn services(&self) -> &crate::fleet::services::Services {
-        // `start` sets them before the handle is given to anyone.
-        self.core
-            .services
-            .get()
-            .expect("fleet services are set at start")
+    pub fn services(&self) -> &Services {
+        &self.services
     }
 
     /// The command engine (SPEC §5).
     pub fn commands(&self) -> &crate::fleet::commands::CommandEngine {
-        &self.services().commands
+        &self.services.commands
     }
 
     /// The telemetry store (SPEC §6).
     pub fn telemetry(&self) -> &crate::fleet::telemetry::Telemetry {
-        &self.services().telemetry
+        &self.services.telemetry
     }
 
     /// The event bus (SPEC §7): webhooks and the live stream.
     pub fn events(&self) -> &crate::fleet::events::EventBus {
-        &self.services().events
+        &self.services.events
     }
 
-    /// A command sink that does not keep the broker alive (no reference cycle through
-    /// the command engine).
-    pub(crate) fn weak_sink(&self) -> WeakSink {
-        WeakSink(Arc::downgrade(&self.core))
-    }
-}
-
-/// Delivers commands to live device connections; see [`BrokerHandle::weak_sink`].
-pub(crate) struct WeakSink(std::sync::Weak<Core>);
-
-impl crate::fleet::CommandSink for WeakSink {
-    fn deliver(&self, id: &DeviceId, generation: u64, command_id: &str, payload: Bytes) -> bool {
-        let Some(core) = self.0.upgrade() else {
-            return false;
+    /// Stores `config` as the device's next version and publishes it retained at QoS 1
+    /// on `device/{id}/config` (SPEC §6).
+    pub async fn set_device_config(
+        &self,
+        id: &DeviceId,
+        config: serde_json::Value,
+    ) -> Result<ConfigView, FleetError> {
+        let stored = self.services.store_device_config(id, config).await?;
+        let msg = PublishRequest {
+            topic: stored.topic,
+            payload: stored.payload,
+            qos: 1,
+            retain: true,
         };
-        core.sessions
-            .deliver(id.as_str(), generation, command_id, payload)
+        self.publish(msg).await.map_err(FleetError::Publish)?;
+        tracing::info!(device_id = %id, version = stored.view.version, "device config published");
+        Ok(stored.view)
+    }
+
+    /// The device's current configuration; `NotFound` if the device does not exist, `None`
+    /// if no configuration was ever set.
+    pub async fn device_config(&self, id: &DeviceId) -> Result<Option<ConfigView>, FleetError> {
+        self.services.device_config(id).await
     }
 }

@@ -11,24 +11,30 @@
 //! Start with [`Listeners::bind`] then [`start`]; see `docs/architecture.md`.
 
 mod auth;
+mod client;
 pub mod config;
 pub mod fleet;
 mod handle;
 mod link;
+mod publish;
 mod sessions;
+mod settings;
 mod stats;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
+mod time;
 
+pub use client::{ClientInfo, ClientKind, Transport};
 pub use config::{
     BrokerConfig, ConfigError, RawMqttConfig, RawSecurityConfig, RawTlsConfig, TlsConfig,
 };
-pub use handle::{
-    BrokerHandle, ClientInfo, ClientKind, PublishError, PublishRequest, RetainedError, Transport,
-};
+pub use handle::BrokerHandle;
 pub use link::Listeners;
+pub use publish::{PublishError, PublishRequest, RetainedError};
 pub use stats::{ConnectionStats, DropStats, MessageStats, PacketStats, StatsSnapshot};
+
+use std::sync::Arc;
 
 use fleetmq_storage::Store;
 use tokio_util::sync::CancellationToken;
@@ -43,15 +49,15 @@ const FLEET_QUEUE: usize = 16_384;
 #[non_exhaustive]
 pub enum StartError {
     #[error("could not start rumqttd's router: {0}")]
-    Router(String),
+    Router(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("could not load retained messages and sessions: {0}")]
-    Retained(String),
-    #[error("could not start the device services: {0}")]
-    Fleet(String),
+    Retained(#[source] fleetmq_storage::StoreError),
 }
 
-/// Starts the broker on bound listeners: spawns the router, restores the stored retained
-/// messages and persistent sessions, then starts accepting. Every task is tracked by `tracker` and stops
+/// Starts the broker on bound listeners, composing it bottom-up in one pass: the
+/// live-connection table, the fleet services that deliver commands through it, then the
+/// link layer (router, restored retained messages and persistent sessions) that feeds the
+/// fleet services; then starts accepting. Every task is tracked by `tracker` and stops
 /// when `shutdown` is cancelled.
 pub async fn start(
     config: BrokerConfig,
@@ -60,8 +66,6 @@ pub async fn start(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<BrokerHandle, StartError> {
-    let (fleet_tx, fleet_rx) = tokio::sync::mpsc::channel(FLEET_QUEUE);
-    let fleet_config = config.fleet.clone();
     let restored = store
         .call(|s| {
             Ok::<_, fleetmq_storage::StoreError>(link::Restored {
@@ -71,27 +75,34 @@ pub async fn start(
             })
         })
         .await
-        .map_err(|e| StartError::Retained(e.to_string()))?;
+        .map_err(StartError::Retained)?;
     let retained_count = restored.retained.len();
+    let sessions = Arc::new(sessions::Sessions::default());
+    let services = fleet::start_services(
+        store.clone(),
+        config.fleet.clone(),
+        sessions.clone(),
+        &shutdown,
+        tracker,
+    );
+    let (fleet_tx, fleet_rx) = tokio::sync::mpsc::channel(FLEET_QUEUE);
+    let parts = link::CoreParts {
+        sessions,
+        fleet: fleet::FleetInbox::new(fleet_tx, services.clone()),
+    };
     let core = link::Core::start(
         config,
-        store.clone(),
+        store,
         shutdown.clone(),
-        fleet_tx,
+        parts,
         tracker.clone(),
         restored,
     )
-    .map_err(StartError::Router)?;
-    let handle = BrokerHandle { core };
-    let services = fleet::start_services(&handle, fleet_config, &shutdown, tracker)
-        .map_err(StartError::Fleet)?;
-    if handle.core.services.set(services.clone()).is_err() {
-        return Err(StartError::Fleet("services started twice".into()));
-    }
+    .map_err(|e| StartError::Router(e.into()))?;
     tracing::info!(count = retained_count, "retained messages restored");
-    link::session_store::spawn_expiry(&handle.core, shutdown.clone());
-    fleet::spawn(services, fleet_rx, shutdown, tracker);
-    link::sys::spawn_ticker(&handle.core, tracker);
-    link::spawn_listeners(&handle.core, listeners, tracker);
-    Ok(handle)
+    link::session_store::spawn_expiry(&core, shutdown.clone());
+    fleet::spawn(services.clone(), fleet_rx, shutdown, tracker);
+    link::sys::spawn_ticker(&core, tracker);
+    link::spawn_listeners(&core, listeners, tracker);
+    Ok(BrokerHandle { core, services })
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use fleetmq_storage::DeviceRecord;
 use tokio::sync::{mpsc, watch};
 
-use crate::handle::{ClientInfo, ClientKind};
+use crate::client::{ClientInfo, ClientKind};
 
 /// The sessions table's (and the router's) key of a device's connection: `d:{id}`.
 /// Other clients are `c:{escaped client id}`, so no client can take over a device's
@@ -199,5 +199,18 @@ impl Sessions {
             }
             _ => false,
         }
+    }
+}
+
+/// Commands reach a device's live connection through its mailbox.
+impl crate::fleet::CommandSink for Sessions {
+    fn deliver(
+        &self,
+        id: &fleetmq_storage::DeviceId,
+        generation: u64,
+        command_id: &str,
+        payload: Bytes,
+    ) -> bool {
+        Sessions::deliver(self, id.as_str(), generation, command_id, payload)
     }
 }

@@ -18,7 +18,7 @@ use serde_json::json;
 
 const SECRET: &str = "webhook-secret-1";
 
-fn config_with(hooks: Vec<fleetmq_broker::config::WebhookSettings>) -> BrokerConfig {
+fn config_with(hooks: Vec<fleetmq_broker::config::WebhookConfig>) -> BrokerConfig {
     let mut config = BrokerConfig::for_tests();
     config.fleet.webhooks = hooks;
     config

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use fleetmq_storage::DeviceId;
 
-use crate::handle::Transport;
+use crate::client::Transport;
 
 /// What a connect or disconnect changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -187,12 +187,6 @@ impl Services {
                         .await;
                 }
             }
-            LinkEvent::CommandAcked {
-                id,
-                generation,
-                command_id,
-                ..
-            } => self.commands.acked(&id, generation, &command_id).await,
         }
     }
 
@@ -204,7 +198,7 @@ impl Services {
         generation: u64,
         peer: std::net::SocketAddr,
         protocol: &'static str,
-        transport: crate::handle::Transport,
+        transport: crate::client::Transport,
         at_ms: u64,
     ) {
         let ip = peer.ip().to_string();

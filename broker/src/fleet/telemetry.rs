@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ConfigError;
+use crate::settings::ConfigError;
 use fleetmq_storage::telemetry as store;
 
 /// Default page size of [`Telemetry::query`] (SPEC §8).
@@ -89,7 +89,7 @@ impl RawTelemetryConfig {
     /// Validates into a [`TelemetryConfig`] with the default queue and batching.
     pub fn validate(self) -> Result<TelemetryConfig, ConfigError> {
         let defaults = TelemetryConfig::default();
-        let retention = crate::config::retention_days(
+        let retention = crate::settings::retention_days(
             "telemetry.retention_days",
             self.retention_days.unwrap_or(7),
         )?;

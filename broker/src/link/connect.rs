@@ -19,7 +19,7 @@ use super::framing::{self, FrameError, Version};
 use super::transport::Stream;
 use super::{topic, Core};
 use crate::auth::{Identity, Presented, Refusal};
-use crate::handle::{ClientInfo, ClientKind, Transport};
+use crate::client::{ClientInfo, ClientKind, Transport};
 use crate::sessions::{Control, Live};
 use crate::stats::{DropCause, Stats};
 

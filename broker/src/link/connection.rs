@@ -20,8 +20,8 @@ use super::subscriptions::Subscriptions;
 use super::transport::Stream;
 use super::Core;
 use crate::auth::Identity;
+use crate::client::ClientKind;
 use crate::fleet::LinkEvent;
-use crate::handle::ClientKind;
 use crate::sessions::{CloseReason, Control};
 use fleetmq_storage::now_ms;
 
@@ -523,20 +523,11 @@ impl Connection {
         };
         if let Identity::Device(device) = &self.s.identity {
             // Straight to the engine, like the device's answers (see `device_published`).
-            if let Some(services) = self.core.services.get() {
-                let generation = self.s.conn_id;
-                services
-                    .command_acked(&device.id, generation, &command_id)
-                    .await;
-                return true;
-            }
-            let event = LinkEvent::CommandAcked {
-                id: device.id.clone(),
-                generation: self.s.conn_id,
-                command_id,
-                at_ms: now_ms(),
-            };
-            self.core.fleet_event(event).await;
+            let generation = self.s.conn_id;
+            self.core
+                .fleet
+                .command_acked(&device.id, generation, &command_id)
+                .await;
         }
         true
     }

@@ -544,23 +544,22 @@ impl Connection {
         };
         let at_ms = now_ms();
         if kind == Upstream::Response {
-            if let Some(services) = self.core.services.get() {
-                services.command_response(&device.id, payload, at_ms).await;
-                return;
-            }
+            self.core
+                .fleet
+                .command_response(&device.id, payload, at_ms)
+                .await;
+            return;
         }
         if kind == Upstream::Telemetry {
-            if let Some(services) = self.core.services.get() {
-                if let Err(reason) = services.telemetry_point(&device.id, payload, at_ms).await {
-                    self.core.fleet_event_or_drop(LinkEvent::BadPayload {
-                        id: device.id.clone(),
-                        topic: topic.to_owned(),
-                        reason,
-                        at_ms,
-                    });
-                }
-                return;
+            if let Err(reason) = self.core.fleet.telemetry(&device.id, payload, at_ms).await {
+                self.core.fleet_event_or_drop(LinkEvent::BadPayload {
+                    id: device.id.clone(),
+                    topic: topic.to_owned(),
+                    reason,
+                    at_ms,
+                });
             }
+            return;
         }
         let event = LinkEvent::Published {
             id: device.id.clone(),

@@ -20,8 +20,8 @@ use super::connection::Connection;
 use super::framing::{self, Version};
 use super::transport::Stream;
 use super::Core;
+use crate::client::Transport;
 use crate::config::BrokerConfig;
-use crate::handle::Transport;
 use rumqttd::protocol::{ConnAck, Packet};
 
 /// The broker's bound MQTT listeners. Bind first, then start: tests bind port 0.

@@ -47,6 +47,7 @@ mod session_owed;
 mod session_props;
 pub(crate) mod session_store;
 mod session_writer;
+pub(crate) mod settings;
 mod subscriptions;
 pub(crate) mod sys;
 mod tls;
@@ -71,18 +72,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::config::BrokerConfig;
-use crate::fleet::LinkEvent;
+use crate::fleet::{FleetInbox, LinkEvent};
 use crate::sessions::Sessions;
 use crate::stats::Stats;
 
 pub(crate) use listener::spawn_listeners;
 pub use listener::Listeners;
 pub(crate) use sealing::DeviceCrypto;
-
-/// Whether a filter is usable in an ACL rule (config validation).
-pub(crate) fn valid_rule_filter(filter: &str) -> bool {
-    topic::valid_filter(filter)
-}
 
 type BuildLink = dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync;
 
@@ -138,7 +134,7 @@ pub(crate) struct Core {
     pub(crate) config: BrokerConfig,
     pub(crate) store: Store,
     pub(crate) stats: Stats,
-    pub(crate) sessions: Sessions,
+    pub(crate) sessions: Arc<Sessions>,
     pub(crate) auth: Authenticator,
     pub(crate) links: Links,
     pub(crate) system: mpsc::Sender<(Publish, Option<PublishProperties>)>,
@@ -150,10 +146,8 @@ pub(crate) struct Core {
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) next_conn_id: AtomicU64,
     pub(crate) anonymous_rules: Arc<[AclRule]>,
-    /// Device events for the fleet services (bounded).
-    pub(crate) fleet: mpsc::Sender<LinkEvent>,
-    /// Device logic; set once by `start` before any connection or API request.
-    pub(crate) services: std::sync::OnceLock<Arc<crate::fleet::services::Services>>,
+    /// Device traffic to the fleet services.
+    pub(crate) fleet: FleetInbox,
     pub(crate) tracker: tokio_util::task::TaskTracker,
     /// Retained messages (mirror of the redb table); the router never holds any.
     pub(crate) retained: retained::RetainedIndex,
@@ -161,6 +155,13 @@ pub(crate) struct Core {
     pub(crate) session_store: session_store::SessionStore,
     /// Connections whose outbound queue is past its bound, and the filters they pause.
     pub(crate) congestion: congestion::Congestion,
+}
+
+/// What `Core` is built around: the live-connection table (built first, since the fleet
+/// services deliver commands through it) and the fleet services' inbox.
+pub(crate) struct CoreParts {
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) fleet: FleetInbox,
 }
 
 /// What the broker restores from the store at start.
@@ -177,10 +178,11 @@ impl Core {
         config: BrokerConfig,
         store: Store,
         shutdown: CancellationToken,
-        fleet: mpsc::Sender<LinkEvent>,
+        parts: CoreParts,
         tracker: tokio_util::task::TaskTracker,
         restored: Restored,
     ) -> Result<Arc<Core>, String> {
+        let CoreParts { sessions, fleet } = parts;
         let links = Links::spawn(config.max_connections, config.router_segment_size);
         let (link_tx, link_rx, _) = (links.build)("fleetmq:system", true)?;
         let (system, system_rx) = mpsc::channel(4096);
@@ -200,11 +202,10 @@ impl Core {
             auth: Authenticator::new(store.clone(), config.allow_anonymous),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             stats: Stats::new(),
-            sessions: Sessions::default(),
+            sessions,
             next_conn_id: AtomicU64::new(1),
             anonymous_rules,
             fleet,
-            services: std::sync::OnceLock::new(),
             tracker,
             links,
             system,
@@ -284,14 +285,14 @@ impl Core {
     /// Hands a device event to the fleet services, waiting for room (backpressure on this
     /// one connection only).
     pub(crate) async fn fleet_event(&self, event: LinkEvent) {
-        if self.fleet.send(event).await.is_err() {
+        if !self.fleet.event(event).await {
             tracing::debug!("fleet services stopped; device event dropped");
         }
     }
 
     /// Hands a device event over if there is room; otherwise drops and counts it.
     pub(crate) fn fleet_event_or_drop(&self, event: LinkEvent) {
-        if self.fleet.try_send(event).is_err() {
+        if !self.fleet.event_or_drop(event) {
             self.stats.dropped(crate::stats::DropCause::QueueFull);
         }
     }

@@ -665,8 +665,8 @@ pub fn webhook(
     url: &str,
     secret: &str,
     events: Option<&[&str]>,
-) -> fleetmq_broker::config::WebhookSettings {
-    fleetmq_broker::config::WebhookSettings {
+) -> fleetmq_broker::config::WebhookConfig {
+    fleetmq_broker::config::WebhookConfig {
         url: url.to_owned(),
         secret: secret.to_owned(),
         events: events.map(|e| e.iter().map(|s| (*s).to_owned()).collect()),

@@ -1,12 +1,13 @@
 //! Versioned device configuration (SPEC §6): stored, then published retained at QoS 1 on
 //! `device/{id}/config` (sealed per device at delivery when encryption applies).
 
+use bytes::Bytes;
 use fleetmq_device_plugins::PluginRegistry;
 use fleetmq_storage::{now_ms, ConfigVersion, DeviceId, StoreError};
 use serde::Serialize;
 
+use super::services::Services;
 use super::FleetError;
-use crate::handle::{BrokerHandle, PublishRequest};
 
 /// A device's configuration as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -19,8 +20,13 @@ pub struct ConfigView {
 }
 
 fn view(v: ConfigVersion, reported_version: Option<u64>) -> Result<ConfigView, FleetError> {
-    let config = serde_json::from_str(&v.config)
-        .map_err(|e| FleetError::Storage(format!("stored config is not JSON: {e}")))?;
+    let config = serde_json::from_str(&v.config).map_err(|e| {
+        FleetError::Storage(StoreError::Corrupt {
+            table: "device_config",
+            key: v.version.to_string(),
+            reason: format!("stored config is not JSON: {e}"),
+        })
+    })?;
     Ok(ConfigView {
         version: v.version,
         config,
@@ -29,20 +35,30 @@ fn view(v: ConfigVersion, reported_version: Option<u64>) -> Result<ConfigView, F
     })
 }
 
-impl BrokerHandle {
-    /// Stores `config` as the device's next version and publishes it retained.
-    pub async fn set_device_config(
+/// A configuration version just stored, and the retained QoS 1 message that delivers it
+/// (published by whoever composes fleet with a transport: `BrokerHandle`).
+#[derive(Debug)]
+pub struct StoredConfig {
+    pub view: ConfigView,
+    /// `device/{id}/config`.
+    pub topic: String,
+    /// The device plugin's encoding of the version.
+    pub payload: Bytes,
+}
+
+impl Services {
+    /// Stores `config` as the device's next version and encodes the message to publish.
+    pub async fn store_device_config(
         &self,
         id: &DeviceId,
         config: serde_json::Value,
-    ) -> Result<ConfigView, FleetError> {
+    ) -> Result<StoredConfig, FleetError> {
         if !config.is_object() {
             return Err(FleetError::Invalid("config must be a JSON object".into()));
         }
         let text = config.to_string();
         let lookup = id.clone();
         let (device, stored, state) = self
-            .core
             .store
             .call(move |s| {
                 let device = s.get_device(&lookup)?.ok_or_else(|| StoreError::NotFound {
@@ -65,17 +81,11 @@ impl BrokerHandle {
         let payload = plugin
             .encode_config(stored.version, &config)
             .map_err(|e| FleetError::Invalid(e.to_string()))?;
-        let msg = PublishRequest {
+        Ok(StoredConfig {
+            view: view(stored, state.reported_config_version)?,
             topic: format!("device/{id}/config"),
             payload: payload.into(),
-            qos: 1,
-            retain: true,
-        };
-        self.publish(msg)
-            .await
-            .map_err(|e| FleetError::Storage(e.to_string()))?;
-        tracing::info!(device_id = %id, version = stored.version, "device config published");
-        view(stored, state.reported_config_version)
+        })
     }
 
     /// The device's current configuration; `NotFound` if the device does not exist, `None`
@@ -83,7 +93,6 @@ impl BrokerHandle {
     pub async fn device_config(&self, id: &DeviceId) -> Result<Option<ConfigView>, FleetError> {
         let lookup = id.clone();
         let (current, state) = self
-            .core
             .store
             .call(move |s| {
                 s.get_device(&lookup)?.ok_or_else(|| StoreError::NotFound {
