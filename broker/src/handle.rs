@@ -8,9 +8,10 @@ use crate::client::{ClientInfo, ClientKind};
 use crate::fleet::device_config::ConfigView;
 use crate::fleet::services::Services;
 use crate::fleet::FleetError;
-use crate::link::{topic, Core};
+use crate::link::codec::topic;
+use crate::link::session::live::{CloseReason, Control};
+use crate::link::Core;
 use crate::publish::{PublishError, PublishRequest, RetainedError};
-use crate::sessions::{CloseReason, Control};
 use crate::stats::StatsSnapshot;
 
 /// Cheap to clone; every clone steers the same broker.

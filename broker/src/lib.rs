@@ -1,23 +1,21 @@
-//! fleetmq's MQTT broker: our own link layer over rumqttd's router.
+//! fleetmq's MQTT broker: our own link layer over rumqttd's router, and the device logic.
 //!
-//! Modules:
-//! - `config`: the `[mqtt]` and `[security]` config sections.
-//! - `auth`: device registry and service-client authentication.
-//! - `sessions`: the live-connection table (listing, kick, takeover).
-//! - `stats`: counters for connections, messages and drops by cause.
-//! - `handle`: [`BrokerHandle`], what the admin API uses to steer the broker.
-//! - `link`: the link layer itself; the only module that touches rumqttd.
+//! Layers, each importing only those below it (`scripts/layers.sh` checks this):
+//! - leaves: `client` (who is connected, over what), `publish` (what the broker publishes
+//!   itself), `settings` (config errors), `time`, `stats`;
+//! - `fleet`: device logic (commands, telemetry, events, webhooks, presence) and its
+//!   ports, the traits and event types a transport implements and calls;
+//! - `link`: the MQTT link layer, the only module that touches rumqttd;
+//! - `config`, `handle`, and here: compose the sections and the layers in one pass.
 //!
 //! Start with [`Listeners::bind`] then [`start`]; see `docs/architecture.md`.
 
-mod auth;
 mod client;
 pub mod config;
 pub mod fleet;
 mod handle;
 mod link;
 mod publish;
-mod sessions;
 mod settings;
 mod stats;
 #[cfg(feature = "testing")]
@@ -77,7 +75,7 @@ pub async fn start(
         .await
         .map_err(StartError::Retained)?;
     let retained_count = restored.retained.len();
-    let sessions = Arc::new(sessions::Sessions::default());
+    let sessions = Arc::new(link::session::live::Sessions::default());
     let services = fleet::start_services(
         store.clone(),
         config.fleet.clone(),
@@ -100,7 +98,7 @@ pub async fn start(
     )
     .map_err(|e| StartError::Router(e.into()))?;
     tracing::info!(count = retained_count, "retained messages restored");
-    link::session_store::spawn_expiry(&core, shutdown.clone());
+    link::session::store::spawn_expiry(&core, shutdown.clone());
     fleet::spawn(services.clone(), fleet_rx, shutdown, tracker);
     link::sys::spawn_ticker(&core, tracker);
     link::spawn_listeners(&core, listeners, tracker);

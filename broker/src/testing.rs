@@ -1,20 +1,19 @@
 //! A real broker on `127.0.0.1:0` with a fresh redb file, for integration tests of this
 //! crate and of the admin API (feature `testing`).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleetmq_storage::{
     now_ms, AclRule, CredentialHash, DeviceId, DeviceRecord, NewDevice, ServiceClientRecord, Store,
 };
-use rumqttd::protocol::Packet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::link::connection::hold;
 use crate::{BrokerConfig, BrokerHandle, Listeners};
 
 /// A running broker; everything stops when it is dropped.
@@ -107,10 +106,7 @@ impl TestBroker {
     /// which the router's own timing opens only now and then. Armed before the SUBSCRIBE
     /// (or the CONNECT whose re-subscribe is to be held).
     pub fn hold_router(&self, client_id: &str) -> RouterHold {
-        let state = Arc::new(HoldState::default());
-        let previous = holds().insert(client_id.to_owned(), state.clone());
-        assert!(previous.is_none(), "{client_id} is held already");
-        ARMED.fetch_add(1, Ordering::SeqCst);
+        let state = hold::arm(client_id);
         RouterHold {
             client_id: client_id.to_owned(),
             state,
@@ -130,14 +126,7 @@ impl TestBroker {
 /// holding: what was held goes to the router with the connection's next batch for it.
 pub struct RouterHold {
     client_id: String,
-    state: Arc<HoldState>,
-}
-
-#[derive(Default)]
-struct HoldState {
-    /// Whether a SUBSCRIBE has been withheld (from then on, everything is).
-    holding: AtomicBool,
-    held: tokio::sync::Notify,
+    state: Arc<hold::HoldState>,
 }
 
 impl RouterHold {
@@ -159,10 +148,10 @@ impl RouterHold {
             "release of {}: nothing was held",
             self.client_id
         );
-        disarm(&self.client_id);
+        hold::disarm(&self.client_id);
         let told = broker.handle.core.sessions.send_where(
             |l| l.info.client_id == self.client_id,
-            || crate::sessions::Control::RouterRelease,
+            || crate::link::session::live::Control::RouterRelease,
         );
         assert!(told > 0, "release of {}: not connected", self.client_id);
     }
@@ -170,45 +159,8 @@ impl RouterHold {
 
 impl Drop for RouterHold {
     fn drop(&mut self) {
-        disarm(&self.client_id);
+        hold::disarm(&self.client_id);
     }
-}
-
-/// How many holds are armed: the link layer looks no further while there are none.
-static ARMED: AtomicUsize = AtomicUsize::new(0);
-
-fn holds() -> std::sync::MutexGuard<'static, HashMap<String, Arc<HoldState>>> {
-    static HOLDS: OnceLock<Mutex<HashMap<String, Arc<HoldState>>>> = OnceLock::new();
-    HOLDS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-}
-
-fn disarm(client_id: &str) {
-    if holds().remove(client_id).is_some() {
-        ARMED.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Whether the link of `client_id` keeps `packets` from the router for now (the link
-/// layer's side of [`RouterHold`]).
-pub(crate) fn withheld(client_id: &str, packets: &[Packet]) -> bool {
-    if ARMED.load(Ordering::SeqCst) == 0 {
-        return false;
-    }
-    let Some(state) = holds().get(client_id).cloned() else {
-        return false;
-    };
-    if state.holding.load(Ordering::SeqCst) {
-        return true;
-    }
-    if !packets.iter().any(|p| matches!(p, Packet::Subscribe(..))) {
-        return false;
-    }
-    state.holding.store(true, Ordering::SeqCst);
-    state.held.notify_one();
-    true
 }
 
 fn hash(secret: &str) -> CredentialHash {

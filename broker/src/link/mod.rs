@@ -1,59 +1,26 @@
-//! The link layer: everything that touches rumqttd lives under this module.
+//! The link layer: MQTT connections over rumqttd's router. Everything that touches
+//! rumqttd lives under this module. It implements and calls the fleet services' ports
+//! (`crate::fleet::ports`) and never the other way round.
 //!
-//! - `listener`: TCP, WebSocket and TLS accept loops, one task per connection.
-//! - `transport`: one byte-stream type over TCP, TLS and WebSocket frames.
-//! - `framing`: guarded decoding/encoding with rumqttd's v4/v5 codecs.
-//! - `connect`: CONNECT, authentication, takeover, CONNACK.
-//! - `connection`: the per-connection run loop and close sequence.
-//! - `ingress` / `egress`: client → router and router → client packet handling.
-//! - `outbound`: the queue of every PUBLISH owed to a client, on the link's own packet
-//!   ids and window (routed messages are acknowledged to the router on arrival).
-//! - `congestion`: slow consumers pause the publishers of their QoS 1/2 topics.
-//! - `acl`, `topic`: SPEC §3 permissions and MQTT topic rules.
-//! - `crypto`, `sealing`: the SPEC §4 envelope and per-connection device keys.
-//! - `origin`: what the router forgets about a message (publish QoS, publisher, arrival),
-//!   carried through it as a header in front of the payload.
-//! - `subscriptions`, `alias`, `flow`: per-connection MQTT state the router lacks
-//!   (UNSUBACK codes, No Local; inbound topic aliases; the client's Receive Maximum and
-//!   Maximum Packet Size).
-//! - `will`: last wills with their delay; `sys`: the `$SYS` topics.
+//! - `net`: TCP, WebSocket and TLS accept loops and the byte stream over them.
+//! - `codec`: guarded MQTT framing, topic rules, and the origin header the router carries.
+//! - `security`: authentication, the SPEC §3 ACL, the SPEC §4 payload envelope.
+//! - `connection`: one client connection: CONNECT, the run loop, one file per direction
+//!   of packets (`ingress`, `egress`), the outbound queue, and the per-connection MQTT
+//!   state the router lacks (aliases, flow control, subscriptions, wills, congestion).
+//! - `session`: the live-connection table and persistent sessions with their queues.
 //! - `retained`: retained messages, delivered by the link layer (never by the router).
-//! - `session_store`, `session_link`: persistent sessions, their redb queues and expiry;
-//!   `session_index`: the parked sessions' filters by level, so a publish finds its
-//!   parked subscribers without scanning them all; `session_ledger`: what the router
-//!   still owes a connected persistent session (stored too); `session_owed`: the
-//!   connection's side of it (when a subscription takes effect, what a SUBACK
-//!   settles); `session_writer`: the group-committed writer of every session queue.
+//! - `sys`: the `$SYS` topics; `settings`: the `[mqtt]` and `[security]` config sections.
+//! - here: [`Core`], the state every connection shares, and the router's links.
 
-pub(crate) mod acl;
-mod alias;
-mod congestion;
-mod connect;
-mod connection;
-pub(crate) mod crypto;
-mod egress;
-mod flow;
-mod framing;
-mod ingress;
-mod listener;
-mod origin;
-mod outbound;
+pub(crate) mod codec;
+pub(crate) mod connection;
+pub(crate) mod net;
 mod retained;
-mod sealing;
-mod session_index;
-mod session_ledger;
-mod session_link;
-mod session_owed;
-mod session_props;
-pub(crate) mod session_store;
-mod session_writer;
+pub(crate) mod security;
+pub(crate) mod session;
 pub(crate) mod settings;
-mod subscriptions;
 pub(crate) mod sys;
-mod tls;
-pub(crate) mod topic;
-mod transport;
-mod will;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -70,15 +37,15 @@ use rumqttd::{Notification, Router, RouterConfig};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Authenticator;
-use crate::config::BrokerConfig;
 use crate::fleet::{FleetInbox, LinkEvent};
-use crate::sessions::Sessions;
+use crate::link::security::auth::Authenticator;
+use crate::link::session::live::Sessions;
+use crate::link::settings::BrokerConfig;
 use crate::stats::Stats;
 
-pub(crate) use listener::spawn_listeners;
-pub use listener::Listeners;
-pub(crate) use sealing::DeviceCrypto;
+pub(crate) use crate::link::net::listener::spawn_listeners;
+pub use crate::link::net::listener::Listeners;
+pub(crate) use crate::link::security::sealing::DeviceCrypto;
 
 type BuildLink = dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync;
 
@@ -139,9 +106,9 @@ pub(crate) struct Core {
     pub(crate) links: Links,
     pub(crate) system: mpsc::Sender<(Publish, Option<PublishProperties>)>,
     /// Wills waiting for their Will Delay Interval.
-    pub(crate) wills: will::PendingWills,
+    pub(crate) wills: crate::link::connection::will::PendingWills,
     /// The latest `$SYS` values (written by the ticker in `sys`).
-    pub(crate) sys: tokio::sync::watch::Sender<sys::SysValues>,
+    pub(crate) sys: tokio::sync::watch::Sender<crate::link::sys::SysValues>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) next_conn_id: AtomicU64,
@@ -150,11 +117,11 @@ pub(crate) struct Core {
     pub(crate) fleet: FleetInbox,
     pub(crate) tracker: tokio_util::task::TaskTracker,
     /// Retained messages (mirror of the redb table); the router never holds any.
-    pub(crate) retained: retained::RetainedIndex,
+    pub(crate) retained: crate::link::retained::RetainedIndex,
     /// Persistent sessions whose clients are away, and their queues.
-    pub(crate) session_store: session_store::SessionStore,
+    pub(crate) session_store: crate::link::session::store::SessionStore,
     /// Connections whose outbound queue is past its bound, and the filters they pause.
-    pub(crate) congestion: congestion::Congestion,
+    pub(crate) congestion: crate::link::connection::congestion::Congestion,
 }
 
 /// What `Core` is built around: the live-connection table (built first, since the fleet
@@ -188,7 +155,7 @@ impl Core {
         let (system, system_rx) = mpsc::channel(4096);
         spawn_system_link(link_tx, link_rx, system_rx)?;
         let anonymous_rules: Arc<[AclRule]> = config.anonymous_rules.clone().into();
-        let session_store = session_store::SessionStore::load(
+        let session_store = crate::link::session::store::SessionStore::load(
             store.clone(),
             config.max_queued_messages,
             restored.sessions,
@@ -196,9 +163,9 @@ impl Core {
             config.durable_connected_sessions,
         );
         Ok(Arc::new(Core {
-            retained: retained::RetainedIndex::load(restored.retained),
+            retained: crate::link::retained::RetainedIndex::load(restored.retained),
             session_store,
-            congestion: congestion::Congestion::default(),
+            congestion: crate::link::connection::congestion::Congestion::default(),
             auth: Authenticator::new(store.clone(), config.allow_anonymous),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             stats: Stats::new(),
@@ -209,8 +176,8 @@ impl Core {
             tracker,
             links,
             system,
-            wills: will::PendingWills::default(),
-            sys: sys::channel().0,
+            wills: crate::link::connection::will::PendingWills::default(),
+            sys: crate::link::sys::channel().0,
             shutdown,
             store,
             config,
@@ -250,7 +217,7 @@ impl Core {
         qos: u8,
         props: Option<PublishProperties>,
     ) -> Result<(), String> {
-        let incoming = session_store::Incoming {
+        let incoming = crate::link::session::store::Incoming {
             topic,
             payload,
             qos,
@@ -258,20 +225,20 @@ impl Core {
             // Routed without the retain mark, so live subscribers see RETAIN=0 too.
             retain: false,
         };
-        let origin = origin::Origin {
+        let origin = crate::link::codec::origin::Origin {
             qos,
             conn_id: 0,
             at_ms: now_ms(),
             arrival: None,
         };
         // QoS 0 to the router, like `Publish::new`: the system link acknowledges nothing.
-        let meta = framing::PublishMeta {
+        let meta = crate::link::codec::framing::PublishMeta {
             qos: 0,
             pkid: 0,
             dup: false,
             retain: false,
         };
-        let routing = origin::Routing::new(meta, topic, origin, payload, props);
+        let routing = crate::link::codec::origin::Routing::new(meta, topic, origin, payload, props);
         let routed = self
             .session_store
             .enqueue_matching(incoming, routing, &self.stats)
@@ -317,7 +284,8 @@ impl Core {
             return Ok(());
         }
         let now = now_ms();
-        let (mut properties, expires_at_ms) = session_store::stored_properties(props, now);
+        let (mut properties, expires_at_ms) =
+            crate::link::session::store::stored_properties(props, now);
         // Subscription identifiers are the receiver's, never the publisher's.
         properties.subscription_ids.clear();
         let msg = RetainedMessage {

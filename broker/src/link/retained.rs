@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use fleetmq_storage::{now_ms, RetainedMessage};
 
-use super::topic;
+use crate::link::codec::topic;
 
 /// Topic → retained message, in memory, mirroring the `retained` table.
 #[derive(Default)]

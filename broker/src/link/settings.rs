@@ -217,7 +217,7 @@ pub fn validate(
         .unwrap_or_else(default_anonymous_rules);
     for rule in &anonymous_rules {
         let filter = rule.topic.as_str();
-        if !super::topic::valid_filter(filter) {
+        if !crate::link::codec::topic::valid_filter(filter) {
             return Err(ConfigError::new(
                 "security.anonymous_rules",
                 format!("{filter:?} is not a valid topic filter"),

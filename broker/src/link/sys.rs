@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Core;
+use crate::link::Core;
 
 /// One `$SYS` topic and its value.
 pub(crate) type SysValues = Arc<Vec<(&'static str, String)>>;
@@ -65,24 +65,29 @@ pub(crate) fn spawn_ticker(core: &Arc<Core>, tracker: &TaskTracker) {
     });
 }
 
-impl super::connection::Connection {
+impl crate::link::connection::Connection {
     /// Writes the `$SYS` values this connection's filters match and its ACL lets it read,
     /// at QoS 0 (`retain`: the answer to a new subscription, as Mosquitto marks it).
     pub(super) fn write_sys(&mut self, values: &[(&'static str, String)], retain: bool) {
         let filters: Vec<String> = self.subs.sys_filters().map(str::to_owned).collect();
         for (topic_name, value) in values {
-            let wanted = filters.iter().any(|f| super::topic::matches(f, topic_name));
+            let wanted = filters
+                .iter()
+                .any(|f| crate::link::codec::topic::matches(f, topic_name));
             if !wanted || !self.s.principal.may_read(topic_name) {
                 continue;
             }
-            let meta = super::framing::PublishMeta {
+            let meta = crate::link::codec::framing::PublishMeta {
                 qos: 0,
                 dup: false,
                 retain,
                 pkid: 0,
             };
-            let publish =
-                super::framing::build_publish(meta, topic_name.as_bytes(), value.as_bytes());
+            let publish = crate::link::codec::framing::build_publish(
+                meta,
+                topic_name.as_bytes(),
+                value.as_bytes(),
+            );
             self.write_packet(rumqttd::protocol::Packet::Publish(publish, None));
             crate::stats::Stats::add(&self.core.stats.sent, 1);
         }

@@ -21,9 +21,9 @@ use rumqttd::protocol::Packet;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::connection::{Connection, Ending};
-use super::framing::{self, PublishMeta};
-use super::topic;
+use crate::link::codec::framing::{self, PublishMeta};
+use crate::link::codec::topic;
+use crate::link::connection::{Connection, Ending};
 
 /// The congested connections and their QoS 1/2 filters.
 pub(crate) struct Congestion {
@@ -98,7 +98,7 @@ impl Connection {
     /// Whether a PUBLISH must wait: QoS 1/2 on a topic a congested connection other than
     /// this one subscribed to. Checked before the publish is routed, so its PUBACK/PUBREC
     /// waits too.
-    pub(super) fn must_wait(&mut self, packet: &Packet, meta: Option<PublishMeta>) -> bool {
+    pub(crate) fn must_wait(&mut self, packet: &Packet, meta: Option<PublishMeta>) -> bool {
         let (Packet::Publish(publish, props), Some(meta)) = (packet, meta) else {
             return false;
         };
@@ -118,7 +118,7 @@ impl Connection {
     }
 
     /// Handles the waiting PUBLISH if its subscribers are no longer congested.
-    pub(super) async fn retry_stalled(&mut self) -> Result<(), Ending> {
+    pub(crate) async fn retry_stalled(&mut self) -> Result<(), Ending> {
         let Some((packet, meta)) = self.stalled.take() else {
             return Ok(());
         };
@@ -134,7 +134,7 @@ impl Connection {
     /// While a PUBLISH waits: handles the acks (PUBACK, PUBREC, PUBCOMP) and PINGREQs
     /// among the buffered frames, so a paused publisher's own subscriptions keep
     /// draining; everything else stays in order behind the waiting PUBLISH.
-    pub(super) async fn acks_while_stalled(&mut self) -> Result<(), Ending> {
+    pub(crate) async fn acks_while_stalled(&mut self) -> Result<(), Ending> {
         let max = self.core.max_packet();
         let mut rest = std::mem::take(&mut self.read_buf);
         let mut keep = BytesMut::with_capacity(rest.len());

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use fleetmq_storage::SessionSubscription;
 
-use super::origin::Routed;
-use super::session_store;
+use crate::link::codec::origin::Routed;
+use crate::link::session::store;
 
 /// A connected persistent session's undelivered messages, by arrival number.
 ///
@@ -179,13 +179,13 @@ impl Ledger {
 /// or by a leaving connection), or was delivered and acknowledged already; its live copy
 /// is left out.
 pub(crate) struct QueuedWindow {
-    pub(super) before: u64,
-    pub(super) subscriptions: Vec<SessionSubscription>,
+    pub(crate) before: u64,
+    pub(crate) subscriptions: Vec<SessionSubscription>,
 }
 
 impl QueuedWindow {
     /// Whether a live delivery is in the session's stored queue already.
     pub(crate) fn queued(&self, arrival: u64, topic_name: &str) -> bool {
-        arrival < self.before && session_store::takes(&self.subscriptions, topic_name)
+        arrival < self.before && store::takes(&self.subscriptions, topic_name)
     }
 }

@@ -14,13 +14,14 @@ use rumqttd::protocol::{
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
-use super::acl::Principal;
-use super::framing::{self, FrameError, Version};
-use super::transport::Stream;
-use super::{topic, Core};
-use crate::auth::{Identity, Presented, Refusal};
 use crate::client::{ClientInfo, ClientKind, Transport};
-use crate::sessions::{Control, Live};
+use crate::link::codec::framing::{self, FrameError, Version};
+use crate::link::codec::topic;
+use crate::link::net::transport::Stream;
+use crate::link::security::acl::Principal;
+use crate::link::security::auth::{Identity, Presented, Refusal};
+use crate::link::session::live::{Control, Live};
+use crate::link::Core;
 use crate::stats::{DropCause, Stats};
 
 /// A decoded CONNECT.
@@ -109,19 +110,19 @@ pub(crate) struct Established {
     pub(crate) keep_alive: u16,
     /// Whether the router drops the session state when this link ends.
     pub(crate) clean: bool,
-    pub(crate) will: Option<super::will::Will>,
+    pub(crate) will: Option<crate::link::connection::will::Will>,
     /// The client's CONNECT properties (v5): its limits for what we send it.
     pub(crate) connect_props: Option<ConnectProperties>,
     pub(crate) peer: SocketAddr,
     pub(crate) transport: Transport,
     pub(crate) session_present: bool,
     /// Whether the session persists, and the stored one it resumes.
-    pub(crate) session: super::session_link::SessionStart,
+    pub(crate) session: crate::link::session::resume::SessionStart,
     pub(crate) link_tx: LinkTx,
     pub(crate) link_rx: LinkRx,
     pub(crate) control: mpsc::Receiver<Control>,
     /// Commands to write (device connections only).
-    pub(crate) mailbox: std::sync::Arc<crate::sessions::Mailbox>,
+    pub(crate) mailbox: std::sync::Arc<crate::link::session::live::Mailbox>,
     pub(crate) closed: watch::Sender<bool>,
     pub(crate) _permit: OwnedSemaphorePermit,
 }
@@ -142,7 +143,7 @@ fn v4_or_v5(version: Version, v4: ConnectReturnCode, v5: ConnectReturnCode) -> C
 /// namespace with another kind of client: devices are `d:{id}`, everyone else `c:{escaped}`.
 fn router_key(identity: &Identity, client_id: &str) -> String {
     match identity {
-        Identity::Device(d) => crate::sessions::device_key(d.id.as_str()),
+        Identity::Device(d) => crate::link::session::live::device_key(d.id.as_str()),
         _ => {
             let mut key = String::with_capacity(client_id.len() + 2);
             key.push_str("c:");
@@ -251,7 +252,7 @@ pub(crate) async fn establish(
         .and_then(|p| p.session_expiry_interval)
         .unwrap_or(0);
     let will = check_will(core, &principal, &identity, req.will, version)?
-        .map(|w| super::will::Will::new(w, req.will_props, session_expiry));
+        .map(|w| crate::link::connection::will::Will::new(w, req.will_props, session_expiry));
     let router_key = router_key(&identity, &client_id);
     // Router links are always clean: sessions are fleetmq's (`session_store.rs`).
     let clean = true;
@@ -259,9 +260,14 @@ pub(crate) async fn establish(
     let slot = core.sessions.slot(&router_key);
     let _setup = slot.lock().await;
     let replaced = core.sessions.take_over(&router_key).await;
-    let session =
-        super::session_store::start(core, &router_key, version, &req.connect, req.props.as_ref())
-            .await;
+    let session = crate::link::session::store::start(
+        core,
+        &router_key,
+        version,
+        &req.connect,
+        req.props.as_ref(),
+    )
+    .await;
     let built = core.links.build(&router_key, clean).await;
     if let (Err(_), Some(old), Identity::Device(device)) = (&built, replaced, &identity) {
         // The replaced connection said it was taken over; it was not, after all.
@@ -310,7 +316,7 @@ pub(crate) async fn establish(
         Identity::Service(s) => Some(s.name.clone()),
         _ => None,
     };
-    let mailbox = std::sync::Arc::new(crate::sessions::Mailbox::default());
+    let mailbox = std::sync::Arc::new(crate::link::session::live::Mailbox::default());
     core.sessions.insert(
         router_key.clone(),
         Live {

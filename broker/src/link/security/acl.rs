@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use fleetmq_storage::{AclAction, AclRule, DeviceId};
 
-use super::topic;
+use crate::link::codec::topic;
 
 /// The topics a device may publish to, below `device/{id}/`.
 const DEVICE_PUBLISH: [&str; 4] = ["response", "status", "telemetry", "events"];

@@ -60,15 +60,15 @@ use fleetmq_storage::{now_ms, QueueOp, QueuedMessage, SessionRecord, SessionSubs
 use rumqttd::protocol::{Connect, ConnectProperties};
 use tokio_util::sync::CancellationToken;
 
-use super::framing::Version;
-use super::session_index::FilterIndex;
-pub(crate) use super::session_ledger::QueuedWindow;
-use super::session_ledger::SharedLedger;
-use super::session_link::SessionStart;
-pub(super) use super::session_props::{publish_properties, stored_properties};
-use super::session_writer::QueueWriter;
-use super::topic;
-use super::Core;
+use crate::link::codec::framing::Version;
+use crate::link::codec::topic;
+use crate::link::session::index::FilterIndex;
+pub(crate) use crate::link::session::ledger::QueuedWindow;
+use crate::link::session::ledger::SharedLedger;
+pub(crate) use crate::link::session::props::{publish_properties, stored_properties};
+use crate::link::session::resume::SessionStart;
+use crate::link::session::writer::QueueWriter;
+use crate::link::Core;
 use crate::stats::{DropCause, Stats};
 pub(crate) use check::takes;
 pub(crate) use check::{Copies, Incoming};

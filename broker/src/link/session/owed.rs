@@ -21,43 +21,43 @@ use std::collections::{BTreeSet, HashMap};
 use fleetmq_storage::SessionSubscription;
 use rumqttd::protocol::{Publish, PublishProperties};
 
-use super::connection::Connection;
-use super::origin::Origin;
-use super::session_store;
-use super::topic;
+use crate::link::codec::origin::Origin;
+use crate::link::codec::topic;
+use crate::link::connection::Connection;
+use crate::link::session::store;
 
 /// When a connected persistent session's subscription took effect.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Marks {
+pub(crate) struct Marks {
     /// The arrival counter when its filter entered the ledger trie (before the
     /// SUBSCRIBE went to the router): messages numbered from here on are owed.
-    pub(super) since: u64,
+    pub(crate) since: u64,
     /// The arrival counter when its SUBACK reached the link: messages numbered from
     /// here on were routed after the SUBSCRIBE, so the router delivers them.
-    pub(super) acked: u64,
+    pub(crate) acked: u64,
 }
 
 /// The link's side of a connected persistent session's ledger.
 #[derive(Default)]
-pub(super) struct OwedState {
+pub(crate) struct OwedState {
     /// Answered subscriptions (by filter).
-    pub(super) marks: HashMap<String, Marks>,
+    pub(crate) marks: HashMap<String, Marks>,
     /// Mark of each SUBSCRIBE the router has not answered, by packet id.
-    pub(super) pending_since: HashMap<u16, u64>,
+    pub(crate) pending_since: HashMap<u16, u64>,
     /// The filters of each resumed session's re-subscribe (packet id 0), in the order
     /// they were sent, with the mark they took effect at.
-    pub(super) resubscribing: std::collections::VecDeque<(Vec<String>, u64)>,
+    pub(crate) resubscribing: std::collections::VecDeque<(Vec<String>, u64)>,
     /// Delivered from the ledger at a SUBACK; the router's copy is left out.
-    pub(super) pre_delivered: BTreeSet<u64>,
+    pub(crate) pre_delivered: BTreeSet<u64>,
     /// The highest `since` of any answered subscription: a delivery numbered at or past
     /// it is never left out for having come too early (checked once per delivery).
-    pub(super) max_since: u64,
+    pub(crate) max_since: u64,
 }
 
 impl Connection {
     /// The session's subscriptions including those whose SUBSCRIBE the router has not
     /// answered: what the ledger records for.
-    pub(super) fn owed_subscriptions(&self) -> Vec<SessionSubscription> {
+    pub(crate) fn owed_subscriptions(&self) -> Vec<SessionSubscription> {
         let mut all: HashMap<&str, &SessionSubscription> = self
             .sess
             .subs
@@ -73,7 +73,7 @@ impl Connection {
     }
 
     /// A SUBSCRIBE (`pkid`) is about to go to the router: its filters record from now on.
-    pub(super) fn owed_subscribing(&mut self, pkid: u16) {
+    pub(crate) fn owed_subscribing(&mut self, pkid: u16) {
         if self.sess.ledger.is_none() {
             return;
         }
@@ -86,7 +86,7 @@ impl Connection {
     }
 
     /// The router answered a SUBSCRIBE of `filters` that took effect at `since`.
-    pub(super) fn owed_subacked(&mut self, filters: Vec<String>, since: u64) {
+    pub(crate) fn owed_subacked(&mut self, filters: Vec<String>, since: u64) {
         let Some(ledger) = self.sess.ledger.clone() else {
             return;
         };
@@ -106,7 +106,7 @@ impl Connection {
             let mut l = ledger.lock();
             l.delivered(self.sess.delivered.drain(..));
             // A filter the router refused records nothing more (nor keeps it stored).
-            let refused = l.retain_topics(|t| session_store::takes(&subs, t));
+            let refused = l.retain_topics(|t| store::takes(&subs, t));
             if self.core.session_store.durable_live() {
                 self.queue.acked_seqs.extend(refused);
             }
@@ -145,7 +145,7 @@ impl Connection {
     /// Whether the router's delivery numbered `arrival` on `topic_name` is not for the
     /// client: the ledger gave it already, or it was checked before every subscription
     /// that takes it took effect.
-    pub(super) fn owed_left_out(&mut self, arrival: u64, topic_name: &str) -> bool {
+    pub(crate) fn owed_left_out(&mut self, arrival: u64, topic_name: &str) -> bool {
         let owed = &mut self.sess.owed;
         if !owed.pre_delivered.is_empty() && owed.pre_delivered.remove(&arrival) {
             return true;
@@ -176,7 +176,7 @@ impl Connection {
     /// A message from the ledger joins the outbound queue as the router would have
     /// delivered it: at the best matching subscription's QoS, with the identifiers of
     /// the matching ones. Returns its arrival number.
-    pub(super) fn deliver_owed(
+    pub(crate) fn deliver_owed(
         &mut self,
         publish: Publish,
         mut props: Option<PublishProperties>,

@@ -5,9 +5,9 @@ use super::*;
 use fleetmq_storage::MessageProperties;
 use rumqttd::protocol::PublishProperties;
 
-use crate::link::framing::PublishMeta;
-use crate::link::origin::{Origin, Routing};
-use crate::link::session_link;
+use crate::link::codec::framing::PublishMeta;
+use crate::link::codec::origin::{Origin, Routing};
+use crate::link::session::resume;
 
 fn sub(filter: &str, qos: u8, id: Option<u32>) -> SessionSubscription {
     SessionSubscription {
@@ -131,7 +131,7 @@ async fn queued_copy_keeps_properties_and_session_ids() {
         correlation_data: Some(bytes::Bytes::from_static(b"\x01\x02")),
         user_properties: vec![
             ("k".into(), "v".into()),
-            (session_link::RETAIN_MARK.into(), String::new()),
+            (resume::RETAIN_MARK.into(), String::new()),
             ("k".into(), "w".into()),
         ],
         ..PublishProperties::default()
@@ -330,7 +330,7 @@ async fn arrival_numbers_start_past_stored_slots() {
 /// A ledger keeps at most its cap: the oldest entries go (they are stored).
 #[test]
 fn a_ledger_is_bounded() {
-    let ledger = crate::link::session_ledger::SharedLedger::new(3);
+    let ledger = crate::link::session::ledger::SharedLedger::new(3);
     let meta = PublishMeta {
         qos: 1,
         pkid: 1,

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use fleetmq_storage::{now_ms, QueueOp, QueuedMessage, SessionSubscription};
 
 use super::{count_dropped, lock, queues, stored_properties, SessionStore, SharedSet};
-use crate::link::origin::{Routed, Routing};
-use crate::link::topic;
+use crate::link::codec::origin::{Routed, Routing};
+use crate::link::codec::topic;
 use crate::stats::Stats;
 
 /// A publisher's copies for sessions, checked (numbered) but not written yet: ingress

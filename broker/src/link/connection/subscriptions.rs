@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::topic;
+use crate::link::codec::topic;
 
 /// Options of one subscription that egress needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +17,7 @@ pub(crate) struct SubOptions {
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions {
     routed: HashMap<String, SubOptions>,
-    /// `$SYS/...` filters, served by the link from [`super::sys`].
+    /// `$SYS/...` filters, served by the link from [`crate::link::sys`].
     sys: HashMap<String, u8>,
     /// The session was resumed: the router may hold subscriptions this link never saw.
     inherited: bool,

@@ -14,7 +14,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use rumqttd::protocol::{Publish, PublishProperties};
 
-use super::framing::{self, PublishMeta};
+use crate::link::codec::framing::{self, PublishMeta};
 
 /// First byte of the header: a message routed without one is a bug, and shows as such.
 const MAGIC: u8 = 0xF1;

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 /// Topic filter levels → the keys of the parked sessions holding that filter.
 #[derive(Default)]
-pub(super) struct FilterIndex {
+pub(crate) struct FilterIndex {
     root: Node,
 }
 
@@ -38,7 +38,7 @@ impl Node {
 
 impl FilterIndex {
     /// Adds `filter` (a valid, non-shared filter) for session `key`.
-    pub(super) fn insert(&mut self, filter: &str, key: &str) {
+    pub(crate) fn insert(&mut self, filter: &str, key: &str) {
         let mut node = &mut self.root;
         for level in filter.split('/') {
             node = match level {
@@ -54,13 +54,13 @@ impl FilterIndex {
     }
 
     /// Removes `filter` of session `key`, pruning nodes left empty.
-    pub(super) fn remove(&mut self, filter: &str, key: &str) {
+    pub(crate) fn remove(&mut self, filter: &str, key: &str) {
         let levels: Vec<&str> = filter.split('/').collect();
         remove_at(&mut self.root, &levels, key);
     }
 
     /// The sessions with a filter that matches `topic` (a valid topic name), each once.
-    pub(super) fn matching(&self, topic: &str) -> HashSet<&str> {
+    pub(crate) fn matching(&self, topic: &str) -> HashSet<&str> {
         let levels: Vec<&str> = topic.split('/').collect();
         let mut out = HashSet::new();
         // A topic starting with `$` is not matched by a first level `+` or `#`
@@ -118,7 +118,7 @@ fn collect<'a>(node: &'a Node, levels: &[&str], wildcards: bool, out: &mut HashS
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::link::topic;
+    use crate::link::codec::topic;
     use proptest::prelude::*;
 
     #[test]

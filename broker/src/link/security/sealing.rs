@@ -2,7 +2,7 @@
 
 use fleetmq_storage::{now_ms, DeviceRecord};
 
-use super::crypto::{self, CryptoError, KeyRing, NonceSource};
+use crate::link::security::crypto::{self, CryptoError, KeyRing, NonceSource};
 
 /// A device's keys and this connection's nonce sequence.
 pub(crate) struct DeviceCrypto {

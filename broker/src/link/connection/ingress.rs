@@ -9,22 +9,22 @@ use rumqttd::protocol::{
     SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 
-use super::alias::AliasError;
-use super::connection::{Connection, Ending};
-use super::framing::{self, FrameError, PublishMeta, Version};
-use super::origin::{Origin, Routing};
-use super::session_store::Incoming;
-use super::subscriptions::{self, SubOptions};
-use super::topic;
-use crate::auth::Identity;
 use crate::fleet::{LinkEvent, Upstream};
+use crate::link::codec::framing::{self, FrameError, PublishMeta, Version};
+use crate::link::codec::origin::{Origin, Routing};
+use crate::link::codec::topic;
+use crate::link::connection::alias::AliasError;
+use crate::link::connection::subscriptions::{self, SubOptions};
+use crate::link::connection::{Connection, Ending};
+use crate::link::security::auth::Identity;
+use crate::link::session::store::Incoming;
 use crate::stats::{DropCause, Stats};
 
 impl Connection {
     /// Processes every complete frame in the read buffer, up to a QoS 1/2 PUBLISH that
     /// must wait for a congested subscriber (`congestion.rs`); while one waits, only the
     /// client's acks and pings are taken from the buffer.
-    pub(super) async fn ingress(&mut self) -> Result<(), Ending> {
+    pub(crate) async fn ingress(&mut self) -> Result<(), Ending> {
         let max = self.core.max_packet();
         let mut result = self.retry_stalled().await;
         while result.is_ok() && self.stalled.is_none() {
@@ -78,7 +78,7 @@ impl Connection {
         result
     }
 
-    pub(super) fn frame_error(&self, e: FrameError) -> Ending {
+    pub(crate) fn frame_error(&self, e: FrameError) -> Ending {
         let (cause, reason) = match e {
             FrameError::TooLarge(_) => (DropCause::TooLarge, Reason::PacketTooLarge),
             FrameError::Forbidden(_) | FrameError::UnsupportedProtocol(_) => {
@@ -91,7 +91,7 @@ impl Connection {
         Ending::Violation(reason)
     }
 
-    pub(super) async fn packet(
+    pub(crate) async fn packet(
         &mut self,
         packet: Packet,
         meta: Option<PublishMeta>,
@@ -354,7 +354,7 @@ impl Connection {
                 ..meta
             }
         };
-        let props = super::session_link::route_properties(props, meta.retain);
+        let props = crate::link::session::resume::route_properties(props, meta.retain);
         Routing::new(routed, topic, origin, payload, props)
     }
 
@@ -456,13 +456,13 @@ impl Connection {
             ));
         }
         if sys_added {
-            let values = super::sys::snapshot(&self.core);
+            let values = crate::link::sys::snapshot(&self.core);
             self.write_sys(&values, true);
         }
         Ok(paths)
     }
 
-    pub(super) fn check_filter(&self, path: &str) -> Result<Target, SubscribeReasonCode> {
+    pub(crate) fn check_filter(&self, path: &str) -> Result<Target, SubscribeReasonCode> {
         let inner = match topic::split_shared(path) {
             Some((_, inner)) => inner,
             None if topic::is_shared(path) => return Err(SubscribeReasonCode::TopicFilterInvalid),
@@ -526,7 +526,7 @@ impl Connection {
 }
 
 /// Who serves an accepted subscription.
-pub(super) enum Target {
+pub(crate) enum Target {
     Router,
     Sys,
 }

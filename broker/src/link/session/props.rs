@@ -4,12 +4,12 @@
 use fleetmq_storage::MessageProperties;
 use rumqttd::protocol::PublishProperties;
 
-use super::session_link;
+use crate::link::session::resume;
 
 /// A message's properties as a queue keeps them: without the Topic Alias (per
 /// connection) and fleetmq's internal retain mark, with the
 /// Message Expiry Interval, counted from `now_ms`, as the expiry time.
-pub(super) fn stored_properties(
+pub(crate) fn stored_properties(
     props: Option<&PublishProperties>,
     now_ms: u64,
 ) -> (MessageProperties, Option<u64>) {
@@ -24,7 +24,7 @@ pub(super) fn stored_properties(
         user_properties: p
             .user_properties
             .iter()
-            .filter(|(k, _)| k != session_link::RETAIN_MARK)
+            .filter(|(k, _)| k != resume::RETAIN_MARK)
             .cloned()
             .collect(),
         subscription_ids: p
@@ -41,7 +41,7 @@ pub(super) fn stored_properties(
 
 /// The PUBLISH properties a stored message goes out with to an MQTT 5 client, with
 /// `expiry_s` left of its Message Expiry Interval; `None` when it has none.
-pub(super) fn publish_properties(
+pub(crate) fn publish_properties(
     p: &MessageProperties,
     expiry_s: Option<u32>,
 ) -> Option<PublishProperties> {

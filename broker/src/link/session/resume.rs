@@ -14,24 +14,24 @@ use rumqttd::protocol::{
 };
 use rumqttd::Notification;
 
-use super::connection::{Connection, Ending};
-use super::framing::Version;
-use super::outbound::OutMsg;
-use super::session_ledger::SharedLedger;
-use super::session_owed::OwedState;
-use super::session_store;
-use super::topic;
+use crate::link::codec::framing::Version;
+use crate::link::codec::topic;
+use crate::link::connection::outbound::OutMsg;
+use crate::link::connection::{Connection, Ending};
+use crate::link::session::ledger::SharedLedger;
+use crate::link::session::owed::OwedState;
+use crate::link::session::store;
 /// The packet id of the SUBSCRIBE that restores a resumed session's router
 /// subscriptions; clients never use 0, so its SUBACK is recognisably ours.
 const RESUBSCRIBE_PKID: u16 = 0;
 
 /// A user property that carries a live message's RETAIN flag through the router (which
 /// clears RETAIN on fan-out) to subscriptions with Retain As Published.
-pub(super) const RETAIN_MARK: &str = "fleetmq:retain";
+pub(crate) const RETAIN_MARK: &str = "fleetmq:retain";
 
 /// The properties a checked publish is routed with: a client's own copy of the mark is
 /// removed, and a retained publish is marked.
-pub(super) fn route_properties(
+pub(crate) fn route_properties(
     props: Option<PublishProperties>,
     retain: bool,
 ) -> Option<PublishProperties> {
@@ -56,7 +56,7 @@ pub(super) fn route_properties(
 pub(crate) struct SessionStart {
     /// Whether the session outlives this connection.
     pub(crate) persistent: bool,
-    /// Session Expiry Interval in seconds (`session_store::NEVER` for 3.1.1).
+    /// Session Expiry Interval in seconds (`store::NEVER` for 3.1.1).
     pub(crate) expiry_s: u32,
     /// The stored session this connection resumes (CONNACK session present).
     pub(crate) resumed: Option<SessionRecord>,
@@ -66,10 +66,10 @@ pub(crate) struct SessionStart {
 #[derive(Default)]
 pub(crate) struct SessionLink {
     start: SessionStart,
-    pub(super) subs: BTreeMap<String, SessionSubscription>,
+    pub(crate) subs: BTreeMap<String, SessionSubscription>,
     /// Filters of SUBSCRIBEs the router has not answered yet, and whether each
     /// subscription existed before (Retain Handling 1).
-    pub(super) pending_subs: HashMap<u16, Vec<(SessionSubscription, bool)>>,
+    pub(crate) pending_subs: HashMap<u16, Vec<(SessionSubscription, bool)>>,
     subs_dirty: bool,
     saved_qos2: HashSet<u16>,
     /// The outbound PUBRELs the stored record holds.
@@ -77,13 +77,13 @@ pub(crate) struct SessionLink {
     /// Whether this connection stored a session record.
     saved: bool,
     /// What the router still owes this persistent session (`session_ledger`).
-    pub(super) ledger: Option<SharedLedger>,
+    pub(crate) ledger: Option<SharedLedger>,
     /// Arrival numbers the router delivered since the ledger was last told.
-    pub(super) delivered: Vec<u64>,
+    pub(crate) delivered: Vec<u64>,
     /// When its subscriptions took effect (`session_owed`).
-    pub(super) owed: OwedState,
+    pub(crate) owed: OwedState,
     /// What the stored queue of the resumed session holds of its live deliveries.
-    queued_window: Option<session_store::QueuedWindow>,
+    queued_window: Option<store::QueuedWindow>,
 }
 
 impl SessionLink {
@@ -157,7 +157,7 @@ impl Connection {
     /// Right after CONNACK: restores a resumed session's subscriptions in the router,
     /// stops queuing for it, and queues its stored messages for delivery ahead of live
     /// traffic [MQTT-3.1.2-5] [MQTT-4.4.0-1].
-    pub(super) async fn resume_session(&mut self) -> Result<(), Ending> {
+    pub(crate) async fn resume_session(&mut self) -> Result<(), Ending> {
         let Some(rec) = self.sess.start.resumed.take() else {
             if self.sess.start.persistent {
                 self.sess.saved = true;
@@ -184,10 +184,10 @@ impl Connection {
             // Permissions may have changed while the client was away.
             if matches!(
                 self.check_filter(&sub.filter),
-                Ok(super::ingress::Target::Router)
+                Ok(crate::link::connection::ingress::Target::Router)
             ) {
                 filters.entry(sub.id).or_default().push(filter_of(&sub));
-                let options = super::subscriptions::SubOptions {
+                let options = crate::link::connection::subscriptions::SubOptions {
                     qos: sub.qos,
                     no_local: sub.no_local,
                 };
@@ -253,7 +253,7 @@ impl Connection {
             msg.pkid = m.pkid;
             msg.expires_at_ms = m.expires_at_ms;
             // Sent to MQTT 5 clients only; the expiry left is added when it is written.
-            msg.props = session_store::publish_properties(&m.properties, None);
+            msg.props = store::publish_properties(&m.properties, None);
             self.queue.push(msg);
         }
         if self.sess.start.persistent {
@@ -271,7 +271,7 @@ impl Connection {
 
     /// A v5 DISCONNECT may change the Session Expiry Interval, but not from 0 to
     /// non-zero [MQTT-3.14.2-2] (protocol error).
-    pub(super) fn session_expiry_on_disconnect(
+    pub(crate) fn session_expiry_on_disconnect(
         &mut self,
         expiry: Option<u32>,
     ) -> Result<(), Ending> {
@@ -291,7 +291,7 @@ impl Connection {
     }
 
     /// A SUBSCRIBE is going to the router with these filters.
-    pub(super) fn session_subscribing(&mut self, pkid: u16, filters: &[Filter], id: Option<usize>) {
+    pub(crate) fn session_subscribing(&mut self, pkid: u16, filters: &[Filter], id: Option<usize>) {
         let subs = filters
             .iter()
             .map(|f| {
@@ -308,7 +308,7 @@ impl Connection {
     /// messages they get (Retain Handling 0: always, 1: new subscriptions only, 2: never;
     /// none for shared subscriptions) [MQTT-3.3.1-9] [MQTT-3.8.4-4]. Returns true for the
     /// SUBACK of the link's own re-subscribe, which the client must not see.
-    pub(super) fn session_subacked(&mut self, suback: &SubAck) -> bool {
+    pub(crate) fn session_subacked(&mut self, suback: &SubAck) -> bool {
         if suback.pkid == RESUBSCRIBE_PKID {
             if let Some((filters, since)) = self.sess.owed.resubscribing.pop_front() {
                 self.owed_subacked(filters, since);
@@ -348,7 +348,7 @@ impl Connection {
                         // [MQTT-3.3.2-17] [MQTT-3.3.4-3].
                         let mut props = m.properties.clone();
                         props.subscription_ids.extend(sub.id);
-                        msg.props = session_store::publish_properties(&props, None);
+                        msg.props = store::publish_properties(&props, None);
                     }
                     self.queue.push(msg);
                 }
@@ -365,7 +365,7 @@ impl Connection {
         false
     }
 
-    pub(super) fn session_unsubscribed(&mut self, filters: &[String]) {
+    pub(crate) fn session_unsubscribed(&mut self, filters: &[String]) {
         for f in filters {
             self.sess.subs_dirty |= self.sess.subs.remove(f).is_some();
             self.sess.owed.marks.remove(f);
@@ -376,9 +376,7 @@ impl Connection {
                 .session_store
                 .live_subscriptions(&self.s.router_key, &subs);
             // The router drops what it has not delivered on them; so does the stored queue.
-            let dropped = ledger
-                .lock()
-                .retain_topics(|t| session_store::takes(&subs, t));
+            let dropped = ledger.lock().retain_topics(|t| store::takes(&subs, t));
             if self.core.session_store.durable_live() {
                 self.queue.acked_seqs.extend(dropped);
             }
@@ -388,7 +386,7 @@ impl Connection {
     /// The router handed this connection a message with this arrival number, to go out
     /// at `qos`; whether it is already in the session's stored queue (see
     /// `QueuedWindow`), so this copy is not for the client.
-    pub(super) fn session_delivered(&mut self, arrival: u64, topic_name: &str, qos: u8) -> bool {
+    pub(crate) fn session_delivered(&mut self, arrival: u64, topic_name: &str, qos: u8) -> bool {
         if self.sess.ledger.is_none() {
             return false;
         }
@@ -434,7 +432,7 @@ impl Connection {
     /// Removes the retain mark from a routed message's properties; whether it goes out
     /// with RETAIN=1: it was published retained and this v5 client subscribed with Retain
     /// As Published (MQTT 5 [MQTT-3.3.1-12] [MQTT-3.3.1-13]).
-    pub(super) fn take_retain_mark(
+    pub(crate) fn take_retain_mark(
         &self,
         topic_name: &str,
         props: &mut Option<PublishProperties>,
@@ -464,7 +462,7 @@ impl Connection {
     /// PUBRELs. Waits for the disk when the client must not see this batch before it is
     /// there: new QoS 2 sends or PUBRELs, PUBRECs (inbound QoS 2 state), SUBACKs;
     /// plain removals are not waited for (lost in a crash, the message is sent again).
-    pub(super) async fn session_sync(&mut self) {
+    pub(crate) async fn session_sync(&mut self) {
         if let (Some(ledger), false) = (&self.sess.ledger, self.sess.delivered.is_empty()) {
             ledger.lock().delivered(self.sess.delivered.drain(..));
         }
@@ -535,7 +533,7 @@ impl Connection {
     /// parked with what the client had not acknowledged (at their slots: most are
     /// stored already), those in flight with DUP=1 and their packet ids, and the
     /// PUBRELs of the QoS 2 exchanges the client had not completed.
-    pub(super) async fn session_close(&mut self) {
+    pub(crate) async fn session_close(&mut self) {
         if !self.sess.start.persistent {
             if self.sess.saved {
                 // A v5 DISCONNECT set the Session Expiry Interval to 0.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rumqttd::protocol::{LastWill, LastWillProperties, PublishProperties};
 use tokio_util::sync::CancellationToken;
 
-use super::Core;
+use crate::link::Core;
 
 /// A will accepted at CONNECT (ACL-checked, decrypted).
 #[derive(Debug, Clone)]

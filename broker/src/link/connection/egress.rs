@@ -10,23 +10,23 @@ use rumqttd::{Forward, Notification};
 
 use fleetmq_storage::now_ms;
 
-use super::connection::Connection;
-use super::framing;
-use super::origin::Origin;
-use super::outbound::OutMsg;
+use crate::link::codec::framing;
+use crate::link::codec::origin::Origin;
+use crate::link::connection::outbound::OutMsg;
+use crate::link::connection::Connection;
 use crate::stats::DropCause;
 
 /// What a notification asks of the egress loop besides writing.
 #[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Flow {
+pub(crate) struct Flow {
     /// The router paused this link until we wake it.
-    pub(super) unscheduled: bool,
+    pub(crate) unscheduled: bool,
     /// The router disconnected this link.
-    pub(super) disconnected: bool,
+    pub(crate) disconnected: bool,
 }
 
 impl Flow {
-    pub(super) fn merge(self, other: Flow) -> Flow {
+    pub(crate) fn merge(self, other: Flow) -> Flow {
         Flow {
             unscheduled: self.unscheduled || other.unscheduled,
             disconnected: self.disconnected || other.disconnected,
@@ -36,7 +36,7 @@ impl Flow {
 
 impl Connection {
     /// Handles one router notification.
-    pub(super) fn notification(&mut self, n: Notification) -> Flow {
+    pub(crate) fn notification(&mut self, n: Notification) -> Flow {
         match n {
             Notification::Forward(forward) => {
                 self.forward(forward);
@@ -51,7 +51,7 @@ impl Connection {
                 if self.s.version == framing::Version::V5 {
                     let packet = match props {
                         Some(props) => Packet::Disconnect(d, Some(props)),
-                        None => super::server_disconnect(d.reason_code),
+                        None => crate::link::server_disconnect(d.reason_code),
                     };
                     self.write_packet(packet);
                 }
@@ -120,7 +120,7 @@ impl Connection {
     /// now on, so the router's log never waits for this client); then read check, No
     /// Local, expiry, QoS downgrade and Retain As Published, and the message joins the
     /// outbound queue (`outbound.rs`) with its properties.
-    pub(super) fn forward(&mut self, forward: Forward) {
+    pub(crate) fn forward(&mut self, forward: Forward) {
         let Forward {
             cursor,
             publish,
@@ -135,7 +135,7 @@ impl Connection {
     /// A message for the client at `routed_qos` (the subscription's), from the router
     /// (`router`: with its log cursor) or from the session's ledger (`session_owed`,
     /// `None`).
-    pub(super) fn deliver(
+    pub(crate) fn deliver(
         &mut self,
         mut publish: Publish,
         mut properties: Option<PublishProperties>,

@@ -14,10 +14,10 @@ use fleetmq_storage::{now_ms, QueuedMessage};
 use rumqttd::protocol::{Packet, PubRel, PubRelReason, PublishProperties};
 use tokio::time::Instant;
 
-use super::connection::Connection;
-use super::framing::{self, PublishMeta};
-use super::origin::remaining_expiry;
-use super::session_store;
+use crate::link::codec::framing::{self, PublishMeta};
+use crate::link::codec::origin::remaining_expiry;
+use crate::link::connection::Connection;
+use crate::link::session::store;
 use crate::stats::{DropCause, Stats};
 
 /// Packet ids of the messages the link delivers (commands use 1001..).
@@ -31,32 +31,32 @@ const MAX_RELEASED: usize = 500;
 
 /// One PUBLISH owed to the client. The payload is plaintext: sealing happens when it is
 /// written, so a parked session stores plaintext.
-pub(super) struct OutMsg {
-    pub(super) topic: String,
-    pub(super) payload: Bytes,
-    pub(super) qos: u8,
-    pub(super) retain: bool,
-    pub(super) dup: bool,
+pub(crate) struct OutMsg {
+    pub(crate) topic: String,
+    pub(crate) payload: Bytes,
+    pub(crate) qos: u8,
+    pub(crate) retain: bool,
+    pub(crate) dup: bool,
     /// Its slot in the persistent session's redb queue (`session_store`): where it is
     /// stored, or would be should the session park before the client acknowledged it.
     /// QoS 1/2 messages of persistent sessions only.
-    pub(super) seq: Option<u64>,
+    pub(crate) seq: Option<u64>,
     /// Whether a copy is stored at `seq` (to be removed when delivered).
-    pub(super) stored: bool,
+    pub(crate) stored: bool,
     /// PUBLISH properties to send (v5 clients), without the Message Expiry Interval.
-    pub(super) props: Option<PublishProperties>,
+    pub(crate) props: Option<PublishProperties>,
     /// When the message expires (unix ms): dropped if still waiting then; otherwise it is
     /// sent with the seconds left.
-    pub(super) expires_at_ms: Option<u64>,
+    pub(crate) expires_at_ms: Option<u64>,
     /// The read ACL was checked when it was queued (live messages).
-    pub(super) read_checked: bool,
+    pub(crate) read_checked: bool,
     /// The packet id it was in flight with before the client reconnected.
-    pub(super) pkid: Option<u16>,
+    pub(crate) pkid: Option<u16>,
 }
 
 impl OutMsg {
     /// A stored or retained message (read ACL checked when written).
-    pub(super) fn plain(topic: String, payload: Bytes, qos: u8) -> OutMsg {
+    pub(crate) fn plain(topic: String, payload: Bytes, qos: u8) -> OutMsg {
         OutMsg {
             topic,
             payload,
@@ -81,7 +81,7 @@ impl OutMsg {
     /// the packet id it was in flight with; and its slot.
     fn queued(self, dup: bool, pkid: Option<u16>) -> (Option<u64>, QueuedMessage) {
         let now = now_ms();
-        let (properties, _) = session_store::stored_properties(self.props.as_ref(), now);
+        let (properties, _) = store::stored_properties(self.props.as_ref(), now);
         let msg = QueuedMessage {
             topic: self.topic,
             payload: self.payload.to_vec(),
@@ -98,12 +98,12 @@ impl OutMsg {
 }
 
 /// What a leaving client was owed (see [`Outbound::take_unacked`]).
-pub(super) struct Owed {
+pub(crate) struct Owed {
     /// Messages the session's queue must hold, in send order, with their slots (those
     /// that were in flight with DUP and their packet ids).
-    pub(super) messages: Vec<(Option<u64>, QueuedMessage)>,
+    pub(crate) messages: Vec<(Option<u64>, QueuedMessage)>,
     /// Packet ids of QoS 2 exchanges waiting for the client's PUBCOMP, in send order.
-    pub(super) pubrels: Vec<u16>,
+    pub(crate) pubrels: Vec<u16>,
 }
 
 struct Inflight {
@@ -126,14 +126,14 @@ pub(crate) struct Outbound {
     /// Queue slots delivered (QoS 0 written, QoS 1 acked, dropped): removed from the
     /// stored queue after the batch, without waiting for the disk (a crash may deliver
     /// them again, which at-least-once allows).
-    pub(super) acked_seqs: Vec<u64>,
+    pub(crate) acked_seqs: Vec<u64>,
     /// QoS 2 slots PUBREC'd: removed, and their PUBREL recorded, durably before the
     /// PUBRELs go out, so a client that completed one never gets it again.
-    pub(super) released_seqs: Vec<u64>,
+    pub(crate) released_seqs: Vec<u64>,
     /// QoS 2 slots written on a packet id they were not stored with: recorded durably
     /// before the PUBLISH goes out, so a re-send after a crash uses the same id with
     /// DUP=1 [MQTT-4.4.0-1] and the client's QoS 2 state recognises it.
-    pub(super) sent_marks: Vec<(u64, u16)>,
+    pub(crate) sent_marks: Vec<(u64, u16)>,
     /// Registered in `Core::congestion`.
     congested: bool,
     /// The client's last ack of a message (or when congestion began).
@@ -160,7 +160,7 @@ impl Outbound {
     /// A resumed session's QoS 2 exchange that was released before the client left: its
     /// PUBREL is sent again first [MQTT-4.4.0-1], and the packet id stays taken until
     /// the PUBCOMP.
-    pub(super) fn released(&mut self, pkid: u16) -> bool {
+    pub(crate) fn released(&mut self, pkid: u16) -> bool {
         if !(FIRST_PKID..=LAST_PKID).contains(&pkid)
             || self.inflight.contains_key(&pkid)
             || self.inflight.len() >= MAX_RELEASED
@@ -184,7 +184,7 @@ impl Outbound {
 
     /// Queues a message that must not be dropped (stored, retained); a re-send's packet
     /// id is kept for it.
-    pub(super) fn push(&mut self, msg: OutMsg) {
+    pub(crate) fn push(&mut self, msg: OutMsg) {
         if let Some(pkid) = msg.pkid {
             self.reserved.insert(pkid);
         }
@@ -192,7 +192,7 @@ impl Outbound {
     }
 
     /// Packet ids of the QoS 2 exchanges waiting for the client's PUBCOMP, in send order.
-    pub(super) fn pubrels(&self) -> Vec<u16> {
+    pub(crate) fn pubrels(&self) -> Vec<u16> {
         let mut released: Vec<(u64, u16)> = self
             .inflight
             .iter()
@@ -204,7 +204,7 @@ impl Outbound {
     }
 
     /// QoS 1/2 messages the client has not completed, or not been sent yet.
-    pub(super) fn owed(&self) -> usize {
+    pub(crate) fn owed(&self) -> usize {
         let waiting = self.pending.iter().filter(|m| m.qos > 0).count();
         let inflight = self.inflight.values().filter(|i| !i.released).count();
         waiting + inflight
@@ -213,7 +213,7 @@ impl Outbound {
     /// What a leaving persistent session still owes its client, in send order: messages
     /// written and not acknowledged (DUP, with their packet ids), then those not written
     /// yet; and the packet ids of released QoS 2 exchanges.
-    pub(super) fn take_unacked(&mut self) -> Owed {
+    pub(crate) fn take_unacked(&mut self) -> Owed {
         let mut inflight = Vec::new();
         let mut pubrels = Vec::new();
         for (pkid, i) in std::mem::take(&mut self.inflight) {
@@ -243,7 +243,7 @@ impl Outbound {
     }
 
     /// When a congested connection that made no progress is cut.
-    pub(super) fn stuck_deadline(&self, timeout: std::time::Duration) -> Option<Instant> {
+    pub(crate) fn stuck_deadline(&self, timeout: std::time::Duration) -> Option<Instant> {
         self.congested.then(|| self.progress_at + timeout)
     }
 
@@ -277,7 +277,7 @@ impl Outbound {
 impl Connection {
     /// Queues a live message; a QoS 0 one past the pending limit is dropped and counted
     /// (QoS 1/2 ones are held back at their publishers instead, see `congestion.rs`).
-    pub(super) fn push_live(&mut self, msg: OutMsg) {
+    pub(crate) fn push_live(&mut self, msg: OutMsg) {
         if msg.qos == 0 && self.queue.pending.len() >= self.queue.max_pending {
             self.core.stats.dropped(DropCause::SlowConsumer);
             return;
@@ -287,7 +287,7 @@ impl Connection {
 
     /// Writes from the head of the queue what the window allows: QoS 0 at once, QoS 1/2
     /// while fewer than the window are in flight. Nothing overtakes a waiting message.
-    pub(super) fn fill_out(&mut self) {
+    pub(crate) fn fill_out(&mut self) {
         let window = self.flow.receive_max().min(WINDOW);
         while let Some(head) = self.queue.pending.front() {
             if head.qos > 0 && self.queue.inflight.len() >= window {
@@ -387,7 +387,7 @@ impl Connection {
     /// A PUBACK/PUBREC/PUBCOMP (`packet_type` 4/5/7) from the client; `failed`: a PUBREC
     /// with an error code, which ends the exchange. False if `pkid` is not one of the
     /// link's delivery ids.
-    pub(super) fn out_ack(&mut self, packet_type: u8, pkid: u16, failed: bool) -> bool {
+    pub(crate) fn out_ack(&mut self, packet_type: u8, pkid: u16, failed: bool) -> bool {
         if !(FIRST_PKID..=LAST_PKID).contains(&pkid) {
             return false;
         }
@@ -430,7 +430,7 @@ impl Connection {
     /// congestion began (each one stops at its next QoS 1/2 PUBLISH), by the broker's own
     /// publishes and by the connection's own (never paused); a connection that stops
     /// acknowledging is cut after `mqtt.slow_consumer_timeout_s` in any case.
-    pub(super) fn update_congestion(&mut self) {
+    pub(crate) fn update_congestion(&mut self) {
         let waiting = self.queue.pending.len();
         let max = self.queue.max_pending;
         if !self.queue.congested && waiting > max {

@@ -15,13 +15,13 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 
-use super::connect::{self, ConnectFailure};
-use super::connection::Connection;
-use super::framing::{self, Version};
-use super::transport::Stream;
-use super::Core;
 use crate::client::Transport;
-use crate::config::BrokerConfig;
+use crate::link::codec::framing::{self, Version};
+use crate::link::connection::connect::{self, ConnectFailure};
+use crate::link::connection::Connection;
+use crate::link::net::transport::Stream;
+use crate::link::settings::BrokerConfig;
+use crate::link::Core;
 use rumqttd::protocol::{ConnAck, Packet};
 
 /// The broker's bound MQTT listeners. Bind first, then start: tests bind port 0.
@@ -45,7 +45,7 @@ impl Listeners {
         };
         let tls = match &config.tls {
             Some(tls) => {
-                let acceptor = super::tls::acceptor(tls)?;
+                let acceptor = crate::link::net::tls::acceptor(tls)?;
                 bind(Some(tls.listen)).await?.map(|l| (l, acceptor))
             }
             None => None,
@@ -134,7 +134,7 @@ async fn handshake(core: Arc<Core>, socket: TcpStream, peer: SocketAddr, kind: K
                 .map(|ws| (ws, Transport::Ws, None)),
             Kind::Tls(acceptor) => {
                 let tls = acceptor.accept(socket).await?;
-                let cn = super::tls::client_cn(&tls);
+                let cn = crate::link::net::tls::client_cn(&tls);
                 Ok((Stream::Tls(Box::new(tls)), Transport::Tls, cn))
             }
         }
@@ -243,7 +243,7 @@ async fn refuse(core: &Core, mut stream: Stream, peer: SocketAddr, failure: Conn
                 Some(props),
             );
             let packet = if version == Version::V4 {
-                super::strip_properties(ack)
+                crate::link::strip_properties(ack)
             } else {
                 ack
             };

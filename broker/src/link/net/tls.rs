@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsConfig;
+use crate::link::settings::TlsConfig;
 
 fn invalid(path: &Path, what: impl std::fmt::Display) -> io::Error {
     io::Error::new(

@@ -1,6 +1,18 @@
 //! One client connection after CONNECT: the run loop that moves packets between the
 //! client's stream and rumqttd's router, and the close sequence.
 
+pub(crate) mod alias;
+pub(crate) mod congestion;
+pub(crate) mod connect;
+pub(crate) mod egress;
+pub(crate) mod flow;
+#[cfg(feature = "testing")]
+pub(crate) mod hold;
+pub(crate) mod ingress;
+pub(crate) mod outbound;
+pub(crate) mod subscriptions;
+pub(crate) mod will;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,19 +22,19 @@ use futures_util::FutureExt;
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, SubscribeReasonCode};
 use tokio::time::Instant;
 
-use super::alias::InboundAliases;
-use super::connect::{count_connection, Established};
-use super::flow::OutboundFlow;
-use super::framing::{self, PublishMeta, Version};
-use super::outbound::Outbound;
-use super::sealing::DeviceCrypto;
-use super::subscriptions::Subscriptions;
-use super::transport::Stream;
-use super::Core;
-use crate::auth::Identity;
 use crate::client::ClientKind;
 use crate::fleet::LinkEvent;
-use crate::sessions::{CloseReason, Control};
+use crate::link::codec::framing::{self, PublishMeta, Version};
+use crate::link::connection::alias::InboundAliases;
+use crate::link::connection::connect::{count_connection, Established};
+use crate::link::connection::flow::OutboundFlow;
+use crate::link::connection::outbound::Outbound;
+use crate::link::connection::subscriptions::Subscriptions;
+use crate::link::net::transport::Stream;
+use crate::link::security::auth::Identity;
+use crate::link::security::sealing::DeviceCrypto;
+use crate::link::session::live::{CloseReason, Control};
+use crate::link::Core;
 use fleetmq_storage::now_ms;
 
 /// Packet ids the link uses for commands it writes itself; the router uses 1..=100.
@@ -58,39 +70,39 @@ pub(crate) enum Ending {
 }
 
 pub(crate) struct Connection {
-    pub(super) core: Arc<Core>,
-    pub(super) stream: Stream,
-    pub(super) s: Established,
-    pub(super) read_buf: BytesMut,
-    pub(super) out: BytesMut,
-    pub(super) to_router: Vec<Packet>,
+    pub(crate) core: Arc<Core>,
+    pub(crate) stream: Stream,
+    pub(crate) s: Established,
+    pub(crate) read_buf: BytesMut,
+    pub(crate) out: BytesMut,
+    pub(crate) to_router: Vec<Packet>,
     /// Every PUBLISH owed to the client, and those in flight (`outbound.rs`).
-    pub(super) queue: Outbound,
+    pub(crate) queue: Outbound,
     /// A QoS 1/2 PUBLISH from the client waiting for a congested subscriber.
-    pub(super) stalled: Option<(Packet, Option<PublishMeta>)>,
+    pub(crate) stalled: Option<(Packet, Option<PublishMeta>)>,
     /// Sees congested connections drain (`congestion.rs`).
-    pub(super) congestion_rx: tokio::sync::watch::Receiver<u64>,
-    pub(super) crypto: Option<DeviceCrypto>,
+    pub(crate) congestion_rx: tokio::sync::watch::Receiver<u64>,
+    pub(crate) crypto: Option<DeviceCrypto>,
     /// Inbound QoS 2 packet ids answered with PUBREC and waiting for PUBREL.
-    pub(super) inbound_qos2: std::collections::HashSet<u16>,
+    pub(crate) inbound_qos2: std::collections::HashSet<u16>,
     /// SUBACK codes decided locally, merged with the router's by packet id.
-    pub(super) pending_subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
-    pub(super) last_read: Instant,
+    pub(crate) pending_subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    pub(crate) last_read: Instant,
     /// Whether this link ever sent the router a `Ready` (wake) event.
-    pub(super) woke: bool,
+    pub(crate) woke: bool,
     /// Commands written by the link itself (not routed), by packet id, awaiting PUBACK.
-    pub(super) commands_inflight: HashMap<u16, String>,
-    pub(super) next_command_pkid: u16,
+    pub(crate) commands_inflight: HashMap<u16, String>,
+    pub(crate) next_command_pkid: u16,
     /// Per-connection MQTT state the router lacks (see `subscriptions`, `alias`, `flow`).
-    pub(super) subs: Subscriptions,
-    pub(super) aliases: InboundAliases,
-    pub(super) flow: OutboundFlow,
-    pub(super) sys_rx: tokio::sync::watch::Receiver<super::sys::SysValues>,
+    pub(crate) subs: Subscriptions,
+    pub(crate) aliases: InboundAliases,
+    pub(crate) flow: OutboundFlow,
+    pub(crate) sys_rx: tokio::sync::watch::Receiver<crate::link::sys::SysValues>,
     /// Session state: subscriptions kept, the link's own deliveries (`session_link.rs`).
-    pub(super) sess: super::session_link::SessionLink,
+    pub(crate) sess: crate::link::session::resume::SessionLink,
     /// Persistent sessions' copies of this read batch's messages, written before the
     /// batch is routed (`session_store`).
-    pub(super) copies: super::session_store::Copies,
+    pub(crate) copies: crate::link::session::store::Copies,
 }
 
 impl Connection {
@@ -100,7 +112,7 @@ impl Connection {
         mut s: Established,
         read_buf: BytesMut,
     ) -> Connection {
-        let sess = super::session_link::SessionLink::new(std::mem::take(&mut s.session));
+        let sess = crate::link::session::resume::SessionLink::new(std::mem::take(&mut s.session));
         let crypto = match &s.identity {
             Identity::Device(d) => core.crypto_for(d),
             _ => None,
@@ -228,7 +240,7 @@ impl Connection {
     }
 
     /// Writes what is buffered for the client in one write.
-    pub(super) async fn flush(&mut self) -> Result<(), Ending> {
+    pub(crate) async fn flush(&mut self) -> Result<(), Ending> {
         if self.out.is_empty() {
             return Ok(());
         }
@@ -252,9 +264,9 @@ impl Connection {
     }
 
     /// Encodes a packet for the client, dropping v5-only properties for 3.1.1 clients.
-    pub(super) fn write_packet(&mut self, packet: Packet) {
+    pub(crate) fn write_packet(&mut self, packet: Packet) {
         let packet = match self.s.version {
-            Version::V4 => super::strip_properties(packet),
+            Version::V4 => crate::link::strip_properties(packet),
             Version::V5 => packet,
         };
         let start = self.out.len();
@@ -271,10 +283,10 @@ impl Connection {
     }
 
     /// Hands the packets collected for the router over, waking it once.
-    pub(super) async fn send_to_router(&mut self) -> Result<(), Ending> {
+    pub(crate) async fn send_to_router(&mut self) -> Result<(), Ending> {
         #[cfg(feature = "testing")]
-        if crate::testing::withheld(&self.s.client_id, &self.to_router) {
-            // In the link's buffer, but the router is not told (`testing::RouterHold`).
+        if hold::withheld(&self.s.client_id, &self.to_router) {
+            // In the link's buffer, but the router is not told (`hold`).
             self.s.link_tx.buffer().extend(self.to_router.drain(..));
             return Ok(());
         }
@@ -341,7 +353,7 @@ impl Connection {
         let will_now = match will {
             Some(w) if w.delay.is_zero() => Some(w),
             Some(w) => {
-                super::will::fire(&core, &self.s.router_key, w).await;
+                crate::link::connection::will::fire(&core, &self.s.router_key, w).await;
                 None
             }
             None => None,
@@ -353,12 +365,12 @@ impl Connection {
                 // Whatever it was not taking goes; the DISCONNECT is all it may still get.
                 self.out.clear();
             }
-            self.write_packet(super::server_disconnect(reason));
+            self.write_packet(crate::link::server_disconnect(reason));
             let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
         }
         self.stream.shutdown().await;
         if let Some(will) = will_now {
-            super::will::fire(&core, &self.s.router_key, will.clone()).await;
+            crate::link::connection::will::fire(&core, &self.s.router_key, will.clone()).await;
             self.will_published(&will.will).await;
         }
         let kind = match self.s.identity {
@@ -517,7 +529,7 @@ impl Connection {
     }
 
     /// A PUBACK for a command the link wrote itself; false if the packet id is not one.
-    pub(super) async fn command_acked(&mut self, pkid: u16) -> bool {
+    pub(crate) async fn command_acked(&mut self, pkid: u16) -> bool {
         let Some(command_id) = self.commands_inflight.remove(&pkid) else {
             return false;
         };
