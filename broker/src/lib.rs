@@ -1,6 +1,6 @@
 //! fleetmq's MQTT broker: our own link layer over rumqttd's router, and the device logic.
 //!
-//! Layers, each importing only those below it (`scripts/layers.sh` checks this):
+//! Layers, each importing only those below it (`scripts/layers.py` checks this):
 //! - leaves: `client` (who is connected, over what), `publish` (what the broker publishes
 //!   itself), `settings` (config errors), `time`, `stats`;
 //! - `fleet`: device logic (commands, telemetry, events, webhooks, presence) and its

@@ -102,7 +102,7 @@ impl TestBroker {
     /// link layer goes on (a connected persistent session's subscription has taken
     /// effect in its ledger, a resumed one's re-subscribe is followed by its going
     /// live), but the router processes the SUBSCRIBE only after whatever other clients
-    /// publish meanwhile. That is the window a SUBACK settles (`link/session_owed.rs`),
+    /// publish meanwhile. That is the window a SUBACK settles (`link/session/owed.rs`),
     /// which the router's own timing opens only now and then. Armed before the SUBSCRIBE
     /// (or the CONNECT whose re-subscribe is to be held).
     pub fn hold_router(&self, client_id: &str) -> RouterHold {

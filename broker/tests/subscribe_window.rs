@@ -1,4 +1,4 @@
-//! The subscribe window (`link/session_owed.rs`, architecture.md "Sessions",
+//! The subscribe window (`link/session/owed.rs`, architecture.md "Sessions",
 //! "Subscribing"): a connected persistent session's new subscription takes effect at
 //! its *mark*, when its filter enters the session's ledger trie, before rumqttd's router
 //! has the SUBSCRIBE; the router starts the subscription at the end of the filter's log

@@ -2,7 +2,7 @@
 //! front of the payload: the QoS it was published with (rumqttd delivers at the
 //! subscription QoS, `routing.rs` ~1564), the connection that published it (No Local),
 //! when it arrived (Message Expiry Interval), and for QoS 1/2 its arrival number at the
-//! session check (`session_store`), which is the message's slot in every persistent
+//! session check (`session::store`), which is the message's slot in every persistent
 //! session's stored queue. Ingress writes the header while it
 //! builds the routed PUBLISH (which copies the payload anyway), egress splits it off
 //! without copying; a client can never set or see it.
@@ -92,7 +92,7 @@ pub(crate) type Routed = (Publish, Option<PublishProperties>);
 /// A PUBLISH for the router, built (the one copy of topic and payload) but not yet
 /// frozen: its header's arrival number is written by the parked-session check, under
 /// its lock, which also keeps a reference-counted copy for connected persistent
-/// sessions (`session_ledger`).
+/// sessions (`session::ledger`).
 pub(crate) struct Routing {
     buf: BytesMut,
     header_at: usize,

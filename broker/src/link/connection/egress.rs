@@ -133,7 +133,7 @@ impl Connection {
     }
 
     /// A message for the client at `routed_qos` (the subscription's), from the router
-    /// (`router`: with its log cursor) or from the session's ledger (`session_owed`,
+    /// (`router`: with its log cursor) or from the session's ledger (`session::owed`,
     /// `None`).
     pub(crate) fn deliver(
         &mut self,
@@ -151,7 +151,7 @@ impl Connection {
         if let (Some(arrival), true) = (origin.and_then(|o| o.arrival), router.is_some()) {
             if self.session_delivered(arrival, &topic, qos) {
                 // Its publisher queued it for the parked session, or the session's
-                // ledger gave it already: it comes from there (`session_owed`).
+                // ledger gave it already: it comes from there (`session::owed`).
                 return;
             }
         }
@@ -167,7 +167,7 @@ impl Connection {
             }
         }
         // A persistent session's QoS 1/2 message has its slot in the stored queue: its
-        // arrival number (`session_store`). One not delivered leaves the queue.
+        // arrival number (`session::store`). One not delivered leaves the queue.
         let slot = origin
             .and_then(|o| o.arrival)
             .filter(|_| qos > 0 && self.sess.ledger.is_some());

@@ -101,7 +101,7 @@ pub(crate) struct Connection {
     /// Session state: subscriptions kept, the link's own deliveries (`session_link.rs`).
     pub(crate) sess: crate::link::session::resume::SessionLink,
     /// Persistent sessions' copies of this read batch's messages, written before the
-    /// batch is routed (`session_store`).
+    /// batch is routed (`session::store`).
     pub(crate) copies: crate::link::session::store::Copies,
 }
 

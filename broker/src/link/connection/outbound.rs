@@ -37,7 +37,7 @@ pub(crate) struct OutMsg {
     pub(crate) qos: u8,
     pub(crate) retain: bool,
     pub(crate) dup: bool,
-    /// Its slot in the persistent session's redb queue (`session_store`): where it is
+    /// Its slot in the persistent session's redb queue (`session::store`): where it is
     /// stored, or would be should the session park before the client acknowledged it.
     /// QoS 1/2 messages of persistent sessions only.
     pub(crate) seq: Option<u64>,

@@ -1,8 +1,8 @@
 //! What the router still owes a *connected* persistent session: every QoS 1/2 message
 //! that matched one of its subscriptions at the session check, from that check until the
 //! router hands it to the session's connection. Each is stored in the session's queue
-//! too (`session_store`), so nothing here is needed at parking; the ledger is what a
-//! SUBACK settles (`session_owed`): a message recorded for a new subscription that the
+//! too (`session::store`), so nothing here is needed at parking; the ledger is what a
+//! SUBACK settles (`session::owed`): a message recorded for a new subscription that the
 //! router may never deliver is delivered from here.
 //!
 //! An entry is the routed PUBLISH itself (reference counts on the one buffer the router
@@ -130,7 +130,7 @@ impl Ledger {
 
     /// Takes out, in arrival order, the entries `take` picks by arrival number and topic
     /// (those the router may never deliver when a SUBSCRIBE is answered, see
-    /// `session_owed`).
+    /// `session::owed`).
     pub(crate) fn take_where(&mut self, take: impl Fn(u64, &str) -> bool) -> Vec<Routed> {
         let mut out = Vec::new();
         for (a, e) in &mut self.entries {

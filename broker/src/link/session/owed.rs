@@ -1,6 +1,6 @@
 //! What a connected persistent session is owed, as its connection sees it: the router's
-//! deliveries against the session's ledger (`session_ledger`), around SUBSCRIBEs and at
-//! parking. See `session_store` ("The parking window", "Subscribing") for the design.
+//! deliveries against the session's ledger (`session::ledger`), around SUBSCRIBEs and at
+//! parking. See `session::store` ("Parking and the resume window", "Subscribing") for the design.
 //!
 //! A subscription of a connected persistent session takes effect at its *mark*: the
 //! arrival counter when its filter entered the session's ledger trie, which is done

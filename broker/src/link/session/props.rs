@@ -1,4 +1,4 @@
-//! A message's MQTT 5 properties as a session queue keeps them (`session_store`), and as
+//! A message's MQTT 5 properties as a session queue keeps them (`session::store`), and as
 //! a stored message goes out again.
 
 use fleetmq_storage::MessageProperties;

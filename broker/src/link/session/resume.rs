@@ -1,7 +1,7 @@
 //! A connection's part of session state: the subscriptions it keeps for a persistent
 //! session, what it puts on the outbound queue (`outbound.rs`: a resumed session's stored
 //! queue, retained messages for new subscriptions), and parking the session with what
-//! the client was still owed when it leaves. See `session_store` for the design.
+//! the client was still owed when it leaves. See `session::store` for the design.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -76,11 +76,11 @@ pub(crate) struct SessionLink {
     saved_pubrels: Vec<u16>,
     /// Whether this connection stored a session record.
     saved: bool,
-    /// What the router still owes this persistent session (`session_ledger`).
+    /// What the router still owes this persistent session (`session::ledger`).
     pub(crate) ledger: Option<SharedLedger>,
     /// Arrival numbers the router delivered since the ledger was last told.
     pub(crate) delivered: Vec<u64>,
-    /// When its subscriptions took effect (`session_owed`).
+    /// When its subscriptions took effect (`session::owed`).
     pub(crate) owed: OwedState,
     /// What the stored queue of the resumed session holds of its live deliveries.
     queued_window: Option<store::QueuedWindow>,
@@ -224,7 +224,7 @@ impl Connection {
             self.sess.ledger = Some(ledger);
             self.sess.queued_window = window;
             // Its subscriptions take effect here; each re-subscribe's SUBACK settles what
-            // was checked before the router had it (`session_owed`).
+            // was checked before the router had it (`session::owed`).
             self.sess.owed.resubscribing = resubscribed.into_iter().map(|f| (f, since)).collect();
         } else {
             self.core.session_store.unpark(&key);

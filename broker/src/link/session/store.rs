@@ -12,9 +12,9 @@
 //!   (below), so writing one message for one session twice stores it once. An entry
 //!   leaves when the client acknowledged it;
 //! - while the client is away the session is *parked*: its subscriptions sit in an
-//!   index by filter level (`session_index`); while it is connected they sit in a
+//!   index by filter level (`session::index`); while it is connected they sit in a
 //!   second one (the live index), and the check also records the message in the
-//!   session's ledger (`session_ledger`) until the router delivers it;
+//!   session's ledger (`session::ledger`) until the router delivers it;
 //! - at reconnect the connection re-subscribes its router link, unparks the session and
 //!   delivers the queue before any live traffic.
 //! - parked sessions expire after their Session Expiry Interval (3.1.1: never).
@@ -47,7 +47,7 @@
 //!
 //! A new subscription of a connected session enters the live index before its SUBSCRIBE
 //! goes to the router, and its SUBACK settles what the router may not deliver of what was
-//! recorded meanwhile (`session_owed`). A barrier that waits for the router to have
+//! recorded meanwhile (`session::owed`). A barrier that waits for the router to have
 //! forwarded everything numbered below a mark is not possible with rumqttd: it consumes
 //! each filter's log separately, 100 at a time round-robin, so no marker proves that
 //! another filter's log has been read past a point.
@@ -104,7 +104,7 @@ struct ParkedSet {
     writing: HashMap<String, usize>,
     /// Arrival numbers whose copies for connected sessions are not written yet. The
     /// router has not seen those messages, but a SUBACK can deliver one from a ledger
-    /// (`session_owed`): its removal must not reach the store before its copy.
+    /// (`session::owed`): its removal must not reach the store before its copy.
     unwritten: std::collections::HashSet<u64>,
 }
 
@@ -359,7 +359,7 @@ impl SessionStore {
     /// A connected session's subscriptions changed (a SUBSCRIBE goes to the router, the
     /// router answered one, or an UNSUBSCRIBE goes to it). Returns the arrival counter
     /// at the change: a message numbered at or past it was checked with these
-    /// subscriptions (`session_owed`).
+    /// subscriptions (`session::owed`).
     pub(crate) fn live_subscriptions(
         &self,
         key: &str,

@@ -2,7 +2,7 @@
 //! in session queues), recorded in the ledgers of the connected persistent sessions it
 //! matches, and copied for every persistent session, connected or parked, whose
 //! subscriptions take it; the copies are written before the message is routed. See
-//! `session_store` for the design.
+//! `session::store` for the design.
 
 use std::sync::Arc;
 
