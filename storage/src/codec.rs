@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 use crate::ids::DeviceId;
 use crate::model::{
-    AclAction, AclRule, DeviceKey, DeviceRecord, RetainedMessage, ServiceClientRecord,
+    AclAction, AclRule, DeviceKey, DeviceRecord, MessageProperties, RetainedMessage,
+    ServiceClientRecord,
 };
 use crate::secret::CredentialHash;
-use crate::sessions::MessageProperties;
 
 #[derive(Serialize, Deserialize)]
 enum StoredDevice {

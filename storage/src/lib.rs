@@ -47,12 +47,11 @@ pub use devices::KEPT_KEY_GENERATIONS;
 pub use error::{OpenError, StoreError};
 pub use ids::{DeviceId, InvalidDeviceId, MAX_DEVICE_ID_LEN};
 pub use model::{
-    AclAction, AclRule, DeviceKey, DeviceRecord, NewDevice, RetainedMessage, ServiceClientRecord,
-    DEFAULT_PLUGIN,
+    AclAction, AclRule, DeviceKey, DeviceRecord, MessageProperties, NewDevice, RetainedMessage,
+    ServiceClientRecord, DEFAULT_PLUGIN,
 };
 pub use secret::{generate_key, generate_token, CredentialHash, DEFAULT_ITERATIONS};
 pub use sessions::{
-    MessageProperties, QueueOp, QueuedMessage, SessionRecord, SessionSubscription,
-    MAX_SUBSCRIPTION_ID,
+    QueueOp, QueuedMessage, SessionRecord, SessionSubscription, MAX_SUBSCRIPTION_ID,
 };
 pub use store::{now_ms, Store, DB_FILE_NAME};

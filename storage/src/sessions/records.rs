@@ -9,11 +9,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    MessageProperties, QueuedMessage, SessionRecord, SessionSubscription, MAX_SUBSCRIPTION_ID,
-    QUEUE_TABLE, SESSIONS_TABLE,
+    QueuedMessage, SessionRecord, SessionSubscription, MAX_SUBSCRIPTION_ID, QUEUE_TABLE,
+    SESSIONS_TABLE,
 };
 use crate::codec::{self, Location};
 use crate::error::StoreError;
+use crate::model::MessageProperties;
 
 #[derive(Serialize, Deserialize)]
 enum StoredSession {
