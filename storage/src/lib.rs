@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 mod retained;
+mod schema;
 pub mod secret;
 mod service_clients;
 mod sessions;

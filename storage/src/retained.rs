@@ -1,16 +1,12 @@
 //! The `retained` table: topic → versioned [`RetainedMessage`].
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 
 use crate::codec::{self, Location};
 use crate::error::StoreError;
 use crate::model::RetainedMessage;
+use crate::schema::{RETAINED, RETAINED_TABLE as TABLE};
 use crate::store::Store;
-
-const TABLE: &str = "retained";
-
-/// Topic name → `codec::StoredRetained`.
-pub(crate) const RETAINED: TableDefinition<'static, &str, &[u8]> = TableDefinition::new(TABLE);
 
 fn at(key: &str) -> Location<'_> {
     Location { table: TABLE, key }

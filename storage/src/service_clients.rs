@@ -1,18 +1,13 @@
 //! The `service_clients` table: client name → versioned [`ServiceClientRecord`].
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 
 use crate::codec::{self, Location};
 use crate::devices;
 use crate::error::StoreError;
 use crate::model::ServiceClientRecord;
+use crate::schema::{SERVICE_CLIENTS, SERVICE_CLIENTS_TABLE as TABLE};
 use crate::store::Store;
-
-const TABLE: &str = "service_clients";
-
-/// Client name → `codec::StoredServiceClient`.
-pub(crate) const SERVICE_CLIENTS: TableDefinition<'static, &str, &[u8]> =
-    TableDefinition::new(TABLE);
 
 const KIND: &str = "service client";
 

@@ -9,9 +9,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::record::{CommandRecord, CommandStatus};
-use super::COMMANDS_TABLE;
 use crate::error::StoreError;
 use crate::ids::DeviceId;
+use crate::schema::COMMANDS_TABLE;
 
 #[derive(Serialize, Deserialize)]
 enum StoredCommand {

@@ -11,22 +11,13 @@
 
 mod records;
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 
 use crate::error::StoreError;
 use crate::model::MessageProperties;
+use crate::schema::{SESSIONS, SESSION_QUEUE as QUEUE};
 use crate::store::Store;
 use records::{decode_queued, decode_session, encode_queued, encode_session};
-
-const SESSIONS_TABLE: &str = "sessions";
-const QUEUE_TABLE: &str = "session_queue";
-
-/// Session key → `StoredSession`.
-pub(crate) const SESSIONS: TableDefinition<'static, &str, &[u8]> =
-    TableDefinition::new(SESSIONS_TABLE);
-/// (session key, sequence) → `StoredQueued`.
-pub(crate) const QUEUE: TableDefinition<'static, (&str, u64), &[u8]> =
-    TableDefinition::new(QUEUE_TABLE);
 
 /// One subscription of a persistent session, with its MQTT 5 options.
 #[derive(Clone, Debug, PartialEq, Eq)]
