@@ -195,17 +195,12 @@ impl Store {
     }
 }
 
-/// Whether a device with this id exists, inside a write transaction (used to
-/// keep MQTT usernames unique across tables).
-pub(crate) fn exists(txn: &redb::WriteTransaction, key: &str) -> Result<bool, StoreError> {
-    Ok(txn.open_table(DEVICES)?.get(key)?.is_some())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{AclAction, AclRule, ServiceClientRecord};
+    use crate::store::Store;
     use crate::test_support::{cheap_hash, id, new_device, temp_store};
-    use crate::{AclAction, AclRule, ServiceClientRecord, Store};
 
     #[test]
     fn create_get_and_conflict() {

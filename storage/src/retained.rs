@@ -72,8 +72,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::MessageProperties;
+    use crate::store::Store;
     use crate::test_support::temp_store;
-    use crate::Store;
 
     fn msg(topic: &str, payload: &[u8]) -> RetainedMessage {
         RetainedMessage {
@@ -82,7 +83,7 @@ mod tests {
             qos: 1,
             stored_at_ms: 7,
             expires_at_ms: None,
-            properties: crate::MessageProperties::default(),
+            properties: MessageProperties::default(),
         }
     }
 

@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 
-use crate::{CredentialHash, DeviceId, NewDevice, Store};
+use crate::ids::DeviceId;
+use crate::model::NewDevice;
+use crate::secret::CredentialHash;
+use crate::store::Store;
 
 /// A temporary store; keep the `TempDir` alive as long as the store.
 pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
