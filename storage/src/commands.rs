@@ -340,4 +340,4 @@ pub fn write<R>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -41,6 +41,8 @@ pub mod store;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;
+#[cfg(test)]
+mod upgrade_tests;
 
 pub use device_config::{ConfigVersion, KEPT_CONFIG_VERSIONS};
 pub use device_state::DeviceState;

@@ -5,7 +5,24 @@ use proptest::prelude::*;
 use redb::ReadableTableMetadata as _;
 
 use super::format::encode_command;
-use crate::test_support::{hex, new_command as new_cmd, unhex};
+use crate::test_support::{self, hex, unhex};
+
+/// A new command `id` of `device`: 1 s answer timeout, 2 retries, 10 s TTL, created at
+/// 100 ms.
+pub(crate) fn new_cmd(id: &str, device: &str, kind: &str) -> NewCommandRecord {
+    NewCommandRecord {
+        command_id: id.into(),
+        device_id: test_support::id(device),
+        kind: kind.into(),
+        params_json: "{}".into(),
+        metadata_json: None,
+        idempotency_key: None,
+        timeout_ms: 1_000,
+        max_retries: 2,
+        ttl_ms: 10_000,
+        created_at_ms: 100,
+    }
+}
 
 fn dev(s: &str) -> DeviceId {
     s.parse().unwrap()
