@@ -144,10 +144,8 @@ impl Location<'_> {
 
 pub(crate) fn encode<T: Serialize>(at: Location<'_>, value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(value).map_err(|e| {
-        StoreError::Database(format!(
-            "cannot encode record for table {:?} key {:?}: {e}",
-            at.table, at.key
-        ))
+        let what = format!("record for table {:?} key {:?}", at.table, at.key);
+        StoreError::encode(what, e)
     })
 }
 

@@ -45,7 +45,7 @@ impl Store {
         let path = data_dir.join(DB_FILE_NAME);
         let db = Database::create(&path).map_err(|source| OpenError::Open {
             path: path.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let store = Store {
             db: Arc::new(db),

@@ -63,7 +63,7 @@ pub(super) fn corrupt(
 
 fn encode<T: Serialize>(table: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(value)
-        .map_err(|e| StoreError::Database(format!("cannot encode record for table {table:?}: {e}")))
+        .map_err(|e| StoreError::encode(format!("record for table {table:?}"), e))
 }
 
 fn decode<T: DeserializeOwned>(

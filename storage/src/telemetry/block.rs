@@ -85,7 +85,7 @@ pub(super) fn block_key_parts(points: impl Iterator<Item = (u64, u64)>) -> Optio
 }
 
 fn encode_error(why: &str) -> StoreError {
-    StoreError::Database(format!("cannot encode telemetry block: {why}"))
+    StoreError::encode("telemetry block", why)
 }
 
 /// What every encoder checks of the points it writes, one at a time: each lies within

@@ -441,8 +441,6 @@ fn reencode(m: &Member, keep: &[BlockPoint], buf: &mut Vec<u8>) -> Result<(), St
         .collect();
     match objects {
         Some(objects) => encode_block_v2(m.max_ts, m.id, objects.into_iter(), buf),
-        None => Err(StoreError::Database(
-            "cannot encode telemetry block: mixed point formats".into(),
-        )),
+        None => Err(StoreError::encode("telemetry block", "mixed point formats")),
     }
 }

@@ -74,7 +74,7 @@ pub(super) struct LatestV1 {
 
 pub(super) fn encode_summary(s: Summary) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(&StoredSummary::V2(s))
-        .map_err(|e| StoreError::Database(format!("cannot encode telemetry summary: {e}")))
+        .map_err(|e| StoreError::encode("telemetry summary", e))
 }
 
 pub(super) fn decode_summary(device: &str, bytes: &[u8]) -> Result<Summary, StoreError> {
