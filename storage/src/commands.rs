@@ -340,4 +340,6 @@ pub fn write<R>(
 }
 
 #[cfg(test)]
+mod table_tests;
+#[cfg(test)]
 pub(crate) mod tests;
