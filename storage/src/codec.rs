@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 use crate::ids::DeviceId;
 use crate::model::{
-    AclAction, AclRule, DeviceKey, DeviceRecord, RetainedMessage, ServiceClientRecord,
+    AclAction, AclRule, DeviceKey, DeviceRecord, MessageProperties, RetainedMessage,
+    ServiceClientRecord,
 };
 use crate::secret::CredentialHash;
-use crate::sessions::MessageProperties;
 
 #[derive(Serialize, Deserialize)]
 enum StoredDevice {
@@ -144,10 +144,8 @@ impl Location<'_> {
 
 pub(crate) fn encode<T: Serialize>(at: Location<'_>, value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(value).map_err(|e| {
-        StoreError::Database(format!(
-            "cannot encode record for table {:?} key {:?}: {e}",
-            at.table, at.key
-        ))
+        let what = format!("record for table {:?} key {:?}", at.table, at.key);
+        StoreError::encode(what, e)
     })
 }
 

@@ -1,7 +1,7 @@
 //! Durable commands (SPEC §5): the record, its state machine, its on-disk
 //! format, and the tables that index it.
 //!
-//! Tables (all created by [`create_tables`]):
+//! Tables (defined in `schema`, all created by [`create_tables`]):
 //! - `commands`: command id → versioned [`CommandRecord`] (postcard).
 //! - `command_heads`: device → id of its newest command, and `command_chain`: command id
 //!   → id of the same device's previous command (`""` for its first). Together a
@@ -9,7 +9,7 @@
 //!   kept a `(device, seq)` index instead; it cost every commit one B-tree leaf per
 //!   device in the batch plus their branch pages, about half of a command commit's
 //!   pages, where the chain's entries are appended at the right edge of one tree and the
-//!   heads are one entry per device. See [`migrate_v1_index`].)
+//!   heads are one entry per device. `schema` migrates it.)
 //! - `commands_open`: `(device, seq)` → command id (`seq` is a store-wide counter, so
 //!   this is creation order) for non-terminal commands only, so "what does this device
 //!   still owe" (delivery on connect, supersede, queue depth) never scans history.
@@ -42,6 +42,10 @@ use redb::{
 
 use crate::error::StoreError;
 use crate::ids::DeviceId;
+use crate::schema::{
+    self, COMMANDS, COMMANDS_OPEN, COMMAND_CHAIN, COMMAND_COUNTERS, COMMAND_DEADLINES,
+    COMMAND_HEADS, COMMAND_UNANNOUNCED,
+};
 
 mod format;
 mod record;
@@ -52,37 +56,6 @@ pub use record::{
     CommandRecord, CommandStatus, InvalidTransition, NewCommandRecord, UnknownStatus,
 };
 pub use writer::{CommandWriter, PruneStep};
-
-const COMMANDS_TABLE: &str = "commands";
-
-/// Command id → `StoredCommand`.
-pub(crate) const COMMANDS: TableDefinition<'static, &str, &[u8]> =
-    TableDefinition::new(COMMANDS_TABLE);
-/// Device id → id of its newest command.
-pub(crate) const COMMAND_HEADS: TableDefinition<'static, &str, &str> =
-    TableDefinition::new("command_heads");
-/// Command id → id of the same device's previous command, `""` for its first.
-pub(crate) const COMMAND_CHAIN: TableDefinition<'static, &str, &str> =
-    TableDefinition::new("command_chain");
-/// The table schema 1 kept instead of [`COMMAND_HEADS`] and [`COMMAND_CHAIN`]:
-/// `(device id, seq)` → command id, every command.
-const V1_BY_DEVICE: TableDefinition<'static, (&str, u64), &str> =
-    TableDefinition::new("commands_by_device");
-/// `(device id, seq)` → command id, non-terminal commands only.
-pub(crate) const COMMANDS_OPEN: TableDefinition<'static, (&str, u64), &str> =
-    TableDefinition::new("commands_open");
-/// `(deadline unix ms, command id)`, one per non-terminal command.
-pub(crate) const COMMAND_DEADLINES: TableDefinition<'static, (u64, &str), ()> =
-    TableDefinition::new("command_deadlines");
-/// `(device id, idempotency key)` → command id.
-pub(crate) const COMMAND_IDEMPOTENCY: TableDefinition<'static, (&str, &str), &str> =
-    TableDefinition::new("command_idempotency");
-/// [`NEXT_SEQ`] and `status/<status>` → count.
-pub(crate) const COMMAND_COUNTERS: TableDefinition<'static, &str, u64> =
-    TableDefinition::new("command_counters");
-/// Terminal commands whose event is not known to be emitted.
-pub(crate) const COMMAND_UNANNOUNCED: TableDefinition<'static, &str, ()> =
-    TableDefinition::new("command_unannounced");
 
 /// Counter key of the next `seq` to hand out.
 const NEXT_SEQ: &str = "next_seq";
@@ -345,45 +318,7 @@ pub fn unannounced(db: &Database) -> Result<Vec<CommandRecord>, StoreError> {
 
 /// Creates every command table; part of opening the database.
 pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
-    txn.open_table(COMMANDS)?;
-    txn.open_table(COMMAND_HEADS)?;
-    txn.open_table(COMMAND_CHAIN)?;
-    txn.open_table(COMMANDS_OPEN)?;
-    txn.open_table(COMMAND_DEADLINES)?;
-    txn.open_table(COMMAND_IDEMPOTENCY)?;
-    txn.open_table(COMMAND_COUNTERS)?;
-    txn.open_table(COMMAND_UNANNOUNCED)?;
-    Ok(())
-}
-
-/// Schema 1 → 2: builds [`COMMAND_HEADS`] and [`COMMAND_CHAIN`] from schema 1's
-/// `commands_by_device` index (`(device, seq)` → command id, so each device's entries
-/// are in creation order) and deletes it. Part of opening a schema-1 file, in the same
-/// transaction that records schema 2, so a crash leaves either layout whole.
-pub(crate) fn migrate_v1_index(txn: &WriteTransaction) -> Result<(), StoreError> {
-    let mut heads = txn.open_table(COMMAND_HEADS)?;
-    let mut chain = txn.open_table(COMMAND_CHAIN)?;
-    {
-        let old = match txn.open_table(V1_BY_DEVICE) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut last: Option<(String, String)> = None;
-        for entry in old.iter()? {
-            let (key, id) = entry?;
-            let (device, id) = (key.value().0, id.value());
-            let prev = match &last {
-                Some((d, prev)) if d == device => prev.as_str(),
-                _ => "",
-            };
-            chain.insert(id, prev)?;
-            heads.insert(device, id)?;
-            last = Some((device.to_owned(), id.to_owned()));
-        }
-    }
-    txn.delete_table(V1_BY_DEVICE)?;
-    Ok(())
+    schema::create_command_tables(txn)
 }
 
 /// Runs `f` in one write transaction over the command tables and commits it durably
@@ -405,4 +340,6 @@ pub fn write<R>(
 }
 
 #[cfg(test)]
-mod tests;
+mod table_tests;
+#[cfg(test)]
+pub(crate) mod tests;

@@ -2,19 +2,14 @@
 //! (device id, version) → versioned [`ConfigVersion`]. The newest [`KEPT_CONFIG_VERSIONS`]
 //! versions of each device are kept as history.
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Location};
 use crate::error::StoreError;
 use crate::ids::DeviceId;
+use crate::schema::{DEVICES, DEVICE_CONFIG, DEVICE_CONFIG_TABLE as TABLE};
 use crate::store::Store;
-
-const TABLE: &str = "device_config";
-
-/// (device id, version) → `StoredConfig`.
-pub(crate) const DEVICE_CONFIG: TableDefinition<'static, (&str, u64), &[u8]> =
-    TableDefinition::new(TABLE);
 
 /// How many versions per device are kept.
 pub const KEPT_CONFIG_VERSIONS: usize = 10;
@@ -50,7 +45,7 @@ impl Store {
     ) -> Result<ConfigVersion, StoreError> {
         let key = id.as_str();
         self.write(|txn| {
-            if txn.open_table(crate::devices::DEVICES)?.get(key)?.is_none() {
+            if txn.open_table(DEVICES)?.get(key)?.is_none() {
                 return Err(StoreError::NotFound {
                     kind: "device",
                     key: key.to_owned(),

@@ -1,18 +1,14 @@
 //! The `device_state` table: what the broker last saw of each device (presence details
 //! and the device's own reported status), device id → versioned [`DeviceState`].
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Location};
 use crate::error::StoreError;
 use crate::ids::DeviceId;
+use crate::schema::{DEVICES, DEVICE_STATE, DEVICE_STATE_TABLE as TABLE};
 use crate::store::Store;
-
-const TABLE: &str = "device_state";
-
-/// Device id → `StoredState`.
-pub(crate) const DEVICE_STATE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new(TABLE);
 
 /// What the broker last saw of a device. Presence itself (online or not) is live state
 /// of the broker; this is what survives it.
@@ -111,7 +107,7 @@ impl Store {
         let key = id.as_str();
         let at = Location { table: TABLE, key };
         self.write(|txn| {
-            if txn.open_table(crate::devices::DEVICES)?.get(key)?.is_none() {
+            if txn.open_table(DEVICES)?.get(key)?.is_none() {
                 return Err(StoreError::NotFound {
                     kind: "device",
                     key: key.to_owned(),
@@ -136,7 +132,7 @@ impl Store {
         F: FnOnce(&mut DeviceState),
     {
         self.write(|txn| {
-            let devices = txn.open_table(crate::devices::DEVICES)?;
+            let devices = txn.open_table(DEVICES)?;
             let mut table = txn.open_table(DEVICE_STATE)?;
             let mut applied = 0;
             for (id, change) in changes {

@@ -3,20 +3,16 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use redb::{ReadableTable, ReadableTableMetadata as _, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata as _};
 
 use crate::codec::{self, Location};
 use crate::error::StoreError;
 use crate::ids::DeviceId;
 use crate::model::{DeviceKey, DeviceRecord, NewDevice};
+use crate::schema::{DEVICES, DEVICES_TABLE as TABLE};
 use crate::secret::{generate_key, CredentialHash};
 use crate::service_clients;
 use crate::store::Store;
-
-const TABLE: &str = "devices";
-
-/// Device id → `codec::StoredDevice`.
-pub(crate) const DEVICES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new(TABLE);
 
 /// How many key generations a device keeps: the current one and the one it
 /// superseded, which stays valid for the grace period.
@@ -199,17 +195,12 @@ impl Store {
     }
 }
 
-/// Whether a device with this id exists, inside a write transaction (used to
-/// keep MQTT usernames unique across tables).
-pub(crate) fn exists(txn: &redb::WriteTransaction, key: &str) -> Result<bool, StoreError> {
-    Ok(txn.open_table(DEVICES)?.get(key)?.is_some())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{AclAction, AclRule, ServiceClientRecord};
+    use crate::store::Store;
     use crate::test_support::{cheap_hash, id, new_device, temp_store};
-    use crate::{AclAction, AclRule, ServiceClientRecord, Store};
 
     #[test]
     fn create_get_and_conflict() {

@@ -3,6 +3,12 @@
 use std::path::PathBuf;
 
 /// What can go wrong in a [`Store`](crate::Store) operation.
+///
+/// [`NotFound`](Self::NotFound), [`Conflict`](Self::Conflict), [`Invalid`](Self::Invalid)
+/// and [`Corrupt`](Self::Corrupt) are about one record or request; the other variants
+/// mean the database (or the encoder, or the runtime) failed, name the step that failed,
+/// and carry the underlying error as their [`source`](std::error::Error::source). Their
+/// message repeats the source's, since most callers log an error's message alone.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -36,28 +42,93 @@ pub enum StoreError {
         /// Why it could not be decoded.
         reason: String,
     },
-    /// redb reported an error (I/O, storage, transaction, commit).
-    #[error("database error: {0}")]
-    Database(String),
+    /// redb could not begin a read or write transaction.
+    #[error("cannot begin a database transaction: {source}")]
+    Transaction {
+        /// redb's error.
+        #[source]
+        source: Cause,
+    },
+    /// redb could not set a write transaction's durability.
+    #[error("cannot set a write transaction's durability: {source}")]
+    Durability {
+        /// redb's error.
+        #[source]
+        source: Cause,
+    },
+    /// redb could not open (or create, or delete) a table.
+    #[error("cannot open a database table: {source}")]
+    Table {
+        /// redb's error; it names the table.
+        #[source]
+        source: Cause,
+    },
+    /// Reading or writing a table's entries failed (I/O, a corrupt page, a value too
+    /// large, ...).
+    #[error("cannot read or write the database: {source}")]
+    Storage {
+        /// redb's error.
+        #[source]
+        source: Cause,
+    },
+    /// A write transaction could not be committed; none of its changes are stored.
+    #[error("cannot commit a database transaction: {source}")]
+    Commit {
+        /// redb's error.
+        #[source]
+        source: Cause,
+    },
+    /// A record could not be encoded for storing; nothing was written.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// The record, e.g. `record for table "devices" key "dev-1"`.
+        what: String,
+        /// Why (the encoder's error, or the invariant the record broke).
+        #[source]
+        source: Cause,
+    },
+    /// A call sent to the blocking pool was cancelled before it ran (the runtime is
+    /// shutting down).
+    #[error("store call cancelled: {source}")]
+    Cancelled {
+        /// tokio's error.
+        #[source]
+        source: Cause,
+    },
 }
 
-macro_rules! database_error_from {
-    ($($t:ty),* $(,)?) => {$(
+/// The underlying error a [`StoreError`] or [`OpenError`] variant carries: redb's (or
+/// the encoder's, or tokio's) own error, boxed so no dependency's type is part of this
+/// crate's API. Downcast it if you must tell redb's errors apart.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+impl StoreError {
+    /// [`StoreError::Encode`] of `what`.
+    pub(crate) fn encode(what: impl Into<String>, source: impl Into<Cause>) -> StoreError {
+        StoreError::Encode {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Each redb error type comes from one kind of operation, so it picks the variant.
+macro_rules! redb_error_from {
+    ($($t:ty => $variant:ident),* $(,)?) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Database(e.to_string())
+                StoreError::$variant { source: Box::new(e) }
             }
         }
     )*};
 }
 
-database_error_from!(
-    redb::Error,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError,
+redb_error_from!(
+    redb::TransactionError => Transaction,
+    redb::SetDurabilityError => Durability,
+    redb::TableError => Table,
+    redb::StorageError => Storage,
+    redb::CommitError => Commit,
 );
 
 /// Why [`Store::open`](crate::Store::open) failed. Every variant names the path.
@@ -81,7 +152,7 @@ pub enum OpenError {
         path: PathBuf,
         /// redb's error.
         #[source]
-        source: redb::DatabaseError,
+        source: Cause,
     },
     /// The database opened, but creating its tables or reading its metadata failed.
     #[error("cannot initialise database {}", path.display())]
@@ -105,4 +176,38 @@ pub enum OpenError {
         /// Highest version this build understands.
         supported: u32,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn redb_errors_keep_their_cause_and_name_the_step() {
+        let err = StoreError::from(redb::TableError::TableDoesNotExist("devices".into()));
+        assert!(matches!(err, StoreError::Table { .. }), "{err:?}");
+        let source = err.source().expect("a source");
+        assert!(matches!(
+            source.downcast_ref::<redb::TableError>(),
+            Some(redb::TableError::TableDoesNotExist(name)) if name == "devices"
+        ));
+        let msg = err.to_string();
+        assert!(msg.starts_with("cannot open a database table: "), "{msg}");
+        assert!(msg.ends_with(&source.to_string()), "{msg}");
+
+        let err = StoreError::from(redb::CommitError::Storage(redb::StorageError::PreviousIo));
+        assert!(matches!(err, StoreError::Commit { .. }), "{err:?}");
+        assert!(err.source().unwrap().is::<redb::CommitError>());
+    }
+
+    #[test]
+    fn encode_errors_name_the_record() {
+        let err = StoreError::encode("telemetry block", "mixed point formats");
+        assert_eq!(
+            err.to_string(),
+            "cannot encode telemetry block: mixed point formats"
+        );
+        assert_eq!(err.source().unwrap().to_string(), "mixed point formats");
+    }
 }

@@ -1,25 +1,48 @@
 //! fleetmq's embedded store: one redb file holding devices, service clients,
-//! retained messages and the admin key hash.
+//! retained messages, sessions, commands, telemetry, the webhook outbox and the admin
+//! key hash.
 //!
-//! Modules:
-//! - [`ids`]: [`DeviceId`], validated once against SPEC §2.
-//! - [`secret`]: salted slow hashes ([`CredentialHash`]), tokens and AES keys.
-//! - [`model`]: the plain records the rest of the program works with.
-//! - `codec`: versioned on-disk encodings of those records (postcard), kept
-//!   separate from the API structs so a serde change for JSON never changes
-//!   the file format.
-//! - `devices`, `service_clients`, `retained`, `meta`, `device_state` (presence details
-//!   and reported status), `device_config` (versioned configuration): one redb table each,
-//!   with the [`Store`] methods that read and write it.
-//! - `sessions`: persistent MQTT sessions and their queued QoS 1/2 messages.
-//! - [`commands`]: durable commands (SPEC §5), their state machine and indexes.
-//! - [`store`]: opening the database and running calls off the async threads.
-//! - [`metrics`]: latency histograms and the redb commit latency every write records.
-//! - [`error`]: [`StoreError`] and [`OpenError`].
+//! # Layering
 //!
-//! Every write is one redb write transaction committed durably; every read of
-//! stored bytes goes through a decoder that reports [`StoreError::Corrupt`]
-//! instead of panicking.
+//! Modules import only from the layers below their own (and from their own
+//! submodules), so the `use crate::...` imports form no circle:
+//!
+//! 1. Leaves, importing no other module of this crate:
+//!    - [`error`]: [`StoreError`] and [`OpenError`].
+//!    - [`ids`]: [`DeviceId`], validated once against SPEC §2.
+//!    - [`secret`]: salted slow hashes ([`CredentialHash`]), tokens and AES keys.
+//!    - [`metrics`]: latency histograms and the redb commit latency every write records.
+//! 2. Definitions, on the leaves:
+//!    - [`model`]: the plain records the rest of the program works with (ids, secret).
+//!    - `schema`: every redb table definition, creating the tables, the schema version
+//!      and the migrations between versions (error).
+//! 3. Encoding and the handle:
+//!    - `codec`: versioned on-disk encodings of the model records (postcard), kept
+//!      separate from the API structs so a serde change for JSON never changes the
+//!      file format (error, ids, model, secret).
+//!    - [`store`]: [`Store`], opening the database through `schema` and running calls
+//!      off the async threads, with the transaction helpers the table modules use
+//!      (error, metrics, schema).
+//! 4. One module per concern, each on the layers below and never on each other, except
+//!    `devices` on `service_clients` (device ids and service client names are one
+//!    namespace):
+//!    - `devices`, `service_clients`, `retained`, `meta` (the admin key hash),
+//!      `device_state` (presence details and reported status), `device_config`
+//!      (versioned configuration) and `sessions` (persistent MQTT sessions and their
+//!      queued QoS 1/2 messages) add their methods to [`Store`] (`impl Store` in each
+//!      file; `store` does not know them).
+//!    - [`commands`] (durable commands, SPEC §5), [`telemetry`] and [`outbox`] (the
+//!      webhook outbox, SPEC §7) are free functions over a `redb::Database` with their
+//!      own transactions and record formats; they do not use [`Store`].
+//! 5. This file re-exports the public types, so other crates import
+//!    `fleetmq_storage::{Store, DeviceRecord, ...}` without knowing the layout.
+//!
+//! Test-only modules sit above all of these: `test_support` (fixtures) and
+//! `upgrade_tests` (opening files of other schema versions).
+//!
+//! Every write is one redb write transaction committed durably (or explicitly not);
+//! every read of stored bytes goes through a decoder that reports
+//! [`StoreError::Corrupt`] instead of panicking.
 
 mod codec;
 pub mod commands;
@@ -33,6 +56,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 mod retained;
+mod schema;
 pub mod secret;
 mod service_clients;
 mod sessions;
@@ -40,6 +64,8 @@ pub mod store;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;
+#[cfg(test)]
+mod upgrade_tests;
 
 pub use device_config::{ConfigVersion, KEPT_CONFIG_VERSIONS};
 pub use device_state::DeviceState;
@@ -47,12 +73,11 @@ pub use devices::KEPT_KEY_GENERATIONS;
 pub use error::{OpenError, StoreError};
 pub use ids::{DeviceId, InvalidDeviceId, MAX_DEVICE_ID_LEN};
 pub use model::{
-    AclAction, AclRule, DeviceKey, DeviceRecord, NewDevice, RetainedMessage, ServiceClientRecord,
-    DEFAULT_PLUGIN,
+    AclAction, AclRule, DeviceKey, DeviceRecord, MessageProperties, NewDevice, RetainedMessage,
+    ServiceClientRecord, DEFAULT_PLUGIN,
 };
 pub use secret::{generate_key, generate_token, CredentialHash, DEFAULT_ITERATIONS};
 pub use sessions::{
-    MessageProperties, QueueOp, QueuedMessage, SessionRecord, SessionSubscription,
-    MAX_SUBSCRIPTION_ID,
+    QueueOp, QueuedMessage, SessionRecord, SessionSubscription, MAX_SUBSCRIPTION_ID,
 };
 pub use store::{now_ms, Store, DB_FILE_NAME};

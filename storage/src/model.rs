@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::DeviceId;
 use crate::secret::CredentialHash;
-use crate::sessions::MessageProperties;
 
 /// The plugin a device gets when none is given.
 pub const DEFAULT_PLUGIN: &str = "json";
@@ -155,6 +154,22 @@ pub struct RetainedMessage {
     pub expires_at_ms: Option<u64>,
     /// Its publisher's MQTT 5 PUBLISH properties (no subscription identifiers).
     pub properties: MessageProperties,
+}
+
+/// The MQTT 5 PUBLISH properties a queued (or retained) message is delivered with,
+/// besides the Message Expiry Interval (kept as an expiry time) and the Topic Alias (per
+/// connection, never stored).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageProperties {
+    pub payload_format_indicator: Option<u8>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Vec<u8>>,
+    /// The publisher's user properties, in order [MQTT-3.3.2-18].
+    pub user_properties: Vec<(String, String)>,
+    /// The identifiers of the receiving session's subscriptions that matched
+    /// [MQTT-3.3.4-3] (none for a retained message: they are the subscriber's).
+    pub subscription_ids: Vec<u32>,
 }
 
 #[cfg(test)]

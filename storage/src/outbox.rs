@@ -34,7 +34,7 @@ use std::str::FromStr;
 
 use redb::{
     Database, Durability, ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _,
-    TableDefinition, WriteTransaction,
+    WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -48,17 +48,11 @@ pub use self::handle::Outbox;
 use self::records::{corrupt, decode_delivery, decode_state, DeliveryV1, UrlStateV1};
 use self::tables::{truncate, write, Tables};
 
-/// Delivery id → `StoredDelivery`.
-pub const DELIVERIES: TableDefinition<'static, u64, &[u8]> =
-    TableDefinition::new("outbox_deliveries");
-/// `(url, delivery id)` of every owed delivery.
-pub const QUEUE: TableDefinition<'static, (&str, u64), ()> = TableDefinition::new("outbox_queue");
-/// Delivery ids of given-up deliveries.
-pub const DEAD: TableDefinition<'static, u64, ()> = TableDefinition::new("outbox_dead");
-/// URL → `StoredUrlState`.
-pub const URLS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("outbox_urls");
-/// Counters; only [`NEXT_ID`] so far.
-pub const META: TableDefinition<'static, &str, u64> = TableDefinition::new("outbox_meta");
+/// The outbox's tables, defined in `schema` (public here as they always were).
+pub use crate::schema::{
+    OUTBOX_DEAD as DEAD, OUTBOX_DELIVERIES as DELIVERIES, OUTBOX_META as META,
+    OUTBOX_QUEUE as QUEUE, OUTBOX_URLS as URLS,
+};
 
 const NEXT_ID: &str = "next_id";
 /// Longest `last_error` kept, in bytes.
@@ -212,12 +206,7 @@ pub struct OutboxCounts {
 
 /// Creates the outbox tables; part of opening the database.
 pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
-    txn.open_table(DELIVERIES)?;
-    txn.open_table(QUEUE)?;
-    txn.open_table(DEAD)?;
-    txn.open_table(URLS)?;
-    txn.open_table(META)?;
-    Ok(())
+    crate::schema::create_outbox_tables(txn)
 }
 
 /// Queues `event` once for each of `urls` in one durable transaction; one outcome per

@@ -1,16 +1,12 @@
 //! The `retained` table: topic → versioned [`RetainedMessage`].
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 
 use crate::codec::{self, Location};
 use crate::error::StoreError;
 use crate::model::RetainedMessage;
+use crate::schema::{RETAINED, RETAINED_TABLE as TABLE};
 use crate::store::Store;
-
-const TABLE: &str = "retained";
-
-/// Topic name → `codec::StoredRetained`.
-pub(crate) const RETAINED: TableDefinition<'static, &str, &[u8]> = TableDefinition::new(TABLE);
 
 fn at(key: &str) -> Location<'_> {
     Location { table: TABLE, key }
@@ -76,8 +72,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::MessageProperties;
+    use crate::store::Store;
     use crate::test_support::temp_store;
-    use crate::Store;
 
     fn msg(topic: &str, payload: &[u8]) -> RetainedMessage {
         RetainedMessage {
@@ -86,7 +83,7 @@ mod tests {
             qos: 1,
             stored_at_ms: 7,
             expires_at_ms: None,
-            properties: crate::MessageProperties::default(),
+            properties: MessageProperties::default(),
         }
     }
 

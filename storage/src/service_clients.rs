@@ -1,18 +1,12 @@
 //! The `service_clients` table: client name → versioned [`ServiceClientRecord`].
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 
 use crate::codec::{self, Location};
-use crate::devices;
 use crate::error::StoreError;
 use crate::model::ServiceClientRecord;
+use crate::schema::{DEVICES, SERVICE_CLIENTS, SERVICE_CLIENTS_TABLE as TABLE};
 use crate::store::Store;
-
-const TABLE: &str = "service_clients";
-
-/// Client name → `codec::StoredServiceClient`.
-pub(crate) const SERVICE_CLIENTS: TableDefinition<'static, &str, &[u8]> =
-    TableDefinition::new(TABLE);
 
 const KIND: &str = "service client";
 
@@ -34,7 +28,9 @@ impl Store {
         }
         self.write(|txn| {
             let key = rec.name.as_str();
-            if devices::exists(txn, key)? {
+            // Device ids are MQTT usernames too (`devices` checks the other way round
+            // with `ensure_name_free`).
+            if txn.open_table(DEVICES)?.get(key)?.is_some() {
                 return Err(StoreError::Conflict {
                     kind: "device",
                     key: key.to_owned(),
@@ -111,8 +107,9 @@ pub(crate) fn ensure_name_free(txn: &WriteTransaction, name: &str) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{AclAction, AclRule};
+    use crate::store::Store;
     use crate::test_support::{cheap_hash, new_device, temp_store};
-    use crate::{AclAction, AclRule, Store};
 
     fn client(name: &str) -> ServiceClientRecord {
         ServiceClientRecord {

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase as _, WriteTransaction};
 
 use crate::error::{OpenError, StoreError};
-use crate::{devices, meta, retained, service_clients};
+use crate::schema;
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE_NAME: &str = "fleetmq.redb";
@@ -33,7 +33,8 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (or creates) `<data_dir>/fleetmq.redb`, creating `data_dir` and
-    /// every table up front so readers never meet a missing table.
+    /// every table up front so readers never meet a missing table, and upgrading a file
+    /// of an older schema (`schema::prepare`).
     ///
     /// Blocking; call it before starting the runtime or from the blocking pool.
     pub fn open(data_dir: &Path) -> Result<Store, OpenError> {
@@ -44,7 +45,7 @@ impl Store {
         let path = data_dir.join(DB_FILE_NAME);
         let db = Database::create(&path).map_err(|source| OpenError::Open {
             path: path.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let store = Store {
             db: Arc::new(db),
@@ -60,28 +61,12 @@ impl Store {
             path: self.path.to_path_buf(),
             source,
         };
-        let found = self
-            .write(|txn| {
-                txn.open_table(devices::DEVICES)?;
-                txn.open_table(service_clients::SERVICE_CLIENTS)?;
-                txn.open_table(retained::RETAINED)?;
-                txn.open_table(crate::sessions::SESSIONS)?;
-                txn.open_table(crate::sessions::QUEUE)?;
-                txn.open_table(crate::device_state::DEVICE_STATE)?;
-                txn.open_table(crate::device_config::DEVICE_CONFIG)?;
-                crate::commands::create_tables(txn)?;
-                crate::telemetry::create_tables(txn)?;
-                crate::outbox::create_tables(txn)?;
-                let found = meta::init(txn)?;
-                meta::upgrade(txn, found)?;
-                Ok(found)
-            })
-            .map_err(init_err)?;
-        if found > meta::SCHEMA_VERSION {
+        let found = self.write(schema::prepare).map_err(init_err)?;
+        if found > schema::SCHEMA_VERSION {
             return Err(OpenError::UnsupportedSchema {
                 path: self.path.to_path_buf(),
                 found,
-                supported: meta::SCHEMA_VERSION,
+                supported: schema::SCHEMA_VERSION,
             });
         }
         Ok(())

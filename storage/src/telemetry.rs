@@ -49,23 +49,12 @@ use serde::Deserialize;
 #[cfg(test)]
 use serde::Serialize;
 
-use crate::{DeviceId, StoreError};
-
-const POINTS_TABLE: &str = "telemetry_points";
-use block::BLOCKS_TABLE;
-const LATEST_TABLE: &str = "telemetry_latest";
-const META_TABLE: &str = "telemetry_meta";
-
-/// Block key (device, NUL, max_ts BE, id BE) → `StoredBlock`.
-pub(crate) const BLOCKS: TableDefinition<'static, &[u8], &[u8]> =
-    TableDefinition::new(BLOCKS_TABLE);
-/// The format before blocks: point key (device, NUL, ts_ms BE, seq BE) → `StoredPoint`.
-pub(crate) const POINTS: TableDefinition<'static, &[u8], &[u8]> =
-    TableDefinition::new(POINTS_TABLE);
-/// Device → `StoredSummary`.
-pub(crate) const LATEST: TableDefinition<'static, &str, &[u8]> = TableDefinition::new(LATEST_TABLE);
-/// Counter name → value.
-pub(crate) const META: TableDefinition<'static, &str, u64> = TableDefinition::new(META_TABLE);
+use crate::error::StoreError;
+use crate::ids::DeviceId;
+use crate::schema::{
+    TELEMETRY_BLOCKS as BLOCKS, TELEMETRY_BLOCKS_TABLE as BLOCKS_TABLE, TELEMETRY_LATEST as LATEST,
+    TELEMETRY_META as META, TELEMETRY_POINTS as POINTS, TELEMETRY_POINTS_TABLE as POINTS_TABLE,
+};
 
 const NEXT_SEQ: &str = "next_seq";
 
@@ -382,10 +371,7 @@ pub struct Page {
 /// Creates the telemetry tables, so readers never meet a missing table. Called from
 /// the store's initialisation transaction.
 pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
-    txn.open_table(BLOCKS)?;
-    txn.open_table(LATEST)?;
-    txn.open_table(META)?;
-    Ok(())
+    crate::schema::create_telemetry_tables(txn)
 }
 
 /// Opens `def` for reading; a table that was never created reads as empty (`None`).

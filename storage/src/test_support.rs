@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 
-use crate::{CredentialHash, DeviceId, NewDevice, Store};
+use crate::ids::DeviceId;
+use crate::model::NewDevice;
+use crate::secret::CredentialHash;
+use crate::store::Store;
 
 /// A temporary store; keep the `TempDir` alive as long as the store.
 pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
@@ -43,21 +46,4 @@ pub(crate) fn unhex(s: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
-}
-
-/// A new command `id` of `device`: 1 s answer timeout, 2 retries, 10 s TTL, created at
-/// 100 ms.
-pub(crate) fn new_command(id: &str, device: &str, kind: &str) -> crate::commands::NewCommandRecord {
-    crate::commands::NewCommandRecord {
-        command_id: id.into(),
-        device_id: self::id(device),
-        kind: kind.into(),
-        params_json: "{}".into(),
-        metadata_json: None,
-        idempotency_key: None,
-        timeout_ms: 1_000,
-        max_retries: 2,
-        ttl_ms: 10_000,
-        created_at_ms: 100,
-    }
 }

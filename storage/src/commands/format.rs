@@ -9,9 +9,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::record::{CommandRecord, CommandStatus};
-use super::COMMANDS_TABLE;
 use crate::error::StoreError;
 use crate::ids::DeviceId;
+use crate::schema::COMMANDS_TABLE;
 
 #[derive(Serialize, Deserialize)]
 enum StoredCommand {
@@ -116,9 +116,8 @@ pub(crate) fn encode_command(rec: &CommandRecord) -> Result<Vec<u8>, StoreError>
         late_response_json: rec.late_response_json.clone(),
         next_deadline_ms: rec.next_deadline_ms,
     };
-    postcard::to_allocvec(&StoredCommand::V1(v1)).map_err(|e| {
-        StoreError::Database(format!("cannot encode command {:?}: {e}", rec.command_id))
-    })
+    postcard::to_allocvec(&StoredCommand::V1(v1))
+        .map_err(|e| StoreError::encode(format!("command {:?}", rec.command_id), e))
 }
 
 /// Decodes the command stored under `key`, checking the invariants the state machine

@@ -17,11 +17,14 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use super::format::{decode_command, encode_command};
 use super::{
     device_range, load, previous, status_key, CommandRecord, CommandStatus, NewCommandRecord,
-    COMMANDS, COMMANDS_OPEN, COMMAND_CHAIN, COMMAND_COUNTERS, COMMAND_DEADLINES, COMMAND_HEADS,
-    COMMAND_IDEMPOTENCY, COMMAND_UNANNOUNCED, NEXT_SEQ,
+    NEXT_SEQ,
 };
 use crate::error::StoreError;
 use crate::ids::DeviceId;
+use crate::schema::{
+    COMMANDS, COMMANDS_OPEN, COMMAND_CHAIN, COMMAND_COUNTERS, COMMAND_DEADLINES, COMMAND_HEADS,
+    COMMAND_IDEMPOTENCY, COMMAND_UNANNOUNCED,
+};
 
 /// What one [`CommandWriter::prune`] step did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -57,7 +57,9 @@ impl Outbox {
         match tokio::task::spawn_blocking(move || f(&db, limits)).await {
             Ok(r) => r,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(StoreError::Database(format!("outbox call cancelled: {e}"))),
+            Err(e) => Err(StoreError::Cancelled {
+                source: Box::new(e),
+            }),
         }
     }
 

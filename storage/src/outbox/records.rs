@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
+use crate::schema::{OUTBOX_DELIVERIES_TABLE, OUTBOX_URLS_TABLE};
 
 /// A delivery as stored. A new format is a new variant, never an edit to `V1`.
 #[derive(Serialize, Deserialize)]
@@ -62,7 +63,7 @@ pub(super) fn corrupt(
 
 fn encode<T: Serialize>(table: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(value)
-        .map_err(|e| StoreError::Database(format!("cannot encode record for table {table:?}: {e}")))
+        .map_err(|e| StoreError::encode(format!("record for table {table:?}"), e))
 }
 
 fn decode<T: DeserializeOwned>(
@@ -84,21 +85,21 @@ fn decode<T: DeserializeOwned>(
 
 pub(super) fn encode_delivery(d: &DeliveryV1) -> Result<Vec<u8>, StoreError> {
     // The record is cloned into the enum only to encode it; bodies are small.
-    encode("outbox_deliveries", &StoredDelivery::V1(d.clone()))
+    encode(OUTBOX_DELIVERIES_TABLE, &StoredDelivery::V1(d.clone()))
 }
 
 pub(super) fn decode_delivery(id: u64, bytes: &[u8]) -> Result<DeliveryV1, StoreError> {
-    match decode("outbox_deliveries", id, bytes)? {
+    match decode(OUTBOX_DELIVERIES_TABLE, id, bytes)? {
         StoredDelivery::V1(d) => Ok(d),
     }
 }
 
 pub(super) fn encode_state(s: &UrlStateV1) -> Result<Vec<u8>, StoreError> {
-    encode("outbox_urls", &StoredUrlState::V1(*s))
+    encode(OUTBOX_URLS_TABLE, &StoredUrlState::V1(*s))
 }
 
 pub(super) fn decode_state(url: &str, bytes: &[u8]) -> Result<UrlStateV1, StoreError> {
-    match decode("outbox_urls", url, bytes)? {
+    match decode(OUTBOX_URLS_TABLE, url, bytes)? {
         StoredUrlState::V1(s) => Ok(s),
     }
 }

@@ -11,22 +11,13 @@
 
 mod records;
 
-use redb::{ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
+use redb::ReadableTable;
 
 use crate::error::StoreError;
+use crate::model::MessageProperties;
+use crate::schema::{SESSIONS, SESSION_QUEUE as QUEUE};
 use crate::store::Store;
 use records::{decode_queued, decode_session, encode_queued, encode_session};
-
-const SESSIONS_TABLE: &str = "sessions";
-const QUEUE_TABLE: &str = "session_queue";
-
-/// Session key → `StoredSession`.
-pub(crate) const SESSIONS: TableDefinition<'static, &str, &[u8]> =
-    TableDefinition::new(SESSIONS_TABLE);
-/// (session key, sequence) → `StoredQueued`.
-pub(crate) const QUEUE: TableDefinition<'static, (&str, u64), &[u8]> =
-    TableDefinition::new(QUEUE_TABLE);
 
 /// One subscription of a persistent session, with its MQTT 5 options.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,22 +75,6 @@ pub struct QueuedMessage {
     /// The packet id it was in flight with when the client left: it is re-sent on the
     /// same one [MQTT-4.4.0-1].
     pub pkid: Option<u16>,
-}
-
-/// The MQTT 5 PUBLISH properties a queued (or retained) message is delivered with,
-/// besides the Message Expiry Interval (kept as an expiry time) and the Topic Alias (per
-/// connection, never stored).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MessageProperties {
-    pub payload_format_indicator: Option<u8>,
-    pub content_type: Option<String>,
-    pub response_topic: Option<String>,
-    pub correlation_data: Option<Vec<u8>>,
-    /// The publisher's user properties, in order [MQTT-3.3.2-18].
-    pub user_properties: Vec<(String, String)>,
-    /// The identifiers of the receiving session's subscriptions that matched
-    /// [MQTT-3.3.4-3] (none for a retained message: they are the subscriber's).
-    pub subscription_ids: Vec<u32>,
 }
 
 /// One change of a session's queue or record, applied with others in one transaction

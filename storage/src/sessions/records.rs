@@ -8,12 +8,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    MessageProperties, QueuedMessage, SessionRecord, SessionSubscription, MAX_SUBSCRIPTION_ID,
-    QUEUE_TABLE, SESSIONS_TABLE,
-};
+use super::{QueuedMessage, SessionRecord, SessionSubscription, MAX_SUBSCRIPTION_ID};
 use crate::codec::{self, Location};
 use crate::error::StoreError;
+use crate::model::MessageProperties;
+use crate::schema::{SESSIONS_TABLE, SESSION_QUEUE_TABLE as QUEUE_TABLE};
 
 #[derive(Serialize, Deserialize)]
 enum StoredSession {

@@ -31,9 +31,8 @@ use serde_json::value::RawValue;
 #[cfg(test)]
 use super::Point;
 use super::{corrupt, decode_exact, put_varint};
-use crate::StoreError;
-
-pub(super) const BLOCKS_TABLE: &str = "telemetry_blocks";
+use crate::error::StoreError;
+use crate::schema::TELEMETRY_BLOCKS_TABLE as BLOCKS_TABLE;
 
 /// Width of the time buckets blocks are cut along, milliseconds.
 pub(super) const BLOCK_SPAN_MS: u64 = 1_000;
@@ -86,7 +85,7 @@ pub(super) fn block_key_parts(points: impl Iterator<Item = (u64, u64)>) -> Optio
 }
 
 fn encode_error(why: &str) -> StoreError {
-    StoreError::Database(format!("cannot encode telemetry block: {why}"))
+    StoreError::encode("telemetry block", why)
 }
 
 /// What every encoder checks of the points it writes, one at a time: each lies within

@@ -20,9 +20,11 @@ use redb::{Database, ReadableDatabase as _};
 use super::block::{bucket, decode_block_points, object_values, Body};
 use super::{
     decode_point, key_of, open_read, parse_block_key, parse_point_key, Cursor, Page, Point,
-    PointQuery, BLOCKS, POINTS, QUERY_SCAN_BUDGET,
+    PointQuery, QUERY_SCAN_BUDGET,
 };
-use crate::{DeviceId, StoreError};
+use crate::error::StoreError;
+use crate::ids::DeviceId;
+use crate::schema::{TELEMETRY_BLOCKS as BLOCKS, TELEMETRY_POINTS as POINTS};
 
 /// A point waiting in the merge, ordered by `(ts_ms, seq)`.
 struct Pending {

@@ -18,10 +18,12 @@ use super::block::{
 };
 use super::{
     begin_write, count_points, decode_point, decode_summary, device_range, encode_summary, key_of,
-    open_read, parse_block_key, parse_point_key, BlocksTable, LatestTable, Point, Summary, BLOCKS,
-    LATEST, POINTS,
+    open_read, parse_block_key, parse_point_key, BlocksTable, LatestTable, Point, Summary,
 };
-use crate::StoreError;
+use crate::error::StoreError;
+use crate::schema::{
+    TELEMETRY_BLOCKS as BLOCKS, TELEMETRY_LATEST as LATEST, TELEMETRY_POINTS as POINTS,
+};
 
 /// Most points one [`sweep`] transaction removes (or moves into blocks), so the ingest
 /// writer waits for at most one bounded transaction at a time.
@@ -439,8 +441,6 @@ fn reencode(m: &Member, keep: &[BlockPoint], buf: &mut Vec<u8>) -> Result<(), St
         .collect();
     match objects {
         Some(objects) => encode_block_v2(m.max_ts, m.id, objects.into_iter(), buf),
-        None => Err(StoreError::Database(
-            "cannot encode telemetry block: mixed point formats".into(),
-        )),
+        None => Err(StoreError::encode("telemetry block", "mixed point formats")),
     }
 }

@@ -14,10 +14,14 @@ use serde::{Deserialize, Serialize};
 
 use super::block::object_values;
 use super::{
-    corrupt, count_points, decode_exact, open_read, BlocksTable, Latest, LatestTable, Row, LATEST,
-    LATEST_TABLE, MAX_LATEST_KEYS_PER_DEVICE, MAX_RECENT_SHAPES, POINTS,
+    corrupt, count_points, decode_exact, open_read, BlocksTable, Latest, LatestTable, Row,
+    MAX_LATEST_KEYS_PER_DEVICE, MAX_RECENT_SHAPES,
 };
-use crate::{DeviceId, StoreError};
+use crate::error::StoreError;
+use crate::ids::DeviceId;
+use crate::schema::{
+    TELEMETRY_LATEST as LATEST, TELEMETRY_LATEST_TABLE as LATEST_TABLE, TELEMETRY_POINTS as POINTS,
+};
 
 /// On-disk per-device summary. A new format is a new variant, never an edit to `V1`.
 #[derive(Serialize, Deserialize)]
@@ -70,7 +74,7 @@ pub(super) struct LatestV1 {
 
 pub(super) fn encode_summary(s: Summary) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(&StoredSummary::V2(s))
-        .map_err(|e| StoreError::Database(format!("cannot encode telemetry summary: {e}")))
+        .map_err(|e| StoreError::encode("telemetry summary", e))
 }
 
 pub(super) fn decode_summary(device: &str, bytes: &[u8]) -> Result<Summary, StoreError> {

@@ -153,13 +153,18 @@ fn moved(r: Result<(), InvalidTransition>) -> bool {
         .is_ok()
 }
 
-/// Splits store errors: a bad record fails only the call that met it (`Ok(Err)`); a
-/// database failure aborts the whole transaction (`Err`).
+/// Splits store errors: a bad record or request fails only the call that met it
+/// (`Ok(Err)`); anything else (the database failed) aborts the whole transaction (`Err`).
 fn soft<T>(r: Result<T, StoreError>) -> Result<Result<T, CommandError>, StoreError> {
     match r {
         Ok(v) => Ok(Ok(v)),
-        Err(StoreError::Database(m)) => Err(StoreError::Database(m)),
-        Err(e) => Ok(Err(CommandError::from(e))),
+        Err(
+            e @ (StoreError::NotFound { .. }
+            | StoreError::Conflict { .. }
+            | StoreError::Invalid(_)
+            | StoreError::Corrupt { .. }),
+        ) => Ok(Err(CommandError::from(e))),
+        Err(e) => Err(e),
     }
 }
 
