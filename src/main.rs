@@ -106,10 +106,16 @@ fn init_tracing(format: LogFormat) {
     // link layer reports what matters. `RUST_LOG=info,rumqttd=warn` shows the router.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+    // A log line that cannot be written is dropped. By default tracing-subscriber
+    // reports a failed write with `eprintln!` to the same stderr, and when stderr is a
+    // pipe whose reader is gone (SIGPIPE is ignored, so the write fails with EPIPE)
+    // that `eprintln!` panics: in a connection task, in the listener, or in `serve`
+    // as it logs "shutting down" before cancelling the shutdown token (issue 14).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -129,7 +135,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("fleetmq: cannot start the async runtime: {e}");
+            report(format_args!("cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -137,10 +143,17 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("fleetmq: {e:#}");
+            report(format_args!("{e:#}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `message` to stderr. Unlike `eprintln!` it does not panic when stderr is
+/// gone (a closed pipe); the message is lost then, with nothing better to do.
+fn report(message: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "fleetmq: {message}");
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
