@@ -6,6 +6,7 @@
 mod cli;
 mod config;
 
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -139,15 +140,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    // A panic out of `serve` must not skip the bounded shutdown below: unwinding would
+    // drop the runtime, and dropping a runtime waits for its blocking threads without
+    // a limit. The panic hook has already reported the panic.
+    let served = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(serve(args))));
+    let code = match served {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             tracing::error!("{e:#}");
             report(format_args!("{e:#}"));
             ExitCode::FAILURE
         }
-    }
+        Err(_panic) => ExitCode::FAILURE,
+    };
+    // Every task has been told to stop (`serve` cancels the shutdown token however it
+    // ends) and, on a clean stop, has stopped. Whatever still runs on a blocking thread
+    // gets a moment, then the process exits anyway: a redb commit is atomic, so a
+    // thread cut off loses at most the write it had not finished.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    code
 }
+
+/// How long the runtime's blocking threads may take to finish once `serve` returned.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(3);
 
 /// Writes `message` to stderr. Unlike `eprintln!` it does not panic when stderr is
 /// gone (a closed pipe); the message is lost then, with nothing better to do.
@@ -164,6 +179,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || fleetmq_storage::Store::open(&dir)).await??
     };
     let shutdown = CancellationToken::new();
+    // However `serve` ends (an error after the services started, a panic, or the
+    // signal below), every task it started is told to stop. The telemetry writer, on a
+    // thread of its own, ends on nothing else: left running it kept the process alive.
+    let _stop_on_exit = shutdown.clone().drop_guard();
     let tracker = TaskTracker::new();
 
     let listeners = fleetmq_broker::Listeners::bind(&config.broker).await?;

@@ -378,3 +378,17 @@ fn serve_stops_on_sigterm_when_its_log_pipe_is_gone() {
     let exit = server.stop("TERM");
     assert_eq!(exit.code(), Some(0), "exit after SIGTERM: {exit}");
 }
+
+/// A `serve` that fails after the broker and its services started (here: the admin key
+/// file cannot be written) exits with an error at once: the services it started end
+/// on the shutdown token instead of keeping the process alive.
+#[test]
+fn serve_that_fails_after_starting_exits_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The key is written through `admin.key.tmp`; a directory there refuses it.
+    std::fs::create_dir_all(dir.path().join("data").join("admin.key.tmp")).expect("mkdir");
+    let mut cmd = fleetmq();
+    cmd.arg("serve");
+    let stderr = serve_refuses(cmd, dir.path(), "serve that cannot write its admin key");
+    assert!(stderr.contains("admin.key"), "{stderr}");
+}
