@@ -185,6 +185,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _stop_on_exit = shutdown.clone().drop_guard();
     let tracker = TaskTracker::new();
 
+    // Installed before anything can connect: a SIGTERM that comes before `serve` waits
+    // for it (e.g. as soon as /health answers) is a clean stop, not the default action.
+    let stop = stop_signal().context("install the SIGTERM/SIGINT handlers")?;
     let listeners = fleetmq_broker::Listeners::bind(&config.broker).await?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
@@ -210,7 +213,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = fleetmq_web::AppState::new(store.clone(), broker, key, config.admin);
     tracker.spawn(fleetmq_web::serve(admin_listener, state, shutdown.clone()));
 
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("shutting down: no new connections, closing clients");
     shutdown.cancel();
     tracker.close();
@@ -226,26 +229,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// SIGINT or SIGTERM. The handlers are installed by this call, not when the returned
+/// future is first polled: a signal that arrives in between is kept for it, instead of
+/// ending the process by the signal's default action (no drain, no exit 0).
+#[cfg(unix)]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+/// Ctrl-C.
+#[cfg(not(unix))]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 #[cfg(test)]
