@@ -6,6 +6,7 @@
 mod cli;
 mod config;
 
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -106,10 +107,16 @@ fn init_tracing(format: LogFormat) {
     // link layer reports what matters. `RUST_LOG=info,rumqttd=warn` shows the router.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+    // A log line that cannot be written is dropped. By default tracing-subscriber
+    // reports a failed write with `eprintln!` to the same stderr, and when stderr is a
+    // pipe whose reader is gone (SIGPIPE is ignored, so the write fails with EPIPE)
+    // that `eprintln!` panics: in a connection task, in the listener, or in `serve`
+    // as it logs "shutting down" before cancelling the shutdown token (issue 14).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -129,18 +136,39 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("fleetmq: cannot start the async runtime: {e}");
+            report(format_args!("cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    // A panic out of `serve` must not skip the bounded shutdown below: unwinding would
+    // drop the runtime, and dropping a runtime waits for its blocking threads without
+    // a limit. The panic hook has already reported the panic.
+    let served = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(serve(args))));
+    let code = match served {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             tracing::error!("{e:#}");
-            eprintln!("fleetmq: {e:#}");
+            report(format_args!("{e:#}"));
             ExitCode::FAILURE
         }
-    }
+        Err(_panic) => ExitCode::FAILURE,
+    };
+    // Every task has been told to stop (`serve` cancels the shutdown token however it
+    // ends) and, on a clean stop, has stopped. Whatever still runs on a blocking thread
+    // gets a moment, then the process exits anyway: a redb commit is atomic, so a
+    // thread cut off loses at most the write it had not finished.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    code
+}
+
+/// How long the runtime's blocking threads may take to finish once `serve` returned.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(3);
+
+/// Writes `message` to stderr. Unlike `eprintln!` it does not panic when stderr is
+/// gone (a closed pipe); the message is lost then, with nothing better to do.
+fn report(message: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "fleetmq: {message}");
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -151,8 +179,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || fleetmq_storage::Store::open(&dir)).await??
     };
     let shutdown = CancellationToken::new();
+    // However `serve` ends (an error after the services started, a panic, or the
+    // signal below), every task it started is told to stop. The telemetry writer, on a
+    // thread of its own, ends on nothing else: left running it kept the process alive.
+    let _stop_on_exit = shutdown.clone().drop_guard();
     let tracker = TaskTracker::new();
 
+    // Installed before anything can connect: a SIGTERM that comes before `serve` waits
+    // for it (e.g. as soon as /health answers) is a clean stop, not the default action.
+    let stop = stop_signal().context("install the SIGTERM/SIGINT handlers")?;
     let listeners = fleetmq_broker::Listeners::bind(&config.broker).await?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
@@ -178,7 +213,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = fleetmq_web::AppState::new(store.clone(), broker, key, config.admin);
     tracker.spawn(fleetmq_web::serve(admin_listener, state, shutdown.clone()));
 
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("shutting down: no new connections, closing clients");
     shutdown.cancel();
     tracker.close();
@@ -194,26 +229,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// SIGINT or SIGTERM. The handlers are installed by this call, not when the returned
+/// future is first polled: a signal that arrives in between is kept for it, instead of
+/// ending the process by the signal's default action (no drain, no exit 0).
+#[cfg(unix)]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+/// Ctrl-C.
+#[cfg(not(unix))]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 #[cfg(test)]

@@ -214,13 +214,20 @@ struct Server {
 }
 
 impl Server {
+    /// Logging to the file `log`.
     fn start(data_dir: &Path, log: &Path) -> Server {
+        let stderr = File::create(log).expect("log file");
+        Server::start_with(data_dir, Stdio::null(), stderr.into(), log)
+    }
+
+    /// With stdout and stderr as given; [`Server::log`] reads `log`.
+    fn start_with(data_dir: &Path, stdout: Stdio, stderr: Stdio, log: &Path) -> Server {
         let mut cmd = fleetmq();
         cmd.arg("serve").arg("--data-dir").arg(data_dir);
         let admin = loopback_flags(&mut cmd);
         let child = cmd
-            .stdout(Stdio::null())
-            .stderr(File::create(log).expect("log file"))
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("spawn fleetmq serve");
         let mut server = Server {
@@ -339,4 +346,49 @@ fn serve_generates_an_admin_key_stops_on_sigterm_and_keeps_the_key() {
         Some(0),
         "exit after SIGINT: {exit}\n{second_log}"
     );
+}
+
+/// Issue 14: a log sink that goes away (a pipe whose reader died, journald restarted)
+/// must not stop a shutdown. With stdout and stderr pipes whose read ends are closed
+/// once it is up, every log line fails with EPIPE; SIGTERM must still end `serve` with
+/// exit 0 within a few seconds, as with a log file.
+#[cfg(unix)]
+#[test]
+fn serve_stops_on_sigterm_when_its_log_pipe_is_gone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    // Nothing is written there: the log goes to the pipes.
+    let no_log = dir.path().join("no.log");
+    let mut server = Server::start_with(&data, Stdio::piped(), Stdio::piped(), &no_log);
+    // `head -3` has exited: the read ends are closed.
+    drop(server.child.stdout.take().expect("stdout pipe"));
+    drop(server.child.stderr.take().expect("stderr pipe"));
+    let (status, body) = http_get(server.admin, "/health", None).expect("GET /health");
+    assert_eq!(status, 200, "still serving with its log pipe gone: {body}");
+
+    let exit = server.stop("TERM");
+    assert_eq!(exit.code(), Some(0), "exit after SIGTERM: {exit}");
+    // The store was closed cleanly: the next start finds the admin key it generated.
+    let mut server = Server::start(&data, &dir.path().join("second.log"));
+    assert!(
+        !server.log().contains("generated an admin API key"),
+        "{}",
+        server.log()
+    );
+    let exit = server.stop("TERM");
+    assert_eq!(exit.code(), Some(0), "exit after SIGTERM: {exit}");
+}
+
+/// A `serve` that fails after the broker and its services started (here: the admin key
+/// file cannot be written) exits with an error at once: the services it started end
+/// on the shutdown token instead of keeping the process alive.
+#[test]
+fn serve_that_fails_after_starting_exits_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The key is written through `admin.key.tmp`; a directory there refuses it.
+    std::fs::create_dir_all(dir.path().join("data").join("admin.key.tmp")).expect("mkdir");
+    let mut cmd = fleetmq();
+    cmd.arg("serve");
+    let stderr = serve_refuses(cmd, dir.path(), "serve that cannot write its admin key");
+    assert!(stderr.contains("admin.key"), "{stderr}");
 }
