@@ -2,7 +2,7 @@
 //! name the culprit, and a real `serve` that generates its admin key, answers on the admin
 //! API, exits 0 on SIGTERM/SIGINT and keeps the key across a restart.
 
-mod support;
+use crate::support;
 
 use std::fs::File;
 use std::io::{Read, Write};

@@ -3,7 +3,7 @@
 //! where a command needs an answer or a client must be connected. Checks the human
 //! output, that `--json` output parses, and the documented exit codes.
 
-mod support;
+use crate::support;
 
 use rumqttc::{Event, Packet};
 use serde_json::json;

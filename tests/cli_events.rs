@@ -2,7 +2,7 @@
 //! event's JSON), filters by type and device, and a stream that drops when the server
 //! restarts is picked up again by itself, resuming with `Last-Event-ID`.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 

@@ -4,7 +4,7 @@
 //! answers some, the process is killed with SIGKILL mid-way, and after a restart on the
 //! same data directory every command the API acknowledged reaches a terminal state.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;

@@ -7,7 +7,7 @@
 //! The subscriber is a raw MQTT 3.1.1 client, so nothing is acknowledged behind the
 //! test's back and DUP flags and packet ids are seen as sent.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 

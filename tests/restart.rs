@@ -2,7 +2,7 @@
 //! queued QoS 1 messages, and inbound QoS 2 state survive `fleetmq serve` being stopped
 //! with SIGTERM and started again, and survive SIGKILL for everything acknowledged.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

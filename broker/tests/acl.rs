@@ -1,6 +1,6 @@
 //! The ACL matrix of SPEC §3 on PUBLISH, SUBSCRIBE (incl. `$share`), wills and delivery.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! CONNECT authentication matrix (SPEC §2) over TCP and WebSocket, MQTT 3.1.1 and 5.
 
-mod common;
+use crate::common;
 
 use common::*;
 use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as V5Code;

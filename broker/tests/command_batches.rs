@@ -3,7 +3,7 @@
 //! stored, and every one is answered through the connection's direct path to the engine
 //! (PUBACK → `delivered`, answer → `completed`).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! Timeouts and TTLs are configured in the hundreds of milliseconds so the tests run on
 //! the wall clock against real sockets; every wait is a bounded poll.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Versioned device configuration (SPEC §6): stored, published retained at QoS 1, sealed
 //! for encrypted devices, delivered on connect and after a restart.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! CONNECT / CONNACK conformance (MQTT 3.1.1 §3.1, §3.2 / MQTT 5 §3.1, §3.2), over TCP
 //! and WebSocket, 3.1.1 and 5. Also runs against an external broker.
 
-mod common;
+use crate::common;
 
 use common::conf::*;
 

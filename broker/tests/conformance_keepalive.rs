@@ -1,7 +1,7 @@
 //! Keep alive conformance (MQTT 3.1.1 §3.1.2.10, §3.12 / MQTT 5 §3.1.2.10, §3.12), over
 //! TCP and WebSocket, 3.1.1 and 5. Also runs against an external broker.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! PUBLISH and QoS conformance (MQTT 3.1.1 §3.3, §4.3, §4.6 / MQTT 5 §3.3, §4.3), over
 //! TCP and WebSocket, 3.1.1 and 5. Also runs against an external broker.
 
-mod common;
+use crate::common;
 
 use common::conf::*;
 

@@ -3,7 +3,7 @@
 //! external broker (`CONFORMANCE_TARGET`), except the cases that need fleetmq's ACL, its
 //! handle or a restart.
 
-mod common;
+use crate::common;
 
 use common::conf::*;
 use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule};

@@ -4,7 +4,7 @@
 //! against an external broker (`CONFORMANCE_TARGET`), except the cases that need
 //! fleetmq's configuration or a restart.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

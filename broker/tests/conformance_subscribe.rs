@@ -1,7 +1,7 @@
 //! SUBSCRIBE / UNSUBSCRIBE conformance (MQTT 3.1.1 §3.8-§3.11, §4.7 / MQTT 5 §3.8-§3.11),
 //! over TCP and WebSocket, 3.1.1 and 5. Also runs against an external broker.
 
-mod common;
+use crate::common;
 
 use common::conf::*;
 

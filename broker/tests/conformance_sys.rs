@@ -2,7 +2,7 @@
 //! 3.1.1 and 5. Also runs against an external broker (Mosquitto publishes `$SYS` to
 //! anonymous clients; its default interval is 10 s, so those runs take longer).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Inbound topic aliases (MQTT 5 §3.3.2.3.4), over TCP and WebSocket. Also runs against
 //! an external broker.
 
-mod common;
+use crate::common;
 
 use common::conf::*;
 

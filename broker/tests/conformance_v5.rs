@@ -2,7 +2,7 @@
 //! §4.13), over TCP and WebSocket; a 3.1.1 receiver never sees properties. Also runs
 //! against an external broker.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

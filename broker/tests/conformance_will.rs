@@ -1,7 +1,7 @@
 //! Last will conformance (MQTT 3.1.1 §3.1.2.5 / MQTT 5 §3.1.2.5, §3.1.3.2), over TCP and
 //! WebSocket, 3.1.1 and 5. Also runs against an external broker (`CONFORMANCE_TARGET`).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! SPEC §4 payload encryption end to end: devices send and receive envelopes, everyone
 //! else sees plaintext. The envelope is built here independently of the broker's code.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@
 //! filter log): nobody queued them. Several publishers and many abrupt disconnects make
 //! that window show within seconds on two cores.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,7 @@
 //! SPEC §6 presence and reported status end to end: real device connections (TCP and
 //! WebSocket, MQTT 3.1.1 and 5), the live event stream, and the stored device state.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Bad input never hurts the broker or other clients: random bytes, malformed and
 //! forbidden packets on every listener, v5 properties towards 3.1.1 clients, keepalive.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! clients over TCP and WebSocket against fleetmq (the conformance suites' packet-level
 //! client covers the rest of sessions, also against other brokers).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

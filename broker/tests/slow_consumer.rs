@@ -6,7 +6,7 @@
 //! is made small here (128 KiB, about 600 of these messages), so a subscriber whose
 //! messages waited in it would lose them.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -14,7 +14,7 @@
 //! router, so routed before the SUBSCRIBE — then let it through: the subscriber must get
 //! every one of them exactly once, in order, and nothing of them again after it resumes.
 
-mod common;
+use crate::common;
 
 use common::conf::{unique, Client, SubscribeProperties, Target, Ver, Via, QUIET, WAIT};
 use common::TestBroker;

@@ -1,7 +1,7 @@
 //! SPEC §6 telemetry end to end: devices publish on `device/{id}/telemetry` over real MQTT
 //! connections; points are read back newest first, by key, and as latest values.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

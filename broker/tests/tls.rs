@@ -2,7 +2,7 @@
 //! client-certificate authentication, a listener that survives what is not TLS, and
 //! certificate files that fail at bind time with their path in the error.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! The broker uses SPEC's backoff (first retry after about 1 s), so tests that need a
 //! retry take a little over a second.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! Real MQTT clients (rumqttc, 3.1.1 and 5, over TCP and WebSocket) against a real broker.
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
+#[macro_use]
 pub mod conf;
 
 use std::net::SocketAddr;

@@ -1,0 +1,12 @@
+//! Tests of the `fleetmq` binary, one test binary: every file
+//! is a module here, so the suite links once instead of once per file.
+
+#[macro_use]
+mod support;
+
+mod cli;
+mod cli_admin;
+mod cli_events;
+mod kill9;
+mod kill9_sessions;
+mod restart;

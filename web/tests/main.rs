@@ -1,0 +1,7 @@
+//! The admin API's integration tests, one test binary: every file
+//! is a module here, so the suite links once instead of once per file.
+
+mod admin_key;
+mod api;
+mod dashboard;
+mod retained;
