@@ -41,6 +41,8 @@
 mod apply;
 mod devices;
 mod model;
+mod prune;
+mod request;
 mod waiters;
 mod worker;
 
@@ -50,11 +52,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fleetmq_device_plugins::{Command, DevicePlugin, PluginRegistry};
+use fleetmq_device_plugins::{DevicePlugin, PluginRegistry};
 use fleetmq_storage::commands::{self as store, NewCommandRecord};
-use fleetmq_storage::{generate_token, DeviceId, DeviceRecord, StoreError};
+use fleetmq_storage::{DeviceId, DeviceRecord, StoreError};
 use redb::Database;
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -62,6 +63,7 @@ use tokio_util::task::TaskTracker;
 use crate::fleet::{CommandSink, EventSink};
 use devices::DeviceCache;
 pub use devices::{CacheMiss, KnownDevice};
+use request::encode;
 use waiters::Waiters;
 use worker::{Clock, Op, Worker};
 
@@ -243,43 +245,8 @@ impl CommandEngine {
         req: NewCommand,
         idempotency_key: Option<String>,
     ) -> Result<(NewCommandRecord, bool, Bytes), CommandError> {
-        let invalid = |m: String| Err(CommandError::Invalid(m));
-        let cfg = &self.shared.config;
-        if req.kind.is_empty() || req.kind.len() > MAX_TYPE_LEN {
-            return invalid(format!("type must be 1 to {MAX_TYPE_LEN} bytes"));
-        }
-        let (timeout_ms, ttl_ms, max_retries) = limits(cfg, &req)?;
-        let params = match req.params {
-            Value::Null => Value::Object(serde_json::Map::new()),
-            p @ Value::Object(_) => p,
-            _ => return invalid("params must be a JSON object".into()),
-        };
-        if let Some(key) = &idempotency_key {
-            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-                return invalid(format!(
-                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"
-                ));
-            }
-        }
-        let created_at_ms = self.shared.clock.now_ms();
-        let command_id = new_command_id(created_at_ms);
-        // Encoded now so a command the device's plugin cannot express is refused here
-        // rather than failing at delivery; the first send uses this payload.
-        let payload = encode(device.plugin.as_ref(), &command_id, &req.kind, &params)
-            .map_err(|e| CommandError::Invalid(e.to_string()))?;
-        let new = NewCommandRecord {
-            command_id,
-            device_id: device.id.clone(),
-            kind: req.kind,
-            params_json: params.to_string(),
-            metadata_json: req.metadata.map(|m| m.get().to_owned()),
-            idempotency_key,
-            timeout_ms,
-            max_retries,
-            ttl_ms,
-            created_at_ms,
-        };
-        Ok((new, req.supersede.unwrap_or(true), Bytes::from(payload)))
+        let now_ms = self.shared.clock.now_ms();
+        request::validate(&self.shared.config, now_ms, device, req, idempotency_key)
     }
 
     fn plugin(&self, device: &DeviceRecord) -> Result<Arc<dyn DevicePlugin>, CommandError> {
@@ -543,63 +510,6 @@ impl CommandEngine {
         }
     }
 
-    /// Deletes the finished commands older than `commands.history_days`, from the old
-    /// end of each device's history, in steps that each share a batch with other calls;
-    /// returns how many. Nothing when history is kept forever.
-    pub async fn prune_now(&self) -> Result<u64, CommandError> {
-        let Some(history) = self.shared.config.history else {
-            return Ok(0);
-        };
-        let cutoff_ms = self
-            .shared
-            .clock
-            .now_ms()
-            .saturating_sub(duration_ms(history));
-        let mut removed = 0u64;
-        let mut after = None;
-        loop {
-            let step = self
-                .call(|reply| Op::Prune {
-                    cutoff_ms,
-                    after: after.take(),
-                    reply,
-                })
-                .await??;
-            removed += step.removed as u64;
-            self.shared
-                .counters
-                .pruned
-                .fetch_add(step.removed as u64, Ordering::Relaxed);
-            match step.next {
-                Some(next) => after = Some(next),
-                None => return Ok(removed),
-            }
-        }
-    }
-
-    /// Prunes history at start and every `prune_every` until `shutdown`.
-    async fn run_pruner(self, shutdown: CancellationToken) {
-        if self.shared.config.history.is_none() {
-            return;
-        }
-        let every = self.shared.config.prune_every.max(Duration::from_millis(1));
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            match self.prune_now().await {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "pruned finished commands from history"),
-                Err(CommandError::ShuttingDown) => return,
-                Err(error) => tracing::error!(%error, "pruning command history failed"),
-            }
-        }
-    }
-
     /// How long answered commands took from their first send to the device's answer.
     pub fn round_trip(&self) -> fleetmq_storage::metrics::HistogramSnapshot {
         self.shared.counters.round_trip.snapshot()
@@ -636,55 +546,8 @@ impl CommandEngine {
     }
 }
 
-/// The command's answer timeout and TTL in ms and its retry budget: its own values,
-/// checked, or the config's.
-fn limits(cfg: &CommandsConfig, req: &NewCommand) -> Result<(u64, u64, u32), CommandError> {
-    let invalid = |m: String| Err(CommandError::Invalid(m));
-    let timeout_ms = match req.timeout_s {
-        Some(s) if !(1..=MAX_TIMEOUT_S).contains(&s) => {
-            return invalid(format!("timeout_s must be 1 to {MAX_TIMEOUT_S}"))
-        }
-        Some(s) => s * 1_000,
-        None => duration_ms(cfg.timeout).max(1),
-    };
-    let ttl_ms = match req.ttl_s {
-        Some(s) if s > MAX_TTL_S => return invalid(format!("ttl_s must be 0 to {MAX_TTL_S}")),
-        Some(s) => s * 1_000,
-        None => duration_ms(cfg.ttl),
-    };
-    let max_retries = match req.max_retries {
-        Some(n) if n > MAX_RETRIES => {
-            return invalid(format!("max_retries must be 0 to {MAX_RETRIES}"))
-        }
-        Some(n) => n,
-        None => cfg.max_retries,
-    };
-    Ok((timeout_ms, ttl_ms, max_retries))
-}
-
-/// A new command id: 12 hex digits of creation ms (so ids sort roughly by age) and 80
-/// random bits.
-fn new_command_id(now_ms: u64) -> String {
-    let random = generate_token();
-    format!("{:012x}{}", now_ms & 0xffff_ffff_ffff, &random[..20])
-}
-
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The payload of `command_id` for the device's plugin.
-fn encode(
-    plugin: &dyn DevicePlugin,
-    command_id: &str,
-    kind: &str,
-    params: &Value,
-) -> Result<Vec<u8>, fleetmq_device_plugins::PluginError> {
-    plugin.encode_command(&Command {
-        command_id,
-        kind,
-        params,
-    })
 }
 
 #[cfg(test)]

@@ -19,97 +19,24 @@ use std::time::Duration;
 use fleetmq_device_plugins::{rfc3339, DevicePlugin, PluginError};
 use fleetmq_storage::{DeviceId, StoreError};
 use redb::Database;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::settings::ConfigError;
 use fleetmq_storage::telemetry as store;
+
+pub use config::{RawTelemetryConfig, TelemetryConfig};
 
 /// Default page size of [`Telemetry::query`] (SPEC §8).
 pub const DEFAULT_LIMIT: usize = 100;
 /// Largest page [`Telemetry::query`] returns (SPEC §8).
 pub const MAX_LIMIT: usize = 1_000;
 
-const MS_PER_DAY: u64 = 86_400_000;
 /// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can show. Points after it are
 /// refused at the door rather than stored and then unreadable.
 const MAX_TS_MS: u64 = 253_402_300_799_999;
-
-// ---- config --------------------------------------------------------------------
-
-/// `[telemetry]` as written in TOML / env / flags.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTelemetryConfig {
-    pub retention_days: Option<u64>,
-    pub max_points_per_device: Option<u64>,
-    pub store: Option<bool>,
-}
-
-/// How telemetry is queued, batched and kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TelemetryConfig {
-    /// Points older than this are removed (by their timestamp).
-    pub retention: Duration,
-    /// Each device keeps at most this many points; the oldest go first.
-    pub max_points_per_device: u64,
-    /// `telemetry.store`: whether telemetry is stored. When false it is still checked
-    /// by the device's plugin (a refused payload is counted and raised as
-    /// `device.bad_payload`) and routed to subscribers, but no point is kept.
-    pub store: bool,
-    /// Capacity of the ingest queue, in points.
-    pub queue: usize,
-    /// Most points committed in one write transaction.
-    pub batch_max: usize,
-    /// How long the writer waits for a batch to fill once it has a point.
-    pub batch_delay: Duration,
-    /// How often the sweeper enforces retention (also once at start).
-    pub sweep_every: Duration,
-}
-
-impl Default for TelemetryConfig {
-    /// SPEC §1's defaults: 7 days, 100 000 points per device.
-    fn default() -> Self {
-        TelemetryConfig {
-            retention: Duration::from_millis(7 * MS_PER_DAY),
-            max_points_per_device: 100_000,
-            store: true,
-            queue: 65_536,
-            batch_max: 16_384,
-            batch_delay: Duration::from_millis(20),
-            sweep_every: Duration::from_secs(60),
-        }
-    }
-}
-
-impl RawTelemetryConfig {
-    /// Validates into a [`TelemetryConfig`] with the default queue and batching.
-    pub fn validate(self) -> Result<TelemetryConfig, ConfigError> {
-        let defaults = TelemetryConfig::default();
-        let retention = crate::settings::retention_days(
-            "telemetry.retention_days",
-            self.retention_days.unwrap_or(7),
-        )?;
-        let max_points_per_device = self
-            .max_points_per_device
-            .unwrap_or(defaults.max_points_per_device);
-        if max_points_per_device == 0 {
-            return Err(ConfigError {
-                key: "telemetry.max_points_per_device",
-                reason: "must be at least 1".into(),
-            });
-        }
-        Ok(TelemetryConfig {
-            retention,
-            max_points_per_device,
-            store: self.store.unwrap_or(defaults.store),
-            ..defaults
-        })
-    }
-}
 
 // ---- API types -----------------------------------------------------------------
 
@@ -615,6 +542,7 @@ fn parse_value(device: &DeviceId, key: &str, json: &str) -> Option<Value> {
     }
 }
 
+mod config;
 mod writer;
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use fleetmq_storage::CredentialHash;
 
 use super::*;
+use serde_json::Value;
 
 // ---- doubles and harness --------------------------------------------------------
 
