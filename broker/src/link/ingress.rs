@@ -91,6 +91,22 @@ impl Connection {
         Ending::Violation(reason)
     }
 
+    /// A topic filter with U+0000 in it makes its SUBSCRIBE / UNSUBSCRIBE a Malformed
+    /// Packet (MQTT 5 §1.5.4 [MQTT-1.5.4-2]; 3.1.1 §1.5.3 [MQTT-1.5.3-2]): the connection
+    /// is closed (v5: DISCONNECT 0x81 first, §4.13) and the packet is never acknowledged,
+    /// as it would be for a filter that is only invalid or denied.
+    fn no_nul_in_filters<'a>(
+        &self,
+        mut filters: impl Iterator<Item = &'a str>,
+    ) -> Result<(), Ending> {
+        if !filters.any(|f| f.contains('\0')) {
+            return Ok(());
+        }
+        self.core.stats.dropped(DropCause::Malformed);
+        tracing::debug!(client_id = %self.s.client_id, "closing on a topic filter with U+0000");
+        Err(Ending::Violation(Reason::MalformedPacket))
+    }
+
     pub(super) async fn packet(
         &mut self,
         packet: Packet,
@@ -136,11 +152,13 @@ impl Connection {
                 Ok(())
             }
             Packet::Subscribe(sub, props) => {
+                self.no_nul_in_filters(sub.filters.iter().map(|f| f.path.as_str()))?;
                 let routed = self.subscribe(sub, props)?;
                 self.device_subscribed(&routed).await;
                 Ok(())
             }
             Packet::Unsubscribe(unsub, _) => {
+                self.no_nul_in_filters(unsub.filters.iter().map(String::as_str))?;
                 self.unsubscribe(unsub);
                 Ok(())
             }
