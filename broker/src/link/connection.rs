@@ -85,6 +85,8 @@ pub(crate) struct Connection {
     pub(super) subs: Subscriptions,
     pub(super) aliases: InboundAliases,
     pub(super) flow: OutboundFlow,
+    /// Topic aliases towards an MQTT 5 client that accepts them (`outbound_alias`).
+    pub(super) out_aliases: super::outbound_alias::OutboundAliases,
     pub(super) sys_rx: tokio::sync::watch::Receiver<super::sys::SysValues>,
     /// Session state: subscriptions kept, the link's own deliveries (`session_link.rs`).
     pub(super) sess: super::session_link::SessionLink,
@@ -112,6 +114,13 @@ impl Connection {
         Connection {
             subs: Subscriptions::new(s.session_present),
             flow: OutboundFlow::new(s.connect_props.as_ref()),
+            out_aliases: super::outbound_alias::OutboundAliases::new(
+                match s.version {
+                    Version::V5 => s.connect_props.as_ref().and_then(|p| p.topic_alias_max),
+                    Version::V4 => None,
+                }
+                .unwrap_or(0),
+            ),
             sys_rx: core.sys.subscribe(),
             queue: Outbound::new(core.config.max_pending_messages),
             stalled: None,

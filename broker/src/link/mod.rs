@@ -38,6 +38,7 @@ mod ingress;
 mod listener;
 mod origin;
 mod outbound;
+mod outbound_alias;
 mod retained;
 mod sealing;
 mod session_index;
