@@ -73,6 +73,9 @@ pub(crate) struct Connection {
     pub(super) crypto: Option<DeviceCrypto>,
     /// Inbound QoS 2 packet ids answered with PUBREC and waiting for PUBREL.
     pub(super) inbound_qos2: std::collections::HashSet<u16>,
+    /// Of those, the ones a resumed session brought from an earlier network connection
+    /// that this one has not taken up again (`Connection::qos2_in_flight_here`).
+    pub(super) inbound_qos2_earlier: std::collections::HashSet<u16>,
     /// SUBACK codes decided locally, merged with the router's by packet id.
     pub(super) pending_subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     pub(super) last_read: Instant,
@@ -134,6 +137,7 @@ impl Connection {
             to_router: Vec::new(),
             crypto,
             inbound_qos2: Default::default(),
+            inbound_qos2_earlier: Default::default(),
             pending_subacks: HashMap::new(),
             last_read: Instant::now(),
             woke: false,

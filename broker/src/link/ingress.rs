@@ -137,6 +137,7 @@ impl Connection {
                 Ok(())
             }
             Packet::PubRel(rel, _) => {
+                self.inbound_qos2_earlier.remove(&rel.pkid);
                 let reason = if self.inbound_qos2.remove(&rel.pkid) {
                     PubCompReason::Success
                 } else {
@@ -175,6 +176,17 @@ impl Connection {
             Packet::Connect(..) => Err(Ending::Violation(Reason::ProtocolError)),
             _ => Err(Ending::Violation(Reason::ProtocolError)),
         }
+    }
+
+    /// Unreleased inbound QoS 2 exchanges that count against our Receive Maximum: those
+    /// of this network connection. Ones a resumed session still holds from an earlier
+    /// connection do not ("The value of Receive Maximum applies only to the current
+    /// Network Connection", §3.1.2.11.3; the client's send quota starts afresh, §4.9)
+    /// until the client sends their PUBLISH again.
+    fn qos2_in_flight_here(&self) -> usize {
+        self.inbound_qos2
+            .len()
+            .saturating_sub(self.inbound_qos2_earlier.len())
     }
 
     /// Answers a QoS 1/2 PUBLISH that is not routed: v5 gets `reason`, 3.1.1 a plain ack.
@@ -261,11 +273,15 @@ impl Connection {
         };
         if meta.qos == 2
             && !self.inbound_qos2.contains(&meta.pkid)
-            && self.inbound_qos2.len() >= usize::from(self.core.config.max_inflight)
+            && self.qos2_in_flight_here() >= usize::from(self.core.config.max_inflight)
         {
             // More unacknowledged QoS 2 than our Receive Maximum [MQTT-3.3.4-9].
             self.core.stats.dropped(DropCause::Limit);
             return Err(Ending::Violation(Reason::ReceiveMaximumExceeded));
+        }
+        if meta.qos == 2 {
+            // Sent again on this connection: in its send quota from now on.
+            self.inbound_qos2_earlier.remove(&meta.pkid);
         }
         if publish.payload.len() > self.core.config.max_payload {
             self.core.stats.dropped(DropCause::TooLarge);
