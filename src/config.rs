@@ -19,6 +19,7 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.sys_interval_s",
     "mqtt.max_inflight",
     "mqtt.topic_alias_max",
+    "mqtt.max_keepalive_s",
     "mqtt.max_queued_messages",
     "mqtt.durable_connected_sessions",
     "mqtt.max_pending_messages",
@@ -267,5 +268,16 @@ mod tests {
         assert_eq!(c.broker.topic_alias_max, 0);
         let e = load_str("[mqtt]\nmax_inflight = 0\n", &[]).unwrap_err();
         assert!(format!("{e:#}").contains("mqtt.max_inflight"), "{e:#}");
+    }
+
+    #[test]
+    fn max_keepalive_is_off_by_default_and_set_by_file_or_env() {
+        assert_eq!(load_str("", &[]).unwrap().broker.max_keepalive, 0);
+        let c = load_str("[mqtt]\nmax_keepalive_s = 300\n", &[]).unwrap();
+        assert_eq!(c.broker.max_keepalive, 300);
+        let c = load_str("", &[("FLEETMQ_MQTT_MAX_KEEPALIVE_S", "60")]).unwrap();
+        assert_eq!(c.broker.max_keepalive, 60);
+        let e = load_str("[mqtt]\nmax_keepalive_s = 70000\n", &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("max_keepalive_s"), "{e:#}");
     }
 }

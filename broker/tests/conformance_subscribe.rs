@@ -119,3 +119,60 @@ matrix!(
     resubscribe_replaces_the_subscription_mqtt_3_8_4_3,
     resubscribe_replaces
 );
+
+/// A SUBSCRIBE (`0x82`) or UNSUBSCRIBE (`0xa2`) frame for one filter, written by hand:
+/// rumqttc would refuse nothing here, but the test needs the exact bytes.
+fn raw_filter_packet(byte1: u8, ver: Ver, pkid: u16, filter: &str, qos: Option<u8>) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    if ver == Ver::V5 {
+        body.push(0); // no properties
+    }
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    body.extend(qos);
+    let mut frame = bytes::BytesMut::new();
+    frame.extend_from_slice(&[byte1]);
+    put_var_int(&mut frame, body.len());
+    frame.extend_from_slice(&body);
+    frame.to_vec()
+}
+
+/// MQTT 5 §1.5.4 [MQTT-1.5.4-2] / 3.1.1 §1.5.3 [MQTT-1.5.3-2]: a topic filter containing
+/// U+0000 makes the SUBSCRIBE / UNSUBSCRIBE a Malformed Packet: the server closes the
+/// connection (v5: DISCONNECT 0x81 first, §4.13) and never acknowledges it.
+async fn nul_in_filter(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let base = unique("nul/");
+    for (byte1, qos) in [(0x82u8, Some(0u8)), (0xa2, None)] {
+        let mut c = t.connect(via, ver, &unique("c")).await;
+        if byte1 == 0xa2 {
+            // Something to unsubscribe from, so that only the NUL is wrong.
+            c.subscribe(&format!("{base}/a"), 0).await;
+        }
+        let filter = format!("{base}/a\0b");
+        c.send_raw(&raw_filter_packet(byte1, ver, 77, &filter, qos))
+            .await;
+        let start = tokio::time::Instant::now();
+        let mut reason = None;
+        while let Some(p) = c.recv_within(WAIT).await {
+            match p {
+                In::Disconnect { reason: r, .. } => reason = Some(r),
+                In::SubAck { .. } | In::UnsubAck { .. } => {
+                    panic!("packet {byte1:#x} with U+0000 acknowledged: {p:?}")
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "packet {byte1:#x} with U+0000: the server did not close the connection"
+        );
+        if ver == Ver::V5 {
+            assert_eq!(reason, Some(0x81), "packet {byte1:#x}");
+        }
+    }
+}
+matrix!(
+    nul_in_topic_filter_closes_the_connection_mqtt_1_5_4_2,
+    nul_in_filter
+);

@@ -181,6 +181,62 @@ matrix!(
     v5
 );
 
+/// §3.1.2.11.3, §3.3.4: "The value of Receive Maximum applies only to the current Network
+/// Connection". QoS 2 exchanges that a resumed session still holds from an earlier
+/// connection (PUBREC sent, no PUBREL yet) do not count against it: the client may have
+/// Receive Maximum new ones unreleased on this connection, and only the PUBLISH past it
+/// gets DISCONNECT 0x93 [MQTT-3.3.4-9] (earlier state once ended the connection while the
+/// client was still writing). The earlier exchanges are still known: their PUBREL gets
+/// PUBCOMP 0x00.
+async fn receive_maximum_per_connection(via: Via, ver: Ver) {
+    let t = Target::with(|c| c.max_inflight = 3).await;
+    let id = unique("rmsess");
+    let topic = unique("rmsess/");
+    let mut c = t.open(via, ver).await;
+    let ack = c.connect(Conn::persistent(&id, ver, 600)).await;
+    let Some(max) = ack.props.and_then(|p| p.receive_max) else {
+        skipped("the server announces no Receive Maximum");
+        return;
+    };
+    // The earlier connection leaves `max - 1` exchanges unreleased (ids 1001..).
+    let earlier: Vec<u16> = (1001..1000 + max).collect();
+    for &pkid in &earlier {
+        c.publish_raw(&topic, b"early", 2, false, false, pkid, None)
+            .await;
+        c.expect(|p| matches!(p, In::PubRec { pkid: id, .. } if *id == pkid))
+            .await;
+    }
+    c.drop_connection().await;
+    let mut c = t.open(via, ver).await;
+    let ack = c.connect(Conn::persistent(&id, ver, 600)).await;
+    assert!(ack.code == 0 && ack.session_present, "{ack:?}");
+    c.pubrel(earlier[0]).await;
+    match c.expect(|p| matches!(p, In::PubComp { .. })).await {
+        In::PubComp { pkid, reason } => assert_eq!((pkid, reason), (earlier[0], 0)),
+        _ => unreachable!(),
+    }
+    for pkid in 1..=max + 1 {
+        c.publish_raw(&topic, b"x", 2, false, false, pkid, None)
+            .await;
+    }
+    let mut recs = Vec::new();
+    let mut reason = None;
+    while let Some(p) = c.recv_within(WAIT).await {
+        match p {
+            In::PubRec { pkid, .. } => recs.push(pkid),
+            In::Disconnect { reason: r, .. } => reason = Some(r),
+            _ => {}
+        }
+    }
+    assert_eq!(recs, (1..=max).collect::<Vec<u16>>(), "PUBRECs");
+    assert_eq!(reason, Some(0x93));
+}
+matrix!(
+    receive_maximum_counts_this_connection_only_mqtt_3_3_4_9,
+    receive_maximum_per_connection,
+    v5
+);
+
 /// §3.2.2.3.6 / §4.13: a packet larger than our announced Maximum Packet Size ends the
 /// connection with DISCONNECT 0x95.
 async fn our_maximum_packet_size(via: Via, ver: Ver) {

@@ -27,6 +27,8 @@ pub struct RawMqttConfig {
     pub max_inflight: Option<u16>,
     /// Topic Alias Maximum announced to MQTT 5 clients (0: no inbound aliases).
     pub topic_alias_max: Option<u16>,
+    /// Longest Keep Alive a client may use, in seconds (0: no cap).
+    pub max_keepalive_s: Option<u16>,
     /// QoS 1/2 messages kept per disconnected persistent session (oldest dropped).
     pub max_queued_messages: Option<usize>,
     /// Whether a connected persistent session's messages are stored before their
@@ -85,6 +87,10 @@ pub struct BrokerConfig {
     pub max_inflight: u16,
     /// Topic Alias Maximum announced to MQTT 5 clients.
     pub topic_alias_max: u16,
+    /// Longest Keep Alive a client may use, in seconds; 0 = no cap. An MQTT 5 client
+    /// asking for more, or for none (0), gets this as Server Keep Alive and is held to
+    /// it; a 3.1.1 client doing so is refused (CONNACK 2), as Mosquitto's `max_keepalive`.
+    pub max_keepalive: u16,
     /// QoS 1/2 messages kept per disconnected persistent session; past it the oldest is
     /// dropped and counted (`drops.session_queue_full`).
     pub max_queued_messages: usize,
@@ -144,6 +150,7 @@ impl BrokerConfig {
             sys_interval: Some(Duration::from_secs(10)),
             max_inflight: 100,
             topic_alias_max: 16,
+            max_keepalive: 0,
             max_queued_messages: 1000,
             durable_connected_sessions: true,
             max_pending_messages: 1000,
@@ -237,6 +244,7 @@ pub fn validate(
         },
         max_inflight: mqtt.max_inflight.unwrap_or(100),
         topic_alias_max: mqtt.topic_alias_max.unwrap_or(16),
+        max_keepalive: mqtt.max_keepalive_s.unwrap_or(0),
         max_queued_messages: mqtt.max_queued_messages.unwrap_or(1000),
         durable_connected_sessions: mqtt.durable_connected_sessions.unwrap_or(true),
         max_pending_messages: mqtt.max_pending_messages.unwrap_or(1000),

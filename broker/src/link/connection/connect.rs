@@ -246,6 +246,8 @@ pub(crate) async fn establish(
         .await
         .map_err(|r| refuse(version, refusal_code(version, r), format!("{r:?}")))?;
     let principal = principal_for(&identity, &client_id, &core.anonymous_rules);
+    let (keep_alive, server_keep_alive) =
+        capped_keep_alive(core.config.max_keepalive, version, req.connect.keep_alive)?;
     let session_expiry = req
         .props
         .as_ref()
@@ -329,7 +331,10 @@ pub(crate) async fn establish(
         },
     );
     count_connection(&core.stats, kind, 1);
-    let props = connack_properties(core, version, assigned);
+    let mut props = connack_properties(core, version, assigned);
+    if let Some(props) = props.as_mut() {
+        props.server_keep_alive = server_keep_alive;
+    }
     let ack = Packet::ConnAck(
         ConnAck {
             session_present,
@@ -344,7 +349,7 @@ pub(crate) async fn establish(
         client_id,
         router_key,
         conn_id,
-        keep_alive: req.connect.keep_alive,
+        keep_alive,
         clean,
         will,
         connect_props: req.props,
@@ -360,6 +365,29 @@ pub(crate) async fn establish(
         _permit: permit,
     };
     Ok((established, ack))
+}
+
+/// `mqtt.max_keepalive_s` (0: no cap), as Mosquitto's `max_keepalive`: the Keep Alive
+/// the connection is held to, and the Server Keep Alive to announce. An MQTT 5 client
+/// asking for more than the cap, or for none (0), is told to use the cap (§3.2.2.3.14,
+/// [MQTT-3.2.2-21]); a 3.1.1 client cannot be told, so it is refused with CONNACK 2
+/// ("identifier rejected", what Mosquitto answers) rather than timed out unawares.
+fn capped_keep_alive(
+    cap: u16,
+    version: Version,
+    asked: u16,
+) -> Result<(u16, Option<u16>), ConnectFailure> {
+    if cap == 0 || (asked != 0 && asked <= cap) {
+        return Ok((asked, None));
+    }
+    match version {
+        Version::V5 => Ok((cap, Some(cap))),
+        Version::V4 => Err(refuse(
+            version,
+            ConnectReturnCode::ClientIdentifierNotValid,
+            format!("keep alive {asked} s is not within mqtt.max_keepalive_s = {cap}"),
+        )),
+    }
 }
 
 fn connack_properties(

@@ -91,6 +91,22 @@ impl Connection {
         Ending::Violation(reason)
     }
 
+    /// A topic filter with U+0000 in it makes its SUBSCRIBE / UNSUBSCRIBE a Malformed
+    /// Packet (MQTT 5 §1.5.4 [MQTT-1.5.4-2]; 3.1.1 §1.5.3 [MQTT-1.5.3-2]): the connection
+    /// is closed (v5: DISCONNECT 0x81 first, §4.13) and the packet is never acknowledged,
+    /// as it would be for a filter that is only invalid or denied.
+    fn no_nul_in_filters<'a>(
+        &self,
+        mut filters: impl Iterator<Item = &'a str>,
+    ) -> Result<(), Ending> {
+        if !filters.any(|f| f.contains('\0')) {
+            return Ok(());
+        }
+        self.core.stats.dropped(DropCause::Malformed);
+        tracing::debug!(client_id = %self.s.client_id, "closing on a topic filter with U+0000");
+        Err(Ending::Violation(Reason::MalformedPacket))
+    }
+
     pub(crate) async fn packet(
         &mut self,
         packet: Packet,
@@ -121,6 +137,7 @@ impl Connection {
                 Ok(())
             }
             Packet::PubRel(rel, _) => {
+                self.inbound_qos2_earlier.remove(&rel.pkid);
                 let reason = if self.inbound_qos2.remove(&rel.pkid) {
                     PubCompReason::Success
                 } else {
@@ -136,11 +153,13 @@ impl Connection {
                 Ok(())
             }
             Packet::Subscribe(sub, props) => {
+                self.no_nul_in_filters(sub.filters.iter().map(|f| f.path.as_str()))?;
                 let routed = self.subscribe(sub, props)?;
                 self.device_subscribed(&routed).await;
                 Ok(())
             }
             Packet::Unsubscribe(unsub, _) => {
+                self.no_nul_in_filters(unsub.filters.iter().map(String::as_str))?;
                 self.unsubscribe(unsub);
                 Ok(())
             }
@@ -157,6 +176,17 @@ impl Connection {
             Packet::Connect(..) => Err(Ending::Violation(Reason::ProtocolError)),
             _ => Err(Ending::Violation(Reason::ProtocolError)),
         }
+    }
+
+    /// Unreleased inbound QoS 2 exchanges that count against our Receive Maximum: those
+    /// of this network connection. Ones a resumed session still holds from an earlier
+    /// connection do not ("The value of Receive Maximum applies only to the current
+    /// Network Connection", §3.1.2.11.3; the client's send quota starts afresh, §4.9)
+    /// until the client sends their PUBLISH again.
+    fn qos2_in_flight_here(&self) -> usize {
+        self.inbound_qos2
+            .len()
+            .saturating_sub(self.inbound_qos2_earlier.len())
     }
 
     /// Answers a QoS 1/2 PUBLISH that is not routed: v5 gets `reason`, 3.1.1 a plain ack.
@@ -243,11 +273,15 @@ impl Connection {
         };
         if meta.qos == 2
             && !self.inbound_qos2.contains(&meta.pkid)
-            && self.inbound_qos2.len() >= usize::from(self.core.config.max_inflight)
+            && self.qos2_in_flight_here() >= usize::from(self.core.config.max_inflight)
         {
             // More unacknowledged QoS 2 than our Receive Maximum [MQTT-3.3.4-9].
             self.core.stats.dropped(DropCause::Limit);
             return Err(Ending::Violation(Reason::ReceiveMaximumExceeded));
+        }
+        if meta.qos == 2 {
+            // Sent again on this connection: in its send quota from now on.
+            self.inbound_qos2_earlier.remove(&meta.pkid);
         }
         if publish.payload.len() > self.core.config.max_payload {
             self.core.stats.dropped(DropCause::TooLarge);

@@ -10,6 +10,7 @@ pub(crate) mod flow;
 pub(crate) mod hold;
 pub(crate) mod ingress;
 pub(crate) mod outbound;
+pub(crate) mod outbound_alias;
 pub(crate) mod subscriptions;
 pub(crate) mod will;
 
@@ -85,6 +86,9 @@ pub(crate) struct Connection {
     pub(crate) crypto: Option<DeviceCrypto>,
     /// Inbound QoS 2 packet ids answered with PUBREC and waiting for PUBREL.
     pub(crate) inbound_qos2: std::collections::HashSet<u16>,
+    /// Of those, the ones a resumed session brought from an earlier network connection
+    /// that this one has not taken up again (`Connection::qos2_in_flight_here`).
+    pub(crate) inbound_qos2_earlier: std::collections::HashSet<u16>,
     /// SUBACK codes decided locally, merged with the router's by packet id.
     pub(crate) pending_subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     pub(crate) last_read: Instant,
@@ -97,6 +101,8 @@ pub(crate) struct Connection {
     pub(crate) subs: Subscriptions,
     pub(crate) aliases: InboundAliases,
     pub(crate) flow: OutboundFlow,
+    /// Topic aliases towards an MQTT 5 client that accepts them (`outbound_alias`).
+    pub(crate) out_aliases: crate::link::connection::outbound_alias::OutboundAliases,
     pub(crate) sys_rx: tokio::sync::watch::Receiver<crate::link::sys::SysValues>,
     /// Session state: subscriptions kept, the link's own deliveries (`session_link.rs`).
     pub(crate) sess: crate::link::session::resume::SessionLink,
@@ -124,6 +130,13 @@ impl Connection {
         Connection {
             subs: Subscriptions::new(s.session_present),
             flow: OutboundFlow::new(s.connect_props.as_ref()),
+            out_aliases: outbound_alias::OutboundAliases::new(
+                match s.version {
+                    Version::V5 => s.connect_props.as_ref().and_then(|p| p.topic_alias_max),
+                    Version::V4 => None,
+                }
+                .unwrap_or(0),
+            ),
             sys_rx: core.sys.subscribe(),
             queue: Outbound::new(core.config.max_pending_messages),
             stalled: None,
@@ -137,6 +150,7 @@ impl Connection {
             to_router: Vec::new(),
             crypto,
             inbound_qos2: Default::default(),
+            inbound_qos2_earlier: Default::default(),
             pending_subacks: HashMap::new(),
             last_read: Instant::now(),
             woke: false,

@@ -367,7 +367,15 @@ impl Connection {
             retain: msg.retain,
             pkid,
         };
-        let publish = framing::build_publish(meta, msg.topic.as_bytes(), &payload);
+        // A repeated topic goes by its alias (v5 clients that accept them); a re-send
+        // (DUP) names it in full.
+        let named = self.out_aliases.choose(&msg.topic, msg.dup);
+        if let Some(alias) = named.alias() {
+            props
+                .get_or_insert_with(PublishProperties::default)
+                .topic_alias = Some(alias);
+        }
+        let publish = framing::build_publish(meta, named.topic(&msg.topic), &payload);
         let packet = Packet::Publish(publish, props);
         if let Some(max) = self.flow.max_packet() {
             let mut probe = bytes::BytesMut::new();
@@ -380,6 +388,7 @@ impl Connection {
             }
         }
         self.write_packet(packet);
+        self.out_aliases.written(&msg.topic, named);
         Stats::add(&self.core.stats.sent, 1);
         true
     }

@@ -172,6 +172,7 @@ impl Connection {
             return Ok(());
         };
         self.inbound_qos2 = rec.inbound_qos2.iter().copied().collect();
+        self.inbound_qos2_earlier = self.inbound_qos2.clone();
         self.sess.saved_qos2 = self.inbound_qos2.clone();
         // Its client was connected when the broker stopped without parking it (kill -9):
         // any of its queue may have been sent, so all of it goes with DUP=1 ("might be a
