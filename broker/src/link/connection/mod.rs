@@ -4,6 +4,7 @@
 pub(crate) mod alias;
 pub(crate) mod congestion;
 pub(crate) mod connect;
+mod device;
 pub(crate) mod egress;
 pub(crate) mod flow;
 #[cfg(feature = "testing")]
@@ -11,6 +12,7 @@ pub(crate) mod hold;
 pub(crate) mod ingress;
 pub(crate) mod outbound;
 pub(crate) mod outbound_alias;
+pub(crate) mod subscribe;
 pub(crate) mod subscriptions;
 pub(crate) mod will;
 
@@ -498,113 +500,5 @@ impl Connection {
                 .map_err(|_| Ending::RouterGone)?;
         }
         Ok(())
-    }
-}
-
-impl Connection {
-    /// Writes a command as a QoS 1 PUBLISH with a packet id of the link's own range.
-    fn deliver_command(&mut self, command_id: String, payload: &[u8]) {
-        let Identity::Device(device) = &self.s.identity else {
-            return;
-        };
-        let topic = format!("device/{}/command", device.id);
-        let payload = match self.crypto.as_mut() {
-            Some(crypto) => match crypto.seal(&topic, payload) {
-                Ok(sealed) => sealed,
-                Err(e) => {
-                    self.core
-                        .stats
-                        .dropped(crate::stats::DropCause::EncryptFailed);
-                    tracing::warn!(client_id = %self.s.client_id, error = %e, "cannot encrypt a command");
-                    return;
-                }
-            },
-            None => payload.to_vec(),
-        };
-        let pkid = self.next_command_pkid;
-        self.next_command_pkid = if pkid >= LAST_COMMAND_PKID {
-            FIRST_COMMAND_PKID
-        } else {
-            pkid + 1
-        };
-        if self.commands_inflight.len() >= MAX_COMMANDS_INFLIGHT {
-            self.commands_inflight.clear();
-        }
-        self.commands_inflight.insert(pkid, command_id);
-        let meta = framing::PublishMeta {
-            qos: 1,
-            dup: false,
-            retain: false,
-            pkid,
-        };
-        let publish = framing::build_publish(meta, topic.as_bytes(), &payload);
-        self.write_packet(Packet::Publish(publish, None));
-        crate::stats::Stats::add(&self.core.stats.sent, 1);
-    }
-
-    /// A PUBACK for a command the link wrote itself; false if the packet id is not one.
-    pub(crate) async fn command_acked(&mut self, pkid: u16) -> bool {
-        let Some(command_id) = self.commands_inflight.remove(&pkid) else {
-            return false;
-        };
-        if let Identity::Device(device) = &self.s.identity {
-            // Straight to the engine, like the device's answers (see `device_published`).
-            let generation = self.s.conn_id;
-            self.core
-                .fleet
-                .command_acked(&device.id, generation, &command_id)
-                .await;
-        }
-        true
-    }
-}
-
-impl Connection {
-    /// Tells the fleet services a device is connected (before its CONNACK, so presence
-    /// precedes anything it publishes); a resumed session can take commands at once.
-    async fn announce(&self) {
-        let Identity::Device(device) = &self.s.identity else {
-            return;
-        };
-        let at_ms = now_ms();
-        let event = LinkEvent::Connected {
-            id: device.id.clone(),
-            generation: self.s.conn_id,
-            peer: self.s.peer,
-            protocol: self.s.version.label(),
-            transport: self.s.transport,
-            session_present: self.s.session_present,
-            at_ms,
-        };
-        self.core.fleet_event(event).await;
-        if self.s.session_present {
-            let event = LinkEvent::Subscribed {
-                id: device.id.clone(),
-                generation: self.s.conn_id,
-            };
-            self.core.fleet_event(event).await;
-        }
-    }
-}
-
-impl Connection {
-    /// A device's will on one of its upstream topics (its `status`, typically) is what the
-    /// device said last: the fleet services see it like any publish of the device.
-    async fn will_published(&self, will: &rumqttd::protocol::LastWill) {
-        let Identity::Device(device) = &self.s.identity else {
-            return;
-        };
-        let topic = String::from_utf8_lossy(&will.topic);
-        let Some(kind) = crate::fleet::Upstream::of(&device.id, &topic) else {
-            return;
-        };
-        let event = LinkEvent::Published {
-            id: device.id.clone(),
-            generation: self.s.conn_id,
-            kind,
-            payload: will.message.clone(),
-            at_ms: now_ms(),
-        };
-        self.core.fleet_event(event).await;
     }
 }

@@ -185,7 +185,7 @@ impl Connection {
             // Permissions may have changed while the client was away.
             if matches!(
                 self.check_filter(&sub.filter),
-                Ok(crate::link::connection::ingress::Target::Router)
+                Ok(crate::link::connection::subscribe::Target::Router)
             ) {
                 filters.entry(sub.id).or_default().push(filter_of(&sub));
                 let options = crate::link::connection::subscriptions::SubOptions {

@@ -1,0 +1,194 @@
+//! A device's connection as the fleet services see it: what it tells them (connected,
+//! subscribed to its command topic, published upstream, its will, a payload it could not
+//! decrypt), through `FleetInbox`, and the commands they deliver to it, written as QoS 1
+//! PUBLISHes on packet ids of the link's own range and acknowledged back.
+
+use bytes::Bytes;
+use fleetmq_storage::now_ms;
+use rumqttd::protocol::Packet;
+
+use super::{Connection, FIRST_COMMAND_PKID, LAST_COMMAND_PKID, MAX_COMMANDS_INFLIGHT};
+use crate::fleet::{LinkEvent, Upstream};
+use crate::link::codec::framing;
+use crate::link::codec::topic;
+use crate::link::security::auth::Identity;
+use crate::stats::{DropCause, Stats};
+
+impl Connection {
+    /// Writes a command as a QoS 1 PUBLISH with a packet id of the link's own range.
+    pub(crate) fn deliver_command(&mut self, command_id: String, payload: &[u8]) {
+        let Identity::Device(device) = &self.s.identity else {
+            return;
+        };
+        let topic = format!("device/{}/command", device.id);
+        let payload = match self.crypto.as_mut() {
+            Some(crypto) => match crypto.seal(&topic, payload) {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    self.core.stats.dropped(DropCause::EncryptFailed);
+                    tracing::warn!(client_id = %self.s.client_id, error = %e, "cannot encrypt a command");
+                    return;
+                }
+            },
+            None => payload.to_vec(),
+        };
+        let pkid = self.next_command_pkid;
+        self.next_command_pkid = if pkid >= LAST_COMMAND_PKID {
+            FIRST_COMMAND_PKID
+        } else {
+            pkid + 1
+        };
+        if self.commands_inflight.len() >= MAX_COMMANDS_INFLIGHT {
+            self.commands_inflight.clear();
+        }
+        self.commands_inflight.insert(pkid, command_id);
+        let meta = framing::PublishMeta {
+            qos: 1,
+            dup: false,
+            retain: false,
+            pkid,
+        };
+        let publish = framing::build_publish(meta, topic.as_bytes(), &payload);
+        self.write_packet(Packet::Publish(publish, None));
+        Stats::add(&self.core.stats.sent, 1);
+    }
+
+    /// A PUBACK for a command the link wrote itself; false if the packet id is not one.
+    pub(crate) async fn command_acked(&mut self, pkid: u16) -> bool {
+        let Some(command_id) = self.commands_inflight.remove(&pkid) else {
+            return false;
+        };
+        if let Identity::Device(device) = &self.s.identity {
+            // Straight to the engine, like the device's answers (see `device_published`).
+            let generation = self.s.conn_id;
+            self.core
+                .fleet
+                .command_acked(&device.id, generation, &command_id)
+                .await;
+        }
+        true
+    }
+}
+
+impl Connection {
+    /// Tells the fleet services a device is connected (before its CONNACK, so presence
+    /// precedes anything it publishes); a resumed session can take commands at once.
+    pub(crate) async fn announce(&self) {
+        let Identity::Device(device) = &self.s.identity else {
+            return;
+        };
+        let at_ms = now_ms();
+        let event = LinkEvent::Connected {
+            id: device.id.clone(),
+            generation: self.s.conn_id,
+            peer: self.s.peer,
+            protocol: self.s.version.label(),
+            transport: self.s.transport,
+            session_present: self.s.session_present,
+            at_ms,
+        };
+        self.core.fleet_event(event).await;
+        if self.s.session_present {
+            let event = LinkEvent::Subscribed {
+                id: device.id.clone(),
+                generation: self.s.conn_id,
+            };
+            self.core.fleet_event(event).await;
+        }
+    }
+}
+
+impl Connection {
+    /// A device's will on one of its upstream topics (its `status`, typically) is what the
+    /// device said last: the fleet services see it like any publish of the device.
+    pub(crate) async fn will_published(&self, will: &rumqttd::protocol::LastWill) {
+        let Identity::Device(device) = &self.s.identity else {
+            return;
+        };
+        let topic = String::from_utf8_lossy(&will.topic);
+        let Some(kind) = Upstream::of(&device.id, &topic) else {
+            return;
+        };
+        let event = LinkEvent::Published {
+            id: device.id.clone(),
+            generation: self.s.conn_id,
+            kind,
+            payload: will.message.clone(),
+            at_ms: now_ms(),
+        };
+        self.core.fleet_event(event).await;
+    }
+}
+
+impl Connection {
+    /// Tells the fleet services what a device published on one of its upstream topics.
+    /// Telemetry is decoded and queued for the store right here and never waits: when
+    /// the store's queue is full the point is dropped and counted.
+    pub(crate) async fn device_published(&self, topic: &str, payload: &Bytes) {
+        let Identity::Device(device) = &self.s.identity else {
+            return;
+        };
+        let Some(kind) = Upstream::of(&device.id, topic) else {
+            return;
+        };
+        let at_ms = now_ms();
+        if kind == Upstream::Response {
+            self.core
+                .fleet
+                .command_response(&device.id, payload, at_ms)
+                .await;
+            return;
+        }
+        if kind == Upstream::Telemetry {
+            if let Err(reason) = self.core.fleet.telemetry(&device.id, payload, at_ms).await {
+                self.core.fleet_event_or_drop(LinkEvent::BadPayload {
+                    id: device.id.clone(),
+                    topic: topic.to_owned(),
+                    reason,
+                    at_ms,
+                });
+            }
+            return;
+        }
+        let event = LinkEvent::Published {
+            id: device.id.clone(),
+            generation: self.s.conn_id,
+            kind,
+            payload: payload.clone(),
+            at_ms,
+        };
+        self.core.fleet_event(event).await;
+    }
+
+    pub(crate) fn device_decrypt_failed(&self, topic: &str, reason: String) {
+        let Identity::Device(device) = &self.s.identity else {
+            return;
+        };
+        let event = LinkEvent::DecryptFailed {
+            id: device.id.clone(),
+            topic: topic.to_owned(),
+            reason,
+            at_ms: now_ms(),
+        };
+        self.core.fleet_event_or_drop(event);
+    }
+
+    /// After a SUBSCRIBE: a device whose filters now cover its command topic is ready.
+    pub(crate) async fn device_subscribed(&self, filters: &[String]) {
+        let Identity::Device(device) = &self.s.identity else {
+            return;
+        };
+        let command_topic = format!("device/{}/command", device.id);
+        let covers = filters.iter().any(|f| {
+            let inner = topic::split_shared(f).map_or(f.as_str(), |(_, inner)| inner);
+            topic::matches(inner, &command_topic)
+        });
+        if covers {
+            let event = LinkEvent::Subscribed {
+                id: device.id.clone(),
+                generation: self.s.conn_id,
+            };
+            self.core.fleet_event(event).await;
+        }
+    }
+}
