@@ -12,7 +12,8 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use ring::digest;
 
-use crate::error::{ApiError, ApiResponse};
+use crate::error::ApiError;
+use crate::response::ApiResponse;
 
 /// One embedded file: the URL path it answers and its content type.
 pub struct Asset {
@@ -111,7 +112,7 @@ pub(crate) fn serve(method: &Method, path: &str, headers: &HeaderMap) -> ApiResp
     } else {
         (StatusCode::OK, Bytes::from_static(asset.body))
     };
-    let mut response = Response::new(crate::json::full(body));
+    let mut response = Response::new(crate::response::full(body));
     *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(header::ETAG, etag.clone());

@@ -5,19 +5,12 @@
 use std::error::Error as StdError;
 use std::path::PathBuf;
 
-use std::convert::Infallible;
-
-use bytes::Bytes;
 use fleetmq_broker::fleet::FleetError;
 use fleetmq_storage::StoreError;
-use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
+use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 
-/// The body of every answer: a whole JSON document, or a stream (`/api/v1/events`).
-pub(crate) type ApiBody = UnsyncBoxBody<Bytes, Infallible>;
-/// The response type of every handler.
-pub(crate) type ApiResponse = Response<ApiBody>;
+use crate::response::{self, ApiResponse};
 
 /// Why a request failed. The message of every variant but `Internal` is shown to the
 /// client; an internal cause is logged and replaced by a generic message.
@@ -108,7 +101,7 @@ impl ApiError {
                 },
             },
         };
-        let mut response = crate::json::response(status, &body);
+        let mut response = response::json(status, &body);
         let headers = response.headers_mut();
         match self {
             Self::MethodNotAllowed { allow } => {

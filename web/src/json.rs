@@ -1,46 +1,12 @@
-//! JSON in and out: reading a request body under the size limit and building JSON
-//! responses.
+//! JSON in: reading a request body under the size limit and parsing it, with the
+//! `400`/`413`/`422` each failure is. JSON answers are built in `response`.
 
-use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http::{header, HeaderMap, Request};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
-use crate::error::{ApiError, ApiResponse};
-
-/// A body that is all there in one piece.
-pub(crate) fn full(bytes: impl Into<Bytes>) -> crate::error::ApiBody {
-    Full::new(bytes.into()).boxed_unsync()
-}
-
-/// Builds a JSON response. Our own response types always serialize; should one ever
-/// not, the client gets a 500 instead of a broken body.
-pub(crate) fn response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> ApiResponse {
-    let (status, body) = match serde_json::to_vec(value) {
-        Ok(body) => (status, body),
-        Err(err) => {
-            tracing::error!(error = %err, "cannot serialize admin api response");
-            let fallback = br#"{"error":{"code":"internal","message":"internal error"}}"#;
-            (StatusCode::INTERNAL_SERVER_ERROR, fallback.to_vec())
-        }
-    };
-    let mut response = Response::new(full(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// `204 No Content`.
-pub(crate) fn no_content() -> ApiResponse {
-    let mut response = Response::new(full(Bytes::new()));
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    response
-}
+use crate::error::ApiError;
 
 /// Reads the whole body, refusing more than `limit` bytes both by the declared
 /// `Content-Length` (before reading anything) and while reading (a chunked body or a
@@ -110,6 +76,10 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use http::HeaderValue;
+    use http_body_util::Full;
+
     use super::*;
 
     #[derive(Debug, serde::Deserialize)]

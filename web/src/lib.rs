@@ -14,7 +14,9 @@
 //!   without a slow hash per request.
 //! - `config`: the `[admin]` section, [`RawAdminConfig`] → [`AdminConfig`].
 //! - `error`: `ApiError`, the one funnel from failure to HTTP answer, and [`WebError`].
-//! - `json`: reading bodies under the size limit, writing JSON answers.
+//! - `json`: reading request bodies under the size limit.
+//! - `response`: the body and response types, JSON answers; a leaf under `error` and
+//!   `json`.
 //! - `query`: query strings, path segments and paging parameters.
 //! - `time`: RFC 3339 timestamps.
 //!
@@ -29,6 +31,7 @@ mod error;
 mod json;
 mod prometheus;
 mod query;
+mod response;
 mod router;
 mod routes;
 mod server;

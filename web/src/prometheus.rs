@@ -1,103 +1,167 @@
-//! The Prometheus text exposition format (version 0.0.4), written from counter
-//! snapshots at scrape time: `# HELP` and `# TYPE` once per family, then its samples.
-
-use std::fmt::{Display, Write};
+//! The Prometheus text exposition format (version 0.0.4), written by the Prometheus
+//! project's `prometheus-client` from counter snapshots taken at scrape time. This
+//! module only keeps each family's name, help and values, in the order they are shown;
+//! `# HELP`, `# TYPE`, samples, label escaping and histogram buckets are the crate's.
 
 use fleetmq_storage::metrics::HistogramSnapshot;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
-/// `Content-Type` of a scrape answer.
-pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// `Content-Type` of a scrape answer (`text/plain; version=0.0.4; charset=utf-8`).
+pub(crate) const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
-/// One scrape's text, built family by family.
-#[derive(Default)]
+/// One scrape's families, collected in order and written by [`Exposition::finish`].
+#[derive(Debug, Default)]
 pub(crate) struct Exposition {
-    out: String,
+    families: Vec<Family>,
 }
+
+#[derive(Debug)]
+struct Family {
+    /// For a counter, the name without the `_total` prometheus-client appends.
+    name: &'static str,
+    help: &'static str,
+    samples: Samples,
+}
+
+#[derive(Debug)]
+enum Samples {
+    Counter(Vec<(Labels, u64)>),
+    Gauge(Vec<(Labels, u64)>),
+    Histogram(HistogramSnapshot),
+}
+
+type Labels = Vec<(&'static str, String)>;
 
 impl Exposition {
     /// The finished text.
     pub(crate) fn finish(self) -> String {
-        self.out
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        // The encoders fail only when the writer does, and a `String` never does.
+        let _ = prometheus_text::encode(&mut out, &registry);
+        out
     }
 
     /// A counter without labels; `name` ends in `_total`.
-    pub(crate) fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.counter_by(name, help, "", [("", value)]);
+    pub(crate) fn counter(&mut self, name: &'static str, help: &'static str, value: u64) {
+        self.push_counter(name, help, vec![(Vec::new(), value)]);
     }
 
     /// A counter with one label; `name` ends in `_total`.
     pub(crate) fn counter_by<'a>(
         &mut self,
-        name: &str,
-        help: &str,
-        label: &str,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
         values: impl IntoIterator<Item = (&'a str, u64)>,
     ) {
+        let samples = (values.into_iter())
+            .map(|(value_of_label, n)| (vec![(label, value_of_label.to_owned())], n))
+            .collect();
+        self.push_counter(name, help, samples);
+    }
+
+    fn push_counter(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        samples: Vec<(Labels, u64)>,
+    ) {
         debug_assert!(name.ends_with("_total"), "{name}");
-        self.family(name, "counter", help);
-        for (value_of_label, n) in values {
-            self.sample(name, &[(label, value_of_label)], n);
-        }
+        self.families.push(Family {
+            name: name.strip_suffix("_total").unwrap_or(name),
+            help,
+            samples: Samples::Counter(samples),
+        });
     }
 
     /// A gauge without labels.
-    pub(crate) fn gauge(&mut self, name: &str, help: &str, value: u64) {
+    pub(crate) fn gauge(&mut self, name: &'static str, help: &'static str, value: u64) {
         self.gauge_by(name, help, &[], [(Vec::new(), value)]);
     }
 
     /// A gauge whose samples carry the labels `names`, valued in order.
     pub(crate) fn gauge_by<'a>(
         &mut self,
-        name: &str,
-        help: &str,
-        names: &[&str],
+        name: &'static str,
+        help: &'static str,
+        names: &[&'static str],
         values: impl IntoIterator<Item = (Vec<&'a str>, u64)>,
     ) {
-        self.family(name, "gauge", help);
-        for (label_values, n) in values {
-            let labels: Vec<(&str, &str)> = names.iter().copied().zip(label_values).collect();
-            self.sample(name, &labels, n);
-        }
+        let samples = (values.into_iter())
+            .map(|(label_values, n)| {
+                let labels = (names.iter().copied())
+                    .zip(label_values.into_iter().map(str::to_owned))
+                    .collect();
+                (labels, n)
+            })
+            .collect();
+        self.families.push(Family {
+            name,
+            help,
+            samples: Samples::Gauge(samples),
+        });
     }
 
     /// A histogram in seconds: `_bucket{le=...}` (cumulative, ending in `+Inf`),
     /// `_sum` and `_count`.
-    pub(crate) fn histogram(&mut self, name: &str, help: &str, h: &HistogramSnapshot) {
-        self.family(name, "histogram", help);
-        let bucket = format!("{name}_bucket");
-        for (bound, n) in &h.buckets {
-            self.sample(&bucket, &[("le", &bound.to_string())], n);
-        }
-        self.sample(&bucket, &[("le", "+Inf")], h.count);
-        self.sample(&format!("{name}_sum"), &[], h.sum);
-        self.sample(&format!("{name}_count"), &[], h.count);
+    pub(crate) fn histogram(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        h: &HistogramSnapshot,
+    ) {
+        self.families.push(Family {
+            name,
+            help,
+            samples: Samples::Histogram(h.clone()),
+        });
     }
+}
 
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    /// One line; labels with an empty name are left out.
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
-        self.out.push_str(name);
-        let mut labels = labels.iter().filter(|(k, _)| !k.is_empty()).peekable();
-        if labels.peek().is_some() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.enumerate() {
-                if i > 0 {
-                    self.out.push(',');
+/// The one scrape the registry in [`Exposition::finish`] collects.
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for family in &self.families {
+            let kind = match family.samples {
+                Samples::Counter(_) => MetricType::Counter,
+                Samples::Gauge(_) => MetricType::Gauge,
+                Samples::Histogram(_) => MetricType::Histogram,
+            };
+            let mut metric = encoder.encode_descriptor(family.name, family.help, None, kind)?;
+            match &family.samples {
+                Samples::Counter(samples) => {
+                    for (labels, n) in samples {
+                        ConstCounter::new(*n).encode(metric.encode_family(labels)?)?;
+                    }
                 }
-                let v = v
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = write!(self.out, "{k}=\"{v}\"");
+                Samples::Gauge(samples) => {
+                    for (labels, n) in samples {
+                        ConstGauge::new(*n).encode(metric.encode_family(labels)?)?;
+                    }
+                }
+                Samples::Histogram(h) => {
+                    // The snapshot's buckets are cumulative; the crate takes per-bucket
+                    // counts and adds them up again (and the `+Inf` bucket is `count`).
+                    let mut below = 0;
+                    let buckets: Vec<(f64, u64)> = (h.buckets.iter())
+                        .map(|&(bound, cumulative)| {
+                            let n = cumulative.saturating_sub(below);
+                            below = cumulative;
+                            (bound, n)
+                        })
+                        .collect();
+                    metric.encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)?;
+                }
             }
-            self.out.push('}');
         }
-        let _ = writeln!(self.out, " {value}");
+        Ok(())
     }
 }
 

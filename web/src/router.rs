@@ -10,8 +10,9 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Body;
 use serde_json::json;
 
-use crate::error::{ApiError, ApiResponse};
+use crate::error::ApiError;
 use crate::query::path_segments;
+use crate::response::ApiResponse;
 use crate::routes::{
     clients, commands, config, devices, events, metrics, openapi, publish, retained,
     service_clients, stats, telemetry, webhooks,
@@ -123,7 +124,7 @@ where
         ("/", method @ (Method::GET | Method::HEAD)) => {
             Ok(crate::dashboard::serve(&method, "/", req.headers()))
         }
-        ("/health", Method::GET) => Ok(crate::json::response(
+        ("/health", Method::GET) => Ok(crate::response::json(
             StatusCode::OK,
             &json!({"status": "ok"}),
         )),

@@ -4,9 +4,9 @@ use fleetmq_broker::ClientInfo;
 use http::StatusCode;
 use serde::Serialize;
 
-use crate::error::{ApiError, ApiResponse};
-use crate::json;
+use crate::error::ApiError;
 use crate::query::Query;
+use crate::response::{self, ApiResponse};
 use crate::AppState;
 
 #[derive(Serialize)]
@@ -29,7 +29,7 @@ pub(crate) fn list(state: &AppState, query: Option<&str>) -> Result<ApiResponse,
     let next_cursor = (end < clients.len())
         .then(|| items.last().map(|c| c.client_id.as_str()))
         .flatten();
-    Ok(json::response(
+    Ok(response::json(
         StatusCode::OK,
         &ClientList { items, next_cursor },
     ))
@@ -39,7 +39,7 @@ pub(crate) fn list(state: &AppState, query: Option<&str>) -> Result<ApiResponse,
 pub(crate) fn kick(state: &AppState, client_id: &str) -> Result<ApiResponse, ApiError> {
     if state.broker.kick(client_id) {
         tracing::info!(%client_id, "client disconnected through the admin api");
-        Ok(json::no_content())
+        Ok(response::no_content())
     } else {
         Err(ApiError::NotFound(format!(
             "no client {client_id:?} is connected"

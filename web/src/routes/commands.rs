@@ -8,9 +8,10 @@ use http::{Request, StatusCode};
 use hyper::body::Body;
 use serde::Serialize;
 
-use crate::error::{ApiError, ApiResponse};
+use crate::error::ApiError;
 use crate::json;
 use crate::query::Query;
+use crate::response::{self, ApiResponse};
 use crate::routes::devices::path_id;
 use crate::AppState;
 
@@ -99,7 +100,7 @@ where
     } else {
         StatusCode::ACCEPTED
     };
-    Ok(json::response(status, &record))
+    Ok(response::json(status, &record))
 }
 
 /// `GET /api/v1/devices/{id}/commands?status=&limit=&cursor=`, newest first.
@@ -132,17 +133,17 @@ pub(crate) async fn list(
         .commands()
         .list(&id, status, page.limit, page.cursor)
         .await?;
-    Ok(json::response(StatusCode::OK, &Page { items, next_cursor }))
+    Ok(response::json(StatusCode::OK, &Page { items, next_cursor }))
 }
 
 /// `GET /api/v1/commands/{command_id}`.
 pub(crate) async fn get(state: &AppState, command_id: &str) -> Result<ApiResponse, ApiError> {
     let record = state.broker.commands().get(command_id).await?;
-    Ok(json::response(StatusCode::OK, &record))
+    Ok(response::json(StatusCode::OK, &record))
 }
 
 /// `DELETE /api/v1/commands/{command_id}`: cancels a command that is not terminal yet.
 pub(crate) async fn cancel(state: &AppState, command_id: &str) -> Result<ApiResponse, ApiError> {
     let record = state.broker.commands().cancel(command_id).await?;
-    Ok(json::response(StatusCode::OK, &record))
+    Ok(response::json(StatusCode::OK, &record))
 }

@@ -3,8 +3,9 @@
 use http::{Request, StatusCode};
 use hyper::body::Body;
 
-use crate::error::{ApiError, ApiResponse};
+use crate::error::ApiError;
 use crate::json;
+use crate::response::{self, ApiResponse};
 use crate::routes::devices::path_id;
 use crate::AppState;
 
@@ -12,7 +13,7 @@ use crate::AppState;
 pub(crate) async fn get(state: &AppState, id: &str) -> Result<ApiResponse, ApiError> {
     let id = path_id(id)?;
     match state.broker.device_config(&id).await? {
-        Some(view) => Ok(json::response(StatusCode::OK, &view)),
+        Some(view) => Ok(response::json(StatusCode::OK, &view)),
         None => Err(ApiError::NotFound(format!(
             "device {id:?} has no configuration yet"
         ))),
@@ -32,5 +33,5 @@ where
     let id = path_id(id)?;
     let config: serde_json::Value = json::read_request(req, state.config.max_body_bytes).await?;
     let view = state.broker.set_device_config(&id, config).await?;
-    Ok(json::response(StatusCode::OK, &view))
+    Ok(response::json(StatusCode::OK, &view))
 }

@@ -12,9 +12,10 @@ use http::{Request, StatusCode};
 use hyper::body::Body;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ApiError, ApiResponse};
+use crate::error::ApiError;
 use crate::json;
 use crate::query::Query;
+use crate::response::{self, ApiResponse};
 use crate::time::rfc3339_ms;
 use crate::AppState;
 
@@ -249,7 +250,7 @@ where
         },
         key,
     };
-    Ok(json::response(StatusCode::CREATED, &body))
+    Ok(response::json(StatusCode::CREATED, &body))
 }
 
 /// The filters of `GET /api/v1/devices`.
@@ -357,7 +358,7 @@ pub(crate) async fn list(state: &AppState, query: Option<&str>) -> Result<ApiRes
             .collect(),
         next_cursor,
     };
-    Ok(json::response(StatusCode::OK, &body))
+    Ok(response::json(StatusCode::OK, &body))
 }
 
 /// `GET /api/v1/devices/{id}`.
@@ -369,7 +370,7 @@ pub(crate) async fn get(state: &AppState, id: &str) -> Result<ApiResponse, ApiEr
         .call(move |s| Ok::<_, StoreError>((s.get_device(&lookup)?, s.device_state(&lookup)?)))
         .await?;
     let record = found(&id, record)?;
-    Ok(json::response(
+    Ok(response::json(
         StatusCode::OK,
         &view(state, &record, Some(&stored)),
     ))
@@ -392,7 +393,7 @@ where
         .store
         .call(move |s| s.set_device_labels(&id, body.labels))
         .await?;
-    Ok(json::response(StatusCode::OK, &view(state, &record, None)))
+    Ok(response::json(StatusCode::OK, &view(state, &record, None)))
 }
 
 /// `DELETE /api/v1/devices/{id}`: removed from the store first, so by the time the
@@ -411,7 +412,7 @@ pub(crate) async fn delete(state: &AppState, id: &str) -> Result<ApiResponse, Ap
         })
         .await?;
     tracing::info!(device_id = %removed.id, "device deleted");
-    Ok(json::no_content())
+    Ok(response::no_content())
 }
 
 /// `POST /api/v1/devices/{id}/rotate-credentials`: a new token; the old one stops
@@ -438,7 +439,7 @@ pub(crate) async fn rotate_credentials(
         username: record.id.as_str(),
         password: &token,
     };
-    Ok(json::response(
+    Ok(response::json(
         StatusCode::OK,
         &serde_json::json!({ "credentials": credentials }),
     ))
@@ -462,7 +463,7 @@ pub(crate) async fn rotate_key(state: &AppState, id: &str) -> Result<ApiResponse
         ApiError::internal(format!("device {} has no key after rotation", record.id))
     })?;
     tracing::info!(device_id = %record.id, generation = key.generation, "device key rotated");
-    Ok(json::response(
+    Ok(response::json(
         StatusCode::OK,
         &serde_json::json!({ "key": key }),
     ))

@@ -24,8 +24,9 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{ApiError, ApiResponse};
+use crate::error::ApiError;
 use crate::query::Query;
+use crate::response::ApiResponse;
 use crate::AppState;
 
 /// Replayed events are sent in chunks of about this many bytes.

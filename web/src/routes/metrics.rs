@@ -4,8 +4,9 @@
 use fleetmq_broker::{ClientInfo, StatsSnapshot, Transport};
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::error::{ApiError, ApiResponse};
+use crate::error::ApiError;
 use crate::prometheus::{Exposition, CONTENT_TYPE};
+use crate::response::ApiResponse;
 use crate::AppState;
 
 /// `GET /metrics`.
@@ -24,7 +25,7 @@ pub(crate) async fn get(state: &AppState) -> Result<ApiResponse, ApiError> {
         "Time to commit a redb write transaction.",
         &fleetmq_storage::metrics::commit_latency().snapshot(),
     );
-    let mut response = Response::new(crate::json::full(e.finish()));
+    let mut response = Response::new(crate::response::full(e.finish()));
     *response.status_mut() = StatusCode::OK;
     response
         .headers_mut()

@@ -4,14 +4,14 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::error::ApiResponse;
+use crate::response::ApiResponse;
 
 /// The document, as served.
 pub(crate) const DOCUMENT: &str = include_str!("../openapi.json");
 
 /// `GET /api/v1/openapi.json`.
 pub(crate) fn get() -> ApiResponse {
-    let mut response = Response::new(crate::json::full(DOCUMENT));
+    let mut response = Response::new(crate::response::full(DOCUMENT));
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

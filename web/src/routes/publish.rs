@@ -8,8 +8,9 @@ use hyper::body::Body;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{ApiError, ApiResponse};
+use crate::error::ApiError;
 use crate::json;
+use crate::response::{self, ApiResponse};
 use crate::AppState;
 
 /// `payload` is the message text; a JSON object, array, number or boolean is sent
@@ -63,7 +64,7 @@ where
         retain: body.retain,
     };
     state.broker.publish(request).await.map_err(publish_error)?;
-    Ok(json::response(
+    Ok(response::json(
         StatusCode::ACCEPTED,
         &serde_json::json!({ "published": true }),
     ))

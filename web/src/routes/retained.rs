@@ -6,9 +6,9 @@ use fleetmq_storage::RetainedMessage;
 use http::StatusCode;
 use serde::Serialize;
 
-use crate::error::{ApiError, ApiResponse};
-use crate::json;
+use crate::error::ApiError;
 use crate::query::Query;
+use crate::response::{self, ApiResponse};
 use crate::time::rfc3339_ms;
 use crate::AppState;
 
@@ -104,7 +104,7 @@ pub(crate) fn list(state: &AppState, query: Option<&str>) -> Result<ApiResponse,
         Some(_) => items.last().map(|v| v.topic),
         None => None,
     };
-    Ok(json::response(
+    Ok(response::json(
         StatusCode::OK,
         &RetainedList { items, next_cursor },
     ))
@@ -129,5 +129,5 @@ pub(crate) async fn delete(state: &AppState, query: Option<&str>) -> Result<ApiR
         )));
     }
     tracing::info!(topic, "retained message deleted");
-    Ok(json::no_content())
+    Ok(response::no_content())
 }

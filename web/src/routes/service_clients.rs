@@ -5,9 +5,10 @@ use http::{Request, StatusCode};
 use hyper::body::Body;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ApiError, ApiResponse};
+use crate::error::ApiError;
 use crate::json;
 use crate::query::Query;
+use crate::response::{self, ApiResponse};
 use crate::time::rfc3339_ms;
 use crate::AppState;
 
@@ -126,7 +127,7 @@ where
         })
         .await?;
     tracing::info!(service_client = %record.name, "service client created");
-    Ok(json::response(StatusCode::CREATED, &view(&record)))
+    Ok(response::json(StatusCode::CREATED, &view(&record)))
 }
 
 /// `GET /api/v1/service-clients`, in name order.
@@ -142,7 +143,7 @@ pub(crate) async fn list(state: &AppState, query: Option<&str>) -> Result<ApiRes
         None => None,
     };
     let body = ServiceClientList { items, next_cursor };
-    Ok(json::response(StatusCode::OK, &body))
+    Ok(response::json(StatusCode::OK, &body))
 }
 
 /// `DELETE /api/v1/service-clients/{name}`: its open connections are closed.
@@ -160,7 +161,7 @@ pub(crate) async fn delete(state: &AppState, name: &str) -> Result<ApiResponse, 
         })
         .await?;
     tracing::info!(service_client = %name, "service client deleted");
-    Ok(json::no_content())
+    Ok(response::no_content())
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 use http::StatusCode;
 use serde::Serialize;
 
-use crate::error::{ApiError, ApiResponse};
-use crate::json;
+use crate::error::ApiError;
+use crate::response::{self, ApiResponse};
 use crate::AppState;
 
 #[derive(Serialize)]
@@ -37,5 +37,5 @@ pub(crate) async fn get(state: &AppState) -> Result<ApiResponse, ApiError> {
             counters: broker.events().webhook_stats(),
         },
     };
-    Ok(json::response(StatusCode::OK, &body))
+    Ok(response::json(StatusCode::OK, &body))
 }

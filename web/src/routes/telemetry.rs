@@ -5,9 +5,9 @@ use fleetmq_broker::fleet::telemetry::{TelemetryError, TelemetryQuery};
 use http::StatusCode;
 use serde::Serialize;
 
-use crate::error::{ApiError, ApiResponse};
-use crate::json;
+use crate::error::ApiError;
 use crate::query::Query;
+use crate::response::{self, ApiResponse};
 use crate::routes::devices::path_id;
 use crate::AppState;
 
@@ -65,7 +65,7 @@ pub(crate) async fn query(
     };
     known_device(state, &id).await?;
     let result = state.broker.telemetry().query(&id, q).await?;
-    Ok(json::response(StatusCode::OK, &result))
+    Ok(response::json(StatusCode::OK, &result))
 }
 
 #[derive(Serialize)]
@@ -79,7 +79,7 @@ pub(crate) async fn latest(state: &AppState, id: &str) -> Result<ApiResponse, Ap
     let id = path_id(id)?;
     known_device(state, &id).await?;
     let values = state.broker.telemetry().latest(&id).await?;
-    Ok(json::response(
+    Ok(response::json(
         StatusCode::OK,
         &Latest {
             device_id: id.to_string(),

@@ -5,9 +5,9 @@ use fleetmq_storage::outbox::DeliveryStatus;
 use http::StatusCode;
 use serde::Serialize;
 
-use crate::error::{ApiError, ApiResponse};
-use crate::json;
+use crate::error::ApiError;
 use crate::query::Query;
+use crate::response::{self, ApiResponse};
 use crate::AppState;
 
 #[derive(Serialize)]
@@ -40,5 +40,5 @@ pub(crate) async fn deliveries(
             fleetmq_storage::StoreError::Invalid(msg) => ApiError::BadRequest(msg),
             other => ApiError::from(other),
         })?;
-    Ok(json::response(StatusCode::OK, &Page { items, next_cursor }))
+    Ok(response::json(StatusCode::OK, &Page { items, next_cursor }))
 }

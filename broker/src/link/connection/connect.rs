@@ -205,46 +205,9 @@ pub(crate) async fn establish(
 ) -> Result<(Established, Packet), ConnectFailure> {
     core.stats.packet_in(1);
     let version = req.version;
-    let mut client_id = req.connect.client_id.clone();
-    let mut assigned = None;
-    if client_id.is_empty() {
-        if version == Version::V4 && !req.connect.clean_session {
-            return Err(refuse(
-                version,
-                ConnectReturnCode::ClientIdentifierNotValid,
-                "empty client id needs a clean session [MQTT-3.1.3-7]",
-            ));
-        }
-        client_id = assigned_client_id();
-        assigned = Some(client_id.clone());
-    }
-    let permit = core.permits.clone().try_acquire_owned().map_err(|_| {
-        core.stats.dropped(DropCause::Limit);
-        refuse(
-            version,
-            v4_or_v5(
-                version,
-                ConnectReturnCode::ServiceUnavailable,
-                ConnectReturnCode::QuotaExceeded,
-            ),
-            "mqtt.max_connections reached",
-        )
-    })?;
-    let presented = Presented {
-        client_id: &client_id,
-        username: req
-            .login
-            .as_ref()
-            .map(|l| l.username.as_str())
-            .filter(|u| !u.is_empty()),
-        password: req.login.as_ref().map(|l| l.password.as_bytes()),
-        cert_cn,
-    };
-    let identity = core
-        .auth
-        .authenticate(presented)
-        .await
-        .map_err(|r| refuse(version, refusal_code(version, r), format!("{r:?}")))?;
+    let (client_id, assigned) = client_id_of(&req)?;
+    let permit = connection_permit(core, version)?;
+    let identity = authenticate(core, &req, &client_id, cert_cn).await?;
     let principal = principal_for(&identity, &client_id, &core.anonymous_rules);
     let (keep_alive, server_keep_alive) =
         capped_keep_alive(core.config.max_keepalive, version, req.connect.keep_alive)?;
@@ -256,9 +219,11 @@ pub(crate) async fn establish(
     let will = check_will(core, &principal, &identity, req.will, version)?
         .map(|w| crate::link::connection::will::Will::new(w, req.will_props, session_expiry));
     let router_key = router_key(&identity, &client_id);
-    // Router links are always clean: sessions are fleetmq's (`session_store.rs`).
+    // Router links are always clean: sessions are fleetmq's (`session::store`).
     let clean = true;
 
+    // Setup per router client id is serialised, from the takeover to the new entry in
+    // the live table.
     let slot = core.sessions.slot(&router_key);
     let _setup = slot.lock().await;
     let replaced = core.sessions.take_over(&router_key).await;
@@ -270,9 +235,142 @@ pub(crate) async fn establish(
         req.props.as_ref(),
     )
     .await;
-    let built = core.links.build(&router_key, clean).await;
-    if let (Err(_), Some(old), Identity::Device(device)) = (&built, replaced, &identity) {
-        // The replaced connection said it was taken over; it was not, after all.
+    let (link_tx, link_rx) = join_router(core, &router_key, replaced, &identity, version).await?;
+    let session_present = session.resumed.is_some();
+    let username = req
+        .login
+        .as_ref()
+        .map(|l| l.username.clone())
+        .filter(|u| !u.is_empty());
+    let live = go_live(
+        core,
+        &router_key,
+        &identity,
+        &client_id,
+        username,
+        version,
+        transport,
+        peer,
+    );
+    let ack = connack(core, version, assigned, server_keep_alive, session_present);
+    let established = Established {
+        version,
+        principal,
+        identity,
+        client_id,
+        router_key,
+        conn_id: live.conn_id,
+        keep_alive,
+        clean,
+        will,
+        connect_props: req.props,
+        peer,
+        transport,
+        session_present,
+        session,
+        link_tx,
+        link_rx,
+        control: live.control,
+        mailbox: live.mailbox,
+        closed: live.closed,
+        _permit: permit,
+    };
+    Ok((established, ack))
+}
+
+/// The successful CONNACK, with the v5 properties that announce the broker's limits.
+fn connack(
+    core: &Core,
+    version: Version,
+    assigned: Option<String>,
+    server_keep_alive: Option<u16>,
+    session_present: bool,
+) -> Packet {
+    let mut props = connack_properties(core, version, assigned);
+    if let Some(props) = props.as_mut() {
+        props.server_keep_alive = server_keep_alive;
+    }
+    Packet::ConnAck(
+        ConnAck {
+            session_present,
+            code: ConnectReturnCode::Success,
+        },
+        props,
+    )
+}
+
+/// The client id to use, and the one assigned when the client sent none (to announce in
+/// a v5 CONNACK).
+fn client_id_of(req: &ConnectRequest) -> Result<(String, Option<String>), ConnectFailure> {
+    let client_id = &req.connect.client_id;
+    if !client_id.is_empty() {
+        return Ok((client_id.clone(), None));
+    }
+    if req.version == Version::V4 && !req.connect.clean_session {
+        return Err(refuse(
+            req.version,
+            ConnectReturnCode::ClientIdentifierNotValid,
+            "empty client id needs a clean session [MQTT-3.1.3-7]",
+        ));
+    }
+    let assigned = assigned_client_id();
+    Ok((assigned.clone(), Some(assigned)))
+}
+
+/// A slot of `mqtt.max_connections`, held for the connection's life.
+fn connection_permit(
+    core: &Core,
+    version: Version,
+) -> Result<OwnedSemaphorePermit, ConnectFailure> {
+    core.permits.clone().try_acquire_owned().map_err(|_| {
+        core.stats.dropped(DropCause::Limit);
+        refuse(
+            version,
+            v4_or_v5(
+                version,
+                ConnectReturnCode::ServiceUnavailable,
+                ConnectReturnCode::QuotaExceeded,
+            ),
+            "mqtt.max_connections reached",
+        )
+    })
+}
+
+/// Who the client is, from its username, password and certificate.
+async fn authenticate(
+    core: &Core,
+    req: &ConnectRequest,
+    client_id: &str,
+    cert_cn: Option<&str>,
+) -> Result<Identity, ConnectFailure> {
+    let presented = Presented {
+        client_id,
+        username: req
+            .login
+            .as_ref()
+            .map(|l| l.username.as_str())
+            .filter(|u| !u.is_empty()),
+        password: req.login.as_ref().map(|l| l.password.as_bytes()),
+        cert_cn,
+    };
+    core.auth
+        .authenticate(presented)
+        .await
+        .map_err(|r| refuse(req.version, refusal_code(req.version, r), format!("{r:?}")))
+}
+
+/// Builds the connection's router link. If that fails after an old connection of the
+/// same device was told it was taken over, the fleet services hear that it is gone
+/// after all.
+async fn join_router(
+    core: &Core,
+    router_key: &str,
+    replaced: Option<u64>,
+    identity: &Identity,
+    version: Version,
+) -> Result<(LinkTx, LinkRx), ConnectFailure> {
+    let built = core.links.build(router_key, true).await;
+    if let (Err(_), Some(old), Identity::Device(device)) = (&built, replaced, identity) {
         let event = crate::fleet::LinkEvent::Disconnected {
             id: device.id.clone(),
             generation: old,
@@ -292,35 +390,57 @@ pub(crate) async fn establish(
             e,
         )
     })?;
-    let session_present = session.resumed.is_some();
+    Ok((link_tx, link_rx))
+}
+
+/// The connection's ends of its entry in the live table.
+struct LiveEnds {
+    conn_id: u64,
+    control: mpsc::Receiver<Control>,
+    mailbox: Arc<crate::link::session::live::Mailbox>,
+    closed: watch::Sender<bool>,
+}
+
+/// Enters the connection in the live table (listing, kick, takeover, commands) and
+/// counts it.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one live-table entry"
+)]
+fn go_live(
+    core: &Core,
+    router_key: &str,
+    identity: &Identity,
+    client_id: &str,
+    username: Option<String>,
+    version: Version,
+    transport: Transport,
+    peer: SocketAddr,
+) -> LiveEnds {
     let conn_id = core.next_conn_id.fetch_add(1, Relaxed);
-    let (control_tx, control_rx) = mpsc::channel(16);
-    let (closed_tx, closed_rx) = watch::channel(false);
+    let (control_tx, control) = mpsc::channel(16);
+    let (closed, closed_rx) = watch::channel(false);
     let kind = match identity {
         Identity::Device(_) => ClientKind::Device,
         Identity::Service(_) => ClientKind::Service,
         Identity::Anonymous => ClientKind::Anonymous,
     };
     let info = ClientInfo {
-        client_id: client_id.clone(),
+        client_id: client_id.to_owned(),
         kind,
-        username: req
-            .login
-            .as_ref()
-            .map(|l| l.username.clone())
-            .filter(|u| !u.is_empty()),
+        username,
         protocol: version.label(),
         transport,
         peer,
         connected_at_ms: now_ms(),
     };
-    let service = match &identity {
+    let service = match identity {
         Identity::Service(s) => Some(s.name.clone()),
         _ => None,
     };
-    let mailbox = std::sync::Arc::new(crate::link::session::live::Mailbox::default());
+    let mailbox = Arc::new(crate::link::session::live::Mailbox::default());
     core.sessions.insert(
-        router_key.clone(),
+        router_key.to_owned(),
         Live {
             conn_id,
             mailbox: mailbox.clone(),
@@ -331,40 +451,12 @@ pub(crate) async fn establish(
         },
     );
     count_connection(&core.stats, kind, 1);
-    let mut props = connack_properties(core, version, assigned);
-    if let Some(props) = props.as_mut() {
-        props.server_keep_alive = server_keep_alive;
-    }
-    let ack = Packet::ConnAck(
-        ConnAck {
-            session_present,
-            code: ConnectReturnCode::Success,
-        },
-        props,
-    );
-    let established = Established {
-        version,
-        principal,
-        identity,
-        client_id,
-        router_key,
+    LiveEnds {
         conn_id,
-        keep_alive,
-        clean,
-        will,
-        connect_props: req.props,
-        peer,
-        transport,
-        session_present,
-        session,
-        link_tx,
-        link_rx,
-        control: control_rx,
+        control,
         mailbox,
-        closed: closed_tx,
-        _permit: permit,
-    };
-    Ok((established, ack))
+        closed,
+    }
 }
 
 /// `mqtt.max_keepalive_s` (0: no cap), as Mosquitto's `max_keepalive`: the Keep Alive

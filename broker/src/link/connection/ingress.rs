@@ -246,43 +246,8 @@ impl Connection {
             // A client never sends a Subscription Identifier [MQTT-3.3.4-6].
             return Err(Ending::Violation(Reason::ProtocolError));
         }
-        let topic = match std::str::from_utf8(&publish.topic) {
-            Ok(t) => match self.aliases.resolve(t, alias) {
-                Ok(t) if topic::valid_topic_name(&t) => t,
-                Ok(_) => {
-                    self.core.stats.dropped(DropCause::Malformed);
-                    return Err(Ending::Violation(Reason::TopicNameInvalid));
-                }
-                Err(e) => {
-                    self.core.stats.dropped(DropCause::Malformed);
-                    tracing::debug!(client_id = %self.s.client_id, error = ?e, "bad topic alias");
-                    return Err(Ending::Violation(match e {
-                        AliasError::EmptyTopic => Reason::ProtocolError,
-                        _ => Reason::TopicAliasInvalid,
-                    }));
-                }
-            },
-            Err(_) => {
-                self.core.stats.dropped(DropCause::Malformed);
-                return Err(Ending::Violation(Reason::TopicNameInvalid));
-            }
-        };
-        if meta.qos == 2
-            && !self.inbound_qos2.contains(&meta.pkid)
-            && self.qos2_in_flight_here() >= usize::from(self.core.config.max_inflight)
-        {
-            // More unacknowledged QoS 2 than our Receive Maximum [MQTT-3.3.4-9].
-            self.core.stats.dropped(DropCause::Limit);
-            return Err(Ending::Violation(Reason::ReceiveMaximumExceeded));
-        }
-        if meta.qos == 2 {
-            // Sent again on this connection: in its send quota from now on.
-            self.inbound_qos2_earlier.remove(&meta.pkid);
-        }
-        if publish.payload.len() > self.core.config.max_payload {
-            self.core.stats.dropped(DropCause::TooLarge);
-            return Err(Ending::Violation(Reason::PacketTooLarge));
-        }
+        let topic = self.publish_topic(&publish.topic, alias)?;
+        self.check_publish_limits(meta, publish.payload.len())?;
         if !self.s.principal.may_publish(&topic) {
             self.core.stats.dropped(DropCause::AclPublish);
             tracing::warn!(client_id = %self.s.client_id, topic, "publish denied by ACL");
@@ -293,23 +258,9 @@ impl Connection {
             );
             return Ok(());
         }
-        let mut payload = publish.payload;
-        if let Some(crypto) = self.crypto.as_mut() {
-            match crypto.open(&topic, &payload) {
-                Ok(plain) => payload = Bytes::from(plain),
-                Err(e) => {
-                    self.device_decrypt_failed(&topic, e.to_string());
-                    self.core.stats.dropped(DropCause::DecryptFailed);
-                    tracing::warn!(client_id = %self.s.client_id, topic, error = %e, "payload did not decrypt; dropped");
-                    self.refuse_publish(
-                        meta,
-                        PubAckReason::PayloadFormatInvalid,
-                        PubRecReason::PayloadFormatInvalid,
-                    );
-                    return Ok(());
-                }
-            }
-        }
+        let Some(payload) = self.open_payload(&topic, publish.payload, meta) else {
+            return Ok(());
+        };
         if meta.qos == 2 && self.inbound_qos2.contains(&meta.pkid) {
             // A resend of a message already routed: acknowledge, route nothing [MQTT-4.3.3-9].
             self.write_packet(Packet::PubRec(
@@ -349,6 +300,78 @@ impl Connection {
         self.device_published(&topic, &payload).await;
         self.to_router.push(Packet::Publish(publish, props));
         Ok(())
+    }
+
+    /// The PUBLISH's topic name, its alias resolved: valid UTF-8 without wildcards, or
+    /// the connection ends (v5: 0x90 Topic Name invalid, 0x94 Topic Alias invalid).
+    fn publish_topic(&mut self, raw: &[u8], alias: Option<u16>) -> Result<String, Ending> {
+        let Ok(name) = std::str::from_utf8(raw) else {
+            self.core.stats.dropped(DropCause::Malformed);
+            return Err(Ending::Violation(Reason::TopicNameInvalid));
+        };
+        match self.aliases.resolve(name, alias) {
+            Ok(topic) if topic::valid_topic_name(&topic) => Ok(topic),
+            Ok(_) => {
+                self.core.stats.dropped(DropCause::Malformed);
+                Err(Ending::Violation(Reason::TopicNameInvalid))
+            }
+            Err(e) => {
+                self.core.stats.dropped(DropCause::Malformed);
+                tracing::debug!(client_id = %self.s.client_id, error = ?e, "bad topic alias");
+                Err(Ending::Violation(match e {
+                    AliasError::EmptyTopic => Reason::ProtocolError,
+                    _ => Reason::TopicAliasInvalid,
+                }))
+            }
+        }
+    }
+
+    /// Our Receive Maximum for QoS 2 (counted on this network connection only) and
+    /// `mqtt.max_payload`: past either the connection ends.
+    fn check_publish_limits(
+        &mut self,
+        meta: PublishMeta,
+        payload_len: usize,
+    ) -> Result<(), Ending> {
+        if meta.qos == 2
+            && !self.inbound_qos2.contains(&meta.pkid)
+            && self.qos2_in_flight_here() >= usize::from(self.core.config.max_inflight)
+        {
+            // More unacknowledged QoS 2 than our Receive Maximum [MQTT-3.3.4-9].
+            self.core.stats.dropped(DropCause::Limit);
+            return Err(Ending::Violation(Reason::ReceiveMaximumExceeded));
+        }
+        if meta.qos == 2 {
+            // Sent again on this connection: in its send quota from now on.
+            self.inbound_qos2_earlier.remove(&meta.pkid);
+        }
+        if payload_len > self.core.config.max_payload {
+            self.core.stats.dropped(DropCause::TooLarge);
+            return Err(Ending::Violation(Reason::PacketTooLarge));
+        }
+        Ok(())
+    }
+
+    /// The payload as routed: opened when the connection's device encrypts (SPEC §4).
+    /// One that does not open is refused (v5: 0x99), reported and dropped: `None`.
+    fn open_payload(&mut self, topic: &str, payload: Bytes, meta: PublishMeta) -> Option<Bytes> {
+        let Some(crypto) = self.crypto.as_mut() else {
+            return Some(payload);
+        };
+        match crypto.open(topic, &payload) {
+            Ok(plain) => Some(Bytes::from(plain)),
+            Err(e) => {
+                self.device_decrypt_failed(topic, e.to_string());
+                self.core.stats.dropped(DropCause::DecryptFailed);
+                tracing::warn!(client_id = %self.s.client_id, topic, error = %e, "payload did not decrypt; dropped");
+                self.refuse_publish(
+                    meta,
+                    PubAckReason::PayloadFormatInvalid,
+                    PubRecReason::PayloadFormatInvalid,
+                );
+                None
+            }
+        }
     }
 
     /// Builds a checked publish for the router. QoS 2 is completed by the link layer

@@ -178,41 +178,7 @@ impl Connection {
         // any of its queue may have been sent, so all of it goes with DUP=1 ("might be a
         // re-delivery") [MQTT-3.3.1-1].
         let crashed = rec.disconnected_at_ms.is_none();
-        // One SUBSCRIBE per Subscription Identifier, so live messages carry it again.
-        let mut filters: BTreeMap<Option<u32>, Vec<Filter>> = BTreeMap::new();
-        let mut resubscribed = Vec::new();
-        for sub in rec.subscriptions {
-            // Permissions may have changed while the client was away.
-            if matches!(
-                self.check_filter(&sub.filter),
-                Ok(crate::link::connection::subscribe::Target::Router)
-            ) {
-                filters.entry(sub.id).or_default().push(filter_of(&sub));
-                let options = crate::link::connection::subscriptions::SubOptions {
-                    qos: sub.qos,
-                    no_local: sub.no_local,
-                };
-                self.subs.add(&sub.filter, options);
-                self.sess.subs.insert(sub.filter.clone(), sub);
-            }
-        }
-        if !filters.is_empty() {
-            for (id, filters) in filters {
-                resubscribed.push(filters.iter().map(|f| f.path.clone()).collect());
-                let props = id.map(|id| SubscribeProperties {
-                    id: Some(id as usize),
-                    user_properties: Vec::new(),
-                });
-                self.to_router.push(Packet::Subscribe(
-                    Subscribe {
-                        pkid: RESUBSCRIBE_PKID,
-                        filters,
-                    },
-                    props,
-                ));
-            }
-            self.send_to_router().await?;
-        }
+        let resubscribed = self.resubscribe(rec.subscriptions).await?;
         let key = self.s.router_key.clone();
         // What is numbered from here on comes from the router, not the stored queue.
         let mut live_from = self.core.session_store.arrival_mark();
@@ -230,33 +196,8 @@ impl Connection {
         } else {
             self.core.session_store.unpark(&key);
         }
-        // PUBRELs of QoS 2 exchanges the client had not completed go first [MQTT-4.4.0-1].
-        for pkid in rec.outbound_pubrels {
-            if self.queue.released(pkid) {
-                self.write_packet(Packet::PubRel(
-                    PubRel {
-                        pkid,
-                        reason: PubRelReason::Success,
-                    },
-                    None,
-                ));
-            }
-        }
-        // Copies publishers were still writing when it went live belong to the queue.
-        self.core.session_store.settled(&key).await;
-        // Those that were in flight go out on their packet ids again, with DUP=1.
-        for (seq, m) in self.core.session_store.queued(&key, live_from).await {
-            let mut msg = OutMsg::plain(m.topic, m.payload.into(), m.qos);
-            msg.dup = m.dup || m.pkid.is_some() || crashed;
-            msg.retain = m.retain;
-            msg.seq = Some(seq);
-            msg.stored = true;
-            msg.pkid = m.pkid;
-            msg.expires_at_ms = m.expires_at_ms;
-            // Sent to MQTT 5 clients only; the expiry left is added when it is written.
-            msg.props = store::publish_properties(&m.properties, None);
-            self.queue.push(msg);
-        }
+        self.requeue(rec.outbound_pubrels, &key, live_from, crashed)
+            .await;
         if self.sess.start.persistent {
             self.sess.saved = true;
             self.sess.saved_pubrels = self.queue.pubrels();
@@ -268,6 +209,83 @@ impl Connection {
         // The first sends, with the packet ids of QoS 2 ones recorded before they go out.
         self.session_sync().await;
         Ok(())
+    }
+
+    /// Subscribes the router again to every stored subscription the client may still
+    /// have (permissions may have changed while it was away), one SUBSCRIBE per
+    /// Subscription Identifier so live messages carry it again; returns each
+    /// re-subscribe's filters.
+    async fn resubscribe(
+        &mut self,
+        stored: Vec<SessionSubscription>,
+    ) -> Result<Vec<Vec<String>>, Ending> {
+        let mut filters: BTreeMap<Option<u32>, Vec<Filter>> = BTreeMap::new();
+        for sub in stored {
+            if matches!(
+                self.check_filter(&sub.filter),
+                Ok(crate::link::connection::subscribe::Target::Router)
+            ) {
+                filters.entry(sub.id).or_default().push(filter_of(&sub));
+                let options = crate::link::connection::subscriptions::SubOptions {
+                    qos: sub.qos,
+                    no_local: sub.no_local,
+                };
+                self.subs.add(&sub.filter, options);
+                self.sess.subs.insert(sub.filter.clone(), sub);
+            }
+        }
+        if filters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut resubscribed = Vec::new();
+        for (id, filters) in filters {
+            resubscribed.push(filters.iter().map(|f| f.path.clone()).collect());
+            let props = id.map(|id| SubscribeProperties {
+                id: Some(id as usize),
+                user_properties: Vec::new(),
+            });
+            self.to_router.push(Packet::Subscribe(
+                Subscribe {
+                    pkid: RESUBSCRIBE_PKID,
+                    filters,
+                },
+                props,
+            ));
+        }
+        self.send_to_router().await?;
+        Ok(resubscribed)
+    }
+
+    /// What the stored session still owes its client goes into the outbound queue:
+    /// PUBRELs of QoS 2 exchanges the client had not completed first [MQTT-4.4.0-1], then
+    /// the stored queue up to `live_from`, those that were in flight on their packet ids
+    /// again with DUP=1 (all of it after a crash).
+    async fn requeue(&mut self, pubrels: Vec<u16>, key: &str, live_from: u64, crashed: bool) {
+        for pkid in pubrels {
+            if self.queue.released(pkid) {
+                self.write_packet(Packet::PubRel(
+                    PubRel {
+                        pkid,
+                        reason: PubRelReason::Success,
+                    },
+                    None,
+                ));
+            }
+        }
+        // Copies publishers were still writing when it went live belong to the queue.
+        self.core.session_store.settled(key).await;
+        for (seq, m) in self.core.session_store.queued(key, live_from).await {
+            let mut msg = OutMsg::plain(m.topic, m.payload.into(), m.qos);
+            msg.dup = m.dup || m.pkid.is_some() || crashed;
+            msg.retain = m.retain;
+            msg.seq = Some(seq);
+            msg.stored = true;
+            msg.pkid = m.pkid;
+            msg.expires_at_ms = m.expires_at_ms;
+            // Sent to MQTT 5 clients only; the expiry left is added when it is written.
+            msg.props = store::publish_properties(&m.properties, None);
+            self.queue.push(msg);
+        }
     }
 
     /// A v5 DISCONNECT may change the Session Expiry Interval, but not from 0 to
