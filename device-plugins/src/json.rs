@@ -56,10 +56,10 @@ impl DevicePlugin for JsonPlugin {
         payload: &[u8],
         received_at_ms: u64,
     ) -> Result<Telemetry, PluginError> {
-        if check::check_object(payload).is_none() {
-            // Not an object as `Value` reads one: serde_json names the problem. What the
-            // `RawValue`s below would take nonetheless (a lone surrogate, a number
-            // beyond `f64`) could be stored but never read back as a value.
+        if scan::scan_object(payload).is_none() {
+            // Refused by the scanner: serde_json names the problem. What it refuses and
+            // the `RawValue`s below would take (a lone surrogate, a number beyond
+            // `f64`) could be stored but never read back as a value.
             parse_object(payload)?;
         }
         let mut values = parse_raw_object(payload)?;
@@ -72,16 +72,15 @@ impl DevicePlugin for JsonPlugin {
         Ok(Telemetry { ts_ms, values })
     }
 
-    /// One pass of [`check::check_object`] over the payload, allocating nothing (keys
-    /// written with escapes aside); a payload it refuses goes to
-    /// [`decode_telemetry`](Self::decode_telemetry) for the error (or, should the check
-    /// ever be stricter than serde_json's `Value`, the result).
+    /// One pass of [`scan::scan_object`] over the payload, allocating nothing; a
+    /// payload it refuses goes to [`decode_telemetry`](Self::decode_telemetry) for the
+    /// error (or, should the scanner ever be stricter than serde_json, the result).
     fn check_telemetry(
         &self,
         payload: &[u8],
         received_at_ms: u64,
     ) -> Option<Result<RawTelemetry, PluginError>> {
-        let Some(checked) = check::check_object(payload) else {
+        let Some(scanned) = scan::scan_object(payload) else {
             return Some(
                 self.decode_telemetry(payload, received_at_ms)
                     .map(|t| RawTelemetry {
@@ -90,13 +89,14 @@ impl DevicePlugin for JsonPlugin {
                     }),
             );
         };
-        let ts_ms = checked
-            .ts_ms
+        let ts_ms = scanned
+            .ts
+            .and_then(ts_of_text)
             .filter(|&ts| is_sane_ts(ts, received_at_ms))
             .unwrap_or(received_at_ms);
         Some(Ok(RawTelemetry {
             ts_ms,
-            shape: checked.shape,
+            shape: scanned.shape,
         }))
     }
 
@@ -247,7 +247,24 @@ fn to_bytes(value: &impl Serialize) -> Result<Vec<u8>, PluginError> {
     })
 }
 
-/// A shape for a payload the check refused but serde_json took (none is known):
+/// A device `ts` given as its JSON text, as unix ms ([`device_ts_ms`]): strings
+/// without escapes and integers are read in place, anything else through serde_json.
+fn ts_of_text(text: &[u8]) -> Option<u64> {
+    match text {
+        [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => std::str::from_utf8(inner)
+            .ok()
+            .and_then(|s| rfc3339::parse(s).ok())
+            .and_then(|ms| u64::try_from(ms).ok()),
+        [b'0'..=b'9', ..] if text.len() <= 19 && text.iter().all(u8::is_ascii_digit) => {
+            std::str::from_utf8(text).ok()?.parse().ok()
+        }
+        _ => serde_json::from_slice::<Value>(text)
+            .ok()
+            .and_then(|ts| device_ts_ms(&ts)),
+    }
+}
+
+/// A shape for a payload the scanner refused but serde_json took (none is known):
 /// any hash of the key names serves, as long as equal names give equal shapes.
 #[cold]
 fn fallback_shape<'a>(keys: impl Iterator<Item = &'a String>) -> u64 {
@@ -280,7 +297,7 @@ fn is_sane_ts(ts: u64, received_at_ms: u64) -> bool {
         && ts <= received_at_ms.saturating_add(MAX_TS_SKEW_MS)
 }
 
-mod check;
+mod scan;
 
 #[cfg(test)]
 mod tests;
