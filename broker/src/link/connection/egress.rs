@@ -34,6 +34,15 @@ impl Flow {
     }
 }
 
+/// Where a message [`Connection::deliver`] takes comes from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source {
+    /// The router, with its log cursor (filter, offset) when it gave one.
+    Router(Option<(u64, u64)>),
+    /// The persistent session's ledger (`session::owed`).
+    Ledger,
+}
+
 impl Connection {
     /// Handles one router notification.
     pub(crate) fn notification(&mut self, n: Notification) -> Flow {
@@ -129,18 +138,17 @@ impl Connection {
         } = forward;
         let routed = framing::meta_of(&publish);
         self.ack_router(routed);
-        self.deliver(publish, properties, routed.qos, Some(cursor));
+        self.deliver(publish, properties, routed.qos, Source::Router(cursor));
     }
 
     /// A message for the client at `routed_qos` (the subscription's), from the router
-    /// (`router`: with its log cursor) or from the session's ledger (`session::owed`,
-    /// `None`).
+    /// or from the session's ledger.
     pub(crate) fn deliver(
         &mut self,
         mut publish: Publish,
         mut properties: Option<PublishProperties>,
         routed_qos: u8,
-        router: Option<Option<(u64, u64)>>,
+        source: Source,
     ) {
         let origin = Origin::take(&mut publish.payload);
         let Ok(topic) = std::str::from_utf8(&publish.topic).map(str::to_owned) else {
@@ -148,14 +156,15 @@ impl Connection {
         };
         // rumqttd delivers at the subscription QoS; MQTT says the lower of the two.
         let qos = origin.map_or(routed_qos, |o| o.qos.min(routed_qos));
-        if let (Some(arrival), true) = (origin.and_then(|o| o.arrival), router.is_some()) {
+        let from_router = matches!(source, Source::Router(_));
+        if let (Some(arrival), true) = (origin.and_then(|o| o.arrival), from_router) {
             if self.session_delivered(arrival, &topic, qos) {
                 // Its publisher queued it for the parked session, or the session's
                 // ledger gave it already: it comes from there (`session::owed`).
                 return;
             }
         }
-        if let Some((_, offset)) = router.flatten() {
+        if let Source::Router(Some((_, offset))) = source {
             let skipped = self.subs.skipped(&topic, offset);
             if skipped > 0 {
                 // The router's log outran this reader: lost, but never silently (for a

@@ -12,6 +12,7 @@ use crate::link::codec::framing::{self, FrameError, PublishMeta, Version};
 use crate::link::codec::origin::{Origin, Routing};
 use crate::link::codec::topic;
 use crate::link::connection::alias::AliasError;
+use crate::link::connection::outbound::OutAck;
 use crate::link::connection::{Connection, Ending};
 use crate::link::session::store::Incoming;
 use crate::stats::{DropCause, Stats};
@@ -114,7 +115,7 @@ impl Connection {
                 self.publish(publish, props, meta).await
             }
             Packet::PubAck(ack, _) => {
-                if !self.command_acked(ack.pkid).await && !self.out_ack(4, ack.pkid, false) {
+                if !self.command_acked(ack.pkid).await && !self.out_ack(OutAck::PubAck, ack.pkid) {
                     tracing::debug!(client_id = %self.s.client_id, pkid = ack.pkid, "PUBACK for nothing in flight ignored");
                 }
                 Ok(())
@@ -125,11 +126,11 @@ impl Connection {
                     rec.reason,
                     PubRecReason::Success | PubRecReason::NoMatchingSubscribers
                 );
-                self.out_ack(5, rec.pkid, failed);
+                self.out_ack(OutAck::PubRec { failed }, rec.pkid);
                 Ok(())
             }
             Packet::PubComp(comp, _) => {
-                self.out_ack(7, comp.pkid, false);
+                self.out_ack(OutAck::PubComp, comp.pkid);
                 Ok(())
             }
             Packet::PubRel(rel, _) => {

@@ -29,6 +29,19 @@ const WINDOW: usize = 100;
 /// packet ids until the PUBCOMPs).
 const MAX_RELEASED: usize = 500;
 
+/// An acknowledgement from the client of a PUBLISH the link sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names, reason = "the MQTT packet names")]
+pub(crate) enum OutAck {
+    /// Completes a QoS 1 delivery.
+    PubAck,
+    /// Answers a QoS 2 PUBLISH; one with an error code (`failed`) ends the exchange
+    /// [MQTT-4.3.3], otherwise the link releases it with PUBREL.
+    PubRec { failed: bool },
+    /// Completes a released QoS 2 delivery.
+    PubComp,
+}
+
 /// One PUBLISH owed to the client. The payload is plaintext: sealing happens when it is
 /// written, so a parked session stores plaintext.
 pub(crate) struct OutMsg {
@@ -393,10 +406,9 @@ impl Connection {
         true
     }
 
-    /// A PUBACK/PUBREC/PUBCOMP (`packet_type` 4/5/7) from the client; `failed`: a PUBREC
-    /// with an error code, which ends the exchange. False if `pkid` is not one of the
+    /// A PUBACK/PUBREC/PUBCOMP from the client. False if `pkid` is not one of the
     /// link's delivery ids.
-    pub(crate) fn out_ack(&mut self, packet_type: u8, pkid: u16, failed: bool) -> bool {
+    pub(crate) fn out_ack(&mut self, ack: OutAck, pkid: u16) -> bool {
         if !(FIRST_PKID..=LAST_PKID).contains(&pkid) {
             return false;
         }
@@ -404,10 +416,10 @@ impl Connection {
             tracing::debug!(client_id = %self.s.client_id, pkid, "ack for nothing in flight ignored");
             return true;
         };
-        let done = match (packet_type, inflight.msg.qos, inflight.released) {
-            (4, 1, _) | (7, 2, true) => true,
-            (5, 2, false) if failed => true,
-            (5, 2, false) => {
+        let done = match (ack, inflight.msg.qos, inflight.released) {
+            (OutAck::PubAck, 1, _) | (OutAck::PubComp, 2, true) => true,
+            (OutAck::PubRec { failed: true }, 2, false) => true,
+            (OutAck::PubRec { failed: false }, 2, false) => {
                 inflight.released = true;
                 self.queue.released_seqs.extend(inflight.msg.stored_seq());
                 inflight.msg.seq = None;

@@ -202,7 +202,12 @@ impl Connection {
                 .get_or_insert_with(PublishProperties::default)
                 .subscription_identifiers = ids;
         }
-        self.deliver(publish, props, qos, None);
+        self.deliver(
+            publish,
+            props,
+            qos,
+            crate::link::connection::egress::Source::Ledger,
+        );
         arrival
     }
 }
