@@ -3,11 +3,13 @@
 //! decrypt), through `FleetInbox`, and the commands they deliver to it, written as QoS 1
 //! PUBLISHes on packet ids of the link's own range and acknowledged back.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use fleetmq_storage::now_ms;
 use rumqttd::protocol::Packet;
 
-use super::{Connection, FIRST_COMMAND_PKID, LAST_COMMAND_PKID, MAX_COMMANDS_INFLIGHT};
+use super::Connection;
 use crate::fleet::{LinkEvent, Upstream};
 use crate::link::codec::framing;
 use crate::link::codec::topic;
@@ -32,16 +34,7 @@ impl Connection {
             },
             None => payload.to_vec(),
         };
-        let pkid = self.next_command_pkid;
-        self.next_command_pkid = if pkid >= LAST_COMMAND_PKID {
-            FIRST_COMMAND_PKID
-        } else {
-            pkid + 1
-        };
-        if self.commands_inflight.len() >= MAX_COMMANDS_INFLIGHT {
-            self.commands_inflight.clear();
-        }
-        self.commands_inflight.insert(pkid, command_id);
+        let pkid = self.commands.assign(command_id);
         let meta = framing::PublishMeta {
             qos: 1,
             dup: false,
@@ -55,7 +48,7 @@ impl Connection {
 
     /// A PUBACK for a command the link wrote itself; false if the packet id is not one.
     pub(crate) async fn command_acked(&mut self, pkid: u16) -> bool {
-        let Some(command_id) = self.commands_inflight.remove(&pkid) else {
+        let Some(command_id) = self.commands.acked(pkid) else {
             return false;
         };
         if let Identity::Device(device) = &self.s.identity {
@@ -190,5 +183,50 @@ impl Connection {
             };
             self.core.fleet_event(event).await;
         }
+    }
+}
+
+/// Packet ids of the commands the link writes itself (the outbound queue uses 1..=1000).
+const FIRST_COMMAND_PKID: u16 = 1001;
+const LAST_COMMAND_PKID: u16 = 65_000;
+/// Commands awaiting their PUBACK; past it the oldest are forgotten (their commands
+/// time out and are re-sent by the engine).
+const MAX_COMMANDS_INFLIGHT: usize = 1024;
+
+/// Commands written to the connection and waiting for their PUBACK.
+#[derive(Debug)]
+pub(crate) struct CommandWindow {
+    inflight: HashMap<u16, String>,
+    next: u16,
+}
+
+impl Default for CommandWindow {
+    fn default() -> Self {
+        CommandWindow {
+            inflight: HashMap::new(),
+            next: FIRST_COMMAND_PKID,
+        }
+    }
+}
+
+impl CommandWindow {
+    /// The packet id for `command_id`'s PUBLISH.
+    fn assign(&mut self, command_id: String) -> u16 {
+        let pkid = self.next;
+        self.next = if pkid >= LAST_COMMAND_PKID {
+            FIRST_COMMAND_PKID
+        } else {
+            pkid + 1
+        };
+        if self.inflight.len() >= MAX_COMMANDS_INFLIGHT {
+            self.inflight.clear();
+        }
+        self.inflight.insert(pkid, command_id);
+        pkid
+    }
+
+    /// The command a PUBACK acknowledges, if `pkid` is one of ours.
+    fn acked(&mut self, pkid: u16) -> Option<String> {
+        self.inflight.remove(&pkid)
     }
 }

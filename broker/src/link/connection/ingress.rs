@@ -1,6 +1,8 @@
 //! Client → router: frames are decoded, checked (protocol, ACL, size), decrypted, and
 //! batched for the router; acks and refusals the router cannot give are answered here.
 
+use std::collections::HashSet;
+
 use bytes::Bytes;
 use fleetmq_storage::now_ms;
 use rumqttd::protocol::{
@@ -134,8 +136,7 @@ impl Connection {
                 Ok(())
             }
             Packet::PubRel(rel, _) => {
-                self.inbound_qos2_earlier.remove(&rel.pkid);
-                let reason = if self.inbound_qos2.remove(&rel.pkid) {
+                let reason = if self.inbound_qos2.release(rel.pkid) {
                     PubCompReason::Success
                 } else {
                     PubCompReason::PacketIdentifierNotFound
@@ -173,17 +174,6 @@ impl Connection {
             Packet::Connect(..) => Err(Ending::Violation(Reason::ProtocolError)),
             _ => Err(Ending::Violation(Reason::ProtocolError)),
         }
-    }
-
-    /// Unreleased inbound QoS 2 exchanges that count against our Receive Maximum: those
-    /// of this network connection. Ones a resumed session still holds from an earlier
-    /// connection do not ("The value of Receive Maximum applies only to the current
-    /// Network Connection", §3.1.2.11.3; the client's send quota starts afresh, §4.9)
-    /// until the client sends their PUBLISH again.
-    fn qos2_in_flight_here(&self) -> usize {
-        self.inbound_qos2
-            .len()
-            .saturating_sub(self.inbound_qos2_earlier.len())
     }
 
     /// Answers a QoS 1/2 PUBLISH that is not routed: v5 gets `reason`, 3.1.1 a plain ack.
@@ -262,7 +252,7 @@ impl Connection {
         let Some(payload) = self.open_payload(&topic, publish.payload, meta) else {
             return Ok(());
         };
-        if meta.qos == 2 && self.inbound_qos2.contains(&meta.pkid) {
+        if meta.qos == 2 && self.inbound_qos2.contains(meta.pkid) {
             // A resend of a message already routed: acknowledge, route nothing [MQTT-4.3.3-9].
             self.write_packet(Packet::PubRec(
                 PubRec {
@@ -335,8 +325,8 @@ impl Connection {
         payload_len: usize,
     ) -> Result<(), Ending> {
         if meta.qos == 2
-            && !self.inbound_qos2.contains(&meta.pkid)
-            && self.qos2_in_flight_here() >= usize::from(self.core.config.max_inflight)
+            && !self.inbound_qos2.contains(meta.pkid)
+            && self.inbound_qos2.in_flight_here() >= usize::from(self.core.config.max_inflight)
         {
             // More unacknowledged QoS 2 than our Receive Maximum [MQTT-3.3.4-9].
             self.core.stats.dropped(DropCause::Limit);
@@ -344,7 +334,7 @@ impl Connection {
         }
         if meta.qos == 2 {
             // Sent again on this connection: in its send quota from now on.
-            self.inbound_qos2_earlier.remove(&meta.pkid);
+            self.inbound_qos2.sent_here(meta.pkid);
         }
         if payload_len > self.core.config.max_payload {
             self.core.stats.dropped(DropCause::TooLarge);
@@ -423,5 +413,57 @@ impl Connection {
         if let Err(e) = self.core.persist_retained(topic, payload, qos, props).await {
             tracing::error!(client_id = %self.s.client_id, error = %e, "could not store a retained message");
         }
+    }
+}
+
+/// Inbound QoS 2 exchanges answered with PUBREC and waiting for PUBREL: the link
+/// completes QoS 2 itself (rumqttd matches PUBREL by order and forgets it on reconnect).
+#[derive(Debug, Default)]
+pub(crate) struct InboundQos2 {
+    ids: HashSet<u16>,
+    /// Of those, the ones a resumed session brought from an earlier network connection
+    /// that this one has not taken up again.
+    earlier: HashSet<u16>,
+}
+
+impl InboundQos2 {
+    /// A resumed session's unreleased exchanges, from an earlier network connection.
+    pub(crate) fn restore(&mut self, ids: impl IntoIterator<Item = u16>) {
+        self.ids = ids.into_iter().collect();
+        self.earlier = self.ids.clone();
+    }
+
+    /// Every unreleased exchange (what a persistent session stores).
+    pub(crate) fn ids(&self) -> &HashSet<u16> {
+        &self.ids
+    }
+
+    pub(crate) fn contains(&self, pkid: u16) -> bool {
+        self.ids.contains(&pkid)
+    }
+
+    pub(crate) fn insert(&mut self, pkid: u16) {
+        self.ids.insert(pkid);
+    }
+
+    /// The client sent this exchange's PUBLISH again on this connection: it counts
+    /// against the Receive Maximum from now on.
+    pub(crate) fn sent_here(&mut self, pkid: u16) {
+        self.earlier.remove(&pkid);
+    }
+
+    /// PUBREL: the exchange ends; false if it was not known.
+    pub(crate) fn release(&mut self, pkid: u16) -> bool {
+        self.earlier.remove(&pkid);
+        self.ids.remove(&pkid)
+    }
+
+    /// Unreleased exchanges that count against our Receive Maximum: those of this
+    /// network connection. Ones a resumed session still holds from an earlier connection
+    /// do not ("The value of Receive Maximum applies only to the current Network
+    /// Connection", §3.1.2.11.3; the client's send quota starts afresh, §4.9) until the
+    /// client sends their PUBLISH again.
+    pub(crate) fn in_flight_here(&self) -> usize {
+        self.ids.len().saturating_sub(self.earlier.len())
     }
 }

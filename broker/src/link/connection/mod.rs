@@ -4,7 +4,7 @@
 pub(crate) mod alias;
 pub(crate) mod congestion;
 pub(crate) mod connect;
-mod device;
+pub(crate) mod device;
 pub(crate) mod egress;
 pub(crate) mod flow;
 #[cfg(feature = "testing")]
@@ -30,7 +30,9 @@ use crate::fleet::LinkEvent;
 use crate::link::codec::framing::{self, PublishMeta, Version};
 use crate::link::connection::alias::InboundAliases;
 use crate::link::connection::connect::{count_connection, Established};
+use crate::link::connection::device::CommandWindow;
 use crate::link::connection::flow::OutboundFlow;
+use crate::link::connection::ingress::InboundQos2;
 use crate::link::connection::outbound::Outbound;
 use crate::link::connection::subscriptions::Subscriptions;
 use crate::link::net::transport::Stream;
@@ -39,12 +41,6 @@ use crate::link::security::sealing::DeviceCrypto;
 use crate::link::session::live::{CloseReason, Control};
 use crate::link::Core;
 use fleetmq_storage::now_ms;
-
-/// Packet ids the link uses for commands it writes itself; the router uses 1..=100.
-const FIRST_COMMAND_PKID: u16 = 1001;
-const LAST_COMMAND_PKID: u16 = 65_000;
-/// Commands awaiting PUBACK per connection; older ones are forgotten (re-sent on timeout).
-const MAX_COMMANDS_INFLIGHT: usize = 1024;
 
 /// How many router notifications are written per socket write at most.
 const MAX_EGRESS_BATCH: usize = 512;
@@ -86,19 +82,15 @@ pub(crate) struct Connection {
     /// Sees congested connections drain (`congestion.rs`).
     pub(crate) congestion_rx: tokio::sync::watch::Receiver<u64>,
     pub(crate) crypto: Option<DeviceCrypto>,
-    /// Inbound QoS 2 packet ids answered with PUBREC and waiting for PUBREL.
-    pub(crate) inbound_qos2: std::collections::HashSet<u16>,
-    /// Of those, the ones a resumed session brought from an earlier network connection
-    /// that this one has not taken up again (`Connection::qos2_in_flight_here`).
-    pub(crate) inbound_qos2_earlier: std::collections::HashSet<u16>,
+    /// Inbound QoS 2 exchanges waiting for PUBREL (`ingress.rs`).
+    pub(crate) inbound_qos2: InboundQos2,
     /// SUBACK codes decided locally, merged with the router's by packet id.
     pub(crate) pending_subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     pub(crate) last_read: Instant,
     /// Whether this link ever sent the router a `Ready` (wake) event.
     pub(crate) woke: bool,
-    /// Commands written by the link itself (not routed), by packet id, awaiting PUBACK.
-    pub(crate) commands_inflight: HashMap<u16, String>,
-    pub(crate) next_command_pkid: u16,
+    /// Commands written by the link itself (not routed), awaiting PUBACK (`device.rs`).
+    pub(crate) commands: CommandWindow,
     /// Per-connection MQTT state the router lacks (see `subscriptions`, `alias`, `flow`).
     pub(crate) subs: Subscriptions,
     pub(crate) aliases: InboundAliases,
@@ -106,7 +98,7 @@ pub(crate) struct Connection {
     /// Topic aliases towards an MQTT 5 client that accepts them (`outbound_alias`).
     pub(crate) out_aliases: crate::link::connection::outbound_alias::OutboundAliases,
     pub(crate) sys_rx: tokio::sync::watch::Receiver<crate::link::sys::SysValues>,
-    /// Session state: subscriptions kept, the link's own deliveries (`session_link.rs`).
+    /// Session state: subscriptions kept, the link's own deliveries (`session/resume.rs`).
     pub(crate) sess: crate::link::session::resume::SessionLink,
     /// Persistent sessions' copies of this read batch's messages, written before the
     /// batch is routed (`session::store`).
@@ -151,13 +143,11 @@ impl Connection {
             out: BytesMut::with_capacity(4096),
             to_router: Vec::new(),
             crypto,
-            inbound_qos2: Default::default(),
-            inbound_qos2_earlier: Default::default(),
+            inbound_qos2: InboundQos2::default(),
             pending_subacks: HashMap::new(),
             last_read: Instant::now(),
             woke: false,
-            commands_inflight: HashMap::new(),
-            next_command_pkid: FIRST_COMMAND_PKID,
+            commands: CommandWindow::default(),
             sess,
             copies: Default::default(),
         }

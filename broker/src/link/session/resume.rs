@@ -141,7 +141,7 @@ fn filter_of(s: &SessionSubscription) -> Filter {
 
 impl Connection {
     fn session_record(&self) -> SessionRecord {
-        let mut inbound_qos2: Vec<u16> = self.inbound_qos2.iter().copied().collect();
+        let mut inbound_qos2: Vec<u16> = self.inbound_qos2.ids().iter().copied().collect();
         inbound_qos2.sort_unstable();
         SessionRecord {
             key: self.s.router_key.clone(),
@@ -171,9 +171,8 @@ impl Connection {
             }
             return Ok(());
         };
-        self.inbound_qos2 = rec.inbound_qos2.iter().copied().collect();
-        self.inbound_qos2_earlier = self.inbound_qos2.clone();
-        self.sess.saved_qos2 = self.inbound_qos2.clone();
+        self.inbound_qos2.restore(rec.inbound_qos2.iter().copied());
+        self.sess.saved_qos2 = self.inbound_qos2.ids().clone();
         // Its client was connected when the broker stopped without parking it (kill -9):
         // any of its queue may have been sent, so all of it goes with DUP=1 ("might be a
         // re-delivery") [MQTT-3.3.1-1].
@@ -506,7 +505,7 @@ impl Connection {
             && q.released_seqs.is_empty()
             && q.sent_marks.is_empty()
             && !self.sess.subs_dirty
-            && self.sess.saved_qos2 == self.inbound_qos2
+            && self.sess.saved_qos2 == *self.inbound_qos2.ids()
             && (!self.sess.start.persistent
                 || !self.core.session_store.durable_live()
                 || self.sess.saved_pubrels == q.pubrels())
@@ -530,13 +529,13 @@ impl Connection {
             // changes and at parking only.
             let durable_live = self.core.session_store.durable_live();
             let pubrels = q.pubrels();
-            let changed = self.sess.subs_dirty || self.sess.saved_qos2 != self.inbound_qos2;
+            let changed = self.sess.subs_dirty || self.sess.saved_qos2 != *self.inbound_qos2.ids();
             if changed || (durable_live && self.sess.saved_pubrels != pubrels) {
                 // A new PUBREL must be on disk before it is sent; one completed may be
                 // forgotten (sent again after a crash, answered with PUBCOMP).
                 durable |= changed || pubrels.iter().any(|p| !self.sess.saved_pubrels.contains(p));
                 self.sess.subs_dirty = false;
-                self.sess.saved_qos2 = self.inbound_qos2.clone();
+                self.sess.saved_qos2 = self.inbound_qos2.ids().clone();
                 self.sess.saved_pubrels = pubrels;
                 ops.push(QueueOp::PutSession(self.session_record()));
             }
