@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use base64::Engine as _;
 use clap::Parser;
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use fleetmq_broker::envelope::{self, CryptoError, NonceSource, KEY_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -60,11 +60,6 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 const FLUSH_GRACE: Duration = Duration::from_secs(3);
 /// Answers remembered per device for re-sent commands.
 const ANSWER_LOG_LEN: usize = 1024;
-/// The envelope (SPEC §4): version byte, generation byte, nonce, ciphertext, tag.
-const ENVELOPE_VERSION: u8 = 0x01;
-const NONCE_LEN: usize = 12;
-const HEADER_LEN: usize = 2 + NONCE_LEN;
-const TAG_LEN: usize = 16;
 /// The address every simulated device reports.
 const DEVICE_IP: &str = "127.0.0.1";
 
@@ -260,10 +255,10 @@ fn unix_ms() -> u64 {
 // ---------------------------------------------------------------------------------
 
 /// A device's AES-256-GCM key as the admin API hands it out.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 struct DeviceKey {
     generation: u8,
-    bytes: [u8; 32],
+    bytes: [u8; KEY_LEN],
 }
 
 impl TryFrom<KeyView> for DeviceKey {
@@ -273,8 +268,8 @@ impl TryFrom<KeyView> for DeviceKey {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(view.base64.trim())
             .context("device key is not base64")?;
-        let bytes = <[u8; 32]>::try_from(raw.as_slice())
-            .map_err(|_| anyhow!("device key has {} bytes, not 32", raw.len()))?;
+        let bytes = <[u8; KEY_LEN]>::try_from(raw.as_slice())
+            .map_err(|_| anyhow!("device key has {} bytes, not {KEY_LEN}", raw.len()))?;
         Ok(DeviceKey {
             generation: view.generation,
             bytes,
@@ -282,76 +277,39 @@ impl TryFrom<KeyView> for DeviceKey {
     }
 }
 
-/// Seals and opens envelopes with one device's key.
+/// Seals and opens envelopes with one device's key, through the broker's own SPEC §4
+/// codec ([`fleetmq_broker::envelope`]).
 struct Sealer {
-    key: LessSafeKey,
-    generation: u8,
-    random: SystemRandom,
+    key: DeviceKey,
+    /// One nonce sequence for the device's whole run, reconnects included: its random
+    /// prefix keeps it apart from the broker's sources, which seal with the same key.
+    nonces: NonceSource,
 }
 
 impl Sealer {
-    fn new(key: &DeviceKey) -> anyhow::Result<Sealer> {
-        let unbound = UnboundKey::new(&AES_256_GCM, &key.bytes)
-            .map_err(|_| anyhow!("device key rejected by AES-256-GCM"))?;
-        Ok(Sealer {
-            key: LessSafeKey::new(unbound),
-            generation: key.generation,
-            random: SystemRandom::new(),
-        })
+    fn new(key: DeviceKey) -> Sealer {
+        Sealer {
+            key,
+            nonces: NonceSource::new(),
+        }
     }
 
-    /// A fresh random 96-bit nonce per message: the broker seals with the same key, so
-    /// a counter of our own could not rule out its nonces.
-    fn seal(&self, topic: &str, plaintext: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let mut nonce = [0u8; NONCE_LEN];
-        self.random
-            .fill(&mut nonce)
-            .map_err(|_| anyhow!("system random source failed"))?;
-        let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
-        out.push(ENVELOPE_VERSION);
-        out.push(self.generation);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(topic.as_bytes()),
-                &mut out[HEADER_LEN..],
-            )
-            .map_err(|_| anyhow!("payload too large to seal"))?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
+    fn seal(&mut self, topic: &str, plaintext: &[u8]) -> Vec<u8> {
+        let nonce = self.nonces.next();
+        envelope::seal(
+            &self.key.bytes,
+            self.key.generation,
+            nonce,
+            topic,
+            plaintext,
+        )
     }
 
-    fn open(&self, topic: &str, envelope: &[u8]) -> anyhow::Result<Vec<u8>> {
-        if envelope.len() < HEADER_LEN + TAG_LEN {
-            bail!("envelope too short: {} bytes", envelope.len());
-        }
-        if envelope[0] != ENVELOPE_VERSION {
-            bail!("unknown envelope version {:#04x}", envelope[0]);
-        }
-        if envelope[1] != self.generation {
-            bail!(
-                "key generation {}, ours is {}",
-                envelope[1],
-                self.generation
-            );
-        }
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&envelope[2..HEADER_LEN]);
-        let mut body = envelope[HEADER_LEN..].to_vec();
-        let plain_len = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(topic.as_bytes()),
-                &mut body,
-            )
-            .map_err(|_| anyhow!("envelope failed authentication"))?
-            .len();
-        body.truncate(plain_len);
-        Ok(body)
+    /// Only our own key generation opens: the simulator never holds an older key.
+    fn open(&self, topic: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let DeviceKey { generation, bytes } = self.key;
+        let key_for = |g: u8| (g == generation).then_some(bytes);
+        envelope::open(key_for, topic, sealed).map(|opened| opened.plaintext)
     }
 }
 
@@ -927,6 +885,14 @@ struct Topics {
     config: String,
 }
 
+/// The topics a device publishes on.
+#[derive(Debug, Clone, Copy)]
+enum Out {
+    Status,
+    Telemetry,
+    Response,
+}
+
 impl Topics {
     fn new(id: &str) -> Topics {
         let topic = |leaf: &str| format!("device/{id}/{leaf}");
@@ -936,6 +902,14 @@ impl Topics {
             response: topic("response"),
             command: topic("command"),
             config: topic("config"),
+        }
+    }
+
+    fn outgoing(&self, out: Out) -> &str {
+        match out {
+            Out::Status => &self.status,
+            Out::Telemetry => &self.telemetry,
+            Out::Response => &self.response,
         }
     }
 }
@@ -1041,7 +1015,8 @@ impl Device {
                 Ok(plain) => Cow::Owned(plain),
                 Err(e) => {
                     Stats::bump(&self.stats.errors);
-                    warn!(device_id = %self.id, topic, error = %e, "could not decrypt a message");
+                    let ours = sealer.key.generation;
+                    warn!(device_id = %self.id, topic, error = %e, key_generation = ours, "could not decrypt a message");
                     return;
                 }
             },
@@ -1113,7 +1088,7 @@ impl Device {
             let Some(reply) = self.replies.pop_front() else {
                 break;
             };
-            if self.publish(&self.topics.response, 1, false, &reply.payload) {
+            if self.publish(Out::Response, 1, false, &reply.payload) {
                 Stats::bump(&self.stats.answered);
                 if !reply.success {
                     Stats::bump(&self.stats.failed);
@@ -1132,38 +1107,28 @@ impl Device {
             uptime: self.started.elapsed().as_secs(),
             ts: unix_ms(),
         };
-        if self.publish(
-            &self.topics.telemetry,
-            self.settings.telemetry_qos,
-            false,
-            &to_json(&telemetry),
-        ) {
+        let qos = self.settings.telemetry_qos;
+        if self.publish(Out::Telemetry, qos, false, &to_json(&telemetry)) {
             Stats::bump(&self.stats.telemetry);
         }
     }
 
-    fn publish_status(&self, state: &str) {
+    fn publish_status(&mut self, state: &str) {
         let status = Status {
             state,
             version: &self.settings.version,
             ip: DEVICE_IP,
             config_version: Some(self.config_version),
         };
-        self.publish(&self.topics.status, 1, true, &to_json(&status));
+        self.publish(Out::Status, 1, true, &to_json(&status));
     }
 
     /// Seals when the device is encrypted; a publish that cannot be queued is counted.
-    fn publish(&self, topic: &str, qos: u8, retain: bool, plain: &[u8]) -> bool {
-        let payload = match &self.sealer {
+    fn publish(&mut self, out: Out, qos: u8, retain: bool, plain: &[u8]) -> bool {
+        let topic = self.topics.outgoing(out);
+        let payload = match &mut self.sealer {
             None => plain.to_vec(),
-            Some(sealer) => match sealer.seal(topic, plain) {
-                Ok(sealed) => sealed,
-                Err(e) => {
-                    Stats::bump(&self.stats.errors);
-                    warn!(device_id = %self.id, topic, error = %e, "could not seal a payload");
-                    return false;
-                }
-            },
+            Some(sealer) => sealer.seal(topic, plain),
         };
         match self.client.publish(topic, qos, retain, payload) {
             Ok(()) => true,
@@ -1177,7 +1142,7 @@ impl Device {
 
     /// Says goodbye with a retained offline status (the will only covers a lost
     /// connection), then gives the network task a moment to send it.
-    async fn shutdown(self, mut rx: mpsc::Receiver<Incoming>, pump: JoinHandle<()>) {
+    async fn shutdown(mut self, mut rx: mpsc::Receiver<Incoming>, pump: JoinHandle<()>) {
         if self.connected {
             self.publish_status("offline");
             if let Err(e) = self.client.disconnect() {
@@ -1203,8 +1168,8 @@ fn spawn_device(
     stats: &Arc<Stats>,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
-) -> anyhow::Result<()> {
-    let sealer = identity.key.as_ref().map(Sealer::new).transpose()?;
+) {
+    let mut sealer = identity.key.map(Sealer::new);
     let topics = Topics::new(&identity.id);
     // No configVersion: the will is fixed at connect time and would report a stale one.
     let will = to_json(&Status {
@@ -1213,8 +1178,8 @@ fn spawn_device(
         ip: DEVICE_IP,
         config_version: None,
     });
-    let will = match &sealer {
-        Some(sealer) => sealer.seal(&topics.status, &will)?,
+    let will = match &mut sealer {
+        Some(sealer) => sealer.seal(&topics.status, &will),
         None => will,
     };
     let (client, events) = mqtt_client(settings, &identity, &topics.status, will);
@@ -1236,7 +1201,6 @@ fn spawn_device(
         replies: VecDeque::new(),
     };
     tracker.spawn(device.run(rx, pump, cancel.clone()));
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------
@@ -1334,7 +1298,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let total = identities.len();
     for identity in identities {
-        spawn_device(identity, &settings, &stats, &tracker, &cancel)?;
+        spawn_device(identity, &settings, &stats, &tracker, &cancel);
     }
     tracker.spawn(print_summaries(
         stats.clone(),
