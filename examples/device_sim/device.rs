@@ -190,17 +190,8 @@ impl Device {
             debug!(device_id = %self.id, topic, "empty message (retained message cleared)");
             return;
         }
-        let plain = match &self.sealer {
-            None => Cow::Borrowed(payload),
-            Some(sealer) => match sealer.open(topic, payload) {
-                Ok(plain) => Cow::Owned(plain),
-                Err(e) => {
-                    Stats::bump(&self.stats.errors);
-                    let ours = sealer.generation();
-                    warn!(device_id = %self.id, topic, error = %e, key_generation = ours, "could not decrypt a message");
-                    return;
-                }
-            },
+        let Some(plain) = self.plaintext(topic, payload) else {
+            return;
         };
         let applied = if topic == self.topics.command {
             serde_json::from_slice(&plain).map(|c| self.on_command(&c))
@@ -213,6 +204,24 @@ impl Device {
         if let Err(e) = applied {
             Stats::bump(&self.stats.errors);
             warn!(device_id = %self.id, topic, error = %e, "malformed message ignored");
+        }
+    }
+
+    /// The payload as is, or opened when the device is encrypted; an envelope that does
+    /// not open (another key generation, failed authentication, ...) is counted and
+    /// logged, and gives `None`.
+    fn plaintext<'a>(&self, topic: &str, payload: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+        let Some(sealer) = &self.sealer else {
+            return Some(Cow::Borrowed(payload));
+        };
+        match sealer.open(topic, payload) {
+            Ok(plain) => Some(Cow::Owned(plain)),
+            Err(e) => {
+                Stats::bump(&self.stats.errors);
+                let ours = sealer.generation();
+                warn!(device_id = %self.id, topic, error = %e, key_generation = ours, "could not decrypt a message");
+                None
+            }
         }
     }
 
