@@ -28,6 +28,8 @@ pub use config::{
     BrokerConfig, ConfigError, RawMqttConfig, RawSecurityConfig, RawTlsConfig, TlsConfig,
 };
 pub use handle::BrokerHandle;
+/// The SPEC §4 payload envelope: sans-IO `seal`/`open`, `NonceSource`, `KeyRing`.
+pub use link::security::crypto as envelope;
 pub use link::Listeners;
 pub use publish::{PublishError, PublishRequest, RetainedError};
 pub use stats::{ConnectionStats, DropStats, MessageStats, PacketStats, StatsSnapshot};

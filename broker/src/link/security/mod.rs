@@ -4,5 +4,5 @@
 
 pub(crate) mod acl;
 pub(crate) mod auth;
-pub(crate) mod crypto;
+pub mod crypto;
 pub(crate) mod sealing;
