@@ -35,6 +35,15 @@ pub fn enc(text: &str) -> String {
     utf8_percent_encode(text, COMPONENT).to_string()
 }
 
+/// `path` with `query` (already encoded `name=value` pairs) joined by `&`, if any.
+pub fn with_query(path: &str, query: &[String]) -> String {
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
+}
+
 /// Where the admin API is and how to authenticate; shared by every admin command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnArgs {

@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use http::Method;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::client::{enc, Admin, REQUEST_TIMEOUT};
+use super::client::{enc, with_query, Admin, REQUEST_TIMEOUT};
 use super::error::CliError;
 use super::output::outln;
 use super::output::{self, cell, print_fields, print_table};
@@ -15,34 +15,9 @@ use super::output::{self, cell, print_fields, print_table};
 #[derive(Debug, Subcommand)]
 pub enum DeviceAction {
     /// Provision a device; prints its MQTT password (and key) once
-    Add {
-        /// Device id: [A-Za-z0-9][A-Za-z0-9_.:-]{0,127}
-        id: String,
-        /// A label, `key=value`; repeat for more
-        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
-        labels: Vec<(String, String)>,
-        /// Encrypt this device's payloads (SPEC §4) even when encryption is off globally
-        #[arg(long)]
-        encrypted: bool,
-        /// How its payloads are read and written [server default: json]
-        #[arg(long, value_name = "NAME")]
-        plugin: Option<String>,
-    },
+    Add(AddArgs),
     /// List devices with their presence
-    List {
-        /// Only devices that are (true) or are not (false) connected
-        #[arg(long, value_name = "true|false")]
-        online: Option<bool>,
-        /// Only devices with this label, `key:value`; repeat to require several
-        #[arg(long = "label", value_name = "KEY:VALUE")]
-        labels: Vec<String>,
-        /// Devices per page (API default 100, at most 1000)
-        #[arg(long)]
-        limit: Option<u32>,
-        /// Continue after this device id (the `next_cursor` of the previous page)
-        #[arg(long)]
-        cursor: Option<String>,
-    },
+    List(ListArgs),
     /// Show one device
     Show { id: String },
     /// Delete a device; it is disconnected and its credentials stop working at once
@@ -51,6 +26,39 @@ pub enum DeviceAction {
     RotateCredentials { id: String },
     /// Create a new encryption key generation; the previous one stays valid for the grace period
     RotateKey { id: String },
+}
+
+/// The arguments of `device add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Device id: [A-Za-z0-9][A-Za-z0-9_.:-]{0,127}
+    id: String,
+    /// A label, `key=value`; repeat for more
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Encrypt this device's payloads (SPEC §4) even when encryption is off globally
+    #[arg(long)]
+    encrypted: bool,
+    /// How its payloads are read and written [server default: json]
+    #[arg(long, value_name = "NAME")]
+    plugin: Option<String>,
+}
+
+/// The arguments of `device list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only devices that are (true) or are not (false) connected
+    #[arg(long, value_name = "true|false")]
+    online: Option<bool>,
+    /// Only devices with this label, `key:value`; repeat to require several
+    #[arg(long = "label", value_name = "KEY:VALUE")]
+    labels: Vec<String>,
+    /// Devices per page (API default 100, at most 1000)
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Continue after this device id (the `next_cursor` of the previous page)
+    #[arg(long)]
+    cursor: Option<String>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -88,138 +96,148 @@ const DEVICE_FIELDS: &[&str] = &[
     "reported_status",
 ];
 
+/// Runs a `device` subcommand.
 pub async fn run(admin: &Admin, json: bool, action: DeviceAction) -> Result<(), CliError> {
     match action {
-        DeviceAction::Add {
-            id,
-            labels,
-            encrypted,
-            plugin,
-        } => {
-            let body = NewDevice {
-                id: &id,
-                plugin: plugin.as_deref(),
-                labels: labels
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect(),
-                encrypted,
-            };
-            let body = serde_json::to_vec(&body).map_err(|e| CliError::Usage(e.to_string()))?;
-            let reply = admin
-                .call(
-                    Method::POST,
-                    "/api/v1/devices",
-                    Some(body),
-                    &[],
-                    REQUEST_TIMEOUT,
-                )
-                .await?;
-            let answer = reply.json()?;
-            if json {
-                output::print_raw(&reply);
-            } else {
-                print_device(answer.get("device").unwrap_or(&Value::Null));
-                print_secrets(&answer);
-            }
-            secret_notes(&answer);
-        }
-        DeviceAction::List {
-            online,
-            labels,
-            limit,
-            cursor,
-        } => {
-            let mut query = Vec::new();
-            if let Some(online) = online {
-                query.push(format!("online={online}"));
-            }
-            for label in &labels {
-                query.push(format!("label={}", enc(label)));
-            }
-            if let Some(limit) = limit {
-                query.push(format!("limit={limit}"));
-            }
-            if let Some(cursor) = &cursor {
-                query.push(format!("cursor={}", enc(cursor)));
-            }
-            let path = if query.is_empty() {
-                "/api/v1/devices".to_owned()
-            } else {
-                format!("/api/v1/devices?{}", query.join("&"))
-            };
-            let reply = admin
-                .call(Method::GET, &path, None, &[], REQUEST_TIMEOUT)
-                .await?;
-            if json {
-                output::print_raw(&reply);
-                return Ok(());
-            }
-            let page = reply.json()?;
-            let rows: Vec<Vec<String>> = output::items(&page)?
-                .iter()
-                .map(|d| {
-                    vec![
-                        cell(d.get("id")),
-                        if d.get("online") == Some(&Value::Bool(true)) {
-                            "online".to_owned()
-                        } else {
-                            "offline".to_owned()
-                        },
-                        cell(d.get("plugin")),
-                        cell(d.get("encrypted")),
-                        output::labels(d.get("labels")),
-                        cell(d.get("last_seen")),
-                    ]
-                })
-                .collect();
-            print_table(
-                &[
-                    "ID",
-                    "PRESENCE",
-                    "PLUGIN",
-                    "ENCRYPTED",
-                    "LABELS",
-                    "LAST SEEN",
-                ],
-                &rows,
-            );
-            output::next_page_hint(&page);
-        }
-        DeviceAction::Show { id } => {
-            let reply = admin
-                .call(Method::GET, &device_path(&id), None, &[], REQUEST_TIMEOUT)
-                .await?;
-            if json {
-                output::print_raw(&reply);
-            } else {
-                print_device(&reply.json()?);
-            }
-        }
-        DeviceAction::Rm { id } => {
-            let reply = admin
-                .call(
-                    Method::DELETE,
-                    &device_path(&id),
-                    None,
-                    &[],
-                    REQUEST_TIMEOUT,
-                )
-                .await?;
-            if json {
-                output::print_raw(&reply);
-            } else {
-                outln!("deleted device {id}");
-            }
-        }
+        DeviceAction::Add(args) => add(admin, json, args).await,
+        DeviceAction::List(args) => list(admin, json, args).await,
+        DeviceAction::Show { id } => show(admin, json, &id).await,
+        DeviceAction::Rm { id } => rm(admin, json, &id).await,
         DeviceAction::RotateCredentials { id } => {
             let path = format!("{}/rotate-credentials", device_path(&id));
-            rotate(admin, json, &path).await?;
+            rotate(admin, json, &path).await
         }
         DeviceAction::RotateKey { id } => {
             let path = format!("{}/rotate-key", device_path(&id));
-            rotate(admin, json, &path).await?;
+            rotate(admin, json, &path).await
         }
+    }
+}
+
+/// `device add`: provisions the device and prints it with its new secrets.
+async fn add(admin: &Admin, json: bool, args: AddArgs) -> Result<(), CliError> {
+    let body = args.body()?;
+    let reply = admin
+        .call(
+            Method::POST,
+            "/api/v1/devices",
+            Some(body),
+            &[],
+            REQUEST_TIMEOUT,
+        )
+        .await?;
+    let answer = reply.json()?;
+    if json {
+        output::print_raw(&reply);
+    } else {
+        print_device(answer.get("device").unwrap_or(&Value::Null));
+        print_secrets(&answer);
+    }
+    secret_notes(&answer);
+    Ok(())
+}
+
+impl AddArgs {
+    /// The JSON body of the provisioning request.
+    fn body(&self) -> Result<Vec<u8>, CliError> {
+        let body = NewDevice {
+            id: &self.id,
+            plugin: self.plugin.as_deref(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            encrypted: self.encrypted,
+        };
+        serde_json::to_vec(&body).map_err(|e| CliError::Usage(e.to_string()))
+    }
+}
+
+/// `device list`: one page of devices as a table.
+async fn list(admin: &Admin, json: bool, args: ListArgs) -> Result<(), CliError> {
+    let reply = admin
+        .call(Method::GET, &args.path(), None, &[], REQUEST_TIMEOUT)
+        .await?;
+    if json {
+        output::print_raw(&reply);
+        return Ok(());
+    }
+    let page = reply.json()?;
+    let rows: Vec<Vec<String>> = output::items(&page)?.iter().map(list_row).collect();
+    print_table(
+        &[
+            "ID",
+            "PRESENCE",
+            "PLUGIN",
+            "ENCRYPTED",
+            "LABELS",
+            "LAST SEEN",
+        ],
+        &rows,
+    );
+    output::next_page_hint(&page);
+    Ok(())
+}
+
+impl ListArgs {
+    /// The list request's path with its query.
+    fn path(&self) -> String {
+        let mut query = Vec::new();
+        if let Some(online) = self.online {
+            query.push(format!("online={online}"));
+        }
+        for label in &self.labels {
+            query.push(format!("label={}", enc(label)));
+        }
+        if let Some(limit) = self.limit {
+            query.push(format!("limit={limit}"));
+        }
+        if let Some(cursor) = &self.cursor {
+            query.push(format!("cursor={}", enc(cursor)));
+        }
+        with_query("/api/v1/devices", &query)
+    }
+}
+
+/// One device as a `device list` row, in the order of the table's headers.
+fn list_row(device: &Value) -> Vec<String> {
+    vec![
+        cell(device.get("id")),
+        if device.get("online") == Some(&Value::Bool(true)) {
+            "online".to_owned()
+        } else {
+            "offline".to_owned()
+        },
+        cell(device.get("plugin")),
+        cell(device.get("encrypted")),
+        output::labels(device.get("labels")),
+        cell(device.get("last_seen")),
+    ]
+}
+
+/// `device show`.
+async fn show(admin: &Admin, json: bool, id: &str) -> Result<(), CliError> {
+    let reply = admin
+        .call(Method::GET, &device_path(id), None, &[], REQUEST_TIMEOUT)
+        .await?;
+    if json {
+        output::print_raw(&reply);
+    } else {
+        print_device(&reply.json()?);
+    }
+    Ok(())
+}
+
+/// `device rm`.
+async fn rm(admin: &Admin, json: bool, id: &str) -> Result<(), CliError> {
+    let reply = admin
+        .call(Method::DELETE, &device_path(id), None, &[], REQUEST_TIMEOUT)
+        .await?;
+    if json {
+        output::print_raw(&reply);
+    } else {
+        outln!("deleted device {id}");
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::client::{enc, Admin};
+use super::client::{enc, with_query, Admin};
 use super::error::CliError;
 use super::output::cell;
 use super::output::outln;
@@ -124,11 +124,7 @@ fn events_path(args: &EventsArgs) -> String {
     if let Some(device) = &args.device {
         query.push(format!("device_id={}", enc(device)));
     }
-    if query.is_empty() {
-        "/api/v1/events".to_owned()
-    } else {
-        format!("/api/v1/events?{}", query.join("&"))
-    }
+    with_query("/api/v1/events", &query)
 }
 
 /// Follows the stream until the process is stopped. Returns only on an error that a

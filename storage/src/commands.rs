@@ -175,8 +175,7 @@ pub fn list_for_device(
             }),
         };
     };
-    let dev = device.as_str();
-    let mut page = Paging {
+    let page = Paging {
         items: Vec::new(),
         limit,
         status,
@@ -184,26 +183,52 @@ pub fn list_for_device(
     };
     if status.is_some_and(|s| !s.is_terminal()) {
         // Non-terminal commands are all in the open index: no history walk.
-        let upper = match from {
-            None => Bound::Included((dev, u64::MAX)),
-            Some(id) => match load(&commands, id) {
-                Ok(Some(rec)) if rec.device_id == *device => Bound::Included((dev, rec.seq)),
-                _ => return Err(bad_cursor(device, id)),
-            },
-        };
-        for entry in open.range((Bound::Included((dev, 0)), upper))?.rev() {
-            let (_, id) = entry?;
-            if let Some(next) = page.offer(&commands, id.value())? {
-                return Ok(page.finish(Some(next)));
-            }
-        }
-        return Ok(page.finish(None));
+        return list_open(&commands, &open, device, from, page);
     }
+    list_history(&commands, &heads, &chain, device, from, page)
+}
+
+/// A page of `device`'s commands from the open index (non-terminal ones only), newest
+/// first, from command `from` on.
+fn list_open(
+    commands: &ReadOnlyTable<&'static str, &'static [u8]>,
+    open: &ReadOnlyTable<(&'static str, u64), &'static str>,
+    device: &DeviceId,
+    from: Option<&str>,
+    mut page: Paging,
+) -> Result<CommandPage, StoreError> {
+    let dev = device.as_str();
+    let upper = match from {
+        None => Bound::Included((dev, u64::MAX)),
+        Some(id) => match load(commands, id) {
+            Ok(Some(rec)) if rec.device_id == *device => Bound::Included((dev, rec.seq)),
+            _ => return Err(bad_cursor(device, id)),
+        },
+    };
+    for entry in open.range((Bound::Included((dev, 0)), upper))?.rev() {
+        let (_, id) = entry?;
+        if let Some(next) = page.offer(commands, id.value())? {
+            return Ok(page.finish(Some(next)));
+        }
+    }
+    Ok(page.finish(None))
+}
+
+/// A page of `device`'s commands along its chain (every command), newest first, from
+/// command `from` on.
+fn list_history(
+    commands: &ReadOnlyTable<&'static str, &'static [u8]>,
+    heads: &ReadOnlyTable<&'static str, &'static str>,
+    chain: &ReadOnlyTable<&'static str, &'static str>,
+    device: &DeviceId,
+    from: Option<&str>,
+    mut page: Paging,
+) -> Result<CommandPage, StoreError> {
     let mut cursor = match from {
-        None => heads.get(dev)?.map(|v| v.value().to_owned()),
+        None => heads.get(device.as_str())?.map(|v| v.value().to_owned()),
         Some(id) => {
             let known = chain.get(id)?.is_some();
-            match load(&commands, id) {
+            match load(commands, id) {
                 Ok(Some(rec)) if known && rec.device_id == *device => Some(id.to_owned()),
                 // An unreadable record cannot say whose it is; its chain entry can lead on.
                 Err(_) if known => Some(id.to_owned()),
@@ -212,10 +237,10 @@ pub fn list_for_device(
         }
     };
     while let Some(id) = cursor {
-        if let Some(next) = page.offer(&commands, &id)? {
+        if let Some(next) = page.offer(commands, &id)? {
             return Ok(page.finish(Some(next)));
         }
-        cursor = previous(&chain, &id)?;
+        cursor = previous(chain, &id)?;
     }
     Ok(page.finish(None))
 }

@@ -33,8 +33,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use redb::{
-    Database, Durability, ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _,
-    WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase as _, ReadableTable as _,
+    ReadableTableMetadata as _, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -505,8 +505,38 @@ pub fn list(
         None => 0,
     };
     let txn = db.begin_read()?;
-    // URL → (state, id at the head of its queue); there are only as many as webhooks.
-    let mut urls: BTreeMap<String, (UrlStateV1, Option<u64>)> = BTreeMap::new();
+    let urls = url_heads(&txn)?;
+    let mut out = Vec::new();
+    for entry in txn.open_table(DELIVERIES)?.range(start..)? {
+        let (k, v) = entry?;
+        let id = k.value();
+        let d = match decode_delivery(id, v.value()) {
+            Ok(d) => d,
+            Err(error) => {
+                tracing::error!(%error, "leaving a corrupt webhook delivery out of the list");
+                continue;
+            }
+        };
+        let (state, head) = urls.get(&d.url).copied().unwrap_or_default();
+        let item = listed(id, d, &state, head);
+        if status.is_some_and(|s| s != item.status) {
+            continue;
+        }
+        if out.len() == limit {
+            let cursor = out.last().map(|d: &Delivery| d.id);
+            return Ok((out, cursor));
+        }
+        out.push(item);
+    }
+    Ok((out, None))
+}
+
+/// Per URL, its retry state and the id at the head of its queue (`None` when nothing
+/// is owed); there are only as many URLs as webhooks.
+fn url_heads(
+    txn: &ReadTransaction,
+) -> Result<BTreeMap<String, (UrlStateV1, Option<u64>)>, StoreError> {
+    let mut urls = BTreeMap::new();
     let queue = txn.open_table(QUEUE)?;
     for entry in txn.open_table(URLS)?.iter()? {
         let (k, v) = entry?;
@@ -521,46 +551,31 @@ pub fn list(
         };
         urls.insert(url.to_owned(), (state, head));
     }
-    let mut out = Vec::new();
-    for entry in txn.open_table(DELIVERIES)?.range(start..)? {
-        let (k, v) = entry?;
-        let id = k.value();
-        let d = match decode_delivery(id, v.value()) {
-            Ok(d) => d,
-            Err(error) => {
-                tracing::error!(%error, "leaving a corrupt webhook delivery out of the list");
-                continue;
-            }
-        };
-        let (state, head) = urls.get(&d.url).copied().unwrap_or_default();
-        let failing = state.failures > 0;
-        let item_status = match (d.dead_at_ms, failing) {
-            (Some(_), _) => DeliveryStatus::Dead,
-            (None, true) => DeliveryStatus::Failed,
-            (None, false) => DeliveryStatus::Pending,
-        };
-        if status.is_some_and(|s| s != item_status) {
-            continue;
-        }
-        if out.len() == limit {
-            let cursor = out.last().map(|d: &Delivery| d.id);
-            return Ok((out, cursor));
-        }
-        let is_failing_head = failing && head == Some(id) && d.dead_at_ms.is_none();
-        out.push(Delivery {
-            id,
-            url: d.url,
-            event_id: d.event_id,
-            event_type: d.event_type,
-            status: item_status,
-            attempts: d.attempts,
-            created_at_ms: d.created_at_ms,
-            last_attempt_at_ms: d.last_attempt_at_ms,
-            next_attempt_at_ms: is_failing_head.then_some(state.next_attempt_at_ms),
-            last_error: d.last_error,
-        });
+    Ok(urls)
+}
+
+/// Delivery `id` as [`list`] shows it, given its URL's retry state and queue head: dead,
+/// failed while its URL is failing (the head with its next attempt), else pending.
+fn listed(id: u64, d: DeliveryV1, state: &UrlStateV1, head: Option<u64>) -> Delivery {
+    let failing = state.failures > 0;
+    let status = match (d.dead_at_ms, failing) {
+        (Some(_), _) => DeliveryStatus::Dead,
+        (None, true) => DeliveryStatus::Failed,
+        (None, false) => DeliveryStatus::Pending,
+    };
+    let is_failing_head = failing && head == Some(id) && d.dead_at_ms.is_none();
+    Delivery {
+        id,
+        url: d.url,
+        event_id: d.event_id,
+        event_type: d.event_type,
+        status,
+        attempts: d.attempts,
+        created_at_ms: d.created_at_ms,
+        last_attempt_at_ms: d.last_attempt_at_ms,
+        next_attempt_at_ms: is_failing_head.then_some(state.next_attempt_at_ms),
+        last_error: d.last_error,
     }
-    Ok((out, None))
 }
 
 /// How many deliveries are owed and dead.

@@ -11,6 +11,8 @@
 
 mod records;
 
+use std::collections::HashMap;
+
 use redb::ReadableTable;
 
 use crate::error::StoreError;
@@ -173,76 +175,16 @@ impl Store {
             return Ok(0);
         }
         self.write_with(durable, |txn| {
-            let mut sessions = txn.open_table(SESSIONS)?;
-            let mut queue = txn.open_table(QUEUE)?;
-            let mut exists: std::collections::HashMap<&str, bool> = Default::default();
-            let mut trim_keys: Vec<&str> = Vec::new();
+            let mut batch = QueueBatch {
+                sessions: txn.open_table(SESSIONS)?,
+                queue: txn.open_table(QUEUE)?,
+                exists: HashMap::new(),
+                trim_keys: Vec::new(),
+            };
             for op in ops {
-                match op {
-                    QueueOp::PutSession(rec) => {
-                        let bytes = encode_session(rec)?;
-                        sessions.insert(rec.key.as_str(), bytes.as_slice())?;
-                        exists.insert(rec.key.as_str(), true);
-                    }
-                    QueueOp::Insert {
-                        key,
-                        seq,
-                        msg,
-                        trim,
-                    } => {
-                        let key = key.as_str();
-                        // A connected session's slot is fresh: its connection can only
-                        // have the message once this is committed.
-                        if !session_exists(&sessions, &mut exists, key)?
-                            || (*trim && queue.get((key, *seq))?.is_some())
-                        {
-                            continue;
-                        }
-                        queue.insert((key, *seq), encode_queued(key, msg)?.as_slice())?;
-                        if *trim && !trim_keys.contains(&key) {
-                            trim_keys.push(key);
-                        }
-                    }
-                    QueueOp::Upsert { key, seq, msg } => {
-                        let key = key.as_str();
-                        if !session_exists(&sessions, &mut exists, key)? {
-                            continue;
-                        }
-                        let stored = match queue.get((key, *seq))? {
-                            Some(v) => {
-                                let mut m = decode_queued(key, v.value())?;
-                                m.dup |= msg.dup;
-                                m.pkid = msg.pkid.or(m.pkid);
-                                m
-                            }
-                            None => msg.clone(),
-                        };
-                        queue.insert((key, *seq), encode_queued(key, &stored)?.as_slice())?;
-                        if !trim_keys.contains(&key) {
-                            trim_keys.push(key);
-                        }
-                    }
-                    QueueOp::Mark { key, seq, pkid } => {
-                        let key = key.as_str();
-                        let Some(bytes) = queue.get((key, *seq))?.map(|v| v.value().to_vec())
-                        else {
-                            continue;
-                        };
-                        let mut m = decode_queued(key, &bytes)?;
-                        m.dup = true;
-                        m.pkid = Some(*pkid);
-                        queue.insert((key, *seq), encode_queued(key, &m)?.as_slice())?;
-                    }
-                    QueueOp::Remove { key, seq } => {
-                        queue.remove((key.as_str(), *seq))?;
-                    }
-                }
+                batch.apply(op)?;
             }
-            let mut dropped = 0;
-            for key in trim_keys {
-                dropped += trim(&mut queue, key, max_per_session)?;
-            }
-            Ok(dropped)
+            batch.trim_queues(max_per_session)
         })
     }
 
@@ -285,18 +227,119 @@ impl Store {
     }
 }
 
-/// Whether a session is stored (looked up once per transaction and key).
-fn session_exists<'k>(
-    sessions: &redb::Table<'_, &'static str, &'static [u8]>,
-    known: &mut std::collections::HashMap<&'k str, bool>,
-    key: &'k str,
-) -> Result<bool, StoreError> {
-    if let Some(&e) = known.get(key) {
-        return Ok(e);
+/// The tables of one [`Store::apply_queue_ops`] transaction, and what it learns on
+/// the way.
+struct QueueBatch<'txn, 'k> {
+    sessions: redb::Table<'txn, &'static str, &'static [u8]>,
+    queue: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+    /// Whether a session is stored, per key looked up or written so far.
+    exists: HashMap<&'k str, bool>,
+    /// The queues to cut to their bound at the end, each once.
+    trim_keys: Vec<&'k str>,
+}
+
+impl<'k> QueueBatch<'_, 'k> {
+    fn apply(&mut self, op: &'k QueueOp) -> Result<(), StoreError> {
+        match op {
+            QueueOp::PutSession(rec) => {
+                let bytes = encode_session(rec)?;
+                self.sessions.insert(rec.key.as_str(), bytes.as_slice())?;
+                self.exists.insert(rec.key.as_str(), true);
+            }
+            QueueOp::Insert {
+                key,
+                seq,
+                msg,
+                trim,
+            } => self.insert(key, *seq, msg, *trim)?,
+            QueueOp::Upsert { key, seq, msg } => self.upsert(key, *seq, msg)?,
+            QueueOp::Mark { key, seq, pkid } => self.mark(key, *seq, *pkid)?,
+            QueueOp::Remove { key, seq } => {
+                self.queue.remove((key.as_str(), *seq))?;
+            }
+        }
+        Ok(())
     }
-    let e = sessions.get(key)?.is_some();
-    known.insert(key, e);
-    Ok(e)
+
+    /// [`QueueOp::Insert`].
+    fn insert(
+        &mut self,
+        key: &'k str,
+        seq: u64,
+        msg: &QueuedMessage,
+        trim: bool,
+    ) -> Result<(), StoreError> {
+        // A connected session's slot is fresh: its connection can only have the message
+        // once this is committed.
+        if !self.session_exists(key)? || (trim && self.queue.get((key, seq))?.is_some()) {
+            return Ok(());
+        }
+        self.queue
+            .insert((key, seq), encode_queued(key, msg)?.as_slice())?;
+        if trim {
+            self.trim_later(key);
+        }
+        Ok(())
+    }
+
+    /// [`QueueOp::Upsert`].
+    fn upsert(&mut self, key: &'k str, seq: u64, msg: &QueuedMessage) -> Result<(), StoreError> {
+        if !self.session_exists(key)? {
+            return Ok(());
+        }
+        let stored = match self.queue.get((key, seq))? {
+            Some(v) => {
+                let mut m = decode_queued(key, v.value())?;
+                m.dup |= msg.dup;
+                m.pkid = msg.pkid.or(m.pkid);
+                m
+            }
+            None => msg.clone(),
+        };
+        self.queue
+            .insert((key, seq), encode_queued(key, &stored)?.as_slice())?;
+        self.trim_later(key);
+        Ok(())
+    }
+
+    /// [`QueueOp::Mark`].
+    fn mark(&mut self, key: &str, seq: u64, pkid: u16) -> Result<(), StoreError> {
+        let Some(bytes) = self.queue.get((key, seq))?.map(|v| v.value().to_vec()) else {
+            return Ok(());
+        };
+        let mut m = decode_queued(key, &bytes)?;
+        m.dup = true;
+        m.pkid = Some(pkid);
+        self.queue
+            .insert((key, seq), encode_queued(key, &m)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Whether a session is stored (looked up once per transaction and key).
+    fn session_exists(&mut self, key: &'k str) -> Result<bool, StoreError> {
+        if let Some(&e) = self.exists.get(key) {
+            return Ok(e);
+        }
+        let e = self.sessions.get(key)?.is_some();
+        self.exists.insert(key, e);
+        Ok(e)
+    }
+
+    fn trim_later(&mut self, key: &'k str) {
+        if !self.trim_keys.contains(&key) {
+            self.trim_keys.push(key);
+        }
+    }
+
+    /// Cuts the queues [`trim_later`](Self::trim_later) named to `max_per_session`;
+    /// how many entries were dropped.
+    fn trim_queues(mut self, max_per_session: usize) -> Result<u64, StoreError> {
+        let mut dropped = 0;
+        for &key in &self.trim_keys {
+            dropped += trim(&mut self.queue, key, max_per_session)?;
+        }
+        Ok(dropped)
+    }
 }
 
 /// Drops the oldest of `key`'s queue past `max_per_session`; how many.

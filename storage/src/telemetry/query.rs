@@ -12,10 +12,11 @@
 //! filter skips), not whole blocks.
 
 use std::collections::{BTreeSet, BinaryHeap};
+use std::iter::Rev;
 use std::ops::{Bound, Range};
 use std::rc::Rc;
 
-use redb::{Database, ReadableDatabase as _};
+use redb::{Database, ReadTransaction, ReadableDatabase as _};
 
 use super::block::{bucket, decode_block_points, object_values, Body};
 use super::{
@@ -81,18 +82,8 @@ impl Ord for Pending {
     }
 }
 
-/// What a range over a `&[u8] → &[u8]` table yields.
-type RowItem<'a> = Result<
-    (
-        redb::AccessGuard<'a, &'static [u8]>,
-        redb::AccessGuard<'a, &'static [u8]>,
-    ),
-    redb::StorageError,
->;
-
-/// A range over a `&[u8] → &[u8]` table.
-trait Rows<'a>: Iterator<Item = RowItem<'a>> {}
-impl<'a, T: Iterator<Item = RowItem<'a>>> Rows<'a> for T {}
+/// A range of a `&[u8] → &[u8]` table, newest key first.
+type Rows = Rev<redb::Range<'static, &'static [u8], &'static [u8]>>;
 
 /// Splits a key into (device, and its two numbers).
 type ParseKey = fn(&[u8]) -> Result<(&str, u64, u64), StoreError>;
@@ -104,6 +95,32 @@ struct Span {
 }
 
 impl Span {
+    /// The range `q` asks for: from `from_ms` up to `to_ms`, or up to just below its
+    /// cursor when that is lower. `None` if nothing can be in it.
+    fn of(q: &PointQuery<'_>) -> Option<Self> {
+        let lower = (q.from_ms, 0u64);
+        let mut upper = Bound::Included((q.to_ms, u64::MAX));
+        if let Some(c) = q.cursor {
+            if (c.ts_ms, c.seq) <= (q.to_ms, u64::MAX) {
+                upper = Bound::Excluded((c.ts_ms, c.seq));
+            }
+        }
+        let empty = match upper {
+            Bound::Included(u) => lower > u,
+            Bound::Excluded(u) => lower >= u,
+            Bound::Unbounded => false,
+        };
+        (!empty).then_some(Self { lower, upper })
+    }
+
+    /// The upper bound's `(ts_ms, seq)`, whether included or not.
+    fn upper_at(&self) -> (u64, u64) {
+        match self.upper {
+            Bound::Included(u) | Bound::Excluded(u) => u,
+            Bound::Unbounded => (u64::MAX, u64::MAX),
+        }
+    }
+
     fn contains(&self, at: (u64, u64)) -> bool {
         self.lower <= at
             && match self.upper {
@@ -121,11 +138,8 @@ struct Ahead {
     bytes: Rc<[u8]>,
 }
 
-fn pull<'a, I>(rows: &mut I, parse: ParseKey) -> Result<Option<Ahead>, StoreError>
-where
-    I: Rows<'a>,
-{
-    let Some(row) = rows.next() else {
+fn pull(rows: Option<&mut Rows>, parse: ParseKey) -> Result<Option<Ahead>, StoreError> {
+    let Some(row) = rows.and_then(Iterator::next) else {
         return Ok(None);
     };
     let (k, v) = row?;
@@ -145,175 +159,174 @@ where
 pub fn query(db: &Database, device: &DeviceId, q: &PointQuery<'_>) -> Result<Page, StoreError> {
     let dev = device.as_str();
     let limit = q.limit.max(1);
-    let lower = (q.from_ms, 0u64);
-    let mut upper = Bound::Included((q.to_ms, u64::MAX));
-    if let Some(c) = q.cursor {
-        if (c.ts_ms, c.seq) <= (q.to_ms, u64::MAX) {
-            upper = Bound::Excluded((c.ts_ms, c.seq));
-        }
-    }
-    let upper_at = match upper {
-        Bound::Included(u) | Bound::Excluded(u) => u,
-        Bound::Unbounded => (u64::MAX, u64::MAX),
-    };
-    let in_range = Span { lower, upper };
-    let empty = match upper {
-        Bound::Included(u) => lower > u,
-        Bound::Excluded(u) => lower >= u,
-        Bound::Unbounded => false,
-    };
-    if empty {
+    let Some(span) = Span::of(q) else {
         return Ok(Page::default());
-    }
+    };
     let txn = db.begin_read()?;
-    let blocks_table = open_read(&txn, BLOCKS)?;
-    let old_table = open_read(&txn, POINTS)?;
-
-    let lo = key_of(dev, lower.0, lower.1);
-    // Blocks whose newest point is in the upper bound's bucket may still hold points
-    // at or below it.
-    let blocks_hi = key_of(dev, bucket(upper_at.0).1, u64::MAX);
-    let mut blocks = match &blocks_table {
-        Some(t) => Some(
-            t.range::<&[u8]>(lo.as_slice()..=blocks_hi.as_slice())?
-                .rev(),
-        ),
-        None => None,
-    };
-    let old_hi = upper.map(|(ts, seq)| key_of(dev, ts, seq));
-    let mut olds = match &old_table {
-        Some(t) => Some(
-            t.range::<&[u8]>((
-                Bound::Included(lo.as_slice()),
-                old_hi.as_ref().map(Vec::as_slice),
-            ))?
-            .rev(),
-        ),
-        None => None,
-    };
-    let mut next_block = match blocks.as_mut() {
-        Some(rows) => pull(rows, parse_block_key)?,
-        None => None,
-    };
-    let mut next_old = match olds.as_mut() {
-        Some(rows) => pull(rows, parse_point_key)?,
-        None => None,
-    };
-
+    let mut merge = Merge::open(&txn, dev, span)?;
     let wanted: Option<BTreeSet<&str>> = q.keys.map(|k| k.iter().map(String::as_str).collect());
-    let mut heap: BinaryHeap<Pending> = BinaryHeap::new();
     let mut page = Page::default();
     let mut scanned = 0usize;
-    loop {
-        // Nothing unread is newer than this.
-        let block_bound = next_block.as_ref().map(|b| (b.a, u64::MAX));
-        let old_bound = next_old.as_ref().map(|o| (o.a, o.b));
-        let unread = block_bound.max(old_bound);
-        let ready = heap
-            .peek()
-            .is_some_and(|top| unread.is_none_or(|u| top.at() > u));
-        if ready {
-            let Some(pending) = heap.pop() else {
-                break;
-            };
-            scanned += 1;
-            let at = pending.at();
-            if let Some(mut point) = pending.into_point(dev) {
-                if let Some(wanted) = &wanted {
-                    point
-                        .values
-                        .retain(|(key, _)| wanted.contains(key.as_str()));
-                }
-                if wanted.is_none() || !point.values.is_empty() {
-                    page.points.push(point);
-                }
+    while let Some(pending) = merge.pop()? {
+        scanned += 1;
+        let at = pending.at();
+        let point = pending.into_point(dev);
+        if let Some(point) = point.and_then(|p| only_wanted(p, wanted.as_ref())) {
+            page.points.push(point);
+        }
+        if page.points.len() >= limit || scanned >= QUERY_SCAN_BUDGET {
+            if merge.has_more()? {
+                page.next = Some(Cursor {
+                    ts_ms: at.0,
+                    seq: at.1,
+                });
             }
-            if page.points.len() >= limit || scanned >= QUERY_SCAN_BUDGET {
-                // Is there more in range? Read ahead until a point turns up or
-                // nothing is left (only blocks at the range's edges can be empty).
-                while heap.is_empty() && (next_block.is_some() || next_old.is_some()) {
-                    load_next(
-                        dev,
-                        &mut heap,
-                        &in_range,
-                        (&mut next_block, blocks.as_mut()),
-                        (&mut next_old, olds.as_mut()),
-                    )?;
-                }
-                if !heap.is_empty() {
-                    page.next = Some(Cursor {
-                        ts_ms: at.0,
-                        seq: at.1,
-                    });
-                }
-                break;
-            }
-        } else if unread.is_none() {
             break;
-        } else {
-            load_next(
-                dev,
-                &mut heap,
-                &in_range,
-                (&mut next_block, blocks.as_mut()),
-                (&mut next_old, olds.as_mut()),
-            )?;
         }
     }
     Ok(page)
 }
 
-/// Moves the unread block or row that may hold the newest point into the heap (the
-/// points of it in range), and reads the next one of its table ahead.
-fn load_next<'a, B, O>(
-    dev: &str,
-    heap: &mut BinaryHeap<Pending>,
-    in_range: &Span,
-    (next_block, blocks): (&mut Option<Ahead>, Option<&mut B>),
-    (next_old, olds): (&mut Option<Ahead>, Option<&mut O>),
-) -> Result<(), StoreError>
-where
-    B: Rows<'a>,
-    O: Rows<'a>,
-{
-    let block_bound = next_block.as_ref().map(|b| (b.a, u64::MAX));
-    let old_bound = next_old.as_ref().map(|o| (o.a, o.b));
-    if block_bound.is_some() && block_bound >= old_bound {
-        if let Some(block) = next_block.take() {
-            match decode_block_points(dev, block.a, block.b, &block.bytes) {
-                Ok(points) => heap.extend(
-                    points
-                        .into_iter()
-                        .filter(|p| in_range.contains((p.ts_ms, p.seq)))
-                        .map(|p| Pending {
-                            ts_ms: p.ts_ms,
-                            seq: p.seq,
-                            values: match p.body {
-                                Body::Values(values) => Lazy::Values(values),
-                                Body::Object(range) => Lazy::Object(block.bytes.clone(), range),
-                            },
-                        }),
-                ),
-                Err(error) => tracing::error!(%error, "skipping corrupt telemetry block"),
-            }
+/// `point` with only the `wanted` keys' values (all without a key filter); `None` if
+/// the filter leaves none.
+fn only_wanted(mut point: Point, wanted: Option<&BTreeSet<&str>>) -> Option<Point> {
+    if let Some(wanted) = wanted {
+        point
+            .values
+            .retain(|(key, _)| wanted.contains(key.as_str()));
+        if point.values.is_empty() {
+            return None;
         }
-        *next_block = match blocks {
-            Some(rows) => pull(rows, parse_block_key)?,
-            None => None,
-        };
-    } else if let Some(row) = next_old.take() {
-        match decode_point(dev, row.a, row.b, &row.bytes) {
-            Ok(values) => heap.push(Pending {
-                ts_ms: row.a,
-                seq: row.b,
-                values: Lazy::Values(values),
-            }),
-            Err(error) => tracing::error!(%error, "skipping corrupt telemetry point"),
-        }
-        *next_old = match olds {
-            Some(rows) => pull(rows, parse_point_key)?,
-            None => None,
-        };
     }
-    Ok(())
+    Some(point)
+}
+
+/// A device's points in a span, newest first, merged from its blocks and old rows.
+///
+/// Points of what was read wait in `heap`; of each table the next block or row is read
+/// ahead, and the rest waits in its range.
+struct Merge<'d> {
+    dev: &'d str,
+    span: Span,
+    heap: BinaryHeap<Pending>,
+    next_block: Option<Ahead>,
+    blocks: Option<Rows>,
+    next_old: Option<Ahead>,
+    olds: Option<Rows>,
+}
+
+impl<'d> Merge<'d> {
+    /// Opens the ranges of both tables that may hold points of `span`, and reads the
+    /// first of each ahead.
+    fn open(txn: &ReadTransaction, dev: &'d str, span: Span) -> Result<Self, StoreError> {
+        let blocks_table = open_read(txn, BLOCKS)?;
+        let old_table = open_read(txn, POINTS)?;
+        let lo = key_of(dev, span.lower.0, span.lower.1);
+        // Blocks whose newest point is in the upper bound's bucket may still hold points
+        // at or below it.
+        let blocks_hi = key_of(dev, bucket(span.upper_at().0).1, u64::MAX);
+        let mut blocks = match &blocks_table {
+            Some(t) => Some(
+                t.range::<&[u8]>(lo.as_slice()..=blocks_hi.as_slice())?
+                    .rev(),
+            ),
+            None => None,
+        };
+        let old_hi = span.upper.map(|(ts, seq)| key_of(dev, ts, seq));
+        let mut olds = match &old_table {
+            Some(t) => Some(
+                t.range::<&[u8]>((
+                    Bound::Included(lo.as_slice()),
+                    old_hi.as_ref().map(Vec::as_slice),
+                ))?
+                .rev(),
+            ),
+            None => None,
+        };
+        Ok(Self {
+            dev,
+            span,
+            heap: BinaryHeap::new(),
+            next_block: pull(blocks.as_mut(), parse_block_key)?,
+            blocks,
+            next_old: pull(olds.as_mut(), parse_point_key)?,
+            olds,
+        })
+    }
+
+    /// The newest `(ts_ms, seq)` a block or row not yet read may hold; `None` once
+    /// both tables are read.
+    fn unread(&self) -> Option<(u64, u64)> {
+        let block_bound = self.next_block.as_ref().map(|b| (b.a, u64::MAX));
+        let old_bound = self.next_old.as_ref().map(|o| (o.a, o.b));
+        block_bound.max(old_bound)
+    }
+
+    /// The newest point not yet taken, or `None` when there is none left.
+    fn pop(&mut self) -> Result<Option<Pending>, StoreError> {
+        loop {
+            // Nothing unread is newer than this.
+            let unread = self.unread();
+            let ready = self
+                .heap
+                .peek()
+                .is_some_and(|top| unread.is_none_or(|u| top.at() > u));
+            if ready {
+                return Ok(self.heap.pop());
+            }
+            if unread.is_none() {
+                return Ok(None);
+            }
+            self.load_next()?;
+        }
+    }
+
+    /// Whether any point is left. Reads ahead until a point turns up or nothing is left
+    /// (only blocks at the range's edges can be empty).
+    fn has_more(&mut self) -> Result<bool, StoreError> {
+        while self.heap.is_empty() && (self.next_block.is_some() || self.next_old.is_some()) {
+            self.load_next()?;
+        }
+        Ok(!self.heap.is_empty())
+    }
+
+    /// Moves the unread block or row that may hold the newest point into the heap (the
+    /// points of it in range), and reads the next one of its table ahead.
+    fn load_next(&mut self) -> Result<(), StoreError> {
+        let dev = self.dev;
+        let block_bound = self.next_block.as_ref().map(|b| (b.a, u64::MAX));
+        let old_bound = self.next_old.as_ref().map(|o| (o.a, o.b));
+        if block_bound.is_some() && block_bound >= old_bound {
+            if let Some(block) = self.next_block.take() {
+                match decode_block_points(dev, block.a, block.b, &block.bytes) {
+                    Ok(points) => self.heap.extend(
+                        points
+                            .into_iter()
+                            .filter(|p| self.span.contains((p.ts_ms, p.seq)))
+                            .map(|p| Pending {
+                                ts_ms: p.ts_ms,
+                                seq: p.seq,
+                                values: match p.body {
+                                    Body::Values(values) => Lazy::Values(values),
+                                    Body::Object(range) => Lazy::Object(block.bytes.clone(), range),
+                                },
+                            }),
+                    ),
+                    Err(error) => tracing::error!(%error, "skipping corrupt telemetry block"),
+                }
+            }
+            self.next_block = pull(self.blocks.as_mut(), parse_block_key)?;
+        } else if let Some(row) = self.next_old.take() {
+            match decode_point(dev, row.a, row.b, &row.bytes) {
+                Ok(values) => self.heap.push(Pending {
+                    ts_ms: row.a,
+                    seq: row.b,
+                    values: Lazy::Values(values),
+                }),
+                Err(error) => tracing::error!(%error, "skipping corrupt telemetry point"),
+            }
+            self.next_old = pull(self.olds.as_mut(), parse_point_key)?;
+        }
+        Ok(())
+    }
 }

@@ -318,31 +318,11 @@ fn remove_oldest(
             break;
         }
         // Every block of the bucket: blocks of one bucket may interleave in time.
-        let b_lo = key_of(dev, start, 0);
-        let b_hi = key_of(dev, last, u64::MAX);
-        let mut members = Vec::new();
-        for row in blocks.range::<&[u8]>(b_lo.as_slice()..=b_hi.as_slice())? {
-            let (k, v) = row?;
-            let (_, max_ts, id) = parse_block_key(k.value())?;
-            members.push(Member {
-                key: k.value().to_vec(),
-                max_ts,
-                id,
-                bytes: v.value().to_vec(),
-            });
-        }
+        let members = bucket_members(blocks, dev, (start, last))?;
         let whole = before_ms.is_none_or(|cutoff| last < cutoff);
         if whole {
-            let mut total = 0u64;
-            for m in &members {
-                match block_header(dev, m.max_ts, m.id, &m.bytes) {
-                    Ok((n, _)) => total = total.saturating_add(n),
-                    Err(error) => {
-                        tracing::error!(%error, "removing corrupt telemetry block");
-                        lost = true;
-                    }
-                }
-            }
+            let (total, bad) = count_members(dev, &members);
+            lost |= bad;
             if total <= max - removed {
                 for m in &members {
                     blocks.remove(m.key.as_slice())?;
@@ -359,6 +339,45 @@ fn remove_oldest(
         break;
     }
     Ok((removed, lost))
+}
+
+/// The blocks of `dev` in the bucket `(start, last)`, oldest key first.
+fn bucket_members(
+    blocks: &BlocksTable<'_>,
+    dev: &str,
+    (start, last): (u64, u64),
+) -> Result<Vec<Member>, StoreError> {
+    let lo = key_of(dev, start, 0);
+    let hi = key_of(dev, last, u64::MAX);
+    let mut members = Vec::new();
+    for row in blocks.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
+        let (k, v) = row?;
+        let (_, max_ts, id) = parse_block_key(k.value())?;
+        members.push(Member {
+            key: k.value().to_vec(),
+            max_ts,
+            id,
+            bytes: v.value().to_vec(),
+        });
+    }
+    Ok(members)
+}
+
+/// How many points `members` hold, by their headers, and whether a header did not
+/// decode (logged; that block's points are not counted).
+fn count_members(dev: &str, members: &[Member]) -> (u64, bool) {
+    let mut total = 0u64;
+    let mut lost = false;
+    for m in members {
+        match block_header(dev, m.max_ts, m.id, &m.bytes) {
+            Ok((n, _)) => total = total.saturating_add(n),
+            Err(error) => {
+                tracing::error!(%error, "removing corrupt telemetry block");
+                lost = true;
+            }
+        }
+    }
+    (total, lost)
 }
 
 /// Removes the `max` oldest points of one bucket's blocks that are before `before_ms`
