@@ -430,6 +430,7 @@ pub fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// Validates `[mqtt]` given as JSON (the same serde form TOML fills).
     fn mqtt(value: serde_json::Value) -> Result<BrokerConfig, ConfigError> {
@@ -450,7 +451,7 @@ mod tests {
 
     #[test]
     fn no_listeners_array_keeps_the_three_listeners_of_before() {
-        let c = mqtt(serde_json::json!({})).unwrap();
+        let c = mqtt(json!({})).unwrap();
         assert_eq!(c.tcp, Some(addr("0.0.0.0:1883")));
         assert_eq!(c.ws, Some(addr("0.0.0.0:9001")));
         assert_eq!(c.tls, None);
@@ -459,7 +460,7 @@ mod tests {
 
     #[test]
     fn listeners_of_every_kind_are_validated_in_order() {
-        let c = mqtt(serde_json::json!({
+        let c = mqtt(json!({
             "tls": {"cert": "server.pem", "key": "server.key"},
             "listeners": [
                 {"kind": "tls", "listen": "0.0.0.0:8884", "cert": "s.pem", "key": "s.key",
@@ -492,53 +493,49 @@ mod tests {
 
     #[test]
     fn a_bad_entry_is_named_by_its_index_and_field() {
-        let ok = serde_json::json!({"kind": "tcp", "listen": "127.0.0.1:11883"});
+        let ok = json!({"kind": "tcp", "listen": "127.0.0.1:11883"});
         let cases = [
-            (serde_json::json!({"listen": "0.0.0.0:1"}), "kind", "required"),
+            (json!({"listen": "0.0.0.0:1"}), "kind", "required"),
             (
-                serde_json::json!({"kind": "mqtts", "listen": "0.0.0.0:1"}),
+                json!({"kind": "mqtts", "listen": "0.0.0.0:1"}),
                 "kind",
                 "\"mqtts\"",
             ),
-            (serde_json::json!({"kind": "tcp"}), "listen", "required"),
+            (json!({"kind": "tcp"}), "listen", "required"),
+            (json!({"kind": "ws", "listen": ""}), "listen", "required"),
             (
-                serde_json::json!({"kind": "ws", "listen": ""}),
-                "listen",
-                "required",
-            ),
-            (
-                serde_json::json!({"kind": "tcp", "listen": "localhost"}),
+                json!({"kind": "tcp", "listen": "localhost"}),
                 "listen",
                 "\"localhost\"",
             ),
             (
-                serde_json::json!({"kind": "wss", "listen": "0.0.0.0:8084", "key": "k.pem"}),
+                json!({"kind": "wss", "listen": "0.0.0.0:8084", "key": "k.pem"}),
                 "cert",
                 "required for a wss listener",
             ),
             (
-                serde_json::json!({"kind": "tls", "listen": "0.0.0.0:8884", "cert": "c.pem"}),
+                json!({"kind": "tls", "listen": "0.0.0.0:8884", "cert": "c.pem"}),
                 "key",
                 "required for a tls listener",
             ),
             (
-                serde_json::json!({"kind": "tcp", "listen": "0.0.0.0:1884", "cert": "c.pem"}),
+                json!({"kind": "tcp", "listen": "0.0.0.0:1884", "cert": "c.pem"}),
                 "cert",
                 "not a tcp listener",
             ),
             (
-                serde_json::json!({"kind": "ws", "listen": "0.0.0.0:9002", "key": "k.pem"}),
+                json!({"kind": "ws", "listen": "0.0.0.0:9002", "key": "k.pem"}),
                 "key",
                 "not a ws listener",
             ),
             (
-                serde_json::json!({"kind": "tcp", "listen": "0.0.0.0:1884", "client_ca": "ca"}),
+                json!({"kind": "tcp", "listen": "0.0.0.0:1884", "client_ca": "ca"}),
                 "client_ca",
                 "not a tcp listener",
             ),
         ];
         for (bad, field, reason) in cases {
-            let e = refused(serde_json::json!({"listeners": [ok.clone(), bad]}));
+            let e = refused(json!({"listeners": [ok.clone(), bad]}));
             assert_eq!(e.key, format!("mqtt.listeners[1].{field}"), "{e}");
             assert!(e.reason.contains(reason), "{e} should say {reason}");
         }
@@ -546,7 +543,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_in_an_entry_are_refused() {
-        let raw = serde_json::from_value::<RawMqttConfig>(serde_json::json!({
+        let raw = serde_json::from_value::<RawMqttConfig>(json!({
             "listeners": [{"kind": "tls", "listen": "0.0.0.0:8884", "certificate": "c.pem"}],
         }));
         let e = raw.expect_err("unknown key").to_string();
@@ -555,30 +552,28 @@ mod tests {
 
     #[test]
     fn two_listeners_on_one_address_are_refused() {
-        let wss = |listen: &str| {
-            serde_json::json!({"kind": "wss", "listen": listen, "cert": "c", "key": "k"})
-        };
+        let wss = |listen: &str| json!({"kind": "wss", "listen": listen, "cert": "c", "key": "k"});
         // An extra listener on a first listener's address, defaults included.
-        let e = refused(serde_json::json!({"listeners": [{"kind": "tcp", "listen": "0.0.0.0:1883"}]}));
+        let e = refused(json!({"listeners": [{"kind": "tcp", "listen": "0.0.0.0:1883"}]}));
         assert_eq!(e.key, "mqtt.listeners[0].listen");
         assert!(e.reason.contains("mqtt.tcp"), "{e}");
-        let e = refused(serde_json::json!({
+        let e = refused(json!({
             "tls": {"cert": "c", "key": "k"},
             "listeners": [wss("0.0.0.0:8084"), wss("127.0.0.1:8883")],
         }));
         assert_eq!(e.key, "mqtt.listeners[1].listen");
         assert!(e.reason.contains("mqtt.tls.listen"), "{e}");
         // Two extra listeners; a wildcard address takes the port on every interface.
-        let e = refused(serde_json::json!({"listeners": [wss("127.0.0.1:8084"), wss("[::]:8084")]}));
+        let e = refused(json!({"listeners": [wss("127.0.0.1:8084"), wss("[::]:8084")]}));
         assert_eq!(e.key, "mqtt.listeners[1].listen");
         assert!(e.reason.contains("mqtt.listeners[0].listen"), "{e}");
         // The first three among themselves.
-        let e = refused(serde_json::json!({"tcp": "0.0.0.0:1883", "ws": "0.0.0.0:1883"}));
+        let e = refused(json!({"tcp": "0.0.0.0:1883", "ws": "0.0.0.0:1883"}));
         assert_eq!(e.key, "mqtt.ws");
 
         // Different ports, different specific addresses, a disabled listener, port 0,
         // and an IPv6 address beside 0.0.0.0 are all fine.
-        let c = mqtt(serde_json::json!({
+        let c = mqtt(json!({
             "ws": "",
             "listeners": [
                 {"kind": "ws", "listen": "0.0.0.0:9001"},
