@@ -1,6 +1,7 @@
 //! `fleetmq serve` configuration: TOML file, then `FLEETMQ_<SECTION>_<KEY>` environment
 //! variables, then flags (SPEC §1). The merged table is deserialized into raw sections
-//! that reject unknown keys, then each crate validates its own section.
+//! that reject unknown keys, then each crate validates its own section. Arrays of tables
+//! (`[[mqtt.listeners]]`, `[[webhooks]]`) come from the file only.
 
 use std::path::{Path, PathBuf};
 
@@ -115,6 +116,9 @@ fn env_key(name: &str) -> anyhow::Result<Option<&'static str>> {
     let wanted = rest.to_ascii_lowercase();
     match ENV_KEYS.iter().find(|k| k.replace('.', "_") == wanted) {
         Some(key) => Ok(Some(key)),
+        None if wanted == "mqtt_listeners" => {
+            bail!("environment variable {name}: [[mqtt.listeners]] is set in the config file only")
+        }
         None => bail!(
             "unknown environment variable {name}: no config key {}",
             wanted
@@ -279,5 +283,66 @@ mod tests {
         assert_eq!(c.broker.max_keepalive, 60);
         let e = load_str("[mqtt]\nmax_keepalive_s = 70000\n", &[]).unwrap_err();
         assert!(format!("{e:#}").contains("max_keepalive_s"), "{e:#}");
+    }
+
+    #[test]
+    fn extra_listeners_come_from_the_file_beside_the_first_ones() {
+        let c = load_str(
+            r#"
+[mqtt.tls]
+cert = "server.pem"
+key = "server.key"
+
+[[mqtt.listeners]]
+kind = "tls"
+listen = "0.0.0.0:8884"
+cert = "server.pem"
+key = "server.key"
+client_ca = "devices-ca.pem"
+
+[[mqtt.listeners]]
+kind = "wss"
+listen = "0.0.0.0:8084"
+cert = "server.pem"
+key = "server.key"
+"#,
+            &[("FLEETMQ_MQTT_TLS_LISTEN", "0.0.0.0:18883")],
+        )
+        .unwrap();
+        assert_eq!(c.broker.tcp.unwrap().port(), 1883);
+        assert_eq!(c.broker.tls.as_ref().unwrap().listen.port(), 18883);
+        let listeners: Vec<_> = (c.broker.listeners.iter())
+            .map(|l| (l.kind(), l.listen().port()))
+            .collect();
+        assert_eq!(listeners, [("tls", 8884), ("wss", 8084)]);
+        match &c.broker.listeners[0] {
+            fleetmq_broker::ListenerSpec::Tls(tls) => {
+                assert_eq!(tls.client_ca, Some(PathBuf::from("devices-ca.pem")))
+            }
+            other => panic!("expected a tls listener, got {other:?}"),
+        }
+
+        // Errors name the entry (counted from 0) and the key.
+        let e = load_str(
+            "[[mqtt.listeners]]\nkind = \"ws\"\nlisten = \"0.0.0.0:9002\"\n\
+             [[mqtt.listeners]]\nkind = \"wss\"\nlisten = \"0.0.0.0:8084\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("mqtt.listeners[1].cert"), "{e:#}");
+        let e = load_str(
+            "[[mqtt.listeners]]\nkind = \"tcp\"\nlisten = \"0.0.0.0:1884\"\nport = 1\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("port"), "{e:#}");
+        let e = load_str(
+            "[[mqtt.listeners]]\nkind = \"ws\"\nlisten = \"0.0.0.0:9001\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("mqtt.ws"), "{e:#}");
+        let e = load_str("", &[("FLEETMQ_MQTT_LISTENERS", "x")]).unwrap_err();
+        assert!(format!("{e:#}").contains("config file only"), "{e:#}");
     }
 }

@@ -196,6 +196,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mqtt_tcp = ?listeners.tcp_addr(),
         mqtt_ws = ?listeners.ws_addr(),
         mqtt_tls = ?listeners.tls_addr(),
+        mqtt_listeners = ?listeners.extra_addrs(),
         admin = %admin_listener.local_addr()?,
         data_dir = %data_dir.display(),
         "fleetmq listening"

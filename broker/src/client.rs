@@ -12,6 +12,8 @@ pub enum Transport {
     Tcp,
     Ws,
     Tls,
+    /// WebSocket over TLS.
+    Wss,
 }
 
 /// Who a connected client is.

@@ -25,7 +25,8 @@ mod time;
 
 pub use client::{ClientInfo, ClientKind, Transport};
 pub use config::{
-    BrokerConfig, ConfigError, RawMqttConfig, RawSecurityConfig, RawTlsConfig, TlsConfig,
+    BrokerConfig, ConfigError, ListenerSpec, RawListenerConfig, RawMqttConfig, RawSecurityConfig,
+    RawTlsConfig, TlsConfig,
 };
 pub use handle::BrokerHandle;
 /// The SPEC §4 payload envelope: sans-IO `seal`/`open`, `NonceSource`, `KeyRing`.

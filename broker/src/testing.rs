@@ -23,6 +23,8 @@ pub struct TestBroker {
     pub tcp: SocketAddr,
     pub ws: SocketAddr,
     pub tls: Option<SocketAddr>,
+    /// The bound addresses of `config.listeners` (`[[mqtt.listeners]]`), in its order.
+    pub extra: Vec<SocketAddr>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     /// The data directory (taken by [`TestBroker::stop`] for restarts).
@@ -48,10 +50,11 @@ impl TestBroker {
     pub async fn with_config_in(config: BrokerConfig, dir: tempfile::TempDir) -> TestBroker {
         let store = Store::open(dir.path()).expect("open store");
         let listeners = Listeners::bind(&config).await.expect("bind listeners");
-        let (tcp, ws, tls) = (
+        let (tcp, ws, tls, extra) = (
             listeners.tcp_addr(),
             listeners.ws_addr(),
             listeners.tls_addr(),
+            listeners.extra_addrs(),
         );
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -65,6 +68,7 @@ impl TestBroker {
             tcp: tcp.unwrap_or(unbound),
             ws: ws.unwrap_or(unbound),
             tls,
+            extra,
             shutdown,
             tracker,
             dir: Some(dir),

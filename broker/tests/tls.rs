@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::*;
-use fleetmq_broker::{BrokerConfig, ClientKind, Listeners, TlsConfig, Transport as Listener};
+use fleetmq_broker::{
+    BrokerConfig, ClientKind, ListenerSpec, Listeners, TlsConfig, Transport as Listener,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -150,21 +152,30 @@ fn tls_port(b: &TestBroker) -> u16 {
     b.tls.expect("the TLS listener is bound").port()
 }
 
-fn tls_options_v4(
-    b: &TestBroker,
-    tls: Arc<ClientConfig>,
-    id: &str,
-    creds: Option<(&str, &str)>,
-) -> MqttOptions {
-    let mut opts = MqttOptions::new(id, "127.0.0.1", tls_port(b));
-    opts.set_transport(rumqttc::Transport::tls_with_config(
-        TlsConfiguration::Rustls(tls),
-    ));
-    opts.set_keep_alive(std::time::Duration::from_secs(30));
-    if let Some((u, p)) = creds {
-        opts.set_credentials(u, p);
+/// Where a client connects: a TLS port, or a WebSocket-over-TLS port (`wss://…/mqtt`).
+#[derive(Debug, Clone, Copy)]
+enum Secure {
+    Tls(u16),
+    Wss(u16),
+}
+
+impl Secure {
+    /// The broker address and the transport that rumqttc wants for it.
+    fn endpoint(self, tls: Arc<ClientConfig>) -> (String, u16, rumqttc::Transport) {
+        let tls = TlsConfiguration::Rustls(tls);
+        match self {
+            Secure::Tls(port) => (
+                "127.0.0.1".into(),
+                port,
+                rumqttc::Transport::tls_with_config(tls),
+            ),
+            Secure::Wss(port) => (
+                format!("wss://127.0.0.1:{port}/mqtt"),
+                port,
+                rumqttc::Transport::wss_with_config(tls),
+            ),
+        }
     }
-    opts
 }
 
 async fn connect_tls_v4(
@@ -173,7 +184,23 @@ async fn connect_tls_v4(
     id: &str,
     creds: Option<(&str, &str)>,
 ) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), ConnectionError> {
-    let (client, mut el) = rumqttc::AsyncClient::new(tls_options_v4(b, tls, id, creds), 100);
+    connect_secure_v4(Secure::Tls(tls_port(b)), tls, id, creds).await
+}
+
+async fn connect_secure_v4(
+    to: Secure,
+    tls: Arc<ClientConfig>,
+    id: &str,
+    creds: Option<(&str, &str)>,
+) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), ConnectionError> {
+    let (host, port, transport) = to.endpoint(tls);
+    let mut opts = MqttOptions::new(id, host, port);
+    opts.set_transport(transport);
+    opts.set_keep_alive(std::time::Duration::from_secs(30));
+    if let Some((u, p)) = creds {
+        opts.set_credentials(u, p);
+    }
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 100);
     loop {
         match tokio::time::timeout(WAIT, el.poll())
             .await
@@ -191,10 +218,18 @@ async fn connect_tls_v5(
     id: &str,
     creds: Option<(&str, &str)>,
 ) -> Result<(rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop), rumqttc::v5::ConnectionError> {
-    let mut opts = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", tls_port(b));
-    opts.set_transport(rumqttc::Transport::tls_with_config(
-        TlsConfiguration::Rustls(tls),
-    ));
+    connect_secure_v5(Secure::Tls(tls_port(b)), tls, id, creds).await
+}
+
+async fn connect_secure_v5(
+    to: Secure,
+    tls: Arc<ClientConfig>,
+    id: &str,
+    creds: Option<(&str, &str)>,
+) -> Result<(rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop), rumqttc::v5::ConnectionError> {
+    let (host, port, transport) = to.endpoint(tls);
+    let mut opts = rumqttc::v5::MqttOptions::new(id, host, port);
+    opts.set_transport(transport);
     opts.set_keep_alive(std::time::Duration::from_secs(30));
     if let Some((u, p)) = creds {
         opts.set_credentials(u, p);
@@ -675,4 +710,276 @@ async fn with_client_ca_a_certificate_that_names_no_device_falls_back_to_passwor
     c.disconnect().await.ok();
     let r = connect_tls_v4(&b, shared, "dev-1", Some(("dev-1", "wrong"))).await;
     assert_eq!(refused_v4(r), ConnectReturnCode::NotAuthorized);
+}
+
+// ---------------------------------------------------------------------------------------
+// `[[mqtt.listeners]]`: WebSocket over TLS, and TLS listeners side by side
+
+/// The listed client `id`: who it is, how it came in, and which MQTT version it speaks.
+fn listed(b: &TestBroker, id: &str) -> (ClientKind, Listener, &'static str) {
+    let info = (b.handle.clients().into_iter())
+        .find(|c| c.client_id == id)
+        .unwrap_or_else(|| panic!("{id} listed"));
+    (info.kind, info.transport, info.protocol)
+}
+
+#[tokio::test]
+async fn websocket_over_tls_carries_mqtt_5_and_3_1_1_both_ways() {
+    use rumqttc::v5::mqttbytes::QoS as V5QoS;
+    let pki = Pki::new();
+    let mut config = BrokerConfig::for_tests();
+    config.listeners = vec![ListenerSpec::Wss(pki.tls_config(false))];
+    let b = TestBroker::with_config(config).await;
+    let wss = Secure::Wss(b.extra[0].port());
+    b.add_device("dev-1", "secret-token", false).await;
+    b.add_service("backend", "backend-pass", allow_all()).await;
+    let tls = pki.client_config(None);
+
+    // An MQTT 5 service client subscribes to every device's telemetry over wss.
+    let (svc, mut svc_el) = connect_secure_v5(
+        wss,
+        tls.clone(),
+        "backend",
+        Some(("backend", "backend-pass")),
+    )
+    .await
+    .expect("MQTT 5 over wss");
+    svc.subscribe("device/+/telemetry", V5QoS::AtLeastOnce)
+        .await
+        .expect("queue subscribe");
+    next_v5(&mut svc_el, |p| {
+        matches!(p, V5Packet::SubAck(_)).then_some(())
+    })
+    .await;
+
+    // A 3.1.1 device over wss subscribes to its commands and publishes telemetry.
+    let (dev, mut dev_el) = connect_secure_v4(wss, tls, "dev-1", Some(("dev-1", "secret-token")))
+        .await
+        .expect("3.1.1 over wss");
+    let codes = subscribe_v4(&dev, &mut dev_el, "device/dev-1/command", QoS::AtLeastOnce).await;
+    assert_eq!(codes, vec![1]);
+    assert_eq!(
+        listed(&b, "dev-1"),
+        (ClientKind::Device, Listener::Wss, "3.1.1")
+    );
+    assert_eq!(
+        listed(&b, "backend"),
+        (ClientKind::Service, Listener::Wss, "5")
+    );
+    // What `GET /api/v1/clients` shows.
+    assert_eq!(serde_json::to_value(Listener::Wss).unwrap(), "wss");
+
+    dev.publish(
+        "device/dev-1/telemetry",
+        QoS::AtLeastOnce,
+        false,
+        br#"{"cpu":40}"#.to_vec(),
+    )
+    .await
+    .expect("queue publish");
+    next_v4(&mut dev_el, |p| {
+        matches!(p, Packet::PubAck(_)).then_some(())
+    })
+    .await;
+    let got = next_v5(&mut svc_el, |p| match p {
+        V5Packet::Publish(p) => Some((p.topic.to_vec(), p.payload.to_vec())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        got,
+        (
+            b"device/dev-1/telemetry".to_vec(),
+            br#"{"cpu":40}"#.to_vec()
+        )
+    );
+
+    // And the other way: the MQTT 5 client publishes, the 3.1.1 device receives.
+    let command = br#"{"type":"RELOAD","commandId":"c-1","params":{}}"#.to_vec();
+    svc.publish(
+        "device/dev-1/command",
+        V5QoS::AtLeastOnce,
+        false,
+        command.clone(),
+    )
+    .await
+    .expect("queue publish");
+    next_v5(&mut svc_el, |p| {
+        matches!(p, V5Packet::PubAck(_)).then_some(())
+    })
+    .await;
+    let got = next_v4(&mut dev_el, |p| match p {
+        Packet::Publish(p) => Some((p.topic.clone(), p.payload.to_vec())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, ("device/dev-1/command".into(), command));
+    dev.disconnect().await.ok();
+    svc.disconnect().await.ok();
+}
+
+#[tokio::test]
+async fn wss_with_a_client_ca_takes_the_device_from_its_certificate() {
+    let pki = Pki::new();
+    let mut config = BrokerConfig::for_tests();
+    config.listeners = vec![ListenerSpec::Wss(pki.tls_config(true))];
+    let b = TestBroker::with_config(config).await;
+    let wss = Secure::Wss(b.extra[0].port());
+    b.add_device("dev-1", "secret-token", false).await;
+
+    let r = connect_secure_v4(
+        wss,
+        pki.client_config(None),
+        "dev-1",
+        Some(("dev-1", "secret-token")),
+    )
+    .await;
+    match r {
+        Err(ConnectionError::ConnectionRefused(code)) => {
+            panic!("expected the TLS handshake to fail, got CONNACK {code:?}")
+        }
+        Err(_) => assert!(b.handle.clients().is_empty()),
+        Ok(_) => panic!("no certificate, yet a session over wss"),
+    }
+    let cert = pki.client_config(Some(&pki.client_ca.client("dev-1")));
+    let (dev, _el) = connect_secure_v5(wss, cert, "dev-1", None)
+        .await
+        .expect("the certificate names the device");
+    assert_eq!(
+        listed(&b, "dev-1"),
+        (ClientKind::Device, Listener::Wss, "5")
+    );
+    dev.disconnect().await.ok();
+}
+
+/// The certificate a TLS listener presents (the client trusts the server CA).
+async fn presented_certificate(port: u16, tls: Arc<ClientConfig>) -> Vec<u8> {
+    let socket = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("TCP connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("server name");
+    let stream = tokio::time::timeout(
+        WAIT,
+        tokio_rustls::TlsConnector::from(tls).connect(name, socket),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("TLS handshake");
+    let (_, conn) = stream.get_ref();
+    let certs = conn.peer_certificates().expect("a server certificate");
+    certs[0].as_ref().to_vec()
+}
+
+#[tokio::test]
+async fn two_tls_listeners_keep_their_own_certificate_and_client_policy() {
+    let pki = Pki::new();
+    // A second server certificate, for the listener that requires client certificates.
+    let second = pki.server_ca.issue(
+        "fleetmq test broker, certificate listener",
+        &["127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    std::fs::write(pki.path("second.pem"), second.cert.pem()).expect("write second.pem");
+    std::fs::write(pki.path("second.key"), second.key.serialize_pem()).expect("write key");
+    let mut config = BrokerConfig::for_tests();
+    // "8883": passwords; "8884": client certificates from the device CA.
+    config.tls = Some(pki.tls_config(false));
+    config.listeners = vec![ListenerSpec::Tls(TlsConfig {
+        cert: pki.path("second.pem"),
+        key: pki.path("second.key"),
+        ..pki.tls_config(true)
+    })];
+    let b = TestBroker::with_config(config).await;
+    let (passwords, certificates) = (Secure::Tls(tls_port(&b)), Secure::Tls(b.extra[0].port()));
+    b.add_device("dev-1", "secret-token", false).await;
+    let no_cert = pki.client_config(None);
+    let with_cert = pki.client_config(Some(&pki.client_ca.client("dev-1")));
+
+    // Each listener presents its own certificate.
+    assert_eq!(
+        presented_certificate(b.extra[0].port(), with_cert.clone()).await,
+        second.cert.der().to_vec()
+    );
+    assert_ne!(
+        presented_certificate(tls_port(&b), no_cert.clone()).await,
+        second.cert.der().to_vec()
+    );
+
+    // Without a certificate: the password listener takes the device by its token...
+    let (dev, _el) = connect_secure_v4(
+        passwords,
+        no_cert.clone(),
+        "dev-1",
+        Some(("dev-1", "secret-token")),
+    )
+    .await
+    .expect("token over the password listener");
+    assert_eq!(
+        listed(&b, "dev-1"),
+        (ClientKind::Device, Listener::Tls, "3.1.1")
+    );
+    dev.disconnect().await.ok();
+    // ...and the certificate listener refuses it, token or not.
+    let r = connect_secure_v4(
+        certificates,
+        no_cert,
+        "dev-1",
+        Some(("dev-1", "secret-token")),
+    )
+    .await;
+    handshake_failed(r, "CertificateRequired");
+
+    // With a certificate from the device CA: the certificate listener takes the device by
+    // it, no password needed; the password listener does not ask for one, so it still
+    // wants the token.
+    let (dev, _el) = connect_secure_v5(certificates, with_cert.clone(), "dev-1", None)
+        .await
+        .expect("certificate over the certificate listener");
+    assert_eq!(
+        listed(&b, "dev-1"),
+        (ClientKind::Device, Listener::Tls, "5")
+    );
+    dev.disconnect().await.ok();
+    let r = connect_secure_v4(passwords, with_cert, "dev-1", None).await;
+    assert_eq!(refused_v4(r), ConnectReturnCode::NotAuthorized);
+}
+
+#[tokio::test]
+async fn max_connections_counts_the_clients_of_every_listener() {
+    let pki = Pki::new();
+    let mut config = BrokerConfig::for_tests();
+    config.max_connections = 1;
+    config.listeners = vec![ListenerSpec::Wss(pki.tls_config(false))];
+    let b = TestBroker::with_config(config).await;
+    b.add_device("dev-1", "token-1", false).await;
+    b.add_device("dev-2", "token-2", false).await;
+    let (dev, _el) = connect_secure_v4(
+        Secure::Wss(b.extra[0].port()),
+        pki.client_config(None),
+        "dev-1",
+        Some(("dev-1", "token-1")),
+    )
+    .await
+    .expect("the first client, over wss");
+    let r = connect_v4(&b, Via::Tcp, "dev-2", Some(("dev-2", "token-2"))).await;
+    assert_eq!(refused_v4(r), ConnectReturnCode::ServiceUnavailable);
+    let stats = b.handle.stats().connections;
+    assert_eq!((stats.accepted_total, stats.refused_total), (1, 1));
+    dev.disconnect().await.ok();
+}
+
+#[tokio::test]
+async fn a_bad_file_of_an_extra_listener_fails_bind_naming_the_path() {
+    let pki = Pki::new();
+    let missing = pki.path("missing-wss.pem");
+    let mut config = BrokerConfig::for_tests();
+    config.tls = Some(pki.tls_config(false));
+    config.listeners = vec![ListenerSpec::Wss(TlsConfig {
+        client_ca: Some(missing.clone()),
+        ..pki.tls_config(false)
+    })];
+    match Listeners::bind(&config).await {
+        Ok(_) => panic!("bind should fail for {:?}", config.listeners),
+        Err(e) => assert_names(&e.to_string(), &missing),
+    }
 }

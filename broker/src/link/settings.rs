@@ -1,6 +1,6 @@
-//! The config sections the link layer owns (`[mqtt]`, `[mqtt.tls]`, `[security]`): a raw
-//! serde form that rejects unknown keys, and `validate()` into typed values. Loading binds
-//! nothing.
+//! The config sections the link layer owns (`[mqtt]`, `[mqtt.tls]`, `[[mqtt.listeners]]`,
+//! `[security]`): a raw serde form that rejects unknown keys, and `validate()` into typed
+//! values. Loading binds nothing.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,12 +40,27 @@ pub struct RawMqttConfig {
     /// disconnected.
     pub slow_consumer_timeout_s: Option<u64>,
     pub tls: Option<RawTlsConfig>,
+    /// `[[mqtt.listeners]]`: listeners beside `tcp`, `ws` and `[mqtt.tls]`.
+    #[serde(default)]
+    pub listeners: Vec<RawListenerConfig>,
 }
 
 /// `[mqtt.tls]` as written.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTlsConfig {
+    pub listen: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// One `[[mqtt.listeners]]` entry as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerConfig {
+    /// `tcp`, `ws`, `tls` or `wss`.
+    pub kind: Option<String>,
     pub listen: Option<String>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -62,13 +77,47 @@ pub struct RawSecurityConfig {
     pub key_grace_s: Option<u64>,
 }
 
-/// Validated TLS listener settings.
-#[derive(Debug, Clone)]
+/// Validated TLS listener settings (`[mqtt.tls]`, or a `tls`/`wss` listener): its own
+/// certificate, and with `client_ca` its own rule that clients present one.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     pub listen: SocketAddr,
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+}
+
+/// A validated `[[mqtt.listeners]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerSpec {
+    /// MQTT over TCP.
+    Tcp(SocketAddr),
+    /// MQTT over WebSocket (paths `/mqtt` and `/`, subprotocol `mqtt`).
+    Ws(SocketAddr),
+    /// MQTT over TLS.
+    Tls(TlsConfig),
+    /// MQTT over WebSocket over TLS: the TLS handshake, then the same upgrade as `Ws`.
+    Wss(TlsConfig),
+}
+
+impl ListenerSpec {
+    /// The address it listens on.
+    pub fn listen(&self) -> SocketAddr {
+        match self {
+            ListenerSpec::Tcp(addr) | ListenerSpec::Ws(addr) => *addr,
+            ListenerSpec::Tls(tls) | ListenerSpec::Wss(tls) => tls.listen,
+        }
+    }
+
+    /// `tcp`, `ws`, `tls` or `wss`, as in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ListenerSpec::Tcp(_) => "tcp",
+            ListenerSpec::Ws(_) => "ws",
+            ListenerSpec::Tls(_) => "tls",
+            ListenerSpec::Wss(_) => "wss",
+        }
+    }
 }
 
 /// Everything the broker needs, validated.
@@ -78,6 +127,8 @@ pub struct BrokerConfig {
     pub tcp: Option<SocketAddr>,
     pub ws: Option<SocketAddr>,
     pub tls: Option<TlsConfig>,
+    /// `[[mqtt.listeners]]` in the order written, bound beside the three above.
+    pub listeners: Vec<ListenerSpec>,
     pub max_payload: usize,
     pub max_connections: usize,
     pub connect_timeout: Duration,
@@ -144,6 +195,7 @@ impl BrokerConfig {
             tcp: Some(any),
             ws: Some(any),
             tls: None,
+            listeners: Vec::new(),
             max_payload: 262_144,
             max_connections: 10_000,
             connect_timeout: Duration::from_secs(10),
@@ -195,6 +247,117 @@ impl RawTlsConfig {
     }
 }
 
+impl RawListenerConfig {
+    /// Validates entry `index` (counted from 0) of `[[mqtt.listeners]]`.
+    fn validate(self, index: usize) -> Result<ListenerSpec, ConfigError> {
+        let key = |field: &str| listener_key(index, field);
+        let Some(kind) = self.kind else {
+            return Err(ConfigError::new(
+                key("kind"),
+                "required: one of tcp, ws, tls, wss",
+            ));
+        };
+        let listen = match self.listen.as_deref() {
+            None | Some("") => {
+                return Err(ConfigError::new(
+                    key("listen"),
+                    "required: an address like 0.0.0.0:8884",
+                ))
+            }
+            Some(value) => value.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::new(
+                    key("listen"),
+                    format!("{value:?} is not an address like 0.0.0.0:8884 ({e})"),
+                )
+            })?,
+        };
+        match kind.as_str() {
+            "tcp" | "ws" => {
+                let files = [
+                    ("cert", self.cert.is_some()),
+                    ("key", self.key.is_some()),
+                    ("client_ca", self.client_ca.is_some()),
+                ];
+                if let Some((field, _)) = files.iter().find(|(_, set)| *set) {
+                    return Err(ConfigError::new(
+                        key(field),
+                        format!("only a tls or wss listener takes one, not a {kind} listener"),
+                    ));
+                }
+                Ok(if kind == "tcp" {
+                    ListenerSpec::Tcp(listen)
+                } else {
+                    ListenerSpec::Ws(listen)
+                })
+            }
+            "tls" | "wss" => {
+                let required = |field: &str, value: Option<PathBuf>| {
+                    value.ok_or_else(|| {
+                        ConfigError::new(key(field), format!("required for a {kind} listener"))
+                    })
+                };
+                let tls = TlsConfig {
+                    listen,
+                    cert: required("cert", self.cert)?,
+                    key: required("key", self.key)?,
+                    client_ca: self.client_ca,
+                };
+                Ok(if kind == "tls" {
+                    ListenerSpec::Tls(tls)
+                } else {
+                    ListenerSpec::Wss(tls)
+                })
+            }
+            other => Err(ConfigError::new(
+                key("kind"),
+                format!("{other:?} is not one of tcp, ws, tls, wss"),
+            )),
+        }
+    }
+}
+
+/// `mqtt.listeners[index].field`. [`ConfigError`] names a `&'static str`; this key is built
+/// only for an error, which ends the start-up, so leaking its few bytes costs nothing.
+fn listener_key(index: usize, field: &str) -> &'static str {
+    Box::leak(format!("mqtt.listeners[{index}].{field}").into_boxed_str())
+}
+
+/// Whether two listeners would take the same socket: the same address, or the same port
+/// on a wildcard address (`0.0.0.0` covers IPv4, `[::]` both families). Port 0 (the
+/// kernel picks) never collides.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: SocketAddr, other: SocketAddr| {
+        wild.ip().is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+    };
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
+/// Refuses two listeners on one address, naming the later one's key.
+fn distinct_addresses(config: &BrokerConfig) -> Result<(), ConfigError> {
+    let first = [
+        ("mqtt.tcp", config.tcp),
+        ("mqtt.ws", config.ws),
+        ("mqtt.tls.listen", config.tls.as_ref().map(|t| t.listen)),
+    ];
+    // Each listener's key: one of the three above, or an index into `[[mqtt.listeners]]`.
+    let all = (first.into_iter())
+        .filter_map(|(key, addr)| Some((Ok(key), addr?)))
+        .chain((config.listeners.iter().enumerate()).map(|(i, l)| (Err(i), l.listen())));
+    let mut seen: Vec<(String, SocketAddr)> = Vec::new();
+    for (key, addr) in all {
+        if let Some((other, _)) = seen.iter().find(|(_, a)| same_socket(*a, addr)) {
+            let key = key.unwrap_or_else(|i| listener_key(i, "listen"));
+            return Err(ConfigError::new(
+                key,
+                format!("{addr} is the address of {other} already"),
+            ));
+        }
+        let name = key.map_or_else(|i| format!("mqtt.listeners[{i}].listen"), str::to_owned);
+        seen.push((name, addr));
+    }
+    Ok(())
+}
+
 /// Validates `[mqtt]` and `[security]` together, with the validated device-logic
 /// sections, into a [`BrokerConfig`].
 pub fn validate(
@@ -231,10 +394,14 @@ pub fn validate(
             ));
         }
     }
-    Ok(BrokerConfig {
+    let listeners = (mqtt.listeners.into_iter().enumerate())
+        .map(|(i, raw)| raw.validate(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = BrokerConfig {
         tcp: listen_addr("mqtt.tcp", mqtt.tcp, "0.0.0.0:1883")?,
         ws: listen_addr("mqtt.ws", mqtt.ws, "0.0.0.0:9001")?,
         tls: mqtt.tls.unwrap_or_default().validate()?,
+        listeners,
         max_payload,
         max_connections: mqtt.max_connections.unwrap_or(10_000),
         connect_timeout: Duration::from_secs(mqtt.connect_timeout_s.unwrap_or(10)),
@@ -255,5 +422,169 @@ pub fn validate(
         anonymous_rules,
         key_grace: Duration::from_secs(security.key_grace_s.unwrap_or(24 * 3600)),
         fleet,
-    })
+    };
+    distinct_addresses(&config)?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Validates `[mqtt]` given as JSON (the same serde form TOML fills).
+    fn mqtt(value: serde_json::Value) -> Result<BrokerConfig, ConfigError> {
+        let raw: RawMqttConfig = serde_json::from_value(value).expect("raw [mqtt]");
+        validate(raw, RawSecurityConfig::default(), FleetConfig::default())
+    }
+
+    fn refused(value: serde_json::Value) -> ConfigError {
+        match mqtt(value.clone()) {
+            Ok(c) => panic!("{value} should be refused, got {:?}", c.listeners),
+            Err(e) => e,
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn no_listeners_array_keeps_the_three_listeners_of_before() {
+        let c = mqtt(json!({})).unwrap();
+        assert_eq!(c.tcp, Some(addr("0.0.0.0:1883")));
+        assert_eq!(c.ws, Some(addr("0.0.0.0:9001")));
+        assert_eq!(c.tls, None);
+        assert!(c.listeners.is_empty());
+    }
+
+    #[test]
+    fn listeners_of_every_kind_are_validated_in_order() {
+        let c = mqtt(json!({
+            "tls": {"cert": "server.pem", "key": "server.key"},
+            "listeners": [
+                {"kind": "tls", "listen": "0.0.0.0:8884", "cert": "s.pem", "key": "s.key",
+                 "client_ca": "ca.pem"},
+                {"kind": "wss", "listen": "0.0.0.0:8084", "cert": "w.pem", "key": "w.key"},
+                {"kind": "tcp", "listen": "127.0.0.1:11883"},
+                {"kind": "ws", "listen": "[::1]:9002"},
+            ],
+        }))
+        .unwrap();
+        assert_eq!(c.tls.as_ref().map(|t| t.listen), Some(addr("0.0.0.0:8883")));
+        let tls = |listen: &str, cert: &str, key: &str, ca: Option<&str>| TlsConfig {
+            listen: addr(listen),
+            cert: cert.into(),
+            key: key.into(),
+            client_ca: ca.map(PathBuf::from),
+        };
+        assert_eq!(
+            c.listeners,
+            vec![
+                ListenerSpec::Tls(tls("0.0.0.0:8884", "s.pem", "s.key", Some("ca.pem"))),
+                ListenerSpec::Wss(tls("0.0.0.0:8084", "w.pem", "w.key", None)),
+                ListenerSpec::Tcp(addr("127.0.0.1:11883")),
+                ListenerSpec::Ws(addr("[::1]:9002")),
+            ]
+        );
+        let kinds: Vec<_> = c.listeners.iter().map(ListenerSpec::kind).collect();
+        assert_eq!(kinds, ["tls", "wss", "tcp", "ws"]);
+    }
+
+    #[test]
+    fn a_bad_entry_is_named_by_its_index_and_field() {
+        let ok = json!({"kind": "tcp", "listen": "127.0.0.1:11883"});
+        let cases = [
+            (json!({"listen": "0.0.0.0:1"}), "kind", "required"),
+            (
+                json!({"kind": "mqtts", "listen": "0.0.0.0:1"}),
+                "kind",
+                "\"mqtts\"",
+            ),
+            (json!({"kind": "tcp"}), "listen", "required"),
+            (json!({"kind": "ws", "listen": ""}), "listen", "required"),
+            (
+                json!({"kind": "tcp", "listen": "localhost"}),
+                "listen",
+                "\"localhost\"",
+            ),
+            (
+                json!({"kind": "wss", "listen": "0.0.0.0:8084", "key": "k.pem"}),
+                "cert",
+                "required for a wss listener",
+            ),
+            (
+                json!({"kind": "tls", "listen": "0.0.0.0:8884", "cert": "c.pem"}),
+                "key",
+                "required for a tls listener",
+            ),
+            (
+                json!({"kind": "tcp", "listen": "0.0.0.0:1884", "cert": "c.pem"}),
+                "cert",
+                "not a tcp listener",
+            ),
+            (
+                json!({"kind": "ws", "listen": "0.0.0.0:9002", "key": "k.pem"}),
+                "key",
+                "not a ws listener",
+            ),
+            (
+                json!({"kind": "tcp", "listen": "0.0.0.0:1884", "client_ca": "ca"}),
+                "client_ca",
+                "not a tcp listener",
+            ),
+        ];
+        for (bad, field, reason) in cases {
+            let e = refused(json!({"listeners": [ok.clone(), bad]}));
+            assert_eq!(e.key, format!("mqtt.listeners[1].{field}"), "{e}");
+            assert!(e.reason.contains(reason), "{e} should say {reason}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_an_entry_are_refused() {
+        let raw = serde_json::from_value::<RawMqttConfig>(json!({
+            "listeners": [{"kind": "tls", "listen": "0.0.0.0:8884", "certificate": "c.pem"}],
+        }));
+        let e = raw.expect_err("unknown key").to_string();
+        assert!(e.contains("certificate"), "{e}");
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_are_refused() {
+        let wss = |listen: &str| json!({"kind": "wss", "listen": listen, "cert": "c", "key": "k"});
+        // An extra listener on a first listener's address, defaults included.
+        let e = refused(json!({"listeners": [{"kind": "tcp", "listen": "0.0.0.0:1883"}]}));
+        assert_eq!(e.key, "mqtt.listeners[0].listen");
+        assert!(e.reason.contains("mqtt.tcp"), "{e}");
+        let e = refused(json!({
+            "tls": {"cert": "c", "key": "k"},
+            "listeners": [wss("0.0.0.0:8084"), wss("127.0.0.1:8883")],
+        }));
+        assert_eq!(e.key, "mqtt.listeners[1].listen");
+        assert!(e.reason.contains("mqtt.tls.listen"), "{e}");
+        // Two extra listeners; a wildcard address takes the port on every interface.
+        let e = refused(json!({"listeners": [wss("127.0.0.1:8084"), wss("[::]:8084")]}));
+        assert_eq!(e.key, "mqtt.listeners[1].listen");
+        assert!(e.reason.contains("mqtt.listeners[0].listen"), "{e}");
+        // The first three among themselves.
+        let e = refused(json!({"tcp": "0.0.0.0:1883", "ws": "0.0.0.0:1883"}));
+        assert_eq!(e.key, "mqtt.ws");
+
+        // Different ports, different specific addresses, a disabled listener, port 0,
+        // and an IPv6 address beside 0.0.0.0 are all fine.
+        let c = mqtt(json!({
+            "ws": "",
+            "listeners": [
+                {"kind": "ws", "listen": "0.0.0.0:9001"},
+                wss("127.0.0.1:8084"),
+                wss("127.0.0.2:8084"),
+                {"kind": "tcp", "listen": "127.0.0.1:0"},
+                {"kind": "tcp", "listen": "127.0.0.1:0"},
+                {"kind": "tcp", "listen": "[::1]:1883"},
+            ],
+        }))
+        .unwrap();
+        assert_eq!(c.listeners.len(), 6);
+    }
 }

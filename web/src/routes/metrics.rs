@@ -43,6 +43,7 @@ fn connections(e: &mut Exposition, stats: &StatsSnapshot, clients: &[ClientInfo]
         (Transport::Tcp, "tcp"),
         (Transport::Ws, "ws"),
         (Transport::Tls, "tls"),
+        (Transport::Wss, "wss"),
     ];
     let mut by_listener = Vec::new();
     for (transport, listener) in listeners {

@@ -1,6 +1,9 @@
 //! Accept loops for TCP (1883), WebSocket (9001, paths `/mqtt` and `/`, subprotocol
-//! `mqtt`) and TLS (8883). No per-accept sleep: the loop takes connections as fast as the
-//! kernel hands them over; each connection runs in its own task.
+//! `mqtt`), TLS (8883), and the `[[mqtt.listeners]]` beside them (any of those kinds, and
+//! WebSocket over TLS), each TLS one with its own certificate and client-CA policy. Every
+//! listener shares one accounting: `mqtt.max_connections`, the connect timeout and the
+//! counters. No per-accept sleep: the loop takes connections as fast as the kernel hands
+//! them over; each connection runs in its own task.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,10 +12,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::{HeaderValue, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 
 use crate::client::Transport;
@@ -20,7 +25,7 @@ use crate::link::codec::framing::{self, Version};
 use crate::link::connection::connect::{self, ConnectFailure};
 use crate::link::connection::Connection;
 use crate::link::net::transport::Stream;
-use crate::link::settings::BrokerConfig;
+use crate::link::settings::{BrokerConfig, ListenerSpec};
 use crate::link::Core;
 use rumqttd::protocol::{ConnAck, Packet};
 
@@ -29,10 +34,13 @@ pub struct Listeners {
     pub(crate) tcp: Option<TcpListener>,
     pub(crate) ws: Option<TcpListener>,
     pub(crate) tls: Option<(TcpListener, TlsAcceptor)>,
+    /// `[[mqtt.listeners]]`, in the order written.
+    extra: Vec<(TcpListener, Kind)>,
 }
 
 impl Listeners {
-    /// Binds every listener the config enables; TLS certificates are loaded here.
+    /// Binds every listener the config enables; TLS certificates are loaded here, each
+    /// TLS listener's own.
     pub async fn bind(config: &BrokerConfig) -> io::Result<Listeners> {
         let bind = |addr: Option<SocketAddr>| async move {
             match addr {
@@ -50,10 +58,23 @@ impl Listeners {
             }
             None => None,
         };
+        let mut extra = Vec::with_capacity(config.listeners.len());
+        for spec in &config.listeners {
+            let kind = match spec {
+                ListenerSpec::Tcp(_) => Kind::Tcp,
+                ListenerSpec::Ws(_) => Kind::Ws,
+                ListenerSpec::Tls(tls) => Kind::Tls(crate::link::net::tls::acceptor(tls)?),
+                ListenerSpec::Wss(tls) => Kind::Wss(crate::link::net::tls::acceptor(tls)?),
+            };
+            if let Some(listener) = bind(Some(spec.listen())).await? {
+                extra.push((listener, kind));
+            }
+        }
         Ok(Listeners {
             tcp: bind(config.tcp).await?,
             ws: bind(config.ws).await?,
             tls,
+            extra,
         })
     }
 
@@ -65,6 +86,12 @@ impl Listeners {
     }
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+    /// The bound addresses of `[[mqtt.listeners]]`, in the order written (port 0 resolved).
+    pub fn extra_addrs(&self) -> Vec<SocketAddr> {
+        (self.extra.iter())
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect()
     }
 }
 
@@ -84,6 +111,9 @@ pub(crate) fn spawn_listeners(core: &Arc<Core>, listeners: Listeners, tracker: &
             Kind::Tls(acceptor),
         ));
     }
+    for (l, kind) in listeners.extra {
+        tracker.spawn(accept_loop(core.clone(), l, tracker.clone(), kind));
+    }
 }
 
 #[derive(Clone)]
@@ -91,6 +121,7 @@ enum Kind {
     Tcp,
     Ws,
     Tls(TlsAcceptor),
+    Wss(TlsAcceptor),
 }
 
 async fn accept_loop(core: Arc<Core>, listener: TcpListener, tracker: TaskTracker, kind: Kind) {
@@ -121,6 +152,7 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::Tcp => "tcp",
         Kind::Ws => "ws",
         Kind::Tls(_) => "tls",
+        Kind::Wss(_) => "wss",
     }
 }
 
@@ -131,11 +163,17 @@ async fn handshake(core: Arc<Core>, socket: TcpStream, peer: SocketAddr, kind: K
             Kind::Tcp => Ok((Stream::Tcp(socket), Transport::Tcp, None)),
             Kind::Ws => ws_upgrade(socket, core.max_packet())
                 .await
-                .map(|ws| (ws, Transport::Ws, None)),
+                .map(|ws| (Stream::Ws(Box::new(ws)), Transport::Ws, None)),
             Kind::Tls(acceptor) => {
                 let tls = acceptor.accept(socket).await?;
                 let cn = crate::link::net::tls::client_cn(&tls);
                 Ok((Stream::Tls(Box::new(tls)), Transport::Tls, cn))
+            }
+            Kind::Wss(acceptor) => {
+                let tls = acceptor.accept(socket).await?;
+                let cn = crate::link::net::tls::client_cn(&tls);
+                let ws = ws_upgrade(tls, core.max_packet()).await?;
+                Ok((Stream::Wss(Box::new(ws)), Transport::Wss, cn))
             }
         }
     })
@@ -151,7 +189,10 @@ async fn handshake(core: Arc<Core>, socket: TcpStream, peer: SocketAddr, kind: K
     clippy::result_large_err,
     reason = "the handshake callback's signature is tungstenite's"
 )]
-async fn ws_upgrade(socket: TcpStream, max_packet: usize) -> io::Result<Stream> {
+async fn ws_upgrade<S>(socket: S, max_packet: usize) -> io::Result<WebSocketStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         let path = req.uri().path();
         if path != "/mqtt" && path != "/" {
@@ -178,10 +219,9 @@ async fn ws_upgrade(socket: TcpStream, max_packet: usize) -> io::Result<Stream> 
     let config = WebSocketConfig::default()
         .max_message_size(Some(ws_limit))
         .max_frame_size(Some(ws_limit));
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(socket, check, Some(config))
+    tokio_tungstenite::accept_hdr_async_with_config(socket, check, Some(config))
         .await
-        .map_err(io::Error::other)?;
-    Ok(Stream::Ws(Box::new(ws)))
+        .map_err(io::Error::other)
 }
 
 /// Runs one client: CONNECT within the timeout, then the connection loop.

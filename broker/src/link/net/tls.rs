@@ -1,5 +1,6 @@
-//! TLS for the MQTT listener (rustls with the ring provider). With `client_ca`, clients
-//! must present a certificate signed by it; its subject CN names the device.
+//! TLS for the MQTT listeners (rustls with the ring provider), one acceptor per TLS or
+//! WSS listener. With its `client_ca`, clients of that listener must present a
+//! certificate signed by it; its subject CN names the device.
 
 use std::fs::File;
 use std::io::{self, BufReader};
@@ -40,7 +41,8 @@ fn key(path: &Path) -> io::Result<PrivateKeyDer<'static>> {
         .ok_or_else(|| invalid(path, "no PEM private key found"))
 }
 
-/// Builds the acceptor from `[mqtt.tls]`; errors name the file at fault.
+/// Builds the acceptor of `[mqtt.tls]` or of a `tls`/`wss` entry of `[[mqtt.listeners]]`;
+/// errors name the file at fault.
 pub(crate) fn acceptor(config: &TlsConfig) -> io::Result<TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())

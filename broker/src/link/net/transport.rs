@@ -1,12 +1,12 @@
 //! One byte stream per client, whatever listener it came in on: TCP, TLS, or binary
-//! WebSocket frames. Reads are cancel-safe (used inside `select!`); writes are not and are
+//! WebSocket frames (over TCP or over TLS). Reads are cancel-safe (used inside `select!`); writes are not and are
 //! only awaited outside of `select!`.
 
 use std::io;
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -17,6 +17,7 @@ pub(crate) enum Stream {
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
     Ws(Box<WebSocketStream<TcpStream>>),
+    Wss(Box<WebSocketStream<TlsStream<TcpStream>>>),
 }
 
 impl Stream {
@@ -28,28 +29,8 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.read_buf(buf).await,
             Stream::Tls(s) => s.read_buf(buf).await,
-            Stream::Ws(ws) => loop {
-                match ws.next().await {
-                    None => return Ok(0),
-                    Some(Err(e)) => return Err(io::Error::other(e)),
-                    Some(Ok(Message::Binary(data))) => {
-                        if data.is_empty() {
-                            continue;
-                        }
-                        buf.extend_from_slice(&data);
-                        return Ok(data.len());
-                    }
-                    Some(Ok(Message::Close(_))) => return Ok(0),
-                    // Pings are answered by tungstenite on the next write or flush.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Ok(Message::Text(_))) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "MQTT over WebSocket must use binary frames",
-                        ))
-                    }
-                }
-            },
+            Stream::Ws(ws) => ws_read(ws, buf).await,
+            Stream::Wss(ws) => ws_read(ws, buf).await,
         }
     }
 
@@ -61,10 +42,8 @@ impl Stream {
                 s.write_all(data).await?;
                 s.flush().await
             }
-            Stream::Ws(ws) => ws
-                .send(Message::Binary(bytes::Bytes::copy_from_slice(data)))
-                .await
-                .map_err(io::Error::other),
+            Stream::Ws(ws) => ws_write(ws, data).await,
+            Stream::Wss(ws) => ws_write(ws, data).await,
         }
     }
 
@@ -74,6 +53,46 @@ impl Stream {
             Stream::Tcp(s) => s.shutdown().await,
             Stream::Tls(s) => s.shutdown().await,
             Stream::Ws(ws) => ws.close().await.map_err(io::Error::other),
+            Stream::Wss(ws) => ws.close().await.map_err(io::Error::other),
         };
     }
+}
+
+/// One binary WebSocket message appended to `buf` (`Ok(0)`: the peer closed).
+async fn ws_read<S>(ws: &mut WebSocketStream<S>, buf: &mut BytesMut) -> io::Result<usize>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await {
+            None => return Ok(0),
+            Some(Err(e)) => return Err(io::Error::other(e)),
+            Some(Ok(Message::Binary(data))) => {
+                if data.is_empty() {
+                    continue;
+                }
+                buf.extend_from_slice(&data);
+                return Ok(data.len());
+            }
+            Some(Ok(Message::Close(_))) => return Ok(0),
+            // Pings are answered by tungstenite on the next write or flush.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Text(_))) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "MQTT over WebSocket must use binary frames",
+                ))
+            }
+        }
+    }
+}
+
+/// `data` as one binary WebSocket message.
+async fn ws_write<S>(ws: &mut WebSocketStream<S>, data: &[u8]) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ws.send(Message::Binary(bytes::Bytes::copy_from_slice(data)))
+        .await
+        .map_err(io::Error::other)
 }
