@@ -2,6 +2,7 @@
 //! checks more than one section makes. A leaf: each section lives with the module that
 //! uses it (`link::settings`, `fleet::settings`), and `config` composes them.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,14 +10,15 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[error("invalid value for `{key}`: {reason}")]
 pub struct ConfigError {
-    pub key: &'static str,
+    /// The key as written, e.g. `mqtt.max_payload` or `mqtt.listeners[1].cert`.
+    pub key: Cow<'static, str>,
     pub reason: String,
 }
 
 impl ConfigError {
-    pub(crate) fn new(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    pub(crate) fn new(key: impl Into<Cow<'static, str>>, reason: impl Into<String>) -> ConfigError {
         ConfigError {
-            key,
+            key: key.into(),
             reason: reason.into(),
         }
     }

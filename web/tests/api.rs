@@ -617,6 +617,25 @@ async fn unknown_devices_are_404() {
         }
     }
     assert_eq!(app.device_count().await, 0);
+    // The message names the id as sent, not the server's type for it.
+    for path in [
+        "/api/v1/devices/nobody/commands",
+        "/api/v1/devices/nobody/telemetry",
+    ] {
+        let answer = app.get(path).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(
+            answer.body["error"]["message"], "device \"nobody\" not found",
+            "{path}"
+        );
+    }
+    let create = app
+        .post("/api/v1/devices/nobody/commands", json!({"type": "PING"}))
+        .await;
+    assert_eq!(
+        create.body["error"]["message"],
+        "device \"nobody\" not found"
+    );
     app.stop().await;
 }
 

@@ -316,10 +316,9 @@ impl RawListenerConfig {
     }
 }
 
-/// `mqtt.listeners[index].field`. [`ConfigError`] names a `&'static str`; this key is built
-/// only for an error, which ends the start-up, so leaking its few bytes costs nothing.
-fn listener_key(index: usize, field: &str) -> &'static str {
-    Box::leak(format!("mqtt.listeners[{index}].{field}").into_boxed_str())
+/// `mqtt.listeners[index].field`, the key a [`ConfigError`] of that entry names.
+fn listener_key(index: usize, field: &str) -> String {
+    format!("mqtt.listeners[{index}].{field}")
 }
 
 /// Whether two listeners would take the same socket: the same address, or the same port
@@ -346,13 +345,13 @@ fn distinct_addresses(config: &BrokerConfig) -> Result<(), ConfigError> {
     let mut seen: Vec<(String, SocketAddr)> = Vec::new();
     for (key, addr) in all {
         if let Some((other, _)) = seen.iter().find(|(_, a)| same_socket(*a, addr)) {
-            let key = key.unwrap_or_else(|i| listener_key(i, "listen"));
+            let key = key.map_or_else(|i| listener_key(i, "listen"), str::to_owned);
             return Err(ConfigError::new(
                 key,
                 format!("{addr} is the address of {other} already"),
             ));
         }
-        let name = key.map_or_else(|i| format!("mqtt.listeners[{i}].listen"), str::to_owned);
+        let name = key.map_or_else(|i| listener_key(i, "listen"), str::to_owned);
         seen.push((name, addr));
     }
     Ok(())

@@ -81,8 +81,8 @@ where
         Err(miss) => {
             let lookup = id.clone();
             let device = state.store.call(move |s| s.get_device(&lookup)).await?;
-            let device =
-                device.ok_or_else(|| ApiError::NotFound(format!("device {id:?} not found")))?;
+            let device = device
+                .ok_or_else(|| ApiError::NotFound(format!("device {:?} not found", id.as_str())))?;
             engine.remember_device(&device, miss)?
         }
     };
@@ -126,7 +126,10 @@ pub(crate) async fn list(
         .await?
         .is_none()
     {
-        return Err(ApiError::NotFound(format!("device {id:?} not found")));
+        return Err(ApiError::NotFound(format!(
+            "device {:?} not found",
+            id.as_str()
+        )));
     }
     let (items, next_cursor) = state
         .broker

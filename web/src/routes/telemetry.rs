@@ -25,7 +25,10 @@ async fn known_device(state: &AppState, id: &fleetmq_storage::DeviceId) -> Resul
     let lookup = id.clone();
     match state.store.call(move |s| s.get_device(&lookup)).await? {
         Some(_) => Ok(()),
-        None => Err(ApiError::NotFound(format!("device {id:?} not found"))),
+        None => Err(ApiError::NotFound(format!(
+            "device {:?} not found",
+            id.as_str()
+        ))),
     }
 }
 

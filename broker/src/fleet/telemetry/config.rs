@@ -65,10 +65,10 @@ impl RawTelemetryConfig {
             .max_points_per_device
             .unwrap_or(defaults.max_points_per_device);
         if max_points_per_device == 0 {
-            return Err(ConfigError {
-                key: "telemetry.max_points_per_device",
-                reason: "must be at least 1".into(),
-            });
+            return Err(ConfigError::new(
+                "telemetry.max_points_per_device",
+                "must be at least 1",
+            ));
         }
         Ok(TelemetryConfig {
             retention,
