@@ -189,6 +189,7 @@ pub fn default_anonymous_rules() -> Vec<AclRule> {
 
 impl BrokerConfig {
     /// Defaults of SPEC §1 with every listener on `127.0.0.1:0`, for tests.
+    #[cfg(any(test, feature = "testing"))]
     pub fn for_tests() -> BrokerConfig {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         BrokerConfig {
