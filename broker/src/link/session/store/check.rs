@@ -79,6 +79,18 @@ pub(crate) fn takes(subs: &[SessionSubscription], topic_name: &str) -> bool {
 /// identifiers of every matching subscription [MQTT-3.3.4-3] [MQTT-3.3.4-5]. `own`: the
 /// session's connection published it, so No Local subscriptions do not take it
 /// [MQTT-3.8.3-3].
+/// The sessions whose filters in `index` match `topic` (none when there are no sessions).
+fn keys_matching(index: &super::FilterIndex, no_sessions: bool, topic: &str) -> Vec<String> {
+    if no_sessions {
+        return Vec::new();
+    }
+    index
+        .matching(topic)
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
 fn copy_for(
     subs: &[SessionSubscription],
     base: &QueuedMessage,
@@ -145,24 +157,8 @@ impl SessionStore {
         let arrival = set.next_arrival;
         set.next_arrival += 1;
         let routed = routing.finish(Some(arrival));
-        let live_keys: Vec<String> = if set.live.is_empty() {
-            Vec::new()
-        } else {
-            set.live_index
-                .matching(m.topic)
-                .into_iter()
-                .map(str::to_owned)
-                .collect()
-        };
-        let parked_keys: Vec<String> = if set.sessions.is_empty() {
-            Vec::new()
-        } else {
-            set.index
-                .matching(m.topic)
-                .into_iter()
-                .map(str::to_owned)
-                .collect()
-        };
+        let live_keys = keys_matching(&set.live_index, set.live.is_empty(), m.topic);
+        let parked_keys = keys_matching(&set.index, set.sessions.is_empty(), m.topic);
         // Only subscriptions that take QoS 1/2 copies are in the live index.
         for key in &live_keys {
             if let Some(live) = set.live.get(key) {
@@ -225,6 +221,13 @@ impl SessionStore {
                 });
             }
         }
+        self.count_writing(set, copies, before);
+        routed
+    }
+
+    /// The copies pushed from `before` on are being written: counted per session (a
+    /// session that parks waits for them), and the batch remembers where to report.
+    fn count_writing(&self, set: &mut super::ParkedSet, copies: &mut Copies, before: usize) {
         for op in &copies.ops[before..] {
             if let QueueOp::Insert { key, .. } = op {
                 *set.writing.entry(key.clone()).or_default() += 1;
@@ -234,6 +237,5 @@ impl SessionStore {
         if copies.set.is_none() && copies.ops.len() > before {
             copies.set = Some((self.parked.clone(), self.written.clone()));
         }
-        routed
     }
 }
