@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 
 /// `YYYY-MM-DDThh:mm:ss.mmmZ` (a UTC offset is written `Z`). Of `time`'s ways to write
 /// it, the fast one: every command record and API answer carries several of these, and
-/// `format!` was ~3 % of the broker's CPU per command (docs/benchmarks.md). Measured on
+/// `format!` was ~3 % of the broker's CPU per command (docs/perf-log). Measured on
 /// the shared VM: 66-83 ns a call, the digit-by-digit writer this replaced 67-125 ns, a
 /// `format_description!` ~400 ns.
 const UTC_MS: EncodedConfig = Config::DEFAULT
