@@ -13,10 +13,15 @@
 //! `testing`) while a publisher is acknowledged for its messages — acknowledged by the
 //! router, so routed before the SUBSCRIBE — then let it through: the subscriber must get
 //! every one of them exactly once, in order, and nothing of them again after it resumes.
+//!
+//! A clean session has no such window: its SUBACK is the router's, written once the
+//! router has the subscription, so whatever another client publishes after the SUBACK
+//! reaches it (the last section: a hold shows no SUBACK leaves before the router has the
+//! SUBSCRIBE; rounds on real sockets publish right after each SUBACK).
 
 use crate::common;
 
-use common::conf::{unique, Client, SubscribeProperties, Target, Ver, Via, QUIET, WAIT};
+use common::conf::{unique, Client, Conn, In, SubscribeProperties, Target, Ver, Via, QUIET, WAIT};
 use common::TestBroker;
 use fleetmq_broker::testing::RouterHold;
 
@@ -334,3 +339,202 @@ cases!(replaced_subscription {
     replaced_subscription_gets_each_message_once_v5: V5,
     replaced_subscription_gets_each_message_once_not_durable: NOT_DURABLE,
 });
+
+// ---- Clean sessions: the SUBACK comes after the router has the subscription ----
+//
+// MQTT 5 §3.8.4 / 3.1.1 §3.8.4: once the server has sent the SUBACK it delivers what
+// matches; a client that gets its SUBACK and then has another client publish (out of
+// band) must receive that publish. A clean session has no ledger, so the only thing
+// that makes a subscription take effect is rumqttd's router processing it: the link must
+// not write the SUBACK before. It does not: the SUBACK is the router's own SubAck
+// (`egress.rs` `router_ack`, locally refused filters merged in by packet id), which the
+// router produces only after `prepare_filter` registered the filter with its cursor at
+// the end of the filter's log (rumqttd `routing.rs` `handle_device_payload`); and the
+// router processes events one at a time, so a publish that reaches it after the SUBACK
+// left goes into the log past that cursor.
+
+/// SUBSCRIBE → SUBACK → another client publishes at once, this many times per case.
+const ROUNDS: usize = 200;
+
+/// `publisher` publishes one QoS 0 and one QoS 1 message on `topic` and `sub` must get
+/// both, each once (QoS 1 acknowledged); the publisher's PUBACK is awaited last, so
+/// nothing but the SUBACK orders the publishes after the subscription.
+async fn published_after_the_suback(
+    sub: &mut Client,
+    publisher: &mut Client,
+    topic: &str,
+    tag: &str,
+) {
+    let (q0, q1) = (format!("{tag}-q0"), format!("{tag}-q1"));
+    publisher.publish(topic, q0.as_bytes(), 0, false).await;
+    let pkid = publisher.publish(topic, q1.as_bytes(), 1, false).await;
+    let mut want = vec![q0, q1];
+    while !want.is_empty() {
+        let Some(m) = sub.next_msg_within(WAIT).await else {
+            panic!("{tag}: {want:?}, published right after the SUBACK, never arrived");
+        };
+        if m.qos > 0 {
+            sub.puback(m.pkid).await;
+        }
+        let payload = String::from_utf8_lossy(&m.payload).into_owned();
+        let Some(at) = want.iter().position(|w| *w == payload) else {
+            panic!("{tag}: unexpected (or repeated) {payload:?} on {}", m.topic);
+        };
+        want.remove(at);
+    }
+    publisher
+        .expect(|p| matches!(p, In::PubAck { pkid: id, .. } if *id == pkid))
+        .await;
+}
+
+/// `ROUNDS` times: `sub` subscribes to one of `filters` (each matching `topic`; new to
+/// the router on the first pass, known to it later) and gets what `publisher` publishes
+/// right after the SUBACK arrived; every third round it subscribes to the same filter
+/// again (MQTT replaces the subscription; the link has the router drop and re-create
+/// it) and the same holds; then it unsubscribes.
+async fn rounds(sub: &mut Client, publisher: &mut Client, filters: &[String], topic: &str) {
+    for round in 0..ROUNDS {
+        let filter = &filters[round % filters.len()];
+        let codes = sub.subscribe(filter, 1).await;
+        assert_eq!(codes, vec![1], "round {round}: SUBACK for {filter}");
+        published_after_the_suback(sub, publisher, topic, &format!("r{round}")).await;
+        if round % 3 == 2 {
+            let codes = sub.subscribe(filter, 1).await;
+            assert_eq!(codes, vec![1], "round {round}: SUBACK for {filter} again");
+            published_after_the_suback(sub, publisher, topic, &format!("r{round}-again")).await;
+        }
+        sub.unsubscribe_acked(&[filter]).await;
+    }
+}
+
+/// Filters on `{base}/…` that all match `{base}/t/x`.
+fn filters_under(base: &str) -> Vec<String> {
+    ["t/x", "t/+", "+/x", "#", "t/#", "+/+"]
+        .iter()
+        .map(|f| format!("{base}/{f}"))
+        .collect()
+}
+
+/// Anonymous clean subscriber, anonymous publisher.
+async fn anonymous_right_after_suback(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let base = unique("sw/clean");
+    let mut sub = t.connect(via, ver, &unique("sw-sub")).await;
+    let mut publisher = t.connect(via, ver, &unique("sw-pub")).await;
+    rounds(
+        &mut sub,
+        &mut publisher,
+        &filters_under(&base),
+        &format!("{base}/t/x"),
+    )
+    .await;
+}
+matrix!(
+    anonymous_gets_what_is_published_right_after_its_suback_mqtt_3_8_4,
+    anonymous_right_after_suback
+);
+
+/// A service client's clean subscriber (its ACL rules), anonymous publisher.
+async fn service_right_after_suback(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    if t.skip_external("provisions a service client") {
+        return;
+    }
+    let name = unique("svc");
+    broker(&t)
+        .add_service(&name, "pw", common::allow_all())
+        .await;
+    let mut conn = Conn::new(&unique("sw-svc"));
+    conn.login = Some((name, "pw".into()));
+    let mut sub = t.open(via, ver).await;
+    assert_eq!(sub.connect(conn).await.code, 0, "service CONNACK");
+    let base = unique("sw/svc");
+    let mut publisher = t.connect(via, ver, &unique("sw-pub")).await;
+    rounds(
+        &mut sub,
+        &mut publisher,
+        &filters_under(&base),
+        &format!("{base}/t/x"),
+    )
+    .await;
+}
+matrix!(
+    service_gets_what_is_published_right_after_its_suback_mqtt_3_8_4,
+    service_right_after_suback
+);
+
+/// A device's clean subscriber (the device ACL: its `config` topic), a service client
+/// publishing to it.
+async fn device_right_after_suback(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    if t.skip_external("provisions a device") {
+        return;
+    }
+    let id = unique("swdev-");
+    broker(&t).add_device(&id, "tok", false).await;
+    broker(&t)
+        .add_service("sw-ops", "pw", common::allow_all())
+        .await;
+    let mut conn = Conn::new(&id);
+    conn.login = Some((id.clone(), "tok".into()));
+    let mut sub = t.open(via, ver).await;
+    assert_eq!(sub.connect(conn).await.code, 0, "device CONNACK");
+    let mut conn = Conn::new(&unique("sw-ops"));
+    conn.login = Some(("sw-ops".into(), "pw".into()));
+    let mut publisher = t.open(via, ver).await;
+    assert_eq!(publisher.connect(conn).await.code, 0, "service CONNACK");
+    let filters: Vec<String> = ["config", "+", "#"]
+        .iter()
+        .map(|f| format!("device/{id}/{f}"))
+        .collect();
+    rounds(
+        &mut sub,
+        &mut publisher,
+        &filters,
+        &format!("device/{id}/config"),
+    )
+    .await;
+}
+matrix!(
+    device_gets_what_is_published_right_after_its_suback_mqtt_3_8_4,
+    device_right_after_suback
+);
+
+/// Deterministic: while the router does not have a clean session's SUBSCRIBE (held back,
+/// [`TestBroker::hold_router`]), no SUBACK is written, not even for the filter the link
+/// refuses itself; once the router has it, the SUBACK comes with the link's refusal
+/// merged in, and what another client publishes right after it is delivered.
+async fn clean_suback_waits_for_the_router(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    if t.skip_external("holds a SUBSCRIBE back from fleetmq's router") {
+        return;
+    }
+    let base = unique("sw/held");
+    let (topic, filter) = (format!("{base}/a"), format!("{base}/+"));
+    // The default anonymous rules deny `device/#`: refused by the link itself.
+    let denied = format!("device/{}/config", unique("d"));
+    let id = unique("sw-sub");
+    let mut sub = t.connect(via, ver, &id).await;
+    let mut publisher = t.connect(via, ver, &unique("sw-pub")).await;
+
+    let hold = broker(&t).hold_router(&id);
+    let filters = vec![
+        common::conf::filter(&filter, 1),
+        common::conf::filter(&denied, 1),
+    ];
+    let pkid = sub.send_subscribe(filters, None).await;
+    hold.held(WAIT).await;
+    let early = sub.recv_within(QUIET).await;
+    assert!(
+        early.is_none(),
+        "written before the router had the SUBSCRIBE: {early:?}"
+    );
+    hold.release(broker(&t));
+    let refused = if ver == Ver::V5 { 0x87 } else { 0x80 };
+    assert_eq!(sub.suback(pkid).await, vec![1, refused], "merged SUBACK");
+    published_after_the_suback(&mut sub, &mut publisher, &topic, "after").await;
+}
+matrix!(
+    clean_suback_is_written_after_the_router_has_the_subscription,
+    clean_suback_waits_for_the_router
+);
