@@ -176,3 +176,38 @@ matrix!(
     nul_in_topic_filter_closes_the_connection_mqtt_1_5_4_2,
     nul_in_filter
 );
+
+/// MQTT 5 [MQTT-2.2.1-3] / 3.1.1 [MQTT-2.3.1-1]: SUBSCRIBE and UNSUBSCRIBE carry a
+/// non-zero Packet Identifier. One with 0 closes the connection (v5: DISCONNECT 0x82
+/// Protocol Error) and is never acknowledged.
+async fn zero_packet_id(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    let base = unique("pkid0/");
+    for (byte1, qos) in [(0x82u8, Some(0u8)), (0xa2, None)] {
+        let mut c = t.connect(via, ver, &unique("c")).await;
+        c.send_raw(&raw_filter_packet(byte1, ver, 0, &format!("{base}/a"), qos))
+            .await;
+        let start = tokio::time::Instant::now();
+        let mut reason = None;
+        while let Some(p) = c.recv_within(WAIT).await {
+            match p {
+                In::Disconnect { reason: r, .. } => reason = Some(r),
+                In::SubAck { .. } | In::UnsubAck { .. } => {
+                    panic!("packet {byte1:#x} with packet id 0 acknowledged: {p:?}")
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "packet {byte1:#x} with packet id 0: the server did not close the connection"
+        );
+        if ver == Ver::V5 {
+            assert_eq!(reason, Some(0x82), "packet {byte1:#x}");
+        }
+    }
+}
+matrix!(
+    zero_packet_id_closes_the_connection_mqtt_2_2_1_3,
+    zero_packet_id
+);

@@ -90,6 +90,18 @@ impl Connection {
         Ending::Violation(reason)
     }
 
+    /// A SUBSCRIBE / UNSUBSCRIBE carries a non-zero Packet Identifier [MQTT-2.2.1-3]
+    /// (3.1.1 [MQTT-2.3.1-1]); 0 closes the connection (v5: 0x82 Protocol Error). It
+    /// would also be taken for the link's own re-subscribe of a resumed session.
+    fn nonzero_packet_id(&self, pkid: u16) -> Result<(), Ending> {
+        if pkid != 0 {
+            return Ok(());
+        }
+        self.core.stats.dropped(DropCause::Malformed);
+        tracing::debug!(client_id = %self.s.client_id, "closing on a packet id of 0");
+        Err(Ending::Violation(Reason::ProtocolError))
+    }
+
     /// A topic filter with U+0000 in it makes its SUBSCRIBE / UNSUBSCRIBE a Malformed
     /// Packet (MQTT 5 §1.5.4 [MQTT-1.5.4-2]; 3.1.1 §1.5.3 [MQTT-1.5.3-2]): the connection
     /// is closed (v5: DISCONNECT 0x81 first, §4.13) and the packet is never acknowledged,
@@ -151,12 +163,14 @@ impl Connection {
                 Ok(())
             }
             Packet::Subscribe(sub, props) => {
+                self.nonzero_packet_id(sub.pkid)?;
                 self.no_nul_in_filters(sub.filters.iter().map(|f| f.path.as_str()))?;
                 let routed = self.subscribe(sub, props)?;
                 self.device_subscribed(&routed).await;
                 Ok(())
             }
             Packet::Unsubscribe(unsub, _) => {
+                self.nonzero_packet_id(unsub.pkid)?;
                 self.no_nul_in_filters(unsub.filters.iter().map(String::as_str))?;
                 self.unsubscribe(unsub);
                 Ok(())
