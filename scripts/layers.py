@@ -27,7 +27,7 @@ LAYERS = {
         ["client", "publish", "settings", "time", "stats"],
         ["fleet"],
         ["link"],
-        ["config", "handle", "testing"],
+        ["config", "handle", "testing", "fuzz"],
     ],
 }
 

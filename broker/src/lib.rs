@@ -13,6 +13,8 @@
 mod client;
 pub mod config;
 pub mod fleet;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod handle;
 mod link;
 mod publish;

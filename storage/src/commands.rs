@@ -48,6 +48,8 @@ use crate::schema::{
 };
 
 mod format;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod record;
 mod writer;
 

@@ -38,7 +38,8 @@
 //!    `fleetmq_storage::{Store, DeviceRecord, ...}` without knowing the layout.
 //!
 //! Test-only modules sit above all of these: `test_support` (fixtures) and
-//! `upgrade_tests` (opening files of other schema versions).
+//! `upgrade_tests` (opening files of other schema versions). So does `fuzz` (feature
+//! `fuzzing`, not an API): the record codecs for the fuzz targets in `fuzz/`.
 //!
 //! Every write is one redb write transaction committed durably (or explicitly not);
 //! every read of stored bytes goes through a decoder that reports
@@ -50,6 +51,8 @@ mod device_config;
 mod device_state;
 mod devices;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub mod ids;
 mod meta;
 pub mod metrics;

@@ -576,6 +576,8 @@ pub fn delete_device(db: &Database, device: &DeviceId) -> Result<u64, StoreError
 // ---- reads -------------------------------------------------------------------
 
 mod block;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod query;
 mod retention;
 mod summary;

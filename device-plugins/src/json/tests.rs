@@ -523,3 +523,93 @@ proptest! {
         check_matches_decode(s.as_bytes(), now);
     }
 }
+
+/// A JSON value: nested arrays and objects of scalars.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        // Any finite float: with `float_roundtrip` serde_json reads back what it wrote.
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        "\\PC{0,8}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map("\\PC{0,6}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    /// What a device sends, written by serde_json, decodes to exactly what was written.
+    #[test]
+    fn device_payloads_round_trip(
+        command_id in prop::option::of("\\PC{1,12}"),
+        success in any::<bool>(),
+        result in any_json(),
+        error in prop::option::of("\\PC{0,12}"),
+        state in prop::option::of("\\PC{0,8}"),
+        config_version in prop::option::of(any::<u64>()),
+        kind in "\\PC{1,8}",
+        values in prop::collection::btree_map("[a-z]{1,6}", any_json(), 0..4),
+        ts in NOW - 86_400_000..NOW,
+    ) {
+        let mut resp = json!({"success": success, "result": result, "error": error});
+        if let Some(id) = &command_id {
+            resp["commandId"] = json!(id);
+        }
+        let decoded = JsonPlugin.decode_response(&serde_json::to_vec(&resp).unwrap());
+        let want = CommandResponse {
+            command_id,
+            success,
+            result: Some(result.clone()).filter(|r| !r.is_null()),
+            error,
+        };
+        prop_assert_eq!(decoded, Ok(want));
+
+        let status = json!({"state": state, "configVersion": config_version, "extra": result});
+        let decoded = JsonPlugin.decode_status(&serde_json::to_vec(&status).unwrap());
+        let want = DeviceStatus {
+            state,
+            version: None,
+            ip: None,
+            config_version,
+            raw: status,
+        };
+        prop_assert_eq!(decoded, Ok(want));
+
+        let event = json!({"type": kind, "detail": result});
+        let decoded = JsonPlugin.decode_event(&serde_json::to_vec(&event).unwrap());
+        prop_assert_eq!(decoded, Ok(DeviceEvent { kind, raw: event }));
+
+        let mut object: Map<String, Value> = values.clone().into_iter().collect();
+        object.insert("ts".into(), json!(ts));
+        let t = JsonPlugin
+            .decode_telemetry(&serde_json::to_vec(&object).unwrap(), NOW)
+            .unwrap();
+        prop_assert_eq!(t.ts_ms, ts);
+        let back: BTreeMap<String, Value> = t.values.keys().map(|k| (k.clone(), t.value(k).unwrap())).collect();
+        prop_assert_eq!(back, values);
+    }
+}
+
+/// Found by the `device_json` fuzz target (these are its crashing bytes): without
+/// serde_json's `float_roundtrip` a long number was not read as the nearest `f64`, so a
+/// status written back as JSON (as the store keeps `reported_status`) read as another
+/// number.
+#[test]
+fn status_numbers_are_read_exactly_and_survive_being_written_back() {
+    let payload =
+        br#"{"t/s":17092943300090492390000,"cpu":3.72977777777777774390005,"mok":true,"note":null}"#;
+    let status = JsonPlugin.decode_status(payload).expect("valid status");
+    assert_eq!(status.raw["t/s"].as_f64(), Some(17092943300090492390000.0));
+    assert_eq!(
+        status.raw["cpu"].as_f64(),
+        Some(3.729_777_777_777_777_743_900_05)
+    );
+    let written = serde_json::to_vec(&status.raw).unwrap();
+    assert_eq!(JsonPlugin.decode_status(&written), Ok(status));
+}

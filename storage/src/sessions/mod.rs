@@ -9,6 +9,8 @@
 //! The records are versioned (`records`): older versions still decode, without what
 //! later ones added.
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod records;
 
 use std::collections::HashMap;
@@ -366,6 +368,8 @@ fn trim(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::test_support::temp_store;
 
@@ -528,5 +532,92 @@ pub(crate) mod tests {
             .apply_queue_ops(&[insert(key, 5, 77, true)], 10, true)
             .unwrap();
         assert_eq!(store.queued(key).unwrap()[0].1.pkid, Some(7));
+    }
+
+    fn arb_properties() -> impl Strategy<Value = MessageProperties> {
+        (
+            prop::option::of(0u8..=1),
+            prop::option::of(".{0,8}"),
+            prop::option::of(".{0,8}"),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..8)),
+            prop::collection::vec((".{0,4}", ".{0,4}"), 0..3),
+            prop::collection::vec(1..=MAX_SUBSCRIPTION_ID, 0..3),
+        )
+            .prop_map(
+                |(format, content_type, response_topic, correlation, user, ids)| {
+                    MessageProperties {
+                        payload_format_indicator: format,
+                        content_type,
+                        response_topic,
+                        correlation_data: correlation,
+                        user_properties: user,
+                        subscription_ids: ids,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn session_records_round_trip(
+            client_id in ".{0,16}",
+            subs in prop::collection::vec(
+                (".{0,16}", 0u8..=2, any::<(bool, bool)>(), 0u8..=2,
+                 prop::option::of(1..=MAX_SUBSCRIPTION_ID)),
+                0..4,
+            ),
+            expiry_s in any::<u32>(),
+            disconnected_at_ms in any::<Option<u64>>(),
+            inbound_qos2 in prop::collection::vec(1u16.., 0..4),
+            outbound_pubrels in prop::collection::vec(1u16.., 0..4),
+        ) {
+            let s = SessionRecord {
+                key: format!("c:{client_id}"),
+                client_id,
+                subscriptions: subs
+                    .into_iter()
+                    .map(|(filter, qos, (no_local, rap), retain_handling, id)| SessionSubscription {
+                        filter,
+                        qos,
+                        no_local,
+                        retain_as_published: rap,
+                        retain_handling,
+                        id,
+                    })
+                    .collect(),
+                expiry_s,
+                disconnected_at_ms,
+                inbound_qos2,
+                outbound_pubrels,
+            };
+            let bytes = encode_session(&s).unwrap();
+            prop_assert_eq!(decode_session(&s.key, &bytes).unwrap(), s);
+        }
+
+        #[test]
+        fn queued_records_round_trip(
+            topic in ".{0,16}",
+            payload in prop::collection::vec(any::<u8>(), 0..64),
+            qos in 1u8..=2,
+            flags in any::<(bool, bool)>(),
+            queued_at_ms in any::<u64>(),
+            expires_at_ms in any::<Option<u64>>(),
+            properties in arb_properties(),
+            pkid in prop::option::of(1u16..),
+        ) {
+            let m = QueuedMessage {
+                topic,
+                payload,
+                qos,
+                dup: flags.0,
+                retain: flags.1,
+                queued_at_ms,
+                expires_at_ms,
+                properties,
+                pkid,
+            };
+            let bytes = encode_queued("c:sensor", &m).unwrap();
+            prop_assert_eq!(decode_queued("c:sensor", &bytes).unwrap(), m);
+        }
     }
 }
