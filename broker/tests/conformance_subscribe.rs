@@ -150,26 +150,33 @@ async fn nul_in_filter(via: Via, ver: Ver) {
             c.subscribe(&format!("{base}/a"), 0).await;
         }
         let filter = format!("{base}/a\0b");
-        c.send_raw(&raw_filter_packet(byte1, ver, 77, &filter, qos))
-            .await;
-        let start = tokio::time::Instant::now();
-        let mut reason = None;
-        while let Some(p) = c.recv_within(WAIT).await {
-            match p {
-                In::Disconnect { reason: r, .. } => reason = Some(r),
-                In::SubAck { .. } | In::UnsubAck { .. } => {
-                    panic!("packet {byte1:#x} with U+0000 acknowledged: {p:?}")
-                }
-                _ => {}
+        let raw = raw_filter_packet(byte1, ver, 77, &filter, qos);
+        closed_unacknowledged(c, ver, &raw, 0x81, "with U+0000").await;
+    }
+}
+
+/// Sends `raw` (a SUBSCRIBE or UNSUBSCRIBE) and expects the connection closed without a
+/// SUBACK or UNSUBACK, after DISCONNECT `v5_reason` for MQTT 5.
+async fn closed_unacknowledged(mut c: Client, ver: Ver, raw: &[u8], v5_reason: u8, what: &str) {
+    let byte1 = raw[0];
+    c.send_raw(raw).await;
+    let start = tokio::time::Instant::now();
+    let mut reason = None;
+    while let Some(p) = c.recv_within(WAIT).await {
+        match p {
+            In::Disconnect { reason: r, .. } => reason = Some(r),
+            In::SubAck { .. } | In::UnsubAck { .. } => {
+                panic!("packet {byte1:#x} {what} acknowledged: {p:?}")
             }
+            _ => {}
         }
-        assert!(
-            start.elapsed() < WAIT,
-            "packet {byte1:#x} with U+0000: the server did not close the connection"
-        );
-        if ver == Ver::V5 {
-            assert_eq!(reason, Some(0x81), "packet {byte1:#x}");
-        }
+    }
+    assert!(
+        start.elapsed() < WAIT,
+        "packet {byte1:#x} {what}: the server did not close the connection"
+    );
+    if ver == Ver::V5 {
+        assert_eq!(reason, Some(v5_reason), "packet {byte1:#x} {what}");
     }
 }
 matrix!(
@@ -184,27 +191,9 @@ async fn zero_packet_id(via: Via, ver: Ver) {
     let t = Target::start().await;
     let base = unique("pkid0/");
     for (byte1, qos) in [(0x82u8, Some(0u8)), (0xa2, None)] {
-        let mut c = t.connect(via, ver, &unique("c")).await;
-        c.send_raw(&raw_filter_packet(byte1, ver, 0, &format!("{base}/a"), qos))
-            .await;
-        let start = tokio::time::Instant::now();
-        let mut reason = None;
-        while let Some(p) = c.recv_within(WAIT).await {
-            match p {
-                In::Disconnect { reason: r, .. } => reason = Some(r),
-                In::SubAck { .. } | In::UnsubAck { .. } => {
-                    panic!("packet {byte1:#x} with packet id 0 acknowledged: {p:?}")
-                }
-                _ => {}
-            }
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "packet {byte1:#x} with packet id 0: the server did not close the connection"
-        );
-        if ver == Ver::V5 {
-            assert_eq!(reason, Some(0x82), "packet {byte1:#x}");
-        }
+        let c = t.connect(via, ver, &unique("c")).await;
+        let raw = raw_filter_packet(byte1, ver, 0, &format!("{base}/a"), qos);
+        closed_unacknowledged(c, ver, &raw, 0x82, "with packet id 0").await;
     }
 }
 matrix!(
