@@ -531,7 +531,9 @@ fn any_json() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
         // Any finite float: with `float_roundtrip` serde_json reads back what it wrote.
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
         "\\PC{0,8}".prop_map(Value::String),
     ];
     leaf.prop_recursive(3, 16, 4, |inner| {
