@@ -309,4 +309,35 @@ mod tests {
             assert!(matches!(r, Err(FrameError::Forbidden(_))));
         }
     }
+
+    proptest::proptest! {
+        /// A PUBLISH the broker builds and encodes is one frame that `peek` finds whole,
+        /// whose header `publish_meta` reads back, and that decodes to the same packet.
+        #[test]
+        fn publish_round_trips(
+            qos in 0u8..=2,
+            dup: bool,
+            retain: bool,
+            pkid in 1u16..,
+            topic in "[a-z0-9/-]{1,40}",
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            v5: bool,
+        ) {
+            let meta = PublishMeta {
+                qos,
+                dup: dup && qos > 0,
+                retain,
+                pkid: if qos > 0 { pkid } else { 0 },
+            };
+            let version = if v5 { Version::V5 } else { Version::V4 };
+            let publish = build_publish(meta, topic.as_bytes(), &payload);
+            let mut out = BytesMut::new();
+            encode(version, Packet::Publish(publish.clone(), None), &mut out).unwrap();
+            proptest::prop_assert_eq!(publish_meta(&out), Some(meta));
+            let frame = peek(&out, out.len()).unwrap().unwrap();
+            proptest::prop_assert_eq!(frame.len, out.len());
+            let decoded = decode(version, frame, out, frame.len).unwrap();
+            proptest::prop_assert_eq!(decoded, Packet::Publish(publish, None));
+        }
+    }
 }
