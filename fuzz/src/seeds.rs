@@ -18,6 +18,9 @@ use fleetmq_storage::{
 
 type Seeds = Vec<(&'static str, Vec<u8>)>;
 
+/// A target: its name, its check, its seeds.
+type Target = (&'static str, fn(&[u8]), fn() -> Seeds);
+
 fn corpus(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("corpus")
@@ -26,7 +29,7 @@ fn corpus(target: &str) -> PathBuf {
 
 #[test]
 fn seeds_pass_their_checks() {
-    let targets: [(&str, fn(&[u8]), fn() -> Seeds); 4] = [
+    let targets: [Target; 4] = [
         ("framing", crate::framing::check, framing),
         ("envelope", crate::envelope::check, envelope),
         ("device_json", crate::device_json::check, device_json),
