@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::commands::CommandsConfig;
-use super::events::{self, WebhookConfig, WebhookConfigError};
+use super::events::{self, WebhookConfig};
 use super::telemetry::{RawTelemetryConfig, TelemetryConfig};
 use crate::settings::{at_least_one, retention_days, ConfigError};
 
@@ -96,18 +96,45 @@ fn validate_webhooks(raw: Vec<RawWebhookConfig>) -> Result<Vec<WebhookConfig>, C
             events: h.events,
         })
         .collect();
-    events::validate_webhooks(&hooks).map_err(|e| {
-        let key = match e {
-            WebhookConfigError::Url { .. } | WebhookConfigError::Duplicate { .. } => "webhooks.url",
-            WebhookConfigError::EmptySecret { .. } => "webhooks.secret",
-            _ => "webhooks.events",
-        };
-        let message = e.to_string();
-        // The error names its key itself; keep only what follows it.
-        let reason = message
-            .split_once("`: ")
-            .map_or(message.as_str(), |(_, r)| r);
-        ConfigError::new(key, reason)
-    })?;
+    events::validate_webhooks(&hooks).map_err(|e| ConfigError::new(e.key(), e.reason()))?;
     Ok(hooks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refused `[[webhooks]]` entry names its key once, and the entry by its URL.
+    #[test]
+    fn webhook_errors_name_their_key_and_entry() {
+        let hook = |url: &str, secret: &str, events: Option<Vec<String>>| RawWebhookConfig {
+            url: url.into(),
+            secret: secret.into(),
+            events,
+        };
+        let cases = [
+            (
+                hook("ftp://x", "s", None),
+                "invalid value for `webhooks.url`: \"ftp://x\" is not an http(s) URL with a host",
+            ),
+            (
+                hook("http://a.example/h", "", None),
+                "invalid value for `webhooks.secret`: must not be empty for \"http://a.example/h\"",
+            ),
+            (
+                hook("http://a.example/h", "s", Some(vec!["no pe".into()])),
+                "invalid value for `webhooks.events`: \"no pe\" (for \"http://a.example/h\") is \
+                 not an event type, a prefix ending in `.*`, or `*`",
+            ),
+        ];
+        for (raw, want) in cases {
+            let err = validate_webhooks(vec![raw]).unwrap_err();
+            assert_eq!(err.to_string(), want);
+        }
+        let twice = vec![hook("http://a.example/h", "s", None); 2];
+        assert_eq!(
+            validate_webhooks(twice).unwrap_err().to_string(),
+            "invalid value for `webhooks.url`: \"http://a.example/h\" is configured twice"
+        );
+    }
 }

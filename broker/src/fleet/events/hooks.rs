@@ -29,23 +29,53 @@ impl fmt::Debug for WebhookConfig {
 }
 
 /// Why a `[[webhooks]]` entry is invalid; messages name the config key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WebhookConfigError {
-    #[error("invalid value for `webhooks.url`: {url:?} is not an http(s) URL with a host")]
     Url { url: String },
-    #[error("invalid value for `webhooks.secret` of {url:?}: must not be empty")]
     EmptySecret { url: String },
-    #[error("invalid value for `webhooks.events` of {url:?}: empty; omit it for every event")]
     NoEvents { url: String },
-    #[error(
-        "invalid value for `webhooks.events` of {url:?}: {pattern:?} is not an event type, \
-         a prefix ending in `.*`, or `*`"
-    )]
     Pattern { url: String, pattern: String },
-    #[error("invalid value for `webhooks.url`: {url:?} is configured twice")]
     Duplicate { url: String },
 }
+
+impl WebhookConfigError {
+    /// The config key at fault.
+    pub fn key(&self) -> &'static str {
+        match self {
+            WebhookConfigError::Url { .. } | WebhookConfigError::Duplicate { .. } => "webhooks.url",
+            WebhookConfigError::EmptySecret { .. } => "webhooks.secret",
+            WebhookConfigError::NoEvents { .. } | WebhookConfigError::Pattern { .. } => {
+                "webhooks.events"
+            }
+        }
+    }
+
+    /// What is wrong with the key's value, naming the entry by its URL.
+    pub fn reason(&self) -> String {
+        match self {
+            WebhookConfigError::Url { url } => {
+                format!("{url:?} is not an http(s) URL with a host")
+            }
+            WebhookConfigError::EmptySecret { url } => format!("must not be empty for {url:?}"),
+            WebhookConfigError::NoEvents { url } => {
+                format!("empty for {url:?}; omit it for every event")
+            }
+            WebhookConfigError::Pattern { url, pattern } => format!(
+                "{pattern:?} (for {url:?}) is not an event type, a prefix ending in `.*`, or `*`"
+            ),
+            WebhookConfigError::Duplicate { url } => format!("{url:?} is configured twice"),
+        }
+    }
+}
+
+impl fmt::Display for WebhookConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid value for `{}`: {}", self.key(), self.reason())
+    }
+}
+
+impl std::error::Error for WebhookConfigError {}
 
 impl WebhookConfig {
     /// Checks one entry: an http(s) URL with a host, a non-empty secret, and event
