@@ -200,3 +200,120 @@ matrix!(
     zero_packet_id_closes_the_connection_mqtt_2_2_1_3,
     zero_packet_id
 );
+
+/// Subscribes to `filter` at `q` with Subscription Identifier `id` (3.1.1: without).
+async fn subscribe_with_id(c: &mut Client, filter: &str, q: u8, id: usize, no_local: bool) {
+    let mut f = common::conf::filter(filter, q);
+    f.nolocal = no_local;
+    let props = SubscribeProperties {
+        id: Some(id),
+        user_properties: Vec::new(),
+    };
+    assert_eq!(c.subscribe_filters(vec![f], Some(props)).await, vec![q]);
+}
+
+/// Every PUBLISH up to `n` of them, then [`QUIET`] more; each QoS 1/2 one acknowledged.
+/// As (payload, QoS, Subscription Identifiers), sorted by payload: copies of different
+/// messages may come through different subscriptions, in any order between them.
+async fn received(c: &mut Client, n: usize) -> Vec<(String, u8, Vec<usize>)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let Some(m) = c.next_msg_within(WAIT).await else {
+            break;
+        };
+        match m.qos {
+            1 => c.puback(m.pkid).await,
+            2 => c.pubrec(m.pkid).await,
+            _ => {}
+        }
+        got.push(m);
+    }
+    got.extend(c.msgs_within(QUIET).await);
+    let mut got: Vec<_> = got
+        .into_iter()
+        .map(|m| {
+            let ids = m.props.map(|p| p.subscription_identifiers);
+            let payload = String::from_utf8_lossy(&m.payload).into_owned();
+            (payload, m.qos, ids.unwrap_or_default())
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+/// [MQTT-3.3.4-2], [MQTT-3.3.4-4]: a message that matches several subscriptions of one
+/// client reaches it once, at the highest QoS they grant (never above the publisher's),
+/// carrying every matching Subscription Identifier. MQTT also allows one copy per
+/// subscription; clients and Mosquitto's users expect one.
+async fn overlapping_subscriptions(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    if t.skip_external("Mosquitto sends one copy per matching subscription, which MQTT allows") {
+        return;
+    }
+    let base = unique("overlap");
+    let mut c = t.connect(via, ver, &unique("c")).await;
+    subscribe_with_id(&mut c, &format!("{base}/+"), 0, 1, false).await;
+    subscribe_with_id(&mut c, &format!("{base}/#"), 1, 2, false).await;
+    subscribe_with_id(&mut c, &format!("{base}/a"), 2, 3, false).await;
+    let mut p = t.connect(via, ver, &unique("p")).await;
+    for (leaf, payload, q) in [
+        ("a", "m1", 2),
+        ("b", "m2", 1),
+        ("c/d", "m3", 2),
+        ("a", "m4", 0),
+    ] {
+        p.publish(&format!("{base}/{leaf}"), payload.as_bytes(), q, false)
+            .await;
+    }
+    let ids = |v: &[usize]| {
+        if ver == Ver::V5 {
+            v.to_vec()
+        } else {
+            Vec::new()
+        }
+    };
+    let want = vec![
+        ("m1".to_owned(), 2, ids(&[1, 2, 3])),
+        ("m2".to_owned(), 1, ids(&[1, 2])),
+        ("m3".to_owned(), 1, ids(&[2])),
+        ("m4".to_owned(), 0, ids(&[1, 2, 3])),
+    ];
+    assert_eq!(received(&mut c, 4).await, want);
+    // Without `#`, `b` matches `+` alone again.
+    c.unsubscribe(&[&format!("{base}/#")]).await;
+    p.publish(&format!("{base}/b"), b"m5", 1, false).await;
+    assert_eq!(received(&mut c, 1).await, vec![("m5".into(), 0, ids(&[1]))]);
+}
+matrix!(
+    overlapping_subscriptions_deliver_one_copy_mqtt_3_3_4_2,
+    overlapping_subscriptions
+);
+
+/// [MQTT-3.8.3-3] with overlap: the client's own message comes back once, through the
+/// subscriptions without No Local only (their QoS, their identifiers).
+async fn overlapping_with_no_local(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    if t.skip_external("Mosquitto sends one copy per matching subscription, which MQTT allows") {
+        return;
+    }
+    let base = unique("overlap-nl");
+    let mut c = t.connect(via, ver, &unique("c")).await;
+    subscribe_with_id(&mut c, &format!("{base}/+"), 0, 7, false).await;
+    subscribe_with_id(&mut c, &format!("{base}/a"), 2, 8, true).await;
+    c.publish(&format!("{base}/a"), b"own", 2, false).await;
+    c.expect(|p| matches!(p, In::PubRec { .. })).await;
+    let mut other = t.connect(via, ver, &unique("o")).await;
+    other
+        .publish(&format!("{base}/a"), b"theirs", 2, false)
+        .await;
+    let want = vec![
+        ("own".to_owned(), 0, vec![7]),
+        ("theirs".to_owned(), 2, vec![7, 8]),
+    ];
+    assert_eq!(received(&mut c, 2).await, want);
+}
+matrix!(
+    overlapping_with_no_local_counts_only_the_others,
+    overlapping_with_no_local,
+    v5
+);

@@ -225,12 +225,7 @@ impl Core {
             // Routed without the retain mark, so live subscribers see RETAIN=0 too.
             retain: false,
         };
-        let origin = crate::link::codec::origin::Origin {
-            qos,
-            conn_id: 0,
-            at_ms: now_ms(),
-            arrival: None,
-        };
+        let origin = crate::link::codec::origin::Origin::now(qos, 0);
         // QoS 0 to the router, like `Publish::new`: the system link acknowledges nothing.
         let meta = crate::link::codec::framing::PublishMeta {
             qos: 0,

@@ -3,13 +3,16 @@
 //! subscription QoS, `routing.rs` ~1564), the connection that published it (No Local),
 //! when it arrived (Message Expiry Interval), and for QoS 1/2 its arrival number at the
 //! session check (`session::store`), which is the message's slot in every persistent
-//! session's stored queue. Ingress writes the header while it
+//! session's stored queue, and a number unique to the message, by which a connection
+//! whose subscriptions overlap knows the router's copies of one message. Ingress writes the header while it
 //! builds the routed PUBLISH (which copies the payload anyway), egress splits it off
 //! without copying; a client can never set or see it.
 //!
 //! It used to travel as a v5 user property: an allocated property list and a formatted
 //! string per message, cloned again by the router for every filter and every delivery
 //! and parsed at egress. The header costs none of that.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
 use rumqttd::protocol::{Publish, PublishProperties};
@@ -19,9 +22,14 @@ use crate::link::codec::framing::{self, PublishMeta};
 /// First byte of the header: a message routed without one is a bug, and shows as such.
 const MAGIC: u8 = 0xF1;
 /// Magic, QoS, flags (bit 0: an arrival number follows), publishing connection (u64),
-/// arrival in unix ms (u64), arrival number (u64, 0 without one); big-endian.
-pub(crate) const HEADER_LEN: usize = 1 + 1 + 1 + 8 + 8 + 8;
+/// arrival in unix ms (u64), arrival number (u64, 0 without one), message number (u64);
+/// big-endian.
+pub(crate) const HEADER_LEN: usize = 1 + 1 + 1 + 8 + 8 + 8 + 8;
 const HAS_ARRIVAL: u8 = 1;
+
+/// The next routed message's number; one counter for the process, so numbers never
+/// repeat while a copy of a message can still be on its way.
+static NEXT_MESSAGE: AtomicU64 = AtomicU64::new(1);
 
 /// A message's origin as ingress saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +43,23 @@ pub(crate) struct Origin {
     /// Its number at the parked-session check (`SessionStore::enqueue_matching`);
     /// QoS 1/2 messages only.
     pub(crate) arrival: Option<u64>,
+    /// Unique per routed message (written by [`Routing::new`]; 0 before): every copy the
+    /// router makes of it, one per matching filter, carries the same number.
+    pub(crate) message: u64,
 }
 
 impl Origin {
+    /// A message arriving now from connection `conn_id` (0: the broker) at `qos`.
+    pub(crate) fn now(qos: u8, conn_id: u64) -> Origin {
+        Origin {
+            qos,
+            conn_id,
+            at_ms: fleetmq_storage::now_ms(),
+            arrival: None,
+            message: 0,
+        }
+    }
+
     /// The header that goes in front of the routed payload.
     pub(crate) fn header(self) -> [u8; HEADER_LEN] {
         let mut h = [0; HEADER_LEN];
@@ -51,6 +73,7 @@ impl Origin {
         h[3..11].copy_from_slice(&self.conn_id.to_be_bytes());
         h[11..19].copy_from_slice(&self.at_ms.to_be_bytes());
         h[19..27].copy_from_slice(&self.arrival.unwrap_or(0).to_be_bytes());
+        h[27..35].copy_from_slice(&self.message.to_be_bytes());
         h
     }
 
@@ -77,11 +100,13 @@ impl Origin {
         let conn_id = h.get_u64();
         let at_ms = h.get_u64();
         let arrival = h.get_u64();
+        let message = h.get_u64();
         Some(Origin {
             qos,
             conn_id,
             at_ms,
             arrival: (flags & HAS_ARRIVAL != 0).then_some(arrival),
+            message,
         })
     }
 }
@@ -109,6 +134,7 @@ impl Routing {
     ) -> Routing {
         let header = Origin {
             arrival: None,
+            message: NEXT_MESSAGE.fetch_add(1, Ordering::Relaxed),
             ..origin
         }
         .header();
@@ -151,6 +177,7 @@ mod tests {
             conn_id: u64::MAX - 7,
             at_ms: 1_700_000_000_123,
             arrival: Some(99),
+            message: 1 << 40,
         };
         let mut routed = o.prefix(b"{\"cpu\":40}");
         assert_eq!(routed.len(), HEADER_LEN + 10);
@@ -170,6 +197,7 @@ mod tests {
             conn_id: 7,
             at_ms: 1_700_000_000_000,
             arrival: None,
+            message: 0,
         };
         let meta = PublishMeta {
             qos: 1,
@@ -183,9 +211,12 @@ mod tests {
         assert_eq!(framing::meta_of(&p), meta);
         let got = Origin::take(&mut p.payload).expect("header");
         assert_eq!(got.arrival, Some(41));
+        assert_ne!(got.message, 0, "numbered when built");
         assert_eq!(&p.payload[..], b"x");
         let (mut p, _) = Routing::new(meta, "a/b", o, b"", None).finish(None);
-        assert_eq!(Origin::take(&mut p.payload), Some(o));
+        let next = Origin::take(&mut p.payload).expect("header");
+        assert!(next.message > got.message, "every message its own number");
+        assert_eq!(Origin { message: 0, ..next }, o);
     }
 
     #[test]

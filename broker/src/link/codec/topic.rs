@@ -81,6 +81,20 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether some topic name could match both filters (`a/+` and `+/b`: `a/b`). It may say
+/// yes for a pair only `$` topics could match both of; never no for a pair that overlaps.
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    let mut a = a.split('/');
+    let mut b = b.split('/');
+    loop {
+        match (a.next(), b.next()) {
+            (Some("#"), _) | (_, Some("#")) | (None, None) => return true,
+            (Some(x), Some(y)) if x == y || x == "+" || y == "+" => {}
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +274,44 @@ mod tests {
                 prefix_ok && topic.len() == filter.len()
             };
             prop_assert_eq!(matches(&f, &t), want, "{} vs {}", f, t);
+        }
+
+        /// Two filters overlap exactly when one of the topics the generator can build
+        /// (every level `a`, `b` or empty, up to five levels) matches both.
+        #[test]
+        fn overlap_agrees_with_matching_every_small_topic(
+            a in "(([ab+]|)/){0,3}([ab+#]|)",
+            b in "(([ab+]|)/){0,3}([ab+#]|)",
+        ) {
+            prop_assume!(valid_filter(&a) && valid_filter(&b));
+            const LEVELS: [&str; 4] = ["a", "b", "c", ""];
+            let mut topics: Vec<String> = LEVELS.map(String::from).to_vec();
+            let mut deepest = topics.clone();
+            for _ in 1..5 {
+                deepest = deepest
+                    .iter()
+                    .flat_map(|t| LEVELS.map(|l| format!("{t}/{l}")))
+                    .collect();
+                topics.extend(deepest.iter().cloned());
+            }
+            let both = topics.iter().any(|t| matches(&a, t) && matches(&b, t));
+            prop_assert_eq!(filters_overlap(&a, &b), both, "{} vs {}", a, b);
+        }
+    }
+
+    #[test]
+    fn overlapping_filters() {
+        for (a, b) in [
+            ("a/+", "+/b"),
+            ("a/#", "a"),
+            ("#", "x/y"),
+            ("a/b", "a/b"),
+            ("+", "a"),
+        ] {
+            assert!(filters_overlap(a, b) && filters_overlap(b, a), "{a} {b}");
+        }
+        for (a, b) in [("a/+", "b/+"), ("a", "a/b"), ("a/+", "a"), ("a/b/c", "a/b")] {
+            assert!(!filters_overlap(a, b) && !filters_overlap(b, a), "{a} {b}");
         }
     }
 }

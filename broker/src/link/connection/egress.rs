@@ -155,24 +155,14 @@ impl Connection {
             return;
         };
         // rumqttd delivers at the subscription QoS; MQTT says the lower of the two.
-        let qos = origin.map_or(routed_qos, |o| o.qos.min(routed_qos));
-        let from_router = matches!(source, Source::Router(_));
-        if let (Some(arrival), true) = (origin.and_then(|o| o.arrival), from_router) {
-            if self.session_delivered(arrival, &topic, qos) {
-                // Its publisher queued it for the parked session, or the session's
-                // ledger gave it already: it comes from there (`session::owed`).
-                return;
+        let mut qos = origin.map_or(routed_qos, |o| o.qos.min(routed_qos));
+        if let Source::Router(cursor) = source {
+            match self.router_copy(origin, &topic, qos, &mut properties) {
+                Some(one_copy_qos) => qos = one_copy_qos,
+                None => return,
             }
-        }
-        if let Source::Router(Some((_, offset))) = source {
-            let skipped = self.subs.skipped(&topic, offset);
-            if skipped > 0 {
-                // The router's log outran this reader: lost, but never silently (for a
-                // persistent session, the skipped messages are in its stored queue).
-                self.core
-                    .stats
-                    .dropped_many(DropCause::SlowConsumer, skipped);
-                tracing::warn!(client_id = %self.s.client_id, topic, skipped, "router log skipped messages for a slow subscriber");
+            if let Some((_, offset)) = cursor {
+                self.count_skipped(&topic, offset);
             }
         }
         // A persistent session's QoS 1/2 message has its slot in the stored queue: its
@@ -182,33 +172,11 @@ impl Connection {
             .filter(|_| qos > 0 && self.sess.ledger.is_some());
         let stored = slot.is_some() && self.core.session_store.durable_live();
         let stored_slot = slot.filter(|_| stored);
-        if !self.s.principal.may_read(&topic) {
-            self.core.stats.dropped(DropCause::AclDelivery);
+        let Some(expires_at_ms) = self.may_deliver(origin, &topic, &mut properties) else {
+            // Not delivered: it leaves the stored queue.
             self.queue.acked_seqs.extend(stored_slot);
-            tracing::debug!(client_id = %self.s.client_id, topic, "delivery denied by read ACL");
             return;
-        }
-        let mut expires_at_ms = None;
-        if let Some(origin) = origin {
-            if origin.conn_id == self.s.conn_id && self.subs.no_local_blocks(&topic) {
-                // [MQTT-3.8.3-3]: not an error, just not for us.
-                self.queue.acked_seqs.extend(stored_slot);
-                return;
-            }
-            if let Some(interval) = properties
-                .as_mut()
-                .and_then(|p| p.message_expiry_interval.take())
-            {
-                let at = origin.at_ms.saturating_add(u64::from(interval) * 1000);
-                if at <= now_ms() {
-                    // [MQTT-3.3.2-5]
-                    self.core.stats.dropped(DropCause::Expired);
-                    self.queue.acked_seqs.extend(stored_slot);
-                    return;
-                }
-                expires_at_ms = Some(at);
-            }
-        }
+        };
         // Retain As Published: the flag travels through the router as a mark.
         let retain = self.take_retain_mark(&topic, &mut properties);
         if properties.as_ref() == Some(&PublishProperties::default()) {
@@ -228,6 +196,86 @@ impl Connection {
             pkid: None,
         };
         self.push_live(msg);
+    }
+
+    /// The delivery-time checks: read ACL, No Local, Message Expiry. `None` when the
+    /// message is not for the client, else when it expires (the interval is taken off
+    /// its properties; the outbound queue writes what is left of it).
+    fn may_deliver(
+        &mut self,
+        origin: Option<Origin>,
+        topic: &str,
+        properties: &mut Option<PublishProperties>,
+    ) -> Option<Option<u64>> {
+        if !self.s.principal.may_read(topic) {
+            self.core.stats.dropped(DropCause::AclDelivery);
+            tracing::debug!(client_id = %self.s.client_id, topic, "delivery denied by read ACL");
+            return None;
+        }
+        let Some(origin) = origin else {
+            return Some(None);
+        };
+        if origin.conn_id == self.s.conn_id && self.subs.no_local_blocks(topic) {
+            // [MQTT-3.8.3-3]: not an error, just not for us.
+            return None;
+        }
+        let Some(interval) = properties
+            .as_mut()
+            .and_then(|p| p.message_expiry_interval.take())
+        else {
+            return Some(None);
+        };
+        let at = origin.at_ms.saturating_add(u64::from(interval) * 1000);
+        if at <= now_ms() {
+            // [MQTT-3.3.2-5]
+            self.core.stats.dropped(DropCause::Expired);
+            return None;
+        }
+        Some(Some(at))
+    }
+
+    /// Which router copies go to the client, and at which QoS: one copy of a message that
+    /// several subscriptions match, at the highest of their QoS and with all their
+    /// identifiers [MQTT-3.3.4-2, -4]; none of one its publisher queued for the parked
+    /// session or the ledger gave already (it comes from there, `session::owed`).
+    fn router_copy(
+        &mut self,
+        origin: Option<Origin>,
+        topic: &str,
+        qos: u8,
+        properties: &mut Option<PublishProperties>,
+    ) -> Option<u8> {
+        let Some(origin) = origin else {
+            return Some(qos);
+        };
+        if self.later_copies.take(origin.message) {
+            return None;
+        }
+        let mut qos = qos;
+        let own = origin.conn_id == self.s.conn_id;
+        if let Some(overlap) = self.subs.overlap(topic, own) {
+            self.later_copies.expect(origin.message, overlap.copies - 1);
+            qos = origin.qos.min(overlap.qos);
+            properties
+                .get_or_insert_with(PublishProperties::default)
+                .subscription_identifiers = overlap.ids;
+        }
+        match origin.arrival {
+            Some(arrival) if self.session_delivered(arrival, topic, qos) => None,
+            _ => Some(qos),
+        }
+    }
+
+    /// The router's log outran this reader: lost, but never silently (for a persistent
+    /// session, the skipped messages are in its stored queue).
+    fn count_skipped(&mut self, topic: &str, offset: u64) {
+        let skipped = self.subs.skipped(topic, offset);
+        if skipped > 0 {
+            self.core
+                .stats
+                .dropped_many(DropCause::SlowConsumer, skipped);
+            tracing::warn!(client_id = %self.s.client_id, topic, skipped, "router log skipped messages for a slow subscriber");
+        }
     }
 
     /// Takes a routed QoS 1/2 message off the router's hands: PUBACK, or PUBREC (whose

@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use fleetmq_storage::now_ms;
 use rumqttd::protocol::{
     DisconnectReasonCode as Reason, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason,
     PubRec, PubRecReason, Publish, PublishProperties,
@@ -281,12 +280,7 @@ impl Connection {
             self.persist_retained(&topic, &payload, meta.qos, props.as_ref())
                 .await;
         }
-        let origin = Origin {
-            qos: meta.qos,
-            conn_id: self.s.conn_id,
-            at_ms: now_ms(),
-            arrival: None,
-        };
+        let origin = Origin::now(meta.qos, self.s.conn_id);
         let routing = self.routing(meta, &topic, &payload, props, origin);
         // Persistent sessions get their copy before the publisher's ack (written at the
         // end of the batch); the check numbers the routed message (and records it for

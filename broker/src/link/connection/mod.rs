@@ -4,6 +4,7 @@
 pub(crate) mod alias;
 pub(crate) mod congestion;
 pub(crate) mod connect;
+pub(crate) mod copies;
 pub(crate) mod device;
 pub(crate) mod egress;
 pub(crate) mod flow;
@@ -93,6 +94,8 @@ pub(crate) struct Connection {
     pub(crate) commands: CommandWindow,
     /// Per-connection MQTT state the router lacks (see `subscriptions`, `alias`, `flow`).
     pub(crate) subs: Subscriptions,
+    /// Copies the router still owes of messages sent once for overlapping subscriptions.
+    pub(crate) later_copies: copies::LaterCopies,
     pub(crate) aliases: InboundAliases,
     pub(crate) flow: OutboundFlow,
     /// Topic aliases towards an MQTT 5 client that accepts them (`outbound_alias`).
@@ -123,6 +126,7 @@ impl Connection {
         });
         Connection {
             subs: Subscriptions::new(s.session_present),
+            later_copies: copies::LaterCopies::default(),
             flow: OutboundFlow::new(s.connect_props.as_ref()),
             out_aliases: outbound_alias::OutboundAliases::new(
                 match s.version {

@@ -31,6 +31,7 @@ impl Connection {
             return Err(Ending::Violation(Reason::ProtocolError));
         }
         let v5 = self.s.version == Version::V5;
+        let id = props.as_ref().and_then(|p| p.id);
         let mut slots = Vec::with_capacity(sub.filters.len());
         let mut routed: Vec<Filter> = Vec::new();
         let mut sys_added = false;
@@ -39,6 +40,7 @@ impl Connection {
             let options = SubOptions {
                 qos: filter.qos as u8,
                 no_local: v5 && filter.nolocal,
+                id,
             };
             match self.check_filter(&filter.path) {
                 Ok(Target::Router) => {
@@ -94,7 +96,6 @@ impl Connection {
                     None,
                 ));
             }
-            let id = props.as_ref().and_then(|p| p.id);
             self.session_subscribing(sub.pkid, &routed, id);
             self.to_router.push(Packet::Subscribe(
                 Subscribe {

@@ -1,6 +1,7 @@
 //! The connection's own view of its subscriptions: what the router cannot answer (does
-//! this filter exist, for UNSUBACK 0x11; which options was it made with, for No Local)
-//! and what the router cannot serve at all (`$SYS` filters, delivered by the link).
+//! this filter exist, for UNSUBACK 0x11; which options was it made with, for No Local;
+//! which of them a message matches, to send one copy of it for overlapping ones) and
+//! what the router cannot serve at all (`$SYS` filters, delivered by the link).
 
 use std::collections::HashMap;
 
@@ -11,6 +12,20 @@ use crate::link::codec::topic;
 pub(crate) struct SubOptions {
     pub(crate) qos: u8,
     pub(crate) no_local: bool,
+    /// Its Subscription Identifier (MQTT 5).
+    pub(crate) id: Option<usize>,
+}
+
+/// The one copy of a message that matches several plain subscriptions of a connection
+/// [MQTT-3.3.4-2, -4]: the router delivers one per matching filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Overlap {
+    /// The highest QoS among the matching subscriptions.
+    pub(crate) qos: u8,
+    /// Every matching subscription's identifier, ascending.
+    pub(crate) ids: Vec<usize>,
+    /// How many copies the router delivers (one per matching filter).
+    pub(crate) copies: usize,
 }
 
 /// Filters this connection subscribed to (as written, `$share/...` included).
@@ -24,6 +39,9 @@ pub(crate) struct Subscriptions {
     /// Per plain filter: the offset, in the router's log of that filter, of the last
     /// message delivered on it (see [`Subscriptions::skipped`]).
     log_offsets: HashMap<String, u64>,
+    /// How many pairs of plain routed filters some topic could match both of: while 0,
+    /// no message needs [`Subscriptions::overlap`]'s look at every filter.
+    overlapping_pairs: usize,
 }
 
 /// Whether a filter is served by the link's `$SYS` publisher instead of the router.
@@ -47,15 +65,71 @@ impl Subscriptions {
         if is_sys(filter) {
             return self.sys.insert(filter.to_owned(), options.qos).is_some();
         }
-        self.routed.insert(filter.to_owned(), options).is_some() || self.inherited
+        let replaced = self.routed.insert(filter.to_owned(), options).is_some();
+        if !replaced {
+            self.overlapping_pairs += self.overlapping_with(filter);
+        }
+        replaced || self.inherited
+    }
+
+    /// How many other plain routed filters overlap `filter` (itself plain and routed).
+    fn overlapping_with(&self, filter: &str) -> usize {
+        if topic::is_shared(filter) {
+            return 0;
+        }
+        self.routed
+            .keys()
+            .filter(|f| f.as_str() != filter && !topic::is_shared(f))
+            .filter(|f| topic::filters_overlap(f, filter))
+            .count()
     }
 
     /// Removes a filter; whether a subscription existed (unknown for a resumed session,
     /// which then counts as existing).
     pub(crate) fn remove(&mut self, filter: &str) -> bool {
         self.log_offsets.remove(filter);
-        let known = self.routed.remove(filter).is_some() || self.sys.remove(filter).is_some();
+        let routed = self.routed.contains_key(filter);
+        if routed {
+            self.overlapping_pairs -= self.overlapping_with(filter);
+            self.routed.remove(filter);
+        }
+        let known = routed || self.sys.remove(filter).is_some();
         known || (self.inherited && !is_sys(filter))
+    }
+
+    /// The one copy to send of a message on `topic_name` that several plain
+    /// subscriptions match; `None` when at most one does (the router's copy is the one),
+    /// or when a shared one does too (its copy is the group's, so every copy goes out
+    /// as the router made it, which MQTT allows [MQTT-3.3.4-2]). With `own`, the
+    /// connection published it, and No Local subscriptions do not count [MQTT-3.8.3-3]
+    /// (though the router delivers on them too).
+    pub(crate) fn overlap(&self, topic_name: &str, own: bool) -> Option<Overlap> {
+        if self.overlapping_pairs == 0 {
+            return None;
+        }
+        let mut copies = 0;
+        let mut qos = None;
+        let mut ids = Vec::new();
+        for (filter, options) in &self.routed {
+            if let Some((_, inner)) = topic::split_shared(filter) {
+                if topic::matches(inner, topic_name) {
+                    return None;
+                }
+                continue;
+            }
+            if !topic::matches(filter, topic_name) {
+                continue;
+            }
+            copies += 1;
+            if own && options.no_local {
+                continue;
+            }
+            qos = qos.max(Some(options.qos));
+            ids.extend(options.id);
+        }
+        ids.sort_unstable();
+        let qos = qos.filter(|_| copies > 1)?;
+        Some(Overlap { qos, ids, copies })
     }
 
     /// Whether a message this connection published on `topic` must not come back to it:
@@ -130,11 +204,66 @@ mod tests {
     const Q0: SubOptions = SubOptions {
         qos: 0,
         no_local: false,
+        id: None,
     };
     const NL: SubOptions = SubOptions {
         qos: 0,
         no_local: true,
+        id: None,
     };
+
+    fn with(qos: u8, id: usize) -> SubOptions {
+        SubOptions {
+            qos,
+            no_local: false,
+            id: Some(id),
+        }
+    }
+
+    #[test]
+    fn overlap_merges_every_matching_plain_subscription() {
+        let mut s = Subscriptions::new(false);
+        s.add("a/+", with(0, 1));
+        s.add("b/#", with(2, 9));
+        assert_eq!(s.overlap("a/x", false), None, "disjoint filters: no look");
+        s.add("a/#", with(2, 3));
+        s.add("+/x", Q0);
+        let want = Overlap {
+            qos: 2,
+            ids: vec![1, 3],
+            copies: 3,
+        };
+        assert_eq!(s.overlap("a/x", false), Some(want));
+        assert_eq!(s.overlap("a/y/z", false), None, "one filter matches");
+        // No Local subscriptions still get the router's copy, but do not count.
+        s.add("a/x", NL);
+        let own = s.overlap("a/x", true).expect("overlap");
+        assert_eq!((own.qos, own.copies), (2, 4));
+        s.remove("a/#");
+        s.remove("+/x");
+        let own = s.overlap("a/x", true).expect("overlap");
+        assert_eq!((own.qos, own.ids, own.copies), (0, vec![1], 2));
+        // A shared subscription's copy is its group's: every copy goes out.
+        s.add("$share/g/a/x", Q0);
+        assert_eq!(s.overlap("a/x", false), None);
+        s.remove("$share/g/a/x");
+        s.remove("a/x");
+        assert_eq!(s.overlapping_pairs, 0);
+        assert_eq!(s.overlap("a/x", false), None);
+    }
+
+    #[test]
+    fn replacing_a_subscription_keeps_the_overlap_count() {
+        let mut s = Subscriptions::new(false);
+        s.add("a/#", Q0);
+        s.add("a/b", Q0);
+        s.add("a/b", with(1, 5));
+        assert_eq!(s.overlapping_pairs, 1);
+        assert_eq!(s.overlap("a/b", false).map(|o| o.qos), Some(1));
+        assert!(!s.remove("zzz"));
+        s.remove("a/b");
+        assert_eq!(s.overlapping_pairs, 0);
+    }
 
     #[test]
     fn skipped_counts_steps_of_a_sole_plain_filter() {

@@ -224,6 +224,7 @@ impl Connection {
                 let options = crate::link::connection::subscriptions::SubOptions {
                     qos: sub.qos,
                     no_local: sub.no_local,
+                    id: sub.id.map(|id| id as usize),
                 };
                 self.subs.add(&sub.filter, options);
                 self.sess.subs.insert(sub.filter.clone(), sub);

@@ -97,14 +97,22 @@ fn var_int(b: &mut Bytes) -> usize {
     v
 }
 
-/// Skips the v5 property block, returning the reason string if there is one.
-fn skip_props(b: &mut Bytes) -> Option<String> {
+/// What the harness reads itself from a v5 property block.
+#[derive(Default)]
+struct Props {
+    reason: Option<String>,
+    subscription_ids: Vec<usize>,
+}
+
+/// Skips the v5 property block, returning the reason string and Subscription
+/// Identifiers it holds.
+fn skip_props(b: &mut Bytes) -> Props {
     let n = var_int(b);
+    let mut found = Props::default();
     if b.remaining() < n {
-        return None;
+        return found;
     }
     let mut props = b.split_to(n);
-    let mut reason = None;
     while props.has_remaining() {
         let id = props.get_u8();
         match id {
@@ -112,7 +120,7 @@ fn skip_props(b: &mut Bytes) -> Option<String> {
                 let l = usize::from(props.get_u16());
                 let s = props.split_to(l);
                 if id == 0x1f {
-                    reason = Some(String::from_utf8_lossy(&s).into_owned());
+                    found.reason = Some(String::from_utf8_lossy(&s).into_owned());
                 }
             }
             0x26 => {
@@ -125,15 +133,41 @@ fn skip_props(b: &mut Bytes) -> Option<String> {
                 let l = usize::from(props.get_u16());
                 props.advance(l);
             }
-            0x0b => {
-                var_int(&mut props);
-            }
+            0x0b => found.subscription_ids.push(var_int(&mut props)),
             0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => props.advance(1),
             0x13 | 0x21 | 0x22 | 0x23 => props.advance(2),
             _ => props.advance(4),
         }
     }
-    reason
+    found
+}
+
+/// A v5 PUBLISH. rumqttc 0.25.1 counts each Subscription Identifier's property byte
+/// twice (`v5/mqttbytes/v5/publish.rs:229`), so with two or more its property block
+/// ends early and the rest lands in the payload: the harness takes the identifiers and
+/// the payload from the frame itself (`b`: the frame after its fixed header).
+fn publish_v5(byte1: u8, frame: &Bytes, mut b: Bytes) -> Msg {
+    let q = (byte1 >> 1) & 3;
+    let p = match p5::Packet::read(&mut BytesMut::from(&frame[..]), None) {
+        Ok(p5::Packet::Publish(p)) => p,
+        other => panic!("undecodable v5 PUBLISH: {other:?}"),
+    };
+    let l = usize::from(b.get_u16());
+    b.advance(l + if q > 0 { 2 } else { 0 });
+    let ids = skip_props(&mut b).subscription_ids;
+    let mut props = p.properties;
+    if let Some(props) = props.as_mut() {
+        props.subscription_identifiers = ids;
+    }
+    Msg {
+        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+        payload: b.to_vec(),
+        qos: q,
+        dup: p.dup,
+        retain: p.retain,
+        pkid: p.pkid,
+        props,
+    }
 }
 
 pub(super) fn parse(ver: Ver, frame: Bytes) -> In {
@@ -168,18 +202,7 @@ pub(super) fn parse(ver: Ver, frame: Bytes) -> In {
         3 => {
             let q = (byte1 >> 1) & 3;
             if v5 {
-                match p5::Packet::read(&mut BytesMut::from(&frame[..]), None) {
-                    Ok(p5::Packet::Publish(p)) => In::Publish(Msg {
-                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                        payload: p.payload.to_vec(),
-                        qos: q,
-                        dup: p.dup,
-                        retain: p.retain,
-                        pkid: p.pkid,
-                        props: p.properties,
-                    }),
-                    other => panic!("undecodable v5 PUBLISH: {other:?}"),
-                }
+                In::Publish(publish_v5(byte1, &frame, b))
             } else {
                 let l = usize::from(b.get_u16());
                 let topic = String::from_utf8_lossy(&b.split_to(l)).into_owned();
@@ -227,7 +250,7 @@ pub(super) fn parse(ver: Ver, frame: Bytes) -> In {
         14 => {
             let reason = if b.has_remaining() { b.get_u8() } else { 0 };
             let reason_string = if b.has_remaining() {
-                skip_props(&mut b)
+                skip_props(&mut b).reason
             } else {
                 None
             };

@@ -58,6 +58,7 @@ async fn enqueue_with(
         conn_id: 1,
         at_ms: 0,
         arrival: None,
+        message: 0,
     };
     let meta = PublishMeta {
         qos: m.qos,
@@ -342,6 +343,7 @@ fn a_ledger_is_bounded() {
         conn_id: 1,
         at_ms: 0,
         arrival: None,
+        message: 0,
     };
     let record = |a: u64| {
         let routed = Routing::new(meta, "t", o, b"x", None).finish(Some(a));
