@@ -19,6 +19,19 @@ pub(crate) enum Target {
     Sys,
 }
 
+/// A SUBSCRIBE's filters, sorted by who answers them.
+#[derive(Default)]
+struct Sorted {
+    /// Per filter in order: the code decided here, or `None` for the router's.
+    slots: Vec<Option<SubscribeReasonCode>>,
+    /// Filters for the router.
+    routed: Vec<Filter>,
+    /// Routed filters the connection had already (MQTT replaces them).
+    replaced: Vec<String>,
+    /// Whether a `$SYS` filter was added (its snapshot follows the SUBACK).
+    sys_added: bool,
+}
+
 impl Connection {
     pub(crate) fn subscribe(
         &mut self,
@@ -30,13 +43,35 @@ impl Connection {
             // drop the link without a word.
             return Err(Ending::Violation(Reason::ProtocolError));
         }
-        let v5 = self.s.version == Version::V5;
         let id = props.as_ref().and_then(|p| p.id);
-        let mut slots = Vec::with_capacity(sub.filters.len());
-        let mut routed: Vec<Filter> = Vec::new();
-        let mut sys_added = false;
-        let mut replaced = Vec::new();
-        for filter in sub.filters {
+        let sorted = self.sort_filters(sub.filters, id)?;
+        let sys_added = sorted.sys_added;
+        let paths = sorted.routed.iter().map(|f| f.path.clone()).collect();
+        if sorted.routed.is_empty() {
+            let return_codes = sorted.slots.into_iter().flatten().collect();
+            self.write_packet(Packet::SubAck(
+                SubAck {
+                    pkid: sub.pkid,
+                    return_codes,
+                },
+                None,
+            ));
+        } else {
+            self.route_subscribe(sub.pkid, sorted, props);
+        }
+        if sys_added {
+            let values = crate::link::sys::snapshot(&self.core);
+            self.write_sys(&values, true);
+        }
+        Ok(paths)
+    }
+
+    /// Checks each filter on its own and records the accepted ones (with identifier
+    /// `id`) in the connection's table.
+    fn sort_filters(&mut self, filters: Vec<Filter>, id: Option<usize>) -> Result<Sorted, Ending> {
+        let v5 = self.s.version == Version::V5;
+        let mut sorted = Sorted::default();
+        for filter in filters {
             let options = SubOptions {
                 qos: filter.qos as u8,
                 no_local: v5 && filter.nolocal,
@@ -51,65 +86,57 @@ impl Connection {
                     if self.subs.add(&filter.path, options) {
                         // rumqttd keeps an existing subscription as it was (QoS,
                         // identifier); MQTT replaces it [MQTT-3.8.4-3].
-                        replaced.push(filter.path.clone());
+                        sorted.replaced.push(filter.path.clone());
                     }
-                    slots.push(None);
-                    routed.push(filter);
+                    sorted.slots.push(None);
+                    sorted.routed.push(filter);
                 }
                 Ok(Target::Sys) => {
                     // Served by the link at QoS 0 (see `sys`).
                     self.subs.add(&filter.path, options);
-                    sys_added = true;
-                    slots.push(Some(SubscribeReasonCode::Success(QoS::AtMostOnce)));
+                    sorted.sys_added = true;
+                    sorted
+                        .slots
+                        .push(Some(SubscribeReasonCode::Success(QoS::AtMostOnce)));
                 }
-                Err(code) => {
-                    let code = if v5 {
-                        code
-                    } else {
-                        SubscribeReasonCode::Failure
-                    };
-                    slots.push(Some(code));
-                }
+                Err(code) if v5 => sorted.slots.push(Some(code)),
+                Err(_) => sorted.slots.push(Some(SubscribeReasonCode::Failure)),
             }
         }
-        let paths = routed.iter().map(|f| f.path.clone()).collect();
-        if routed.is_empty() {
-            let return_codes = slots.into_iter().flatten().collect();
-            self.write_packet(Packet::SubAck(
-                SubAck {
-                    pkid: sub.pkid,
-                    return_codes,
+        Ok(sorted)
+    }
+
+    /// Hands the routed filters to the router, whose SUBACK is merged with the codes
+    /// decided here (`egress.rs`); replaced ones are dropped there first.
+    fn route_subscribe(&mut self, pkid: u16, sorted: Sorted, props: Option<SubscribeProperties>) {
+        let Sorted {
+            slots,
+            routed,
+            replaced,
+            ..
+        } = sorted;
+        if slots.iter().any(Option::is_some) {
+            self.pending_subacks.insert(pkid, slots);
+        }
+        if !replaced.is_empty() {
+            // Its UNSUBACK is swallowed like every router UNSUBACK.
+            self.to_router.push(Packet::Unsubscribe(
+                Unsubscribe {
+                    pkid,
+                    filters: replaced,
                 },
                 None,
             ));
-        } else {
-            if slots.iter().any(Option::is_some) {
-                self.pending_subacks.insert(sub.pkid, slots);
-            }
-            if !replaced.is_empty() {
-                // Its UNSUBACK is swallowed like every router UNSUBACK.
-                self.to_router.push(Packet::Unsubscribe(
-                    Unsubscribe {
-                        pkid: sub.pkid,
-                        filters: replaced,
-                    },
-                    None,
-                ));
-            }
-            self.session_subscribing(sub.pkid, &routed, id);
-            self.to_router.push(Packet::Subscribe(
-                Subscribe {
-                    pkid: sub.pkid,
-                    filters: routed,
-                },
-                props,
-            ));
         }
-        if sys_added {
-            let values = crate::link::sys::snapshot(&self.core);
-            self.write_sys(&values, true);
-        }
-        Ok(paths)
+        let id = props.as_ref().and_then(|p| p.id);
+        self.session_subscribing(pkid, &routed, id);
+        self.to_router.push(Packet::Subscribe(
+            Subscribe {
+                pkid,
+                filters: routed,
+            },
+            props,
+        ));
     }
 
     pub(crate) fn check_filter(&self, path: &str) -> Result<Target, SubscribeReasonCode> {

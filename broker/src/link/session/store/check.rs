@@ -91,6 +91,38 @@ fn keys_matching(index: &super::FilterIndex, no_sessions: bool, topic: &str) -> 
         .collect()
 }
 
+/// The copies for connected persistent sessions (`keys`), at slot `arrival`; a message
+/// their publisher (`conn_id`) sent comes back only where No Local allows.
+fn copy_to_live(
+    set: &mut super::ParkedSet,
+    keys: Vec<String>,
+    base: &QueuedMessage,
+    conn_id: u64,
+    arrival: u64,
+    copies: &mut Copies,
+) {
+    let before = copies.ops.len();
+    for key in keys {
+        let Some(live) = set.live.get(&key) else {
+            continue;
+        };
+        let own = conn_id != 0 && conn_id == live.conn_id;
+        if let Some(msg) = copy_for(&live.subscriptions, base, own) {
+            copies.ops.push(QueueOp::Insert {
+                key,
+                seq: arrival,
+                msg,
+                trim: false,
+            });
+        }
+    }
+    if copies.ops.len() > before {
+        // A SUBACK may hand it to its client from the ledger before it is written.
+        set.unwritten.insert(arrival);
+        copies.slots.push(arrival);
+    }
+}
+
 fn copy_for(
     subs: &[SessionSubscription],
     base: &QueuedMessage,
@@ -189,25 +221,7 @@ impl SessionStore {
             pkid: None,
         };
         let before = copies.ops.len();
-        for key in live_keys {
-            let Some(live) = set.live.get(&key) else {
-                continue;
-            };
-            let own = m.conn_id != 0 && m.conn_id == live.conn_id;
-            if let Some(msg) = copy_for(&live.subscriptions, &base, own) {
-                copies.ops.push(QueueOp::Insert {
-                    key,
-                    seq: arrival,
-                    msg,
-                    trim: false,
-                });
-            }
-        }
-        if copies.ops.len() > before {
-            // A SUBACK may hand it to its client from the ledger before it is written.
-            set.unwritten.insert(arrival);
-            copies.slots.push(arrival);
-        }
+        copy_to_live(set, live_keys, &base, m.conn_id, arrival, copies);
         for key in parked_keys {
             let Some(p) = set.sessions.get(&key) else {
                 continue;
