@@ -16,6 +16,7 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.ws",
     "mqtt.max_payload",
     "mqtt.max_connections",
+    "mqtt.max_pending_connects",
     "mqtt.connect_timeout_s",
     "mqtt.sys_interval_s",
     "mqtt.max_inflight",

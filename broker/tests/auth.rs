@@ -255,3 +255,94 @@ async fn a_client_that_never_sends_connect_is_dropped_after_the_connect_timeout(
         .unwrap_or(0);
     assert_eq!(n, 0);
 }
+
+/// Only an authenticated client takes a slot of `mqtt.max_connections`: on a full
+/// server a wrong password still hears "not authorized", not "busy", and while many
+/// wrong passwords are being checked a real device still gets in.
+#[tokio::test]
+async fn wrong_passwords_take_no_connection_slot() {
+    let mut config = fleetmq_broker::BrokerConfig::for_tests();
+    config.max_connections = 2;
+    let b = TestBroker::with_config(config).await;
+    b.add_device("dev-1", "secret-token", false).await;
+    b.add_device("dev-2", "other-token", false).await;
+    b.add_service("backend", "backend-pass", allow_all()).await;
+    let (_c, el) = connect_v4(&b, Via::Tcp, "dev-1", Some(("dev-1", "secret-token")))
+        .await
+        .expect("first device");
+    let _d = drive_v4(el);
+    let wrong = (0..8).map(|i| {
+        let b = &b;
+        async move {
+            let id = format!("backend-{i}");
+            refused_v4(connect_v4(b, Via::Tcp, &id, Some(("backend", "wrong"))).await)
+        }
+    });
+    let (codes, second) = tokio::join!(
+        futures_util::future::join_all(wrong),
+        connect_v4(&b, Via::Tcp, "dev-2", Some(("dev-2", "other-token")))
+    );
+    assert!(
+        codes.iter().all(|c| *c == ConnectReturnCode::NotAuthorized),
+        "{codes:?}"
+    );
+    let (_c2, el2) = second.expect("the second device gets the last slot");
+    let _d2 = drive_v4(el2);
+    // Full now: a wrong password is still told why it failed.
+    assert_eq!(
+        refused_v4(connect_v4(&b, Via::Tcp, "dev-1", Some(("dev-1", "wrong"))).await),
+        ConnectReturnCode::NotAuthorized
+    );
+    assert_eq!(
+        refused_v4(connect_v4(&b, Via::Tcp, "x", Some(("backend", "backend-pass"))).await),
+        ConnectReturnCode::ServiceUnavailable
+    );
+}
+
+/// Sockets that never send CONNECT hold at most `mqtt.max_pending_connects` slots: past
+/// that the listeners stop accepting (the kernel's backlog waits), and the next client
+/// is served as soon as a silent socket goes.
+#[tokio::test]
+async fn silent_sockets_are_bounded_by_the_pending_budget() {
+    use tokio::io::AsyncReadExt;
+    let mut config = fleetmq_broker::BrokerConfig::for_tests();
+    config.max_pending_connects = 2;
+    config.connect_timeout = std::time::Duration::from_secs(2);
+    config.allow_anonymous = true;
+    let b = TestBroker::with_config(config).await;
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(b.tcp).await.unwrap());
+    }
+    // The third is connected by the kernel, but nobody reads its CONNECT yet.
+    let waiting = tokio::spawn({
+        let b = b.tcp;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(b).await.unwrap();
+            use tokio::io::AsyncWriteExt;
+            s.write_all(&[
+                0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 1, b'w',
+            ])
+            .await
+            .unwrap();
+            let mut connack = [0u8; 4];
+            s.read_exact(&mut connack).await.map(|_| connack)
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(!waiting.is_finished(), "answered while the budget was full");
+    drop(silent.pop());
+    let connack = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("served once a slot was free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    // The remaining silent socket still goes at the connect timeout.
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(WAIT, silent[0].read(&mut buf))
+        .await
+        .expect("closed by the broker")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}

@@ -110,7 +110,11 @@ pub(crate) struct Core {
     /// The latest `$SYS` values (written by the ticker in `sys`).
     pub(crate) sys: tokio::sync::watch::Sender<crate::link::sys::SysValues>,
     pub(crate) shutdown: CancellationToken,
+    /// Slots of `mqtt.max_connections`, taken once a client is authenticated.
     pub(crate) permits: Arc<Semaphore>,
+    /// Slots of `mqtt.max_pending_connects`, taken before accepting a socket and given
+    /// back when its CONNECT is answered.
+    pub(crate) pending: Arc<Semaphore>,
     pub(crate) next_conn_id: AtomicU64,
     pub(crate) anonymous_rules: Arc<[AclRule]>,
     /// Device traffic to the fleet services.
@@ -168,6 +172,7 @@ impl Core {
             congestion: crate::link::connection::congestion::Congestion::default(),
             auth: Authenticator::new(store.clone(), config.allow_anonymous),
             permits: Arc::new(Semaphore::new(config.max_connections)),
+            pending: Arc::new(Semaphore::new(config.max_pending_connects)),
             stats: Stats::new(),
             sessions,
             next_conn_id: AtomicU64::new(1),

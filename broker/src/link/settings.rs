@@ -12,6 +12,11 @@ use serde::Deserialize;
 use crate::fleet::settings::FleetConfig;
 use crate::settings::{at_least_one, at_least_one_because, listen_addr, ConfigError};
 
+/// Default of `mqtt.max_pending_connects`: enough for a fleet reconnecting at once (a
+/// device is pending for a round trip and a token check), few enough that sockets that
+/// never send CONNECT cannot take the process's descriptors.
+const DEFAULT_MAX_PENDING_CONNECTS: usize = 1024;
+
 /// `[mqtt]` as written in TOML / env / flags.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +25,8 @@ pub struct RawMqttConfig {
     pub ws: Option<String>,
     pub max_payload: Option<usize>,
     pub max_connections: Option<usize>,
+    /// Sockets accepted and not yet through CONNECT and authentication.
+    pub max_pending_connects: Option<usize>,
     pub connect_timeout_s: Option<u64>,
     /// Seconds between `$SYS` updates; 0 disables them.
     pub sys_interval_s: Option<u64>,
@@ -131,6 +138,11 @@ pub struct BrokerConfig {
     pub listeners: Vec<ListenerSpec>,
     pub max_payload: usize,
     pub max_connections: usize,
+    /// Sockets accepted and not yet through CONNECT and authentication (handshakes
+    /// included); at the limit the listeners stop accepting, and the kernel's backlog
+    /// holds the rest.
+    pub max_pending_connects: usize,
+    /// From accept to CONNECT, TLS and WebSocket handshakes included.
     pub connect_timeout: Duration,
     /// How often `$SYS` topics are refreshed; `None` disables them.
     pub sys_interval: Option<Duration>,
@@ -199,6 +211,7 @@ impl BrokerConfig {
             listeners: Vec::new(),
             max_payload: 262_144,
             max_connections: 10_000,
+            max_pending_connects: DEFAULT_MAX_PENDING_CONNECTS,
             connect_timeout: Duration::from_secs(10),
             sys_interval: Some(Duration::from_secs(10)),
             max_inflight: 100,
@@ -373,6 +386,7 @@ pub fn validate(
         ));
     }
     at_least_one("mqtt.max_connections", mqtt.max_connections)?;
+    at_least_one("mqtt.max_pending_connects", mqtt.max_pending_connects)?;
     at_least_one("mqtt.connect_timeout_s", mqtt.connect_timeout_s)?;
     at_least_one_because(
         "mqtt.max_inflight",
@@ -404,6 +418,9 @@ pub fn validate(
         listeners,
         max_payload,
         max_connections: mqtt.max_connections.unwrap_or(10_000),
+        max_pending_connects: mqtt
+            .max_pending_connects
+            .unwrap_or(DEFAULT_MAX_PENDING_CONNECTS),
         connect_timeout: Duration::from_secs(mqtt.connect_timeout_s.unwrap_or(10)),
         sys_interval: match mqtt.sys_interval_s.unwrap_or(10) {
             0 => None,

@@ -206,8 +206,10 @@ pub(crate) async fn establish(
     core.stats.packet_in(1);
     let version = req.version;
     let (client_id, assigned) = client_id_of(&req)?;
-    let permit = connection_permit(core, version)?;
     let identity = authenticate(core, &req, &client_id, cert_cn).await?;
+    // Only an authenticated client takes a slot: a flood of wrong passwords cannot make
+    // the broker "busy" for the fleet.
+    let permit = connection_permit(core, version)?;
     let principal = principal_for(&identity, &client_id, &core.anonymous_rules);
     let (keep_alive, server_keep_alive) =
         capped_keep_alive(core.config.max_keepalive, version, req.connect.keep_alive)?;

@@ -1,9 +1,13 @@
 //! Accept loops for TCP (1883), WebSocket (9001, paths `/mqtt` and `/`, subprotocol
 //! `mqtt`), TLS (8883), and the `[[mqtt.listeners]]` beside them (any of those kinds, and
 //! WebSocket over TLS), each TLS one with its own certificate and client-CA policy. Every
-//! listener shares one accounting: `mqtt.max_connections`, the connect timeout and the
-//! counters. No per-accept sleep: the loop takes connections as fast as the kernel hands
-//! them over; each connection runs in its own task.
+//! listener shares one accounting: `mqtt.max_pending_connects` for sockets not yet
+//! through CONNECT and authentication (a listener accepts only with a slot free, so
+//! sockets that never send CONNECT cannot take every descriptor; the kernel's backlog
+//! holds the rest), one connect timeout from accept to CONNECT, `mqtt.max_connections`
+//! for authenticated clients, and the counters. No per-accept sleep: the loop takes
+//! connections as fast as the kernel hands them over; each connection runs in its own
+//! task.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,6 +18,8 @@ use bytes::BytesMut;
 use http::{HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -128,6 +134,13 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener, tracker: TaskTracke
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, listener = kind_name(&kind), "MQTT listener up");
     loop {
+        let pending = tokio::select! {
+            _ = core.shutdown.cancelled() => return,
+            pending = core.pending.clone().acquire_owned() => pending,
+        };
+        let Ok(pending) = pending else {
+            return;
+        };
         let accepted = tokio::select! {
             _ = core.shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
@@ -136,7 +149,13 @@ async fn accept_loop(core: Arc<Core>, listener: TcpListener, tracker: TaskTracke
             Ok((socket, peer)) => {
                 // Without TCP_NODELAY a QoS 1 round trip waits ~40 ms on delayed ACKs.
                 let _ = socket.set_nodelay(true);
-                tracker.spawn(handshake(core.clone(), socket, peer, kind.clone()));
+                let accepted = Accepted {
+                    socket,
+                    peer,
+                    pending,
+                    deadline: Instant::now() + core.config.connect_timeout,
+                };
+                tracker.spawn(handshake(core.clone(), accepted, kind.clone()));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off a little instead of spinning.
@@ -156,9 +175,24 @@ fn kind_name(kind: &Kind) -> &'static str {
     }
 }
 
-async fn handshake(core: Arc<Core>, socket: TcpStream, peer: SocketAddr, kind: Kind) {
-    let timeout = core.config.connect_timeout;
-    let upgraded = tokio::time::timeout(timeout, async {
+/// A socket taken off a listener, not yet through CONNECT.
+struct Accepted {
+    socket: TcpStream,
+    peer: SocketAddr,
+    /// Its slot of `mqtt.max_pending_connects`.
+    pending: OwnedSemaphorePermit,
+    /// When its CONNECT must have arrived (`mqtt.connect_timeout_s` after accept).
+    deadline: Instant,
+}
+
+async fn handshake(core: Arc<Core>, accepted: Accepted, kind: Kind) {
+    let Accepted {
+        socket,
+        peer,
+        pending,
+        deadline,
+    } = accepted;
+    let upgraded = tokio::time::timeout_at(deadline, async {
         match kind {
             Kind::Tcp => Ok((Stream::Tcp(socket), Transport::Tcp, None)),
             Kind::Ws => ws_upgrade(socket, core.max_packet())
@@ -179,7 +213,16 @@ async fn handshake(core: Arc<Core>, socket: TcpStream, peer: SocketAddr, kind: K
     })
     .await;
     match upgraded {
-        Ok(Ok((stream, transport, cn))) => serve(core, stream, peer, transport, cn).await,
+        Ok(Ok((stream, transport, cn))) => {
+            let client = Client {
+                peer,
+                transport,
+                cert_cn: cn,
+                pending,
+                deadline,
+            };
+            serve(core, stream, client).await
+        }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "handshake failed"),
         Err(_) => tracing::debug!(%peer, "handshake timed out"),
     }
@@ -224,18 +267,27 @@ where
         .map_err(io::Error::other)
 }
 
-/// Runs one client: CONNECT within the timeout, then the connection loop.
-async fn serve(
-    core: Arc<Core>,
-    mut stream: Stream,
+/// A client past its transport handshake.
+struct Client {
     peer: SocketAddr,
     transport: Transport,
     cert_cn: Option<String>,
-) {
+    pending: OwnedSemaphorePermit,
+    deadline: Instant,
+}
+
+/// Runs one client: CONNECT by the deadline, then the connection loop.
+async fn serve(core: Arc<Core>, mut stream: Stream, client: Client) {
+    let Client {
+        peer,
+        transport,
+        cert_cn,
+        pending,
+        deadline,
+    } = client;
     let mut buf = BytesMut::with_capacity(1024);
-    let timeout = core.config.connect_timeout;
-    let request = match tokio::time::timeout(
-        timeout,
+    let request = match tokio::time::timeout_at(
+        deadline,
         connect::read_connect(&mut stream, &mut buf, core.max_packet()),
     )
     .await
@@ -249,6 +301,8 @@ async fn serve(
         Ok(req) => connect::establish(&core, req, peer, transport, cert_cn.as_deref()).await,
         Err(e) => Err(e),
     };
+    // Answered (or about to be): the next socket may be accepted.
+    drop(pending);
     match established {
         Ok((session, connack)) => {
             Connection::new(core, stream, session, buf)
