@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use fleetmq_storage::telemetry as store;
 
 pub use config::{RawTelemetryConfig, TelemetryConfig};
+pub use durable::NotStored;
 
 /// Default page size of [`Telemetry::query`] (SPEC §8).
 pub const DEFAULT_LIMIT: usize = 100;
@@ -173,6 +174,8 @@ enum Msg {
     Point(store::NewPoint),
     /// Acknowledged once every message queued before it is committed.
     Flush(oneshot::Sender<()>),
+    /// Points whose sender waits for their commit: told whether it succeeded.
+    Durable(Vec<store::NewPoint>, oneshot::Sender<bool>),
 }
 
 #[derive(Default)]
@@ -543,6 +546,7 @@ fn parse_value(device: &DeviceId, key: &str, json: &str) -> Option<Value> {
 }
 
 mod config;
+mod durable;
 mod writer;
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ impl Harness {
             .offer(&id(device), json().as_ref(), payload.as_bytes(), at_ms)
     }
 
-    async fn count(&self, device: &str) -> u64 {
+    pub(super) async fn count(&self, device: &str) -> u64 {
         self.t.count(&id(device)).await.expect("count")
     }
 }

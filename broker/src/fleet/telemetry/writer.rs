@@ -66,7 +66,7 @@ impl Writer {
             self.drain();
             if self.buf[checked..]
                 .iter()
-                .any(|m| matches!(m, Msg::Flush(_)))
+                .any(|m| matches!(m, Msg::Flush(_) | Msg::Durable(..)))
             {
                 return;
             }
@@ -94,16 +94,23 @@ impl Writer {
         }
     }
 
-    /// Commits the points in `buf` in one transaction, then acknowledges its flushes.
+    /// Commits the points in `buf` in one transaction, then tells the senders waiting
+    /// for it whether it held, and acknowledges its flushes.
     async fn commit(&mut self) {
         let mut points = Vec::with_capacity(self.buf.len());
         let mut acks = Vec::new();
+        let mut durable = Vec::new();
         for msg in self.buf.drain(..) {
             match msg {
                 Msg::Point(p) => points.push(p),
                 Msg::Flush(ack) => acks.push(ack),
+                Msg::Durable(p, ack) => {
+                    points.extend(p);
+                    durable.push(ack);
+                }
             }
         }
+        let mut committed = true;
         if !points.is_empty() {
             let n = points.len() as u64;
             let c = &self.shared.counters;
@@ -113,14 +120,18 @@ impl Writer {
                     c.batches.fetch_add(1, Relaxed);
                 }
                 Err(error) => {
+                    committed = false;
                     c.dropped_write_failed.fetch_add(n, Relaxed);
                     tracing::error!(%error, points = n, "telemetry batch lost");
                 }
             }
             self.shared.saturated.store(false, Relaxed);
         }
+        // A waiter may have given up; nothing to do then.
+        for ack in durable {
+            let _ = ack.send(committed);
+        }
         for ack in acks {
-            // The waiter may have given up; nothing to do then.
             let _ = ack.send(());
         }
     }
