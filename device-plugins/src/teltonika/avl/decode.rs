@@ -4,7 +4,10 @@
 //! agree, every record lies within the data, and no byte is left over. The total IO
 //! count a record carries is read but not enforced: it repeats the sum of the per-width
 //! counts, which decide what is read, and refusing a record over it would only make the
-//! tracker send the same packet again and again.
+//! tracker send the same packet again and again. (Teltonika's one 8 Extended example has
+//! no NX element, so whether its total counts them is not shown either.) So a record may
+//! hold more elements than its codec's total can say, up to 1020 in Codec 8 and 16;
+//! such a packet decodes but does not encode.
 
 use super::{AvlPacket, AvlRecord, Codec, Gps, IoElement, IoValue};
 use crate::teltonika::error::PacketError;

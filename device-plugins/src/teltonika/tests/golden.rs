@@ -544,3 +544,39 @@ fn encode_refusals_are_named() {
     );
     assert_eq!(records_ack(300), [0, 0, 1, 44]);
 }
+
+#[test]
+fn io_total_is_read_not_enforced() {
+    // Codec 8's first example with its total IO count (5) changed to 0: still read,
+    // as the per-width counts say, and written back with the right total.
+    let mut data = hex(CODEC8_EX1);
+    let data = &mut data[8..62];
+    assert_eq!(data[2 + 25], 5);
+    data[2 + 25] = 0;
+    let (frame, _) = FrameDecoder::new().decode(&framed(data)).unwrap().unwrap();
+    assert_eq!(frame, Frame::Avl(avl(CODEC8_EX1)));
+}
+
+#[test]
+fn more_elements_than_the_total_can_say_decode_but_do_not_encode() {
+    // What the fuzzer found first: a Codec 8 record with 255 one-byte elements and one
+    // two-byte element; its one-byte total cannot say 256.
+    let mut data = vec![0x08, 1];
+    data.extend([0; 8 + 1 + 15]);
+    data.extend([0, 0, 255]); // event IO, total (not enforced), N1
+    data.extend((0..=254).flat_map(|id| [id, 1]));
+    data.extend([1, 7, 0, 9, 0, 0, 1]); // N2 and its element, N4, N8, count
+    let (frame, _) = FrameDecoder::new().decode(&framed(&data)).unwrap().unwrap();
+    let Frame::Avl(packet) = frame else {
+        panic!("not AVL")
+    };
+    assert_eq!(packet.records[0].io.len(), 256);
+    assert_eq!(
+        encode_avl(&packet),
+        Err(EncodeError::TooManyElements {
+            codec: Codec::Codec8,
+            count: 256,
+            max: 255
+        })
+    );
+}

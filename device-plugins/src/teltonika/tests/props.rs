@@ -121,7 +121,16 @@ fn decode_and_reencode(bytes: &[u8]) {
                     serde_json::from_slice(&telemetry_json(r)).expect("JSON");
                 assert!(json.is_object());
             }
-            encode_avl(p).expect("a decoded packet encodes")
+            match encode_avl(p) {
+                Ok(bytes) => bytes,
+                // More IO elements than the (unenforced) total count can say.
+                Err(EncodeError::TooManyElements { count, max, .. })
+                    if p.records.iter().any(|r| r.io.len() == count && count > max) =>
+                {
+                    return
+                }
+                Err(e) => panic!("{p:?} decodes, not encodes: {e}"),
+            }
         }
         Frame::Codec12(m) => match m.kind {
             Codec12Kind::Command => encode_command(&m.text_lossy()).unwrap_or_default(),
