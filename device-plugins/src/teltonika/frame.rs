@@ -96,6 +96,15 @@ impl FrameDecoder {
             .map_err(|problem| FrameError::Invalid { frame_len, problem })
     }
 
+    /// The length of the frame at the front of `buf`, preamble to CRC, once its header
+    /// is in: `Ok(None)` before that, the header's refusal (as [`decode`](Self::decode)
+    /// gives it) if it has one. For a connection that sizes its read buffer to the frame.
+    pub fn frame_len(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        Ok(self
+            .header(buf)?
+            .and_then(|data_len| data_len.checked_add(HEADER_LEN + CRC_LEN)))
+    }
+
     /// Checks the preamble and the length present in `buf`; the data length once both
     /// are in.
     fn header(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {

@@ -285,6 +285,8 @@ fn two_frames_in_one_buffer_and_a_split_one() {
     stream.extend(hex(CODEC12_RESPONSE));
     stream.extend(&hex(CODEC8E_EX)[..20]);
     let d = FrameDecoder::new();
+    assert_eq!(d.frame_len(&stream[..7]), Ok(None));
+    assert_eq!(d.frame_len(&stream[..8]), Ok(Some(first)));
     let (_, used) = d.decode(&stream).unwrap().unwrap();
     assert_eq!(used, first);
     let (frame, used) = d.decode(&stream[first..]).unwrap().unwrap();
@@ -337,6 +339,10 @@ fn framing_refusals_are_named() {
     );
     assert_eq!(d.decode(&[0, 0, 0, 0, 0, 0, 0, 3, 8, 0, 0]), Ok(None));
     assert_eq!(FrameError::TooShort { len: 2, min: 3 }.skip_len(), None);
+    assert_eq!(
+        d.frame_len(&[0, 0, 0, 0, 0, 0, 0, 2]),
+        Err(FrameError::TooShort { len: 2, min: 3 })
+    );
 }
 
 #[test]
