@@ -7,6 +7,8 @@
 //! - `json`: [`JsonPlugin`], SPEC §3-§6's JSON payloads as written (the default plugin).
 //! - [`rfc3339`]: a strict RFC 3339 parser and UTC formatter for telemetry timestamps.
 //! - `registry`: [`PluginRegistry`], the plugins a broker knows, by name.
+//! - [`teltonika`]: Teltonika trackers' binary TCP protocol (IMEI login, Codec 8/8E/16
+//!   AVL data, Codec 12 commands) and its records as SPEC §10 telemetry points.
 //!
 //! Everything here is sans-IO: pure functions over bytes that return `Result` and never
 //! panic on what a device sent.
@@ -15,6 +17,7 @@ mod json;
 mod plugin;
 mod registry;
 pub mod rfc3339;
+pub mod teltonika;
 
 pub use json::JsonPlugin;
 pub use plugin::{

@@ -9,6 +9,8 @@
 //! - [`device_json`]: the json plugin's decoders for telemetry, command responses,
 //!   status and events.
 //! - [`storage_records`]: the decoders of every record the store reads back from redb.
+//! - [`teltonika`]: the Teltonika tracker codec: IMEI login, frames over a stream,
+//!   Codec 8/8E/16 records and their telemetry, Codec 12 messages.
 //!
 //! Every check panics when an invariant fails, not only when a codec panics: what
 //! decodes must encode and decode back to the same value, and two paths that must
@@ -21,6 +23,7 @@ pub mod device_json;
 pub mod envelope;
 pub mod framing;
 pub mod storage_records;
+pub mod teltonika;
 
 #[cfg(test)]
 mod seeds;

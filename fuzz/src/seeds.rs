@@ -29,7 +29,7 @@ fn corpus(target: &str) -> PathBuf {
 
 #[test]
 fn seeds_pass_their_checks() {
-    let targets: [Target; 4] = [
+    let targets: [Target; 5] = [
         ("framing", crate::framing::check, framing),
         ("envelope", crate::envelope::check, envelope),
         ("device_json", crate::device_json::check, device_json),
@@ -38,6 +38,7 @@ fn seeds_pass_their_checks() {
             crate::storage_records::check,
             storage_records,
         ),
+        ("teltonika", crate::teltonika::check, teltonika),
     ];
     let write = std::env::var_os("FLEETMQ_WRITE_SEEDS").is_some();
     for (target, check, seeds) in targets {
@@ -492,6 +493,47 @@ fn storage_records() -> Seeds {
     ]
 }
 
+// ---- teltonika ------------------------------------------------------------------
+
+/// Bytes from a hex string.
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Teltonika's published examples (https://wiki.teltonika-gps.com/view/Codec), as in
+/// `device-plugins/src/teltonika/tests/golden.rs`: the login, Codec 8 (three), 8
+/// Extended (and a beacon packet with a variable-length element), 16, and Codec 12.
+fn teltonika() -> Seeds {
+    let login = unhex("000F333536333037303432343431303133");
+    let codec8 = unhex("000000000000003608010000016B40D8EA30010000000000000000000000000000000105021503010101425E0F01F10000601A014E0000000000000000010000C7CF");
+    let codec8_2 = unhex("000000000000002808010000016B40D9AD80010000000000000000000000000000000103021503010101425E100000010000F22A");
+    let codec8_3 = unhex("000000000000004308020000016B40D57B480100000000000000000000000000000001010101000000000000016B40D5C198010000000000000000000000000000000101010101000000020000252C");
+    let codec8e = unhex("000000000000004A8E010000016B412CEE000100000000000000000000000000000000010005000100010100010011001D00010010015E2C880002000B000000003544C87A000E000000001DD7E06A00000100002994");
+    let beacon = unhex("000000000000005A8E010000016B69B0C9510000000000000000000000000000000001810001000000000000000000010181002D11216B817F8A274D4FBDB62D33E1842F8DF8014D022BBF21A579723675064DC396A7C3520129F61900000000BF0100003E5D");
+    let codec16 = unhex("000000000000005F10020000016BDBC7833000000000000000000000000000000000000B05040200010000030002000B00270042563A00000000016BDBC7871800000000000000000000000000000000000B05040200010000030002000B00260042563A00000200005FB3");
+    let getinfo = unhex("000000000000000F0C010500000007676574696E666F0100004312");
+    let response = unhex("00000000000000900C010600000088494E493A323031392F372F323220373A3232205254433A323031392F372F323220373A3533205253543A32204552523A312053523A302042523A302043463A302046473A3020464C3A302054553A302F302055543A3020534D533A30204E4F4750533A303A3330204750533A31205341543A302052533A332052463A36352053463A31204D443A30010000C78F");
+    // The data of a frame, for the odd (framed) mode: codec id to second count.
+    let data = |frame: &[u8]| frame[8..frame.len() - 4].to_vec();
+    vec![
+        ("login-codec8", cat(&[&[0], &login, &codec8])),
+        ("codec8-two-frames", cat(&[&[0], &codec8_2, &codec8_3])),
+        ("login-codec8e", cat(&[&[0], &login, &codec8e])),
+        ("codec16", cat(&[&[0], &codec16])),
+        (
+            "codec12-getinfo-response",
+            cat(&[&[0], &getinfo, &response]),
+        ),
+        ("data-codec8", cat(&[&[1], &data(&codec8)])),
+        ("data-codec8e-beacon", cat(&[&[1], &data(&beacon)])),
+        ("data-codec16", cat(&[&[1], &data(&codec16)])),
+        ("data-codec12-response", cat(&[&[1], &data(&response)])),
+    ]
+}
+
 /// The seeds are what they claim: every frame decodes, every envelope (but the one
 /// with an unknown generation) opens, every payload and record decodes.
 #[test]
@@ -571,5 +613,21 @@ fn seeds_are_accepted() {
             }
         };
         assert!(ok, "{name}");
+    }
+    for (name, input) in teltonika() {
+        use fleetmq_device_plugins::teltonika::{decode_login, FrameDecoder};
+        let mut bytes = match input[0] % 2 {
+            0 => input[1..].to_vec(),
+            _ => crate::teltonika::framed(&input[1..]),
+        };
+        if let Ok(Some((_, used))) = decode_login(&bytes) {
+            bytes.drain(..used);
+        }
+        let mut frames = 0;
+        while let Ok(Some((_, used))) = FrameDecoder::new().decode(&bytes) {
+            bytes.drain(..used);
+            frames += 1;
+        }
+        assert!(frames > 0 && bytes.is_empty(), "{name}: {frames} frames");
     }
 }
