@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::json::JsonPlugin;
 use crate::plugin::{DevicePlugin, PluginError};
+use crate::teltonika::TeltonikaPlugin;
 
 /// The plugins available to devices, looked up by the name in a device record.
 #[derive(Clone, Default)]
@@ -19,11 +20,19 @@ impl PluginRegistry {
         Self::default()
     }
 
-    /// A registry holding every plugin built into fleetmq (`json`).
+    /// A registry holding every plugin built into fleetmq (`json`, and `teltonika`
+    /// without response patterns).
     pub fn builtin() -> Self {
         let mut plugins: BTreeMap<&'static str, Arc<dyn DevicePlugin>> = BTreeMap::new();
         plugins.insert(JsonPlugin::NAME, Arc::new(JsonPlugin));
+        plugins.insert(TeltonikaPlugin::NAME, Arc::new(TeltonikaPlugin::default()));
         Self { plugins }
+    }
+
+    /// Adds `plugin`, or replaces the one registered under its name (a built-in plugin
+    /// configured at start).
+    pub fn set(&mut self, plugin: Arc<dyn DevicePlugin>) {
+        self.plugins.insert(plugin.name(), plugin);
     }
 
     /// Adds `plugin` under its [`name`](DevicePlugin::name); a name is registered once.
@@ -65,17 +74,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builtin_has_json() {
-        let reg = PluginRegistry::builtin();
-        assert_eq!(reg.names(), vec!["json"]);
+    fn builtin_has_json_and_teltonika() {
+        let mut reg = PluginRegistry::builtin();
+        assert_eq!(reg.names(), vec!["json", "teltonika"]);
         assert_eq!(reg.get("json").map(|p| p.name()), Some("json"));
         assert!(reg.contains("json"));
         assert!(reg.get("JSON").is_none());
         assert!(reg.get("").is_none());
         assert_eq!(
             format!("{reg:?}"),
-            r#"PluginRegistry { plugins: ["json"] }"#
+            r#"PluginRegistry { plugins: ["json", "teltonika"] }"#
         );
+        let configured = Arc::new(TeltonikaPlugin::new(Vec::new()));
+        reg.set(configured.clone());
+        let got = reg.get("teltonika").expect("set");
+        assert!(std::ptr::addr_eq(
+            Arc::as_ptr(&got),
+            Arc::as_ptr(&configured)
+        ));
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! - `avl` (types), `avl/decode`, `avl/encode`: AVL data packets and the record-count ack.
 //! - `codec12`: Codec 12 commands and responses.
 //! - `telemetry`: a record as SPEC §10's telemetry keys.
+//! - `plugin`: [`TeltonikaPlugin`], trackers as devices: Codec 12 commands, answers
+//!   matched by response pattern, telemetry as the JSON points built from records.
 //! - `crc`: CRC-16/IBM. `reader`: the bounds-checked cursor every decoder reads with.
 //! - `error`: [`FrameError`], [`PacketError`], [`EncodeError`]; the login's own
 //!   [`LoginError`] lives with it.
@@ -29,6 +31,7 @@ mod crc;
 mod error;
 mod frame;
 mod login;
+mod plugin;
 mod reader;
 mod telemetry;
 
@@ -42,6 +45,7 @@ pub use crc::crc16;
 pub use error::{EncodeError, FrameError, PacketError};
 pub use frame::{Frame, FrameDecoder, MAX_DATA_LEN, MIN_DATA_LEN};
 pub use login::{decode_login, encode_login, login_answer, Imei, LoginError, IMEI_LEN, LOGIN_LEN};
+pub use plugin::TeltonikaPlugin;
 pub use telemetry::{record_telemetry, telemetry_json, telemetry_values};
 
 #[cfg(test)]
