@@ -30,6 +30,8 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.tls.cert",
     "mqtt.tls.key",
     "mqtt.tls.client_ca",
+    "teltonika.listen",
+    "teltonika.idle_timeout_s",
     "admin.listen",
     "admin.api_key",
     "security.payload_encryption",
@@ -58,6 +60,8 @@ struct RawConfig {
     admin: fleetmq_web::RawAdminConfig,
     #[serde(default)]
     security: fleetmq_broker::RawSecurityConfig,
+    #[serde(default)]
+    teltonika: fleetmq_broker::config::RawTeltonikaConfig,
     #[serde(default)]
     commands: fleetmq_broker::config::RawCommandsConfig,
     #[serde(default)]
@@ -161,7 +165,7 @@ fn validate(raw: RawConfig) -> anyhow::Result<Config> {
         telemetry: raw.telemetry,
         webhooks: raw.webhooks,
     };
-    let broker = fleetmq_broker::config::validate(raw.mqtt, raw.security, fleet)?;
+    let broker = fleetmq_broker::config::validate(raw.mqtt, raw.security, raw.teltonika, fleet)?;
     let admin = raw.admin.validate()?;
     Ok(Config {
         data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from("./data")),

@@ -197,6 +197,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mqtt_ws = ?listeners.ws_addr(),
         mqtt_tls = ?listeners.tls_addr(),
         mqtt_listeners = ?listeners.extra_addrs(),
+        teltonika = ?listeners.teltonika_addr(),
         admin = %admin_listener.local_addr()?,
         data_dir = %data_dir.display(),
         "fleetmq listening"

@@ -1,6 +1,6 @@
 //! The broker's config, composed from the sections each module owns: `[mqtt]` and
-//! `[security]` (`link::settings`), `[commands]`, `[telemetry]` and `[[webhooks]]`
-//! (`fleet::settings`). Each section is a raw serde form that rejects unknown keys and
+//! `[security]` (`link::settings`), `[teltonika]` (`link::teltonika::settings`),
+//! `[commands]`, `[telemetry]` and `[[webhooks]]` (`fleet::settings`). Each section is a raw serde form that rejects unknown keys and
 //! validates into typed values; loading binds nothing.
 
 pub use crate::fleet::settings::{
@@ -11,14 +11,17 @@ pub use crate::link::settings::{
     default_anonymous_rules, BrokerConfig, ListenerSpec, RawListenerConfig, RawMqttConfig,
     RawSecurityConfig, RawTlsConfig, TlsConfig,
 };
+pub use crate::link::teltonika::settings::{RawTeltonikaConfig, TeltonikaConfig};
 pub use crate::settings::ConfigError;
 
 /// Validates every section the broker owns into a [`BrokerConfig`].
 pub fn validate(
     mqtt: RawMqttConfig,
     security: RawSecurityConfig,
+    teltonika: RawTeltonikaConfig,
     fleet: RawFleetConfig,
 ) -> Result<BrokerConfig, ConfigError> {
     let fleet = fleet.validate()?;
-    crate::link::settings::validate(mqtt, security, fleet)
+    let teltonika = teltonika.validate()?;
+    crate::link::settings::validate(mqtt, security, fleet, teltonika)
 }

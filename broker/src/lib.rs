@@ -35,7 +35,9 @@ pub use handle::BrokerHandle;
 pub use link::security::crypto as envelope;
 pub use link::Listeners;
 pub use publish::{PublishError, PublishRequest, RetainedError};
-pub use stats::{ConnectionStats, DropStats, MessageStats, PacketStats, StatsSnapshot};
+pub use stats::{
+    ConnectionStats, DropStats, MessageStats, PacketStats, StatsSnapshot, TrackerStats,
+};
 
 use std::sync::Arc;
 
@@ -81,9 +83,14 @@ pub async fn start(
         .map_err(StartError::Retained)?;
     let retained_count = restored.retained.len();
     let sessions = Arc::new(link::session::live::Sessions::default());
+    let mut plugins = fleetmq_device_plugins::PluginRegistry::builtin();
+    plugins.set(Arc::new(
+        fleetmq_device_plugins::teltonika::TeltonikaPlugin::new(config.teltonika.responses.clone()),
+    ));
     let services = fleet::start_services(
         store.clone(),
         config.fleet.clone(),
+        plugins,
         sessions.clone(),
         &shutdown,
         tracker,

@@ -94,6 +94,55 @@ pub(crate) struct Stats {
     limit: AtomicU64,
     session_queue_full: AtomicU64,
     slow_consumer: AtomicU64,
+    /// Teltonika trackers (`link::teltonika`).
+    pub(crate) trackers: TrackerCounters,
+}
+
+/// What Teltonika tracker connections counted.
+#[derive(Default)]
+pub(crate) struct TrackerCounters {
+    pub(crate) logins_refused: AtomicU64,
+    pub(crate) packets: AtomicU64,
+    pub(crate) records: AtomicU64,
+    pub(crate) bad_packets: AtomicU64,
+    pub(crate) acks_withheld: AtomicU64,
+    pub(crate) commands_sent: AtomicU64,
+    pub(crate) responses: AtomicU64,
+}
+
+impl TrackerCounters {
+    fn snapshot(&self) -> TrackerStats {
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        TrackerStats {
+            logins_refused: get(&self.logins_refused),
+            packets: get(&self.packets),
+            records: get(&self.records),
+            bad_packets: get(&self.bad_packets),
+            acks_withheld: get(&self.acks_withheld),
+            commands_sent: get(&self.commands_sent),
+            responses: get(&self.responses),
+        }
+    }
+}
+
+/// Teltonika trackers (SPEC §10) since start.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TrackerStats {
+    /// Logins answered 0x00 (unknown IMEI, not a teltonika device, address not
+    /// allowed, server full) or malformed.
+    pub logins_refused: u64,
+    /// AVL data packets acknowledged.
+    pub packets: u64,
+    /// Records stored and acknowledged.
+    pub records: u64,
+    /// Packets with a wrong CRC, count or length (not acknowledged).
+    pub bad_packets: u64,
+    /// Packets not acknowledged because storing them failed (the tracker sends again).
+    pub acks_withheld: u64,
+    /// Codec 12 commands written.
+    pub commands_sent: u64,
+    /// Codec 12 responses received.
+    pub responses: u64,
 }
 
 impl Stats {
@@ -184,6 +233,7 @@ impl Stats {
                 received: by_type(&self.packets_in),
                 sent: by_type(&self.packets_out),
             },
+            teltonika: self.trackers.snapshot(),
         }
     }
 }
@@ -206,6 +256,7 @@ pub struct StatsSnapshot {
     pub messages: MessageStats,
     pub drops: DropStats,
     pub packets: PacketStats,
+    pub teltonika: TrackerStats,
 }
 
 /// MQTT packets by type (`connect`, `publish`, `pingreq`, ...); types never seen are

@@ -25,6 +25,8 @@ pub struct TestBroker {
     pub tls: Option<SocketAddr>,
     /// The bound addresses of `config.listeners` (`[[mqtt.listeners]]`), in its order.
     pub extra: Vec<SocketAddr>,
+    /// The Teltonika listener, when `config.teltonika.listen` is set.
+    pub teltonika: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     /// The data directory (taken by [`TestBroker::stop`] for restarts).
@@ -56,6 +58,7 @@ impl TestBroker {
             listeners.tls_addr(),
             listeners.extra_addrs(),
         );
+        let teltonika = listeners.teltonika_addr();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let handle = crate::start(config, listeners, store.clone(), shutdown.clone(), &tracker)
@@ -69,6 +72,7 @@ impl TestBroker {
             ws: ws.unwrap_or(unbound),
             tls,
             extra,
+            teltonika,
             shutdown,
             tracker,
             dir: Some(dir),
@@ -85,6 +89,17 @@ impl TestBroker {
             .call(move |s| s.create_device(new))
             .await
             .expect("create device")
+    }
+
+    /// Provisions a Teltonika tracker (plugin `teltonika`) whose id is its IMEI.
+    pub async fn add_tracker(&self, imei: &str) -> DeviceRecord {
+        let id: DeviceId = imei.parse().expect("valid device id");
+        let mut new = NewDevice::new(id, hash("unused: trackers log in by IMEI"), now_ms());
+        new.plugin = "teltonika".to_owned();
+        self.store
+            .call(move |s| s.create_device(new))
+            .await
+            .expect("create tracker")
     }
 
     /// Creates a service client with these rules.

@@ -27,5 +27,6 @@ mod session_properties;
 mod slow_consumer;
 mod subscribe_window;
 mod telemetry;
+mod teltonika;
 mod tls;
 mod webhooks;

@@ -57,11 +57,13 @@ impl From<StoreError> for FleetError {
     }
 }
 
-/// Starts the event bus and webhook workers, the command engine and the telemetry store.
-/// Commands reach live connections through `delivery`.
+/// Starts the event bus and webhook workers, the command engine (with the device
+/// `plugins` it encodes and matches with) and the telemetry store. Commands reach live
+/// connections through `delivery`.
 pub(crate) fn start_services(
     store: Store,
     config: settings::FleetConfig,
+    plugins: fleetmq_device_plugins::PluginRegistry,
     delivery: Arc<dyn CommandSink>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
@@ -75,7 +77,7 @@ pub(crate) fn start_services(
         config.commands,
         delivery,
         Arc::new(bus.clone()),
-        fleetmq_device_plugins::PluginRegistry::builtin(),
+        plugins,
         shutdown.clone(),
         tracker,
     );

@@ -176,6 +176,16 @@ impl FleetInbox {
         self.services.telemetry_point(id, payload, at_ms).await
     }
 
+    /// Telemetry points `(payload, received_at_ms)` of device `id`, stored before this
+    /// returns `Ok`; the caller acknowledges them only then.
+    pub async fn telemetry_durable(
+        &self,
+        id: &DeviceId,
+        payloads: &[(Vec<u8>, u64)],
+    ) -> Result<(), super::telemetry::NotStored> {
+        self.services.telemetry_durable(id, payloads).await
+    }
+
     /// The connection `generation` of a device acknowledged (PUBACK) a delivered command.
     pub async fn command_acked(&self, id: &DeviceId, generation: u64, command_id: &str) {
         self.services

@@ -294,6 +294,24 @@ impl Services {
         }
     }
 
+    /// Points a device's connection waits to see stored before it answers (a tracker's
+    /// record count). A device deleted meanwhile has nothing to store.
+    pub(crate) async fn telemetry_durable(
+        &self,
+        id: &DeviceId,
+        payloads: &[(Vec<u8>, u64)],
+    ) -> Result<(), super::telemetry::NotStored> {
+        if let Some((_, at_ms)) = payloads.last() {
+            self.presence.seen(id, *at_ms);
+        }
+        let Some(plugin) = self.plugin_of(id).await else {
+            return Ok(());
+        };
+        self.telemetry
+            .store_durably(id, plugin.as_ref(), payloads)
+            .await
+    }
+
     fn bad_payload(&self, id: &DeviceId, topic: &str, reason: &str) {
         tracing::debug!(device_id = %id, topic, error = %reason, "payload rejected");
         let data = json!({"topic": topic, "reason": reason});

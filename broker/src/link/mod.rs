@@ -21,6 +21,7 @@ pub(crate) mod security;
 pub(crate) mod session;
 pub(crate) mod settings;
 pub(crate) mod sys;
+pub(crate) mod teltonika;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;

@@ -13,6 +13,7 @@ use crate::settings::{at_least_one, at_least_one_because, listen_addr, ConfigErr
 
 use crate::link::net::settings::{listener_key, same_socket};
 pub use crate::link::net::settings::{ListenerSpec, RawListenerConfig, RawTlsConfig, TlsConfig};
+use crate::link::teltonika::settings::TeltonikaConfig;
 
 /// Default of `mqtt.max_pending_connects`: enough for a fleet reconnecting at once (a
 /// device is pending for a round trip and a token check), few enough that sockets that
@@ -116,6 +117,8 @@ pub struct BrokerConfig {
     pub key_grace: Duration,
     /// Commands, telemetry and webhooks (`fleet::settings`), carried to `start`.
     pub fleet: FleetConfig,
+    /// `[teltonika]`: the tracker listener (SPEC §10).
+    pub teltonika: TeltonikaConfig,
 }
 
 /// The router keeps at most 4 segments of this size per filter (bare rumqttd's example
@@ -164,6 +167,7 @@ impl BrokerConfig {
             anonymous_rules: default_anonymous_rules(),
             key_grace: Duration::from_secs(24 * 3600),
             fleet: FleetConfig::default(),
+            teltonika: TeltonikaConfig::default(),
         }
     }
 }
@@ -200,6 +204,7 @@ pub fn validate(
     mqtt: RawMqttConfig,
     security: RawSecurityConfig,
     fleet: FleetConfig,
+    teltonika: TeltonikaConfig,
 ) -> Result<BrokerConfig, ConfigError> {
     let max_payload = mqtt.max_payload.unwrap_or(262_144);
     if max_payload == 0 || max_payload > 256 * 1024 * 1024 {
@@ -262,6 +267,7 @@ pub fn validate(
         anonymous_rules,
         key_grace: Duration::from_secs(security.key_grace_s.unwrap_or(24 * 3600)),
         fleet,
+        teltonika,
     };
     distinct_addresses(&config)?;
     Ok(config)
@@ -277,7 +283,12 @@ mod tests {
     /// Validates `[mqtt]` given as JSON (the same serde form TOML fills).
     fn mqtt(value: serde_json::Value) -> Result<BrokerConfig, ConfigError> {
         let raw: RawMqttConfig = serde_json::from_value(value).expect("raw [mqtt]");
-        validate(raw, RawSecurityConfig::default(), FleetConfig::default())
+        validate(
+            raw,
+            RawSecurityConfig::default(),
+            FleetConfig::default(),
+            TeltonikaConfig::default(),
+        )
     }
 
     fn refused(value: serde_json::Value) -> ConfigError {

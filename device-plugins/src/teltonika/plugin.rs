@@ -13,6 +13,11 @@ use crate::plugin::{
 };
 use crate::teltonika::encode_command;
 
+/// 2000-01-01T00:00:00Z: a record stamped earlier has no clock behind it.
+const MIN_RECORD_TS_MS: u64 = 946_684_800_000;
+/// How far ahead of the broker's clock a record's time may be.
+const MAX_SKEW_MS: u64 = 5 * 60_000;
+
 /// The `teltonika` plugin, with the expected response pattern of each command type.
 #[derive(Debug, Clone, Default)]
 pub struct TeltonikaPlugin {
@@ -36,6 +41,19 @@ impl TeltonikaPlugin {
             .unwrap_or(cmd.kind)
     }
 
+    /// The record's own time from a point built by `telemetry_json` (`{"ts":<ms>,…`),
+    /// when it is plausible: after 2000-01-01 (a tracker without a clock sends 0) and
+    /// not ahead of `received_at_ms` by more than 5 minutes. Buffered records may be
+    /// months old, so the `json` plugin's one-year window does not apply.
+    fn record_ts(payload: &[u8], received_at_ms: u64) -> Option<u64> {
+        let rest = payload.strip_prefix(b"{\"ts\":")?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let ts: u64 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+        (MIN_RECORD_TS_MS..=received_at_ms.saturating_add(MAX_SKEW_MS))
+            .contains(&ts)
+            .then_some(ts)
+    }
+
     fn response_text(resp: &CommandResponse) -> Option<&str> {
         resp.result.as_ref()?.get("response")?.as_str()
     }
@@ -51,7 +69,11 @@ impl DevicePlugin for TeltonikaPlugin {
         payload: &[u8],
         received_at_ms: u64,
     ) -> Result<Telemetry, PluginError> {
-        JsonPlugin.decode_telemetry(payload, received_at_ms)
+        let mut t = JsonPlugin.decode_telemetry(payload, received_at_ms)?;
+        if let Some(ts) = Self::record_ts(payload, received_at_ms) {
+            t.ts_ms = ts;
+        }
+        Ok(t)
     }
 
     fn check_telemetry(
@@ -59,7 +81,13 @@ impl DevicePlugin for TeltonikaPlugin {
         payload: &[u8],
         received_at_ms: u64,
     ) -> Option<Result<RawTelemetry, PluginError>> {
-        JsonPlugin.check_telemetry(payload, received_at_ms)
+        let checked = JsonPlugin.check_telemetry(payload, received_at_ms)?;
+        Some(checked.map(|mut raw| {
+            if let Some(ts) = Self::record_ts(payload, received_at_ms) {
+                raw.ts_ms = ts;
+            }
+            raw
+        }))
     }
 
     /// The Codec 12 message, whole (preamble, length, CRC): the connection writes it as
@@ -163,6 +191,23 @@ mod tests {
         assert!(p.encode_command(&cmd("x", &bad)).is_err());
         let not_text = json!({"text": 3});
         assert!(p.encode_command(&cmd("x", &not_text)).is_err());
+    }
+
+    #[test]
+    fn points_keep_their_record_time_unless_it_has_no_clock() {
+        let p = plugin();
+        let now = 1_796_000_000_000;
+        let at = |ts: u64| {
+            let payload = format!(r#"{{"ts":{ts},"lat":1.5}}"#);
+            let checked = p.check_telemetry(payload.as_bytes(), now).unwrap().unwrap();
+            let decoded = p.decode_telemetry(payload.as_bytes(), now).unwrap();
+            assert_eq!(checked.ts_ms, decoded.ts_ms);
+            decoded.ts_ms
+        };
+        assert_eq!(at(1_560_161_086_000), 1_560_161_086_000, "a 2019 record");
+        assert_eq!(at(0), now, "no clock");
+        assert_eq!(at(now + 3_600_000), now, "an hour ahead");
+        assert_eq!(at(now + 60_000), now + 60_000);
     }
 
     #[test]

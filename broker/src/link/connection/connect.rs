@@ -396,11 +396,11 @@ async fn join_router(
 }
 
 /// The connection's ends of its entry in the live table.
-struct LiveEnds {
-    conn_id: u64,
-    control: mpsc::Receiver<Control>,
-    mailbox: Arc<crate::link::session::live::Mailbox>,
-    closed: watch::Sender<bool>,
+pub(crate) struct LiveEnds {
+    pub(crate) conn_id: u64,
+    pub(crate) control: mpsc::Receiver<Control>,
+    pub(crate) mailbox: Arc<crate::link::session::live::Mailbox>,
+    pub(crate) closed: watch::Sender<bool>,
 }
 
 /// Enters the connection in the live table (listing, kick, takeover, commands) and
@@ -419,9 +419,6 @@ fn go_live(
     transport: Transport,
     peer: SocketAddr,
 ) -> LiveEnds {
-    let conn_id = core.next_conn_id.fetch_add(1, Relaxed);
-    let (control_tx, control) = mpsc::channel(16);
-    let (closed, closed_rx) = watch::channel(false);
     let kind = match identity {
         Identity::Device(_) => ClientKind::Device,
         Identity::Service(_) => ClientKind::Service,
@@ -440,9 +437,24 @@ fn go_live(
         Identity::Service(s) => Some(s.name.clone()),
         _ => None,
     };
+    enter_live(core, router_key, info, service)
+}
+
+/// Enters a connection described by `info` in the live table under `key` (a service
+/// client's connections carry its name) and counts it; MQTT and tracker connections.
+pub(crate) fn enter_live(
+    core: &Core,
+    key: &str,
+    info: ClientInfo,
+    service: Option<String>,
+) -> LiveEnds {
+    let conn_id = core.next_conn_id.fetch_add(1, Relaxed);
+    let (control_tx, control) = mpsc::channel(16);
+    let (closed, closed_rx) = watch::channel(false);
+    let kind = info.kind;
     let mailbox = Arc::new(crate::link::session::live::Mailbox::default());
     core.sessions.insert(
-        router_key.to_owned(),
+        key.to_owned(),
         Live {
             conn_id,
             mailbox: mailbox.clone(),

@@ -42,6 +42,8 @@ pub struct Listeners {
     pub(crate) tls: Option<(TcpListener, TlsAcceptor)>,
     /// `[[mqtt.listeners]]`, in the order written.
     extra: Vec<(TcpListener, Kind)>,
+    /// `teltonika.listen` (SPEC §10).
+    pub(crate) teltonika: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -81,7 +83,13 @@ impl Listeners {
             ws: bind(config.ws).await?,
             tls,
             extra,
+            teltonika: bind(config.teltonika.listen).await?,
         })
+    }
+
+    /// The Teltonika tracker listener's address, if it is on.
+    pub fn teltonika_addr(&self) -> Option<SocketAddr> {
+        self.teltonika.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
@@ -119,6 +127,10 @@ pub(crate) fn spawn_listeners(core: &Arc<Core>, listeners: Listeners, tracker: &
     }
     for (l, kind) in listeners.extra {
         tracker.spawn(accept_loop(core.clone(), l, tracker.clone(), kind));
+    }
+    if let Some(l) = listeners.teltonika {
+        let tasks = tracker.clone();
+        tracker.spawn(crate::link::teltonika::accept_loop(core.clone(), l, tasks));
     }
 }
 
