@@ -435,3 +435,40 @@ async fn commands_reach_trackers_and_answers_complete_them_by_pattern() {
     assert_eq!(response(&last), json!("Ver:03.25.14"), "the only one left");
     assert_eq!(b.handle.stats().teltonika.responses, 4);
 }
+
+/// Presence and command events of a tracker, as webhooks and SSE see them: online with
+/// protocol `teltonika`, a second login taking the first over without an offline in
+/// between, a completed command's event carrying its metadata, offline at the end.
+#[tokio::test]
+async fn presence_and_command_events_are_a_devices() {
+    let b = TestBroker::with_config(config()).await;
+    let tracker = b.add_tracker(IMEI).await;
+    let mut rx = b.handle.events().subscribe();
+    let is = |kind: &'static str| {
+        move |e: &fleetmq_broker::fleet::events::FleetEvent| {
+            e.kind == kind && e.device_id.as_deref() == Some(IMEI)
+        }
+    };
+    let (mut first, _) = Tracker::login(&b, IMEI).await;
+    let online = next_event(&mut rx, is("device.online")).await;
+    assert_eq!(online.data_value()["protocol"], "teltonika");
+    assert_eq!(online.data_value()["transport"], "tcp");
+    let (mut second, answer) = Tracker::login(&b, IMEI).await;
+    assert_eq!(answer, 1);
+    assert!(first.closed().await, "taken over");
+    let cmd = create(
+        &b,
+        &tracker,
+        json!({"type": "getinfo", "metadata": {"order": "A-1"}}),
+    )
+    .await;
+    assert_eq!(second.command().await.1, "getinfo");
+    second.answer("INI:ok").await;
+    let done = next_event(&mut rx, is("command.completed")).await;
+    assert_eq!(done.data_value()["command_id"], json!(cmd.command_id));
+    assert_eq!(done.data_value()["metadata"], json!({"order": "A-1"}));
+    drop(second);
+    next_event(&mut rx, is("device.offline")).await;
+    let clients = b.handle.clients();
+    assert!(clients.iter().all(|c| c.client_id != IMEI), "{clients:?}");
+}

@@ -68,6 +68,8 @@ pub struct Server {
     pub key: String,
     log: PathBuf,
     anonymous: bool,
+    /// The Teltonika listener, when started with one ([`Server::start_with_trackers`]).
+    pub teltonika: Option<SocketAddr>,
 }
 
 impl Server {
@@ -81,8 +83,17 @@ impl Server {
         Server::start_with(dir, true).await
     }
 
+    /// With a Teltonika listener (SPEC §10) besides MQTT.
+    pub async fn start_with_trackers(dir: &Path) -> Server {
+        Server::start_on(dir, false, true).await
+    }
+
     async fn start_with(dir: &Path, anonymous: bool) -> Server {
-        let ports = free_ports(2);
+        Server::start_on(dir, anonymous, false).await
+    }
+
+    async fn start_on(dir: &Path, anonymous: bool, trackers: bool) -> Server {
+        let ports = free_ports(3);
         let mut server = Server {
             child: None,
             mqtt: ports[0],
@@ -91,6 +102,7 @@ impl Server {
             key: String::new(),
             log: dir.join("serve.log"),
             anonymous,
+            teltonika: trackers.then_some(ports[2]),
         };
         server.start_again().await;
         // The key file is written before the admin API answers.
@@ -122,6 +134,9 @@ impl Server {
             .stderr(log);
         if self.anonymous {
             cmd.arg("--allow-anonymous");
+        }
+        if let Some(addr) = self.teltonika {
+            cmd.env("FLEETMQ_TELTONIKA_LISTEN", addr.to_string());
         }
         self.child = Some(cmd.spawn().expect("spawn fleetmq serve"));
         let deadline = Instant::now() + STARTUP;

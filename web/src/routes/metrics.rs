@@ -18,6 +18,7 @@ pub(crate) async fn get(state: &AppState) -> Result<ApiResponse, ApiError> {
     traffic(&mut e, &stats);
     commands(&mut e, state);
     telemetry(&mut e, state);
+    trackers(&mut e, &stats);
     let backlog = broker.events().backlog().await;
     webhooks(&mut e, state, backlog);
     e.histogram(
@@ -227,6 +228,44 @@ fn telemetry(e: &mut Exposition, state: &AppState) {
         "fleetmq_telemetry_queued",
         "Telemetry points waiting to be written.",
         t.queued,
+    );
+}
+
+fn trackers(e: &mut Exposition, stats: &StatsSnapshot) {
+    let t = &stats.teltonika;
+    e.counter(
+        "fleetmq_teltonika_logins_refused_total",
+        "Teltonika logins answered 0x00 (unknown IMEI, not allowed, server full) or malformed.",
+        t.logins_refused,
+    );
+    e.counter(
+        "fleetmq_teltonika_packets_total",
+        "Teltonika AVL packets stored and acknowledged.",
+        t.packets,
+    );
+    e.counter(
+        "fleetmq_teltonika_records_total",
+        "Teltonika AVL records stored and acknowledged.",
+        t.records,
+    );
+    e.counter_by(
+        "fleetmq_teltonika_packets_unacknowledged_total",
+        "Teltonika packets not acknowledged (the tracker sends them again), by cause.",
+        "cause",
+        [
+            ("bad_packet", t.bad_packets),
+            ("not_stored", t.acks_withheld),
+        ],
+    );
+    e.counter(
+        "fleetmq_teltonika_commands_sent_total",
+        "Codec 12 commands written to trackers.",
+        t.commands_sent,
+    );
+    e.counter(
+        "fleetmq_teltonika_responses_total",
+        "Codec 12 responses received from trackers.",
+        t.responses,
     );
 }
 

@@ -55,6 +55,18 @@ function commandRow(c, onCancel) {
     h('td', {}, TERMINAL.has(c.status) ? '' : h('button', { type: 'button', class: 'danger', onclick: () => onCancel(c) }, 'cancel')));
 }
 
+/** A tracker's last position (its `lat`/`lon` telemetry, SPEC §10), or nothing. */
+function positionOf(values) {
+  const lat = values.lat && values.lat.value;
+  const lon = values.lon && values.lon.value;
+  if (typeof lat !== 'number' || typeof lon !== 'number') return [];
+  const speed = values.speed && typeof values.speed.value === 'number' ? `${values.speed.value} km/h` : '—';
+  const map = `https://www.openstreetmap.org/?mlat=${lat}&mlon=${lon}#map=15/${lat}/${lon}`;
+  return h('p', { class: 'position' }, h('strong', {}, 'Last position '),
+    h('a', { href: map, target: '_blank', rel: 'noopener' }, `${lat.toFixed(6)}, ${lon.toFixed(6)}`),
+    ` · ${speed} · `, h('span', { title: values.lat.ts }, ago(values.lat.ts)));
+}
+
 export function mount(root, ctx, id) {
   const base = `/devices/${enc(id)}`;
   const title = h('h1', {}, id);
@@ -62,6 +74,7 @@ export function mount(root, ctx, id) {
   const status = h('pre', { id: 'reported-status' });
   const presence = h('ul', { class: 'events', id: 'presence-history' });
   const latest = h('tbody', { id: 'latest' });
+  const position = h('div', { id: 'position' });
   const charts = h('div', { class: 'charts', id: 'charts' });
   const range = h('select', { id: 'range' }, RANGES.map(([name]) => h('option', { value: name }, name)));
   range.value = '1h';
@@ -106,6 +119,7 @@ export function mount(root, ctx, id) {
     fill(latest, values.length
       ? values.map(([key, v]) => h('tr', { dataset: { key } }, h('td', {}, key), h('td', { class: 'num' }, typeof v.value === 'object' ? JSON.stringify(v.value) : String(v.value)), h('td', { title: v.ts }, ago(v.ts))))
       : h('tr', {}, h('td', { class: 'empty', colspan: 3 }, 'No telemetry yet.')));
+    fill(position, positionOf(last.values || {}));
     const numeric = values.filter(([, v]) => typeof v.value === 'number').map(([key]) => key);
     fill(charts, numeric.length ? numeric.map((key) => h('div', { class: 'chart-box', dataset: { key } },
       h('h3', {}, key, h('span', { class: 'muted' }, String(last.values[key].value))),
@@ -211,7 +225,7 @@ export function mount(root, ctx, id) {
           h('button', { type: 'button', class: 'danger', onclick: remove }, 'Delete')), secrets),
       h('div', { class: 'panel' }, h('h2', {}, 'Reported status'), status, h('h2', {}, 'Presence history'), presence)),
     h('div', { class: 'panel' }, h('div', { class: 'spread' }, h('h2', {}, 'Telemetry'), h('label', { class: 'row' }, 'range', range)),
-      charts, h('h2', {}, 'Latest values'), h('table', {}, h('thead', {}, h('tr', {}, ['key', 'value', 'at'].map((t) => h('th', {}, t)))), latest)),
+      position, charts, h('h2', {}, 'Latest values'), h('table', {}, h('thead', {}, h('tr', {}, ['key', 'value', 'at'].map((t) => h('th', {}, t)))), latest)),
     h('div', { class: 'grid' },
       h('div', { class: 'panel' }, h('h2', {}, 'Send a command'), sendForm),
       h('div', { class: 'panel' }, h('h2', {}, 'Config'),
