@@ -472,3 +472,49 @@ async fn presence_and_command_events_are_a_devices() {
     let clients = b.handle.clients();
     assert!(clients.iter().all(|c| c.client_id != IMEI), "{clients:?}");
 }
+
+/// The listener's limits: `teltonika.allow_from`, `mqtt.max_connections` shared with
+/// MQTT clients, and `teltonika.idle_timeout_s`.
+#[tokio::test]
+async fn trackers_share_the_brokers_limits() {
+    let mut c = config();
+    c.teltonika.allow_from = vec!["10.0.0.0/8".parse().unwrap()];
+    let b = TestBroker::with_config(c).await;
+    b.add_tracker(IMEI).await;
+    let mut s = TcpStream::connect(b.teltonika.unwrap()).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(WAIT, s.read(&mut byte))
+        .await
+        .expect("closed");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "127.0.0.1 is not in allow_from"
+    );
+    assert_eq!(b.handle.stats().teltonika.logins_refused, 1);
+
+    let mut c = config();
+    c.max_connections = 1;
+    c.teltonika.idle_timeout = Duration::from_millis(500);
+    let b = TestBroker::with_config(c).await;
+    b.add_tracker(IMEI).await;
+    b.add_device("dev-1", "tok", false).await;
+    let (mqtt, el) = connect_v4(&b, Via::Tcp, "dev-1", Some(("dev-1", "tok")))
+        .await
+        .unwrap();
+    let driver = drive_v4(el);
+    let (mut t, answer) = Tracker::login(&b, IMEI).await;
+    assert_eq!(answer, 0, "the one connection slot is taken");
+    assert!(t.closed().await);
+    driver.abort();
+    let _ = driver.await;
+    drop(mqtt);
+    let (mut t, answer) = eventually("a free slot", || async {
+        let (t, answer) = Tracker::login(&b, IMEI).await;
+        (answer == 1).then_some((t, answer))
+    })
+    .await;
+    assert_eq!(answer, 1);
+    let silent_since = tokio::time::Instant::now();
+    assert!(t.closed().await, "closed when idle");
+    assert!(silent_since.elapsed() >= Duration::from_millis(400));
+}
