@@ -198,14 +198,8 @@ fn distinct_addresses(config: &BrokerConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Validates `[mqtt]` and `[security]` together, with the validated device-logic
-/// sections, into a [`BrokerConfig`].
-pub fn validate(
-    mqtt: RawMqttConfig,
-    security: RawSecurityConfig,
-    fleet: FleetConfig,
-    teltonika: TeltonikaConfig,
-) -> Result<BrokerConfig, ConfigError> {
+/// Refuses the `[mqtt]` limits that cannot work; the largest payload.
+fn check_limits(mqtt: &RawMqttConfig) -> Result<usize, ConfigError> {
     let max_payload = mqtt.max_payload.unwrap_or(262_144);
     if max_payload == 0 || max_payload > 256 * 1024 * 1024 {
         return Err(ConfigError::new(
@@ -224,10 +218,13 @@ pub fn validate(
     at_least_one("mqtt.max_queued_messages", mqtt.max_queued_messages)?;
     at_least_one("mqtt.max_pending_messages", mqtt.max_pending_messages)?;
     at_least_one("mqtt.slow_consumer_timeout_s", mqtt.slow_consumer_timeout_s)?;
-    let anonymous_rules = security
-        .anonymous_rules
-        .unwrap_or_else(default_anonymous_rules);
-    for rule in &anonymous_rules {
+    Ok(max_payload)
+}
+
+/// `security.anonymous_rules` (SPEC §3's defaults when absent), each a valid filter.
+fn anonymous_rules(rules: Option<Vec<AclRule>>) -> Result<Vec<AclRule>, ConfigError> {
+    let rules = rules.unwrap_or_else(default_anonymous_rules);
+    for rule in &rules {
         let filter = rule.topic.as_str();
         if !crate::link::codec::topic::valid_filter(filter) {
             return Err(ConfigError::new(
@@ -236,6 +233,19 @@ pub fn validate(
             ));
         }
     }
+    Ok(rules)
+}
+
+/// Validates `[mqtt]` and `[security]` together, with the validated device-logic
+/// sections, into a [`BrokerConfig`].
+pub fn validate(
+    mqtt: RawMqttConfig,
+    security: RawSecurityConfig,
+    fleet: FleetConfig,
+    teltonika: TeltonikaConfig,
+) -> Result<BrokerConfig, ConfigError> {
+    let max_payload = check_limits(&mqtt)?;
+    let anonymous_rules = anonymous_rules(security.anonymous_rules)?;
     let listeners = (mqtt.listeners.into_iter().enumerate())
         .map(|(i, raw)| raw.validate(i))
         .collect::<Result<Vec<_>, _>>()?;

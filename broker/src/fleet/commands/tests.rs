@@ -912,7 +912,7 @@ async fn invalid_requests_change_nothing() {
         Err(CommandError::Invalid(_))
     ));
     let mut odd = device("d1");
-    odd.plugin = "teltonika".into();
+    odd.plugin = "no-such-plugin".into();
     let req: NewCommand = serde_json::from_str(r#"{"type":"A"}"#).unwrap();
     assert!(matches!(
         h.engine.create(&odd, req, None).await,

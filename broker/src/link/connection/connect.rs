@@ -198,31 +198,15 @@ fn refusal_code(version: Version, refusal: Refusal) -> ConnectReturnCode {
 /// Authenticates the CONNECT and registers the session with the router.
 pub(crate) async fn establish(
     core: &Arc<Core>,
-    req: ConnectRequest,
+    mut req: ConnectRequest,
     peer: SocketAddr,
     transport: Transport,
     cert_cn: Option<&str>,
 ) -> Result<(Established, Packet), ConnectFailure> {
     core.stats.packet_in(1);
     let version = req.version;
-    let (client_id, assigned) = client_id_of(&req)?;
-    let identity = authenticate(core, &req, &client_id, cert_cn).await?;
-    // Only an authenticated client takes a slot: a flood of wrong passwords cannot make
-    // the broker "busy" for the fleet.
-    let permit = connection_permit(core, version)?;
-    let principal = principal_for(&identity, &client_id, &core.anonymous_rules);
-    let (keep_alive, server_keep_alive) =
-        capped_keep_alive(core.config.max_keepalive, version, req.connect.keep_alive)?;
-    let session_expiry = req
-        .props
-        .as_ref()
-        .and_then(|p| p.session_expiry_interval)
-        .unwrap_or(0);
-    let will = check_will(core, &principal, &identity, req.will, version)?
-        .map(|w| crate::link::connection::will::Will::new(w, req.will_props, session_expiry));
-    let router_key = router_key(&identity, &client_id);
-    // Router links are always clean: sessions are fleetmq's (`session::store`).
-    let clean = true;
+    let admitted = admit(core, &mut req, cert_cn).await?;
+    let router_key = router_key(&admitted.identity, &admitted.client_id);
 
     // Setup per router client id is serialised, from the takeover to the new entry in
     // the live table.
@@ -237,23 +221,33 @@ pub(crate) async fn establish(
         req.props.as_ref(),
     )
     .await;
-    let (link_tx, link_rx) = join_router(core, &router_key, replaced, &identity, version).await?;
+    let identity = &admitted.identity;
+    let (link_tx, link_rx) = join_router(core, &router_key, replaced, identity, version).await?;
     let session_present = session.resumed.is_some();
-    let username = req
-        .login
-        .as_ref()
+    let username = (req.login.as_ref())
         .map(|l| l.username.clone())
         .filter(|u| !u.is_empty());
+    let client_id = &admitted.client_id;
     let live = go_live(
         core,
         &router_key,
-        &identity,
-        &client_id,
+        identity,
+        client_id,
         username,
         version,
         transport,
         peer,
     );
+    let Admitted {
+        client_id,
+        assigned,
+        identity,
+        principal,
+        keep_alive,
+        server_keep_alive,
+        will,
+        permit,
+    } = admitted;
     let ack = connack(core, version, assigned, server_keep_alive, session_present);
     let established = Established {
         version,
@@ -263,7 +257,8 @@ pub(crate) async fn establish(
         router_key,
         conn_id: live.conn_id,
         keep_alive,
-        clean,
+        // Router links are always clean: sessions are fleetmq's (`session::store`).
+        clean: true,
         will,
         connect_props: req.props,
         peer,
@@ -278,6 +273,53 @@ pub(crate) async fn establish(
         _permit: permit,
     };
     Ok((established, ack))
+}
+
+/// A CONNECT accepted, before its session is set up.
+struct Admitted {
+    client_id: String,
+    /// The client id the broker assigned (MQTT 5), if the client sent none.
+    assigned: Option<String>,
+    identity: Identity,
+    principal: Principal,
+    keep_alive: u16,
+    server_keep_alive: Option<u16>,
+    will: Option<crate::link::connection::will::Will>,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Who the client is and what it may do: client id, authentication, a slot of
+/// `mqtt.max_connections`, Keep Alive and will. Takes the will off `req`.
+async fn admit(
+    core: &Core,
+    req: &mut ConnectRequest,
+    cert_cn: Option<&str>,
+) -> Result<Admitted, ConnectFailure> {
+    let version = req.version;
+    let (client_id, assigned) = client_id_of(req)?;
+    let identity = authenticate(core, req, &client_id, cert_cn).await?;
+    // Only an authenticated client takes a slot: a flood of wrong passwords cannot make
+    // the broker "busy" for the fleet.
+    let permit = connection_permit(core, version)?;
+    let principal = principal_for(&identity, &client_id, &core.anonymous_rules);
+    let (keep_alive, server_keep_alive) =
+        capped_keep_alive(core.config.max_keepalive, version, req.connect.keep_alive)?;
+    let session_expiry = (req.props.as_ref())
+        .and_then(|p| p.session_expiry_interval)
+        .unwrap_or(0);
+    let will = check_will(core, &principal, &identity, req.will.take(), version)?.map(|w| {
+        crate::link::connection::will::Will::new(w, req.will_props.take(), session_expiry)
+    });
+    Ok(Admitted {
+        client_id,
+        assigned,
+        identity,
+        principal,
+        keep_alive,
+        server_keep_alive,
+        will,
+        permit,
+    })
 }
 
 /// The successful CONNACK, with the v5 properties that announce the broker's limits.

@@ -61,9 +61,10 @@ function positionOf(values) {
   const lon = values.lon && values.lon.value;
   if (typeof lat !== 'number' || typeof lon !== 'number') return [];
   const speed = values.speed && typeof values.speed.value === 'number' ? `${values.speed.value} km/h` : '—';
-  const map = `https://www.openstreetmap.org/?mlat=${lat}&mlon=${lon}#map=15/${lat}/${lon}`;
+  // A geo: URI (RFC 5870) opens the viewer's own map application; the dashboard itself
+  // loads nothing from another origin.
   return h('p', { class: 'position' }, h('strong', {}, 'Last position '),
-    h('a', { href: map, target: '_blank', rel: 'noopener' }, `${lat.toFixed(6)}, ${lon.toFixed(6)}`),
+    h('a', { href: `geo:${lat},${lon}` }, `${lat.toFixed(6)}, ${lon.toFixed(6)}`),
     ` · ${speed} · `, h('span', { title: values.lat.ts }, ago(values.lat.ts)));
 }
 
