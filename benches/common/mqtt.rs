@@ -8,8 +8,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use anyhow::{anyhow, bail, Context};
+use fleetmq_broker::envelope::{self, NonceSource, KEY_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -308,46 +308,33 @@ pub async fn connect_many(
     Ok(clients.into_iter().map(|(_, c)| c).collect())
 }
 
-/// Seals payloads into the SPEC §4 envelope for one device.
+/// Seals payloads into the SPEC §4 envelope for one device, with the broker's own
+/// envelope code.
 pub struct Sealer {
-    key: LessSafeKey,
+    key: [u8; KEY_LEN],
     generation: u8,
-    /// Bytes 0..4 of every nonce; the rest is a counter, so nonces never repeat.
-    prefix: [u8; 4],
-    counter: u64,
+    /// A random prefix keeps this sequence apart from every other sealer of the key.
+    nonces: NonceSource,
 }
 
 impl Sealer {
-    pub fn new(key: &[u8], generation: u8, prefix: u32) -> anyhow::Result<Sealer> {
-        let unbound = UnboundKey::new(&AES_256_GCM, key)
-            .map_err(|_| anyhow::anyhow!("device key is not 32 bytes"))?;
+    pub fn new(key: &[u8], generation: u8) -> anyhow::Result<Sealer> {
+        let key = <[u8; KEY_LEN]>::try_from(key)
+            .map_err(|_| anyhow!("device key has {} bytes, not {KEY_LEN}", key.len()))?;
         Ok(Sealer {
-            key: LessSafeKey::new(unbound),
+            key,
             generation,
-            prefix: prefix.to_be_bytes(),
-            counter: 0,
+            nonces: NonceSource::new(),
         })
     }
 
     pub fn seal(&mut self, topic: &str, plaintext: &[u8]) -> Vec<u8> {
-        self.counter += 1;
-        let mut nonce = [0u8; 12];
-        nonce[..4].copy_from_slice(&self.prefix);
-        nonce[4..].copy_from_slice(&self.counter.to_be_bytes());
-        let mut out = Vec::with_capacity(14 + plaintext.len() + 16);
-        out.push(0x01);
-        out.push(self.generation);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(topic.as_bytes()),
-                &mut out[14..],
-            )
-            .expect("a 64-byte payload is within AES-GCM's limits");
-        out.extend_from_slice(tag.as_ref());
-        out
+        envelope::seal(
+            &self.key,
+            self.generation,
+            self.nonces.next(),
+            topic,
+            plaintext,
+        )
     }
 }

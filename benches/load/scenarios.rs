@@ -159,7 +159,6 @@ struct Frames {
 
 fn build_frames(
     device: &Device,
-    index: usize,
     qos: u8,
     count: usize,
     payload_len: usize,
@@ -168,7 +167,7 @@ fn build_frames(
     let mut sealer = device
         .key
         .as_ref()
-        .map(|(key, generation)| Sealer::new(key, *generation, index as u32))
+        .map(|(key, generation)| Sealer::new(key, *generation))
         .transpose()?;
     let mut bytes = Vec::new();
     for seq in 0..count {
@@ -207,10 +206,10 @@ pub async fn fan_in(broker: &Broker, p: &Params, qos: u8) -> anyhow::Result<FanI
     sub.chunk = 256 * 1024;
     sub.subscribe("device/+/telemetry", qos).await?;
     let mut publishers = Vec::new();
-    for (i, device) in broker.devices.iter().take(p.publishers).enumerate() {
+    for device in broker.devices.iter().take(p.publishers) {
         let mut client = Client::connect(broker.mqtt, &device.login, 600).await?;
         client.chunk = 16 * 1024;
-        publishers.push((client, build_frames(device, i, qos, per, p.payload)?));
+        publishers.push((client, build_frames(device, qos, per, p.payload)?));
     }
     if publishers.len() < p.publishers {
         bail!(
@@ -376,7 +375,7 @@ pub async fn request_response(broker: &Broker, p: &Params) -> anyhow::Result<Lat
     let mut sealer = device
         .key
         .as_ref()
-        .map(|(k, g)| Sealer::new(k, *g, 0xffff))
+        .map(|(k, g)| Sealer::new(k, *g))
         .transpose()?;
     let warmup = 100;
     let mut samples = Vec::with_capacity(p.rr_iterations);
