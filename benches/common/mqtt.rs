@@ -10,17 +10,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use fleetmq_broker::envelope::{self, NonceSource, KEY_LEN};
 use rumqttc::mqttbytes::v4::{self, ConnAck, ConnectReturnCode, SubAck, SubscribeReasonCode};
-use rumqttc::mqttbytes::Error as CodecError;
+use rumqttc::mqttbytes::{self, Error as CodecError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 pub use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish};
-pub use rumqttc::mqttbytes::QoS;
+pub use rumqttc::mqttbytes::{PacketType, QoS};
 
 /// The largest packet the client accepts from a broker; the benches' are under 1 KiB.
 const MAX_PACKET: usize = 1 << 20;
@@ -200,6 +200,20 @@ impl Client {
     pub fn next_packet(&mut self) -> anyhow::Result<Option<Packet>> {
         match Packet::read(&mut self.buf, MAX_PACKET) {
             Ok(packet) => Ok(Some(packet)),
+            Err(CodecError::InsufficientBytes(_)) => Ok(None),
+            Err(e) => Err(anyhow!(e).context("malformed packet from the broker")),
+        }
+    }
+
+    /// Frames the next complete packet read so far and drops it undecoded: its type.
+    /// For loops that only count packets: decoding a PUBLISH (its topic copied into a
+    /// `String`) costs about 100 ns more than framing it.
+    pub fn skip_packet(&mut self) -> anyhow::Result<Option<PacketType>> {
+        match mqttbytes::check(self.buf.iter(), MAX_PACKET) {
+            Ok(header) => {
+                self.buf.advance(header.frame_length());
+                Ok(Some(header.packet_type()?))
+            }
             Err(CodecError::InsufficientBytes(_)) => Ok(None),
             Err(e) => Err(anyhow!(e).context("malformed packet from the broker")),
         }
