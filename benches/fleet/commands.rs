@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
 use crate::broker::{Broker, CpuMeter, CpuUse, Device};
 use crate::http::Http;
-use crate::mqtt::{puback_into, publish_into, Client, PUBLISH};
+use crate::mqtt::{puback_into, publish_into, Client, Packet, QoS};
 use crate::report::Phases;
 
 /// How long a create waits for a terminal state.
@@ -84,7 +85,7 @@ pub async fn start_devices(broker: &Broker, devices: &[Device]) -> anyhow::Resul
         connecting.spawn(async move {
             let mut client = Client::connect_with(addr, &device.login(), None).await?;
             client
-                .subscribe(&format!("device/{}/command", device.id), 1)
+                .subscribe(&format!("device/{}/command", device.id), QoS::AtLeastOnce)
                 .await?;
             anyhow::Ok((client, device.id))
         });
@@ -105,33 +106,30 @@ pub async fn start_devices(broker: &Broker, devices: &[Device]) -> anyhow::Resul
 /// both in one write.
 async fn answer_commands(mut client: Client, id: &str) -> anyhow::Result<()> {
     let response_topic = format!("device/{id}/response");
-    let mut out = Vec::with_capacity(1024);
+    let mut out = BytesMut::with_capacity(1024);
     let mut pkid: u16 = 0;
     loop {
         if client.fill().await? == 0 {
             bail!("connection closed by the broker");
         }
-        client.drain_frames(|frame| {
-            if frame.kind() != PUBLISH {
-                return; // PUBACKs for our answers
-            }
-            let Some((qos, packet_id, payload)) = frame.publish() else {
-                return;
+        while let Some(packet) = client.next_packet()? {
+            let Packet::Publish(command) = packet else {
+                continue; // PUBACKs for our answers
             };
-            if qos > 0 {
-                puback_into(&mut out, packet_id);
+            if command.qos != QoS::AtMostOnce {
+                puback_into(&mut out, command.pkid)?;
             }
-            if let Ok(cmd) = serde_json::from_slice::<CommandMsg<'_>>(payload) {
+            if let Ok(cmd) = serde_json::from_slice::<CommandMsg<'_>>(&command.payload) {
                 let answer = Answer {
                     command_id: cmd.command_id,
                     success: true,
                 };
                 if let Ok(body) = serde_json::to_vec(&answer) {
                     pkid = pkid % 60_000 + 1;
-                    publish_into(&mut out, &response_topic, 1, pkid, &body);
+                    publish_into(&mut out, &response_topic, QoS::AtLeastOnce, pkid, &body)?;
                 }
             }
-        });
+        }
         if !out.is_empty() {
             client.stream.write_all(&out).await?;
             out.clear();

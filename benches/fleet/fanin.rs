@@ -19,11 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
 use crate::broker::{service_login, Broker, CpuMeter, CpuUse, Device};
-use crate::mqtt::{connect_many, publish_into, Client, Login, PUBLISH};
+use crate::mqtt::{connect_many, publish_into, Client, Login, PacketType, QoS};
 use crate::telemetry::{drain, Counters, PAYLOAD};
 
 /// Messages per socket write.
@@ -124,7 +125,7 @@ struct Received {
 /// One mode's publishers (with their pre-built batches) and its subscriber.
 struct Setup {
     mode: Mode,
-    publishers: Vec<(Client, Vec<u8>)>,
+    publishers: Vec<(Client, Bytes)>,
     received: Arc<Received>,
     _subscriber: JoinSet<()>,
 }
@@ -231,15 +232,15 @@ async fn prepare(broker: &Broker, devices: &[Device], mode: Mode) -> anyhow::Res
     let publishers = clients
         .into_iter()
         .zip(&topics)
-        .map(|(c, topic)| (c, batch_for(topic)))
-        .collect();
+        .map(|(c, topic)| anyhow::Ok((c, batch_for(topic)?)))
+        .collect::<anyhow::Result<_>>()?;
     let mut subscriber = Client::connect_with(
         broker.mqtt,
         &service_login(&format!("fanin-sub-{mode:?}")),
         None,
     )
     .await?;
-    subscriber.subscribe(mode.filter(), 0).await?;
+    subscriber.subscribe(mode.filter(), QoS::AtMostOnce).await?;
     let received = Arc::new(Received {
         count: AtomicU64::new(0),
         last_ns: AtomicU64::new(0),
@@ -255,12 +256,12 @@ async fn prepare(broker: &Broker, devices: &[Device], mode: Mode) -> anyhow::Res
     })
 }
 
-fn batch_for(topic: &str) -> Vec<u8> {
-    let mut batch = Vec::with_capacity(BATCH * (topic.len() + PAYLOAD.len() + 4));
+fn batch_for(topic: &str) -> anyhow::Result<Bytes> {
+    let mut batch = BytesMut::with_capacity(BATCH * (topic.len() + PAYLOAD.len() + 4));
     for _ in 0..BATCH {
-        publish_into(&mut batch, topic, 0, 0, PAYLOAD);
+        publish_into(&mut batch, topic, QoS::AtMostOnce, 0, PAYLOAD)?;
     }
-    batch
+    Ok(batch.freeze())
 }
 
 async fn count_messages(mut client: Client, received: Arc<Received>) {
@@ -270,7 +271,16 @@ async fn count_messages(mut client: Client, received: Arc<Received>) {
             Ok(_) => {}
         }
         let mut n = 0;
-        client.drain_frames(|f| n += u64::from(f.kind() == PUBLISH));
+        loop {
+            match client.skip_packet() {
+                Ok(Some(kind)) => n += u64::from(kind == PacketType::Publish),
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("fleet: fan-in subscriber stopped: {e:#}");
+                    return;
+                }
+            }
+        }
         if n > 0 {
             let at = u64::try_from(received.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
             received.last_ns.store(at, Relaxed);
@@ -344,11 +354,11 @@ async fn once(
 /// Writes `batch` `turns` times: back to back, or once per `interval` from `first`.
 async fn write_batches(
     mut client: Client,
-    batch: Vec<u8>,
+    batch: Bytes,
     turns: u64,
     first: Instant,
     interval: Option<Duration>,
-) -> anyhow::Result<(u64, Client, Vec<u8>)> {
+) -> anyhow::Result<(u64, Client, Bytes)> {
     let mut next = first;
     for _ in 0..turns {
         if let Some(every) = interval {

@@ -7,11 +7,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
 use crate::broker::{Broker, CpuMeter, CpuUse, Device};
-use crate::mqtt::{connect_many, publish_into, Client};
+use crate::mqtt::{connect_many, publish_into, Client, QoS};
 
 /// About 60 bytes of JSON telemetry, as a small device would send it.
 pub const PAYLOAD: &[u8] = br#"{"cpu":37.5,"mem":612,"temp":48.25,"uptime":86400,"rssi":-67}"#;
@@ -144,7 +145,7 @@ impl TelemetryRun {
 }
 
 /// A publishing task's connections, each with its pre-built batch.
-type Group = Vec<(Client, Vec<u8>)>;
+type Group = Vec<(Client, Bytes)>;
 
 /// Connects `devices` once, then runs once per entry of `rates` (points/s offered;
 /// `None` = unpaced), `tasks` tasks publishing through them for `window` each. An
@@ -171,11 +172,11 @@ pub async fn run(
     let mut groups: Vec<Group> = (0..tasks).map(|_| Vec::new()).collect();
     for (i, (client, device)) in clients.into_iter().zip(devices).enumerate() {
         let topic = format!("device/{}/telemetry", device.id);
-        let mut batch = Vec::with_capacity(BATCH * (topic.len() + PAYLOAD.len() + 4));
+        let mut batch = BytesMut::with_capacity(BATCH * (topic.len() + PAYLOAD.len() + 4));
         for _ in 0..BATCH {
-            publish_into(&mut batch, &topic, 0, 0, PAYLOAD);
+            publish_into(&mut batch, &topic, QoS::AtMostOnce, 0, PAYLOAD)?;
         }
-        groups[i % tasks].push((client, batch));
+        groups[i % tasks].push((client, batch.freeze()));
     }
     let mut runs = Vec::new();
     for &rate in rates {

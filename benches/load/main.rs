@@ -244,11 +244,17 @@ async fn run_broker(b: &Broker, p: &Params, args: &Args) -> Results {
     }
     if args.wants("qos1") {
         step("QoS 1 fan-in");
-        r.qos1 = r.note("QoS 1 fan-in", scenarios::fan_in(b, p, 1).await);
+        r.qos1 = r.note(
+            "QoS 1 fan-in",
+            scenarios::fan_in(b, p, mqtt::QoS::AtLeastOnce).await,
+        );
     }
     if args.wants("qos0") {
         step("QoS 0 fan-in");
-        r.qos0 = r.note("QoS 0 fan-in", scenarios::fan_in(b, p, 0).await);
+        r.qos0 = r.note(
+            "QoS 0 fan-in",
+            scenarios::fan_in(b, p, mqtt::QoS::AtMostOnce).await,
+        );
     }
     // Last: fleetmq's device reconnects leave presence work queued for seconds, which
     // would otherwise run during (and take CPU from) the scenarios after it.

@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
 use crate::broker::{cpu_time, machine_busy, Broker, Device};
-use crate::mqtt::{self, Client, Login, Sealer, PUBACK, PUBLISH};
+use crate::mqtt::{self, Client, Login, Packet, PacketType, PubAck, Publish, QoS, Sealer};
 
 /// Sizes of the scenarios (`--quick` shrinks them).
 #[derive(Debug, Clone)]
@@ -152,15 +153,14 @@ fn payload(len: usize, seq: usize) -> Vec<u8> {
 
 /// Every PUBLISH a publisher will send, encoded back to back; all have the same length.
 struct Frames {
-    bytes: Vec<u8>,
+    bytes: Bytes,
     frame_len: usize,
     count: usize,
 }
 
 fn build_frames(
     device: &Device,
-    index: usize,
-    qos: u8,
+    qos: QoS,
     count: usize,
     payload_len: usize,
 ) -> anyhow::Result<Frames> {
@@ -168,31 +168,31 @@ fn build_frames(
     let mut sealer = device
         .key
         .as_ref()
-        .map(|(key, generation)| Sealer::new(key, *generation, index as u32))
+        .map(|(key, generation)| Sealer::new(key, *generation))
         .transpose()?;
-    let mut bytes = Vec::new();
+    let mut bytes = BytesMut::new();
     for seq in 0..count {
         let plain = payload(payload_len, seq);
         let body = match sealer.as_mut() {
             Some(s) => s.seal(&topic, &plain),
             None => plain,
         };
-        mqtt::publish_into(&mut bytes, &topic, qos, (seq % 65_535) as u16 + 1, &body);
+        mqtt::publish_into(&mut bytes, &topic, qos, (seq % 65_535) as u16 + 1, &body)?;
     }
     let frame_len = bytes.len() / count.max(1);
     if frame_len * count != bytes.len() {
         bail!("payloads of different lengths: the windowed sender needs equal frames");
     }
     Ok(Frames {
-        bytes,
+        bytes: bytes.freeze(),
         frame_len,
         count,
     })
 }
 
 /// N publishers → 1 subscriber on `device/+/telemetry`, at QoS 0 or 1.
-pub async fn fan_in(broker: &Broker, p: &Params, qos: u8) -> anyhow::Result<FanIn> {
-    let total = if qos == 0 {
+pub async fn fan_in(broker: &Broker, p: &Params, qos: QoS) -> anyhow::Result<FanIn> {
+    let total = if qos == QoS::AtMostOnce {
         p.qos0_messages
     } else {
         p.qos1_messages
@@ -201,16 +201,17 @@ pub async fn fan_in(broker: &Broker, p: &Params, qos: u8) -> anyhow::Result<FanI
     // A persistent subscriber gets a fresh client id every run (nothing to resume) and
     // its session is discarded afterwards, so later runs queue nothing for it.
     static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let mut login = broker.subscriber(&format!("bench-sub-q{qos}-{}", RUNS.fetch_add(1, Relaxed)));
+    let run = RUNS.fetch_add(1, Relaxed);
+    let mut login = broker.subscriber(&format!("bench-sub-q{}-{run}", qos as u8));
     login.persistent = p.persistent_subscriber;
     let mut sub = Client::connect(broker.mqtt, &login, 600).await?;
     sub.chunk = 256 * 1024;
     sub.subscribe("device/+/telemetry", qos).await?;
     let mut publishers = Vec::new();
-    for (i, device) in broker.devices.iter().take(p.publishers).enumerate() {
+    for device in broker.devices.iter().take(p.publishers) {
         let mut client = Client::connect(broker.mqtt, &device.login, 600).await?;
         client.chunk = 16 * 1024;
-        publishers.push((client, build_frames(device, i, qos, per, p.payload)?));
+        publishers.push((client, build_frames(device, qos, per, p.payload)?));
     }
     if publishers.len() < p.publishers {
         bail!(
@@ -229,7 +230,7 @@ pub async fn fan_in(broker: &Broker, p: &Params, qos: u8) -> anyhow::Result<FanI
         let done = done.clone();
         let window = p.window;
         tasks.spawn(async move {
-            let result = if qos == 0 {
+            let result = if qos == QoS::AtMostOnce {
                 publish_all(client, frames).await
             } else {
                 publish_windowed(client, frames, window).await
@@ -245,7 +246,7 @@ pub async fn fan_in(broker: &Broker, p: &Params, qos: u8) -> anyhow::Result<FanI
     let mut quiet_since: Option<Instant> = None;
     // CPU is sampled while messages arrive, so a grace period after a loss is not counted.
     let (mut cpu, mut sampled) = (Cpu::default(), start);
-    let mut acks = Vec::new();
+    let mut acks = BytesMut::new();
     let payload_len = p.payload;
     while received < sent && start.elapsed() < p.deadline {
         if done.load(Relaxed) == n {
@@ -262,16 +263,14 @@ pub async fn fan_in(broker: &Broker, p: &Params, qos: u8) -> anyhow::Result<FanI
             }
         }
         let before = received;
-        while let Some((frame, used)) = mqtt::next_frame(&sub.buf[sub.start..]) {
-            if frame.kind() == PUBLISH {
-                let (q, pkid, payload) = frame.publish().context("malformed PUBLISH")?;
+        while let Some(packet) = sub.next_packet()? {
+            if let Packet::Publish(publish) = packet {
                 received += 1;
-                bad += usize::from(payload.len() != payload_len);
-                if q == 1 {
-                    mqtt::puback_into(&mut acks, pkid);
+                bad += usize::from(publish.payload.len() != payload_len);
+                if publish.qos == QoS::AtLeastOnce {
+                    mqtt::puback_into(&mut acks, publish.pkid)?;
                 }
             }
-            sub.start += used;
         }
         if received > before {
             last = Instant::now();
@@ -344,9 +343,8 @@ async fn publish_windowed(
                 r?;
             }
         }
-        while let Some((frame, used)) = mqtt::next_frame(&client.buf[client.start..]) {
-            acked += usize::from(frame.kind() == PUBACK);
-            client.start += used;
+        while let Some(kind) = client.skip_packet()? {
+            acked += usize::from(kind == PacketType::PubAck);
         }
     }
     Ok(client)
@@ -371,17 +369,18 @@ pub async fn request_response(broker: &Broker, p: &Params) -> anyhow::Result<Lat
     let device = broker.devices.first().context("no device")?;
     let topic = format!("device/{}/telemetry", device.id);
     let mut sub = Client::connect(broker.mqtt, &broker.subscriber("bench-sub-rr"), 600).await?;
-    sub.subscribe("device/+/telemetry", 1).await?;
+    sub.subscribe("device/+/telemetry", QoS::AtLeastOnce)
+        .await?;
     let mut publisher = Client::connect(broker.mqtt, &device.login, 600).await?;
     let mut sealer = device
         .key
         .as_ref()
-        .map(|(k, g)| Sealer::new(k, *g, 0xffff))
+        .map(|(k, g)| Sealer::new(k, *g))
         .transpose()?;
     let warmup = 100;
     let mut samples = Vec::with_capacity(p.rr_iterations);
-    let mut frame = Vec::with_capacity(256);
-    let mut ack = Vec::with_capacity(4);
+    let mut frame = BytesMut::with_capacity(256);
+    let mut ack = BytesMut::with_capacity(4);
     let mut meter = None;
     for i in 0..warmup + p.rr_iterations {
         if i == warmup {
@@ -393,21 +392,21 @@ pub async fn request_response(broker: &Broker, p: &Params) -> anyhow::Result<Lat
             None => plain,
         };
         frame.clear();
-        mqtt::publish_into(&mut frame, &topic, 1, (i % 65_535) as u16 + 1, &body);
+        mqtt::publish_into(
+            &mut frame,
+            &topic,
+            QoS::AtLeastOnce,
+            (i % 65_535) as u16 + 1,
+            &body,
+        )?;
         let t0 = Instant::now();
         publisher.stream.write_all(&frame).await?;
-        let (byte1, delivered) = sub.expect(PUBLISH, Duration::from_secs(5)).await?;
+        let delivered: Publish = sub.expect(Duration::from_secs(5)).await?;
         let took = t0.elapsed();
-        let (_, pkid, _) = mqtt::Frame {
-            byte1,
-            body: &delivered,
-        }
-        .publish()
-        .context("malformed PUBLISH")?;
         ack.clear();
-        mqtt::puback_into(&mut ack, pkid);
+        mqtt::puback_into(&mut ack, delivered.pkid)?;
         sub.stream.write_all(&ack).await?;
-        publisher.expect(PUBACK, Duration::from_secs(5)).await?;
+        publisher.expect::<PubAck>(Duration::from_secs(5)).await?;
         if i >= warmup {
             samples.push(took);
         }
@@ -512,7 +511,7 @@ async fn connect_once(
     let t0 = Instant::now();
     let mut client = Client::connect(addr, login, 60).await?;
     let connack = t0.elapsed();
-    client.stream.write_all(&mqtt::DISCONNECT).await?;
+    client.disconnect().await?;
     let closed = timeout(Duration::from_secs(2), async {
         while matches!(client.fill().await, Ok(n) if n > 0) {}
     })
