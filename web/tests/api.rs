@@ -154,14 +154,20 @@ impl TestApp {
         self.store.call(|s| s.count_devices()).await.unwrap()
     }
 
+    /// Whether the stored credential is a keyed hash (never PBKDF2 for a token the API
+    /// issued) of `token`.
     async fn token_verifies(&self, id: &str, token: &str) -> bool {
         let id: DeviceId = id.parse().unwrap();
         let token = token.to_owned();
         self.store
-            .call(move |s| s.get_device(&id))
+            .call(move |s| {
+                let found = s.get_device(&id).unwrap();
+                found.is_some_and(|d| {
+                    !d.credential.is_legacy()
+                        && d.credential.verify(s.token_key(), token.as_bytes())
+                })
+            })
             .await
-            .unwrap()
-            .is_some_and(|d| d.credential.verify(token.as_bytes()))
     }
 
     async fn stop(self) {

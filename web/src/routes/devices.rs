@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use fleetmq_storage::{
-    generate_token, now_ms, CredentialHash, DeviceId, DeviceKey, DeviceRecord, DeviceState,
+    generate_token, now_ms, DeviceCredential, DeviceId, DeviceKey, DeviceRecord, DeviceState,
     NewDevice, StoreError, DEFAULT_PLUGIN,
 };
 use http::{Request, StatusCode};
@@ -215,7 +215,8 @@ fn validate_create(
     Ok((id, plugin, labels, body.encrypted.unwrap_or(false)))
 }
 
-/// `POST /api/v1/devices`: the token is returned here once and only its hash is stored.
+/// `POST /api/v1/devices`: the token is returned here once and only its keyed hash is
+/// stored.
 pub(crate) async fn create<B>(state: &AppState, req: Request<B>) -> Result<ApiResponse, ApiError>
 where
     B: Body,
@@ -232,7 +233,7 @@ where
                 plugin,
                 labels,
                 encrypted,
-                credential: CredentialHash::new(token.as_bytes()),
+                credential: DeviceCredential::keyed(s.token_key(), token.as_bytes()),
                 created_at_ms: now_ms(),
             };
             s.create_device(new).map(|record| (record, token))
@@ -415,8 +416,9 @@ pub(crate) async fn delete(state: &AppState, id: &str) -> Result<ApiResponse, Ap
     Ok(response::no_content())
 }
 
-/// `POST /api/v1/devices/{id}/rotate-credentials`: a new token; the old one stops
-/// working and a connection made with it is closed.
+/// `POST /api/v1/devices/{id}/rotate-credentials`: a new token, stored as a keyed hash
+/// (also for a device that still had a legacy PBKDF2 one); the old one stops working
+/// and a connection made with it is closed.
 pub(crate) async fn rotate_credentials(
     state: &AppState,
     id: &str,
@@ -427,7 +429,7 @@ pub(crate) async fn rotate_credentials(
         .store
         .call(move |s| {
             let token = generate_token();
-            let credential = CredentialHash::new(token.as_bytes());
+            let credential = DeviceCredential::keyed(s.token_key(), token.as_bytes());
             let record = s.set_device_credential(&id, credential)?;
             // Inside the blocking call, as in `delete`.
             broker.device_credentials_changed(&record.id);
