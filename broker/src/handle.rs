@@ -89,6 +89,11 @@ impl BrokerHandle {
         );
     }
 
+    /// Whether a device may be provisioned with this plugin: one this broker has.
+    pub fn has_plugin(&self, name: &str) -> bool {
+        self.services.commands.has_plugin(name)
+    }
+
     /// Whether payload encryption is on for every device (`security.payload_encryption`).
     pub fn payload_encryption_default(&self) -> bool {
         self.core.config.payload_encryption

@@ -70,6 +70,27 @@ impl Store {
         self.write(|txn| insert_new(txn, new))
     }
 
+    /// Provisions many devices in one durable transaction, in order, as if each were
+    /// given to [`Store::create_device`]: one whose id is taken (by a device, by an
+    /// earlier one of `devices`, or by a service client) gets its
+    /// [`StoreError::Conflict`] in its slot and the others are created. Any other
+    /// failure creates none of them.
+    pub fn create_devices(
+        &self,
+        devices: Vec<NewDevice>,
+    ) -> Result<Vec<Result<DeviceRecord, StoreError>>, StoreError> {
+        self.write(|txn| {
+            let mut out = Vec::with_capacity(devices.len());
+            for new in devices {
+                match insert_new(txn, new) {
+                    Err(conflict @ StoreError::Conflict { .. }) => out.push(Err(conflict)),
+                    other => out.push(Ok(other?)),
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// The device with this id, if provisioned.
     pub fn get_device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
         self.read(|txn| {

@@ -349,3 +349,44 @@ fn a_rotation_between_check_and_upgrade_wins() {
     assert_eq!(stored.credential, rotated);
     assert!(!stored.credential.verify(store.token_key(), LEGACY_TOKEN));
 }
+
+#[test]
+fn many_devices_in_one_transaction_with_conflicts_in_their_slots() {
+    let (_dir, store) = temp_store();
+    store.create_device(new_device("taken")).unwrap();
+    store
+        .create_service_client(ServiceClientRecord {
+            name: "svc".into(),
+            credential: cheap_hash("pw"),
+            rules: Vec::new(),
+            created_at_ms: 1,
+        })
+        .unwrap();
+    let names = ["a", "taken", "b", "a", "svc", "c"];
+    let got = store
+        .create_devices(names.iter().map(|n| new_device(n)).collect())
+        .unwrap();
+    let outcome: Vec<Result<&str, &str>> = got
+        .iter()
+        .map(|r| match r {
+            Ok(d) => Ok(d.id.as_str()),
+            Err(StoreError::Conflict { kind, .. }) => Err(*kind),
+            Err(e) => panic!("{e:?}"),
+        })
+        .collect();
+    assert_eq!(
+        outcome,
+        [
+            Ok("a"),
+            Err("device"),
+            Ok("b"),
+            Err("device"),
+            Err("service client"),
+            Ok("c")
+        ]
+    );
+    assert_eq!(store.count_devices().unwrap(), 4);
+    let a = got[0].as_ref().unwrap();
+    assert_eq!(store.get_device(&id("a")).unwrap().as_ref(), Some(a));
+    assert!(store.create_devices(Vec::new()).unwrap().is_empty());
+}
