@@ -161,6 +161,14 @@ impl Broker {
     }
 }
 
+impl Drop for Broker {
+    /// A run that fails leaves no broker behind (after `stop`, the child is gone already).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Provisions the devices; returns id → token.
 async fn provision(
     b: &Broker,

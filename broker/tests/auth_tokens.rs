@@ -25,6 +25,14 @@ async fn credential(b: &TestBroker, id: &str) -> DeviceCredential {
     found.expect("device exists").credential
 }
 
+/// The device's credential once its upgrade (written in the background) is stored.
+async fn upgraded(b: &TestBroker, id: &str) -> DeviceCredential {
+    eventually(&format!("the upgrade of {id}"), || async {
+        Some(credential(b, id).await).filter(|c| !c.is_legacy())
+    })
+    .await
+}
+
 /// Connects as device `id` over TCP with MQTT 3.1.1; how long until the CONNACK.
 async fn connect_timed(b: &TestBroker, id: &str, token: &str) -> Duration {
     let started = Instant::now();
@@ -55,8 +63,7 @@ async fn a_legacy_pbkdf2_device_is_upgraded_by_its_first_connect() {
     assert!(credential(&b, "old-1").await.is_legacy());
 
     let first = connect_timed(&b, "old-1", token).await;
-    let stored = credential(&b, "old-1").await;
-    assert!(!stored.is_legacy(), "{stored:?}");
+    let stored = upgraded(&b, "old-1").await;
     let key = b.store.token_key().clone();
     assert!(stored.verify(&key, token.as_bytes()));
 
@@ -76,19 +83,18 @@ async fn tokens_keep_working_across_a_restart() {
     b.add_legacy_device("old-2", "token-3").await;
     connect_timed(&b, "dev-1", "token-1").await;
     connect_timed(&b, "old-1", "token-2").await;
-    let upgraded = credential(&b, "old-1").await;
-    assert!(!upgraded.is_legacy());
+    let upgraded_1 = upgraded(&b, "old-1").await;
 
     let dir = b.stop().await;
     let b = TestBroker::with_config_in(fleetmq_broker::BrokerConfig::for_tests(), dir).await;
     // The key the hashes were made with is the one the file kept.
-    assert_eq!(credential(&b, "old-1").await, upgraded);
+    assert_eq!(credential(&b, "old-1").await, upgraded_1);
     connect_timed(&b, "dev-1", "token-1").await;
     connect_timed(&b, "old-1", "token-2").await;
     // A device not seen before the restart is still upgraded now.
     assert!(credential(&b, "old-2").await.is_legacy());
     connect_timed(&b, "old-2", "token-3").await;
-    assert!(!credential(&b, "old-2").await.is_legacy());
+    upgraded(&b, "old-2").await;
     for (id, wrong) in [("dev-1", "token-2"), ("old-1", "token-1"), ("old-2", "x")] {
         assert!(refused(
             connect_v4(&b, Via::Tcp, id, Some((id, wrong))).await
@@ -146,4 +152,44 @@ async fn an_unknown_id_costs_what_a_wrong_token_costs() {
         gap < Duration::from_millis(3),
         "wrong token {wrong:?} vs unknown id {unknown:?}"
     );
+}
+
+/// A fleet of legacy devices reconnecting at once: every one gets in, and every record is
+/// upgraded (in batches written by one task, not one write per CONNECT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_fleet_reconnecting_at_once_is_upgraded() {
+    let b = TestBroker::start().await;
+    let ids: Vec<String> = (0..40).map(|i| format!("old-{i:02}")).collect();
+    for id in &ids {
+        b.add_legacy_device(id, &format!("token-{id}")).await;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in ids.clone() {
+        let opts = options_v4(&b, Via::Tcp, &id, Some((&id, &format!("token-{id}"))));
+        tasks.spawn(async move {
+            let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
+            loop {
+                let event = tokio::time::timeout(WAIT, el.poll())
+                    .await
+                    .expect("in time");
+                if let rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)) =
+                    event.expect("connects")
+                {
+                    break;
+                }
+            }
+            client.disconnect().await.ok();
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let key = b.store.token_key().clone();
+    for id in &ids {
+        let stored = upgraded(&b, id).await;
+        assert!(
+            stored.verify(&key, format!("token-{id}").as_bytes()),
+            "{id}"
+        );
+    }
 }

@@ -8,9 +8,9 @@ use redb::{ReadableTable, ReadableTableMetadata as _, WriteTransaction};
 use crate::codec::{self, Location};
 use crate::error::StoreError;
 use crate::ids::DeviceId;
-use crate::model::{DeviceKey, DeviceRecord, NewDevice};
+use crate::model::{CredentialUpgrade, DeviceKey, DeviceRecord, NewDevice};
 use crate::schema::{DEVICES, DEVICES_TABLE as TABLE};
-use crate::secret::{generate_key, CredentialHash, DeviceCredential};
+use crate::secret::{generate_key, DeviceCredential};
 use crate::service_clients;
 use crate::store::Store;
 
@@ -155,34 +155,35 @@ impl Store {
         })
     }
 
-    /// Replaces a device's legacy PBKDF2 credential `checked`, which `token` was just
-    /// verified against, by the keyed hash of `token`; returns the updated record.
-    /// `None` (and nothing written) if the device is gone or its credential is no longer
-    /// `checked` (rotated meanwhile).
+    /// Replaces legacy PBKDF2 credentials by keyed hashes, in one transaction: each
+    /// device whose record still holds the `checked` hash (its token was just verified
+    /// against it) gets `keyed`; a device deleted or rotated since is left alone. Returns
+    /// how many were replaced.
     ///
     /// Not durable: a crash may lose the upgrade, and the legacy hash, which still
     /// verifies the same token, is simply upgraded again at the next connect. So a fleet
-    /// of legacy devices reconnecting at once costs no disk flush per device.
-    pub fn upgrade_device_credential(
+    /// of legacy devices reconnecting at once costs no disk flush for it.
+    pub fn upgrade_device_credentials(
         &self,
-        id: &DeviceId,
-        checked: &CredentialHash,
-        token: &[u8],
-    ) -> Result<Option<DeviceRecord>, StoreError> {
-        let keyed = DeviceCredential::keyed(self.token_key(), token);
+        upgrades: &[CredentialUpgrade],
+    ) -> Result<usize, StoreError> {
         self.write_with(false, |txn| {
             let mut table = txn.open_table(DEVICES)?;
-            let key = id.as_str();
-            let mut record = match table.get(key)? {
-                Some(bytes) => codec::decode_device(at(key), bytes.value())?,
-                None => return Ok(None),
-            };
-            if !matches!(&record.credential, DeviceCredential::Legacy(c) if c == checked) {
-                return Ok(None);
+            let mut replaced = 0;
+            for up in upgrades {
+                let key = up.id.as_str();
+                let mut record = match table.get(key)? {
+                    Some(bytes) => codec::decode_device(at(key), bytes.value())?,
+                    None => continue,
+                };
+                if !matches!(&record.credential, DeviceCredential::Legacy(c) if *c == up.checked) {
+                    continue;
+                }
+                record.credential = DeviceCredential::Keyed(up.keyed.clone());
+                table.insert(key, codec::encode_device(at(key), &record)?.as_slice())?;
+                replaced += 1;
             }
-            record.credential = keyed;
-            table.insert(key, codec::encode_device(at(key), &record)?.as_slice())?;
-            Ok(Some(record))
+            Ok(replaced)
         })
     }
 

@@ -80,8 +80,8 @@ pub use devices::KEPT_KEY_GENERATIONS;
 pub use error::{OpenError, StoreError};
 pub use ids::{DeviceId, InvalidDeviceId, MAX_DEVICE_ID_LEN};
 pub use model::{
-    AclAction, AclRule, DeviceKey, DeviceRecord, MessageProperties, NewDevice, RetainedMessage,
-    ServiceClientRecord, DEFAULT_PLUGIN,
+    AclAction, AclRule, CredentialUpgrade, DeviceKey, DeviceRecord, MessageProperties, NewDevice,
+    RetainedMessage, ServiceClientRecord, DEFAULT_PLUGIN,
 };
 pub use secret::{
     generate_key, generate_token, CredentialHash, DeviceCredential, TokenHash, TokenKey,

@@ -9,7 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::DeviceId;
-use crate::secret::{CredentialHash, DeviceCredential};
+use crate::secret::{CredentialHash, DeviceCredential, TokenHash};
 
 /// The plugin a device gets when none is given.
 pub const DEFAULT_PLUGIN: &str = "json";
@@ -101,6 +101,20 @@ impl NewDevice {
             created_at_ms,
         }
     }
+}
+
+/// A device whose token was just verified against its legacy PBKDF2 hash, and the
+/// keyed hash of that token to store instead
+/// ([`Store::upgrade_device_credentials`](crate::Store::upgrade_device_credentials)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialUpgrade {
+    /// The device.
+    pub id: DeviceId,
+    /// The hash the token was verified against; nothing changes if the record no longer
+    /// holds it.
+    pub checked: CredentialHash,
+    /// The token's keyed hash.
+    pub keyed: TokenHash,
 }
 
 /// Which MQTT operation an [`AclRule`] covers.

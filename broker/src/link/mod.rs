@@ -166,7 +166,7 @@ impl Core {
             retained: crate::link::retained::RetainedIndex::load(restored.retained),
             session_store,
             congestion: crate::link::connection::congestion::Congestion::default(),
-            auth: Authenticator::new(store.clone(), config.allow_anonymous),
+            auth: Authenticator::new(store.clone(), config.allow_anonymous, &shutdown, &tracker),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             stats: Stats::new(),
             sessions,

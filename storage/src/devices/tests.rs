@@ -2,7 +2,8 @@
 //! credentials and their upgrade from PBKDF2.
 
 use super::*;
-use crate::model::{AclAction, AclRule, ServiceClientRecord};
+use crate::model::{AclAction, AclRule, CredentialUpgrade, ServiceClientRecord};
+use crate::secret::CredentialHash;
 use crate::store::Store;
 use crate::test_support::{cheap_hash, id, new_device, temp_store};
 
@@ -294,6 +295,15 @@ fn a_record_of_the_old_format_reads_with_its_pbkdf2_credential() {
     assert_eq!(store.list_devices(None, 10).unwrap(), vec![d]);
 }
 
+/// The upgrade of `legacy-1` after `LEGACY_TOKEN` was verified against `checked`.
+fn upgrade(store: &Store, id_: &str, checked: &CredentialHash) -> CredentialUpgrade {
+    CredentialUpgrade {
+        id: id(id_),
+        checked: checked.clone(),
+        keyed: store.token_key().hash(LEGACY_TOKEN),
+    }
+}
+
 #[test]
 fn a_legacy_credential_is_upgraded_to_a_keyed_hash_once() {
     let (dir, store) = store_with_legacy_record();
@@ -301,10 +311,13 @@ fn a_legacy_credential_is_upgraded_to_a_keyed_hash_once() {
     let DeviceCredential::Legacy(checked) = before.credential.clone() else {
         unreachable!()
     };
-    let upgraded = store
-        .upgrade_device_credential(&id("legacy-1"), &checked, LEGACY_TOKEN)
-        .unwrap()
-        .expect("upgraded");
+    // A device that is gone is skipped; the others are upgraded.
+    let batch = [
+        upgrade(&store, "nobody", &checked),
+        upgrade(&store, "legacy-1", &checked),
+    ];
+    assert_eq!(store.upgrade_device_credentials(&batch).unwrap(), 1);
+    let upgraded = store.get_device(&id("legacy-1")).unwrap().unwrap();
     assert!(!upgraded.credential.is_legacy());
     assert!(upgraded.credential.verify(store.token_key(), LEGACY_TOKEN));
     assert!(!upgraded.credential.verify(store.token_key(), b"other"));
@@ -317,12 +330,8 @@ fn a_legacy_credential_is_upgraded_to_a_keyed_hash_once() {
         before
     );
     // A second upgrade against the old hash finds it gone and writes nothing.
-    let again = store.upgrade_device_credential(&id("legacy-1"), &checked, LEGACY_TOKEN);
-    assert_eq!(again.unwrap(), None);
-    assert!(store
-        .upgrade_device_credential(&id("nobody"), &checked, LEGACY_TOKEN)
-        .unwrap()
-        .is_none());
+    assert_eq!(store.upgrade_device_credentials(&batch).unwrap(), 0);
+    assert_eq!(store.upgrade_device_credentials(&[]).unwrap(), 0);
     // The upgrade was not durable by itself; the next durable commit (any write) or a
     // clean close keeps it, and the key it needs is in the same file.
     drop(store);
@@ -343,8 +352,8 @@ fn a_rotation_between_check_and_upgrade_wins() {
     store
         .set_device_credential(&id("legacy-1"), rotated.clone())
         .unwrap();
-    let up = store.upgrade_device_credential(&id("legacy-1"), &checked, LEGACY_TOKEN);
-    assert_eq!(up.unwrap(), None);
+    let batch = [upgrade(&store, "legacy-1", &checked)];
+    assert_eq!(store.upgrade_device_credentials(&batch).unwrap(), 0);
     let stored = store.get_device(&id("legacy-1")).unwrap().unwrap();
     assert_eq!(stored.credential, rotated);
     assert!(!stored.credential.verify(store.token_key(), LEGACY_TOKEN));

@@ -12,9 +12,12 @@
 //!   same secret against the same stored hash is checked in constant time against that.
 //!   A deleted client's entry is forgotten, and a new record has a new salt, so a
 //!   remembered entry can never accept a secret the store no longer accepts.
-//! - device tokens stored before keyed hashes. The first successful CONNECT replaces the
-//!   record's hash by the keyed one (`Store::upgrade_device_credential`), so each such
-//!   device pays PBKDF2 once; a rotation issues a keyed hash too.
+//! - device tokens stored before keyed hashes. A successful check queues the token's keyed
+//!   hash for the record, and a task writes what is queued in batches, one non-durable
+//!   transaction each (`Store::upgrade_device_credentials`; one write per device, each
+//!   waiting for the store's writer, made a fleet of 2,000 reconnect in minutes instead
+//!   of the 20 s its PBKDF2 checks take), so each such device pays PBKDF2 once. A
+//!   rotation issues a keyed hash too.
 //!
 //! A username that is neither a device nor a service client is checked against a decoy
 //! keyed hash, so an unknown id costs what a wrong token for a known device costs.
@@ -23,10 +26,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use fleetmq_storage::{
-    CredentialHash, DeviceCredential, DeviceId, DeviceRecord, ServiceClientRecord, Store, TokenHash,
+    CredentialHash, CredentialUpgrade, DeviceCredential, DeviceId, DeviceRecord,
+    ServiceClientRecord, Store, TokenHash,
 };
 use ring::hmac;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Verified legacy credentials waiting for their upgrade; past that many, a device is
+/// upgraded at a later connect instead.
+const UPGRADE_QUEUE: usize = 4096;
+/// Upgrades written per transaction.
+const UPGRADE_BATCH: usize = 1024;
 
 /// What a CONNECT authenticated as.
 #[derive(Debug, Clone)]
@@ -67,18 +79,29 @@ pub(crate) struct Authenticator {
     remembered: Remembered,
     /// Bounds concurrent PBKDF2 checks so a flood of bad passwords cannot take every core.
     slow_checks: Arc<Semaphore>,
+    /// To the task that writes keyed hashes over verified legacy ones.
+    upgrades: mpsc::Sender<CredentialUpgrade>,
 }
 
 impl Authenticator {
-    pub(crate) fn new(store: Store, allow_anonymous: bool) -> Authenticator {
+    /// Also starts the task that upgrades legacy device credentials (until `shutdown`).
+    pub(crate) fn new(
+        store: Store,
+        allow_anonymous: bool,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Authenticator {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let tag = fleetmq_storage::generate_key();
+        let (upgrades, queued) = mpsc::channel(UPGRADE_QUEUE);
+        tracker.spawn(upgrade_legacy(store.clone(), queued, shutdown.clone()));
         Authenticator {
             store,
             allow_anonymous,
             decoy: DeviceCredential::Keyed(TokenHash { tag }),
             remembered: Remembered::new(),
             slow_checks: Arc::new(Semaphore::new(cores)),
+            upgrades,
         }
     }
 
@@ -135,8 +158,7 @@ impl Authenticator {
         Ok(Some(Identity::Device(Box::new(device))))
     }
 
-    /// Checks a device's token; returns its record, upgraded to a keyed hash if it held a
-    /// legacy one.
+    /// Checks a device's token; one that matches a legacy hash is queued for its upgrade.
     async fn check_device(
         &self,
         device: DeviceRecord,
@@ -155,34 +177,15 @@ impl Authenticator {
         if !self.slow_verify(legacy.clone(), token).await? {
             return Err(Refusal::NotAuthorized);
         }
-        self.upgrade(device, legacy, token).await
-    }
-
-    /// After a successful legacy check: stores the keyed hash of `token` instead. A device
-    /// deleted or rotated since its record was read is refused (the token it presented
-    /// no longer works); a failed write only leaves the upgrade for the next connect.
-    async fn upgrade(
-        &self,
-        device: DeviceRecord,
-        checked: CredentialHash,
-        token: &[u8],
-    ) -> Result<DeviceRecord, Refusal> {
-        let (id, token) = (device.id.clone(), token.to_vec());
-        let upgraded = self
-            .store
-            .call(move |s| s.upgrade_device_credential(&id, &checked, &token))
-            .await;
-        match upgraded {
-            Ok(Some(record)) => {
-                tracing::debug!(device_id = %record.id, "device token hash upgraded to a keyed hash");
-                Ok(record)
-            }
-            Ok(None) => Err(Refusal::NotAuthorized),
-            Err(e) => {
-                tracing::error!(device_id = %device.id, error = %e, "cannot upgrade a device's token hash");
-                Ok(device)
-            }
+        let upgrade = CredentialUpgrade {
+            id: device.id.clone(),
+            checked: legacy,
+            keyed: self.store.token_key().hash(token),
+        };
+        if self.upgrades.try_send(upgrade).is_err() {
+            tracing::debug!(device_id = %device.id, "token hash upgrade queue full; upgraded at a later connect");
         }
+        Ok(device)
     }
 
     async fn check_service(
@@ -221,6 +224,51 @@ impl Authenticator {
     /// Forgets what was remembered for a service client.
     pub(crate) fn forget_service(&self, name: &str) {
         self.remembered.forget(name);
+    }
+}
+
+/// Writes the upgrades queued by [`Authenticator::check_device`], as many as are waiting
+/// (up to [`UPGRADE_BATCH`]) per transaction; at shutdown, what is still queued too.
+async fn upgrade_legacy(
+    store: Store,
+    mut queued: mpsc::Receiver<CredentialUpgrade>,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(UPGRADE_BATCH);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            n = queued.recv_many(&mut batch, UPGRADE_BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                write_upgrades(&store, &mut batch).await;
+            }
+        }
+    }
+    while let Ok(upgrade) = queued.try_recv() {
+        batch.push(upgrade);
+    }
+    write_upgrades(&store, &mut batch).await;
+}
+
+async fn write_upgrades(store: &Store, batch: &mut Vec<CredentialUpgrade>) {
+    if batch.is_empty() {
+        return;
+    }
+    let upgrades = std::mem::take(batch);
+    let queued = upgrades.len();
+    match store
+        .call(move |s| s.upgrade_device_credentials(&upgrades))
+        .await
+    {
+        Ok(upgraded) => tracing::debug!(
+            upgraded,
+            queued,
+            "device token hashes upgraded to keyed hashes"
+        ),
+        // The legacy hashes still verify: the next connect queues them again.
+        Err(e) => tracing::error!(error = %e, queued, "cannot upgrade device token hashes"),
     }
 }
 
