@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod cli_admin;
 mod cli_events;
+mod cli_import;
 mod kill9;
 mod kill9_sessions;
 mod restart;

@@ -47,8 +47,8 @@ impl BrokerHandle {
         ) > 0
     }
 
-    /// A device was deleted: forget cached credentials, close its connection at once,
-    /// and forget its commands, telemetry, state and config (in the background).
+    /// A device was deleted: close its connection at once, and forget its commands,
+    /// telemetry, state and config (in the background).
     pub fn device_removed(&self, id: &DeviceId) {
         self.revoke_device(id);
         // Before the delete is answered: a create after it must not find the device.
@@ -59,13 +59,13 @@ impl BrokerHandle {
             .spawn(async move { services.forget_device(&id).await });
     }
 
-    /// A device's token was rotated: forget cached credentials and close its connection.
+    /// A device's token was rotated: close its connection (a reconnect is checked against
+    /// the new hash; nothing about device tokens is cached).
     pub fn device_credentials_changed(&self, id: &DeviceId) {
         self.revoke_device(id);
     }
 
     fn revoke_device(&self, id: &DeviceId) {
-        self.core.auth.forget_device(id);
         self.core.sessions.send_where(
             |l| l.info.kind == ClientKind::Device && l.info.client_id == id.as_str(),
             || Control::Close(CloseReason::CredentialsRevoked),
@@ -87,6 +87,11 @@ impl BrokerHandle {
             |l| l.service.as_deref() == Some(name),
             || Control::Close(CloseReason::CredentialsRevoked),
         );
+    }
+
+    /// Whether a device may be provisioned with this plugin: one this broker has.
+    pub fn has_plugin(&self, name: &str) -> bool {
+        self.services.commands.has_plugin(name)
     }
 
     /// Whether payload encryption is on for every device (`security.payload_encryption`).

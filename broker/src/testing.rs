@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetmq_storage::{
-    now_ms, AclRule, CredentialHash, DeviceId, DeviceRecord, NewDevice, ServiceClientRecord, Store,
+    now_ms, AclRule, CredentialHash, DeviceCredential, DeviceId, DeviceRecord, NewDevice,
+    ServiceClientRecord, Store,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,7 +34,8 @@ pub struct TestBroker {
     pub dir: Option<tempfile::TempDir>,
 }
 
-/// Hashing cost for test credentials: the broker verifies whatever the hash says.
+/// Hashing cost for test service-client passwords and legacy device tokens: the broker
+/// verifies whatever the hash says.
 const TEST_ITERATIONS: u32 = 1_000;
 
 impl TestBroker {
@@ -79,10 +81,27 @@ impl TestBroker {
         }
     }
 
-    /// Provisions a device with `token` as its password.
+    /// Provisions a device with `token` as its password, stored as the admin API stores
+    /// it: a keyed hash.
     pub async fn add_device(&self, id: &str, token: &str, encrypted: bool) -> DeviceRecord {
+        let credential = DeviceCredential::keyed(self.store.token_key(), token.as_bytes());
+        self.create_device(id, credential, encrypted).await
+    }
+
+    /// Provisions a device whose token is stored as a PBKDF2 hash, as every device was
+    /// before keyed hashes (an older install's record).
+    pub async fn add_legacy_device(&self, id: &str, token: &str) -> DeviceRecord {
+        let credential = DeviceCredential::Legacy(hash(token));
+        self.create_device(id, credential, false).await
+    }
+
+    async fn create_device(
+        &self,
+        id: &str,
+        credential: DeviceCredential,
+        encrypted: bool,
+    ) -> DeviceRecord {
         let id: DeviceId = id.parse().expect("valid device id");
-        let credential = hash(token);
         let mut new = NewDevice::new(id, credential, now_ms());
         new.encrypted = encrypted;
         self.store

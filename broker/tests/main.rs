@@ -6,6 +6,7 @@ mod common;
 
 mod acl;
 mod auth;
+mod auth_tokens;
 mod command_batches;
 mod commands;
 mod config;

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use fleetmq_broker::fuzz::seal;
 use fleetmq_storage::fuzz as store;
 use fleetmq_storage::{
-    AclAction, AclRule, CredentialHash, DeviceKey, DeviceRecord, MessageProperties, QueuedMessage,
-    RetainedMessage, ServiceClientRecord, SessionRecord, SessionSubscription,
+    AclAction, AclRule, CredentialHash, DeviceCredential, DeviceKey, DeviceRecord,
+    MessageProperties, QueuedMessage, RetainedMessage, ServiceClientRecord, SessionRecord,
+    SessionSubscription, TokenHash,
 };
 
 type Seeds = Vec<(&'static str, Vec<u8>)>;
@@ -301,7 +302,7 @@ fn storage_records() -> Seeds {
         plugin: "json".into(),
         labels: BTreeMap::from([("site".into(), "lab".into())]),
         encrypted: true,
-        credential: credential(),
+        credential: DeviceCredential::Legacy(credential()),
         keys: vec![
             DeviceKey {
                 generation: 1,
@@ -317,6 +318,10 @@ fn storage_records() -> Seeds {
             },
         ],
         created_at_ms: 1_709_200_000_000,
+    };
+    let keyed = DeviceRecord {
+        credential: DeviceCredential::Keyed(TokenHash { tag: [0x7e; 32] }),
+        ..device.clone()
     };
     let client = ServiceClientRecord {
         name: "dashboard".into(),
@@ -426,6 +431,10 @@ fn storage_records() -> Seeds {
         (
             "device",
             record(0, "dev-1", &enc(store::encode_device(&device))),
+        ),
+        (
+            "device-keyed",
+            record(0, "dev-1", &enc(store::encode_device(&keyed))),
         ),
         (
             "service-client",

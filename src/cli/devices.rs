@@ -1,4 +1,5 @@
-//! `fleetmq device ...`: provision, list, show, delete, rotate credentials and keys.
+//! `fleetmq device ...`: provision (one, or many from a file: `device_import`), list, show,
+//! delete, rotate credentials and keys.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::client::{enc, with_query, Admin, REQUEST_TIMEOUT};
-use super::error::CliError;
+use super::device_import::{self, ImportArgs};
+use super::error::{exit, CliError};
 use super::output::outln;
 use super::output::{self, cell, print_fields, print_table};
 
@@ -16,6 +18,9 @@ use super::output::{self, cell, print_fields, print_table};
 pub enum DeviceAction {
     /// Provision a device; prints its MQTT password (and key) once
     Add(AddArgs),
+    /// Provision the devices a CSV or JSON file lists (10,000 per request); writes their
+    /// passwords (and keys) once, as CSV `id,password,key_generation,key_base64`
+    Import(ImportArgs),
     /// List devices with their presence
     List(ListArgs),
     /// Show one device
@@ -61,7 +66,8 @@ pub struct ListArgs {
     cursor: Option<String>,
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
+/// `KEY=VALUE` with a non-empty key (`--label`, and the `labels` column of `device import`).
+pub(super) fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{text:?}: expected KEY=VALUE")),
@@ -96,9 +102,10 @@ const DEVICE_FIELDS: &[&str] = &[
     "reported_status",
 ];
 
-/// Runs a `device` subcommand.
-pub async fn run(admin: &Admin, json: bool, action: DeviceAction) -> Result<(), CliError> {
-    match action {
+/// Runs a `device` subcommand; returns the exit code.
+pub async fn run(admin: &Admin, json: bool, action: DeviceAction) -> Result<u8, CliError> {
+    let done = match action {
+        DeviceAction::Import(args) => return device_import::run(admin, json, args).await,
         DeviceAction::Add(args) => add(admin, json, args).await,
         DeviceAction::List(args) => list(admin, json, args).await,
         DeviceAction::Show { id } => show(admin, json, &id).await,
@@ -111,7 +118,8 @@ pub async fn run(admin: &Admin, json: bool, action: DeviceAction) -> Result<(), 
             let path = format!("{}/rotate-key", device_path(&id));
             rotate(admin, json, &path).await
         }
-    }
+    };
+    done.map(|()| exit::OK)
 }
 
 /// `device add`: provisions the device and prints it with its new secrets.

@@ -5,12 +5,14 @@
 //! - `error`: `CliError` and the exit codes (0 ok, 1 API error, 2 usage, 3 cannot
 //!   connect / unauthorized, 4 `command send --wait` did not complete).
 //! - `output`: `--json` (the API's JSON as it came) or tables and `key: value` lines.
-//! - `devices`, `commands`, `device_config`, `clients`, `events`: one per command group.
+//! - `devices`, `commands`, `device_config`, `clients`, `events`: one per command group;
+//!   `device_import` is `device import`, the bulk provisioning from a CSV or JSON file.
 
 mod client;
 mod clients;
 mod commands;
 mod device_config;
+mod device_import;
 mod devices;
 mod error;
 mod events;
@@ -86,7 +88,7 @@ async fn dispatch(command: AdminCommand) -> Result<u8, CliError> {
     match command {
         AdminCommand::Device { conn, action } => {
             let admin = Admin::connect(&conn).await?;
-            devices::run(&admin, conn.json, action).await?;
+            return devices::run(&admin, conn.json, action).await;
         }
         AdminCommand::Command { conn, action } => {
             let admin = Admin::connect(&conn).await?;

@@ -20,11 +20,47 @@ use crate::model::{
     AclAction, AclRule, DeviceKey, DeviceRecord, MessageProperties, RetainedMessage,
     ServiceClientRecord,
 };
-use crate::secret::CredentialHash;
+use crate::secret::{CredentialHash, DeviceCredential, TokenHash};
 
 #[derive(Serialize, Deserialize)]
 enum StoredDevice {
+    /// Every device until keyed token hashes: a PBKDF2 credential.
     V1(DeviceV1),
+    /// V1 with the credential as [`DeviceCredentialV2`]: a keyed hash or PBKDF2.
+    V2(DeviceV2),
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeviceV2 {
+    id: String,
+    plugin: String,
+    labels: BTreeMap<String, String>,
+    encrypted: bool,
+    credential: DeviceCredentialV2,
+    keys: Vec<DeviceKeyV1>,
+    created_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum DeviceCredentialV2 {
+    /// A legacy PBKDF2 hash (`DeviceCredential::Legacy`), as V1 stored it.
+    Pbkdf2(CredentialV1),
+    /// HMAC-SHA256 under the install's token key (`DeviceCredential::Keyed`).
+    HmacSha256([u8; 32]),
+}
+
+impl From<DeviceV1> for DeviceV2 {
+    fn from(v1: DeviceV1) -> Self {
+        DeviceV2 {
+            id: v1.id,
+            plugin: v1.plugin,
+            labels: v1.labels,
+            encrypted: v1.encrypted,
+            credential: DeviceCredentialV2::Pbkdf2(v1.credential),
+            keys: v1.keys,
+            created_at_ms: v1.created_at_ms,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -125,6 +161,12 @@ enum StoredCredential {
     V1(CredentialV1),
 }
 
+/// The install's device token key (`token_key`).
+#[derive(Serialize, Deserialize)]
+enum StoredTokenKey {
+    V1([u8; 32]),
+}
+
 /// Where a record lives, for error messages.
 #[derive(Clone, Copy)]
 pub(crate) struct Location<'a> {
@@ -200,16 +242,31 @@ pub(crate) fn decode_credential(
     }
 }
 
+/// Encodes the install's device token key.
+pub(crate) fn encode_token_key(at: Location<'_>, key: &[u8; 32]) -> Result<Vec<u8>, StoreError> {
+    encode(at, &StoredTokenKey::V1(*key))
+}
+
+/// Decodes the install's device token key.
+pub(crate) fn decode_token_key(at: Location<'_>, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
+    match decode(at, bytes)? {
+        StoredTokenKey::V1(key) => Ok(key),
+    }
+}
+
 // ---- devices -----------------------------------------------------------
 
-/// Encodes a device record.
+/// Encodes a device record (always the newest version).
 pub(crate) fn encode_device(at: Location<'_>, d: &DeviceRecord) -> Result<Vec<u8>, StoreError> {
-    let v1 = DeviceV1 {
+    let v2 = DeviceV2 {
         id: d.id.as_str().to_owned(),
         plugin: d.plugin.clone(),
         labels: d.labels.clone(),
         encrypted: d.encrypted,
-        credential: (&d.credential).into(),
+        credential: match &d.credential {
+            DeviceCredential::Keyed(hash) => DeviceCredentialV2::HmacSha256(hash.tag),
+            DeviceCredential::Legacy(hash) => DeviceCredentialV2::Pbkdf2(hash.into()),
+        },
         keys: d
             .keys
             .iter()
@@ -222,17 +279,21 @@ pub(crate) fn encode_device(at: Location<'_>, d: &DeviceRecord) -> Result<Vec<u8
             .collect(),
         created_at_ms: d.created_at_ms,
     };
-    encode(at, &StoredDevice::V1(v1))
+    encode(at, &StoredDevice::V2(v2))
 }
 
-/// Decodes a device record stored under `at.key`, checking its invariants.
+/// Decodes a device record of any version stored under `at.key`, checking its
+/// invariants. A V1 record's credential is [`DeviceCredential::Legacy`].
 pub(crate) fn decode_device(at: Location<'_>, bytes: &[u8]) -> Result<DeviceRecord, StoreError> {
-    let StoredDevice::V1(v1) = decode(at, bytes)?;
-    let id: DeviceId = v1.id.parse().map_err(|e| at.corrupt(format!("{e}")))?;
+    let v2 = match decode(at, bytes)? {
+        StoredDevice::V1(v1) => DeviceV2::from(v1),
+        StoredDevice::V2(v2) => v2,
+    };
+    let id: DeviceId = v2.id.parse().map_err(|e| at.corrupt(format!("{e}")))?;
     if id.as_str() != at.key {
         return Err(at.corrupt(format!("record is for device {id:?}")));
     }
-    let ascending = v1
+    let ascending = v2
         .keys
         .windows(2)
         .all(|w| w[0].generation < w[1].generation);
@@ -241,11 +302,14 @@ pub(crate) fn decode_device(at: Location<'_>, bytes: &[u8]) -> Result<DeviceReco
     }
     Ok(DeviceRecord {
         id,
-        plugin: v1.plugin,
-        labels: v1.labels,
-        encrypted: v1.encrypted,
-        credential: v1.credential.into_api(at)?,
-        keys: v1
+        plugin: v2.plugin,
+        labels: v2.labels,
+        encrypted: v2.encrypted,
+        credential: match v2.credential {
+            DeviceCredentialV2::Pbkdf2(c) => DeviceCredential::Legacy(c.into_api(at)?),
+            DeviceCredentialV2::HmacSha256(tag) => DeviceCredential::Keyed(TokenHash { tag }),
+        },
+        keys: v2
             .keys
             .into_iter()
             .map(|k| DeviceKey {
@@ -255,7 +319,7 @@ pub(crate) fn decode_device(at: Location<'_>, bytes: &[u8]) -> Result<DeviceReco
                 superseded_at_ms: k.superseded_at_ms,
             })
             .collect(),
-        created_at_ms: v1.created_at_ms,
+        created_at_ms: v2.created_at_ms,
     })
 }
 

@@ -1,6 +1,6 @@
 //! fleetmq's embedded store: one redb file holding devices, service clients,
-//! retained messages, sessions, commands, telemetry, the webhook outbox and the admin
-//! key hash.
+//! retained messages, sessions, commands, telemetry, the webhook outbox, the admin
+//! key hash and the device token key.
 //!
 //! # Layering
 //!
@@ -10,7 +10,8 @@
 //! 1. Leaves, importing no other module of this crate:
 //!    - [`error`]: [`StoreError`] and [`OpenError`].
 //!    - [`ids`]: [`DeviceId`], validated once against SPEC §2.
-//!    - [`secret`]: salted slow hashes ([`CredentialHash`]), tokens and AES keys.
+//!    - [`secret`]: salted slow hashes ([`CredentialHash`]), device tokens and their
+//!      keyed hashes ([`DeviceCredential`] under a [`TokenKey`]), AES keys.
 //!    - [`metrics`]: latency histograms and the redb commit latency every write records.
 //! 2. Definitions, on the leaves:
 //!    - [`model`]: the plain records the rest of the program works with (ids, secret).
@@ -20,9 +21,11 @@
 //!    - `codec`: versioned on-disk encodings of the model records (postcard), kept
 //!      separate from the API structs so a serde change for JSON never changes the
 //!      file format (error, ids, model, secret).
-//!    - [`store`]: [`Store`], opening the database through `schema` and running calls
-//!      off the async threads, with the transaction helpers the table modules use
-//!      (error, metrics, schema).
+//!    - `token_key`: the install's device token key in `meta`, created by the first
+//!      open (codec, error, metrics, schema, secret).
+//!    - [`store`]: [`Store`], opening the database through `schema` and `token_key` and
+//!      running calls off the async threads, with the transaction helpers the table
+//!      modules use (error, metrics, schema, secret, token_key).
 //! 4. One module per concern, each on the layers below and never on each other, except
 //!    `devices` on `service_clients` (device ids and service client names are one
 //!    namespace):
@@ -67,6 +70,7 @@ pub mod store;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;
+mod token_key;
 #[cfg(test)]
 mod upgrade_tests;
 
@@ -76,10 +80,13 @@ pub use devices::KEPT_KEY_GENERATIONS;
 pub use error::{OpenError, StoreError};
 pub use ids::{DeviceId, InvalidDeviceId, MAX_DEVICE_ID_LEN};
 pub use model::{
-    AclAction, AclRule, DeviceKey, DeviceRecord, MessageProperties, NewDevice, RetainedMessage,
-    ServiceClientRecord, DEFAULT_PLUGIN,
+    AclAction, AclRule, CredentialUpgrade, DeviceKey, DeviceRecord, MessageProperties, NewDevice,
+    RetainedMessage, ServiceClientRecord, DEFAULT_PLUGIN,
 };
-pub use secret::{generate_key, generate_token, CredentialHash, DEFAULT_ITERATIONS};
+pub use secret::{
+    generate_key, generate_token, CredentialHash, DeviceCredential, TokenHash, TokenKey,
+    DEFAULT_ITERATIONS,
+};
 pub use sessions::{
     QueueOp, QueuedMessage, SessionRecord, SessionSubscription, MAX_SUBSCRIPTION_ID,
 };

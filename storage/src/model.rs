@@ -9,7 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::DeviceId;
-use crate::secret::CredentialHash;
+use crate::secret::{CredentialHash, DeviceCredential, TokenHash};
 
 /// The plugin a device gets when none is given.
 pub const DEFAULT_PLUGIN: &str = "json";
@@ -25,8 +25,9 @@ pub struct DeviceRecord {
     pub labels: BTreeMap<String, String>,
     /// Per-device override: payload encryption on even if the global flag is off.
     pub encrypted: bool,
-    /// Hash of the device token (its MQTT password).
-    pub credential: CredentialHash,
+    /// How its token (its MQTT password) is stored: a keyed hash, or a legacy PBKDF2
+    /// hash until its next successful connect or rotation.
+    pub credential: DeviceCredential,
     /// Payload keys in ascending generation; the last is current. At most two
     /// are kept: the current one and the one it superseded (grace period).
     pub keys: Vec<DeviceKey>,
@@ -82,15 +83,15 @@ pub struct NewDevice {
     pub labels: BTreeMap<String, String>,
     /// Per-device encryption override.
     pub encrypted: bool,
-    /// Hash of the device token.
-    pub credential: CredentialHash,
+    /// Hash of the device token ([`DeviceCredential::keyed`]).
+    pub credential: DeviceCredential,
     /// Provisioning time, unix ms.
     pub created_at_ms: u64,
 }
 
 impl NewDevice {
     /// A device with the default plugin, no labels and no encryption override.
-    pub fn new(id: DeviceId, credential: CredentialHash, created_at_ms: u64) -> NewDevice {
+    pub fn new(id: DeviceId, credential: DeviceCredential, created_at_ms: u64) -> NewDevice {
         NewDevice {
             id,
             plugin: DEFAULT_PLUGIN.to_owned(),
@@ -100,6 +101,20 @@ impl NewDevice {
             created_at_ms,
         }
     }
+}
+
+/// A device whose token was just verified against its legacy PBKDF2 hash, and the
+/// keyed hash of that token to store instead
+/// ([`Store::upgrade_device_credentials`](crate::Store::upgrade_device_credentials)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialUpgrade {
+    /// The device.
+    pub id: DeviceId,
+    /// The hash the token was verified against; nothing changes if the record no longer
+    /// holds it.
+    pub checked: CredentialHash,
+    /// The token's keyed hash.
+    pub keyed: TokenHash,
 }
 
 /// Which MQTT operation an [`AclRule`] covers.

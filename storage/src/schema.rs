@@ -16,7 +16,8 @@ use crate::error::StoreError;
 // ---- meta ----------------------------------------------------------------------
 
 pub(crate) const META_TABLE: &str = "meta";
-/// Setting name → its encoding: [`SCHEMA_VERSION_KEY`], and the admin key hash (`meta`).
+/// Setting name → its encoding: [`SCHEMA_VERSION_KEY`], the admin key hash (`meta`) and
+/// the device token key (`token_key`).
 pub(crate) const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new(META_TABLE);
 
 /// Key of the file's schema version in [`META`]: a little-endian `u32`.

@@ -1,13 +1,25 @@
-//! Secrets: salted slow hashes, device tokens and AES keys.
+//! Secrets: salted slow hashes, device tokens and their keyed hashes, AES keys.
 //!
-//! Everything here is CPU-heavy or touches the OS RNG; async callers run it on
-//! the blocking pool (for example through [`Store::call`](crate::Store::call)).
+//! Two ways to store a secret:
+//! - [`CredentialHash`], salted PBKDF2, for secrets people choose (service-client
+//!   passwords, the admin API key): tens of milliseconds per check on purpose. Async
+//!   callers run it on the blocking pool (for example through
+//!   [`Store::call`](crate::Store::call)).
+//! - [`TokenHash`], HMAC-SHA256 under the install's [`TokenKey`], for device tokens: the
+//!   broker generates them with 256 bits from the OS RNG ([`generate_token`]), so no
+//!   guessing is left for a slow hash to slow down, and a check costs about a
+//!   microsecond. Someone who reads the file learns the key too, but a 256-bit token is
+//!   no more guessable with it than without it.
+//!
+//! [`DeviceCredential`] is what a device record holds: a [`TokenHash`], or the
+//! [`CredentialHash`] every device had before keyed hashes (upgraded on its next
+//! successful connect or rotation).
 
 use std::fmt;
 use std::num::NonZeroU32;
 
-use ring::pbkdf2;
 use ring::rand::{SecureRandom, SystemRandom};
+use ring::{hmac, pbkdf2};
 use serde::{Deserialize, Serialize};
 
 /// PBKDF2 iterations used by [`CredentialHash::new`].
@@ -71,7 +83,93 @@ impl fmt::Debug for CredentialHash {
     }
 }
 
-/// A new random token: 32 bytes from the OS RNG as 64 lowercase hex digits.
+/// The per-install key device tokens are hashed under (HMAC-SHA256). Created with the
+/// database file and kept in it (`token_key`), so hashes stay valid across restarts and
+/// a copied file keeps working. `Debug` does not print it.
+#[derive(Clone)]
+pub struct TokenKey {
+    key: hmac::Key,
+}
+
+impl TokenKey {
+    /// The key with these bytes.
+    pub fn from_bytes(bytes: &[u8; 32]) -> TokenKey {
+        TokenKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, bytes),
+        }
+    }
+
+    /// A key from the OS RNG, and its bytes (to store).
+    pub(crate) fn generate() -> ([u8; 32], TokenKey) {
+        let bytes: [u8; 32] = random_bytes();
+        (bytes, TokenKey::from_bytes(&bytes))
+    }
+
+    /// The keyed hash of `token`.
+    pub fn hash(&self, token: &[u8]) -> TokenHash {
+        let mut tag = [0u8; 32];
+        tag.copy_from_slice(hmac::sign(&self.key, token).as_ref());
+        TokenHash { tag }
+    }
+
+    /// Whether `token` hashes to `stored`; constant time (`ring::hmac::verify`).
+    pub fn verify(&self, stored: &TokenHash, token: &[u8]) -> bool {
+        hmac::verify(&self.key, token, &stored.tag).is_ok()
+    }
+}
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenKey(<redacted>)")
+    }
+}
+
+/// HMAC-SHA256 of a device token under the install's [`TokenKey`]. `Debug` does not
+/// print it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenHash {
+    /// The 32-byte tag.
+    pub tag: [u8; 32],
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(<redacted>)")
+    }
+}
+
+/// How a device's token is stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceCredential {
+    /// A keyed hash: checked in about a microsecond.
+    Keyed(TokenHash),
+    /// A salted PBKDF2 hash, as devices provisioned before keyed hashes have; checked
+    /// the slow way, then replaced by a [`DeviceCredential::Keyed`] one.
+    Legacy(CredentialHash),
+}
+
+impl DeviceCredential {
+    /// The keyed hash of a new token.
+    pub fn keyed(key: &TokenKey, token: &[u8]) -> DeviceCredential {
+        DeviceCredential::Keyed(key.hash(token))
+    }
+
+    /// Whether checking a token costs PBKDF2 (run it on the blocking pool, bounded).
+    pub fn is_legacy(&self) -> bool {
+        matches!(self, DeviceCredential::Legacy(_))
+    }
+
+    /// Whether `token` is this device's token. Constant time in the token either way;
+    /// microseconds for a keyed hash, tens of milliseconds for a legacy one.
+    pub fn verify(&self, key: &TokenKey, token: &[u8]) -> bool {
+        match self {
+            DeviceCredential::Keyed(hash) => key.verify(hash, token),
+            DeviceCredential::Legacy(hash) => hash.verify(token),
+        }
+    }
+}
+
+/// A new random token: 32 bytes (256 bits) from the OS RNG as 64 lowercase hex digits.
 pub fn generate_token() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes: [u8; 32] = random_bytes();
@@ -161,6 +259,61 @@ mod tests {
             .bytes()
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn keyed_hashes_verify_only_their_token_under_their_key() {
+        let (bytes, key) = TokenKey::generate();
+        let token = generate_token();
+        let stored = DeviceCredential::keyed(&key, token.as_bytes());
+        assert!(!stored.is_legacy());
+        assert!(stored.verify(&key, token.as_bytes()));
+        assert!(!stored.verify(&key, b""));
+        let mut wrong = token.clone().into_bytes();
+        wrong[63] ^= 1;
+        assert!(!stored.verify(&key, &wrong));
+        // The same bytes make the same key (it is read back from the file) ...
+        assert!(stored.verify(&TokenKey::from_bytes(&bytes), token.as_bytes()));
+        // ... and another install's key verifies nothing.
+        let (_, other) = TokenKey::generate();
+        assert!(!stored.verify(&other, token.as_bytes()));
+        assert_eq!(key.hash(b"x"), key.hash(b"x"));
+        assert_ne!(key.hash(b"x"), other.hash(b"x"));
+    }
+
+    #[test]
+    fn keyed_hash_is_hmac_sha256() {
+        // RFC 4231 test case 2 (key "Jefe"), with the key padded to 32 bytes by
+        // HMAC's own zero padding.
+        let mut bytes = [0u8; 32];
+        bytes[..4].copy_from_slice(b"Jefe");
+        let tag = TokenKey::from_bytes(&bytes).hash(b"what do ya want for nothing?");
+        assert_eq!(
+            hex(&tag.tag),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn legacy_credentials_verify_the_slow_way() {
+        let stored = DeviceCredential::Legacy(fast(b"old-token"));
+        let (_, key) = TokenKey::generate();
+        assert!(stored.is_legacy());
+        assert!(stored.verify(&key, b"old-token"));
+        assert!(!stored.verify(&key, b"old-tokem"));
+    }
+
+    #[test]
+    fn keyed_debug_redacts() {
+        let (_, key) = TokenKey::generate();
+        let stored = DeviceCredential::Keyed(TokenHash { tag: [0xab; 32] });
+        for s in [format!("{key:?}"), format!("{stored:?}")] {
+            assert!(s.contains("redacted") && !s.contains("171"), "{s}");
+        }
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     #[test]

@@ -9,6 +9,8 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase as _, WriteTr
 
 use crate::error::{OpenError, StoreError};
 use crate::schema;
+use crate::secret::TokenKey;
+use crate::token_key;
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE_NAME: &str = "fleetmq.redb";
@@ -21,6 +23,8 @@ pub const DB_FILE_NAME: &str = "fleetmq.redb";
 pub struct Store {
     db: Arc<Database>,
     path: Arc<PathBuf>,
+    /// The file's device token key (`token_key`), read once at open.
+    token_key: Arc<TokenKey>,
 }
 
 impl std::fmt::Debug for Store {
@@ -33,8 +37,9 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (or creates) `<data_dir>/fleetmq.redb`, creating `data_dir` and
-    /// every table up front so readers never meet a missing table, and upgrading a file
-    /// of an older schema (`schema::prepare`).
+    /// every table up front so readers never meet a missing table, upgrading a file
+    /// of an older schema (`schema::prepare`), and reading (or, in a new file, creating)
+    /// the device token key.
     ///
     /// Blocking; call it before starting the runtime or from the blocking pool.
     pub fn open(data_dir: &Path) -> Result<Store, OpenError> {
@@ -47,34 +52,40 @@ impl Store {
             path: path.clone(),
             source: Box::new(source),
         })?;
-        let store = Store {
-            db: Arc::new(db),
-            path: Arc::new(path),
-        };
-        store.init()?;
-        tracing::debug!(path = %store.path.display(), "store opened");
-        Ok(store)
-    }
-
-    fn init(&self) -> Result<(), OpenError> {
         let init_err = |source| OpenError::Init {
-            path: self.path.to_path_buf(),
+            path: path.clone(),
             source,
         };
-        let found = self.write(schema::prepare).map_err(init_err)?;
+        let found = write_db(&db, true, schema::prepare).map_err(init_err)?;
         if found > schema::SCHEMA_VERSION {
             return Err(OpenError::UnsupportedSchema {
-                path: self.path.to_path_buf(),
+                path: path.clone(),
                 found,
                 supported: schema::SCHEMA_VERSION,
             });
         }
-        Ok(())
+        let token_key = token_key::load_or_create(&db).map_err(init_err)?;
+        let store = Store {
+            db: Arc::new(db),
+            path: Arc::new(path),
+            token_key: Arc::new(token_key),
+        };
+        tracing::debug!(path = %store.path.display(), "store opened");
+        Ok(store)
     }
 
     /// The database file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The key device tokens are hashed under: [`DeviceCredential::keyed`] for a new
+    /// token, [`DeviceCredential::verify`] to check one.
+    ///
+    /// [`DeviceCredential::keyed`]: crate::secret::DeviceCredential::keyed
+    /// [`DeviceCredential::verify`]: crate::secret::DeviceCredential::verify
+    pub fn token_key(&self) -> &TokenKey {
+        &self.token_key
     }
 
     /// Runs `f` on tokio's blocking pool, so redb and password hashing never
@@ -119,15 +130,7 @@ impl Store {
         durable: bool,
         f: impl FnOnce(&WriteTransaction) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
-        let out = f(&txn)?;
-        crate::metrics::commit(txn)?;
-        Ok(out)
+        write_db(&self.db, durable, f)
     }
 
     /// Runs `f` in one read transaction (a consistent snapshot).
@@ -138,6 +141,23 @@ impl Store {
         let txn = self.db.begin_read()?;
         f(&txn)
     }
+}
+
+/// [`Store::write_with`] on a database not yet wrapped in a [`Store`].
+fn write_db<R>(
+    db: &Database,
+    durable: bool,
+    f: impl FnOnce(&WriteTransaction) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })?;
+    let out = f(&txn)?;
+    crate::metrics::commit(txn)?;
+    Ok(out)
 }
 
 /// The current unix time in milliseconds (0 if the clock is before 1970).

@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 
 use crate::ids::DeviceId;
 use crate::model::NewDevice;
-use crate::secret::CredentialHash;
+use crate::secret::{CredentialHash, DeviceCredential};
 use crate::store::Store;
 
 /// A temporary store; keep the `TempDir` alive as long as the store.
@@ -24,13 +24,15 @@ pub(crate) fn id(s: &str) -> DeviceId {
     s.parse().expect("valid test device id")
 }
 
+/// A device whose token is its id, stored as a cheap legacy (PBKDF2) hash, so it
+/// verifies under any store's token key.
 pub(crate) fn new_device(s: &str) -> NewDevice {
     NewDevice {
         id: id(s),
         plugin: "json".into(),
         labels: BTreeMap::from([("site".to_owned(), "lobby".to_owned())]),
         encrypted: false,
-        credential: cheap_hash(s),
+        credential: DeviceCredential::Legacy(cheap_hash(s)),
         created_at_ms: 1_000,
     }
 }

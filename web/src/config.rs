@@ -12,6 +12,9 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The largest request body the admin API reads.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The largest body `POST /api/v1/devices/bulk` reads: 10,000 devices at up to about
+/// 1.6 KB each (id, plugin, a dozen labels).
+pub const DEFAULT_MAX_BULK_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// A configured API key shorter than this is refused: it guards every device secret.
 pub const MIN_API_KEY_LEN: usize = 16;
 /// How often an idle `GET /api/v1/events` stream sends a `: keepalive` comment.
@@ -35,6 +38,8 @@ pub struct AdminConfig {
     pub api_key: Option<String>,
     /// Request bodies larger than this are answered with `413`.
     pub max_body_bytes: usize,
+    /// The same for `POST /api/v1/devices/bulk`.
+    pub max_bulk_body_bytes: usize,
     /// How often an event stream sends a keepalive comment (not a config key: tests
     /// shorten it).
     pub sse_keepalive: Duration,
@@ -73,6 +78,7 @@ impl RawAdminConfig {
             listen,
             api_key: self.api_key,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_bulk_body_bytes: DEFAULT_MAX_BULK_BODY_BYTES,
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
         })
     }
@@ -109,6 +115,7 @@ impl fmt::Debug for AdminConfig {
             .field("listen", &self.listen)
             .field("api_key", &format_args!("{}", redacted(&self.api_key)))
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_bulk_body_bytes", &self.max_bulk_body_bytes)
             .field("sse_keepalive", &self.sse_keepalive)
             .finish()
     }
@@ -124,6 +131,7 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(config.api_key, None);
         assert_eq!(config.max_body_bytes, 1024 * 1024);
+        assert_eq!(config.max_bulk_body_bytes, 16 * 1024 * 1024);
     }
 
     #[test]

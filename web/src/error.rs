@@ -32,6 +32,15 @@ pub(crate) enum ApiError {
     Conflict(String),
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// More items than one request may carry (`POST /api/v1/devices/bulk`).
+    #[error(
+        "{got} {what} in one request; at most {max} are allowed, split them into several requests"
+    )]
+    TooManyItems {
+        what: &'static str,
+        got: usize,
+        max: usize,
+    },
     /// Well-formed, but a value is not acceptable (bad device id, bad qos, ...).
     #[error("{0}")]
     Unprocessable(String),
@@ -73,7 +82,9 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::PayloadTooLarge { .. } | Self::TooManyItems { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -81,16 +92,25 @@ impl ApiError {
         }
     }
 
-    /// The one place an error becomes an HTTP answer.
-    pub(crate) fn into_response(self) -> ApiResponse {
-        let (status, code) = self.status_and_code();
-        let message = match &self {
+    /// The `code` and `message` of the error envelope; an internal cause is logged here
+    /// and replaced by a generic message. Also what one item of a bulk request that
+    /// failed on its own answers with.
+    pub(crate) fn code_and_message(&self) -> (&'static str, String) {
+        let (_, code) = self.status_and_code();
+        let message = match self {
             Self::Internal(cause) => {
                 tracing::error!(error = %cause, "admin api request failed");
                 "internal error".to_owned()
             }
             other => other.to_string(),
         };
+        (code, message)
+    }
+
+    /// The one place an error becomes an HTTP answer.
+    pub(crate) fn into_response(self) -> ApiResponse {
+        let (status, _) = self.status_and_code();
+        let (code, message) = self.code_and_message();
         let body = ErrorBody {
             error: ErrorDetail {
                 code,

@@ -5,8 +5,9 @@
 //! - `router`: `ROUTES`, the one table of path patterns and methods, and
 //!   dispatch from it; the API key is checked first for `/api/v1/*`.
 //! - `dashboard`: the web dashboard at `GET /`, files compiled in from `web/assets/`.
-//! - `routes`: one module per resource (`devices`, `commands`, `config`, `telemetry`,
-//!   `webhooks`, `service_clients`, `clients`, `publish`, `stats`), plus `events`
+//! - `routes`: one module per resource (`devices` and `devices_bulk`, `commands`,
+//!   `config`, `telemetry`, `webhooks`, `service_clients`, `clients`, `publish`,
+//!   `stats`), plus `events`
 //!   (`GET /api/v1/events`, server-sent events with resume), `metrics` (`GET /metrics`)
 //!   and `openapi` (`GET /api/v1/openapi.json`, the hand-kept `openapi.json`).
 //! - `prometheus`: the Prometheus text exposition format.
@@ -42,7 +43,7 @@ pub use auth::{
 };
 pub use config::{
     AdminConfig, ConfigError, RawAdminConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_SSE_KEEPALIVE, MIN_API_KEY_LEN,
+    DEFAULT_MAX_BULK_BODY_BYTES, DEFAULT_SSE_KEEPALIVE, MIN_API_KEY_LEN,
 };
 pub use dashboard::{Asset, ASSETS};
 pub use error::WebError;

@@ -5,6 +5,11 @@
 //! [`ROUTES`] is the one list of what the server answers: dispatch looks a path up in
 //! it (no table entry, no route), and the OpenAPI completeness test compares it with
 //! the published document, so a route nobody documented fails the build's tests.
+//!
+//! A path can match more than one pattern (`/api/v1/devices/bulk` is also
+//! `/api/v1/devices/{id}` for a device called `bulk`): the first pattern that answers
+//! the method wins, so `POST` provisions in bulk while `GET`, `PATCH` and `DELETE` still
+//! reach that device.
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Body;
@@ -14,7 +19,7 @@ use crate::error::ApiError;
 use crate::query::path_segments;
 use crate::response::ApiResponse;
 use crate::routes::{
-    clients, commands, config, devices, events, metrics, openapi, publish, retained,
+    clients, commands, config, devices, devices_bulk, events, metrics, openapi, publish, retained,
     service_clients, stats, telemetry, webhooks,
 };
 use crate::AppState;
@@ -29,7 +34,6 @@ pub(crate) struct Route {
 
 impl Route {
     /// The methods this route answers.
-    #[cfg(test)]
     pub(crate) fn methods(&self) -> impl Iterator<Item = &'static str> {
         self.allow.split(", ")
     }
@@ -62,6 +66,7 @@ pub(crate) const ROUTES: &[Route] = &[
     route("/metrics", "GET"),
     route("/api/v1/openapi.json", "GET"),
     route("/api/v1/devices", "GET, POST"),
+    route("/api/v1/devices/bulk", "POST"),
     route("/api/v1/devices/{id}", "GET, PATCH, DELETE"),
     route("/api/v1/devices/{id}/rotate-credentials", "POST"),
     route("/api/v1/devices/{id}/rotate-key", "POST"),
@@ -97,6 +102,23 @@ where
     response
 }
 
+/// The route for `segments` and `method` with its `{name}` values: the first pattern
+/// that matches and answers the method, else the first that matches (its `405` lists
+/// what it answers).
+fn lookup<'a>(segments: &[&'a str], method: &Method) -> Option<(&'static Route, Vec<&'a str>)> {
+    let mut first = None;
+    for route in ROUTES {
+        let Some(params) = route.capture(segments) else {
+            continue;
+        };
+        if route.methods().any(|m| m == method.as_str()) {
+            return Some((route, params));
+        }
+        first.get_or_insert((route, params));
+    }
+    first
+}
+
 async fn dispatch<B>(state: &AppState, req: Request<B>) -> Result<ApiResponse, ApiError>
 where
     B: Body,
@@ -113,12 +135,10 @@ where
     if let ["api", "v1", ..] = segments.as_slice() {
         state.key.authorize(req.headers()).await?;
     }
-    let (route, params) = ROUTES
-        .iter()
-        .find_map(|r| r.capture(&segments).map(|params| (r, params)))
-        .ok_or_else(|| ApiError::NotFound("no such route".to_owned()))?;
-    let p = |i: usize| params.get(i).copied().unwrap_or_default();
     let method = req.method().clone();
+    let (route, params) =
+        lookup(&segments, &method).ok_or_else(|| ApiError::NotFound("no such route".to_owned()))?;
+    let p = |i: usize| params.get(i).copied().unwrap_or_default();
     let query = req.uri().query();
     match (route.path, method) {
         ("/", method @ (Method::GET | Method::HEAD)) => {
@@ -132,6 +152,7 @@ where
         ("/api/v1/openapi.json", Method::GET) => Ok(openapi::get()),
         ("/api/v1/devices", Method::GET) => devices::list(state, query).await,
         ("/api/v1/devices", Method::POST) => devices::create(state, req).await,
+        ("/api/v1/devices/bulk", Method::POST) => devices_bulk::create(state, req).await,
         ("/api/v1/devices/{id}", Method::GET) => devices::get(state, p(0)).await,
         ("/api/v1/devices/{id}", Method::PATCH) => devices::patch(state, p(0), req).await,
         ("/api/v1/devices/{id}", Method::DELETE) => devices::delete(state, p(0)).await,
@@ -195,6 +216,26 @@ mod tests {
         assert_eq!(find("/api/v1/devices/a/b"), None);
         assert_eq!(find("/api/v1"), None);
         assert_eq!(find("/health/x"), None);
+    }
+
+    #[test]
+    fn a_path_matching_two_patterns_goes_where_the_method_is_answered() {
+        let path = |method: Method| {
+            let segments = ["api", "v1", "devices", "bulk"];
+            lookup(&segments, &method).map(|(r, p)| (r.path, p))
+        };
+        assert_eq!(path(Method::POST), Some(("/api/v1/devices/bulk", vec![])));
+        // A device called `bulk` is still reachable.
+        for method in [Method::GET, Method::PATCH, Method::DELETE] {
+            assert_eq!(path(method), Some(("/api/v1/devices/{id}", vec!["bulk"])));
+        }
+        // Neither answers PUT: the first match's 405.
+        assert_eq!(path(Method::PUT), Some(("/api/v1/devices/bulk", vec![])));
+        let segments = ["api", "v1", "devices", "d1"];
+        assert_eq!(
+            lookup(&segments, &Method::POST).map(|(r, _)| r.path),
+            Some("/api/v1/devices/{id}")
+        );
     }
 
     #[test]

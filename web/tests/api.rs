@@ -1,7 +1,7 @@
 //! The admin API over real HTTP, against a real store in a temporary directory.
 //!
 //! Every test builds its app through [`test_app`], the one place that wires store,
-//! broker, key and config together.
+//! broker, key and config together (other modules of this test binary use it too).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,10 +30,10 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// Event stream keepalive interval in these tests (15 s in production).
 const KEEPALIVE: Duration = Duration::from_millis(200);
 
-struct TestApp {
+pub(crate) struct TestApp {
     addr: SocketAddr,
-    store: Store,
-    broker: TestBroker,
+    pub(crate) store: Store,
+    pub(crate) broker: TestBroker,
     client: Client<HttpConnector, Full<Bytes>>,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
@@ -41,7 +41,7 @@ struct TestApp {
 
 /// A real broker (fresh store in a temp dir), the configured test key, and the API on
 /// port 0 sharing the broker's store.
-async fn test_app() -> TestApp {
+pub(crate) async fn test_app() -> TestApp {
     test_app_with(BrokerConfig::for_tests()).await
 }
 
@@ -76,27 +76,33 @@ async fn test_app_with(broker_config: BrokerConfig) -> TestApp {
 }
 
 /// An answer: status, headers and the body parsed as JSON (`Null` when empty).
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Value,
 }
 
 impl Answer {
-    fn error_code(&self) -> &str {
+    pub(crate) fn error_code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or("<none>")
     }
 }
 
 #[derive(Clone, Copy)]
-enum Auth<'a> {
+pub(crate) enum Auth<'a> {
     None,
     ApiKey(&'a str),
     Header(&'a str),
 }
 
 impl TestApp {
-    async fn send(&self, method: Method, path: &str, auth: Auth<'_>, body: Option<&str>) -> Answer {
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Auth<'_>,
+        body: Option<&str>,
+    ) -> Answer {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr));
@@ -125,52 +131,63 @@ impl TestApp {
         }
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
+    pub(crate) async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
         let body = body.map(|b| b.to_string());
         self.send(method, path, Auth::ApiKey(API_KEY), body.as_deref())
             .await
     }
 
-    async fn get(&self, path: &str) -> Answer {
+    pub(crate) async fn get(&self, path: &str) -> Answer {
         self.call(Method::GET, path, None).await
     }
 
-    async fn post(&self, path: &str, body: Value) -> Answer {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Answer {
         self.call(Method::POST, path, Some(body)).await
     }
 
-    async fn raw_post(&self, path: &str, body: &str) -> Answer {
+    pub(crate) async fn raw_post(&self, path: &str, body: &str) -> Answer {
         self.send(Method::POST, path, Auth::ApiKey(API_KEY), Some(body))
             .await
     }
 
-    async fn provision(&self, id: &str) -> Value {
+    pub(crate) async fn provision(&self, id: &str) -> Value {
         let answer = self.post("/api/v1/devices", json!({ "id": id })).await;
         assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
         answer.body
     }
 
-    async fn device_count(&self) -> u64 {
+    pub(crate) async fn device_count(&self) -> u64 {
         self.store.call(|s| s.count_devices()).await.unwrap()
     }
 
-    async fn token_verifies(&self, id: &str, token: &str) -> bool {
+    /// Whether the stored credential is a keyed hash (never PBKDF2 for a token the API
+    /// issued) of `token`.
+    pub(crate) async fn token_verifies(&self, id: &str, token: &str) -> bool {
         let id: DeviceId = id.parse().unwrap();
         let token = token.to_owned();
         self.store
-            .call(move |s| s.get_device(&id))
+            .call(move |s| {
+                let found = s.get_device(&id).unwrap();
+                found.is_some_and(|d| {
+                    !d.credential.is_legacy()
+                        && d.credential.verify(s.token_key(), token.as_bytes())
+                })
+            })
             .await
-            .unwrap()
-            .is_some_and(|d| d.credential.verify(token.as_bytes()))
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         self.server.await.unwrap().unwrap();
         self.broker.stop().await;
     }
 
-    fn mqtt_options(&self, client_id: &str, username: &str, password: &str) -> MqttOptions {
+    pub(crate) fn mqtt_options(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> MqttOptions {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", self.broker.tcp.port());
         options.set_credentials(username, password);
         options.set_keep_alive(Duration::from_secs(30));
@@ -178,7 +195,7 @@ impl TestApp {
     }
 
     /// Connects over MQTT and waits for a successful CONNACK.
-    async fn mqtt_connect(
+    pub(crate) async fn mqtt_connect(
         &self,
         client_id: &str,
         username: &str,
@@ -192,7 +209,12 @@ impl TestApp {
     }
 
     /// Whether a CONNECT with these credentials is refused.
-    async fn mqtt_refused(&self, client_id: &str, username: &str, password: &str) -> bool {
+    pub(crate) async fn mqtt_refused(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> bool {
         let (_client, mut events) =
             AsyncClient::new(self.mqtt_options(client_id, username, password), 16);
         let first = tokio::time::timeout(PATIENCE, events.poll())
@@ -210,6 +232,11 @@ fn every_api_route() -> Vec<(Method, &'static str, Option<Value>)> {
             Method::POST,
             "/api/v1/devices",
             Some(json!({"id": "dev-1"})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices/bulk",
+            Some(json!({"devices": [{"id": "dev-1"}]})),
         ),
         (Method::GET, "/api/v1/devices/dev-1", None),
         (

@@ -4,4 +4,6 @@
 mod admin_key;
 mod api;
 mod dashboard;
+mod devices_bulk;
 mod retained;
+mod tokens;

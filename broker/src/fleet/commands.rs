@@ -249,6 +249,11 @@ impl CommandEngine {
         request::validate(&self.shared.config, now_ms, device, req, idempotency_key)
     }
 
+    /// Whether this broker has a plugin called `name` (to validate a provisioning request).
+    pub fn has_plugin(&self, name: &str) -> bool {
+        self.shared.plugins.contains(name)
+    }
+
     fn plugin(&self, device: &DeviceRecord) -> Result<Arc<dyn DevicePlugin>, CommandError> {
         self.shared.plugins.get(&device.plugin).ok_or_else(|| {
             CommandError::Invalid(format!(

@@ -171,7 +171,7 @@ impl Core {
             retained: crate::link::retained::RetainedIndex::load(restored.retained),
             session_store,
             congestion: crate::link::connection::congestion::Congestion::default(),
-            auth: Authenticator::new(store.clone(), config.allow_anonymous),
+            auth: Authenticator::new(store.clone(), config.allow_anonymous, &shutdown, &tracker),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             pending: Arc::new(Semaphore::new(config.max_pending_connects)),
             stats: Stats::new(),

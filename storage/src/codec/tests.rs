@@ -23,7 +23,7 @@ fn device() -> DeviceRecord {
         plugin: "json".into(),
         labels: BTreeMap::from([("site".to_owned(), "a".to_owned())]),
         encrypted: true,
-        credential: credential(),
+        credential: DeviceCredential::Legacy(credential()),
         keys: vec![
             DeviceKey {
                 generation: 1,
@@ -87,6 +87,33 @@ const DEVICE_V1: &str = concat!(
     "024444444444444444444444444444444444444444444444444444444444444444d00f00",
     "e807",
 );
+/// [`DEVICE_V1`] as V2 writes it: version 1, and the credential tagged 0 (PBKDF2).
+const DEVICE_V2_LEGACY: &str = concat!(
+    "01",
+    "056465762d31",
+    "046a736f6e",
+    "0104736974650161",
+    "01",
+    "00a08d06111111111111111111111111111111112222222222222222222222222222222222222222222222222222222222222222",
+    "02",
+    "013333333333333333333333333333333333333333333333333333333333333333e80701d00f",
+    "024444444444444444444444444444444444444444444444444444444444444444d00f00",
+    "e807",
+);
+/// The same device with a keyed hash: the credential tagged 1, then the 32-byte tag.
+const DEVICE_V2_KEYED: &str = concat!(
+    "01",
+    "056465762d31",
+    "046a736f6e",
+    "0104736974650161",
+    "01",
+    "015555555555555555555555555555555555555555555555555555555555555555",
+    "02",
+    "013333333333333333333333333333333333333333333333333333333333333333e80701d00f",
+    "024444444444444444444444444444444444444444444444444444444444444444d00f00",
+    "e807",
+);
+const TOKEN_KEY_V1: &str = "006666666666666666666666666666666666666666666666666666666666666666";
 const SERVICE_CLIENT_V1: &str = concat!(
     "00",
     "03737663",
@@ -118,12 +145,37 @@ const CREDENTIAL_V1: &str = concat!(
 
 #[test]
 fn device_golden_bytes() {
-    let bytes = encode_device(loc("dev-1"), &device()).unwrap();
-    assert_eq!(hex(&bytes), DEVICE_V1);
+    // V1 records (written before keyed hashes) still read, as legacy credentials.
     assert_eq!(
         decode_device(loc("dev-1"), &unhex(DEVICE_V1)).unwrap(),
         device()
     );
+    // Re-encoded, they become V2 with the same PBKDF2 hash.
+    let bytes = encode_device(loc("dev-1"), &device()).unwrap();
+    assert_eq!(hex(&bytes), DEVICE_V2_LEGACY);
+    assert_eq!(decode_device(loc("dev-1"), &bytes).unwrap(), device());
+    let keyed = DeviceRecord {
+        credential: DeviceCredential::Keyed(TokenHash { tag: [0x55; 32] }),
+        ..device()
+    };
+    let bytes = encode_device(loc("dev-1"), &keyed).unwrap();
+    assert_eq!(hex(&bytes), DEVICE_V2_KEYED);
+    assert_eq!(decode_device(loc("dev-1"), &bytes).unwrap(), keyed);
+    // A V2 PBKDF2 credential is checked like a V1 one.
+    let zero = unhex(&DEVICE_V2_LEGACY.replacen("00a08d06", "0000", 1));
+    assert_corrupt(decode_device(loc("dev-1"), &zero), "iterations");
+}
+
+#[test]
+fn token_key_golden_bytes() {
+    let bytes = encode_token_key(loc("k"), &[0x66; 32]).unwrap();
+    assert_eq!(hex(&bytes), TOKEN_KEY_V1);
+    assert_eq!(
+        decode_token_key(loc("k"), &unhex(TOKEN_KEY_V1)).unwrap(),
+        [0x66; 32]
+    );
+    assert_corrupt(decode_token_key(loc("k"), &unhex(&TOKEN_KEY_V1[..20])), "");
+    assert_corrupt(decode_token_key(loc("k"), &[1]), "");
 }
 
 #[test]
@@ -204,13 +256,16 @@ fn unknown_version_truncation_and_trailing_bytes_are_corrupt() {
     let mut future = unhex(RETAINED_V2);
     future[0] = 2;
     assert_corrupt(decode_retained(loc("a/b"), &future), "");
-    let full = unhex(DEVICE_V1);
-    for len in 0..full.len() {
-        assert!(
-            decode_device(loc("dev-1"), &full[..len]).is_err(),
-            "len {len}"
-        );
+    for golden in [DEVICE_V1, DEVICE_V2_LEGACY, DEVICE_V2_KEYED] {
+        let full = unhex(golden);
+        for len in 0..full.len() {
+            assert!(
+                decode_device(loc("dev-1"), &full[..len]).is_err(),
+                "len {len}"
+            );
+        }
     }
+    let full = unhex(DEVICE_V2_KEYED);
     let mut long = full.clone();
     long.push(0);
     assert_corrupt(decode_device(loc("dev-1"), &long), "trailing");
@@ -257,13 +312,20 @@ fn arb_credential() -> impl Strategy<Value = CredentialHash> {
     })
 }
 
+fn arb_device_credential() -> impl Strategy<Value = DeviceCredential> {
+    prop_oneof![
+        arb_credential().prop_map(DeviceCredential::Legacy),
+        any::<[u8; 32]>().prop_map(|tag| DeviceCredential::Keyed(TokenHash { tag })),
+    ]
+}
+
 fn arb_device() -> impl Strategy<Value = DeviceRecord> {
     (
         "[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}",
         ".{0,16}",
         proptest::collection::btree_map(".{0,8}", ".{0,8}", 0..4),
         any::<bool>(),
-        arb_credential(),
+        arb_device_credential(),
         proptest::collection::btree_map(
             any::<u8>(),
             (any::<[u8; 32]>(), any::<u64>(), any::<Option<u64>>()),
@@ -350,13 +412,16 @@ proptest! {
         let _ = decode_service_client(loc("svc"), &bytes);
         let _ = decode_retained(loc("a/b"), &bytes);
         let _ = decode_credential(loc("k"), &bytes);
+        let _ = decode_token_key(loc("k"), &bytes);
     }
 
     #[test]
     fn mutated_golden_bytes_never_panic(index in 0usize..200, byte in any::<u8>()) {
-        let mut bytes = unhex(DEVICE_V1);
-        let i = index % bytes.len();
-        bytes[i] = byte;
-        let _ = decode_device(loc("dev-1"), &bytes);
+        for golden in [DEVICE_V1, DEVICE_V2_LEGACY, DEVICE_V2_KEYED] {
+            let mut bytes = unhex(golden);
+            let i = index % bytes.len();
+            bytes[i] = byte;
+            let _ = decode_device(loc("dev-1"), &bytes);
+        }
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use fleetmq_storage::{
-    generate_token, now_ms, CredentialHash, DeviceId, DeviceKey, DeviceRecord, DeviceState,
-    NewDevice, StoreError, DEFAULT_PLUGIN,
+    generate_token, now_ms, DeviceCredential, DeviceId, DeviceKey, DeviceRecord, DeviceState,
+    NewDevice, StoreError, TokenKey, DEFAULT_PLUGIN,
 };
 use http::{Request, StatusCode};
 use hyper::body::Body;
@@ -27,10 +27,11 @@ const MAX_PLUGIN_LEN: usize = 64;
 /// Devices read from the store per batch while filtering a list.
 const SCAN_BATCH: usize = 512;
 
+/// One device to provision, from `POST /api/v1/devices` or an item of the bulk route.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateDevice {
-    id: String,
+pub(crate) struct CreateDevice {
+    pub(crate) id: String,
     plugin: Option<String>,
     labels: Option<BTreeMap<String, String>>,
     encrypted: Option<bool>,
@@ -78,8 +79,9 @@ struct KeyView {
     base64: String,
 }
 
+/// A provisioned device with its secrets, shown once.
 #[derive(Serialize)]
-struct Provisioned<'a> {
+pub(crate) struct Provisioned<'a> {
     device: DeviceView<'a>,
     credentials: Credentials<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -201,55 +203,94 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_create(
+/// A provisioning request that passed validation.
+pub(crate) struct ValidDevice {
+    pub(crate) id: DeviceId,
+    plugin: String,
+    labels: BTreeMap<String, String>,
+    encrypted: bool,
+}
+
+/// Checks one device to provision: its id (SPEC §2), a plugin this broker has, labels.
+pub(crate) fn validate_create(
+    state: &AppState,
     body: CreateDevice,
-) -> Result<(DeviceId, String, BTreeMap<String, String>, bool), ApiError> {
+) -> Result<ValidDevice, ApiError> {
     let id: DeviceId = body
         .id
         .parse()
         .map_err(|err| ApiError::Unprocessable(format!("id: {err}")))?;
     let plugin = body.plugin.unwrap_or_else(|| DEFAULT_PLUGIN.to_owned());
     validate_plugin(&plugin)?;
+    if !state.broker.has_plugin(&plugin) {
+        return Err(ApiError::Unprocessable(format!(
+            "plugin {plugin:?}: this broker has no such plugin"
+        )));
+    }
     let labels = body.labels.unwrap_or_default();
     validate_labels(&labels)?;
-    Ok((id, plugin, labels, body.encrypted.unwrap_or(false)))
+    Ok(ValidDevice {
+        id,
+        plugin,
+        labels,
+        encrypted: body.encrypted.unwrap_or(false),
+    })
 }
 
-/// `POST /api/v1/devices`: the token is returned here once and only its hash is stored.
+impl ValidDevice {
+    /// The record to create with a new token, which is returned for the answer: only its
+    /// keyed hash is stored.
+    pub(crate) fn issue(self, key: &TokenKey, created_at_ms: u64) -> (NewDevice, String) {
+        let token = generate_token();
+        let new = NewDevice {
+            id: self.id,
+            plugin: self.plugin,
+            labels: self.labels,
+            encrypted: self.encrypted,
+            credential: DeviceCredential::keyed(key, token.as_bytes()),
+            created_at_ms,
+        };
+        (new, token)
+    }
+}
+
+/// The answer for a device just provisioned with `token`.
+pub(crate) fn provisioned<'a>(
+    state: &AppState,
+    record: &'a DeviceRecord,
+    token: &'a str,
+) -> Provisioned<'a> {
+    let key = encryption_applies(state, record)
+        .then(|| record.current_key().map(key_view))
+        .flatten();
+    Provisioned {
+        device: view(state, record, None),
+        credentials: Credentials {
+            username: record.id.as_str(),
+            password: token,
+        },
+        key,
+    }
+}
+
+/// `POST /api/v1/devices`: the token is returned here once and only its keyed hash is
+/// stored.
 pub(crate) async fn create<B>(state: &AppState, req: Request<B>) -> Result<ApiResponse, ApiError>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let body: CreateDevice = json::read_request(req, state.config.max_body_bytes).await?;
-    let (id, plugin, labels, encrypted) = validate_create(body)?;
+    let valid = validate_create(state, body)?;
     let (record, token) = state
         .store
         .call(move |s| {
-            let token = generate_token();
-            let new = NewDevice {
-                id,
-                plugin,
-                labels,
-                encrypted,
-                credential: CredentialHash::new(token.as_bytes()),
-                created_at_ms: now_ms(),
-            };
+            let (new, token) = valid.issue(s.token_key(), now_ms());
             s.create_device(new).map(|record| (record, token))
         })
         .await?;
     tracing::info!(device_id = %record.id, "device provisioned");
-    let key = encryption_applies(state, &record)
-        .then(|| record.current_key().map(key_view))
-        .flatten();
-    let body = Provisioned {
-        device: view(state, &record, None),
-        credentials: Credentials {
-            username: record.id.as_str(),
-            password: &token,
-        },
-        key,
-    };
+    let body = provisioned(state, &record, &token);
     Ok(response::json(StatusCode::CREATED, &body))
 }
 
@@ -415,8 +456,9 @@ pub(crate) async fn delete(state: &AppState, id: &str) -> Result<ApiResponse, Ap
     Ok(response::no_content())
 }
 
-/// `POST /api/v1/devices/{id}/rotate-credentials`: a new token; the old one stops
-/// working and a connection made with it is closed.
+/// `POST /api/v1/devices/{id}/rotate-credentials`: a new token, stored as a keyed hash
+/// (also for a device that still had a legacy PBKDF2 one); the old one stops working
+/// and a connection made with it is closed.
 pub(crate) async fn rotate_credentials(
     state: &AppState,
     id: &str,
@@ -427,7 +469,7 @@ pub(crate) async fn rotate_credentials(
         .store
         .call(move |s| {
             let token = generate_token();
-            let credential = CredentialHash::new(token.as_bytes());
+            let credential = DeviceCredential::keyed(s.token_key(), token.as_bytes());
             let record = s.set_device_credential(&id, credential)?;
             // Inside the blocking call, as in `delete`.
             broker.device_credentials_changed(&record.id);

@@ -4,6 +4,7 @@ pub(crate) mod clients;
 pub(crate) mod commands;
 pub(crate) mod config;
 pub(crate) mod devices;
+pub(crate) mod devices_bulk;
 pub(crate) mod events;
 pub(crate) mod metrics;
 pub(crate) mod openapi;

@@ -1,12 +1,11 @@
 //! Engine tests: a real redb in a temp dir, paused tokio time, and recording sinks in
 //! place of the link layer and the webhook outbox.
 
-use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
-use fleetmq_storage::CredentialHash;
+use fleetmq_storage::{DeviceCredential, TokenHash};
 
 use super::*;
 use serde_json::Value;
@@ -224,7 +223,7 @@ fn device(id: &str) -> DeviceRecord {
         plugin: "json".into(),
         labels: Default::default(),
         encrypted: false,
-        credential: CredentialHash::with_iterations(b"x", NonZeroU32::MIN),
+        credential: DeviceCredential::Keyed(TokenHash { tag: [0; 32] }),
         keys: Vec::new(),
         created_at_ms: 0,
     }

@@ -523,10 +523,9 @@ mod tests {
             plugin: "json".to_owned(),
             labels: Default::default(),
             encrypted: true,
-            credential: fleetmq_storage::CredentialHash::with_iterations(
-                b"token",
-                std::num::NonZeroU32::MIN,
-            ),
+            credential: fleetmq_storage::DeviceCredential::Keyed(fleetmq_storage::TokenHash {
+                tag: [0; 32],
+            }),
             keys: vec![key(1, 0x11, Some(10 * HOUR_MS)), key(2, 0x22, None)],
             created_at_ms: 0,
         };
