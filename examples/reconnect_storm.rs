@@ -239,23 +239,8 @@ async fn storm(
         let gate = gate.clone();
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            let stream = tokio::net::TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let mut client = mqtt::Client {
-                stream,
-                buf: Vec::new(),
-                start: 0,
-                chunk: 256,
-            };
-            tokio::io::AsyncWriteExt::write_all(&mut client.stream, &mqtt::connect(&login, 600))
-                .await?;
-            let (_, body) = client
-                .expect(mqtt::CONNACK, Duration::from_secs(600))
-                .await?;
-            if body.get(1) != Some(&0) {
-                bail!("{}: CONNACK {body:?}", login.client_id);
-            }
-            anyhow::Ok(client)
+            // Refused CONNACKs are errors (`connect_within` checks the code).
+            mqtt::Client::connect_within(addr, &login, 600, Duration::from_secs(600)).await
         });
     }
     let mut connected = Vec::with_capacity(tokens.len());

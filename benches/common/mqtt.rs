@@ -121,8 +121,19 @@ impl Client {
         login: &Login,
         keep_alive: u16,
     ) -> anyhow::Result<Client> {
+        Client::connect_within(addr, login, keep_alive, Duration::from_secs(30)).await
+    }
+
+    /// [`Client::connect`], waiting up to `within` for the CONNACK (a reconnect storm
+    /// against a broker that hashes every password takes minutes).
+    pub async fn connect_within(
+        addr: SocketAddr,
+        login: &Login,
+        keep_alive: u16,
+        within: Duration,
+    ) -> anyhow::Result<Client> {
         let stream = TcpStream::connect(addr).await.context("tcp connect")?;
-        Client::handshake(stream, login, keep_alive, 256).await
+        Client::handshake(stream, login, keep_alive, 256, within).await
     }
 
     /// Like [`Client::connect`] with keepalive 0 (runs are short and never idle a
@@ -139,7 +150,7 @@ impl Client {
             socket.set_send_buffer_size(bytes)?;
         }
         let stream = socket.connect(addr).await.context("tcp connect")?;
-        Client::handshake(stream, login, 0, 16 * 1024).await
+        Client::handshake(stream, login, 0, 16 * 1024, Duration::from_secs(30)).await
     }
 
     async fn handshake(
@@ -147,6 +158,7 @@ impl Client {
         login: &Login,
         keep_alive: u16,
         chunk: usize,
+        within: Duration,
     ) -> anyhow::Result<Client> {
         stream.set_nodelay(true)?;
         let mut client = Client {
@@ -157,7 +169,7 @@ impl Client {
         let mut out = BytesMut::new();
         login.connect(keep_alive).write(&mut out)?;
         client.stream.write_all(&out).await?;
-        let connack: ConnAck = client.expect(Duration::from_secs(30)).await?;
+        let connack: ConnAck = client.expect(within).await?;
         if connack.code != ConnectReturnCode::Success {
             bail!("CONNACK {:?} for {}", connack.code, login.client_id);
         }

@@ -113,7 +113,9 @@ impl TestBroker {
     /// Provisions a Teltonika tracker (plugin `teltonika`) whose id is its IMEI.
     pub async fn add_tracker(&self, imei: &str) -> DeviceRecord {
         let id: DeviceId = imei.parse().expect("valid device id");
-        let mut new = NewDevice::new(id, hash("unused: trackers log in by IMEI"), now_ms());
+        let token = b"unused: trackers log in by IMEI";
+        let credential = DeviceCredential::keyed(self.store.token_key(), token);
+        let mut new = NewDevice::new(id, credential, now_ms());
         new.plugin = "teltonika".to_owned();
         self.store
             .call(move |s| s.create_device(new))
