@@ -2,7 +2,6 @@
 //! existing session, build the router link, and answer with the right CONNACK.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -20,9 +19,9 @@ use crate::link::codec::topic;
 use crate::link::net::transport::Stream;
 use crate::link::security::acl::Principal;
 use crate::link::security::auth::{Identity, Presented, Refusal};
-use crate::link::session::live::{Control, Live};
+use crate::link::session::live::{Control, LiveEnds};
 use crate::link::Core;
-use crate::stats::{DropCause, Stats};
+use crate::stats::DropCause;
 
 /// A decoded CONNECT.
 pub(crate) struct ConnectRequest {
@@ -437,14 +436,6 @@ async fn join_router(
     Ok((link_tx, link_rx))
 }
 
-/// The connection's ends of its entry in the live table.
-pub(crate) struct LiveEnds {
-    pub(crate) conn_id: u64,
-    pub(crate) control: mpsc::Receiver<Control>,
-    pub(crate) mailbox: Arc<crate::link::session::live::Mailbox>,
-    pub(crate) closed: watch::Sender<bool>,
-}
-
 /// Enters the connection in the live table (listing, kick, takeover, commands) and
 /// counts it.
 #[allow(
@@ -479,40 +470,7 @@ fn go_live(
         Identity::Service(s) => Some(s.name.clone()),
         _ => None,
     };
-    enter_live(core, router_key, info, service)
-}
-
-/// Enters a connection described by `info` in the live table under `key` (a service
-/// client's connections carry its name) and counts it; MQTT and tracker connections.
-pub(crate) fn enter_live(
-    core: &Core,
-    key: &str,
-    info: ClientInfo,
-    service: Option<String>,
-) -> LiveEnds {
-    let conn_id = core.next_conn_id.fetch_add(1, Relaxed);
-    let (control_tx, control) = mpsc::channel(16);
-    let (closed, closed_rx) = watch::channel(false);
-    let kind = info.kind;
-    let mailbox = Arc::new(crate::link::session::live::Mailbox::default());
-    core.sessions.insert(
-        key.to_owned(),
-        Live {
-            conn_id,
-            mailbox: mailbox.clone(),
-            info,
-            control: control_tx,
-            closed: closed_rx,
-            service,
-        },
-    );
-    count_connection(&core.stats, kind, 1);
-    LiveEnds {
-        conn_id,
-        control,
-        mailbox,
-        closed,
-    }
+    crate::link::session::live::enter_live(core, router_key, info, service)
 }
 
 /// `mqtt.max_keepalive_s` (0: no cap), as Mosquitto's `max_keepalive`: the Keep Alive
@@ -609,18 +567,4 @@ fn check_will(
         }
     }
     Ok(Some(will))
-}
-
-pub(crate) fn count_connection(stats: &Stats, kind: ClientKind, delta: i64) {
-    let counter = match kind {
-        ClientKind::Device => &stats.devices,
-        ClientKind::Service => &stats.service_clients,
-        ClientKind::Anonymous => &stats.anonymous,
-    };
-    if delta > 0 {
-        counter.fetch_add(1, Relaxed);
-        stats.accepted_total.fetch_add(1, Relaxed);
-    } else {
-        counter.fetch_sub(1, Relaxed);
-    }
 }

@@ -1,4 +1,5 @@
-//! The table of live connections: listing, kicking, and takeover.
+//! The table of live connections: entering it (MQTT and tracker connections alike),
+//! listing, kicking, and takeover.
 //!
 //! A takeover is done by fleetmq, not by rumqttd's router: the new connection waits until
 //! the old one has closed and told the router (`Disconnect`) before it builds its own
@@ -6,6 +7,7 @@
 //! `Disconnect` can never hit a reused router slot.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -14,6 +16,8 @@ use fleetmq_storage::DeviceRecord;
 use tokio::sync::{mpsc, watch};
 
 use crate::client::{ClientInfo, ClientKind};
+use crate::link::Core;
+use crate::stats::Stats;
 
 /// The sessions table's (and the router's) key of a device's connection: `d:{id}`.
 /// Other clients are `c:{escaped client id}`, so no client can take over a device's
@@ -212,5 +216,60 @@ impl crate::fleet::CommandSink for Sessions {
         payload: Bytes,
     ) -> bool {
         Sessions::deliver(self, id.as_str(), generation, command_id, payload)
+    }
+}
+
+/// The connection's ends of its entry in the live table.
+pub(crate) struct LiveEnds {
+    pub(crate) conn_id: u64,
+    pub(crate) control: mpsc::Receiver<Control>,
+    pub(crate) mailbox: Arc<crate::link::session::live::Mailbox>,
+    pub(crate) closed: watch::Sender<bool>,
+}
+
+/// Enters a connection described by `info` in the live table under `key` (a service
+/// client's connections carry its name) and counts it; MQTT and tracker connections.
+pub(crate) fn enter_live(
+    core: &Core,
+    key: &str,
+    info: ClientInfo,
+    service: Option<String>,
+) -> LiveEnds {
+    let conn_id = core.next_conn_id.fetch_add(1, Relaxed);
+    let (control_tx, control) = mpsc::channel(16);
+    let (closed, closed_rx) = watch::channel(false);
+    let kind = info.kind;
+    let mailbox = Arc::new(crate::link::session::live::Mailbox::default());
+    core.sessions.insert(
+        key.to_owned(),
+        Live {
+            conn_id,
+            mailbox: mailbox.clone(),
+            info,
+            control: control_tx,
+            closed: closed_rx,
+            service,
+        },
+    );
+    count_connection(&core.stats, kind, 1);
+    LiveEnds {
+        conn_id,
+        control,
+        mailbox,
+        closed,
+    }
+}
+
+pub(crate) fn count_connection(stats: &Stats, kind: ClientKind, delta: i64) {
+    let counter = match kind {
+        ClientKind::Device => &stats.devices,
+        ClientKind::Service => &stats.service_clients,
+        ClientKind::Anonymous => &stats.anonymous,
+    };
+    if delta > 0 {
+        counter.fetch_add(1, Relaxed);
+        stats.accepted_total.fetch_add(1, Relaxed);
+    } else {
+        counter.fetch_sub(1, Relaxed);
     }
 }

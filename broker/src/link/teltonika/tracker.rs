@@ -21,8 +21,9 @@ use tokio::time::Instant;
 
 use crate::client::{ClientInfo, ClientKind, Transport};
 use crate::fleet::LinkEvent;
-use crate::link::connection::connect::{count_connection, enter_live, LiveEnds};
-use crate::link::session::live::{device_key, CloseReason, Control};
+use crate::link::session::live::{
+    count_connection, device_key, enter_live, CloseReason, Control, LiveEnds,
+};
 use crate::link::Core;
 use crate::stats::{DropCause, Stats};
 
