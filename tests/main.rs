@@ -10,3 +10,4 @@ mod cli_events;
 mod kill9;
 mod kill9_sessions;
 mod restart;
+mod tracker_sim;

@@ -68,20 +68,28 @@ pub struct Server {
     pub key: String,
     log: PathBuf,
     anonymous: bool,
+    /// Settings in `serve`'s environment (`FLEETMQ_*`).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// Devices and service clients only (SPEC §2), data in `dir/data`.
     pub async fn start(dir: &Path) -> Server {
-        Server::start_with(dir, false).await
+        Server::start_with(dir, false, Vec::new()).await
     }
 
     /// With `--allow-anonymous`: a plain MQTT broker for any client.
     pub async fn start_anonymous(dir: &Path) -> Server {
-        Server::start_with(dir, true).await
+        Server::start_with(dir, true, Vec::new()).await
     }
 
-    async fn start_with(dir: &Path, anonymous: bool) -> Server {
+    /// [`Server::start`] with these `FLEETMQ_*` settings in its environment.
+    pub async fn start_env(dir: &Path, env: &[(&str, &str)]) -> Server {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Server::start_with(dir, false, env.collect()).await
+    }
+
+    async fn start_with(dir: &Path, anonymous: bool, env: Vec<(String, String)>) -> Server {
         let ports = free_ports(2);
         let mut server = Server {
             child: None,
@@ -91,6 +99,7 @@ impl Server {
             key: String::new(),
             log: dir.join("serve.log"),
             anonymous,
+            env,
         };
         server.start_again().await;
         // The key file is written before the admin API answers.
@@ -118,6 +127,7 @@ impl Server {
             .arg("--admin-listen")
             .arg(self.admin.to_string())
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
         if self.anonymous {
