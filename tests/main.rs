@@ -12,3 +12,4 @@ mod kill9;
 mod kill9_sessions;
 mod restart;
 mod teltonika;
+mod tracker_sim;

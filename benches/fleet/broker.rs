@@ -75,7 +75,7 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fleetmq")))
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
+pub fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
@@ -140,7 +140,8 @@ impl Broker {
         self.child.id()
     }
 
-    async fn wait_listening(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+    /// Waits until `addr` accepts (at most 20 s), failing early if fleetmq exits.
+    pub async fn wait_listening(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait()? {

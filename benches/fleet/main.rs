@@ -2,9 +2,9 @@
 //! loopback ports, driven through its admin API and by simulated devices.
 //!
 //! ```text
-//! cargo bench --bench fleet -- [--quick] [--only commands,telemetry,fanin]
+//! cargo bench --bench fleet -- [--quick] [--only commands,telemetry,fanin,trackers]
 //!     [--concurrency 1,32] [--commands N] [--repeat N] [--command-rounds N]
-//!     [--client-threads N]
+//!     [--client-threads N] [--trackers N] [--idle-trackers N]
 //! ```
 //!
 //! Scenarios (SPEC §5, §6):
@@ -14,6 +14,8 @@
 //! 2. telemetry ingest: 1,000 devices publish JSON telemetry at QoS 0 for a few seconds;
 //!    points/s published and persisted (`telemetry.stored` once the queue drained).
 //! 3. fan-in with telemetry storage on and off: ten publishers into one subscriber.
+//! 4. Teltonika trackers (SPEC §10), on a fleetmq of their own: memory per idle tracker,
+//!    records/s acked after the durable write, ack latency.
 //!
 //! Environment: `FLEET_BENCH_BIN` (default: the `fleetmq` cargo built for this bench),
 //! `FLEET_BENCH_LOG` (fleetmq's `RUST_LOG`). Data directories and the broker log go to
@@ -21,8 +23,9 @@
 //!
 //! - `broker`: starting fleetmq, provisioning, `/proc` CPU times.
 //! - `http`: a keep-alive HTTP/1.1 client. `mqtt`: a minimal MQTT 3.1.1 client.
-//! - `commands`, `telemetry`, `fanin`: the scenarios. `disk`: fsync and commit cost.
-//! - `report`: the markdown table.
+//! - `commands`, `telemetry`, `fanin`, `trackers`: the scenarios. `disk`: fsync and
+//!   commit cost. `sim`: `tracker_sim`'s trackers (`examples/tracker_sim/sim/`).
+//! - `report`: the markdown table; `trackers_report`: scenario 4's rows of it.
 //!
 //! Results and their reading are in `docs/benchmarks.md`.
 
@@ -34,7 +37,11 @@ mod http;
 #[path = "../common/mqtt.rs"]
 mod mqtt;
 mod report;
+#[path = "../../examples/tracker_sim/sim/mod.rs"]
+mod sim;
 mod telemetry;
+mod trackers;
+mod trackers_report;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -42,8 +49,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use broker::Broker;
 use report::{Results, Setup};
+use trackers::LoadSpec;
 
-const SCENARIOS: [&str; 3] = ["commands", "telemetry", "fanin"];
+const SCENARIOS: [&str; 4] = ["commands", "telemetry", "fanin", "trackers"];
 
 /// Sizes of the scenarios (`--quick` shrinks them).
 struct Params {
@@ -60,6 +68,7 @@ struct Params {
     /// Offered rates of the fan-in runs, msg/s in all (`None`: unpaced).
     fanin_rates: Vec<Option<f64>>,
     repeat: usize,
+    trackers: trackers::Plan,
 }
 
 impl Params {
@@ -76,6 +85,25 @@ impl Params {
             fanin_per_publisher: 10_000,
             fanin_rates: vec![None, Some(100_000.0)],
             repeat: 5,
+            trackers: trackers::Plan {
+                idle_trackers: 2_000,
+                trackers: 1_000,
+                window: Duration::from_secs(10),
+                loads: vec![
+                    LoadSpec {
+                        rate: Some(60_000.0),
+                        records_per_packet: 10,
+                    },
+                    LoadSpec {
+                        rate: None,
+                        records_per_packet: 10,
+                    },
+                    LoadSpec {
+                        rate: None,
+                        records_per_packet: 1,
+                    },
+                ],
+            },
         }
     }
 
@@ -85,6 +113,12 @@ impl Params {
             telemetry_devices: 200,
             telemetry_window: Duration::from_secs(2),
             repeat: 1,
+            trackers: trackers::Plan {
+                idle_trackers: 500,
+                trackers: 200,
+                window: Duration::from_secs(3),
+                ..Params::full().trackers
+            },
             ..Params::full()
         }
     }
@@ -101,6 +135,8 @@ struct Args {
     /// Runs of the whole concurrency sweep (the VM's speed drifts: one run decides little).
     command_rounds: usize,
     client_threads: usize,
+    trackers: Option<usize>,
+    idle_trackers: Option<usize>,
 }
 
 impl Args {
@@ -127,6 +163,8 @@ fn parse_args() -> Result<Args, String> {
         fanin_messages: None,
         command_rounds: 1,
         client_threads: 2,
+        trackers: None,
+        idle_trackers: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -160,6 +198,8 @@ fn parse_args() -> Result<Args, String> {
                 args.command_rounds = number("--command-rounds", it.next())?;
             }
             "--client-threads" => args.client_threads = number("--client-threads", it.next())?,
+            "--trackers" => args.trackers = Some(number("--trackers", it.next())?),
+            "--idle-trackers" => args.idle_trackers = Some(number("--idle-trackers", it.next())?),
             // `cargo bench` passes `--bench`; filters and other harness flags are ignored.
             _ => {}
         }
@@ -203,6 +243,8 @@ async fn run(args: Args) -> ExitCode {
     if let Some(n) = args.fanin_messages {
         p.fanin_per_publisher = n as u64;
     }
+    p.trackers.trackers = args.trackers.unwrap_or(p.trackers.trackers);
+    p.trackers.idle_trackers = args.idle_trackers.unwrap_or(p.trackers.idle_trackers);
     eprintln!("fleet: binary {}", broker::binary().display());
     let disk = probe_disk().await;
     let mut broker = match Broker::start().await {
@@ -299,6 +341,13 @@ async fn scenarios(broker: &Broker, args: &Args, p: &Params) -> Results {
         match fanin_runs(broker, &plan).await {
             Ok(f) => r.fanin = f,
             Err(e) => r.notes.push(format!("fan-in: {e:#}")),
+        }
+    }
+    if args.wants("trackers") {
+        eprintln!("fleet: Teltonika trackers ...");
+        match trackers::run(&p.trackers).await {
+            Ok(t) => r.trackers = Some(t),
+            Err(e) => r.notes.push(format!("trackers: {e:#}")),
         }
     }
     r

@@ -7,6 +7,8 @@ use crate::commands::CommandRun;
 use crate::disk::DiskCost;
 use crate::fanin::{FanInResult, Mode};
 use crate::telemetry::TelemetryRun;
+use crate::trackers::TrackerResults;
+use crate::trackers_report;
 
 /// Command round-trip target: commands per second and p99.
 const COMMANDS_TARGET: f64 = 10_000.0;
@@ -75,11 +77,12 @@ pub struct Results {
     pub commands: Vec<CommandRun>,
     pub telemetry: Vec<TelemetryRun>,
     pub fanin: Vec<FanInResult>,
+    pub trackers: Option<TrackerResults>,
     /// Scenarios that failed, with why.
     pub notes: Vec<String>,
 }
 
-fn int(n: f64) -> String {
+pub fn int(n: f64) -> String {
     let digits = format!("{:.0}", n.max(0.0));
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -91,12 +94,12 @@ fn int(n: f64) -> String {
     out
 }
 
-fn ms(d: Duration) -> String {
+pub fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
 /// Marks a measurement taken while other processes kept the machine busy.
-fn dagger(disturbed: bool) -> &'static str {
+pub fn dagger(disturbed: bool) -> &'static str {
     if disturbed {
         "†"
     } else {
@@ -104,7 +107,7 @@ fn dagger(disturbed: bool) -> &'static str {
     }
 }
 
-fn verdict(met: bool) -> &'static str {
+pub fn verdict(met: bool) -> &'static str {
     if met {
         "**met**"
     } else {
@@ -126,6 +129,9 @@ pub fn render(setup: &Setup, r: &Results) -> String {
         telemetry_row(&mut out, t);
     }
     fanin_rows(&mut out, &r.fanin);
+    if let Some(t) = &r.trackers {
+        trackers_report::rows(&mut out, t);
+    }
     out.push('\n');
     details(&mut out, setup, r);
     out
@@ -370,6 +376,9 @@ fn details(out: &mut String, setup: &Setup, r: &Results) {
     }
     telemetry_details(out, &r.telemetry);
     fanin_details(out, &r.fanin);
+    if let Some(t) = &r.trackers {
+        trackers_report::details(out, t);
+    }
     for note in &r.notes {
         let _ = writeln!(out, "- Failed: {note}");
     }

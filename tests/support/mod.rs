@@ -70,29 +70,42 @@ pub struct Server {
     anonymous: bool,
     /// The Teltonika listener, when started with one ([`Server::start_with_trackers`]).
     pub teltonika: Option<SocketAddr>,
+    /// Settings in `serve`'s environment (`FLEETMQ_*`).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// Devices and service clients only (SPEC §2), data in `dir/data`.
     pub async fn start(dir: &Path) -> Server {
-        Server::start_with(dir, false).await
+        Server::start_with(dir, false, Vec::new()).await
     }
 
     /// With `--allow-anonymous`: a plain MQTT broker for any client.
     pub async fn start_anonymous(dir: &Path) -> Server {
-        Server::start_with(dir, true).await
+        Server::start_with(dir, true, Vec::new()).await
     }
 
     /// With a Teltonika listener (SPEC §10) besides MQTT.
     pub async fn start_with_trackers(dir: &Path) -> Server {
-        Server::start_on(dir, false, true).await
+        Server::start_on(dir, false, true, Vec::new()).await
     }
 
-    async fn start_with(dir: &Path, anonymous: bool) -> Server {
-        Server::start_on(dir, anonymous, false).await
+    /// [`Server::start`] with these `FLEETMQ_*` settings in its environment.
+    pub async fn start_env(dir: &Path, env: &[(&str, &str)]) -> Server {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Server::start_on(dir, false, false, env.collect()).await
     }
 
-    async fn start_on(dir: &Path, anonymous: bool, trackers: bool) -> Server {
+    async fn start_with(dir: &Path, anonymous: bool, env: Vec<(String, String)>) -> Server {
+        Server::start_on(dir, anonymous, false, env).await
+    }
+
+    async fn start_on(
+        dir: &Path,
+        anonymous: bool,
+        trackers: bool,
+        env: Vec<(String, String)>,
+    ) -> Server {
         let ports = free_ports(3);
         let mut server = Server {
             child: None,
@@ -103,6 +116,7 @@ impl Server {
             log: dir.join("serve.log"),
             anonymous,
             teltonika: trackers.then_some(ports[2]),
+            env,
         };
         server.start_again().await;
         // The key file is written before the admin API answers.
@@ -130,6 +144,7 @@ impl Server {
             .arg("--admin-listen")
             .arg(self.admin.to_string())
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
         if self.anonymous {

@@ -178,12 +178,13 @@ impl Tracker {
         };
         let end = match t.socket.write_all(&tk::login_answer(true)).await {
             Ok(()) => {
-                t.announce(peer).await;
+                // Boxed, like the packet path: run once, not carried by the idle task.
+                Box::pin(t.announce(peer)).await;
                 t.serve(&mut live).await
             }
             Err(e) => End::Io(e),
         };
-        t.leave(&key, live, end).await;
+        Box::pin(t.leave(&key, live, end)).await;
     }
 
     async fn announce(&self, peer: SocketAddr) {
@@ -280,17 +281,18 @@ impl Tracker {
         Ok(())
     }
 
+    /// The packet and response paths are boxed: their futures (the durable store, the
+    /// publish, the command engine) are kilobytes, and inline they would be part of
+    /// every tracker's task for as long as it lives, also while it is idle.
     async fn frame(&mut self, frame: Frame) -> Result<(), End> {
         match frame {
-            Frame::Avl(packet) => self.avl(packet).await,
+            Frame::Avl(packet) => Box::pin(self.avl(packet)).await,
             Frame::Codec12(msg) if msg.kind == Codec12Kind::Response => {
                 self.bad_in_row = 0;
                 Stats::add(&self.core.stats.trackers.responses, 1);
                 let text = Bytes::from(msg.text);
-                self.core
-                    .fleet
-                    .command_response(&self.id, &text, now_ms())
-                    .await;
+                let fleet = &self.core.fleet;
+                Box::pin(fleet.command_response(&self.id, &text, now_ms())).await;
                 Ok(())
             }
             Frame::Codec12(_) => {
