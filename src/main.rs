@@ -69,6 +69,9 @@ struct ServeArgs {
     /// Admin HTTP API listen address.
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
+    /// Teltonika trackers' TCP listen address, e.g. 0.0.0.0:5027 ("", the default, disables).
+    #[arg(long, value_name = "ADDR")]
+    teltonika_listen: Option<String>,
     /// Encrypt device payloads (SPEC §4) for every device.
     #[arg(long)]
     payload_encryption: bool,
@@ -88,6 +91,7 @@ impl ServeArgs {
         string("mqtt.tcp", &self.mqtt_tcp);
         string("mqtt.ws", &self.mqtt_ws);
         string("admin.listen", &self.admin_listen);
+        string("teltonika.listen", &self.teltonika_listen);
         if let Some(dir) = &self.data_dir {
             flags.push(("data_dir", Value::String(dir.display().to_string())));
         }
@@ -263,5 +267,37 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    /// Each listener flag sets its config key.
+    #[test]
+    fn listener_flags_set_their_keys() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "fleetmq",
+            "serve",
+            "--mqtt-tcp",
+            "127.0.0.1:1",
+            "--teltonika-listen",
+            "127.0.0.1:5027",
+        ])
+        .expect("parses");
+        let super::Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        let flags = args.flags();
+        let value = |key: &str| {
+            flags
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            value("mqtt.tcp"),
+            Some(toml::Value::String("127.0.0.1:1".into()))
+        );
+        let telt = value("teltonika.listen");
+        assert_eq!(telt, Some(toml::Value::String("127.0.0.1:5027".into())));
+        assert_eq!(value("admin.listen"), None);
     }
 }
