@@ -145,29 +145,39 @@ enum Kind {
 async fn accept_loop(core: Arc<Core>, listener: TcpListener, tracker: TaskTracker, kind: Kind) {
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, listener = kind_name(&kind), "MQTT listener up");
+    while let Some((socket, peer, pending)) = next_socket(&core, &listener).await {
+        let accepted = Accepted {
+            socket,
+            peer,
+            pending,
+            deadline: Instant::now() + core.config.connect_timeout,
+        };
+        tracker.spawn(handshake(core.clone(), accepted, kind.clone()));
+    }
+}
+
+/// The next socket of `listener`, with TCP_NODELAY, and its slot of
+/// `mqtt.max_pending_connects` (taken before accepting, so at the limit the kernel's
+/// backlog waits); `None` at shutdown. Every listener, MQTT's and the trackers', accepts
+/// through it.
+pub(crate) async fn next_socket(
+    core: &Core,
+    listener: &TcpListener,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let pending = tokio::select! {
+        _ = core.shutdown.cancelled() => return None,
+        pending = core.pending.clone().acquire_owned() => pending.ok()?,
+    };
     loop {
-        let pending = tokio::select! {
-            _ = core.shutdown.cancelled() => return,
-            pending = core.pending.clone().acquire_owned() => pending,
-        };
-        let Ok(pending) = pending else {
-            return;
-        };
         let accepted = tokio::select! {
-            _ = core.shutdown.cancelled() => return,
+            _ = core.shutdown.cancelled() => return None,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((socket, peer)) => {
                 // Without TCP_NODELAY a QoS 1 round trip waits ~40 ms on delayed ACKs.
                 let _ = socket.set_nodelay(true);
-                let accepted = Accepted {
-                    socket,
-                    peer,
-                    pending,
-                    deadline: Instant::now() + core.config.connect_timeout,
-                };
-                tracker.spawn(handshake(core.clone(), accepted, kind.clone()));
+                return Some((socket, peer, pending));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off a little instead of spinning.
