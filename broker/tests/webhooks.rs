@@ -315,6 +315,9 @@ async fn an_event_filter_passes_only_matching_types() {
         .cancel(&created.command_id)
         .await
         .unwrap();
+    // The same for the cancel and the offline event: the command engine and the
+    // link record theirs independently.
+    next_event(&mut events, |e| e.kind == "command.cancelled").await;
     fw.disconnect().await;
 
     // Per URL, in order.
