@@ -352,3 +352,64 @@ async fn commands_created_while_the_process_is_killed_are_not_lost() {
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// SPEC §6 "acknowledged means stored": every telemetry point a device got a PUBACK for
+/// is there after SIGKILL right after the last PUBACK and a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_telemetry_survives_kill_9() {
+    const POINTS: u64 = 500;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = Server::start(dir.path()).await;
+    let id = "k9-meter-1";
+    let (status, provisioned) = server
+        .api("POST", "/api/v1/devices", Some(json!({"id": id})))
+        .await;
+    assert_eq!(status, 201, "{provisioned}");
+    let password = provisioned["credentials"]["password"].as_str().unwrap();
+
+    let mut opts = MqttOptions::new(id, "127.0.0.1", server.mqtt.port());
+    opts.set_credentials(id, password);
+    opts.set_inflight(100);
+    let (client, mut el) = AsyncClient::new(opts, 1_000);
+    wait_connack(&mut el).await;
+    let publisher = tokio::spawn(async move {
+        for n in 0..POINTS {
+            let body = json!({"n": n}).to_string();
+            client
+                .publish(
+                    format!("device/{id}/telemetry"),
+                    QoS::AtLeastOnce,
+                    false,
+                    body,
+                )
+                .await
+                .expect("queue telemetry");
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < POINTS {
+        match tokio::time::timeout(WAIT, el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("after {acked} PUBACKs: {other:?}"),
+        }
+    }
+    server.kill9().await;
+    drop(publisher.await);
+    server.start_again().await;
+
+    let (status, page) = server
+        .api(
+            "GET",
+            &format!("/api/v1/devices/{id}/telemetry?limit=1000"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let mut got: Vec<u64> = (page["items"].as_array().expect("items").iter())
+        .filter_map(|p| p["values"]["n"].as_u64())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..POINTS).collect::<Vec<_>>());
+}

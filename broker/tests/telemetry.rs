@@ -321,3 +321,81 @@ async fn with_storage_off_telemetry_is_routed_and_checked_but_not_stored() {
     );
     fw.disconnect().await;
 }
+
+/// SPEC §6: a QoS 1/2 telemetry message is acknowledged only once its point is stored.
+/// Batches otherwise wait an hour and the queue holds 8 points, so before this rule the
+/// acknowledged points sat unwritten or were dropped; QoS 0 is still dropped (counted).
+async fn acknowledged_telemetry_is_stored(via: conf::Via, ver: conf::Ver) {
+    use conf::{Conn, In, Target};
+    let t = Target::with(|c| {
+        c.fleet.telemetry.batch_delay = Duration::from_secs(3_600);
+        c.fleet.telemetry.queue = 8;
+    })
+    .await;
+    let b = t.broker.as_ref().expect("fleetmq");
+    b.add_device("tel-ack", "tok", false).await;
+    let mut c = t.open(via, ver).await;
+    let mut conn = Conn::new("tel-ack");
+    conn.login = Some(("tel-ack".into(), "tok".into()));
+    assert_eq!(c.connect(conn).await.code, 0);
+    let topic = "device/tel-ack/telemetry";
+    for i in 0..200 {
+        c.publish(topic, format!(r#"{{"q0":{i}}}"#).as_bytes(), 0, false)
+            .await;
+    }
+    // Pipelined, as a device with a send window does; every ack in order [MQTT-4.6.0-2].
+    let mut sent = Vec::new();
+    for i in 0..100 {
+        let q = if i % 10 == 9 { 2 } else { 1 };
+        let payload = format!(r#"{{"n":{i}}}"#);
+        sent.push((c.publish(topic, payload.as_bytes(), q, false).await, q));
+    }
+    let mut acked = Vec::new();
+    while acked.len() < sent.len() {
+        match c.recv().await.expect("an ack") {
+            In::PubAck { pkid, reason } | In::PubRec { pkid, reason } => {
+                assert_eq!(reason, 0);
+                acked.push(pkid);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let with_qos = |q: u8| -> Vec<u16> {
+        (sent.iter())
+            .filter(|(_, qos)| *qos == q)
+            .map(|(pkid, _)| *pkid)
+            .collect()
+    };
+    let acked_of =
+        |ids: &[u16]| -> Vec<u16> { acked.iter().copied().filter(|p| ids.contains(p)).collect() };
+    let (qos1, qos2) = (with_qos(1), with_qos(2));
+    assert_eq!(acked_of(&qos1), qos1, "PUBACKs in order");
+    assert_eq!(acked_of(&qos2), qos2, "PUBRECs in order");
+    // No flush: what was acknowledged is already in the store.
+    let page = query(
+        b,
+        "tel-ack",
+        TelemetryQuery {
+            keys: keys(&["n"]),
+            limit: 1_000,
+            ..TelemetryQuery::default()
+        },
+    )
+    .await;
+    let mut got: Vec<u64> = (page.items.iter())
+        .filter_map(|p| p.values.get("n").and_then(|v| v.as_u64()))
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..100).collect::<Vec<u64>>());
+    b.handle.telemetry().flush().await;
+    let s = b.handle.telemetry().stats();
+    assert!(
+        s.dropped_queue_full > 0,
+        "QoS 0 may still be dropped: {s:?}"
+    );
+    assert_eq!(s.dropped_queue_full + s.stored, 300, "{s:?}");
+}
+crate::matrix!(
+    acknowledged_qos1_and_qos2_telemetry_is_already_stored,
+    acknowledged_telemetry_is_stored
+);

@@ -186,6 +186,17 @@ impl FleetInbox {
         self.services.telemetry_durable(id, payloads).await
     }
 
+    /// A device's QoS 1/2 telemetry `(payload, received_at_ms)`, stored before this
+    /// returns `Ok` (SPEC §6: acknowledged means stored); the reasons of the payloads its
+    /// plugin refused, which are not stored.
+    pub async fn telemetry_stored(
+        &self,
+        id: &DeviceId,
+        payloads: &[(Bytes, u64)],
+    ) -> Result<Vec<String>, super::telemetry::NotStored> {
+        self.services.telemetry_stored(id, payloads).await
+    }
+
     /// The connection `generation` of a device acknowledged (PUBACK) a delivered command.
     pub async fn command_acked(&self, id: &DeviceId, generation: u64, command_id: &str) {
         self.services

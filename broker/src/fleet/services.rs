@@ -312,6 +312,26 @@ impl Services {
             .await
     }
 
+    /// A device's QoS 1/2 telemetry, acknowledged only once this returns `Ok`: the
+    /// payloads its plugin refuses come back as reasons (they are routed, not stored).
+    pub(crate) async fn telemetry_stored(
+        &self,
+        id: &DeviceId,
+        payloads: &[(bytes::Bytes, u64)],
+    ) -> Result<Vec<String>, super::telemetry::NotStored> {
+        if let Some((_, at_ms)) = payloads.last() {
+            self.presence.seen(id, *at_ms);
+        }
+        let Some(plugin) = self.plugin_of(id).await else {
+            return Ok(Vec::new());
+        };
+        let refused = self
+            .telemetry
+            .store_each_durably(id, plugin.as_ref(), payloads)
+            .await?;
+        Ok(refused.into_iter().map(|r| r.to_string()).collect())
+    }
+
     fn bad_payload(&self, id: &DeviceId, topic: &str, reason: &str) {
         tracing::debug!(device_id = %id, topic, error = %reason, "payload rejected");
         let data = json!({"topic": topic, "reason": reason});

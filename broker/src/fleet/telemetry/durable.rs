@@ -46,6 +46,39 @@ impl Telemetry {
                 c.rejected.fetch_add(1, Relaxed);
                 NotStored::Refused(reason)
             })?;
+        self.commit_points(points).await
+    }
+
+    /// Like [`Telemetry::store_durably`], one payload at a time: a payload the plugin
+    /// refuses is left out (its reason returned, in order) and the others are stored.
+    /// For MQTT telemetry, where each message is acknowledged on its own.
+    pub async fn store_each_durably(
+        &self,
+        device: &DeviceId,
+        plugin: &dyn DevicePlugin,
+        payloads: &[(bytes::Bytes, u64)],
+    ) -> Result<Vec<PluginError>, NotStored> {
+        let c = &self.shared.counters;
+        let mut refused = Vec::new();
+        let mut points = Vec::with_capacity(payloads.len());
+        for (payload, at_ms) in payloads {
+            match decode(device, plugin, payload, *at_ms) {
+                Ok(point) => points.push(point),
+                Err(reason) => {
+                    c.rejected.fetch_add(1, Relaxed);
+                    refused.push(reason);
+                }
+            }
+        }
+        if !points.is_empty() {
+            self.commit_points(points).await?;
+        }
+        Ok(refused)
+    }
+
+    /// Queues `points` as one durable message and waits for the batch holding them.
+    async fn commit_points(&self, points: Vec<store::NewPoint>) -> Result<(), NotStored> {
+        let c = &self.shared.counters;
         if !self.shared.store {
             c.not_stored.fetch_add(points.len() as u64, Relaxed);
             return Ok(());

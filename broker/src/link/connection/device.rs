@@ -117,7 +117,7 @@ impl Connection {
     /// Tells the fleet services what a device published on one of its upstream topics.
     /// Telemetry is decoded and queued for the store right here and never waits: when
     /// the store's queue is full the point is dropped and counted.
-    pub(crate) async fn device_published(&self, topic: &str, payload: &Bytes) {
+    pub(crate) async fn device_published(&mut self, topic: &str, payload: &Bytes, qos: u8) {
         let Identity::Device(device) = &self.s.identity else {
             return;
         };
@@ -130,6 +130,11 @@ impl Connection {
                 .fleet
                 .command_response(&device.id, payload, at_ms)
                 .await;
+            return;
+        }
+        if kind == Upstream::Telemetry && qos > 0 {
+            // Acknowledged only once stored (SPEC §6), at the end of the read batch.
+            self.unstored.push((payload.clone(), at_ms));
             return;
         }
         if kind == Upstream::Telemetry {
@@ -151,6 +156,36 @@ impl Connection {
             at_ms,
         };
         self.core.fleet_event(event).await;
+    }
+
+    /// Stores the read batch's QoS 1/2 telemetry before anything acknowledges it; a
+    /// payload the device's plugin refuses is routed and reported, not stored.
+    pub(crate) async fn store_telemetry(&mut self) -> Result<(), super::Ending> {
+        if self.unstored.is_empty() {
+            return Ok(());
+        }
+        let points = std::mem::take(&mut self.unstored);
+        let Identity::Device(device) = &self.s.identity else {
+            return Ok(());
+        };
+        match self.core.fleet.telemetry_stored(&device.id, &points).await {
+            Ok(refused) => {
+                let at_ms = points.last().map_or_else(now_ms, |(_, at)| *at);
+                for reason in refused {
+                    self.core.fleet_event_or_drop(LinkEvent::BadPayload {
+                        id: device.id.clone(),
+                        topic: format!("device/{}/telemetry", device.id),
+                        reason,
+                        at_ms,
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(client_id = %self.s.client_id, error = %e, points = points.len(), "telemetry not stored; closing without acknowledging it");
+                Err(super::Ending::StoreFailed)
+            }
+        }
     }
 
     pub(crate) fn device_decrypt_failed(&self, topic: &str, reason: String) {

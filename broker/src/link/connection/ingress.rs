@@ -66,11 +66,17 @@ impl Connection {
                 .await;
         }
         self.session_sync().await;
-        self.flush().await?;
         if result.is_ok() {
             self.send_to_router().await?;
             self.update_congestion();
         }
+        // Routed first, acknowledged once stored: the router's PUBACKs wait in the link
+        // until this returns, QoS 2's PUBRECs in `out`.
+        if let Err(ending) = self.store_telemetry().await {
+            self.out.clear();
+            return Err(ending);
+        }
+        self.flush().await?;
         // On an ending, what is queued for the router leaves together with the
         // link's Disconnect, in one router event (see `Connection::leave_router`).
         result
@@ -296,7 +302,7 @@ impl Connection {
             .core
             .session_store
             .check(&incoming, routing, &mut self.copies);
-        self.device_published(&topic, &payload).await;
+        self.device_published(&topic, &payload, meta.qos).await;
         self.to_router.push(Packet::Publish(publish, props));
         Ok(())
     }

@@ -68,6 +68,9 @@ pub(crate) enum Ending {
     /// The client did not take its messages: congested without acknowledging anything,
     /// or a socket that accepted nothing, for `mqtt.slow_consumer_timeout_s`.
     SlowConsumer,
+    /// Telemetry the device sent at QoS 1/2 could not be stored: it is not acknowledged,
+    /// so the device sends it again on its next connection.
+    StoreFailed,
 }
 
 pub(crate) struct Connection {
@@ -107,6 +110,8 @@ pub(crate) struct Connection {
     /// Persistent sessions' copies of this read batch's messages, written before the
     /// batch is routed (`session::store`).
     pub(crate) copies: crate::link::session::store::Copies,
+    /// This read batch's QoS 1/2 telemetry, stored before it is acknowledged (`device.rs`).
+    pub(crate) unstored: Vec<(bytes::Bytes, u64)>,
 }
 
 impl Connection {
@@ -155,6 +160,7 @@ impl Connection {
             commands: CommandWindow::default(),
             sess,
             copies: Default::default(),
+            unstored: Vec::new(),
         }
     }
 
@@ -372,8 +378,9 @@ impl Connection {
         core.sessions.remove(&self.s.router_key, self.s.conn_id);
         let _ = self.s.closed.send(true);
         if let (Version::V5, Some(reason)) = (self.s.version, disconnect_reason(ending)) {
-            if ending == Ending::SlowConsumer {
-                // Whatever it was not taking goes; the DISCONNECT is all it may still get.
+            if matches!(ending, Ending::SlowConsumer | Ending::StoreFailed) {
+                // Whatever it was not taking goes, or acknowledges what was not stored;
+                // the DISCONNECT is all it may still get.
                 self.out.clear();
             }
             self.write_packet(crate::link::server_disconnect(reason));
@@ -454,7 +461,7 @@ fn disconnect_reason(ending: Ending) -> Option<DisconnectReasonCode> {
         Ending::Closed(CloseReason::Kicked) => DisconnectReasonCode::AdministrativeAction,
         Ending::Closed(CloseReason::CredentialsRevoked) => DisconnectReasonCode::NotAuthorized,
         Ending::Closed(CloseReason::ShuttingDown) => DisconnectReasonCode::ServerShuttingDown,
-        Ending::RouterGone => DisconnectReasonCode::UnspecifiedError,
+        Ending::RouterGone | Ending::StoreFailed => DisconnectReasonCode::UnspecifiedError,
         Ending::SlowConsumer => DisconnectReasonCode::QuotaExceeded,
     })
 }
