@@ -82,6 +82,7 @@ pub async fn start(
         .await
         .map_err(StartError::Retained)?;
     let retained_count = restored.retained.len();
+    let store_key = store.token_key().clone();
     let sessions = Arc::new(link::session::live::Sessions::default());
     let mut plugins = fleetmq_device_plugins::PluginRegistry::builtin();
     plugins.set(Arc::new(
@@ -113,6 +114,9 @@ pub async fn start(
     link::session::store::spawn_expiry(&core, shutdown.clone());
     fleet::spawn(services.clone(), fleet_rx, shutdown, tracker);
     link::sys::spawn_ticker(&core, tracker);
+    // TLS session tickets are sealed under a secret of this install, so they resume
+    // across restarts (`link/net/tickets.rs`).
+    (listeners.tickets).set_secret(store_key.derive(b"fleetmq tls session tickets v1"));
     link::spawn_listeners(&core, listeners, tracker);
     Ok(BrokerHandle { core, services })
 }

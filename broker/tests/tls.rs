@@ -983,3 +983,75 @@ async fn a_bad_file_of_an_extra_listener_fails_bind_naming_the_path() {
         Err(e) => assert_names(&e.to_string(), &missing),
     }
 }
+
+/// A TLS handshake with `client` (which keeps tickets between calls) and an MQTT CONNECT
+/// as `dev-1`; whether the handshake resumed a session.
+async fn tls_connect(port: u16, client: &Arc<ClientConfig>) -> rustls::HandshakeKind {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(client.clone())
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
+    let connect = [
+        0x10, 29, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60, 0, 5, b'd', b'e', b'v', b'-', b'1',
+        0, 5, b'd', b'e', b'v', b'-', b'1', 0, 3, b't', b'o', b'k',
+    ];
+    tls.write_all(&connect).await.expect("CONNECT");
+    tls.flush().await.expect("CONNECT sent");
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(WAIT, tls.read_exact(&mut connack))
+        .await
+        .expect("CONNACK in time")
+        .expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0], "accepted");
+    // Reading the CONNACK took in the tickets sent after the handshake.
+    tls.write_all(&[0xE0, 0]).await.expect("DISCONNECT");
+    let _ = tls.shutdown().await;
+    kind
+}
+
+/// Issue #15: a fleet reconnecting after a restart resumes its TLS sessions (stateless
+/// tickets sealed under a secret of the install's database) instead of paying a full
+/// handshake each.
+#[tokio::test]
+async fn tls_sessions_resume_and_survive_a_restart_of_the_broker() {
+    let pki = Pki::new();
+    let mut config = BrokerConfig::for_tests();
+    config.tls = Some(pki.tls_config(false));
+    let b = TestBroker::with_config(config.clone()).await;
+    b.add_device("dev-1", "tok", false).await;
+    let client = pki.client_config(None);
+    let port = tls_port(&b);
+    assert_eq!(
+        tls_connect(port, &client).await,
+        rustls::HandshakeKind::Full
+    );
+    assert_eq!(
+        tls_connect(port, &client).await,
+        rustls::HandshakeKind::Resumed
+    );
+
+    // Restarted on the same data directory (tickets are kept by server name, so the
+    // new port does not matter): the tickets are still good.
+    let dir = b.stop().await;
+    let b = TestBroker::with_config_in(config.clone(), dir).await;
+    let port = tls_port(&b);
+    assert_eq!(
+        tls_connect(port, &client).await,
+        rustls::HandshakeKind::Resumed
+    );
+
+    // Another install (another database) does not take them: a full handshake.
+    b.stop().await;
+    let other = TestBroker::with_config(config).await;
+    other.add_device("dev-1", "tok", false).await;
+    let port = tls_port(&other);
+    assert_eq!(
+        tls_connect(port, &client).await,
+        rustls::HandshakeKind::Full
+    );
+}

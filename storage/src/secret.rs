@@ -112,6 +112,14 @@ impl TokenKey {
         TokenHash { tag }
     }
 
+    /// A 32-byte secret for another purpose, named by `label` (HMAC of the label under
+    /// this key: it reveals nothing of the key, and differs per label and per install).
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(hmac::sign(&self.key, label).as_ref());
+        out
+    }
+
     /// Whether `token` hashes to `stored`; constant time (`ring::hmac::verify`).
     pub fn verify(&self, stored: &TokenHash, token: &[u8]) -> bool {
         hmac::verify(&self.key, token, &stored.tag).is_ok()

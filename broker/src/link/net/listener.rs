@@ -44,6 +44,8 @@ pub struct Listeners {
     extra: Vec<(TcpListener, Kind)>,
     /// `teltonika.listen` (SPEC §10).
     pub(crate) teltonika: Option<TcpListener>,
+    /// The session-ticket keys of every TLS listener; given their secret at start.
+    pub(crate) tickets: Arc<crate::link::net::tickets::TicketKeys>,
 }
 
 impl Listeners {
@@ -59,9 +61,10 @@ impl Listeners {
                 None => Ok(None),
             }
         };
+        let tickets = Arc::new(crate::link::net::tickets::TicketKeys::default());
         let tls = match &config.tls {
             Some(tls) => {
-                let acceptor = crate::link::net::tls::acceptor(tls)?;
+                let acceptor = crate::link::net::tls::acceptor(tls, &tickets)?;
                 bind(Some(tls.listen)).await?.map(|l| (l, acceptor))
             }
             None => None,
@@ -71,8 +74,12 @@ impl Listeners {
             let kind = match spec {
                 ListenerSpec::Tcp(_) => Kind::Tcp,
                 ListenerSpec::Ws(_) => Kind::Ws,
-                ListenerSpec::Tls(tls) => Kind::Tls(crate::link::net::tls::acceptor(tls)?),
-                ListenerSpec::Wss(tls) => Kind::Wss(crate::link::net::tls::acceptor(tls)?),
+                ListenerSpec::Tls(tls) => {
+                    Kind::Tls(crate::link::net::tls::acceptor(tls, &tickets)?)
+                }
+                ListenerSpec::Wss(tls) => {
+                    Kind::Wss(crate::link::net::tls::acceptor(tls, &tickets)?)
+                }
             };
             if let Some(listener) = bind(Some(spec.listen())).await? {
                 extra.push((listener, kind));
@@ -84,6 +91,7 @@ impl Listeners {
             tls,
             extra,
             teltonika: bind(config.teltonika.listen).await?,
+            tickets,
         })
     }
 

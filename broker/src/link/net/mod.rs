@@ -4,5 +4,6 @@
 
 pub(crate) mod listener;
 pub(crate) mod settings;
+pub(crate) mod tickets;
 pub(crate) mod tls;
 pub(crate) mod transport;

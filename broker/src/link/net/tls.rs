@@ -1,5 +1,5 @@
 //! TLS for the MQTT listeners (rustls with the ring provider), one acceptor per TLS or
-//! WSS listener. With its `client_ca`, clients of that listener must present a
+//! WSS listener, all resuming sessions with the same tickets (`tickets.rs`). With its `client_ca`, clients of that listener must present a
 //! certificate signed by it; its subject CN names the device.
 
 use std::fs::File;
@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::link::net::tickets::TicketKeys;
 use crate::link::settings::TlsConfig;
 
 fn invalid(path: &Path, what: impl std::fmt::Display) -> io::Error {
@@ -43,7 +44,7 @@ fn key(path: &Path) -> io::Result<PrivateKeyDer<'static>> {
 
 /// Builds the acceptor of `[mqtt.tls]` or of a `tls`/`wss` entry of `[[mqtt.listeners]]`;
 /// errors name the file at fault.
-pub(crate) fn acceptor(config: &TlsConfig) -> io::Result<TlsAcceptor> {
+pub(crate) fn acceptor(config: &TlsConfig, tickets: &Arc<TicketKeys>) -> io::Result<TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -61,9 +62,11 @@ pub(crate) fn acceptor(config: &TlsConfig) -> io::Result<TlsAcceptor> {
         }
         None => builder.with_no_client_auth(),
     };
-    let server = builder
+    let mut server = builder
         .with_single_cert(certs(&config.cert)?, key(&config.key)?)
         .map_err(|e| invalid(&config.key, e))?;
+    // Stateless resumption whose tickets outlive a restart (`tickets.rs`).
+    server.ticketer = tickets.clone();
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
