@@ -5,7 +5,7 @@
 //! cargo build --release --bin fleetmq
 //! cargo run --release --example reconnect_storm -- [--count 2000] [--rounds 2]
 //!     [--bin target/release/fleetmq] [--data DIR] [--provision bulk|single|none]
-//!     [--at-once N]
+//!     [--at-once N] [--tls | --tls-rsa]
 //! ```
 //!
 //! 1. In this process: microseconds per check of a keyed hash and of a PBKDF2 hash at
@@ -22,6 +22,11 @@
 //!    fleet larger than the listener's accept backlog (1,024) also waits for SYN
 //!    retransmits (1 s, then 3 s), whatever authentication costs.
 //!
+//! With `--tls` the devices connect over TLS (a certificate made for the run, ECDSA P-256,
+//! or RSA-2048 with `--tls-rsa`; TLS 1.3):
+//! the first round makes full handshakes, later rounds resume the sessions with the
+//! tickets the broker issued before its restart; each round says how many resumed.
+//!
 //! `DIR` defaults to a temporary directory (removed at the end).
 
 #[path = "../benches/fleet/http.rs"]
@@ -29,6 +34,8 @@
 mod http;
 #[path = "../benches/common/mqtt.rs"]
 mod mqtt;
+#[path = "reconnect_storm/tls.rs"]
+mod tls;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -47,6 +54,8 @@ struct Args {
     data: Option<PathBuf>,
     provision: String,
     at_once: Option<usize>,
+    tls: bool,
+    rsa: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -57,6 +66,8 @@ fn parse_args() -> anyhow::Result<Args> {
         data: None,
         provision: "bulk".into(),
         at_once: None,
+        tls: false,
+        rsa: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +79,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--data" => args.data = Some(value()?.into()),
             "--provision" => args.provision = value()?,
             "--at-once" => args.at_once = Some(value()?.parse()?),
+            "--tls" => args.tls = true,
+            "--tls-rsa" => (args.tls, args.rsa) = (true, true),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -108,16 +121,26 @@ struct Broker {
     child: Child,
     mqtt: SocketAddr,
     admin: SocketAddr,
+    /// The TLS listener, with `--tls`.
+    tls: Option<SocketAddr>,
 }
 
 impl Broker {
-    async fn start(bin: &Path, dir: &Path) -> anyhow::Result<Broker> {
+    async fn start(bin: &Path, dir: &Path, tls: bool) -> anyhow::Result<Broker> {
         let (mqtt, admin) = (free_port()?, free_port()?);
+        let tls = if tls { Some(free_port()?) } else { None };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("broker.log"))?;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        if let Some(addr) = tls {
+            command
+                .env("FLEETMQ_MQTT_TLS_LISTEN", addr.to_string())
+                .env("FLEETMQ_MQTT_TLS_CERT", dir.join("server.pem"))
+                .env("FLEETMQ_MQTT_TLS_KEY", dir.join("server.key"));
+        }
+        let child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -131,9 +154,14 @@ impl Broker {
             .stderr(log)
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
-        let broker = Broker { child, mqtt, admin };
+        let broker = Broker {
+            child,
+            mqtt,
+            admin,
+            tls,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
-        for addr in [mqtt, admin] {
+        for addr in [Some(mqtt), Some(admin), tls].into_iter().flatten() {
             while tokio::net::TcpStream::connect(addr).await.is_err() {
                 if Instant::now() > deadline {
                     bail!("fleetmq did not listen on {addr}; see {}", dir.display());
@@ -224,35 +252,66 @@ async fn provision(
     Ok(tokens)
 }
 
-/// Every device connects at once; how long until the last CONNACK.
+/// Every device connects at once; how long until the last CONNACK, and how many TLS
+/// handshakes resumed a session.
 async fn storm(
     b: &Broker,
     tokens: &BTreeMap<String, String>,
     at_once: usize,
-) -> anyhow::Result<Duration> {
+    tls: Option<&tls::Client>,
+) -> anyhow::Result<(Duration, usize)> {
     let started = Instant::now();
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(at_once));
     let mut tasks = tokio::task::JoinSet::new();
-    for (id, token) in tokens {
+    for (n, (id, token)) in tokens.iter().enumerate() {
         let login = mqtt::Login::password(id, id, token);
-        let addr = b.mqtt;
         let gate = gate.clone();
-        tasks.spawn(async move {
-            let _permit = gate.acquire_owned().await?;
-            // Refused CONNACKs are errors (`connect_within` checks the code).
-            mqtt::Client::connect_within(addr, &login, 600, Duration::from_secs(600)).await
-        });
+        match (tls, b.tls) {
+            (Some(client), Some(addr)) => {
+                let client = client.device(n);
+                tasks.spawn(async move {
+                    let _permit = gate.acquire_owned().await?;
+                    client.connect(addr, &login).await.map(Connected::Tls)
+                });
+            }
+            _ => {
+                let addr = b.mqtt;
+                tasks.spawn(async move {
+                    let _permit = gate.acquire_owned().await?;
+                    // Refused CONNACKs are errors (`connect_within` checks the code).
+                    mqtt::Client::connect_within(addr, &login, 600, Duration::from_secs(600))
+                        .await
+                        .map(Connected::Tcp)
+                });
+            }
+        }
     }
     let mut connected = Vec::with_capacity(tokens.len());
     while let Some(joined) = tasks.join_next().await {
         connected.push(joined??);
     }
-    Ok(started.elapsed())
+    let took = started.elapsed();
+    let resumed = (connected.iter())
+        .filter(|c| matches!(c, Connected::Tls((_, true))))
+        .count();
+    Ok((took, resumed))
+}
+
+/// A device connection held until the storm ends.
+enum Connected {
+    Tcp(#[allow(dead_code, reason = "held open")] mqtt::Client),
+    /// The stream, and whether its handshake resumed a session.
+    Tls((Box<tls::Stream>, bool)),
 }
 
 async fn run(args: Args, dir: &Path) -> anyhow::Result<()> {
     let tokens_file = dir.join("tokens.json");
-    let mut broker = Broker::start(&args.bin, dir).await?;
+    let tls = if args.tls {
+        Some(tls::Client::new(dir, args.count, args.rsa)?)
+    } else {
+        None
+    };
+    let mut broker = Broker::start(&args.bin, dir, args.tls).await?;
     let tokens = match args.provision.as_str() {
         "none" => serde_json::from_slice(&std::fs::read(&tokens_file)?)?,
         mode => {
@@ -263,13 +322,18 @@ async fn run(args: Args, dir: &Path) -> anyhow::Result<()> {
     };
     for round in 1..=args.rounds {
         broker.stop()?;
-        broker = Broker::start(&args.bin, dir).await?;
+        broker = Broker::start(&args.bin, dir, args.tls).await?;
         let cpu = broker.cpu();
         let at_once = args.at_once.unwrap_or(tokens.len()).max(1);
-        let took = storm(&broker, &tokens, at_once).await?;
+        let (took, resumed) = storm(&broker, &tokens, at_once, tls.as_ref()).await?;
         let cpu = broker.cpu().saturating_sub(cpu);
+        let over = if args.tls {
+            format!(" over TLS ({resumed} sessions resumed)")
+        } else {
+            String::new()
+        };
         println!(
-            "round {round}: {} devices ({at_once} at once) reconnected after a restart in {took:?} ({:.0}/s), broker CPU {cpu:?}",
+            "round {round}: {} devices ({at_once} at once) reconnected after a restart{over} in {took:?} ({:.0}/s), broker CPU {cpu:?}",
             tokens.len(),
             tokens.len() as f64 / took.as_secs_f64()
         );
