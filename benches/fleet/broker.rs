@@ -41,7 +41,9 @@ pub struct Broker {
     pub admin: SocketAddr,
     pub devices: Arc<Vec<Device>>,
     pub log: PathBuf,
-    _dir: tempfile::TempDir,
+    /// The `FLEETMQ_*` settings it was started with (a restart uses them again).
+    env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Broker {
@@ -91,49 +93,48 @@ impl Broker {
         let work = work_dir();
         std::fs::create_dir_all(&work)?;
         let dir = tempfile::tempdir_in(&work)?;
-        let data_dir = dir.path().join("data");
         let (mqtt, admin) = (free_port()?, free_port()?);
         let log = work.join(format!("{name}.log"));
-        let log_file = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(binary());
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--mqtt-tcp", &mqtt.to_string(), "--mqtt-ws", ""])
-            .args(["--admin-listen", &admin.to_string()]);
-        for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("FLEETMQ_")) {
-            cmd.env_remove(name);
-        }
-        cmd.env_remove("MQTT_USE_ADVANCED_SECURITY")
-            .env("FLEETMQ_ADMIN_API_KEY", ADMIN_KEY)
-            .envs(env.iter().copied());
-        // fleetmq's own default log filter unless FLEET_BENCH_LOG names one.
-        match std::env::var("FLEET_BENCH_LOG") {
-            Ok(filter) => cmd.env("RUST_LOG", filter),
-            Err(_) => cmd.env_remove("RUST_LOG"),
-        };
-        cmd.stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("start {}", binary().display()))?;
+        std::fs::File::create(&log)?;
+        let env: Vec<(String, String)> = (env.iter())
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = spawn(dir.path(), mqtt, admin, &env, &log)?;
         let mut broker = Broker {
             child,
             mqtt,
             admin,
             devices: Arc::new(Vec::new()),
             log,
-            _dir: dir,
+            env,
+            dir,
         };
+        broker.wait_ready().await?;
+        Ok(broker)
+    }
+
+    /// SIGTERM, wait for the exit, start again on the same data directory and ports.
+    #[allow(dead_code, reason = "used by the scale bench only")]
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        self.child.wait()?;
+        self.child = spawn(self.dir.path(), self.mqtt, self.admin, &self.env, &self.log)?;
+        self.wait_ready().await
+    }
+
+    /// Waits until both listeners accept.
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let (mqtt, admin) = (self.mqtt, self.admin);
         for addr in [mqtt, admin] {
-            broker.wait_listening(addr).await.with_context(|| {
-                let text = std::fs::read_to_string(&broker.log).unwrap_or_default();
+            self.wait_listening(addr).await.with_context(|| {
+                let text = std::fs::read_to_string(&self.log).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(10).collect();
                 format!("log tail (newest first):\n{}", tail.join("\n"))
             })?;
         }
-        Ok(broker)
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
@@ -160,24 +161,7 @@ impl Broker {
     /// Creates the service client, then `count` devices `fleet-0`.. (a few requests at a
     /// time: each costs the broker one PBKDF2 hash).
     pub async fn provision(&mut self, count: usize) -> anyhow::Result<()> {
-        // The first request alone: the admin key's first check is a slow hash too.
-        let mut http = Http::new(self.admin);
-        let service = serde_json::json!({
-            "name": SERVICE_NAME,
-            "password": SERVICE_PASSWORD,
-            "rules": [
-                {"action": "all", "topic": "device/#", "allow": true},
-                {"action": "all", "topic": "plain/#", "allow": true},
-            ],
-        });
-        let r = http.post("/api/v1/service-clients", &service).await?;
-        if r.status != 201 {
-            bail!(
-                "POST /api/v1/service-clients answered {}: {}",
-                r.status,
-                r.text()
-            );
-        }
+        self.create_service().await?;
         let workers = 4.min(count.max(1));
         let mut tasks = JoinSet::new();
         for w in 0..workers {
@@ -197,6 +181,63 @@ impl Broker {
         }
         devices.sort_by_key(|(i, _)| *i);
         self.devices = Arc::new(devices.into_iter().map(|(_, d)| d).collect());
+        Ok(())
+    }
+
+    /// The service client, then `count` devices `fleet-0`.. through the bulk route
+    /// (SPEC §8), 10,000 per request.
+    #[allow(dead_code, reason = "used by the scale bench only")]
+    pub async fn provision_bulk(&mut self, count: usize) -> anyhow::Result<()> {
+        self.create_service().await?;
+        let mut http = Http::new(self.admin);
+        let mut devices = Vec::with_capacity(count);
+        let ids: Vec<String> = (0..count).map(|i| format!("fleet-{i}")).collect();
+        for chunk in ids.chunks(10_000) {
+            let items: Vec<_> = chunk
+                .iter()
+                .map(|id| serde_json::json!({ "id": id }))
+                .collect();
+            let body = serde_json::json!({ "devices": items });
+            let r = http.post("/api/v1/devices/bulk", &body).await?;
+            if r.status != 201 {
+                bail!(
+                    "POST /api/v1/devices/bulk answered {}: {}",
+                    r.status,
+                    r.text()
+                );
+            }
+            for item in r.json()?["created"].as_array().context("no created")? {
+                let creds = &item["credentials"];
+                devices.push(Device {
+                    id: creds["username"].as_str().context("username")?.to_owned(),
+                    password: creds["password"].as_str().context("password")?.to_owned(),
+                });
+            }
+        }
+        self.devices = Arc::new(devices);
+        Ok(())
+    }
+
+    /// The service client of [`SERVICE_NAME`].
+    async fn create_service(&mut self) -> anyhow::Result<()> {
+        // The first request alone: the admin key's first check is a slow hash too.
+        let mut http = Http::new(self.admin);
+        let service = serde_json::json!({
+            "name": SERVICE_NAME,
+            "password": SERVICE_PASSWORD,
+            "rules": [
+                {"action": "all", "topic": "device/#", "allow": true},
+                {"action": "all", "topic": "plain/#", "allow": true},
+            ],
+        });
+        let r = http.post("/api/v1/service-clients", &service).await?;
+        if r.status != 201 {
+            bail!(
+                "POST /api/v1/service-clients answered {}: {}",
+                r.status,
+                r.text()
+            );
+        }
         Ok(())
     }
 
@@ -228,6 +269,39 @@ impl Broker {
         }
         started.elapsed()
     }
+}
+
+/// `fleetmq serve` on `dir/data`, appending to `log`.
+fn spawn(
+    dir: &std::path::Path,
+    mqtt: SocketAddr,
+    admin: SocketAddr,
+    env: &[(String, String)],
+    log: &std::path::Path,
+) -> anyhow::Result<Child> {
+    let log_file = std::fs::OpenOptions::new().append(true).open(log)?;
+    let mut cmd = Command::new(binary());
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--mqtt-tcp", &mqtt.to_string(), "--mqtt-ws", ""])
+        .args(["--admin-listen", &admin.to_string()]);
+    for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("FLEETMQ_")) {
+        cmd.env_remove(name);
+    }
+    cmd.env_remove("MQTT_USE_ADVANCED_SECURITY")
+        .env("FLEETMQ_ADMIN_API_KEY", ADMIN_KEY)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    // fleetmq's own default log filter unless FLEET_BENCH_LOG names one.
+    match std::env::var("FLEET_BENCH_LOG") {
+        Ok(filter) => cmd.env("RUST_LOG", filter),
+        Err(_) => cmd.env_remove("RUST_LOG"),
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    cmd.spawn()
+        .with_context(|| format!("start {}", binary().display()))
 }
 
 async fn create_device(http: &mut Http, id: &str) -> anyhow::Result<Device> {
