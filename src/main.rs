@@ -26,7 +26,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
     name = "fleetmq",
     version,
     about,
-    after_help = "Exit codes of the admin commands: 0 done, 1 the API refused the request, \
+    after_help = "The admin commands' flags --url, --api-key, --json and --config may come \
+                  before or after the command: `fleetmq --api-key K device list`.\n\
+                  Exit codes of the admin commands: 0 done, 1 the API refused the request, \
                   2 usage, 3 cannot reach the API or the key was refused, \
                   4 `command send --wait` did not complete."
 )]
@@ -127,8 +129,55 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// The admin commands' connection flags (`cli::ConnArgs`; `--config` is also `serve`'s)
+/// and whether each takes a value.
+const CONN_FLAGS: [(&str, bool); 4] = [
+    ("--url", true),
+    ("--api-key", true),
+    ("--json", false),
+    ("--config", true),
+];
+
+/// Moves connection flags written before the command to just after it, where clap takes
+/// them (`fleetmq --api-key K device list` → `fleetmq device --api-key K list`). Anything
+/// else before the command stays where it is, for clap to take or refuse.
+fn hoist_conn_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut it = args.into_iter();
+    let mut out: Vec<std::ffi::OsString> = it.next().into_iter().collect();
+    let mut moved = Vec::new();
+    while let Some(arg) = it.next() {
+        let text = arg.to_string_lossy().into_owned();
+        let name = text.split('=').next().unwrap_or_default();
+        let conn = CONN_FLAGS.iter().find(|(flag, _)| *flag == name);
+        match conn {
+            Some((_, takes_value)) => {
+                let value_follows = *takes_value && !text.contains('=');
+                moved.push(arg);
+                if value_follows {
+                    moved.extend(it.next());
+                }
+            }
+            None if text.starts_with('-') => {
+                out.push(arg);
+                // `--log-format text` keeps its value beside it.
+                if text == "--log-format" {
+                    out.extend(it.next());
+                }
+            }
+            None => {
+                out.push(arg);
+                out.append(&mut moved);
+                out.extend(it);
+                return out;
+            }
+        }
+    }
+    out.append(&mut moved);
+    out
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(hoist_conn_flags(std::env::args_os().collect()));
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Admin(command) => return cli::run(command),
@@ -267,6 +316,35 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    /// Issue 18: `fleetmq --api-key K device list` was refused.
+    #[test]
+    fn connection_flags_may_come_before_the_command() {
+        use clap::Parser;
+        let args =
+            |line: &str| -> Vec<std::ffi::OsString> { line.split(' ').map(Into::into).collect() };
+        let hoisted = |line: &str| super::hoist_conn_flags(args(line));
+        assert_eq!(
+            hoisted("fleetmq --api-key K --json --url=http://h:1 device list --limit 5"),
+            args("fleetmq device --api-key K --json --url=http://h:1 list --limit 5")
+        );
+        assert_eq!(
+            hoisted("fleetmq --log-format json --config f.toml serve"),
+            args("fleetmq --log-format json serve --config f.toml")
+        );
+        let unchanged = "fleetmq device --api-key K list";
+        assert_eq!(hoisted(unchanged), args(unchanged));
+        let cli = super::Cli::try_parse_from(hoisted("fleetmq --api-key K --json device list"))
+            .expect("parses");
+        let super::Command::Admin(crate::cli::AdminCommand::Device { conn, .. }) = cli.command
+        else {
+            panic!("not `device`");
+        };
+        assert_eq!(conn.api_key.as_deref(), Some("K"));
+        assert!(conn.json);
+        // An admin flag before `serve` is still an error, not silently ignored.
+        assert!(super::Cli::try_parse_from(hoisted("fleetmq --api-key K serve")).is_err());
     }
 
     /// Each listener flag sets its config key.

@@ -9,7 +9,7 @@ use rumqttc::{Event, Packet};
 use serde_json::json;
 use tokio::time::Instant;
 
-use support::cli::{answer_commands, run};
+use support::cli::{answer_commands, run, Tail};
 use support::{fleetmq, free_ports, Server, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,6 +203,13 @@ async fn command_send_waits_for_a_real_device_to_answer() {
     assert_eq!(record["status"], "queued");
     assert!(out.stderr.contains("still queued"), "{out:#?}");
     let queued = record["command_id"].as_str().expect("command id");
+    // The command's id was said when the wait began.
+    assert!(
+        out.stderr.contains(&format!(
+            "command {queued} for display-2 is queued; waiting up to 1 s"
+        )),
+        "{out:#?}"
+    );
     let out = server
         .run(&["command", "cancel", queued, "--json"])
         .await
@@ -382,4 +389,49 @@ async fn url_and_key_come_from_the_serve_config_and_failures_have_their_exit_cod
             "--help lacks {needle}: {out:#?}"
         );
     }
+}
+
+/// Issue 18: `command send --wait` says which command it waits for before the wait,
+/// and global flags may come before the command; the wait ends as soon as the command
+/// does (here: cancelled through the API while the CLI waits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_send_names_its_command_at_once_and_ends_with_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path()).await;
+    server.provision("display-9").await;
+    // The flags before the command, and a wrong key in the environment they override.
+    let url = server.url();
+    let argv = [
+        "--url",
+        &url,
+        "--api-key",
+        &server.key,
+        "command",
+        "send",
+        "display-9",
+        "RELOAD",
+        "--wait",
+        "30",
+    ];
+    let mut cmd = server.cli(&argv);
+    cmd.env("FLEETMQ_API_KEY", "wrong")
+        .env("FLEETMQ_ADMIN_URL", "http://127.0.0.1:9");
+    let mut tail = Tail::spawn(cmd);
+    let line = Tail::expect(&mut tail.err, "the waiting line", |l| {
+        l.contains("for display-9 is queued; waiting up to 30 s")
+    })
+    .await;
+    let id = line
+        .strip_prefix("command ")
+        .and_then(|rest| rest.split(' ').next())
+        .expect("command id")
+        .to_owned();
+    let (status, record) = server
+        .api("DELETE", &format!("/api/v1/commands/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{record}");
+    Tail::expect(&mut tail.err, "the outcome", |l| {
+        l.contains(&format!("error: command {id} ended cancelled"))
+    })
+    .await;
 }

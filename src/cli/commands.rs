@@ -16,8 +16,6 @@ use super::output::{self, cell, print_fields, print_table};
 
 /// The longest `wait_ms` the API takes in one request.
 const MAX_SERVER_WAIT: Duration = Duration::from_secs(60);
-/// How often a longer `--wait` polls the command after the server-side wait.
-const POLL_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Subcommand)]
 pub enum CommandAction {
@@ -278,8 +276,9 @@ fn status_of(record: &Value) -> &str {
     record.get("status").and_then(Value::as_str).unwrap_or("")
 }
 
-/// Creates the command; with `wait`, lets the server wait (up to its limit) and then
-/// polls until the command is terminal or the wait is over.
+/// Creates the command; with `wait`, says at once which command it waits for (on
+/// stderr) and then waits on the server (`GET .../commands/{id}?wait_ms`, up to its
+/// limit per request) until the command is terminal or the wait is over.
 async fn create(
     admin: &Admin,
     json: bool,
@@ -288,31 +287,33 @@ async fn create(
     headers: &[(&str, String)],
     wait: Option<Duration>,
 ) -> Result<u8, CliError> {
-    let mut path = device_commands_path(device);
+    let path = device_commands_path(device);
     let deadline = wait.map(|w| Instant::now() + w);
-    let server_wait = wait.map(|w| w.min(MAX_SERVER_WAIT));
-    if let Some(w) = server_wait {
-        path = format!("{path}?wait_ms={}", w.as_millis());
-    }
     let mut reply = admin
-        .call(
-            Method::POST,
-            &path,
-            Some(body),
-            headers,
-            REQUEST_TIMEOUT + server_wait.unwrap_or_default(),
-        )
+        .call(Method::POST, &path, Some(body), headers, REQUEST_TIMEOUT)
         .await?;
     let Some(deadline) = deadline else {
         show(json, &reply)?;
         return Ok(exit::OK);
     };
     let mut record = reply.json()?;
-    while !TERMINAL.contains(&status_of(&record)) && Instant::now() < deadline {
-        tokio::time::sleep(POLL_EVERY.min(deadline - Instant::now())).await;
-        let id = cell(record.get("command_id"));
+    let id = cell(record.get("command_id"));
+    if !TERMINAL.contains(&status_of(&record)) {
+        eprintln!(
+            "command {id} for {device} is {}; waiting up to {} s for its outcome",
+            status_of(&record),
+            wait.unwrap_or_default().as_secs()
+        );
+    }
+    while !TERMINAL.contains(&status_of(&record)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let server_wait = left.min(MAX_SERVER_WAIT);
+        let path = format!("{}?wait_ms={}", command_path(&id), server_wait.as_millis());
         reply = admin
-            .call(Method::GET, &command_path(&id), None, &[], REQUEST_TIMEOUT)
+            .call(Method::GET, &path, None, &[], REQUEST_TIMEOUT + server_wait)
             .await?;
         record = reply.json()?;
     }
@@ -322,15 +323,9 @@ async fn create(
         return Ok(exit::OK);
     }
     if TERMINAL.contains(&status) {
-        eprintln!(
-            "error: command {} ended {status}",
-            cell(record.get("command_id"))
-        );
+        eprintln!("error: command {id} ended {status}");
     } else {
-        eprintln!(
-            "error: command {} is still {status} after the wait",
-            cell(record.get("command_id"))
-        );
+        eprintln!("error: command {id} is still {status} after the wait");
     }
     Ok(exit::NOT_COMPLETED)
 }

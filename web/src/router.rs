@@ -164,7 +164,7 @@ where
         ("/api/v1/devices/{id}/config", Method::PUT) => config::put(state, p(0), req).await,
         ("/api/v1/devices/{id}/commands", Method::POST) => commands::create(state, p(0), req).await,
         ("/api/v1/devices/{id}/commands", Method::GET) => commands::list(state, p(0), query).await,
-        ("/api/v1/commands/{command_id}", Method::GET) => commands::get(state, p(0)).await,
+        ("/api/v1/commands/{command_id}", Method::GET) => commands::get(state, p(0), query).await,
         ("/api/v1/commands/{command_id}", Method::DELETE) => commands::cancel(state, p(0)).await,
         ("/api/v1/devices/{id}/telemetry", Method::GET) => {
             telemetry::query(state, p(0), query).await

@@ -52,18 +52,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let id = path_id(id)?;
-    let query = Query::parse(req.uri().query(), &["wait_ms"])?;
-    let wait_ms = match query.one("wait_ms")? {
-        None => None,
-        Some(text) => match text.parse::<u64>() {
-            Ok(ms) if ms <= MAX_WAIT_MS => Some(ms),
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "wait_ms must be 0..={MAX_WAIT_MS}, got {text:?}"
-                )))
-            }
-        },
-    };
+    let wait_ms = wait_ms(req.uri().query())?;
     let key = match req.headers().get("idempotency-key") {
         None => None,
         Some(v) => Some(
@@ -140,9 +129,38 @@ pub(crate) async fn list(
 }
 
 /// `GET /api/v1/commands/{command_id}`.
-pub(crate) async fn get(state: &AppState, command_id: &str) -> Result<ApiResponse, ApiError> {
-    let record = state.broker.commands().get(command_id).await?;
+/// `GET /api/v1/commands/{command_id}[?wait_ms=N]`: the record; with `wait_ms`, once it
+/// is terminal or after N ms, whichever comes first (`200` either way: the status says
+/// which).
+pub(crate) async fn get(
+    state: &AppState,
+    command_id: &str,
+    query: Option<&str>,
+) -> Result<ApiResponse, ApiError> {
+    let engine = state.broker.commands();
+    let record = match wait_ms(query)? {
+        Some(ms) => {
+            engine
+                .wait_terminal(command_id, Duration::from_millis(ms))
+                .await?
+        }
+        None => engine.get(command_id).await?,
+    };
     Ok(response::json(StatusCode::OK, &record))
+}
+
+/// The optional `wait_ms` query parameter: `0..=MAX_WAIT_MS`.
+fn wait_ms(query: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let query = Query::parse(query, &["wait_ms"])?;
+    match query.one("wait_ms")? {
+        None => Ok(None),
+        Some(text) => match text.parse::<u64>() {
+            Ok(ms) if ms <= MAX_WAIT_MS => Ok(Some(ms)),
+            _ => Err(ApiError::BadRequest(format!(
+                "wait_ms must be 0..={MAX_WAIT_MS}, got {text:?}"
+            ))),
+        },
+    }
 }
 
 /// `DELETE /api/v1/commands/{command_id}`: cancels a command that is not terminal yet.
