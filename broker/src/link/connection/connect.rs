@@ -20,6 +20,7 @@ pub(crate) use crate::link::connection::refusal::ConnectFailure;
 use crate::link::net::transport::Stream;
 use crate::link::security::acl::Principal;
 use crate::link::security::auth::{Identity, Presented, Refusal};
+use crate::link::security::backoff::Blocked;
 use crate::link::session::live::{Control, LiveEnds};
 use crate::link::Core;
 use crate::stats::{DropCause, RefusalCause};
@@ -411,7 +412,10 @@ async fn authenticate(
     // What a guesser repeats: the username, or the client id without one.
     let guessed = Some(username.unwrap_or(client_id));
     if let Some(blocked) = core.backoff.check(guessed, ip, Instant::now()) {
-        let why = format!("{blocked:?} backed off after failed authentications");
+        let why = match blocked {
+            Blocked::Identity => "this identity failed too often from this address",
+            Blocked::Address => "this address failed too often",
+        };
         let code = ConnectReturnCode::NotAuthorized;
         let failure = refuse(version, code, RefusalCause::Backoff, why);
         return Err(failure.telling("NotAuthorized"));
@@ -432,7 +436,7 @@ async fn authenticate(
             if cause.is_bad_credentials() {
                 core.backoff.failed(guessed, ip, Instant::now());
             }
-            let failure = refuse(version, refusal_code(version, r), cause, cause.name());
+            let failure = refuse(version, refusal_code(version, r), cause, r.detail());
             Err(failure.telling(r.told()))
         }
     }

@@ -85,6 +85,23 @@ impl Refusal {
         }
     }
 
+    /// What happened, for the log.
+    pub(crate) fn detail(self) -> &'static str {
+        match self {
+            Refusal::UnknownUser { as_device: true } => {
+                "no device with this id (never provisioned, or deleted)"
+            }
+            Refusal::UnknownUser { as_device: false } => {
+                "no device or service client with this username"
+            }
+            Refusal::WrongToken => "the token is not the device's current one",
+            Refusal::WrongPassword => "the password is not the service client's",
+            Refusal::ClientIdMismatch => "a device connects with client id = username = its id",
+            Refusal::AnonymousRefused => "no credentials, and security.allow_anonymous is off",
+            Refusal::Unavailable => "the store could not be read",
+        }
+    }
+
     /// The MQTT 5 reason string, as before there were causes: every bad credential
     /// reads the same, so a guesser learns nothing from it.
     pub(crate) fn told(self) -> &'static str {
