@@ -30,6 +30,12 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.tls.cert",
     "mqtt.tls.key",
     "mqtt.tls.client_ca",
+    "mqtt.auth_backoff.identity_failures",
+    "mqtt.auth_backoff.address_failures",
+    "mqtt.auth_backoff.window_s",
+    "mqtt.auth_backoff.initial_s",
+    "mqtt.auth_backoff.max_s",
+    "mqtt.auth_backoff.max_tracked",
     "teltonika.listen",
     "teltonika.idle_timeout_s",
     "admin.listen",
@@ -288,6 +294,25 @@ mod tests {
         assert_eq!(c.broker.max_keepalive, 60);
         let e = load_str("[mqtt]\nmax_keepalive_s = 70000\n", &[]).unwrap_err();
         assert!(format!("{e:#}").contains("max_keepalive_s"), "{e:#}");
+    }
+
+    #[test]
+    fn auth_backoff_is_on_by_default_and_set_by_file_or_env() {
+        let d = load_str("", &[]).unwrap().broker.auth_backoff;
+        assert_eq!((d.identity_failures, d.address_failures), (5, 50));
+        let toml = "[mqtt.auth_backoff]\nidentity_failures = 3\nmax_s = 60\n";
+        let env = [("FLEETMQ_MQTT_AUTH_BACKOFF_WINDOW_S", "120")];
+        let c = load_str(toml, &env).unwrap().broker.auth_backoff;
+        assert_eq!(c.identity_failures, 3);
+        assert_eq!(c.max, std::time::Duration::from_secs(60));
+        assert_eq!(c.window, std::time::Duration::from_secs(120));
+        let e = load_str("[mqtt.auth_backoff]\ninitial_s = 10\nmax_s = 5\n", &[]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("mqtt.auth_backoff.max_s"),
+            "{e:#}"
+        );
+        let e = load_str("[mqtt.auth_backoff]\nwindow = 5\n", &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("window"), "{e:#}");
     }
 
     #[test]

@@ -37,3 +37,24 @@ pub struct ClientInfo {
     pub peer: SocketAddr,
     pub connected_at_ms: u64,
 }
+
+/// A refused connection attempt as the recent-refusals list keeps it: repeats of the
+/// same (address, client id, cause) are one entry with a count. Never holds a secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedConnect {
+    /// The last time, unix ms.
+    pub at_ms: u64,
+    /// The first time this entry was counted, unix ms.
+    pub first_at_ms: u64,
+    /// The address of the last attempt.
+    pub peer: SocketAddr,
+    /// `None` when no CONNECT was read (timeout, malformed, closed).
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    /// `"3.1.1"` or `"5"`; `None` when no CONNECT was read.
+    pub protocol: Option<&'static str>,
+    pub transport: Transport,
+    pub cause: crate::stats::RefusalCause,
+    /// Attempts this entry stands for.
+    pub count: u64,
+}

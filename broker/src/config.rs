@@ -8,8 +8,8 @@ pub use crate::fleet::settings::{
 };
 pub use crate::fleet::WebhookConfig;
 pub use crate::link::settings::{
-    default_anonymous_rules, BrokerConfig, ListenerSpec, RawListenerConfig, RawMqttConfig,
-    RawSecurityConfig, RawTlsConfig, TlsConfig,
+    default_anonymous_rules, AuthBackoffConfig, BrokerConfig, ListenerSpec, RawAuthBackoffConfig,
+    RawListenerConfig, RawMqttConfig, RawSecurityConfig, RawTlsConfig, RefusalLogConfig, TlsConfig,
 };
 pub use crate::link::teltonika::settings::{RawTeltonikaConfig, TeltonikaConfig};
 pub use crate::settings::ConfigError;

@@ -9,10 +9,11 @@ use crate::fleet::device_config::ConfigView;
 use crate::fleet::services::Services;
 use crate::fleet::FleetError;
 use crate::link::codec::topic;
+use crate::link::security::refusals::RefusalPage;
 use crate::link::session::live::{CloseReason, Control};
 use crate::link::Core;
 use crate::publish::{PublishError, PublishRequest, RetainedError};
-use crate::stats::StatsSnapshot;
+use crate::stats::{BackoffStats, StatsSnapshot};
 
 /// Cheap to clone; every clone steers the same broker.
 #[derive(Clone)]
@@ -160,7 +161,25 @@ impl BrokerHandle {
 
     /// The broker's counters.
     pub fn stats(&self) -> StatsSnapshot {
-        self.core.stats.snapshot()
+        let mut snapshot = self.core.stats.snapshot();
+        let (identities, addresses) = self.core.backoff.blocking(std::time::Instant::now());
+        snapshot.connections.backoff = BackoffStats {
+            identities,
+            addresses,
+        };
+        snapshot
+    }
+
+    /// The recent refused connection attempts, newest first: up to `limit`, older than
+    /// the cursor `before`, and with `identity` only those whose client id or username
+    /// it is.
+    pub fn refused_connections(
+        &self,
+        identity: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> RefusalPage {
+        self.core.refusals.page(identity, before, limit)
     }
 }
 

@@ -25,18 +25,20 @@ mod stats;
 pub mod testing;
 mod time;
 
-pub use client::{ClientInfo, ClientKind, Transport};
+pub use client::{ClientInfo, ClientKind, RefusedConnect, Transport};
 pub use config::{
-    BrokerConfig, ConfigError, ListenerSpec, RawListenerConfig, RawMqttConfig, RawSecurityConfig,
-    RawTlsConfig, TlsConfig,
+    AuthBackoffConfig, BrokerConfig, ConfigError, ListenerSpec, RawListenerConfig, RawMqttConfig,
+    RawSecurityConfig, RawTlsConfig, RefusalLogConfig, TlsConfig,
 };
 pub use handle::BrokerHandle;
 /// The SPEC §4 payload envelope: sans-IO `seal`/`open`, `NonceSource`, `KeyRing`.
 pub use link::security::crypto as envelope;
+pub use link::security::refusals::RefusalPage;
 pub use link::Listeners;
 pub use publish::{PublishError, PublishRequest, RetainedError};
 pub use stats::{
-    ConnectionStats, DropStats, MessageStats, PacketStats, StatsSnapshot, TrackerStats,
+    BackoffStats, ConnectionStats, DropStats, MessageStats, PacketStats, RefusalCause,
+    StatsSnapshot, TrackerStats,
 };
 
 use std::sync::Arc;

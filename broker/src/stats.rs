@@ -40,6 +40,124 @@ pub enum DropCause {
     SlowConsumer,
 }
 
+/// Why a connection attempt ended without a session, counted by cause
+/// (`connections.refused_by_cause`, `fleetmq_connect_refused_total{cause}`) and logged.
+/// The client never learns it: it gets the MQTT reason code of before (a wrong token,
+/// an unknown device and a backed-off identity all read "not authorized").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCause {
+    /// A username that is no device and no service client, presented as a device
+    /// presents itself (client id = username): an unprovisioned or deleted device.
+    UnknownDevice,
+    /// A username that is no device and no service client, with another client id.
+    UnknownServiceClient,
+    /// A device's token did not match (also a token of before a rotation: the store
+    /// keeps only the current one).
+    WrongToken,
+    /// A service client's password did not match.
+    WrongPassword,
+    /// A device's username (or certificate CN) with another client id.
+    ClientIdMismatch,
+    /// No credentials, and `security.allow_anonymous` is off.
+    AnonymousNotAllowed,
+    /// Refused without checking credentials: too many recent failures for this
+    /// identity from this address, or from this address (`mqtt.auth_backoff`).
+    Backoff,
+    /// `mqtt.max_connections` reached.
+    ConnectionLimit,
+    /// A protocol level other than 3.1.1 (4) and 5.
+    UnsupportedProtocol,
+    /// A first packet that is not a well-formed CONNECT.
+    MalformedConnect,
+    /// An empty client id without a clean session (3.1.1).
+    InvalidClientId,
+    /// A Keep Alive above `mqtt.max_keepalive_s` (3.1.1).
+    KeepAliveTooLong,
+    /// A will topic that is invalid, denied by the ACL, or a payload that did not decrypt.
+    WillRefused,
+    /// No CONNECT within `mqtt.connect_timeout_s` (handshakes included).
+    ConnectTimeout,
+    /// The TLS or WebSocket handshake failed (a bad client certificate, a wrong path).
+    HandshakeFailed,
+    /// The client closed the socket (or it failed) before its CONNECT.
+    ClosedBeforeConnect,
+    /// Our fault: the store or the router failed.
+    ServerUnavailable,
+}
+
+impl RefusalCause {
+    /// Every cause, in the order stats and metrics list them.
+    pub const ALL: [RefusalCause; 17] = [
+        RefusalCause::UnknownDevice,
+        RefusalCause::UnknownServiceClient,
+        RefusalCause::WrongToken,
+        RefusalCause::WrongPassword,
+        RefusalCause::ClientIdMismatch,
+        RefusalCause::AnonymousNotAllowed,
+        RefusalCause::Backoff,
+        RefusalCause::ConnectionLimit,
+        RefusalCause::UnsupportedProtocol,
+        RefusalCause::MalformedConnect,
+        RefusalCause::InvalidClientId,
+        RefusalCause::KeepAliveTooLong,
+        RefusalCause::WillRefused,
+        RefusalCause::ConnectTimeout,
+        RefusalCause::HandshakeFailed,
+        RefusalCause::ClosedBeforeConnect,
+        RefusalCause::ServerUnavailable,
+    ];
+
+    /// The stable snake_case name of stats, metrics, logs and the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            RefusalCause::UnknownDevice => "unknown_device",
+            RefusalCause::UnknownServiceClient => "unknown_service_client",
+            RefusalCause::WrongToken => "wrong_token",
+            RefusalCause::WrongPassword => "wrong_password",
+            RefusalCause::ClientIdMismatch => "client_id_mismatch",
+            RefusalCause::AnonymousNotAllowed => "anonymous_not_allowed",
+            RefusalCause::Backoff => "backoff",
+            RefusalCause::ConnectionLimit => "connection_limit",
+            RefusalCause::UnsupportedProtocol => "unsupported_protocol",
+            RefusalCause::MalformedConnect => "malformed_connect",
+            RefusalCause::InvalidClientId => "invalid_client_id",
+            RefusalCause::KeepAliveTooLong => "keep_alive_too_long",
+            RefusalCause::WillRefused => "will_refused",
+            RefusalCause::ConnectTimeout => "connect_timeout",
+            RefusalCause::HandshakeFailed => "handshake_failed",
+            RefusalCause::ClosedBeforeConnect => "closed_before_connect",
+            RefusalCause::ServerUnavailable => "server_unavailable",
+        }
+    }
+
+    /// Whether the client presented credentials that did not check out: what the
+    /// backoff counts.
+    pub fn is_bad_credentials(self) -> bool {
+        matches!(
+            self,
+            RefusalCause::UnknownDevice
+                | RefusalCause::UnknownServiceClient
+                | RefusalCause::WrongToken
+                | RefusalCause::WrongPassword
+                | RefusalCause::ClientIdMismatch
+        )
+    }
+
+    fn index(self) -> usize {
+        RefusalCause::ALL
+            .iter()
+            .position(|c| *c == self)
+            .unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for RefusalCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// MQTT control packet names by their fixed-header type (1..=15); 0 is reserved.
 const PACKET_TYPES: [&str; 16] = [
     "reserved",
@@ -68,6 +186,8 @@ pub(crate) struct Stats {
     pub(crate) anonymous: AtomicU64,
     pub(crate) accepted_total: AtomicU64,
     pub(crate) refused_total: AtomicU64,
+    /// Refused connection attempts by [`RefusalCause`], in [`RefusalCause::ALL`] order.
+    refused_by_cause: [AtomicU64; RefusalCause::ALL.len()],
     pub(crate) received: AtomicU64,
     pub(crate) sent: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
@@ -175,6 +295,12 @@ impl Stats {
         counter.fetch_add(n, Relaxed);
     }
 
+    /// A connection attempt refused (counted in `refused_total` too).
+    pub(crate) fn refused(&self, cause: RefusalCause) {
+        self.refused_total.fetch_add(1, Relaxed);
+        self.refused_by_cause[cause.index()].fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
@@ -205,6 +331,11 @@ impl Stats {
                 anonymous,
                 accepted_total: get(&self.accepted_total),
                 refused_total: get(&self.refused_total),
+                refused_by_cause: (RefusalCause::ALL.iter())
+                    .zip(&self.refused_by_cause)
+                    .map(|(cause, n)| (cause.name(), get(n)))
+                    .collect(),
+                backoff: BackoffStats::default(),
             },
             messages: MessageStats {
                 received: get(&self.received),
@@ -276,6 +407,21 @@ pub struct ConnectionStats {
     pub anonymous: u64,
     pub accepted_total: u64,
     pub refused_total: u64,
+    /// Refused MQTT connection attempts by [`RefusalCause`] name, every cause listed;
+    /// they add up to `refused_total` less the refused tracker logins
+    /// (`teltonika.logins_refused`).
+    pub refused_by_cause: BTreeMap<&'static str, u64>,
+    /// What `mqtt.auth_backoff` refuses unchecked right now.
+    pub backoff: BackoffStats,
+}
+
+/// Identities and addresses backed off right now (`mqtt.auth_backoff`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackoffStats {
+    /// (identity, address) pairs.
+    pub identities: usize,
+    /// Addresses (IPv6: /64 networks).
+    pub addresses: usize,
 }
 
 /// PUBLISH packets in and out of the broker.

@@ -23,6 +23,7 @@ mod conformance_will;
 mod encryption;
 mod parking_window;
 mod presence;
+mod refusals;
 mod robustness;
 mod session_properties;
 mod slow_consumer;

@@ -53,6 +53,7 @@ pub const ASSETS: &[Asset] = &[
     asset!("/assets/js/live.js", JS),
     asset!("/assets/js/sse.js", JS),
     asset!("/assets/js/chart.js", JS),
+    asset!("/assets/js/refusals.js", JS),
     asset!("/assets/js/pages/overview.js", JS),
     asset!("/assets/js/pages/devices.js", JS),
     asset!("/assets/js/pages/device.js", JS),

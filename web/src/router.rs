@@ -19,8 +19,8 @@ use crate::error::ApiError;
 use crate::query::path_segments;
 use crate::response::ApiResponse;
 use crate::routes::{
-    clients, commands, config, devices, devices_bulk, events, metrics, openapi, publish, retained,
-    service_clients, stats, telemetry, webhooks,
+    clients, commands, config, connections, devices, devices_bulk, events, metrics, openapi,
+    publish, retained, service_clients, stats, telemetry, webhooks,
 };
 use crate::AppState;
 
@@ -80,6 +80,7 @@ pub(crate) const ROUTES: &[Route] = &[
     route("/api/v1/service-clients/{name}", "DELETE"),
     route("/api/v1/clients", "GET"),
     route("/api/v1/clients/{client_id}", "DELETE"),
+    route("/api/v1/connections/refused", "GET"),
     route("/api/v1/publish", "POST"),
     route("/api/v1/retained", "GET, DELETE"),
     route("/api/v1/stats", "GET"),
@@ -180,6 +181,7 @@ where
         }
         ("/api/v1/clients", Method::GET) => clients::list(state, query),
         ("/api/v1/clients/{client_id}", Method::DELETE) => clients::kick(state, p(0)),
+        ("/api/v1/connections/refused", Method::GET) => connections::refused(state, query),
         ("/api/v1/publish", Method::POST) => publish::publish(state, req).await,
         ("/api/v1/retained", Method::GET) => retained::list(state, req.uri().query()),
         ("/api/v1/retained", Method::DELETE) => retained::delete(state, req.uri().query()).await,

@@ -5,5 +5,6 @@ mod admin_key;
 mod api;
 mod dashboard;
 mod devices_bulk;
+mod refusals;
 mod retained;
 mod tokens;

@@ -104,6 +104,10 @@ pub(crate) struct Core {
     pub(crate) stats: Stats,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) auth: Authenticator,
+    /// Failed authentications per identity and address (`mqtt.auth_backoff`).
+    pub(crate) backoff: crate::link::security::backoff::AuthBackoff,
+    /// The recent refused connection attempts.
+    pub(crate) refusals: crate::link::security::refusals::RefusalLog,
     pub(crate) links: Links,
     pub(crate) system: mpsc::Sender<(Publish, Option<PublishProperties>)>,
     /// Wills waiting for their Will Delay Interval.
@@ -172,6 +176,8 @@ impl Core {
             session_store,
             congestion: crate::link::connection::congestion::Congestion::default(),
             auth: Authenticator::new(store.clone(), config.allow_anonymous, &shutdown, &tracker),
+            backoff: crate::link::security::backoff::AuthBackoff::new(config.auth_backoff),
+            refusals: crate::link::security::refusals::RefusalLog::new(config.refusal_log),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             pending: Arc::new(Semaphore::new(config.max_pending_connects)),
             stats: Stats::new(),

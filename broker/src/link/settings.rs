@@ -13,6 +13,8 @@ use crate::settings::{at_least_one, at_least_one_because, listen_addr, ConfigErr
 
 use crate::link::net::settings::{listener_key, same_socket};
 pub use crate::link::net::settings::{ListenerSpec, RawListenerConfig, RawTlsConfig, TlsConfig};
+pub use crate::link::security::backoff::{AuthBackoffConfig, RawAuthBackoffConfig};
+pub use crate::link::security::refusals::RefusalLogConfig;
 use crate::link::teltonika::settings::TeltonikaConfig;
 
 /// Default of `mqtt.max_pending_connects`: enough for a fleet reconnecting at once (a
@@ -53,6 +55,8 @@ pub struct RawMqttConfig {
     /// `[[mqtt.listeners]]`: listeners beside `tcp`, `ws` and `[mqtt.tls]`.
     #[serde(default)]
     pub listeners: Vec<RawListenerConfig>,
+    /// `[mqtt.auth_backoff]`: slowing down failed authentications.
+    pub auth_backoff: Option<RawAuthBackoffConfig>,
 }
 
 /// `[security]` as written.
@@ -115,6 +119,10 @@ pub struct BrokerConfig {
     pub anonymous_rules: Vec<AclRule>,
     /// How long a superseded device key generation is still accepted.
     pub key_grace: Duration,
+    /// `[mqtt.auth_backoff]`: failed authentications backed off per identity and address.
+    pub auth_backoff: AuthBackoffConfig,
+    /// Bounds of the recent refused attempts. Not a config key: tests shrink it.
+    pub refusal_log: RefusalLogConfig,
     /// Commands, telemetry and webhooks (`fleet::settings`), carried to `start`.
     pub fleet: FleetConfig,
     /// `[teltonika]`: the tracker listener (SPEC §10).
@@ -166,6 +174,8 @@ impl BrokerConfig {
             allow_anonymous: false,
             anonymous_rules: default_anonymous_rules(),
             key_grace: Duration::from_secs(24 * 3600),
+            auth_backoff: AuthBackoffConfig::default(),
+            refusal_log: RefusalLogConfig::default(),
             fleet: FleetConfig::default(),
             teltonika: TeltonikaConfig::default(),
         }
@@ -276,6 +286,8 @@ pub fn validate(
         allow_anonymous: security.allow_anonymous.unwrap_or(false),
         anonymous_rules,
         key_grace: Duration::from_secs(security.key_grace_s.unwrap_or(24 * 3600)),
+        auth_backoff: mqtt.auth_backoff.unwrap_or_default().validate()?,
+        refusal_log: RefusalLogConfig::default(),
         fleet,
         teltonika,
     };

@@ -82,6 +82,21 @@ fn connections(e: &mut Exposition, stats: &StatsSnapshot, clients: &[ClientInfo]
         "MQTT connections refused (bad credentials, bad CONNECT).",
         c.refused_total,
     );
+    e.counter_by(
+        "fleetmq_connect_refused_total",
+        "MQTT connection attempts refused, by cause.",
+        "cause",
+        c.refused_by_cause.iter().map(|(cause, n)| (*cause, *n)),
+    );
+    e.gauge_by(
+        "fleetmq_auth_backoff_blocked",
+        "Identities (per address) and addresses refused unchecked after failed authentications.",
+        &["scope"],
+        [
+            (vec!["identity"], c.backoff.identities as u64),
+            (vec!["address"], c.backoff.addresses as u64),
+        ],
+    );
 }
 
 fn traffic(e: &mut Exposition, stats: &StatsSnapshot) {

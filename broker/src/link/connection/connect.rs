@@ -1,8 +1,9 @@
 //! CONNECT: read it within the connect timeout, authenticate, check the will, take over an
 //! existing session, build the router link, and answer with the right CONNACK.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use fleetmq_storage::{now_ms, AclRule};
@@ -15,13 +16,14 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use crate::client::{ClientInfo, ClientKind, Transport};
 use crate::link::codec::framing::{self, FrameError, Version};
-use crate::link::codec::topic;
+pub(crate) use crate::link::connection::refusal::ConnectFailure;
 use crate::link::net::transport::Stream;
 use crate::link::security::acl::Principal;
 use crate::link::security::auth::{Identity, Presented, Refusal};
+use crate::link::security::backoff::Blocked;
 use crate::link::session::live::{Control, LiveEnds};
 use crate::link::Core;
-use crate::stats::DropCause;
+use crate::stats::{DropCause, RefusalCause};
 
 /// A decoded CONNECT.
 pub(crate) struct ConnectRequest {
@@ -31,15 +33,6 @@ pub(crate) struct ConnectRequest {
     pub(crate) will: Option<LastWill>,
     pub(crate) will_props: Option<LastWillProperties>,
     pub(crate) login: Option<Login>,
-}
-
-/// Why no session was established.
-#[derive(Debug)]
-pub(crate) enum ConnectFailure {
-    /// Say nothing, just close (timeout, garbage, I/O error).
-    Close(String),
-    /// Answer with this CONNACK code, then close.
-    Refuse(Version, ConnectReturnCode, String),
 }
 
 /// Reads the first packet, which must be a CONNECT.
@@ -52,16 +45,16 @@ pub(crate) async fn read_connect(
         match framing::peek(buf, max_packet) {
             Ok(Some(frame)) => break frame,
             Ok(None) => {}
-            Err(e) => return Err(ConnectFailure::Close(e.to_string())),
+            Err(e) => return Err(malformed(e)),
         }
         match stream.read(buf).await {
-            Ok(0) => return Err(ConnectFailure::Close("closed before CONNECT".into())),
+            Ok(0) => return Err(closed("closed before CONNECT")),
             Ok(_) => {}
-            Err(e) => return Err(ConnectFailure::Close(e.to_string())),
+            Err(e) => return Err(closed(e.to_string())),
         }
     };
     if frame.packet_type() != 1 {
-        return Err(ConnectFailure::Close(format!(
+        return Err(malformed(format!(
             "first packet has type {}, not CONNECT",
             frame.packet_type()
         )));
@@ -69,13 +62,14 @@ pub(crate) async fn read_connect(
     let version = match framing::connect_version(buf, frame.header_len) {
         Ok(v) => v,
         Err(FrameError::UnsupportedProtocol(level)) => {
-            return Err(ConnectFailure::Refuse(
+            return Err(refuse(
                 Version::V4,
                 ConnectReturnCode::RefusedProtocolVersion,
+                RefusalCause::UnsupportedProtocol,
                 format!("protocol level {level}"),
             ))
         }
-        Err(e) => return Err(ConnectFailure::Close(e.to_string())),
+        Err(e) => return Err(malformed(e)),
     };
     let bytes = buf.split_to(frame.len);
     match framing::decode(version, frame, bytes, max_packet) {
@@ -87,13 +81,14 @@ pub(crate) async fn read_connect(
             will_props,
             login,
         }),
-        Ok(_) => Err(ConnectFailure::Close("not a CONNECT".into())),
+        Ok(_) => Err(malformed("not a CONNECT")),
         Err(e) => {
             let code = match version {
                 Version::V5 => ConnectReturnCode::MalformedPacket,
-                Version::V4 => return Err(ConnectFailure::Close(e.to_string())),
+                Version::V4 => return Err(malformed(e)),
             };
-            Err(ConnectFailure::Refuse(version, code, e.to_string()))
+            let cause = RefusalCause::MalformedConnect;
+            Err(refuse(version, code, cause, e.to_string()))
         }
     }
 }
@@ -126,8 +121,21 @@ pub(crate) struct Established {
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
-fn refuse(version: Version, code: ConnectReturnCode, why: impl Into<String>) -> ConnectFailure {
-    ConnectFailure::Refuse(version, code, why.into())
+fn refuse(
+    version: Version,
+    code: ConnectReturnCode,
+    cause: RefusalCause,
+    why: impl Into<String>,
+) -> ConnectFailure {
+    ConnectFailure::refuse(version, code, cause, why)
+}
+
+fn malformed(why: impl ToString) -> ConnectFailure {
+    ConnectFailure::close(RefusalCause::MalformedConnect, why.to_string())
+}
+
+fn closed(why: impl Into<String>) -> ConnectFailure {
+    ConnectFailure::close(RefusalCause::ClosedBeforeConnect, why)
 }
 
 fn v4_or_v5(version: Version, v4: ConnectReturnCode, v5: ConnectReturnCode) -> ConnectReturnCode {
@@ -185,12 +193,12 @@ fn principal_for(
 
 fn refusal_code(version: Version, refusal: Refusal) -> ConnectReturnCode {
     match refusal {
-        Refusal::NotAuthorized | Refusal::AnonymousRefused => ConnectReturnCode::NotAuthorized,
         Refusal::Unavailable => v4_or_v5(
             version,
             ConnectReturnCode::ServiceUnavailable,
             ConnectReturnCode::ServerUnavailable,
         ),
+        _ => ConnectReturnCode::NotAuthorized,
     }
 }
 
@@ -204,7 +212,7 @@ pub(crate) async fn establish(
 ) -> Result<(Established, Packet), ConnectFailure> {
     core.stats.packet_in(1);
     let version = req.version;
-    let admitted = admit(core, &mut req, cert_cn).await?;
+    let admitted = admit(core, &mut req, peer.ip(), cert_cn).await?;
     let router_key = router_key(&admitted.identity, &admitted.client_id);
 
     // Setup per router client id is serialised, from the takeover to the new entry in
@@ -292,11 +300,12 @@ struct Admitted {
 async fn admit(
     core: &Core,
     req: &mut ConnectRequest,
+    ip: IpAddr,
     cert_cn: Option<&str>,
 ) -> Result<Admitted, ConnectFailure> {
     let version = req.version;
     let (client_id, assigned) = client_id_of(req)?;
-    let identity = authenticate(core, req, &client_id, cert_cn).await?;
+    let identity = authenticate(core, req, &client_id, ip, cert_cn).await?;
     // Only an authenticated client takes a slot: a flood of wrong passwords cannot make
     // the broker "busy" for the fleet.
     let permit = connection_permit(core, version)?;
@@ -306,9 +315,14 @@ async fn admit(
     let session_expiry = (req.props.as_ref())
         .and_then(|p| p.session_expiry_interval)
         .unwrap_or(0);
-    let will = check_will(core, &principal, &identity, req.will.take(), version)?.map(|w| {
-        crate::link::connection::will::Will::new(w, req.will_props.take(), session_expiry)
-    });
+    let will = crate::link::connection::will::check(
+        core,
+        &principal,
+        &identity,
+        req.will.take(),
+        version,
+    )?
+    .map(|w| crate::link::connection::will::Will::new(w, req.will_props.take(), session_expiry));
     Ok(Admitted {
         client_id,
         assigned,
@@ -353,6 +367,7 @@ fn client_id_of(req: &ConnectRequest) -> Result<(String, Option<String>), Connec
         return Err(refuse(
             req.version,
             ConnectReturnCode::ClientIdentifierNotValid,
+            RefusalCause::InvalidClientId,
             "empty client id needs a clean session [MQTT-3.1.3-7]",
         ));
     }
@@ -374,32 +389,57 @@ fn connection_permit(
                 ConnectReturnCode::ServiceUnavailable,
                 ConnectReturnCode::QuotaExceeded,
             ),
+            RefusalCause::ConnectionLimit,
             "mqtt.max_connections reached",
         )
     })
 }
 
-/// Who the client is, from its username, password and certificate.
+/// Who the client is, from its username, password and certificate; unchecked and
+/// refused while its identity or address is backed off (`mqtt.auth_backoff`), whose
+/// failures and successes it reports.
 async fn authenticate(
     core: &Core,
     req: &ConnectRequest,
     client_id: &str,
+    ip: IpAddr,
     cert_cn: Option<&str>,
 ) -> Result<Identity, ConnectFailure> {
+    let version = req.version;
+    let username = (req.login.as_ref())
+        .map(|l| l.username.as_str())
+        .filter(|u| !u.is_empty());
+    // What a guesser repeats: the username, or the client id without one.
+    let guessed = Some(username.unwrap_or(client_id));
+    if let Some(blocked) = core.backoff.check(guessed, ip, Instant::now()) {
+        let why = match blocked {
+            Blocked::Identity => "this identity failed too often from this address",
+            Blocked::Address => "this address failed too often",
+        };
+        let code = ConnectReturnCode::NotAuthorized;
+        let failure = refuse(version, code, RefusalCause::Backoff, why);
+        return Err(failure.telling("NotAuthorized"));
+    }
     let presented = Presented {
         client_id,
-        username: req
-            .login
-            .as_ref()
-            .map(|l| l.username.as_str())
-            .filter(|u| !u.is_empty()),
+        username,
         password: req.login.as_ref().map(|l| l.password.as_bytes()),
         cert_cn,
     };
-    core.auth
-        .authenticate(presented)
-        .await
-        .map_err(|r| refuse(req.version, refusal_code(req.version, r), format!("{r:?}")))
+    match core.auth.authenticate(presented).await {
+        Ok(identity) => {
+            core.backoff.succeeded(guessed, ip);
+            Ok(identity)
+        }
+        Err(r) => {
+            let cause = r.cause();
+            if cause.is_bad_credentials() {
+                core.backoff.failed(guessed, ip, Instant::now());
+            }
+            let failure = refuse(version, refusal_code(version, r), cause, r.detail());
+            Err(failure.telling(r.told()))
+        }
+    }
 }
 
 /// Builds the connection's router link. If that fails after an old connection of the
@@ -430,7 +470,8 @@ async fn join_router(
                 ConnectReturnCode::ServiceUnavailable,
                 ConnectReturnCode::ServerUnavailable,
             ),
-            e,
+            RefusalCause::ServerUnavailable,
+            format!("router link: {e}"),
         )
     })?;
     Ok((link_tx, link_rx))
@@ -491,6 +532,7 @@ fn capped_keep_alive(
         Version::V4 => Err(refuse(
             version,
             ConnectReturnCode::ClientIdentifierNotValid,
+            RefusalCause::KeepAliveTooLong,
             format!("keep alive {asked} s is not within mqtt.max_keepalive_s = {cap}"),
         )),
     }
@@ -515,56 +557,4 @@ fn connack_properties(
         topic_alias_max: Some(core.config.topic_alias_max),
         ..ConnAckProperties::default()
     })
-}
-
-/// Will topics pass the same ACL as a PUBLISH; an encrypted device's will is decrypted now.
-fn check_will(
-    core: &Core,
-    principal: &Principal,
-    identity: &Identity,
-    will: Option<LastWill>,
-    version: Version,
-) -> Result<Option<LastWill>, ConnectFailure> {
-    let Some(mut will) = will else {
-        return Ok(None);
-    };
-    let topic = std::str::from_utf8(&will.topic)
-        .unwrap_or_default()
-        .to_owned();
-    if !topic::valid_topic_name(&topic) {
-        let code = v4_or_v5(
-            version,
-            ConnectReturnCode::NotAuthorized,
-            ConnectReturnCode::TopicNameInvalid,
-        );
-        return Err(refuse(
-            version,
-            code,
-            format!("invalid will topic {topic:?}"),
-        ));
-    }
-    if !principal.may_publish(&topic) {
-        core.stats.dropped(DropCause::AclPublish);
-        return Err(refuse(
-            version,
-            ConnectReturnCode::NotAuthorized,
-            format!("will topic {topic:?} denied by ACL"),
-        ));
-    }
-    if let Identity::Device(device) = identity {
-        if let Some(mut crypto) = core.crypto_for(device) {
-            match crypto.open(&topic, &will.message) {
-                Ok(plain) => will.message = plain.into(),
-                Err(e) => {
-                    core.stats.dropped(DropCause::DecryptFailed);
-                    return Err(refuse(
-                        version,
-                        ConnectReturnCode::NotAuthorized,
-                        format!("will payload: {e}"),
-                    ));
-                }
-            }
-        }
-    }
-    Ok(Some(will))
 }

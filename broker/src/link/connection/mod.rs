@@ -13,6 +13,7 @@ pub(crate) mod hold;
 pub(crate) mod ingress;
 pub(crate) mod outbound;
 pub(crate) mod outbound_alias;
+pub(crate) mod refusal;
 pub(crate) mod subscribe;
 pub(crate) mod subscriptions;
 pub(crate) mod will;

@@ -8,10 +8,16 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttd::protocol::{LastWill, LastWillProperties, PublishProperties};
+use rumqttd::protocol::{ConnectReturnCode, LastWill, LastWillProperties, PublishProperties};
 use tokio_util::sync::CancellationToken;
 
+use crate::link::codec::framing::Version;
+use crate::link::codec::topic;
+use crate::link::connection::refusal::ConnectFailure;
+use crate::link::security::acl::Principal;
+use crate::link::security::auth::Identity;
 use crate::link::Core;
+use crate::stats::{DropCause, RefusalCause};
 
 /// A will accepted at CONNECT (ACL-checked, decrypted).
 #[derive(Debug, Clone)]
@@ -140,4 +146,58 @@ async fn publish(core: &Core, will: &Will) {
     {
         tracing::error!(topic, error = e, "could not publish a will");
     }
+}
+
+/// Will topics pass the same ACL as a PUBLISH; an encrypted device's will is decrypted now.
+pub(crate) fn check(
+    core: &Core,
+    principal: &Principal,
+    identity: &Identity,
+    will: Option<LastWill>,
+    version: Version,
+) -> Result<Option<LastWill>, ConnectFailure> {
+    let Some(mut will) = will else {
+        return Ok(None);
+    };
+    let topic = std::str::from_utf8(&will.topic)
+        .unwrap_or_default()
+        .to_owned();
+    if !topic::valid_topic_name(&topic) {
+        let code = match version {
+            Version::V4 => ConnectReturnCode::NotAuthorized,
+            Version::V5 => ConnectReturnCode::TopicNameInvalid,
+        };
+        return Err(ConnectFailure::refuse(
+            version,
+            code,
+            RefusalCause::WillRefused,
+            format!("invalid will topic {topic:?}"),
+        ));
+    }
+    if !principal.may_publish(&topic) {
+        core.stats.dropped(DropCause::AclPublish);
+        return Err(ConnectFailure::refuse(
+            version,
+            ConnectReturnCode::NotAuthorized,
+            RefusalCause::WillRefused,
+            format!("will topic {topic:?} denied by ACL"),
+        ));
+    }
+    if let Identity::Device(device) = identity {
+        if let Some(mut crypto) = core.crypto_for(device) {
+            match crypto.open(&topic, &will.message) {
+                Ok(plain) => will.message = plain.into(),
+                Err(e) => {
+                    core.stats.dropped(DropCause::DecryptFailed);
+                    return Err(ConnectFailure::refuse(
+                        version,
+                        ConnectReturnCode::NotAuthorized,
+                        RefusalCause::WillRefused,
+                        format!("will payload: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Some(will))
 }

@@ -27,13 +27,13 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 
 use crate::client::Transport;
-use crate::link::codec::framing::{self, Version};
 use crate::link::connection::connect::{self, ConnectFailure};
+use crate::link::connection::refusal::{self, Attempt};
 use crate::link::connection::Connection;
 use crate::link::net::transport::Stream;
 use crate::link::settings::{BrokerConfig, ListenerSpec};
 use crate::link::Core;
-use rumqttd::protocol::{ConnAck, Packet};
+use crate::stats::RefusalCause;
 
 /// The broker's bound MQTT listeners. Bind first, then start: tests bind port 0.
 pub struct Listeners {
@@ -222,6 +222,12 @@ async fn handshake(core: Arc<Core>, accepted: Accepted, kind: Kind) {
         pending,
         deadline,
     } = accepted;
+    let transport = match kind {
+        Kind::Tcp => Transport::Tcp,
+        Kind::Ws => Transport::Ws,
+        Kind::Tls(_) => Transport::Tls,
+        Kind::Wss(_) => Transport::Wss,
+    };
     let upgraded = tokio::time::timeout_at(deadline, async {
         match kind {
             Kind::Tcp => Ok((Stream::Tcp(socket), Transport::Tcp, None)),
@@ -253,8 +259,17 @@ async fn handshake(core: Arc<Core>, accepted: Accepted, kind: Kind) {
             };
             serve(core, stream, client).await
         }
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "handshake failed"),
-        Err(_) => tracing::debug!(%peer, "handshake timed out"),
+        Ok(Err(e)) => {
+            let failure = ConnectFailure::close(RefusalCause::HandshakeFailed, e.to_string());
+            let attempt = Attempt::new(peer, transport);
+            refusal::refuse(&core, None, attempt, failure).await;
+        }
+        Err(_) => {
+            let why = "handshake not done within mqtt.connect_timeout_s";
+            let failure = ConnectFailure::close(RefusalCause::ConnectTimeout, why);
+            let attempt = Attempt::new(peer, transport);
+            refusal::refuse(&core, None, attempt, failure).await;
+        }
     }
 }
 
@@ -323,12 +338,21 @@ async fn serve(core: Arc<Core>, mut stream: Stream, client: Client) {
     .await
     {
         Ok(r) => r,
-        Err(_) => Err(ConnectFailure::Close(
-            "no CONNECT within mqtt.connect_timeout_s".into(),
+        Err(_) => Err(ConnectFailure::close(
+            RefusalCause::ConnectTimeout,
+            "no CONNECT within mqtt.connect_timeout_s",
         )),
     };
+    let mut attempt = Attempt::new(peer, transport);
     let established = match request {
-        Ok(req) => connect::establish(&core, req, peer, transport, cert_cn.as_deref()).await,
+        Ok(req) => {
+            attempt.client_id = Some(req.connect.client_id.clone()).filter(|c| !c.is_empty());
+            attempt.username = (req.login.as_ref())
+                .map(|l| l.username.clone())
+                .filter(|u| !u.is_empty());
+            attempt.version = Some(req.version);
+            connect::establish(&core, req, peer, transport, cert_cn.as_deref()).await
+        }
         Err(e) => Err(e),
     };
     // Answered (or about to be): the next socket may be accepted.
@@ -339,42 +363,6 @@ async fn serve(core: Arc<Core>, mut stream: Stream, client: Client) {
                 .run(connack)
                 .await;
         }
-        Err(failure) => refuse(&core, stream, peer, failure).await,
+        Err(failure) => refusal::refuse(&core, Some(stream), attempt, failure).await,
     }
-}
-
-async fn refuse(core: &Core, mut stream: Stream, peer: SocketAddr, failure: ConnectFailure) {
-    core.stats
-        .refused_total
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match failure {
-        ConnectFailure::Close(why) => {
-            tracing::debug!(%peer, why, "connection closed before CONNACK")
-        }
-        ConnectFailure::Refuse(version, code, why) => {
-            tracing::info!(%peer, ?code, why, "CONNECT refused");
-            let mut out = BytesMut::new();
-            // v5 clients are told why (3.1.1 has no room for it).
-            let props = rumqttd::protocol::ConnAckProperties {
-                reason_string: Some(why),
-                ..Default::default()
-            };
-            let ack = Packet::ConnAck(
-                ConnAck {
-                    session_present: false,
-                    code,
-                },
-                Some(props),
-            );
-            let packet = if version == Version::V4 {
-                crate::link::strip_properties(ack)
-            } else {
-                ack
-            };
-            if framing::encode(version, packet, &mut out).is_ok() {
-                let _ = stream.write_all(&out).await;
-            }
-        }
-    }
-    stream.shutdown().await;
 }

@@ -34,6 +34,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::stats::RefusalCause;
+
 /// Verified legacy credentials waiting for their upgrade; past that many, a device is
 /// upgraded at a later connect instead.
 const UPGRADE_QUEUE: usize = 4096;
@@ -48,15 +50,67 @@ pub(crate) enum Identity {
     Anonymous,
 }
 
-/// Why a CONNECT was refused.
+/// Why a CONNECT was refused. Only the log and the counters tell these apart: the
+/// client reads "not authorized" for each of the first five.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// Unknown user, wrong password, or a device whose client id is not its id.
-    NotAuthorized,
+    /// A username that is no device and no service client.
+    UnknownUser {
+        /// Whether it was presented the way a device presents itself (a device id, the
+        /// client id being the same).
+        as_device: bool,
+    },
+    /// A device's token did not match.
+    WrongToken,
+    /// A service client's password did not match.
+    WrongPassword,
+    /// A device's username or certificate with another client id (or username).
+    ClientIdMismatch,
     /// No credentials and anonymous clients are not allowed.
     AnonymousRefused,
     /// The store failed: our fault, not the client's.
     Unavailable,
+}
+
+impl Refusal {
+    pub(crate) fn cause(self) -> RefusalCause {
+        match self {
+            Refusal::UnknownUser { as_device: true } => RefusalCause::UnknownDevice,
+            Refusal::UnknownUser { as_device: false } => RefusalCause::UnknownServiceClient,
+            Refusal::WrongToken => RefusalCause::WrongToken,
+            Refusal::WrongPassword => RefusalCause::WrongPassword,
+            Refusal::ClientIdMismatch => RefusalCause::ClientIdMismatch,
+            Refusal::AnonymousRefused => RefusalCause::AnonymousNotAllowed,
+            Refusal::Unavailable => RefusalCause::ServerUnavailable,
+        }
+    }
+
+    /// What happened, for the log.
+    pub(crate) fn detail(self) -> &'static str {
+        match self {
+            Refusal::UnknownUser { as_device: true } => {
+                "no device with this id (never provisioned, or deleted)"
+            }
+            Refusal::UnknownUser { as_device: false } => {
+                "no device or service client with this username"
+            }
+            Refusal::WrongToken => "the token is not the device's current one",
+            Refusal::WrongPassword => "the password is not the service client's",
+            Refusal::ClientIdMismatch => "a device connects with client id = username = its id",
+            Refusal::AnonymousRefused => "no credentials, and security.allow_anonymous is off",
+            Refusal::Unavailable => "the store could not be read",
+        }
+    }
+
+    /// The MQTT 5 reason string, as before there were causes: every bad credential
+    /// reads the same, so a guesser learns nothing from it.
+    pub(crate) fn told(self) -> &'static str {
+        match self {
+            Refusal::AnonymousRefused => "AnonymousRefused",
+            Refusal::Unavailable => "Unavailable",
+            _ => "NotAuthorized",
+        }
+    }
 }
 
 /// Credentials a CONNECT presented.
@@ -122,7 +176,7 @@ impl Authenticator {
             let found = self.store.call(move |s| s.get_device(&id));
             if let Some(device) = found.await.map_err(|_| Refusal::Unavailable)? {
                 if p.client_id != device.id.as_str() {
-                    return Err(Refusal::NotAuthorized);
+                    return Err(Refusal::ClientIdMismatch);
                 }
                 let device = self.check_device(device, password).await?;
                 return Ok(Identity::Device(Box::new(device)));
@@ -133,7 +187,8 @@ impl Authenticator {
         let Some(client) = found.map_err(|_| Refusal::Unavailable)? else {
             // Costs what a wrong token for a known device costs.
             std::hint::black_box(self.decoy.verify(self.store.token_key(), password));
-            return Err(Refusal::NotAuthorized);
+            let as_device = p.client_id == username && username.parse::<DeviceId>().is_ok();
+            return Err(Refusal::UnknownUser { as_device });
         };
         self.check_service(&client, password).await?;
         Ok(Identity::Service(client))
@@ -153,7 +208,7 @@ impl Authenticator {
             return Ok(None);
         };
         if p.client_id != cn || p.username.is_some_and(|u| u != cn) {
-            return Err(Refusal::NotAuthorized);
+            return Err(Refusal::ClientIdMismatch);
         }
         Ok(Some(Identity::Device(Box::new(device))))
     }
@@ -170,12 +225,12 @@ impl Authenticator {
                 return if keyed.verify(self.store.token_key(), token) {
                     Ok(device)
                 } else {
-                    Err(Refusal::NotAuthorized)
+                    Err(Refusal::WrongToken)
                 };
             }
         };
         if !self.slow_verify(legacy.clone(), token).await? {
-            return Err(Refusal::NotAuthorized);
+            return Err(Refusal::WrongToken);
         }
         let upgrade = CredentialUpgrade {
             id: device.id.clone(),
@@ -198,7 +253,7 @@ impl Authenticator {
             return Ok(());
         }
         if !self.slow_verify(stored.clone(), secret).await? {
-            return Err(Refusal::NotAuthorized);
+            return Err(Refusal::WrongPassword);
         }
         self.remembered.insert(&client.name, stored, secret);
         Ok(())

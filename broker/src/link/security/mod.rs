@@ -1,8 +1,11 @@
 //! Who may do what: device and service-client authentication (`auth`), the SPEC §3
 //! topic permissions (`acl`), and the SPEC §4 payload envelope (`crypto`) with the
-//! per-connection device keys (`sealing`).
+//! per-connection device keys (`sealing`); the failure backoff against password guessing
+//! (`backoff`) and the recent refused attempts (`refusals`).
 
 pub(crate) mod acl;
 pub(crate) mod auth;
+pub(crate) mod backoff;
 pub mod crypto;
+pub(crate) mod refusals;
 pub(crate) mod sealing;

@@ -66,6 +66,24 @@ impl Client {
         }
     }
 
+    /// Opens a TCP connection from `local` (on Linux every address of 127/8 is the
+    /// loopback's), so that tests can tell clients apart by address.
+    pub async fn open_tcp_from(target: &Target, local: std::net::IpAddr, ver: Ver) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("tcp socket");
+        socket
+            .bind((local, 0).into())
+            .expect("bind the local address");
+        let s = socket.connect(target.tcp).await.expect("tcp connect");
+        s.set_nodelay(true).ok();
+        Client {
+            io: Io::Tcp(s),
+            ver,
+            buf: BytesMut::new(),
+            next_pkid: 1,
+            stash: Vec::new(),
+        }
+    }
+
     pub fn v5(&self) -> bool {
         self.ver == Ver::V5
     }

@@ -1,10 +1,13 @@
-// Connected MQTT clients (`GET /api/v1/clients`), with kick (`DELETE .../{client_id}`).
+// Connected MQTT clients (`GET /api/v1/clients`), with kick (`DELETE .../{client_id}`),
+// and the recent refused connection attempts with their causes.
 
 import { del, enc, get } from '../api.js';
 import { ago, fill, h, toast } from '../dom.js';
+import { loadRefusals, refusalTable, renderRefusals } from '../refusals.js';
 
 export function mount(root) {
   const body = h('tbody');
+  const [refusedTable, refusedBody] = refusalTable('refused');
   let stopped = false;
   const kick = async (c) => {
     if (!confirm(`Disconnect ${c.client_id}?`)) return;
@@ -20,7 +23,9 @@ export function mount(root) {
       items = items.concat(page.items);
       cursor = page.next_cursor;
     } while (cursor && items.length < 5000);
+    const refused = await loadRefusals({ limit: 100 });
     if (stopped) return;
+    renderRefusals(refusedBody, refused.items);
     fill(body, items.length ? items.map((c) => h('tr', { dataset: { client: c.client_id } },
       h('td', {}, c.kind === 'device' ? h('a', { href: `#/devices/${enc(c.client_id)}` }, c.client_id) : c.client_id),
       h('td', {}, c.kind), h('td', {}, c.username ?? '—'), h('td', {}, c.protocol), h('td', {}, c.transport),
@@ -30,7 +35,10 @@ export function mount(root) {
   };
   fill(root, h('h1', {}, 'Connected clients'), h('div', { class: 'panel' },
     h('table', { id: 'clients' }, h('thead', {}, h('tr', {},
-      ['client id', 'kind', 'username', 'protocol', 'transport', 'peer', 'connected', ''].map((t) => h('th', {}, t)))), body)));
+      ['client id', 'kind', 'username', 'protocol', 'transport', 'peer', 'connected', ''].map((t) => h('th', {}, t)))), body)),
+    h('div', { class: 'panel' }, h('h2', {}, 'Refused connection attempts'),
+      h('p', { class: 'muted' }, 'The newest first; repeats of one address, client id and cause are counted on one row. Clients are only told "not authorized" and the like.'),
+      refusedTable));
   load();
   return { refresh: load, unmount: () => { stopped = true; } };
 }

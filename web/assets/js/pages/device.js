@@ -1,9 +1,11 @@
 // One device: presence and reported status, telemetry charts, commands (send one and
-// watch it to its terminal state), config, credential and key rotation.
+// watch it to its terminal state), config, credential and key rotation, and why its
+// last connection attempts were refused.
 
 import { ApiError, del, enc, get, post, put, qs } from '../api.js';
 import { lineChart } from '../chart.js';
 import { ago, badge, dot, fill, fmtTime, h, json, labelChips, parseJsonField, secretBox, toast } from '../dom.js';
+import { loadRefusals, refusalTable, renderRefusals } from '../refusals.js';
 
 const TERMINAL = new Set(['completed', 'failed', 'expired', 'cancelled', 'superseded']);
 const RANGES = [['15m', 15 * 60e3], ['1h', 3600e3], ['6h', 6 * 3600e3], ['24h', 86400e3], ['7d', 7 * 86400e3]];
@@ -105,6 +107,11 @@ export function mount(root, ctx, id) {
     status.textContent = json(d.reported_status);
     if (!history.length && d.connected_at) history.push({ type: d.online ? 'connected' : 'last connected', at: d.connected_at });
     renderPresence();
+  };
+  const [refusedTable, refusedBody] = refusalTable('device-refused', { compact: true });
+  const loadRefused = async () => {
+    const page = await loadRefusals({ identity: id, limit: 10 });
+    if (!stopped) renderRefusals(refusedBody, page.items, { compact: true });
   };
   const renderPresence = () => fill(presence, history.length
     ? history.slice(0, 50).map((e) => h('li', { dataset: { type: e.type } }, h('span', { class: 'muted' }, fmtTime(e.at)), ' ', e.type))
@@ -224,7 +231,8 @@ export function mount(root, ctx, id) {
           h('button', { type: 'button', id: 'rotate-credentials', onclick: () => rotate('credentials') }, 'Rotate credentials'),
           h('button', { type: 'button', id: 'rotate-key', onclick: () => rotate('key') }, 'Rotate key'),
           h('button', { type: 'button', class: 'danger', onclick: remove }, 'Delete')), secrets),
-      h('div', { class: 'panel' }, h('h2', {}, 'Reported status'), status, h('h2', {}, 'Presence history'), presence)),
+      h('div', { class: 'panel' }, h('h2', {}, 'Reported status'), status, h('h2', {}, 'Presence history'), presence,
+        h('h2', {}, 'Refused connection attempts'), refusedTable)),
     h('div', { class: 'panel' }, h('div', { class: 'spread' }, h('h2', {}, 'Telemetry'), h('label', { class: 'row' }, 'range', range)),
       position, charts, h('h2', {}, 'Latest values'), h('table', {}, h('thead', {}, h('tr', {}, ['key', 'value', 'at'].map((t) => h('th', {}, t)))), latest)),
     h('div', { class: 'grid' },
@@ -238,13 +246,16 @@ export function mount(root, ctx, id) {
   range.addEventListener('change', () => loadTelemetry());
 
   const refresh = async () => {
-    await Promise.all([loadInfo(), loadCommands(), loadConfig(), loadTelemetry()]);
+    await Promise.all([loadInfo(), loadCommands(), loadConfig(), loadTelemetry(), loadRefused()]);
   };
   refresh().catch((err) => {
     if (err.status === 404) fill(root, h('div', { class: 'panel' }, `No device ${id}. `, h('a', { href: '#/devices' }, 'All devices')));
     else throw err;
   });
-  const telemetryTimer = setInterval(() => loadTelemetry().catch(() => {}), TELEMETRY_EVERY_MS);
+  const telemetryTimer = setInterval(() => {
+    loadTelemetry().catch(() => {});
+    loadRefused().catch(() => {});
+  }, TELEMETRY_EVERY_MS);
   for (const ev of ctx.recent.filter((e) => e.device_id === id && e.type.startsWith('device.'))) history.push(ev);
 
   return {

@@ -3,6 +3,7 @@
 
 import { get } from '../api.js';
 import { ago, badge, fill, fmtNum, h } from '../dom.js';
+import { causeLabel } from '../refusals.js';
 
 /** Devices counted for the offline figure, at most (pages of 1000). */
 const MAX_COUNTED = 10000;
@@ -27,11 +28,13 @@ export function mount(root, ctx) {
   const cards = h('div', { class: 'cards' });
   const commands = h('div');
   const drops = h('div');
+  const refused = h('div', { id: 'refused-by-cause' });
   const events = h('ul', { class: 'events' });
   fill(root, h('h1', {}, 'Fleet overview'), cards,
     h('div', { class: 'grid' },
       h('div', { class: 'panel' }, h('h2', {}, 'Commands by state'), commands),
       h('div', { class: 'panel' }, h('h2', {}, 'Drops by cause'), drops),
+      h('div', { class: 'panel' }, h('h2', {}, 'Refused connections'), refused),
       h('div', { class: 'panel' }, h('h2', {}, 'Live events'), events)));
   let prev = null;
   let devices = null;
@@ -71,7 +74,17 @@ export function mount(root, ctx) {
       : h('p', { class: 'empty' }, 'No commands yet.'));
     fill(drops, h('table', {}, h('tbody', {}, Object.entries(stats.drops).map(([cause, n]) =>
       h('tr', {}, h('td', {}, cause.replaceAll('_', ' ')), h('td', { class: 'num' }, fmtNum(n)))))));
+    renderRefused(stats.connections);
     renderEvents();
+  };
+  const renderRefused = (c) => {
+    const causes = Object.entries(c.refused_by_cause || {}).filter(([, n]) => n > 0);
+    const backoff = c.backoff || {};
+    fill(refused, causes.length
+      ? h('table', {}, h('tbody', {}, causes.map(([cause, n]) => h('tr', {}, h('td', {}, causeLabel(cause)), h('td', { class: 'num' }, fmtNum(n))))))
+      : h('p', { class: 'empty' }, 'No refused connections.'),
+    h('p', { class: 'muted' }, `Backed off now: ${fmtNum(backoff.identities)} identities, ${fmtNum(backoff.addresses)} addresses · `,
+      h('a', { href: '#/clients' }, 'recent attempts')));
   };
   const refreshDevices = async () => {
     devices = await countDevices();
