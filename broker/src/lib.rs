@@ -118,7 +118,10 @@ pub async fn start(
     link::sys::spawn_ticker(&core, tracker);
     // TLS session tickets are sealed under a secret of this install, so they resume
     // across restarts (`link/net/tickets.rs`).
-    (listeners.tickets).set_secret(store_key.derive(b"fleetmq tls session tickets v1"));
+    let ticket_secret = store_key.derive(b"fleetmq tls session tickets v1");
+    for keys in &listeners.tickets {
+        keys.set_secret(ticket_secret);
+    }
     link::spawn_listeners(&core, listeners, tracker);
     Ok(BrokerHandle { core, services })
 }

@@ -45,7 +45,7 @@ pub struct Listeners {
     /// `teltonika.listen` (SPEC §10).
     pub(crate) teltonika: Option<TcpListener>,
     /// The session-ticket keys of every TLS listener; given their secret at start.
-    pub(crate) tickets: Arc<crate::link::net::tickets::TicketKeys>,
+    pub(crate) tickets: Vec<Arc<crate::link::net::tickets::TicketKeys>>,
 }
 
 impl Listeners {
@@ -61,10 +61,10 @@ impl Listeners {
                 None => Ok(None),
             }
         };
-        let tickets = Arc::new(crate::link::net::tickets::TicketKeys::default());
+        let mut tickets = Vec::new();
         let tls = match &config.tls {
             Some(tls) => {
-                let acceptor = crate::link::net::tls::acceptor(tls, &tickets)?;
+                let acceptor = crate::link::net::tls::acceptor(tls, &mut tickets)?;
                 bind(Some(tls.listen)).await?.map(|l| (l, acceptor))
             }
             None => None,
@@ -75,10 +75,10 @@ impl Listeners {
                 ListenerSpec::Tcp(_) => Kind::Tcp,
                 ListenerSpec::Ws(_) => Kind::Ws,
                 ListenerSpec::Tls(tls) => {
-                    Kind::Tls(crate::link::net::tls::acceptor(tls, &tickets)?)
+                    Kind::Tls(crate::link::net::tls::acceptor(tls, &mut tickets)?)
                 }
                 ListenerSpec::Wss(tls) => {
-                    Kind::Wss(crate::link::net::tls::acceptor(tls, &tickets)?)
+                    Kind::Wss(crate::link::net::tls::acceptor(tls, &mut tickets)?)
                 }
             };
             if let Some(listener) = bind(Some(spec.listen())).await? {

@@ -8,6 +8,10 @@
 //! again, which bounds what a leaked period key exposes. rustls resumes TLS 1.3 only with
 //! a fresh (EC)DHE exchange, so a ticket key never decrypts recorded traffic.
 //!
+//! Each TLS listener has keys of its own (the label names its address, certificate and
+//! client CA), so a ticket issued where no client certificate is asked for never resumes
+//! a session on a listener that requires one.
+//!
 //! The secret is set once the store is open ([`TicketKeys::set_secret`]), before the
 //! listeners accept; until then no ticket is issued.
 
@@ -23,8 +27,10 @@ pub(crate) const PERIOD_S: u64 = 12 * 3600;
 /// Bytes before the sealed part: the period (u32, big-endian) and the nonce.
 const HEADER: usize = 4 + NONCE_LEN;
 
-/// The ticketer shared by every TLS listener's `ServerConfig`.
+/// One TLS listener's ticketer.
 pub(crate) struct TicketKeys {
+    /// Which listener: part of every key's derivation.
+    label: Vec<u8>,
     secret: OnceLock<hmac::Key>,
     /// The last two periods' keys, derived once each.
     cache: Mutex<Vec<(u32, std::sync::Arc<LessSafeKey>)>>,
@@ -39,17 +45,17 @@ impl std::fmt::Debug for TicketKeys {
     }
 }
 
-impl Default for TicketKeys {
-    fn default() -> Self {
+impl TicketKeys {
+    /// Keys for the listener that `label` names.
+    pub(crate) fn new(label: impl Into<Vec<u8>>) -> TicketKeys {
         TicketKeys {
+            label: label.into(),
             secret: OnceLock::new(),
             cache: Mutex::new(Vec::with_capacity(2)),
             rng: SystemRandom::new(),
         }
     }
-}
 
-impl TicketKeys {
     /// Sets the install's ticket secret (32 bytes derived from the database's key); the
     /// first call wins.
     pub(crate) fn set_secret(&self, secret: [u8; 32]) {
@@ -70,6 +76,7 @@ impl TicketKeys {
         }
         let mut label = b"fleetmq tls ticket key v1 ".to_vec();
         label.extend_from_slice(&period.to_be_bytes());
+        label.extend_from_slice(&self.label);
         let tag = hmac::sign(secret, &label);
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, &tag.as_ref()[..32]).ok()?;
         let key = std::sync::Arc::new(LessSafeKey::new(unbound));
@@ -139,7 +146,7 @@ mod tests {
     use super::*;
 
     fn keys(secret: u8) -> TicketKeys {
-        let k = TicketKeys::default();
+        let k = TicketKeys::new("listener");
         k.set_secret([secret; 32]);
         k
     }
@@ -158,6 +165,10 @@ mod tests {
     fn another_install_or_a_changed_byte_opens_nothing() {
         let t = keys(1).seal(7, b"x").unwrap();
         assert_eq!(keys(2).open(7, &t), None);
+        // Another listener of the same install does not either.
+        let other = TicketKeys::new("another listener");
+        other.set_secret([1; 32]);
+        assert_eq!(other.open(7, &t), None);
         // The same secret (a restart) opens it.
         assert_eq!(keys(1).open(7, &t).as_deref(), Some(&b"x"[..]));
         for i in 0..t.len() {
@@ -172,7 +183,7 @@ mod tests {
 
     #[test]
     fn without_a_secret_nothing_is_issued() {
-        let k = TicketKeys::default();
+        let k = TicketKeys::new("listener");
         assert_eq!(k.seal(1, b"x"), None);
     }
 }

@@ -44,7 +44,10 @@ fn key(path: &Path) -> io::Result<PrivateKeyDer<'static>> {
 
 /// Builds the acceptor of `[mqtt.tls]` or of a `tls`/`wss` entry of `[[mqtt.listeners]]`;
 /// errors name the file at fault.
-pub(crate) fn acceptor(config: &TlsConfig, tickets: &Arc<TicketKeys>) -> io::Result<TlsAcceptor> {
+pub(crate) fn acceptor(
+    config: &TlsConfig,
+    tickets: &mut Vec<Arc<TicketKeys>>,
+) -> io::Result<TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -65,8 +68,21 @@ pub(crate) fn acceptor(config: &TlsConfig, tickets: &Arc<TicketKeys>) -> io::Res
     let mut server = builder
         .with_single_cert(certs(&config.cert)?, key(&config.key)?)
         .map_err(|e| invalid(&config.key, e))?;
-    // Stateless resumption whose tickets outlive a restart (`tickets.rs`).
-    server.ticketer = tickets.clone();
+    // Stateless resumption whose tickets outlive a restart, never valid at another
+    // listener (`tickets.rs`).
+    let label = format!(
+        "{}|{}|{:?}",
+        config.listen,
+        config.cert.display(),
+        config
+            .client_ca
+            .as_deref()
+            .map(Path::display)
+            .map(|p| p.to_string())
+    );
+    let keys = Arc::new(TicketKeys::new(label));
+    tickets.push(keys.clone());
+    server.ticketer = keys;
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
