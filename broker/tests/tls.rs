@@ -985,8 +985,17 @@ async fn a_bad_file_of_an_extra_listener_fails_bind_naming_the_path() {
 }
 
 /// A TLS handshake with `client` (which keeps tickets between calls) and an MQTT CONNECT
-/// as `dev-1`; whether the handshake resumed a session.
+/// as `dev-1` with its token; whether the handshake resumed a session.
 async fn tls_connect(port: u16, client: &Arc<ClientConfig>) -> rustls::HandshakeKind {
+    tls_connect_as(port, client, true).await
+}
+
+/// [`tls_connect`], with the token or (`token` false) by the client certificate alone.
+async fn tls_connect_as(
+    port: u16,
+    client: &Arc<ClientConfig>,
+    token: bool,
+) -> rustls::HandshakeKind {
     let tcp = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
@@ -996,10 +1005,16 @@ async fn tls_connect(port: u16, client: &Arc<ClientConfig>) -> rustls::Handshake
         .await
         .expect("TLS handshake");
     let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
-    let connect = [
+    let mut connect = vec![
         0x10, 29, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60, 0, 5, b'd', b'e', b'v', b'-', b'1',
         0, 5, b'd', b'e', b'v', b'-', b'1', 0, 3, b't', b'o', b'k',
     ];
+    if !token {
+        // Clean session only, no username or password.
+        connect.truncate(19);
+        connect[1] = 17;
+        connect[9] = 0x02;
+    }
     tls.write_all(&connect).await.expect("CONNECT");
     tls.flush().await.expect("CONNECT sent");
     let mut connack = [0u8; 4];
@@ -1054,4 +1069,16 @@ async fn tls_sessions_resume_and_survive_a_restart_of_the_broker() {
         tls_connect(port, &client).await,
         rustls::HandshakeKind::Full
     );
+    other.stop().await;
+
+    // A resumed session keeps the client certificate it was made with: a device that
+    // authenticates by its certificate alone still does.
+    let b = pki.broker(true).await;
+    b.add_device("dev-1", "tok", false).await;
+    let with_cert = pki.client_config(Some(&pki.client_ca.client("dev-1")));
+    let port = tls_port(&b);
+    let kind = tls_connect_as(port, &with_cert, false).await;
+    assert_eq!(kind, rustls::HandshakeKind::Full);
+    let kind = tls_connect_as(port, &with_cert, false).await;
+    assert_eq!(kind, rustls::HandshakeKind::Resumed);
 }
