@@ -84,11 +84,14 @@ pub enum RefusalCause {
     ClosedBeforeConnect,
     /// Our fault: the store or the router failed.
     ServerUnavailable,
+    /// A password check was not run: its address had too many under way, or too many
+    /// waited overall (a flood of service-client passwords; `link/security/slow_checks.rs`).
+    AuthBusy,
 }
 
 impl RefusalCause {
     /// Every cause, in the order stats and metrics list them.
-    pub const ALL: [RefusalCause; 17] = [
+    pub const ALL: [RefusalCause; 18] = [
         RefusalCause::UnknownDevice,
         RefusalCause::UnknownServiceClient,
         RefusalCause::WrongToken,
@@ -106,6 +109,7 @@ impl RefusalCause {
         RefusalCause::HandshakeFailed,
         RefusalCause::ClosedBeforeConnect,
         RefusalCause::ServerUnavailable,
+        RefusalCause::AuthBusy,
     ];
 
     /// The stable snake_case name of stats, metrics, logs and the API.
@@ -127,6 +131,7 @@ impl RefusalCause {
             RefusalCause::ConnectTimeout => "connect_timeout",
             RefusalCause::HandshakeFailed => "handshake_failed",
             RefusalCause::ClosedBeforeConnect => "closed_before_connect",
+            RefusalCause::AuthBusy => "auth_busy",
             RefusalCause::ServerUnavailable => "server_unavailable",
         }
     }

@@ -352,3 +352,43 @@ async fn the_recent_refusals_are_bounded_and_collapse_repeats() {
     );
     assert_eq!(counted(&t, "unknown_device"), 11);
 }
+
+/// Issue 15: a flood of wrong service-client passwords from one address has two password
+/// checks under way at a time and a bounded queue; the rest are refused at once
+/// (`auth_busy`, v5 0x89 Server busy) without hashing, while the client's right password
+/// from another address is checked as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_flood_from_one_address_is_bounded_and_others_still_connect() {
+    let t = Target::with(backoff_config(0, 0)).await;
+    // At the production cost, so that the guesses queue up.
+    let record = fleetmq_storage::ServiceClientRecord {
+        name: "backend".into(),
+        credential: fleetmq_storage::CredentialHash::new(b"backend-pass"),
+        rules: common::allow_all(),
+        created_at_ms: fleetmq_storage::now_ms(),
+    };
+    (fleetmq(&t).store)
+        .call(move |s| s.create_service_client(record))
+        .await
+        .expect("create service client");
+    let mut flood = tokio::task::JoinSet::new();
+    let guesses = 80;
+    for i in 0..guesses {
+        let c = conn(&format!("guess-{i}"), Some(("backend", "wrong")));
+        let mut client = Client::open_tcp_from(&t, localhost(1), Ver::V5).await;
+        flood.spawn(async move { client.connect(c).await.code });
+    }
+    let right = conn("backend-1", Some(("backend", "backend-pass")));
+    let (code, _) = attempt_from(&t, localhost(2), Ver::V5, right).await;
+    assert_eq!(code, 0, "the right password from elsewhere is checked");
+    let mut codes = Vec::new();
+    while let Some(code) = flood.join_next().await {
+        codes.push(code.expect("attempt"));
+    }
+    let busy = codes.iter().filter(|c| **c == 0x89).count();
+    let wrong = codes.iter().filter(|c| **c == NOT_AUTHORIZED_V5).count();
+    assert_eq!(busy + wrong, guesses, "{codes:?}");
+    assert!(busy >= 1, "not every guess was hashed: {codes:?}");
+    assert_eq!(counted(&t, "auth_busy"), busy as u64);
+    assert_eq!(counted(&t, "wrong_password"), wrong as u64);
+}

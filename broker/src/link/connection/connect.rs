@@ -198,6 +198,11 @@ fn refusal_code(version: Version, refusal: Refusal) -> ConnectReturnCode {
             ConnectReturnCode::ServiceUnavailable,
             ConnectReturnCode::ServerUnavailable,
         ),
+        Refusal::Busy => v4_or_v5(
+            version,
+            ConnectReturnCode::ServiceUnavailable,
+            ConnectReturnCode::ServerBusy,
+        ),
         _ => ConnectReturnCode::NotAuthorized,
     }
 }
@@ -425,6 +430,7 @@ async fn authenticate(
         username,
         password: req.login.as_ref().map(|l| l.password.as_bytes()),
         cert_cn,
+        peer: ip,
     };
     match core.auth.authenticate(presented).await {
         Ok(identity) => {

@@ -162,7 +162,7 @@ fn log(attempt: &Attempt, failure: &ConnectFailure, kept: Recorded) {
     }
     let quiet = matches!(
         failure.cause,
-        RefusalCause::Backoff | RefusalCause::ClosedBeforeConnect
+        RefusalCause::Backoff | RefusalCause::ClosedBeforeConnect | RefusalCause::AuthBusy
     ) || kept == Recorded::Suppressed;
     if failure.cause == RefusalCause::ServerUnavailable {
         line!(error);

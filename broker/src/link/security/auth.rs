@@ -4,8 +4,8 @@
 //! SPEC §2) and checked in constant time in about a microsecond, right here on the
 //! connection's task: a fleet reconnecting after a restart is never held up by hashing.
 //!
-//! Two kinds of credential are still PBKDF2 hashes, checked on the blocking pool, at most
-//! one per core at a time so a flood of bad passwords cannot take every core:
+//! Two kinds of credential are still PBKDF2 hashes, checked on the blocking pool behind
+//! a gate that bounds the work per address and overall (`slow_checks.rs`):
 //! - service-client passwords (chosen by people, so slow on purpose). After a successful
 //!   slow check, an HMAC of the accepted secret (under a key that lives only in this
 //!   process) is remembered together with the stored hash's salt; a later CONNECT with the
@@ -20,20 +20,23 @@
 //!   rotation issues a keyed hash too.
 //!
 //! A username that is neither a device nor a service client is checked against a decoy
-//! keyed hash, so an unknown id costs what a wrong token for a known device costs.
+//! keyed hash, so an unknown id costs what a wrong token for a known device costs; one
+//! that is not presented as a device is answered after the time a password check takes
+//! (a sleep, no CPU), as a wrong service-client password is.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use fleetmq_storage::{
     CredentialHash, CredentialUpgrade, DeviceCredential, DeviceId, DeviceRecord,
     ServiceClientRecord, Store, TokenHash,
 };
 use ring::hmac;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::link::security::slow_checks::{NotChecked, SlowChecks};
 use crate::stats::RefusalCause;
 
 /// Verified legacy credentials waiting for their upgrade; past that many, a device is
@@ -70,6 +73,9 @@ pub(crate) enum Refusal {
     AnonymousRefused,
     /// The store failed: our fault, not the client's.
     Unavailable,
+    /// A password check was not run: this address has too many under way, or too many
+    /// wait overall (`slow_checks.rs`).
+    Busy,
 }
 
 impl Refusal {
@@ -82,6 +88,7 @@ impl Refusal {
             Refusal::ClientIdMismatch => RefusalCause::ClientIdMismatch,
             Refusal::AnonymousRefused => RefusalCause::AnonymousNotAllowed,
             Refusal::Unavailable => RefusalCause::ServerUnavailable,
+            Refusal::Busy => RefusalCause::AuthBusy,
         }
     }
 
@@ -99,6 +106,7 @@ impl Refusal {
             Refusal::ClientIdMismatch => "a device connects with client id = username = its id",
             Refusal::AnonymousRefused => "no credentials, and security.allow_anonymous is off",
             Refusal::Unavailable => "the store could not be read",
+            Refusal::Busy => "too many password checks under way (for this address, or at all)",
         }
     }
 
@@ -107,7 +115,7 @@ impl Refusal {
     pub(crate) fn told(self) -> &'static str {
         match self {
             Refusal::AnonymousRefused => "AnonymousRefused",
-            Refusal::Unavailable => "Unavailable",
+            Refusal::Unavailable | Refusal::Busy => "Unavailable",
             _ => "NotAuthorized",
         }
     }
@@ -120,6 +128,8 @@ pub(crate) struct Presented<'a> {
     pub(crate) password: Option<&'a [u8]>,
     /// The CN of a verified TLS client certificate.
     pub(crate) cert_cn: Option<&'a str>,
+    /// Where the CONNECT came from (password checks are bounded per address).
+    pub(crate) peer: std::net::IpAddr,
 }
 
 /// Looks up and checks credentials.
@@ -131,8 +141,8 @@ pub(crate) struct Authenticator {
     decoy: DeviceCredential,
     /// Accepted service-client passwords, by name.
     remembered: Remembered,
-    /// Bounds concurrent PBKDF2 checks so a flood of bad passwords cannot take every core.
-    slow_checks: Arc<Semaphore>,
+    /// Bounds PBKDF2 work per address and overall (`slow_checks.rs`).
+    slow_checks: SlowChecks,
     /// To the task that writes keyed hashes over verified legacy ones.
     upgrades: mpsc::Sender<CredentialUpgrade>,
 }
@@ -142,6 +152,7 @@ impl Authenticator {
     pub(crate) fn new(
         store: Store,
         allow_anonymous: bool,
+        max_wait: std::time::Duration,
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
     ) -> Authenticator {
@@ -154,7 +165,7 @@ impl Authenticator {
             allow_anonymous,
             decoy: DeviceCredential::Keyed(TokenHash { tag }),
             remembered: Remembered::new(),
-            slow_checks: Arc::new(Semaphore::new(cores)),
+            slow_checks: SlowChecks::new(cores, max_wait),
             upgrades,
         }
     }
@@ -178,19 +189,23 @@ impl Authenticator {
                 if p.client_id != device.id.as_str() {
                     return Err(Refusal::ClientIdMismatch);
                 }
-                let device = self.check_device(device, password).await?;
+                let device = self.check_device(device, password, p.peer).await?;
                 return Ok(Identity::Device(Box::new(device)));
             }
         }
         let name = username.to_owned();
         let found = self.store.call(move |s| s.get_service_client(&name)).await;
         let Some(client) = found.map_err(|_| Refusal::Unavailable)? else {
-            // Costs what a wrong token for a known device costs.
+            // Costs what a wrong token for a known device costs, and when presented as
+            // no device, takes what a wrong service-client password takes.
             std::hint::black_box(self.decoy.verify(self.store.token_key(), password));
             let as_device = p.client_id == username && username.parse::<DeviceId>().is_ok();
+            if !as_device {
+                self.slow_checks.pause_like_a_check().await;
+            }
             return Err(Refusal::UnknownUser { as_device });
         };
-        self.check_service(&client, password).await?;
+        self.check_service(&client, password, p.peer).await?;
         Ok(Identity::Service(client))
     }
 
@@ -218,6 +233,7 @@ impl Authenticator {
         &self,
         device: DeviceRecord,
         token: &[u8],
+        peer: std::net::IpAddr,
     ) -> Result<DeviceRecord, Refusal> {
         let legacy = match &device.credential {
             DeviceCredential::Legacy(hash) => hash.clone(),
@@ -229,7 +245,7 @@ impl Authenticator {
                 };
             }
         };
-        if !self.slow_verify(legacy.clone(), token).await? {
+        if !self.slow_verify(peer, legacy.clone(), token).await? {
             return Err(Refusal::WrongToken);
         }
         let upgrade = CredentialUpgrade {
@@ -247,33 +263,30 @@ impl Authenticator {
         &self,
         client: &ServiceClientRecord,
         secret: &[u8],
+        peer: std::net::IpAddr,
     ) -> Result<(), Refusal> {
         let stored = &client.credential;
         if self.remembered.matches(&client.name, stored, secret) {
             return Ok(());
         }
-        if !self.slow_verify(stored.clone(), secret).await? {
+        if !self.slow_verify(peer, stored.clone(), secret).await? {
             return Err(Refusal::WrongPassword);
         }
         self.remembered.insert(&client.name, stored, secret);
         Ok(())
     }
 
-    /// PBKDF2 on the blocking pool, at most one per core at a time.
-    async fn slow_verify(&self, stored: CredentialHash, secret: &[u8]) -> Result<bool, Refusal> {
-        let permit = self
-            .slow_checks
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Refusal::Unavailable)?;
-        let secret = secret.to_vec();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            stored.verify(&secret)
+    /// PBKDF2 through the gate (`slow_checks.rs`).
+    async fn slow_verify(
+        &self,
+        peer: std::net::IpAddr,
+        stored: CredentialHash,
+        secret: &[u8],
+    ) -> Result<bool, Refusal> {
+        (self.slow_checks.verify(peer, stored, secret).await).map_err(|e| match e {
+            NotChecked::Busy => Refusal::Busy,
+            NotChecked::Unavailable => Refusal::Unavailable,
         })
-        .await
-        .map_err(|_| Refusal::Unavailable)
     }
 
     /// Forgets what was remembered for a service client.

@@ -1,7 +1,8 @@
 //! Who may do what: device and service-client authentication (`auth`), the SPEC §3
 //! topic permissions (`acl`), and the SPEC §4 payload envelope (`crypto`) with the
 //! per-connection device keys (`sealing`); the failure backoff against password guessing
-//! (`backoff`) and the recent refused attempts (`refusals`).
+//! (`backoff`), the bounds on password hashing (`slow_checks`) and the recent refused
+//! attempts (`refusals`).
 
 pub(crate) mod acl;
 pub(crate) mod auth;
@@ -9,3 +10,4 @@ pub(crate) mod backoff;
 pub mod crypto;
 pub(crate) mod refusals;
 pub(crate) mod sealing;
+pub(crate) mod slow_checks;
