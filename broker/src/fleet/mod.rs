@@ -72,7 +72,11 @@ pub(crate) fn start_services(
 ) -> Arc<services::Services> {
     let db = store.database();
     let outbox = fleetmq_storage::outbox::Outbox::new(db.clone(), Default::default());
-    let bus = events::EventBus::new(outbox, config.webhooks);
+    let options = webhooks::WebhookOptions {
+        telemetry_to_all: config.telemetry.webhook,
+        ..Default::default()
+    };
+    let bus = events::EventBus::with_options(outbox, config.webhooks, options);
     webhooks::spawn_workers(&bus, shutdown.clone(), tracker);
     let commands = commands::CommandEngine::start_dedicated(
         db.clone(),
@@ -89,7 +93,13 @@ pub(crate) fn start_services(
         shutdown.clone(),
         tracker,
     );
-    let telemetry = telemetry::Telemetry::start(db, config.telemetry, shutdown.clone(), tracker);
+    let telemetry = telemetry::Telemetry::start_with_events(
+        db,
+        config.telemetry,
+        Some(Arc::new(bus.clone())),
+        shutdown.clone(),
+        tracker,
+    );
     Arc::new(services::Services::new(
         store,
         bus,
