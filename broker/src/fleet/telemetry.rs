@@ -10,6 +10,9 @@
 //!
 //! Reads ([`Telemetry::query`], [`Telemetry::latest`]) run on the blocking pool and turn
 //! the stored JSON text back into JSON values with RFC 3339 timestamps.
+//!
+//! When a webhook wants the `telemetry` event (SPEC §7), the writer hands every committed
+//! batch to its accumulator and a timer task sends the events (`webhook.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
