@@ -341,21 +341,6 @@ fn secret_notes(answer: &Value) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_parse() {
-        assert_eq!(
-            parse_label("site=lab=1").unwrap(),
-            ("site".into(), "lab=1".into())
-        );
-        assert!(parse_label("site").is_err());
-        assert!(parse_label("=x").is_err());
-    }
-}
-
 /// `device events`: one page of a device's events as a table: when, type, and the
 /// payload as one line of JSON.
 async fn events(admin: &Admin, json: bool, args: EventsArgs) -> Result<(), CliError> {
@@ -390,5 +375,20 @@ impl EventsArgs {
             .filter_map(|(name, value)| value.map(|v| format!("{name}={}", enc(&v))))
             .collect();
         with_query(&format!("{}/events", device_path(&self.id)), &query)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse() {
+        assert_eq!(
+            parse_label("site=lab=1").unwrap(),
+            ("site".into(), "lab=1".into())
+        );
+        assert!(parse_label("site").is_err());
+        assert!(parse_label("=x").is_err());
     }
 }

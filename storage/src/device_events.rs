@@ -240,23 +240,14 @@ pub fn query(db: &Database, device: &DeviceId, q: &EventQuery<'_>) -> Result<Pag
     if q.from_ms > q.to_ms {
         return Ok(page);
     }
+    let lo = (q.from_ms, 0);
+    let Some(hi) = upper_bound(q.to_ms, q.cursor).filter(|&hi| hi >= lo) else {
+        return Ok(page);
+    };
     let txn = db.begin_read()?;
     let table = txn.open_table(EVENTS)?;
-    let lo = (dev, q.from_ms, 0);
-    let mut hi = (dev, q.to_ms, u64::MAX);
-    if let Some(c) = q.cursor {
-        // Strictly before the cursor.
-        match (c.at_ms, c.seq) {
-            (0, 0) => return Ok(page),
-            (at, 0) => hi = hi.min((dev, at - 1, u64::MAX)),
-            (at, seq) => hi = hi.min((dev, at, seq - 1)),
-        }
-        if hi < lo {
-            return Ok(page);
-        }
-    }
     let mut scanned = 0usize;
-    for row in table.range(lo..=hi)?.rev() {
+    for row in table.range((dev, lo.0, lo.1)..=(dev, hi.0, hi.1))?.rev() {
         let (key, value) = row?;
         let (_, at_ms, seq) = key.value();
         if page.events.len() == limit {
@@ -291,6 +282,21 @@ pub fn query(db: &Database, device: &DeviceId, q: &EventQuery<'_>) -> Result<Pag
         });
     }
     Ok(page)
+}
+
+/// The newest `(at_ms, seq)` a page may hold: at most `to_ms`, and strictly before the
+/// cursor; `None` when nothing is.
+fn upper_bound(to_ms: u64, cursor: Option<Cursor>) -> Option<(u64, u64)> {
+    let hi = (to_ms, u64::MAX);
+    let Some(c) = cursor else {
+        return Some(hi);
+    };
+    let before = match (c.at_ms, c.seq) {
+        (0, 0) => return None,
+        (at, 0) => (at - 1, u64::MAX),
+        (at, seq) => (at, seq - 1),
+    };
+    Some(hi.min(before))
 }
 
 /// The cursor whose page starts at `(at_ms, seq)` itself.

@@ -1574,7 +1574,7 @@ async fn bad_event_stream_parameters_are_400() {
 /// A scrape parsed strictly: every sample belongs to a family declared before it with
 /// `# HELP` and `# TYPE`, counters end in `_total`, histogram buckets are cumulative.
 #[derive(Debug, Default)]
-struct Scrape {
+pub(crate) struct Scrape {
     types: std::collections::BTreeMap<String, String>,
     /// `name{k="v",...}` with labels sorted → value.
     samples: std::collections::BTreeMap<String, f64>,
@@ -1681,7 +1681,7 @@ impl Scrape {
             .copied()
     }
 
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.get(name, labels)
             .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
     }
@@ -1721,7 +1721,7 @@ fn split_labels(body: &str) -> Vec<String> {
 
 impl TestApp {
     /// `GET /metrics` without a key, parsed.
-    async fn scrape(&self) -> Scrape {
+    pub(crate) async fn scrape(&self) -> Scrape {
         let req = Request::get(format!("http://{}/metrics", self.addr))
             .body(Full::new(Bytes::new()))
             .unwrap();

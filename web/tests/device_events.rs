@@ -136,6 +136,18 @@ async fn device_events_go_live_and_are_listed_newest_first_filtered_and_paged() 
     let stats = app.get("/api/v1/stats").await;
     assert_eq!(stats.body["device_events"]["stored"], 5);
     assert_eq!(stats.body["device_events"]["refused"], 2);
+    let metrics = app.scrape().await;
+    assert_eq!(
+        metrics.value("fleetmq_device_events_stored_total", &[]),
+        5.0
+    );
+    assert_eq!(
+        metrics.value(
+            "fleetmq_device_events_not_stored_total",
+            &[("cause", "refused")]
+        ),
+        2.0
+    );
     app.stop().await;
 }
 
@@ -176,7 +188,8 @@ async fn device_event_parameters_are_checked() {
     app.stop().await;
 }
 
-/// Deleting a device deletes its events: the same id provisioned again starts empty.
+/// Deleting a device deletes its events (in the background, like its telemetry): the same
+/// id provisioned again starts empty.
 #[tokio::test]
 async fn a_deleted_device_takes_its_events_along() {
     let app = test_app().await;
@@ -186,6 +199,12 @@ async fn a_deleted_device_takes_its_events_along() {
         app.delete("/api/v1/devices/dev-1").await.status,
         StatusCode::NO_CONTENT
     );
+    let dev: fleetmq_storage::DeviceId = "dev-1".parse().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.broker.handle.device_events().count(&dev).await.unwrap() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "events not deleted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     app.provision("dev-1").await;
     let (after, _) = items(&app, "/api/v1/devices/dev-1/events").await;
     assert!(after.is_empty(), "{after:?}");
