@@ -153,3 +153,23 @@ fn events_survive_reopening_the_file() {
     insert_batch(&db, &[ev("d1", 2, "door")]).unwrap();
     assert_eq!(all(&db, "d1"), [(2, "door".into()), (1, "boot".into())]);
 }
+
+/// The stored format is fixed: a change here needs a new `StoredEvent` variant.
+#[test]
+fn stored_event_bytes_are_stable() {
+    let record = StoredEvent::V1(EventV1 {
+        kind: "door".into(),
+        data: r#"{"a":1}"#.into(),
+    });
+    let bytes = codec::encode(location("d1"), &record).unwrap();
+    assert_eq!(
+        crate::test_support::hex(&bytes),
+        "0004646f6f72077b2261223a317d"
+    );
+    let StoredEvent::V1(back) = codec::decode(location("d1"), &bytes).unwrap();
+    assert_eq!(
+        (back.kind.as_str(), back.data.as_str()),
+        ("door", r#"{"a":1}"#)
+    );
+    assert!(codec::decode::<StoredEvent>(location("d1"), &[1]).is_err());
+}
