@@ -51,6 +51,8 @@ const ENV_KEYS: &[&str] = &[
     "telemetry.retention_days",
     "telemetry.max_points_per_device",
     "telemetry.store",
+    "telemetry.webhook",
+    "telemetry.webhook_interval_s",
 ];
 
 /// `FLEETMQ_` variables that belong to the CLI client, not to `serve`.

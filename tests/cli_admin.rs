@@ -435,3 +435,76 @@ async fn a_waiting_send_names_its_command_at_once_and_ends_with_it() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_events_are_listed_newest_first() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path()).await;
+    let password = server.provision("door-1").await;
+    let (client, mut events) = server.device("door-1", &password).await;
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    for (n, kind) in ["door_open", "boot", "door_open"].iter().enumerate() {
+        let payload = json!({"type": kind, "n": n}).to_string();
+        client
+            .publish(
+                "device/door-1/events",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .expect("queue publish");
+    }
+    let deadline = Instant::now() + WAIT;
+    let all = loop {
+        let out = server
+            .run(&["device", "events", "door-1", "--json"])
+            .await
+            .ok();
+        let items = out.json()["items"].as_array().expect("items").clone();
+        if items.len() == 3 || Instant::now() > deadline {
+            break items;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let ns: Vec<_> = all.iter().map(|e| e["data"]["n"].clone()).collect();
+    assert_eq!(ns, [json!(2), json!(1), json!(0)]);
+
+    let out = server
+        .run(&[
+            "device",
+            "events",
+            "door-1",
+            "--type",
+            "door_open",
+            "--limit",
+            "1",
+            "--json",
+        ])
+        .await
+        .ok();
+    let page = out.json();
+    assert_eq!(page["items"][0]["data"]["n"], 2);
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let out = server
+        .run(&[
+            "device",
+            "events",
+            "door-1",
+            "--type",
+            "door_open",
+            "--cursor",
+            &cursor,
+        ])
+        .await
+        .ok();
+    assert!(out.stdout.starts_with("AT"), "{out:#?}");
+    assert!(out.stdout.contains(r#""n":0"#), "{out:#?}");
+    assert!(!out.stdout.contains("boot"), "{out:#?}");
+
+    let out = server.run(&["device", "events", "nobody"]).await;
+    assert_eq!(out.code, 1, "an unknown device is an API error: {out:#?}");
+}

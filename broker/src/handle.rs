@@ -199,6 +199,11 @@ impl BrokerHandle {
         &self.services.telemetry
     }
 
+    /// The devices' own events (`device/{id}/events`, SPEC §7), stored.
+    pub fn device_events(&self) -> &crate::fleet::device_events::DeviceEvents {
+        &self.services.device_events
+    }
+
     /// The event bus (SPEC §7): webhooks and the live stream.
     pub fn events(&self) -> &crate::fleet::events::EventBus {
         &self.services.events

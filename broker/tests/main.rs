@@ -20,6 +20,7 @@ mod conformance_sys;
 mod conformance_topic_alias;
 mod conformance_v5;
 mod conformance_will;
+mod device_events;
 mod encryption;
 mod parking_window;
 mod presence;

@@ -1,5 +1,6 @@
 //! `fleetmq device ...`: provision (one, or many from a file: `device_import`), list, show,
-//! delete, rotate credentials and keys.
+//! delete, rotate credentials and keys, and list what a device published on its events
+//! topic.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,29 @@ pub enum DeviceAction {
     RotateCredentials { id: String },
     /// Create a new encryption key generation; the previous one stays valid for the grace period
     RotateKey { id: String },
+    /// List the events a device published on `device/{id}/events`, newest first
+    Events(EventsArgs),
+}
+
+/// The arguments of `device events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    id: String,
+    /// Only events of this type
+    #[arg(long = "type", value_name = "TYPE")]
+    kind: Option<String>,
+    /// Oldest event, RFC 3339 or unix milliseconds
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+    /// Newest event, RFC 3339 or unix milliseconds
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+    /// Events per page (API default 100, at most 1000)
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Continue from the `next_cursor` of the previous page
+    #[arg(long)]
+    cursor: Option<String>,
 }
 
 /// The arguments of `device add`.
@@ -118,6 +142,7 @@ pub async fn run(admin: &Admin, json: bool, action: DeviceAction) -> Result<u8, 
             let path = format!("{}/rotate-key", device_path(&id));
             rotate(admin, json, &path).await
         }
+        DeviceAction::Events(args) => events(admin, json, args).await,
     };
     done.map(|()| exit::OK)
 }
@@ -313,6 +338,43 @@ fn secret_notes(answer: &Value) {
         output::secret_note(
             "the encryption key is shown only this once; the device needs it to seal and open its payloads",
         );
+    }
+}
+
+/// `device events`: one page of a device's events as a table: when, type, and the
+/// payload as one line of JSON.
+async fn events(admin: &Admin, json: bool, args: EventsArgs) -> Result<(), CliError> {
+    let reply = admin
+        .call(Method::GET, &args.path(), None, &[], REQUEST_TIMEOUT)
+        .await?;
+    if json {
+        output::print_raw(&reply);
+        return Ok(());
+    }
+    let page = reply.json()?;
+    let rows: Vec<Vec<String>> = output::items(&page)?
+        .iter()
+        .map(|e| vec![cell(e.get("at")), cell(e.get("type")), cell(e.get("data"))])
+        .collect();
+    print_table(&["AT", "TYPE", "DATA"], &rows);
+    output::next_page_hint(&page);
+    Ok(())
+}
+
+impl EventsArgs {
+    /// The list request's path with its query.
+    fn path(&self) -> String {
+        let params = [
+            ("type", self.kind.clone()),
+            ("from", self.from.clone()),
+            ("to", self.to.clone()),
+            ("limit", self.limit.map(|l| l.to_string())),
+            ("cursor", self.cursor.clone()),
+        ];
+        let query: Vec<String> = (params.into_iter())
+            .filter_map(|(name, value)| value.map(|v| format!("{name}={}", enc(&v))))
+            .collect();
+        with_query(&format!("{}/events", device_path(&self.id)), &query)
     }
 }
 

@@ -34,7 +34,8 @@
 //!      (versioned configuration) and `sessions` (persistent MQTT sessions and their
 //!      queued QoS 1/2 messages) add their methods to [`Store`] (`impl Store` in each
 //!      file; `store` does not know them).
-//!    - [`commands`] (durable commands, SPEC §5), [`telemetry`] and [`outbox`] (the
+//!    - [`commands`] (durable commands, SPEC §5), [`telemetry`], [`device_events`]
+//!      (what devices publish on `device/{id}/events`, SPEC §7) and [`outbox`] (the
 //!      webhook outbox, SPEC §7) are free functions over a `redb::Database` with their
 //!      own transactions and record formats; they do not use [`Store`].
 //! 5. This file re-exports the public types, so other crates import
@@ -51,6 +52,7 @@
 mod codec;
 pub mod commands;
 mod device_config;
+pub mod device_events;
 mod device_state;
 mod devices;
 pub mod error;

@@ -118,6 +118,22 @@ pub(crate) const TELEMETRY_LATEST: TableDefinition<'static, &str, &[u8]> =
 pub(crate) const TELEMETRY_META: TableDefinition<'static, &str, u64> =
     TableDefinition::new("telemetry_meta");
 
+// ---- device events (see `device_events`) ---------------------------------------------
+
+pub(crate) const DEVICE_EVENTS_TABLE: &str = "device_events";
+/// `(device, at_ms, seq)` → `device_events::StoredEvent`.
+pub(crate) const DEVICE_EVENTS: TableDefinition<'static, (&str, u64, u64), &[u8]> =
+    TableDefinition::new(DEVICE_EVENTS_TABLE);
+/// `(at_ms, seq)` → device, for retention by age.
+pub(crate) const DEVICE_EVENTS_BY_AGE: TableDefinition<'static, (u64, u64), &str> =
+    TableDefinition::new("device_events_by_age");
+/// Device → how many events it has stored.
+pub(crate) const DEVICE_EVENT_COUNTS: TableDefinition<'static, &str, u64> =
+    TableDefinition::new("device_event_counts");
+/// Counter name → value; only the next `seq` so far.
+pub(crate) const DEVICE_EVENTS_META: TableDefinition<'static, &str, u64> =
+    TableDefinition::new("device_events_meta");
+
 // ---- webhook outbox (see `outbox`) ---------------------------------------------------
 
 pub(crate) const OUTBOX_DELIVERIES_TABLE: &str = "outbox_deliveries";
@@ -154,6 +170,7 @@ pub(crate) fn prepare(txn: &WriteTransaction) -> Result<u32, StoreError> {
     create_command_tables(txn)?;
     create_telemetry_tables(txn)?;
     create_outbox_tables(txn)?;
+    create_device_event_tables(txn)?;
     let found = init_version(txn)?;
     upgrade(txn, found)?;
     Ok(found)
@@ -177,6 +194,16 @@ pub(crate) fn create_telemetry_tables(txn: &WriteTransaction) -> Result<(), Stor
     txn.open_table(TELEMETRY_BLOCKS)?;
     txn.open_table(TELEMETRY_LATEST)?;
     txn.open_table(TELEMETRY_META)?;
+    Ok(())
+}
+
+/// Creates every device event table. New tables need no schema version: an older
+/// build never opens them.
+pub(crate) fn create_device_event_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(DEVICE_EVENTS)?;
+    txn.open_table(DEVICE_EVENTS_BY_AGE)?;
+    txn.open_table(DEVICE_EVENT_COUNTS)?;
+    txn.open_table(DEVICE_EVENTS_META)?;
     Ok(())
 }
 

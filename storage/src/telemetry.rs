@@ -37,7 +37,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
 
 #[cfg(test)]
 use redb::ReadableDatabase as _;
@@ -283,6 +282,27 @@ impl NewPoint {
     fn object_bytes(&self) -> &[u8] {
         &self.buf[self.device_len..]
     }
+
+    /// The device id, as given to the constructor.
+    pub fn device_id(&self) -> &str {
+        // Built from a `DeviceId`'s bytes, so valid UTF-8.
+        std::str::from_utf8(self.device()).unwrap_or_default()
+    }
+
+    /// When it was measured, unix milliseconds.
+    pub fn ts_ms(&self) -> u64 {
+        self.ts_ms
+    }
+
+    /// Tells objects with different key lists apart (see [`NewPoint::object`]).
+    pub fn shape(&self) -> u64 {
+        self.shape
+    }
+
+    /// The telemetry object, JSON text (it may carry `ts`, which is not a value).
+    pub fn object_json(&self) -> &[u8] {
+        self.object_bytes()
+    }
 }
 
 /// A stored point.
@@ -305,41 +325,6 @@ pub struct Latest {
     pub seq: u64,
     /// JSON text.
     pub value: String,
-}
-
-/// Where a newest-first page ended; the next page starts just before it.
-/// Shown to API clients as an opaque string (`Display` / `FromStr`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Cursor {
-    ts_ms: u64,
-    seq: u64,
-}
-
-/// A string that is not a [`Cursor`] this store handed out.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid telemetry cursor")]
-pub struct InvalidCursor;
-
-impl fmt::Display for Cursor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.ts_ms, self.seq)
-    }
-}
-
-impl FromStr for Cursor {
-    type Err = InvalidCursor;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ts, seq) = s.split_once('.').ok_or(InvalidCursor)?;
-        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
-        if !digits(ts) || !digits(seq) {
-            return Err(InvalidCursor);
-        }
-        Ok(Cursor {
-            ts_ms: ts.parse().map_err(|_| InvalidCursor)?,
-            seq: seq.parse().map_err(|_| InvalidCursor)?,
-        })
-    }
 }
 
 /// What [`query`] reads.
@@ -583,7 +568,7 @@ mod retention;
 mod summary;
 
 use block::{block_header, block_key_parts, bucket, encode_block_v2, RawRef};
-pub use query::query;
+pub use query::{query, Cursor, InvalidCursor};
 pub use retention::{sweep, sweep_until};
 pub use summary::{count, latest};
 use summary::{decode_summary, encode_summary, update_summary, Summary};

@@ -196,3 +196,39 @@ test('dashboard: an event on the stream reloads the device page (polling off)', 
   assert.ok(streams.some((s) => s.lastEventId === undefined));
   await screenshot(page, 'dashboard-live-scripted-stream');
 });
+
+// What a device publishes on `device/{id}/events` shows on its page as it happens: the
+// real event stream with polling off, so only `device.event` can add the row.
+test('dashboard: the device page lists the device\'s own events live', async (t) => {
+  const chromium = await requirements(t);
+  if (!chromium) return;
+  const { default: mqtt } = await import('mqtt');
+  const fm = await startFleetmq('dashboard-device-events');
+  t.after(() => fm.stop());
+  const id = 'events-1';
+  const created = await fm.api('POST', '/devices', { id });
+  assert.equal(created.status, 201);
+
+  const browser = await launch(chromium);
+  t.after(() => browser.close());
+  const page = await browser.newPage();
+  page.setDefaultTimeout(PATIENCE_MS);
+  const problems = watchPage(page);
+  await page.goto(`${fm.admin}/?poll_ms=600000#/devices/${id}`);
+  await page.fill('#signin input[name=api_key]', API_KEY);
+  await page.click('#signin button[type=submit]');
+  await page.waitForSelector('#device-events td.empty');
+
+  const device = await mqtt.connectAsync(`mqtt://127.0.0.1:${fm.tcp}`,
+    { clientId: id, username: id, password: created.body.credentials.password, reconnectPeriod: 0 });
+  t.after(() => device.endAsync());
+  await page.waitForSelector('#presence[data-online="true"]');
+  await device.publishAsync(`device/${id}/events`, JSON.stringify({ type: 'door_open', door: 2 }), { qos: 1 });
+  const row = await page.waitForSelector('#device-events tr[data-type="door_open"]');
+  assert.match(await row.textContent(), /"door":2/);
+  assert.equal(await page.locator('#presence-history li[data-type="device.event"]').count(), 0,
+    'a device event is not a presence change');
+  // (A device without config answers 404 to its config, which the console logs.)
+  assert.deepEqual(problems.filter((p) => p.startsWith('page error')), []);
+  await screenshot(page, 'dashboard-device-events');
+});

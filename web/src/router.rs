@@ -19,8 +19,8 @@ use crate::error::ApiError;
 use crate::query::path_segments;
 use crate::response::ApiResponse;
 use crate::routes::{
-    clients, commands, config, connections, devices, devices_bulk, events, metrics, openapi,
-    publish, retained, service_clients, stats, telemetry, webhooks,
+    clients, commands, config, connections, device_events, devices, devices_bulk, events, metrics,
+    openapi, publish, retained, service_clients, stats, telemetry, webhooks,
 };
 use crate::AppState;
 
@@ -75,6 +75,7 @@ pub(crate) const ROUTES: &[Route] = &[
     route("/api/v1/commands/{command_id}", "GET, DELETE"),
     route("/api/v1/devices/{id}/telemetry", "GET"),
     route("/api/v1/devices/{id}/telemetry/latest", "GET"),
+    route("/api/v1/devices/{id}/events", "GET"),
     route("/api/v1/webhooks/deliveries", "GET"),
     route("/api/v1/service-clients", "GET, POST"),
     route("/api/v1/service-clients/{name}", "DELETE"),
@@ -172,6 +173,9 @@ where
         }
         ("/api/v1/devices/{id}/telemetry/latest", Method::GET) => {
             telemetry::latest(state, p(0)).await
+        }
+        ("/api/v1/devices/{id}/events", Method::GET) => {
+            device_events::list(state, p(0), query).await
         }
         ("/api/v1/webhooks/deliveries", Method::GET) => webhooks::deliveries(state, query).await,
         ("/api/v1/service-clients", Method::GET) => service_clients::list(state, query).await,

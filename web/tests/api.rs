@@ -282,6 +282,7 @@ fn every_api_route() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::DELETE, "/api/v1/commands/c-1", None),
         (Method::GET, "/api/v1/devices/dev-1/telemetry", None),
         (Method::GET, "/api/v1/devices/dev-1/telemetry/latest", None),
+        (Method::GET, "/api/v1/devices/dev-1/events", None),
         (Method::GET, "/api/v1/webhooks/deliveries", None),
         (Method::GET, "/api/v1/events", None),
         (Method::GET, "/api/v1/openapi.json", None),
@@ -1010,7 +1011,7 @@ impl TestApp {
         self.call(Method::PUT, path, Some(body)).await
     }
 
-    async fn delete(&self, path: &str) -> Answer {
+    pub(crate) async fn delete(&self, path: &str) -> Answer {
         self.call(Method::DELETE, path, None).await
     }
 }
@@ -1322,14 +1323,14 @@ async fn telemetry_and_webhook_routes_check_their_parameters() {
 
 /// One server-sent event: a frame with `event:` (comments are skipped).
 #[derive(Debug)]
-struct SseEvent {
+pub(crate) struct SseEvent {
     id: Option<String>,
-    event: String,
-    data: Value,
+    pub(crate) event: String,
+    pub(crate) data: Value,
 }
 
 /// An open `GET /api/v1/events` stream read frame by frame.
-struct Sse {
+pub(crate) struct Sse {
     body: hyper::body::Incoming,
     buf: String,
     keepalives: usize,
@@ -1337,7 +1338,7 @@ struct Sse {
 
 impl TestApp {
     /// Opens the event stream and checks its headers.
-    async fn events(&self, query: &str, last_event_id: Option<&str>) -> Sse {
+    pub(crate) async fn events(&self, query: &str, last_event_id: Option<&str>) -> Sse {
         let mut req = Request::get(format!("http://{}/api/v1/events{query}", self.addr))
             .header("x-api-key", API_KEY);
         if let Some(id) = last_event_id {
@@ -1392,7 +1393,7 @@ impl Sse {
     }
 
     /// The next event, skipping comments; panics if the stream ends.
-    async fn next(&mut self) -> SseEvent {
+    pub(crate) async fn next(&mut self) -> SseEvent {
         loop {
             let frame = self.frame().await.expect("the stream ended");
             let mut event = SseEvent {

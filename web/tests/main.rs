@@ -4,6 +4,7 @@
 mod admin_key;
 mod api;
 mod dashboard;
+mod device_events;
 mod devices_bulk;
 mod refusals;
 mod retained;

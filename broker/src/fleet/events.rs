@@ -26,6 +26,9 @@ pub use hooks::{
     validate_webhooks, EventFilter, InvalidPattern, WebhookConfig, WebhookConfigError,
 };
 
+/// The type of the batched telemetry event, which only URLs that ask for it get.
+pub const TELEMETRY: &str = "telemetry";
+
 /// One event, exactly as POSTed to webhooks and streamed live:
 /// `{"id","type","at","device_id","data"}`.
 #[derive(Debug, Clone, Serialize)]
@@ -332,9 +335,19 @@ impl EventBus {
 
     fn targets(&self, kind: &str) -> Vec<Arc<Hook>> {
         (self.inner.hooks.iter())
-            .filter(|h| h.filter.matches(kind))
+            .filter(|h| self.wants(h, kind))
             .cloned()
             .collect()
+    }
+
+    /// Whether `hook` takes events of `kind`: those its filter matches, except that
+    /// `telemetry` (SPEC §7) goes only to URLs whose filter names it exactly, unless
+    /// [`WebhookOptions::telemetry_to_all`].
+    fn wants(&self, hook: &Hook, kind: &str) -> bool {
+        if kind == TELEMETRY && !self.inner.options.telemetry_to_all {
+            return hook.filter.names(kind);
+        }
+        hook.filter.matches(kind)
     }
 
     fn new_event(
@@ -440,7 +453,7 @@ fn null_raw() -> Box<serde_json::value::RawValue> {
 impl EventSink for EventBus {
     /// Only webhooks are durable; the live stream and its replay ring start empty.
     fn records_durably(&self, kind: &str) -> bool {
-        self.inner.hooks.iter().any(|h| h.filter.matches(kind))
+        self.inner.hooks.iter().any(|h| self.wants(h, kind))
     }
 
     fn emit(

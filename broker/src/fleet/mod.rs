@@ -5,11 +5,13 @@
 //! - `services`: the fleet loop (presence, reported status) over a batch of link events.
 //! - `commands`: the command engine (SPEC §5); `telemetry`: the telemetry store (SPEC §6).
 //! - `device_config`: versioned device configuration (SPEC §6).
+//! - `device_events`: what devices publish on `device/{id}/events`, stored (SPEC §7).
 //! - `events`, `webhooks`: the event bus (SPEC §7) and its webhook workers.
 //! - `presence`: who is online; `settings`: the sections of the config this module owns.
 
 pub mod commands;
 pub mod device_config;
+pub mod device_events;
 pub mod events;
 pub mod ports;
 pub mod presence;
@@ -70,7 +72,11 @@ pub(crate) fn start_services(
 ) -> Arc<services::Services> {
     let db = store.database();
     let outbox = fleetmq_storage::outbox::Outbox::new(db.clone(), Default::default());
-    let bus = events::EventBus::new(outbox, config.webhooks);
+    let options = webhooks::WebhookOptions {
+        telemetry_to_all: config.telemetry.webhook,
+        ..Default::default()
+    };
+    let bus = events::EventBus::with_options(outbox, config.webhooks, options);
     webhooks::spawn_workers(&bus, shutdown.clone(), tracker);
     let commands = commands::CommandEngine::start_dedicated(
         db.clone(),
@@ -81,8 +87,26 @@ pub(crate) fn start_services(
         shutdown.clone(),
         tracker,
     );
-    let telemetry = telemetry::Telemetry::start(db, config.telemetry, shutdown.clone(), tracker);
-    Arc::new(services::Services::new(store, bus, commands, telemetry))
+    let device_events = device_events::DeviceEvents::start(
+        db.clone(),
+        &config.telemetry,
+        shutdown.clone(),
+        tracker,
+    );
+    let telemetry = telemetry::Telemetry::start_with_events(
+        db,
+        config.telemetry,
+        Some(Arc::new(bus.clone())),
+        shutdown.clone(),
+        tracker,
+    );
+    Arc::new(services::Services::new(
+        store,
+        bus,
+        commands,
+        telemetry,
+        device_events,
+    ))
 }
 
 /// Runs the fleet services' event loop until shutdown, on a thread of its own

@@ -4,10 +4,12 @@
 use std::sync::{Arc, Mutex};
 
 use fleetmq_device_plugins::DevicePlugin;
+use fleetmq_storage::device_events::NewEvent;
 use fleetmq_storage::{DeviceId, DeviceRecord, DeviceState, Store};
 use serde_json::json;
 
 use super::commands::CommandEngine;
+use super::device_events::DeviceEvents;
 use super::events::EventBus;
 use super::presence::{Presence, Transition};
 use super::telemetry::{Rejected, Telemetry};
@@ -16,11 +18,13 @@ use super::{LinkEvent, Upstream};
 /// A change to one device's stored state, applied at the end of the batch.
 type StateChange = Box<dyn FnOnce(&mut DeviceState) + Send>;
 
-/// What handling a batch of link events leaves to write: state changes first, then
-/// events, each in order, so whoever sees an event finds the state it reports stored.
+/// What handling a batch of link events leaves to write: state changes first, then the
+/// devices' own events (`device/{id}/events`), then fleet events, each in order, so
+/// whoever sees an event finds what it reports stored.
 #[derive(Default)]
 struct Pending {
     states: Vec<(DeviceId, StateChange)>,
+    device_events: Vec<NewEvent>,
     events: Vec<super::SinkEvent>,
 }
 
@@ -31,6 +35,7 @@ pub struct Services {
     pub(crate) events: EventBus,
     pub(crate) commands: CommandEngine,
     pub(crate) telemetry: Telemetry,
+    pub(crate) device_events: DeviceEvents,
     /// Writes of the batch being handled (see [`Services::on_events`]).
     pending: Mutex<Pending>,
 }
@@ -41,6 +46,7 @@ impl Services {
         events: EventBus,
         commands: CommandEngine,
         telemetry: Telemetry,
+        device_events: DeviceEvents,
     ) -> Services {
         Services {
             store,
@@ -48,6 +54,7 @@ impl Services {
             events,
             commands,
             telemetry,
+            device_events,
             pending: Mutex::default(),
         }
     }
@@ -97,13 +104,18 @@ impl Services {
     }
 
     /// Handles a batch of link events in order, then writes what they changed: every
-    /// state change in one durable transaction, then every event in one outbox commit.
-    /// A reconnect storm thus costs two commits per batch instead of two per device.
+    /// state change in one durable transaction, the devices' own events in another, then
+    /// every fleet event in one outbox commit. A reconnect storm thus costs two commits
+    /// per batch instead of two per device.
     pub(crate) async fn on_events(&self, events: impl IntoIterator<Item = LinkEvent>) {
         for event in events {
             self.on_event(event).await;
         }
-        let Pending { states, events } = std::mem::take(&mut *self.pending());
+        let Pending {
+            states,
+            device_events,
+            events,
+        } = std::mem::take(&mut *self.pending());
         if !states.is_empty() {
             let result = self
                 .store
@@ -112,6 +124,9 @@ impl Services {
             if let Err(e) = result {
                 tracing::error!(error = %e, "could not store device state");
             }
+        }
+        if !device_events.is_empty() {
+            self.device_events.store(device_events).await;
         }
         if !events.is_empty() {
             self.events.emit_many(events).await;
@@ -124,6 +139,9 @@ impl Services {
         self.commands.forget_device(id).await;
         if let Err(e) = self.telemetry.forget_device(id).await {
             tracing::error!(device_id = %id, error = %e, "could not delete telemetry");
+        }
+        if let Err(e) = self.device_events.forget_device(id).await {
+            tracing::error!(device_id = %id, error = %e, "could not delete device events");
         }
         let lookup = id.clone();
         let forgotten = self
@@ -252,7 +270,7 @@ impl Services {
                     self.commands.response_with(id, plugin, payload).await;
                 }
             }
-            Upstream::Events => self.device_event(id, payload).await,
+            Upstream::Events => self.device_event(id, payload, at_ms).await,
         }
     }
 
@@ -338,23 +356,43 @@ impl Services {
         self.emit("device.bad_payload", id, data);
     }
 
-    /// `device/{id}/events`: alarms become `alarm.raised` / `alarm.cleared` (SPEC §7) with
-    /// the device's payload as data. An alarm is an event whose `type` is `alarm.raised`
-    /// or `alarm.cleared`, or `alarm` with `"state": "raised" | "cleared"` (or
-    /// `"active": true | false`). Other events reach their subscribers only.
-    async fn device_event(&self, id: &DeviceId, payload: &[u8]) {
+    /// `device/{id}/events`: every event the device's plugin understands is stored (at
+    /// the end of the batch) and emitted as `device.event` with the payload as data
+    /// (SPEC §7). Alarms also become `alarm.raised` / `alarm.cleared`: an event whose
+    /// `type` is `alarm.raised` or `alarm.cleared`, or `alarm` with `"state": "raised" |
+    /// "cleared"` (or `"active": true | false`). A payload the plugin refuses (not JSON,
+    /// no `type`) is neither stored nor emitted, only counted and logged.
+    async fn device_event(&self, id: &DeviceId, payload: &[u8], at_ms: u64) {
         let Some(plugin) = self.plugin_of(id).await else {
             return;
         };
         let event = match plugin.decode_event(payload) {
             Ok(event) => event,
             Err(e) => {
+                self.device_events.refused();
                 tracing::debug!(device_id = %id, error = %e, "device event not understood");
                 return;
             }
         };
-        if let Some(kind) = alarm_kind(&event.kind, &event.raw) {
-            self.emit(kind, id, event.raw);
+        let raw = match serde_json::value::to_raw_value(&event.raw) {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.device_events.refused();
+                tracing::debug!(device_id = %id, error = %e, "device event not encodable");
+                return;
+            }
+        };
+        self.pending().device_events.push(NewEvent {
+            device: id.clone(),
+            at_ms,
+            kind: event.kind.clone(),
+            data: raw.get().to_owned(),
+        });
+        let alarm = alarm_kind(&event.kind, &event.raw).map(|kind| (kind, raw.clone()));
+        let mut pending = self.pending();
+        pending.events.push(("device.event", Some(id.clone()), raw));
+        if let Some((kind, raw)) = alarm {
+            pending.events.push((kind, Some(id.clone()), raw));
         }
     }
 

@@ -10,6 +10,9 @@
 //!
 //! Reads ([`Telemetry::query`], [`Telemetry::latest`]) run on the blocking pool and turn
 //! the stored JSON text back into JSON values with RFC 3339 timestamps.
+//!
+//! When a webhook wants the `telemetry` event (SPEC §7), the writer hands every committed
+//! batch to its accumulator and a timer task sends the events (`webhook.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -210,6 +213,8 @@ struct Shared {
     store: bool,
     /// Stops a long sweep between transactions.
     shutdown: CancellationToken,
+    /// The `telemetry` webhook event's accumulators, when a webhook wants it.
+    digest: Option<Arc<webhook::Digest>>,
 }
 
 /// Handle to the telemetry store. Cheap to clone.
@@ -239,6 +244,20 @@ impl Telemetry {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Telemetry {
+        Telemetry::start_with_events(db, config, None, shutdown, tracker)
+    }
+
+    /// [`Telemetry::start`], also sending the `telemetry` event (SPEC §7) to `events`
+    /// when it records that type for some webhook: per device at most one every
+    /// `config.webhook_interval`, from a timer task of its own.
+    pub fn start_with_events(
+        db: Arc<Database>,
+        config: TelemetryConfig,
+        events: Option<Arc<dyn super::EventSink>>,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Telemetry {
+        let digest = webhook::Digest::wanted(events);
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let shared = Arc::new(Shared {
             db,
@@ -252,7 +271,13 @@ impl Telemetry {
             max_points_per_device: config.max_points_per_device.max(1),
             store: config.store,
             shutdown: shutdown.clone(),
+            digest: digest.clone(),
         });
+        if let Some(digest) = digest {
+            let every = config.webhook_interval.max(Duration::from_millis(1));
+            let done = shared.writer_done.clone();
+            tracker.spawn(digest.run(every, shutdown.clone(), done));
+        }
         let writer = writer::Writer {
             shared: shared.clone(),
             rx,
@@ -419,6 +444,15 @@ impl Telemetry {
         Ok(removed)
     }
 
+    /// Sends the `telemetry` events of the points stored since the previous ones now,
+    /// as the timer does every `telemetry.webhook_interval_s` (nothing when no webhook
+    /// wants them).
+    pub async fn send_webhook_events_now(&self) {
+        if let Some(digest) = &self.shared.digest {
+            digest.flush().await;
+        }
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> TelemetryStats {
         let c = &self.shared.counters;
@@ -547,6 +581,7 @@ fn parse_value(device: &DeviceId, key: &str, json: &str) -> Option<Value> {
 
 mod config;
 mod durable;
+mod webhook;
 mod writer;
 
 #[cfg(test)]

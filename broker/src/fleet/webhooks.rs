@@ -88,6 +88,9 @@ pub struct WebhookOptions {
     pub live_capacity: usize,
     /// Recent events kept for streams that resume with `Last-Event-ID`.
     pub replay_capacity: usize,
+    /// `telemetry.webhook`: `telemetry` events go to every URL whose filter matches
+    /// them, not only to those whose filter names `telemetry` (SPEC §7).
+    pub telemetry_to_all: bool,
 }
 
 impl Default for WebhookOptions {
@@ -97,6 +100,7 @@ impl Default for WebhookOptions {
             timeout: Duration::from_secs(10),
             live_capacity: 1024,
             replay_capacity: 10_000,
+            telemetry_to_all: false,
         }
     }
 }

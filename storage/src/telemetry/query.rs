@@ -12,20 +12,57 @@
 //! filter skips), not whole blocks.
 
 use std::collections::{BTreeSet, BinaryHeap};
+use std::fmt;
 use std::iter::Rev;
 use std::ops::{Bound, Range};
 use std::rc::Rc;
+use std::str::FromStr;
 
 use redb::{Database, ReadTransaction, ReadableDatabase as _};
 
 use super::block::{bucket, decode_block_points, object_values, Body};
 use super::{
-    decode_point, key_of, open_read, parse_block_key, parse_point_key, Cursor, Page, Point,
-    PointQuery, QUERY_SCAN_BUDGET,
+    decode_point, key_of, open_read, parse_block_key, parse_point_key, Page, Point, PointQuery,
+    QUERY_SCAN_BUDGET,
 };
 use crate::error::StoreError;
 use crate::ids::DeviceId;
 use crate::schema::{TELEMETRY_BLOCKS as BLOCKS, TELEMETRY_POINTS as POINTS};
+
+/// Where a newest-first page ended; the next page starts just before it.
+/// Shown to API clients as an opaque string (`Display` / `FromStr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    pub(super) ts_ms: u64,
+    pub(super) seq: u64,
+}
+
+/// A string that is not a [`Cursor`] this store handed out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid telemetry cursor")]
+pub struct InvalidCursor;
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.ts_ms, self.seq)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = InvalidCursor;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ts, seq) = s.split_once('.').ok_or(InvalidCursor)?;
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ts) || !digits(seq) {
+            return Err(InvalidCursor);
+        }
+        Ok(Cursor {
+            ts_ms: ts.parse().map_err(|_| InvalidCursor)?,
+            seq: seq.parse().map_err(|_| InvalidCursor)?,
+        })
+    }
+}
 
 /// A point waiting in the merge, ordered by `(ts_ms, seq)`.
 struct Pending {

@@ -18,6 +18,7 @@ pub(crate) async fn get(state: &AppState) -> Result<ApiResponse, ApiError> {
     traffic(&mut e, &stats);
     commands(&mut e, state);
     telemetry(&mut e, state);
+    device_events(&mut e, state);
     trackers(&mut e, &stats);
     let backlog = broker.events().backlog().await;
     webhooks(&mut e, state, backlog);
@@ -199,6 +200,26 @@ fn commands(e: &mut Exposition, state: &AppState) {
         "fleetmq_command_round_trip_seconds",
         "From a command's first send to the device's answer.",
         &engine.round_trip(),
+    );
+}
+
+fn device_events(e: &mut Exposition, state: &AppState) {
+    let d = state.broker.device_events().stats();
+    e.counter(
+        "fleetmq_device_events_stored_total",
+        "Device events (device/{id}/events) committed to the store.",
+        d.stored,
+    );
+    e.counter_by(
+        "fleetmq_device_events_not_stored_total",
+        "Device events not stored, by cause.",
+        "cause",
+        [("refused", d.refused), ("write_failed", d.write_failed)],
+    );
+    e.counter(
+        "fleetmq_device_events_swept_total",
+        "Device events removed by retention.",
+        d.swept,
     );
 }
 

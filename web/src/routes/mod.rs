@@ -4,6 +4,7 @@ pub(crate) mod clients;
 pub(crate) mod commands;
 pub(crate) mod config;
 pub(crate) mod connections;
+pub(crate) mod device_events;
 pub(crate) mod devices;
 pub(crate) mod devices_bulk;
 pub(crate) mod events;

@@ -1,5 +1,5 @@
-//! `/api/v1/stats`: the broker's counters, command states, telemetry and the webhook
-//! backlog.
+//! `/api/v1/stats`: the broker's counters, command states, telemetry, device events and
+//! the webhook backlog.
 
 use http::StatusCode;
 use serde::Serialize;
@@ -9,11 +9,12 @@ use crate::response::{self, ApiResponse};
 use crate::AppState;
 
 #[derive(Serialize)]
-struct Stats<B, C, T, W> {
+struct Stats<B, C, T, E, W> {
     #[serde(flatten)]
     broker: B,
     commands: C,
     telemetry: T,
+    device_events: E,
     webhooks: W,
 }
 
@@ -32,6 +33,7 @@ pub(crate) async fn get(state: &AppState) -> Result<ApiResponse, ApiError> {
         broker: broker.stats(),
         commands: broker.commands().stats(),
         telemetry: broker.telemetry().stats(),
+        device_events: broker.device_events().stats(),
         webhooks: Webhooks {
             backlog: broker.events().backlog().await,
             counters: broker.events().webhook_stats(),

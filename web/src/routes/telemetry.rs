@@ -21,7 +21,10 @@ impl From<TelemetryError> for ApiError {
     }
 }
 
-async fn known_device(state: &AppState, id: &fleetmq_storage::DeviceId) -> Result<(), ApiError> {
+pub(crate) async fn known_device(
+    state: &AppState,
+    id: &fleetmq_storage::DeviceId,
+) -> Result<(), ApiError> {
     let lookup = id.clone();
     match state.store.call(move |s| s.get_device(&lookup)).await? {
         Some(_) => Ok(()),
@@ -32,7 +35,7 @@ async fn known_device(state: &AppState, id: &fleetmq_storage::DeviceId) -> Resul
     }
 }
 
-fn time_param(query: &Query, name: &str) -> Result<Option<u64>, ApiError> {
+pub(crate) fn time_param(query: &Query, name: &str) -> Result<Option<u64>, ApiError> {
     match query.one(name)? {
         None => Ok(None),
         Some(text) => TelemetryQuery::parse_time(text).map(Some).ok_or_else(|| {

@@ -197,6 +197,15 @@ impl EventFilter {
         Ok(EventFilter(Some(parsed)))
     }
 
+    /// Whether one of the patterns is exactly `kind` (not a prefix or `*`). With no
+    /// patterns (every type), false.
+    pub fn names(&self, kind: &str) -> bool {
+        self.0.as_ref().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| matches!(p, Pattern::Exact(e) if e == kind))
+        })
+    }
+
     /// Whether events of type `kind` pass.
     pub fn matches(&self, kind: &str) -> bool {
         self.0

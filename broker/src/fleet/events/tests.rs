@@ -24,6 +24,10 @@ fn filters_match_exact_prefix_and_any() {
     assert!(EventFilter::new(None).matches("anything"));
     // Patterns validate() rejects match nothing.
     assert!(!f(&["comm*"]).matches("command.completed"));
+    // Naming a type is an exact pattern, not a prefix or `*`.
+    assert!(exact.names("telemetry"));
+    assert!(!f(&["*"]).names("telemetry") && !EventFilter::new(None).names("telemetry"));
+    assert!(!f(&["telemetry.*"]).names("telemetry"));
 }
 
 #[test]

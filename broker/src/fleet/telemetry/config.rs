@@ -15,6 +15,8 @@ pub struct RawTelemetryConfig {
     pub retention_days: Option<u64>,
     pub max_points_per_device: Option<u64>,
     pub store: Option<bool>,
+    pub webhook: Option<bool>,
+    pub webhook_interval_s: Option<u64>,
 }
 
 /// How telemetry is queued, batched and kept.
@@ -36,6 +38,12 @@ pub struct TelemetryConfig {
     pub batch_delay: Duration,
     /// How often the sweeper enforces retention (also once at start).
     pub sweep_every: Duration,
+    /// `telemetry.webhook`: the `telemetry` event goes to every webhook, not only to
+    /// those whose `events` name it (SPEC §7).
+    pub webhook: bool,
+    /// `telemetry.webhook_interval_s`: at most one `telemetry` event per device this
+    /// often.
+    pub webhook_interval: Duration,
 }
 
 impl Default for TelemetryConfig {
@@ -49,6 +57,8 @@ impl Default for TelemetryConfig {
             batch_max: 16_384,
             batch_delay: Duration::from_millis(20),
             sweep_every: Duration::from_secs(60),
+            webhook: false,
+            webhook_interval: Duration::from_secs(5),
         }
     }
 }
@@ -70,10 +80,15 @@ impl RawTelemetryConfig {
                 "must be at least 1",
             ));
         }
+        crate::settings::at_least_one("telemetry.webhook_interval_s", self.webhook_interval_s)?;
         Ok(TelemetryConfig {
             retention,
             max_points_per_device,
             store: self.store.unwrap_or(defaults.store),
+            webhook: self.webhook.unwrap_or(defaults.webhook),
+            webhook_interval: self
+                .webhook_interval_s
+                .map_or(defaults.webhook_interval, Duration::from_secs),
             ..defaults
         })
     }

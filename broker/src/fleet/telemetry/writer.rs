@@ -114,10 +114,14 @@ impl Writer {
         if !points.is_empty() {
             let n = points.len() as u64;
             let c = &self.shared.counters;
-            match blocking(&self.shared.db, move |db| store::insert_batch(db, &points)).await {
-                Ok(stored) => {
+            let insert = move |db: &_| store::insert_batch(db, &points).map(|n| (n, points));
+            match blocking(&self.shared.db, insert).await {
+                Ok((stored, points)) => {
                     c.stored.fetch_add(stored, Relaxed);
                     c.batches.fetch_add(1, Relaxed);
+                    if let Some(digest) = &self.shared.digest {
+                        digest.add(&points);
+                    }
                 }
                 Err(error) => {
                     committed = false;

@@ -128,6 +128,7 @@ fn options(first_ms: u64, cap_ms: u64, give_up_ms: u64) -> WebhookOptions {
         timeout: Duration::from_secs(5),
         live_capacity: 16,
         replay_capacity: 64,
+        telemetry_to_all: false,
     }
 }
 
@@ -268,7 +269,7 @@ async fn a_dead_url_does_not_delay_a_healthy_one() {
 
     let started = Instant::now();
     let mut sent = Vec::new();
-    for kind in ["device.online", "telemetry", "device.offline"] {
+    for kind in ["device.online", "device.event", "device.offline"] {
         sent.push(emit(&bus, kind).await.id);
     }
     let mut got = Vec::new();
@@ -335,7 +336,7 @@ async fn events_are_filtered_per_url() {
     let kinds = [
         "device.online",
         "command.completed",
-        "telemetry",
+        "device.event",
         "command.failed",
     ];
     let mut ids = Vec::new();

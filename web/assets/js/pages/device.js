@@ -1,6 +1,6 @@
-// One device: presence and reported status, telemetry charts, commands (send one and
-// watch it to its terminal state), config, credential and key rotation, and why its
-// last connection attempts were refused.
+// One device: presence and reported status, telemetry charts, the events it published
+// (`device/{id}/events`), commands (send one and watch it to its terminal state), config,
+// credential and key rotation, and why its last connection attempts were refused.
 
 import { ApiError, del, enc, get, post, put, qs } from '../api.js';
 import { lineChart } from '../chart.js';
@@ -16,6 +16,8 @@ const CONFIG_RECHECK_MS = 2000;
 const EVENT_DEBOUNCE_MS = 200;
 /** Telemetry is left off the shared event stream: the charts reload on their own. */
 const TELEMETRY_EVERY_MS = 10000;
+/** The device's own events shown, newest first. */
+const DEVICE_EVENTS = 20;
 
 async function telemetryPoints(id, from, to) {
   let items = [];
@@ -57,6 +59,14 @@ function commandRow(c, onCancel) {
     h('td', {}, TERMINAL.has(c.status) ? '' : h('button', { type: 'button', class: 'danger', onclick: () => onCancel(c) }, 'cancel')));
 }
 
+function deviceEventRow(e) {
+  const data = JSON.stringify(e.data);
+  return h('tr', { dataset: { type: e.type } },
+    h('td', { title: e.at }, ago(e.at)),
+    h('td', {}, e.type),
+    h('td', {}, h('code', { title: data }, data.length > 120 ? `${data.slice(0, 120)}…` : data)));
+}
+
 /** A tracker's last position (its `lat`/`lon` telemetry, SPEC §10), or nothing. */
 function positionOf(values) {
   const lat = values.lat && values.lat.value;
@@ -82,6 +92,7 @@ export function mount(root, ctx, id) {
   const range = h('select', { id: 'range' }, RANGES.map(([name]) => h('option', { value: name }, name)));
   range.value = '1h';
   const commandsBody = h('tbody');
+  const eventsBody = h('tbody', { id: 'device-events' });
   const watch = h('div', { id: 'watch' });
   const secrets = h('div');
   const configVersion = h('span', { id: 'config-version' }, '—');
@@ -133,6 +144,13 @@ export function mount(root, ctx, id) {
       h('h3', {}, key, h('span', { class: 'muted' }, String(last.values[key].value))),
       lineChart(points.filter((p) => typeof p.values[key] === 'number').map((p) => ({ t: p.ts_ms, v: p.values[key] })), { from, to, label: key })))
       : h('p', { class: 'muted' }, 'No numeric telemetry keys.'));
+  };
+
+  const loadEvents = async () => {
+    const page = await get(`${base}/events?limit=${DEVICE_EVENTS}`);
+    if (stopped) return;
+    fill(eventsBody, page.items.length ? page.items.map(deviceEventRow)
+      : h('tr', {}, h('td', { colspan: 3, class: 'empty' }, 'No events yet.')));
   };
 
   const cancel = async (c) => {
@@ -242,11 +260,13 @@ export function mount(root, ctx, id) {
         h('form', { class: 'stack', id: 'config-form', onsubmit: saveConfig }, configText,
           h('div', {}, h('button', { class: 'primary', type: 'submit' }, 'Save config'))))),
     h('div', { class: 'panel' }, h('h2', {}, 'Commands'),
-      h('table', { id: 'commands' }, h('thead', {}, h('tr', {}, ['id', 'type', 'status', 'tries', 'created', 'finished', 'result', ''].map((t) => h('th', {}, t)))), commandsBody)));
+      h('table', { id: 'commands' }, h('thead', {}, h('tr', {}, ['id', 'type', 'status', 'tries', 'created', 'finished', 'result', ''].map((t) => h('th', {}, t)))), commandsBody)),
+    h('div', { class: 'panel' }, h('h2', {}, 'Events'),
+      h('table', {}, h('thead', {}, h('tr', {}, ['at', 'type', 'data'].map((t) => h('th', {}, t)))), eventsBody)));
   range.addEventListener('change', () => loadTelemetry());
 
   const refresh = async () => {
-    await Promise.all([loadInfo(), loadCommands(), loadConfig(), loadTelemetry(), loadRefused()]);
+    await Promise.all([loadInfo(), loadCommands(), loadConfig(), loadTelemetry(), loadEvents(), loadRefused()]);
   };
   refresh().catch((err) => {
     if (err.status === 404) fill(root, h('div', { class: 'panel' }, `No device ${id}. `, h('a', { href: '#/devices' }, 'All devices')));
@@ -256,7 +276,8 @@ export function mount(root, ctx, id) {
     loadTelemetry().catch(() => {});
     loadRefused().catch(() => {});
   }, TELEMETRY_EVERY_MS);
-  for (const ev of ctx.recent.filter((e) => e.device_id === id && e.type.startsWith('device.'))) history.push(ev);
+  const presenceLike = (e) => e.type.startsWith('device.') && e.type !== 'device.event';
+  for (const ev of ctx.recent.filter((e) => e.device_id === id && presenceLike(e))) history.push(ev);
 
   return {
     refresh,
@@ -265,12 +286,14 @@ export function mount(root, ctx, id) {
       if (ev.type === 'device.online' || ev.type === 'device.offline') {
         history.unshift(ev);
       }
-      pending.add(ev.type.split('.')[0]);
+      // The device's own events only add a row to the events table.
+      pending.add(ev.type === 'device.event' ? 'events' : ev.type.split('.')[0]);
       clearTimeout(eventTimer);
       eventTimer = setTimeout(() => {
         const work = [loadInfo()];
         if (pending.has('command')) work.push(loadCommands());
         if (pending.has('device')) work.push(loadConfig());
+        if (pending.has('events')) work.push(loadEvents());
         pending.clear();
         Promise.all(work);
       }, EVENT_DEBOUNCE_MS);
