@@ -117,7 +117,20 @@ impl Connection {
     /// Tells the fleet services what a device published on one of its upstream topics.
     /// Telemetry is decoded and queued for the store right here and never waits: when
     /// the store's queue is full the point is dropped and counted.
-    pub(crate) async fn device_published(&mut self, topic: &str, payload: &Bytes, qos: u8) {
+    /// A device's QoS 1/2 telemetry joins the read batch's telemetry write, before its
+    /// PUBREC can be written (`stored_acks.rs`); true if it did.
+    pub(crate) fn telemetry_to_store(&mut self, topic: &str, payload: &Bytes, qos: u8) -> bool {
+        let Identity::Device(device) = &self.s.identity else {
+            return false;
+        };
+        if qos == 0 || Upstream::of(&device.id, topic) != Some(Upstream::Telemetry) {
+            return false;
+        }
+        self.stored.batch.push((payload.clone(), now_ms()));
+        true
+    }
+
+    pub(crate) async fn device_published(&mut self, topic: &str, payload: &Bytes) {
         let Identity::Device(device) = &self.s.identity else {
             return;
         };
@@ -130,11 +143,6 @@ impl Connection {
                 .fleet
                 .command_response(&device.id, payload, at_ms)
                 .await;
-            return;
-        }
-        if kind == Upstream::Telemetry && qos > 0 {
-            // Acknowledged only once stored (SPEC §6), at the end of the read batch.
-            self.unstored.push((payload.clone(), at_ms));
             return;
         }
         if kind == Upstream::Telemetry {
@@ -158,34 +166,51 @@ impl Connection {
         self.core.fleet_event(event).await;
     }
 
-    /// Stores the read batch's QoS 1/2 telemetry before anything acknowledges it; a
-    /// payload the device's plugin refuses is routed and reported, not stored.
-    pub(crate) async fn store_telemetry(&mut self) -> Result<(), super::Ending> {
-        if self.unstored.is_empty() {
-            return Ok(());
+    /// Hands the read batch's QoS 1/2 telemetry to the store as one write; acks for the
+    /// client wait for it (`stored_acks.rs`).
+    pub(crate) fn store_telemetry(&mut self) {
+        if self.stored.batch.is_empty() {
+            return;
         }
-        let points = std::mem::take(&mut self.unstored);
+        let points = std::mem::take(&mut self.stored.batch);
         let Identity::Device(device) = &self.s.identity else {
-            return Ok(());
+            return;
         };
-        match self.core.fleet.telemetry_stored(&device.id, &points).await {
-            Ok(refused) => {
-                let at_ms = points.last().map_or_else(now_ms, |(_, at)| *at);
-                for reason in refused {
-                    self.core.fleet_event_or_drop(LinkEvent::BadPayload {
-                        id: device.id.clone(),
-                        topic: format!("device/{}/telemetry", device.id),
-                        reason,
-                        at_ms,
-                    });
-                }
-                Ok(())
-            }
+        let (fleet, id) = (self.core.fleet.clone(), device.id.clone());
+        self.stored.start(Box::pin(async move {
+            fleet.telemetry_stored(&id, &points).await
+        }));
+    }
+
+    /// A telemetry write ended: its acks go out; a payload the device's plugin refused
+    /// was routed and is reported, not stored; a failed write ends the connection
+    /// without the acks, so the device sends its telemetry again.
+    pub(crate) async fn telemetry_written(
+        &mut self,
+        written: super::stored_acks::Written,
+    ) -> Result<(), super::Ending> {
+        let refused = match written {
+            Ok(refused) => refused,
             Err(e) => {
-                tracing::warn!(client_id = %self.s.client_id, error = %e, points = points.len(), "telemetry not stored; closing without acknowledging it");
-                Err(super::Ending::StoreFailed)
+                tracing::warn!(client_id = %self.s.client_id, error = %e, "telemetry not stored; closing without acknowledging it");
+                self.out.clear();
+                return Err(super::Ending::StoreFailed);
+            }
+        };
+        if let Identity::Device(device) = &self.s.identity {
+            for reason in refused {
+                self.core.fleet_event_or_drop(LinkEvent::BadPayload {
+                    id: device.id.clone(),
+                    topic: format!("device/{}/telemetry", device.id),
+                    reason,
+                    at_ms: now_ms(),
+                });
             }
         }
+        for ack in self.stored.released() {
+            self.encode_packet(ack);
+        }
+        self.flush().await
     }
 
     pub(crate) fn device_decrypt_failed(&self, topic: &str, reason: String) {

@@ -70,12 +70,9 @@ impl Connection {
             self.send_to_router().await?;
             self.update_congestion();
         }
-        // Routed first, acknowledged once stored: the router's PUBACKs wait in the link
-        // until this returns, QoS 2's PUBRECs in `out`.
-        if let Err(ending) = self.store_telemetry().await {
-            self.out.clear();
-            return Err(ending);
-        }
+        // Routed first, acknowledged once stored: from here on the acks for the client
+        // wait for this batch's telemetry write (`stored_acks.rs`).
+        self.store_telemetry();
         self.flush().await?;
         // On an ending, what is queued for the router leaves together with the
         // link's Disconnect, in one router event (see `Connection::leave_router`).
@@ -286,6 +283,8 @@ impl Connection {
             self.persist_retained(&topic, &payload, meta.qos, props.as_ref())
                 .await;
         }
+        // Acknowledged only once stored (SPEC §6): it joins this batch's telemetry write.
+        let stored = self.telemetry_to_store(&topic, &payload, meta.qos);
         let origin = Origin::now(meta.qos, self.s.conn_id);
         let routing = self.routing(meta, &topic, &payload, props, origin);
         // Persistent sessions get their copy before the publisher's ack (written at the
@@ -302,7 +301,9 @@ impl Connection {
             .core
             .session_store
             .check(&incoming, routing, &mut self.copies);
-        self.device_published(&topic, &payload, meta.qos).await;
+        if !stored {
+            self.device_published(&topic, &payload).await;
+        }
         self.to_router.push(Packet::Publish(publish, props));
         Ok(())
     }

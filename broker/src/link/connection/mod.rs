@@ -14,6 +14,7 @@ pub(crate) mod ingress;
 pub(crate) mod outbound;
 pub(crate) mod outbound_alias;
 pub(crate) mod refusal;
+pub(crate) mod stored_acks;
 pub(crate) mod subscribe;
 pub(crate) mod subscriptions;
 pub(crate) mod will;
@@ -111,8 +112,8 @@ pub(crate) struct Connection {
     /// Persistent sessions' copies of this read batch's messages, written before the
     /// batch is routed (`session::store`).
     pub(crate) copies: crate::link::session::store::Copies,
-    /// This read batch's QoS 1/2 telemetry, stored before it is acknowledged (`device.rs`).
-    pub(crate) unstored: Vec<(bytes::Bytes, u64)>,
+    /// QoS 1/2 telemetry stored before it is acknowledged (`stored_acks.rs`).
+    pub(crate) stored: stored_acks::StoredAcks,
 }
 
 impl Connection {
@@ -161,7 +162,7 @@ impl Connection {
             commands: CommandWindow::default(),
             sess,
             copies: Default::default(),
-            unstored: Vec::new(),
+            stored: stored_acks::StoredAcks::default(),
         }
     }
 
@@ -200,7 +201,8 @@ impl Connection {
         let stuck = tokio::time::sleep_until(
             stuck_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
         );
-        let may_read = self.stalled.is_none() || self.read_buf.len() < STALLED_READ_LIMIT;
+        let may_read = (self.stalled.is_none() || self.read_buf.len() < STALLED_READ_LIMIT)
+            && !self.stored.full();
         tokio::select! {
             biased;
             ctrl = self.s.control.recv() => match ctrl {
@@ -224,6 +226,7 @@ impl Connection {
                 Ok(()) => self.ingress().await,
                 Err(_) => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
+            written = self.stored.next(), if self.stored.busy() => self.telemetry_written(written).await,
             _ = self.s.mailbox.ready.notified() => {
                 for (command_id, payload) in self.s.mailbox.take() {
                     self.deliver_command(command_id, &payload);
@@ -283,6 +286,16 @@ impl Connection {
 
     /// Encodes a packet for the client, dropping v5-only properties for 3.1.1 clients.
     pub(crate) fn write_packet(&mut self, packet: Packet) {
+        if self.stored.holding() && matches!(packet, Packet::PubAck(..) | Packet::PubRec(..)) {
+            // After the telemetry written before it (`stored_acks.rs`).
+            self.stored.hold(packet);
+            return;
+        }
+        self.encode_packet(packet);
+    }
+
+    /// Encodes a packet for the client now.
+    pub(crate) fn encode_packet(&mut self, packet: Packet) {
         let packet = match self.s.version {
             Version::V4 => crate::link::strip_properties(packet),
             Version::V5 => packet,
@@ -380,6 +393,7 @@ impl Connection {
         let _ = self.s.closed.send(true);
         if let (Version::V5, Some(reason)) = (self.s.version, disconnect_reason(ending)) {
             if matches!(ending, Ending::SlowConsumer | Ending::StoreFailed) {
+                // (Acks held for telemetry writes still under way are dropped with it.)
                 // Whatever it was not taking goes, or acknowledges what was not stored;
                 // the DISCONNECT is all it may still get.
                 self.out.clear();
