@@ -106,13 +106,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut table = txn.open_table(AUDIT)?;
-            let mut next = match table.last()? {
+            let first = match table.last()? {
                 Some((k, _)) => k.value() + 1,
                 None => 0,
             };
-            for e in entries {
-                table.insert(next, encode(e)?.as_slice())?;
-                next += 1;
+            for (seq, e) in (first..).zip(entries) {
+                table.insert(seq, encode(e)?.as_slice())?;
             }
             let cutoff = now_ms.saturating_sub(retention.max_age_ms);
             let mut len = table.len()?;

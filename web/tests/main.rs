@@ -5,6 +5,7 @@ mod admin_key;
 mod api;
 mod dashboard;
 mod devices_bulk;
+mod keys;
 mod refusals;
 mod retained;
 mod tokens;
