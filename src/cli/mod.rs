@@ -5,7 +5,8 @@
 //! - `error`: `CliError` and the exit codes (0 ok, 1 API error, 2 usage, 3 cannot
 //!   connect / unauthorized, 4 `command send --wait` did not complete).
 //! - `output`: `--json` (the API's JSON as it came) or tables and `key: value` lines.
-//! - `devices`, `commands`, `device_config`, `clients`, `events`: one per command group;
+//! - `devices`, `commands`, `device_config`, `clients`, `events`, `keys` (`key` and
+//!   `audit`): one per command group;
 //!   `device_import` is `device import`, the bulk provisioning from a CSV or JSON file.
 
 mod client;
@@ -16,6 +17,7 @@ mod device_import;
 mod devices;
 mod error;
 mod events;
+mod keys;
 mod output;
 
 use std::process::ExitCode;
@@ -64,6 +66,20 @@ pub enum AdminCommand {
         #[command(flatten)]
         args: events::EventsArgs,
     },
+    /// Create, list and revoke named admin API keys (admin API client)
+    Key {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        action: keys::KeyAction,
+    },
+    /// Show the audit log of state-changing admin API requests, newest first (admin API client)
+    Audit {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        args: keys::AuditArgs,
+    },
 }
 
 /// Runs an admin command on a runtime of its own; returns the process exit code.
@@ -105,6 +121,14 @@ async fn dispatch(command: AdminCommand) -> Result<u8, CliError> {
         AdminCommand::Events { conn, args } => {
             let admin = Admin::connect(&conn).await?;
             events::run(&admin, conn.json, args).await?;
+        }
+        AdminCommand::Key { conn, action } => {
+            let admin = Admin::connect(&conn).await?;
+            keys::run(&admin, conn.json, action).await?;
+        }
+        AdminCommand::Audit { conn, args } => {
+            let admin = Admin::connect(&conn).await?;
+            keys::audit(&admin, conn.json, args).await?;
         }
     }
     Ok(exit::OK)

@@ -30,6 +30,8 @@
 //!    `devices` on `service_clients` (device ids and service client names are one
 //!    namespace):
 //!    - `devices`, `service_clients`, `retained`, `meta` (the admin key hash),
+//!      `api_keys` (named admin API keys and revoking the built-in one), `audit` (the
+//!      admin API's audit log),
 //!      `device_state` (presence details and reported status), `device_config`
 //!      (versioned configuration) and `sessions` (persistent MQTT sessions and their
 //!      queued QoS 1/2 messages) add their methods to [`Store`] (`impl Store` in each
@@ -49,6 +51,8 @@
 //! every read of stored bytes goes through a decoder that reports
 //! [`StoreError::Corrupt`] instead of panicking.
 
+mod api_keys;
+mod audit;
 mod codec;
 pub mod commands;
 mod device_config;
@@ -76,14 +80,17 @@ mod token_key;
 #[cfg(test)]
 mod upgrade_tests;
 
+pub use api_keys::{valid_api_key_name, DeleteKeyError, MAX_API_KEY_NAME_LEN};
+pub use audit::{AuditPage, AuditRetention};
 pub use device_config::{ConfigVersion, KEPT_CONFIG_VERSIONS};
 pub use device_state::DeviceState;
 pub use devices::KEPT_KEY_GENERATIONS;
 pub use error::{OpenError, StoreError};
 pub use ids::{DeviceId, InvalidDeviceId, MAX_DEVICE_ID_LEN};
 pub use model::{
-    AclAction, AclRule, CredentialUpgrade, DeviceKey, DeviceRecord, MessageProperties, NewDevice,
-    RetainedMessage, ServiceClientRecord, DEFAULT_PLUGIN,
+    AclAction, AclRule, ApiKeyRecord, ApiRole, AuditEntry, CredentialUpgrade, DeviceKey,
+    DeviceRecord, MessageProperties, NewDevice, RetainedMessage, ServiceClientRecord,
+    DEFAULT_PLUGIN,
 };
 pub use secret::{
     generate_key, generate_token, CredentialHash, DeviceCredential, TokenHash, TokenKey,

@@ -1,15 +1,11 @@
-//! The `meta` table's admin API key hash. The table and its schema version key are
-//! `schema`'s.
+//! The `meta` table's hash of the built-in admin API key (named keys are `api_keys`'s).
+//! The table and its keys are `schema`'s.
 
 use crate::codec::{self, Location};
 use crate::error::StoreError;
-use crate::schema::{META, META_TABLE as TABLE};
+use crate::schema::{ADMIN_KEY_HASH_KEY, ADMIN_KEY_REVOKED_KEY, META, META_TABLE as TABLE};
 use crate::secret::CredentialHash;
 use crate::store::Store;
-
-/// Key of the admin API key hash: `codec::StoredCredential`. (The table's other key,
-/// the schema version, is `schema`'s.)
-const ADMIN_KEY_HASH_KEY: &str = "admin_key_hash";
 
 fn at(key: &str) -> Location<'_> {
     Location { table: TABLE, key }
@@ -30,12 +26,14 @@ impl Store {
         })
     }
 
-    /// Stores (or replaces) the hash of the admin API key.
+    /// Stores (or replaces) the hash of the admin API key; a key revoked before is
+    /// back.
     pub fn set_admin_key_hash(&self, hash: &CredentialHash) -> Result<(), StoreError> {
         self.write(|txn| {
             let mut table = txn.open_table(META)?;
             let bytes = codec::encode_credential(at(ADMIN_KEY_HASH_KEY), hash)?;
             table.insert(ADMIN_KEY_HASH_KEY, bytes.as_slice())?;
+            table.remove(ADMIN_KEY_REVOKED_KEY)?;
             Ok(())
         })
     }

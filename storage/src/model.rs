@@ -154,6 +154,81 @@ pub struct ServiceClientRecord {
     pub created_at_ms: u64,
 }
 
+/// What a named admin API key may do (SPEC §8), least first: a role allows everything
+/// the roles before it allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiRole {
+    /// Reads only.
+    Viewer,
+    /// Reads, and changes to devices, commands, configuration, publishing.
+    Operator,
+    /// Everything, including API keys, webhooks and service clients.
+    Admin,
+}
+
+impl ApiRole {
+    /// Every role, least first.
+    pub const ALL: [ApiRole; 3] = [ApiRole::Viewer, ApiRole::Operator, ApiRole::Admin];
+
+    /// Its name in the API: `viewer`, `operator` or `admin`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiRole::Viewer => "viewer",
+            ApiRole::Operator => "operator",
+            ApiRole::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for ApiRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ApiRole {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ApiRole::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?}: expected viewer, operator or admin"))
+    }
+}
+
+/// A named admin API key. Only a keyed hash of its secret is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// Its name (see [`valid_api_key_name`](crate::valid_api_key_name)).
+    pub name: String,
+    /// What it may do.
+    pub role: ApiRole,
+    /// HMAC-SHA256 of its secret under the install's token key.
+    pub hash: TokenHash,
+    /// Creation time, unix ms.
+    pub created_at_ms: u64,
+}
+
+/// One state-changing admin API request, as the audit log keeps it: never a body or a
+/// secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When it was answered, unix ms.
+    pub at_ms: u64,
+    /// The name of the key it presented, `-` if none was accepted.
+    pub key: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The route template (`/api/v1/devices/{id}`), `-` for no route.
+    pub route: String,
+    /// The route's first `{…}` value (device id, key name, ...), if it has one.
+    pub target: Option<String>,
+    /// The answer's status code.
+    pub status: u16,
+}
+
 /// A retained MQTT message, keyed by topic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetainedMessage {

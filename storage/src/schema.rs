@@ -23,6 +23,24 @@ pub(crate) const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::
 /// Key of the file's schema version in [`META`]: a little-endian `u32`.
 pub(crate) const SCHEMA_VERSION_KEY: &str = "schema_version";
 
+/// Key of the built-in admin API key's hash in [`META`]: `codec::StoredCredential`.
+pub(crate) const ADMIN_KEY_HASH_KEY: &str = "admin_key_hash";
+
+/// Key in [`META`] present (empty value) once the built-in admin key was revoked through
+/// the API, so a restart does not generate a new one (`api_keys`).
+pub(crate) const ADMIN_KEY_REVOKED_KEY: &str = "admin_key_revoked";
+
+// ---- named admin API keys and the audit log ------------------------------------------
+
+pub(crate) const API_KEYS_TABLE: &str = "api_keys";
+/// Key name → `api_keys::StoredApiKey`.
+pub(crate) const API_KEYS: TableDefinition<'static, &str, &[u8]> =
+    TableDefinition::new(API_KEYS_TABLE);
+
+pub(crate) const AUDIT_TABLE: &str = "audit";
+/// Sequence number (ascending with time) → `audit::StoredAuditEntry`.
+pub(crate) const AUDIT: TableDefinition<'static, u64, &[u8]> = TableDefinition::new(AUDIT_TABLE);
+
 // ---- devices, service clients, retained messages ---------------------------------
 
 pub(crate) const DEVICES_TABLE: &str = "devices";
@@ -167,6 +185,8 @@ pub(crate) fn prepare(txn: &WriteTransaction) -> Result<u32, StoreError> {
     txn.open_table(SESSION_QUEUE)?;
     txn.open_table(DEVICE_STATE)?;
     txn.open_table(DEVICE_CONFIG)?;
+    txn.open_table(API_KEYS)?;
+    txn.open_table(AUDIT)?;
     create_command_tables(txn)?;
     create_telemetry_tables(txn)?;
     create_outbox_tables(txn)?;

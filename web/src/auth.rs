@@ -12,6 +12,7 @@
 //! a flood of wrong keys cannot stall the server.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use fleetmq_storage::{generate_token, CredentialHash, Store};
@@ -20,7 +21,7 @@ use ring::hmac;
 use ring::rand::SystemRandom;
 use tokio::sync::Semaphore;
 
-use crate::error::{ApiError, WebError};
+use crate::error::WebError;
 
 /// File name of the generated key inside the data directory.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
@@ -39,6 +40,10 @@ pub enum Verdict {
 }
 /// A presented key longer than this is rejected without hashing it.
 const MAX_PRESENTED_KEY_LEN: usize = 1024;
+/// The built-in key's name when it comes from `admin.api_key`.
+pub const CONFIGURED_KEY_NAME: &str = "config";
+/// The built-in key's name when it was generated (`<data_dir>/admin.key`).
+pub const GENERATED_KEY_NAME: &str = "admin";
 
 /// Checks the API key of a request. Cheap to clone.
 #[derive(Clone)]
@@ -47,6 +52,10 @@ pub struct AdminKey {
 }
 
 struct Inner {
+    /// [`CONFIGURED_KEY_NAME`] or [`GENERATED_KEY_NAME`].
+    name: &'static str,
+    /// Revoked through the API (or before this start): accepts nothing.
+    revoked: AtomicBool,
     hash: CredentialHash,
     /// Per-process random key for [`Inner::accepted`].
     mac_key: hmac::Key,
@@ -58,12 +67,18 @@ struct Inner {
 impl AdminKey {
     /// A key known only by its stored hash: the first correct request pays one slow check.
     pub fn from_hash(hash: CredentialHash) -> Self {
+        Self::named(GENERATED_KEY_NAME, hash)
+    }
+
+    fn named(name: &'static str, hash: CredentialHash) -> Self {
         let rng = SystemRandom::new();
         // Like the store's token generator: no safe fallback if the OS RNG fails.
         let mac_key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
             .expect("the operating system's random number generator failed");
         AdminKey {
             inner: Arc::new(Inner {
+                name,
+                revoked: AtomicBool::new(false),
                 hash,
                 mac_key,
                 accepted: OnceLock::new(),
@@ -73,11 +88,42 @@ impl AdminKey {
     }
 
     /// A key whose plaintext is known (configured or just generated) and matches `hash`.
-    fn known(hash: CredentialHash, key: &str) -> Self {
-        let admin_key = Self::from_hash(hash);
+    fn known(name: &'static str, hash: CredentialHash, key: &str) -> Self {
+        let admin_key = Self::named(name, hash);
         let tag = hmac::sign(&admin_key.inner.mac_key, key.as_bytes());
         let _ = admin_key.inner.accepted.set(tag);
         admin_key
+    }
+
+    /// A built-in key that was revoked: it accepts nothing.
+    fn revoked() -> Self {
+        let key = Self::named(
+            GENERATED_KEY_NAME,
+            CredentialHash::new(generate_token().as_bytes()),
+        );
+        key.revoke();
+        key
+    }
+
+    /// Its name in `GET /api/v1/keys` and the audit log: `config` when configured,
+    /// `admin` when generated.
+    pub fn name(&self) -> &'static str {
+        self.inner.name
+    }
+
+    /// Whether it comes from `admin.api_key` (and so cannot be revoked by the API).
+    pub fn is_configured(&self) -> bool {
+        self.inner.name == CONFIGURED_KEY_NAME
+    }
+
+    /// Whether it was revoked; it then accepts nothing.
+    pub fn is_revoked(&self) -> bool {
+        self.inner.revoked.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting it (its stored hash is already gone).
+    pub(crate) fn revoke(&self) {
+        self.inner.revoked.store(true, Ordering::Release);
     }
 
     /// Whether `presented` is the admin key. Never blocks an async thread.
@@ -99,7 +145,7 @@ impl AdminKey {
     /// Checks `presented` against the admin key. Never blocks an async thread.
     pub async fn check(&self, presented: &str) -> Verdict {
         let inner = &self.inner;
-        if presented.is_empty() || presented.len() > MAX_PRESENTED_KEY_LEN {
+        if presented.is_empty() || presented.len() > MAX_PRESENTED_KEY_LEN || self.is_revoked() {
             return Verdict::Rejected;
         }
         if let Some(verdict) = self.remembered(presented) {
@@ -136,26 +182,10 @@ impl AdminKey {
             Verdict::Rejected
         }
     }
-
-    /// Checks the `x-api-key` or `Authorization: Bearer` header of a request.
-    pub(crate) async fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(presented) = presented_key(headers) else {
-            return Err(ApiError::Unauthorized(
-                "missing API key: send `x-api-key: <key>` or `Authorization: Bearer <key>`",
-            ));
-        };
-        match self.check(presented).await {
-            Verdict::Accepted => Ok(()),
-            Verdict::Rejected => Err(ApiError::Unauthorized("invalid API key")),
-            Verdict::Busy => Err(ApiError::Unavailable(
-                "too many API key checks in flight; retry".into(),
-            )),
-        }
-    }
 }
 
 /// The key a request presents, from `x-api-key` or else `Authorization: Bearer`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get("x-api-key") {
         return value.to_str().ok().map(str::trim);
     }
@@ -184,10 +214,14 @@ pub async fn ensure_admin_key(
                 s.set_admin_key_hash(&hash).map(|()| (hash, key))
             })
             .await?;
-        return Ok(AdminKey::known(hash, &key));
+        return Ok(AdminKey::known(CONFIGURED_KEY_NAME, hash, &key));
     }
     if let Some(hash) = store.call(|s| s.admin_key_hash()).await? {
         return Ok(AdminKey::from_hash(hash));
+    }
+    if store.call(|s| s.admin_key_revoked()).await? {
+        tracing::info!("the built-in admin key was revoked; only named API keys are accepted");
+        return Ok(AdminKey::revoked());
     }
     let path = data_dir.join(ADMIN_KEY_FILE);
     let key = generate_token();
@@ -203,7 +237,7 @@ pub async fn ensure_admin_key(
             .await?
     };
     tracing::info!(path = %path.display(), "generated an admin API key; it is in this file");
-    Ok(AdminKey::known(hash, &key))
+    Ok(AdminKey::known(GENERATED_KEY_NAME, hash, &key))
 }
 
 /// Writes the key through a temporary file so a crash never leaves a half-written key,
@@ -252,7 +286,7 @@ mod tests {
 
     #[tokio::test]
     async fn known_key_never_needs_the_hash() {
-        let key = AdminKey::known(fast_hash("right-key"), "right-key");
+        let key = AdminKey::known(GENERATED_KEY_NAME, fast_hash("right-key"), "right-key");
         assert!(key.verify("right-key").await);
         assert!(!key.verify("right-kez").await);
     }

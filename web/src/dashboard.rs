@@ -60,6 +60,8 @@ pub const ASSETS: &[Asset] = &[
     asset!("/assets/js/pages/clients.js", JS),
     asset!("/assets/js/pages/service_clients.js", JS),
     asset!("/assets/js/pages/webhooks.js", JS),
+    asset!("/assets/js/pages/keys.js", JS),
+    asset!("/assets/js/pages/audit.js", JS),
 ];
 
 /// Only this origin; no inline script or style, so injected markup cannot run.

@@ -6,7 +6,7 @@ use std::error::Error as StdError;
 use std::path::PathBuf;
 
 use fleetmq_broker::fleet::FleetError;
-use fleetmq_storage::StoreError;
+use fleetmq_storage::{DeleteKeyError, StoreError};
 use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 
@@ -23,6 +23,9 @@ pub(crate) enum ApiError {
     /// No API key, or the wrong one.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// A valid key whose role does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     /// The path exists but not with this method; `allow` lists the methods it has.
@@ -79,6 +82,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -142,6 +146,17 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => Self::NotFound(err.to_string()),
             StoreError::Conflict { .. } => Self::Conflict(err.to_string()),
             StoreError::Invalid(msg) => Self::Unprocessable(msg),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<DeleteKeyError> for ApiError {
+    fn from(err: DeleteKeyError) -> Self {
+        match err {
+            DeleteKeyError::NotFound(_) => Self::NotFound(err.to_string()),
+            DeleteKeyError::LastAdmin(_) => Self::Conflict(err.to_string()),
+            DeleteKeyError::Store(e) => e.into(),
             other => Self::internal(other),
         }
     }

@@ -7,12 +7,15 @@
 //! - `dashboard`: the web dashboard at `GET /`, files compiled in from `web/assets/`.
 //! - `routes`: one module per resource (`devices` and `devices_bulk`, `commands`,
 //!   `config`, `telemetry`, `webhooks`, `service_clients`, `clients`, `publish`,
-//!   `stats`), plus `events`
+//!   `stats`, `keys`, `audit`), plus `events`
 //!   (`GET /api/v1/events`, server-sent events with resume), `metrics` (`GET /metrics`)
 //!   and `openapi` (`GET /api/v1/openapi.json`, the hand-kept `openapi.json`).
 //! - `prometheus`: the Prometheus text exposition format.
-//! - `auth`: [`ensure_admin_key`] and [`AdminKey`], which checks presented keys
-//!   without a slow hash per request.
+//! - `auth`: [`ensure_admin_key`] and [`AdminKey`], the built-in key, which checks
+//!   presented keys without a slow hash per request.
+//! - `access`: who a request is (the built-in key or a named key, `routes::keys`) and
+//!   the role rule the router applies from its table.
+//! - `audit`: the audit log's bounded queue and batch writer task.
 //! - `config`: the `[admin]` section, [`RawAdminConfig`] → [`AdminConfig`].
 //! - `error`: `ApiError`, the one funnel from failure to HTTP answer, and [`WebError`].
 //! - `json`: reading request bodies under the size limit.
@@ -25,6 +28,8 @@
 //! [`fleetmq_storage::Store::call`]; a failed request never changes state (all
 //! validation happens before the one store write a request makes).
 
+mod access;
+mod audit;
 mod auth;
 mod config;
 mod dashboard;
@@ -39,7 +44,8 @@ mod server;
 mod time;
 
 pub use auth::{
-    ensure_admin_key, AdminKey, Verdict, ADMIN_KEY_FILE, MAX_SLOW_VERIFIES, SLOW_VERIFY_WAIT,
+    ensure_admin_key, AdminKey, Verdict, ADMIN_KEY_FILE, CONFIGURED_KEY_NAME, GENERATED_KEY_NAME,
+    MAX_SLOW_VERIFIES, SLOW_VERIFY_WAIT,
 };
 pub use config::{
     AdminConfig, ConfigError, RawAdminConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,

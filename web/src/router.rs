@@ -6,21 +6,28 @@
 //! it (no table entry, no route), and the OpenAPI completeness test compares it with
 //! the published document, so a route nobody documented fails the build's tests.
 //!
+//! Each route also names the role its state-changing methods need (reads need
+//! `viewer`); [`dispatch`] checks it in one place, right after the key, and
+//! [`handle`] queues an audit entry for every state-changing `/api/v1` request that
+//! presented a valid key, whatever its answer.
+//!
 //! A path can match more than one pattern (`/api/v1/devices/bulk` is also
 //! `/api/v1/devices/{id}` for a device called `bulk`): the first pattern that answers
 //! the method wins, so `POST` provisions in bulk while `GET`, `PATCH` and `DELETE` still
 //! reach that device.
 
+use fleetmq_storage::{now_ms, ApiRole, AuditEntry};
 use http::{Method, Request, StatusCode};
 use hyper::body::Body;
 use serde_json::json;
 
+use crate::access::{allowed, is_read, required};
 use crate::error::ApiError;
 use crate::query::path_segments;
 use crate::response::ApiResponse;
 use crate::routes::{
-    clients, commands, config, connections, device_events, devices, devices_bulk, events, metrics,
-    openapi, publish, retained, service_clients, stats, telemetry, webhooks,
+    audit, clients, commands, config, connections, device_events, devices, devices_bulk, events,
+    keys, metrics, openapi, publish, retained, service_clients, stats, telemetry, webhooks,
 };
 use crate::AppState;
 
@@ -30,6 +37,8 @@ pub(crate) struct Route {
     pub(crate) path: &'static str,
     /// The methods, as the `Allow` header of a `405` lists them.
     pub(crate) allow: &'static str,
+    /// The role its state-changing methods need (reads need `viewer`).
+    pub(crate) write: ApiRole,
 }
 
 impl Route {
@@ -55,8 +64,22 @@ impl Route {
     }
 }
 
+/// A route whose changes an `operator` may make.
 const fn route(path: &'static str, allow: &'static str) -> Route {
-    Route { path, allow }
+    Route {
+        path,
+        allow,
+        write: ApiRole::Operator,
+    }
+}
+
+/// A route whose changes only an `admin` may make: keys, webhooks, service clients.
+const fn admin(path: &'static str, allow: &'static str) -> Route {
+    Route {
+        path,
+        allow,
+        write: ApiRole::Admin,
+    }
 }
 
 /// Every route the admin API serves.
@@ -76,9 +99,12 @@ pub(crate) const ROUTES: &[Route] = &[
     route("/api/v1/devices/{id}/telemetry", "GET"),
     route("/api/v1/devices/{id}/telemetry/latest", "GET"),
     route("/api/v1/devices/{id}/events", "GET"),
-    route("/api/v1/webhooks/deliveries", "GET"),
-    route("/api/v1/service-clients", "GET, POST"),
-    route("/api/v1/service-clients/{name}", "DELETE"),
+    admin("/api/v1/webhooks/deliveries", "GET"),
+    admin("/api/v1/service-clients", "GET, POST"),
+    admin("/api/v1/service-clients/{name}", "DELETE"),
+    admin("/api/v1/keys", "GET, POST"),
+    admin("/api/v1/keys/{name}", "DELETE"),
+    route("/api/v1/audit", "GET"),
     route("/api/v1/clients", "GET"),
     route("/api/v1/clients/{client_id}", "DELETE"),
     route("/api/v1/connections/refused", "GET"),
@@ -88,6 +114,17 @@ pub(crate) const ROUTES: &[Route] = &[
     route("/api/v1/events", "GET"),
 ];
 
+/// What [`handle`] learns about a request for its audit entry.
+#[derive(Default)]
+struct Seen {
+    /// Under `/api/v1`.
+    api: bool,
+    /// The name of the key it was accepted with.
+    key: Option<String>,
+    route: Option<&'static str>,
+    target: Option<String>,
+}
+
 /// Answers one request; every failure becomes a JSON error here.
 pub(crate) async fn handle<B>(state: &AppState, req: Request<B>) -> ApiResponse
 where
@@ -96,11 +133,25 @@ where
 {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let response = match dispatch(state, req).await {
+    let mut seen = Seen::default();
+    let response = match dispatch(state, req, &mut seen).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     };
-    tracing::debug!(%method, %path, status = response.status().as_u16(), "admin api request");
+    let status = response.status().as_u16();
+    tracing::debug!(%method, %path, status, "admin api request");
+    // Requests without a valid key are not recorded: the refusal counters and the log
+    // see them, and nobody can push real entries out of the log without a key.
+    if let (true, false, Some(key)) = (seen.api, is_read(&method), seen.key) {
+        state.audit.record(AuditEntry {
+            at_ms: now_ms(),
+            key,
+            method: method.as_str().to_owned(),
+            route: seen.route.unwrap_or("-").to_owned(),
+            target: seen.target,
+            status,
+        });
+    }
     response
 }
 
@@ -121,7 +172,11 @@ fn lookup<'a>(segments: &[&'a str], method: &Method) -> Option<(&'static Route, 
     first
 }
 
-async fn dispatch<B>(state: &AppState, req: Request<B>) -> Result<ApiResponse, ApiError>
+async fn dispatch<B>(
+    state: &AppState,
+    req: Request<B>,
+    seen: &mut Seen,
+) -> Result<ApiResponse, ApiError>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -134,13 +189,51 @@ where
     }
     let segments = path_segments(req.uri().path())?;
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    if let ["api", "v1", ..] = segments.as_slice() {
-        state.key.authorize(req.headers()).await?;
-    }
+    seen.api = matches!(segments.as_slice(), ["api", "v1", ..]);
+    let identity = if seen.api {
+        let identity = (state.access)
+            .authenticate(&state.store, req.headers())
+            .await?;
+        seen.key = Some(identity.name.clone());
+        Some(identity)
+    } else {
+        None
+    };
     let method = req.method().clone();
     let (route, params) =
         lookup(&segments, &method).ok_or_else(|| ApiError::NotFound("no such route".to_owned()))?;
-    let p = |i: usize| params.get(i).copied().unwrap_or_default();
+    seen.route = Some(route.path);
+    seen.target = params.first().map(|p| (*p).to_owned());
+    let needed = required(seen.api, &method, route.write);
+    if let Some(identity) = &identity {
+        if !allowed(identity.role, needed) {
+            return Err(ApiError::Forbidden(format!(
+                "key {:?} has role {}; {method} {} needs {}",
+                identity.name,
+                identity.role,
+                route.path,
+                needed.map_or("-", ApiRole::as_str)
+            )));
+        }
+    }
+    let params: Vec<String> = params.into_iter().map(str::to_owned).collect();
+    answer(state, route, &params, identity.as_ref(), req).await
+}
+
+/// Runs the handler of `route` for `req` (key and role already checked).
+async fn answer<B>(
+    state: &AppState,
+    route: &'static Route,
+    params: &[String],
+    identity: Option<&crate::access::Identity>,
+    req: Request<B>,
+) -> Result<ApiResponse, ApiError>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let method = req.method().clone();
+    let p = |i: usize| params.get(i).map(String::as_str).unwrap_or_default();
     let query = req.uri().query();
     match (route.path, method) {
         ("/", method @ (Method::GET | Method::HEAD)) => {
@@ -190,6 +283,10 @@ where
         ("/api/v1/retained", Method::GET) => retained::list(state, req.uri().query()),
         ("/api/v1/retained", Method::DELETE) => retained::delete(state, req.uri().query()).await,
         ("/api/v1/stats", Method::GET) => stats::get(state).await,
+        ("/api/v1/keys", Method::GET) => keys::list(state, query).await,
+        ("/api/v1/keys", Method::POST) => keys::create(state, req).await,
+        ("/api/v1/keys/{name}", Method::DELETE) => keys::delete(state, p(0), identity).await,
+        ("/api/v1/audit", Method::GET) => audit::list(state, query).await,
         ("/api/v1/events", Method::GET) => events::stream(state, query, req.headers()),
         // A method the table lists but no arm handles is caught by the route tests.
         _ => Err(ApiError::MethodNotAllowed { allow: route.allow }),

@@ -16,6 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Access;
+use crate::audit::Audit;
 use crate::auth::AdminKey;
 use crate::config::AdminConfig;
 
@@ -30,7 +32,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct AppState {
     pub(crate) store: Store,
     pub(crate) broker: BrokerHandle,
-    pub(crate) key: AdminKey,
+    pub(crate) access: Arc<Access>,
+    pub(crate) audit: Audit,
     pub(crate) config: AdminConfig,
     /// Cancelled when the server begins to shut down: open event streams end on it, so
     /// the drain does not wait for them.
@@ -40,10 +43,12 @@ pub struct AppState {
 impl AppState {
     /// Bundles the running pieces the admin API works with.
     pub fn new(store: Store, broker: BrokerHandle, key: AdminKey, config: AdminConfig) -> Self {
+        let access = Arc::new(Access::new(key, store.token_key().clone()));
         AppState {
             store,
             broker,
-            key,
+            access,
+            audit: Audit::new(),
             config,
             shutdown: CancellationToken::new(),
         }
@@ -52,7 +57,7 @@ impl AppState {
 
 /// Serves the admin API on `listener` until `shutdown` is cancelled, then stops
 /// accepting, ends open event streams, lets open requests finish for up to
-/// [`DRAIN_DEADLINE`], and returns.
+/// [`DRAIN_DEADLINE`], writes the audit entries still queued, and returns.
 ///
 /// A failed `accept` (a client that hung up, out of file descriptors) is logged and
 /// retried, never fatal: the error in the signature is reserved for setup failures.
@@ -64,6 +69,13 @@ pub async fn serve(
     let state = Arc::new(AppState {
         shutdown: shutdown.clone(),
         ..state
+    });
+    let stop_audit = CancellationToken::new();
+    let audit_writer = state.audit.take_receiver().map(|rx| {
+        let (state, stop) = (Arc::clone(&state), stop_audit.clone());
+        tokio::spawn(async move {
+            crate::audit::run_writer(state.store.clone(), &state.audit, rx, stop).await;
+        })
     });
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
@@ -93,6 +105,10 @@ pub async fn serve(
     }
     drop(listener);
     drain(graceful, connections).await;
+    stop_audit.cancel();
+    if let Some(writer) = audit_writer {
+        let _ = writer.await;
+    }
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-const API_KEY: &str = "test-admin-key-0123456789abcdef";
+pub(crate) const API_KEY: &str = "test-admin-key-0123456789abcdef";
 const MAX_BODY: usize = 64 * 1024;
 /// Upper bound for anything a test waits for over the network.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -46,15 +46,28 @@ pub(crate) async fn test_app() -> TestApp {
 }
 
 async fn test_app_with(broker_config: BrokerConfig) -> TestApp {
+    test_app_keyed(broker_config, Some(API_KEY)).await
+}
+
+/// [`test_app`] with a generated built-in key (`admin`, in `<data_dir>/admin.key`)
+/// instead of the configured one; returns the app and that key.
+pub(crate) async fn test_app_generated_key() -> (TestApp, String) {
+    let app = test_app_keyed(BrokerConfig::for_tests(), None).await;
+    let dir = app.broker.dir.as_ref().expect("broker data dir").path();
+    let key = std::fs::read_to_string(dir.join(fleetmq_web::ADMIN_KEY_FILE)).unwrap();
+    (app, key.trim_end().to_owned())
+}
+
+async fn test_app_keyed(broker_config: BrokerConfig, configured: Option<&str>) -> TestApp {
     let broker = TestBroker::with_config(broker_config).await;
     let store = broker.store.clone();
     let data_dir = broker.dir.as_ref().expect("broker data dir").path();
-    let key = ensure_admin_key(&store, data_dir, Some(API_KEY))
+    let key = ensure_admin_key(&store, data_dir, configured)
         .await
         .unwrap();
     let mut config: AdminConfig = RawAdminConfig {
         listen: Some("127.0.0.1:0".into()),
-        api_key: Some(API_KEY.into()),
+        api_key: configured.map(str::to_owned),
     }
     .validate()
     .unwrap();
@@ -128,6 +141,33 @@ impl TestApp {
             status: parts.status,
             headers: parts.headers,
             body,
+        }
+    }
+
+    /// A request with exactly these headers and no body.
+    pub(crate) async fn send_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let response = self
+            .client
+            .request(req.body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         }
     }
 
@@ -225,7 +265,7 @@ impl TestApp {
 }
 
 /// Every API route with a body that would succeed if the key were right.
-fn every_api_route() -> Vec<(Method, &'static str, Option<Value>)> {
+pub(crate) fn every_api_route() -> Vec<(Method, &'static str, Option<Value>)> {
     vec![
         (Method::GET, "/api/v1/devices", None),
         (

@@ -10,6 +10,8 @@ import * as device from './pages/device.js';
 import * as clients from './pages/clients.js';
 import * as serviceClients from './pages/service_clients.js';
 import * as webhooks from './pages/webhooks.js';
+import * as keys from './pages/keys.js';
+import * as audit from './pages/audit.js';
 
 const DEFAULT_POLL_MS = 5000;
 /** Events arriving in a burst cause one reload of the page. */
@@ -21,6 +23,8 @@ const NAV = [
   ['#/clients', 'Clients'],
   ['#/service-clients', 'Service clients'],
   ['#/webhooks', 'Webhooks'],
+  ['#/keys', 'API keys'],
+  ['#/audit', 'Audit'],
 ];
 
 /** `?poll_ms=` overrides how often pages reload while there is no live stream. */
@@ -37,6 +41,8 @@ function route() {
     case 'clients': return { page: clients, nav: '#/clients' };
     case 'service-clients': return { page: serviceClients, nav: '#/service-clients' };
     case 'webhooks': return { page: webhooks, nav: '#/webhooks' };
+    case 'keys': return { page: keys, nav: '#/keys' };
+    case 'audit': return { page: audit, nav: '#/audit' };
     default: return null;
   }
 }
@@ -73,7 +79,7 @@ const app = {
     };
     fill(this.root, h('div', { class: 'panel signin' },
       h('h1', {}, h('img', { src: '/assets/logo.svg', alt: '' }), 'fleetmq'),
-      h('p', { class: 'muted' }, 'Sign in with the admin API key (data/admin.key on the server).'),
+      h('p', { class: 'muted' }, 'Sign in with an API key (data/admin.key on the server, or a named key). It is kept in this tab only.'),
       h('form', { class: 'stack', id: 'signin', onsubmit: submit },
         h('label', {}, 'API key', input), h('button', { class: 'primary', type: 'submit' }, 'Sign in'), error)));
   },

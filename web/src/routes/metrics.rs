@@ -22,6 +22,7 @@ pub(crate) async fn get(state: &AppState) -> Result<ApiResponse, ApiError> {
     trackers(&mut e, &stats);
     let backlog = broker.events().backlog().await;
     webhooks(&mut e, state, backlog);
+    audit(&mut e, state);
     e.histogram(
         "fleetmq_redb_commit_seconds",
         "Time to commit a redb write transaction.",
@@ -331,5 +332,19 @@ fn webhooks(e: &mut Exposition, state: &AppState, backlog: u64) {
         "fleetmq_webhook_backlog",
         "Webhook deliveries still owed (pending or failed).",
         backlog,
+    );
+}
+
+fn audit(e: &mut Exposition, state: &AppState) {
+    use std::sync::atomic::Ordering::Relaxed;
+    e.counter(
+        "fleetmq_audit_written_total",
+        "Audit log entries written.",
+        state.audit.written.load(Relaxed),
+    );
+    e.counter(
+        "fleetmq_audit_dropped_total",
+        "Audit log entries lost: the writer's queue was full or a write failed.",
+        state.audit.dropped.load(Relaxed),
     );
 }

@@ -1,5 +1,6 @@
 //! One module per resource of the admin API.
 
+pub(crate) mod audit;
 pub(crate) mod clients;
 pub(crate) mod commands;
 pub(crate) mod config;
@@ -8,6 +9,7 @@ pub(crate) mod device_events;
 pub(crate) mod devices;
 pub(crate) mod devices_bulk;
 pub(crate) mod events;
+pub(crate) mod keys;
 pub(crate) mod metrics;
 pub(crate) mod openapi;
 pub(crate) mod publish;
