@@ -31,7 +31,8 @@
 //!    namespace):
 //!    - `devices`, `service_clients`, `retained`, `meta` (the admin key hash),
 //!      `device_state` (presence details and reported status), `device_config`
-//!      (versioned configuration) and `sessions` (persistent MQTT sessions and their
+//!      (versioned configuration), `webhook_endpoints` (webhook endpoints created
+//!      through the API) and `sessions` (persistent MQTT sessions and their
 //!      queued QoS 1/2 messages) add their methods to [`Store`] (`impl Store` in each
 //!      file; `store` does not know them).
 //!    - [`commands`] (durable commands, SPEC §5), [`telemetry`] and [`outbox`] (the
@@ -73,6 +74,7 @@ mod test_support;
 mod token_key;
 #[cfg(test)]
 mod upgrade_tests;
+mod webhook_endpoints;
 
 pub use device_config::{ConfigVersion, KEPT_CONFIG_VERSIONS};
 pub use device_state::DeviceState;
@@ -91,3 +93,4 @@ pub use sessions::{
     QueueOp, QueuedMessage, SessionRecord, SessionSubscription, MAX_SUBSCRIPTION_ID,
 };
 pub use store::{now_ms, Store, DB_FILE_NAME};
+pub use webhook_endpoints::WebhookEndpoint;
