@@ -71,6 +71,9 @@ pub(crate) fn start_services(
     let db = store.database();
     let outbox = fleetmq_storage::outbox::Outbox::new(db.clone(), Default::default());
     let bus = events::EventBus::new(outbox, config.webhooks);
+    if let Err(error) = bus.load_endpoints(store.clone()) {
+        tracing::error!(%error, "cannot load the webhook endpoints created through the API");
+    }
     webhooks::spawn_workers(&bus, shutdown.clone(), tracker);
     let commands = commands::CommandEngine::start_dedicated(
         db.clone(),
