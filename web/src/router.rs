@@ -75,7 +75,11 @@ pub(crate) const ROUTES: &[Route] = &[
     route("/api/v1/commands/{command_id}", "GET, DELETE"),
     route("/api/v1/devices/{id}/telemetry", "GET"),
     route("/api/v1/devices/{id}/telemetry/latest", "GET"),
+    route("/api/v1/webhooks", "GET, POST"),
     route("/api/v1/webhooks/deliveries", "GET"),
+    route("/api/v1/webhooks/deliveries/{delivery_id}", "DELETE"),
+    route("/api/v1/webhooks/deliveries/{delivery_id}/retry", "POST"),
+    route("/api/v1/webhooks/{webhook_id}", "GET, PATCH, DELETE"),
     route("/api/v1/service-clients", "GET, POST"),
     route("/api/v1/service-clients/{name}", "DELETE"),
     route("/api/v1/clients", "GET"),
@@ -173,7 +177,18 @@ where
         ("/api/v1/devices/{id}/telemetry/latest", Method::GET) => {
             telemetry::latest(state, p(0)).await
         }
+        ("/api/v1/webhooks", Method::GET) => webhooks::list(state, query),
+        ("/api/v1/webhooks", Method::POST) => webhooks::create(state, req).await,
         ("/api/v1/webhooks/deliveries", Method::GET) => webhooks::deliveries(state, query).await,
+        ("/api/v1/webhooks/deliveries/{delivery_id}", Method::DELETE) => {
+            webhooks::discard(state, p(0)).await
+        }
+        ("/api/v1/webhooks/deliveries/{delivery_id}/retry", Method::POST) => {
+            webhooks::retry(state, p(0)).await
+        }
+        ("/api/v1/webhooks/{webhook_id}", Method::GET) => webhooks::get(state, p(0)),
+        ("/api/v1/webhooks/{webhook_id}", Method::PATCH) => webhooks::patch(state, p(0), req).await,
+        ("/api/v1/webhooks/{webhook_id}", Method::DELETE) => webhooks::delete(state, p(0)).await,
         ("/api/v1/service-clients", Method::GET) => service_clients::list(state, query).await,
         ("/api/v1/service-clients", Method::POST) => service_clients::create(state, req).await,
         ("/api/v1/service-clients/{name}", Method::DELETE) => {

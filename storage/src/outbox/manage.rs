@@ -46,20 +46,23 @@ pub fn retry(db: &Database, id: u64) -> Result<String, StoreError> {
     })
 }
 
-/// Removes delivery `id`, owed or dead, for good. Removing an owed one also cuts its
-/// URL's backoff wait short, so what waited behind it goes out now.
+/// Removes delivery `id`, owed or dead, for good. Removing the head of a URL's queue
+/// also cuts its backoff wait short, so what waited behind it goes out now.
 /// [`StoreError::NotFound`] if there is no such delivery.
 pub fn discard(db: &Database, id: u64) -> Result<Discarded, StoreError> {
     write(db, Durability::Immediate, |txn| {
         let mut t = Tables::open(txn)?;
         let d = t.get(id)?.ok_or_else(|| not_found(id))?;
+        let was_head = t.head_ids(&d.url, 1)?.first() == Some(&id);
         t.deliveries.remove(id)?;
         let was_owed = t.queue.remove((d.url.as_str(), id))?.is_some();
         t.dead.remove(id)?;
         if was_owed {
             let mut state = t.state(&d.url)?;
             state.owed = state.owed.saturating_sub(1);
-            state.next_attempt_at_ms = 0;
+            if was_head {
+                state.next_attempt_at_ms = 0;
+            }
             t.put_state(&d.url, &state)?;
         }
         Ok(Discarded {

@@ -462,3 +462,16 @@ fn a_misplaced_queue_entry_is_dropped_without_touching_the_record() {
     assert!(next_due(&db, A).unwrap().is_none());
     assert_eq!(next_due(&db, B).unwrap().unwrap().id, id);
 }
+
+#[test]
+fn discarding_behind_the_head_keeps_the_backoff() {
+    let (_dir, db) = temp_db();
+    for n in 0..2 {
+        enqueue(&db, &event(n), &urls(&[A]), 0, LIMITS).unwrap();
+    }
+    let head = next_due(&db, A).unwrap().unwrap();
+    failed(&db, A, head.id, 10, "HTTP 500", 60_000).unwrap();
+    discard(&db, head.id + 1).unwrap();
+    let due = next_due(&db, A).unwrap().unwrap();
+    assert_eq!((due.id, due.not_before_ms), (head.id, 60_000));
+}

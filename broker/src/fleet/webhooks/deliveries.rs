@@ -154,7 +154,8 @@ impl EventBus {
     }
 
     /// Removes delivery `id` (owed or dead) for good; counted in
-    /// [`WebhookStats::discarded`]. What waited behind an owed one goes out now.
+    /// [`WebhookStats::discarded`]. If it was the head of its URL's queue, what waited
+    /// behind it goes out now.
     pub async fn discard_delivery(&self, id: &str) -> Result<(), EndpointError> {
         let gone = (self.inner.outbox)
             .discard(delivery_id(id)?)
