@@ -8,3 +8,4 @@ mod devices_bulk;
 mod refusals;
 mod retained;
 mod tokens;
+mod webhooks;
