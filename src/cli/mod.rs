@@ -5,8 +5,8 @@
 //! - `error`: `CliError` and the exit codes (0 ok, 1 API error, 2 usage, 3 cannot
 //!   connect / unauthorized, 4 `command send --wait` did not complete).
 //! - `output`: `--json` (the API's JSON as it came) or tables and `key: value` lines.
-//! - `devices`, `commands`, `device_config`, `clients`, `events`: one per command group;
-//!   `device_import` is `device import`, the bulk provisioning from a CSV or JSON file.
+//! - `devices`, `commands`, `device_config`, `clients`, `events`, `webhooks`: one per
+//!   command group; `device_import` is `device import`, the bulk provisioning from a CSV or JSON file.
 
 mod client;
 mod clients;
@@ -17,6 +17,7 @@ mod devices;
 mod error;
 mod events;
 mod output;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -64,6 +65,13 @@ pub enum AdminCommand {
         #[command(flatten)]
         args: events::EventsArgs,
     },
+    /// Manage webhook endpoints and their deliveries (admin API client)
+    Webhook {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        action: webhooks::WebhookAction,
+    },
 }
 
 /// Runs an admin command on a runtime of its own; returns the process exit code.
@@ -105,6 +113,10 @@ async fn dispatch(command: AdminCommand) -> Result<u8, CliError> {
         AdminCommand::Events { conn, args } => {
             let admin = Admin::connect(&conn).await?;
             events::run(&admin, conn.json, args).await?;
+        }
+        AdminCommand::Webhook { conn, action } => {
+            let admin = Admin::connect(&conn).await?;
+            webhooks::run(&admin, conn.json, action).await?;
         }
     }
     Ok(exit::OK)
