@@ -99,14 +99,7 @@ pub async fn run(admin: &Admin, json: bool, action: WebhookAction) -> Result<(),
             let reply = send(admin, Method::PATCH, &path, Some(body)).await?;
             show_endpoint(json, &reply, "updated")
         }
-        WebhookAction::Remove { id } => {
-            let path = format!("/api/v1/webhooks/{}", enc(&id));
-            send(admin, Method::DELETE, &path, None).await?;
-            if !json {
-                outln!("removed webhook {id}; what it was owed is given up (listed as dead)");
-            }
-            Ok(())
-        }
+        WebhookAction::Remove { id } => remove(admin, json, &id).await,
         WebhookAction::Deliveries {
             webhook,
             status,
@@ -122,16 +115,7 @@ pub async fn run(admin: &Admin, json: bool, action: WebhookAction) -> Result<(),
             }
             deliveries(admin, json, &query.join("&")).await
         }
-        WebhookAction::Retry { id } => {
-            let path = format!("/api/v1/webhooks/deliveries/{}/retry", enc(&id));
-            let reply = send(admin, Method::POST, &path, None).await?;
-            if json {
-                output::print_raw(&reply);
-            } else {
-                outln!("delivery {id} is due now");
-            }
-            Ok(())
-        }
+        WebhookAction::Retry { id } => retry(admin, json, &id).await,
         WebhookAction::Discard { id } => {
             let path = format!("/api/v1/webhooks/deliveries/{}", enc(&id));
             send(admin, Method::DELETE, &path, None).await?;
@@ -141,6 +125,26 @@ pub async fn run(admin: &Admin, json: bool, action: WebhookAction) -> Result<(),
             Ok(())
         }
     }
+}
+
+async fn remove(admin: &Admin, json: bool, id: &str) -> Result<(), CliError> {
+    let path = format!("/api/v1/webhooks/{}", enc(id));
+    send(admin, Method::DELETE, &path, None).await?;
+    if !json {
+        outln!("removed webhook {id}; what it was owed is given up (listed as dead)");
+    }
+    Ok(())
+}
+
+async fn retry(admin: &Admin, json: bool, id: &str) -> Result<(), CliError> {
+    let path = format!("/api/v1/webhooks/deliveries/{}/retry", enc(id));
+    let reply = send(admin, Method::POST, &path, None).await?;
+    if json {
+        output::print_raw(&reply);
+    } else {
+        outln!("delivery {id} is due now");
+    }
+    Ok(())
 }
 
 async fn send(

@@ -232,12 +232,8 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self) {
-        // A worker of this URL's previous hook may still be finishing a request.
-        let lock = self.inner.endpoints.url_lock(&self.hook.url);
-        let _running = tokio::select! {
-            biased;
-            () = self.shutdown.cancelled() => return,
-            guard = lock.lock_owned() => guard,
+        let Some(_running) = self.lock_url().await else {
+            return;
         };
         tracing::debug!("webhook worker started");
         loop {
@@ -288,6 +284,17 @@ impl Worker {
             if !ok {
                 return;
             }
+        }
+    }
+
+    /// Waits until no other worker sends to this URL (the worker of this endpoint's
+    /// previous hook may still be finishing a request); `None` on shutdown.
+    async fn lock_url(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let lock = self.inner.endpoints.url_lock(&self.hook.url);
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => None,
+            guard = lock.lock_owned() => Some(guard),
         }
     }
 
