@@ -14,7 +14,7 @@ function endpointsPanel(state) {
   const body = h('tbody');
   const msg = h('p');
   const form = h('form', { class: 'stack', id: 'webhook-form' },
-    h('label', {}, 'URL (http:// or https://)', h('input', { name: 'url', type: 'url', required: true })),
+    h('label', {}, 'URL (an http or https URL)', h('input', { name: 'url', type: 'url', required: true })),
     h('label', {}, 'Secret (signs each delivery; never shown again)',
       h('input', { name: 'secret', type: 'password', autocomplete: 'new-password' })),
     h('label', {}, 'Events (comma-separated: device.online, command.*; empty: all)', h('input', { name: 'events' })),
