@@ -9,6 +9,7 @@ mod cli_admin;
 mod cli_events;
 mod cli_import;
 mod cli_keys;
+mod cli_webhooks;
 mod kill9;
 mod kill9_sessions;
 mod restart;

@@ -32,4 +32,5 @@ mod subscribe_window;
 mod telemetry;
 mod teltonika;
 mod tls;
+mod webhook_endpoints;
 mod webhooks;

@@ -270,19 +270,17 @@ async fn a_dead_url_does_not_delay_another() {
 
     // The refused URL's deliveries are owed, not lost.
     let owed = eventually("the refused URL to be failing", || async {
-        let (failed, _) = b
-            .handle
-            .events()
-            .deliveries(Some(DeliveryStatus::Failed), 100, None)
-            .await
-            .unwrap();
-        let mine: Vec<_> = failed.into_iter().filter(|d| d.url == refused).collect();
-        (mine.len() == 2).then_some(mine)
+        let (all, _) = b.handle.events().deliveries(None, 100, None).await.unwrap();
+        let mine: Vec<_> = all.into_iter().filter(|d| d.url == refused).collect();
+        (mine.len() == 2 && mine[0].status == DeliveryStatus::Failed).then_some(mine)
     })
     .await;
-    // Head of line: the first one carries the error, the second waits behind it.
+    // Head of line: the first one carries the error, the second waits behind it and is
+    // pending: it was never attempted.
     assert!(owed[0].last_error.is_some(), "{owed:?}");
     assert!(owed[0].next_attempt_at.is_some(), "{owed:?}");
+    assert_eq!(owed[1].status, DeliveryStatus::Pending, "{owed:?}");
+    assert_eq!(owed[1].attempts, 0, "{owed:?}");
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@
 //!   connect / unauthorized, 4 `command send --wait` did not complete).
 //! - `output`: `--json` (the API's JSON as it came) or tables and `key: value` lines.
 //! - `devices`, `commands`, `device_config`, `clients`, `events`, `keys` (`key` and
-//!   `audit`): one per command group;
-//!   `device_import` is `device import`, the bulk provisioning from a CSV or JSON file.
+//!   `audit`), `webhooks`: one per command group; `device_import` is `device import`,
+//!   the bulk provisioning from a CSV or JSON file.
 
 mod client;
 mod clients;
@@ -19,6 +19,7 @@ mod error;
 mod events;
 mod keys;
 mod output;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -80,6 +81,13 @@ pub enum AdminCommand {
         #[command(flatten)]
         args: keys::AuditArgs,
     },
+    /// Manage webhook endpoints and their deliveries (admin API client)
+    Webhook {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        action: webhooks::WebhookAction,
+    },
 }
 
 /// Runs an admin command on a runtime of its own; returns the process exit code.
@@ -129,6 +137,10 @@ async fn dispatch(command: AdminCommand) -> Result<u8, CliError> {
         AdminCommand::Audit { conn, args } => {
             let admin = Admin::connect(&conn).await?;
             keys::audit(&admin, conn.json, args).await?;
+        }
+        AdminCommand::Webhook { conn, action } => {
+            let admin = Admin::connect(&conn).await?;
+            webhooks::run(&admin, conn.json, action).await?;
         }
     }
     Ok(exit::OK)

@@ -33,7 +33,8 @@
 //!      `api_keys` (named admin API keys and revoking the built-in one), `audit` (the
 //!      admin API's audit log),
 //!      `device_state` (presence details and reported status), `device_config`
-//!      (versioned configuration) and `sessions` (persistent MQTT sessions and their
+//!      (versioned configuration), `webhook_endpoints` (webhook endpoints created
+//!      through the API) and `sessions` (persistent MQTT sessions and their
 //!      queued QoS 1/2 messages) add their methods to [`Store`] (`impl Store` in each
 //!      file; `store` does not know them).
 //!    - [`commands`] (durable commands, SPEC §5), [`telemetry`], [`device_events`]
@@ -79,6 +80,7 @@ mod test_support;
 mod token_key;
 #[cfg(test)]
 mod upgrade_tests;
+mod webhook_endpoints;
 
 pub use api_keys::{valid_api_key_name, DeleteKeyError, MAX_API_KEY_NAME_LEN};
 pub use audit::{AuditPage, AuditRetention};
@@ -100,3 +102,4 @@ pub use sessions::{
     QueueOp, QueuedMessage, SessionRecord, SessionSubscription, MAX_SUBSCRIPTION_ID,
 };
 pub use store::{now_ms, Store, DB_FILE_NAME};
+pub use webhook_endpoints::WebhookEndpoint;

@@ -15,36 +15,40 @@
 //!   so a restart resumes the backoff where it stopped.
 //!
 //! Retry state belongs to the URL, not the delivery, because a URL's deliveries go out
-//! strictly in order: while its head delivery fails, the ones behind it wait, and they
-//! are reported as `failed` too. A delivery is given up once its URL has been failing
+//! strictly in order: while its head delivery fails, the ones behind it wait; they are
+//! listed as `pending` until they are attempted themselves. A delivery is given up once its URL has been failing
 //! for `give_up_after` counted from the later of the delivery's creation and the start
 //! of the streak, so every delivery gets at least that long.
 //!
 //! Submodules: `records` (the versioned postcard records), `tables` (the write helper
-//! and in-transaction repairs), `handle` ([`Outbox`], the async handle).
+//! and in-transaction repairs), `listing` ([`list`]), `manage` (an operator's
+//! [`retry`] and [`discard`] of one delivery), `handle` ([`Outbox`], the async handle).
 //!
 //! Every free function here is blocking and runs one or a few short transactions;
 //! [`Outbox`] runs them on tokio's blocking pool. Undecodable bytes come back as
 //! [`StoreError::Corrupt`]; [`next_due`] also heals the queue around them (a corrupt
 //! delivery at the head of a queue would otherwise block its URL forever).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase as _, ReadableTable as _,
-    ReadableTableMetadata as _, WriteTransaction,
+    Database, Durability, ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _,
+    WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 
 mod handle;
+mod listing;
+mod manage;
 mod records;
 mod tables;
 
 pub use self::handle::Outbox;
+pub use self::listing::{list, list_for};
+pub use self::manage::{discard, retry, Discarded};
 use self::records::{corrupt, decode_delivery, decode_state, DeliveryV1, UrlStateV1};
 use self::tables::{truncate, write, Tables};
 
@@ -69,9 +73,9 @@ pub const MAX_LIST: usize = 1_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
-    /// Owed; its URL's last attempt did not fail (or there was none yet).
+    /// Owed and never attempted (it may wait behind a failing delivery to its URL).
     Pending,
-    /// Owed; its URL is failing, so it is (or waits behind) a delivery being retried.
+    /// Owed; attempted and failed, will be retried.
     Failed,
     /// Given up after the URL kept failing for the give-up time; kept for inspection.
     Dead,
@@ -483,99 +487,6 @@ pub fn known_urls(db: &Database) -> Result<Vec<String>, StoreError> {
         out.push(entry?.0.value().to_owned());
     }
     Ok(out)
-}
-
-/// Deliveries with id greater than `after`, oldest first, optionally only those with
-/// `status`; at most `limit` (clamped to 1..=[`MAX_LIST`]), and the cursor for the next
-/// page if there are more.
-///
-/// An undecodable record is left out (logged at error level) rather than failing every
-/// listing until it is gone, as `Store::list_retained` does; an undecodable URL state
-/// lists that URL's deliveries as `pending`.
-pub fn list(
-    db: &Database,
-    status: Option<DeliveryStatus>,
-    after: Option<u64>,
-    limit: usize,
-) -> Result<(Vec<Delivery>, Option<u64>), StoreError> {
-    let limit = limit.clamp(1, MAX_LIST);
-    let start = match after {
-        Some(u64::MAX) => return Ok((Vec::new(), None)),
-        Some(a) => a + 1,
-        None => 0,
-    };
-    let txn = db.begin_read()?;
-    let urls = url_heads(&txn)?;
-    let mut out = Vec::new();
-    for entry in txn.open_table(DELIVERIES)?.range(start..)? {
-        let (k, v) = entry?;
-        let id = k.value();
-        let d = match decode_delivery(id, v.value()) {
-            Ok(d) => d,
-            Err(error) => {
-                tracing::error!(%error, "leaving a corrupt webhook delivery out of the list");
-                continue;
-            }
-        };
-        let (state, head) = urls.get(&d.url).copied().unwrap_or_default();
-        let item = listed(id, d, &state, head);
-        if status.is_some_and(|s| s != item.status) {
-            continue;
-        }
-        if out.len() == limit {
-            let cursor = out.last().map(|d: &Delivery| d.id);
-            return Ok((out, cursor));
-        }
-        out.push(item);
-    }
-    Ok((out, None))
-}
-
-/// Per URL, its retry state and the id at the head of its queue (`None` when nothing
-/// is owed); there are only as many URLs as webhooks.
-fn url_heads(
-    txn: &ReadTransaction,
-) -> Result<BTreeMap<String, (UrlStateV1, Option<u64>)>, StoreError> {
-    let mut urls = BTreeMap::new();
-    let queue = txn.open_table(QUEUE)?;
-    for entry in txn.open_table(URLS)?.iter()? {
-        let (k, v) = entry?;
-        let url = k.value();
-        let state = decode_state(url, v.value()).unwrap_or_else(|error| {
-            tracing::error!(%error, "listing with a corrupt webhook URL state");
-            UrlStateV1::default()
-        });
-        let head = match queue.range((url, 0)..=(url, u64::MAX))?.next() {
-            Some(first) => Some(first?.0.value().1),
-            None => None,
-        };
-        urls.insert(url.to_owned(), (state, head));
-    }
-    Ok(urls)
-}
-
-/// Delivery `id` as [`list`] shows it, given its URL's retry state and queue head: dead,
-/// failed while its URL is failing (the head with its next attempt), else pending.
-fn listed(id: u64, d: DeliveryV1, state: &UrlStateV1, head: Option<u64>) -> Delivery {
-    let failing = state.failures > 0;
-    let status = match (d.dead_at_ms, failing) {
-        (Some(_), _) => DeliveryStatus::Dead,
-        (None, true) => DeliveryStatus::Failed,
-        (None, false) => DeliveryStatus::Pending,
-    };
-    let is_failing_head = failing && head == Some(id) && d.dead_at_ms.is_none();
-    Delivery {
-        id,
-        url: d.url,
-        event_id: d.event_id,
-        event_type: d.event_type,
-        status,
-        attempts: d.attempts,
-        created_at_ms: d.created_at_ms,
-        last_attempt_at_ms: d.last_attempt_at_ms,
-        next_attempt_at_ms: is_failing_head.then_some(state.next_attempt_at_ms),
-        last_error: d.last_error,
-    }
 }
 
 /// How many deliveries are owed and dead.

@@ -171,6 +171,14 @@ pub const OUTBOX_URLS: TableDefinition<'static, &str, &[u8]> =
 /// Counters; only the next delivery id so far.
 pub const OUTBOX_META: TableDefinition<'static, &str, u64> = TableDefinition::new("outbox_meta");
 
+// ---- webhook endpoints (see `webhook_endpoints`) -----------------------------------
+
+pub(crate) const WEBHOOK_ENDPOINTS_TABLE: &str = "webhook_endpoints";
+/// Endpoint id → `webhook_endpoints::StoredEndpoint`: the endpoints created through the
+/// admin API.
+pub(crate) const WEBHOOK_ENDPOINTS: TableDefinition<'static, &str, &[u8]> =
+    TableDefinition::new(WEBHOOK_ENDPOINTS_TABLE);
+
 // ---- creating the tables ---------------------------------------------------------------
 
 /// Creates every table a reader expects (all but [`TELEMETRY_POINTS`], which only an
@@ -191,6 +199,7 @@ pub(crate) fn prepare(txn: &WriteTransaction) -> Result<u32, StoreError> {
     create_telemetry_tables(txn)?;
     create_outbox_tables(txn)?;
     create_device_event_tables(txn)?;
+    txn.open_table(WEBHOOK_ENDPOINTS)?;
     let found = init_version(txn)?;
     upgrade(txn, found)?;
     Ok(found)

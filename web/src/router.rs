@@ -99,7 +99,11 @@ pub(crate) const ROUTES: &[Route] = &[
     route("/api/v1/devices/{id}/telemetry", "GET"),
     route("/api/v1/devices/{id}/telemetry/latest", "GET"),
     route("/api/v1/devices/{id}/events", "GET"),
+    admin("/api/v1/webhooks", "GET, POST"),
     admin("/api/v1/webhooks/deliveries", "GET"),
+    admin("/api/v1/webhooks/deliveries/{delivery_id}", "DELETE"),
+    admin("/api/v1/webhooks/deliveries/{delivery_id}/retry", "POST"),
+    admin("/api/v1/webhooks/{webhook_id}", "GET, PATCH, DELETE"),
     admin("/api/v1/service-clients", "GET, POST"),
     admin("/api/v1/service-clients/{name}", "DELETE"),
     admin("/api/v1/keys", "GET, POST"),
@@ -270,7 +274,18 @@ where
         ("/api/v1/devices/{id}/events", Method::GET) => {
             device_events::list(state, p(0), query).await
         }
+        ("/api/v1/webhooks", Method::GET) => webhooks::list(state, query),
+        ("/api/v1/webhooks", Method::POST) => webhooks::create(state, req).await,
         ("/api/v1/webhooks/deliveries", Method::GET) => webhooks::deliveries(state, query).await,
+        ("/api/v1/webhooks/deliveries/{delivery_id}", Method::DELETE) => {
+            webhooks::discard(state, p(0)).await
+        }
+        ("/api/v1/webhooks/deliveries/{delivery_id}/retry", Method::POST) => {
+            webhooks::retry(state, p(0)).await
+        }
+        ("/api/v1/webhooks/{webhook_id}", Method::GET) => webhooks::get(state, p(0)),
+        ("/api/v1/webhooks/{webhook_id}", Method::PATCH) => webhooks::patch(state, p(0), req).await,
+        ("/api/v1/webhooks/{webhook_id}", Method::DELETE) => webhooks::delete(state, p(0)).await,
         ("/api/v1/service-clients", Method::GET) => service_clients::list(state, query).await,
         ("/api/v1/service-clients", Method::POST) => service_clients::create(state, req).await,
         ("/api/v1/service-clients/{name}", Method::DELETE) => {

@@ -45,7 +45,7 @@ pub(crate) async fn test_app() -> TestApp {
     test_app_with(BrokerConfig::for_tests()).await
 }
 
-async fn test_app_with(broker_config: BrokerConfig) -> TestApp {
+pub(crate) async fn test_app_with(broker_config: BrokerConfig) -> TestApp {
     test_app_keyed(broker_config, Some(API_KEY)).await
 }
 
@@ -324,6 +324,21 @@ pub(crate) fn every_api_route() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::GET, "/api/v1/devices/dev-1/telemetry/latest", None),
         (Method::GET, "/api/v1/devices/dev-1/events", None),
         (Method::GET, "/api/v1/webhooks/deliveries", None),
+        (
+            Method::POST,
+            "/api/v1/webhooks",
+            Some(json!({"url": "http://127.0.0.1:9/h", "secret": "s"})),
+        ),
+        (Method::GET, "/api/v1/webhooks", None),
+        (Method::GET, "/api/v1/webhooks/wh-1", None),
+        (
+            Method::PATCH,
+            "/api/v1/webhooks/wh-1",
+            Some(json!({"enabled": false})),
+        ),
+        (Method::DELETE, "/api/v1/webhooks/wh-1", None),
+        (Method::POST, "/api/v1/webhooks/deliveries/1/retry", None),
+        (Method::DELETE, "/api/v1/webhooks/deliveries/1", None),
         (Method::GET, "/api/v1/events", None),
         (Method::GET, "/api/v1/openapi.json", None),
         (Method::GET, "/api/v1/no-such-route", None),
@@ -362,6 +377,8 @@ async fn every_api_route_needs_the_key_and_a_refused_request_changes_nothing() {
     assert_eq!(app.device_count().await, 0);
     let clients = app.get("/api/v1/service-clients").await;
     assert_eq!(clients.body["items"], json!([]));
+    let hooks = app.get("/api/v1/webhooks").await;
+    assert_eq!(hooks.body["items"], json!([]));
     app.stop().await;
 }
 

@@ -10,3 +10,4 @@ mod keys;
 mod refusals;
 mod retained;
 mod tokens;
+mod webhooks;

@@ -1,6 +1,6 @@
 //! Fleet events (SPEC §7): what the fleet services report (`device.online`,
 //! `command.completed`, ...). [`EventBus::emit`] records each event in the webhook
-//! outbox for every configured URL whose filter matches, durably, before it returns;
+//! outbox for every enabled endpoint (config file or API) whose filter matches, durably, before it returns;
 //! then it wakes those URLs' workers (`webhooks`) and broadcasts the event live (for
 //! `GET /api/v1/events`), keeping the most recent ones in a bounded replay ring so a
 //! reconnecting stream can resume ([`EventBus::resume`]).
@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use fleetmq_storage::{now_ms, DeviceId};
 use serde::Serialize;
 use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
 
-use super::webhooks::{redact_url, WebhookOptions};
+use super::webhooks::{redact_url, Registry, WebhookOptions};
 use super::{rfc3339_ms, EventSink};
 use fleetmq_storage::outbox::{self, Enqueued, NewDelivery, Outbox};
 
@@ -73,14 +74,56 @@ impl PartialEq for FleetEvent {
     }
 }
 
-/// A configured URL, shared by the bus and its worker.
+/// An enabled endpoint's URL, shared by the bus and its worker. A changed endpoint is
+/// a new `Hook` (and a new worker); see `webhooks::endpoints`.
 pub(super) struct Hook {
+    /// The endpoint as it was when this hook was built, to tell whether it changed.
+    pub(super) spec: HookSpec,
     pub(super) url: String,
     pub(super) key: ring::hmac::Key,
     pub(super) filter: EventFilter,
     /// Holds at most one permit, so wake-ups coalesce and none is lost while the
     /// worker is busy.
     pub(super) wake: Notify,
+    /// Cuts the worker's backoff wait short (an operator's retry or discard).
+    pub(super) kick: Notify,
+    /// Cancels this hook's worker; set when the worker starts.
+    pub(super) worker: Mutex<Option<CancellationToken>>,
+}
+
+/// What a [`Hook`] is built from.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) struct HookSpec {
+    pub(super) id: String,
+    pub(super) url: String,
+    pub(super) secret: String,
+    pub(super) events: Option<Vec<String>>,
+}
+
+impl Hook {
+    pub(super) fn new(spec: HookSpec) -> Hook {
+        Hook {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, spec.secret.as_bytes()),
+            filter: EventFilter::new(spec.events.as_deref()),
+            url: spec.url.clone(),
+            spec,
+            wake: Notify::new(),
+            kick: Notify::new(),
+            worker: Mutex::new(None),
+        }
+    }
+
+    /// Stops this hook's worker, if it runs.
+    pub(super) fn stop(&self) {
+        let token = self
+            .worker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(token) = token {
+            token.cancel();
+        }
+    }
 }
 
 /// Counters since start, for stats and metrics.
@@ -89,6 +132,8 @@ pub(super) struct Counters {
     pub(super) delivered: AtomicU64,
     pub(super) failed_attempts: AtomicU64,
     pub(super) given_up: AtomicU64,
+    /// Deliveries an operator discarded.
+    pub(super) discarded: AtomicU64,
     /// Events not queued for a URL because its outbox queue was full.
     pub(super) dropped_full: AtomicU64,
     pub(super) store_errors: AtomicU64,
@@ -96,7 +141,8 @@ pub(super) struct Counters {
 
 pub(super) struct Inner {
     pub(super) outbox: Outbox,
-    pub(super) hooks: Vec<Arc<Hook>>,
+    /// Every endpoint (config file and API) and the hooks of the enabled ones.
+    pub(super) endpoints: Registry,
     pub(super) options: WebhookOptions,
     pub(super) counters: Counters,
     pub(super) workers_started: AtomicBool,
@@ -146,10 +192,7 @@ pub struct EventBus {
 
 impl fmt::Debug for EventBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let urls: Vec<_> = self
-            .inner
-            .hooks
-            .iter()
+        let urls: Vec<_> = (self.inner.endpoints.active().iter())
             .map(|h| redact_url(&h.url))
             .collect();
         f.debug_struct("EventBus")
@@ -171,19 +214,6 @@ impl EventBus {
         hooks: Vec<WebhookConfig>,
         options: WebhookOptions,
     ) -> EventBus {
-        let mut built: Vec<Arc<Hook>> = Vec::with_capacity(hooks.len());
-        for h in hooks {
-            if built.iter().any(|b| b.url == h.url) {
-                tracing::warn!(url = %redact_url(&h.url), "webhook URL configured twice; using the first");
-                continue;
-            }
-            built.push(Arc::new(Hook {
-                key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, h.secret.as_bytes()),
-                filter: EventFilter::new(h.events.as_deref()),
-                url: h.url,
-                wake: Notify::new(),
-            }));
-        }
         let (live, _) = broadcast::channel(options.live_capacity.max(1));
         let recent = Mutex::new(Recent {
             ring: VecDeque::new(),
@@ -196,7 +226,7 @@ impl EventBus {
         EventBus {
             inner: Arc::new(Inner {
                 outbox,
-                hooks: built,
+                endpoints: Registry::from_config(hooks),
                 options,
                 counters: Counters::default(),
                 workers_started: AtomicBool::new(false),
@@ -334,7 +364,7 @@ impl EventBus {
     }
 
     fn targets(&self, kind: &str) -> Vec<Arc<Hook>> {
-        (self.inner.hooks.iter())
+        (self.inner.endpoints.active().iter())
             .filter(|h| self.wants(h, kind))
             .cloned()
             .collect()
@@ -453,7 +483,7 @@ fn null_raw() -> Box<serde_json::value::RawValue> {
 impl EventSink for EventBus {
     /// Only webhooks are durable; the live stream and its replay ring start empty.
     fn records_durably(&self, kind: &str) -> bool {
-        self.inner.hooks.iter().any(|h| self.wants(h, kind))
+        (self.inner.endpoints.active().iter()).any(|h| self.wants(h, kind))
     }
 
     fn emit(

@@ -77,6 +77,9 @@ pub(crate) fn start_services(
         ..Default::default()
     };
     let bus = events::EventBus::with_options(outbox, config.webhooks, options);
+    if let Err(error) = bus.load_endpoints(store.clone()) {
+        tracing::error!(%error, "cannot load the webhook endpoints created through the API");
+    }
     webhooks::spawn_workers(&bus, shutdown.clone(), tracker);
     let commands = commands::CommandEngine::start_dedicated(
         db.clone(),

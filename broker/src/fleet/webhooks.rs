@@ -1,5 +1,7 @@
-//! Webhook delivery (SPEC §7): one worker task per configured URL sends that URL's owed
-//! deliveries from the outbox as signed JSON POSTs.
+//! Webhook delivery (SPEC §7): one worker task per enabled endpoint sends that URL's owed
+//! deliveries from the outbox as signed JSON POSTs. Endpoints come from the config file
+//! and the admin API (`endpoints`); an operator can list, retry and discard deliveries
+//! (`deliveries`).
 //!
 //! - **Order**: per URL strictly in order (head of line). While the head delivery fails,
 //!   the ones behind it wait; once the URL answers again they follow in order. This is
@@ -19,7 +21,7 @@
 //!   shutdown mid-request sends it again. Receivers deduplicate by event `id`.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,14 +32,12 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use super::events::{EventBus, Hook, Inner};
-use super::rfc3339_ms;
-use fleetmq_storage::outbox::{Delivery, DeliveryStatus, Due};
+use fleetmq_storage::outbox::Due;
 
 /// The signature header: `sha256=<hex HMAC-SHA256(secret, body)>`.
 pub const SIGNATURE_HEADER: &str = "x-fleetmq-signature";
@@ -105,99 +105,14 @@ impl Default for WebhookOptions {
     }
 }
 
-/// A delivery as listed by `GET /api/v1/webhooks/deliveries`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeliveryView {
-    /// Delivery id (also the list cursor).
-    pub id: String,
-    pub event_id: String,
-    pub event_type: String,
-    pub url: String,
-    pub status: DeliveryStatus,
-    /// Failed attempts of this delivery.
-    pub attempts: u32,
-    /// Set on the delivery its failing URL retries next; those behind it follow it.
-    pub next_attempt_at: Option<String>,
-    pub last_attempt_at: Option<String>,
-    pub last_error: Option<String>,
-    pub created_at: String,
-}
+mod deliveries;
+mod endpoints;
 
-impl From<Delivery> for DeliveryView {
-    fn from(d: Delivery) -> Self {
-        DeliveryView {
-            id: d.id.to_string(),
-            event_id: d.event_id,
-            event_type: d.event_type,
-            url: d.url,
-            status: d.status,
-            attempts: d.attempts,
-            next_attempt_at: d.next_attempt_at_ms.map(rfc3339_ms),
-            last_attempt_at: d.last_attempt_at_ms.map(rfc3339_ms),
-            last_error: d.last_error,
-            created_at: rfc3339_ms(d.created_at_ms),
-        }
-    }
-}
+pub use deliveries::{DeliveryView, WebhookStats};
+pub(super) use endpoints::Registry;
+pub use endpoints::{EndpointError, EndpointPatch, EndpointSource, EndpointView, NewEndpoint};
 
-/// Webhook counters since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct WebhookStats {
-    pub delivered: u64,
-    pub failed_attempts: u64,
-    pub given_up: u64,
-    /// Events not queued for a URL whose outbox queue was full.
-    pub dropped_full: u64,
-    pub store_errors: u64,
-}
-
-impl EventBus {
-    /// Deliveries after `cursor`, oldest first, optionally only those with `status`;
-    /// at most `limit` (1..=1000), with the cursor of the next page. A cursor that is
-    /// not one this returned is [`StoreError::Invalid`].
-    pub async fn deliveries(
-        &self,
-        status: Option<DeliveryStatus>,
-        limit: usize,
-        cursor: Option<String>,
-    ) -> Result<(Vec<DeliveryView>, Option<String>), StoreError> {
-        let after = match cursor {
-            Some(c) => Some(
-                c.parse::<u64>()
-                    .map_err(|_| StoreError::Invalid(format!("invalid cursor {c:?}")))?,
-            ),
-            None => None,
-        };
-        let (items, next) = self.inner.outbox.list(status, after, limit).await?;
-        let items = items.into_iter().map(DeliveryView::from).collect();
-        Ok((items, next.map(|n| n.to_string())))
-    }
-
-    /// Deliveries still owed (pending or failed); 0 (logged) if the outbox cannot be read.
-    pub async fn backlog(&self) -> u64 {
-        match self.inner.outbox.counts().await {
-            Ok(c) => c.owed,
-            Err(error) => {
-                tracing::error!(%error, "cannot count the webhook backlog");
-                0
-            }
-        }
-    }
-
-    /// Counters since start.
-    pub fn webhook_stats(&self) -> WebhookStats {
-        let c = &self.inner.counters;
-        WebhookStats {
-            delivered: c.delivered.load(Ordering::Relaxed),
-            failed_attempts: c.failed_attempts.load(Ordering::Relaxed),
-            given_up: c.given_up.load(Ordering::Relaxed),
-            dropped_full: c.dropped_full.load(Ordering::Relaxed),
-            store_errors: c.store_errors.load(Ordering::Relaxed),
-        }
-    }
-}
-
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(super) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 fn http_client() -> Result<HttpClient, rustls::Error> {
     let mut http = HttpConnector::new();
@@ -214,10 +129,11 @@ fn http_client() -> Result<HttpClient, rustls::Error> {
         .build(https))
 }
 
-/// Starts one worker per configured URL, and a task that gives up the deliveries owed
-/// to URLs that are no longer configured (they stay listed as `dead`). Every task is
-/// tracked by `tracker` and stops when `shutdown` is cancelled. A second call does
-/// nothing: two workers for one URL would break its order.
+/// Starts one worker per enabled endpoint, and a task that gives up the deliveries owed
+/// to URLs that are no longer an endpoint (they stay listed as `dead`). Every task is
+/// tracked by `tracker` and stops when `shutdown` is cancelled; endpoints created or
+/// enabled later get their workers on the same terms. A second call does nothing: two
+/// workers for one URL would break its order.
 pub fn spawn_workers(bus: &EventBus, shutdown: CancellationToken, tracker: &TaskTracker) {
     let inner = &bus.inner;
     if inner.workers_started.swap(true, Ordering::SeqCst) {
@@ -225,9 +141,6 @@ pub fn spawn_workers(bus: &EventBus, shutdown: CancellationToken, tracker: &Task
         return;
     }
     tracker.spawn(abandon_unconfigured(inner.clone()));
-    if inner.hooks.is_empty() {
-        return;
-    }
     let client = match http_client() {
         Ok(client) => client,
         Err(error) => {
@@ -235,17 +148,42 @@ pub fn spawn_workers(bus: &EventBus, shutdown: CancellationToken, tracker: &Task
             return;
         }
     };
-    for hook in &inner.hooks {
-        let worker = Worker {
-            inner: inner.clone(),
-            hook: hook.clone(),
-            client: client.clone(),
-            shutdown: shutdown.clone(),
-            store_failures: 0,
-        };
-        let span = tracing::info_span!("webhook", url = %redact_url(&hook.url));
-        tracker.spawn(worker.run().instrument(span));
+    let runtime = endpoints::Runtime {
+        client,
+        shutdown,
+        tracker: tracker.clone(),
+    };
+    if inner.endpoints.runtime.set(runtime).is_err() {
+        return;
     }
+    for hook in inner.endpoints.active().iter() {
+        start_worker(inner, hook.clone());
+    }
+}
+
+/// Starts `hook`'s worker, unless workers are not started yet (`spawn_workers` starts
+/// it then) or it already has one.
+fn start_worker(inner: &Arc<Inner>, hook: Arc<Hook>) {
+    let Some(rt) = inner.endpoints.runtime.get() else {
+        return;
+    };
+    let stop = rt.shutdown.child_token();
+    {
+        let mut slot = hook.worker.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_some() {
+            return;
+        }
+        *slot = Some(stop.clone());
+    }
+    let span = tracing::info_span!("webhook", id = %hook.spec.id, url = %redact_url(&hook.url));
+    let worker = Worker {
+        inner: inner.clone(),
+        hook,
+        client: rt.client.clone(),
+        shutdown: stop,
+        store_failures: 0,
+    };
+    rt.tracker.spawn(worker.run().instrument(span));
 }
 
 async fn abandon_unconfigured(inner: Arc<Inner>) {
@@ -258,7 +196,7 @@ async fn abandon_unconfigured(inner: Arc<Inner>) {
     };
     let reason = "gave up: the webhook URL is no longer configured";
     for url in known {
-        if inner.hooks.iter().any(|h| h.url == url) {
+        if inner.endpoints.knows_url(&url) {
             continue;
         }
         let shown = redact_url(&url);
@@ -298,6 +236,9 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self) {
+        let Some(_running) = self.lock_url().await else {
+            return;
+        };
         tracing::debug!("webhook worker started");
         loop {
             let due = match self.inner.outbox.next_due(self.hook.url.clone()).await {
@@ -350,11 +291,24 @@ impl Worker {
         }
     }
 
-    /// Sleeps `d` unless shut down first; false on shutdown.
+    /// Waits until no other worker sends to this URL (the worker of this endpoint's
+    /// previous hook may still be finishing a request); `None` on shutdown.
+    async fn lock_url(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let lock = self.inner.endpoints.url_lock(&self.hook.url);
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => None,
+            guard = lock.lock_owned() => Some(guard),
+        }
+    }
+
+    /// Sleeps `d` unless shut down first or kicked (an operator's retry); false on
+    /// shutdown.
     async fn pause(&self, d: Duration) -> bool {
         tokio::select! {
             biased;
             () = self.shutdown.cancelled() => false,
+            () = self.hook.kick.notified() => true,
             () = tokio::time::sleep(d) => true,
         }
     }
@@ -495,7 +449,7 @@ pub(super) fn redact_url(url: &str) -> String {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes
         .iter()

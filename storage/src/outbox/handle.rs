@@ -9,8 +9,9 @@ use crate::error::StoreError;
 
 use super::tables::write;
 use super::{
-    abandon, counts, create_tables, delivered, failed, give_up_expired, known_urls, list, next_due,
-    Delivery, DeliveryStatus, Due, OutboxCounts, OutboxLimits,
+    abandon, counts, create_tables, delivered, discard, failed, give_up_expired, known_urls,
+    list_for, next_due, retry, Delivery, DeliveryStatus, Discarded, Due, OutboxCounts,
+    OutboxLimits,
 };
 
 /// The outbox over a shared database: every method runs the matching blocking
@@ -129,14 +130,26 @@ impl Outbox {
         self.call(|db, _| known_urls(db)).await
     }
 
-    /// [`list`].
+    /// [`list_for`](super::list_for): only `url`'s deliveries when it is given.
     pub async fn list(
         &self,
+        url: Option<String>,
         status: Option<DeliveryStatus>,
         after: Option<u64>,
         limit: usize,
     ) -> Result<(Vec<Delivery>, Option<u64>), StoreError> {
-        self.call(move |db, _| list(db, status, after, limit)).await
+        self.call(move |db, _| list_for(db, url.as_deref(), status, after, limit))
+            .await
+    }
+
+    /// [`retry`].
+    pub async fn retry(&self, id: u64) -> Result<String, StoreError> {
+        self.call(move |db, _| retry(db, id)).await
+    }
+
+    /// [`discard`].
+    pub async fn discard(&self, id: u64) -> Result<Discarded, StoreError> {
+        self.call(move |db, _| discard(db, id)).await
     }
 
     /// [`counts`].

@@ -171,7 +171,7 @@ fn a_full_url_drops_new_events_for_it_only() {
 }
 
 #[test]
-fn failures_mark_the_whole_url_failed_until_a_success() {
+fn attempted_deliveries_are_failed_and_those_behind_them_pending() {
     let (_dir, db) = temp_db();
     for n in 0..2 {
         enqueue(&db, &event(n), &urls(&[A, B]), 1_000, LIMITS).unwrap();
@@ -186,25 +186,87 @@ fn failures_mark_the_whole_url_failed_until_a_success() {
 
     let (failed_list, next) = list(&db, Some(DeliveryStatus::Failed), None, 10).unwrap();
     assert_eq!(next, None);
-    assert_eq!(failed_list.len(), 2);
-    assert!(failed_list.iter().all(|d| d.url == A));
+    assert_eq!(
+        failed_list.len(),
+        1,
+        "only the attempted one: {failed_list:?}"
+    );
     let h = &failed_list[0];
+    assert_eq!((h.url.as_str(), h.id), (A, head.id));
     assert_eq!((h.attempts, h.next_attempt_at_ms), (2, Some(5_000)));
     assert_eq!(h.last_error.as_deref(), Some("HTTP 503"));
     assert_eq!(h.last_attempt_at_ms, Some(3_000));
+    // The one queued behind the failing head was never attempted: pending.
+    let (pending, _) = list(&db, Some(DeliveryStatus::Pending), None, 10).unwrap();
+    assert_eq!(pending.len(), 3);
+    let behind: Vec<_> = pending.iter().filter(|d| d.url == A).collect();
+    assert_eq!(behind.len(), 1);
     assert_eq!(
-        (failed_list[1].attempts, failed_list[1].next_attempt_at_ms),
+        (behind[0].attempts, behind[0].next_attempt_at_ms),
         (0, None)
     );
-    let (pending, _) = list(&db, Some(DeliveryStatus::Pending), None, 10).unwrap();
-    assert_eq!(pending.len(), 2);
-    assert!(pending.iter().all(|d| d.url == B));
+    let (only_b, _) = list_for(&db, Some(B), None, None, 10).unwrap();
+    assert_eq!(only_b.len(), 2);
+    assert!(only_b.iter().all(|d| d.url == B));
 
     delivered(&db, A, head.id).unwrap();
     let next = next_due(&db, A).unwrap().unwrap();
     assert_eq!((next.failures, next.not_before_ms), (0, 0));
     let (all, _) = list(&db, None, None, 10).unwrap();
     assert!(all.iter().all(|d| d.status == DeliveryStatus::Pending));
+}
+
+#[test]
+fn retry_cuts_the_backoff_short_and_requeues_a_dead_delivery() {
+    let (_dir, db) = temp_db();
+    for n in 0..2 {
+        enqueue(&db, &event(n), &urls(&[A]), 0, LIMITS).unwrap();
+    }
+    let head = next_due(&db, A).unwrap().unwrap();
+    failed(&db, A, head.id, 10, "HTTP 500", 60_000).unwrap();
+    assert_eq!(next_due(&db, A).unwrap().unwrap().not_before_ms, 60_000);
+    assert_eq!(retry(&db, head.id).unwrap(), A);
+    let due = next_due(&db, A).unwrap().unwrap();
+    assert_eq!((due.id, due.not_before_ms, due.failures), (head.id, 0, 1));
+
+    // Give both up, then bring the first back: it is owed again, first in line.
+    assert_eq!(give_up_expired(&db, A, 100_000, 1, LIMITS).unwrap(), 2);
+    assert_eq!(counts(&db).unwrap(), OutboxCounts { owed: 0, dead: 2 });
+    retry(&db, head.id).unwrap();
+    assert_eq!(counts(&db).unwrap(), OutboxCounts { owed: 1, dead: 1 });
+    let due = next_due(&db, A).unwrap().unwrap();
+    assert_eq!((due.id, due.not_before_ms), (head.id, 0));
+    // A fresh streak: its next failure does not give it up at once.
+    failed(&db, A, head.id, 200_000, "HTTP 500", 200_001).unwrap();
+    assert_eq!(give_up_expired(&db, A, 200_000, 1_000, LIMITS).unwrap(), 0);
+    assert!(matches!(retry(&db, 999), Err(StoreError::NotFound { .. })));
+}
+
+#[test]
+fn discard_removes_owed_and_dead_deliveries() {
+    let (_dir, db) = temp_db();
+    for n in 0..3 {
+        enqueue(&db, &event(n), &urls(&[A]), 0, LIMITS).unwrap();
+    }
+    let head = next_due(&db, A).unwrap().unwrap();
+    failed(&db, A, head.id, 10, "HTTP 500", 60_000).unwrap();
+    let gone = discard(&db, head.id).unwrap();
+    assert_eq!((gone.url.as_str(), gone.was_owed), (A, true));
+    // What waited behind it is due now.
+    let due = next_due(&db, A).unwrap().unwrap();
+    assert_eq!((due.event_id.as_str(), due.not_before_ms), ("ev1", 0));
+    assert_eq!(counts(&db).unwrap(), OutboxCounts { owed: 2, dead: 0 });
+    assert!(matches!(
+        discard(&db, head.id),
+        Err(StoreError::NotFound { .. })
+    ));
+
+    assert_eq!(abandon(&db, A, 5, "gone", LIMITS).unwrap(), 2);
+    let gone = discard(&db, due.id).unwrap();
+    assert!(!gone.was_owed);
+    assert_eq!(counts(&db).unwrap(), OutboxCounts { owed: 0, dead: 1 });
+    let (all, _) = list(&db, None, None, 10).unwrap();
+    assert_eq!(all.len(), 1);
 }
 
 #[test]
@@ -378,7 +440,7 @@ async fn the_async_handle_runs_off_the_async_threads() {
     );
     assert_eq!(outbox.abandon(A.into(), 5, "r".into()).await.unwrap(), 0);
     assert_eq!(outbox.known_urls().await.unwrap(), Vec::<String>::new());
-    assert_eq!(outbox.list(None, None, 5).await.unwrap().0.len(), 1);
+    assert_eq!(outbox.list(None, None, None, 5).await.unwrap().0.len(), 1);
     assert_eq!(
         "failed".parse::<DeliveryStatus>().unwrap(),
         DeliveryStatus::Failed
@@ -399,4 +461,17 @@ fn a_misplaced_queue_entry_is_dropped_without_touching_the_record() {
     .unwrap();
     assert!(next_due(&db, A).unwrap().is_none());
     assert_eq!(next_due(&db, B).unwrap().unwrap().id, id);
+}
+
+#[test]
+fn discarding_behind_the_head_keeps_the_backoff() {
+    let (_dir, db) = temp_db();
+    for n in 0..2 {
+        enqueue(&db, &event(n), &urls(&[A]), 0, LIMITS).unwrap();
+    }
+    let head = next_due(&db, A).unwrap().unwrap();
+    failed(&db, A, head.id, 10, "HTTP 500", 60_000).unwrap();
+    discard(&db, head.id + 1).unwrap();
+    let due = next_due(&db, A).unwrap().unwrap();
+    assert_eq!((due.id, due.not_before_ms), (head.id, 60_000));
 }

@@ -58,6 +58,7 @@ export async function api(method, path, body, { key = session.key, headers = {} 
 export const get = (path) => api('GET', path);
 export const post = (path, body = {}) => api('POST', path, body);
 export const put = (path, body) => api('PUT', path, body);
+export const patch = (path, body) => api('PATCH', path, body);
 export const del = (path) => api('DELETE', path);
 
 /** Whether `key` is accepted, without touching the stored one. */

@@ -316,6 +316,7 @@ fn webhooks(e: &mut Exposition, state: &AppState, backlog: u64) {
             ("delivered", w.delivered),
             ("failed", w.failed_attempts),
             ("given_up", w.given_up),
+            ("discarded", w.discarded),
         ],
     );
     e.counter(
