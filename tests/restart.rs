@@ -286,3 +286,42 @@ async fn inflight_ids_and_pubrels_survive_sigterm_and_sigkill() {
     server.start_again().await;
     resume_in_flight(&server, "f-sub-kill", "f/kill", &q1, q2).await;
 }
+
+/// Issue 18: a data file cut in half stopped the broker with a panic inside redb. Now
+/// `serve` exits non-zero with an error that names the file and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_data_file_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = Server::start(dir.path()).await;
+    for i in 0..300 {
+        let (status, body) = server
+            .api(
+                "POST",
+                "/api/v1/devices",
+                Some(serde_json::json!({"id": format!("cut-{i}")})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    assert_eq!(server.stop().await, Some(0));
+    let file = server.data.join("fleetmq.redb");
+    let len = std::fs::metadata(&file).expect("data file").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("cut the file");
+    let out = support::fleetmq()
+        .args(["serve", "--mqtt-tcp", "127.0.0.1:0", "--mqtt-ws", ""])
+        .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&server.data)
+        .output();
+    let out = tokio::time::timeout(WAIT, out)
+        .await
+        .expect("exits")
+        .expect("ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+    assert!(stderr.contains("damaged"), "{stderr}");
+}

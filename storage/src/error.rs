@@ -154,6 +154,18 @@ pub enum OpenError {
         #[source]
         source: Cause,
     },
+    /// The database file is damaged (cut short, overwritten): redb gave up reading it.
+    #[error(
+        "database {} is damaged ({detail}); stop fleetmq and restore the file from a backup, \
+         or move it aside to start with an empty database",
+        path.display()
+    )]
+    Damaged {
+        /// The database file.
+        path: PathBuf,
+        /// What redb found.
+        detail: String,
+    },
     /// The database opened, but creating its tables or reading its metadata failed.
     #[error("cannot initialise database {}", path.display())]
     Init {

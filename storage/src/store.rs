@@ -48,10 +48,7 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(DB_FILE_NAME);
-        let db = Database::create(&path).map_err(|source| OpenError::Open {
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
+        let db = open_file(&path)?;
         let init_err = |source| OpenError::Init {
             path: path.clone(),
             source,
@@ -167,10 +164,65 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Opens (or creates) the redb file. redb 3.1 asserts on some damaged files (one cut
+/// short panics in `page_manager.rs`) instead of returning an error; that becomes
+/// [`OpenError::Damaged`], naming the file and what to do.
+fn open_file(path: &Path) -> Result<Database, OpenError> {
+    let opened = std::panic::catch_unwind(|| Database::create(path));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(source)) => Err(OpenError::Open {
+            path: path.to_owned(),
+            source: Box::new(source),
+        }),
+        Err(panic) => {
+            let detail = (panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "redb could not read it".to_owned());
+            Err(OpenError::Damaged {
+                path: path.to_owned(),
+                detail,
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Issue 18: a data file cut short stopped the broker with a panic inside redb
+    /// ("assertion failed: storage.raw_file_len()? >= header.layout().len()").
+    #[test]
+    fn a_damaged_file_is_an_error_that_names_it() {
+        for cut in [0.5, 0.1] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = Store::open(dir.path()).unwrap();
+                store
+                    .write(|txn| {
+                        let mut meta = txn.open_table(schema::META)?;
+                        for i in 0..2_000u32 {
+                            meta.insert(format!("filler-{i}").as_str(), [7u8; 512].as_slice())?;
+                        }
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            let path = dir.path().join(DB_FILE_NAME);
+            let len = std::fs::metadata(&path).unwrap().len();
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.set_len((len as f64 * cut) as u64).unwrap();
+            drop(file);
+            let err = match Store::open(dir.path()) {
+                Ok(_) => panic!("a file cut to {cut} of its length opened"),
+                Err(e) => e,
+            };
+            let text = err.to_string();
+            assert!(text.contains(&path.display().to_string()), "{text}");
+        }
+    }
 
     #[test]
     fn open_creates_dir_and_file() {
