@@ -365,3 +365,100 @@ async fn unacked_redelivered_with_their_packet_ids() {
     let m = back.next_msg().await;
     assert_eq!((m.payload.as_slice(), m.dup), (&[3u8][..], false));
 }
+
+/// Issue 18: a client id belongs to the identity that uses it. An anonymous client, or
+/// another service client, that connects with a service client's client id neither
+/// takes over its connection nor resumes its stored session and queue; the service
+/// client then gets everything queued for it (fleetmq only: other brokers kick).
+async fn client_id_bound_to_identity(via: Via, ver: Ver) {
+    let t = Target::start().await;
+    if t.skip_external("provisions service clients through fleetmq's store") {
+        return;
+    }
+    let b = t.broker.as_ref().expect("fleetmq");
+    b.add_service("backend", "pw-1", common::allow_all()).await;
+    b.add_service("other", "pw-2", common::allow_all()).await;
+    let id = unique("backend");
+    let prefix = unique("jobs/");
+    let login = |user: &str, pw: &str| {
+        let mut c = Conn::persistent(&id, ver, 60);
+        c.login = Some((user.to_owned(), pw.to_owned()));
+        c
+    };
+    let (mut backend, _) = connect(&t, via, ver, login("backend", "pw-1")).await;
+    assert_eq!(backend.subscribe(&format!("{prefix}/+"), 1).await, [1]);
+    backend.disconnect(0).await;
+    publish_acked(&t, via, ver, &format!("{prefix}/1"), &["a", "b"]).await;
+
+    // The same client id, anonymous and as another service client: fresh sessions.
+    for conn in [Conn::persistent(&id, ver, 60), login("other", "pw-2")] {
+        let (mut intruder, sp) = connect(&t, via, ver, conn).await;
+        assert!(!sp, "not the backend's session");
+        assert!(
+            intruder.msgs_within(QUIET).await.is_empty(),
+            "none of its queue"
+        );
+        intruder.disconnect(0).await;
+    }
+    // A live backend is not kicked by them either.
+    let (mut backend, sp) = connect(&t, via, ver, login("backend", "pw-1")).await;
+    assert!(sp, "its session is still there");
+    assert_eq!(payloads(&take(&mut backend, 2).await), ["a", "b"]);
+    let (intruder, _) = connect(&t, via, ver, Conn::persistent(&id, ver, 60)).await;
+    assert_eq!(backend.closed_within(QUIET).await, None, "not taken over");
+    intruder.disconnect(0).await;
+    backend.disconnect(0).await;
+}
+matrix!(
+    a_client_id_belongs_to_the_identity_that_uses_it,
+    client_id_bound_to_identity
+);
+
+/// A session stored by an earlier build under `c:{client id}` is resumed by the service
+/// client that connects with that id after the upgrade, never by an anonymous client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stored_by_an_earlier_build_goes_on_for_its_service_client() {
+    use fleetmq_storage::{SessionRecord, SessionSubscription};
+    let t = Target::start().await;
+    if t.skip_external("writes a session into fleetmq's store") {
+        return;
+    }
+    let b = t.broker.as_ref().expect("fleetmq");
+    b.add_service("backend", "pw", common::allow_all()).await;
+    let legacy = SessionRecord {
+        key: "c:backend-1".into(),
+        client_id: "backend-1".into(),
+        subscriptions: vec![SessionSubscription {
+            filter: "orders/+".into(),
+            qos: 1,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+            id: None,
+        }],
+        expiry_s: u32::MAX,
+        disconnected_at_ms: Some(fleetmq_storage::now_ms()),
+        inbound_qos2: Vec::new(),
+        outbound_pubrels: Vec::new(),
+    };
+    b.store
+        .put_session(&legacy)
+        .expect("store a legacy session");
+    let t = t.restart().await;
+    let (anon, sp) = connect(
+        &t,
+        Via::Tcp,
+        Ver::V4,
+        Conn::persistent("backend-1", Ver::V4, 0),
+    )
+    .await;
+    assert!(!sp, "an anonymous client does not get it");
+    anon.disconnect(0).await;
+    let mut conn = Conn::persistent("backend-1", Ver::V4, 0);
+    conn.login = Some(("backend".into(), "pw".into()));
+    let (mut backend, sp) = connect(&t, Via::Tcp, Ver::V4, conn).await;
+    assert!(sp, "the service client resumes its session");
+    publish_acked(&t, Via::Tcp, Ver::V4, "orders/1", &["x"]).await;
+    assert_eq!(payloads(&take(&mut backend, 1).await), ["x"]);
+    backend.disconnect(0).await;
+}

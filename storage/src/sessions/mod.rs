@@ -3,7 +3,8 @@
 //! versioned [`QueuedMessage`]), the QoS 1/2 messages kept for a session while its
 //! client is away.
 //!
-//! A session key is the broker's router client id (`d:{device}` / `c:{client}`).
+//! A session key is the broker's router client id (`d:{device}`, `s:{service}:{client}`,
+//! `a:{client}`; `c:{client}` from earlier builds).
 //! Sequence numbers grow per session, so a range scan returns a queue in arrival order.
 //!
 //! The records are versioned (`records`): older versions still decode, without what

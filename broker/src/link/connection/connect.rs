@@ -146,23 +146,43 @@ fn v4_or_v5(version: Version, v4: ConnectReturnCode, v5: ConnectReturnCode) -> C
     }
 }
 
-/// Router client ids may not contain `+ $ # /`, and a device must never share a session
-/// namespace with another kind of client: devices are `d:{id}`, everyone else `c:{escaped}`.
-fn router_key(identity: &Identity, client_id: &str) -> String {
+/// The router client id, which is also the session's key. Router client ids may not
+/// contain `+ $ # /`, and a client id belongs to the identity that uses it: devices are
+/// `d:{id}`, a service client's are `s:{name}:{client id}`, anonymous clients' are
+/// `a:{client id}` (escaped). So an anonymous client, or another service client, that
+/// connects with a service client's client id neither takes its connection over nor
+/// resumes its stored session and queue (issue 18).
+///
+/// Sessions stored by earlier builds are `c:{client id}`: a service client whose client
+/// id has one (parked or live) goes on using it, so nothing queued for it is lost in an
+/// upgrade; anonymous clients never get one.
+fn router_key(core: &Core, identity: &Identity, client_id: &str) -> String {
     match identity {
         Identity::Device(d) => crate::link::session::live::device_key(d.id.as_str()),
-        _ => {
-            let mut key = String::with_capacity(client_id.len() + 2);
-            key.push_str("c:");
-            for ch in client_id.chars() {
-                match ch {
-                    '+' | '$' | '#' | '/' | '%' => key.push_str(&format!("%{:02X}", ch as u32)),
-                    ch => key.push(ch),
-                }
+        Identity::Service(s) => {
+            let legacy = format!("c:{}", escape(client_id, false));
+            let kept = core.session_store.is_parked(&legacy) || core.sessions.is_live(&legacy);
+            if kept {
+                return legacy;
             }
-            key
+            format!("s:{}:{}", escape(&s.name, true), escape(client_id, true))
+        }
+        Identity::Anonymous => format!("a:{}", escape(client_id, true)),
+    }
+}
+
+/// `text` with `+ $ # / %` (and `:` when `colon`, which separates parts of a key) as
+/// `%XX`.
+fn escape(text: &str, colon: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        match ch {
+            '+' | '$' | '#' | '/' | '%' => out.push_str(&format!("%{:02X}", ch as u32)),
+            ':' if colon => out.push_str("%3A"),
+            ch => out.push(ch),
         }
     }
+    out
 }
 
 fn assigned_client_id() -> String {
@@ -218,7 +238,7 @@ pub(crate) async fn establish(
     core.stats.packet_in(1);
     let version = req.version;
     let admitted = admit(core, &mut req, peer.ip(), cert_cn).await?;
-    let router_key = router_key(&admitted.identity, &admitted.client_id);
+    let router_key = router_key(core, &admitted.identity, &admitted.client_id);
 
     // Setup per router client id is serialised, from the takeover to the new entry in
     // the live table.

@@ -139,6 +139,11 @@ impl Sessions {
         Some(old_id)
     }
 
+    /// Whether a connection is live under `key`.
+    pub(crate) fn is_live(&self, key: &str) -> bool {
+        self.live().contains_key(key)
+    }
+
     pub(crate) fn insert(&self, key: String, live: Live) {
         self.live().insert(key, live);
     }

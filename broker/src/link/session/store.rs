@@ -224,6 +224,11 @@ impl SessionStore {
         lock(&self.parked)
     }
 
+    /// Whether a session is parked under `key`.
+    pub(crate) fn is_parked(&self, key: &str) -> bool {
+        self.parked().sessions.contains_key(key)
+    }
+
     /// The stored session of `key`, for a connection that resumes it.
     pub(crate) async fn record(&self, key: &str) -> Option<SessionRecord> {
         let key = key.to_owned();
