@@ -152,7 +152,7 @@ impl Connection {
             stream,
             s,
             read_buf,
-            out: BytesMut::with_capacity(4096),
+            out: BytesMut::new(),
             to_router: Vec::new(),
             crypto,
             inbound_qos2: InboundQos2::default(),
@@ -277,8 +277,9 @@ impl Connection {
             }
         };
         self.out.clear();
-        if self.out.capacity() > 1 << 20 {
-            self.out = BytesMut::with_capacity(4096);
+        // An idle connection holds no write buffer (a busy one keeps its own, up to 1 MiB).
+        if self.queue.nothing_waiting() || self.out.capacity() > 1 << 20 {
+            self.out = BytesMut::new();
         }
         crate::stats::Stats::add(&self.core.stats.bytes_sent, n as u64);
         result

@@ -255,6 +255,11 @@ impl Outbound {
         }
     }
 
+    /// Whether nothing waits to be written (in flight ones may still await their ack).
+    pub(crate) fn nothing_waiting(&self) -> bool {
+        self.pending.is_empty()
+    }
+
     /// When a congested connection that made no progress is cut.
     pub(crate) fn stuck_deadline(&self, timeout: std::time::Duration) -> Option<Instant> {
         self.congested.then(|| self.progress_at + timeout)
