@@ -5,6 +5,9 @@
 import { del, enc, get, post, qs } from '../api.js';
 import { ago, badge, fill, fmtNum, h, toast } from '../dom.js';
 
+/** How often the page reloads while some job is running. */
+const PROGRESS_POLL_MS = 2000;
+
 /** The states a progress bar shows, in order (terminal ones first). */
 const STATES = ['completed', 'failed', 'expired', 'cancelled', 'superseded', 'delivered', 'sent', 'queued', 'pending'];
 
@@ -178,6 +181,7 @@ export function mount(root) {
   state.reload = async () => {
     const page = await get('/jobs');
     if (state.stopped) return;
+    state.running = page.items.some((j) => j.status === 'running');
     fill(body, page.items.length ? page.items.map(row) : h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'No jobs yet.')));
   };
   fill(root, h('h1', {}, 'Jobs'),
@@ -185,5 +189,7 @@ export function mount(root) {
       ['job', 'status', 'targets', 'progress', 'created', ''].map((t) => h('th', {}, t)))), body)),
     failed.panel, createPanel(state));
   state.reload();
-  return { refresh: () => state.reload(), unmount: () => { state.stopped = true; } };
+  // Commands moving between open states raise no event: while a job runs, poll.
+  const timer = setInterval(() => state.running && state.reload(), PROGRESS_POLL_MS);
+  return { refresh: () => state.reload(), unmount: () => { state.stopped = true; clearInterval(timer); } };
 }
