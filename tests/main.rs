@@ -8,6 +8,7 @@ mod cli;
 mod cli_admin;
 mod cli_events;
 mod cli_import;
+mod cli_jobs;
 mod cli_keys;
 mod cli_webhooks;
 mod kill9;

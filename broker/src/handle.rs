@@ -194,6 +194,11 @@ impl BrokerHandle {
         &self.services.commands
     }
 
+    /// The jobs (SPEC §12).
+    pub fn jobs(&self) -> &crate::fleet::jobs::Jobs {
+        &self.services.jobs
+    }
+
     /// The telemetry store (SPEC §6).
     pub fn telemetry(&self) -> &crate::fleet::telemetry::Telemetry {
         &self.services.telemetry

@@ -22,6 +22,7 @@ mod conformance_v5;
 mod conformance_will;
 mod device_events;
 mod encryption;
+mod jobs;
 mod parking_window;
 mod presence;
 mod refusals;

@@ -6,7 +6,7 @@
 //!   connect / unauthorized, 4 `command send --wait` did not complete).
 //! - `output`: `--json` (the API's JSON as it came) or tables and `key: value` lines.
 //! - `devices`, `commands`, `device_config`, `clients`, `events`, `keys` (`key` and
-//!   `audit`), `webhooks`: one per command group; `device_import` is `device import`,
+//!   `audit`), `webhooks`, `jobs`: one per command group; `device_import` is `device import`,
 //!   the bulk provisioning from a CSV or JSON file.
 
 mod client;
@@ -17,6 +17,7 @@ mod device_import;
 mod devices;
 mod error;
 mod events;
+mod jobs;
 mod keys;
 mod output;
 mod webhooks;
@@ -66,6 +67,13 @@ pub enum AdminCommand {
         conn: ConnArgs,
         #[command(flatten)]
         args: events::EventsArgs,
+    },
+    /// Send one command to many devices, paced: create, list, show, cancel jobs (admin API client)
+    Job {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        action: jobs::JobAction,
     },
     /// Create, list and revoke named admin API keys (admin API client)
     Key {
@@ -129,6 +137,10 @@ async fn dispatch(command: AdminCommand) -> Result<u8, CliError> {
         AdminCommand::Events { conn, args } => {
             let admin = Admin::connect(&conn).await?;
             events::run(&admin, conn.json, args).await?;
+        }
+        AdminCommand::Job { conn, action } => {
+            let admin = Admin::connect(&conn).await?;
+            jobs::run(&admin, conn.json, action).await?;
         }
         AdminCommand::Key { conn, action } => {
             let admin = Admin::connect(&conn).await?;

@@ -136,6 +136,15 @@ pub fn get(db: &Database, id: &str) -> Result<Option<CommandRecord>, StoreError>
     }
 }
 
+/// The commands `ids`, in their order (`None` where absent), from one snapshot.
+pub fn get_many(db: &Database, ids: &[String]) -> Result<Vec<Option<CommandRecord>>, StoreError> {
+    let txn = db.begin_read()?;
+    let Some(table) = open_read(&txn, COMMANDS)? else {
+        return Ok(vec![None; ids.len()]);
+    };
+    ids.iter().map(|id| load(&table, id)).collect()
+}
+
 /// One page of a device's commands, newest first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommandPage {

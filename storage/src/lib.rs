@@ -34,7 +34,8 @@
 //!      admin API's audit log),
 //!      `device_state` (presence details and reported status), `device_config`
 //!      (versioned configuration), `webhook_endpoints` (webhook endpoints created
-//!      through the API) and `sessions` (persistent MQTT sessions and their
+//!      through the API), `jobs` (SPEC §12 jobs and their progress) and `sessions`
+//!      (persistent MQTT sessions and their
 //!      queued QoS 1/2 messages) add their methods to [`Store`] (`impl Store` in each
 //!      file; `store` does not know them).
 //!    - [`commands`] (durable commands, SPEC §5), [`telemetry`], [`device_events`]
@@ -64,6 +65,7 @@ pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod ids;
+pub mod jobs;
 mod meta;
 pub mod metrics;
 pub mod model;

@@ -179,6 +179,18 @@ pub(crate) const WEBHOOK_ENDPOINTS_TABLE: &str = "webhook_endpoints";
 pub(crate) const WEBHOOK_ENDPOINTS: TableDefinition<'static, &str, &[u8]> =
     TableDefinition::new(WEBHOOK_ENDPOINTS_TABLE);
 
+// ---- jobs (see `jobs`) ---------------------------------------------------------------
+
+pub(crate) const JOBS_TABLE: &str = "jobs";
+/// Job id → `jobs::StoredJob`.
+pub(crate) const JOBS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new(JOBS_TABLE);
+/// (job id, index) → device id: a job's target set.
+pub(crate) const JOB_TARGETS: TableDefinition<'static, (&str, u32), &str> =
+    TableDefinition::new("job_targets");
+/// (job id, index) → command id of that target (`""`: skipped).
+pub(crate) const JOB_COMMANDS: TableDefinition<'static, (&str, u32), &str> =
+    TableDefinition::new("job_commands");
+
 // ---- creating the tables ---------------------------------------------------------------
 
 /// Creates every table a reader expects (all but [`TELEMETRY_POINTS`], which only an
@@ -200,6 +212,10 @@ pub(crate) fn prepare(txn: &WriteTransaction) -> Result<u32, StoreError> {
     create_outbox_tables(txn)?;
     create_device_event_tables(txn)?;
     txn.open_table(WEBHOOK_ENDPOINTS)?;
+    // New tables need no schema version: an older build never opens them.
+    txn.open_table(JOBS)?;
+    txn.open_table(JOB_TARGETS)?;
+    txn.open_table(JOB_COMMANDS)?;
     let found = init_version(txn)?;
     upgrade(txn, found)?;
     Ok(found)

@@ -59,6 +59,7 @@ pub const ASSETS: &[Asset] = &[
     asset!("/assets/js/pages/device.js", JS),
     asset!("/assets/js/pages/clients.js", JS),
     asset!("/assets/js/pages/service_clients.js", JS),
+    asset!("/assets/js/pages/jobs.js", JS),
     asset!("/assets/js/pages/webhooks.js", JS),
     asset!("/assets/js/pages/keys.js", JS),
     asset!("/assets/js/pages/audit.js", JS),

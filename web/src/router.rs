@@ -27,7 +27,7 @@ use crate::query::path_segments;
 use crate::response::ApiResponse;
 use crate::routes::{
     audit, clients, commands, config, connections, device_events, devices, devices_bulk, events,
-    keys, metrics, openapi, publish, retained, service_clients, stats, telemetry, webhooks,
+    jobs, keys, metrics, openapi, publish, retained, service_clients, stats, telemetry, webhooks,
 };
 use crate::AppState;
 
@@ -99,6 +99,9 @@ pub(crate) const ROUTES: &[Route] = &[
     route("/api/v1/devices/{id}/telemetry", "GET"),
     route("/api/v1/devices/{id}/telemetry/latest", "GET"),
     route("/api/v1/devices/{id}/events", "GET"),
+    route("/api/v1/jobs", "GET, POST"),
+    route("/api/v1/jobs/{job_id}", "GET, DELETE"),
+    route("/api/v1/jobs/{job_id}/commands", "GET"),
     admin("/api/v1/webhooks", "GET, POST"),
     admin("/api/v1/webhooks/deliveries", "GET"),
     admin("/api/v1/webhooks/deliveries/{delivery_id}", "DELETE"),
@@ -274,6 +277,11 @@ where
         ("/api/v1/devices/{id}/events", Method::GET) => {
             device_events::list(state, p(0), query).await
         }
+        ("/api/v1/jobs", Method::GET) => jobs::list(state, query).await,
+        ("/api/v1/jobs", Method::POST) => jobs::create(state, req).await,
+        ("/api/v1/jobs/{job_id}", Method::GET) => jobs::get(state, p(0)).await,
+        ("/api/v1/jobs/{job_id}", Method::DELETE) => jobs::cancel(state, p(0)).await,
+        ("/api/v1/jobs/{job_id}/commands", Method::GET) => jobs::commands(state, p(0), query).await,
         ("/api/v1/webhooks", Method::GET) => webhooks::list(state, query),
         ("/api/v1/webhooks", Method::POST) => webhooks::create(state, req).await,
         ("/api/v1/webhooks/deliveries", Method::GET) => webhooks::deliveries(state, query).await,

@@ -326,6 +326,15 @@ pub(crate) fn every_api_route() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::GET, "/api/v1/webhooks/deliveries", None),
         (
             Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"name": "j", "target": {"all": true}, "command": {"type": "RELOAD"}})),
+        ),
+        (Method::GET, "/api/v1/jobs", None),
+        (Method::GET, "/api/v1/jobs/j-1", None),
+        (Method::DELETE, "/api/v1/jobs/j-1", None),
+        (Method::GET, "/api/v1/jobs/j-1/commands", None),
+        (
+            Method::POST,
             "/api/v1/webhooks",
             Some(json!({"url": "http://127.0.0.1:9/h", "secret": "s"})),
         ),

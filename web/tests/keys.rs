@@ -29,6 +29,7 @@ async fn documented_routes(app: &TestApp) -> Vec<(Method, String, &'static str)>
         let path = template
             .replace("{id}", "dev-1")
             .replace("{command_id}", "c-1")
+            .replace("{job_id}", "j-1")
             .replace("{client_id}", "dev-1")
             .replace("{name}", "svc");
         for method in item.as_object().unwrap().keys() {

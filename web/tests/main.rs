@@ -6,6 +6,7 @@ mod api;
 mod dashboard;
 mod device_events;
 mod devices_bulk;
+mod jobs;
 mod keys;
 mod refusals;
 mod retained;

@@ -364,6 +364,22 @@ impl CommandEngine {
         CommandView::from_record(&rec.ok_or(CommandError::NotFound)?)
     }
 
+    /// The commands `ids` in their order, `None` where absent, from one snapshot.
+    pub async fn get_many(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<Vec<Option<CommandView>>, CommandError> {
+        let recs = self.read(move |db| store::get_many(db, &ids)).await?;
+        recs.iter()
+            .map(|r| r.as_ref().map(CommandView::from_record).transpose())
+            .collect()
+    }
+
+    /// Whether `req` would be accepted for `device`, without creating anything.
+    pub fn check(&self, device: &KnownDevice, req: NewCommand) -> Result<(), CommandError> {
+        self.validate(device, req, None).map(|_| ())
+    }
+
     /// A device's commands, newest first, optionally only those in `status`; `limit` is
     /// clamped to 1..=[`MAX_LIST_LIMIT`]. Returns the page and the cursor of the next one.
     pub async fn list(

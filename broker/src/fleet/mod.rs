@@ -6,6 +6,7 @@
 //! - `commands`: the command engine (SPEC §5); `telemetry`: the telemetry store (SPEC §6).
 //! - `device_config`: versioned device configuration (SPEC §6).
 //! - `device_events`: what devices publish on `device/{id}/events`, stored (SPEC §7).
+//! - `jobs`: one command to many devices, paced, with abort (SPEC §12).
 //! - `events`, `webhooks`: the event bus (SPEC §7) and its webhook workers.
 //! - `presence`: who is online; `settings`: the sections of the config this module owns.
 
@@ -13,6 +14,7 @@ pub mod commands;
 pub mod device_config;
 pub mod device_events;
 pub mod events;
+pub mod jobs;
 pub mod ports;
 pub mod presence;
 pub mod services;
@@ -103,10 +105,19 @@ pub(crate) fn start_services(
         shutdown.clone(),
         tracker,
     );
+    let jobs = jobs::Jobs::start(
+        store.clone(),
+        commands.clone(),
+        bus.clone(),
+        config.jobs,
+        shutdown.clone(),
+        tracker,
+    );
     Arc::new(services::Services::new(
         store,
         bus,
         commands,
+        jobs,
         telemetry,
         device_events,
     ))

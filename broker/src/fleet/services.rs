@@ -34,6 +34,7 @@ pub struct Services {
     pub(crate) presence: Presence,
     pub(crate) events: EventBus,
     pub(crate) commands: CommandEngine,
+    pub(crate) jobs: super::jobs::Jobs,
     pub(crate) telemetry: Telemetry,
     pub(crate) device_events: DeviceEvents,
     /// Writes of the batch being handled (see [`Services::on_events`]).
@@ -45,6 +46,7 @@ impl Services {
         store: Store,
         events: EventBus,
         commands: CommandEngine,
+        jobs: super::jobs::Jobs,
         telemetry: Telemetry,
         device_events: DeviceEvents,
     ) -> Services {
@@ -53,6 +55,7 @@ impl Services {
             presence: Presence::default(),
             events,
             commands,
+            jobs,
             telemetry,
             device_events,
             pending: Mutex::default(),

@@ -44,6 +44,8 @@ pub struct FleetConfig {
     pub commands: CommandsConfig,
     pub telemetry: TelemetryConfig,
     pub webhooks: Vec<WebhookConfig>,
+    /// Job runner timing (not config keys).
+    pub jobs: super::jobs::JobsConfig,
 }
 
 impl RawFleetConfig {
@@ -53,6 +55,7 @@ impl RawFleetConfig {
             commands: self.commands.validate()?,
             telemetry: self.telemetry.validate()?,
             webhooks: validate_webhooks(self.webhooks)?,
+            jobs: Default::default(),
         })
     }
 }

@@ -9,6 +9,7 @@ pub(crate) mod device_events;
 pub(crate) mod devices;
 pub(crate) mod devices_bulk;
 pub(crate) mod events;
+pub(crate) mod jobs;
 pub(crate) mod keys;
 pub(crate) mod metrics;
 pub(crate) mod openapi;
