@@ -30,14 +30,18 @@ const RULE: &str = "alarm rule";
 const ALARM: &str = "alarm";
 const NEXT_SEQ: &str = "next_seq";
 
+/// `(source key, device)`: a rule id or `device:{name}`, and the device id.
+pub type StateKey = (String, String);
+
 /// One change the evaluator makes, applied in order by [`Store::apply_alarm_changes`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlarmChange {
-    /// Sets (or, `None`, removes) the state of `(key, device)`.
-    State {
+    /// Starts (`Some`) or stops the running window of `(key, device)`, keeping its
+    /// active alarm; a state with neither is removed.
+    Window {
         key: String,
         device: String,
-        state: Option<AlarmState>,
+        since_ms: Option<u64>,
     },
     /// Stores a new active alarm and makes it the active one of `(key, device)`.
     Raise { key: String, alarm: NewAlarm },
@@ -156,7 +160,7 @@ impl Store {
     }
 
     /// Every stored state: `((source key, device), state)`.
-    pub fn load_alarm_states(&self) -> Result<Vec<((String, String), AlarmState)>, StoreError> {
+    pub fn load_alarm_states(&self) -> Result<Vec<(StateKey, AlarmState)>, StoreError> {
         self.read(|txn| {
             let mut out = Vec::new();
             for entry in txn.open_table(ALARM_STATE)?.iter()? {
@@ -182,15 +186,23 @@ impl Store {
             let mut out = Vec::new();
             for change in changes {
                 match change {
-                    AlarmChange::State { key, device, state } => match state {
-                        Some(s) => {
-                            let bytes = encode_state(key, device, s)?;
-                            states.insert((key.as_str(), device.as_str()), bytes.as_slice())?;
+                    AlarmChange::Window {
+                        key,
+                        device,
+                        since_ms,
+                    } => {
+                        let at = (key.as_str(), device.as_str());
+                        let mut state = match states.get(at)? {
+                            Some(v) => decode_state(key, device, v.value())?,
+                            None => AlarmState::default(),
+                        };
+                        state.since_ms = *since_ms;
+                        if state == AlarmState::default() {
+                            states.remove(at)?;
+                        } else {
+                            states.insert(at, encode_state(key, device, &state)?.as_slice())?;
                         }
-                        None => {
-                            states.remove((key.as_str(), device.as_str()))?;
-                        }
-                    },
+                    }
                     AlarmChange::Raise { key, alarm } => {
                         let seq = meta.get(NEXT_SEQ)?.map_or(1, |v| v.value());
                         meta.insert(NEXT_SEQ, seq + 1)?;

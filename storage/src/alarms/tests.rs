@@ -110,16 +110,12 @@ fn rules_create_update_list_delete() {
 fn raise_clear_ack_list_and_delete_a_rule() {
     let (_dir, store) = temp_store();
     store.create_alarm_rule(&rule("r1")).unwrap();
-    let window = AlarmState {
-        alarm: None,
-        since_ms: Some(7),
-    };
     let out = store
         .apply_alarm_changes(&[
-            AlarmChange::State {
+            AlarmChange::Window {
                 key: "r1".into(),
                 device: "a".into(),
-                state: Some(window),
+                since_ms: Some(7),
             },
             AlarmChange::Raise {
                 key: "r1".into(),
@@ -142,6 +138,17 @@ fn raise_clear_ack_list_and_delete_a_rule() {
     );
     let states = store.load_alarm_states().unwrap();
     assert_eq!(states.len(), 2, "{states:?}");
+    // A window on an active alarm keeps the alarm.
+    store
+        .apply_alarm_changes(&[AlarmChange::Window {
+            key: "r1".into(),
+            device: "b".into(),
+            since_ms: Some(8),
+        }])
+        .unwrap();
+    let b = store.load_alarm_states().unwrap();
+    let b = b.iter().find(|((_, d), _)| d == "b").unwrap().1;
+    assert_eq!((b.alarm, b.since_ms), (Some(1), Some(8)));
 
     assert!(store.ack_alarm(1, 10).unwrap().1);
     let (again, fresh) = store.ack_alarm(1, 11).unwrap();
