@@ -10,6 +10,7 @@ import * as device from './pages/device.js';
 import * as clients from './pages/clients.js';
 import * as serviceClients from './pages/service_clients.js';
 import * as webhooks from './pages/webhooks.js';
+import * as alarms from './pages/alarms.js';
 import * as keys from './pages/keys.js';
 import * as audit from './pages/audit.js';
 
@@ -20,6 +21,7 @@ const EVENT_DEBOUNCE_MS = 250;
 const NAV = [
   ['#/', 'Overview'],
   ['#/devices', 'Devices'],
+  ['#/alarms', 'Alarms'],
   ['#/clients', 'Clients'],
   ['#/service-clients', 'Service clients'],
   ['#/webhooks', 'Webhooks'],
@@ -38,6 +40,7 @@ function route() {
   switch (parts[0]) {
     case undefined: return { page: overview, nav: '#/' };
     case 'devices': return parts[1] ? { page: device, nav: '#/devices', args: [parts[1]] } : { page: devices, nav: '#/devices' };
+    case 'alarms': return { page: alarms, nav: '#/alarms' };
     case 'clients': return { page: clients, nav: '#/clients' };
     case 'service-clients': return { page: serviceClients, nav: '#/service-clients' };
     case 'webhooks': return { page: webhooks, nav: '#/webhooks' };
