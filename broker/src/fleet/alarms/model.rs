@@ -172,8 +172,17 @@ fn condition_json(c: &AlarmCondition) -> Value {
             op,
             value,
             for_s,
-        } => json!({"key": key, "op": op_str(*op), "value": value, "for_s": for_s}),
+        } => json!({"key": key, "op": op_str(*op), "value": number_json(*value), "for_s": for_s}),
         AlarmCondition::Offline { for_s } => json!({"offline_for_s": for_s}),
+    }
+}
+
+/// `80` rather than `80.0` for a whole threshold, as it was most likely written.
+fn number_json(v: f64) -> Value {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        json!(v as i64)
+    } else {
+        json!(v)
     }
 }
 
