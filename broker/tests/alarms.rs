@@ -131,6 +131,11 @@ async fn ack_is_idempotent_and_emits_its_event_once() {
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].data_value()["alarm_id"], id);
     assert!(b.handle.alarms().ack("999999").await.is_err());
+
+    // A deleted device's active alarm is cleared.
+    b.handle.device_removed(&"al-2".parse().unwrap());
+    let cleared = alarm_event(&mut rx, "alarm.cleared", "low").await;
+    assert_eq!(cleared["alarm_id"], id);
 }
 
 #[tokio::test]

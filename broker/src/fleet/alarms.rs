@@ -44,6 +44,8 @@ enum Control {
     Delete(String, oneshot::Sender<Result<(), FleetError>>),
     /// A device reported an alarm raised or cleared.
     Device { raised: bool, alarm: NewAlarm },
+    /// A device was deleted: its active alarms are cleared, its windows dropped.
+    Forget(String),
     /// A device came online (`true`) or went offline, at wall time `at_ms`.
     Presence {
         device: String,
@@ -252,6 +254,11 @@ impl Alarms {
         let _ = self.inner.control.send(Control::Device { raised, alarm });
     }
 
+    /// A device was deleted: clear its active alarms and drop its windows.
+    pub(crate) fn forget_device(&self, device: &DeviceId) {
+        let _ = (self.inner.control).send(Control::Forget(device.as_str().to_owned()));
+    }
+
     /// A device's presence changed (for offline rules).
     pub(crate) fn presence(&self, device: &DeviceId, online: bool, at_ms: u64) {
         let _ = self.inner.control.send(Control::Presence {
@@ -259,5 +266,29 @@ impl Alarms {
             online,
             at_ms,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let feed = AlarmFeed {
+            tx,
+            wanted: Arc::new(AtomicBool::new(false)),
+            dropped: Arc::default(),
+        };
+        let device: DeviceId = "d".parse().unwrap();
+        let points = vec![NewPoint::new(device, 1, vec![("t".into(), "1".into())]); 3];
+        feed.offer(&points);
+        assert!(rx.try_recv().is_err(), "no rule watches telemetry: no copy");
+        feed.wanted.store(true, Relaxed);
+        feed.offer(&points);
+        feed.offer(&points);
+        assert_eq!(feed.dropped.load(Relaxed), 3);
+        assert_eq!(rx.try_recv().unwrap().len(), 3);
     }
 }

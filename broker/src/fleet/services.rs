@@ -141,6 +141,7 @@ impl Services {
     pub(crate) async fn forget_device(&self, id: &DeviceId) {
         // Also drops its plugin from the cache per-message work uses (`plugin_of`).
         self.commands.forget_device(id).await;
+        self.alarms.forget_device(id);
         if let Err(e) = self.telemetry.forget_device(id).await {
             tracing::error!(device_id = %id, error = %e, "could not delete telemetry");
         }

@@ -275,6 +275,7 @@ impl Worker {
                 let _ = done.send(answer);
             }
             Control::Device { raised, alarm } => self.device_alarm(raised, alarm).await,
+            Control::Forget(device) => self.forget(&device).await,
             Control::Presence {
                 device,
                 online,
@@ -303,6 +304,35 @@ impl Worker {
             _ => return,
         };
         self.commit(vec![change]).await;
+    }
+
+    /// A deleted device: its alarms are cleared and its windows dropped.
+    async fn forget(&mut self, device: &str) {
+        let now = now_ms();
+        let keys: Vec<Key> = (self.states.keys())
+            .filter(|(_, d)| d == device)
+            .cloned()
+            .collect();
+        let mut changes = Vec::new();
+        for key in keys {
+            let Some(state) = self.states.remove(&key) else {
+                continue;
+            };
+            changes.push(match state.alarm {
+                Some(_) => AlarmChange::Clear {
+                    key: key.0,
+                    device: key.1,
+                    at_ms: now,
+                },
+                None => AlarmChange::Window {
+                    key: key.0,
+                    device: key.1,
+                    since_ms: None,
+                },
+            });
+        }
+        self.deadlines.retain(|(_, _, d)| d != device);
+        self.commit(changes).await;
     }
 
     /// Offline rules: a window starts when the device goes offline; coming back stops
