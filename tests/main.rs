@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 mod cli_admin;
+mod cli_alarms;
 mod cli_events;
 mod cli_import;
 mod cli_jobs;

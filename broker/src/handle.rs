@@ -209,6 +209,11 @@ impl BrokerHandle {
         &self.services.device_events
     }
 
+    /// Alarm rules and alarms (SPEC §11).
+    pub fn alarms(&self) -> &crate::fleet::alarms::Alarms {
+        &self.services.alarms
+    }
+
     /// The event bus (SPEC §7): webhooks and the live stream.
     pub fn events(&self) -> &crate::fleet::events::EventBus {
         &self.services.events

@@ -81,10 +81,13 @@ async fn device_events_reach_webhooks_and_the_live_stream_with_the_payload() {
         assert_eq!(&streamed.data_value(), want);
         assert_eq!(streamed.id, body["id"].as_str().unwrap());
     }
-    // Alarms still raise alarm events, to those who want them.
+    // Alarms are alarms (SPEC §11) and raise alarm events, to those who want them.
     let raised = alarms_hook.next().await;
     assert_eq!(raised.kind(), "alarm.raised");
-    assert_eq!(raised.json()["data"], alarm);
+    let data = raised.json()["data"].clone();
+    assert_eq!(data["value"], alarm);
+    assert_eq!(data["source"], "device");
+    assert_eq!(data["name"], "7");
     assert!(alarms_hook
         .next_within(Duration::from_millis(300))
         .await

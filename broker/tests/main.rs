@@ -5,6 +5,7 @@
 mod common;
 
 mod acl;
+mod alarms;
 mod auth;
 mod auth_tokens;
 mod command_batches;

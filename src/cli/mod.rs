@@ -7,8 +7,9 @@
 //! - `output`: `--json` (the API's JSON as it came) or tables and `key: value` lines.
 //! - `devices`, `commands`, `device_config`, `clients`, `events`, `keys` (`key` and
 //!   `audit`), `webhooks`, `jobs`: one per command group; `device_import` is `device import`,
-//!   the bulk provisioning from a CSV or JSON file.
+//!   the bulk provisioning from a CSV or JSON file; `alarms` is `alarm` (SPEC §11).
 
+mod alarms;
 mod client;
 mod clients;
 mod commands;
@@ -89,6 +90,13 @@ pub enum AdminCommand {
         #[command(flatten)]
         args: keys::AuditArgs,
     },
+    /// List and acknowledge alarms, list alarm rules (admin API client)
+    Alarm {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        action: alarms::AlarmAction,
+    },
     /// Manage webhook endpoints and their deliveries (admin API client)
     Webhook {
         #[command(flatten)]
@@ -149,6 +157,10 @@ async fn dispatch(command: AdminCommand) -> Result<u8, CliError> {
         AdminCommand::Audit { conn, args } => {
             let admin = Admin::connect(&conn).await?;
             keys::audit(&admin, conn.json, args).await?;
+        }
+        AdminCommand::Alarm { conn, action } => {
+            let admin = Admin::connect(&conn).await?;
+            alarms::run(&admin, conn.json, action).await?;
         }
         AdminCommand::Webhook { conn, action } => {
             let admin = Admin::connect(&conn).await?;

@@ -38,6 +38,8 @@
 //!      (persistent MQTT sessions and their
 //!      queued QoS 1/2 messages) add their methods to [`Store`] (`impl Store` in each
 //!      file; `store` does not know them).
+//!    - [`alarms`] (alarm rules, alarms and the evaluator's state, SPEC §11) adds its
+//!      methods to [`Store`] like the modules above.
 //!    - [`commands`] (durable commands, SPEC §5), [`telemetry`], [`device_events`]
 //!      (what devices publish on `device/{id}/events`, SPEC §7) and [`outbox`] (the
 //!      webhook outbox, SPEC §7) are free functions over a `redb::Database` with their
@@ -53,6 +55,7 @@
 //! every read of stored bytes goes through a decoder that reports
 //! [`StoreError::Corrupt`] instead of panicking.
 
+pub mod alarms;
 mod api_keys;
 mod audit;
 mod codec;

@@ -191,6 +191,26 @@ pub(crate) const JOB_TARGETS: TableDefinition<'static, (&str, u32), &str> =
 pub(crate) const JOB_COMMANDS: TableDefinition<'static, (&str, u32), &str> =
     TableDefinition::new("job_commands");
 
+// ---- alarms (see `alarms`) ------------------------------------------------------------
+
+pub(crate) const ALARM_RULES_TABLE: &str = "alarm_rules";
+/// Rule id → `alarms::records::StoredRule`.
+pub(crate) const ALARM_RULES: TableDefinition<'static, &str, &[u8]> =
+    TableDefinition::new(ALARM_RULES_TABLE);
+
+pub(crate) const ALARMS_TABLE: &str = "alarms";
+/// Alarm sequence number → `alarms::records::StoredAlarm`.
+pub(crate) const ALARMS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new(ALARMS_TABLE);
+
+pub(crate) const ALARM_STATE_TABLE: &str = "alarm_state";
+/// `(source key, device)` → `alarms::records::StoredState`.
+pub(crate) const ALARM_STATE: TableDefinition<'static, (&str, &str), &[u8]> =
+    TableDefinition::new(ALARM_STATE_TABLE);
+
+/// Counter name → value; only the next alarm sequence number so far.
+pub(crate) const ALARMS_META: TableDefinition<'static, &str, u64> =
+    TableDefinition::new("alarms_meta");
+
 // ---- creating the tables ---------------------------------------------------------------
 
 /// Creates every table a reader expects (all but [`TELEMETRY_POINTS`], which only an
@@ -216,6 +236,7 @@ pub(crate) fn prepare(txn: &WriteTransaction) -> Result<u32, StoreError> {
     txn.open_table(JOBS)?;
     txn.open_table(JOB_TARGETS)?;
     txn.open_table(JOB_COMMANDS)?;
+    create_alarm_tables(txn)?;
     let found = init_version(txn)?;
     upgrade(txn, found)?;
     Ok(found)
@@ -249,6 +270,16 @@ pub(crate) fn create_device_event_tables(txn: &WriteTransaction) -> Result<(), S
     txn.open_table(DEVICE_EVENTS_BY_AGE)?;
     txn.open_table(DEVICE_EVENT_COUNTS)?;
     txn.open_table(DEVICE_EVENTS_META)?;
+    Ok(())
+}
+
+/// Creates every alarm table. New tables need no schema version: an older build
+/// never opens them.
+pub(crate) fn create_alarm_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(ALARM_RULES)?;
+    txn.open_table(ALARMS)?;
+    txn.open_table(ALARM_STATE)?;
+    txn.open_table(ALARMS_META)?;
     Ok(())
 }
 

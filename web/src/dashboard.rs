@@ -54,6 +54,7 @@ pub const ASSETS: &[Asset] = &[
     asset!("/assets/js/sse.js", JS),
     asset!("/assets/js/chart.js", JS),
     asset!("/assets/js/refusals.js", JS),
+    asset!("/assets/js/alarms.js", JS),
     asset!("/assets/js/pages/overview.js", JS),
     asset!("/assets/js/pages/devices.js", JS),
     asset!("/assets/js/pages/device.js", JS),
@@ -61,6 +62,7 @@ pub const ASSETS: &[Asset] = &[
     asset!("/assets/js/pages/service_clients.js", JS),
     asset!("/assets/js/pages/jobs.js", JS),
     asset!("/assets/js/pages/webhooks.js", JS),
+    asset!("/assets/js/pages/alarms.js", JS),
     asset!("/assets/js/pages/keys.js", JS),
     asset!("/assets/js/pages/audit.js", JS),
 ];

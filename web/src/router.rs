@@ -26,8 +26,9 @@ use crate::error::ApiError;
 use crate::query::path_segments;
 use crate::response::ApiResponse;
 use crate::routes::{
-    audit, clients, commands, config, connections, device_events, devices, devices_bulk, events,
-    jobs, keys, metrics, openapi, publish, retained, service_clients, stats, telemetry, webhooks,
+    alarms, audit, clients, commands, config, connections, device_events, devices, devices_bulk,
+    events, jobs, keys, metrics, openapi, publish, retained, service_clients, stats, telemetry,
+    webhooks,
 };
 use crate::AppState;
 
@@ -102,6 +103,10 @@ pub(crate) const ROUTES: &[Route] = &[
     route("/api/v1/jobs", "GET, POST"),
     route("/api/v1/jobs/{job_id}", "GET, DELETE"),
     route("/api/v1/jobs/{job_id}/commands", "GET"),
+    route("/api/v1/alarm-rules", "GET, POST"),
+    route("/api/v1/alarm-rules/{rule_id}", "PUT, DELETE"),
+    route("/api/v1/alarms", "GET"),
+    route("/api/v1/alarms/{alarm_id}/ack", "POST"),
     admin("/api/v1/webhooks", "GET, POST"),
     admin("/api/v1/webhooks/deliveries", "GET"),
     admin("/api/v1/webhooks/deliveries/{delivery_id}", "DELETE"),
@@ -282,6 +287,12 @@ where
         ("/api/v1/jobs/{job_id}", Method::GET) => jobs::get(state, p(0)).await,
         ("/api/v1/jobs/{job_id}", Method::DELETE) => jobs::cancel(state, p(0)).await,
         ("/api/v1/jobs/{job_id}/commands", Method::GET) => jobs::commands(state, p(0), query).await,
+        ("/api/v1/alarm-rules", Method::GET) => alarms::rules(state, query).await,
+        ("/api/v1/alarm-rules", Method::POST) => alarms::create(state, req).await,
+        ("/api/v1/alarm-rules/{rule_id}", Method::PUT) => alarms::update(state, p(0), req).await,
+        ("/api/v1/alarm-rules/{rule_id}", Method::DELETE) => alarms::delete(state, p(0)).await,
+        ("/api/v1/alarms", Method::GET) => alarms::list(state, query).await,
+        ("/api/v1/alarms/{alarm_id}/ack", Method::POST) => alarms::ack(state, p(0)).await,
         ("/api/v1/webhooks", Method::GET) => webhooks::list(state, query),
         ("/api/v1/webhooks", Method::POST) => webhooks::create(state, req).await,
         ("/api/v1/webhooks/deliveries", Method::GET) => webhooks::deliveries(state, query).await,

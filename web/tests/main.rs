@@ -2,6 +2,7 @@
 //! is a module here, so the suite links once instead of once per file.
 
 mod admin_key;
+mod alarms;
 mod api;
 mod dashboard;
 mod device_events;

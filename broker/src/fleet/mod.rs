@@ -1,6 +1,7 @@
 //! Device logic, the bottom of the broker: it names no transport. What it needs from one
 //! and offers to one are its ports (`ports`); the link layer implements and calls them.
 //!
+//! - `alarms`: alarm rules and alarms (SPEC §11), evaluated off the routing threads.
 //! - `ports`: [`LinkEvent`], [`FleetInbox`], [`CommandSink`], [`EventSink`].
 //! - `services`: the fleet loop (presence, reported status) over a batch of link events.
 //! - `commands`: the command engine (SPEC §5); `telemetry`: the telemetry store (SPEC §6).
@@ -10,6 +11,7 @@
 //! - `events`, `webhooks`: the event bus (SPEC §7) and its webhook workers.
 //! - `presence`: who is online; `settings`: the sections of the config this module owns.
 
+pub mod alarms;
 pub mod commands;
 pub mod device_config;
 pub mod device_events;
@@ -92,6 +94,7 @@ pub(crate) fn start_services(
         shutdown.clone(),
         tracker,
     );
+    let alarms = alarms::Alarms::start(store.clone(), bus.clone(), shutdown.clone(), tracker);
     let device_events = device_events::DeviceEvents::start(
         db.clone(),
         &config.telemetry,
@@ -113,6 +116,7 @@ pub(crate) fn start_services(
         shutdown.clone(),
         tracker,
     );
+    telemetry.feed_alarms(alarms.feed());
     Arc::new(services::Services::new(
         store,
         bus,
@@ -120,6 +124,7 @@ pub(crate) fn start_services(
         jobs,
         telemetry,
         device_events,
+        alarms,
     ))
 }
 

@@ -8,6 +8,7 @@ use fleetmq_storage::device_events::NewEvent;
 use fleetmq_storage::{DeviceId, DeviceRecord, DeviceState, Store};
 use serde_json::json;
 
+use super::alarms::Alarms;
 use super::commands::CommandEngine;
 use super::device_events::DeviceEvents;
 use super::events::EventBus;
@@ -37,6 +38,7 @@ pub struct Services {
     pub(crate) jobs: super::jobs::Jobs,
     pub(crate) telemetry: Telemetry,
     pub(crate) device_events: DeviceEvents,
+    pub(crate) alarms: Alarms,
     /// Writes of the batch being handled (see [`Services::on_events`]).
     pending: Mutex<Pending>,
 }
@@ -49,6 +51,7 @@ impl Services {
         jobs: super::jobs::Jobs,
         telemetry: Telemetry,
         device_events: DeviceEvents,
+        alarms: Alarms,
     ) -> Services {
         Services {
             store,
@@ -58,6 +61,7 @@ impl Services {
             jobs,
             telemetry,
             device_events,
+            alarms,
             pending: Mutex::default(),
         }
     }
@@ -140,6 +144,7 @@ impl Services {
     pub(crate) async fn forget_device(&self, id: &DeviceId) {
         // Also drops its plugin from the cache per-message work uses (`plugin_of`).
         self.commands.forget_device(id).await;
+        self.alarms.forget_device(id);
         if let Err(e) = self.telemetry.forget_device(id).await {
             tracing::error!(device_id = %id, error = %e, "could not delete telemetry");
         }
@@ -235,6 +240,7 @@ impl Services {
             s.transport = Some(stored_transport);
         });
         if transition == Transition::Online {
+            self.alarms.presence(id, true, at_ms);
             let data = json!({"ip": ip, "protocol": protocol, "transport": transport_name, "generation": generation});
             self.emit("device.online", id, data);
         }
@@ -253,6 +259,7 @@ impl Services {
             s.disconnected_at_ms = Some(at_ms);
             s.last_seen_ms = Some(last_seen);
         });
+        self.alarms.presence(id, false, at_ms);
         let data = json!({"generation": generation});
         self.emit("device.offline", id, data);
     }
@@ -361,9 +368,10 @@ impl Services {
 
     /// `device/{id}/events`: every event the device's plugin understands is stored (at
     /// the end of the batch) and emitted as `device.event` with the payload as data
-    /// (SPEC §7). Alarms also become `alarm.raised` / `alarm.cleared`: an event whose
-    /// `type` is `alarm.raised` or `alarm.cleared`, or `alarm` with `"state": "raised" |
-    /// "cleared"` (or `"active": true | false`). A payload the plugin refuses (not JSON,
+    /// (SPEC §7). Alarms also become alarms with `source: device` (SPEC §11, raised and
+    /// cleared by the alarm evaluator, which emits `alarm.raised` / `alarm.cleared`): an
+    /// event whose `type` is `alarm.raised` or `alarm.cleared`, or `alarm` with
+    /// `"state": "raised" | "cleared"` (or `"active": true | false`). A payload the plugin refuses (not JSON,
     /// no `type`) is neither stored nor emitted, only counted and logged.
     async fn device_event(&self, id: &DeviceId, payload: &[u8], at_ms: u64) {
         let Some(plugin) = self.plugin_of(id).await else {
@@ -391,12 +399,13 @@ impl Services {
             kind: event.kind.clone(),
             data: raw.get().to_owned(),
         });
-        let alarm = alarm_kind(&event.kind, &event.raw).map(|kind| (kind, raw.clone()));
-        let mut pending = self.pending();
-        pending.events.push(("device.event", Some(id.clone()), raw));
-        if let Some((kind, raw)) = alarm {
-            pending.events.push((kind, Some(id.clone()), raw));
+        if let Some(kind) = alarm_kind(&event.kind, &event.raw) {
+            let raised = kind == "alarm.raised";
+            self.alarms.device_alarm(id, raised, &event.raw, at_ms);
         }
+        self.pending()
+            .events
+            .push(("device.event", Some(id.clone()), raw));
     }
 
     /// `device/{id}/status`: kept as `reported_status`, with its `configVersion`.

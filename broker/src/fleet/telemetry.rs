@@ -215,6 +215,8 @@ struct Shared {
     shutdown: CancellationToken,
     /// The `telemetry` webhook event's accumulators, when a webhook wants it.
     digest: Option<Arc<webhook::Digest>>,
+    /// The alarm evaluator's queue, once set ([`Telemetry::feed_alarms`]).
+    alarms: std::sync::OnceLock<super::alarms::AlarmFeed>,
 }
 
 /// Handle to the telemetry store. Cheap to clone.
@@ -272,6 +274,7 @@ impl Telemetry {
             store: config.store,
             shutdown: shutdown.clone(),
             digest: digest.clone(),
+            alarms: std::sync::OnceLock::new(),
         });
         if let Some(digest) = digest {
             let every = config.webhook_interval.max(Duration::from_millis(1));
@@ -295,6 +298,11 @@ impl Telemetry {
         let every = config.sweep_every.max(Duration::from_millis(1));
         tracker.spawn(writer::run_sweeper(shared.clone(), every, shutdown));
         Telemetry { shared }
+    }
+
+    /// Hands every batch committed from now on to the alarm evaluator (never waiting).
+    pub(crate) fn feed_alarms(&self, feed: super::alarms::AlarmFeed) {
+        let _ = self.shared.alarms.set(feed);
     }
 
     /// Decodes `payload` with `plugin` and queues the point, never waiting. Called from

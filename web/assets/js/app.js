@@ -11,6 +11,7 @@ import * as clients from './pages/clients.js';
 import * as serviceClients from './pages/service_clients.js';
 import * as jobs from './pages/jobs.js';
 import * as webhooks from './pages/webhooks.js';
+import * as alarms from './pages/alarms.js';
 import * as keys from './pages/keys.js';
 import * as audit from './pages/audit.js';
 
@@ -22,6 +23,7 @@ const NAV = [
   ['#/', 'Overview'],
   ['#/devices', 'Devices'],
   ['#/jobs', 'Jobs'],
+  ['#/alarms', 'Alarms'],
   ['#/clients', 'Clients'],
   ['#/service-clients', 'Service clients'],
   ['#/webhooks', 'Webhooks'],
@@ -41,6 +43,7 @@ function route() {
     case undefined: return { page: overview, nav: '#/' };
     case 'devices': return parts[1] ? { page: device, nav: '#/devices', args: [parts[1]] } : { page: devices, nav: '#/devices' };
     case 'jobs': return { page: jobs, nav: '#/jobs' };
+    case 'alarms': return { page: alarms, nav: '#/alarms' };
     case 'clients': return { page: clients, nav: '#/clients' };
     case 'service-clients': return { page: serviceClients, nav: '#/service-clients' };
     case 'webhooks': return { page: webhooks, nav: '#/webhooks' };

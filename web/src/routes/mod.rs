@@ -1,5 +1,6 @@
 //! One module per resource of the admin API.
 
+pub(crate) mod alarms;
 pub(crate) mod audit;
 pub(crate) mod clients;
 pub(crate) mod commands;

@@ -122,6 +122,9 @@ impl Writer {
                     if let Some(digest) = &self.shared.digest {
                         digest.add(&points);
                     }
+                    if let Some(alarms) = self.shared.alarms.get() {
+                        alarms.offer(&points);
+                    }
                 }
                 Err(error) => {
                     committed = false;

@@ -3,6 +3,7 @@
 // credential and key rotation, and why its last connection attempts were refused.
 
 import { ApiError, del, enc, get, post, put, qs } from '../api.js';
+import { alarmHead, loadAlarms, renderAlarms } from '../alarms.js';
 import { lineChart } from '../chart.js';
 import { ago, badge, dot, fill, fmtTime, h, json, labelChips, parseJsonField, secretBox, toast } from '../dom.js';
 import { loadRefusals, refusalTable, renderRefusals } from '../refusals.js';
@@ -93,6 +94,7 @@ export function mount(root, ctx, id) {
   range.value = '1h';
   const commandsBody = h('tbody');
   const eventsBody = h('tbody', { id: 'device-events' });
+  const alarmsBody = h('tbody');
   const watch = h('div', { id: 'watch' });
   const secrets = h('div');
   const configVersion = h('span', { id: 'config-version' }, '—');
@@ -259,14 +261,20 @@ export function mount(root, ctx, id) {
         h('p', {}, 'version ', configVersion, ' · reported by the device ', configReported, ' · ', configMsg),
         h('form', { class: 'stack', id: 'config-form', onsubmit: saveConfig }, configText,
           h('div', {}, h('button', { class: 'primary', type: 'submit' }, 'Save config'))))),
+    h('div', { class: 'panel' }, h('h2', {}, h('a', { href: '#/alarms' }, 'Alarms')),
+      h('table', { id: 'device-alarms' }, alarmHead(false), alarmsBody)),
     h('div', { class: 'panel' }, h('h2', {}, 'Commands'),
       h('table', { id: 'commands' }, h('thead', {}, h('tr', {}, ['id', 'type', 'status', 'tries', 'created', 'finished', 'result', ''].map((t) => h('th', {}, t)))), commandsBody)),
     h('div', { class: 'panel' }, h('h2', {}, 'Events'),
       h('table', {}, h('thead', {}, h('tr', {}, ['at', 'type', 'data'].map((t) => h('th', {}, t)))), eventsBody)));
   range.addEventListener('change', () => loadTelemetry());
+  const loadDeviceAlarms = async () => {
+    const alarms = await loadAlarms({ device: id }, 20);
+    if (!stopped) renderAlarms(alarmsBody, alarms, loadDeviceAlarms, false);
+  };
 
   const refresh = async () => {
-    await Promise.all([loadInfo(), loadCommands(), loadConfig(), loadTelemetry(), loadEvents(), loadRefused()]);
+    await Promise.all([loadInfo(), loadCommands(), loadConfig(), loadTelemetry(), loadEvents(), loadRefused(), loadDeviceAlarms()]);
   };
   refresh().catch((err) => {
     if (err.status === 404) fill(root, h('div', { class: 'panel' }, `No device ${id}. `, h('a', { href: '#/devices' }, 'All devices')));
@@ -294,6 +302,7 @@ export function mount(root, ctx, id) {
         if (pending.has('command')) work.push(loadCommands());
         if (pending.has('device')) work.push(loadConfig());
         if (pending.has('events')) work.push(loadEvents());
+        if (pending.has('alarm')) work.push(loadDeviceAlarms());
         pending.clear();
         Promise.all(work);
       }, EVENT_DEBOUNCE_MS);
