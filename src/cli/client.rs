@@ -159,6 +159,35 @@ impl Admin {
         })
     }
 
+    /// Every item of the listing at `path` (no query), following its pages, as the rows
+    /// `row` makes; with `json`, each page is printed as it came instead.
+    pub async fn every_item(
+        &self,
+        json: bool,
+        path: &str,
+        row: impl Fn(&serde_json::Value) -> Vec<String>,
+    ) -> Result<Vec<Vec<String>>, CliError> {
+        let mut rows = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut page_path = format!("{path}?limit=1000");
+            if let Some(c) = &cursor {
+                page_path = format!("{page_path}&cursor={}", enc(c));
+            }
+            let reply = (self.call(Method::GET, &page_path, None, &[], REQUEST_TIMEOUT)).await?;
+            let page = reply.json()?;
+            if json {
+                super::output::print_raw(&reply);
+            } else {
+                rows.extend(super::output::items(&page)?.iter().map(&row));
+            }
+            match page.get("next_cursor").and_then(serde_json::Value::as_str) {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return Ok(rows),
+            }
+        }
+    }
+
     /// The base URL, for messages.
     pub fn base(&self) -> &str {
         &self.base

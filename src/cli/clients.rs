@@ -38,27 +38,7 @@ pub async fn run(admin: &Admin, json: bool, action: Option<ClientsAction>) -> Re
 
 /// Every connected client, following the API's pages.
 async fn list(admin: &Admin, json: bool) -> Result<(), CliError> {
-    let mut rows = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path = "/api/v1/clients?limit=1000".to_owned();
-        if let Some(c) = &cursor {
-            path = format!("{path}&cursor={}", enc(c));
-        }
-        let reply = admin
-            .call(Method::GET, &path, None, &[], REQUEST_TIMEOUT)
-            .await?;
-        let page = reply.json()?;
-        if json {
-            output::print_raw(&reply);
-        } else {
-            rows.extend(output::items(&page)?.iter().map(row));
-        }
-        match page.get("next_cursor").and_then(Value::as_str) {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let rows = admin.every_item(json, "/api/v1/clients", row).await?;
     if !json {
         print_table(
             &[

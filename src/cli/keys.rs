@@ -91,35 +91,16 @@ async fn create(admin: &Admin, json: bool, name: &str, role: Role) -> Result<(),
 
 /// Every key, following the API's pages.
 async fn list(admin: &Admin, json: bool) -> Result<(), CliError> {
-    let mut rows = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path = "/api/v1/keys?limit=1000".to_owned();
-        if let Some(c) = &cursor {
-            path = format!("{path}&cursor={}", enc(c));
-        }
-        let reply = admin
-            .call(Method::GET, &path, None, &[], REQUEST_TIMEOUT)
-            .await?;
-        let page = reply.json()?;
-        if json {
-            output::print_raw(&reply);
-        } else {
-            rows.extend(output::items(&page)?.iter().map(|k| {
-                let builtin = k.get("builtin").and_then(Value::as_bool) == Some(true);
-                vec![
-                    cell(k.get("name")),
-                    cell(k.get("role")),
-                    cell(k.get("created_at")),
-                    if builtin { "built-in" } else { "named" }.to_owned(),
-                ]
-            }));
-        }
-        match page.get("next_cursor").and_then(Value::as_str) {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let rows = (admin.every_item(json, "/api/v1/keys", |k| {
+        let builtin = k.get("builtin").and_then(Value::as_bool) == Some(true);
+        vec![
+            cell(k.get("name")),
+            cell(k.get("role")),
+            cell(k.get("created_at")),
+            if builtin { "built-in" } else { "named" }.to_owned(),
+        ]
+    }))
+    .await?;
     if !json {
         print_table(&["NAME", "ROLE", "CREATED", "KIND"], &rows);
     }
