@@ -173,26 +173,18 @@ async fn rules(admin: &Admin, json: bool) -> Result<(), CliError> {
             REQUEST_TIMEOUT,
         )
         .await?;
-    if json {
-        output::print_raw(&reply);
-        return Ok(());
-    }
-    let page = reply.json()?;
-    let rows: Vec<Vec<String>> = (output::items(&page)?.iter())
-        .map(|r| {
-            vec![
-                cell(r.get("rule_id")),
-                cell(r.get("name")),
-                cell(r.get("severity")),
-                r.get("target").map(Value::to_string).unwrap_or_default(),
-                condition(r.get("condition")),
-                condition(r.get("clear")),
-            ]
-        })
-        .collect();
     let headers = ["ID", "NAME", "SEVERITY", "TARGET", "CONDITION", "CLEAR"];
-    print_table(&headers, &rows);
-    if rows.is_empty() {
+    let shown = output::print_page(json, &reply, &headers, |r| {
+        vec![
+            cell(r.get("rule_id")),
+            cell(r.get("name")),
+            cell(r.get("severity")),
+            r.get("target").map(Value::to_string).unwrap_or_default(),
+            condition(r.get("condition")),
+            condition(r.get("clear")),
+        ]
+    })?;
+    if !json && shown == 0 {
         outln!("(no alarm rules)");
     }
     Ok(())

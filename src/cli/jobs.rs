@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::client::{enc, with_query, Admin, Reply, REQUEST_TIMEOUT};
 use super::error::CliError;
-use super::output::{self, cell, print_fields, print_table};
+use super::output::{self, cell, print_fields};
 
 #[derive(Debug, Subcommand)]
 pub enum JobAction {
@@ -197,50 +197,33 @@ fn counts(job: &Value) -> String {
 }
 
 fn list(json: bool, reply: &Reply) -> Result<(), CliError> {
-    if json {
-        output::print_raw(reply);
-        return Ok(());
-    }
-    let page = reply.json()?;
-    let rows: Vec<Vec<String>> = output::items(&page)?
-        .iter()
-        .map(|j| {
-            vec![
-                cell(j.get("job_id")),
-                cell(j.get("name")),
-                cell(j.get("status")),
-                cell(j.get("target_count")),
-                counts(j),
-                cell(j.get("created_at")),
-            ]
-        })
-        .collect();
-    print_table(
-        &["JOB ID", "NAME", "STATUS", "TARGETS", "COUNTS", "CREATED"],
-        &rows,
-    );
+    let headers = ["JOB ID", "NAME", "STATUS", "TARGETS", "COUNTS", "CREATED"];
+    output::print_page(json, reply, &headers, |j| {
+        vec![
+            cell(j.get("job_id")),
+            cell(j.get("name")),
+            cell(j.get("status")),
+            cell(j.get("target_count")),
+            counts(j),
+            cell(j.get("created_at")),
+        ]
+    })?;
     Ok(())
 }
 
 fn commands(json: bool, reply: &Reply) -> Result<(), CliError> {
-    if json {
-        output::print_raw(reply);
-        return Ok(());
+    let headers = ["DEVICE", "COMMAND ID", "STATUS", "ERROR", "ENDED"];
+    output::print_page(json, reply, &headers, |c| {
+        vec![
+            cell(c.get("device_id")),
+            cell(c.get("command_id")),
+            cell(c.get("status")),
+            cell(c.get("error")),
+            cell(c.get("completed_at")),
+        ]
+    })?;
+    if !json {
+        output::next_page_hint(&reply.json()?);
     }
-    let page = reply.json()?;
-    let rows: Vec<Vec<String>> = output::items(&page)?
-        .iter()
-        .map(|c| {
-            vec![
-                cell(c.get("device_id")),
-                cell(c.get("command_id")),
-                cell(c.get("status")),
-                cell(c.get("error")),
-                cell(c.get("completed_at")),
-            ]
-        })
-        .collect();
-    print_table(&["DEVICE", "COMMAND ID", "STATUS", "ERROR", "ENDED"], &rows);
-    output::next_page_hint(&page);
     Ok(())
 }

@@ -113,19 +113,12 @@ pub async fn audit(admin: &Admin, json: bool, args: AuditArgs) -> Result<(), Cli
     let reply = admin
         .call(Method::GET, &path, None, &[], REQUEST_TIMEOUT)
         .await?;
-    if json {
-        output::print_raw(&reply);
-        return Ok(());
-    }
-    let page = reply.json()?;
-    let rows: Vec<Vec<String>> = (output::items(&page)?.iter())
-        .map(|e| {
-            ["at", "key", "method", "route", "target", "status"]
-                .iter()
-                .map(|f| cell(e.get(*f)))
-                .collect()
-        })
-        .collect();
-    print_table(&["AT", "KEY", "METHOD", "ROUTE", "TARGET", "STATUS"], &rows);
+    let headers = ["AT", "KEY", "METHOD", "ROUTE", "TARGET", "STATUS"];
+    output::print_page(json, &reply, &headers, |e| {
+        ["at", "key", "method", "route", "target", "status"]
+            .iter()
+            .map(|f| cell(e.get(*f)))
+            .collect()
+    })?;
     Ok(())
 }

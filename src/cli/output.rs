@@ -106,6 +106,24 @@ pub fn items(page: &Value) -> Result<&Vec<Value>, CliError> {
         .ok_or_else(|| CliError::Protocol("a list answer without `items`".into()))
 }
 
+/// One page of a listing: as it came (`json`), or as a table of `row`s under `headers`;
+/// how many rows it had.
+pub fn print_page(
+    json: bool,
+    reply: &Reply,
+    headers: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> Result<usize, CliError> {
+    if json {
+        print_raw(reply);
+        return Ok(0);
+    }
+    let page = reply.json()?;
+    let rows: Vec<Vec<String>> = items(&page)?.iter().map(row).collect();
+    print_table(headers, &rows);
+    Ok(rows.len())
+}
+
 /// Tells on stderr how to get the next page, if there is one.
 pub fn next_page_hint(page: &Value) {
     if let Some(cursor) = page.get("next_cursor").and_then(Value::as_str) {
