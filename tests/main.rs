@@ -13,6 +13,7 @@ mod cli_jobs;
 mod cli_keys;
 mod cli_webhooks;
 mod kill9;
+mod kill9_fleet_ops;
 mod kill9_sessions;
 mod restart;
 mod teltonika;
