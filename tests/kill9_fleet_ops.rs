@@ -23,7 +23,14 @@ async fn until(server: &Server, path: &str, done: impl Fn(&Value) -> bool) -> Va
         if status == 200 && done(&body) {
             return body;
         }
-        assert!(Instant::now() < deadline, "{path}: still {status} {body}");
+        if Instant::now() >= deadline {
+            let log = server.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{path}: still {status} {body}\nlog, newest first:\n{}",
+                tail.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
