@@ -140,6 +140,18 @@ pub struct TokenHash {
     pub tag: [u8; 32],
 }
 
+impl TokenHash {
+    /// Whether `other` is the same tag, in constant time: the time taken does not tell
+    /// how many bytes matched (for a caller that hashed once and compares many).
+    pub fn matches(&self, other: &TokenHash) -> bool {
+        self.tag
+            .iter()
+            .zip(&other.tag)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
 impl fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("TokenHash(<redacted>)")
@@ -207,6 +219,15 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_compare() {
+        let tag = |t: [u8; 32]| TokenHash { tag: t };
+        assert!(tag([7; 32]).matches(&tag([7; 32])));
+        let mut other = [7; 32];
+        other[31] = 8;
+        assert!(!tag([7; 32]).matches(&tag(other)));
+    }
 
     fn fast(secret: &[u8]) -> CredentialHash {
         CredentialHash::with_iterations(secret, NonZeroU32::new(2).unwrap())
