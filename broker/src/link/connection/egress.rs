@@ -41,6 +41,9 @@ pub(crate) enum Source {
     Router(Option<(u64, u64)>),
     /// The persistent session's ledger (`session::owed`).
     Ledger,
+    /// A device's dispatcher (`link::device_links`): matched against the connection's
+    /// own subscriptions here.
+    Dispatch,
 }
 
 impl Connection {
@@ -80,7 +83,7 @@ impl Connection {
         }
     }
 
-    fn router_ack(&mut self, packet: Packet) {
+    pub(crate) fn router_ack(&mut self, packet: Packet) {
         match packet {
             Packet::SubAck(suback, props) => {
                 if self.session_subacked(&suback) {
@@ -156,14 +159,21 @@ impl Connection {
         };
         // rumqttd delivers at the subscription QoS; MQTT says the lower of the two.
         let mut qos = origin.map_or(routed_qos, |o| o.qos.min(routed_qos));
-        if let Source::Router(cursor) = source {
-            match self.router_copy(origin, &topic, qos, &mut properties) {
-                Some(one_copy_qos) => qos = one_copy_qos,
+        match source {
+            Source::Router(cursor) => {
+                match self.router_copy(origin, &topic, qos, &mut properties) {
+                    Some(one_copy_qos) => qos = one_copy_qos,
+                    None => return,
+                }
+                if let Some((_, offset)) = cursor {
+                    self.count_skipped(&topic, offset);
+                }
+            }
+            Source::Dispatch => match self.dispatched_copy(origin, &topic, &mut properties) {
+                Some(matched_qos) => qos = matched_qos,
                 None => return,
-            }
-            if let Some((_, offset)) = cursor {
-                self.count_skipped(&topic, offset);
-            }
+            },
+            Source::Ledger => {}
         }
         // A persistent session's QoS 1/2 message has its slot in the stored queue: its
         // arrival number (`session::store`). One not delivered leaves the queue.
@@ -261,6 +271,30 @@ impl Connection {
                 .subscription_identifiers = overlap.ids;
         }
         match origin.arrival {
+            Some(arrival) if self.session_delivered(arrival, topic, qos) => None,
+            _ => Some(qos),
+        }
+    }
+
+    /// Whether a dispatched message is for the client, and at which QoS: the one copy
+    /// the router would have made for the matching subscriptions (the highest of their
+    /// QoS, all their identifiers), unless none matches or the session's ledger gave it
+    /// already.
+    fn dispatched_copy(
+        &mut self,
+        origin: Option<Origin>,
+        topic: &str,
+        properties: &mut Option<PublishProperties>,
+    ) -> Option<u8> {
+        let own = origin.is_some_and(|o| o.conn_id == self.s.conn_id);
+        let (sub_qos, ids) = self.subs.matching(topic, own)?;
+        let qos = origin.map_or(sub_qos, |o| o.qos.min(sub_qos));
+        if !ids.is_empty() {
+            properties
+                .get_or_insert_with(PublishProperties::default)
+                .subscription_identifiers = ids;
+        }
+        match origin.and_then(|o| o.arrival) {
             Some(arrival) if self.session_delivered(arrival, topic, qos) => None,
             _ => Some(qos),
         }

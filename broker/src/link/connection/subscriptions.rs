@@ -132,6 +132,27 @@ impl Subscriptions {
         Some(Overlap { qos, ids, copies })
     }
 
+    /// What the router would make of a message on `topic_name` for this connection's
+    /// subscriptions, as one copy: the highest QoS of those it matches (a `$share/`
+    /// one by its inner filter: a device's group has only itself) and their identifiers,
+    /// ascending; `None` when none matches. With `own`, No Local ones do not count.
+    pub(crate) fn matching(&self, topic_name: &str, own: bool) -> Option<(u8, Vec<usize>)> {
+        let mut qos = None;
+        let mut ids = Vec::new();
+        for (filter, options) in &self.routed {
+            let shared = topic::split_shared(filter);
+            let inner = shared.map_or(filter.as_str(), |(_, inner)| inner);
+            if !topic::matches(inner, topic_name) || (own && options.no_local) {
+                continue;
+            }
+            qos = qos.max(Some(options.qos));
+            ids.extend(options.id);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Some((qos?, ids))
+    }
+
     /// Whether a message this connection published on `topic` must not come back to it:
     /// every subscription of ours that matches it asked for No Local [MQTT-3.8.3-3].
     pub(crate) fn no_local_blocks(&self, topic_name: &str) -> bool {
