@@ -41,8 +41,8 @@ pub(crate) enum Source {
     Router(Option<(u64, u64)>),
     /// The persistent session's ledger (`session::owed`).
     Ledger,
-    /// A device's dispatcher (`link::device_links`): matched against the connection's
-    /// own subscriptions here.
+    /// A device's dispatcher (`link::device_links`), one copy per
+    /// `Subscriptions::copies_for`.
     Dispatch,
 }
 
@@ -169,10 +169,12 @@ impl Connection {
                     self.count_skipped(&topic, offset);
                 }
             }
-            Source::Dispatch => match self.dispatched_copy(origin, &topic, &mut properties) {
-                Some(matched_qos) => qos = matched_qos,
-                None => return,
-            },
+            Source::Dispatch => {
+                let arrival = origin.and_then(|o| o.arrival);
+                if arrival.is_some_and(|a| self.session_delivered(a, &topic, qos)) {
+                    return;
+                }
+            }
             Source::Ledger => {}
         }
         // A persistent session's QoS 1/2 message has its slot in the stored queue: its
@@ -271,30 +273,6 @@ impl Connection {
                 .subscription_identifiers = overlap.ids;
         }
         match origin.arrival {
-            Some(arrival) if self.session_delivered(arrival, topic, qos) => None,
-            _ => Some(qos),
-        }
-    }
-
-    /// Whether a dispatched message is for the client, and at which QoS: the one copy
-    /// the router would have made for the matching subscriptions (the highest of their
-    /// QoS, all their identifiers), unless none matches or the session's ledger gave it
-    /// already.
-    fn dispatched_copy(
-        &mut self,
-        origin: Option<Origin>,
-        topic: &str,
-        properties: &mut Option<PublishProperties>,
-    ) -> Option<u8> {
-        let own = origin.is_some_and(|o| o.conn_id == self.s.conn_id);
-        let (sub_qos, ids) = self.subs.matching(topic, own)?;
-        let qos = origin.map_or(sub_qos, |o| o.qos.min(sub_qos));
-        if !ids.is_empty() {
-            properties
-                .get_or_insert_with(PublishProperties::default)
-                .subscription_identifiers = ids;
-        }
-        match origin.and_then(|o| o.arrival) {
             Some(arrival) if self.session_delivered(arrival, topic, qos) => None,
             _ => Some(qos),
         }

@@ -4,7 +4,7 @@
 
 use futures_util::FutureExt;
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::{Packet, QoS, SubAck, SubscribeReasonCode};
+use rumqttd::protocol::{Packet, PublishProperties, QoS, SubAck, SubscribeReasonCode};
 use rumqttd::Notification;
 
 use crate::link::connection::egress::Source;
@@ -81,10 +81,21 @@ impl Connection {
     }
 
     /// The messages the dispatcher queued for this device, each as the router would
-    /// have delivered it to the matching subscriptions.
+    /// have delivered it to the matching subscriptions (none: not for the client).
     pub(crate) fn take_dispatched(&mut self) {
         for (publish, props) in self.s.mailbox.take_routed() {
-            self.deliver(publish, props, 2, Source::Dispatch);
+            let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+                continue;
+            };
+            for (qos, ids) in self.subs.copies_for(topic) {
+                let mut props = props.clone();
+                if !ids.is_empty() {
+                    props
+                        .get_or_insert_with(PublishProperties::default)
+                        .subscription_identifiers = ids;
+                }
+                self.deliver(publish.clone(), props, qos, Source::Dispatch);
+            }
         }
     }
 }

@@ -132,25 +132,35 @@ impl Subscriptions {
         Some(Overlap { qos, ids, copies })
     }
 
-    /// What the router would make of a message on `topic_name` for this connection's
-    /// subscriptions, as one copy: the highest QoS of those it matches (a `$share/`
-    /// one by its inner filter: a device's group has only itself) and their identifiers,
-    /// ascending; `None` when none matches. With `own`, No Local ones do not count.
-    pub(crate) fn matching(&self, topic_name: &str, own: bool) -> Option<(u8, Vec<usize>)> {
-        let mut qos = None;
-        let mut ids = Vec::new();
+    /// The copies the router would make of a message on `topic_name` for this
+    /// connection's subscriptions, each as (QoS, identifiers ascending): one for all the
+    /// plain ones it matches (at the highest of their QoS [MQTT-3.3.4-2, -4]) and one per
+    /// matching `$share/` subscription, whose group has only this connection (MQTT 5
+    /// §4.8.2: a shared subscription's copy comes besides the plain one). Empty when
+    /// none matches. Only for devices, which never receive what they publish, so No
+    /// Local does not come into it.
+    pub(crate) fn copies_for(&self, topic_name: &str) -> Vec<(u8, Vec<usize>)> {
+        let mut plain: Option<(u8, Vec<usize>)> = None;
+        let mut copies = Vec::new();
         for (filter, options) in &self.routed {
-            let shared = topic::split_shared(filter);
-            let inner = shared.map_or(filter.as_str(), |(_, inner)| inner);
-            if !topic::matches(inner, topic_name) || (own && options.no_local) {
-                continue;
+            match topic::split_shared(filter) {
+                Some((_, inner)) if topic::matches(inner, topic_name) => {
+                    copies.push((options.qos, options.id.into_iter().collect()));
+                }
+                None if topic::matches(filter, topic_name) => {
+                    let (qos, ids) = plain.get_or_insert((0, Vec::new()));
+                    *qos = (*qos).max(options.qos);
+                    ids.extend(options.id);
+                }
+                _ => {}
             }
-            qos = qos.max(Some(options.qos));
-            ids.extend(options.id);
         }
-        ids.sort_unstable();
-        ids.dedup();
-        Some((qos?, ids))
+        if let Some((qos, mut ids)) = plain {
+            ids.sort_unstable();
+            ids.dedup();
+            copies.insert(0, (qos, ids));
+        }
+        copies
     }
 
     /// Whether a message this connection published on `topic` must not come back to it:
