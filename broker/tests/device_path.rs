@@ -315,3 +315,56 @@ async fn a_takeover_under_load_loses_no_acknowledged_command() {
         seen.insert(String::from_utf8(m.payload).unwrap());
     }
 }
+
+/// A QoS 0 burst of 200,000 small messages from 10 devices to one service client that
+/// keeps reading loses nothing (issue 15: the router's per-filter log was cut under it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_burst_from_ten_devices_to_one_reader_loses_nothing() {
+    const DEVICES: usize = 10;
+    const EACH: usize = 20_000;
+    let t = Target::with(|_| {}).await;
+    let b = t.broker.as_ref().expect("fleetmq");
+    let all = AclRule {
+        action: AclAction::All,
+        topic: "#".into(),
+        allow: true,
+    };
+    b.add_service("backend", "backend-pass", vec![all]).await;
+    for i in 0..DEVICES {
+        b.add_device(&format!("b{i}"), "tok", false).await;
+    }
+    let mut reader = backend(&t, Via::Tcp, Ver::V4).await;
+    assert_eq!(reader.subscribe("device/+/status", 0).await, [0]);
+    let mut senders = Vec::new();
+    for i in 0..DEVICES {
+        let mut d = device(&t, Via::Tcp, Ver::V4, &format!("b{i}"), "tok").await;
+        senders.push(tokio::spawn(async move {
+            let topic = format!("device/b{i}/status");
+            for n in 0..EACH {
+                d.publish(&topic, format!("{n}").as_bytes(), 0, false).await;
+            }
+            // A PINGRESP after the last PUBLISH: all of them were read by the broker.
+            d.pingreq().await;
+            d.expect(|p| matches!(p, In::PingResp)).await;
+            d
+        }));
+    }
+    let mut next = [0usize; DEVICES];
+    let mut got = 0;
+    while got < DEVICES * EACH {
+        let Some(m) = reader.next_msg_within(WAIT).await else {
+            panic!("{got} of {} arrived; per device {next:?}", DEVICES * EACH);
+        };
+        let i: usize = m.topic["device/b".len()..m.topic.len() - "/status".len()]
+            .parse()
+            .unwrap();
+        let n: usize = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+        assert_eq!(n, next[i], "device b{i}: a gap or reorder");
+        next[i] += 1;
+        got += 1;
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    assert_eq!(b.handle.stats().drops.slow_consumer, 0);
+}
