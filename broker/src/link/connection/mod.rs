@@ -246,7 +246,12 @@ impl Connection {
                 Ok(n) => {
                     self.last_read = Instant::now();
                     crate::stats::Stats::add(&self.core.stats.bytes_received, n as u64);
-                    self.ingress().await
+                    let result = self.ingress().await;
+                    if self.read_buf.is_empty() {
+                        // Nothing half-read: an idle connection holds no read buffer.
+                        self.read_buf = BytesMut::new();
+                    }
+                    result
                 }
             },
             // Always drained: live messages queue behind a resumed session's queue and
@@ -526,5 +531,23 @@ impl Connection {
             rx.wake().await.map_err(|_| Ending::RouterGone)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn size_probe() {
+        use super::*;
+        eprintln!("Connection {}", std::mem::size_of::<Connection>());
+        eprintln!("Established {}", std::mem::size_of::<Established>());
+        eprintln!("Outbound {}", std::mem::size_of::<Outbound>());
+        eprintln!("Subscriptions {}", std::mem::size_of::<Subscriptions>());
+        eprintln!("SessionLink {}", std::mem::size_of::<crate::link::session::resume::SessionLink>());
+        eprintln!("Stream {}", std::mem::size_of::<Stream>());
+        eprintln!("StoredAcks {}", std::mem::size_of::<stored_acks::StoredAcks>());
+        eprintln!("OutboundFlow {}", std::mem::size_of::<OutboundFlow>());
+        eprintln!("InboundAliases {}", std::mem::size_of::<InboundAliases>());
+        eprintln!("Copies {}", std::mem::size_of::<crate::link::session::store::Copies>());
     }
 }
