@@ -7,7 +7,7 @@
 //! - `dashboard`: the web dashboard at `GET /`, files compiled in from `web/assets/`.
 //! - `routes`: one module per resource (`devices` and `devices_bulk`, `commands`,
 //!   `config`, `telemetry`, `webhooks`, `service_clients`, `clients`, `publish`,
-//!   `stats`, `keys`, `audit`), plus `events`
+//!   `stats`, `keys`, `audit`, `backup`), plus `events`
 //!   (`GET /api/v1/events`, server-sent events with resume), `metrics` (`GET /metrics`)
 //!   and `openapi` (`GET /api/v1/openapi.json`, the hand-kept `openapi.json`).
 //! - `prometheus`: the Prometheus text exposition format.

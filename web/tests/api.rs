@@ -144,6 +144,29 @@ impl TestApp {
         }
     }
 
+    /// A request with the test key and no body; the answer's body as bytes.
+    pub(crate) async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .header("x-api-key", API_KEY);
+        let response = self
+            .client
+            .request(req.body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        (
+            parts.status,
+            parts.headers,
+            body.collect().await.unwrap().to_bytes(),
+        )
+    }
+
     /// A request with exactly these headers and no body.
     pub(crate) async fn send_with_headers(
         &self,
@@ -350,6 +373,7 @@ pub(crate) fn every_api_route() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::DELETE, "/api/v1/webhooks/deliveries/1", None),
         (Method::GET, "/api/v1/events", None),
         (Method::GET, "/api/v1/openapi.json", None),
+        (Method::POST, "/api/v1/backup", None),
         (Method::GET, "/api/v1/no-such-route", None),
     ]
 }
