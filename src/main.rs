@@ -1,8 +1,9 @@
 //! `fleetmq`: parse flags, load config, wire the crates together, run until a signal,
 //! drain, flush, exit. All logic lives in the workspace crates; the admin commands
 //! (`device`, `command`, `config`, `clients`, `events`) are a client of the admin API in
-//! `cli/`.
+//! `cli/`; `check` runs redb's integrity check on a stopped broker's data file.
 
+mod check;
 mod cli;
 mod config;
 
@@ -50,6 +51,8 @@ enum LogFormat {
 enum Command {
     /// Run the broker (MQTT on TCP/WebSocket/TLS and the admin HTTP API).
     Serve(ServeArgs),
+    /// Run redb's integrity check on the data file (the broker must be stopped)
+    Check(check::CheckArgs),
     #[command(flatten)]
     Admin(cli::AdminCommand),
 }
@@ -181,6 +184,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Admin(command) => return cli::run(command),
+        Command::Check(args) => return check::run(args),
     };
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

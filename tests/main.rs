@@ -4,6 +4,7 @@
 #[macro_use]
 mod support;
 
+mod backup;
 mod cli;
 mod cli_admin;
 mod cli_alarms;

@@ -253,6 +253,56 @@ impl Admin {
         Err(api_error(status, &body))
     }
 
+    /// Sends `POST path` and writes the answer's body to `dest` as it arrives, waiting
+    /// up to `first_byte` for the answer to begin and [`REQUEST_TIMEOUT`] between
+    /// chunks. Returns the answer's headers. A body shorter than its `Content-Length`
+    /// is an error.
+    pub async fn download(
+        &self,
+        path: &str,
+        dest: &mut tokio::fs::File,
+        first_byte: Duration,
+    ) -> Result<http::HeaderMap, CliError> {
+        use tokio::io::AsyncWriteExt as _;
+        let no_answer = |wait: Duration| CliError::Connect {
+            url: self.base.clone(),
+            reason: format!("no answer within {} s", wait.as_secs()),
+        };
+        let response = tokio::time::timeout(first_byte, self.send(Method::POST, path, None, &[]))
+            .await
+            .map_err(|_| no_answer(first_byte))??;
+        let status = response.status();
+        let (parts, mut body) = response.into_parts();
+        if !status.is_success() {
+            let body = tokio::time::timeout(REQUEST_TIMEOUT, body.collect()).await;
+            let body = body.ok().and_then(Result::ok).map(|b| b.to_bytes());
+            return Err(api_error(status, &body.unwrap_or_default()));
+        }
+        let written_err =
+            |e: std::io::Error| CliError::Usage(format!("cannot write the file: {e}"));
+        let mut written = 0u64;
+        while let Some(frame) = tokio::time::timeout(REQUEST_TIMEOUT, body.frame())
+            .await
+            .map_err(|_| no_answer(REQUEST_TIMEOUT))?
+        {
+            let frame = frame.map_err(|e| self.connect_error(&e))?;
+            if let Ok(data) = frame.into_data() {
+                dest.write_all(&data).await.map_err(written_err)?;
+                written += data.len() as u64;
+            }
+        }
+        dest.sync_all().await.map_err(written_err)?;
+        let expected = (parts.headers.get(header::CONTENT_LENGTH))
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if expected.is_some_and(|n| n != written) {
+            return Err(CliError::Protocol(format!(
+                "the transfer ended after {written} of {} bytes",
+                expected.unwrap_or_default()
+            )));
+        }
+        Ok(parts.headers)
+    }
+
     async fn send(
         &self,
         method: Method,
