@@ -68,6 +68,7 @@ async fn test_app_keyed(broker_config: BrokerConfig, configured: Option<&str>) -
     let mut config: AdminConfig = RawAdminConfig {
         listen: Some("127.0.0.1:0".into()),
         api_key: configured.map(str::to_owned),
+        tls: None,
     }
     .validate()
     .unwrap();

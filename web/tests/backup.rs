@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use fleetmq_storage::{check_file, Integrity, Store, DB_FILE_NAME};
 use http::{header, Method, StatusCode};
-use serde_json::Value;
 
 use crate::api::test_app;
 
@@ -57,7 +56,7 @@ async fn a_backup_is_a_redb_file_with_the_same_devices_and_is_audited() {
     loop {
         let page = app.get("/api/v1/audit").await.body;
         let found = (page["items"].as_array().unwrap().iter())
-            .any(|e| e["route"] == Value::from("/api/v1/backup") && e["status"] == 200);
+            .any(|e| e["route"] == "/api/v1/backup" && e["status"] == 200);
         if found {
             break;
         }
