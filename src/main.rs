@@ -27,7 +27,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
     name = "fleetmq",
     version,
     about,
-    after_help = "The admin commands' flags --url, --api-key, --json and --config may come \
+    after_help = "The admin commands' flags --url, --api-key, --ca, --json and --config may come \
                   before or after the command: `fleetmq --api-key K device list`.\n\
                   Exit codes of the admin commands: 0 done, 1 the API refused the request, \
                   2 usage, 3 cannot reach the API or the key was refused, \
@@ -134,9 +134,10 @@ fn init_tracing(format: LogFormat) {
 
 /// The admin commands' connection flags (`cli::ConnArgs`; `--config` is also `serve`'s)
 /// and whether each takes a value.
-const CONN_FLAGS: [(&str, bool); 4] = [
+const CONN_FLAGS: [(&str, bool); 5] = [
     ("--url", true),
     ("--api-key", true),
+    ("--ca", true),
     ("--json", false),
     ("--config", true),
 ];
@@ -269,7 +270,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     let key =
         fleetmq_web::ensure_admin_key(&store, &data_dir, config.admin.api_key.as_deref()).await?;
-    let state = fleetmq_web::AppState::new(store.clone(), broker, key, config.admin);
+    let state = fleetmq_web::AppState::new(store.clone(), broker, key, config.admin).load_tls()?;
     tracker.spawn(fleetmq_web::serve(admin_listener, state, shutdown.clone()));
 
     stop.await;
