@@ -99,7 +99,11 @@ async fn a_backup_taken_while_devices_publish_restores_into_a_fresh_data_dir() {
     std::fs::create_dir_all(fresh.join("data")).unwrap();
     std::fs::copy(&backup, fresh.join("data/fleetmq.redb")).unwrap();
     std::fs::copy(server.data.join("admin.key"), fresh.join("data/admin.key")).unwrap();
+    // A copy left by a broker killed mid-backup is removed at start.
+    let leftover = fresh.join("data/.backup-1-2-0.redb.tmp");
+    std::fs::write(&leftover, b"half a copy").unwrap();
     let restored = Server::start(&fresh).await;
+    assert!(!leftover.exists(), "{}", restored.log());
     assert_eq!(restored.key, server.key);
     // Devices authenticate with their old tokens.
     restored.device("d1", &pw1).await;

@@ -85,6 +85,9 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         ..state
     });
+    (state.store)
+        .call(crate::routes::backup::remove_leftovers)
+        .await;
     let stop_audit = CancellationToken::new();
     let audit_writer = state.audit.take_receiver().map(|rx| {
         let (state, stop) = (Arc::clone(&state), stop_audit.clone());

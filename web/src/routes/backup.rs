@@ -68,6 +68,29 @@ pub(crate) async fn create(state: &AppState) -> Result<ApiResponse, ApiError> {
     Ok(response)
 }
 
+/// Removes copies a broker stopped mid-backup (SIGKILL, power loss) left beside the live
+/// file; blocking. Called as the server starts, before any backup can run.
+pub(crate) fn remove_leftovers(store: &Store) {
+    let Some(dir) = store.path().parent() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".backup-") && name.ends_with(".redb.tmp") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(file = %name, "removed an unfinished backup copy"),
+                Err(err) => {
+                    tracing::warn!(file = %name, error = %err, "cannot remove an unfinished backup copy")
+                }
+            }
+        }
+    }
+}
+
 /// Writes the copy beside the live file, opens it and unlinks it; blocking.
 fn snapshot(store: &Store) -> Result<(File, u64, BackupSummary), ApiError> {
     let dir = store.path().parent().map(PathBuf::from).unwrap_or_default();
