@@ -180,18 +180,25 @@ impl Connection {
     /// Sends the CONNACK, runs until the connection ends, then closes it.
     pub(crate) async fn run(mut self, connack: Packet) {
         self.core.wills.cancel(&self.s.router_key);
-        self.announce().await;
-        self.write_packet(connack);
-        let resumed = self.resume_session().await;
-        // Anything that arrived together with the CONNECT is processed right after.
-        let mut ending = match resumed.and(self.flush().await) {
-            Ok(()) => self.ingress().await.err(),
-            Err(e) => Some(e),
-        };
+        // The futures of what runs once, or on an event, are boxed: an idle connection
+        // keeps only the step's own (see docs/architecture.md).
+        let mut ending = Box::pin(self.start(connack)).await;
         while ending.is_none() {
             ending = self.step().await.err();
         }
-        self.close(ending.unwrap_or(Ending::Dropped)).await;
+        Box::pin(self.close(ending.unwrap_or(Ending::Dropped))).await;
+    }
+
+    /// CONNACK, the fleet services told, the resumed session, then whatever arrived
+    /// together with the CONNECT.
+    async fn start(&mut self, connack: Packet) -> Option<Ending> {
+        self.announce().await;
+        self.write_packet(connack);
+        let resumed = self.resume_session().await;
+        match resumed.and(self.flush().await) {
+            Ok(()) => self.ingress().await.err(),
+            Err(e) => Some(e),
+        }
     }
 
     async fn step(&mut self) -> Result<(), Ending> {
@@ -216,7 +223,7 @@ impl Connection {
                     Ok(())
                 }
                 #[cfg(feature = "testing")]
-                Some(Control::RouterRelease) => self.router_released().await,
+                Some(Control::RouterRelease) => Box::pin(self.router_released()).await,
                 None => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
             _ = self.core.shutdown.cancelled() => Err(Ending::Closed(CloseReason::ShuttingDown)),
@@ -227,26 +234,24 @@ impl Connection {
                 Err(Ending::SlowConsumer)
             }
             changed = self.congestion_rx.changed(), if self.stalled.is_some() => match changed {
-                Ok(()) => self.ingress().await,
+                Ok(()) => Box::pin(self.ingress()).await,
                 Err(_) => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
-            written = self.stored.next(), if self.stored.busy() => self.telemetry_written(written).await,
+            written = self.stored.next(), if self.stored.busy() => {
+                Box::pin(self.telemetry_written(written)).await
+            }
             _ = self.s.mailbox.ready.notified() => {
                 for (command_id, payload) in self.s.mailbox.take() {
                     self.deliver_command(command_id, &payload);
                 }
-                self.take_dispatched();
-                self.session_sync().await;
-                self.flush().await?;
-                self.update_congestion();
-                Ok(())
+                Box::pin(self.dispatched()).await
             }
             read = self.stream.read(&mut self.read_buf), if may_read => match read {
                 Ok(0) | Err(_) => Err(Ending::Dropped),
                 Ok(n) => {
                     self.last_read = Instant::now();
                     crate::stats::Stats::add(&self.core.stats.bytes_received, n as u64);
-                    let result = self.ingress().await;
+                    let result = Box::pin(self.ingress()).await;
                     if self.read_buf.is_empty() {
                         // Nothing half-read: an idle connection holds no read buffer.
                         self.read_buf = BytesMut::new();
@@ -257,7 +262,7 @@ impl Connection {
             // Always drained: live messages queue behind a resumed session's queue and
             // retained messages in `outbound.rs`, never in the router's log.
             next = self.s.link.next(), if self.s.link.is_own() => match next {
-                Ok(Some(first)) => self.egress(first).await,
+                Ok(Some(first)) => Box::pin(self.egress(first)).await,
                 Ok(None) => Ok(()),
                 Err(_) => Err(Ending::RouterGone),
             },
@@ -266,7 +271,7 @@ impl Connection {
                 Ok(()) => {
                     let values = self.sys_rx.borrow_and_update().clone();
                     self.write_sys(&values, false);
-                    self.flush().await
+                    Box::pin(self.flush()).await
                 }
                 Err(_) => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
@@ -531,23 +536,5 @@ impl Connection {
             rx.wake().await.map_err(|_| Ending::RouterGone)?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn size_probe() {
-        use super::*;
-        eprintln!("Connection {}", std::mem::size_of::<Connection>());
-        eprintln!("Established {}", std::mem::size_of::<Established>());
-        eprintln!("Outbound {}", std::mem::size_of::<Outbound>());
-        eprintln!("Subscriptions {}", std::mem::size_of::<Subscriptions>());
-        eprintln!("SessionLink {}", std::mem::size_of::<crate::link::session::resume::SessionLink>());
-        eprintln!("Stream {}", std::mem::size_of::<Stream>());
-        eprintln!("StoredAcks {}", std::mem::size_of::<stored_acks::StoredAcks>());
-        eprintln!("OutboundFlow {}", std::mem::size_of::<OutboundFlow>());
-        eprintln!("InboundAliases {}", std::mem::size_of::<InboundAliases>());
-        eprintln!("Copies {}", std::mem::size_of::<crate::link::session::store::Copies>());
     }
 }

@@ -80,6 +80,15 @@ impl Connection {
         sent.map_err(|_| Ending::RouterGone)
     }
 
+    /// After the mailbox's commands: the dispatched messages queued, written.
+    pub(crate) async fn dispatched(&mut self) -> Result<(), Ending> {
+        self.take_dispatched();
+        self.session_sync().await;
+        self.flush().await?;
+        self.update_congestion();
+        Ok(())
+    }
+
     /// The messages the dispatcher queued for this device, each as the router would
     /// have delivered it to the matching subscriptions (none: not for the client).
     pub(crate) fn take_dispatched(&mut self) {

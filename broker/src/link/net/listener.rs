@@ -359,9 +359,11 @@ async fn serve(core: Arc<Core>, mut stream: Stream, client: Client) {
     drop(pending);
     match established {
         Ok((session, connack)) => {
-            Connection::new(core, stream, session, buf)
-                .run(connack)
-                .await;
+            // A task of its own: the handshake's and CONNECT's states (~32 KB of future)
+            // are not kept for the connection's life.
+            let tracker = core.tracker.clone();
+            let run = Connection::new(core, stream, session, buf).run(connack);
+            tracker.spawn(run);
         }
         Err(failure) => refusal::refuse(&core, Some(stream), attempt, failure).await,
     }

@@ -39,8 +39,8 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.read_buf(buf).await,
             Stream::Tls(s) => s.read_buf(buf).await,
-            Stream::Ws(ws) => ws_read(ws, buf).await,
-            Stream::Wss(ws) => ws_read(ws, buf).await,
+            Stream::Ws(ws) => Box::pin(ws_read(ws, buf)).await,
+            Stream::Wss(ws) => Box::pin(ws_read(ws, buf)).await,
         }
     }
 
