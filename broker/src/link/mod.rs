@@ -108,6 +108,8 @@ pub(crate) struct Core {
     pub(crate) backoff: crate::link::security::backoff::AuthBackoff,
     /// The recent refused connection attempts.
     pub(crate) refusals: crate::link::security::refusals::RefusalLog,
+    /// Per device, the 0x02 envelope replay windows (across its connections).
+    pub(crate) replay: crate::link::security::replay::ReplayRegistry,
     pub(crate) links: Links,
     pub(crate) system: mpsc::Sender<(Publish, Option<PublishProperties>)>,
     /// Wills waiting for their Will Delay Interval.
@@ -184,6 +186,7 @@ impl Core {
             ),
             backoff: crate::link::security::backoff::AuthBackoff::new(config.auth_backoff),
             refusals: crate::link::security::refusals::RefusalLog::new(config.refusal_log),
+            replay: Default::default(),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             pending: Arc::new(Semaphore::new(config.max_pending_connects)),
             stats: Stats::new(),
@@ -210,7 +213,7 @@ impl Core {
     /// Encryption state for a device connection, when SPEC §4 applies to it.
     pub(crate) fn crypto_for(&self, device: &DeviceRecord) -> Option<DeviceCrypto> {
         (self.config.payload_encryption || device.encrypted)
-            .then(|| DeviceCrypto::new(device, self.config.key_grace))
+            .then(|| DeviceCrypto::new(device, &self.config, &self.replay))
     }
 
     /// Routes a message as the broker itself (QoS 0 into the router; subscribers get it

@@ -16,6 +16,7 @@ use crate::link::codec::topic;
 use crate::link::connection::refusal::ConnectFailure;
 use crate::link::security::acl::Principal;
 use crate::link::security::auth::Identity;
+use crate::link::security::crypto::CryptoError;
 use crate::link::Core;
 use crate::stats::{DropCause, RefusalCause};
 
@@ -188,7 +189,10 @@ pub(crate) fn check(
             match crypto.open(&topic, &will.message) {
                 Ok(plain) => will.message = plain.into(),
                 Err(e) => {
-                    core.stats.dropped(DropCause::DecryptFailed);
+                    core.stats.dropped(match e {
+                        CryptoError::Replayed(_) => DropCause::Replayed,
+                        _ => DropCause::DecryptFailed,
+                    });
                     return Err(ConnectFailure::refuse(
                         version,
                         ConnectReturnCode::NotAuthorized,
