@@ -463,3 +463,52 @@ async fn version_1_is_refused_when_replay_protection_is_required() {
     let drops = b.handle.stats().drops;
     assert_eq!((drops.decrypt_failed, drops.replayed), (2, 0));
 }
+
+/// Connects the device on 3.1.1 with `will` as its sealed last will.
+async fn connect_with_will(b: &TestBroker, will: Vec<u8>) -> Result<(), rumqttc::ConnectionError> {
+    let mut opts = options_v4(b, Via::Tcp, "sealed-1", Some(("sealed-1", "token")));
+    opts.set_last_will(rumqttc::LastWill::new(
+        "device/sealed-1/status",
+        will,
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (_client, mut el) = rumqttc::AsyncClient::new(opts, 10);
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), el.poll())
+            .await
+            .expect("CONNACK in time")?;
+        if let rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)) = event {
+            return Ok(());
+        }
+    }
+}
+
+/// MQTT clients fix the will when the client is built and send the same bytes in every
+/// CONNECT: a sealed 0x02 will is not held against the replay window, or the device could
+/// never reconnect. The version policy still applies to it.
+#[tokio::test]
+async fn the_same_sealed_will_is_accepted_on_every_reconnect() {
+    let mut config = fleetmq_broker::BrokerConfig::for_tests();
+    config.require_replay_protection = true;
+    let (b, rec, _svc, _svc_el) = setup_with(config).await;
+    let (generation, key) = current(&rec);
+    let topic = "device/sealed-1/status";
+    let will = seal_v2(&key, generation, 1, 9, topic, br#"{"state":"offline"}"#);
+    for _ in 0..2 {
+        connect_with_will(&b, will.clone()).await.expect("connects");
+    }
+    let v1_will = seal(&key, generation, [1; 12], topic, br#"{"state":"offline"}"#);
+    let refused = connect_with_will(&b, v1_will).await;
+    assert!(
+        matches!(
+            refused,
+            Err(rumqttc::ConnectionError::ConnectionRefused(
+                rumqttc::ConnectReturnCode::NotAuthorized
+            ))
+        ),
+        "{refused:?}"
+    );
+    let drops = b.handle.stats().drops;
+    assert_eq!((drops.decrypt_failed, drops.replayed), (1, 0));
+}

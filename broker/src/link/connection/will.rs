@@ -16,7 +16,6 @@ use crate::link::codec::topic;
 use crate::link::connection::refusal::ConnectFailure;
 use crate::link::security::acl::Principal;
 use crate::link::security::auth::Identity;
-use crate::link::security::crypto::CryptoError;
 use crate::link::Core;
 use crate::stats::{DropCause, RefusalCause};
 
@@ -185,14 +184,11 @@ pub(crate) fn check(
         ));
     }
     if let Identity::Device(device) = identity {
-        if let Some(mut crypto) = core.crypto_for(device) {
-            match crypto.open(&topic, &will.message) {
+        if let Some(crypto) = core.crypto_for(device) {
+            match crypto.open_will(&topic, &will.message) {
                 Ok(plain) => will.message = plain.into(),
                 Err(e) => {
-                    core.stats.dropped(match e {
-                        CryptoError::Replayed(_) => DropCause::Replayed,
-                        _ => DropCause::DecryptFailed,
-                    });
+                    core.stats.dropped(DropCause::DecryptFailed);
                     return Err(ConnectFailure::refuse(
                         version,
                         ConnectReturnCode::NotAuthorized,

@@ -59,6 +59,22 @@ impl DeviceCrypto {
         Ok(opened.plaintext)
     }
 
+    /// Decrypts the will payload of a CONNECT. Authenticity and the version policy
+    /// apply, the replay window does not: MQTT clients (rumqttc, paho) fix the will when
+    /// the client is built and send the very same bytes in every CONNECT, so a device
+    /// could never reconnect if its will were a replay the second time. What this
+    /// leaves open: whoever holds the device's token can connect with a will captured
+    /// earlier, which is published only when that connection ends abnormally.
+    pub(crate) fn open_will(&self, topic: &str, envelope: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let now = now_ms();
+        let keys = &self.keys;
+        let opened = crypto::open(|generation| keys.accept(generation, now), topic, envelope)?;
+        if opened.counted().is_none() && self.require_v2 {
+            return Err(CryptoError::ReplayProtectionRequired);
+        }
+        Ok(opened.plaintext)
+    }
+
     /// Encrypts a payload for the device with its current key generation: as 0x02 when
     /// replay protection is required or the device's latest envelope was 0x02 (it reads
     /// them), else as 0x01 (what every device reads).
