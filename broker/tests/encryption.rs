@@ -512,3 +512,68 @@ async fn the_same_sealed_will_is_accepted_on_every_reconnect() {
     let drops = b.handle.stats().drops;
     assert_eq!((drops.decrypt_failed, drops.replayed), (1, 0));
 }
+
+/// The reason code of the next PUBACK (`rec: false`) or PUBREC for `pkid`.
+async fn ack_reason(c: &mut common::conf::Client, pkid: u16, rec: bool) -> u8 {
+    use common::conf::In;
+    match c
+        .expect(|i| match i {
+            In::PubAck { pkid: p, .. } => !rec && *p == pkid,
+            In::PubRec { pkid: p, .. } => rec && *p == pkid,
+            _ => false,
+        })
+        .await
+    {
+        In::PubAck { reason, .. } | In::PubRec { reason, .. } => reason,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A device resending (DUP) a QoS 1/2 envelope the broker already took has only lost the
+/// ack: it is acknowledged with success and dropped (counted as replayed) without an
+/// event. The same envelope without DUP is a replay (0x99, one event).
+#[tokio::test]
+async fn a_resent_envelope_already_taken_is_acknowledged_without_an_event() {
+    use common::conf::{Conn, Target, Ver};
+    let t = Target::with(|_| {}).await;
+    let b = t.broker.as_ref().expect("fleetmq");
+    let rec = b.add_device("sealed-1", "token", true).await;
+    let mut events = b.handle.events().subscribe();
+    let (generation, key) = current(&rec);
+    let mut c = t.open(common::conf::Via::Tcp, Ver::V5).await;
+    let mut conn = Conn::new("sealed-1");
+    conn.login = Some(("sealed-1".to_owned(), "token".to_owned()));
+    assert_eq!(c.connect(conn).await.code, 0);
+
+    let env = seal_v2(&key, generation, 1, 0, TELEMETRY, b"{}");
+    c.publish_raw(TELEMETRY, &env, 1, false, false, 1, None)
+        .await;
+    assert_eq!(ack_reason(&mut c, 1, false).await, 0x00);
+    c.publish_raw(TELEMETRY, &env, 1, false, true, 1, None)
+        .await;
+    assert_eq!(ack_reason(&mut c, 1, false).await, 0x00, "a resend");
+    c.publish_raw(TELEMETRY, &env, 1, false, false, 2, None)
+        .await;
+    assert_eq!(ack_reason(&mut c, 2, false).await, 0x99, "a replay");
+
+    // QoS 2: the resend of an exchange still open completes as usual.
+    let env = seal_v2(&key, generation, 1, 1, TELEMETRY, b"{}");
+    c.publish_raw(TELEMETRY, &env, 2, false, false, 3, None)
+        .await;
+    assert_eq!(ack_reason(&mut c, 3, true).await, 0x00);
+    c.publish_raw(TELEMETRY, &env, 2, false, true, 3, None)
+        .await;
+    assert_eq!(ack_reason(&mut c, 3, true).await, 0x00, "a resend");
+    c.pubrel(3).await;
+    c.expect(|i| matches!(i, common::conf::In::PubComp { pkid: 3, reason: 0 }))
+        .await;
+
+    let failed: Vec<_> = events_within(&mut events, QUIET)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "device.decrypt_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let drops = b.handle.stats().drops;
+    assert_eq!((drops.replayed, drops.decrypt_failed), (3, 0));
+}
