@@ -37,9 +37,10 @@
 //! device's connections share it, a takeover included), one [`ReplayWindow`] per key
 //! it used, at most [`MAX_KEYS_PER_DEVICE`] (least recently used goes first; keys are told
 //! apart by a fingerprint, so a re-provisioned device starts afresh), and the envelope
-//! version of its latest authentic envelope. About 100 bytes per device that connected
-//! since the broker started, created on an authenticated CONNECT and changed only by
-//! envelopes that passed authentication: nothing an attacker sends grows it. It is held
+//! version of its latest authentic envelope. About 100 bytes per encrypted device that
+//! connected since the broker started (removed when the device is deleted), created on an
+//! authenticated CONNECT and changed only by envelopes that passed authentication:
+//! nothing an attacker sends grows it. It is held
 //! in memory only: after a broker restart the first authentic envelope of each key sets
 //! the window, so envelopes captured before the restart can be replayed (in increasing
 //! order) until the device's next envelope is accepted.
@@ -299,6 +300,12 @@ impl ReplayRegistry {
     pub(crate) fn device(&self, device: &DeviceId) -> Arc<Mutex<DeviceReplay>> {
         let mut devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(devices.entry(device.clone()).or_default())
+    }
+
+    /// A deleted device: its state goes (a device created again with its id has new keys).
+    pub(crate) fn forget(&self, device: &DeviceId) {
+        let mut devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        devices.remove(device);
     }
 }
 

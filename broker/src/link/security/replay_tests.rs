@@ -160,6 +160,15 @@ fn the_registry_shares_a_device_between_connections() {
     assert!(b.lock().unwrap().accept(&[1; KEY_LEN], n(1, 1)).is_err());
     let other = r.device(&"d2".parse().unwrap());
     assert!(other.lock().unwrap().accept(&[1; KEY_LEN], n(1, 1)).is_ok());
+    // A deleted device is forgotten.
+    r.forget(&id);
+    assert_eq!(r.devices.lock().unwrap().len(), 1);
+    assert!(r
+        .device(&id)
+        .lock()
+        .unwrap()
+        .accept(&[1; KEY_LEN], n(1, 1))
+        .is_ok());
 }
 
 #[test]
