@@ -40,6 +40,8 @@ const ENV_KEYS: &[&str] = &[
     "teltonika.idle_timeout_s",
     "admin.listen",
     "admin.api_key",
+    "admin.tls.cert",
+    "admin.tls.key",
     "security.payload_encryption",
     "security.allow_anonymous",
     "security.key_grace_s",
@@ -57,7 +59,12 @@ const ENV_KEYS: &[&str] = &[
 ];
 
 /// `FLEETMQ_` variables that belong to the CLI client, not to `serve`.
-const CLIENT_ENV: &[&str] = &["FLEETMQ_ADMIN_URL", "FLEETMQ_API_KEY", "FLEETMQ_LOG_FORMAT"];
+const CLIENT_ENV: &[&str] = &[
+    "FLEETMQ_ADMIN_URL",
+    "FLEETMQ_API_KEY",
+    "FLEETMQ_ADMIN_CA",
+    "FLEETMQ_LOG_FORMAT",
+];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

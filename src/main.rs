@@ -1,8 +1,9 @@
 //! `fleetmq`: parse flags, load config, wire the crates together, run until a signal,
 //! drain, flush, exit. All logic lives in the workspace crates; the admin commands
 //! (`device`, `command`, `config`, `clients`, `events`) are a client of the admin API in
-//! `cli/`.
+//! `cli/`; `check` runs redb's integrity check on a stopped broker's data file.
 
+mod check;
 mod cli;
 mod config;
 
@@ -26,7 +27,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
     name = "fleetmq",
     version,
     about,
-    after_help = "The admin commands' flags --url, --api-key, --json and --config may come \
+    after_help = "The admin commands' flags --url, --api-key, --ca, --json and --config may come \
                   before or after the command: `fleetmq --api-key K device list`.\n\
                   Exit codes of the admin commands: 0 done, 1 the API refused the request, \
                   2 usage, 3 cannot reach the API or the key was refused, \
@@ -50,6 +51,8 @@ enum LogFormat {
 enum Command {
     /// Run the broker (MQTT on TCP/WebSocket/TLS and the admin HTTP API).
     Serve(ServeArgs),
+    /// Run redb's integrity check on the data file (the broker must be stopped)
+    Check(check::CheckArgs),
     #[command(flatten)]
     Admin(cli::AdminCommand),
 }
@@ -131,9 +134,10 @@ fn init_tracing(format: LogFormat) {
 
 /// The admin commands' connection flags (`cli::ConnArgs`; `--config` is also `serve`'s)
 /// and whether each takes a value.
-const CONN_FLAGS: [(&str, bool); 4] = [
+const CONN_FLAGS: [(&str, bool); 5] = [
     ("--url", true),
     ("--api-key", true),
+    ("--ca", true),
     ("--json", false),
     ("--config", true),
 ];
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Admin(command) => return cli::run(command),
+        Command::Check(args) => return check::run(args),
     };
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -265,7 +270,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     let key =
         fleetmq_web::ensure_admin_key(&store, &data_dir, config.admin.api_key.as_deref()).await?;
-    let state = fleetmq_web::AppState::new(store.clone(), broker, key, config.admin);
+    let state = fleetmq_web::AppState::new(store.clone(), broker, key, config.admin).load_tls()?;
     tracker.spawn(fleetmq_web::serve(admin_listener, state, shutdown.clone()));
 
     stop.await;

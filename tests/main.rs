@@ -4,6 +4,8 @@
 #[macro_use]
 mod support;
 
+mod admin_tls;
+mod backup;
 mod cli;
 mod cli_admin;
 mod cli_alarms;

@@ -201,8 +201,9 @@ async fn commands_reach_only_their_device() {
         .iter()
         .map(|(_, p)| String::from_utf8_lossy(p).into_owned())
         .collect();
+    // (The telemetry never reaches the device's connection: only its command and config
+    // topics are dispatched to it, so no delivery is refused by its read ACL either.)
     assert_eq!(payloads, ["cmd-a", "cfg-a"]);
-    assert!(b.handle.stats().drops.acl_delivery >= 1);
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ mod conformance_topic_alias;
 mod conformance_v5;
 mod conformance_will;
 mod device_events;
+mod device_path;
 mod encryption;
 mod jobs;
 mod parking_window;

@@ -59,6 +59,9 @@ pub struct ConnArgs {
         hide_env_values = true
     )]
     pub api_key: Option<String>,
+    /// PEM CA certificate(s) to trust for an https:// URL instead of the public roots (the CA that signed `admin.tls.cert`)
+    #[arg(long, global = true, env = "FLEETMQ_ADMIN_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// Print the API's JSON answers as they are, one document per line
     #[arg(long, global = true)]
     pub json: bool,
@@ -68,14 +71,15 @@ pub struct ConnArgs {
 }
 
 /// The admin address `serve` would listen on, as a URL a client can use: an unspecified
-/// address (`0.0.0.0`, `::`) becomes loopback.
-fn url_for_listen(listen: SocketAddr) -> String {
+/// address (`0.0.0.0`, `::`) becomes loopback; `https` when `admin.tls` is set.
+fn url_for_listen(listen: SocketAddr, tls: bool) -> String {
     let ip = match listen.ip() {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}", SocketAddr::new(ip, listen.port()))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, listen.port()))
 }
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -130,7 +134,7 @@ impl Admin {
         };
         let base = match (&args.url, &config) {
             (Some(url), _) => url.trim_end_matches('/').to_owned(),
-            (None, Some(c)) => url_for_listen(c.admin.listen),
+            (None, Some(c)) => url_for_listen(c.admin.listen, c.admin.tls.is_some()),
             (None, None) => return Err(CliError::Usage("no admin API URL".into())),
         };
         let uri: Uri = base
@@ -155,7 +159,7 @@ impl Admin {
         Ok(Admin {
             base,
             key,
-            client: http_client()?,
+            client: http_client(args.ca.as_deref())?,
         })
     }
 
@@ -253,6 +257,56 @@ impl Admin {
         Err(api_error(status, &body))
     }
 
+    /// Sends `POST path` and writes the answer's body to `dest` as it arrives, waiting
+    /// up to `first_byte` for the answer to begin and [`REQUEST_TIMEOUT`] between
+    /// chunks. Returns the answer's headers. A body shorter than its `Content-Length`
+    /// is an error.
+    pub async fn download(
+        &self,
+        path: &str,
+        dest: &mut tokio::fs::File,
+        first_byte: Duration,
+    ) -> Result<http::HeaderMap, CliError> {
+        use tokio::io::AsyncWriteExt as _;
+        let no_answer = |wait: Duration| CliError::Connect {
+            url: self.base.clone(),
+            reason: format!("no answer within {} s", wait.as_secs()),
+        };
+        let response = tokio::time::timeout(first_byte, self.send(Method::POST, path, None, &[]))
+            .await
+            .map_err(|_| no_answer(first_byte))??;
+        let status = response.status();
+        let (parts, mut body) = response.into_parts();
+        if !status.is_success() {
+            let body = tokio::time::timeout(REQUEST_TIMEOUT, body.collect()).await;
+            let body = body.ok().and_then(Result::ok).map(|b| b.to_bytes());
+            return Err(api_error(status, &body.unwrap_or_default()));
+        }
+        let written_err =
+            |e: std::io::Error| CliError::Usage(format!("cannot write the file: {e}"));
+        let mut written = 0u64;
+        while let Some(frame) = tokio::time::timeout(REQUEST_TIMEOUT, body.frame())
+            .await
+            .map_err(|_| no_answer(REQUEST_TIMEOUT))?
+        {
+            let frame = frame.map_err(|e| self.connect_error(&e))?;
+            if let Ok(data) = frame.into_data() {
+                dest.write_all(&data).await.map_err(written_err)?;
+                written += data.len() as u64;
+            }
+        }
+        dest.sync_all().await.map_err(written_err)?;
+        let expected = (parts.headers.get(header::CONTENT_LENGTH))
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if expected.is_some_and(|n| n != written) {
+            return Err(CliError::Protocol(format!(
+                "the transfer ended after {written} of {} bytes",
+                expected.unwrap_or_default()
+            )));
+        }
+        Ok(parts.headers)
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -341,18 +395,46 @@ async fn read_key_file(path: &Path) -> Result<String, CliError> {
     Ok(key.to_owned())
 }
 
-fn http_client() -> Result<HttpClient, CliError> {
+/// The HTTP(S) client: for `https://`, the public web PKI roots, or with `--ca` only the
+/// certificates in that file (as `curl --cacert` does).
+fn http_client(ca: Option<&Path>) -> Result<HttpClient, CliError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| CliError::Usage(format!("cannot set up TLS: {e}")))?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
+    let tls_err = |e: &dyn std::fmt::Display| CliError::Usage(format!("cannot set up TLS: {e}"));
+    let provider = rustls::crypto::ring::default_provider();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match ca {
+        None => builder
+            .with_provider_and_webpki_roots(provider)
+            .map_err(|e| tls_err(&e))?,
+        Some(path) => {
+            let config = rustls::ClientConfig::builder_with_provider(provider.into())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| tls_err(&e))?
+                .with_root_certificates(ca_roots(path)?)
+                .with_no_client_auth();
+            builder.with_tls_config(config)
+        }
+    };
+    let https = builder.https_or_http().enable_http1().wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
+/// The certificates of `--ca FILE` as the only roots.
+fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, CliError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+    let bad = |e: &dyn std::fmt::Display| CliError::Usage(format!("--ca {}: {e}", path.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(&"no PEM certificate found"));
+    }
+    Ok(roots)
 }
 
 #[cfg(test)]
@@ -362,12 +444,19 @@ mod tests {
     #[test]
     fn unspecified_listen_addresses_become_loopback() {
         assert_eq!(
-            url_for_listen("0.0.0.0:8080".parse().unwrap()),
+            url_for_listen("0.0.0.0:8080".parse().unwrap(), false),
             "http://127.0.0.1:8080"
         );
-        assert_eq!(url_for_listen("[::]:9".parse().unwrap()), "http://[::1]:9");
         assert_eq!(
-            url_for_listen("10.0.0.5:8080".parse().unwrap()),
+            url_for_listen("[::]:9".parse().unwrap(), false),
+            "http://[::1]:9"
+        );
+        assert_eq!(
+            url_for_listen("0.0.0.0:8443".parse().unwrap(), true),
+            "https://127.0.0.1:8443"
+        );
+        assert_eq!(
+            url_for_listen("10.0.0.5:8080".parse().unwrap(), false),
             "http://10.0.0.5:8080"
         );
     }

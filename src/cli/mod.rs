@@ -7,9 +7,11 @@
 //! - `output`: `--json` (the API's JSON as it came) or tables and `key: value` lines.
 //! - `devices`, `commands`, `device_config`, `clients`, `events`, `keys` (`key` and
 //!   `audit`), `webhooks`, `jobs`: one per command group; `device_import` is `device import`,
-//!   the bulk provisioning from a CSV or JSON file; `alarms` is `alarm` (SPEC §11).
+//!   the bulk provisioning from a CSV or JSON file; `alarms` is `alarm` (SPEC §11);
+//!   `backup` downloads a consistent copy of the data (`POST /api/v1/backup`).
 
 mod alarms;
+mod backup;
 mod client;
 mod clients;
 mod commands;
@@ -104,6 +106,13 @@ pub enum AdminCommand {
         #[command(subcommand)]
         action: webhooks::WebhookAction,
     },
+    /// Copy the running broker's data to a file, consistently (admin API client, admin key)
+    Backup {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        args: backup::BackupArgs,
+    },
 }
 
 /// Runs an admin command on a runtime of its own; returns the process exit code.
@@ -165,6 +174,10 @@ async fn dispatch(command: AdminCommand) -> Result<u8, CliError> {
         AdminCommand::Webhook { conn, action } => {
             let admin = Admin::connect(&conn).await?;
             webhooks::run(&admin, conn.json, action).await?;
+        }
+        AdminCommand::Backup { conn, args } => {
+            let admin = Admin::connect(&conn).await?;
+            backup::run(&admin, conn.json, args).await?;
         }
     }
     Ok(exit::OK)

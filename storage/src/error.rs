@@ -154,6 +154,16 @@ pub enum OpenError {
         #[source]
         source: Cause,
     },
+    /// Another process (a running fleetmq) has the database file open: redb locks it.
+    #[error(
+        "database {} is in use by another process (a running fleetmq?); stop it first, \
+         or use `fleetmq backup` to copy the data while it runs",
+        path.display()
+    )]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+    },
     /// The database file is damaged (cut short, overwritten): redb gave up reading it.
     #[error(
         "database {} is damaged ({detail}); stop fleetmq and restore the file from a backup, \

@@ -38,6 +38,9 @@
 //!      (persistent MQTT sessions and their
 //!      queued QoS 1/2 messages) add their methods to [`Store`] (`impl Store` in each
 //!      file; `store` does not know them).
+//!    - `backup` ([`Store::backup_to`], a consistent copy of every table into a new
+//!      file, and [`check_file`], redb's integrity check) adds its method to [`Store`]
+//!      like the modules above (schema, store).
 //!    - [`alarms`] (alarm rules, alarms and the evaluator's state, SPEC §11) adds its
 //!      methods to [`Store`] like the modules above.
 //!    - [`commands`] (durable commands, SPEC §5), [`telemetry`], [`device_events`]
@@ -58,6 +61,7 @@
 pub mod alarms;
 mod api_keys;
 mod audit;
+mod backup;
 mod codec;
 pub mod commands;
 mod device_config;
@@ -89,6 +93,7 @@ mod webhook_endpoints;
 
 pub use api_keys::{valid_api_key_name, DeleteKeyError, MAX_API_KEY_NAME_LEN};
 pub use audit::{AuditPage, AuditRetention};
+pub use backup::{check_file, BackupSummary, Integrity};
 pub use device_config::{ConfigVersion, KEPT_CONFIG_VERSIONS};
 pub use device_state::DeviceState;
 pub use devices::KEPT_KEY_GENERATIONS;

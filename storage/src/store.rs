@@ -168,9 +168,21 @@ pub fn now_ms() -> u64 {
 /// short panics in `page_manager.rs`) instead of returning an error; that becomes
 /// [`OpenError::Damaged`], naming the file and what to do.
 fn open_file(path: &Path) -> Result<Database, OpenError> {
-    let opened = std::panic::catch_unwind(|| Database::create(path));
+    open_with(path, |p| Database::create(p))
+}
+
+/// Runs `open` (redb's `create` or `open`) on `path`, turning a lock held by another
+/// process into [`OpenError::InUse`] and a panic inside redb into [`OpenError::Damaged`].
+pub(crate) fn open_with(
+    path: &Path,
+    open: impl FnOnce(&Path) -> Result<Database, redb::DatabaseError> + std::panic::UnwindSafe,
+) -> Result<Database, OpenError> {
+    let opened = std::panic::catch_unwind(|| open(path));
     match opened {
         Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(OpenError::InUse {
+            path: path.to_owned(),
+        }),
         Ok(Err(source)) => Err(OpenError::Open {
             path: path.to_owned(),
             source: Box::new(source),

@@ -153,9 +153,22 @@ impl Server {
         if let Some(addr) = self.teltonika {
             cmd.env("FLEETMQ_TELTONIKA_LISTEN", addr.to_string());
         }
+        let logged = self.log().len();
         self.child = Some(cmd.spawn().expect("spawn fleetmq serve"));
         let deadline = Instant::now() + STARTUP;
-        while !healthy(self.admin).await {
+        // Over https (`admin.tls`) the plain /health probe cannot answer: the API is up
+        // once it says so in this start's part of the log.
+        let https = self.https();
+        let up = |this: &Server| {
+            this.log()
+                .get(logged..)
+                .is_some_and(|l| l.contains("admin api listening"))
+        };
+        while !(if https {
+            up(self)
+        } else {
+            healthy(self.admin).await
+        }) {
             if let Ok(Some(status)) = self.child().try_wait() {
                 panic!("fleetmq serve exited ({status}):\n{}", self.log());
             }
@@ -202,8 +215,14 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The admin API's base URL: `https` when started with `FLEETMQ_ADMIN_TLS_CERT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.admin)
+        let scheme = if self.https() { "https" } else { "http" };
+        format!("{scheme}://{}", self.admin)
+    }
+
+    fn https(&self) -> bool {
+        self.env.iter().any(|(k, _)| k == "FLEETMQ_ADMIN_TLS_CERT")
     }
 
     /// One admin API request with the key; (status, JSON body or `null` when empty).

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -28,6 +29,21 @@ pub struct RawAdminConfig {
     pub listen: Option<String>,
     /// `admin.api_key`; generated on first start when absent.
     pub api_key: Option<String>,
+    /// `[admin.tls]`: serve the API over HTTPS.
+    pub tls: Option<AdminTls>,
+}
+
+/// `[admin.tls]`: PEM certificate chain and private key of the admin listener. The files
+/// are read when the server starts ([`crate::AppState::load_tls`]), not when the config
+/// is validated: the CLI reads the same config for the address and may not be allowed
+/// to read the key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTls {
+    /// `admin.tls.cert`.
+    pub cert: PathBuf,
+    /// `admin.tls.key`.
+    pub key: PathBuf,
 }
 
 /// The validated admin API settings.
@@ -43,6 +59,8 @@ pub struct AdminConfig {
     /// How often an event stream sends a keepalive comment (not a config key: tests
     /// shorten it).
     pub sse_keepalive: Duration,
+    /// `[admin.tls]`, if the API is served over HTTPS.
+    pub tls: Option<AdminTls>,
 }
 
 /// A value in `[admin]` is not acceptable.
@@ -80,6 +98,7 @@ impl RawAdminConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_bulk_body_bytes: DEFAULT_MAX_BULK_BODY_BYTES,
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
+            tls: self.tls,
         })
     }
 }
@@ -105,6 +124,7 @@ impl fmt::Debug for RawAdminConfig {
         f.debug_struct("RawAdminConfig")
             .field("listen", &self.listen)
             .field("api_key", &format_args!("{}", redacted(&self.api_key)))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -117,6 +137,7 @@ impl fmt::Debug for AdminConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_bulk_body_bytes", &self.max_bulk_body_bytes)
             .field("sse_keepalive", &self.sse_keepalive)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -139,6 +160,7 @@ mod tests {
         let raw = RawAdminConfig {
             listen: Some("localhost".into()),
             api_key: None,
+            tls: None,
         };
         let err = raw.validate().unwrap_err();
         assert!(err.to_string().contains("admin.listen"), "{err}");
@@ -149,6 +171,7 @@ mod tests {
         let raw = RawAdminConfig {
             listen: None,
             api_key: Some("short".into()),
+            tls: None,
         };
         assert!(matches!(raw.validate(), Err(ConfigError::WeakApiKey)));
     }
@@ -164,6 +187,7 @@ mod tests {
         let raw = RawAdminConfig {
             listen: None,
             api_key: Some("a-very-secret-admin-key".into()),
+            tls: None,
         };
         assert!(!format!("{raw:?}").contains("secret"));
         assert!(!format!("{:?}", raw.validate().unwrap()).contains("secret"));

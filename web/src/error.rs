@@ -189,4 +189,11 @@ pub enum WebError {
         #[source]
         source: std::io::Error,
     },
+    /// `admin.tls`: a certificate or key file cannot be used.
+    #[error("{key}: {}: {reason}", path.display())]
+    Tls {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
 }

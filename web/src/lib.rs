@@ -7,7 +7,7 @@
 //! - `dashboard`: the web dashboard at `GET /`, files compiled in from `web/assets/`.
 //! - `routes`: one module per resource (`devices` and `devices_bulk`, `commands`,
 //!   `config`, `telemetry`, `webhooks`, `service_clients`, `clients`, `publish`,
-//!   `stats`, `keys`, `audit`), plus `events`
+//!   `stats`, `keys`, `audit`, `backup`), plus `events`
 //!   (`GET /api/v1/events`, server-sent events with resume), `metrics` (`GET /metrics`)
 //!   and `openapi` (`GET /api/v1/openapi.json`, the hand-kept `openapi.json`).
 //! - `prometheus`: the Prometheus text exposition format.
@@ -23,6 +23,7 @@
 //!   `json`.
 //! - `query`: query strings, path segments and paging parameters.
 //! - `time`: RFC 3339 timestamps.
+//! - `tls`: `admin.tls`, the admin listener's certificate and key (rustls).
 //!
 //! Every store call and every password hash runs on the blocking pool through
 //! [`fleetmq_storage::Store::call`]; a failed request never changes state (all
@@ -42,13 +43,14 @@ mod router;
 mod routes;
 mod server;
 mod time;
+mod tls;
 
 pub use auth::{
     ensure_admin_key, AdminKey, Verdict, ADMIN_KEY_FILE, CONFIGURED_KEY_NAME, GENERATED_KEY_NAME,
     MAX_SLOW_VERIFIES, SLOW_VERIFY_WAIT,
 };
 pub use config::{
-    AdminConfig, ConfigError, RawAdminConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
+    AdminConfig, AdminTls, ConfigError, RawAdminConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_BULK_BODY_BYTES, DEFAULT_SSE_KEEPALIVE, MIN_API_KEY_LEN,
 };
 pub use dashboard::{Asset, ASSETS};

@@ -26,9 +26,9 @@ use crate::error::ApiError;
 use crate::query::path_segments;
 use crate::response::ApiResponse;
 use crate::routes::{
-    alarms, audit, clients, commands, config, connections, device_events, devices, devices_bulk,
-    events, jobs, keys, metrics, openapi, publish, retained, service_clients, stats, telemetry,
-    webhooks,
+    alarms, audit, backup, clients, commands, config, connections, device_events, devices,
+    devices_bulk, events, jobs, keys, metrics, openapi, publish, retained, service_clients, stats,
+    telemetry, webhooks,
 };
 use crate::AppState;
 
@@ -74,7 +74,8 @@ const fn route(path: &'static str, allow: &'static str) -> Route {
     }
 }
 
-/// A route whose changes only an `admin` may make: keys, webhooks, service clients.
+/// A route whose changes only an `admin` may make: keys, webhooks, service clients,
+/// backups (a backup holds every secret hash and the token key).
 const fn admin(path: &'static str, allow: &'static str) -> Route {
     Route {
         path,
@@ -117,6 +118,7 @@ pub(crate) const ROUTES: &[Route] = &[
     admin("/api/v1/keys", "GET, POST"),
     admin("/api/v1/keys/{name}", "DELETE"),
     route("/api/v1/audit", "GET"),
+    admin("/api/v1/backup", "POST"),
     route("/api/v1/clients", "GET"),
     route("/api/v1/clients/{client_id}", "DELETE"),
     route("/api/v1/connections/refused", "GET"),
@@ -321,6 +323,7 @@ where
         ("/api/v1/keys", Method::POST) => keys::create(state, req).await,
         ("/api/v1/keys/{name}", Method::DELETE) => keys::delete(state, p(0), identity).await,
         ("/api/v1/audit", Method::GET) => audit::list(state, query).await,
+        ("/api/v1/backup", Method::POST) => backup::create(state).await,
         ("/api/v1/events", Method::GET) => events::stream(state, query, req.headers()),
         // A method the table lists but no arm handles is caught by the route tests.
         _ => Err(ApiError::MethodNotAllowed { allow: route.allow }),

@@ -11,7 +11,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,7 @@ use crate::access::Access;
 use crate::audit::Audit;
 use crate::auth::AdminKey;
 use crate::config::AdminConfig;
+use crate::error::WebError;
 
 /// How long open connections get to finish their requests after shutdown is signalled.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -38,6 +40,8 @@ pub struct AppState {
     /// Cancelled when the server begins to shut down: open event streams end on it, so
     /// the drain does not wait for them.
     pub(crate) shutdown: CancellationToken,
+    /// `admin.tls`, loaded ([`AppState::load_tls`]).
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl AppState {
@@ -51,7 +55,17 @@ impl AppState {
             audit: Audit::new(),
             config,
             shutdown: CancellationToken::new(),
+            tls: None,
         }
+    }
+
+    /// Reads the certificate and key of `admin.tls`, if configured, so a bad file stops
+    /// the start with an error naming it. [`serve`] calls it when the caller did not.
+    pub fn load_tls(mut self) -> Result<Self, WebError> {
+        if let (Some(tls), None) = (&self.config.tls, &self.tls) {
+            self.tls = Some(crate::tls::acceptor(tls)?);
+        }
+        Ok(self)
     }
 }
 
@@ -66,10 +80,14 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let state = state.load_tls().map_err(std::io::Error::other)?;
     let state = Arc::new(AppState {
         shutdown: shutdown.clone(),
         ..state
     });
+    (state.store)
+        .call(crate::routes::backup::remove_leftovers)
+        .await;
     let stop_audit = CancellationToken::new();
     let audit_writer = state.audit.take_receiver().map(|rx| {
         let (state, stop) = (Arc::clone(&state), stop_audit.clone());
@@ -80,7 +98,8 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "admin api listening");
+        let scheme = if state.tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, scheme, "admin api listening");
     }
     loop {
         tokio::select! {
@@ -88,9 +107,9 @@ pub async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let conn = graceful.watch(connection(stream, Arc::clone(&state)));
+                    let (state, watcher) = (Arc::clone(&state), graceful.watcher());
                     connections.spawn(async move {
-                        if let Err(err) = conn.await {
+                        if let Err(err) = accept(stream, state, watcher).await {
                             tracing::debug!(%peer, error = %err, "admin api connection failed");
                         }
                     });
@@ -112,14 +131,36 @@ pub async fn serve(
     Ok(())
 }
 
-/// One HTTP/1 connection; `TCP_NODELAY` so small JSON answers are not delayed.
-fn connection(
+/// One accepted socket: `TCP_NODELAY` so small JSON answers are not delayed, the TLS
+/// handshake when `admin.tls` is set (within the header read timeout), then HTTP/1.
+async fn accept(
     stream: TcpStream,
     state: Arc<AppState>,
-) -> impl GracefulConnection<Error = hyper::Error> + Send {
+    watcher: Watcher,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(error = %err, "cannot set TCP_NODELAY");
     }
+    match state.tls.clone() {
+        None => watcher.watch(connection(stream, state)).await?,
+        Some(acceptor) => {
+            let tls = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream))
+                .await
+                .map_err(|_| "TLS handshake timed out")??;
+            watcher.watch(connection(tls, state)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One HTTP/1 connection over `io`.
+fn connection<IO>(
+    io: IO,
+    state: Arc<AppState>,
+) -> impl GracefulConnection<Error = hyper::Error> + Send
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req: Request<Incoming>| {
         let state = Arc::clone(&state);
         async move { Ok::<_, Infallible>(crate::router::handle(&state, req).await) }
@@ -127,7 +168,7 @@ fn connection(
     http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
 }
 
 /// Signals every connection to finish after its current request, waits up to the

@@ -68,6 +68,7 @@ async fn test_app_keyed(broker_config: BrokerConfig, configured: Option<&str>) -
     let mut config: AdminConfig = RawAdminConfig {
         listen: Some("127.0.0.1:0".into()),
         api_key: configured.map(str::to_owned),
+        tls: None,
     }
     .validate()
     .unwrap();
@@ -142,6 +143,29 @@ impl TestApp {
             headers: parts.headers,
             body,
         }
+    }
+
+    /// A request with the test key and no body; the answer's body as bytes.
+    pub(crate) async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .header("x-api-key", API_KEY);
+        let response = self
+            .client
+            .request(req.body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        (
+            parts.status,
+            parts.headers,
+            body.collect().await.unwrap().to_bytes(),
+        )
     }
 
     /// A request with exactly these headers and no body.
@@ -350,6 +374,7 @@ pub(crate) fn every_api_route() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::DELETE, "/api/v1/webhooks/deliveries/1", None),
         (Method::GET, "/api/v1/events", None),
         (Method::GET, "/api/v1/openapi.json", None),
+        (Method::POST, "/api/v1/backup", None),
         (Method::GET, "/api/v1/no-such-route", None),
     ]
 }

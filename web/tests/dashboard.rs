@@ -38,6 +38,7 @@ async fn app() -> App {
     let config = RawAdminConfig {
         listen: Some("127.0.0.1:0".into()),
         api_key: Some(API_KEY.into()),
+        tls: None,
     }
     .validate()
     .unwrap();

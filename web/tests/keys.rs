@@ -38,6 +38,7 @@ async fn documented_routes(app: &TestApp) -> Vec<(Method, String, &'static str)>
                     "/api/v1/keys",
                     "/api/v1/webhooks",
                     "/api/v1/service-clients",
+                    "/api/v1/backup",
                 ]
                 .into_iter()
                 .find(|a| template.starts_with(a))

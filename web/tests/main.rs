@@ -4,6 +4,7 @@
 mod admin_key;
 mod alarms;
 mod api;
+mod backup;
 mod dashboard;
 mod device_events;
 mod devices_bulk;

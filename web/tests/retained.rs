@@ -52,6 +52,7 @@ async fn start(config: BrokerConfig) -> (TestBroker, std::net::SocketAddr, Cance
     let config: AdminConfig = RawAdminConfig {
         listen: Some("127.0.0.1:0".into()),
         api_key: Some(API_KEY.into()),
+        tls: None,
     }
     .validate()
     .unwrap();

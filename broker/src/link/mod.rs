@@ -15,6 +15,7 @@
 
 pub(crate) mod codec;
 pub(crate) mod connection;
+pub(crate) mod device_links;
 pub(crate) mod net;
 mod retained;
 pub(crate) mod security;
@@ -111,6 +112,8 @@ pub(crate) struct Core {
     /// Per device, the 0x02 envelope replay windows (across its connections).
     pub(crate) replay: crate::link::security::replay::ReplayRegistry,
     pub(crate) links: Links,
+    /// The router links device connections share (`device_links`).
+    pub(crate) device_links: crate::link::device_links::DeviceLinks,
     pub(crate) system: mpsc::Sender<(Publish, Option<PublishProperties>)>,
     /// Wills waiting for their Will Delay Interval.
     pub(crate) wills: crate::link::connection::will::PendingWills,
@@ -165,6 +168,7 @@ impl Core {
         let (link_tx, link_rx, _) = (links.build)("fleetmq:system", true)?;
         let (system, system_rx) = mpsc::channel(4096);
         spawn_system_link(link_tx, link_rx, system_rx)?;
+        let device_links = crate::link::device_links::DeviceLinks::build(&links)?;
         let anonymous_rules: Arc<[AclRule]> = config.anonymous_rules.clone().into();
         let session_store = crate::link::session::store::SessionStore::load(
             store.clone(),
@@ -173,7 +177,7 @@ impl Core {
             restored.max_queued_seq,
             config.durable_connected_sessions,
         );
-        Ok(Arc::new(Core {
+        let core = Arc::new(Core {
             retained: crate::link::retained::RetainedIndex::load(restored.retained),
             session_store,
             congestion: crate::link::connection::congestion::Congestion::default(),
@@ -196,13 +200,16 @@ impl Core {
             fleet,
             tracker,
             links,
+            device_links,
             system,
             wills: crate::link::connection::will::PendingWills::default(),
             sys: crate::link::sys::channel().0,
             shutdown,
             store,
             config,
-        }))
+        });
+        crate::link::device_links::spawn_dispatcher(&core)?;
+        Ok(core)
     }
 
     /// The largest packet a client may send: payload limit plus room for topic and properties.

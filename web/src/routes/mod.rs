@@ -2,6 +2,7 @@
 
 pub(crate) mod alarms;
 pub(crate) mod audit;
+pub(crate) mod backup;
 pub(crate) mod clients;
 pub(crate) mod commands;
 pub(crate) mod config;

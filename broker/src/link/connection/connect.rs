@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use fleetmq_storage::{now_ms, AclRule};
-use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
     LastWillProperties, Login, Packet,
@@ -17,6 +16,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use crate::client::{ClientInfo, ClientKind, Transport};
 use crate::link::codec::framing::{self, FrameError, Version};
 pub(crate) use crate::link::connection::refusal::ConnectFailure;
+use crate::link::connection::router_link::RouterLink;
 use crate::link::net::transport::Stream;
 use crate::link::security::acl::Principal;
 use crate::link::security::auth::{Identity, Presented, Refusal};
@@ -112,8 +112,8 @@ pub(crate) struct Established {
     pub(crate) session_present: bool,
     /// Whether the session persists, and the stored one it resumes.
     pub(crate) session: crate::link::session::resume::SessionStart,
-    pub(crate) link_tx: LinkTx,
-    pub(crate) link_rx: LinkRx,
+    /// Its way to and from the router (devices share links, `link::device_links`).
+    pub(crate) link: crate::link::connection::router_link::RouterLink,
     pub(crate) control: mpsc::Receiver<Control>,
     /// Commands to write (device connections only).
     pub(crate) mailbox: std::sync::Arc<crate::link::session::live::Mailbox>,
@@ -244,7 +244,7 @@ pub(crate) async fn establish(
     // the live table.
     let slot = core.sessions.slot(&router_key);
     let _setup = slot.lock().await;
-    let replaced = core.sessions.take_over(&router_key).await;
+    core.sessions.take_over(&router_key).await;
     let session = crate::link::session::store::start(
         core,
         &router_key,
@@ -254,7 +254,7 @@ pub(crate) async fn establish(
     )
     .await;
     let identity = &admitted.identity;
-    let (link_tx, link_rx) = join_router(core, &router_key, replaced, identity, version).await?;
+    let link = join_router(core, &router_key, identity, version).await?;
     let session_present = session.resumed.is_some();
     let username = (req.login.as_ref())
         .map(|l| l.username.clone())
@@ -297,8 +297,7 @@ pub(crate) async fn establish(
         transport,
         session_present,
         session,
-        link_tx,
-        link_rx,
+        link,
         control: live.control,
         mailbox: live.mailbox,
         closed: live.closed,
@@ -468,26 +467,17 @@ async fn authenticate(
     }
 }
 
-/// Builds the connection's router link. If that fails after an old connection of the
-/// same device was told it was taken over, the fleet services hear that it is gone
-/// after all.
+/// Builds the connection's router link; a device gets none (`link::device_links`).
 async fn join_router(
     core: &Core,
     router_key: &str,
-    replaced: Option<u64>,
     identity: &Identity,
     version: Version,
-) -> Result<(LinkTx, LinkRx), ConnectFailure> {
-    let built = core.links.build(router_key, true).await;
-    if let (Err(_), Some(old), Identity::Device(device)) = (&built, replaced, identity) {
-        let event = crate::fleet::LinkEvent::Disconnected {
-            id: device.id.clone(),
-            generation: old,
-            at_ms: now_ms(),
-            taken_over: false,
-        };
-        core.fleet_event(event).await;
+) -> Result<RouterLink, ConnectFailure> {
+    if matches!(identity, Identity::Device(_)) {
+        return Ok(RouterLink::Device);
     }
+    let built = core.links.build(router_key, true).await;
     let (link_tx, link_rx, _connack) = built.map_err(|e| {
         refuse(
             version,
@@ -500,7 +490,10 @@ async fn join_router(
             format!("router link: {e}"),
         )
     })?;
-    Ok((link_tx, link_rx))
+    Ok(RouterLink::Own {
+        tx: link_tx,
+        rx: link_rx,
+    })
 }
 
 /// Enters the connection in the live table (listing, kick, takeover, commands) and

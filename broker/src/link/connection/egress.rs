@@ -41,6 +41,9 @@ pub(crate) enum Source {
     Router(Option<(u64, u64)>),
     /// The persistent session's ledger (`session::owed`).
     Ledger,
+    /// A device's dispatcher (`link::device_links`), one copy per
+    /// `Subscriptions::copies_for`.
+    Dispatch,
 }
 
 impl Connection {
@@ -80,7 +83,7 @@ impl Connection {
         }
     }
 
-    fn router_ack(&mut self, packet: Packet) {
+    pub(crate) fn router_ack(&mut self, packet: Packet) {
         match packet {
             Packet::SubAck(suback, props) => {
                 if self.session_subacked(&suback) {
@@ -156,14 +159,23 @@ impl Connection {
         };
         // rumqttd delivers at the subscription QoS; MQTT says the lower of the two.
         let mut qos = origin.map_or(routed_qos, |o| o.qos.min(routed_qos));
-        if let Source::Router(cursor) = source {
-            match self.router_copy(origin, &topic, qos, &mut properties) {
-                Some(one_copy_qos) => qos = one_copy_qos,
-                None => return,
+        match source {
+            Source::Router(cursor) => {
+                match self.router_copy(origin, &topic, qos, &mut properties) {
+                    Some(one_copy_qos) => qos = one_copy_qos,
+                    None => return,
+                }
+                if let Some((_, offset)) = cursor {
+                    self.count_skipped(&topic, offset);
+                }
             }
-            if let Some((_, offset)) = cursor {
-                self.count_skipped(&topic, offset);
+            Source::Dispatch => {
+                let arrival = origin.and_then(|o| o.arrival);
+                if arrival.is_some_and(|a| self.session_delivered(a, &topic, qos)) {
+                    return;
+                }
             }
+            Source::Ledger => {}
         }
         // A persistent session's QoS 1/2 message has its slot in the stored queue: its
         // arrival number (`session::store`). One not delivered leaves the queue.

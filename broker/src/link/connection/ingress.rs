@@ -401,7 +401,8 @@ impl Connection {
 
     /// Builds a checked publish for the router. QoS 2 is completed by the link layer
     /// (rumqttd's inbound QoS 2 matches PUBREL by order and forgets it on reconnect), so
-    /// it is routed like QoS 1 content without a packet id for the router to track.
+    /// it is routed like QoS 1 content without a packet id for the router to track; so
+    /// is a device's QoS 1.
     fn routing(
         &mut self,
         meta: PublishMeta,
@@ -416,6 +417,23 @@ impl Connection {
                 PubRec {
                     pkid: meta.pkid,
                     reason: PubRecReason::Success,
+                },
+                None,
+            ));
+            PublishMeta {
+                qos: 0,
+                pkid: 0,
+                dup: false,
+                retain: false,
+            }
+        } else if meta.qos == 1 && !self.s.link.is_own() {
+            // A device's publishes share a link (`link::device_links`), on which the
+            // router acknowledges nothing: acknowledged here, written after the batch
+            // is handed over (and, for telemetry, stored: `stored_acks.rs`).
+            self.write_packet(Packet::PubAck(
+                PubAck {
+                    pkid: meta.pkid,
+                    reason: PubAckReason::Success,
                 },
                 None,
             ));

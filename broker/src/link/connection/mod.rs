@@ -14,6 +14,7 @@ pub(crate) mod ingress;
 pub(crate) mod outbound;
 pub(crate) mod outbound_alias;
 pub(crate) mod refusal;
+pub(crate) mod router_link;
 pub(crate) mod stored_acks;
 pub(crate) mod subscribe;
 pub(crate) mod subscriptions;
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::FutureExt;
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, SubscribeReasonCode};
 use tokio::time::Instant;
 
@@ -37,6 +37,7 @@ use crate::link::connection::device::CommandWindow;
 use crate::link::connection::flow::OutboundFlow;
 use crate::link::connection::ingress::InboundQos2;
 use crate::link::connection::outbound::Outbound;
+use crate::link::connection::router_link::RouterLink;
 use crate::link::connection::subscriptions::Subscriptions;
 use crate::link::net::transport::Stream;
 use crate::link::security::auth::Identity;
@@ -125,7 +126,10 @@ impl Connection {
     ) -> Connection {
         let sess = crate::link::session::resume::SessionLink::new(std::mem::take(&mut s.session));
         let crypto = match &s.identity {
-            Identity::Device(d) => core.crypto_for(d),
+            Identity::Device(d) => {
+                s.mailbox.take_routed_messages();
+                core.crypto_for(d)
+            }
             _ => None,
         };
         let aliases = InboundAliases::new(match s.version {
@@ -231,19 +235,28 @@ impl Connection {
                 for (command_id, payload) in self.s.mailbox.take() {
                     self.deliver_command(command_id, &payload);
                 }
-                self.flush().await
+                self.take_dispatched();
+                self.session_sync().await;
+                self.flush().await?;
+                self.update_congestion();
+                Ok(())
             }
             read = self.stream.read(&mut self.read_buf), if may_read => match read {
                 Ok(0) | Err(_) => Err(Ending::Dropped),
                 Ok(n) => {
                     self.last_read = Instant::now();
                     crate::stats::Stats::add(&self.core.stats.bytes_received, n as u64);
-                    self.ingress().await
+                    let result = self.ingress().await;
+                    if self.read_buf.is_empty() {
+                        // Nothing half-read: an idle connection holds no read buffer.
+                        self.read_buf = BytesMut::new();
+                    }
+                    result
                 }
             },
             // Always drained: live messages queue behind a resumed session's queue and
             // retained messages in `outbound.rs`, never in the router's log.
-            next = self.s.link_rx.next() => match next {
+            next = self.s.link.next(), if self.s.link.is_own() => match next {
                 Ok(Some(first)) => self.egress(first).await,
                 Ok(None) => Ok(()),
                 Err(_) => Err(Ending::RouterGone),
@@ -316,22 +329,20 @@ impl Connection {
 
     /// Hands the packets collected for the router over, waking it once.
     pub(crate) async fn send_to_router(&mut self) -> Result<(), Ending> {
+        let RouterLink::Own { tx, .. } = &mut self.s.link else {
+            return self.send_shared();
+        };
         #[cfg(feature = "testing")]
         if hold::withheld(&self.s.client_id, &self.to_router) {
             // In the link's buffer, but the router is not told (`hold`).
-            self.s.link_tx.buffer().extend(self.to_router.drain(..));
+            tx.buffer().extend(self.to_router.drain(..));
             return Ok(());
         }
         let Some(last) = self.to_router.pop() else {
             return Ok(());
         };
-        {
-            let mut buffer = self.s.link_tx.buffer();
-            buffer.extend(self.to_router.drain(..));
-        }
-        self.s
-            .link_tx
-            .send(last)
+        tx.buffer().extend(self.to_router.drain(..));
+        tx.send(last)
             .await
             .map(|_| ())
             .map_err(|_| Ending::RouterGone)
@@ -341,11 +352,12 @@ impl Connection {
     /// not taken it already), as `send_to_router` would have.
     #[cfg(feature = "testing")]
     async fn router_released(&mut self) -> Result<(), Ending> {
-        let last = self.s.link_tx.buffer().pop_back();
+        let RouterLink::Own { tx, .. } = &mut self.s.link else {
+            return Ok(());
+        };
+        let last = tx.buffer().pop_back();
         match last {
-            Some(last) => self
-                .s
-                .link_tx
+            Some(last) => tx
                 .send(last)
                 .await
                 .map(|_| ())
@@ -444,6 +456,11 @@ impl Connection {
                 None,
             )
         };
+        if !self.s.link.is_own() {
+            // A device's last publishes; it has nothing in the router to remove.
+            let _ = self.send_to_router().await;
+            return;
+        }
         if !self.woke {
             // What the client sent last (e.g. a status before DISCONNECT) goes first, in
             // the same router event.
@@ -488,7 +505,7 @@ impl Connection {
     async fn egress(&mut self, first: rumqttd::Notification) -> Result<(), Ending> {
         let mut flow = self.notification(first);
         for _ in 0..MAX_EGRESS_BATCH {
-            match self.s.link_rx.next().now_or_never() {
+            match self.s.link.try_next() {
                 Some(Ok(Some(n))) => flow = flow.merge(self.notification(n)),
                 Some(Ok(None)) | None => break,
                 Some(Err(_)) => {
@@ -507,16 +524,30 @@ impl Connection {
             return Err(Ending::RouterGone);
         }
         self.update_congestion();
-        if flow.unscheduled {
+        if let (true, RouterLink::Own { rx, .. }) = (flow.unscheduled, &self.s.link) {
             // Only now, after the batch reached the socket: this is the backpressure.
             self.woke = true;
             crate::stats::Stats::add(&self.core.stats.router_pauses, 1);
-            self.s
-                .link_rx
-                .wake()
-                .await
-                .map_err(|_| Ending::RouterGone)?;
+            rx.wake().await.map_err(|_| Ending::RouterGone)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn size_probe() {
+        use super::*;
+        eprintln!("Connection {}", std::mem::size_of::<Connection>());
+        eprintln!("Established {}", std::mem::size_of::<Established>());
+        eprintln!("Outbound {}", std::mem::size_of::<Outbound>());
+        eprintln!("Subscriptions {}", std::mem::size_of::<Subscriptions>());
+        eprintln!("SessionLink {}", std::mem::size_of::<crate::link::session::resume::SessionLink>());
+        eprintln!("Stream {}", std::mem::size_of::<Stream>());
+        eprintln!("StoredAcks {}", std::mem::size_of::<stored_acks::StoredAcks>());
+        eprintln!("OutboundFlow {}", std::mem::size_of::<OutboundFlow>());
+        eprintln!("InboundAliases {}", std::mem::size_of::<InboundAliases>());
+        eprintln!("Copies {}", std::mem::size_of::<crate::link::session::store::Copies>());
     }
 }

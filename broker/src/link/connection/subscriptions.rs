@@ -132,6 +132,37 @@ impl Subscriptions {
         Some(Overlap { qos, ids, copies })
     }
 
+    /// The copies the router would make of a message on `topic_name` for this
+    /// connection's subscriptions, each as (QoS, identifiers ascending): one for all the
+    /// plain ones it matches (at the highest of their QoS [MQTT-3.3.4-2, -4]) and one per
+    /// matching `$share/` subscription, whose group has only this connection (MQTT 5
+    /// §4.8.2: a shared subscription's copy comes besides the plain one). Empty when
+    /// none matches. Only for devices, which never receive what they publish, so No
+    /// Local does not come into it.
+    pub(crate) fn copies_for(&self, topic_name: &str) -> Vec<(u8, Vec<usize>)> {
+        let mut plain: Option<(u8, Vec<usize>)> = None;
+        let mut copies = Vec::new();
+        for (filter, options) in &self.routed {
+            match topic::split_shared(filter) {
+                Some((_, inner)) if topic::matches(inner, topic_name) => {
+                    copies.push((options.qos, options.id.into_iter().collect()));
+                }
+                None if topic::matches(filter, topic_name) => {
+                    let (qos, ids) = plain.get_or_insert((0, Vec::new()));
+                    *qos = (*qos).max(options.qos);
+                    ids.extend(options.id);
+                }
+                _ => {}
+            }
+        }
+        if let Some((qos, mut ids)) = plain {
+            ids.sort_unstable();
+            ids.dedup();
+            copies.insert(0, (qos, ids));
+        }
+        copies
+    }
+
     /// Whether a message this connection published on `topic` must not come back to it:
     /// every subscription of ours that matches it asked for No Local [MQTT-3.8.3-3].
     pub(crate) fn no_local_blocks(&self, topic_name: &str) -> bool {

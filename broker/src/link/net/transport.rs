@@ -23,9 +23,19 @@ pub(crate) enum Stream {
 impl Stream {
     /// Appends what arrives to `buf`; `Ok(0)` means the peer closed the stream.
     pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(8192);
+        if let Stream::Tcp(s) = self {
+            // Waits for data before taking room for it, so an idle connection holds no
+            // read buffer (cancel-safe: `readable` is, and the read does not wait).
+            loop {
+                s.readable().await?;
+                reserve(buf);
+                match s.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    read => return read,
+                }
+            }
         }
+        reserve(buf);
         match self {
             Stream::Tcp(s) => s.read_buf(buf).await,
             Stream::Tls(s) => s.read_buf(buf).await,
@@ -95,4 +105,11 @@ where
     ws.send(Message::Binary(bytes::Bytes::copy_from_slice(data)))
         .await
         .map_err(io::Error::other)
+}
+
+/// At least 4 KiB free to read into (8 KiB taken at a time).
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(8192);
+    }
 }

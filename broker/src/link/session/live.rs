@@ -15,7 +15,10 @@ use bytes::Bytes;
 use fleetmq_storage::DeviceRecord;
 use tokio::sync::{mpsc, watch};
 
+use rumqttd::protocol::{Publish, PublishProperties};
+
 use crate::client::{ClientInfo, ClientKind};
+use crate::link::device_links::Routed;
 use crate::link::Core;
 use crate::stats::Stats;
 
@@ -47,17 +50,28 @@ pub(crate) enum Control {
     RouterRelease,
 }
 
-/// Commands waiting to be written by one device connection. Separate from the control
-/// channel so a burst of commands never crowds out a close, and bounded: when full,
-/// delivery reports the connection as unavailable and the engine re-sends later.
+/// Commands waiting to be written by one device connection, and messages the router
+/// dispatched to it (`link::device_links`). Separate from the control channel so a
+/// burst of commands never crowds out a close, and bounded: when full, delivery reports
+/// the connection as unavailable and the engine re-sends later. Both queues hold no
+/// memory while empty.
 #[derive(Default)]
 pub(crate) struct Mailbox {
     queue: Mutex<VecDeque<(String, Bytes)>>,
+    routed: Mutex<VecDeque<RoutedMessage>>,
+    /// Whether the connection takes routed messages (MQTT devices, not trackers).
+    takes_routed: std::sync::atomic::AtomicBool,
     pub(crate) ready: tokio::sync::Notify,
 }
 
+/// A message the router routed to a device's topic.
+pub(crate) type RoutedMessage = (Publish, Option<PublishProperties>);
+
 /// Commands a connection may have waiting to be written.
 const MAILBOX_CAPACITY: usize = 65_536;
+/// Routed messages a device connection may have waiting for its task (it takes them
+/// all at each wake-up; past its outbound bound it holds publishers back).
+const ROUTED_CAPACITY: usize = 4096;
 
 impl Mailbox {
     /// Queues a command; false when the mailbox is full.
@@ -75,6 +89,31 @@ impl Mailbox {
     /// Everything queued, oldest first.
     pub(crate) fn take(&self) -> VecDeque<(String, Bytes)> {
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// From now on routed messages are queued (else they are not for this connection).
+    pub(crate) fn take_routed_messages(&self) {
+        self.takes_routed.store(true, Relaxed);
+    }
+
+    /// Queues a routed message; false when the queue is full.
+    fn push_routed(&self, message: RoutedMessage) -> Routed {
+        if !self.takes_routed.load(Relaxed) {
+            return Routed::NotConnected;
+        }
+        let mut routed = self.routed.lock().unwrap_or_else(|e| e.into_inner());
+        if routed.len() >= ROUTED_CAPACITY {
+            return Routed::Full;
+        }
+        routed.push_back(message);
+        drop(routed);
+        self.ready.notify_one();
+        Routed::Queued
+    }
+
+    /// Every routed message queued, oldest first.
+    pub(crate) fn take_routed(&self) -> VecDeque<RoutedMessage> {
+        std::mem::take(&mut *self.routed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -208,6 +247,24 @@ impl Sessions {
             }
             _ => false,
         }
+    }
+}
+
+impl Sessions {
+    /// Hands a message the router routed to `device/{id}/...` to that device's live
+    /// connection (`link::device_links`).
+    pub(crate) fn route_to_device(
+        &self,
+        id: &str,
+        publish: Publish,
+        props: Option<PublishProperties>,
+    ) -> Routed {
+        let key = device_key(id);
+        let mailbox = match self.live().get(&key) {
+            Some(l) if l.info.kind == ClientKind::Device => l.mailbox.clone(),
+            _ => return Routed::NotConnected,
+        };
+        mailbox.push_routed((publish, props))
     }
 }
 

@@ -5,7 +5,6 @@
 
 use bytes::Bytes;
 use fleetmq_storage::{QueueOp, SessionSubscription};
-use futures_util::FutureExt;
 use rumqttd::protocol::{Filter, PublishProperties, SubAck};
 use rumqttd::Notification;
 
@@ -276,13 +275,15 @@ impl Connection {
         // Deliveries the router handed this link but the client never saw are owed the
         // way egress takes every delivery (QoS, No Local, expiry, Retain As Published);
         // their publishers stored them at the same slots.
-        while let Some(Ok(Some(n))) = self.s.link_rx.next().now_or_never() {
+        while let Some(Ok(Some(n))) = self.s.link.try_next() {
             // A SUBACK among them is left alone: its subscription is not part of the
             // session parked above.
             if let Notification::Forward(f) = n {
                 self.forward(f);
             }
         }
+        // A device's: what the dispatcher queued for it.
+        self.take_dispatched();
         if !self.core.session_store.durable_live() {
             // What was checked before parking but is still on its way through the router
             // is stored by no publisher, and this link will not see it.
