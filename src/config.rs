@@ -45,6 +45,7 @@ const ENV_KEYS: &[&str] = &[
     "security.payload_encryption",
     "security.allow_anonymous",
     "security.key_grace_s",
+    "security.require_replay_protection",
     "commands.timeout_s",
     "commands.max_retries",
     "commands.ttl_s",

@@ -11,7 +11,8 @@ use bytes::BytesMut;
 use crate::link::codec::framing;
 
 pub use crate::link::security::crypto::{
-    open, seal, CryptoError, Opened, KEY_LEN, MIN_ENVELOPE_LEN, NONCE_LEN,
+    open, seal, seal_v2, CountedNonce, CryptoError, Opened, ReplayWindow, KEY_LEN,
+    MIN_ENVELOPE_LEN, NONCE_LEN,
 };
 pub use rumqttd::protocol::Packet;
 

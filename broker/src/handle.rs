@@ -52,6 +52,7 @@ impl BrokerHandle {
     /// telemetry, state and config (in the background).
     pub fn device_removed(&self, id: &DeviceId) {
         self.revoke_device(id);
+        self.core.replay.forget(id);
         // Before the delete is answered: a create after it must not find the device.
         self.services.commands.forget_cached_device(id);
         let (services, id) = (self.services.clone(), id.clone());

@@ -31,7 +31,8 @@ pub use config::{
     RawSecurityConfig, RawTlsConfig, RefusalLogConfig, TlsConfig,
 };
 pub use handle::BrokerHandle;
-/// The SPEC §4 payload envelope: sans-IO `seal`/`open`, `NonceSource`, `KeyRing`.
+/// The SPEC §4 payload envelope: sans-IO `seal`/`seal_v2`/`open`, `NonceSource`,
+/// `KeyRing`, and the 0x02 `ReplayWindow`.
 pub use link::security::crypto as envelope;
 pub use link::security::refusals::RefusalPage;
 pub use link::Listeners;

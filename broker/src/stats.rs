@@ -16,8 +16,11 @@ pub enum DropCause {
     AclSubscribe,
     /// A routed message the receiver may not read (delivery-time check).
     AclDelivery,
-    /// A device payload that did not decrypt.
+    /// A device payload that did not decrypt (or a 0x01 envelope where replay
+    /// protection is required).
     DecryptFailed,
+    /// An authentic 0x02 device envelope whose nonce was already accepted or is too old.
+    Replayed,
     /// A message that could not be encrypted for its receiving device (no key).
     EncryptFailed,
     /// A packet that does not parse or breaks the protocol.
@@ -207,6 +210,7 @@ pub(crate) struct Stats {
     acl_subscribe: AtomicU64,
     acl_delivery: AtomicU64,
     decrypt_failed: AtomicU64,
+    replayed: AtomicU64,
     encrypt_failed: AtomicU64,
     malformed: AtomicU64,
     too_large: AtomicU64,
@@ -288,6 +292,7 @@ impl Stats {
             DropCause::AclSubscribe => &self.acl_subscribe,
             DropCause::AclDelivery => &self.acl_delivery,
             DropCause::DecryptFailed => &self.decrypt_failed,
+            DropCause::Replayed => &self.replayed,
             DropCause::EncryptFailed => &self.encrypt_failed,
             DropCause::Malformed => &self.malformed,
             DropCause::TooLarge => &self.too_large,
@@ -356,6 +361,7 @@ impl Stats {
                 acl_subscribe: get(&self.acl_subscribe),
                 acl_delivery: get(&self.acl_delivery),
                 decrypt_failed: get(&self.decrypt_failed),
+                replayed: get(&self.replayed),
                 encrypt_failed: get(&self.encrypt_failed),
                 malformed: get(&self.malformed),
                 too_large: get(&self.too_large),
@@ -451,6 +457,8 @@ pub struct DropStats {
     pub acl_subscribe: u64,
     pub acl_delivery: u64,
     pub decrypt_failed: u64,
+    /// Device envelopes (0x02) refused as replays.
+    pub replayed: u64,
     pub encrypt_failed: u64,
     pub malformed: u64,
     pub too_large: u64,

@@ -8,34 +8,73 @@ use std::time::Duration;
 use common::*;
 use fleetmq_storage::DeviceRecord;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use rumqttc::v5::mqttbytes::v5::{Packet as V5Packet, PubAckReason};
+use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::QoS;
 
 const QUIET: Duration = Duration::from_millis(300);
 
-fn seal(key: &[u8; 32], generation: u8, nonce: [u8; 12], topic: &str, plain: &[u8]) -> Vec<u8> {
+/// The AAD of an envelope: the topic, behind version and generation for 0x02.
+fn aad(version: u8, generation: u8, topic: &str) -> Vec<u8> {
+    let mut aad = if version == 2 {
+        vec![2, generation]
+    } else {
+        Vec::new()
+    };
+    aad.extend_from_slice(topic.as_bytes());
+    aad
+}
+
+fn seal_version(
+    version: u8,
+    key: &[u8; 32],
+    generation: u8,
+    nonce: [u8; 12],
+    topic: &str,
+    plain: &[u8],
+) -> Vec<u8> {
     let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).unwrap());
     let mut data = plain.to_vec();
     k.seal_in_place_append_tag(
         Nonce::assume_unique_for_key(nonce),
-        Aad::from(topic.as_bytes()),
+        Aad::from(aad(version, generation, topic)),
         &mut data,
     )
     .unwrap();
-    let mut env = vec![1, generation];
+    let mut env = vec![version, generation];
     env.extend_from_slice(&nonce);
     env.extend(data);
     env
 }
 
+fn seal(key: &[u8; 32], generation: u8, nonce: [u8; 12], topic: &str, plain: &[u8]) -> Vec<u8> {
+    seal_version(1, key, generation, nonce, topic, plain)
+}
+
+/// A 0x02 envelope: nonce = epoch (u32) | counter (u64), big-endian.
+fn seal_v2(
+    key: &[u8; 32],
+    generation: u8,
+    epoch: u32,
+    counter: u64,
+    topic: &str,
+    plain: &[u8],
+) -> Vec<u8> {
+    let mut nonce = [0u8; 12];
+    nonce[..4].copy_from_slice(&epoch.to_be_bytes());
+    nonce[4..].copy_from_slice(&counter.to_be_bytes());
+    seal_version(2, key, generation, nonce, topic, plain)
+}
+
 fn open(key: &[u8; 32], topic: &str, env: &[u8]) -> Option<Vec<u8>> {
-    if env.len() < 14 + 16 || env[0] != 1 {
+    if env.len() < 14 + 16 || !matches!(env[0], 1 | 2) {
         return None;
     }
     let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).unwrap());
     let nonce = Nonce::try_assume_unique_for_key(&env[2..14]).ok()?;
     let mut data = env[14..].to_vec();
     let plain = k
-        .open_in_place(nonce, Aad::from(topic.as_bytes()), &mut data)
+        .open_in_place(nonce, Aad::from(aad(env[0], env[1], topic)), &mut data)
         .ok()?;
     Some(plain.to_vec())
 }
@@ -55,6 +94,17 @@ async fn setup(
 ) {
     let mut config = fleetmq_broker::BrokerConfig::for_tests();
     config.key_grace = grace;
+    setup_with(config).await
+}
+
+async fn setup_with(
+    config: fleetmq_broker::BrokerConfig,
+) -> (
+    TestBroker,
+    DeviceRecord,
+    rumqttc::AsyncClient,
+    rumqttc::EventLoop,
+) {
     let b = TestBroker::with_config(config).await;
     let rec = b.add_device("sealed-1", "token", true).await;
     b.add_service("backend", "backend-pass", allow_all()).await;
@@ -233,4 +283,297 @@ async fn the_previous_key_generation_is_accepted_only_during_the_grace_period() 
     // With no grace period the old generation is refused at once.
     let got = old_then_new_after_rotation(Duration::ZERO).await;
     assert_eq!(got, [b"new".to_vec()]);
+}
+
+const TELEMETRY: &str = "device/sealed-1/telemetry";
+const COMMAND: &str = "device/sealed-1/command";
+
+/// Publishes `payload` on the device's telemetry topic at QoS 1 and returns the reason
+/// code of its PUBACK.
+async fn publish_v5(
+    dev: &rumqttc::v5::AsyncClient,
+    el: &mut rumqttc::v5::EventLoop,
+    payload: Vec<u8>,
+) -> PubAckReason {
+    dev.publish(TELEMETRY, V5QoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+    next_v5(el, |p| match p {
+        V5Packet::PubAck(ack) => Some(ack.reason),
+        _ => None,
+    })
+    .await
+}
+
+/// A device on MQTT 5 subscribed to its command topic.
+async fn commanded_device(b: &TestBroker) -> (rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop) {
+    let (dev, mut el) = connect_v5(b, Via::Tcp, "sealed-1", Some(("sealed-1", "token")))
+        .await
+        .unwrap();
+    dev.subscribe(COMMAND, V5QoS::AtLeastOnce).await.unwrap();
+    next_v5(&mut el, |p| matches!(p, V5Packet::SubAck(_)).then_some(())).await;
+    (dev, el)
+}
+
+/// Sends a command as the backend and returns the envelope the device got.
+async fn command_envelope(svc: &rumqttc::AsyncClient, el: &mut rumqttc::v5::EventLoop) -> Vec<u8> {
+    let cmd = br#"{"type":"RELOAD","commandId":"c1","params":{}}"#;
+    svc.publish(COMMAND, QoS::AtLeastOnce, false, cmd.to_vec())
+        .await
+        .unwrap();
+    next_v5(el, |p| match p {
+        V5Packet::Publish(p) => Some(p.payload.to_vec()),
+        _ => None,
+    })
+    .await
+}
+
+/// The counter of a 0x02 envelope's nonce.
+fn counter(env: &[u8]) -> u64 {
+    u64::from_be_bytes(env[6..14].try_into().unwrap())
+}
+
+#[tokio::test]
+async fn a_replayed_envelope_is_dropped_counted_and_reported_and_the_connection_stays_up() {
+    let (b, rec, _svc, mut svc_el) = setup(Duration::from_secs(3600)).await;
+    let mut events = b.handle.events().subscribe();
+    let (generation, key) = current(&rec);
+    let (dev, mut dev_el) = connect_v5(&b, Via::Tcp, "sealed-1", Some(("sealed-1", "token")))
+        .await
+        .unwrap();
+    let captured = seal_v2(&key, generation, 7, 0, TELEMETRY, b"{\"cpu\":1}");
+    let next = seal_v2(&key, generation, 7, 1, TELEMETRY, b"{\"cpu\":2}");
+    for (payload, want) in [
+        (captured.clone(), PubAckReason::Success),
+        (captured.clone(), PubAckReason::PayloadFormatInvalid),
+        (next, PubAckReason::Success),
+    ] {
+        assert_eq!(publish_v5(&dev, &mut dev_el, payload).await, want);
+    }
+    let event = next_event(&mut events, |e| e.kind == "device.decrypt_failed").await;
+    assert_eq!(event.device_id.as_deref(), Some("sealed-1"));
+    let data = event.data_value();
+    assert_eq!(
+        (data["cause"].as_str(), data["topic"].as_str()),
+        (Some("replayed"), Some(TELEMETRY))
+    );
+    assert!(
+        data["reason"]
+            .as_str()
+            .unwrap()
+            .contains("already accepted"),
+        "{data}"
+    );
+
+    // The window is the device's, not the connection's: on a new connection (after a
+    // reboot: a higher epoch) the captured envelope is still refused.
+    let (dev2, dev2_el) = connect_v4(&b, Via::Ws, "sealed-1", Some(("sealed-1", "token")))
+        .await
+        .unwrap();
+    let _d = drive_v4(dev2_el);
+    let rebooted = seal_v2(&key, generation, 8, 0, TELEMETRY, b"{\"cpu\":3}");
+    for payload in [captured, rebooted] {
+        dev2.publish(TELEMETRY, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    let got: Vec<_> = publishes_v4(&mut svc_el, QUIET)
+        .await
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            b"{\"cpu\":1}".to_vec(),
+            b"{\"cpu\":2}".to_vec(),
+            b"{\"cpu\":3}".to_vec()
+        ]
+    );
+    let drops = b.handle.stats().drops;
+    assert_eq!((drops.replayed, drops.decrypt_failed), (2, 0));
+}
+
+#[tokio::test]
+async fn version_1_is_accepted_by_default_and_the_broker_answers_in_the_devices_version() {
+    let (b, rec, svc, svc_el) = setup(Duration::from_secs(3600)).await;
+    let _s = drive_v4(svc_el);
+    let (generation, key) = current(&rec);
+    let (dev, mut dev_el) = commanded_device(&b).await;
+    // A device that never sent 0x02 gets 0x01 (all it may read).
+    let env = command_envelope(&svc, &mut dev_el).await;
+    assert_eq!(env[0], 1);
+    let v1 = seal(&key, generation, [1; 12], TELEMETRY, b"{}");
+    assert_eq!(
+        publish_v5(&dev, &mut dev_el, v1.clone()).await,
+        PubAckReason::Success
+    );
+    // 0x01 has no replay protection: the same envelope is taken again (the default).
+    assert_eq!(
+        publish_v5(&dev, &mut dev_el, v1).await,
+        PubAckReason::Success
+    );
+    let v2 = seal_v2(&key, generation, 1, 0, TELEMETRY, b"{}");
+    assert_eq!(
+        publish_v5(&dev, &mut dev_el, v2).await,
+        PubAckReason::Success
+    );
+    // Once it sends 0x02, it gets 0x02, with a broker-direction counter.
+    let env = command_envelope(&svc, &mut dev_el).await;
+    assert_eq!(env[0], 2);
+    assert!(counter(&env) >> 63 == 1, "the broker's direction bit");
+    assert!(open(&key, COMMAND, &env).is_some());
+    let later = command_envelope(&svc, &mut dev_el).await;
+    assert!(counter(&later) > counter(&env));
+    assert_eq!(b.handle.stats().drops.decrypt_failed, 0);
+}
+
+#[tokio::test]
+async fn version_1_is_refused_when_replay_protection_is_required() {
+    let mut config = fleetmq_broker::BrokerConfig::for_tests();
+    config.require_replay_protection = true;
+    let (b, rec, svc, svc_el) = setup_with(config).await;
+    let _s = drive_v4(svc_el);
+    let mut events = b.handle.events().subscribe();
+    let (generation, key) = current(&rec);
+    let (dev, mut dev_el) = commanded_device(&b).await;
+    // Everything the broker seals is 0x02 from the start.
+    let env = command_envelope(&svc, &mut dev_el).await;
+    assert_eq!(env[0], 2);
+    assert!(open(&key, COMMAND, &env).is_some());
+    let v1 = seal(&key, generation, [1; 12], TELEMETRY, b"{}");
+    assert_eq!(
+        publish_v5(&dev, &mut dev_el, v1).await,
+        PubAckReason::PayloadFormatInvalid
+    );
+    let event = next_event(&mut events, |e| e.kind == "device.decrypt_failed").await;
+    assert_eq!(event.data_value()["cause"], "replay_protection_required");
+    // A 0x02 envelope relabelled 0x01 does not open either (the header is authenticated).
+    let v2 = seal_v2(&key, generation, 1, 0, TELEMETRY, b"{}");
+    let mut relabelled = v2.clone();
+    relabelled[0] = 1;
+    assert_eq!(
+        publish_v5(&dev, &mut dev_el, relabelled).await,
+        PubAckReason::PayloadFormatInvalid
+    );
+    assert_eq!(
+        publish_v5(&dev, &mut dev_el, v2).await,
+        PubAckReason::Success
+    );
+    let drops = b.handle.stats().drops;
+    assert_eq!((drops.decrypt_failed, drops.replayed), (2, 0));
+}
+
+/// Connects the device on 3.1.1 with `will` as its sealed last will.
+async fn connect_with_will(b: &TestBroker, will: Vec<u8>) -> Result<(), rumqttc::ConnectionError> {
+    let mut opts = options_v4(b, Via::Tcp, "sealed-1", Some(("sealed-1", "token")));
+    opts.set_last_will(rumqttc::LastWill::new(
+        "device/sealed-1/status",
+        will,
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (_client, mut el) = rumqttc::AsyncClient::new(opts, 10);
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), el.poll())
+            .await
+            .expect("CONNACK in time")?;
+        if let rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)) = event {
+            return Ok(());
+        }
+    }
+}
+
+/// MQTT clients fix the will when the client is built and send the same bytes in every
+/// CONNECT: a sealed 0x02 will is not held against the replay window, or the device could
+/// never reconnect. The version policy still applies to it.
+#[tokio::test]
+async fn the_same_sealed_will_is_accepted_on_every_reconnect() {
+    let mut config = fleetmq_broker::BrokerConfig::for_tests();
+    config.require_replay_protection = true;
+    let (b, rec, _svc, _svc_el) = setup_with(config).await;
+    let (generation, key) = current(&rec);
+    let topic = "device/sealed-1/status";
+    let will = seal_v2(&key, generation, 1, 9, topic, br#"{"state":"offline"}"#);
+    for _ in 0..2 {
+        connect_with_will(&b, will.clone()).await.expect("connects");
+    }
+    let v1_will = seal(&key, generation, [1; 12], topic, br#"{"state":"offline"}"#);
+    let refused = connect_with_will(&b, v1_will).await;
+    assert!(
+        matches!(
+            refused,
+            Err(rumqttc::ConnectionError::ConnectionRefused(
+                rumqttc::ConnectReturnCode::NotAuthorized
+            ))
+        ),
+        "{refused:?}"
+    );
+    let drops = b.handle.stats().drops;
+    assert_eq!((drops.decrypt_failed, drops.replayed), (1, 0));
+}
+
+/// The reason code of the next PUBACK (`rec: false`) or PUBREC for `pkid`.
+async fn ack_reason(c: &mut common::conf::Client, pkid: u16, rec: bool) -> u8 {
+    use common::conf::In;
+    match c
+        .expect(|i| match i {
+            In::PubAck { pkid: p, .. } => !rec && *p == pkid,
+            In::PubRec { pkid: p, .. } => rec && *p == pkid,
+            _ => false,
+        })
+        .await
+    {
+        In::PubAck { reason, .. } | In::PubRec { reason, .. } => reason,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A device resending (DUP) a QoS 1/2 envelope the broker already took has only lost the
+/// ack: it is acknowledged with success and dropped (counted as replayed) without an
+/// event. The same envelope without DUP is a replay (0x99, one event).
+#[tokio::test]
+async fn a_resent_envelope_already_taken_is_acknowledged_without_an_event() {
+    use common::conf::{Conn, Target, Ver};
+    let t = Target::with(|_| {}).await;
+    let b = t.broker.as_ref().expect("fleetmq");
+    let rec = b.add_device("sealed-1", "token", true).await;
+    let mut events = b.handle.events().subscribe();
+    let (generation, key) = current(&rec);
+    let mut c = t.open(common::conf::Via::Tcp, Ver::V5).await;
+    let mut conn = Conn::new("sealed-1");
+    conn.login = Some(("sealed-1".to_owned(), "token".to_owned()));
+    assert_eq!(c.connect(conn).await.code, 0);
+
+    let env = seal_v2(&key, generation, 1, 0, TELEMETRY, b"{}");
+    c.publish_raw(TELEMETRY, &env, 1, false, false, 1, None)
+        .await;
+    assert_eq!(ack_reason(&mut c, 1, false).await, 0x00);
+    c.publish_raw(TELEMETRY, &env, 1, false, true, 1, None)
+        .await;
+    assert_eq!(ack_reason(&mut c, 1, false).await, 0x00, "a resend");
+    c.publish_raw(TELEMETRY, &env, 1, false, false, 2, None)
+        .await;
+    assert_eq!(ack_reason(&mut c, 2, false).await, 0x99, "a replay");
+
+    // QoS 2: the resend of an exchange still open completes as usual.
+    let env = seal_v2(&key, generation, 1, 1, TELEMETRY, b"{}");
+    c.publish_raw(TELEMETRY, &env, 2, false, false, 3, None)
+        .await;
+    assert_eq!(ack_reason(&mut c, 3, true).await, 0x00);
+    c.publish_raw(TELEMETRY, &env, 2, false, true, 3, None)
+        .await;
+    assert_eq!(ack_reason(&mut c, 3, true).await, 0x00, "a resend");
+    c.pubrel(3).await;
+    c.expect(|i| matches!(i, common::conf::In::PubComp { pkid: 3, reason: 0 }))
+        .await;
+
+    let failed: Vec<_> = events_within(&mut events, QUIET)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "device.decrypt_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let drops = b.handle.stats().drops;
+    assert_eq!((drops.replayed, drops.decrypt_failed), (3, 0));
 }

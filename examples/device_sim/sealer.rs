@@ -1,9 +1,12 @@
 //! The SPEC §4 envelope with one device's key, over the broker's own codec
-//! ([`fleetmq_broker::envelope`]).
+//! ([`fleetmq_broker::envelope`]): the simulator seals version 0x02 (replay-protected)
+//! and opens both versions, as the broker may answer in either.
 
 use anyhow::{anyhow, Context};
 use base64::Engine as _;
-use fleetmq_broker::envelope::{self, CryptoError, NonceSource, KEY_LEN};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fleetmq_broker::envelope::{self, CountedNonce, CryptoError, DEVICE_COUNTER_MAX, KEY_LEN};
 
 /// A device's AES-256-GCM key as the admin API hands it out.
 #[derive(Clone, Copy)]
@@ -27,16 +30,23 @@ impl DeviceKey {
 /// Seals and opens envelopes with one device's key.
 pub(crate) struct Sealer {
     key: DeviceKey,
-    /// One nonce sequence for the device's whole run, reconnects included: its random
-    /// prefix keeps it apart from the broker's sources, which seal with the same key.
-    nonces: NonceSource,
+    /// The next 0x02 counter, for the device's whole run, reconnects included. The
+    /// simulator persists nothing, so instead of a stored boot counter as the epoch it
+    /// keeps the epoch at 0 and starts the counter at the Unix time in nanoseconds: it
+    /// still grows from one run to the next (unless the clock steps back), which is all
+    /// the broker's replay window asks. The counter's top bit stays clear (the device's
+    /// direction), so it never meets the broker's nonces under the same key.
+    counter: u64,
 }
 
 impl Sealer {
     pub(crate) fn new(key: DeviceKey) -> Sealer {
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
         Sealer {
             key,
-            nonces: NonceSource::new(),
+            counter: now_ns & DEVICE_COUNTER_MAX,
         }
     }
 
@@ -47,10 +57,18 @@ impl Sealer {
 
     pub(crate) fn seal(&mut self, topic: &str, plaintext: &[u8]) -> Vec<u8> {
         let DeviceKey { generation, bytes } = self.key;
-        envelope::seal(&bytes, generation, self.nonces.next(), topic, plaintext)
+        let nonce = CountedNonce {
+            epoch: 0,
+            counter: self.counter,
+        };
+        // Past the device's counter space (~292 years of nanoseconds) a device would
+        // take a new epoch; the simulator never gets there.
+        self.counter = (self.counter + 1) & DEVICE_COUNTER_MAX;
+        envelope::seal_v2(&bytes, generation, nonce, topic, plaintext)
     }
 
-    /// Only our own key generation opens: the simulator never holds an older key.
+    /// Only our own key generation opens (the simulator never holds an older key), in
+    /// either envelope version.
     pub(crate) fn open(&self, topic: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let DeviceKey { generation, bytes } = self.key;
         let key_for = |g: u8| (g == generation).then_some(bytes);

@@ -4,13 +4,17 @@
 //! Input: a topic length byte (modulo 64), the topic (as lossy UTF-8), then the
 //! envelope a device sent. The same input is also read as a plaintext to seal.
 //!
-//! Invariants: `open` refuses exactly as the format says (empty or short, wrong
-//! version byte, unknown generation, failed tag); what opens re-seals to the same
-//! bytes (AES-GCM is deterministic for a key, nonce and topic); what is sealed opens
-//! to the same plaintext and generation, and not under another topic or with one bit
-//! flipped.
+//! Invariants: `open` refuses exactly as the format says (empty or short, a version
+//! byte other than 0x01 and 0x02, unknown generation, failed tag); what opens re-seals
+//! (in its version) to the same bytes (AES-GCM is deterministic for a key, nonce and
+//! AAD); what is sealed, as 0x01 and as 0x02, opens to the same plaintext, generation
+//! and version, and not under another topic, with one bit flipped, or (0x02) relabelled
+//! as 0x01; a 0x02 nonce is taken once by a fresh `ReplayWindow` and refused after.
 
-use fleetmq_broker::fuzz::{open, seal, CryptoError, Opened, KEY_LEN, MIN_ENVELOPE_LEN, NONCE_LEN};
+use fleetmq_broker::fuzz::{
+    open, seal, seal_v2, CountedNonce, CryptoError, Opened, ReplayWindow, KEY_LEN,
+    MIN_ENVELOPE_LEN, NONCE_LEN,
+};
 
 /// The key of each known generation.
 pub(crate) fn key_for(generation: u8) -> Option<[u8; KEY_LEN]> {
@@ -32,7 +36,9 @@ pub fn check(data: &[u8]) {
 fn expected_refusal(envelope: &[u8]) -> Option<CryptoError> {
     match envelope {
         [] => Some(CryptoError::TooShort { len: 0 }),
-        [version, ..] if *version != 0x01 => Some(CryptoError::UnknownVersion(*version)),
+        [version, ..] if !matches!(*version, 0x01 | 0x02) => {
+            Some(CryptoError::UnknownVersion(*version))
+        }
         _ if envelope.len() < MIN_ENVELOPE_LEN => Some(CryptoError::TooShort {
             len: envelope.len(),
         }),
@@ -48,19 +54,24 @@ fn open_arbitrary(topic: &str, envelope: &[u8]) {
     match (expected_refusal(envelope), opened) {
         (Some(want), got) => assert_eq!(got, Err(want), "{envelope:?}"),
         (None, Err(e)) => assert_eq!(e, CryptoError::Authentication, "{envelope:?}"),
-        (
-            None,
-            Ok(Opened {
+        (None, Ok(opened)) => {
+            let Opened {
+                version,
                 generation,
-                plaintext,
-            }),
-        ) => {
-            assert_eq!(generation, envelope[1]);
-            let nonce: [u8; NONCE_LEN] = envelope[2..2 + NONCE_LEN].try_into().unwrap();
+                nonce,
+                ref plaintext,
+                ..
+            } = opened;
+            assert_eq!((version, generation), (envelope[0], envelope[1]));
+            let wire: [u8; NONCE_LEN] = envelope[2..2 + NONCE_LEN].try_into().unwrap();
+            assert_eq!(nonce, wire);
             let key = key_for(generation).unwrap();
+            let resealed = match opened.counted() {
+                Some(counted) => seal_v2(&key, generation, counted, topic, plaintext),
+                None => seal(&key, generation, nonce, topic, plaintext),
+            };
             assert_eq!(
-                seal(&key, generation, nonce, topic, &plaintext),
-                envelope,
+                resealed, envelope,
                 "an opened envelope does not re-seal to itself"
             );
         }
@@ -74,28 +85,50 @@ fn seal_then_open(topic: &str, data: &[u8]) {
         *n = *b;
     }
     let key = key_for(generation).unwrap();
-    let mut envelope = seal(&key, generation, nonce, topic, data);
-    assert_eq!(envelope.len(), MIN_ENVELOPE_LEN + data.len());
-    assert_eq!(
-        open(key_for, topic, &envelope),
-        Ok(Opened {
-            generation,
-            plaintext: data.to_vec(),
-        })
-    );
-    let other = format!("{topic}/x");
-    assert_eq!(
-        open(key_for, &other, &envelope),
-        Err(CryptoError::Authentication),
-        "opened under another topic"
-    );
-    // Flip one bit past the version and generation bytes (those have their own errors).
-    let at = 2 + data.len() % (envelope.len() - 2);
-    envelope[at] ^= 1 << (data.len() % 8);
-    assert_eq!(
-        open(key_for, topic, &envelope),
-        Err(CryptoError::Authentication),
-        "opened with bit {} of byte {at} flipped",
-        data.len() % 8
-    );
+    let counted = CountedNonce::from_bytes(nonce);
+    for version in [0x01, 0x02] {
+        let mut envelope = if version == 0x01 {
+            seal(&key, generation, nonce, topic, data)
+        } else {
+            seal_v2(&key, generation, counted, topic, data)
+        };
+        assert_eq!(envelope.len(), MIN_ENVELOPE_LEN + data.len());
+        assert_eq!(envelope[0], version);
+        assert_eq!(
+            open(key_for, topic, &envelope),
+            Ok(Opened {
+                version,
+                generation,
+                nonce,
+                plaintext: data.to_vec(),
+            })
+        );
+        let other = format!("{topic}/x");
+        assert_eq!(
+            open(key_for, &other, &envelope),
+            Err(CryptoError::Authentication),
+            "opened under another topic"
+        );
+        if version == 0x02 {
+            let mut relabelled = envelope.clone();
+            relabelled[0] = 0x01;
+            assert_eq!(
+                open(key_for, topic, &relabelled),
+                Err(CryptoError::Authentication),
+                "a 0x02 envelope opened as 0x01"
+            );
+            let mut window = ReplayWindow::new();
+            assert_eq!(window.accept(counted), Ok(()));
+            assert!(window.accept(counted).is_err(), "{counted:?} taken twice");
+        }
+        // Flip one bit past the version and generation bytes (those have their own errors).
+        let at = 2 + data.len() % (envelope.len() - 2);
+        envelope[at] ^= 1 << (data.len() % 8);
+        assert_eq!(
+            open(key_for, topic, &envelope),
+            Err(CryptoError::Authentication),
+            "opened with bit {} of byte {at} flipped",
+            data.len() % 8
+        );
+    }
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fleetmq_broker::fuzz::seal;
+use fleetmq_broker::fuzz::{seal, seal_v2, CountedNonce};
 use fleetmq_storage::fuzz as store;
 use fleetmq_storage::{
     AclAction, AclRule, CredentialHash, DeviceCredential, DeviceKey, DeviceRecord,
@@ -219,6 +219,16 @@ fn envelope() -> Seeds {
             ),
         ),
         ("empty-payload", sealed(200, "device/dev-1/status", b"")),
+        ("telemetry-v2", {
+            let key = crate::envelope::key_for(1).unwrap();
+            let nonce = CountedNonce {
+                epoch: 3,
+                counter: 42,
+            };
+            let topic = "device/dev-1/telemetry";
+            let env = seal_v2(&key, 1, nonce, topic, TELEMETRY);
+            cat(&[&[topic.len() as u8], topic.as_bytes(), &env])
+        }),
         (
             "unknown-generation",
             sealed(1, "a", b"x")[..].to_vec().tap(|v| v[3] = 9),

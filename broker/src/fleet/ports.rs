@@ -74,6 +74,8 @@ pub enum LinkEvent {
     DecryptFailed {
         id: DeviceId,
         topic: String,
+        /// `decrypt`, `replayed` or `replay_protection_required` (event data `cause`).
+        cause: &'static str,
         reason: String,
         at_ms: u64,
     },

@@ -198,9 +198,13 @@ impl Services {
                 ..
             } => self.published(&id, kind, &payload, at_ms).await,
             LinkEvent::DecryptFailed {
-                id, topic, reason, ..
+                id,
+                topic,
+                cause,
+                reason,
+                ..
             } => {
-                let data = json!({"topic": topic, "reason": reason});
+                let data = json!({"topic": topic, "cause": cause, "reason": reason});
                 self.emit("device.decrypt_failed", &id, data);
             }
             LinkEvent::BadPayload {

@@ -109,6 +109,8 @@ pub(crate) struct Core {
     pub(crate) backoff: crate::link::security::backoff::AuthBackoff,
     /// The recent refused connection attempts.
     pub(crate) refusals: crate::link::security::refusals::RefusalLog,
+    /// Per device, the 0x02 envelope replay windows (across its connections).
+    pub(crate) replay: crate::link::security::replay::ReplayRegistry,
     pub(crate) links: Links,
     /// The router links device connections share (`device_links`).
     pub(crate) device_links: crate::link::device_links::DeviceLinks,
@@ -188,6 +190,7 @@ impl Core {
             ),
             backoff: crate::link::security::backoff::AuthBackoff::new(config.auth_backoff),
             refusals: crate::link::security::refusals::RefusalLog::new(config.refusal_log),
+            replay: Default::default(),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             pending: Arc::new(Semaphore::new(config.max_pending_connects)),
             stats: Stats::new(),
@@ -217,7 +220,7 @@ impl Core {
     /// Encryption state for a device connection, when SPEC §4 applies to it.
     pub(crate) fn crypto_for(&self, device: &DeviceRecord) -> Option<DeviceCrypto> {
         (self.config.payload_encryption || device.encrypted)
-            .then(|| DeviceCrypto::new(device, self.config.key_grace))
+            .then(|| DeviceCrypto::new(device, &self.config, &self.replay))
     }
 
     /// Routes a message as the broker itself (QoS 0 into the router; subscribers get it

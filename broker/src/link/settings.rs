@@ -67,6 +67,7 @@ pub struct RawSecurityConfig {
     pub allow_anonymous: Option<bool>,
     pub anonymous_rules: Option<Vec<AclRule>>,
     pub key_grace_s: Option<u64>,
+    pub require_replay_protection: Option<bool>,
 }
 
 /// Everything the broker needs, validated.
@@ -119,6 +120,8 @@ pub struct BrokerConfig {
     pub anonymous_rules: Vec<AclRule>,
     /// How long a superseded device key generation is still accepted.
     pub key_grace: Duration,
+    /// Device envelopes must be version 0x02 (replay-protected); the broker seals 0x02.
+    pub require_replay_protection: bool,
     /// `[mqtt.auth_backoff]`: failed authentications backed off per identity and address.
     pub auth_backoff: AuthBackoffConfig,
     /// Bounds of the recent refused attempts. Not a config key: tests shrink it.
@@ -174,6 +177,7 @@ impl BrokerConfig {
             allow_anonymous: false,
             anonymous_rules: default_anonymous_rules(),
             key_grace: Duration::from_secs(24 * 3600),
+            require_replay_protection: false,
             auth_backoff: AuthBackoffConfig::default(),
             refusal_log: RefusalLogConfig::default(),
             fleet: FleetConfig::default(),
@@ -286,6 +290,7 @@ pub fn validate(
         allow_anonymous: security.allow_anonymous.unwrap_or(false),
         anonymous_rules,
         key_grace: Duration::from_secs(security.key_grace_s.unwrap_or(24 * 3600)),
+        require_replay_protection: security.require_replay_protection.unwrap_or(false),
         auth_backoff: mqtt.auth_backoff.unwrap_or_default().validate()?,
         refusal_log: RefusalLogConfig::default(),
         fleet,

@@ -161,6 +161,7 @@ fn traffic(e: &mut Exposition, stats: &StatsSnapshot) {
             ("acl_subscribe", d.acl_subscribe),
             ("acl_delivery", d.acl_delivery),
             ("decrypt", d.decrypt_failed),
+            ("replayed", d.replayed),
             ("encrypt", d.encrypt_failed),
             ("malformed", d.malformed),
             ("too_large", d.too_large),

@@ -213,13 +213,14 @@ impl Connection {
         self.flush().await
     }
 
-    pub(crate) fn device_decrypt_failed(&self, topic: &str, reason: String) {
+    pub(crate) fn device_decrypt_failed(&self, topic: &str, cause: &'static str, reason: String) {
         let Identity::Device(device) = &self.s.identity else {
             return;
         };
         let event = LinkEvent::DecryptFailed {
             id: device.id.clone(),
             topic: topic.to_owned(),
+            cause,
             reason,
             at_ms: now_ms(),
         };

@@ -15,6 +15,7 @@ use crate::link::codec::topic;
 use crate::link::connection::alias::AliasError;
 use crate::link::connection::outbound::OutAck;
 use crate::link::connection::{Connection, Ending};
+use crate::link::security::crypto::CryptoError;
 use crate::link::session::store::Incoming;
 use crate::stats::{DropCause, Stats};
 
@@ -360,24 +361,42 @@ impl Connection {
 
     /// The payload as routed: opened when the connection's device encrypts (SPEC §4).
     /// One that does not open is refused (v5: 0x99), reported and dropped: `None`.
+    /// A replayed 0x02 envelope is dropped and counted the same way, except when it is
+    /// a QoS 1/2 resend (DUP): the first copy was taken and only its ack was lost, so it
+    /// is acknowledged as MQTT asks, logged, and raises no event.
     fn open_payload(&mut self, topic: &str, payload: Bytes, meta: PublishMeta) -> Option<Bytes> {
         let Some(crypto) = self.crypto.as_mut() else {
             return Some(payload);
         };
-        match crypto.open(topic, &payload) {
-            Ok(plain) => Some(Bytes::from(plain)),
-            Err(e) => {
-                self.device_decrypt_failed(topic, e.to_string());
-                self.core.stats.dropped(DropCause::DecryptFailed);
-                tracing::warn!(client_id = %self.s.client_id, topic, error = %e, "payload did not decrypt; dropped");
-                self.refuse_publish(
-                    meta,
-                    PubAckReason::PayloadFormatInvalid,
-                    PubRecReason::PayloadFormatInvalid,
-                );
-                None
+        let e = match crypto.open(topic, &payload) {
+            Ok(plain) => return Some(Bytes::from(plain)),
+            Err(e) => e,
+        };
+        let (drop, cause) = match e {
+            CryptoError::Replayed(_) => (DropCause::Replayed, "replayed"),
+            CryptoError::ReplayProtectionRequired => {
+                (DropCause::DecryptFailed, "replay_protection_required")
             }
+            _ => (DropCause::DecryptFailed, "decrypt"),
+        };
+        self.core.stats.dropped(drop);
+        if drop == DropCause::Replayed && meta.dup && meta.qos > 0 {
+            tracing::info!(client_id = %self.s.client_id, topic, error = %e, "resent envelope already taken; acknowledged, dropped");
+            if meta.qos == 2 {
+                // Its PUBREL follows: answer it with PUBCOMP Success.
+                self.inbound_qos2.insert(meta.pkid);
+            }
+            self.refuse_publish(meta, PubAckReason::Success, PubRecReason::Success);
+            return None;
         }
+        self.device_decrypt_failed(topic, cause, e.to_string());
+        tracing::warn!(client_id = %self.s.client_id, topic, cause, error = %e, "payload did not decrypt; dropped");
+        self.refuse_publish(
+            meta,
+            PubAckReason::PayloadFormatInvalid,
+            PubRecReason::PayloadFormatInvalid,
+        );
+        None
     }
 
     /// Builds a checked publish for the router. QoS 2 is completed by the link layer

@@ -184,8 +184,8 @@ pub(crate) fn check(
         ));
     }
     if let Identity::Device(device) = identity {
-        if let Some(mut crypto) = core.crypto_for(device) {
-            match crypto.open(&topic, &will.message) {
+        if let Some(crypto) = core.crypto_for(device) {
+            match crypto.open_will(&topic, &will.message) {
                 Ok(plain) => will.message = plain.into(),
                 Err(e) => {
                     core.stats.dropped(DropCause::DecryptFailed);

@@ -1,28 +1,41 @@
-//! The SPEC §4 payload envelope: AES-256-GCM with the topic as AAD.
+//! The SPEC §4 payload envelope: AES-256-GCM with the topic as AAD, in two versions.
 //!
 //! ```text
-//! byte 0      : 0x01 (envelope version)
+//! byte 0      : 0x01 or 0x02 (envelope version)
 //! byte 1      : key generation (u8)
-//! bytes 2..14 : 96-bit nonce, unique per message
+//! bytes 2..14 : 96-bit nonce
+//!               0x01: unique per message (random)
+//!               0x02: epoch (u32, big-endian) | counter (u64, big-endian), see `replay`
 //! bytes 14..  : AES-256-GCM ciphertext followed by its 16-byte tag
-//! AAD         : the topic name, UTF-8 bytes
+//! AAD         : 0x01: the topic name, UTF-8 bytes
+//!               0x02: byte 0, byte 1, then the topic name
 //! ```
 //!
-//! Sans-IO: [`seal`] and [`open`] are pure functions over bytes; [`open`] checks every
-//! length before reading and reports what a peer got wrong as a [`CryptoError`].
-//! [`NonceSource`] hands out unique nonces per connection and [`KeyRing`] decides which
-//! key generations a device may still use.
+//! Version 0x02 authenticates its header too: relabelling a 0x02 envelope as 0x01 (to
+//! slip past the replay window while 0x01 is still accepted) fails the tag.
+//!
+//! Sans-IO: [`seal`], [`seal_v2`] and [`open`] are pure functions over bytes; [`open`]
+//! reads both versions, checks every length before reading and reports what a peer got
+//! wrong as a [`CryptoError`]. [`NonceSource`] hands out unique random nonces per
+//! connection (0x01), [`KeyRing`] decides which key generations a device may still use,
+//! and [`ReplayWindow`] is the 0x02 replay check (also for devices checking the broker).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use fleetmq_storage::{DeviceKey, DeviceRecord};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 
-/// The envelope version this module reads and writes (byte 0).
+pub use super::keyring::KeyRing;
+pub use super::replay::{
+    CountedNonce, ReplayError, ReplayWindow, BROKER_DIRECTION, DEVICE_COUNTER_MAX, WINDOW,
+};
+
+/// The original envelope version: random nonces, no replay protection.
 pub const ENVELOPE_VERSION: u8 = 0x01;
+/// The envelope version whose nonce is a [`CountedNonce`] the broker checks for replays.
+pub const ENVELOPE_V2: u8 = 0x02;
 /// Length of an AES-256 key.
 pub const KEY_LEN: usize = 32;
 /// Length of the GCM nonce (bytes 2..14).
@@ -44,7 +57,7 @@ pub enum CryptoError {
         /// The envelope's length.
         len: usize,
     },
-    /// Byte 0 is not [`ENVELOPE_VERSION`].
+    /// Byte 0 is neither [`ENVELOPE_VERSION`] nor [`ENVELOPE_V2`].
     #[error("unknown envelope version {0:#04x}")]
     UnknownVersion(u8),
     /// Byte 1 names a key generation that is unknown or past its grace period.
@@ -53,23 +66,42 @@ pub enum CryptoError {
     /// The tag did not verify: wrong key, wrong topic, or altered bytes.
     #[error("envelope failed authentication (wrong key, wrong topic or altered bytes)")]
     Authentication,
+    /// An authentic 0x02 envelope whose nonce the receiver has already accepted, or
+    /// one too old to tell (see [`ReplayWindow`]).
+    #[error("replayed envelope: {0}")]
+    Replayed(ReplayError),
+    /// An authentic 0x01 envelope where `security.require_replay_protection` is on.
+    #[error("envelope version 0x01 refused: replay protection (0x02) is required")]
+    ReplayProtectionRequired,
 }
 
 /// A successfully opened envelope.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Opened {
+    /// The envelope version (byte 0).
+    pub version: u8,
     /// The key generation the sender used (byte 1).
     pub generation: u8,
+    /// The nonce (bytes 2..14).
+    pub nonce: [u8; NONCE_LEN],
     /// The decrypted payload.
     pub plaintext: Vec<u8>,
+}
+
+impl Opened {
+    /// The epoch and counter of a 0x02 envelope; `None` for 0x01.
+    pub fn counted(&self) -> Option<CountedNonce> {
+        (self.version == ENVELOPE_V2).then(|| CountedNonce::from_bytes(self.nonce))
+    }
 }
 
 impl fmt::Debug for Opened {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Opened")
+            .field("version", &self.version)
             .field("generation", &self.generation)
             .field("plaintext_len", &self.plaintext.len())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,7 +113,18 @@ fn aead_key(key: &[u8; KEY_LEN]) -> LessSafeKey {
     LessSafeKey::new(unbound)
 }
 
-/// Encrypts `plaintext` for `topic` into an envelope (`generation` goes in byte 1).
+/// The additional authenticated data of an envelope: the topic, and for 0x02 the
+/// version and generation bytes in front of it.
+fn aad(version: u8, generation: u8, topic: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(2 + topic.len());
+    if version != ENVELOPE_VERSION {
+        aad.extend_from_slice(&[version, generation]);
+    }
+    aad.extend_from_slice(topic.as_bytes());
+    aad
+}
+
+/// Encrypts `plaintext` for `topic` into a 0x01 envelope (`generation` goes in byte 1).
 ///
 /// `nonce` must never repeat under the same key: take it from a [`NonceSource`].
 pub fn seal(
@@ -91,8 +134,34 @@ pub fn seal(
     topic: &str,
     plaintext: &[u8],
 ) -> Vec<u8> {
+    seal_version(ENVELOPE_VERSION, key, generation, nonce, topic, plaintext)
+}
+
+/// Encrypts `plaintext` for `topic` into a 0x02 envelope with a counted nonce.
+///
+/// `nonce` must never repeat under the same key and must grow for the receiver's
+/// [`ReplayWindow`]: a device takes a persisted boot epoch and a counter (see `replay`).
+pub fn seal_v2(
+    key: &[u8; KEY_LEN],
+    generation: u8,
+    nonce: CountedNonce,
+    topic: &str,
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let nonce = nonce.to_bytes();
+    seal_version(ENVELOPE_V2, key, generation, nonce, topic, plaintext)
+}
+
+fn seal_version(
+    version: u8,
+    key: &[u8; KEY_LEN],
+    generation: u8,
+    nonce: [u8; NONCE_LEN],
+    topic: &str,
+    plaintext: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(MIN_ENVELOPE_LEN + plaintext.len());
-    out.push(ENVELOPE_VERSION);
+    out.push(version);
     out.push(generation);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
@@ -102,7 +171,7 @@ pub fn seal(
     let tag = aead_key(key)
         .seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(topic.as_bytes()),
+            Aad::from(aad(version, generation, topic)),
             body,
         )
         .expect("an MQTT payload is within AES-GCM's length limit");
@@ -110,8 +179,11 @@ pub fn seal(
     out
 }
 
-/// Decrypts an envelope received on `topic`, asking `key_for` for the key of the
-/// generation in byte 1 (`None`: unknown or no longer accepted).
+/// Decrypts a 0x01 or 0x02 envelope received on `topic`, asking `key_for` for the key
+/// of the generation in byte 1 (`None`: unknown or no longer accepted).
+///
+/// This checks authenticity only: whether a 0x02 nonce was seen before is the
+/// receiver's [`ReplayWindow`]'s question, asked after `open` succeeded.
 pub fn open(
     key_for: impl Fn(u8) -> Option<[u8; KEY_LEN]>,
     topic: &str,
@@ -120,7 +192,7 @@ pub fn open(
     let Some(&version) = envelope.first() else {
         return Err(CryptoError::TooShort { len: 0 });
     };
-    if version != ENVELOPE_VERSION {
+    if version != ENVELOPE_VERSION && version != ENVELOPE_V2 {
         return Err(CryptoError::UnknownVersion(version));
     }
     let too_short = CryptoError::TooShort {
@@ -139,14 +211,16 @@ pub fn open(
     let plaintext_len = aead_key(&key)
         .open_in_place(
             Nonce::assume_unique_for_key(*nonce),
-            Aad::from(topic.as_bytes()),
+            Aad::from(aad(version, generation, topic)),
             &mut buf,
         )
         .map_err(|_| CryptoError::Authentication)?
         .len();
     buf.truncate(plaintext_len);
     Ok(Opened {
+        version,
         generation,
+        nonce: *nonce,
         plaintext: buf,
     })
 }
@@ -234,69 +308,6 @@ fn fallback_prefix(now_ns: u64) -> [u8; 8] {
         .to_be_bytes()
 }
 
-/// The key generations of one device and how long a superseded one stays accepted
-/// (SPEC §4: generation n is still accepted for a grace period after n+1 is created).
-#[derive(Clone)]
-pub struct KeyRing {
-    keys: Vec<DeviceKey>,
-    grace_ms: u64,
-}
-
-impl KeyRing {
-    /// The key ring of a stored device, with `grace` for superseded generations.
-    pub fn new(record: &DeviceRecord, grace: Duration) -> Self {
-        Self::from_keys(&record.keys, grace)
-    }
-
-    /// A key ring over `keys` (as stored: ascending generation, the current one has no
-    /// `superseded_at_ms`) with `grace` for superseded generations.
-    pub fn from_keys(keys: &[DeviceKey], grace: Duration) -> Self {
-        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
-        Self {
-            keys: keys.to_vec(),
-            grace_ms,
-        }
-    }
-
-    /// The generation and key to encrypt with: the newest key not yet superseded.
-    pub fn current(&self) -> Option<(u8, [u8; KEY_LEN])> {
-        self.current_key().map(|k| (k.generation, k.key))
-    }
-
-    /// The key for `generation` if a device may still use it at `now_ms`: the current
-    /// generation always, a superseded one only while `now_ms < superseded_at + grace`.
-    pub fn accept(&self, generation: u8, now_ms: u64) -> Option<[u8; KEY_LEN]> {
-        if let Some(current) = self.current_key().filter(|k| k.generation == generation) {
-            return Some(current.key);
-        }
-        self.keys
-            .iter()
-            .filter(|k| k.generation == generation)
-            .find(|k| {
-                k.superseded_at_ms
-                    .is_some_and(|at| now_ms < at.saturating_add(self.grace_ms))
-            })
-            .map(|k| k.key)
-    }
-
-    fn current_key(&self) -> Option<&DeviceKey> {
-        self.keys
-            .iter()
-            .rev()
-            .find(|k| k.superseded_at_ms.is_none())
-    }
-}
-
-impl fmt::Debug for KeyRing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let generations: Vec<u8> = self.keys.iter().map(|k| k.generation).collect();
-        f.debug_struct("KeyRing")
-            .field("generations", &generations)
-            .field("grace_ms", &self.grace_ms)
-            .finish_non_exhaustive()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,7 +316,8 @@ mod tests {
     const TOPIC: &str = "device/d1/telemetry";
     const KEY: [u8; 32] = [7; 32];
     const NONCE: [u8; 12] = [9; 12];
-    const HOUR_MS: u64 = 3_600_000;
+    const GOLDEN_V2: &str =
+        "020700000003000000000000002a506f8f1fa202e51b3961804cabe318bf3526daeb401e4dc7a334";
 
     fn only(key: [u8; 32], generation: u8) -> impl Fn(u8) -> Option<[u8; 32]> {
         move |g| (g == generation).then_some(key)
@@ -325,7 +337,9 @@ mod tests {
         assert_eq!(
             opened,
             Opened {
+                version: ENVELOPE_VERSION,
                 generation: 3,
+                nonce: NONCE,
                 plaintext: b"{\"cpu\":40}".to_vec()
             }
         );
@@ -409,8 +423,8 @@ mod tests {
             Err(CryptoError::Authentication)
         );
         assert_eq!(
-            open(only(KEY, 1), TOPIC, &[2; 40]),
-            Err(CryptoError::UnknownVersion(2))
+            open(only(KEY, 1), TOPIC, &[3; 40]),
+            Err(CryptoError::UnknownVersion(3))
         );
         assert_eq!(
             open(only(KEY, 1), TOPIC, b"{\"cpu\":40}"),
@@ -430,6 +444,66 @@ mod tests {
         assert_eq!(
             open(only(KEY, 3), TOPIC, &env),
             Err(CryptoError::UnknownGeneration(4))
+        );
+    }
+
+    /// The 0x02 golden vector: the header is in the AAD, so it differs from 0x01's
+    /// ciphertext under the same key, nonce and topic (cross-checked with Python
+    /// `cryptography`: `AESGCM(key).encrypt(nonce, pt, bytes([2, 7]) + topic)`).
+    #[test]
+    fn golden_vector_v2() {
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let nonce = CountedNonce {
+            epoch: 3,
+            counter: 42,
+        };
+        let env = seal_v2(&key, 7, nonce, "device/d1/telemetry", br#"{"cpu":40}"#);
+        assert_eq!(&hex(&env[..14]), "020700000003000000000000002a");
+        assert_eq!(hex(&env), GOLDEN_V2);
+        let opened = open(only(key, 7), "device/d1/telemetry", &env).expect("opens");
+        assert_eq!(
+            (opened.version, opened.counted()),
+            (ENVELOPE_V2, Some(nonce))
+        );
+        assert_eq!(opened.plaintext, br#"{"cpu":40}"#);
+        assert!(format!("{opened:?}").contains("version: 2"));
+    }
+
+    /// Relabelling a 0x02 envelope as 0x01 (which has no replay check) or changing its
+    /// generation byte fails authentication: the header is authenticated.
+    #[test]
+    fn v2_header_is_authenticated() {
+        let nonce = CountedNonce {
+            epoch: 1,
+            counter: 1,
+        };
+        let env = seal_v2(&KEY, 1, nonce, TOPIC, b"hello");
+        let mut downgraded = env.clone();
+        downgraded[0] = ENVELOPE_VERSION;
+        assert_eq!(
+            open(only(KEY, 1), TOPIC, &downgraded),
+            Err(CryptoError::Authentication)
+        );
+        let mut other_generation = env.clone();
+        other_generation[1] = 2;
+        assert_eq!(
+            open(|_| Some(KEY), TOPIC, &other_generation),
+            Err(CryptoError::Authentication)
+        );
+        // And the other way: a 0x01 envelope relabelled 0x02.
+        let mut upgraded = seal(&KEY, 1, NONCE, TOPIC, b"hello");
+        upgraded[0] = ENVELOPE_V2;
+        assert_eq!(
+            open(only(KEY, 1), TOPIC, &upgraded),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            open(only(KEY, 1), TOPIC, &env).map(|o| o.counted()),
+            Ok(Some(nonce))
+        );
+        assert_eq!(
+            open(only(KEY, 1), TOPIC, &seal(&KEY, 1, NONCE, TOPIC, b"x")).map(|o| o.counted()),
+            Ok(None)
         );
     }
 
@@ -467,93 +541,6 @@ mod tests {
         assert!(a < b && b < c, "{a} {b} {c}");
     }
 
-    fn key(generation: u8, byte: u8, superseded_at_ms: Option<u64>) -> DeviceKey {
-        DeviceKey {
-            generation,
-            key: [byte; 32],
-            created_at_ms: 0,
-            superseded_at_ms,
-        }
-    }
-
-    fn rotated_ring() -> KeyRing {
-        let keys = [key(1, 0x11, Some(10 * HOUR_MS)), key(2, 0x22, None)];
-        KeyRing::from_keys(&keys, Duration::from_secs(24 * 3600))
-    }
-
-    #[test]
-    fn key_ring_current_and_grace() {
-        let ring = rotated_ring();
-        assert_eq!(ring.current(), Some((2, [0x22; 32])));
-        let inside = 34 * HOUR_MS - 1;
-        let outside = 34 * HOUR_MS;
-        assert_eq!(ring.accept(2, u64::MAX), Some([0x22; 32]));
-        assert_eq!(ring.accept(1, 10 * HOUR_MS), Some([0x11; 32]));
-        assert_eq!(ring.accept(1, inside), Some([0x11; 32]));
-        assert_eq!(ring.accept(1, outside), None);
-        assert_eq!(ring.accept(3, 0), None);
-        let debug = format!("{ring:?}");
-        assert_eq!(
-            debug,
-            "KeyRing { generations: [1, 2], grace_ms: 86400000, .. }"
-        );
-    }
-
-    #[test]
-    fn key_ring_opens_old_generation_only_within_grace() {
-        let ring = rotated_ring();
-        let old = seal(&[0x11; 32], 1, NONCE, TOPIC, b"old");
-        let open_at = |now| open(|g| ring.accept(g, now), TOPIC, &old).map(|o| o.plaintext);
-        assert_eq!(open_at(34 * HOUR_MS - 1), Ok(b"old".to_vec()));
-        assert_eq!(
-            open_at(34 * HOUR_MS),
-            Err(CryptoError::UnknownGeneration(1))
-        );
-        let (generation, key) = ring.current().expect("has a current key");
-        let new = seal(&key, generation, NonceSource::new().next(), TOPIC, b"new");
-        assert_eq!(new[1], 2);
-        let opened = open(|g| ring.accept(g, u64::MAX), TOPIC, &new);
-        assert_eq!(opened.map(|o| o.plaintext), Ok(b"new".to_vec()));
-    }
-
-    #[test]
-    fn key_ring_from_a_device_record() {
-        let mut record = DeviceRecord {
-            id: "d1".parse().expect("valid id"),
-            plugin: "json".to_owned(),
-            labels: Default::default(),
-            encrypted: true,
-            credential: fleetmq_storage::DeviceCredential::Keyed(fleetmq_storage::TokenHash {
-                tag: [0; 32],
-            }),
-            keys: vec![key(1, 0x11, Some(10 * HOUR_MS)), key(2, 0x22, None)],
-            created_at_ms: 0,
-        };
-        let ring = KeyRing::new(&record, Duration::from_secs(3600));
-        assert_eq!(ring.current(), Some((2, [0x22; 32])));
-        assert_eq!(ring.accept(1, 11 * HOUR_MS - 1), Some([0x11; 32]));
-        assert_eq!(ring.accept(1, 11 * HOUR_MS), None);
-        record.keys.clear();
-        assert_eq!(KeyRing::new(&record, Duration::MAX).current(), None);
-    }
-
-    #[test]
-    fn key_ring_edge_cases() {
-        let empty = KeyRing::from_keys(&[], Duration::ZERO);
-        assert_eq!(empty.current(), None);
-        assert_eq!(empty.accept(1, 0), None);
-        let keys = [key(1, 1, Some(u64::MAX - 1)), key(2, 2, None)];
-        let huge = KeyRing::from_keys(&keys, Duration::MAX);
-        assert_eq!(huge.accept(1, u64::MAX - 1), Some([1; 32]));
-        let keys = [key(1, 1, Some(100)), key(2, 2, None)];
-        let no_grace = KeyRing::from_keys(&keys, Duration::ZERO);
-        assert_eq!(no_grace.accept(1, 99), Some([1; 32]));
-        assert_eq!(no_grace.accept(1, 100), None);
-        let all_superseded = KeyRing::from_keys(&[key(1, 1, Some(100))], Duration::ZERO);
-        assert_eq!(all_superseded.current(), None);
-        assert_eq!(all_superseded.accept(1, 99), Some([1; 32]));
-    }
-
     proptest! {
         #[test]
         fn open_never_panics(
@@ -574,7 +561,23 @@ mod tests {
             let env = seal(&KEY, generation, nonce, &topic, &plaintext);
             prop_assert_eq!(env.len(), MIN_ENVELOPE_LEN + plaintext.len());
             let opened = open(only(KEY, generation), &topic, &env);
-            prop_assert_eq!(opened, Ok(Opened { generation, plaintext }));
+            prop_assert_eq!(opened, Ok(Opened { version: ENVELOPE_VERSION, generation, nonce, plaintext }));
+        }
+
+        #[test]
+        fn seal_v2_open_round_trips(
+            plaintext in prop::collection::vec(any::<u8>(), 0..256),
+            generation in any::<u8>(),
+            epoch in any::<u32>(),
+            counter in any::<u64>(),
+            topic in "\\PC{0,32}",
+        ) {
+            let nonce = CountedNonce { epoch, counter };
+            let env = seal_v2(&KEY, generation, nonce, &topic, &plaintext);
+            prop_assert_eq!(env.len(), MIN_ENVELOPE_LEN + plaintext.len());
+            let opened = open(only(KEY, generation), &topic, &env).expect("opens");
+            prop_assert_eq!(opened.counted(), Some(nonce));
+            prop_assert_eq!(opened.plaintext, plaintext);
         }
     }
 }
