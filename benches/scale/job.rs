@@ -2,9 +2,7 @@
 //! `rollout` limits); every device answers each command at once. Measures the time
 //! until every command was created, until the last device answered and until the job
 //! was `completed`, commands/s and the broker's CPU per command. Two jobs, one after
-//! the other: in the first, each device's `device/{id}/response` is a topic the router
-//! has not seen (rumqttd matches a new topic against every subscription filter once);
-//! the second is the steady state.
+//! the other, to tell one-off costs (the devices' first answers) from the steady state.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -124,6 +122,9 @@ async fn job(
     }
 }
 
+/// One duration of a job's report.
+type Pick = fn(&JobReport) -> Duration;
+
 impl Jobs {
     fn render(&self) -> String {
         let n = self.runs.first().map_or(0, |r| r.devices);
@@ -132,7 +133,7 @@ impl Jobs {
         let mut t = String::new();
         let _ = writeln!(t, "## scale --job: jobs to {n} connected devices\n");
         let _ = writeln!(t, "| metric | first job | second job |\n|---|---:|---:|");
-        let rows: [(&str, fn(&JobReport) -> Duration); 3] = [
+        let rows: [(&str, Pick); 3] = [
             ("every command created (`pending` 0, polled)", |r| r.created),
             ("last device answered", |r| r.answered),
             ("job `completed` (polled every 250 ms)", |r| r.completed),
