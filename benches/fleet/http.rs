@@ -149,6 +149,8 @@ async fn read_response(
             }
             buf.drain(..n).collect()
         }
+        // RFC 9110 §15.3.5 / §15.4.5: no body, and none announced.
+        (false, None) if status == 204 || status == 304 => Vec::new(),
         (false, None) => bail!("response without content-length (status {status})"),
     };
     Ok((Response { status, body }, keep))

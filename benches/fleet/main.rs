@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench fleet -- [--quick] [--only commands,telemetry,fanin,trackers]
 //!     [--concurrency 1,32] [--commands N] [--repeat N] [--command-rounds N]
-//!     [--client-threads N] [--trackers N] [--idle-trackers N]
+//!     [--client-threads N] [--trackers N] [--idle-trackers N] [--alarm-rules N]
 //! ```
 //!
 //! Scenarios (SPEC §5, §6):
@@ -13,6 +13,8 @@
 //!    `200 completed` answers.
 //! 2. telemetry ingest: 1,000 devices publish JSON telemetry at QoS 0 for a few seconds;
 //!    points/s published and persisted (`telemetry.stored` once the queue drained).
+//!    With `--alarm-rules N`: then unpaced runs without and with N alarm rules,
+//!    alternating (`alarms`).
 //! 3. fan-in with telemetry storage on and off: ten publishers into one subscriber.
 //! 4. Teltonika trackers (SPEC §10), on a fleetmq of their own: memory per idle tracker,
 //!    records/s acked after the durable write, ack latency.
@@ -29,6 +31,7 @@
 //!
 //! Results and their reading are in `docs/benchmarks.md`.
 
+mod alarms;
 mod broker;
 mod commands;
 mod disk;
@@ -137,6 +140,8 @@ struct Args {
     client_threads: usize,
     trackers: Option<usize>,
     idle_trackers: Option<usize>,
+    /// Alarm rules in the telemetry comparison (0: no comparison).
+    alarm_rules: usize,
 }
 
 impl Args {
@@ -165,6 +170,7 @@ fn parse_args() -> Result<Args, String> {
         client_threads: 2,
         trackers: None,
         idle_trackers: None,
+        alarm_rules: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -200,6 +206,7 @@ fn parse_args() -> Result<Args, String> {
             "--client-threads" => args.client_threads = number("--client-threads", it.next())?,
             "--trackers" => args.trackers = Some(number("--trackers", it.next())?),
             "--idle-trackers" => args.idle_trackers = Some(number("--idle-trackers", it.next())?),
+            "--alarm-rules" => args.alarm_rules = number("--alarm-rules", it.next())?,
             // `cargo bench` passes `--bench`; filters and other harness flags are ignored.
             _ => {}
         }
@@ -329,6 +336,20 @@ async fn scenarios(broker: &Broker, args: &Args, p: &Params) -> Results {
             Err(e) => r.notes.push(format!("telemetry ingest: {e:#}")),
         }
         broker.settle().await;
+        if args.alarm_rules > 0 {
+            let plan = alarms::Plan {
+                devices: mine,
+                tasks,
+                window,
+                rules: args.alarm_rules,
+                rounds: p.repeat.clamp(1, 5),
+            };
+            match alarms::run(broker, &plan).await {
+                Ok(a) => r.alarms = Some(a),
+                Err(e) => r.notes.push(format!("telemetry with alarm rules: {e:#}")),
+            }
+            broker.settle().await;
+        }
     }
     if args.wants("fanin") {
         eprintln!("fleet: fan-in ...");

@@ -78,6 +78,7 @@ pub struct Results {
     pub telemetry: Vec<TelemetryRun>,
     pub fanin: Vec<FanInResult>,
     pub trackers: Option<TrackerResults>,
+    pub alarms: Option<crate::alarms::AlarmRuns>,
     /// Scenarios that failed, with why.
     pub notes: Vec<String>,
 }
@@ -127,6 +128,9 @@ pub fn render(setup: &Setup, r: &Results) -> String {
     command_summary_rows(&mut out, &r.commands);
     for t in &r.telemetry {
         telemetry_row(&mut out, t);
+    }
+    if let Some(alarms) = &r.alarms {
+        alarms.rows(&mut out);
     }
     fanin_rows(&mut out, &r.fanin);
     if let Some(t) = &r.trackers {

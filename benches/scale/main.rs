@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench --bench scale -- [--devices 19000] [--at-once 256] [--rtt 500]
-//!     [--no-mosquitto]
+//!     [--no-mosquitto] [--job]
 //! ```
 //!
 //! 1. fleetmq (the release binary, `FLEET_BENCH_BIN` to run another) on a fresh data
@@ -19,6 +19,9 @@
 //! 5. Mosquitto (`MOSQUITTO_BIN`, default `/usr/sbin/mosquitto`) with N anonymous
 //!    clients that subscribe to the same two topics: RSS per idle client.
 //!
+//! `--job` runs instead: N devices provisioned and connected as in 1–2, all answering
+//! commands, then one job (SPEC §12) to all of them at full speed (`job.rs`).
+//!
 //! The open-file limit must allow N sockets in this process and in each broker.
 
 #[path = "../fleet/broker.rs"]
@@ -27,6 +30,7 @@ mod broker;
 #[path = "../fleet/http.rs"]
 #[allow(dead_code, reason = "shared with the fleet bench, used in part")]
 mod http;
+mod job;
 #[path = "../common/mqtt.rs"]
 mod mqtt;
 mod run;
@@ -39,6 +43,8 @@ pub struct Args {
     pub at_once: usize,
     pub rtt: usize,
     pub mosquitto: bool,
+    /// Run the job scenario instead.
+    pub job: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -47,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
         at_once: 256,
         rtt: 500,
         mosquitto: true,
+        job: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,6 +69,7 @@ fn parse_args() -> Result<Args, String> {
             "--at-once" => args.at_once = number("--at-once")?,
             "--rtt" => args.rtt = number("--rtt")?,
             "--no-mosquitto" => args.mosquitto = false,
+            "--job" => args.job = true,
             // `cargo bench` passes `--bench`.
             _ => {}
         }
@@ -85,6 +93,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build();
     let result = match runtime {
+        Ok(rt) if args.job => rt.block_on(job::run(&args)),
         Ok(rt) => rt.block_on(run::run(&args)),
         Err(e) => Err(e.into()),
     };

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,8 +61,9 @@ pub async fn run(args: &Args) -> anyhow::Result<String> {
     eprintln!("scale: connected in {connect:?}; command round trips ...");
     let responders: Vec<Client> = clients.drain(..RESPONDERS).collect();
     let mut answering = JoinSet::new();
+    let answers = Arc::new(AtomicUsize::new(0));
     for (client, device) in responders.into_iter().zip(devices.iter()) {
-        answering.spawn(answer(client, device.id.clone()));
+        answering.spawn(answer(client, device.id.clone(), answers.clone()));
     }
     let api = api_round_trips(b.admin, &devices[..RESPONDERS], args.rtt).await?;
     let mqtt = mqtt_round_trips(b.mqtt, &devices[..RESPONDERS], args.rtt).await?;
@@ -97,7 +99,7 @@ pub async fn run(args: &Args) -> anyhow::Result<String> {
 }
 
 /// What a device subscribes to (SPEC §3).
-fn device_topics(id: &str) -> [String; 2] {
+pub fn device_topics(id: &str) -> [String; 2] {
     [
         format!("device/{id}/command"),
         format!("device/{id}/config"),
@@ -106,7 +108,7 @@ fn device_topics(id: &str) -> [String; 2] {
 
 /// Connects every device (`at_once` in flight), each subscribing to `topics(id)` at
 /// QoS 1; the clients, and the time until the last SUBACK.
-async fn connect_all(
+pub async fn connect_all(
     addr: SocketAddr,
     devices: &[Device],
     at_once: usize,
@@ -137,11 +139,17 @@ async fn connect_all(
     Ok((clients.into_iter().map(|(_, c)| c).collect(), took))
 }
 
-/// A device that acknowledges every command and answers it `success: true`.
-async fn answer(mut client: Client, id: String) -> anyhow::Result<()> {
+/// A device that acknowledges every command and answers it `success: true`, counting
+/// its answers in `answers`.
+pub async fn answer(
+    mut client: Client,
+    id: String,
+    answers: Arc<AtomicUsize>,
+) -> anyhow::Result<()> {
     let topic = format!("device/{id}/response");
     let mut out = BytesMut::new();
     let mut next_pkid = 0u16;
+    let mut answered = 0;
     while client.fill().await? > 0 {
         while let Some(packet) = client.next_packet()? {
             let Packet::Publish(p) = packet else { continue };
@@ -158,9 +166,12 @@ async fn answer(mut client: Client, id: String) -> anyhow::Result<()> {
                 next_pkid,
                 &body.to_string().into_bytes(),
             )?;
+            answered += 1;
         }
         client.stream.write_all(&out).await?;
         out.clear();
+        answers.fetch_add(answered, Ordering::Relaxed);
+        answered = 0;
     }
     Ok(())
 }

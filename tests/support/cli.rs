@@ -67,6 +67,11 @@ impl Server {
     }
 
     /// A device connected over MQTT 3.1.1 (CONNACK seen), subscribed to its commands.
+    ///
+    /// The broker may send a queued command before the SUBACK (MQTT 3.1.1 §3.8.4 allows
+    /// it, and fleetmq does); such PUBLISHes are put back in front of the event loop's
+    /// queue, so the next `poll` returns them. Dropping them would leave the command
+    /// `delivered` (rumqttc acknowledged it) and unanswered until its answer timeout.
     pub async fn device(&self, id: &str, password: &str) -> (AsyncClient, EventLoop) {
         let mut options = MqttOptions::new(id, "127.0.0.1", self.mqtt.port());
         options.set_credentials(id, password);
@@ -77,15 +82,22 @@ impl Server {
             .await
             .expect("queue subscribe");
         let deadline = Instant::now() + WAIT;
+        let mut early = Vec::new();
         loop {
             let event = tokio::time::timeout_at(deadline, events.poll())
                 .await
                 .expect("SUBACK in time")
                 .expect("device connection");
-            if let Event::Incoming(Packet::SubAck(_)) = event {
-                return (client, events);
+            match event {
+                Event::Incoming(Packet::SubAck(_)) => break,
+                Event::Incoming(Packet::Publish(_)) => early.push(event),
+                _ => {}
             }
         }
+        for event in early.into_iter().rev() {
+            events.state.events.push_front(event);
+        }
+        (client, events)
     }
 }
 

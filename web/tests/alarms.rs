@@ -105,5 +105,7 @@ async fn rules_raise_alarms_that_are_listed_acknowledged_and_cleared() {
     assert_eq!(cleared[0]["alarm_id"], alarm_id);
     let gone = app.delete(&format!("/api/v1/alarm-rules/{id}")).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let stats = app.get("/api/v1/stats").await;
+    assert_eq!(stats.body["alarms"]["dropped_points"], 0, "{}", stats.body);
     app.stop().await;
 }

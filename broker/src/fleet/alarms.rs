@@ -12,6 +12,7 @@
 
 mod eval;
 pub mod model;
+mod states;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

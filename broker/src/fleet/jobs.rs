@@ -18,7 +18,8 @@
 //!   plugin cannot express the command) is skipped and counted as `cancelled`.
 //! - The abort rule needs at least one terminal command (`min_done` 0 acts as 1).
 //! - `per_minute` is a sliding window over the runner's own creations; after a restart
-//!   the window starts empty.
+//!   the window starts empty, and re-finding a command created before the restart (a
+//!   replay of its key) creates nothing, so it does not count.
 //! - `job.*` events carry the job as `GET /api/v1/jobs/{id}` shows it; an event a crash
 //!   interrupted is emitted after the restart (at least once).
 

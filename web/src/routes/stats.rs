@@ -1,5 +1,5 @@
-//! `/api/v1/stats`: the broker's counters, command states, telemetry, device events and
-//! the webhook backlog.
+//! `/api/v1/stats`: the broker's counters, command states, telemetry, device events,
+//! alarm evaluation and the webhook backlog.
 
 use http::StatusCode;
 use serde::Serialize;
@@ -15,7 +15,14 @@ struct Stats<B, C, T, E, W> {
     commands: C,
     telemetry: T,
     device_events: E,
+    alarms: Alarms,
     webhooks: W,
+}
+
+#[derive(Serialize)]
+struct Alarms {
+    /// Committed telemetry points the alarm evaluator never saw (it was behind).
+    dropped_points: u64,
 }
 
 #[derive(Serialize)]
@@ -34,6 +41,9 @@ pub(crate) async fn get(state: &AppState) -> Result<ApiResponse, ApiError> {
         commands: broker.commands().stats(),
         telemetry: broker.telemetry().stats(),
         device_events: broker.device_events().stats(),
+        alarms: Alarms {
+            dropped_points: broker.alarms().dropped_points(),
+        },
         webhooks: Webhooks {
             backlog: broker.events().backlog().await,
             counters: broker.events().webhook_stats(),

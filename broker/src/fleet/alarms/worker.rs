@@ -18,18 +18,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::eval::{step, Step};
 use super::model::{alarm_json, targets};
+use super::states::{Key, States};
 use super::{Control, CLEARED, RAISED};
 use crate::fleet::events::EventBus;
 use crate::fleet::SinkEvent;
-
-type Key = (String, String);
 
 pub(super) struct Worker {
     store: Store,
     events: EventBus,
     wanted: Arc<AtomicBool>,
     rules: Arc<Vec<AlarmRule>>,
-    states: HashMap<Key, AlarmState>,
+    states: States,
     /// `(deadline, rule, device)` of running offline windows.
     deadlines: BTreeSet<(u64, String, String)>,
 }
@@ -48,7 +47,7 @@ impl Worker {
             events,
             wanted,
             rules: Arc::default(),
-            states: HashMap::new(),
+            states: States::default(),
             deadlines: BTreeSet::new(),
         }
     }
@@ -108,10 +107,11 @@ impl Worker {
             let Some(after) = offline_for(rule) else {
                 continue;
             };
-            for ((key, device), state) in &self.states {
-                if let (true, None, Some(since)) = (*key == rule.id, state.alarm, state.since_ms) {
+            for (key, device, state) in self.states.iter() {
+                if let (true, None, Some(since)) = (key == rule.id, state.alarm, state.since_ms) {
                     let at = since.saturating_add(after);
-                    self.deadlines.insert((at, key.clone(), device.clone()));
+                    let (key, device) = (key.to_owned(), device.to_owned());
+                    self.deadlines.insert((at, key, device));
                 }
             }
         }
@@ -151,6 +151,8 @@ impl Worker {
         for p in &batch {
             let device = p.device_id();
             let mut values: Option<Map<String, Value>> = None;
+            // Most devices have no state: then no lookup per rule, no key allocated.
+            let mut known = self.states.device(device).is_some();
             for rule in rules.iter().filter(|r| offline_for(r).is_none()) {
                 if !self.targets(rule, device, &mut labels).await {
                     continue;
@@ -158,10 +160,14 @@ impl Worker {
                 let values = values.get_or_insert_with(|| {
                     serde_json::from_slice(p.object_json()).unwrap_or_default()
                 });
-                let key = (rule.id.clone(), device.to_owned());
-                let state = self.states.get(&key).copied().unwrap_or_default();
+                let state = match known.then(|| self.states.device(device)).flatten() {
+                    Some(states) => states.get(&rule.id).copied().unwrap_or_default(),
+                    None => AlarmState::default(),
+                };
                 if let Some(s) = step(rule, state, values, p.ts_ms()) {
+                    let key = (rule.id.clone(), device.to_owned());
                     self.apply(rule, key, state, s, p.ts_ms(), &mut changes);
+                    known = self.states.device(device).is_some();
                 }
             }
         }
@@ -264,7 +270,7 @@ impl Worker {
                     .await;
                 let answer = match result {
                     Ok((_, cleared)) => {
-                        self.states.retain(|(key, _), _| *key != id);
+                        self.states.remove_rule(&id);
                         self.load_rules().await;
                         self.announce(cleared.into_iter().map(AlarmOutcome::Cleared).collect())
                             .await;
@@ -309,24 +315,18 @@ impl Worker {
     /// A deleted device: its alarms are cleared and its windows dropped.
     async fn forget(&mut self, device: &str) {
         let now = now_ms();
-        let keys: Vec<Key> = (self.states.keys())
-            .filter(|(_, d)| d == device)
-            .cloned()
-            .collect();
         let mut changes = Vec::new();
-        for key in keys {
-            let Some(state) = self.states.remove(&key) else {
-                continue;
-            };
+        for (key, state) in self.states.take_device(device) {
+            let device = device.to_owned();
             changes.push(match state.alarm {
                 Some(_) => AlarmChange::Clear {
-                    key: key.0,
-                    device: key.1,
+                    key,
+                    device,
                     at_ms: now,
                 },
                 None => AlarmChange::Window {
-                    key: key.0,
-                    device: key.1,
+                    key,
+                    device,
                     since_ms: None,
                 },
             });

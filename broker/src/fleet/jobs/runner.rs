@@ -21,7 +21,9 @@ const CREATE_BATCH: usize = 256;
 
 /// What became of one create.
 enum Outcome {
-    Created(String),
+    /// The command; `replayed`: it existed already (created before a restart), so it
+    /// does not count against `per_minute`.
+    Created { id: String, replayed: bool },
     /// No command for this target (the device is gone, or cannot take the command).
     Skipped,
     /// Try again later (the device's queue is full, a storage error).
@@ -211,8 +213,8 @@ impl Runner {
         let mut ids = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
             match outcome {
-                Outcome::Created(id) => ids.push(id),
-                Outcome::Skipped => ids.push(String::new()),
+                Outcome::Created { id, replayed } => ids.push((id, replayed)),
+                Outcome::Skipped => ids.push((String::new(), false)),
                 Outcome::Retry => {
                     self.retry_at = Some(now + self.jobs.inner.config.retry);
                     break;
@@ -281,11 +283,12 @@ impl Runner {
     }
 
     /// Records the commands of the next targets as the job's progress, then follows them.
-    async fn record(&mut self, ids: Vec<String>, now: Instant) {
+    async fn record(&mut self, ids: Vec<(String, bool)>, now: Instant) {
         if ids.is_empty() {
             return;
         }
-        let (job_id, from, list) = (self.job.job_id.clone(), self.job.created, ids.clone());
+        let list: Vec<String> = ids.iter().map(|(id, _)| id.clone()).collect();
+        let (job_id, from) = (self.job.job_id.clone(), self.job.created);
         let stored = self
             .jobs
             .inner
@@ -301,8 +304,10 @@ impl Runner {
                 return;
             }
         }
-        for id in ids {
-            self.window.push_back(now);
+        for (id, replayed) in ids {
+            if !replayed {
+                self.window.push_back(now);
+            }
             if id.is_empty() {
                 self.done += 1;
             } else {
@@ -378,7 +383,10 @@ async fn create_one(jobs: &Jobs, spec: &Spec, job_id: &str, device: DeviceId) ->
     };
     let key = format!("job:{job_id}");
     match jobs.inner.engine.create_for(&known, req, Some(key)).await {
-        Ok(created) => Outcome::Created(created.record.command_id),
+        Ok(created) => Outcome::Created {
+            id: created.record.command_id,
+            replayed: created.replayed,
+        },
         Err(CommandError::Invalid(why)) => {
             tracing::warn!(%job_id, device_id = %device, %why, "job command refused; skipping");
             Outcome::Skipped
