@@ -11,7 +11,7 @@ use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
     LastWillProperties, Login, Packet,
 };
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::client::{ClientInfo, ClientKind, Transport};
 use crate::link::codec::framing::{self, FrameError, Version};
@@ -21,7 +21,7 @@ use crate::link::net::transport::Stream;
 use crate::link::security::acl::Principal;
 use crate::link::security::auth::{Identity, Presented, Refusal};
 use crate::link::security::backoff::Blocked;
-use crate::link::session::live::{Control, LiveEnds};
+use crate::link::session::live::LiveEnds;
 use crate::link::Core;
 use crate::stats::{DropCause, RefusalCause};
 
@@ -114,10 +114,8 @@ pub(crate) struct Established {
     pub(crate) session: crate::link::session::resume::SessionStart,
     /// Its way to and from the router (devices share links, `link::device_links`).
     pub(crate) link: crate::link::connection::router_link::RouterLink,
-    pub(crate) control: mpsc::Receiver<Control>,
     /// Commands to write (device connections only).
     pub(crate) mailbox: std::sync::Arc<crate::link::session::live::Mailbox>,
-    pub(crate) closed: watch::Sender<bool>,
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
@@ -298,9 +296,7 @@ pub(crate) async fn establish(
         session_present,
         session,
         link,
-        control: live.control,
         mailbox: live.mailbox,
-        closed: live.closed,
         _permit: permit,
     };
     Ok((established, ack))

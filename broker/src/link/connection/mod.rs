@@ -216,15 +216,14 @@ impl Connection {
             && !self.stored.full();
         tokio::select! {
             biased;
-            ctrl = self.s.control.recv() => match ctrl {
-                Some(Control::Close(reason)) => Err(Ending::Closed(reason)),
-                Some(Control::Reload(record)) => {
+            ctrl = self.s.mailbox.control() => match ctrl {
+                Control::Close(reason) => Err(Ending::Closed(reason)),
+                Control::Reload(record) => {
                     self.crypto = self.core.crypto_for(&record);
                     Ok(())
                 }
                 #[cfg(feature = "testing")]
-                Some(Control::RouterRelease) => Box::pin(self.router_released()).await,
-                None => Err(Ending::Closed(CloseReason::ShuttingDown)),
+                Control::RouterRelease => Box::pin(self.router_released()).await,
             },
             _ = self.core.shutdown.cancelled() => Err(Ending::Closed(CloseReason::ShuttingDown)),
             // Before router traffic, which a stuck client's QoS 0 subscriptions or the
@@ -408,7 +407,7 @@ impl Connection {
             None => None,
         };
         core.sessions.remove(&self.s.router_key, self.s.conn_id);
-        let _ = self.s.closed.send(true);
+        self.s.mailbox.set_closed();
         if let (Version::V5, Some(reason)) = (self.s.version, disconnect_reason(ending)) {
             if matches!(ending, Ending::SlowConsumer | Ending::StoreFailed) {
                 // (Acks held for telemetry writes still under way are dropped with it.)

@@ -70,6 +70,8 @@ impl Connection {
                 _ => {}
             }
         }
+        // A `Packet` is a few hundred bytes: an idle device keeps no room for them.
+        self.to_router = Vec::new();
         let sent = self
             .core
             .device_links

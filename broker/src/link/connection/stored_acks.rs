@@ -27,8 +27,9 @@ pub(crate) type Written = Result<Vec<String>, NotStored>;
 #[derive(Default)]
 pub(crate) struct StoredAcks {
     /// In a mutex only to be `Sync` (a connection is borrowed across awaits); always
-    /// reached through `&mut self`, so never locked.
-    writes: std::sync::Mutex<FuturesOrdered<BoxFuture<'static, Written>>>,
+    /// reached through `&mut self`, so never locked. `None` while no write is under way
+    /// (an idle connection keeps no queue).
+    writes: std::sync::Mutex<Option<FuturesOrdered<BoxFuture<'static, Written>>>>,
     started: u64,
     done: u64,
     /// Acks for the client and the number of the write each waits for.
@@ -67,13 +68,17 @@ impl StoredAcks {
     }
 
     fn writes_mut(&mut self) -> &mut FuturesOrdered<BoxFuture<'static, Written>> {
-        self.writes.get_mut().unwrap_or_else(|e| e.into_inner())
+        let writes = self.writes.get_mut().unwrap_or_else(|e| e.into_inner());
+        writes.get_or_insert_with(FuturesOrdered::new)
     }
 
     /// The oldest write's outcome, once committed (call only while [`busy`](Self::busy)).
     pub(crate) async fn next(&mut self) -> Written {
         let written = self.writes_mut().next().await;
         self.done += 1;
+        if !self.busy() {
+            *self.writes.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        }
         written.unwrap_or(Err(NotStored::ShuttingDown))
     }
 
@@ -87,6 +92,9 @@ impl StoredAcks {
             if let Some((_, ack)) = self.held.pop_front() {
                 out.push(ack);
             }
+        }
+        if self.held.is_empty() {
+            self.held = VecDeque::new();
         }
         out
     }

@@ -30,7 +30,13 @@ impl Stream {
                 s.readable().await?;
                 reserve(buf);
                 match s.try_read_buf(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Readiness is cleared only here, after a read that drained the
+                        // socket: the room taken for nothing goes before waiting again.
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
+                    }
                     read => return read,
                 }
             }

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fleetmq_storage::DeviceRecord;
-use tokio::sync::{mpsc, watch};
 
 use rumqttd::protocol::{Publish, PublishProperties};
 
@@ -62,7 +61,17 @@ pub(crate) struct Mailbox {
     /// Whether the connection takes routed messages (MQTT devices, not trackers).
     takes_routed: std::sync::atomic::AtomicBool,
     pub(crate) ready: tokio::sync::Notify,
+    /// What the broker tells the connection (at most [`CONTROL_CAPACITY`] waiting), and
+    /// whether it has closed: plain fields rather than channels, whose shared state
+    /// cost a kilobyte per idle connection.
+    control: Mutex<VecDeque<Control>>,
+    control_ready: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+    closed_notify: tokio::sync::Notify,
 }
+
+/// Control messages a connection may have waiting.
+const CONTROL_CAPACITY: usize = 16;
 
 /// A message the router routed to a device's topic.
 pub(crate) type RoutedMessage = (Publish, Option<PublishProperties>);
@@ -89,6 +98,54 @@ impl Mailbox {
     /// Everything queued, oldest first.
     pub(crate) fn take(&self) -> VecDeque<(String, Bytes)> {
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Queues a control message; gives it back when the queue is full.
+    pub(crate) fn try_control(&self, control: Control) -> Result<(), Control> {
+        let mut queue = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.len() >= CONTROL_CAPACITY {
+            return Err(control);
+        }
+        queue.push_back(control);
+        drop(queue);
+        self.control_ready.notify_one();
+        Ok(())
+    }
+
+    /// The next control message (one receiver: the connection).
+    pub(crate) async fn control(&self) -> Control {
+        loop {
+            let next = self
+                .control
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            if let Some(control) = next {
+                return control;
+            }
+            // `notify_one` keeps a permit when nobody waits: no wake-up is lost.
+            self.control_ready.notified().await;
+        }
+    }
+
+    /// The connection has closed (it left the router and the live table).
+    pub(crate) fn set_closed(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.closed_notify.notify_waiters();
+    }
+
+    /// Waits until [`Mailbox::set_closed`].
+    async fn wait_closed(&self) {
+        loop {
+            let notified = self.closed_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// From now on routed messages are queued (else they are not for this connection).
@@ -122,8 +179,6 @@ pub(crate) struct Live {
     /// Commands for a device connection.
     pub(crate) mailbox: Arc<Mailbox>,
     pub(crate) info: ClientInfo,
-    pub(crate) control: mpsc::Sender<Control>,
-    pub(crate) closed: watch::Receiver<bool>,
     /// The service client name, for closing all of a service client's connections.
     pub(crate) service: Option<String>,
 }
@@ -162,13 +217,10 @@ impl Sessions {
     /// Call with the key's slot lock held.
     /// Returns the connection id of the connection it closed.
     pub(crate) async fn take_over(&self, key: &str) -> Option<u64> {
-        let old = self
-            .live()
-            .get(key)
-            .map(|l| (l.control.clone(), l.closed.clone(), l.conn_id));
-        let (control, mut closed, old_id) = old?;
-        let _ = control.try_send(Control::Close(CloseReason::TakenOver));
-        let wait = closed.wait_for(|c| *c);
+        let old = self.live().get(key).map(|l| (l.mailbox.clone(), l.conn_id));
+        let (mailbox, old_id) = old?;
+        let _ = mailbox.try_control(Control::Close(CloseReason::TakenOver));
+        let wait = mailbox.wait_closed();
         if tokio::time::timeout(TAKEOVER_WAIT, wait).await.is_err() {
             tracing::warn!(
                 client = key,
@@ -210,7 +262,7 @@ impl Sessions {
         let live = self.live();
         let mut n = 0;
         for l in live.values().filter(|l| select(l)) {
-            if l.control.try_send(control()).is_err() {
+            if l.mailbox.try_control(control()).is_err() {
                 tracing::warn!(client_id = %l.info.client_id, "control queue full; connection is already closing");
             }
             n += 1;
@@ -284,9 +336,8 @@ impl crate::fleet::CommandSink for Sessions {
 /// The connection's ends of its entry in the live table.
 pub(crate) struct LiveEnds {
     pub(crate) conn_id: u64,
-    pub(crate) control: mpsc::Receiver<Control>,
+    /// Commands, routed messages, control messages and the closed flag.
     pub(crate) mailbox: Arc<crate::link::session::live::Mailbox>,
-    pub(crate) closed: watch::Sender<bool>,
 }
 
 /// Enters a connection described by `info` in the live table under `key` (a service
@@ -298,8 +349,6 @@ pub(crate) fn enter_live(
     service: Option<String>,
 ) -> LiveEnds {
     let conn_id = core.next_conn_id.fetch_add(1, Relaxed);
-    let (control_tx, control) = mpsc::channel(16);
-    let (closed, closed_rx) = watch::channel(false);
     let kind = info.kind;
     let mailbox = Arc::new(crate::link::session::live::Mailbox::default());
     core.sessions.insert(
@@ -308,18 +357,11 @@ pub(crate) fn enter_live(
             conn_id,
             mailbox: mailbox.clone(),
             info,
-            control: control_tx,
-            closed: closed_rx,
             service,
         },
     );
     count_connection(&core.stats, kind, 1);
-    LiveEnds {
-        conn_id,
-        control,
-        mailbox,
-        closed,
-    }
+    LiveEnds { conn_id, mailbox }
 }
 
 pub(crate) fn count_connection(stats: &Stats, kind: ClientKind, delta: i64) {

@@ -217,10 +217,9 @@ impl Tracker {
             let step = tokio::select! {
                 biased;
                 () = self.core.shutdown.cancelled() => Err(End::Shutdown),
-                control = live.control.recv() => match control {
-                    Some(Control::Close(reason)) => Err(End::Closed(reason)),
-                    Some(_) => Ok(()),
-                    None => Err(End::Shutdown),
+                control = live.mailbox.control() => match control {
+                    Control::Close(reason) => Err(End::Closed(reason)),
+                    _ => Ok(()),
                 },
                 () = live.mailbox.ready.notified() => self.commands(live).await,
                 readable = tokio::time::timeout_at(self.last_read + idle, self.socket.readable()) => {
@@ -351,7 +350,7 @@ impl Tracker {
     /// Leaves the live table and tells the fleet, unless a newer connection took over.
     async fn leave(mut self, key: &str, live: LiveEnds, end: End) {
         self.core.sessions.remove(key, self.conn_id);
-        let _ = live.closed.send(true);
+        live.mailbox.set_closed();
         count_connection(&self.core.stats, ClientKind::Device, -1);
         match &end {
             End::Io(e) => tracing::info!(imei = %self.id, error = %e, "tracker connection failed"),
