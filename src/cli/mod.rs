@@ -8,7 +8,10 @@
 //! - `devices`, `commands`, `device_config`, `clients`, `events`, `keys` (`key` and
 //!   `audit`), `webhooks`, `jobs`: one per command group; `device_import` is `device import`,
 //!   the bulk provisioning from a CSV or JSON file; `alarms` is `alarm` (SPEC §11);
-//!   `backup` downloads a consistent copy of the data (`POST /api/v1/backup`).
+//!   `backup` downloads a consistent copy of the data (`POST /api/v1/backup`);
+//!   `telemetry`, `service_clients` (`service-client`), `publish` and `stats` are one
+//!   route each; `subscribe` is an MQTT client, not an API client (the API has no
+//!   stream of messages).
 
 mod alarms;
 mod backup;
@@ -23,6 +26,11 @@ mod events;
 mod jobs;
 mod keys;
 mod output;
+mod publish;
+mod service_clients;
+mod stats;
+mod subscribe;
+mod telemetry;
 mod webhooks;
 
 use std::process::ExitCode;
@@ -100,11 +108,41 @@ pub enum AdminCommand {
         action: alarms::AlarmAction,
     },
     /// Manage webhook endpoints and their deliveries (admin API client)
+    #[command(visible_alias = "webhooks")]
     Webhook {
         #[command(flatten)]
         conn: ConnArgs,
         #[command(subcommand)]
         action: webhooks::WebhookAction,
+    },
+    /// A device's stored telemetry, newest first, or its latest values (admin API client)
+    Telemetry {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        args: telemetry::TelemetryArgs,
+    },
+    /// Add, list, show and delete service clients: MQTT users with ACL rules (admin API client, admin key)
+    #[command(visible_alias = "service-clients")]
+    ServiceClient {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        action: service_clients::ServiceClientAction,
+    },
+    /// Publish one message as the broker (admin API client)
+    Publish {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        args: publish::PublishArgs,
+    },
+    /// Print the messages of topic filters, one line each (an MQTT client with a service client's credentials)
+    Subscribe(subscribe::SubscribeArgs),
+    /// The broker's counters: connections, messages, commands, telemetry, webhooks (admin API client)
+    Stats {
+        #[command(flatten)]
+        conn: ConnArgs,
     },
     /// Copy the running broker's data to a file, consistently (admin API client, admin key)
     Backup {
@@ -178,6 +216,23 @@ async fn dispatch(command: AdminCommand) -> Result<u8, CliError> {
         AdminCommand::Backup { conn, args } => {
             let admin = Admin::connect(&conn).await?;
             backup::run(&admin, conn.json, args).await?;
+        }
+        AdminCommand::Telemetry { conn, args } => {
+            let admin = Admin::connect(&conn).await?;
+            telemetry::run(&admin, conn.json, args).await?;
+        }
+        AdminCommand::ServiceClient { conn, action } => {
+            let admin = Admin::connect(&conn).await?;
+            service_clients::run(&admin, conn.json, action).await?;
+        }
+        AdminCommand::Publish { conn, args } => {
+            let admin = Admin::connect(&conn).await?;
+            publish::run(&admin, conn.json, args).await?;
+        }
+        AdminCommand::Subscribe(args) => subscribe::run(args).await?,
+        AdminCommand::Stats { conn } => {
+            let admin = Admin::connect(&conn).await?;
+            stats::run(&admin, conn.json).await?;
         }
     }
     Ok(exit::OK)
