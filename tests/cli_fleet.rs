@@ -23,7 +23,10 @@ async fn until(server: &Server, args: &[&str], done: impl Fn(&Run) -> bool) -> R
         if done(&out) {
             return out;
         }
-        assert!(Instant::now() < deadline, "{args:?} never as wanted: {out:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} never as wanted: {out:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -86,7 +89,10 @@ async fn telemetry_and_event_history_are_shown() {
     })
     .await
     .json();
-    assert_eq!(page["items"][0]["values"]["cpu"], 41, "newest first: {page}");
+    assert_eq!(
+        page["items"][0]["values"]["cpu"], 41,
+        "newest first: {page}"
+    );
     let table = server.run(&["telemetry", "tel-1"]).await.ok();
     let lines: Vec<&str> = table.stdout.lines().collect();
     let header: Vec<&str> = lines[0].split_whitespace().collect();
@@ -96,7 +102,15 @@ async fn telemetry_and_event_history_are_shown() {
     let oldest: Vec<&str> = lines[2].split_whitespace().collect();
     assert_eq!(oldest[1..], ["40", "20.5"], "{table:#?}");
     let one = server
-        .run(&["telemetry", "tel-1", "--keys", "temp", "--limit", "1", "--json"])
+        .run(&[
+            "telemetry",
+            "tel-1",
+            "--keys",
+            "temp",
+            "--limit",
+            "1",
+            "--json",
+        ])
         .await
         .ok()
         .json();
@@ -122,7 +136,14 @@ async fn telemetry_and_event_history_are_shown() {
     .json();
     assert_eq!(page["items"][0]["type"], "boot", "{page}");
     let table = server
-        .run(&["events", "--history", "--device", "tel-1", "--type", "door_open"])
+        .run(&[
+            "events",
+            "--history",
+            "--device",
+            "tel-1",
+            "--type",
+            "door_open",
+        ])
         .await
         .ok();
     let lines: Vec<&str> = table.stdout.lines().collect();
@@ -169,7 +190,10 @@ async fn service_clients_publish_subscribe_and_stats() {
         .ok();
     assert!(out.stdout.starts_with("created service client backend"));
     assert!(!out.stdout.contains("a-long-secret"), "{out:#?}");
-    assert!(out.stdout.contains("deny    subscribe  site/secret"), "{out:#?}");
+    assert!(
+        out.stdout.contains("deny    subscribe  site/secret"),
+        "{out:#?}"
+    );
     let bare = server
         .run(&["service-client", "add", "mute", "--password", "12345678"])
         .await
@@ -194,8 +218,20 @@ async fn service_clients_publish_subscribe_and_stats() {
         .run(&["publish", "site/a", r#"{"x": 1}"#, "--retain", "--qos", "1"])
         .await
         .ok();
-    assert_eq!(out.stdout.trim(), "published 8 bytes to site/a (qos 1, retained)");
-    let sub = &["subscribe", "site/#", "--mqtt", &mqtt, "-u", "backend", "-C", "1"];
+    assert_eq!(
+        out.stdout.trim(),
+        "published 8 bytes to site/a (qos 1, retained)"
+    );
+    let sub = &[
+        "subscribe",
+        "site/#",
+        "--mqtt",
+        &mqtt,
+        "-u",
+        "backend",
+        "-C",
+        "1",
+    ];
     let mut cmd = server.cli(sub);
     cmd.env("FLEETMQ_MQTT_PASSWORD", "a-long-secret");
     let out = run(cmd).await.ok();
@@ -219,7 +255,9 @@ async fn service_clients_publish_subscribe_and_stats() {
     cmd.args(["-P", "a-long-secret"]);
     let out = run(cmd).await;
     assert_eq!(out.code, 1, "{out:#?}");
-    assert!(out.stderr.contains("refused the subscription to site/secret"));
+    assert!(out
+        .stderr
+        .contains("refused the subscription to site/secret"));
     let mut cmd = server.cli(&["subscribe", "site/#", "--mqtt", &mqtt]);
     cmd.args(["-u", "backend", "-P", "wrong-password"]);
     let out = run(cmd).await;
@@ -237,8 +275,14 @@ async fn service_clients_publish_subscribe_and_stats() {
             break;
         }
     }
-    server.run(&["publish", "site/b", "two", "--qos", "1"]).await.ok();
-    assert_eq!(next_message(&mut events).await, ("site/b".into(), "two".into()));
+    server
+        .run(&["publish", "site/b", "two", "--qos", "1"])
+        .await
+        .ok();
+    assert_eq!(
+        next_message(&mut events).await,
+        ("site/b".into(), "two".into())
+    );
 
     // stats: a table of dotted names; the connected service clients are counted.
     let stats = server.run(&["stats", "--json"]).await.ok().json();
@@ -249,7 +293,10 @@ async fn service_clients_publish_subscribe_and_stats() {
     let row = (table.stdout.lines())
         .find(|l| l.starts_with("connections.service_clients "))
         .unwrap_or_else(|| panic!("{table:#?}"));
-    assert_eq!(row.split_whitespace().nth(1), Some(current.to_string().as_str()));
+    assert_eq!(
+        row.split_whitespace().nth(1),
+        Some(current.to_string().as_str())
+    );
 
     // delete: its connections are closed, and it cannot connect again.
     let out = server.run(&["service-client", "rm", "backend"]).await.ok();
@@ -286,7 +333,10 @@ async fn refusals_name_the_url_and_the_keys_source() {
     let out = run(cmd).await;
     assert_eq!(out.code, 3, "{out:#?}");
     let file = other.join("admin.key").display().to_string();
-    assert!(out.stderr.contains(&format!("came from {file}")), "{out:#?}");
+    assert!(
+        out.stderr.contains(&format!("came from {file}")),
+        "{out:#?}"
+    );
 
     // A viewer key refused a change (403): the URL and the key's source again.
     let key = server
@@ -311,4 +361,16 @@ async fn refusals_name_the_url_and_the_keys_source() {
     assert_eq!(out.code, 4, "{out:#?}");
     assert!(out.stderr.contains("waiting up to 1 s"), "{out:#?}");
     assert!(!out.stderr.contains('\r'), "{out:#?}");
+    // On a terminal (util-linux `script` gives it one): a progress line redrawn in place.
+    let line = format!("{} command send quiet-1 PING --wait 2", support::BIN);
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env("FLEETMQ_ADMIN_URL", server.url())
+        .env("FLEETMQ_API_KEY", &server.key)
+        .stdin(std::process::Stdio::null());
+    let out = run(cmd).await;
+    assert_eq!(out.code, 4, "{out:#?}");
+    assert!(out.stdout.contains("\r\x1b[2K| waiting for "), "{out:#?}");
+    // The status shown is the one last read (queued or sent: the device never answers).
+    assert!(out.stdout.contains(" (1 s)"), "{out:#?}");
 }

@@ -74,9 +74,7 @@ impl CliError {
             Self::Connect { .. }
             | Self::Unauthorized { .. }
             | Self::NoKey { .. }
-            | Self::MqttRefused(_) => {
-                exit::UNREACHABLE
-            }
+            | Self::MqttRefused(_) => exit::UNREACHABLE,
             Self::Api { .. } | Self::Forbidden { .. } | Self::Protocol(_) => exit::API,
         }
     }

@@ -171,69 +171,33 @@ pub fn run(command: AdminCommand) -> ExitCode {
     }
 }
 
+/// Connects with the variant's flags and runs `module::function(&admin, json, arg)`.
+macro_rules! api {
+    ($conn:ident, $($call:ident)::+ ($($arg:ident)?)) => {{
+        let admin = Admin::connect(&$conn).await?;
+        $($call)::+(&admin, $conn.json $(, $arg)?).await
+    }};
+}
+
 async fn dispatch(command: AdminCommand) -> Result<u8, CliError> {
+    use AdminCommand as C;
     match command {
-        AdminCommand::Device { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            return devices::run(&admin, conn.json, action).await;
-        }
-        AdminCommand::Command { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            return commands::run(&admin, conn.json, action).await;
-        }
-        AdminCommand::Config { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            device_config::run(&admin, conn.json, action).await?;
-        }
-        AdminCommand::Clients { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            clients::run(&admin, conn.json, action).await?;
-        }
-        AdminCommand::Events { conn, args } => {
-            let admin = Admin::connect(&conn).await?;
-            events::run(&admin, conn.json, args).await?;
-        }
-        AdminCommand::Job { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            jobs::run(&admin, conn.json, action).await?;
-        }
-        AdminCommand::Key { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            keys::run(&admin, conn.json, action).await?;
-        }
-        AdminCommand::Audit { conn, args } => {
-            let admin = Admin::connect(&conn).await?;
-            keys::audit(&admin, conn.json, args).await?;
-        }
-        AdminCommand::Alarm { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            alarms::run(&admin, conn.json, action).await?;
-        }
-        AdminCommand::Webhook { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            webhooks::run(&admin, conn.json, action).await?;
-        }
-        AdminCommand::Backup { conn, args } => {
-            let admin = Admin::connect(&conn).await?;
-            backup::run(&admin, conn.json, args).await?;
-        }
-        AdminCommand::Telemetry { conn, args } => {
-            let admin = Admin::connect(&conn).await?;
-            telemetry::run(&admin, conn.json, args).await?;
-        }
-        AdminCommand::ServiceClient { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            service_clients::run(&admin, conn.json, action).await?;
-        }
-        AdminCommand::Publish { conn, args } => {
-            let admin = Admin::connect(&conn).await?;
-            publish::run(&admin, conn.json, args).await?;
-        }
-        AdminCommand::Subscribe(args) => subscribe::run(args).await?,
-        AdminCommand::Stats { conn } => {
-            let admin = Admin::connect(&conn).await?;
-            stats::run(&admin, conn.json).await?;
-        }
+        C::Device { conn, action } => return api!(conn, devices::run(action)),
+        C::Command { conn, action } => return api!(conn, commands::run(action)),
+        C::Config { conn, action } => api!(conn, device_config::run(action))?,
+        C::Clients { conn, action } => api!(conn, clients::run(action))?,
+        C::Events { conn, args } => api!(conn, events::run(args))?,
+        C::Job { conn, action } => api!(conn, jobs::run(action))?,
+        C::Key { conn, action } => api!(conn, keys::run(action))?,
+        C::Audit { conn, args } => api!(conn, keys::audit(args))?,
+        C::Alarm { conn, action } => api!(conn, alarms::run(action))?,
+        C::Webhook { conn, action } => api!(conn, webhooks::run(action))?,
+        C::Backup { conn, args } => api!(conn, backup::run(args))?,
+        C::Telemetry { conn, args } => api!(conn, telemetry::run(args))?,
+        C::ServiceClient { conn, action } => api!(conn, service_clients::run(action))?,
+        C::Publish { conn, args } => api!(conn, publish::run(args))?,
+        C::Stats { conn } => api!(conn, stats::run())?,
+        C::Subscribe(args) => subscribe::run(args).await?,
     }
     Ok(exit::OK)
 }

@@ -183,7 +183,6 @@ impl Spinner {
     pub fn set(&self, status: &str) {
         self.status.send_replace(status.to_owned());
     }
-
 }
 
 /// Dropped (done, or an error on the way): stops and erases the line.

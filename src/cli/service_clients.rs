@@ -61,7 +61,9 @@ pub async fn run(admin: &Admin, json: bool, action: ServiceClientAction) -> Resu
             rules,
         } => {
             if rules.is_empty() {
-                eprintln!("note: {name} has no rules: it may neither publish nor subscribe (add --rule)");
+                eprintln!(
+                    "note: {name} has no rules: it may neither publish nor subscribe (add --rule)"
+                );
             }
             let body = json!({"name": name, "password": password, "rules": rules});
             let body = Some(body.to_string().into_bytes());
@@ -121,7 +123,11 @@ fn rules_text(rules: Option<&Value>) -> String {
             } else {
                 "deny"
             };
-            format!("{effect}:{}:{}", cell(r.get("action")), cell(r.get("topic")))
+            format!(
+                "{effect}:{}:{}",
+                cell(r.get("action")),
+                cell(r.get("topic"))
+            )
         })
         .collect();
     if text.is_empty() {

@@ -52,7 +52,8 @@ mod tests {
     #[test]
     fn nested_counters_get_dotted_names() {
         let mut rows = Vec::new();
-        let stats = json!({"connections": 3, "commands": {"completed": 2, "by": {"x": 1}}, "e": {}});
+        let stats =
+            json!({"connections": 3, "commands": {"completed": 2, "by": {"x": 1}}, "e": {}});
         flatten("", &stats, &mut rows);
         assert_eq!(
             rows,

@@ -96,8 +96,8 @@ fn qos(level: u8) -> QoS {
 pub async fn run(args: SubscribeArgs) -> Result<(), CliError> {
     let (host, port) = args.address()?;
     let target = format!("mqtt://{host}:{port}");
-    let client_id = (args.client_id.clone())
-        .unwrap_or_else(|| format!("fleetmq-sub-{}", std::process::id()));
+    let client_id =
+        (args.client_id.clone()).unwrap_or_else(|| format!("fleetmq-sub-{}", std::process::id()));
     let mut options = MqttOptions::new(client_id, host, port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);

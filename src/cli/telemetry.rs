@@ -88,7 +88,12 @@ pub async fn run(admin: &Admin, json: bool, args: TelemetryArgs) -> Result<(), C
 fn point_table(points: &[Value]) -> (Vec<String>, Vec<Vec<String>>) {
     let mut keys: Vec<String> = Vec::new();
     for point in points {
-        for key in point.get("values").and_then(Value::as_object).into_iter().flatten() {
+        for key in point
+            .get("values")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
             if !keys.contains(key.0) {
                 keys.push(key.0.clone());
             }
