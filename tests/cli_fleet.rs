@@ -222,18 +222,12 @@ async fn service_clients_publish_subscribe_and_stats() {
         out.stdout.trim(),
         "published 8 bytes to site/a (qos 1, retained)"
     );
-    let sub = &[
-        "subscribe",
-        "site/#",
-        "--mqtt",
-        &mqtt,
-        "-u",
-        "backend",
-        "-C",
-        "1",
-    ];
-    let mut cmd = server.cli(sub);
-    cmd.env("FLEETMQ_MQTT_PASSWORD", "a-long-secret");
+    // The address from `serve`'s own setting (mqtt.tcp), the credentials from the
+    // environment: none of these variables upsets the config loader.
+    let mut cmd = server.cli(&["subscribe", "site/#", "-C", "1"]);
+    cmd.env("FLEETMQ_MQTT_TCP", &mqtt)
+        .env("FLEETMQ_MQTT_USERNAME", "backend")
+        .env("FLEETMQ_MQTT_PASSWORD", "a-long-secret");
     let out = run(cmd).await.ok();
     assert_eq!(out.stdout, "site/a {\"x\": 1}\n", "{out:#?}");
 
