@@ -291,6 +291,9 @@ async fn service_clients_publish_subscribe_and_stats() {
         row.split_whitespace().nth(1),
         Some(current.to_string().as_str())
     );
+    let some = server.run(&["stats", "connections.service"]).await.ok();
+    assert_eq!(some.stdout.lines().count(), 2, "{some:#?}");
+    assert_eq!(server.run(&["stats", "nothing.like.this"]).await.code, 2);
 
     // delete: its connections are closed, and it cannot connect again.
     let out = server.run(&["service-client", "rm", "backend"]).await.ok();

@@ -143,6 +143,8 @@ pub enum AdminCommand {
     Stats {
         #[command(flatten)]
         conn: ConnArgs,
+        #[command(flatten)]
+        args: stats::StatsArgs,
     },
     /// Copy the running broker's data to a file, consistently (admin API client, admin key)
     Backup {
@@ -196,7 +198,7 @@ async fn dispatch(command: AdminCommand) -> Result<u8, CliError> {
         C::Telemetry { conn, args } => api!(conn, telemetry::run(args))?,
         C::ServiceClient { conn, action } => api!(conn, service_clients::run(action))?,
         C::Publish { conn, args } => api!(conn, publish::run(args))?,
-        C::Stats { conn } => api!(conn, stats::run())?,
+        C::Stats { conn, args } => api!(conn, stats::run(args))?,
         C::Subscribe(args) => subscribe::run(args).await?,
     }
     Ok(exit::OK)

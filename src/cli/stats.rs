@@ -9,7 +9,15 @@ use super::client::{Admin, REQUEST_TIMEOUT};
 use super::error::CliError;
 use super::output::{self, cell, print_table};
 
-pub async fn run(admin: &Admin, json: bool) -> Result<(), CliError> {
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// Only the counters whose name starts with this, e.g. `connections` or
+    /// `commands.by_status` (the table only: --json prints them all)
+    #[arg(value_name = "PREFIX")]
+    prefix: Option<String>,
+}
+
+pub async fn run(admin: &Admin, json: bool, args: StatsArgs) -> Result<(), CliError> {
     let reply = admin
         .call(Method::GET, "/api/v1/stats", None, &[], REQUEST_TIMEOUT)
         .await?;
@@ -23,6 +31,14 @@ pub async fn run(admin: &Admin, json: bool) -> Result<(), CliError> {
     }
     let mut rows = Vec::new();
     flatten("", &stats, &mut rows);
+    if let Some(prefix) = &args.prefix {
+        rows.retain(|row| row[0].starts_with(prefix.as_str()));
+        if rows.is_empty() {
+            return Err(CliError::Usage(format!(
+                "no counter's name starts with {prefix:?}"
+            )));
+        }
+    }
     print_table(&["NAME", "VALUE"], &rows);
     Ok(())
 }
