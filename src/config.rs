@@ -64,6 +64,11 @@ const CLIENT_ENV: &[&str] = &[
     "FLEETMQ_API_KEY",
     "FLEETMQ_ADMIN_CA",
     "FLEETMQ_LOG_FORMAT",
+    // `fleetmq subscribe` (an MQTT client) and `fleetmq service-client add`.
+    "FLEETMQ_MQTT_ADDR",
+    "FLEETMQ_MQTT_USERNAME",
+    "FLEETMQ_MQTT_PASSWORD",
+    "FLEETMQ_SERVICE_CLIENT_PASSWORD",
 ];
 
 #[derive(Debug, Default, Deserialize)]

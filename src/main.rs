@@ -1,7 +1,8 @@
 //! `fleetmq`: parse flags, load config, wire the crates together, run until a signal,
 //! drain, flush, exit. All logic lives in the workspace crates; the admin commands
-//! (`device`, `command`, `config`, `clients`, `events`) are a client of the admin API in
-//! `cli/`; `check` runs redb's integrity check on a stopped broker's data file.
+//! (`device`, `command`, `telemetry`, `events`, `publish`, `stats`, ...) are a client of
+//! the admin API in `cli/`, and `subscribe` an MQTT client; `check` runs redb's
+//! integrity check on a stopped broker's data file.
 
 mod check;
 mod cli;

@@ -10,6 +10,7 @@ mod cli;
 mod cli_admin;
 mod cli_alarms;
 mod cli_events;
+mod cli_fleet;
 mod cli_import;
 mod cli_jobs;
 mod cli_keys;

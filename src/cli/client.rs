@@ -89,6 +89,8 @@ pub struct Admin {
     /// Scheme, authority and any path prefix, without a trailing `/`.
     base: String,
     key: HeaderValue,
+    /// Where the key came from, for the message of a refused key.
+    key_from: String,
     client: HttpClient,
 }
 
@@ -145,11 +147,18 @@ impl Admin {
                 "--url {base:?}: expected http://HOST:PORT or https://HOST:PORT"
             )));
         }
-        let key = match (&args.api_key, &config) {
-            (Some(key), _) => key.trim().to_owned(),
+        let (key, key_from) = match (&args.api_key, &config) {
+            (Some(key), _) => (key.trim().to_owned(), flag_or_env(key).to_owned()),
             (None, Some(c)) => match &c.admin.api_key {
-                Some(key) => key.clone(),
-                None => read_key_file(&c.data_dir.join(fleetmq_web::ADMIN_KEY_FILE)).await?,
+                Some(key) => (
+                    key.clone(),
+                    "admin.api_key (config file or FLEETMQ_ADMIN_API_KEY)".to_owned(),
+                ),
+                None => {
+                    let path = c.data_dir.join(fleetmq_web::ADMIN_KEY_FILE);
+                    let path = std::path::absolute(&path).unwrap_or(path);
+                    (read_key_file(&path).await?, path.display().to_string())
+                }
             },
             (None, None) => return Err(CliError::Usage("no admin API key".into())),
         };
@@ -159,6 +168,7 @@ impl Admin {
         Ok(Admin {
             base,
             key,
+            key_from,
             client: http_client(args.ca.as_deref())?,
         })
     }
@@ -188,6 +198,25 @@ impl Admin {
             match page.get("next_cursor").and_then(serde_json::Value::as_str) {
                 Some(next) => cursor = Some(next.to_owned()),
                 None => return Ok(rows),
+            }
+        }
+    }
+
+    /// Every item of the listing at `path` (no query), following its pages.
+    pub async fn all_items(&self, path: &str) -> Result<Vec<serde_json::Value>, CliError> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut page_path = format!("{path}?limit=1000");
+            if let Some(c) = &cursor {
+                page_path = format!("{page_path}&cursor={}", enc(c));
+            }
+            let reply = (self.call(Method::GET, &page_path, None, &[], REQUEST_TIMEOUT)).await?;
+            let page = reply.json()?;
+            items.extend(super::output::items(&page)?.iter().cloned());
+            match page.get("next_cursor").and_then(serde_json::Value::as_str) {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return Ok(items),
             }
         }
     }
@@ -227,7 +256,7 @@ impl Admin {
         if status.is_success() {
             return Ok(Reply { body });
         }
-        Err(api_error(status, &body))
+        Err(self.refused(status, &body))
     }
 
     /// Sends a request and returns the answer with its body unread (for streams).
@@ -254,7 +283,7 @@ impl Admin {
             .and_then(Result::ok)
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        Err(api_error(status, &body))
+        Err(self.refused(status, &body))
     }
 
     /// Sends `POST path` and writes the answer's body to `dest` as it arrives, waiting
@@ -280,7 +309,7 @@ impl Admin {
         if !status.is_success() {
             let body = tokio::time::timeout(REQUEST_TIMEOUT, body.collect()).await;
             let body = body.ok().and_then(Result::ok).map(|b| b.to_bytes());
-            return Err(api_error(status, &body.unwrap_or_default()));
+            return Err(self.refused(status, &body.unwrap_or_default()));
         }
         let written_err =
             |e: std::io::Error| CliError::Usage(format!("cannot write the file: {e}"));
@@ -333,6 +362,33 @@ impl Admin {
             .map_err(|e| self.connect_error(&e))
     }
 
+    /// A non-2xx answer as an error; a refused key (401) or role (403) also names the
+    /// URL and where the key came from.
+    fn refused(&self, status: StatusCode, body: &[u8]) -> CliError {
+        match api_error(status, body) {
+            CliError::Api {
+                status: 401,
+                message,
+                ..
+            } => CliError::Unauthorized {
+                message,
+                url: self.base.clone(),
+                key_from: self.key_from.clone(),
+            },
+            CliError::Api {
+                status: 403,
+                code,
+                message,
+            } => CliError::Forbidden {
+                code,
+                message,
+                url: self.base.clone(),
+                key_from: self.key_from.clone(),
+            },
+            other => other,
+        }
+    }
+
     fn connect_error(&self, err: &(dyn std::error::Error + 'static)) -> CliError {
         // The innermost cause ("Connection refused") is the useful part.
         let mut reason = err.to_string();
@@ -369,14 +425,19 @@ fn api_error(status: StatusCode, body: &[u8]) -> CliError {
     } else {
         message
     };
-    if status == StatusCode::UNAUTHORIZED {
-        CliError::Unauthorized { message }
-    } else {
-        CliError::Api {
-            status: status.as_u16(),
-            code,
-            message,
-        }
+    CliError::Api {
+        status: status.as_u16(),
+        code,
+        message,
+    }
+}
+
+/// Where a key given by `--api-key` came from: clap takes `FLEETMQ_API_KEY` for the
+/// flag when the flag is absent.
+fn flag_or_env(key: &str) -> &'static str {
+    match std::env::var("FLEETMQ_API_KEY") {
+        Ok(env) if env == key => "FLEETMQ_API_KEY",
+        _ => "--api-key",
     }
 }
 
@@ -467,8 +528,6 @@ mod tests {
         let err = api_error(StatusCode::NOT_FOUND, body);
         assert_eq!(err.to_string(), r#"device "x" not found (404 not_found)"#);
         assert_eq!(err.exit_code(), 1);
-        let err = api_error(StatusCode::UNAUTHORIZED, b"");
-        assert_eq!(err.exit_code(), 3);
         let err = api_error(StatusCode::BAD_GATEWAY, b"upstream down");
         assert_eq!(err.to_string(), "upstream down (502 bad_gateway)");
     }

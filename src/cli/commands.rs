@@ -305,6 +305,7 @@ async fn create(
             wait.unwrap_or_default().as_secs()
         );
     }
+    let spinner = output::Spinner::start(format!("waiting for {id}"), status_of(&record));
     while !TERMINAL.contains(&status_of(&record)) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -316,7 +317,9 @@ async fn create(
             .call(Method::GET, &path, None, &[], REQUEST_TIMEOUT + server_wait)
             .await?;
         record = reply.json()?;
+        spinner.set(status_of(&record));
     }
+    drop(spinner);
     show(json, &reply)?;
     let status = status_of(&record);
     if status == "completed" {

@@ -62,7 +62,7 @@ pub async fn run(admin: &Admin, json: bool, action: ConfigAction) -> Result<(), 
 }
 
 /// The argument itself, or the contents of `@file` (`@-`: standard input).
-async fn read_config_arg(arg: &str) -> Result<String, CliError> {
+pub(super) async fn read_config_arg(arg: &str) -> Result<String, CliError> {
     let Some(path) = arg.strip_prefix('@') else {
         return Ok(arg.to_owned());
     };

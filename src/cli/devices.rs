@@ -39,22 +39,22 @@ pub enum DeviceAction {
 /// The arguments of `device events`.
 #[derive(Debug, Args)]
 pub struct EventsArgs {
-    id: String,
+    pub(super) id: String,
     /// Only events of this type
     #[arg(long = "type", value_name = "TYPE")]
-    kind: Option<String>,
+    pub(super) kind: Option<String>,
     /// Oldest event, RFC 3339 or unix milliseconds
     #[arg(long, value_name = "TIME")]
-    from: Option<String>,
+    pub(super) from: Option<String>,
     /// Newest event, RFC 3339 or unix milliseconds
     #[arg(long, value_name = "TIME")]
-    to: Option<String>,
+    pub(super) to: Option<String>,
     /// Events per page (API default 100, at most 1000)
     #[arg(long)]
-    limit: Option<u32>,
+    pub(super) limit: Option<u32>,
     /// Continue from the `next_cursor` of the previous page
     #[arg(long)]
-    cursor: Option<String>,
+    pub(super) cursor: Option<String>,
 }
 
 /// The arguments of `device add`.
@@ -343,7 +343,7 @@ fn secret_notes(answer: &Value) {
 
 /// `device events`: one page of a device's events as a table: when, type, and the
 /// payload as one line of JSON.
-async fn events(admin: &Admin, json: bool, args: EventsArgs) -> Result<(), CliError> {
+pub(super) async fn events(admin: &Admin, json: bool, args: EventsArgs) -> Result<(), CliError> {
     let reply = admin
         .call(Method::GET, &args.path(), None, &[], REQUEST_TIMEOUT)
         .await?;

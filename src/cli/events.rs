@@ -1,5 +1,8 @@
 //! `fleetmq events`: tails `GET /api/v1/events` (server-sent events), one line per
-//! event, and reconnects with `Last-Event-ID` when the stream drops.
+//! event, and reconnects with `Last-Event-ID` when the stream drops; `--since ID`
+//! first replays the events the broker still buffers after that id. `--history
+//! --device ID` lists what a device published on its events topic instead
+//! (`GET /api/v1/devices/{id}/events`, the same as `device events`).
 
 use std::time::Duration;
 
@@ -29,6 +32,48 @@ pub struct EventsArgs {
     /// Only events of this device
     #[arg(long = "device", value_name = "ID")]
     pub device: Option<String>,
+    /// Replay the buffered events after this event id (the `id` of a `--json` line) first
+    #[arg(long, value_name = "EVENT_ID", conflicts_with = "history")]
+    pub since: Option<String>,
+    /// List the device's stored events (`device.event`), newest first, instead of following
+    #[arg(long, requires = "device")]
+    pub history: bool,
+    /// With --history: oldest event, RFC 3339 or unix milliseconds
+    #[arg(long, value_name = "TIME", requires = "history")]
+    pub from: Option<String>,
+    /// With --history: newest event, RFC 3339 or unix milliseconds
+    #[arg(long, value_name = "TIME", requires = "history")]
+    pub to: Option<String>,
+    /// With --history: events per page (API default 100, at most 1000)
+    #[arg(long, requires = "history")]
+    pub limit: Option<u32>,
+    /// With --history: continue from the `next_cursor` of the previous page
+    #[arg(long, requires = "history")]
+    pub cursor: Option<String>,
+}
+
+impl EventsArgs {
+    /// `--history` as `device events`' arguments; its `--type` is one exact type (the
+    /// device's own `type` field), not a pattern.
+    fn history(self) -> Result<super::devices::EventsArgs, CliError> {
+        let kind = match self.types.as_slice() {
+            [] => None,
+            [one] if !one.contains('*') => Some(one.clone()),
+            _ => {
+                return Err(CliError::Usage(
+                    "--history --type takes one exact event type (no list, no `*`)".into(),
+                ))
+            }
+        };
+        Ok(super::devices::EventsArgs {
+            id: self.device.unwrap_or_default(),
+            kind,
+            from: self.from,
+            to: self.to,
+            limit: self.limit,
+            cursor: self.cursor,
+        })
+    }
 }
 
 /// One dispatched server-sent event.
@@ -131,8 +176,14 @@ fn events_path(args: &EventsArgs) -> String {
 /// retry cannot fix: the first connection fails, the key is refused, or the server
 /// answers something that is not an event stream.
 pub async fn run(admin: &Admin, json: bool, args: EventsArgs) -> Result<(), CliError> {
+    if args.history {
+        return super::devices::events(admin, json, args.history()?).await;
+    }
     let path = events_path(&args);
-    let mut parser = SseParser::default();
+    let mut parser = SseParser {
+        last_id: args.since.clone(),
+        ..SseParser::default()
+    };
     let mut streamed = false;
     let mut delay = RETRY_FIRST;
     loop {
@@ -266,6 +317,12 @@ mod tests {
         let args = EventsArgs {
             types: vec!["command.*".into(), "device.online".into()],
             device: Some("s-1".into()),
+            since: None,
+            history: false,
+            from: None,
+            to: None,
+            limit: None,
+            cursor: None,
         };
         assert_eq!(
             events_path(&args),

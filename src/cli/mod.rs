@@ -8,7 +8,10 @@
 //! - `devices`, `commands`, `device_config`, `clients`, `events`, `keys` (`key` and
 //!   `audit`), `webhooks`, `jobs`: one per command group; `device_import` is `device import`,
 //!   the bulk provisioning from a CSV or JSON file; `alarms` is `alarm` (SPEC §11);
-//!   `backup` downloads a consistent copy of the data (`POST /api/v1/backup`).
+//!   `backup` downloads a consistent copy of the data (`POST /api/v1/backup`);
+//!   `telemetry`, `service_clients` (`service-client`), `publish` and `stats` are one
+//!   route each; `subscribe` is an MQTT client, not an API client (the API has no
+//!   stream of messages).
 
 mod alarms;
 mod backup;
@@ -23,6 +26,11 @@ mod events;
 mod jobs;
 mod keys;
 mod output;
+mod publish;
+mod service_clients;
+mod stats;
+mod subscribe;
+mod telemetry;
 mod webhooks;
 
 use std::process::ExitCode;
@@ -100,11 +108,43 @@ pub enum AdminCommand {
         action: alarms::AlarmAction,
     },
     /// Manage webhook endpoints and their deliveries (admin API client)
+    #[command(visible_alias = "webhooks")]
     Webhook {
         #[command(flatten)]
         conn: ConnArgs,
         #[command(subcommand)]
         action: webhooks::WebhookAction,
+    },
+    /// A device's stored telemetry, newest first, or its latest values (admin API client)
+    Telemetry {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        args: telemetry::TelemetryArgs,
+    },
+    /// Add, list, show and delete service clients: MQTT users with ACL rules (admin API client, admin key)
+    #[command(visible_alias = "service-clients")]
+    ServiceClient {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        action: service_clients::ServiceClientAction,
+    },
+    /// Publish one message as the broker (admin API client)
+    Publish {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        args: publish::PublishArgs,
+    },
+    /// Print the messages of topic filters, one line each (an MQTT client with a service client's credentials)
+    Subscribe(subscribe::SubscribeArgs),
+    /// The broker's counters: connections, messages, commands, telemetry, webhooks (admin API client)
+    Stats {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        args: stats::StatsArgs,
     },
     /// Copy the running broker's data to a file, consistently (admin API client, admin key)
     Backup {
@@ -133,52 +173,33 @@ pub fn run(command: AdminCommand) -> ExitCode {
     }
 }
 
+/// Connects with the variant's flags and runs `module::function(&admin, json, arg)`.
+macro_rules! api {
+    ($conn:ident, $($call:ident)::+ ($($arg:ident)?)) => {{
+        let admin = Admin::connect(&$conn).await?;
+        $($call)::+(&admin, $conn.json $(, $arg)?).await
+    }};
+}
+
 async fn dispatch(command: AdminCommand) -> Result<u8, CliError> {
+    use AdminCommand as C;
     match command {
-        AdminCommand::Device { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            return devices::run(&admin, conn.json, action).await;
-        }
-        AdminCommand::Command { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            return commands::run(&admin, conn.json, action).await;
-        }
-        AdminCommand::Config { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            device_config::run(&admin, conn.json, action).await?;
-        }
-        AdminCommand::Clients { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            clients::run(&admin, conn.json, action).await?;
-        }
-        AdminCommand::Events { conn, args } => {
-            let admin = Admin::connect(&conn).await?;
-            events::run(&admin, conn.json, args).await?;
-        }
-        AdminCommand::Job { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            jobs::run(&admin, conn.json, action).await?;
-        }
-        AdminCommand::Key { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            keys::run(&admin, conn.json, action).await?;
-        }
-        AdminCommand::Audit { conn, args } => {
-            let admin = Admin::connect(&conn).await?;
-            keys::audit(&admin, conn.json, args).await?;
-        }
-        AdminCommand::Alarm { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            alarms::run(&admin, conn.json, action).await?;
-        }
-        AdminCommand::Webhook { conn, action } => {
-            let admin = Admin::connect(&conn).await?;
-            webhooks::run(&admin, conn.json, action).await?;
-        }
-        AdminCommand::Backup { conn, args } => {
-            let admin = Admin::connect(&conn).await?;
-            backup::run(&admin, conn.json, args).await?;
-        }
+        C::Device { conn, action } => return api!(conn, devices::run(action)),
+        C::Command { conn, action } => return api!(conn, commands::run(action)),
+        C::Config { conn, action } => api!(conn, device_config::run(action))?,
+        C::Clients { conn, action } => api!(conn, clients::run(action))?,
+        C::Events { conn, args } => api!(conn, events::run(args))?,
+        C::Job { conn, action } => api!(conn, jobs::run(action))?,
+        C::Key { conn, action } => api!(conn, keys::run(action))?,
+        C::Audit { conn, args } => api!(conn, keys::audit(args))?,
+        C::Alarm { conn, action } => api!(conn, alarms::run(action))?,
+        C::Webhook { conn, action } => api!(conn, webhooks::run(action))?,
+        C::Backup { conn, args } => api!(conn, backup::run(args))?,
+        C::Telemetry { conn, args } => api!(conn, telemetry::run(args))?,
+        C::ServiceClient { conn, action } => api!(conn, service_clients::run(action))?,
+        C::Publish { conn, args } => api!(conn, publish::run(args))?,
+        C::Stats { conn, args } => api!(conn, stats::run(args))?,
+        C::Subscribe(args) => subscribe::run(args).await?,
     }
     Ok(exit::OK)
 }

@@ -148,6 +148,53 @@ pub fn labels(value: Option<&Value>) -> String {
     }
 }
 
+/// A progress line on stderr, redrawn in place while something is waited for; only
+/// when stderr is a terminal (a pipe or a log file gets no `\r` noise).
+pub struct Spinner {
+    task: Option<tokio::task::JoinHandle<()>>,
+    status: tokio::sync::watch::Sender<String>,
+}
+
+impl Spinner {
+    /// Frames of the spinner, and how often it turns.
+    const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
+    const TICK: std::time::Duration = std::time::Duration::from_millis(150);
+
+    /// Starts redrawing `what: <status> (<seconds> s)` if stderr is a terminal.
+    pub fn start(what: String, status: &str) -> Spinner {
+        use std::io::IsTerminal as _;
+        let (tx, rx) = tokio::sync::watch::channel(status.to_owned());
+        let task = std::io::stderr().is_terminal().then(|| {
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let mut tick = tokio::time::interval(Self::TICK);
+                for frame in Self::FRAMES.iter().cycle() {
+                    tick.tick().await;
+                    let secs = started.elapsed().as_secs();
+                    let line = format!("\r\x1b[2K{frame} {what}: {} ({secs} s)", *rx.borrow());
+                    let _ = std::io::stderr().write_all(line.as_bytes());
+                }
+            })
+        });
+        Spinner { task, status: tx }
+    }
+
+    /// The status shown from now on.
+    pub fn set(&self, status: &str) {
+        self.status.send_replace(status.to_owned());
+    }
+}
+
+/// Dropped (done, or an error on the way): stops and erases the line.
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = std::io::stderr().write_all(b"\r\x1b[2K");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
