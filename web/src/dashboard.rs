@@ -55,6 +55,7 @@ pub const ASSETS: &[Asset] = &[
     asset!("/assets/js/chart.js", JS),
     asset!("/assets/js/refusals.js", JS),
     asset!("/assets/js/alarms.js", JS),
+    asset!("/assets/js/labels.js", JS),
     asset!("/assets/js/pages/overview.js", JS),
     asset!("/assets/js/pages/devices.js", JS),
     asset!("/assets/js/pages/device.js", JS),

@@ -125,6 +125,7 @@ pub(crate) const ROUTES: &[Route] = &[
     route("/api/v1/publish", "POST"),
     route("/api/v1/retained", "GET, DELETE"),
     route("/api/v1/stats", "GET"),
+    route("/api/v1/stats/history", "GET"),
     route("/api/v1/events", "GET"),
 ];
 
@@ -319,6 +320,7 @@ where
         ("/api/v1/retained", Method::GET) => retained::list(state, req.uri().query()),
         ("/api/v1/retained", Method::DELETE) => retained::delete(state, req.uri().query()).await,
         ("/api/v1/stats", Method::GET) => stats::get(state).await,
+        ("/api/v1/stats/history", Method::GET) => stats::history(state),
         ("/api/v1/keys", Method::GET) => keys::list(state, query).await,
         ("/api/v1/keys", Method::POST) => keys::create(state, req).await,
         ("/api/v1/keys/{name}", Method::DELETE) => keys::delete(state, p(0), identity).await,

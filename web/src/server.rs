@@ -22,6 +22,7 @@ use crate::audit::Audit;
 use crate::auth::AdminKey;
 use crate::config::AdminConfig;
 use crate::error::WebError;
+use crate::history::History;
 
 /// How long open connections get to finish their requests after shutdown is signalled.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -36,6 +37,8 @@ pub struct AppState {
     pub(crate) broker: BrokerHandle,
     pub(crate) access: Arc<Access>,
     pub(crate) audit: Audit,
+    /// The overview's trend samples.
+    pub(crate) history: History,
     pub(crate) config: AdminConfig,
     /// Cancelled when the server begins to shut down: open event streams end on it, so
     /// the drain does not wait for them.
@@ -53,6 +56,7 @@ impl AppState {
             broker,
             access,
             audit: Audit::new(),
+            history: History::default(),
             config,
             shutdown: CancellationToken::new(),
             tls: None,
@@ -95,6 +99,12 @@ pub async fn serve(
             crate::audit::run_writer(state.store.clone(), &state.audit, rx, stop).await;
         })
     });
+    let sampler = {
+        let (state, stop) = (Arc::clone(&state), shutdown.clone());
+        tokio::spawn(async move {
+            crate::history::run_sampler(&state.broker, &state.history, stop).await;
+        })
+    };
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     if let Ok(addr) = listener.local_addr() {
@@ -124,6 +134,7 @@ pub async fn serve(
     }
     drop(listener);
     drain(graceful, connections).await;
+    let _ = sampler.await;
     stop_audit.cancel();
     if let Some(writer) = audit_writer {
         let _ = writer.await;

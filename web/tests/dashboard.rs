@@ -242,3 +242,88 @@ fn references_resolve() {
         ["http://x.example/y"]
     );
 }
+
+#[test]
+fn every_file_under_assets_is_embedded() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+    let mut on_disk = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let rel = path.strip_prefix(&root).unwrap().to_str().unwrap();
+                on_disk.push(format!("/assets/{}", rel.replace('\\', "/")));
+            }
+        }
+    }
+    let embedded: Vec<&str> = ASSETS.iter().map(|a| a.path).collect();
+    for path in on_disk.iter().filter(|p| !p.ends_with("index.html")) {
+        assert!(embedded.contains(&path.as_str()), "{path} is not in ASSETS");
+    }
+}
+
+fn asset(path: &str) -> &'static str {
+    let found = ASSETS.iter().find(|a| a.path == path).expect(path);
+    std::str::from_utf8(found.body).unwrap()
+}
+
+/// Issue 18: what a new operator hit stays fixed where a static look can tell (the
+/// browser tests, tests/browser/operator.test.mjs, check the rest on the page).
+#[test]
+fn what_a_new_operator_hit_stays_fixed() {
+    // Command ids are shown whole: their first characters are only a time.
+    for a in ASSETS {
+        let text = std::str::from_utf8(a.body).unwrap();
+        assert!(
+            !text.contains("command_id.slice("),
+            "{} cuts a command id",
+            a.path
+        );
+    }
+    // Chart axis labels are at least 11 px (the SVG is drawn at 1 unit = 1 px).
+    let css = asset("/assets/style.css");
+    let rule = css
+        .split_once("svg.chart text {")
+        .expect("a rule for chart text")
+        .1;
+    let px: f64 = rule
+        .split_once("font-size:")
+        .unwrap()
+        .1
+        .trim_start()
+        .split_once("px")
+        .unwrap()
+        .0
+        .parse()
+        .unwrap();
+    assert!(px >= 11.0, "chart labels at {px} px");
+    // The live stream is asked for every kind of event.
+    assert!(!asset("/assets/js/live.js").contains("events?type="));
+    // The devices filter goes through the one label parser.
+    assert!(asset("/assets/js/pages/devices.js").contains("labelQuery("));
+}
+
+#[tokio::test]
+async fn the_overview_trend_is_kept_by_the_server() {
+    let app = app().await;
+    let (status, _, body) = fetch(
+        &app,
+        Method::GET,
+        "/api/v1/stats/history",
+        &[(header::HeaderName::from_static("x-api-key"), API_KEY)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["interval_s"], 60);
+    let points = body["points"].as_array().unwrap();
+    assert!(!points.is_empty() && points.len() <= 121, "{body}");
+    for field in ["at", "at_ms", "connections", "devices_online"] {
+        assert!(points[0].get(field).is_some(), "{field} missing: {body}");
+    }
+    let (status, _, _) = fetch(&app, Method::GET, "/api/v1/stats/history", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -151,6 +151,9 @@ const app = {
       this.current.onEvent(ev);
       return;
     }
+    // Batched telemetry comes every few seconds per device: a page that does not ask
+    // for events is not reloaded for it.
+    if (ev.type === 'telemetry') return;
     clearTimeout(this.reloadTimer);
     this.reloadTimer = setTimeout(() => this.refresh(), EVENT_DEBOUNCE_MS);
   },

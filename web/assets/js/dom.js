@@ -64,6 +64,19 @@ export function ago(ts) {
   return `${Math.floor(secs / 86400)} d ago`;
 }
 
+/** A duration in seconds as "42 s", "3 min", "2 h 5 min", "4 d 2 h". */
+export function fmtDuration(secs) {
+  if (!Number.isFinite(secs) || secs < 0) return '—';
+  const s = Math.floor(secs);
+  if (s < 60) return `${s} s`;
+  const min = Math.floor(s / 60);
+  if (min < 60) return `${min} min`;
+  const hours = Math.floor(min / 60);
+  if (hours < 24) return min % 60 ? `${hours} h ${min % 60} min` : `${hours} h`;
+  const days = Math.floor(hours / 24);
+  return hours % 24 ? `${days} d ${hours % 24} h` : `${days} d`;
+}
+
 export function fmtNum(n, digits = 0) {
   if (n === null || n === undefined || Number.isNaN(n)) return '—';
   return Number(n).toLocaleString(undefined, { maximumFractionDigits: digits });
@@ -83,7 +96,7 @@ export function dot(online) {
 }
 
 export function labelChips(labels) {
-  return Object.entries(labels || {}).map(([k, v]) => h('span', { class: 'label-chip' }, `${k}:${v}`));
+  return Object.entries(labels || {}).map(([k, v]) => h('span', { class: 'label-chip' }, `${k}=${v}`));
 }
 
 /** Parses a JSON textarea; an empty one is `fallback`. Throws with a readable message. */
@@ -104,6 +117,29 @@ export function toast(message, bad = false) {
   document.body.append(el);
   clearTimeout(toastTimer);
   toastTimer = setTimeout(() => el.remove(), 4000);
+}
+
+/**
+ * An id shown whole in selectable monospace, with a button that copies it (the text
+ * stays selectable where the clipboard is not available, e.g. plain http).
+ */
+export function copyable(text, attrs = {}) {
+  const button = h('button', { type: 'button', class: 'copy', title: `copy ${text}`, 'aria-label': `copy ${text}`, dataset: { copy: text } }, 'copy');
+  button.addEventListener('click', async () => {
+    try {
+      await navigator.clipboard.writeText(text);
+      button.textContent = 'copied';
+    } catch {
+      const range = document.createRange();
+      range.selectNodeContents(code);
+      getSelection().removeAllRanges();
+      getSelection().addRange(range);
+      button.textContent = 'selected';
+    }
+    setTimeout(() => { button.textContent = 'copy'; }, 1500);
+  });
+  const code = h('code', { class: 'id', ...attrs }, text);
+  return h('span', { class: 'copyable' }, code, button);
 }
 
 /** A one-time secret: shown once, with a copy button. */

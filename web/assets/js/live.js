@@ -9,8 +9,6 @@ const MIN_BACKOFF_MS = 1000;
 const MAX_BACKOFF_MS = 30000;
 /** A server without the route is asked again this rarely. */
 const MISSING_RETRY_MS = 60000;
-/** The dashboard does not need raw telemetry on the shared stream. */
-const TYPES = 'device.*,command.*,alarm.*';
 
 export class Live {
   /**
@@ -71,7 +69,9 @@ export class Live {
     this.abort = new AbortController();
     const headers = { 'x-api-key': session.key || '', accept: 'text/event-stream' };
     if (this.lastEventId) headers['last-event-id'] = this.lastEventId;
-    const res = await fetch(`/api/v1/events?type=${encodeURIComponent(TYPES)}`, {
+    // No `type`: every kind of event the stream carries (device, command, alarm, job,
+    // and telemetry while a webhook asks for it); each page picks what it needs.
+    const res = await fetch('/api/v1/events', {
       headers, signal: this.abort.signal, cache: 'no-store',
     });
     if (res.status === 401) {

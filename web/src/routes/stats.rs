@@ -1,10 +1,12 @@
 //! `/api/v1/stats`: the broker's counters, command states, telemetry, device events,
-//! alarm evaluation and the webhook backlog.
+//! alarm evaluation and the webhook backlog; `/api/v1/stats/history`: messages per
+//! second and connections a minute apart over the last two hours (`crate::history`).
 
 use http::StatusCode;
 use serde::Serialize;
 
 use crate::error::ApiError;
+use crate::history::{self, Point, Sample};
 use crate::response::{self, ApiResponse};
 use crate::AppState;
 
@@ -48,6 +50,22 @@ pub(crate) async fn get(state: &AppState) -> Result<ApiResponse, ApiError> {
             backlog: broker.events().backlog().await,
             counters: broker.events().webhook_stats(),
         },
+    };
+    Ok(response::json(StatusCode::OK, &body))
+}
+
+#[derive(Serialize)]
+struct History {
+    interval_s: u64,
+    points: Vec<Point>,
+}
+
+/// `GET /api/v1/stats/history`.
+pub(crate) fn history(state: &AppState) -> Result<ApiResponse, ApiError> {
+    let now = Sample::of(fleetmq_storage::now_ms(), &state.broker.stats());
+    let body = History {
+        interval_s: history::EVERY.as_secs(),
+        points: state.history.report(now),
     };
     Ok(response::json(StatusCode::OK, &body))
 }

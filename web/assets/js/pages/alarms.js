@@ -4,12 +4,13 @@
 import { del, enc, get, post, put } from '../api.js';
 import { alarmHead, loadAlarms, renderAlarms, SEVERITIES, severity } from '../alarms.js';
 import { fill, h, toast } from '../dom.js';
+import { apiLabel, shownLabel } from '../labels.js';
 
 const OPS = ['>', '>=', '<', '<=', '==', '!='];
 
 function describeTarget(t) {
   if (t.all) return 'all devices';
-  if (t.label) return `label ${t.label}`;
+  if (t.label) return `label ${shownLabel(t.label)}`;
   return (t.devices || []).join(', ');
 }
 
@@ -26,8 +27,8 @@ function rulesPanel(state) {
   const form = h('form', { class: 'stack', id: 'rule-form' },
     h('label', {}, 'Name', h('input', { name: 'name', required: true })),
     h('label', {}, 'Severity', select('severity', SEVERITIES)),
-    h('label', {}, 'Target: all, label k:v, or device ids', h('div', { class: 'row' },
-      select('target_kind', ['all', 'label', 'devices']), h('input', { name: 'target', placeholder: 'site:lab or dev-1, dev-2' }))),
+    h('label', {}, 'Target: all, a label key=value, or device ids', h('div', { class: 'row' },
+      select('target_kind', ['all', 'label', 'devices']), h('input', { name: 'target', placeholder: 'e.g. site=lab, or dev-1, dev-2' }))),
     h('label', {}, 'Condition: a telemetry key, or offline', h('div', { class: 'row' },
       select('kind', ['telemetry', 'offline']), h('input', { name: 'key', placeholder: 'key' }), select('op', OPS),
       h('input', { name: 'value', type: 'number', step: 'any', placeholder: 'value' }),
@@ -51,7 +52,7 @@ function rulesPanel(state) {
       f.severity.value = rule.severity;
       const t = rule.target;
       f.target_kind.value = t.all ? 'all' : t.label ? 'label' : 'devices';
-      f.target.value = t.label || (t.devices || []).join(', ');
+      f.target.value = t.label ? shownLabel(t.label) : (t.devices || []).join(', ');
       const c = rule.condition;
       f.kind.value = c.offline_for_s !== undefined ? 'offline' : 'telemetry';
       f.key.value = c.key || '';
@@ -70,7 +71,7 @@ function rulesPanel(state) {
   };
   const body_of = () => {
     const kind = f.target_kind.value;
-    const target = kind === 'all' ? { all: true } : kind === 'label' ? { label: f.target.value.trim() }
+    const target = kind === 'all' ? { all: true } : kind === 'label' ? { label: apiLabel(f.target.value) }
       : { devices: f.target.value.split(',').map((s) => s.trim()).filter(Boolean) };
     const forS = Number(f.for_s.value || 0);
     const condition = f.kind.value === 'offline' ? { offline_for_s: forS }

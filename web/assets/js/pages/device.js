@@ -5,11 +5,14 @@
 import { ApiError, del, enc, get, post, put, qs } from '../api.js';
 import { alarmHead, loadAlarms, renderAlarms } from '../alarms.js';
 import { lineChart } from '../chart.js';
-import { ago, badge, dot, fill, fmtTime, h, json, labelChips, parseJsonField, secretBox, toast } from '../dom.js';
+import { ago, badge, copyable, dot, fill, fmtTime, h, json, labelChips, parseJsonField, secretBox, toast } from '../dom.js';
 import { loadRefusals, refusalTable, renderRefusals } from '../refusals.js';
 
 const TERMINAL = new Set(['completed', 'failed', 'expired', 'cancelled', 'superseded']);
-const RANGES = [['15m', 15 * 60e3], ['1h', 3600e3], ['6h', 6 * 3600e3], ['24h', 86400e3], ['7d', 7 * 86400e3]];
+/** `fit`: the newest points of the last 7 days, the axis from the first to the last of them. */
+const RANGES = [['fit', 7 * 86400e3], ['15m', 15 * 60e3], ['1h', 3600e3], ['6h', 6 * 3600e3], ['24h', 86400e3], ['7d', 7 * 86400e3]];
+/** A fitted axis never spans less than this: one point sits in its middle. */
+const MIN_FIT_MS = 1000;
 /** Points fetched per chart range, at most (pages of 1000, newest first). */
 const MAX_POINTS = 5000;
 /** The device's status has no event: while it has not applied the config, ask this often. */
@@ -31,6 +34,15 @@ async function telemetryPoints(id, from, to) {
   return items;
 }
 
+/** A latest value's unit, when the API gives one (`{"value", "ts", "unit"}`). */
+function unitOf(v) {
+  return v && typeof v.unit === 'string' ? v.unit : '';
+}
+
+function withUnit(value, unit) {
+  return unit ? `${value} ${unit}` : String(value);
+}
+
 function infoTable(d) {
   const rows = [
     ['state', h('span', { class: 'row', id: 'presence', dataset: { online: String(d.online) } }, dot(d.online), d.online ? 'online' : 'offline')],
@@ -50,7 +62,7 @@ function infoTable(d) {
 function commandRow(c, onCancel) {
   const outcome = c.error ?? (c.result !== null && c.result !== undefined ? JSON.stringify(c.result) : '');
   return h('tr', { dataset: { command: c.command_id, status: c.status } },
-    h('td', {}, h('code', { title: c.command_id }, c.command_id.slice(0, 8))),
+    h('td', { class: 'id-cell' }, copyable(c.command_id)),
     h('td', {}, c.type),
     h('td', {}, badge(c.status)),
     h('td', { class: 'num' }, c.attempts),
@@ -91,7 +103,7 @@ export function mount(root, ctx, id) {
   const position = h('div', { id: 'position' });
   const charts = h('div', { class: 'charts', id: 'charts' });
   const range = h('select', { id: 'range' }, RANGES.map(([name]) => h('option', { value: name }, name)));
-  range.value = '1h';
+  range.value = 'fit';
   const commandsBody = h('tbody');
   const eventsBody = h('tbody', { id: 'device-events' });
   const alarmsBody = h('tbody');
@@ -132,19 +144,32 @@ export function mount(root, ctx, id) {
 
   const loadTelemetry = async () => {
     const span = RANGES.find(([name]) => name === range.value)[1];
-    const to = Date.now();
-    const from = to - span;
-    const [last, points] = await Promise.all([get(`${base}/telemetry/latest`), telemetryPoints(id, from, to)]);
+    const now = Date.now();
+    const [last, points] = await Promise.all([get(`${base}/telemetry/latest`), telemetryPoints(id, now - span, now)]);
     if (stopped) return;
+    let [from, to] = [now - span, now];
+    if (range.value === 'fit' && points.length) {
+      const times = points.map((p) => p.ts_ms);
+      [from, to] = [Math.min(...times), Math.max(...times)];
+      if (to - from < MIN_FIT_MS) {
+        const mid = (from + to) / 2;
+        [from, to] = [mid - MIN_FIT_MS / 2, mid + MIN_FIT_MS / 2];
+      }
+    }
+    charts.dataset.from = String(from);
+    charts.dataset.to = String(to);
     const values = Object.entries(last.values || {}).sort(([a], [b]) => a.localeCompare(b));
     fill(latest, values.length
       ? values.map(([key, v]) => h('tr', { dataset: { key } }, h('td', {}, key), h('td', { class: 'num' }, typeof v.value === 'object' ? JSON.stringify(v.value) : String(v.value)), h('td', { title: v.ts }, ago(v.ts))))
       : h('tr', {}, h('td', { class: 'empty', colspan: 3 }, 'No telemetry yet.')));
     fill(position, positionOf(last.values || {}));
     const numeric = values.filter(([, v]) => typeof v.value === 'number').map(([key]) => key);
+    // Someone reading a chart's hover values keeps that chart until the pointer leaves.
+    if (charts.matches(':hover') && charts.querySelector('svg.chart')) return;
     fill(charts, numeric.length ? numeric.map((key) => h('div', { class: 'chart-box', dataset: { key } },
-      h('h3', {}, key, h('span', { class: 'muted' }, String(last.values[key].value))),
-      lineChart(points.filter((p) => typeof p.values[key] === 'number').map((p) => ({ t: p.ts_ms, v: p.values[key] })), { from, to, label: key })))
+      h('h3', {}, key, h('span', { class: 'muted' }, withUnit(last.values[key].value, unitOf(last.values[key])))),
+      lineChart(points.filter((p) => typeof p.values[key] === 'number').map((p) => ({ t: p.ts_ms, v: p.values[key] })),
+        { from, to, label: key, unit: unitOf(last.values[key]) })))
       : h('p', { class: 'muted' }, 'No numeric telemetry keys.'));
   };
 
@@ -303,6 +328,7 @@ export function mount(root, ctx, id) {
         if (pending.has('device')) work.push(loadConfig());
         if (pending.has('events')) work.push(loadEvents());
         if (pending.has('alarm')) work.push(loadDeviceAlarms());
+        if (pending.has('telemetry')) work.push(loadTelemetry());
         pending.clear();
         Promise.all(work);
       }, EVENT_DEBOUNCE_MS);

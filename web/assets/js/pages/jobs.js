@@ -4,6 +4,7 @@
 
 import { del, enc, get, post, qs } from '../api.js';
 import { ago, badge, fill, fmtNum, h, toast } from '../dom.js';
+import { apiLabel } from '../labels.js';
 
 /** How often the page reloads while some job is running. */
 const PROGRESS_POLL_MS = 2000;
@@ -43,7 +44,7 @@ const num = (text) => (text.trim() === '' ? undefined : Number(text));
 /** The request body the form describes. */
 function jobBody(f) {
   const target = f.target_kind.value === 'all' ? { all: true }
-    : f.target_kind.value === 'label' ? { label: f.target.value.trim() }
+    : f.target_kind.value === 'label' ? { label: apiLabel(f.target.value) }
       : { devices: f.target.value.split(/[\s,]+/).filter(Boolean) };
   const command = { type: f.type.value.trim() };
   const params = parseObject(f.params.value, 'params');
@@ -62,8 +63,14 @@ function jobBody(f) {
 async function countTarget(f) {
   const kind = f.target_kind.value;
   if (kind === 'devices') return new Set(f.target.value.split(/[\s,]+/).filter(Boolean)).size;
-  const label = kind === 'label' ? f.target.value.trim() : '';
-  if (kind === 'label' && !label.includes(':')) return null;
+  let label = '';
+  if (kind === 'label') {
+    try {
+      label = apiLabel(f.target.value);
+    } catch {
+      return null;
+    }
+  }
   let count = 0;
   let cursor = '';
   do {
@@ -81,7 +88,7 @@ function createPanel(state) {
   const form = h('form', { class: 'stack', id: 'job-form' },
     field('Name', 'name', { required: true }),
     h('label', {}, 'Target', h('select', { name: 'target_kind' },
-      h('option', { value: 'label' }, 'devices with label (key:value)'),
+      h('option', { value: 'label' }, 'devices with label (key=value)'),
       h('option', { value: 'devices' }, 'these devices (ids, comma or space separated)'),
       h('option', { value: 'all' }, 'all devices'))),
     field('Label or device ids', 'target'),
@@ -104,7 +111,7 @@ function createPanel(state) {
     timer = setTimeout(async () => {
       try {
         const n = await countTarget(form.elements);
-        fill(preview, n === null ? 'label: key:value' : `matches ${fmtNum(n)} device${n === 1 ? '' : 's'}`);
+        fill(preview, n === null ? 'label: key=value, e.g. site=lab' : `matches ${fmtNum(n)} device${n === 1 ? '' : 's'}`);
         preview.dataset.count = n === null ? '' : String(n);
       } catch (err) {
         fill(preview, h('span', { class: 'error' }, err.message));

@@ -1,13 +1,44 @@
 // Fleet overview: devices online/offline, message rates from `GET /api/v1/stats` deltas,
-// commands by state, webhook backlog, drops, and the latest live events.
+// messages/s and connections over the last hour (`GET /api/v1/stats/history`, kept by
+// the server so a reload shows the same), commands by state, webhook backlog, drops,
+// and the latest live events of every kind.
 
 import { get } from '../api.js';
-import { ago, badge, fill, fmtNum, h } from '../dom.js';
+import { lineChart } from '../chart.js';
+import { ago, badge, fill, fmtDuration, fmtNum, h } from '../dom.js';
 import { causeLabel } from '../refusals.js';
 
 /** Devices counted for the offline figure, at most (pages of 1000). */
 const MAX_COUNTED = 10000;
 const RATE_EVERY_MS = 2000;
+/** The trend is sampled once a minute on the server; its newest point moves meanwhile. */
+const TREND_EVERY_MS = 15000;
+const TREND_SPAN_MS = 3600e3;
+
+/** A line of what an event says, beyond its type and device. */
+function eventSummary(ev) {
+  const d = ev.data || {};
+  if (ev.type === 'telemetry') return `${fmtNum(d.record_count)} point${d.record_count === 1 ? '' : 's'}`;
+  if (ev.type.startsWith('command.')) return d.type || '';
+  if (ev.type.startsWith('alarm.')) return d.name || d.rule_name || '';
+  if (ev.type.startsWith('job.')) return d.name || '';
+  if (ev.type === 'device.event') return d.type || '';
+  if (ev.type === 'device.decrypt_failed') return d.cause || '';
+  return '';
+}
+
+/** The history's points of the last hour as two charts. */
+function trendCharts(history) {
+  const points = history.points.filter((p) => p.at_ms >= Date.now() - TREND_SPAN_MS);
+  const to = points.length ? points[points.length - 1].at_ms : Date.now();
+  const from = Math.min(points.length ? points[0].at_ms : to, to - 60e3);
+  const series = (field) => points.filter((p) => typeof p[field] === 'number').map((p) => ({ t: p.at_ms, v: p[field] }));
+  const box = (key, title, chart) => h('div', { class: 'chart-box', dataset: { key } }, h('h3', {}, title), chart);
+  return [
+    box('messages', 'Messages in /s', lineChart(series('messages_in_per_s'), { from, to, label: 'messages in', unit: 'msg/s' })),
+    box('connections', 'Connections', lineChart(series('connections'), { from, to, label: 'connections' })),
+  ];
+}
 
 async function countDevices() {
   let total = 0;
@@ -29,20 +60,25 @@ export function mount(root, ctx) {
   const commands = h('div');
   const drops = h('div');
   const refused = h('div', { id: 'refused-by-cause' });
-  const events = h('ul', { class: 'events' });
+  const events = h('ul', { class: 'events', id: 'live-events' });
+  const trend = h('div', { class: 'charts', id: 'trend' });
   fill(root, h('h1', {}, 'Fleet overview'), cards,
+    h('div', { class: 'panel trend' }, h('h2', {}, 'Last hour ', h('span', { class: 'muted' }, '(one sample a minute, kept by the server)')), trend),
     h('div', { class: 'grid' },
       h('div', { class: 'panel' }, h('h2', {}, 'Commands by state'), commands),
       h('div', { class: 'panel' }, h('h2', {}, 'Drops by cause'), drops),
       h('div', { class: 'panel' }, h('h2', {}, 'Refused connections'), refused),
-      h('div', { class: 'panel' }, h('h2', {}, 'Live events'), events)));
+      h('div', { class: 'panel' }, h('h2', {}, 'Live events'), events,
+        h('p', { class: 'muted' }, 'Every kind of event the stream carries. Telemetry is on it only while a webhook asks for it (',
+          h('code', {}, 'telemetry.webhook'), '); the chart above counts every message.'))));
   let prev = null;
   let devices = null;
   let stopped = false;
 
   const renderEvents = () => fill(events, ctx.recent.length
-    ? ctx.recent.slice(0, 30).map((ev) => h('li', {}, h('span', { class: 'muted' }, ago(ev.at)), ' ',
-      h('code', {}, ev.type), ' ', ev.device_id ? h('a', { href: `#/devices/${encodeURIComponent(ev.device_id)}` }, ev.device_id) : ''))
+    ? ctx.recent.slice(0, 30).map((ev) => h('li', { dataset: { type: ev.type } }, h('span', { class: 'muted', title: ev.at }, ago(ev.at)), ' ',
+      h('code', {}, ev.type), ' ', ev.device_id ? h('a', { href: `#/devices/${encodeURIComponent(ev.device_id)}` }, ev.device_id) : '',
+      ' ', h('span', { class: 'muted' }, eventSummary(ev))))
     : h('li', { class: 'muted' }, ctx.live() ? 'No events yet.' : 'Events appear here while the live stream is connected.'));
 
   const tick = async () => {
@@ -67,7 +103,7 @@ export function mount(root, ctx) {
       card('Connections', fmtNum(stats.connections.current), 'stat-connections'),
       card('Webhook backlog', fmtNum(stats.webhooks.backlog), 'stat-backlog'),
       card('Telemetry stored', fmtNum(stats.telemetry.stored), 'stat-telemetry'),
-      card('Uptime', `${fmtNum(stats.uptime_s / 3600, 1)} h`, 'stat-uptime'));
+      card('Uptime', fmtDuration(stats.uptime_s), 'stat-uptime'));
     const byStatus = Object.entries(stats.commands.by_status || {});
     fill(commands, byStatus.length
       ? h('table', {}, h('tbody', {}, byStatus.map(([status, n]) => h('tr', {}, h('td', {}, badge(status)), h('td', { class: 'num' }, fmtNum(n))))))
@@ -90,13 +126,19 @@ export function mount(root, ctx) {
     devices = await countDevices();
   };
 
+  const refreshTrend = async () => {
+    const history = await get('/stats/history');
+    if (!stopped) fill(trend, trendCharts(history));
+  };
+
   const refresh = async () => {
     await refreshDevices();
-    await tick();
+    await Promise.all([tick(), refreshTrend()]);
   };
   refresh();
   // Rates need samples at a steady pace, live stream or not.
   const timer = setInterval(tick, RATE_EVERY_MS);
+  const trendTimer = setInterval(() => refreshTrend().catch(() => {}), TREND_EVERY_MS);
   let devicesTimer;
   return {
     refresh,
@@ -107,6 +149,6 @@ export function mount(root, ctx) {
         devicesTimer = setTimeout(refresh, 250);
       }
     },
-    unmount: () => { stopped = true; clearInterval(timer); clearTimeout(devicesTimer); },
+    unmount: () => { stopped = true; clearInterval(timer); clearInterval(trendTimer); clearTimeout(devicesTimer); },
   };
 }
