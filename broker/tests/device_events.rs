@@ -305,3 +305,33 @@ async fn telemetry_webhook_true_sends_it_to_every_webhook() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].json()["data"]["latest"], json!({"x": 1}));
 }
+
+/// A webhook endpoint created at runtime that names `telemetry` gets telemetry events:
+/// whether some webhook wants them is asked per committed batch, not at start.
+#[tokio::test]
+async fn a_runtime_endpoint_naming_telemetry_gets_telemetry_events() {
+    let mut rx = HookReceiver::start(|_| HookReply::Status(200)).await;
+    let mut config = config_with(vec![]);
+    config.fleet.telemetry.webhook_interval = Duration::from_secs(3_600);
+    let b = TestBroker::with_config(config).await;
+    b.add_device("tl-rt", "tok", false).await;
+    let fw = Firmware::connect(&b, "tl-rt", "tok").await;
+    let t0 = now_ms() - 10_000;
+    // No webhook wants telemetry yet: nothing is gathered for one.
+    publish_points(&b, &fw, &[(t0, json!({"temp": 1}))]).await;
+    let endpoint = fleetmq_broker::fleet::webhooks::NewEndpoint {
+        url: rx.url.clone(),
+        secret: SECRET.to_owned(),
+        events: Some(vec!["telemetry".to_owned()]),
+        enabled: true,
+    };
+    b.handle.events().create_endpoint(endpoint).await.unwrap();
+    publish_points(&b, &fw, &[(t0 + 1_000, json!({"temp": 2}))]).await;
+    b.handle.telemetry().send_webhook_events_now().await;
+    let got = of_kind_within(&mut rx, "telemetry", Duration::from_millis(500)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let event = got[0].json();
+    assert_eq!(event["device_id"], "tl-rt");
+    assert_eq!(event["data"]["record_count"], 1, "only what came after it");
+    assert_eq!(event["data"]["latest"], json!({"temp": 2}));
+}

@@ -131,10 +131,11 @@ pub(super) struct Digest {
 }
 
 impl Digest {
-    /// A digest when `sink` records `telemetry` events for some webhook; `None`
-    /// otherwise, so nobody pays for events no one wants.
+    /// A digest for `sink`. Webhook endpoints change at runtime (the API), so whether
+    /// some webhook takes `telemetry` events is asked for each committed batch
+    /// ([`Digest::add`]): nobody pays for events no one wants.
     pub(super) fn wanted(sink: Option<Arc<dyn EventSink>>) -> Option<Arc<Digest>> {
-        let sink = sink.filter(|s| s.records_durably(TELEMETRY))?;
+        let sink = sink?;
         Some(Arc::new(Digest {
             sink,
             pending: Mutex::default(),
@@ -143,6 +144,9 @@ impl Digest {
 
     /// Folds committed points into their devices' accumulators.
     pub(super) fn add(&self, points: &[NewPoint]) {
+        if !self.sink.records_durably(TELEMETRY) {
+            return;
+        }
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         for p in points {
             let device = p.device_id();
