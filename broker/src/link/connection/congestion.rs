@@ -119,11 +119,11 @@ impl Connection {
 
     /// Handles the waiting PUBLISH if its subscribers are no longer congested.
     pub(crate) async fn retry_stalled(&mut self) -> Result<(), Ending> {
-        let Some((packet, meta)) = self.stalled.take() else {
+        let Some((packet, meta)) = self.stalled.take().map(|b| *b) else {
             return Ok(());
         };
         if self.must_wait(&packet, meta) {
-            self.stalled = Some((packet, meta));
+            self.stalled = Some(Box::new((packet, meta)));
             return Ok(());
         }
         // The client could not be read while it waited: its keepalive starts over.

@@ -104,7 +104,8 @@ pub(crate) struct Established {
     pub(crate) keep_alive: u16,
     /// Whether the router drops the session state when this link ends.
     pub(crate) clean: bool,
-    pub(crate) will: Option<crate::link::connection::will::Will>,
+    /// Boxed: most devices connect without one.
+    pub(crate) will: Option<Box<crate::link::connection::will::Will>>,
     /// The client's CONNECT properties (v5): its limits for what we send it.
     pub(crate) connect_props: Option<ConnectProperties>,
     pub(crate) peer: SocketAddr,
@@ -289,7 +290,7 @@ pub(crate) async fn establish(
         keep_alive,
         // Router links are always clean: sessions are fleetmq's (`session::store`).
         clean: true,
-        will,
+        will: will.map(Box::new),
         connect_props: req.props,
         peer,
         transport,

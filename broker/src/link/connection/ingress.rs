@@ -45,7 +45,7 @@ impl Connection {
                     self.core.stats.packet_in(packet_type);
                     if self.must_wait(&packet, meta) {
                         Stats::add(&self.core.stats.publisher_pauses, 1);
-                        self.stalled = Some((packet, meta));
+                        self.stalled = Some(Box::new((packet, meta)));
                         Ok(())
                     } else {
                         self.packet(packet, meta).await

@@ -86,7 +86,8 @@ pub(crate) struct Connection {
     /// Every PUBLISH owed to the client, and those in flight (`outbound.rs`).
     pub(crate) queue: Outbound,
     /// A QoS 1/2 PUBLISH from the client waiting for a congested subscriber.
-    pub(crate) stalled: Option<(Packet, Option<PublishMeta>)>,
+    /// Boxed: a `Packet` is ~400 bytes an idle connection need not carry.
+    pub(crate) stalled: Option<Box<(Packet, Option<PublishMeta>)>>,
     /// Sees congested connections drain (`congestion.rs`).
     pub(crate) congestion_rx: tokio::sync::watch::Receiver<u64>,
     pub(crate) crypto: Option<DeviceCrypto>,
@@ -178,15 +179,30 @@ impl Connection {
     }
 
     /// Sends the CONNACK, runs until the connection ends, then closes it.
-    pub(crate) async fn run(mut self, connack: Packet) {
-        self.core.wills.cancel(&self.s.router_key);
-        // The futures of what runs once, or on an event, are boxed: an idle connection
-        // keeps only the step's own (see docs/architecture.md).
-        let mut ending = Box::pin(self.start(connack)).await;
+    ///
+    /// Boxed: an async fn keeps a by-value argument twice in its future (the
+    /// argument and its binding), so the connection's 3 KB would be held twice.
+    pub(crate) async fn run(self: Box<Self>, connack: Box<Packet>) {
+        let mut this = self;
+        this.core.wills.cancel(&this.s.router_key);
+        // The futures of what runs once, or on an event, are boxed, each in a statement
+        // of its own (a temporary in an awaiting statement keeps its room in the caller's
+        // future): an idle connection keeps only the step's (see docs/architecture.md).
+        let start = this.starting(connack);
+        let mut ending = start.await;
         while ending.is_none() {
-            ending = self.step().await.err();
+            ending = this.step().await.err();
         }
-        Box::pin(self.close(ending.unwrap_or(Ending::Dropped))).await;
+        let close = closing(this, ending.unwrap_or(Ending::Dropped));
+        close.await;
+    }
+
+    /// [`Connection::start`]'s future, made outside `run`'s (see [`closing`]).
+    fn starting(
+        &mut self,
+        connack: Box<Packet>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Ending>> + Send + '_>> {
+        Box::pin(self.start(*connack))
     }
 
     /// CONNACK, the fleet services told, the resumed session, then whatever arrived
@@ -223,7 +239,10 @@ impl Connection {
                     Ok(())
                 }
                 #[cfg(feature = "testing")]
-                Control::RouterRelease => Box::pin(self.router_released()).await,
+                Control::RouterRelease => {
+                    let boxed = Box::pin(self.router_released());
+                    boxed.await
+                }
             },
             _ = self.core.shutdown.cancelled() => Err(Ending::Closed(CloseReason::ShuttingDown)),
             // Before router traffic, which a stuck client's QoS 0 subscriptions or the
@@ -233,24 +252,30 @@ impl Connection {
                 Err(Ending::SlowConsumer)
             }
             changed = self.congestion_rx.changed(), if self.stalled.is_some() => match changed {
-                Ok(()) => Box::pin(self.ingress()).await,
+                Ok(()) => {
+                    let boxed = Box::pin(self.ingress());
+                    boxed.await
+                }
                 Err(_) => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
             written = self.stored.next(), if self.stored.busy() => {
-                Box::pin(self.telemetry_written(written)).await
+                let boxed = Box::pin(self.telemetry_written(written));
+                boxed.await
             }
             _ = self.s.mailbox.ready.notified() => {
                 for (command_id, payload) in self.s.mailbox.take() {
                     self.deliver_command(command_id, &payload);
                 }
-                Box::pin(self.dispatched()).await
+                let boxed = Box::pin(self.dispatched());
+                boxed.await
             }
             read = self.stream.read(&mut self.read_buf), if may_read => match read {
                 Ok(0) | Err(_) => Err(Ending::Dropped),
                 Ok(n) => {
                     self.last_read = Instant::now();
                     crate::stats::Stats::add(&self.core.stats.bytes_received, n as u64);
-                    let result = Box::pin(self.ingress()).await;
+                    let boxed = Box::pin(self.ingress());
+                    let result = boxed.await;
                     if self.read_buf.is_empty() {
                         // Nothing half-read: an idle connection holds no read buffer.
                         self.read_buf = BytesMut::new();
@@ -261,7 +286,10 @@ impl Connection {
             // Always drained: live messages queue behind a resumed session's queue and
             // retained messages in `outbound.rs`, never in the router's log.
             next = self.s.link.next(), if self.s.link.is_own() => match next {
-                Ok(Some(first)) => Box::pin(self.egress(first)).await,
+                Ok(Some(first)) => {
+                    let boxed = Box::pin(self.egress(first));
+                    boxed.await
+                }
                 Ok(None) => Ok(()),
                 Err(_) => Err(Ending::RouterGone),
             },
@@ -270,7 +298,8 @@ impl Connection {
                 Ok(()) => {
                     let values = self.sys_rx.borrow_and_update().clone();
                     self.write_sys(&values, false);
-                    Box::pin(self.flush()).await
+                    let boxed = Box::pin(self.flush());
+                    boxed.await
                 }
                 Err(_) => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
@@ -395,7 +424,7 @@ impl Connection {
             Ending::ClientDisconnect { with_will: false }
                 | Ending::Closed(CloseReason::ShuttingDown)
         );
-        let will = self.s.will.take().filter(|_| fire_will);
+        let will = self.s.will.take().map(|w| *w).filter(|_| fire_will);
         // A delayed will is scheduled before the session slot is released, so that a
         // reconnect (which cancels it) always comes after.
         let will_now = match will {
@@ -487,6 +516,15 @@ impl Connection {
             }
         }
     }
+}
+
+/// The close sequence's future, made outside `run`'s: moving the connection out of its
+/// box there would take its size in `run`'s future.
+fn closing(
+    connection: Box<Connection>,
+    ending: Ending,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin((*connection).close(ending))
 }
 
 fn disconnect_reason(ending: Ending) -> Option<DisconnectReasonCode> {

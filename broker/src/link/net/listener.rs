@@ -362,7 +362,7 @@ async fn serve(core: Arc<Core>, mut stream: Stream, client: Client) {
             // A task of its own: the handshake's and CONNECT's states (~32 KB of future)
             // are not kept for the connection's life.
             let tracker = core.tracker.clone();
-            let run = Connection::new(core, stream, session, buf).run(connack);
+            let run = Box::new(Connection::new(core, stream, session, buf)).run(Box::new(connack));
             tracker.spawn(run);
         }
         Err(failure) => refusal::refuse(&core, Some(stream), attempt, failure).await,

@@ -45,8 +45,14 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.read_buf(buf).await,
             Stream::Tls(s) => s.read_buf(buf).await,
-            Stream::Ws(ws) => Box::pin(ws_read(ws, buf)).await,
-            Stream::Wss(ws) => Box::pin(ws_read(ws, buf)).await,
+            Stream::Ws(ws) => {
+                let read = Box::pin(ws_read(ws, buf));
+                read.await
+            }
+            Stream::Wss(ws) => {
+                let read = Box::pin(ws_read(ws, buf));
+                read.await
+            }
         }
     }
 
