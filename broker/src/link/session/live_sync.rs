@@ -44,6 +44,10 @@ impl Connection {
         let Some(subs) = self.sess.pending_subs.remove(&suback.pkid) else {
             return false;
         };
+        if self.sess.pending_subs.is_empty() {
+            // No SUBSCRIBE waits: an idle connection keeps no table for them.
+            self.sess.pending_subs = std::collections::HashMap::new();
+        }
         let since = self.sess.owed.pending_since.remove(&suback.pkid);
         let mut granted_filters = Vec::new();
         for ((mut sub, existed), code) in subs.into_iter().zip(&suback.return_codes) {
@@ -80,7 +84,7 @@ impl Connection {
                 }
             }
             granted_filters.push(sub.filter.clone());
-            self.sess.subs.insert(sub.filter.clone(), sub);
+            self.sess.subs.insert(sub);
             self.sess.subs_dirty = true;
         }
         // The router delivers on them from now on; what it may not deliver of what the

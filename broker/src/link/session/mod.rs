@@ -4,7 +4,7 @@
 //! persistent session (`ledger`) and the connection's side of it (`owed`); resuming a
 //! session on a new connection (`resume`); keeping a connected one in step and parking
 //! it (`live_sync`); stored MQTT 5 properties (`props`); and the
-//! group-committed writer of every session queue (`writer`).
+//! group-committed writer of every session queue (`writer`); a connection's subscriptions by filter (`sub_table`).
 
 pub(crate) mod index;
 pub(crate) mod ledger;
@@ -14,4 +14,5 @@ pub(crate) mod owed;
 pub(crate) mod props;
 pub(crate) mod resume;
 pub(crate) mod store;
+pub(crate) mod sub_table;
 pub(crate) mod writer;

@@ -62,7 +62,7 @@ pub(crate) struct SessionStart {
 #[derive(Default)]
 pub(crate) struct SessionLink {
     pub(crate) start: SessionStart,
-    pub(crate) subs: BTreeMap<String, SessionSubscription>,
+    pub(crate) subs: crate::link::session::sub_table::SubTable,
     /// Filters of SUBSCRIBEs the router has not answered yet, and whether each
     /// subscription existed before (Retain Handling 1).
     pub(crate) pending_subs: HashMap<u16, Vec<(SessionSubscription, bool)>>,
@@ -227,7 +227,7 @@ impl Connection {
                     id: sub.id.map(|id| id as usize),
                 };
                 self.subs.add(&sub.filter, options);
-                self.sess.subs.insert(sub.filter.clone(), sub);
+                self.sess.subs.insert(sub);
             }
         }
         if filters.is_empty() {
