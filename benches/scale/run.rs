@@ -95,16 +95,10 @@ pub async fn run(args: &Args) -> anyhow::Result<String> {
     answering.abort_all();
     drop(clients);
     b.restart().await?;
-    RETRIES.store(0, Ordering::Relaxed);
-    let (clients, reconnect) = connect_all(b.mqtt, &devices, args.at_once, device_topics).await?;
-    let clean_retries = RETRIES.load(Ordering::Relaxed);
+    let (clients, reconnect, clean_retries) = storm(&b, args.at_once).await?;
     drop(clients);
     let attacked = match args.attack {
-        Some(in_flight) => {
-            let mut a = attacked_storm(&mut b, args.at_once, in_flight).await?;
-            a.retries.0 = clean_retries;
-            Some(a)
-        }
+        Some(k) => Some(attacked_storm(&mut b, args.at_once, k, clean_retries).await?),
         None => None,
     };
     drop(b);
@@ -137,6 +131,7 @@ async fn attacked_storm(
     b: &mut Broker,
     at_once: usize,
     in_flight: usize,
+    clean_retries: usize,
 ) -> anyhow::Result<Attacked> {
     eprintln!("scale: restarting the broker; reconnect storm under a flood of {in_flight} ...");
     b.restart().await?;
@@ -144,13 +139,11 @@ async fn attacked_storm(
     let flood_started = Instant::now();
     // Let the flood reach full speed before the fleet comes back.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    RETRIES.store(0, Ordering::Relaxed);
-    let storm = connect_all(b.mqtt, &b.devices, at_once, device_topics).await;
-    let retries = RETRIES.load(Ordering::Relaxed);
+    let storm = storm(b, at_once).await;
     let fds_during = open_fds(b.pid())?;
     let flooded = flood_started.elapsed();
     let counts = flood.stop().await;
-    let (clients, reconnect) = storm?;
+    let (clients, reconnect, retries) = storm?;
     let refused = b.stats().await?["connections"]["refused_by_cause"].clone();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let fds_after = open_fds(b.pid())?;
@@ -158,12 +151,20 @@ async fn attacked_storm(
     Ok(Attacked {
         in_flight,
         reconnect,
-        retries: (0, retries),
+        retries: (clean_retries, retries),
         flooded,
         counts,
         refused,
         fds: (fds_during, fds_after),
     })
+}
+
+/// Every device reconnects after a restart: the clients, the time until the last
+/// SUBACK, and how many CONNECTs were refused and retried.
+async fn storm(b: &Broker, at_once: usize) -> anyhow::Result<(Vec<Client>, Duration, usize)> {
+    RETRIES.store(0, Ordering::Relaxed);
+    let (clients, took) = connect_all(b.mqtt, &b.devices, at_once, device_topics).await?;
+    Ok((clients, took, RETRIES.load(Ordering::Relaxed)))
 }
 
 /// What a device subscribes to (SPEC §3).
