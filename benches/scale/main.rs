@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench --bench scale -- [--devices 19000] [--at-once 256] [--rtt 500]
-//!     [--no-mosquitto] [--job]
+//!     [--no-mosquitto] [--job] [--attack [200]]
 //! ```
 //!
 //! 1. fleetmq (the release binary, `FLEET_BENCH_BIN` to run another) on a fresh data
@@ -16,6 +16,10 @@
 //!    `device/{id}/response`, the service client receives it). RSS again.
 //! 4. The broker restarts (SIGTERM, same data); every device reconnects and subscribes
 //!    again, `--at-once` at a time: time until the last SUBACK.
+//!    With `--attack [CONNECTIONS]` (default 200 in flight) the broker then restarts
+//!    once more and the storm runs again while a flood of wrong-password CONNECTs from
+//!    127.0.0.2–5 hits it (`attack.rs`): both times, their ratio (target ≤ 2×), the
+//!    flood's CONNACK codes, the broker's refusal causes and its open descriptors.
 //! 5. Mosquitto (`MOSQUITTO_BIN`, default `/usr/sbin/mosquitto`) with N anonymous
 //!    clients that subscribe to the same two topics: RSS per idle client.
 //!
@@ -24,6 +28,7 @@
 //!
 //! The open-file limit must allow N sockets in this process and in each broker.
 
+mod attack;
 #[path = "../fleet/broker.rs"]
 #[allow(dead_code, reason = "shared with the fleet bench, used in part")]
 mod broker;
@@ -45,6 +50,8 @@ pub struct Args {
     pub mosquitto: bool,
     /// Run the job scenario instead.
     pub job: bool,
+    /// Flood the second reconnect storm with this many wrong CONNECTs in flight.
+    pub attack: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -54,8 +61,9 @@ fn parse_args() -> Result<Args, String> {
         rtt: 500,
         mosquitto: true,
         job: false,
+        attack: None,
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = std::env::args().skip(1).peekable();
     while let Some(flag) = it.next() {
         let mut number = |name: &str| -> Result<usize, String> {
             let text = it.next().ok_or(format!("{name} needs a number"))?;
@@ -70,6 +78,13 @@ fn parse_args() -> Result<Args, String> {
             "--rtt" => args.rtt = number("--rtt")?,
             "--no-mosquitto" => args.mosquitto = false,
             "--job" => args.job = true,
+            "--attack" => {
+                let given = it.peek().and_then(|t| t.parse().ok()).filter(|&n| n > 0);
+                if given.is_some() {
+                    it.next();
+                }
+                args.attack = Some(given.unwrap_or(200));
+            }
             // `cargo bench` passes `--bench`.
             _ => {}
         }

@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::attack::{open_fds, Counts, Flood};
 use crate::broker::{self, service_login, Broker, Device};
 use crate::http::Http;
 use crate::mqtt::{puback_into, publish_into, Client, Login, Packet, QoS};
@@ -33,8 +34,29 @@ struct Report {
     mqtt: Vec<Duration>,
     rss_after_commands: u64,
     reconnect: Duration,
+    attacked: Option<Attacked>,
     mosquitto: Option<Mosquitto>,
 }
+
+/// The reconnect storm again, under a flood of wrong CONNECTs (`--attack`).
+struct Attacked {
+    in_flight: usize,
+    reconnect: Duration,
+    /// Reconnects of the clean storm and of this one that were refused and retried.
+    retries: (usize, usize),
+    /// How long the flood ran, start to the fleet's last SUBACK.
+    flooded: Duration,
+    counts: Arc<Counts>,
+    /// The broker's `connections.refused_by_cause` after the storm (counted since the
+    /// restart, so the flood's and any device's).
+    refused: serde_json::Value,
+    /// Open descriptors of the broker: at the last SUBACK, flood still running; 1 s
+    /// after the flood stopped (fleet still connected).
+    fds: (usize, usize),
+}
+
+/// Reconnects refused and retried by [`connect_all`].
+static RETRIES: AtomicUsize = AtomicUsize::new(0);
 
 struct Mosquitto {
     rss_empty: u64,
@@ -73,8 +95,12 @@ pub async fn run(args: &Args) -> anyhow::Result<String> {
     answering.abort_all();
     drop(clients);
     b.restart().await?;
-    let (clients, reconnect) = connect_all(b.mqtt, &devices, args.at_once, device_topics).await?;
+    let (clients, reconnect, clean_retries) = storm(&b, args.at_once).await?;
     drop(clients);
+    let attacked = match args.attack {
+        Some(k) => Some(attacked_storm(&mut b, args.at_once, k, clean_retries).await?),
+        None => None,
+    };
     drop(b);
     let mosquitto = if args.mosquitto {
         eprintln!("scale: mosquitto with {n} idle clients ...");
@@ -93,9 +119,52 @@ pub async fn run(args: &Args) -> anyhow::Result<String> {
         mqtt,
         rss_after_commands,
         reconnect,
+        attacked,
         mosquitto,
     }
     .render())
+}
+
+/// Restarts the broker and times the reconnect storm while `in_flight` wrong CONNECTs
+/// at a time hit it from other addresses.
+async fn attacked_storm(
+    b: &mut Broker,
+    at_once: usize,
+    in_flight: usize,
+    clean_retries: usize,
+) -> anyhow::Result<Attacked> {
+    eprintln!("scale: restarting the broker; reconnect storm under a flood of {in_flight} ...");
+    b.restart().await?;
+    let flood = Flood::start(b.mqtt, b.devices.clone(), in_flight);
+    let flood_started = Instant::now();
+    // Let the flood reach full speed before the fleet comes back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let storm = storm(b, at_once).await;
+    let fds_during = open_fds(b.pid())?;
+    let flooded = flood_started.elapsed();
+    let counts = flood.stop().await;
+    let (clients, reconnect, retries) = storm?;
+    let refused = b.stats().await?["connections"]["refused_by_cause"].clone();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fds_after = open_fds(b.pid())?;
+    drop(clients);
+    Ok(Attacked {
+        in_flight,
+        reconnect,
+        retries: (clean_retries, retries),
+        flooded,
+        counts,
+        refused,
+        fds: (fds_during, fds_after),
+    })
+}
+
+/// Every device reconnects after a restart: the clients, the time until the last
+/// SUBACK, and how many CONNECTs were refused and retried.
+async fn storm(b: &Broker, at_once: usize) -> anyhow::Result<(Vec<Client>, Duration, usize)> {
+    RETRIES.store(0, Ordering::Relaxed);
+    let (clients, took) = connect_all(b.mqtt, &b.devices, at_once, device_topics).await?;
+    Ok((clients, took, RETRIES.load(Ordering::Relaxed)))
 }
 
 /// What a device subscribes to (SPEC §3).
@@ -122,8 +191,7 @@ pub async fn connect_all(
         let id = device.id.clone();
         tasks.spawn(async move {
             let _slot = gate.acquire_owned().await?;
-            let within = Duration::from_secs(120);
-            let mut client = Client::connect_within(addr, &login, 600, within).await?;
+            let mut client = reconnect(addr, &login).await?;
             for topic in topics(&id) {
                 client.subscribe(&topic, QoS::AtLeastOnce).await?;
             }
@@ -137,6 +205,24 @@ pub async fn connect_all(
     let took = started.elapsed();
     clients.sort_by_key(|(i, _)| *i);
     Ok((clients.into_iter().map(|(_, c)| c).collect(), took))
+}
+
+/// A device's CONNECT, retried (up to 20 times, 100 ms apart, counted in [`RETRIES`])
+/// while it is refused, as a device would.
+async fn reconnect(addr: SocketAddr, login: &Login) -> anyhow::Result<Client> {
+    let within = Duration::from_secs(120);
+    let mut tries = 0;
+    loop {
+        match Client::connect_within(addr, login, 600, within).await {
+            Ok(client) => return Ok(client),
+            Err(e) if tries >= 20 => return Err(e),
+            Err(_) => {
+                tries += 1;
+                RETRIES.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// A device that acknowledges every command and answers it `success: true`, counting
@@ -423,6 +509,57 @@ impl Report {
             "\nprovisioning {n} devices (bulk route): {:.2} s",
             self.provision.as_secs_f64()
         );
+        if let Some(a) = &self.attacked {
+            a.render(&mut t, self.reconnect);
+        }
         t
+    }
+}
+
+impl Attacked {
+    fn render(&self, t: &mut String, clean: Duration) {
+        let c = &self.counts;
+        let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+        let sent = get(&c.sent);
+        let ratio = self.reconnect.as_secs_f64() / clean.as_secs_f64();
+        let verdict = if ratio <= 2.0 { "met" } else { "missed" };
+        let _ = writeln!(
+            t,
+            "\nreconnect storm under a flood of {} wrong CONNECTs in flight (from {} \
+             addresses): {:.2} s vs {:.2} s clean = {ratio:.2}x (target <= 2x: {verdict}); \
+             refused and retried: {} clean, {} flooded",
+            self.in_flight,
+            crate::attack::SOURCES.len(),
+            self.reconnect.as_secs_f64(),
+            clean.as_secs_f64(),
+            self.retries.0,
+            self.retries.1,
+        );
+        let secs = self.flooded.as_secs_f64();
+        let _ = writeln!(
+            t,
+            "flood: {sent} CONNECTs in {secs:.2} s ({:.0}/s); CONNACK not authorised {}, \
+             bad user name or password {}, server unavailable/busy {}, other {}, accepted {}; \
+             no CONNACK {}, TCP failed {}",
+            sent as f64 / secs,
+            get(&c.not_authorized),
+            get(&c.bad_credentials),
+            get(&c.unavailable),
+            get(&c.other_code),
+            get(&c.accepted),
+            get(&c.no_connack),
+            get(&c.failed),
+        );
+        let _ = writeln!(
+            t,
+            "broker refusals by cause since the restart: {}",
+            self.refused
+        );
+        let _ = writeln!(
+            t,
+            "broker open descriptors: {} at the last SUBACK (flood running), {} 1 s after \
+             the flood stopped",
+            self.fds.0, self.fds.1
+        );
     }
 }
