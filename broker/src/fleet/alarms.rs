@@ -11,6 +11,7 @@
 //! - `model`: the JSON of rules and alarms; `eval`: one point against one rule.
 
 mod eval;
+mod index;
 pub mod model;
 mod states;
 mod worker;
@@ -72,14 +73,16 @@ pub(crate) struct AlarmFeed {
 }
 
 impl AlarmFeed {
-    /// Offers committed points to the evaluator, never waiting: a full queue drops them
-    /// (counted, one warning per episode).
-    pub(crate) fn offer(&self, points: &[NewPoint]) {
+    /// Hands committed points to the evaluator, never waiting: the batch itself moves
+    /// (no copy on the telemetry writer's thread); a full queue drops it (counted, one
+    /// warning per episode).
+    pub(crate) fn offer(&self, points: Vec<NewPoint>) {
         if !self.wanted.load(Relaxed) || points.is_empty() {
             return;
         }
-        if self.tx.try_send(points.to_vec()).is_err() {
-            let before = self.dropped.fetch_add(points.len() as u64, Relaxed);
+        let n = points.len() as u64;
+        if self.tx.try_send(points).is_err() {
+            let before = self.dropped.fetch_add(n, Relaxed);
             if before == 0 {
                 tracing::warn!("alarm evaluator behind: telemetry points not evaluated");
             }
@@ -284,11 +287,14 @@ mod tests {
         };
         let device: DeviceId = "d".parse().unwrap();
         let points = vec![NewPoint::new(device, 1, vec![("t".into(), "1".into())]); 3];
-        feed.offer(&points);
-        assert!(rx.try_recv().is_err(), "no rule watches telemetry: no copy");
+        feed.offer(points.clone());
+        assert!(
+            rx.try_recv().is_err(),
+            "no rule watches telemetry: nothing sent"
+        );
         feed.wanted.store(true, Relaxed);
-        feed.offer(&points);
-        feed.offer(&points);
+        feed.offer(points.clone());
+        feed.offer(points);
         assert_eq!(feed.dropped.load(Relaxed), 3);
         assert_eq!(rx.try_recv().unwrap().len(), 3);
     }
