@@ -18,6 +18,7 @@ mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use fleetmq_storage::alarms::{AlarmFilter, NewAlarm};
 use fleetmq_storage::telemetry::NewPoint;
@@ -103,10 +104,13 @@ impl std::fmt::Debug for Alarms {
 }
 
 impl Alarms {
-    /// Starts the evaluator on `tracker` with the stored rules and states.
+    /// Starts the evaluator on `tracker` with the stored rules and states, and the
+    /// task that deletes alarms cleared longer than `retention` ago (every
+    /// `sweep_every`; the telemetry retention, as for device events).
     pub(crate) fn start(
         store: Store,
         events: EventBus,
+        (retention, sweep_every): (Duration, Duration),
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Alarms {
@@ -118,7 +122,9 @@ impl Alarms {
             dropped: Arc::default(),
         };
         let worker = worker::Worker::new(store.clone(), events.clone(), feed.wanted.clone());
-        tracker.spawn(worker.run(points, control_rx, shutdown));
+        tracker.spawn(worker.run(points, control_rx, shutdown.clone()));
+        let every = sweep_every.max(Duration::from_millis(1));
+        tracker.spawn(prune(store.clone(), retention, every, shutdown));
         Alarms {
             inner: Arc::new(Inner {
                 store,
@@ -270,6 +276,36 @@ impl Alarms {
             online,
             at_ms,
         });
+    }
+}
+
+/// Cleared alarms older than the retention per transaction of the pruner.
+const PRUNE_BUDGET: usize = 10_000;
+
+/// Deletes cleared alarms once they are `retention` old, every `every`; active ones
+/// stay, however old.
+async fn prune(store: Store, retention: Duration, every: Duration, shutdown: CancellationToken) {
+    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cutoff = now_ms().saturating_sub(retention_ms);
+        loop {
+            match store
+                .call(move |s| s.prune_cleared_alarms(cutoff, PRUNE_BUDGET))
+                .await
+            {
+                Ok(n) if n == PRUNE_BUDGET && !shutdown.is_cancelled() => continue,
+                Ok(n) => tracing::debug!(pruned = n, "cleared alarms past retention deleted"),
+                Err(error) => tracing::error!(%error, "cannot prune cleared alarms"),
+            }
+            break;
+        }
     }
 }
 
