@@ -76,8 +76,11 @@ pub(super) struct RuleIndex {
     /// Every rule, in the store's order (the order their changes are written in).
     rules: Vec<AlarmRule>,
     by_id: HashMap<String, usize>,
-    /// Every key a telemetry condition or clear condition reads.
-    keys: HashMap<String, KeyRules>,
+    /// Every key a telemetry condition or clear condition reads, and its rules.
+    keys: Vec<(String, KeyRules)>,
+    /// Where each key is in `keys`; looked up only when there are many: comparing a
+    /// handful of short names (the usual case) costs less than hashing a member's name.
+    key_at: HashMap<String, usize>,
     /// Some telemetry rule targets every device / some label.
     any_all: bool,
     any_label: bool,
@@ -106,17 +109,51 @@ impl PointValues<'_> {
     }
 }
 
+/// Up to this many keys, a member's name is compared with each before any hashing.
+const FEW_KEYS: usize = 8;
+
 /// A JSON value's number as serde_json's `Value::as_f64` gives it (a boolean is 0 or
 /// 1, as for the evaluator it always was); `None` for anything else.
 fn number(text: &[u8]) -> Option<f64> {
     match text.first()? {
         // Every JSON number is also Rust float syntax; serde_json (with
         // `float_roundtrip`, which the workspace enables) rounds the same way.
-        b'-' | b'0'..=b'9' => std::str::from_utf8(text).ok()?.parse().ok(),
+        b'-' | b'0'..=b'9' => {
+            exact_decimal(text).or_else(|| std::str::from_utf8(text).ok()?.parse().ok())
+        }
         b't' => Some(1.0),
         b'f' => Some(0.0),
         _ => None,
     }
+}
+
+/// `-?digits(.digits)?` with at most 15 digits: the integer of its digits and a power
+/// of ten are exact `f64`s, so one division is the correctly rounded value, what
+/// `f64::from_str` gives (it takes the same fast path, after more checks).
+fn exact_decimal(text: &[u8]) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (negative, digits) = match text.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, text),
+    };
+    let (mut m, mut n, mut fraction) = (0u64, 0usize, None);
+    for (i, &c) in digits.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => {
+                m = m * 10 + u64::from(c - b'0');
+                n += 1;
+            }
+            b'.' if fraction.is_none() => fraction = Some(digits.len() - i - 1),
+            _ => return None,
+        }
+        if n > 15 {
+            return None;
+        }
+    }
+    let v = m as f64 / POW10[fraction.unwrap_or(0)];
+    Some(if negative { -v } else { v })
 }
 
 impl RuleIndex {
@@ -126,7 +163,7 @@ impl RuleIndex {
             index.by_id.insert(rule.id.clone(), i);
             index.add(i, rule);
         }
-        for k in index.keys.values_mut() {
+        for (_, k) in &mut index.keys {
             k.all.sort();
             k.devices.values_mut().for_each(Thresholds::sort);
             k.labels.iter_mut().for_each(|l| l.2.sort());
@@ -145,19 +182,22 @@ impl RuleIndex {
             _ => None,
         });
         for k in keys {
-            self.keys.entry(k.clone()).or_default().label_read |= label;
+            self.key_rules(k).label_read |= label;
         }
-        let rules = self.keys.entry(key.clone()).or_default();
+        match &rule.target {
+            AlarmTarget::All => self.any_all = true,
+            AlarmTarget::Devices(list) => self.listed.extend(list.iter().cloned()),
+            AlarmTarget::Label { .. } => self.any_label = true,
+        }
+        let rules = self.key_rules(key);
         match &rule.target {
             AlarmTarget::All => {
-                self.any_all = true;
                 rules.all.add(*op, *value, i);
             }
             AlarmTarget::Devices(list) => {
                 // A device listed twice is one target.
                 let unique: std::collections::BTreeSet<&String> = list.iter().collect();
                 for d in unique {
-                    self.listed.insert(d.clone());
                     rules
                         .devices
                         .entry(d.clone())
@@ -166,7 +206,6 @@ impl RuleIndex {
                 }
             }
             AlarmTarget::Label { key: lk, value: lv } => {
-                self.any_label = true;
                 let found = rules.labels.iter().position(|l| &l.0 == lk && &l.1 == lv);
                 let at = found.unwrap_or_else(|| {
                     rules
@@ -177,6 +216,18 @@ impl RuleIndex {
                 rules.labels[at].2.add(*op, *value, i);
             }
         }
+    }
+
+    fn key_rules(&mut self, key: &str) -> &mut KeyRules {
+        let at = match self.key_at.get(key) {
+            Some(&at) => at,
+            None => {
+                self.keys.push((key.to_owned(), KeyRules::default()));
+                self.key_at.insert(key.to_owned(), self.keys.len() - 1);
+                self.keys.len() - 1
+            }
+        };
+        &mut self.keys[at].1
     }
 
     /// Every rule, in the store's order.
@@ -225,7 +276,10 @@ impl RuleIndex {
     }
 
     fn lookup(&self, key: &str) -> Option<(&str, &KeyRules)> {
-        let (k, rules) = self.keys.get_key_value(key)?;
+        let (k, rules) = match self.keys.len() <= FEW_KEYS {
+            true => self.keys.iter().find(|(k, _)| k == key)?,
+            false => &self.keys[*self.key_at.get(key)?],
+        };
         Some((k.as_str(), rules))
     }
 

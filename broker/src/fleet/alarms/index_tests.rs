@@ -216,3 +216,46 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn short_decimals_parse_as_the_standard_library_parses_them() {
+    for text in [
+        "0",
+        "-0",
+        "7",
+        "-67",
+        "37.5",
+        "48.25",
+        "0.1",
+        "-0.3",
+        "86400",
+        "123456789012345",
+        "1234567890.12345",
+        "0.000000000000001",
+        "9007199254740993",
+        "1e3",
+        "1.5E-2",
+    ] {
+        let std: f64 = text.parse().unwrap();
+        let got = number(text.as_bytes()).unwrap();
+        assert_eq!(got.to_bits(), std.to_bits(), "{text}");
+    }
+}
+
+#[test]
+fn many_keys_are_found_through_the_map() {
+    let rules: Vec<AlarmRule> = (0..20)
+        .map(|i| {
+            rule(
+                i,
+                AlarmTarget::All,
+                threshold(&format!("k{i}"), CompareOp::Gt, 0.0),
+            )
+        })
+        .collect();
+    let index = RuleIndex::new(rules);
+    assert_eq!(
+        indexed(&index, r#"{"k19":1,"k3":1,"zz":1}"#, "d", &BTreeMap::new()),
+        [3, 19]
+    );
+}
