@@ -298,6 +298,7 @@ fn is_sane_ts(ts: u64, received_at_ms: u64) -> bool {
 }
 
 mod scan;
+pub use scan::object_members;
 
 #[cfg(test)]
 mod tests;

@@ -19,7 +19,7 @@ mod registry;
 pub mod rfc3339;
 pub mod teltonika;
 
-pub use json::JsonPlugin;
+pub use json::{object_members, JsonPlugin};
 pub use plugin::{
     Command, CommandResponse, DeviceEvent, DevicePlugin, DeviceStatus, PendingCommand, PluginError,
     RawTelemetry, Telemetry,

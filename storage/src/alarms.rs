@@ -288,6 +288,37 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Deletes up to `budget` cleared alarms cleared before `cleared_before_ms`, oldest
+    /// first, in one transaction; returns how many. Active alarms are never touched (an
+    /// alarm state points only at an active one), so history ages out while what is
+    /// wrong now stays.
+    pub fn prune_cleared_alarms(
+        &self,
+        cleared_before_ms: u64,
+        budget: usize,
+    ) -> Result<usize, StoreError> {
+        self.write(|txn| {
+            let mut alarms = txn.open_table(ALARMS)?;
+            let mut old = Vec::new();
+            for entry in alarms.iter()? {
+                let (k, v) = entry?;
+                let record = decode_alarm(k.value(), v.value())?;
+                if !record.active && record.cleared_at_ms.is_some_and(|c| c < cleared_before_ms) {
+                    old.push(record.seq);
+                    if old.len() == budget {
+                        break;
+                    }
+                }
+            }
+            for seq in &old {
+                alarms.remove(seq)?;
+            }
+            Ok(old.len())
+        })
+    }
+}
+
 /// Marks alarm `seq` cleared at `at_ms` if it is active; returns it if it was.
 fn clear_alarm(
     alarms: &mut redb::Table<'_, u64, &'static [u8]>,

@@ -11,12 +11,14 @@
 //! - `model`: the JSON of rules and alarms; `eval`: one point against one rule.
 
 mod eval;
+mod index;
 pub mod model;
 mod states;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use fleetmq_storage::alarms::{AlarmFilter, NewAlarm};
 use fleetmq_storage::telemetry::NewPoint;
@@ -72,14 +74,16 @@ pub(crate) struct AlarmFeed {
 }
 
 impl AlarmFeed {
-    /// Offers committed points to the evaluator, never waiting: a full queue drops them
-    /// (counted, one warning per episode).
-    pub(crate) fn offer(&self, points: &[NewPoint]) {
+    /// Hands committed points to the evaluator, never waiting: the batch itself moves
+    /// (no copy on the telemetry writer's thread); a full queue drops it (counted, one
+    /// warning per episode).
+    pub(crate) fn offer(&self, points: Vec<NewPoint>) {
         if !self.wanted.load(Relaxed) || points.is_empty() {
             return;
         }
-        if self.tx.try_send(points.to_vec()).is_err() {
-            let before = self.dropped.fetch_add(points.len() as u64, Relaxed);
+        let n = points.len() as u64;
+        if self.tx.try_send(points).is_err() {
+            let before = self.dropped.fetch_add(n, Relaxed);
             if before == 0 {
                 tracing::warn!("alarm evaluator behind: telemetry points not evaluated");
             }
@@ -100,10 +104,13 @@ impl std::fmt::Debug for Alarms {
 }
 
 impl Alarms {
-    /// Starts the evaluator on `tracker` with the stored rules and states.
+    /// Starts the evaluator on `tracker` with the stored rules and states, and the
+    /// task that deletes alarms cleared longer than `retention` ago (every
+    /// `sweep_every`; the telemetry retention, as for device events).
     pub(crate) fn start(
         store: Store,
         events: EventBus,
+        (retention, sweep_every): (Duration, Duration),
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Alarms {
@@ -115,7 +122,9 @@ impl Alarms {
             dropped: Arc::default(),
         };
         let worker = worker::Worker::new(store.clone(), events.clone(), feed.wanted.clone());
-        tracker.spawn(worker.run(points, control_rx, shutdown));
+        tracker.spawn(worker.run(points, control_rx, shutdown.clone()));
+        let every = sweep_every.max(Duration::from_millis(1));
+        tracker.spawn(prune(store.clone(), retention, every, shutdown));
         Alarms {
             inner: Arc::new(Inner {
                 store,
@@ -270,6 +279,36 @@ impl Alarms {
     }
 }
 
+/// Cleared alarms older than the retention per transaction of the pruner.
+const PRUNE_BUDGET: usize = 10_000;
+
+/// Deletes cleared alarms once they are `retention` old, every `every`; active ones
+/// stay, however old.
+async fn prune(store: Store, retention: Duration, every: Duration, shutdown: CancellationToken) {
+    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cutoff = now_ms().saturating_sub(retention_ms);
+        loop {
+            match store
+                .call(move |s| s.prune_cleared_alarms(cutoff, PRUNE_BUDGET))
+                .await
+            {
+                Ok(n) if n == PRUNE_BUDGET && !shutdown.is_cancelled() => continue,
+                Ok(n) => tracing::debug!(pruned = n, "cleared alarms past retention deleted"),
+                Err(error) => tracing::error!(%error, "cannot prune cleared alarms"),
+            }
+            break;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,11 +323,14 @@ mod tests {
         };
         let device: DeviceId = "d".parse().unwrap();
         let points = vec![NewPoint::new(device, 1, vec![("t".into(), "1".into())]); 3];
-        feed.offer(&points);
-        assert!(rx.try_recv().is_err(), "no rule watches telemetry: no copy");
+        feed.offer(points.clone());
+        assert!(
+            rx.try_recv().is_err(),
+            "no rule watches telemetry: nothing sent"
+        );
         feed.wanted.store(true, Relaxed);
-        feed.offer(&points);
-        feed.offer(&points);
+        feed.offer(points.clone());
+        feed.offer(points);
         assert_eq!(feed.dropped.load(Relaxed), 3);
         assert_eq!(rx.try_recv().unwrap().len(), 3);
     }

@@ -94,7 +94,13 @@ pub(crate) fn start_services(
         shutdown.clone(),
         tracker,
     );
-    let alarms = alarms::Alarms::start(store.clone(), bus.clone(), shutdown.clone(), tracker);
+    let alarms = alarms::Alarms::start(
+        store.clone(),
+        bus.clone(),
+        (config.telemetry.retention, config.telemetry.sweep_every),
+        shutdown.clone(),
+        tracker,
+    );
     let device_events = device_events::DeviceEvents::start(
         db.clone(),
         &config.telemetry,

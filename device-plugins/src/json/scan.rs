@@ -43,6 +43,23 @@ pub(crate) fn scan_object(payload: &[u8]) -> Option<Scanned<'_>> {
     (s.pos == payload.len()).then_some(found)
 }
 
+/// Calls `f(key, escaped, value)` for each top-level member of `object`, one JSON
+/// object, in order, allocating nothing: `key` is the name's text between its quotes
+/// (`escaped`: with `\` escapes as written), `value` the member's JSON text. `None`
+/// when `object` is not valid JSON (calls already made stand). Lets a reader of a
+/// stored object pick the few members it needs without building a map.
+pub fn object_members<'a>(object: &'a [u8], f: impl FnMut(&'a [u8], bool, &'a [u8])) -> Option<()> {
+    let mut s = Scanner {
+        b: object,
+        pos: 0,
+        depth: 0,
+    };
+    s.ws();
+    s.top_members(f)?;
+    s.ws();
+    (s.pos == object.len()).then_some(())
+}
+
 struct Scanner<'a> {
     b: &'a [u8],
     pos: usize,
@@ -75,39 +92,48 @@ impl<'a> Scanner<'a> {
 
     /// The outer object, recording its `ts` and its keys' shape.
     fn top_object(&mut self) -> Option<Scanned<'a>> {
-        self.eat(b'{')?;
-        self.enter()?;
         let mut found = Scanned {
             ts: None,
             shape: FNV_OFFSET,
         };
-        self.ws();
-        if self.eat(b'}').is_some() {
-            return Some(found);
-        }
-        loop {
-            self.ws();
-            let (start, escaped) = self.string()?;
-            let key = &self.b[start..self.pos - 1];
+        self.top_members(|key, escaped, value| {
             for &c in key {
                 found.shape = (found.shape ^ u64::from(c)).wrapping_mul(FNV_PRIME);
             }
             // A separator no key byte can be: `"` appears in a key only escaped.
             found.shape = (found.shape ^ u64::from(b'"')).wrapping_mul(FNV_PRIME);
+            if key == b"ts" || (escaped && is_escaped_ts(key)) {
+                found.ts = Some(value);
+            }
+        })?;
+        Some(found)
+    }
+
+    /// The outer object: `f(key, escaped, value)` for each member in order, with the
+    /// key's text between its quotes (escapes as written) and the value's JSON text.
+    fn top_members(&mut self, mut f: impl FnMut(&'a [u8], bool, &'a [u8])) -> Option<()> {
+        self.eat(b'{')?;
+        self.enter()?;
+        self.ws();
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        loop {
+            self.ws();
+            let (start, escaped) = self.string()?;
+            let key = &self.b[start..self.pos - 1];
             self.ws();
             self.eat(b':')?;
             self.ws();
             let value_start = self.pos;
             self.value()?;
-            if key == b"ts" || (escaped && is_escaped_ts(key)) {
-                found.ts = Some(&self.b[value_start..self.pos]);
-            }
+            f(key, escaped, &self.b[value_start..self.pos]);
             self.ws();
             match self.peek()? {
                 b',' => self.pos += 1,
                 b'}' => {
                     self.pos += 1;
-                    return Some(found);
+                    return Some(());
                 }
                 _ => return None,
             }

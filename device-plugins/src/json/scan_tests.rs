@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use serde_json::Value;
 
-use super::scan_object;
+use super::{object_members, scan_object};
 
 /// serde_json's verdict: the payload is an object.
 fn serde_object(payload: &[u8]) -> Option<serde_json::Map<String, Value>> {
@@ -28,6 +28,18 @@ fn agree(payload: &[u8]) {
     if let (Some(s), Some(obj)) = (scanned, serde) {
         let ts = s.ts.map(|t| serde_json::from_slice::<Value>(t).unwrap());
         assert_eq!(ts.as_ref(), obj.get("ts"), "ts of {payload:?}");
+        // Its members, decoded, the last of a repeated key winning: serde_json's map.
+        let mut members = serde_json::Map::new();
+        let all = object_members(payload, |key, escaped, value| {
+            let mut quoted = vec![b'"'];
+            quoted.extend_from_slice(key);
+            quoted.push(b'"');
+            let key: String = serde_json::from_slice(&quoted).unwrap();
+            assert_eq!(escaped, key.as_bytes() != &quoted[1..quoted.len() - 1]);
+            members.insert(key, serde_json::from_slice(value).unwrap());
+        });
+        assert!(all.is_some());
+        assert_eq!(members, obj, "members of {payload:?}");
     }
 }
 

@@ -176,3 +176,37 @@ fn raise_clear_ack_list_and_delete_a_rule() {
     assert_eq!(cleared[0].device_id, "b");
     assert!(store.load_alarm_states().unwrap().is_empty());
 }
+
+#[test]
+fn pruning_removes_only_alarms_cleared_before_the_cutoff() {
+    let (_dir, store) = temp_store();
+    let raise = |device: &str| AlarmChange::Raise {
+        key: "r1".into(),
+        alarm: new_alarm(device),
+    };
+    let clear = |device: &str, at_ms| AlarmChange::Clear {
+        key: "r1".into(),
+        device: device.into(),
+        at_ms,
+    };
+    // 1 cleared at 10, 2 cleared at 30, 3 still active, 4 cleared at 10.
+    let changes = [raise("a"), clear("a", 10), raise("b"), clear("b", 30)];
+    store.apply_alarm_changes(&changes).unwrap();
+    store.apply_alarm_changes(&[raise("c")]).unwrap();
+    store
+        .apply_alarm_changes(&[raise("d"), clear("d", 10)])
+        .unwrap();
+    assert_eq!(store.prune_cleared_alarms(20, 1).unwrap(), 1, "budget");
+    assert_eq!(store.prune_cleared_alarms(20, 10).unwrap(), 1);
+    assert_eq!(store.prune_cleared_alarms(20, 10).unwrap(), 0);
+    let (left, _) = store
+        .list_alarms(&AlarmFilter::default(), None, 10)
+        .unwrap();
+    let seqs: Vec<u64> = left.iter().map(|a| a.seq).collect();
+    assert_eq!(seqs, [3, 2]);
+    assert_eq!(
+        store.load_alarm_states().unwrap().len(),
+        1,
+        "c's state stays"
+    );
+}

@@ -2,9 +2,12 @@
 //! and the `for_s` windows are tested without a broker.
 
 use fleetmq_storage::alarms::{AlarmCondition, AlarmRule, AlarmState};
-use serde_json::{Map, Value};
 
-use super::model::number;
+/// A point's values as the rules read them.
+pub(super) trait Values {
+    /// The numeric value of `key`, if the point has one (a boolean is 0 or 1).
+    fn number(&self, key: &str) -> Option<f64>;
+}
 
 /// What a point does to a (rule, device).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,7 +22,7 @@ pub(super) enum Step {
 
 /// Whether `c` holds for `values`, and its window; `None` when the point says
 /// nothing about it (key missing or not a number, or an offline condition).
-fn holds(c: &AlarmCondition, values: &Map<String, Value>) -> Option<(bool, u64, f64)> {
+fn holds(c: &AlarmCondition, values: &impl Values) -> Option<(bool, u64, f64)> {
     match c {
         AlarmCondition::Threshold {
             key,
@@ -27,7 +30,7 @@ fn holds(c: &AlarmCondition, values: &Map<String, Value>) -> Option<(bool, u64, 
             value,
             for_s,
         } => {
-            let v = number(values, key)?;
+            let v = values.number(key)?;
             Some((op.holds(v, *value), *for_s, v))
         }
         AlarmCondition::Offline { .. } => None,
@@ -38,7 +41,7 @@ fn holds(c: &AlarmCondition, values: &Map<String, Value>) -> Option<(bool, u64, 
 pub(super) fn step(
     rule: &AlarmRule,
     state: AlarmState,
-    values: &Map<String, Value>,
+    values: &impl Values,
     ts_ms: u64,
 ) -> Option<Step> {
     let active = state.alarm.is_some();
@@ -74,6 +77,18 @@ pub(super) fn step(
 mod tests {
     use super::*;
     use fleetmq_storage::alarms::{AlarmTarget, CompareOp};
+    use serde_json::{Map, Value};
+
+    /// A parsed object, as the evaluator read points before the index.
+    impl Values for Map<String, Value> {
+        fn number(&self, key: &str) -> Option<f64> {
+            match self.get(key)? {
+                Value::Number(n) => n.as_f64(),
+                Value::Bool(b) => Some(f64::from(u8::from(*b))),
+                _ => None,
+            }
+        }
+    }
 
     fn rule(clear: Option<AlarmCondition>) -> AlarmRule {
         AlarmRule {

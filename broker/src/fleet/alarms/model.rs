@@ -4,7 +4,7 @@
 use fleetmq_storage::alarms::{
     AlarmCondition, AlarmRecord, AlarmRule, AlarmSource, AlarmTarget, CompareOp,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::fleet::FleetError;
 use crate::time::rfc3339_ms;
@@ -241,14 +241,5 @@ pub(crate) fn targets(
         AlarmTarget::All => true,
         AlarmTarget::Devices(list) => list.iter().any(|d| d == device),
         AlarmTarget::Label { key, value } => labels.get(key) == Some(value),
-    }
-}
-
-/// The numeric value of `key` in a telemetry object, if it has one.
-pub(crate) fn number(values: &Map<String, Value>, key: &str) -> Option<f64> {
-    match values.get(key)? {
-        Value::Number(n) => n.as_f64(),
-        Value::Bool(b) => Some(f64::from(u8::from(*b))),
-        _ => None,
     }
 }

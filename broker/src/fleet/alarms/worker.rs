@@ -12,22 +12,25 @@ use fleetmq_storage::alarms::{
 };
 use fleetmq_storage::telemetry::NewPoint;
 use fleetmq_storage::{now_ms, DeviceId, Store};
-use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::eval::{step, Step};
+use super::index::{PointValues, RuleIndex};
 use super::model::{alarm_json, targets};
 use super::states::{Key, States};
 use super::{Control, CLEARED, RAISED};
 use crate::fleet::events::EventBus;
 use crate::fleet::SinkEvent;
 
+/// Devices' labels, read once per step.
+type Labels = HashMap<String, BTreeMap<String, String>>;
+
 pub(super) struct Worker {
     store: Store,
     events: EventBus,
     wanted: Arc<AtomicBool>,
-    rules: Arc<Vec<AlarmRule>>,
+    rules: Arc<RuleIndex>,
     states: States,
     /// `(deadline, rule, device)` of running offline windows.
     deadlines: BTreeSet<(u64, String, String)>,
@@ -84,9 +87,9 @@ impl Worker {
     async fn load_rules(&mut self) {
         match self.store.call(|s| s.list_alarm_rules()).await {
             Ok(rules) => {
-                let watch = rules.iter().any(|r| offline_for(r).is_none());
-                self.wanted.store(watch, Relaxed);
-                self.rules = Arc::new(rules);
+                let index = RuleIndex::new(rules);
+                self.wanted.store(index.watches_telemetry(), Relaxed);
+                self.rules = Arc::new(index);
             }
             Err(error) => tracing::error!(%error, "cannot read the alarm rules"),
         }
@@ -103,7 +106,7 @@ impl Worker {
 
     fn rebuild_deadlines(&mut self) {
         self.deadlines.clear();
-        for rule in self.rules.iter() {
+        for rule in self.rules.rules() {
             let Some(after) = offline_for(rule) else {
                 continue;
             };
@@ -118,18 +121,22 @@ impl Worker {
     }
 
     /// Whether `rule` watches `device`; labels are read once per step (`labels`).
-    async fn targets(
-        &self,
-        rule: &AlarmRule,
-        device: &str,
-        labels: &mut HashMap<String, BTreeMap<String, String>>,
-    ) -> bool {
+    async fn targets(&self, rule: &AlarmRule, device: &str, labels: &mut Labels) -> bool {
         if !matches!(
             rule.target,
             fleetmq_storage::alarms::AlarmTarget::Label { .. }
         ) {
             return targets(&rule.target, device, &BTreeMap::new());
         }
+        targets(&rule.target, device, self.labels(device, labels).await)
+    }
+
+    /// `device`'s labels, read from the store once per step.
+    async fn labels<'l>(
+        &self,
+        device: &str,
+        labels: &'l mut Labels,
+    ) -> &'l BTreeMap<String, String> {
         if !labels.contains_key(device) {
             let found = match device.parse::<DeviceId>() {
                 Ok(id) => (self.store.call(move |s| s.get_device(&id)).await)
@@ -141,37 +148,67 @@ impl Worker {
             };
             labels.insert(device.to_owned(), found);
         }
-        targets(&rule.target, device, &labels[device])
+        &labels[device]
     }
 
+    /// A committed batch: each point meets only the rules the index gives it (see
+    /// `index`), then one transaction for the batch's changes.
     async fn on_points(&mut self, batch: Vec<NewPoint>) {
-        let rules = self.rules.clone();
-        let mut labels = HashMap::new();
+        let index = self.rules.clone();
+        let mut labels = Labels::new();
+        let mut values = PointValues::default();
+        let mut rules = Vec::new();
         let mut changes = Vec::new();
+        let no_labels = BTreeMap::new();
         for p in &batch {
             let device = p.device_id();
-            let mut values: Option<Map<String, Value>> = None;
-            // Most devices have no state: then no lookup per rule, no key allocated.
-            let mut known = self.states.device(device).is_some();
-            for rule in rules.iter().filter(|r| offline_for(r).is_none()) {
-                if !self.targets(rule, device, &mut labels).await {
-                    continue;
-                }
-                let values = values.get_or_insert_with(|| {
-                    serde_json::from_slice(p.object_json()).unwrap_or_default()
-                });
-                let state = match known.then(|| self.states.device(device)).flatten() {
-                    Some(states) => states.get(&rule.id).copied().unwrap_or_default(),
-                    None => AlarmState::default(),
-                };
-                if let Some(s) = step(rule, state, values, p.ts_ms()) {
-                    let key = (rule.id.clone(), device.to_owned());
-                    self.apply(rule, key, state, s, p.ts_ms(), &mut changes);
-                    known = self.states.device(device).is_some();
-                }
+            if !index.may_target(device) && self.states.device(device).is_none() {
+                continue;
             }
+            index.read(p.object_json(), &mut values);
+            if !values.any_number() {
+                continue;
+            }
+            let device_labels = match index.needs_labels(&values) {
+                true => self.labels(device, &mut labels).await,
+                false => &no_labels,
+            };
+            self.step_point(&index, p, &values, device_labels, &mut rules, &mut changes);
         }
         self.commit(changes).await;
+    }
+
+    /// One point of a batch against the rules that hold for it and the rules its
+    /// device has a state for, in the rules' order.
+    fn step_point(
+        &mut self,
+        index: &RuleIndex,
+        p: &NewPoint,
+        values: &PointValues<'_>,
+        labels: &BTreeMap<String, String>,
+        rules: &mut Vec<usize>,
+        changes: &mut Vec<AlarmChange>,
+    ) {
+        let device = p.device_id();
+        rules.clear();
+        index.holding(values, device, labels, rules);
+        if let Some(states) = self.states.device(device) {
+            let stateful = states.keys().filter_map(|id| index.get(id));
+            let targeted = stateful.filter(|(_, r)| targets(&r.target, device, labels));
+            rules.extend(targeted.map(|(i, _)| i));
+        }
+        rules.sort_unstable();
+        rules.dedup();
+        for &i in rules.iter() {
+            let rule = &index.rules()[i];
+            let state = (self.states.device(device))
+                .and_then(|states| states.get(&rule.id).copied())
+                .unwrap_or_default();
+            if let Some(s) = step(rule, state, values, p.ts_ms()) {
+                let key = (rule.id.clone(), device.to_owned());
+                self.apply(rule, key, state, s, p.ts_ms(), changes);
+            }
+        }
     }
 
     /// Records what `s` does to `key`, in memory and in `changes`.
@@ -339,9 +376,9 @@ impl Worker {
     /// it or clears the alarm.
     async fn presence(&mut self, device: String, online: bool, at_ms: u64) {
         let rules = self.rules.clone();
-        let mut labels = HashMap::new();
+        let mut labels = Labels::new();
         let mut changes = Vec::new();
-        for rule in rules.iter() {
+        for rule in rules.rules() {
             let Some(after) = offline_for(rule) else {
                 continue;
             };
@@ -400,7 +437,7 @@ impl Worker {
             };
             let key = (rule_id, device);
             let waiting = self.states.get(&key).is_some_and(|s| s.alarm.is_none());
-            let rule = self.rules.iter().find(|r| r.id == key.0).cloned();
+            let rule = self.rules.get(&key.0).map(|(_, r)| r.clone());
             if let (true, Some(rule)) = (waiting, rule) {
                 self.states.insert(key.clone(), raised_state());
                 let alarm = new_alarm(&rule, key.1, now, None);

@@ -123,7 +123,7 @@ impl Writer {
                         digest.add(&points);
                     }
                     if let Some(alarms) = self.shared.alarms.get() {
-                        alarms.offer(&points);
+                        alarms.offer(points);
                     }
                 }
                 Err(error) => {
