@@ -63,6 +63,7 @@ impl Worker {
     ) {
         self.load_rules().await;
         self.load_states().await;
+        self.seed_offline_windows().await;
         loop {
             let next = self.deadlines.first().map(|d| d.0);
             let timer = async move {
@@ -102,6 +103,57 @@ impl Worker {
             Err(error) => tracing::error!(%error, "cannot read the alarm states"),
         }
         self.rebuild_deadlines();
+    }
+
+    /// Offline windows nobody started: at start every device is offline until it
+    /// connects, and one that was online when the broker stopped without seeing it go
+    /// (kill -9, a power cut) never sends a disconnect. Each offline rule's device
+    /// without a state starts a window: from its disconnect if it was offline then, else
+    /// from now (it was online until the stop, whose time is unknown), so a restart never
+    /// raises alarms for devices that come straight back. A device that connects after
+    /// the start stops its window with its presence event, handled after this.
+    async fn seed_offline_windows(&mut self) {
+        let rules: Vec<(AlarmRule, u64)> = (self.rules.rules().iter())
+            .filter_map(|r| offline_for(r).map(|after| (r.clone(), after)))
+            .collect();
+        if rules.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let offline = match self.store.call(move |s| offline_since(s, now)).await {
+            Ok(devices) => devices,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the devices for offline windows");
+                return;
+            }
+        };
+        let mut changes = Vec::new();
+        for (rule, after) in &rules {
+            for (device, labels, since) in &offline {
+                let key = (rule.id.clone(), device.clone());
+                if !targets(&rule.target, device, labels) || self.states.contains_key(&key) {
+                    continue;
+                }
+                let state = AlarmState {
+                    alarm: None,
+                    since_ms: Some(*since),
+                };
+                self.states.insert(key.clone(), state);
+                self.deadlines
+                    .insert((since.saturating_add(*after), key.0.clone(), key.1.clone()));
+                changes.push(AlarmChange::Window {
+                    key: key.0,
+                    device: key.1,
+                    since_ms: Some(*since),
+                });
+            }
+        }
+        tracing::info!(
+            windows = changes.len(),
+            devices = offline.len(),
+            "offline windows started for devices offline at start"
+        );
+        self.commit(changes).await;
     }
 
     fn rebuild_deadlines(&mut self) {
@@ -465,5 +517,37 @@ fn new_alarm(rule: &AlarmRule, device: String, at_ms: u64, value: Option<String>
         raised_at_ms: at_ms,
         value,
         source: AlarmSource::Rule,
+    }
+}
+
+/// A device's id, labels, and since when it is offline.
+type OfflineDevice = (String, BTreeMap<String, String>, u64);
+
+/// Every device that ever connected, with its labels and since when it counts as
+/// offline at a start at `now`: its last disconnect if that came after its last
+/// connect, else `now`.
+fn offline_since(
+    store: &Store,
+    now: u64,
+) -> Result<Vec<OfflineDevice>, fleetmq_storage::StoreError> {
+    let mut out = Vec::new();
+    let mut after: Option<DeviceId> = None;
+    loop {
+        let page = store.list_devices(after.as_ref(), 1024)?;
+        let Some(last) = page.last() else {
+            return Ok(out);
+        };
+        after = Some(last.id.clone());
+        for device in page {
+            let state = store.device_state(&device.id)?;
+            let since = match (state.disconnected_at_ms, state.connected_at_ms) {
+                (Some(off), Some(on)) if off >= on => off,
+                (Some(off), None) => off,
+                (_, Some(_)) => now,
+                // Never connected: not a device that went offline (none raised before).
+                (None, None) => continue,
+            };
+            out.push((device.id.as_str().to_owned(), device.labels, since));
+        }
     }
 }
