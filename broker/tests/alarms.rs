@@ -160,6 +160,35 @@ async fn an_offline_alarm_raises_after_offline_for_s_and_clears_on_return() {
     assert_eq!(cleared["alarm_id"], raised["alarm_id"]);
 }
 
+/// A rule made while a device is offline watches it at once: it has been offline since
+/// its disconnect, so it raises `offline_for_s` after that; a connected device and one
+/// that never connected raise nothing.
+#[tokio::test]
+async fn a_new_offline_rule_raises_for_a_device_already_offline() {
+    let b = TestBroker::start().await;
+    for id in ["al-gone", "al-here", "al-never"] {
+        b.add_device(id, "tok", false).await;
+    }
+    let gone = Firmware::connect(&b, "al-gone", "tok").await;
+    let _here = Firmware::connect(&b, "al-here", "tok").await;
+    let mut rx = b.handle.events().subscribe();
+    let left = now_ms();
+    gone.disconnect().await;
+    next_event(&mut rx, |e| e.kind == "device.offline").await;
+    rule(
+        &b,
+        json!({"name": "late", "severity": "major", "target": {"all": true},
+               "condition": {"offline_for_s": 1}}),
+    )
+    .await;
+    let raised = alarm_event(&mut rx, "alarm.raised", "late").await;
+    assert_eq!(raised["device_id"], "al-gone", "{raised}");
+    assert!(now_ms() - left >= 1_000, "raised 1 s after the disconnect");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(named(&alarms_of(&b, "al-here").await, "late").is_empty());
+    assert!(named(&alarms_of(&b, "al-never").await, "late").is_empty());
+}
+
 #[tokio::test]
 async fn a_device_reported_alarm_is_an_alarm() {
     let b = TestBroker::start().await;

@@ -108,8 +108,7 @@ impl Alarms {
     /// task that deletes alarms cleared longer than `retention` ago (every
     /// `sweep_every`; the telemetry retention, as for device events).
     pub(crate) fn start(
-        store: Store,
-        events: EventBus,
+        (store, events, presence): (Store, EventBus, Arc<super::presence::Presence>),
         (retention, sweep_every): (Duration, Duration),
         shutdown: CancellationToken,
         tracker: &TaskTracker,
@@ -121,7 +120,8 @@ impl Alarms {
             wanted: Arc::default(),
             dropped: Arc::default(),
         };
-        let worker = worker::Worker::new(store.clone(), events.clone(), feed.wanted.clone());
+        let worker =
+            worker::Worker::new(store.clone(), events.clone(), feed.wanted.clone(), presence);
         tracker.spawn(worker.run(points, control_rx, shutdown.clone()));
         let every = sweep_every.max(Duration::from_millis(1));
         tracker.spawn(prune(store.clone(), retention, every, shutdown));

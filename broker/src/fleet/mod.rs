@@ -94,9 +94,9 @@ pub(crate) fn start_services(
         shutdown.clone(),
         tracker,
     );
+    let presence = Arc::new(presence::Presence::default());
     let alarms = alarms::Alarms::start(
-        store.clone(),
-        bus.clone(),
+        (store.clone(), bus.clone(), presence.clone()),
         (config.telemetry.retention, config.telemetry.sweep_every),
         shutdown.clone(),
         tracker,
@@ -125,6 +125,7 @@ pub(crate) fn start_services(
     telemetry.feed_alarms(alarms.feed());
     Arc::new(services::Services::new(
         store,
+        presence,
         bus,
         commands,
         jobs,

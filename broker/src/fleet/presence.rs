@@ -121,6 +121,12 @@ impl Presence {
         })
     }
 
+    /// Whether the device `id` is connected.
+    pub fn is_online(&self, id: &str) -> bool {
+        id.parse::<DeviceId>()
+            .is_ok_and(|id| self.live().contains_key(&id))
+    }
+
     /// The current generation of a connected device.
     pub fn generation(&self, id: &DeviceId) -> Option<u64> {
         self.live().get(id).map(|l| l.generation)

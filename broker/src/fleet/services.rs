@@ -32,7 +32,8 @@ struct Pending {
 /// Everything device logic needs, shared by the event loop and the admin API.
 pub struct Services {
     pub(crate) store: Store,
-    pub(crate) presence: Presence,
+    /// Shared with the alarm evaluator (who is offline when a rule appears).
+    pub(crate) presence: Arc<Presence>,
     pub(crate) events: EventBus,
     pub(crate) commands: CommandEngine,
     pub(crate) jobs: super::jobs::Jobs,
@@ -44,8 +45,10 @@ pub struct Services {
 }
 
 impl Services {
+    #[allow(clippy::too_many_arguments, reason = "the services it composes")]
     pub(crate) fn new(
         store: Store,
+        presence: Arc<Presence>,
         events: EventBus,
         commands: CommandEngine,
         jobs: super::jobs::Jobs,
@@ -55,7 +58,7 @@ impl Services {
     ) -> Services {
         Services {
             store,
-            presence: Presence::default(),
+            presence,
             events,
             commands,
             jobs,

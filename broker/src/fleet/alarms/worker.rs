@@ -28,6 +28,8 @@ type Labels = HashMap<String, BTreeMap<String, String>>;
 
 pub(super) struct Worker {
     store: Store,
+    /// Who is connected: a new offline rule starts windows for the others.
+    presence: Arc<crate::fleet::presence::Presence>,
     events: EventBus,
     wanted: Arc<AtomicBool>,
     rules: Arc<RuleIndex>,
@@ -44,9 +46,15 @@ fn offline_for(rule: &AlarmRule) -> Option<u64> {
 }
 
 impl Worker {
-    pub(super) fn new(store: Store, events: EventBus, wanted: Arc<AtomicBool>) -> Worker {
+    pub(super) fn new(
+        store: Store,
+        events: EventBus,
+        wanted: Arc<AtomicBool>,
+        presence: Arc<crate::fleet::presence::Presence>,
+    ) -> Worker {
         Worker {
             store,
+            presence,
             events,
             wanted,
             rules: Arc::default(),
@@ -105,13 +113,14 @@ impl Worker {
         self.rebuild_deadlines();
     }
 
-    /// Offline windows nobody started: at start every device is offline until it
-    /// connects, and one that was online when the broker stopped without seeing it go
-    /// (kill -9, a power cut) never sends a disconnect. Each offline rule's device
-    /// without a state starts a window: from its disconnect if it was offline then, else
-    /// from now (it was online until the stop, whose time is unknown), so a restart never
-    /// raises alarms for devices that come straight back. A device that connects after
-    /// the start stops its window with its presence event, handled after this.
+    /// Offline windows nobody started, at start and when the rules change: a rule made
+    /// while a device is offline, and a device that was online when the broker stopped
+    /// without seeing it go (kill -9, a power cut), which never sends a disconnect. Each
+    /// offline rule's device that is not connected and has no state starts a window:
+    /// from its disconnect if it was offline before, else from now (it was online until
+    /// the stop, whose time is unknown), so a restart never raises alarms for devices
+    /// that come straight back. A device that connects later stops its window with its
+    /// presence event, which this worker handles after this.
     async fn seed_offline_windows(&mut self) {
         let rules: Vec<(AlarmRule, u64)> = (self.rules.rules().iter())
             .filter_map(|r| offline_for(r).map(|after| (r.clone(), after)))
@@ -131,7 +140,10 @@ impl Worker {
         for (rule, after) in &rules {
             for (device, labels, since) in &offline {
                 let key = (rule.id.clone(), device.clone());
-                if !targets(&rule.target, device, labels) || self.states.contains_key(&key) {
+                if !targets(&rule.target, device, labels)
+                    || self.states.contains_key(&key)
+                    || self.presence.is_online(device)
+                {
                     continue;
                 }
                 let state = AlarmState {
@@ -151,7 +163,7 @@ impl Worker {
         tracing::info!(
             windows = changes.len(),
             devices = offline.len(),
-            "offline windows started for devices offline at start"
+            "offline windows started for devices not connected"
         );
         self.commit(changes).await;
     }
@@ -348,6 +360,8 @@ impl Worker {
         match c {
             Control::Reload(done) => {
                 self.load_rules().await;
+                // A new or changed offline rule watches devices already offline too.
+                self.seed_offline_windows().await;
                 let _ = done.send(());
             }
             Control::Delete(id, done) => {
