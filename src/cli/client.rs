@@ -182,29 +182,35 @@ impl Admin {
         row: impl Fn(&serde_json::Value) -> Vec<String>,
     ) -> Result<Vec<Vec<String>>, CliError> {
         let mut rows = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut page_path = format!("{path}?limit=1000");
-            if let Some(c) = &cursor {
-                page_path = format!("{page_path}&cursor={}", enc(c));
-            }
-            let reply = (self.call(Method::GET, &page_path, None, &[], REQUEST_TIMEOUT)).await?;
-            let page = reply.json()?;
+        self.each_page(path, |reply, page| {
             if json {
-                super::output::print_raw(&reply);
+                super::output::print_raw(reply);
             } else {
-                rows.extend(super::output::items(&page)?.iter().map(&row));
+                rows.extend(super::output::items(page)?.iter().map(&row));
             }
-            match page.get("next_cursor").and_then(serde_json::Value::as_str) {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => return Ok(rows),
-            }
-        }
+            Ok(())
+        })
+        .await?;
+        Ok(rows)
     }
 
     /// Every item of the listing at `path` (no query), following its pages.
     pub async fn all_items(&self, path: &str) -> Result<Vec<serde_json::Value>, CliError> {
         let mut items = Vec::new();
+        self.each_page(path, |_, page| {
+            items.extend(super::output::items(page)?.iter().cloned());
+            Ok(())
+        })
+        .await?;
+        Ok(items)
+    }
+
+    /// Hands each page of the listing at `path` to `on_page`, following `next_cursor`.
+    async fn each_page(
+        &self,
+        path: &str,
+        mut on_page: impl FnMut(&Reply, &serde_json::Value) -> Result<(), CliError>,
+    ) -> Result<(), CliError> {
         let mut cursor: Option<String> = None;
         loop {
             let mut page_path = format!("{path}?limit=1000");
@@ -213,10 +219,10 @@ impl Admin {
             }
             let reply = (self.call(Method::GET, &page_path, None, &[], REQUEST_TIMEOUT)).await?;
             let page = reply.json()?;
-            items.extend(super::output::items(&page)?.iter().cloned());
+            on_page(&reply, &page)?;
             match page.get("next_cursor").and_then(serde_json::Value::as_str) {
                 Some(next) => cursor = Some(next.to_owned()),
-                None => return Ok(items),
+                None => return Ok(()),
             }
         }
     }

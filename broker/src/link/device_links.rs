@@ -19,16 +19,16 @@
 //!   command engine never pass the router (flow 2).
 //!
 //! SUBSCRIBE and UNSUBSCRIBE of a device are answered by its connection
-//! (`connection::mod`, `send_to_router`): a device's filters never reach the router, so
+//! (`connection/router_link.rs`, `send_shared`): a device's filters never reach the router, so
 //! neither they nor a device's `$share/` groups hold router memory.
 
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
 use futures_util::FutureExt;
-use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::local::LinkTx;
 use rumqttd::protocol::Packet;
-use rumqttd::{Forward, Notification};
+use rumqttd::Forward;
 
 use crate::link::{Core, Links};
 use crate::stats::DropCause;
@@ -55,7 +55,7 @@ impl DeviceLinks {
         let mut publishers = Vec::with_capacity(PUBLISHERS);
         for i in 0..PUBLISHERS {
             let (tx, rx, _) = (links.build)(&format!("fleetmq:devices-up-{i}"), true)?;
-            spawn_drain(rx, i)?;
+            crate::link::spawn_link_reader(format!("fleetmq-devices-up-{i}"), rx, |_| true)?;
             publishers.push(Mutex::new(tx));
         }
         Ok(DeviceLinks {
@@ -95,56 +95,19 @@ impl DeviceLinks {
     }
 }
 
-fn spawn_drain(mut rx: LinkRx, i: usize) -> Result<(), String> {
-    std::thread::Builder::new()
-        .name(format!("fleetmq-devices-up-{i}"))
-        .spawn(move || loop {
-            match rx.recv() {
-                Ok(Some(Notification::Unschedule)) => {
-                    if rx.ready().is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
 /// Subscribes the dispatcher link and starts its thread, which holds the core weakly
 /// (the core owns the router handle the thread's link keeps alive).
 pub(crate) fn spawn_dispatcher(core: &Arc<Core>) -> Result<(), String> {
-    let (mut tx, mut rx, _) = (core.links.build)("fleetmq:devices-down", true)?;
+    let (mut tx, rx, _) = (core.links.build)("fleetmq:devices-down", true)?;
     for filter in DISPATCHED {
         tx.subscribe(filter).map_err(|e| e.to_string())?;
     }
+    // The link's sending half stays with the thread: dropping it is no leave.
     let weak = Arc::downgrade(core);
-    std::thread::Builder::new()
-        .name("fleetmq-devices-down".into())
-        .spawn(move || {
-            // The link's sending half stays with the thread: dropping it is no leave.
-            let _tx = tx;
-            loop {
-                match rx.recv() {
-                    Ok(Some(Notification::Forward(forward))) => {
-                        if !dispatch(&weak, forward) {
-                            return;
-                        }
-                    }
-                    Ok(Some(Notification::Unschedule)) => {
-                        if rx.ready().is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    crate::link::spawn_link_reader("fleetmq-devices-down".into(), rx, move |forward| {
+        let _keep = &tx;
+        dispatch(&weak, forward)
+    })
 }
 
 /// Hands one routed message to the connection of the device it is addressed to;

@@ -337,7 +337,7 @@ impl Core {
 /// The system link's two ends run on their own threads: rumqttd's link calls block.
 fn spawn_system_link(
     mut link_tx: LinkTx,
-    mut link_rx: LinkRx,
+    link_rx: LinkRx,
     mut rx: mpsc::Receiver<(Publish, Option<PublishProperties>)>,
 ) -> Result<(), String> {
     std::thread::Builder::new()
@@ -356,12 +356,28 @@ fn spawn_system_link(
             }
         })
         .map_err(|e| e.to_string())?;
+    spawn_link_reader("fleetmq-system-rx".into(), link_rx, |_| true)
+}
+
+/// Reads a broker-owned router link on a thread of its own until the router goes or
+/// `forward` returns false: wakes the link whenever the router pauses it, hands each
+/// routed message to `forward`, and ignores the rest (acknowledgements it never needs).
+pub(crate) fn spawn_link_reader(
+    name: String,
+    mut rx: LinkRx,
+    mut forward: impl FnMut(rumqttd::Forward) -> bool + Send + 'static,
+) -> Result<(), String> {
     std::thread::Builder::new()
-        .name("fleetmq-system-rx".into())
+        .name(name)
         .spawn(move || loop {
-            match link_rx.recv() {
+            match rx.recv() {
+                Ok(Some(Notification::Forward(f))) => {
+                    if !forward(f) {
+                        return;
+                    }
+                }
                 Ok(Some(Notification::Unschedule)) => {
-                    if link_rx.ready().is_err() {
+                    if rx.ready().is_err() {
                         return;
                     }
                 }
@@ -369,8 +385,8 @@ fn spawn_system_link(
                 Err(_) => return,
             }
         })
-        .map_err(|e| e.to_string())?;
-    Ok(())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Drops every property so that a packet can be written with the 3.1.1 codec (which
