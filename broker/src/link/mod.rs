@@ -16,6 +16,7 @@
 pub(crate) mod codec;
 pub(crate) mod connection;
 pub(crate) mod device_links;
+pub(crate) mod lazy;
 pub(crate) mod net;
 mod retained;
 pub(crate) mod security;

@@ -19,14 +19,19 @@ pub(crate) enum AliasError {
 #[derive(Debug)]
 pub(crate) struct InboundAliases {
     max: u16,
-    map: HashMap<u16, String>,
+    map: crate::link::lazy::Lazy<HashMap<u16, String>>,
 }
 
 impl InboundAliases {
+    /// Frees the map while it is empty.
+    pub(crate) fn settle(&mut self) {
+        self.map.settle();
+    }
+
     pub(crate) fn new(max: u16) -> InboundAliases {
         InboundAliases {
             max,
-            map: HashMap::new(),
+            map: Default::default(),
         }
     }
 

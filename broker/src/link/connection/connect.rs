@@ -107,7 +107,8 @@ pub(crate) struct Established {
     /// Boxed: most devices connect without one.
     pub(crate) will: Option<Box<crate::link::connection::will::Will>>,
     /// The client's CONNECT properties (v5): its limits for what we send it.
-    pub(crate) connect_props: Option<ConnectProperties>,
+    /// Boxed: most clients send none, and few are MQTT 5.
+    pub(crate) connect_props: Option<Box<ConnectProperties>>,
     pub(crate) peer: SocketAddr,
     pub(crate) transport: Transport,
     pub(crate) session_present: bool,
@@ -291,7 +292,7 @@ pub(crate) async fn establish(
         // Router links are always clean: sessions are fleetmq's (`session::store`).
         clean: true,
         will: will.map(Box::new),
-        connect_props: req.props,
+        connect_props: req.props.map(Box::new),
         peer,
         transport,
         session_present,

@@ -21,6 +21,8 @@ pub(crate) struct LaterCopies {
     order: VecDeque<u64>,
 }
 
+crate::link::lazy::idle!(LaterCopies, |c| c.owed.is_empty() && c.order.is_empty());
+
 impl LaterCopies {
     /// `message` went out, and the router will deliver it `more` times again.
     pub(crate) fn expect(&mut self, message: u64, more: usize) {

@@ -257,16 +257,24 @@ const MAX_COMMANDS_INFLIGHT: usize = 1024;
 /// Commands written to the connection and waiting for their PUBACK.
 #[derive(Debug)]
 pub(crate) struct CommandWindow {
-    inflight: HashMap<u16, String>,
+    inflight: crate::link::lazy::Lazy<HashMap<u16, String>>,
     next: u16,
 }
 
 impl Default for CommandWindow {
     fn default() -> Self {
         CommandWindow {
-            inflight: HashMap::new(),
+            inflight: Default::default(),
             next: FIRST_COMMAND_PKID,
         }
+    }
+}
+
+impl CommandWindow {
+    /// Frees the in-flight map while it is empty (the packet ids go on from where they
+    /// are: a re-sent command is a new PUBLISH with a new id).
+    pub(crate) fn settle(&mut self) {
+        self.inflight.settle();
     }
 }
 

@@ -59,7 +59,7 @@ impl Connection {
         }
         // The sessions' copies of this batch's QoS 1/2 messages, in one durable write
         // before the router (which acknowledges them) and the client (PUBRECs) see it.
-        let copies = std::mem::take(&mut self.copies);
+        let copies = self.copies.take_value();
         if !copies.is_empty() {
             self.core
                 .session_store
@@ -477,6 +477,8 @@ pub(crate) struct InboundQos2 {
     /// that this one has not taken up again.
     earlier: HashSet<u16>,
 }
+
+crate::link::lazy::idle!(InboundQos2, |q| q.ids.is_empty() && q.earlier.is_empty());
 
 impl InboundQos2 {
     /// A resumed session's unreleased exchanges, from an earlier network connection.

@@ -13,6 +13,7 @@ pub(crate) mod hold;
 pub(crate) mod ingress;
 pub(crate) mod outbound;
 pub(crate) mod outbound_alias;
+pub(crate) mod park;
 pub(crate) mod refusal;
 pub(crate) mod router_link;
 pub(crate) mod stored_acks;
@@ -39,6 +40,7 @@ use crate::link::connection::ingress::InboundQos2;
 use crate::link::connection::outbound::Outbound;
 use crate::link::connection::router_link::RouterLink;
 use crate::link::connection::subscriptions::Subscriptions;
+use crate::link::lazy::{idle, Lazy};
 use crate::link::net::transport::Stream;
 use crate::link::security::auth::Identity;
 use crate::link::security::sealing::DeviceCrypto;
@@ -47,11 +49,17 @@ use crate::link::session::live::{CloseReason, Control};
 use crate::link::Core;
 use fleetmq_storage::now_ms;
 
+/// A boxed future of one step of the run loop.
+pub(crate) type BoxedStep<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Ending>> + Send + 'a>>;
+
 /// How many router notifications are written per socket write at most.
 const MAX_EGRESS_BATCH: usize = 512;
 /// While a PUBLISH waits for a congested subscriber, the socket is read only while the
 /// buffer holds less than this (acks are taken out of it; the rest waits).
 const STALLED_READ_LIMIT: usize = 64 * 1024;
+
+idle!(HashMap<u16, Vec<Option<SubscribeReasonCode>>>, |m| m.is_empty());
 
 /// Why the run loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,9 +100,9 @@ pub(crate) struct Connection {
     pub(crate) congestion_rx: tokio::sync::watch::Receiver<u64>,
     pub(crate) crypto: Option<DeviceCrypto>,
     /// Inbound QoS 2 exchanges waiting for PUBREL (`ingress.rs`).
-    pub(crate) inbound_qos2: InboundQos2,
+    pub(crate) inbound_qos2: Lazy<InboundQos2>,
     /// SUBACK codes decided locally, merged with the router's by packet id.
-    pub(crate) pending_subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    pub(crate) pending_subacks: Lazy<HashMap<u16, Vec<Option<SubscribeReasonCode>>>>,
     pub(crate) last_read: Instant,
     /// Whether this link ever sent the router a `Ready` (wake) event.
     pub(crate) woke: bool,
@@ -103,7 +111,7 @@ pub(crate) struct Connection {
     /// Per-connection MQTT state the router lacks (see `subscriptions`, `alias`, `flow`).
     pub(crate) subs: Subscriptions,
     /// Copies the router still owes of messages sent once for overlapping subscriptions.
-    pub(crate) later_copies: copies::LaterCopies,
+    pub(crate) later_copies: Lazy<copies::LaterCopies>,
     pub(crate) aliases: InboundAliases,
     pub(crate) flow: OutboundFlow,
     /// Topic aliases towards an MQTT 5 client that accepts them (`outbound_alias`).
@@ -113,9 +121,9 @@ pub(crate) struct Connection {
     pub(crate) sess: crate::link::session::resume::SessionLink,
     /// Persistent sessions' copies of this read batch's messages, written before the
     /// batch is routed (`session::store`).
-    pub(crate) copies: crate::link::session::store::Copies,
+    pub(crate) copies: Lazy<crate::link::session::store::Copies>,
     /// QoS 1/2 telemetry stored before it is acknowledged (`stored_acks.rs`).
-    pub(crate) stored: stored_acks::StoredAcks,
+    pub(crate) stored: Lazy<stored_acks::StoredAcks>,
 }
 
 impl Connection {
@@ -139,8 +147,8 @@ impl Connection {
         });
         Connection {
             subs: Subscriptions::new(s.session_present),
-            later_copies: copies::LaterCopies::default(),
-            flow: OutboundFlow::new(s.connect_props.as_ref()),
+            later_copies: Lazy::default(),
+            flow: OutboundFlow::new(s.connect_props.as_deref()),
             out_aliases: outbound_alias::OutboundAliases::new(
                 match s.version {
                     Version::V5 => s.connect_props.as_ref().and_then(|p| p.topic_alias_max),
@@ -160,14 +168,14 @@ impl Connection {
             out: BytesMut::new(),
             to_router: Vec::new(),
             crypto,
-            inbound_qos2: InboundQos2::default(),
-            pending_subacks: HashMap::new(),
+            inbound_qos2: Lazy::default(),
+            pending_subacks: Lazy::default(),
             last_read: Instant::now(),
             woke: false,
             commands: CommandWindow::default(),
             sess,
             copies: Default::default(),
-            stored: stored_acks::StoredAcks::default(),
+            stored: Lazy::default(),
         }
     }
 
@@ -191,7 +199,16 @@ impl Connection {
         let start = this.starting(connack);
         let mut ending = start.await;
         while ending.is_none() {
-            ending = this.step().await.err();
+            ending = if this.parkable() {
+                // Idle in the common case: a small future waits (`park.rs`).
+                this.settle();
+                let woken = park::park(&this).await;
+                let handle = this.woken(woken);
+                handle.await.err()
+            } else {
+                let step = this.stepping();
+                step.await.err()
+            };
         }
         let close = closing(this, ending.unwrap_or(Ending::Dropped));
         close.await;
@@ -217,6 +234,12 @@ impl Connection {
         }
     }
 
+    /// [`Connection::step`]'s future, boxed: its `select!` is kilobytes that a parked
+    /// connection need not hold.
+    fn stepping(&mut self) -> BoxedStep<'_> {
+        Box::pin(self.step())
+    }
+
     async fn step(&mut self) -> Result<(), Ending> {
         let deadline = self.keepalive_deadline();
         let sleep = tokio::time::sleep_until(
@@ -232,18 +255,10 @@ impl Connection {
             && !self.stored.full();
         tokio::select! {
             biased;
-            ctrl = self.s.mailbox.control() => match ctrl {
-                Control::Close(reason) => Err(Ending::Closed(reason)),
-                Control::Reload(record) => {
-                    self.crypto = self.core.crypto_for(&record);
-                    Ok(())
-                }
-                #[cfg(feature = "testing")]
-                Control::RouterRelease => {
-                    let boxed = Box::pin(self.router_released());
-                    boxed.await
-                }
-            },
+            ctrl = self.s.mailbox.control() => {
+                let boxed = Box::pin(self.on_control(ctrl));
+                boxed.await
+            }
             _ = self.core.shutdown.cancelled() => Err(Ending::Closed(CloseReason::ShuttingDown)),
             // Before router traffic, which a stuck client's QoS 0 subscriptions or the
             // broker's own publishes could keep ready.
@@ -263,24 +278,14 @@ impl Connection {
                 boxed.await
             }
             _ = self.s.mailbox.ready.notified() => {
-                for (command_id, payload) in self.s.mailbox.take() {
-                    self.deliver_command(command_id, &payload);
-                }
-                let boxed = Box::pin(self.dispatched());
+                let boxed = Box::pin(self.on_mailbox());
                 boxed.await
             }
             read = self.stream.read(&mut self.read_buf), if may_read => match read {
                 Ok(0) | Err(_) => Err(Ending::Dropped),
                 Ok(n) => {
-                    self.last_read = Instant::now();
-                    crate::stats::Stats::add(&self.core.stats.bytes_received, n as u64);
-                    let boxed = Box::pin(self.ingress());
-                    let result = boxed.await;
-                    if self.read_buf.is_empty() {
-                        // Nothing half-read: an idle connection holds no read buffer.
-                        self.read_buf = BytesMut::new();
-                    }
-                    result
+                    let boxed = Box::pin(self.on_read(n));
+                    boxed.await
                 }
             },
             // Always drained: live messages queue behind a resumed session's queue and
@@ -304,6 +309,39 @@ impl Connection {
                 Err(_) => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
         }
+    }
+
+    /// What the broker told the connection.
+    async fn on_control(&mut self, ctrl: Control) -> Result<(), Ending> {
+        match ctrl {
+            Control::Close(reason) => Err(Ending::Closed(reason)),
+            Control::Reload(record) => {
+                self.crypto = self.core.crypto_for(&record);
+                Ok(())
+            }
+            #[cfg(feature = "testing")]
+            Control::RouterRelease => self.router_released().await,
+        }
+    }
+
+    /// Commands and routed messages waiting in the mailbox.
+    async fn on_mailbox(&mut self) -> Result<(), Ending> {
+        for (command_id, payload) in self.s.mailbox.take() {
+            self.deliver_command(command_id, &payload);
+        }
+        self.dispatched().await
+    }
+
+    /// `n` bytes were appended to the read buffer.
+    async fn on_read(&mut self, n: usize) -> Result<(), Ending> {
+        self.last_read = Instant::now();
+        crate::stats::Stats::add(&self.core.stats.bytes_received, n as u64);
+        let result = self.ingress().await;
+        if self.read_buf.is_empty() {
+            // Nothing half-read: an idle connection holds no read buffer.
+            self.read_buf = BytesMut::new();
+        }
+        result
     }
 
     /// Writes what is buffered for the client in one write.

@@ -132,7 +132,7 @@ pub(crate) struct Outbound {
     pending: VecDeque<OutMsg>,
     inflight: BTreeMap<u16, Inflight>,
     /// Packet ids of waiting re-sends, which new messages do not take.
-    reserved: HashSet<u16>,
+    reserved: crate::link::lazy::Lazy<HashSet<u16>>,
     next_pkid: u16,
     next_order: u64,
     max_pending: usize,
@@ -154,11 +154,16 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
+    /// Frees the reserved ids' set while it is empty.
+    pub(crate) fn settle(&mut self) {
+        self.reserved.settle();
+    }
+
     pub(crate) fn new(max_pending: usize) -> Outbound {
         Outbound {
             pending: VecDeque::new(),
             inflight: BTreeMap::new(),
-            reserved: HashSet::new(),
+            reserved: Default::default(),
             next_pkid: FIRST_PKID,
             next_order: 0,
             max_pending,

@@ -48,15 +48,20 @@ impl TopicRef {
 #[derive(Debug)]
 pub(crate) struct OutboundAliases {
     max: u16,
-    by_topic: HashMap<String, u16>,
+    by_topic: crate::link::lazy::Lazy<HashMap<String, u16>>,
 }
 
 impl OutboundAliases {
+    /// Frees the map while it is empty.
+    pub(crate) fn settle(&mut self) {
+        self.by_topic.settle();
+    }
+
     /// For a client that accepts aliases up to `client_max` (0: none, and 3.1.1 clients).
     pub(crate) fn new(client_max: u16) -> OutboundAliases {
         OutboundAliases {
             max: client_max.min(MAX_ALIASES),
-            by_topic: HashMap::new(),
+            by_topic: Default::default(),
         }
     }
 

@@ -38,6 +38,11 @@ pub(crate) struct StoredAcks {
     pub(crate) batch: Vec<(Bytes, u64)>,
 }
 
+// The write numbers start again at 0 once every write is done and nothing is held.
+crate::link::lazy::idle!(StoredAcks, |s| s.started == s.done
+    && s.held.is_empty()
+    && s.batch.is_empty());
+
 impl StoredAcks {
     /// Whether acks for the client must wait: a write is under way, or this read batch
     /// has telemetry for the next one.

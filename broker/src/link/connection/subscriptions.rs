@@ -33,12 +33,12 @@ pub(crate) struct Overlap {
 pub(crate) struct Subscriptions {
     routed: HashMap<String, SubOptions>,
     /// `$SYS/...` filters, served by the link from [`crate::link::sys`].
-    sys: HashMap<String, u8>,
+    sys: crate::link::lazy::Lazy<HashMap<String, u8>>,
     /// The session was resumed: the router may hold subscriptions this link never saw.
     inherited: bool,
     /// Per plain filter: the offset, in the router's log of that filter, of the last
     /// message delivered on it (see [`Subscriptions::skipped`]).
-    log_offsets: HashMap<String, u64>,
+    log_offsets: crate::link::lazy::Lazy<HashMap<String, u64>>,
     /// How many pairs of plain routed filters some topic could match both of: while 0,
     /// no message needs [`Subscriptions::overlap`]'s look at every filter.
     overlapping_pairs: usize,
@@ -50,6 +50,12 @@ pub(crate) fn is_sys(filter: &str) -> bool {
 }
 
 impl Subscriptions {
+    /// Frees the `$SYS` and log-offset maps while they are empty.
+    pub(crate) fn settle(&mut self) {
+        self.sys.settle();
+        self.log_offsets.settle();
+    }
+
     pub(crate) fn new(session_present: bool) -> Subscriptions {
         Subscriptions {
             inherited: session_present,

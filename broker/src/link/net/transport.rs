@@ -56,6 +56,29 @@ impl Stream {
         }
     }
 
+    /// The socket of a plain TCP stream, whose readiness can be awaited without
+    /// reading (a TLS or WebSocket stream may hold decoded bytes of its own).
+    pub(crate) fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Tcp(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Appends what a plain TCP socket holds to `buf` without waiting: `WouldBlock`
+    /// when it held nothing (readiness is then cleared, and no room is kept for it).
+    pub(crate) fn try_read_tcp(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        let Stream::Tcp(s) = self else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        reserve(buf);
+        let read = s.try_read_buf(buf);
+        if buf.is_empty() {
+            *buf = BytesMut::new();
+        }
+        read
+    }
+
     /// Writes the whole buffer: one write (one WebSocket message) per call.
     pub(crate) async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self {

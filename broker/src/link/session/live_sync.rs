@@ -46,7 +46,7 @@ impl Connection {
         };
         if self.sess.pending_subs.is_empty() {
             // No SUBSCRIBE waits: an idle connection keeps no table for them.
-            self.sess.pending_subs = std::collections::HashMap::new();
+            self.sess.pending_subs = Default::default();
         }
         let since = self.sess.owed.pending_since.remove(&suback.pkid);
         let mut granted_filters = Vec::new();
@@ -217,7 +217,7 @@ impl Connection {
             && q.released_seqs.is_empty()
             && q.sent_marks.is_empty()
             && !self.sess.subs_dirty
-            && self.sess.saved_qos2 == *self.inbound_qos2.ids()
+            && *self.sess.saved_qos2 == *self.inbound_qos2.ids()
             && (!self.sess.start.persistent
                 || !self.core.session_store.durable_live()
                 || self.sess.saved_pubrels == q.pubrels())
@@ -241,13 +241,13 @@ impl Connection {
             // changes and at parking only.
             let durable_live = self.core.session_store.durable_live();
             let pubrels = q.pubrels();
-            let changed = self.sess.subs_dirty || self.sess.saved_qos2 != *self.inbound_qos2.ids();
+            let changed = self.sess.subs_dirty || *self.sess.saved_qos2 != *self.inbound_qos2.ids();
             if changed || (durable_live && self.sess.saved_pubrels != pubrels) {
                 // A new PUBREL must be on disk before it is sent; one completed may be
                 // forgotten (sent again after a crash, answered with PUBCOMP).
                 durable |= changed || pubrels.iter().any(|p| !self.sess.saved_pubrels.contains(p));
                 self.sess.subs_dirty = false;
-                self.sess.saved_qos2 = self.inbound_qos2.ids().clone();
+                *self.sess.saved_qos2 = self.inbound_qos2.ids().clone();
                 self.sess.saved_pubrels = pubrels;
                 ops.push(QueueOp::PutSession(self.session_record()));
             }

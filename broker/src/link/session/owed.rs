@@ -54,6 +54,12 @@ pub(crate) struct OwedState {
     pub(crate) max_since: u64,
 }
 
+crate::link::lazy::idle!(OwedState, |o| o.marks.is_empty()
+    && o.pending_since.is_empty()
+    && o.resubscribing.is_empty()
+    && o.pre_delivered.is_empty()
+    && o.max_since == 0);
+
 impl Connection {
     /// The session's subscriptions including those whose SUBSCRIBE the router has not
     /// answered: what the ledger records for.

@@ -14,6 +14,7 @@ use rumqttd::protocol::{
 use crate::link::codec::framing::Version;
 use crate::link::connection::outbound::OutMsg;
 use crate::link::connection::{Connection, Ending};
+use crate::link::lazy::{idle, Lazy};
 use crate::link::session::ledger::SharedLedger;
 use crate::link::session::owed::OwedState;
 use crate::link::session::store;
@@ -55,8 +56,11 @@ pub(crate) struct SessionStart {
     /// Session Expiry Interval in seconds (`store::NEVER` for 3.1.1).
     pub(crate) expiry_s: u32,
     /// The stored session this connection resumes (CONNACK session present).
-    pub(crate) resumed: Option<SessionRecord>,
+    /// Boxed: taken at the start, and most connections have none.
+    pub(crate) resumed: Option<Box<SessionRecord>>,
 }
+
+idle!(HashMap<u16, Vec<(SessionSubscription, bool)>>, |m| m.is_empty());
 
 /// Per-connection session state.
 #[derive(Default)]
@@ -65,9 +69,9 @@ pub(crate) struct SessionLink {
     pub(crate) subs: crate::link::session::sub_table::SubTable,
     /// Filters of SUBSCRIBEs the router has not answered yet, and whether each
     /// subscription existed before (Retain Handling 1).
-    pub(crate) pending_subs: HashMap<u16, Vec<(SessionSubscription, bool)>>,
+    pub(crate) pending_subs: Lazy<HashMap<u16, Vec<(SessionSubscription, bool)>>>,
     pub(crate) subs_dirty: bool,
-    pub(crate) saved_qos2: HashSet<u16>,
+    pub(crate) saved_qos2: Lazy<HashSet<u16>>,
     /// The outbound PUBRELs the stored record holds.
     pub(crate) saved_pubrels: Vec<u16>,
     /// Whether this connection stored a session record.
@@ -77,7 +81,7 @@ pub(crate) struct SessionLink {
     /// Arrival numbers the router delivered since the ledger was last told.
     pub(crate) delivered: Vec<u64>,
     /// When its subscriptions took effect (`session::owed`).
-    pub(crate) owed: OwedState,
+    pub(crate) owed: Lazy<OwedState>,
     /// What the stored queue of the resumed session holds of its live deliveries.
     pub(crate) queued_window: Option<store::QueuedWindow>,
 }
@@ -168,7 +172,7 @@ impl Connection {
             return Ok(());
         };
         self.inbound_qos2.restore(rec.inbound_qos2.iter().copied());
-        self.sess.saved_qos2 = self.inbound_qos2.ids().clone();
+        *self.sess.saved_qos2 = self.inbound_qos2.ids().clone();
         // Its client was connected when the broker stopped without parking it (kill -9):
         // any of its queue may have been sent, so all of it goes with DUP=1 ("might be a
         // re-delivery") [MQTT-3.3.1-1].

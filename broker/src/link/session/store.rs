@@ -505,7 +505,7 @@ pub(crate) async fn start(
             core.session_store.discard(key).await;
             None
         }
-        (true, false) => core.session_store.record(key).await,
+        (true, false) => core.session_store.record(key).await.map(Box::new),
     };
     SessionStart {
         persistent,

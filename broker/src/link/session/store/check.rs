@@ -26,6 +26,11 @@ pub(crate) struct Copies {
     set: Option<(SharedSet, Arc<tokio::sync::Notify>)>,
 }
 
+crate::link::lazy::idle!(Copies, |c| c.ops.is_empty()
+    && c.keys.is_empty()
+    && c.slots.is_empty()
+    && c.set.is_none());
+
 impl Copies {
     pub(crate) fn is_empty(&self) -> bool {
         self.ops.is_empty()

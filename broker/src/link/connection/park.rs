@@ -1,0 +1,100 @@
+//! Where an idle connection waits. The run loop's [`Connection::step`] selects over
+//! everything a connection can wait for, and its future is kilobytes; most of a fleet's
+//! connections are idle devices that can only be woken by the broker (mailbox, control),
+//! their socket, or their keep-alive. They wait in [`park`], whose future holds just
+//! those, and what wakes them runs in a boxed future that ends with the event
+//! (docs/architecture.md, "What a device costs").
+
+use std::io;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::link::connection::{BoxedStep, Connection, Ending};
+use crate::link::session::live::{CloseReason, Control};
+
+/// What ended a [`park`].
+pub(crate) enum Woken {
+    Control(Control),
+    Shutdown,
+    Mailbox,
+    /// The socket is readable (or failed).
+    Readable(io::Result<()>),
+    KeepAliveTimeout,
+}
+
+impl Connection {
+    /// Whether the connection can wait in [`park`]: a plain TCP socket (TLS and
+    /// WebSocket streams may hold decoded bytes their socket's readiness does not show),
+    /// no PUBLISH waiting for congested subscribers, no telemetry write under way, no
+    /// router link of its own, no `$SYS` subscription and nothing stuck in its queue.
+    pub(crate) fn parkable(&self) -> bool {
+        self.stream.tcp().is_some()
+            && self.stalled.is_none()
+            && !self.stored.busy()
+            && !self.s.link.is_own()
+            && !self.subs.has_sys()
+            && self
+                .queue
+                .stuck_deadline(self.core.config.slow_consumer_timeout)
+                .is_none()
+    }
+
+    /// Frees the state an idle connection holds nothing in (`link/lazy.rs`).
+    pub(crate) fn settle(&mut self) {
+        self.inbound_qos2.settle();
+        self.pending_subacks.settle();
+        self.commands.settle();
+        self.later_copies.settle();
+        self.copies.settle();
+        self.stored.settle();
+        self.sess.pending_subs.settle();
+        self.sess.saved_qos2.settle();
+        self.sess.owed.settle();
+        self.aliases.settle();
+        self.out_aliases.settle();
+        self.subs.settle();
+        self.queue.settle();
+    }
+
+    /// Handles what ended a [`park`], in a boxed future that ends with it.
+    pub(crate) fn woken(&mut self, woken: Woken) -> BoxedStep<'_> {
+        Box::pin(async move {
+            match woken {
+                Woken::Control(ctrl) => self.on_control(ctrl).await,
+                Woken::Shutdown => Err(Ending::Closed(CloseReason::ShuttingDown)),
+                Woken::Mailbox => self.on_mailbox().await,
+                Woken::Readable(Err(_)) => Err(Ending::Dropped),
+                Woken::Readable(Ok(())) => match self.stream.try_read_tcp(&mut self.read_buf) {
+                    Ok(0) => Err(Ending::Dropped),
+                    Ok(n) => self.on_read(n).await,
+                    // A readiness that found nothing: back to waiting.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                    Err(_) => Err(Ending::Dropped),
+                },
+                Woken::KeepAliveTimeout => Err(Ending::KeepAliveTimeout),
+            }
+        })
+    }
+}
+
+/// Waits, in the order [`Connection::step`] gives them, for a control message, the
+/// broker's shutdown, the mailbox, the socket, or the keep-alive deadline. Only for a
+/// [`Connection::parkable`] connection.
+pub(crate) async fn park(conn: &Connection) -> Woken {
+    let Some(tcp) = conn.stream.tcp() else {
+        return Woken::Readable(Ok(()));
+    };
+    let deadline = conn.keepalive_deadline();
+    let sleep = tokio::time::sleep_until(
+        deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
+    );
+    tokio::select! {
+        biased;
+        ctrl = conn.s.mailbox.control() => Woken::Control(ctrl),
+        _ = conn.core.shutdown.cancelled() => Woken::Shutdown,
+        _ = conn.s.mailbox.ready.notified() => Woken::Mailbox,
+        readable = tcp.readable() => Woken::Readable(readable),
+        _ = sleep, if deadline.is_some() => Woken::KeepAliveTimeout,
+    }
+}
