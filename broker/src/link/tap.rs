@@ -162,6 +162,11 @@ impl Tap {
         self.rx.recv().await
     }
 
+    /// A message already waiting, if any.
+    pub fn try_recv(&mut self) -> Option<TappedMessage> {
+        self.rx.try_recv().ok()
+    }
+
     /// Messages dropped because the queue was full since the last call.
     pub fn take_dropped(&self) -> u64 {
         self.dropped.swap(0, Ordering::Relaxed)
