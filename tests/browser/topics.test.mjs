@@ -20,6 +20,8 @@ test('payload previews: JSON pretty-printed, text as is, binary as hex', () => {
   const bin = describe(fromBase64('/wABAg=='));
   assert.equal(bin.kind, 'binary');
   assert.equal(bin.full, '000000  ff 00 01 02');
+  assert.equal(describe(new Uint8Array([1, 2, 3])).kind, 'binary', 'valid UTF-8, but control characters');
+  assert.equal(describe(fromText('tab\tand\r\nnewline')).kind, 'text');
   assert.equal(describe(new Uint8Array()).kind, 'empty');
   assert.equal(describe(fromText('x'.repeat(100)), 10).short, `${'x'.repeat(9)}…`);
 });

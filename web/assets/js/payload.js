@@ -1,5 +1,9 @@
-// Message payloads for display: UTF-8 text as it is, JSON pretty-printed, anything else
+// Message payloads for display: UTF-8 text as it is (unless it has control characters), JSON pretty-printed, anything else
 // as hex. Pure: no DOM, so Node's test runner checks it too.
+
+/** Control characters other than tab, line feed and carriage return. */
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/;
 
 /** Bytes of a base64 string. */
 export function fromBase64(b64) {
@@ -43,7 +47,8 @@ export function hexDump(bytes, max = 4096) {
 export function describe(bytes, width = 80) {
   if (bytes.length === 0) return { kind: 'empty', full: '', short: '(empty)' };
   const text = utf8(bytes);
-  if (text === null) {
+  // Valid UTF-8 full of control characters is binary to a reader.
+  if (text === null || CONTROL.test(text)) {
     const hex = Array.from(bytes.slice(0, Math.ceil(width / 3)), (b) => b.toString(16).padStart(2, '0')).join(' ');
     return { kind: 'binary', full: hexDump(bytes), short: clip(hex, width, bytes.length * 3 > width) };
   }
