@@ -371,3 +371,39 @@ async fn refusals_name_the_url_and_the_keys_source() {
     // The status shown is the one last read (queued or sent: the device never answers).
     assert!(out.stdout.contains(" (1 s)"), "{out:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_through_the_admin_api() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path()).await;
+    // No MQTT credentials: the admin key of `serve`'s data directory.
+    let cmd = server.cli(&["subscribe", "--api", "site/+/live", "--json", "-C", "2"]);
+    let mut tail = Tail::spawn(cmd);
+    Tail::expect(&mut tail.err, "subscribed", |l| l.contains("subscribed")).await;
+    server.run(&["publish", "other/x", "not this"]).await.ok();
+    server.run(&["publish", "site/1/live", "hello"]).await.ok();
+    let line = Tail::expect(&mut tail.out, "the message", |_| true).await;
+    let message: Value = serde_json::from_str(&line).expect("JSON line");
+    assert_eq!(message["topic"], "site/1/live", "{message}");
+    assert_eq!(message["payload"], "hello");
+    assert_eq!(message["qos"], 0);
+
+    // The text form; the process ends after -C messages.
+    let cmd = server.cli(&["subscribe", "--api", "site/#", "-C", "1"]);
+    let mut tail = Tail::spawn(cmd);
+    Tail::expect(&mut tail.err, "subscribed", |l| l.contains("subscribed")).await;
+    server.run(&["publish", "site/text", "x y"]).await.ok();
+    let line = Tail::expect(&mut tail.out, "the message", |_| true).await;
+    assert_eq!(line, "site/text x y");
+
+    // One filter only; a bad filter is the API's 422.
+    let out = server.run(&["subscribe", "--api", "a/#", "b/#"]).await;
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(
+        out.stderr.contains("--api follows one topic filter"),
+        "{out:#?}"
+    );
+    let out = server.run(&["subscribe", "--api", "a/#/b"]).await;
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(out.stderr.contains("invalid topic filter"), "{out:#?}");
+}

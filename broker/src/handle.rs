@@ -120,7 +120,7 @@ impl BrokerHandle {
             self.persist_retained(&msg).await?;
         }
         self.core
-            .publish_system_wait(&msg.topic, &msg.payload, msg.qos)
+            .publish_system_props(&msg.topic, &msg.payload, msg.qos, None, msg.retain)
             .await
             .map_err(|_| PublishError::ShuttingDown)
     }
@@ -158,6 +158,12 @@ impl BrokerHandle {
             .delete_retained(topic)
             .await
             .map_err(RetainedError::Storage)
+    }
+
+    /// Opens a live tap on the messages the broker routes whose topic matches `filter`
+    /// (see `link/tap.rs`): at most [`crate::MAX_TAPS`] at once, closed when dropped.
+    pub fn tap(&self, filter: &str) -> Result<crate::Tap, crate::TapError> {
+        self.core.taps.open(filter)
     }
 
     /// The broker's counters.

@@ -35,6 +35,7 @@ pub use handle::BrokerHandle;
 /// `KeyRing`, and the 0x02 `ReplayWindow`.
 pub use link::security::crypto as envelope;
 pub use link::security::refusals::RefusalPage;
+pub use link::tap::{Tap, TapError, TappedMessage, MAX_TAPS, TAP_QUEUE};
 pub use link::Listeners;
 pub use publish::{PublishError, PublishRequest, RetainedError};
 pub use stats::{

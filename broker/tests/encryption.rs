@@ -47,7 +47,13 @@ fn seal_version(
     env
 }
 
-fn seal(key: &[u8; 32], generation: u8, nonce: [u8; 12], topic: &str, plain: &[u8]) -> Vec<u8> {
+pub(crate) fn seal(
+    key: &[u8; 32],
+    generation: u8,
+    nonce: [u8; 12],
+    topic: &str,
+    plain: &[u8],
+) -> Vec<u8> {
     seal_version(1, key, generation, nonce, topic, plain)
 }
 

@@ -32,6 +32,7 @@ mod robustness;
 mod session_properties;
 mod slow_consumer;
 mod subscribe_window;
+mod taps;
 mod telemetry;
 mod teltonika;
 mod tls;

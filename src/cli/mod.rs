@@ -30,6 +30,7 @@ mod publish;
 mod service_clients;
 mod stats;
 mod subscribe;
+mod subscribe_api;
 mod telemetry;
 mod webhooks;
 
@@ -137,7 +138,7 @@ pub enum AdminCommand {
         #[command(flatten)]
         args: publish::PublishArgs,
     },
-    /// Print the messages of topic filters, one line each (an MQTT client with a service client's credentials)
+    /// Print the messages of topic filters, one line each (an MQTT client with a service client's credentials, or `--api`: the admin API with an operator key)
     Subscribe(subscribe::SubscribeArgs),
     /// The broker's counters: connections, messages, commands, telemetry, webhooks (admin API client)
     Stats {

@@ -1,18 +1,18 @@
 //! `fleetmq subscribe FILTER...`: prints the messages of topic filters, one line each.
 //!
-//! The admin API's event stream (`GET /api/v1/events`) carries fleet events, not MQTT
-//! messages, so this is an MQTT client of its own (rumqttc, MQTT 3.1.1 over TCP) with
-//! the credentials of a service client (`--username`/`--password`), or none on a broker
-//! that allows anonymous clients. The broker's ACL applies as to any client: a filter
-//! it refuses is an error. It resubscribes after the connection drops.
+//! By default an MQTT client of its own (rumqttc, MQTT 3.1.1 over TCP) with the
+//! credentials of a service client (`--username`/`--password`), or none on a broker that
+//! allows anonymous clients. The broker's ACL applies as to any client: a filter it
+//! refuses is an error. It resubscribes after the connection drops.
+//!
+//! `--api` reads the admin API's live message stream instead (`GET /api/v1/subscribe`,
+//! `subscribe_api.rs`): an `operator` key, no MQTT credentials, one filter.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
-    SubscribeReasonCode,
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode,
 };
 use serde_json::json;
 
@@ -50,13 +50,14 @@ pub struct SubscribeArgs {
     qos: u8,
     /// Exit after this many messages
     #[arg(long, short = 'C', value_name = "N")]
-    count: Option<u64>,
-    /// One JSON object per message: topic, qos, retain, payload (text) or payload_hex
-    #[arg(long)]
-    json: bool,
-    /// The config file `serve` uses; read only to find `mqtt.tcp`
-    #[arg(long, value_name = "PATH")]
-    config: Option<PathBuf>,
+    pub(super) count: Option<u64>,
+    /// Watch through the admin API (`GET /api/v1/subscribe`, an operator key) instead of MQTT: one FILTER, every message the broker routes
+    #[arg(long, conflicts_with_all = ["mqtt", "username", "client_id"])]
+    api: bool,
+    /// The admin API (with --api); `--json`: one JSON object per message (topic, qos,
+    /// retain, payload (text) or payload_hex); `--config`: also where `mqtt.tcp` is read
+    #[command(flatten)]
+    conn: super::client::ConnArgs,
 }
 
 impl SubscribeArgs {
@@ -69,7 +70,7 @@ impl SubscribeArgs {
             let host = host.trim_start_matches('[').trim_end_matches(']');
             return Ok((host.to_owned(), port));
         }
-        let config = crate::config::load(self.config.as_deref(), std::env::vars(), Vec::new())
+        let config = crate::config::load(self.conn.config.as_deref(), std::env::vars(), Vec::new())
             .map_err(CliError::Config)?;
         let tcp = config.broker.tcp.ok_or_else(|| {
             CliError::Usage("mqtt.tcp is disabled in the config: give --mqtt HOST:PORT".into())
@@ -94,6 +95,15 @@ fn qos(level: u8) -> QoS {
 
 /// Prints messages until `--count` of them came or the process is stopped.
 pub async fn run(args: SubscribeArgs) -> Result<(), CliError> {
+    if args.api {
+        let [filter] = args.filters.as_slice() else {
+            return Err(CliError::Usage(
+                "--api follows one topic filter; use a wildcard (`a/+/c`, `a/#`) for more".into(),
+            ));
+        };
+        let admin = super::client::Admin::connect(&args.conn).await?;
+        return super::subscribe_api::run(&admin, filter, args.conn.json, args.count).await;
+    }
     let (host, port) = args.address()?;
     let target = format!("mqtt://{host}:{port}");
     let client_id =
@@ -124,7 +134,13 @@ pub async fn run(args: SubscribeArgs) -> Result<(), CliError> {
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                print_message(&publish, args.json);
+                print_message(
+                    &publish.topic,
+                    publish.qos as u8,
+                    publish.retain,
+                    &publish.payload,
+                    args.conn.json,
+                );
                 printed += 1;
             }
             Ok(_) => {}
@@ -202,29 +218,21 @@ fn connect_error(target: &str, user: Option<&str>, err: ConnectionError) -> CliE
     }
 }
 
-fn print_message(publish: &Publish, json: bool) {
-    let text = std::str::from_utf8(&publish.payload).ok();
+/// One message, as a line: `topic payload` (or `topic <n bytes> hex`), or JSON.
+pub(super) fn print_message(topic: &str, qos: u8, retain: bool, payload: &[u8], json: bool) {
+    let text = std::str::from_utf8(payload).ok();
     if json {
-        let mut line = json!({
-            "topic": publish.topic,
-            "qos": publish.qos as u8,
-            "retain": publish.retain,
-        });
+        let mut line = json!({ "topic": topic, "qos": qos, "retain": retain });
         match text {
             Some(text) => line["payload"] = text.into(),
-            None => line["payload_hex"] = hex(&publish.payload).into(),
+            None => line["payload_hex"] = hex(payload).into(),
         }
         outln!("{line}");
         return;
     }
     match text {
-        Some(text) => outln!("{} {text}", publish.topic),
-        None => outln!(
-            "{} <{} bytes> {}",
-            publish.topic,
-            publish.payload.len(),
-            hex(&publish.payload)
-        ),
+        Some(text) => outln!("{topic} {text}"),
+        None => outln!("{topic} <{} bytes> {}", payload.len(), hex(payload)),
     }
 }
 

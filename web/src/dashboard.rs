@@ -56,6 +56,7 @@ pub const ASSETS: &[Asset] = &[
     asset!("/assets/js/refusals.js", JS),
     asset!("/assets/js/alarms.js", JS),
     asset!("/assets/js/labels.js", JS),
+    asset!("/assets/js/payload.js", JS),
     asset!("/assets/js/pages/overview.js", JS),
     asset!("/assets/js/pages/devices.js", JS),
     asset!("/assets/js/pages/device.js", JS),
@@ -66,6 +67,8 @@ pub const ASSETS: &[Asset] = &[
     asset!("/assets/js/pages/alarms.js", JS),
     asset!("/assets/js/pages/keys.js", JS),
     asset!("/assets/js/pages/audit.js", JS),
+    asset!("/assets/js/pages/topics.js", JS),
+    asset!("/assets/js/pages/topics_live.js", JS),
 ];
 
 /// Only this origin; no inline script or style, so injected markup cannot run.

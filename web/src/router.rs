@@ -28,7 +28,7 @@ use crate::response::ApiResponse;
 use crate::routes::{
     alarms, audit, backup, clients, commands, config, connections, device_events, devices,
     devices_bulk, events, jobs, keys, metrics, openapi, publish, retained, service_clients, stats,
-    telemetry, webhooks,
+    subscribe, telemetry, webhooks,
 };
 use crate::AppState;
 
@@ -38,8 +38,11 @@ pub(crate) struct Route {
     pub(crate) path: &'static str,
     /// The methods, as the `Allow` header of a `405` lists them.
     pub(crate) allow: &'static str,
-    /// The role its state-changing methods need (reads need `viewer`).
+    /// The role its state-changing methods need.
     pub(crate) write: ApiRole,
+    /// The least role any of its methods needs: `viewer`, but `operator` for
+    /// [`contents`] routes.
+    pub(crate) read: ApiRole,
 }
 
 impl Route {
@@ -71,6 +74,7 @@ const fn route(path: &'static str, allow: &'static str) -> Route {
         path,
         allow,
         write: ApiRole::Operator,
+        read: ApiRole::Viewer,
     }
 }
 
@@ -81,6 +85,18 @@ const fn admin(path: &'static str, allow: &'static str) -> Route {
         path,
         allow,
         write: ApiRole::Admin,
+        read: ApiRole::Viewer,
+    }
+}
+
+/// A route that shows message contents as they are routed (live MQTT traffic may carry
+/// anything a device sends): even reading it needs an `operator`.
+const fn contents(path: &'static str, allow: &'static str) -> Route {
+    Route {
+        path,
+        allow,
+        write: ApiRole::Operator,
+        read: ApiRole::Operator,
     }
 }
 
@@ -124,6 +140,7 @@ pub(crate) const ROUTES: &[Route] = &[
     route("/api/v1/connections/refused", "GET"),
     route("/api/v1/publish", "POST"),
     route("/api/v1/retained", "GET, DELETE"),
+    contents("/api/v1/subscribe", "GET"),
     route("/api/v1/stats", "GET"),
     route("/api/v1/stats/history", "GET"),
     route("/api/v1/events", "GET"),
@@ -219,7 +236,7 @@ where
         lookup(&segments, &method).ok_or_else(|| ApiError::NotFound("no such route".to_owned()))?;
     seen.route = Some(route.path);
     seen.target = params.first().map(|p| (*p).to_owned());
-    let needed = required(seen.api, &method, route.write);
+    let needed = required(seen.api, &method, route.write).map(|n| n.max(route.read));
     if let Some(identity) = &identity {
         if !allowed(identity.role, needed) {
             return Err(ApiError::Forbidden(format!(
@@ -319,6 +336,7 @@ where
         ("/api/v1/publish", Method::POST) => publish::publish(state, req).await,
         ("/api/v1/retained", Method::GET) => retained::list(state, req.uri().query()),
         ("/api/v1/retained", Method::DELETE) => retained::delete(state, req.uri().query()).await,
+        ("/api/v1/subscribe", Method::GET) => subscribe::stream(state, query),
         ("/api/v1/stats", Method::GET) => stats::get(state).await,
         ("/api/v1/stats/history", Method::GET) => stats::history(state),
         ("/api/v1/keys", Method::GET) => keys::list(state, query).await,

@@ -31,7 +31,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_millis(200);
 
 pub(crate) struct TestApp {
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     pub(crate) store: Store,
     pub(crate) broker: TestBroker,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -373,6 +373,7 @@ pub(crate) fn every_api_route() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::POST, "/api/v1/webhooks/deliveries/1/retry", None),
         (Method::DELETE, "/api/v1/webhooks/deliveries/1", None),
         (Method::GET, "/api/v1/events", None),
+        (Method::GET, "/api/v1/subscribe?filter=%23", None),
         (Method::GET, "/api/v1/openapi.json", None),
         (Method::POST, "/api/v1/backup", None),
         (Method::GET, "/api/v1/no-such-route", None),

@@ -73,6 +73,14 @@ async fn roles_are_checked_from_the_route_table() {
         if read && path == "/api/v1/events" {
             continue; // A stream; `api.rs` covers it.
         }
+        if read && path == "/api/v1/subscribe" {
+            // Message contents: even reading needs an operator (`subscribe.rs` streams).
+            let as_viewer = app
+                .send(method.clone(), path, Auth::ApiKey(&viewer), None)
+                .await;
+            assert_eq!(as_viewer.status, StatusCode::FORBIDDEN, "viewer GET {path}");
+            continue;
+        }
         let as_viewer = app
             .send(method.clone(), path, Auth::ApiKey(&viewer), body.as_deref())
             .await;

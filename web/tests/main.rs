@@ -12,5 +12,6 @@ mod jobs;
 mod keys;
 mod refusals;
 mod retained;
+mod subscribe;
 mod tokens;
 mod webhooks;

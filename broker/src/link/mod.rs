@@ -10,6 +10,7 @@
 //!   state the router lacks (aliases, flow control, subscriptions, wills, congestion).
 //! - `session`: the live-connection table and persistent sessions with their queues.
 //! - `retained`: retained messages, delivered by the link layer (never by the router).
+//! - `tap`: live copies of routed messages for operators (`GET /api/v1/subscribe`).
 //! - `sys`: the `$SYS` topics; `settings`: the `[mqtt]` and `[security]` config sections.
 //! - here: [`Core`], the state every connection shares, and the router's links.
 
@@ -23,6 +24,7 @@ pub(crate) mod security;
 pub(crate) mod session;
 pub(crate) mod settings;
 pub(crate) mod sys;
+pub(crate) mod tap;
 pub(crate) mod teltonika;
 
 use std::sync::atomic::AtomicU64;
@@ -137,6 +139,8 @@ pub(crate) struct Core {
     pub(crate) session_store: crate::link::session::store::SessionStore,
     /// Connections whose outbound queue is past its bound, and the filters they pause.
     pub(crate) congestion: crate::link::connection::congestion::Congestion,
+    /// Operators' live copies of routed messages; free while none is open.
+    pub(crate) taps: Arc<crate::link::tap::Taps>,
 }
 
 /// What `Core` is built around: the live-connection table (built first, since the fleet
@@ -182,6 +186,7 @@ impl Core {
             retained: crate::link::retained::RetainedIndex::load(restored.retained),
             session_store,
             congestion: crate::link::connection::congestion::Congestion::default(),
+            taps: Arc::default(),
             auth: Authenticator::new(
                 store.clone(),
                 config.allow_anonymous,
@@ -234,18 +239,28 @@ impl Core {
         payload: &[u8],
         qos: u8,
     ) -> Result<(), String> {
-        self.publish_system_props(topic, payload, qos, None).await
+        self.publish_system_props(topic, payload, qos, None, false)
+            .await
     }
 
     /// [`Core::publish_system_wait`] with PUBLISH properties. The message carries its
-    /// QoS as its origin, so subscribers get min(QoS, subscription QoS).
+    /// QoS as its origin, so subscribers get min(QoS, subscription QoS). `retained`
+    /// says whether it was published retained (already stored; taps show it).
     pub(crate) async fn publish_system_props(
         &self,
         topic: &str,
         payload: &[u8],
         qos: u8,
         props: Option<PublishProperties>,
+        retained: bool,
     ) -> Result<(), String> {
+        self.taps.offer(crate::link::tap::Offer {
+            topic,
+            payload,
+            qos,
+            retain: retained,
+            client_id: None,
+        });
         let incoming = crate::link::session::store::Incoming {
             topic,
             payload,

@@ -14,6 +14,7 @@ import * as webhooks from './pages/webhooks.js';
 import * as alarms from './pages/alarms.js';
 import * as keys from './pages/keys.js';
 import * as audit from './pages/audit.js';
+import * as topics from './pages/topics.js';
 
 const DEFAULT_POLL_MS = 5000;
 /** Events arriving in a burst cause one reload of the page. */
@@ -24,6 +25,7 @@ const NAV = [
   ['#/devices', 'Devices'],
   ['#/jobs', 'Jobs'],
   ['#/alarms', 'Alarms'],
+  ['#/topics', 'Topics'],
   ['#/clients', 'Clients'],
   ['#/service-clients', 'Service clients'],
   ['#/webhooks', 'Webhooks'],
@@ -44,6 +46,7 @@ function route() {
     case 'devices': return parts[1] ? { page: device, nav: '#/devices', args: [parts[1]] } : { page: devices, nav: '#/devices' };
     case 'jobs': return { page: jobs, nav: '#/jobs' };
     case 'alarms': return { page: alarms, nav: '#/alarms' };
+    case 'topics': return { page: topics, nav: '#/topics' };
     case 'clients': return { page: clients, nav: '#/clients' };
     case 'service-clients': return { page: serviceClients, nav: '#/service-clients' };
     case 'webhooks': return { page: webhooks, nav: '#/webhooks' };

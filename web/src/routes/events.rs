@@ -107,7 +107,7 @@ fn last_event_id(headers: &HeaderMap, param: Option<&str>) -> Result<Option<Stri
     Ok(Some(id.to_ascii_lowercase()))
 }
 
-fn keepalive(period: Duration) -> Interval {
+pub(crate) fn keepalive(period: Duration) -> Interval {
     let period = period.max(Duration::from_millis(1));
     let mut interval = tokio::time::interval_at(Instant::now() + period, period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -192,7 +192,12 @@ impl Feed {
 }
 
 /// Appends one SSE frame whose data is `data` as JSON on one line.
-fn frame<T: Serialize + ?Sized>(out: &mut BytesMut, id: Option<&str>, kind: &str, data: &T) {
+pub(crate) fn frame<T: Serialize + ?Sized>(
+    out: &mut BytesMut,
+    id: Option<&str>,
+    kind: &str,
+    data: &T,
+) {
     let json = match serde_json::to_vec(data) {
         Ok(json) => json,
         Err(error) => {

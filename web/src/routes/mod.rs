@@ -19,5 +19,6 @@ pub(crate) mod publish;
 pub(crate) mod retained;
 pub(crate) mod service_clients;
 pub(crate) mod stats;
+pub(crate) mod subscribe;
 pub(crate) mod telemetry;
 pub(crate) mod webhooks;

@@ -23,6 +23,14 @@ impl Connection {
             return;
         };
         let topic = format!("device/{}/command", device.id);
+        // Taps see the command as the broker sends it, before the device's envelope.
+        self.core.taps.offer(crate::link::tap::Offer {
+            topic: &topic,
+            payload,
+            qos: 1,
+            retain: false,
+            client_id: None,
+        });
         let payload = match self.crypto.as_mut() {
             Some(crypto) => match crypto.seal(&topic, payload) {
                 Ok(sealed) => sealed,

@@ -302,11 +302,23 @@ impl Connection {
             .core
             .session_store
             .check(&incoming, routing, &mut self.copies);
+        self.tap(&topic, &payload, meta);
         if !stored {
             self.device_published(&topic, &payload).await;
         }
         self.to_router.push(Packet::Publish(publish, props));
         Ok(())
+    }
+
+    /// Offers a routed message to the operators' taps (free while none is open).
+    fn tap(&self, topic: &str, payload: &[u8], meta: PublishMeta) {
+        self.core.taps.offer(crate::link::tap::Offer {
+            topic,
+            payload,
+            qos: meta.qos,
+            retain: meta.retain,
+            client_id: Some(&self.s.client_id),
+        });
     }
 
     /// The PUBLISH's topic name, its alias resolved: valid UTF-8 without wildcards, or

@@ -141,7 +141,13 @@ async fn publish(core: &Core, will: &Will) {
         }
     }
     if let Err(e) = core
-        .publish_system_props(&topic, &w.message, w.qos as u8, will.publish_properties())
+        .publish_system_props(
+            &topic,
+            &w.message,
+            w.qos as u8,
+            will.publish_properties(),
+            w.retain,
+        )
         .await
     {
         tracing::error!(topic, error = e, "could not publish a will");
