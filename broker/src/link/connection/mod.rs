@@ -5,6 +5,7 @@ pub(crate) mod alias;
 pub(crate) mod congestion;
 pub(crate) mod connect;
 pub(crate) mod copies;
+pub(crate) mod counters;
 pub(crate) mod device;
 pub(crate) mod egress;
 pub(crate) mod flow;
@@ -116,6 +117,8 @@ pub(crate) struct Connection {
     pub(crate) copies: crate::link::session::store::Copies,
     /// QoS 1/2 telemetry stored before it is acknowledged (`stored_acks.rs`).
     pub(crate) stored: stored_acks::StoredAcks,
+    /// What it has done, for the admin API (`counters.rs`).
+    pub(crate) counters: counters::ConnCounters,
 }
 
 impl Connection {
@@ -168,6 +171,7 @@ impl Connection {
             sess,
             copies: Default::default(),
             stored: stored_acks::StoredAcks::default(),
+            counters: counters::ConnCounters::default(),
         }
     }
 
@@ -238,6 +242,17 @@ impl Connection {
                     self.crypto = self.core.crypto_for(&record);
                     Ok(())
                 }
+                Control::Rules(new) => {
+                    if let crate::link::security::acl::Principal::Service { rules, .. } = &mut self.s.principal {
+                        *rules = new;
+                    }
+                    Ok(())
+                }
+                Control::Snapshot(request) => {
+                    let (info, reply) = *request;
+                    let _ = reply.send(self.snapshot(info));
+                    Ok(())
+                }
                 #[cfg(feature = "testing")]
                 Control::RouterRelease => {
                     let boxed = Box::pin(self.router_released());
@@ -274,6 +289,7 @@ impl Connection {
                 Ok(n) => {
                     self.last_read = Instant::now();
                     crate::stats::Stats::add(&self.core.stats.bytes_received, n as u64);
+                    self.counters.read(n);
                     let boxed = Box::pin(self.ingress());
                     let result = boxed.await;
                     if self.read_buf.is_empty() {
@@ -328,6 +344,7 @@ impl Connection {
             self.out = BytesMut::new();
         }
         crate::stats::Stats::add(&self.core.stats.bytes_sent, n as u64);
+        self.counters.written(n);
         result
     }
 
@@ -352,6 +369,7 @@ impl Connection {
             Ok(_) => {
                 if let Some(&byte1) = self.out.get(start) {
                     self.core.stats.packet_out(byte1 >> 4);
+                    self.counters.packet_out(byte1 >> 4);
                 }
             }
             Err(e) => {
