@@ -321,8 +321,14 @@ pub(crate) fn every_api_route() -> Vec<(Method, &'static str, Option<Value>)> {
             Some(json!({"name": "svc", "password": "long-enough", "rules": []})),
         ),
         (Method::GET, "/api/v1/service-clients", None),
+        (
+            Method::PATCH,
+            "/api/v1/service-clients/svc",
+            Some(json!({"rules": []})),
+        ),
         (Method::DELETE, "/api/v1/service-clients/svc", None),
         (Method::GET, "/api/v1/clients", None),
+        (Method::GET, "/api/v1/clients/dev-1", None),
         (Method::DELETE, "/api/v1/clients/dev-1", None),
         (
             Method::POST,
@@ -594,7 +600,7 @@ async fn bodies_over_the_limit_are_413() {
 
 /// Polls the MQTT event loop until a packet matching `want` arrives (`Ok`) or the
 /// connection fails (`Err`).
-async fn next_packet(
+pub(crate) async fn next_packet(
     events: &mut EventLoop,
     want: impl Fn(&Packet) -> bool,
 ) -> Result<Packet, ConnectionError> {
@@ -611,7 +617,7 @@ async fn next_packet(
 }
 
 /// Polls until the broker closes the connection.
-async fn closed_by_broker(events: &mut EventLoop) -> bool {
+pub(crate) async fn closed_by_broker(events: &mut EventLoop) -> bool {
     next_packet(events, |_| false).await.is_err()
 }
 

@@ -5,6 +5,7 @@ mod admin_key;
 mod alarms;
 mod api;
 mod backup;
+mod clients;
 mod dashboard;
 mod device_events;
 mod devices_bulk;
