@@ -6,7 +6,8 @@
 // A real fleetmq binary with a temp data dir, three simulated devices sending telemetry,
 // a few commands, a webhook to a URL nobody answers (so the Webhooks page has failed and
 // pending deliveries), then headless Chromium at 1280 px: the overview, a device page,
-// and the webhooks page. Review the PNGs before committing them.
+// a device's connection (client page) and the webhooks page. Review the PNGs before
+// committing them.
 
 import { spawn } from 'node:child_process';
 import { mkdirSync, openSync } from 'node:fs';
@@ -72,6 +73,10 @@ try {
   const box = await area.boundingBox();
   await page.mouse.move(box.x + box.width * 0.7, box.y + box.height / 2, { steps: 3 });
   await page.screenshot({ path: join(OUT, 'device.png'), fullPage: true });
+
+  await page.goto(`${fm.admin}/#/clients/${DEVICE}`);
+  await page.waitForSelector('#client-subscriptions tr[data-filter]');
+  await page.screenshot({ path: join(OUT, 'client.png'), fullPage: true });
 
   await page.goto(`${fm.admin}/#/webhooks`);
   await page.waitForSelector('#deliveries tr[data-status="pending"]');
