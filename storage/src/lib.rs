@@ -82,6 +82,7 @@ mod schema;
 pub mod secret;
 mod service_clients;
 mod sessions;
+mod stats_history;
 pub mod store;
 pub mod telemetry;
 #[cfg(test)]
@@ -111,5 +112,6 @@ pub use secret::{
 pub use sessions::{
     QueueOp, QueuedMessage, SessionRecord, SessionSubscription, MAX_SUBSCRIPTION_ID,
 };
+pub use stats_history::StatsSample;
 pub use store::{now_ms, Store, DB_FILE_NAME};
 pub use webhook_endpoints::WebhookEndpoint;

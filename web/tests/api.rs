@@ -58,8 +58,17 @@ pub(crate) async fn test_app_generated_key() -> (TestApp, String) {
     (app, key.trim_end().to_owned())
 }
 
+/// [`test_app`] on the data dir of an app stopped before (a restart).
+pub(crate) async fn test_app_in(dir: tempfile::TempDir) -> TestApp {
+    let broker = TestBroker::with_config_in(BrokerConfig::for_tests(), dir).await;
+    app_on(broker, Some(API_KEY)).await
+}
+
 async fn test_app_keyed(broker_config: BrokerConfig, configured: Option<&str>) -> TestApp {
-    let broker = TestBroker::with_config(broker_config).await;
+    app_on(TestBroker::with_config(broker_config).await, configured).await
+}
+
+async fn app_on(broker: TestBroker, configured: Option<&str>) -> TestApp {
     let store = broker.store.clone();
     let data_dir = broker.dir.as_ref().expect("broker data dir").path();
     let key = ensure_admin_key(&store, data_dir, configured)
@@ -240,10 +249,11 @@ impl TestApp {
             .await
     }
 
-    pub(crate) async fn stop(self) {
+    /// Stops the server and the broker; the broker's data dir, for a restart.
+    pub(crate) async fn stop(self) -> tempfile::TempDir {
         self.shutdown.cancel();
         self.server.await.unwrap().unwrap();
-        self.broker.stop().await;
+        self.broker.stop().await
     }
 
     pub(crate) fn mqtt_options(

@@ -13,5 +13,6 @@ mod jobs;
 mod keys;
 mod refusals;
 mod retained;
+mod stats_history;
 mod tokens;
 mod webhooks;
