@@ -77,6 +77,7 @@ mod meta;
 pub mod metrics;
 pub mod model;
 pub mod outbox;
+mod quiet_panic;
 mod retained;
 mod schema;
 pub mod secret;
