@@ -70,28 +70,7 @@ async fn show(admin: &Admin, json: bool, client_id: &str) -> Result<(), CliError
         ],
     );
     if let Some(counters) = client.get("counters").filter(|c| !c.is_null()) {
-        print_fields(
-            counters,
-            &[
-                "messages_in",
-                "messages_out",
-                "bytes_in",
-                "bytes_out",
-                "inflight_out",
-                "inflight_in",
-                "queued_out",
-            ],
-        );
-        let drops = counters.get("dropped_by_cause").and_then(Value::as_object);
-        let text: Vec<String> = (drops.into_iter().flatten())
-            .map(|(cause, n)| format!("{cause}={n}"))
-            .collect();
-        let text = if text.is_empty() {
-            "none".to_owned()
-        } else {
-            text.join(", ")
-        };
-        print_fields(&serde_json::json!({ "dropped": text }), &["dropped"]);
+        print_counters(counters);
     }
     let subs = client.get("subscriptions").and_then(Value::as_array);
     let rows: Vec<Vec<String>> = subs.into_iter().flatten().map(subscription_row).collect();
@@ -112,6 +91,32 @@ async fn show(admin: &Admin, json: bool, client_id: &str) -> Result<(), CliError
         );
     }
     Ok(())
+}
+
+/// Counters as `name: value` lines, drops by cause on one.
+fn print_counters(counters: &Value) {
+    print_fields(
+        counters,
+        &[
+            "messages_in",
+            "messages_out",
+            "bytes_in",
+            "bytes_out",
+            "inflight_out",
+            "inflight_in",
+            "queued_out",
+        ],
+    );
+    let drops = counters.get("dropped_by_cause").and_then(Value::as_object);
+    let text: Vec<String> = (drops.into_iter().flatten())
+        .map(|(cause, n)| format!("{cause}={n}"))
+        .collect();
+    let text = if text.is_empty() {
+        "none".to_owned()
+    } else {
+        text.join(", ")
+    };
+    print_fields(&serde_json::json!({ "dropped": text }), &["dropped"]);
 }
 
 fn subscription_row(sub: &Value) -> Vec<String> {

@@ -95,32 +95,8 @@ pub async fn run(admin: &Admin, json: bool, action: ServiceClientAction) -> Resu
             password,
             rotate_password,
         } => {
-            let mut body = serde_json::Map::new();
-            if no_rules || !rules.is_empty() {
-                body.insert("rules".into(), Value::Array(rules));
-            }
-            if let Some(password) = password {
-                body.insert("password".into(), Value::String(password));
-            }
-            if rotate_password {
-                body.insert("rotate_password".into(), Value::Bool(true));
-            }
-            if body.is_empty() {
-                return Err(CliError::Usage(
-                    "nothing to change: give --rule, --no-rules, --password or --rotate-password"
-                        .into(),
-                ));
-            }
-            let path = format!("{PATH}/{}", enc(&name));
-            let body = Some(Value::Object(body).to_string().into_bytes());
-            let reply = (admin.call(Method::PATCH, &path, body, &[], REQUEST_TIMEOUT)).await?;
-            let client = reply.json()?;
-            show(json, &client, &reply, "updated")?;
-            if let (false, Some(new)) = (json, client.get("password").and_then(Value::as_str)) {
-                outln!("password:         {new}");
-                outln!("(shown once: the broker keeps only its hash; its connections were closed)");
-            }
-            Ok(())
+            let rules = (no_rules || !rules.is_empty()).then_some(rules);
+            update(admin, json, &name, rules, password, rotate_password).await
         }
         ServiceClientAction::List => {
             let rows = admin.every_item(json, PATH, row).await?;
@@ -155,6 +131,42 @@ pub async fn run(admin: &Admin, json: bool, action: ServiceClientAction) -> Resu
             Ok(())
         }
     }
+}
+
+/// `service-client update`: what is given changes; a generated password is printed once.
+async fn update(
+    admin: &Admin,
+    json: bool,
+    name: &str,
+    rules: Option<Vec<Value>>,
+    password: Option<String>,
+    rotate_password: bool,
+) -> Result<(), CliError> {
+    let mut body = serde_json::Map::new();
+    if let Some(rules) = rules {
+        body.insert("rules".into(), Value::Array(rules));
+    }
+    if let Some(password) = password {
+        body.insert("password".into(), Value::String(password));
+    }
+    if rotate_password {
+        body.insert("rotate_password".into(), Value::Bool(true));
+    }
+    if body.is_empty() {
+        return Err(CliError::Usage(
+            "nothing to change: give --rule, --no-rules, --password or --rotate-password".into(),
+        ));
+    }
+    let path = format!("{PATH}/{}", enc(name));
+    let body = Some(Value::Object(body).to_string().into_bytes());
+    let reply = (admin.call(Method::PATCH, &path, body, &[], REQUEST_TIMEOUT)).await?;
+    let client = reply.json()?;
+    show(json, &client, &reply, "updated")?;
+    if let (false, Some(new)) = (json, client.get("password").and_then(Value::as_str)) {
+        outln!("password:         {new}");
+        outln!("(shown once: the broker keeps only its hash; its connections were closed)");
+    }
+    Ok(())
 }
 
 fn row(client: &Value) -> Vec<String> {
