@@ -72,7 +72,8 @@ pub struct ClientDetail {
     pub clean_start: Option<bool>,
     /// Whether the session outlives this connection.
     pub session_persistent: Option<bool>,
-    /// Session Expiry Interval in seconds; `None` when it never expires (or unknown).
+    /// Session Expiry Interval in seconds (0: the session ends with the connection);
+    /// `None` when it never expires (a 3.1.1 persistent session), or unknown.
     pub session_expiry_s: Option<u32>,
     /// In filter order.
     pub subscriptions: Vec<SubscriptionInfo>,

@@ -111,13 +111,19 @@ impl Connection {
             inflight_in: self.inbound_qos2.ids().len(),
             queued_out: self.queue.pending_len(),
         };
-        let expiry = self.sess.start.expiry_s;
+        let start = &self.sess.start;
+        // 0: the session ends with the connection; `None`: it never expires.
+        let expiry = match (start.persistent, start.expiry_s) {
+            (false, _) => Some(0),
+            (true, NEVER) => None,
+            (true, s) => Some(s),
+        };
         ClientDetail {
             info,
             keepalive_s: Some(self.s.keep_alive),
-            clean_start: Some(self.s.clean),
-            session_persistent: Some(self.sess.persistent()),
-            session_expiry_s: (expiry != NEVER).then_some(expiry),
+            clean_start: Some(start.clean_start),
+            session_persistent: Some(start.persistent),
+            session_expiry_s: expiry,
             subscriptions,
             counters: Some(counters),
         }
