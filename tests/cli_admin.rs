@@ -294,6 +294,22 @@ async fn config_is_set_and_read_and_clients_are_listed_and_kicked() {
         .expect("tracker-1 listed");
     assert_eq!(entry["kind"], "device");
 
+    // `clients show`: its subscription and counters.
+    let out = server.run(&["clients", "show", "tracker-1"]).await.ok();
+    assert!(out.stdout.starts_with("client_id:"), "{out:#?}");
+    assert!(out.stdout.contains("device/tracker-1/command"), "{out:#?}");
+    assert!(out.stdout.contains("messages_in:"), "{out:#?}");
+    assert!(out.stdout.contains("FILTER"), "{out:#?}");
+    let shown = server
+        .run(&["clients", "show", "tracker-1", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(shown["subscriptions"][0]["qos"], 1, "{shown}");
+    assert!(shown["counters"]["bytes_in"].as_u64() > Some(0), "{shown}");
+    let out = server.run(&["clients", "show", "nobody"]).await;
+    assert_eq!(out.code, 1, "{out:#?}");
+
     let out = server.run(&["clients", "kick", "tracker-1"]).await.ok();
     assert_eq!(out.stdout.trim(), "disconnected tracker-1");
     let deadline = Instant::now() + WAIT;

@@ -213,6 +213,46 @@ async fn service_clients_publish_subscribe_and_stats() {
     let none = server.run(&["service-client", "show", "nope"]).await;
     assert_eq!(none.code, 1, "{none:#?}");
 
+    // update: new rules (the same ones, in a new order and back), and a new password.
+    let out = server
+        .run(&[
+            "service-client",
+            "update",
+            "backend",
+            "--rule",
+            "allow:all:site/#",
+        ])
+        .await
+        .ok();
+    assert!(
+        out.stdout.starts_with("updated service client backend"),
+        "{out:#?}"
+    );
+    assert!(!out.stdout.contains("site/secret"), "{out:#?}");
+    let back = [
+        "service-client",
+        "update",
+        "backend",
+        "--rule",
+        "deny:subscribe:site/secret",
+        "--rule",
+        "allow:all:site/#",
+        "--json",
+    ];
+    let back = server.run(&back).await.ok().json();
+    assert_eq!(back["rules"][0]["topic"], "site/secret", "{back}");
+    let rotated = server
+        .run(&["service-client", "update", "mute", "--rotate-password"])
+        .await
+        .ok();
+    assert!(rotated.stdout.contains("password:"), "{rotated:#?}");
+    assert!(rotated.stdout.contains("shown once"), "{rotated:#?}");
+    let nothing = server.run(&["service-client", "update", "mute"]).await;
+    assert_eq!(nothing.code, 2, "{nothing:#?}");
+    assert!(nothing.stderr.contains("nothing to change"), "{nothing:#?}");
+    let unknown = (server.run(&["service-client", "update", "nope", "--no-rules"])).await;
+    assert_eq!(unknown.code, 1, "{unknown:#?}");
+
     // publish: retained, then a `subscribe` started later gets it, as a service client.
     let out = server
         .run(&["publish", "site/a", r#"{"x": 1}"#, "--retain", "--qos", "1"])

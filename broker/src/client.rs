@@ -58,3 +58,78 @@ pub struct RefusedConnect {
     /// Attempts this entry stands for.
     pub count: u64,
 }
+
+/// One connected client in detail (`GET /api/v1/clients/{client_id}`): what the live
+/// connection answered when asked, or only [`ClientInfo`] for a connection that does not
+/// keep MQTT state (a Teltonika tracker) or did not answer in time.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientDetail {
+    #[serde(flatten)]
+    pub info: ClientInfo,
+    /// Keep Alive in seconds as agreed (0: none).
+    pub keepalive_s: Option<u16>,
+    /// Clean Session (3.1.1) / Clean Start (5).
+    pub clean_start: Option<bool>,
+    /// Whether the session outlives this connection.
+    pub session_persistent: Option<bool>,
+    /// Session Expiry Interval in seconds (0: the session ends with the connection);
+    /// `None` when it never expires (a 3.1.1 persistent session), or unknown.
+    pub session_expiry_s: Option<u32>,
+    /// In filter order.
+    pub subscriptions: Vec<SubscriptionInfo>,
+    pub counters: Option<ClientCounters>,
+}
+
+impl ClientDetail {
+    /// What the live table knows of a connection that did not describe itself.
+    pub(crate) fn unknown(info: ClientInfo) -> ClientDetail {
+        ClientDetail {
+            info,
+            keepalive_s: None,
+            clean_start: None,
+            session_persistent: None,
+            session_expiry_s: None,
+            subscriptions: Vec::new(),
+            counters: None,
+        }
+    }
+}
+
+/// One subscription of a connected client, with its MQTT 5 options.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionInfo {
+    /// As the client wrote it (`$share/{group}/...` included).
+    pub filter: String,
+    /// The QoS granted.
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    /// 0: send retained messages, 1: only for a new subscription, 2: never.
+    pub retain_handling: u8,
+    /// Its Subscription Identifier (MQTT 5).
+    pub subscription_id: Option<u32>,
+    /// The group of a shared subscription.
+    pub share_group: Option<String>,
+}
+
+/// What one connection has done since it connected.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClientCounters {
+    /// PUBLISH packets read from the client.
+    pub messages_in: u64,
+    /// PUBLISH packets written to the client.
+    pub messages_out: u64,
+    /// Bytes read from the client's socket (after CONNECT).
+    pub bytes_in: u64,
+    /// Bytes written to the client's socket.
+    pub bytes_out: u64,
+    /// Messages and packets of this connection dropped, by cause (the causes of
+    /// `GET /api/v1/stats`' `messages.dropped_by_cause`; only those that happened).
+    pub dropped_by_cause: std::collections::BTreeMap<&'static str, u64>,
+    /// QoS 1/2 messages written to the client and not yet completed.
+    pub inflight_out: usize,
+    /// QoS 2 messages from the client waiting for its PUBREL.
+    pub inflight_in: usize,
+    /// Messages queued for the client and not written yet.
+    pub queued_out: usize,
+}

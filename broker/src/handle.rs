@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use fleetmq_storage::{DeviceId, DeviceRecord};
+use fleetmq_storage::{DeviceId, DeviceRecord, ServiceClientRecord};
 
-use crate::client::{ClientInfo, ClientKind};
+use crate::client::{ClientDetail, ClientInfo, ClientKind};
 use crate::fleet::device_config::ConfigView;
 use crate::fleet::services::Services;
 use crate::fleet::FleetError;
@@ -26,6 +26,26 @@ impl BrokerHandle {
     /// Every connected client, sorted by client id.
     pub fn clients(&self) -> Vec<ClientInfo> {
         self.core.sessions.clients()
+    }
+
+    /// A connected client with its subscriptions and counters, asked of its connection
+    /// (which answers between two packets); `None` when no client has this id. A
+    /// connection that keeps no MQTT state, or does not answer within a second, is
+    /// described by what the live table knows.
+    pub async fn client(&self, client_id: &str) -> Option<ClientDetail> {
+        let (info, mailbox) = self.core.sessions.find(client_id)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let asked = mailbox
+            .try_control(Control::Snapshot(Box::new((info.clone(), tx))))
+            .is_ok();
+        let answer = match asked {
+            true => tokio::time::timeout(std::time::Duration::from_secs(1), rx).await,
+            false => return Some(ClientDetail::unknown(info)),
+        };
+        match answer {
+            Ok(Ok(detail)) => Some(detail),
+            _ => Some(ClientDetail::unknown(info)),
+        }
     }
 
     /// Whether a client with this id is connected.
@@ -88,6 +108,27 @@ impl BrokerHandle {
         self.core.sessions.send_where(
             |l| l.service.as_deref() == Some(name),
             || Control::Close(CloseReason::CredentialsRevoked),
+        );
+    }
+
+    /// A service client's rules or password changed. New rules apply to its live
+    /// connections from their next packet on (subscriptions they hold are checked at
+    /// each delivery); a new password closes them, as deleting it would, so only
+    /// holders of the new one reconnect.
+    pub fn service_client_updated(&self, record: &ServiceClientRecord, password_changed: bool) {
+        self.core.auth.forget_service(&record.name);
+        let name = record.name.as_str();
+        if password_changed {
+            self.core.sessions.send_where(
+                |l| l.service.as_deref() == Some(name),
+                || Control::Close(CloseReason::CredentialsRevoked),
+            );
+            return;
+        }
+        let rules: std::sync::Arc<[fleetmq_storage::AclRule]> = record.rules.clone().into();
+        self.core.sessions.send_where(
+            |l| l.service.as_deref() == Some(name),
+            || Control::Rules(rules.clone()),
         );
     }
 

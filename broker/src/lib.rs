@@ -25,7 +25,10 @@ mod stats;
 pub mod testing;
 mod time;
 
-pub use client::{ClientInfo, ClientKind, RefusedConnect, Transport};
+pub use client::{
+    ClientCounters, ClientDetail, ClientInfo, ClientKind, RefusedConnect, SubscriptionInfo,
+    Transport,
+};
 pub use config::{
     AuthBackoffConfig, BrokerConfig, ConfigError, ListenerSpec, RawListenerConfig, RawMqttConfig,
     RawSecurityConfig, RawTlsConfig, RefusalLogConfig, TlsConfig,

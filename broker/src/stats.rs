@@ -43,6 +43,44 @@ pub enum DropCause {
     SlowConsumer,
 }
 
+impl DropCause {
+    /// Every cause, in declaration order (`cause as usize` indexes it).
+    pub(crate) const ALL: [DropCause; 13] = [
+        DropCause::AclPublish,
+        DropCause::AclSubscribe,
+        DropCause::AclDelivery,
+        DropCause::DecryptFailed,
+        DropCause::Replayed,
+        DropCause::EncryptFailed,
+        DropCause::Malformed,
+        DropCause::TooLarge,
+        DropCause::QueueFull,
+        DropCause::Expired,
+        DropCause::Limit,
+        DropCause::SessionQueueFull,
+        DropCause::SlowConsumer,
+    ];
+
+    /// The snake_case name `GET /api/v1/stats` reports it under.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            DropCause::AclPublish => "acl_publish",
+            DropCause::AclSubscribe => "acl_subscribe",
+            DropCause::AclDelivery => "acl_delivery",
+            DropCause::DecryptFailed => "decrypt_failed",
+            DropCause::Replayed => "replayed",
+            DropCause::EncryptFailed => "encrypt_failed",
+            DropCause::Malformed => "malformed",
+            DropCause::TooLarge => "too_large",
+            DropCause::QueueFull => "queue_full",
+            DropCause::Expired => "expired",
+            DropCause::Limit => "limit",
+            DropCause::SessionQueueFull => "session_queue_full",
+            DropCause::SlowConsumer => "slow_consumer",
+        }
+    }
+}
+
 /// Why a connection attempt ended without a session, counted by cause
 /// (`connections.refused_by_cause`, `fleetmq_connect_refused_total{cause}`) and logged.
 /// The client never learns it: it gets the MQTT reason code of before (a wrong token,

@@ -8,6 +8,7 @@ mod acl;
 mod alarms;
 mod auth;
 mod auth_tokens;
+mod client_detail;
 mod command_batches;
 mod commands;
 mod config;

@@ -203,6 +203,25 @@ async fn login_is_answered_by_what_the_imei_is() {
     assert_eq!(stats.logins_refused, 3, "{stats:?}");
 }
 
+/// A tracker keeps no MQTT state: its detail is what the live table knows, at once.
+#[tokio::test]
+async fn a_tracker_is_described_without_mqtt_state() {
+    let b = TestBroker::with_config(config()).await;
+    b.add_tracker(IMEI).await;
+    let (_t, answer) = Tracker::login(&b, IMEI).await;
+    assert_eq!(answer, 1);
+    let started = std::time::Instant::now();
+    let detail = b.handle.client(IMEI).await.expect("connected");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "not a timeout"
+    );
+    assert_eq!(detail.info.protocol, "teltonika");
+    assert!(detail.subscriptions.is_empty());
+    assert!(detail.counters.is_none() && detail.keepalive_s.is_none());
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn records_are_stored_then_acknowledged_then_published() {
     let b = TestBroker::with_config(config()).await;

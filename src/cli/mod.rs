@@ -66,7 +66,7 @@ pub enum AdminCommand {
         #[command(subcommand)]
         action: device_config::ConfigAction,
     },
-    /// List connected MQTT clients, or kick one (admin API client)
+    /// List connected MQTT clients, show one with its subscriptions and counters, or kick one (admin API client)
     Clients {
         #[command(flatten)]
         conn: ConnArgs,
@@ -123,7 +123,7 @@ pub enum AdminCommand {
         #[command(flatten)]
         args: telemetry::TelemetryArgs,
     },
-    /// Add, list, show and delete service clients: MQTT users with ACL rules (admin API client, admin key)
+    /// Add, update, list, show and delete service clients: MQTT users with ACL rules (admin API client, admin key)
     #[command(visible_alias = "service-clients")]
     ServiceClient {
         #[command(flatten)]

@@ -1,6 +1,7 @@
-//! `fleetmq service-client add|list|show|delete`: MQTT users for host applications and
-//! their ACL rules (`/api/v1/service-clients`, admin role). The API has no route that
-//! changes a service client, so there is no `update`: delete it and add it again.
+//! `fleetmq service-client add|update|list|show|delete`: MQTT users for host
+//! applications and their ACL rules (`/api/v1/service-clients`, admin role). `update`
+//! replaces the rules (applied at once to its connected clients) and/or the password
+//! (which closes its connections).
 
 use clap::Subcommand;
 use http::Method;
@@ -25,6 +26,23 @@ pub enum ServiceClientAction {
         /// match wins; no match is denied). `%c`/`%u` in the filter are the client id/username
         #[arg(long = "rule", value_name = "RULE", value_parser = parse_rule)]
         rules: Vec<Value>,
+    },
+    /// Replace a service client's rules (its connected clients get them at once) and/or
+    /// its password (its connections are closed)
+    Update {
+        name: String,
+        /// The new rules, as for `add`, repeated in order; they replace every rule
+        #[arg(long = "rule", value_name = "RULE", value_parser = parse_rule)]
+        rules: Vec<Value>,
+        /// Remove every rule (it may then neither publish nor subscribe)
+        #[arg(long, conflicts_with = "rules")]
+        no_rules: bool,
+        /// A new password of your choice, at least 8 characters
+        #[arg(long, conflicts_with = "rotate_password")]
+        password: Option<String>,
+        /// Have the broker generate a new password, printed once
+        #[arg(long)]
+        rotate_password: bool,
     },
     /// List service clients with their rules
     List,
@@ -70,6 +88,16 @@ pub async fn run(admin: &Admin, json: bool, action: ServiceClientAction) -> Resu
             let reply = (admin.call(Method::POST, PATH, body, &[], REQUEST_TIMEOUT)).await?;
             show(json, &reply.json()?, &reply, "created")
         }
+        ServiceClientAction::Update {
+            name,
+            rules,
+            no_rules,
+            password,
+            rotate_password,
+        } => {
+            let rules = (no_rules || !rules.is_empty()).then_some(rules);
+            update(admin, json, &name, rules, password, rotate_password).await
+        }
         ServiceClientAction::List => {
             let rows = admin.every_item(json, PATH, row).await?;
             if !json {
@@ -103,6 +131,42 @@ pub async fn run(admin: &Admin, json: bool, action: ServiceClientAction) -> Resu
             Ok(())
         }
     }
+}
+
+/// `service-client update`: what is given changes; a generated password is printed once.
+async fn update(
+    admin: &Admin,
+    json: bool,
+    name: &str,
+    rules: Option<Vec<Value>>,
+    password: Option<String>,
+    rotate_password: bool,
+) -> Result<(), CliError> {
+    let mut body = serde_json::Map::new();
+    if let Some(rules) = rules {
+        body.insert("rules".into(), Value::Array(rules));
+    }
+    if let Some(password) = password {
+        body.insert("password".into(), Value::String(password));
+    }
+    if rotate_password {
+        body.insert("rotate_password".into(), Value::Bool(true));
+    }
+    if body.is_empty() {
+        return Err(CliError::Usage(
+            "nothing to change: give --rule, --no-rules, --password or --rotate-password".into(),
+        ));
+    }
+    let path = format!("{PATH}/{}", enc(name));
+    let body = Some(Value::Object(body).to_string().into_bytes());
+    let reply = (admin.call(Method::PATCH, &path, body, &[], REQUEST_TIMEOUT)).await?;
+    let client = reply.json()?;
+    show(json, &client, &reply, "updated")?;
+    if let (false, Some(new)) = (json, client.get("password").and_then(Value::as_str)) {
+        outln!("password:         {new}");
+        outln!("(shown once: the broker keeps only its hash; its connections were closed)");
+    }
+    Ok(())
 }
 
 fn row(client: &Value) -> Vec<String> {

@@ -99,7 +99,7 @@ fn copy_all(from: &ReadTransaction, to: &WriteTransaction) -> Result<BackupSumma
         DEVICE_EVENTS, DEVICE_EVENTS_BY_AGE, DEVICE_EVENT_COUNTS, DEVICE_EVENTS_META,
         OUTBOX_DELIVERIES, OUTBOX_QUEUE, OUTBOX_DEAD, OUTBOX_URLS, OUTBOX_META,
         WEBHOOK_ENDPOINTS, JOBS, JOB_TARGETS, JOB_COMMANDS,
-        ALARM_RULES, ALARMS, ALARM_STATE, ALARMS_META,
+        ALARM_RULES, ALARMS, ALARM_STATE, ALARMS_META, STATS_HISTORY,
     );
     let unknown = (from.list_tables()?.map(|t| t.name().to_owned()))
         .chain(from.list_multimap_tables()?.map(|t| t.name().to_owned()))

@@ -77,11 +77,13 @@ mod meta;
 pub mod metrics;
 pub mod model;
 pub mod outbox;
+mod quiet_panic;
 mod retained;
 mod schema;
 pub mod secret;
 mod service_clients;
 mod sessions;
+mod stats_history;
 pub mod store;
 pub mod telemetry;
 #[cfg(test)]
@@ -111,5 +113,6 @@ pub use secret::{
 pub use sessions::{
     QueueOp, QueuedMessage, SessionRecord, SessionSubscription, MAX_SUBSCRIPTION_ID,
 };
+pub use stats_history::StatsSample;
 pub use store::{now_ms, Store, DB_FILE_NAME};
 pub use webhook_endpoints::WebhookEndpoint;

@@ -211,6 +211,13 @@ pub(crate) const ALARM_STATE: TableDefinition<'static, (&str, &str), &[u8]> =
 pub(crate) const ALARMS_META: TableDefinition<'static, &str, u64> =
     TableDefinition::new("alarms_meta");
 
+// ---- the overview's trend (see `stats_history`) ------------------------------------------
+
+pub(crate) const STATS_HISTORY_TABLE: &str = "stats_history";
+/// Sample time (unix ms) → `stats_history` encoding of the counters then.
+pub(crate) const STATS_HISTORY: TableDefinition<'static, u64, &[u8]> =
+    TableDefinition::new(STATS_HISTORY_TABLE);
+
 // ---- creating the tables ---------------------------------------------------------------
 
 /// Creates every table a reader expects (all but [`TELEMETRY_POINTS`], which only an
@@ -237,6 +244,7 @@ pub(crate) fn prepare(txn: &WriteTransaction) -> Result<u32, StoreError> {
     txn.open_table(JOB_TARGETS)?;
     txn.open_table(JOB_COMMANDS)?;
     create_alarm_tables(txn)?;
+    txn.open_table(STATS_HISTORY)?;
     let found = init_version(txn)?;
     upgrade(txn, found)?;
     Ok(found)

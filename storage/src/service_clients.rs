@@ -75,6 +75,39 @@ impl Store {
         })
     }
 
+    /// Changes a service client's rules and/or credential (`None`: kept); the record
+    /// as stored. [`StoreError::NotFound`] if absent.
+    pub fn update_service_client(
+        &self,
+        name: &str,
+        rules: Option<Vec<crate::model::AclRule>>,
+        credential: Option<crate::secret::CredentialHash>,
+    ) -> Result<ServiceClientRecord, StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(SERVICE_CLIENTS)?;
+            let mut rec = match table.get(name)? {
+                Some(v) => codec::decode_service_client(at(name), v.value())?,
+                None => {
+                    return Err(StoreError::NotFound {
+                        kind: KIND,
+                        key: name.to_owned(),
+                    })
+                }
+            };
+            if let Some(rules) = rules {
+                rec.rules = rules;
+            }
+            if let Some(credential) = credential {
+                rec.credential = credential;
+            }
+            table.insert(
+                name,
+                codec::encode_service_client(at(name), &rec)?.as_slice(),
+            )?;
+            Ok(rec)
+        })
+    }
+
     /// Removes a service client. [`StoreError::NotFound`] if absent.
     pub fn delete_service_client(&self, name: &str) -> Result<(), StoreError> {
         self.write(|txn| {
@@ -162,6 +195,31 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(store.list_service_clients().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn update_changes_rules_and_credential() {
+        let (_dir, store) = temp_store();
+        store.create_service_client(client("svc")).unwrap();
+        let rules = vec![AclRule {
+            action: AclAction::All,
+            topic: "#".into(),
+            allow: true,
+        }];
+        let got = store
+            .update_service_client("svc", Some(rules.clone()), None)
+            .unwrap();
+        assert_eq!(got.rules, rules);
+        assert!(got.credential.verify(b"pw"));
+        let got = store
+            .update_service_client("svc", None, Some(cheap_hash("new")))
+            .unwrap();
+        assert_eq!(got.rules, rules);
+        let stored = store.get_service_client("svc").unwrap().unwrap();
+        assert!(stored.credential.verify(b"new") && !stored.credential.verify(b"pw"));
+        assert_eq!(stored.created_at_ms, 42);
+        let err = store.update_service_client("nope", None, None).unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
     }
 
     #[test]

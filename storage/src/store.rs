@@ -177,7 +177,8 @@ pub(crate) fn open_with(
     path: &Path,
     open: impl FnOnce(&Path) -> Result<Database, redb::DatabaseError> + std::panic::UnwindSafe,
 ) -> Result<Database, OpenError> {
-    let opened = std::panic::catch_unwind(|| open(path));
+    // Quietly: the panic's report would come before, and read worse than, our error.
+    let opened = crate::quiet_panic::catch_quietly(|| open(path));
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(OpenError::InUse {

@@ -3,7 +3,8 @@
 // label syntax (`site=lab` and `site:lab` both filter; a bad filter lists nothing),
 // charts whose default range fits the data with hover values and readable axes, the
 // overview's uptime, last-hour trend (kept by the server) and live events of every
-// kind (jobs too), and the service-client form that says when it would create a deny-all client.
+// kind (jobs too), the service-client form that says when it would create a deny-all client,
+// and a connected client's detail: its subscriptions (with MQTT 5 options) and counters.
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -189,5 +190,61 @@ test('operator: a service client without rules is created only when confirmed', 
   await page.click('#service-client-form button[type=submit]');
   await page.waitForSelector('#service-clients tr[data-name="reader"]');
   await screenshot(page, 'operator-05-service-clients');
+  assert.deepEqual(problems.filter((p) => p.startsWith('page error')), []);
+});
+
+/** An MQTT.js client over TCP (Node), connected; null when the package is missing. */
+async function mqttClient(port, options) {
+  let mqtt;
+  try {
+    mqtt = (await import('mqtt')).default;
+  } catch {
+    return null;
+  }
+  const client = mqtt.connect(`mqtt://127.0.0.1:${port}`, { reconnectPeriod: 0, ...options });
+  await new Promise((ok, fail) => { client.once('connect', ok); client.once('error', fail); });
+  return client;
+}
+
+test('operator: a client page shows its subscriptions and counters; a device page its own', async (t) => {
+  const chromium = await requirements(t);
+  if (!chromium) return;
+  const fm = await startFleetmq('operator-client-detail');
+  t.after(() => fm.stop());
+  const rules = [{ action: 'subscribe', topic: 'device/+/telemetry', allow: true }];
+  assert.equal((await fm.api('POST', '/service-clients', { name: 'reader', password: 'reader-password', rules })).status, 201);
+  const made = await fm.api('POST', '/devices', { id: DEVICE });
+  assert.equal(made.status, 201);
+  const reader = await mqttClient(fm.tcp, { clientId: 'reader-1', username: 'reader', password: 'reader-password', protocolVersion: 5 });
+  if (!reader) {
+    if (process.env.CI === 'true') throw new Error('npm package mqtt is missing (npm ci in tests/browser)');
+    t.skip('npm package mqtt is missing');
+    return;
+  }
+  t.after(() => reader.end(true));
+  await reader.subscribeAsync('$share/workers/device/+/telemetry', { qos: 1, properties: { subscriptionIdentifier: 7 } });
+  const device = await mqttClient(fm.tcp, { clientId: DEVICE, username: DEVICE, password: made.body.credentials.password });
+  t.after(() => device.end(true));
+  await device.subscribeAsync(`device/${DEVICE}/command`, { qos: 1 });
+
+  const browser = await launch(chromium);
+  t.after(() => browser.close());
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.setDefaultTimeout(PATIENCE_MS);
+  const problems = watchPage(page);
+  await signIn(page, `${fm.admin}/?poll_ms=600000#/clients`);
+  await page.click('#clients tr[data-client="reader-1"] a');
+  const row = page.locator('#client-subscriptions tr[data-filter="$share/workers/device/+/telemetry"]');
+  await row.waitFor();
+  const cells = await row.locator('td').allTextContents();
+  assert.deepEqual(cells, ['$share/workers/device/+/telemetry', '1', 'no', 'no', 'send', '7', 'workers']);
+  assert.match(await page.textContent('#client-info'), /MQTT 5 over tcp/);
+  assert.match(await page.textContent('#client-counters'), /messages in \/ out/);
+  await screenshot(page, 'operator-06-client');
+
+  // A device's row links to its device page, whose Device panel shows the connection.
+  await page.goto(`${fm.admin}/?poll_ms=600000#/clients`);
+  await page.click(`#clients tr[data-client="${DEVICE}"] a[href="#/devices/${DEVICE}"]`);
+  await page.waitForSelector(`#device-subscriptions tr[data-filter="device/${DEVICE}/command"]`);
   assert.deepEqual(problems.filter((p) => p.startsWith('page error')), []);
 });

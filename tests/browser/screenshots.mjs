@@ -6,9 +6,10 @@
 // A real fleetmq binary with a temp data dir, three simulated devices sending telemetry,
 // a few commands, a webhook to a URL nobody answers (so the Webhooks page has failed and
 // pending deliveries), a few retained messages, then headless Chromium at 1280 px: the
-// overview, a device page, the webhooks page and the topics page (a retained message
-// opened, a live subscription to the devices' telemetry). Review the PNGs before
-// committing them. `SCREENSHOTS_ONLY=topics,device` takes only those pages.
+// overview, a device page, a device's connection (client page), the webhooks page and
+// the topics page (a retained message opened, a live subscription to the devices'
+// telemetry). Review the PNGs before committing them. `SCREENSHOTS_ONLY=topics,device`
+// takes only those pages.
 
 import { spawn } from 'node:child_process';
 import { mkdirSync, openSync } from 'node:fs';
@@ -89,6 +90,12 @@ try {
     const box = await area.boundingBox();
     await page.mouse.move(box.x + box.width * 0.7, box.y + box.height / 2, { steps: 3 });
     await page.screenshot({ path: join(OUT, 'device.png'), fullPage: true });
+  }
+
+  if (wanted('client')) {
+    await page.goto(`${fm.admin}/#/clients/${DEVICE}`);
+    await page.waitForSelector('#client-subscriptions tr[data-filter]');
+    await page.screenshot({ path: join(OUT, 'client.png'), fullPage: true });
   }
 
   if (wanted('webhooks')) {

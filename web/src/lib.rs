@@ -11,7 +11,7 @@
 //!   (`GET /api/v1/events`, server-sent events with resume), `metrics` (`GET /metrics`)
 //!   and `openapi` (`GET /api/v1/openapi.json`, the hand-kept `openapi.json`).
 //! - `history`: the per-minute samples behind `GET /api/v1/stats/history`, a bounded
-//!   ring, and the task that takes them.
+//!   ring kept in the store too, and the task that takes them.
 //! - `prometheus`: the Prometheus text exposition format.
 //! - `auth`: [`ensure_admin_key`] and [`AdminKey`], the built-in key, which checks
 //!   presented keys without a slow hash per request.

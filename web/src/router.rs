@@ -130,13 +130,13 @@ pub(crate) const ROUTES: &[Route] = &[
     admin("/api/v1/webhooks/deliveries/{delivery_id}/retry", "POST"),
     admin("/api/v1/webhooks/{webhook_id}", "GET, PATCH, DELETE"),
     admin("/api/v1/service-clients", "GET, POST"),
-    admin("/api/v1/service-clients/{name}", "DELETE"),
+    admin("/api/v1/service-clients/{name}", "PATCH, DELETE"),
     admin("/api/v1/keys", "GET, POST"),
     admin("/api/v1/keys/{name}", "DELETE"),
     route("/api/v1/audit", "GET"),
     admin("/api/v1/backup", "POST"),
     route("/api/v1/clients", "GET"),
-    route("/api/v1/clients/{client_id}", "DELETE"),
+    route("/api/v1/clients/{client_id}", "GET, DELETE"),
     route("/api/v1/connections/refused", "GET"),
     route("/api/v1/publish", "POST"),
     route("/api/v1/retained", "GET, DELETE"),
@@ -327,10 +327,14 @@ where
         ("/api/v1/webhooks/{webhook_id}", Method::DELETE) => webhooks::delete(state, p(0)).await,
         ("/api/v1/service-clients", Method::GET) => service_clients::list(state, query).await,
         ("/api/v1/service-clients", Method::POST) => service_clients::create(state, req).await,
+        ("/api/v1/service-clients/{name}", Method::PATCH) => {
+            service_clients::update(state, p(0), req).await
+        }
         ("/api/v1/service-clients/{name}", Method::DELETE) => {
             service_clients::delete(state, p(0)).await
         }
         ("/api/v1/clients", Method::GET) => clients::list(state, query),
+        ("/api/v1/clients/{client_id}", Method::GET) => clients::get(state, p(0)).await,
         ("/api/v1/clients/{client_id}", Method::DELETE) => clients::kick(state, p(0)),
         ("/api/v1/connections/refused", Method::GET) => connections::refused(state, query),
         ("/api/v1/publish", Method::POST) => publish::publish(state, req).await,

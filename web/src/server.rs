@@ -102,7 +102,7 @@ pub async fn serve(
     let sampler = {
         let (state, stop) = (Arc::clone(&state), shutdown.clone());
         tokio::spawn(async move {
-            crate::history::run_sampler(&state.broker, &state.history, stop).await;
+            crate::history::run_sampler(&state.broker, &state.store, &state.history, stop).await;
         })
     };
     let graceful = GracefulShutdown::new();

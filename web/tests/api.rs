@@ -58,8 +58,17 @@ pub(crate) async fn test_app_generated_key() -> (TestApp, String) {
     (app, key.trim_end().to_owned())
 }
 
+/// [`test_app`] on the data dir of an app stopped before (a restart).
+pub(crate) async fn test_app_in(dir: tempfile::TempDir) -> TestApp {
+    let broker = TestBroker::with_config_in(BrokerConfig::for_tests(), dir).await;
+    app_on(broker, Some(API_KEY)).await
+}
+
 async fn test_app_keyed(broker_config: BrokerConfig, configured: Option<&str>) -> TestApp {
-    let broker = TestBroker::with_config(broker_config).await;
+    app_on(TestBroker::with_config(broker_config).await, configured).await
+}
+
+async fn app_on(broker: TestBroker, configured: Option<&str>) -> TestApp {
     let store = broker.store.clone();
     let data_dir = broker.dir.as_ref().expect("broker data dir").path();
     let key = ensure_admin_key(&store, data_dir, configured)
@@ -240,10 +249,11 @@ impl TestApp {
             .await
     }
 
-    pub(crate) async fn stop(self) {
+    /// Stops the server and the broker; the broker's data dir, for a restart.
+    pub(crate) async fn stop(self) -> tempfile::TempDir {
         self.shutdown.cancel();
         self.server.await.unwrap().unwrap();
-        self.broker.stop().await;
+        self.broker.stop().await
     }
 
     pub(crate) fn mqtt_options(
@@ -321,8 +331,14 @@ pub(crate) fn every_api_route() -> Vec<(Method, &'static str, Option<Value>)> {
             Some(json!({"name": "svc", "password": "long-enough", "rules": []})),
         ),
         (Method::GET, "/api/v1/service-clients", None),
+        (
+            Method::PATCH,
+            "/api/v1/service-clients/svc",
+            Some(json!({"rules": []})),
+        ),
         (Method::DELETE, "/api/v1/service-clients/svc", None),
         (Method::GET, "/api/v1/clients", None),
+        (Method::GET, "/api/v1/clients/dev-1", None),
         (Method::DELETE, "/api/v1/clients/dev-1", None),
         (
             Method::POST,
@@ -595,7 +611,7 @@ async fn bodies_over_the_limit_are_413() {
 
 /// Polls the MQTT event loop until a packet matching `want` arrives (`Ok`) or the
 /// connection fails (`Err`).
-async fn next_packet(
+pub(crate) async fn next_packet(
     events: &mut EventLoop,
     want: impl Fn(&Packet) -> bool,
 ) -> Result<Packet, ConnectionError> {
@@ -612,7 +628,7 @@ async fn next_packet(
 }
 
 /// Polls until the broker closes the connection.
-async fn closed_by_broker(events: &mut EventLoop) -> bool {
+pub(crate) async fn closed_by_broker(events: &mut EventLoop) -> bool {
     next_packet(events, |_| false).await.is_err()
 }
 

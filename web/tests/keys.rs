@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::api::{every_api_route, test_app, test_app_generated_key, Auth, TestApp, API_KEY};
 
 /// Creates a key with the built-in key; returns its secret.
-async fn create_key(app: &TestApp, name: &str, role: &str) -> String {
+pub(crate) async fn create_key(app: &TestApp, name: &str, role: &str) -> String {
     let answer = app
         .post("/api/v1/keys", json!({"name": name, "role": role}))
         .await;
@@ -255,7 +255,7 @@ async fn the_last_admin_key_cannot_be_revoked() {
 
 /// The audit log's items once it holds at least `n` (it is written off the request
 /// path).
-async fn audit_items(app: &TestApp, n: usize) -> Vec<Value> {
+pub(crate) async fn audit_items(app: &TestApp, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let answer = app.get("/api/v1/audit?limit=1000").await;

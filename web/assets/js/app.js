@@ -8,6 +8,7 @@ import * as overview from './pages/overview.js';
 import * as devices from './pages/devices.js';
 import * as device from './pages/device.js';
 import * as clients from './pages/clients.js';
+import * as client from './pages/client.js';
 import * as serviceClients from './pages/service_clients.js';
 import * as jobs from './pages/jobs.js';
 import * as webhooks from './pages/webhooks.js';
@@ -47,7 +48,7 @@ function route() {
     case 'jobs': return { page: jobs, nav: '#/jobs' };
     case 'alarms': return { page: alarms, nav: '#/alarms' };
     case 'topics': return { page: topics, nav: '#/topics' };
-    case 'clients': return { page: clients, nav: '#/clients' };
+    case 'clients': return parts[1] ? { page: client, nav: '#/clients', args: [parts[1]] } : { page: clients, nav: '#/clients' };
     case 'service-clients': return { page: serviceClients, nav: '#/service-clients' };
     case 'webhooks': return { page: webhooks, nav: '#/webhooks' };
     case 'keys': return { page: keys, nav: '#/keys' };

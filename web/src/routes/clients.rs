@@ -1,4 +1,5 @@
-//! `/api/v1/clients`: the MQTT clients connected right now.
+//! `/api/v1/clients`: the MQTT clients connected right now, one with its subscriptions
+//! and counters, and kicking one.
 
 use fleetmq_broker::ClientInfo;
 use http::StatusCode;
@@ -33,6 +34,16 @@ pub(crate) fn list(state: &AppState, query: Option<&str>) -> Result<ApiResponse,
         StatusCode::OK,
         &ClientList { items, next_cursor },
     ))
+}
+
+/// `GET /api/v1/clients/{client_id}`: the client with its subscriptions and counters.
+pub(crate) async fn get(state: &AppState, client_id: &str) -> Result<ApiResponse, ApiError> {
+    match state.broker.client(client_id).await {
+        Some(detail) => Ok(response::json(StatusCode::OK, &detail)),
+        None => Err(ApiError::NotFound(format!(
+            "no client {client_id:?} is connected"
+        ))),
+    }
 }
 
 /// `DELETE /api/v1/clients/{client_id}`: closes that client's connection.

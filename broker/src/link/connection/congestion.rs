@@ -156,7 +156,7 @@ impl Connection {
             let packet_type = frame.packet_type();
             match framing::decode(self.s.version, frame, bytes, max) {
                 Ok(packet) => {
-                    self.core.stats.packet_in(packet_type);
+                    self.packet_in(packet_type);
                     self.packet(packet, None).await?;
                 }
                 Err(e) => return Err(self.frame_error(e)),

@@ -35,7 +35,7 @@ impl Connection {
             Some(crypto) => match crypto.seal(&topic, payload) {
                 Ok(sealed) => sealed,
                 Err(e) => {
-                    self.core.stats.dropped(DropCause::EncryptFailed);
+                    self.dropped(DropCause::EncryptFailed);
                     tracing::warn!(client_id = %self.s.client_id, error = %e, "cannot encrypt a command");
                     return;
                 }

@@ -220,7 +220,7 @@ impl Connection {
         properties: &mut Option<PublishProperties>,
     ) -> Option<Option<u64>> {
         if !self.s.principal.may_read(topic) {
-            self.core.stats.dropped(DropCause::AclDelivery);
+            self.dropped(DropCause::AclDelivery);
             tracing::debug!(client_id = %self.s.client_id, topic, "delivery denied by read ACL");
             return None;
         }
@@ -240,7 +240,7 @@ impl Connection {
         let at = origin.at_ms.saturating_add(u64::from(interval) * 1000);
         if at <= now_ms() {
             // [MQTT-3.3.2-5]
-            self.core.stats.dropped(DropCause::Expired);
+            self.dropped(DropCause::Expired);
             return None;
         }
         Some(Some(at))

@@ -42,7 +42,7 @@ impl Connection {
                 .flatten();
             result = match framing::decode(self.s.version, frame, bytes, max) {
                 Ok(packet) => {
-                    self.core.stats.packet_in(packet_type);
+                    self.packet_in(packet_type);
                     if self.must_wait(&packet, meta) {
                         Stats::add(&self.core.stats.publisher_pauses, 1);
                         self.stalled = Some(Box::new((packet, meta)));
@@ -80,7 +80,7 @@ impl Connection {
         result
     }
 
-    pub(crate) fn frame_error(&self, e: FrameError) -> Ending {
+    pub(crate) fn frame_error(&mut self, e: FrameError) -> Ending {
         let (cause, reason) = match e {
             FrameError::TooLarge(_) => (DropCause::TooLarge, Reason::PacketTooLarge),
             FrameError::Forbidden(_) | FrameError::UnsupportedProtocol(_) => {
@@ -88,7 +88,7 @@ impl Connection {
             }
             FrameError::Malformed(_) => (DropCause::Malformed, Reason::MalformedPacket),
         };
-        self.core.stats.dropped(cause);
+        self.dropped(cause);
         tracing::debug!(client_id = %self.s.client_id, error = %e, "closing on a bad packet");
         Ending::Violation(reason)
     }
@@ -96,11 +96,11 @@ impl Connection {
     /// A SUBSCRIBE / UNSUBSCRIBE carries a non-zero Packet Identifier [MQTT-2.2.1-3]
     /// (3.1.1 [MQTT-2.3.1-1]); 0 closes the connection (v5: 0x82 Protocol Error). It
     /// would also be taken for the link's own re-subscribe of a resumed session.
-    fn nonzero_packet_id(&self, pkid: u16) -> Result<(), Ending> {
+    fn nonzero_packet_id(&mut self, pkid: u16) -> Result<(), Ending> {
         if pkid != 0 {
             return Ok(());
         }
-        self.core.stats.dropped(DropCause::Malformed);
+        self.dropped(DropCause::Malformed);
         tracing::debug!(client_id = %self.s.client_id, "closing on a packet id of 0");
         Err(Ending::Violation(Reason::ProtocolError))
     }
@@ -110,13 +110,13 @@ impl Connection {
     /// is closed (v5: DISCONNECT 0x81 first, §4.13) and the packet is never acknowledged,
     /// as it would be for a filter that is only invalid or denied.
     fn no_nul_in_filters<'a>(
-        &self,
+        &mut self,
         mut filters: impl Iterator<Item = &'a str>,
     ) -> Result<(), Ending> {
         if !filters.any(|f| f.contains('\0')) {
             return Ok(());
         }
-        self.core.stats.dropped(DropCause::Malformed);
+        self.dropped(DropCause::Malformed);
         tracing::debug!(client_id = %self.s.client_id, "closing on a topic filter with U+0000");
         Err(Ending::Violation(Reason::MalformedPacket))
     }
@@ -257,7 +257,7 @@ impl Connection {
         let topic = self.publish_topic(&publish.topic, alias)?;
         self.check_publish_limits(meta, publish.payload.len())?;
         if !self.s.principal.may_publish(&topic) {
-            self.core.stats.dropped(DropCause::AclPublish);
+            self.dropped(DropCause::AclPublish);
             tracing::warn!(client_id = %self.s.client_id, topic, "publish denied by ACL");
             self.refuse_publish(
                 meta,
@@ -325,17 +325,17 @@ impl Connection {
     /// the connection ends (v5: 0x90 Topic Name invalid, 0x94 Topic Alias invalid).
     fn publish_topic(&mut self, raw: &[u8], alias: Option<u16>) -> Result<String, Ending> {
         let Ok(name) = std::str::from_utf8(raw) else {
-            self.core.stats.dropped(DropCause::Malformed);
+            self.dropped(DropCause::Malformed);
             return Err(Ending::Violation(Reason::TopicNameInvalid));
         };
         match self.aliases.resolve(name, alias) {
             Ok(topic) if topic::valid_topic_name(&topic) => Ok(topic),
             Ok(_) => {
-                self.core.stats.dropped(DropCause::Malformed);
+                self.dropped(DropCause::Malformed);
                 Err(Ending::Violation(Reason::TopicNameInvalid))
             }
             Err(e) => {
-                self.core.stats.dropped(DropCause::Malformed);
+                self.dropped(DropCause::Malformed);
                 tracing::debug!(client_id = %self.s.client_id, error = ?e, "bad topic alias");
                 Err(Ending::Violation(match e {
                     AliasError::EmptyTopic => Reason::ProtocolError,
@@ -357,7 +357,7 @@ impl Connection {
             && self.inbound_qos2.in_flight_here() >= usize::from(self.core.config.max_inflight)
         {
             // More unacknowledged QoS 2 than our Receive Maximum [MQTT-3.3.4-9].
-            self.core.stats.dropped(DropCause::Limit);
+            self.dropped(DropCause::Limit);
             return Err(Ending::Violation(Reason::ReceiveMaximumExceeded));
         }
         if meta.qos == 2 {
@@ -365,7 +365,7 @@ impl Connection {
             self.inbound_qos2.sent_here(meta.pkid);
         }
         if payload_len > self.core.config.max_payload {
-            self.core.stats.dropped(DropCause::TooLarge);
+            self.dropped(DropCause::TooLarge);
             return Err(Ending::Violation(Reason::PacketTooLarge));
         }
         Ok(())
@@ -391,7 +391,7 @@ impl Connection {
             }
             _ => (DropCause::DecryptFailed, "decrypt"),
         };
-        self.core.stats.dropped(drop);
+        self.dropped(drop);
         if drop == DropCause::Replayed && meta.dup && meta.qos > 0 {
             tracing::info!(client_id = %self.s.client_id, topic, error = %e, "resent envelope already taken; acknowledged, dropped");
             if meta.qos == 2 {

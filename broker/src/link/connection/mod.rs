@@ -5,6 +5,7 @@ pub(crate) mod alias;
 pub(crate) mod congestion;
 pub(crate) mod connect;
 pub(crate) mod copies;
+pub(crate) mod counters;
 pub(crate) mod device;
 pub(crate) mod egress;
 pub(crate) mod flow;
@@ -124,6 +125,8 @@ pub(crate) struct Connection {
     pub(crate) copies: Lazy<crate::link::session::store::Copies>,
     /// QoS 1/2 telemetry stored before it is acknowledged (`stored_acks.rs`).
     pub(crate) stored: Lazy<stored_acks::StoredAcks>,
+    /// What it has done, for the admin API (`counters.rs`).
+    pub(crate) counters: counters::ConnCounters,
 }
 
 impl Connection {
@@ -176,6 +179,7 @@ impl Connection {
             sess,
             copies: Default::default(),
             stored: Lazy::default(),
+            counters: counters::ConnCounters::default(),
         }
     }
 
@@ -319,6 +323,19 @@ impl Connection {
                 self.crypto = self.core.crypto_for(&record);
                 Ok(())
             }
+            Control::Rules(new) => {
+                if let crate::link::security::acl::Principal::Service { rules, .. } =
+                    &mut self.s.principal
+                {
+                    *rules = new;
+                }
+                Ok(())
+            }
+            Control::Snapshot(request) => {
+                let (info, reply) = *request;
+                let _ = reply.send(self.snapshot(info));
+                Ok(())
+            }
             #[cfg(feature = "testing")]
             Control::RouterRelease => self.router_released().await,
         }
@@ -336,6 +353,7 @@ impl Connection {
     async fn on_read(&mut self, n: usize) -> Result<(), Ending> {
         self.last_read = Instant::now();
         crate::stats::Stats::add(&self.core.stats.bytes_received, n as u64);
+        self.counters.read(n);
         let result = self.ingress().await;
         if self.read_buf.is_empty() {
             // Nothing half-read: an idle connection holds no read buffer.
@@ -366,6 +384,7 @@ impl Connection {
             self.out = BytesMut::new();
         }
         crate::stats::Stats::add(&self.core.stats.bytes_sent, n as u64);
+        self.counters.written(n);
         result
     }
 
@@ -390,6 +409,7 @@ impl Connection {
             Ok(_) => {
                 if let Some(&byte1) = self.out.get(start) {
                     self.core.stats.packet_out(byte1 >> 4);
+                    self.counters.packet_out(byte1 >> 4);
                 }
             }
             Err(e) => {

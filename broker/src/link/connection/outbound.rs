@@ -221,6 +221,16 @@ impl Outbound {
         released.into_iter().map(|(_, pkid)| pkid).collect()
     }
 
+    /// Messages written and not completed (released QoS 2 exchanges included).
+    pub(crate) fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Messages not written yet.
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// QoS 1/2 messages the client has not completed, or not been sent yet.
     pub(crate) fn owed(&self) -> usize {
         let waiting = self.pending.iter().filter(|m| m.qos > 0).count();
@@ -302,7 +312,7 @@ impl Connection {
     /// (QoS 1/2 ones are held back at their publishers instead, see `congestion.rs`).
     pub(crate) fn push_live(&mut self, msg: OutMsg) {
         if msg.qos == 0 && self.queue.pending.len() >= self.queue.max_pending {
-            self.core.stats.dropped(DropCause::SlowConsumer);
+            self.dropped(DropCause::SlowConsumer);
             return;
         }
         self.queue.pending.push_back(msg);
@@ -359,14 +369,14 @@ impl Connection {
     /// sealing and the client's Maximum Packet Size; false if it was dropped.
     fn write_out(&mut self, msg: &OutMsg, pkid: u16) -> bool {
         if !msg.read_checked && !self.s.principal.may_read(&msg.topic) {
-            self.core.stats.dropped(DropCause::AclDelivery);
+            self.dropped(DropCause::AclDelivery);
             return false;
         }
         let mut props = msg.props.clone();
         if let Some(at) = msg.expires_at_ms {
             let Some(left) = remaining_expiry(at, now_ms()) else {
                 // [MQTT-3.3.2-5]
-                self.core.stats.dropped(DropCause::Expired);
+                self.dropped(DropCause::Expired);
                 return false;
             };
             props
@@ -377,7 +387,7 @@ impl Connection {
             Some(crypto) => match crypto.seal(&msg.topic, &msg.payload) {
                 Ok(sealed) => Bytes::from(sealed),
                 Err(e) => {
-                    self.core.stats.dropped(DropCause::EncryptFailed);
+                    self.dropped(DropCause::EncryptFailed);
                     tracing::warn!(client_id = %self.s.client_id, topic = msg.topic, error = %e, "cannot encrypt for device");
                     return false;
                 }
@@ -406,7 +416,7 @@ impl Connection {
                 && probe.len() <= max;
             if !fits {
                 // Discarded as if delivered [MQTT-3.1.2-25].
-                self.core.stats.dropped(DropCause::Limit);
+                self.dropped(DropCause::Limit);
                 return false;
             }
         }

@@ -139,7 +139,7 @@ impl Connection {
         ));
     }
 
-    pub(crate) fn check_filter(&self, path: &str) -> Result<Target, SubscribeReasonCode> {
+    pub(crate) fn check_filter(&mut self, path: &str) -> Result<Target, SubscribeReasonCode> {
         let inner = match topic::split_shared(path) {
             Some((_, inner)) => inner,
             None if topic::is_shared(path) => return Err(SubscribeReasonCode::TopicFilterInvalid),
@@ -149,7 +149,7 @@ impl Connection {
             return Err(SubscribeReasonCode::TopicFilterInvalid);
         }
         if !self.s.principal.may_subscribe(path) {
-            self.core.stats.dropped(DropCause::AclSubscribe);
+            self.dropped(DropCause::AclSubscribe);
             tracing::warn!(client_id = %self.s.client_id, filter = path, "subscribe denied by ACL");
             return Err(SubscribeReasonCode::NotAuthorized);
         }

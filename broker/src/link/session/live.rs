@@ -43,11 +43,22 @@ pub(crate) enum Control {
     Close(CloseReason),
     /// The device's record changed (keys rotated, encryption flag).
     Reload(Box<DeviceRecord>),
+    /// The admin API asks for the connection's subscriptions and counters; a connection
+    /// that keeps none (a tracker) drops the request.
+    Snapshot(Box<SnapshotRequest>),
+    /// A service client's ACL rules changed: they apply from its next packet on.
+    Rules(std::sync::Arc<[fleetmq_storage::AclRule]>),
     /// Tests only: what the connection withheld from the router goes now
     /// (`testing::RouterHold`).
     #[cfg(feature = "testing")]
     RouterRelease,
 }
+
+/// What the connection answers a [`Control::Snapshot`] with, and where.
+pub(crate) type SnapshotRequest = (
+    ClientInfo,
+    tokio::sync::oneshot::Sender<crate::client::ClientDetail>,
+);
 
 /// Commands waiting to be written by one device connection, and messages the router
 /// dispatched to it (`link::device_links`). Separate from the control channel so a
@@ -251,6 +262,20 @@ impl Sessions {
         let mut all: Vec<ClientInfo> = self.live().values().map(|l| l.info.clone()).collect();
         all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         all
+    }
+
+    /// The first live connection (in key order) with this client id: what it is, and
+    /// its mailbox.
+    pub(crate) fn find(&self, client_id: &str) -> Option<(ClientInfo, Arc<Mailbox>)> {
+        let live = self.live();
+        let mut found: Vec<(&String, &Live)> = live
+            .iter()
+            .filter(|(_, l)| l.info.client_id == client_id)
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(b.0));
+        found
+            .first()
+            .map(|(_, l)| (l.info.clone(), l.mailbox.clone()))
     }
 
     /// Sends `control` to every live connection `select` picks; returns how many.

@@ -53,6 +53,8 @@ pub(crate) fn route_properties(
 pub(crate) struct SessionStart {
     /// Whether the session outlives this connection.
     pub(crate) persistent: bool,
+    /// The client's Clean Session (3.1.1) / Clean Start (5) flag, for the admin API.
+    pub(crate) clean_start: bool,
     /// Session Expiry Interval in seconds (`store::NEVER` for 3.1.1).
     pub(crate) expiry_s: u32,
     /// The stored session this connection resumes (CONNACK session present).

@@ -509,6 +509,7 @@ pub(crate) async fn start(
     };
     SessionStart {
         persistent,
+        clean_start: connect.clean_session,
         expiry_s,
         resumed,
     }

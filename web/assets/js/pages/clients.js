@@ -1,4 +1,5 @@
-// Connected MQTT clients (`GET /api/v1/clients`), with kick (`DELETE .../{client_id}`),
+// Connected MQTT clients (`GET /api/v1/clients`), each linked to its detail (`#/clients/ID`,
+// a device also to its device page), with kick (`DELETE .../{client_id}`),
 // and the recent refused connection attempts with their causes.
 
 import { del, enc, get } from '../api.js';
@@ -27,7 +28,9 @@ export function mount(root) {
     if (stopped) return;
     renderRefusals(refusedBody, refused.items);
     fill(body, items.length ? items.map((c) => h('tr', { dataset: { client: c.client_id } },
-      h('td', {}, c.kind === 'device' ? h('a', { href: `#/devices/${enc(c.client_id)}` }, c.client_id) : c.client_id),
+      h('td', {}, c.kind === 'device'
+        ? [h('a', { href: `#/devices/${enc(c.client_id)}` }, c.client_id), ' ', h('a', { href: `#/clients/${enc(c.client_id)}`, class: 'muted', title: 'subscriptions and counters' }, '(connection)')]
+        : h('a', { href: `#/clients/${enc(c.client_id)}` }, c.client_id)),
       h('td', {}, c.kind), h('td', {}, c.username ?? '—'), h('td', {}, c.protocol), h('td', {}, c.transport),
       h('td', { class: 'mono' }, c.peer), h('td', {}, ago(c.connected_at_ms)),
       h('td', {}, h('button', { type: 'button', class: 'danger', onclick: () => kick(c) }, 'kick'))))

@@ -7,6 +7,7 @@ import { alarmHead, loadAlarms, renderAlarms } from '../alarms.js';
 import { lineChart } from '../chart.js';
 import { ago, badge, copyable, dot, fill, fmtTime, h, json, labelChips, parseJsonField, secretBox, toast } from '../dom.js';
 import { loadRefusals, refusalTable, renderRefusals } from '../refusals.js';
+import { loadClient, renderConnection } from '../client_detail.js';
 
 const TERMINAL = new Set(['completed', 'failed', 'expired', 'cancelled', 'superseded']);
 /** `fit`: the newest points of the last 7 days, the axis from the first to the last of them. */
@@ -121,6 +122,8 @@ export function mount(root, ctx, id) {
   let configTimer;
   let eventTimer;
   const history = [];
+  /** The live connection's subscriptions and counters. */
+  const connection = h('div', { id: 'connection' });
   /** Kinds of events (`device`, `command`, ...) waiting for the debounced reload. */
   const pending = new Set();
 
@@ -129,6 +132,7 @@ export function mount(root, ctx, id) {
     if (stopped) return;
     fill(title, dot(d.online), d.id);
     fill(info, infoTable(d));
+    renderConnection(connection, d.online ? await loadClient(id) : null);
     status.textContent = json(d.reported_status);
     if (!history.length && d.connected_at) history.push({ type: d.online ? 'connected' : 'last connected', at: d.connected_at });
     renderPresence();
@@ -275,7 +279,8 @@ export function mount(root, ctx, id) {
         h('div', { class: 'row' },
           h('button', { type: 'button', id: 'rotate-credentials', onclick: () => rotate('credentials') }, 'Rotate credentials'),
           h('button', { type: 'button', id: 'rotate-key', onclick: () => rotate('key') }, 'Rotate key'),
-          h('button', { type: 'button', class: 'danger', onclick: remove }, 'Delete')), secrets),
+          h('button', { type: 'button', class: 'danger', onclick: remove }, 'Delete')), secrets,
+        h('h2', {}, 'Connection'), connection),
       h('div', { class: 'panel' }, h('h2', {}, 'Reported status'), status, h('h2', {}, 'Presence history'), presence,
         h('h2', {}, 'Refused connection attempts'), refusedTable)),
     h('div', { class: 'panel' }, h('div', { class: 'spread' }, h('h2', {}, 'Telemetry'), h('label', { class: 'row' }, 'range', range)),
