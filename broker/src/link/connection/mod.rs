@@ -46,7 +46,7 @@ use crate::link::net::transport::Stream;
 use crate::link::security::auth::Identity;
 use crate::link::security::sealing::DeviceCrypto;
 use crate::link::session::live::count_connection;
-use crate::link::session::live::{CloseReason, Control};
+use crate::link::session::live::CloseReason;
 use crate::link::Core;
 use fleetmq_storage::now_ms;
 
@@ -313,53 +313,6 @@ impl Connection {
                 Err(_) => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
         }
-    }
-
-    /// What the broker told the connection.
-    async fn on_control(&mut self, ctrl: Control) -> Result<(), Ending> {
-        match ctrl {
-            Control::Close(reason) => Err(Ending::Closed(reason)),
-            Control::Reload(record) => {
-                self.crypto = self.core.crypto_for(&record);
-                Ok(())
-            }
-            Control::Rules(new) => {
-                if let crate::link::security::acl::Principal::Service { rules, .. } =
-                    &mut self.s.principal
-                {
-                    *rules = new;
-                }
-                Ok(())
-            }
-            Control::Snapshot(request) => {
-                let (info, reply) = *request;
-                let _ = reply.send(self.snapshot(info));
-                Ok(())
-            }
-            #[cfg(feature = "testing")]
-            Control::RouterRelease => self.router_released().await,
-        }
-    }
-
-    /// Commands and routed messages waiting in the mailbox.
-    async fn on_mailbox(&mut self) -> Result<(), Ending> {
-        for (command_id, payload) in self.s.mailbox.take() {
-            self.deliver_command(command_id, &payload);
-        }
-        self.dispatched().await
-    }
-
-    /// `n` bytes were appended to the read buffer.
-    async fn on_read(&mut self, n: usize) -> Result<(), Ending> {
-        self.last_read = Instant::now();
-        crate::stats::Stats::add(&self.core.stats.bytes_received, n as u64);
-        self.counters.read(n);
-        let result = self.ingress().await;
-        if self.read_buf.is_empty() {
-            // Nothing half-read: an idle connection holds no read buffer.
-            self.read_buf = BytesMut::new();
-        }
-        result
     }
 
     /// Writes what is buffered for the client in one write.

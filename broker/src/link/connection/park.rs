@@ -3,11 +3,13 @@
 //! connections are idle devices that can only be woken by the broker (mailbox, control),
 //! their socket, or their keep-alive. They wait in [`park`], whose future holds just
 //! those, and what wakes them runs in a boxed future that ends with the event
-//! (docs/architecture.md, "What a device costs").
+//! (docs/architecture.md, "What a device costs"). The handlers of those events are
+//! here too; [`Connection::step`] runs them for a busy connection.
 
 use std::io;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::time::Instant;
 
 use crate::link::connection::{BoxedStep, Connection, Ending};
@@ -55,6 +57,53 @@ impl Connection {
         self.out_aliases.settle();
         self.subs.settle();
         self.queue.settle();
+    }
+
+    /// What the broker told the connection.
+    pub(crate) async fn on_control(&mut self, ctrl: Control) -> Result<(), Ending> {
+        match ctrl {
+            Control::Close(reason) => Err(Ending::Closed(reason)),
+            Control::Reload(record) => {
+                self.crypto = self.core.crypto_for(&record);
+                Ok(())
+            }
+            Control::Rules(new) => {
+                if let crate::link::security::acl::Principal::Service { rules, .. } =
+                    &mut self.s.principal
+                {
+                    *rules = new;
+                }
+                Ok(())
+            }
+            Control::Snapshot(request) => {
+                let (info, reply) = *request;
+                let _ = reply.send(self.snapshot(info));
+                Ok(())
+            }
+            #[cfg(feature = "testing")]
+            Control::RouterRelease => self.router_released().await,
+        }
+    }
+
+    /// Commands and routed messages waiting in the mailbox.
+    pub(crate) async fn on_mailbox(&mut self) -> Result<(), Ending> {
+        for (command_id, payload) in self.s.mailbox.take() {
+            self.deliver_command(command_id, &payload);
+        }
+        self.dispatched().await
+    }
+
+    /// `n` bytes were appended to the read buffer.
+    pub(crate) async fn on_read(&mut self, n: usize) -> Result<(), Ending> {
+        self.last_read = Instant::now();
+        crate::stats::Stats::add(&self.core.stats.bytes_received, n as u64);
+        self.counters.read(n);
+        let result = self.ingress().await;
+        if self.read_buf.is_empty() {
+            // Nothing half-read: an idle connection holds no read buffer.
+            self.read_buf = BytesMut::new();
+        }
+        result
     }
 
     /// Handles what ended a [`park`], in a boxed future that ends with it.
