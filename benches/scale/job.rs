@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::broker::{self, Broker};
 use crate::http::Http;
-use crate::run::{answer, connect_all, device_topics};
+use crate::run::{answer, connect_all, device_topics, rss};
 use crate::Args;
 
 /// How often the job's progress is read (`GET /api/v1/jobs/{id}` counts every command).
@@ -23,6 +23,9 @@ const POLL: Duration = Duration::from_millis(250);
 struct Jobs {
     provision: Duration,
     connect: Duration,
+    /// RSS with no device connected, and with all connected and idle.
+    rss_empty: u64,
+    rss_idle: u64,
     runs: Vec<JobReport>,
 }
 
@@ -36,6 +39,9 @@ struct JobReport {
     completed: Duration,
     broker_cpu: Duration,
     counts: serde_json::Value,
+    /// RSS once the job completed and the broker settled: every device's command
+    /// window, mailbox and queue were used once.
+    rss_after: u64,
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<String> {
@@ -48,6 +54,7 @@ pub async fn run(args: &Args) -> anyhow::Result<String> {
     b.provision_bulk(n).await?;
     let provision = started.elapsed();
     b.settle().await;
+    let rss_empty = rss(b.pid())?;
     eprintln!("scale --job: {n} devices provisioned in {provision:?}; connecting ...");
     let devices = b.devices.clone();
     let (clients, connect) = connect_all(b.mqtt, &devices, args.at_once, device_topics).await?;
@@ -57,17 +64,22 @@ pub async fn run(args: &Args) -> anyhow::Result<String> {
         answering.spawn(answer(client, device.id.clone(), answers.clone()));
     }
     b.settle().await;
+    let rss_idle = rss(b.pid())?;
     eprintln!("scale --job: connected in {connect:?}; the job ...");
     let mut runs = Vec::new();
     for round in 0..2 {
         answers.store(0, Ordering::Relaxed);
-        runs.push(job(&b, n, &answers, round).await?);
+        let mut report = job(&b, n, &answers, round).await?;
         b.settle().await;
+        report.rss_after = rss(b.pid())?;
+        runs.push(report);
     }
     answering.abort_all();
     Ok(Jobs {
         provision,
         connect,
+        rss_empty,
+        rss_idle,
         runs,
     }
     .render())
@@ -114,6 +126,7 @@ async fn job(
                 completed: t0.elapsed(),
                 broker_cpu: broker::cpu_time(b.pid())?.saturating_sub(cpu_before),
                 counts: job["counts"].clone(),
+                rss_after: 0,
             });
         }
         if job["status"] != "running" || Instant::now() > deadline {
@@ -150,6 +163,14 @@ impl Jobs {
         };
         let cells: Vec<String> = self.runs.iter().map(cpu).collect();
         let _ = writeln!(t, "| broker CPU per command | {} |", cells.join(" | "));
+        let per_device = |rss: u64| format!("{} B", rss.saturating_sub(self.rss_empty) / n.max(1) as u64);
+        let cells: Vec<String> = self.runs.iter().map(|r| per_device(r.rss_after)).collect();
+        let _ = writeln!(
+            t,
+            "| RSS per device after the job (idle before any: {}) | {} |",
+            per_device(self.rss_idle),
+            cells.join(" | ")
+        );
         for r in &self.runs {
             let _ = writeln!(t, "\nfinal counts: {}", r.counts);
         }

@@ -406,7 +406,7 @@ async fn connect_anonymous(
 }
 
 /// Resident set size of a process, bytes (`VmRSS`).
-fn rss(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb = (status.lines())
         .find_map(|l| l.strip_prefix("VmRSS:"))
