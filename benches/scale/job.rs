@@ -17,6 +17,9 @@ use crate::http::Http;
 use crate::run::{answer, connect_all, device_topics, rss};
 use crate::Args;
 
+/// How long after a job its RSS is read: jemalloc returns freed pages within 10 s.
+const RSS_DECAY: Duration = Duration::from_secs(15);
+
 /// How often the job's progress is read (`GET /api/v1/jobs/{id}` counts every command).
 const POLL: Duration = Duration::from_millis(250);
 
@@ -71,6 +74,8 @@ pub async fn run(args: &Args) -> anyhow::Result<String> {
         answers.store(0, Ordering::Relaxed);
         let mut report = job(&b, n, &answers, round).await?;
         b.settle().await;
+        // Freed memory goes back to the system within jemalloc's 10 s decay.
+        tokio::time::sleep(RSS_DECAY).await;
         report.rss_after = rss(b.pid())?;
         runs.push(report);
     }
@@ -167,7 +172,7 @@ impl Jobs {
         let cells: Vec<String> = self.runs.iter().map(|r| per_device(r.rss_after)).collect();
         let _ = writeln!(
             t,
-            "| RSS per device after the job (idle before any: {}) | {} |",
+            "| RSS per device 15 s after the job (idle before any: {}) | {} |",
             per_device(self.rss_idle),
             cells.join(" | ")
         );

@@ -50,6 +50,21 @@ impl<T: Idle> DerefMut for Lazy<T> {
     }
 }
 
+/// Frees an empty vector's room (draining one keeps it: a device that once sent a
+/// response would keep room for four packets, 1.6 KB, for good).
+pub(crate) fn release<T>(v: &mut Vec<T>) {
+    if v.is_empty() && v.capacity() > 0 {
+        *v = Vec::new();
+    }
+}
+
+/// [`release`] for a queue.
+pub(crate) fn release_deque<T>(v: &mut std::collections::VecDeque<T>) {
+    if v.is_empty() && v.capacity() > 0 {
+        *v = std::collections::VecDeque::new();
+    }
+}
+
 /// Implements [`Idle`] for types whose `Default` is their idle state, with the test of
 /// idleness given as a closure.
 macro_rules! idle {

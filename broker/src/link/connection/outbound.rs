@@ -154,9 +154,14 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
-    /// Frees the reserved ids' set while it is empty.
+    /// Frees the room of what is empty: reserved ids, the queue, the slot lists.
     pub(crate) fn settle(&mut self) {
+        use crate::link::lazy::{release, release_deque};
         self.reserved.settle();
+        release_deque(&mut self.pending);
+        release(&mut self.acked_seqs);
+        release(&mut self.released_seqs);
+        release(&mut self.sent_marks);
     }
 
     pub(crate) fn new(max_pending: usize) -> Outbound {

@@ -57,6 +57,8 @@ impl Connection {
         self.out_aliases.settle();
         self.subs.settle();
         self.queue.settle();
+        crate::link::lazy::release(&mut self.to_router);
+        crate::link::lazy::release(&mut self.sess.delivered);
     }
 
     /// What the broker told the connection.
