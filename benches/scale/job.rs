@@ -168,7 +168,8 @@ impl Jobs {
         };
         let cells: Vec<String> = self.runs.iter().map(cpu).collect();
         let _ = writeln!(t, "| broker CPU per command | {} |", cells.join(" | "));
-        let per_device = |rss: u64| format!("{} B", rss.saturating_sub(self.rss_empty) / n.max(1) as u64);
+        let per_device =
+            |rss: u64| format!("{} B", rss.saturating_sub(self.rss_empty) / n.max(1) as u64);
         let cells: Vec<String> = self.runs.iter().map(|r| per_device(r.rss_after)).collect();
         let _ = writeln!(
             t,

@@ -488,10 +488,12 @@ async fn join_router(
             format!("router link: {e}"),
         )
     })?;
-    Ok(RouterLink::Own {
-        tx: link_tx,
-        rx: link_rx,
-    })
+    Ok(RouterLink::Own(Box::new(
+        crate::link::connection::router_link::OwnLink {
+            tx: link_tx,
+            rx: link_rx,
+        },
+    )))
 }
 
 /// Enters the connection in the live table (listing, kick, takeover, commands) and

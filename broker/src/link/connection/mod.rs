@@ -99,7 +99,8 @@ pub(crate) struct Connection {
     pub(crate) stalled: Option<Box<(Packet, Option<PublishMeta>)>>,
     /// Sees congested connections drain (`congestion.rs`).
     pub(crate) congestion_rx: tokio::sync::watch::Receiver<u64>,
-    pub(crate) crypto: Option<DeviceCrypto>,
+    /// Boxed: most devices send plaintext.
+    pub(crate) crypto: Option<Box<DeviceCrypto>>,
     /// Inbound QoS 2 exchanges waiting for PUBREL (`ingress.rs`).
     pub(crate) inbound_qos2: Lazy<InboundQos2>,
     /// SUBACK codes decided locally, merged with the router's by packet id.
@@ -140,7 +141,7 @@ impl Connection {
         let crypto = match &s.identity {
             Identity::Device(d) => {
                 s.mailbox.take_routed_messages();
-                core.crypto_for(d)
+                core.crypto_for(d).map(Box::new)
             }
             _ => None,
         };
@@ -373,9 +374,10 @@ impl Connection {
 
     /// Hands the packets collected for the router over, waking it once.
     pub(crate) async fn send_to_router(&mut self) -> Result<(), Ending> {
-        let RouterLink::Own { tx, .. } = &mut self.s.link else {
+        let RouterLink::Own(own) = &mut self.s.link else {
             return self.send_shared();
         };
+        let tx = &mut own.tx;
         #[cfg(feature = "testing")]
         if hold::withheld(&self.s.client_id, &self.to_router) {
             // In the link's buffer, but the router is not told (`hold`).
@@ -396,9 +398,10 @@ impl Connection {
     /// not taken it already), as `send_to_router` would have.
     #[cfg(feature = "testing")]
     async fn router_released(&mut self) -> Result<(), Ending> {
-        let RouterLink::Own { tx, .. } = &mut self.s.link else {
+        let RouterLink::Own(own) = &mut self.s.link else {
             return Ok(());
         };
+        let tx = &mut own.tx;
         let last = tx.buffer().pop_back();
         match last {
             Some(last) => tx
@@ -577,7 +580,8 @@ impl Connection {
             return Err(Ending::RouterGone);
         }
         self.update_congestion();
-        if let (true, RouterLink::Own { rx, .. }) = (flow.unscheduled, &self.s.link) {
+        if let (true, RouterLink::Own(own)) = (flow.unscheduled, &self.s.link) {
+            let rx = &own.rx;
             // Only now, after the batch reached the socket: this is the backpressure.
             self.woke = true;
             crate::stats::Stats::add(&self.core.stats.router_pauses, 1);

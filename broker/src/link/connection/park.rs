@@ -66,7 +66,7 @@ impl Connection {
         match ctrl {
             Control::Close(reason) => Err(Ending::Closed(reason)),
             Control::Reload(record) => {
-                self.crypto = self.core.crypto_for(&record);
+                self.crypto = self.core.crypto_for(&record).map(Box::new);
                 Ok(())
             }
             Control::Rules(new) => {
@@ -114,7 +114,14 @@ impl Connection {
             match woken {
                 Woken::Control(ctrl) => self.on_control(ctrl).await,
                 Woken::Shutdown => Err(Ending::Closed(CloseReason::ShuttingDown)),
-                Woken::Mailbox => self.on_mailbox().await,
+                Woken::Mailbox => {
+                    // A control message first; any after it are taken before the
+                    // next park.
+                    if let Some(ctrl) = self.s.mailbox.try_take_control() {
+                        self.on_control(ctrl).await?;
+                    }
+                    self.on_mailbox().await
+                }
                 Woken::Readable(Err(_)) => Err(Ending::Dropped),
                 Woken::Readable(Ok(())) => match self.stream.try_read_tcp(&mut self.read_buf) {
                     Ok(0) => Err(Ending::Dropped),
@@ -140,9 +147,12 @@ pub(crate) async fn park(conn: &Connection) -> Woken {
     let sleep = tokio::time::sleep_until(
         deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
     );
+    // Control messages also wake `ready`, so one waiter serves both.
+    if let Some(ctrl) = conn.s.mailbox.try_take_control() {
+        return Woken::Control(ctrl);
+    }
     tokio::select! {
         biased;
-        ctrl = conn.s.mailbox.control() => Woken::Control(ctrl),
         _ = conn.core.shutdown.cancelled() => Woken::Shutdown,
         _ = conn.s.mailbox.ready.notified() => Woken::Mailbox,
         readable = tcp.readable() => Woken::Readable(readable),

@@ -12,18 +12,24 @@ use crate::link::connection::{Connection, Ending};
 
 /// Who carries a connection's packets to and from the router.
 pub(crate) enum RouterLink {
-    /// A router link of the connection's own.
-    Own { tx: LinkTx, rx: LinkRx },
+    /// A router link of the connection's own (boxed: a fleet's connections are devices).
+    Own(Box<OwnLink>),
     /// A device: publishes through a shared publisher link, routed messages through the
     /// dispatcher and the connection's mailbox, subscriptions kept by the connection.
     Device,
+}
+
+/// Both ends of a connection's own router link.
+pub(crate) struct OwnLink {
+    pub(crate) tx: LinkTx,
+    pub(crate) rx: LinkRx,
 }
 
 impl RouterLink {
     /// The router's next notification; never for a device.
     pub(crate) async fn next(&mut self) -> Result<Option<Notification>, LinkError> {
         match self {
-            RouterLink::Own { rx, .. } => rx.next().await,
+            RouterLink::Own(own) => own.rx.next().await,
             RouterLink::Device => std::future::pending().await,
         }
     }
@@ -31,13 +37,13 @@ impl RouterLink {
     /// A notification the router already sent, if any.
     pub(crate) fn try_next(&mut self) -> Option<Result<Option<Notification>, LinkError>> {
         match self {
-            RouterLink::Own { rx, .. } => rx.next().now_or_never(),
+            RouterLink::Own(own) => own.rx.next().now_or_never(),
             RouterLink::Device => None,
         }
     }
 
     pub(crate) fn is_own(&self) -> bool {
-        matches!(self, RouterLink::Own { .. })
+        matches!(self, RouterLink::Own(_))
     }
 }
 

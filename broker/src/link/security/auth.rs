@@ -49,7 +49,7 @@ const UPGRADE_BATCH: usize = 1024;
 #[derive(Debug, Clone)]
 pub(crate) enum Identity {
     Device(Box<DeviceRecord>),
-    Service(ServiceClientRecord),
+    Service(Box<ServiceClientRecord>),
     Anonymous,
 }
 
@@ -206,7 +206,7 @@ impl Authenticator {
             return Err(Refusal::UnknownUser { as_device });
         };
         self.check_service(&client, password, p.peer).await?;
-        Ok(Identity::Service(client))
+        Ok(Identity::Service(Box::new(client)))
     }
 
     /// A verified client certificate whose CN is a provisioned device id is that device's

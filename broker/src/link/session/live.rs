@@ -120,7 +120,17 @@ impl Mailbox {
         queue.push_back(control);
         drop(queue);
         self.control_ready.notify_one();
+        // A parked connection waits on `ready` alone (`connection/park.rs`).
+        self.ready.notify_one();
         Ok(())
+    }
+
+    /// The next control message, if one is waiting.
+    pub(crate) fn try_take_control(&self) -> Option<Control> {
+        self.control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
     }
 
     /// The next control message (one receiver: the connection).

@@ -85,7 +85,7 @@ pub(crate) struct SessionLink {
     /// When its subscriptions took effect (`session::owed`).
     pub(crate) owed: Lazy<OwedState>,
     /// What the stored queue of the resumed session holds of its live deliveries.
-    pub(crate) queued_window: Option<store::QueuedWindow>,
+    pub(crate) queued_window: Option<Box<store::QueuedWindow>>,
 }
 
 impl SessionLink {
@@ -169,7 +169,7 @@ impl Connection {
                         .session_store
                         .go_live(&self.s.router_key, &[], self.s.conn_id);
                 self.sess.ledger = Some(ledger);
-                self.sess.queued_window = window;
+                self.sess.queued_window = window.map(Box::new);
             }
             return Ok(());
         };
@@ -190,7 +190,7 @@ impl Connection {
                 self.core.session_store.go_live(&key, &subs, self.s.conn_id);
             live_from = since;
             self.sess.ledger = Some(ledger);
-            self.sess.queued_window = window;
+            self.sess.queued_window = window.map(Box::new);
             // Its subscriptions take effect here; each re-subscribe's SUBACK settles what
             // was checked before the router had it (`session::owed`).
             self.sess.owed.resubscribing = resubscribed.into_iter().map(|f| (f, since)).collect();
