@@ -21,6 +21,30 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> ApiBody {
     Full::new(bytes.into()).boxed_unsync()
 }
 
+/// A `text/event-stream` answer whose body is the chunks `next` makes of `feed`, until
+/// it gives `None` (`/api/v1/events`, `/api/v1/subscribe`).
+pub(crate) fn event_stream<F, Fut>(feed: F, next: fn(F) -> Fut) -> ApiResponse
+where
+    F: Send + 'static,
+    Fut: std::future::Future<Output = Option<(Bytes, F)>> + Send + 'static,
+{
+    let frames = futures_util::stream::unfold(feed, move |feed| async move {
+        let (chunk, feed) = next(feed).await?;
+        Some((Ok::<_, Infallible>(hyper::body::Frame::data(chunk)), feed))
+    });
+    let mut response = Response::new(http_body_util::StreamBody::new(frames).boxed_unsync());
+    *response.status_mut() = StatusCode::OK;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells buffering reverse proxies (nginx) to pass frames on at once.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
 /// Builds a JSON response. Our own response types always serialize; should one ever
 /// not, the client gets a 500 instead of a broken body.
 pub(crate) fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> ApiResponse {

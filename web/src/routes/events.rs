@@ -16,9 +16,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use fleetmq_broker::fleet::events::{EventFilter, FleetEvent, Gap};
 use fleetmq_storage::DeviceId;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
+use http::HeaderMap;
 use serde::Serialize;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -66,21 +64,10 @@ pub(crate) fn stream(
         last_sent: last_event_id,
         lagged: None,
     };
-    let frames = futures_util::stream::unfold(feed, |mut feed| async move {
+    Ok(crate::response::event_stream(feed, |mut feed| async move {
         let chunk = feed.next_chunk().await?;
-        Some((Ok(Frame::data(chunk)), feed))
-    });
-    let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
-    *response.status_mut() = StatusCode::OK;
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // Tells buffering reverse proxies (nginx) to pass frames on at once.
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+        Some((chunk, feed))
+    }))
 }
 
 /// The id to resume after: the `Last-Event-ID` header wins over the parameter.
@@ -226,6 +213,7 @@ pub(crate) fn frame<T: Serialize + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn frames_are_one_line_of_json() {

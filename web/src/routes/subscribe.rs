@@ -15,9 +15,6 @@
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use fleetmq_broker::{Tap, TapError, TappedMessage, TAP_QUEUE};
-use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
 use serde::Serialize;
 use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
@@ -59,20 +56,10 @@ pub(crate) fn stream(state: &AppState, query: Option<&str>) -> Result<ApiRespons
         keepalive: keepalive(state.config.sse_keepalive),
         shutdown: state.shutdown.clone(),
     };
-    let frames = futures_util::stream::unfold(feed, |mut feed| async move {
+    Ok(crate::response::event_stream(feed, |mut feed| async move {
         let chunk = feed.next_chunk().await?;
-        Some((Ok(Frame::data(chunk)), feed))
-    });
-    let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
-    *response.status_mut() = StatusCode::OK;
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+        Some((chunk, feed))
+    }))
 }
 
 /// One stream; lives in the response body, and its tap with it.
