@@ -44,6 +44,14 @@ pub fn with_query(path: &str, query: &[String]) -> String {
     }
 }
 
+/// `path` with the parameters that have a value, each percent-encoded.
+pub fn with_params(path: &str, params: &[(&str, Option<String>)]) -> String {
+    let query: Vec<String> = (params.iter())
+        .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}={}", enc(v))))
+        .collect();
+    with_query(path, &query)
+}
+
 /// Where the admin API is and how to authenticate; shared by every admin command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnArgs {

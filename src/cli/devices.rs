@@ -9,7 +9,7 @@ use http::Method;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::client::{enc, with_query, Admin, REQUEST_TIMEOUT};
+use super::client::{enc, with_params, with_query, Admin, REQUEST_TIMEOUT};
 use super::device_import::{self, ImportArgs};
 use super::error::{exit, CliError};
 use super::output::outln;
@@ -371,10 +371,7 @@ impl EventsArgs {
             ("limit", self.limit.map(|l| l.to_string())),
             ("cursor", self.cursor.clone()),
         ];
-        let query: Vec<String> = (params.into_iter())
-            .filter_map(|(name, value)| value.map(|v| format!("{name}={}", enc(&v))))
-            .collect();
-        with_query(&format!("{}/events", device_path(&self.id)), &query)
+        with_params(&format!("{}/events", device_path(&self.id)), &params)
     }
 }
 

@@ -5,7 +5,7 @@
 use http::Method;
 use serde_json::Value;
 
-use super::client::{enc, with_query, Admin, REQUEST_TIMEOUT};
+use super::client::{enc, with_params, Admin, REQUEST_TIMEOUT};
 use super::error::CliError;
 use super::output::{self, cell, print_table};
 
@@ -47,10 +47,7 @@ impl TelemetryArgs {
             ("limit", self.limit.map(|l| l.to_string())),
             ("cursor", self.cursor.clone()),
         ];
-        let query: Vec<String> = (params.into_iter())
-            .filter_map(|(name, value)| value.map(|v| format!("{name}={}", enc(&v))))
-            .collect();
-        with_query(&device, &query)
+        with_params(&device, &params)
     }
 }
 

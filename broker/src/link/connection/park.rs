@@ -17,7 +17,6 @@ use crate::link::session::live::{CloseReason, Control};
 
 /// What ended a [`park`].
 pub(crate) enum Woken {
-    Control(Control),
     Shutdown,
     Mailbox,
     /// The socket is readable (or failed).
@@ -112,12 +111,11 @@ impl Connection {
     pub(crate) fn woken(&mut self, woken: Woken) -> BoxedStep<'_> {
         Box::pin(async move {
             match woken {
-                Woken::Control(ctrl) => self.on_control(ctrl).await,
                 Woken::Shutdown => Err(Ending::Closed(CloseReason::ShuttingDown)),
                 Woken::Mailbox => {
-                    // A control message first; any after it are taken before the
-                    // next park.
-                    if let Some(ctrl) = self.s.mailbox.try_take_control() {
+                    // Control messages first (they wake `ready` too, and one wake-up
+                    // may stand for several).
+                    while let Some(ctrl) = self.s.mailbox.try_take_control() {
                         self.on_control(ctrl).await?;
                     }
                     self.on_mailbox().await
@@ -136,8 +134,8 @@ impl Connection {
     }
 }
 
-/// Waits, in the order [`Connection::step`] gives them, for a control message, the
-/// broker's shutdown, the mailbox, the socket, or the keep-alive deadline. Only for a
+/// Waits, in the order [`Connection::step`] gives them, for the broker's shutdown, the
+/// mailbox (control messages included), the socket, or the keep-alive deadline. Only for a
 /// [`Connection::parkable`] connection.
 pub(crate) async fn park(conn: &Connection) -> Woken {
     let Some(tcp) = conn.stream.tcp() else {
@@ -148,9 +146,6 @@ pub(crate) async fn park(conn: &Connection) -> Woken {
         deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
     );
     // Control messages also wake `ready`, so one waiter serves both.
-    if let Some(ctrl) = conn.s.mailbox.try_take_control() {
-        return Woken::Control(ctrl);
-    }
     tokio::select! {
         biased;
         _ = conn.core.shutdown.cancelled() => Woken::Shutdown,

@@ -23,20 +23,15 @@ pub(crate) enum Stream {
 impl Stream {
     /// Appends what arrives to `buf`; `Ok(0)` means the peer closed the stream.
     pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        if let Stream::Tcp(s) = self {
+        if self.tcp().is_some() {
             // Waits for data before taking room for it, so an idle connection holds no
             // read buffer (cancel-safe: `readable` is, and the read does not wait).
             loop {
-                s.readable().await?;
-                reserve(buf);
-                match s.try_read_buf(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        // Readiness is cleared only here, after a read that drained the
-                        // socket: the room taken for nothing goes before waiting again.
-                        if buf.is_empty() {
-                            *buf = BytesMut::new();
-                        }
-                    }
+                if let Some(s) = self.tcp() {
+                    s.readable().await?;
+                }
+                match self.try_read_tcp(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     read => return read,
                 }
             }
@@ -66,7 +61,8 @@ impl Stream {
     }
 
     /// Appends what a plain TCP socket holds to `buf` without waiting: `WouldBlock`
-    /// when it held nothing (readiness is then cleared, and no room is kept for it).
+    /// when it held nothing (readiness is cleared only then, after a read that drained
+    /// the socket; the room taken for nothing goes before waiting again).
     pub(crate) fn try_read_tcp(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         let Stream::Tcp(s) = self else {
             return Err(io::ErrorKind::WouldBlock.into());

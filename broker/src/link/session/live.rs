@@ -136,12 +136,7 @@ impl Mailbox {
     /// The next control message (one receiver: the connection).
     pub(crate) async fn control(&self) -> Control {
         loop {
-            let next = self
-                .control
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front();
-            if let Some(control) = next {
+            if let Some(control) = self.try_take_control() {
                 return control;
             }
             // `notify_one` keeps a permit when nobody waits: no wake-up is lost.
