@@ -25,6 +25,7 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.max_queued_messages",
     "mqtt.durable_connected_sessions",
     "mqtt.max_pending_messages",
+    "mqtt.max_outbound_bytes",
     "mqtt.slow_consumer_timeout_s",
     "mqtt.tls.listen",
     "mqtt.tls.cert",

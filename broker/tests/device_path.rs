@@ -318,11 +318,18 @@ async fn a_takeover_under_load_loses_no_acknowledged_command() {
 
 /// A QoS 0 burst of 200,000 small messages from 10 devices to one service client that
 /// keeps reading loses nothing (issue 15: the router's per-filter log was cut under it).
+/// Each device writes its 20,000 PUBLISHes in one write, faster than one reader can
+/// take them, and the burst (~18 MB) is far larger than the router's log of a filter:
+/// only a reader that keeps pace gets them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qos0_burst_from_ten_devices_to_one_reader_loses_nothing() {
     const DEVICES: usize = 10;
     const EACH: usize = 20_000;
-    let t = Target::with(|_| {}).await;
+    // A log of 4 × 256 KiB (~11,000 of these messages) instead of 4 × 4 MiB: in-process
+    // the reader keeps up better than against the release binary, so the log is made
+    // small enough that a reader the devices outrun is cut (this fails without the lag
+    // hold of `congestion.rs`), and large enough for the time the hold takes to start.
+    let t = Target::with(|c| c.router_segment_size = 256 * 1024).await;
     let b = t.broker.as_ref().expect("fleetmq");
     let all = AclRule {
         action: AclAction::All,
@@ -340,9 +347,11 @@ async fn a_qos0_burst_from_ten_devices_to_one_reader_loses_nothing() {
         let mut d = device(&t, Via::Tcp, Ver::V4, &format!("b{i}"), "tok").await;
         senders.push(tokio::spawn(async move {
             let topic = format!("device/b{i}/status");
+            let mut burst = Vec::new();
             for n in 0..EACH {
-                d.publish(&topic, format!("{n}").as_bytes(), 0, false).await;
+                qos0_publish_v4(&mut burst, &topic, format!("{n:064}").as_bytes());
             }
+            assert!(d.send_raw(&burst).await);
             // A PINGRESP after the last PUBLISH: all of them were read by the broker.
             d.pingreq().await;
             d.expect(|p| matches!(p, In::PingResp)).await;
@@ -367,4 +376,19 @@ async fn a_qos0_burst_from_ten_devices_to_one_reader_loses_nothing() {
         s.await.unwrap();
     }
     assert_eq!(b.handle.stats().drops.slow_consumer, 0);
+}
+
+/// Appends a 3.1.1 QoS 0 PUBLISH (remaining length under 16,384).
+fn qos0_publish_v4(out: &mut Vec<u8>, topic: &str, payload: &[u8]) {
+    let len = 2 + topic.len() + payload.len();
+    assert!(len < 16_384);
+    out.push(0x30);
+    if len < 128 {
+        out.push(len as u8);
+    } else {
+        out.extend_from_slice(&[(len % 128) as u8 | 0x80, (len / 128) as u8]);
+    }
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(payload);
 }

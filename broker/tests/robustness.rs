@@ -228,7 +228,12 @@ proptest! {
 
 #[tokio::test]
 async fn a_slow_subscriber_gets_backpressure_and_every_message_then_leaves_cleanly() {
-    let b = broker().await;
+    // A write buffer far smaller than the 8 MB published: the connection stops waking
+    // the router once its client stopped reading (`writing.rs`).
+    let mut config = fleetmq_broker::BrokerConfig::for_tests();
+    config.max_outbound_bytes = 256 * 1024;
+    let b = TestBroker::with_config(config).await;
+    b.add_service("backend", "backend-pass", allow_all()).await;
     for round in 0..3 {
         let (sub, mut sub_el) =
             connect_v4(&b, Via::Tcp, "slow-sub", Some(("backend", "backend-pass")))
@@ -248,7 +253,8 @@ async fn a_slow_subscriber_gets_backpressure_and_every_message_then_leaves_clean
                 .await
                 .unwrap();
         }
-        // Not reading yet: the router fills this link's buffer and pauses it (Unschedule).
+        // Not reading yet: the write buffer reaches its bound, the router fills this
+        // link's buffer and pauses it (Unschedule), and is not woken.
         tokio::time::sleep(Duration::from_millis(300)).await;
         if round < 2 {
             let got = publishes_v4(&mut sub_el, Duration::from_millis(1500)).await;

@@ -281,8 +281,8 @@ async fn qos0_past_the_bound_is_dropped_and_counted() {
     assert!(sub.msgs_within(Duration::from_millis(200)).await.is_empty());
 }
 
-/// The one loss fleetmq cannot prevent: a subscriber's connection task that does not
-/// run (here: blocked writing to a client that stopped reading its socket) while
+/// The one loss fleetmq cannot prevent: a subscriber's connection that takes nothing
+/// from the router (here: its write buffer is full, its client stopped reading) while
 /// publishers route past the end of the router's bounded per-filter log. rumqttd moves
 /// the reader to the head of the log without a word; fleetmq sees the step in the log
 /// offsets of the deliveries that follow and counts every skipped message
@@ -290,11 +290,16 @@ async fn qos0_past_the_bound_is_dropped_and_counted() {
 /// what was counted is what was published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_the_router_log_skipped_are_counted() {
-    // 100 KiB messages: a hundred in flight are more than the sockets' buffers hold, so
-    // the subscriber's task blocks writing; the log holds about four of them.
+    // 100 KiB messages: a hundred in flight are more than the sockets' buffers and the
+    // 1 MiB write buffer hold, so the connection stops waking the router; the log holds
+    // about four of them.
     const N: u32 = 400;
     const BIG: usize = 100 * 1024;
-    let t = conf::Target::with(|c| c.router_segment_size = 1024).await;
+    let t = conf::Target::with(|c| {
+        c.router_segment_size = 1024;
+        c.max_outbound_bytes = 1 << 20;
+    })
+    .await;
     let Some(b) = t.broker.as_ref() else { return };
     let mut sub = t.connect(conf::Via::Tcp, Ver::V4, "blocked-reader").await;
     sub.subscribe("skip/#", 1).await;

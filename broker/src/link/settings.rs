@@ -48,6 +48,8 @@ pub struct RawMqttConfig {
     pub durable_connected_sessions: Option<bool>,
     /// Messages waiting per connected client before its publishers are paused.
     pub max_pending_messages: Option<usize>,
+    /// Bytes written for a connected client that its socket has not taken yet.
+    pub max_outbound_bytes: Option<usize>,
     /// Seconds a congested client may go without acknowledging anything before it is
     /// disconnected.
     pub slow_consumer_timeout_s: Option<u64>,
@@ -109,6 +111,9 @@ pub struct BrokerConfig {
     /// congested: publishers whose QoS 1/2 messages would reach it are paused until it is
     /// back at half of this. QoS 0 messages past it are dropped (`drops.slow_consumer`).
     pub max_pending_messages: usize,
+    /// Bytes written for a connected client that its socket has not taken yet, past
+    /// which nothing more is taken from the router for it or read from it.
+    pub max_outbound_bytes: usize,
     /// A congested client that acknowledges nothing for this long is disconnected (v5:
     /// 0x97); so is one whose socket accepts nothing for this long.
     pub slow_consumer_timeout: Duration,
@@ -131,6 +136,10 @@ pub struct BrokerConfig {
     /// `[teltonika]`: the tracker listener (SPEC §10).
     pub teltonika: TeltonikaConfig,
 }
+
+/// Default of `mqtt.max_outbound_bytes`: a burst of 200,000 telemetry messages to one
+/// subscriber fits (issue 15), and the room is freed once written.
+const DEFAULT_MAX_OUTBOUND_BYTES: usize = 32 * 1024 * 1024;
 
 /// The router keeps at most 4 segments of this size per filter (bare rumqttd's example
 /// config keeps 1 GiB per filter).
@@ -171,6 +180,7 @@ impl BrokerConfig {
             max_queued_messages: 1000,
             durable_connected_sessions: true,
             max_pending_messages: 1000,
+            max_outbound_bytes: DEFAULT_MAX_OUTBOUND_BYTES,
             slow_consumer_timeout: Duration::from_secs(30),
             router_segment_size: ROUTER_SEGMENT_SIZE,
             payload_encryption: false,
@@ -231,6 +241,7 @@ fn check_limits(mqtt: &RawMqttConfig) -> Result<usize, ConfigError> {
     )?;
     at_least_one("mqtt.max_queued_messages", mqtt.max_queued_messages)?;
     at_least_one("mqtt.max_pending_messages", mqtt.max_pending_messages)?;
+    at_least_one("mqtt.max_outbound_bytes", mqtt.max_outbound_bytes)?;
     at_least_one("mqtt.slow_consumer_timeout_s", mqtt.slow_consumer_timeout_s)?;
     Ok(max_payload)
 }
@@ -284,6 +295,9 @@ pub fn validate(
         max_queued_messages: mqtt.max_queued_messages.unwrap_or(1000),
         durable_connected_sessions: mqtt.durable_connected_sessions.unwrap_or(true),
         max_pending_messages: mqtt.max_pending_messages.unwrap_or(1000),
+        max_outbound_bytes: mqtt
+            .max_outbound_bytes
+            .unwrap_or(DEFAULT_MAX_OUTBOUND_BYTES),
         slow_consumer_timeout: Duration::from_secs(mqtt.slow_consumer_timeout_s.unwrap_or(30)),
         router_segment_size: ROUTER_SEGMENT_SIZE,
         payload_encryption: security.payload_encryption.unwrap_or(false),

@@ -11,10 +11,22 @@
 //! cut after `mqtt.slow_consumer_timeout_s` without progress).
 //!
 //! Nothing is paid while nobody is congested: the check is one relaxed atomic load.
+//!
+//! A reader can also fall behind the router without its socket being slow: under a
+//! burst the broker's CPU is shared between the devices that publish and the reader
+//! that takes it all, and rumqttd's router hands a reader at most 200 messages per
+//! wake-up while it appends whatever the devices send; its per-filter log is cut when
+//! the reader is four segments behind. A connection the router paused with more to give
+//! (`Notification::Unschedule`) while its own socket keeps up therefore counts as
+//! *lagging*, and while any connection lags, devices' sockets are not read (for at most
+//! [`MAX_LAG_PAUSE`] at a time), so the CPU goes to the reader until it caught up. A
+//! reader whose socket is slow does not count: its own write buffer takes the burst
+//! (`writing.rs`), and past that the router's log.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::protocol::Packet;
@@ -24,11 +36,21 @@ use tokio::time::Instant;
 use crate::link::codec::framing::{self, PublishMeta};
 use crate::link::codec::topic;
 use crate::link::connection::{Connection, Ending};
+use crate::link::security::auth::Identity;
+
+/// How long a device's socket is left unread at most while a reader lags.
+pub(crate) const MAX_LAG_PAUSE: Duration = Duration::from_millis(100);
+
+/// A reader whose write buffer holds more than this is paced by its socket, not by the
+/// broker's CPU: it does not hold devices back.
+const LAG_OUT_LIMIT: usize = 1 << 20;
 
 /// The congested connections and their QoS 1/2 filters.
 pub(crate) struct Congestion {
     /// How many connections are registered; 0 makes [`Congestion::blocks`] free.
     count: AtomicUsize,
+    /// How many connections lag behind the router.
+    lagging: AtomicUsize,
     /// Connection id → filters (shared subscriptions by their inner filter).
     filters: Mutex<HashMap<u64, Vec<String>>>,
     /// Bumped whenever a connection leaves, so paused publishers check again.
@@ -39,6 +61,7 @@ impl Default for Congestion {
     fn default() -> Congestion {
         Congestion {
             count: AtomicUsize::new(0),
+            lagging: AtomicUsize::new(0),
             filters: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
         }
@@ -76,7 +99,22 @@ impl Congestion {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// A receiver that sees every [`Congestion::leave`].
+    /// A connection starts or stops lagging behind the router; devices held back look
+    /// again once none lags.
+    fn lag(&self, lagging: bool) {
+        if lagging {
+            self.lagging.fetch_add(1, Ordering::AcqRel);
+        } else if self.lagging.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// Whether some connection lags behind the router.
+    pub(crate) fn lagging(&self) -> bool {
+        self.lagging.load(Ordering::Acquire) > 0
+    }
+
+    /// A receiver that sees every [`Congestion::leave`], and the end of every lag.
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
@@ -95,6 +133,24 @@ impl Congestion {
 }
 
 impl Connection {
+    /// After a batch from the router: whether this connection now lags behind it (the
+    /// router paused it with more to give, and its socket keeps up).
+    pub(crate) fn set_lagging(&mut self, unscheduled: bool) {
+        let lagging = unscheduled && self.out.len() < LAG_OUT_LIMIT;
+        if lagging != self.write.lagging {
+            self.write.lagging = lagging;
+            self.core.congestion.lag(lagging);
+        }
+    }
+
+    /// Whether this device's socket is left unread for now: some reader lags behind the
+    /// router, and the device was read less than [`MAX_LAG_PAUSE`] ago.
+    pub(crate) fn lag_held(&self) -> bool {
+        matches!(self.s.identity, Identity::Device(_))
+            && self.core.congestion.lagging()
+            && self.last_read.elapsed() < MAX_LAG_PAUSE
+    }
+
     /// Whether a PUBLISH must wait: QoS 1/2 on a topic a congested connection other than
     /// this one subscribed to. Checked before the publish is routed, so its PUBACK/PUBREC
     /// waits too.

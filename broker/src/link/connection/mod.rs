@@ -21,6 +21,7 @@ pub(crate) mod stored_acks;
 pub(crate) mod subscribe;
 pub(crate) mod subscriptions;
 pub(crate) mod will;
+pub(crate) mod writing;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use tokio::time::Instant;
 
 use crate::client::ClientKind;
 use crate::fleet::LinkEvent;
-use crate::link::codec::framing::{self, PublishMeta, Version};
+use crate::link::codec::framing::{PublishMeta, Version};
 use crate::link::connection::alias::InboundAliases;
 use crate::link::connection::connect::Established;
 use crate::link::connection::device::CommandWindow;
@@ -42,7 +43,7 @@ use crate::link::connection::outbound::Outbound;
 use crate::link::connection::router_link::RouterLink;
 use crate::link::connection::subscriptions::Subscriptions;
 use crate::link::lazy::{idle, Lazy};
-use crate::link::net::transport::Stream;
+use crate::link::net::transport::{Io, Stream};
 use crate::link::security::auth::Identity;
 use crate::link::security::sealing::DeviceCrypto;
 use crate::link::session::live::count_connection;
@@ -128,6 +129,8 @@ pub(crate) struct Connection {
     pub(crate) stored: Lazy<stored_acks::StoredAcks>,
     /// What it has done, for the admin API (`counters.rs`).
     pub(crate) counters: counters::ConnCounters,
+    /// What the write buffer waits on (`writing.rs`).
+    pub(crate) write: writing::WriteState,
 }
 
 impl Connection {
@@ -181,6 +184,7 @@ impl Connection {
             copies: Default::default(),
             stored: Lazy::default(),
             counters: counters::ConnCounters::default(),
+            write: writing::WriteState::default(),
         }
     }
 
@@ -250,14 +254,24 @@ impl Connection {
         let sleep = tokio::time::sleep_until(
             deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
         );
-        let stuck_at = self
+        let queue_stuck = self
             .queue
             .stuck_deadline(self.core.config.slow_consumer_timeout);
+        let write_stuck = self.write_stuck_deadline();
+        let stuck_at = match (queue_stuck, write_stuck) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let stuck = tokio::time::sleep_until(
             stuck_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
         );
+        let held = self.lag_held();
+        let held_until = tokio::time::sleep_until(self.last_read + congestion::MAX_LAG_PAUSE);
         let may_read = (self.stalled.is_none() || self.read_buf.len() < STALLED_READ_LIMIT)
-            && !self.stored.full();
+            && !self.stored.full()
+            && !self.out_full()
+            && !held;
+        let may_write = self.out_waiting();
         tokio::select! {
             biased;
             ctrl = self.s.mailbox.control() => {
@@ -268,16 +282,22 @@ impl Connection {
             // Before router traffic, which a stuck client's QoS 0 subscriptions or the
             // broker's own publishes could keep ready.
             _ = stuck, if stuck_at.is_some() => {
-                tracing::warn!(client_id = %self.s.client_id, "slow consumer: no acknowledgement while congested");
+                if write_stuck == stuck_at {
+                    tracing::warn!(client_id = %self.s.client_id, "slow consumer: its socket took nothing");
+                } else {
+                    tracing::warn!(client_id = %self.s.client_id, "slow consumer: no acknowledgement while congested");
+                }
                 Err(Ending::SlowConsumer)
             }
-            changed = self.congestion_rx.changed(), if self.stalled.is_some() => match changed {
-                Ok(()) => {
+            changed = self.congestion_rx.changed(), if self.stalled.is_some() || held => match changed {
+                Ok(()) if self.stalled.is_some() => {
                     let boxed = Box::pin(self.ingress());
                     boxed.await
                 }
+                Ok(()) => Ok(()),
                 Err(_) => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
+            _ = held_until, if held => Ok(()),
             written = self.stored.next(), if self.stored.busy() => {
                 let boxed = Box::pin(self.telemetry_written(written));
                 boxed.await
@@ -286,16 +306,22 @@ impl Connection {
                 let boxed = Box::pin(self.on_mailbox());
                 boxed.await
             }
-            read = self.stream.read(&mut self.read_buf), if may_read => match read {
-                Ok(0) | Err(_) => Err(Ending::Dropped),
-                Ok(n) => {
+            io = self.stream.read_or_writable(&mut self.read_buf, may_read, may_write),
+                if may_read || may_write => match io {
+                Io::Writable => {
+                    let boxed = Box::pin(self.on_writable());
+                    boxed.await
+                }
+                Io::Read(Ok(0) | Err(_)) => Err(Ending::Dropped),
+                Io::Read(Ok(n)) => {
                     let boxed = Box::pin(self.on_read(n));
                     boxed.await
                 }
             },
-            // Always drained: live messages queue behind a resumed session's queue and
-            // retained messages in `outbound.rs`, never in the router's log.
-            next = self.s.link.next(), if self.s.link.is_own() => match next {
+            // Drained unless the write buffer is at its bound (`writing.rs`): live
+            // messages queue behind a resumed session's queue and retained messages in
+            // `outbound.rs`, not in the router's log.
+            next = self.s.link.next(), if self.s.link.is_own() && !self.out_full() => match next {
                 Ok(Some(first)) => {
                     let boxed = Box::pin(self.egress(first));
                     boxed.await
@@ -313,62 +339,6 @@ impl Connection {
                 }
                 Err(_) => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
-        }
-    }
-
-    /// Writes what is buffered for the client in one write.
-    pub(crate) async fn flush(&mut self) -> Result<(), Ending> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let n = self.out.len();
-        // A socket that takes nothing for this long belongs to a stuck consumer (the
-        // write is not cancel-safe, but the connection ends anyway).
-        let timeout = self.core.config.slow_consumer_timeout;
-        let result = match tokio::time::timeout(timeout, self.stream.write_all(&self.out)).await {
-            Ok(result) => result.map_err(|_| Ending::Dropped),
-            Err(_) => {
-                tracing::warn!(client_id = %self.s.client_id, "slow consumer: socket write timed out");
-                Err(Ending::SlowConsumer)
-            }
-        };
-        self.out.clear();
-        // An idle connection holds no write buffer (a busy one keeps its own, up to 1 MiB).
-        if self.queue.nothing_waiting() || self.out.capacity() > 1 << 20 {
-            self.out = BytesMut::new();
-        }
-        crate::stats::Stats::add(&self.core.stats.bytes_sent, n as u64);
-        self.counters.written(n);
-        result
-    }
-
-    /// Encodes a packet for the client, dropping v5-only properties for 3.1.1 clients.
-    pub(crate) fn write_packet(&mut self, packet: Packet) {
-        if self.stored.holding() && matches!(packet, Packet::PubAck(..) | Packet::PubRec(..)) {
-            // After the telemetry written before it (`stored_acks.rs`).
-            self.stored.hold(packet);
-            return;
-        }
-        self.encode_packet(packet);
-    }
-
-    /// Encodes a packet for the client now.
-    pub(crate) fn encode_packet(&mut self, packet: Packet) {
-        let packet = match self.s.version {
-            Version::V4 => crate::link::strip_properties(packet),
-            Version::V5 => packet,
-        };
-        let start = self.out.len();
-        match framing::encode(self.s.version, packet, &mut self.out) {
-            Ok(_) => {
-                if let Some(&byte1) = self.out.get(start) {
-                    self.core.stats.packet_out(byte1 >> 4);
-                    self.counters.packet_out(byte1 >> 4);
-                }
-            }
-            Err(e) => {
-                tracing::error!(client_id = %self.s.client_id, error = %e, "could not encode a packet for the client");
-            }
         }
     }
 
@@ -430,6 +400,7 @@ impl Connection {
         // Only now do paused publishers resume: what they publish next is queued for a
         // parked session after what this connection still owed it.
         core.congestion.leave(self.s.conn_id);
+        self.set_lagging(false);
         if ending != Ending::RouterGone {
             self.leave_router().await;
         }
@@ -451,15 +422,18 @@ impl Connection {
         };
         core.sessions.remove(&self.s.router_key, self.s.conn_id);
         self.s.mailbox.set_closed();
+        if matches!(ending, Ending::SlowConsumer | Ending::StoreFailed) {
+            // (Acks held for telemetry writes still under way are dropped with it.)
+            // Whatever it was not taking goes, or acknowledges what was not stored; a v5
+            // DISCONNECT is all it may still get.
+            self.out.clear();
+        }
         if let (Version::V5, Some(reason)) = (self.s.version, disconnect_reason(ending)) {
-            if matches!(ending, Ending::SlowConsumer | Ending::StoreFailed) {
-                // (Acks held for telemetry writes still under way are dropped with it.)
-                // Whatever it was not taking goes, or acknowledges what was not stored;
-                // the DISCONNECT is all it may still get.
-                self.out.clear();
-            }
             self.write_packet(crate::link::server_disconnect(reason));
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
+        }
+        if ending != Ending::Dropped {
+            // What the socket had not taken yet, ending with the DISCONNECT.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.flush_all()).await;
         }
         self.stream.shutdown().await;
         if let Some(will) = will_now {
@@ -560,10 +534,14 @@ impl Connection {
     /// else is already queued, written in one write; then wakes the router if it paused us.
     async fn egress(&mut self, first: rumqttd::Notification) -> Result<(), Ending> {
         let mut flow = self.notification(first);
+        let mut drained = false;
         for _ in 0..MAX_EGRESS_BATCH {
             match self.s.link.try_next() {
                 Some(Ok(Some(n))) => flow = flow.merge(self.notification(n)),
-                Some(Ok(None)) | None => break,
+                Some(Ok(None)) | None => {
+                    drained = true;
+                    break;
+                }
                 Some(Err(_)) => {
                     flow.disconnected = true;
                     break;
@@ -580,12 +558,13 @@ impl Connection {
             return Err(Ending::RouterGone);
         }
         self.update_congestion();
-        if let (true, RouterLink::Own(own)) = (flow.unscheduled, &self.s.link) {
-            let rx = &own.rx;
-            // Only now, after the batch reached the socket: this is the backpressure.
-            self.woke = true;
-            crate::stats::Stats::add(&self.core.stats.router_pauses, 1);
-            rx.wake().await.map_err(|_| Ending::RouterGone)?;
+        if flow.unscheduled || drained {
+            self.set_lagging(flow.unscheduled);
+        }
+        if flow.unscheduled {
+            // Woken at once unless the write buffer is at its bound (`writing.rs`):
+            // that is the backpressure.
+            self.router_paused().await?;
         }
         Ok(())
     }

@@ -27,10 +27,12 @@ pub(crate) enum Woken {
 impl Connection {
     /// Whether the connection can wait in [`park`]: a plain TCP socket (TLS and
     /// WebSocket streams may hold decoded bytes their socket's readiness does not show),
-    /// no PUBLISH waiting for congested subscribers, no telemetry write under way, no
+    /// nothing the socket has not taken yet, not held back for a lagging reader, no PUBLISH waiting for congested subscribers, no telemetry write under way, no
     /// router link of its own, no `$SYS` subscription and nothing stuck in its queue.
     pub(crate) fn parkable(&self) -> bool {
         self.stream.tcp().is_some()
+            && self.out.is_empty()
+            && !self.lag_held()
             && self.stalled.is_none()
             && !self.stored.busy()
             && !self.s.link.is_own()
@@ -121,6 +123,8 @@ impl Connection {
                     self.on_mailbox().await
                 }
                 Woken::Readable(Err(_)) => Err(Ending::Dropped),
+                // Left unread while a reader lags (`congestion.rs`): the run loop waits.
+                Woken::Readable(Ok(())) if self.lag_held() => Ok(()),
                 Woken::Readable(Ok(())) => match self.stream.try_read_tcp(&mut self.read_buf) {
                     Ok(0) => Err(Ending::Dropped),
                     Ok(n) => self.on_read(n).await,

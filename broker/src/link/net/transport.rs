@@ -6,11 +6,20 @@ use std::io;
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+/// What [`Stream::read_or_writable`] waited for.
+pub(crate) enum Io {
+    /// As [`Stream::read`].
+    Read(io::Result<usize>),
+    /// The socket takes bytes again.
+    Writable,
+}
 
 /// A connected client's stream.
 pub(crate) enum Stream {
@@ -48,6 +57,54 @@ impl Stream {
                 let read = Box::pin(ws_read(ws, buf));
                 read.await
             }
+        }
+    }
+
+    /// Waits until the client sent something (appended to `buf`, as [`Stream::read`]) or,
+    /// with `write`, until a plain TCP socket takes more bytes (only plain TCP writes
+    /// without waiting, `Connection::flush`). Cancel-safe.
+    pub(crate) async fn read_or_writable(
+        &mut self,
+        buf: &mut BytesMut,
+        read: bool,
+        write: bool,
+    ) -> Io {
+        if self.tcp().is_none() {
+            return Io::Read(self.read(buf).await);
+        }
+        let interest = match (read, write) {
+            (true, true) => Interest::READABLE | Interest::WRITABLE,
+            (true, false) => Interest::READABLE,
+            (false, true) => Interest::WRITABLE,
+            (false, false) => return std::future::pending().await,
+        };
+        loop {
+            let ready = match self.tcp() {
+                Some(s) => s.ready(interest).await,
+                None => unreachable!("checked above"),
+            };
+            let ready = match ready {
+                Ok(ready) => ready,
+                Err(e) => return Io::Read(Err(e)),
+            };
+            if write && ready.is_writable() {
+                return Io::Writable;
+            }
+            if read {
+                match self.try_read_tcp(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    read => return Io::Read(read),
+                }
+            }
+        }
+    }
+
+    /// Writes what a plain TCP socket takes of `data` now: `WouldBlock` when it takes
+    /// nothing (its write readiness is cleared then, for [`Stream::read_or_writable`]).
+    pub(crate) fn try_write_tcp(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write(data),
+            _ => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 
