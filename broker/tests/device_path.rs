@@ -392,3 +392,69 @@ fn qos0_publish_v4(out: &mut Vec<u8>, topic: &str, payload: &[u8]) {
     out.extend_from_slice(topic.as_bytes());
     out.extend_from_slice(payload);
 }
+
+/// A reader that reads nothing holds devices back only until its write buffer is full
+/// (`congestion.rs`): ten devices' QoS 0 bursts (~18 MB) are read at once, and what the
+/// reader could not take is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_reads_nothing_does_not_hold_devices_back() {
+    const DEVICES: usize = 10;
+    const EACH: usize = 20_000;
+    let t = Target::with(|c| c.max_outbound_bytes = 256 * 1024).await;
+    let b = t.broker.as_ref().expect("fleetmq");
+    let all = AclRule {
+        action: AclAction::All,
+        topic: "#".into(),
+        allow: true,
+    };
+    b.add_service("backend", "backend-pass", vec![all]).await;
+    for i in 0..DEVICES {
+        b.add_device(&format!("s{i}"), "tok", false).await;
+    }
+    let mut stuck = backend(&t, Via::Tcp, Ver::V4).await;
+    assert_eq!(stuck.subscribe("device/+/status", 0).await, [0]);
+    let started = std::time::Instant::now();
+    let mut senders = Vec::new();
+    for i in 0..DEVICES {
+        let mut d = device(&t, Via::Tcp, Ver::V4, &format!("s{i}"), "tok").await;
+        senders.push(tokio::spawn(async move {
+            let topic = format!("device/s{i}/status");
+            let mut burst = Vec::new();
+            for n in 0..EACH {
+                qos0_publish_v4(&mut burst, &topic, format!("{n:064}").as_bytes());
+            }
+            assert!(d.send_raw(&burst).await);
+            d.pingreq().await;
+            d.expect(|p| matches!(p, In::PingResp)).await;
+            d
+        }));
+    }
+    let mut devices = Vec::new();
+    for s in senders {
+        devices.push(s.await.unwrap());
+    }
+    // Held back 100 ms per read for as long as the reader lagged, the bursts would take
+    // minutes.
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "the bursts took {took:?}"
+    );
+    // The reader reads again: what it gets and what the router's log cut for it (counted
+    // as the deliveries after the cut arrive) make up the bursts.
+    let mut got = 0;
+    while stuck
+        .next_msg_within(std::time::Duration::from_millis(1500))
+        .await
+        .is_some()
+    {
+        got += 1;
+    }
+    let cut = b.handle.stats().drops.slow_consumer;
+    assert!(got < DEVICES * EACH, "the reader was cut (test premise)");
+    assert_eq!(
+        got as u64 + cut,
+        (DEVICES * EACH) as u64,
+        "got {got}, counted {cut}"
+    );
+}

@@ -17,11 +17,12 @@
 //! that takes it all, and rumqttd's router hands a reader at most 200 messages per
 //! wake-up while it appends whatever the devices send; its per-filter log is cut when
 //! the reader is four segments behind. A connection the router paused with more to give
-//! (`Notification::Unschedule`) while its own socket keeps up therefore counts as
-//! *lagging*, and while any connection lags, devices' sockets are not read (for at most
-//! [`MAX_LAG_PAUSE`] at a time), so the CPU goes to the reader until it caught up. A
-//! reader whose socket is slow does not count: its own write buffer takes the burst
-//! (`writing.rs`), and past that the router's log.
+//! (`Notification::Unschedule`) while its write buffer has room (`writing.rs`) therefore
+//! counts as *lagging*, and while any connection lags, devices' sockets are not read
+//! (for at most [`MAX_LAG_PAUSE`] at a time), so the CPU goes to moving the backlog from
+//! the router into the reader's buffer. That takes the router's pace, not the reader's
+//! socket's: a reader behind a slow socket holds devices back only until its buffer is
+//! full, and then no more (the router's log takes what follows, and is cut for it).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,10 +41,6 @@ use crate::link::security::auth::Identity;
 
 /// How long a device's socket is left unread at most while a reader lags.
 pub(crate) const MAX_LAG_PAUSE: Duration = Duration::from_millis(100);
-
-/// A reader whose write buffer holds more than this is paced by its socket, not by the
-/// broker's CPU: it does not hold devices back.
-const LAG_OUT_LIMIT: usize = 1 << 20;
 
 /// The congested connections and their QoS 1/2 filters.
 pub(crate) struct Congestion {
@@ -134,9 +131,9 @@ impl Congestion {
 
 impl Connection {
     /// After a batch from the router: whether this connection now lags behind it (the
-    /// router paused it with more to give, and its socket keeps up).
+    /// router paused it with more to give, and its write buffer has room for more).
     pub(crate) fn set_lagging(&mut self, unscheduled: bool) {
-        let lagging = unscheduled && self.out.len() < LAG_OUT_LIMIT;
+        let lagging = unscheduled && !self.out_full();
         if lagging != self.write.lagging {
             self.write.lagging = lagging;
             self.core.congestion.lag(lagging);
