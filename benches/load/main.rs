@@ -225,6 +225,9 @@ async fn run(args: Args) -> ExitCode {
     }
 }
 
+/// How long after the last scenario the broker's RSS is read.
+const RSS_SETTLE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Runs the selected scenarios against one broker, idle memory first (on a fresh heap);
 /// a failed scenario is noted and the rest go on.
 async fn run_broker(b: &Broker, p: &Params, args: &Args) -> Results {
@@ -268,6 +271,9 @@ async fn run_broker(b: &Broker, p: &Params, args: &Args) -> Results {
             r.connect_device = device_reconnects(b, p, &mut r).await;
         }
     }
+    // jemalloc returns freed pages to the system on a 10 s decay: read after it, the RSS
+    // is what the broker still holds, not what it is about to give back.
+    tokio::time::sleep(RSS_SETTLE).await;
     r.rss_end = b.rss().ok();
     let counters = b.counters().await;
     r.counters = r.note("broker counters", counters).flatten();

@@ -36,6 +36,12 @@ use crate::stats::DropCause;
 /// How many publisher links devices share.
 pub(crate) const PUBLISHERS: usize = 4;
 
+/// Packets a publisher link may hold that the router has not taken yet, past which its
+/// devices are not read (`Connection::held_until`). rumqttd takes a link's whole buffer
+/// in one event and appends it before it hands any of it to readers, so an unbounded
+/// buffer behind a busy router thread becomes one append larger than a filter's log.
+const PUBLISHER_BACKLOG: usize = 2_000;
+
 /// The topics the dispatcher link takes from the router (everything a device may read).
 const DISPATCHED: [&str; 2] = ["device/+/command", "device/+/config"];
 
@@ -74,10 +80,7 @@ impl DeviceLinks {
         let Some(last) = packets.pop() else {
             return Ok(());
         };
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        device_key.hash(&mut hasher);
-        let i = (hasher.finish() % self.publishers.len() as u64) as usize;
-        let mut tx = self.publishers[i].lock().unwrap_or_else(|e| e.into_inner());
+        let mut tx = self.link_of(device_key);
         {
             let mut buffer = tx.buffer();
             let pending = !buffer.is_empty();
@@ -92,6 +95,22 @@ impl DeviceLinks {
             Some(Ok(_)) => Ok(()),
             Some(Err(_)) | None => Err(RouterGone),
         }
+    }
+}
+
+impl DeviceLinks {
+    /// The publisher link of a device, locked.
+    fn link_of(&self, device_key: &str) -> std::sync::MutexGuard<'_, LinkTx> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        device_key.hash(&mut hasher);
+        let i = (hasher.finish() % self.publishers.len() as u64) as usize;
+        self.publishers[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the router has yet to take [`PUBLISHER_BACKLOG`] packets or more from the
+    /// device's publisher link.
+    pub(crate) fn backlogged(&self, device_key: &str) -> bool {
+        self.link_of(device_key).buffer().len() >= PUBLISHER_BACKLOG
     }
 }
 

@@ -23,6 +23,11 @@
 //! the router into the reader's buffer. That takes the router's pace, not the reader's
 //! socket's: a reader behind a slow socket holds devices back only until its buffer is
 //! full, and then no more (the router's log takes what follows, and is cut for it).
+//!
+//! rumqttd also takes a link's whole buffer in one event and appends it before it hands
+//! anything out. A device is therefore not read either while its shared publisher link
+//! holds a backlog the router has not taken (`device_links.rs`), so a router thread that
+//! falls behind (a busy machine) never gets one append larger than a filter's log.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,6 +46,9 @@ use crate::link::security::auth::Identity;
 
 /// How long a device's socket is left unread at most while a reader lags.
 pub(crate) const MAX_LAG_PAUSE: Duration = Duration::from_millis(100);
+
+/// How often a device held back by its publisher link's backlog looks again.
+const BACKLOG_RECHECK: Duration = Duration::from_millis(1);
 
 /// The congested connections and their QoS 1/2 filters.
 pub(crate) struct Congestion {
@@ -140,12 +148,19 @@ impl Connection {
         }
     }
 
-    /// Whether this device's socket is left unread for now: some reader lags behind the
-    /// router, and the device was read less than [`MAX_LAG_PAUSE`] ago.
-    pub(crate) fn lag_held(&self) -> bool {
-        matches!(self.s.identity, Identity::Device(_))
-            && self.core.congestion.lagging()
-            && self.last_read.elapsed() < MAX_LAG_PAUSE
+    /// Until when this device's socket is left unread, if it is: while its publisher
+    /// link holds a backlog the router has not taken (`device_links.rs`; looked at again
+    /// every millisecond), or while some reader lags behind the router, for at most
+    /// [`MAX_LAG_PAUSE`] after the device was last read.
+    pub(crate) fn held_until(&self) -> Option<Instant> {
+        if !matches!(self.s.identity, Identity::Device(_)) {
+            return None;
+        }
+        if self.core.device_links.backlogged(&self.s.router_key) {
+            return Some(Instant::now() + BACKLOG_RECHECK);
+        }
+        let until = self.last_read + MAX_LAG_PAUSE;
+        (self.core.congestion.lagging() && Instant::now() < until).then_some(until)
     }
 
     /// Whether a PUBLISH must wait: QoS 1/2 on a topic a congested connection other than

@@ -265,8 +265,9 @@ impl Connection {
         let stuck = tokio::time::sleep_until(
             stuck_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
         );
-        let held = self.lag_held();
-        let held_until = tokio::time::sleep_until(self.last_read + congestion::MAX_LAG_PAUSE);
+        let held_until = self.held_until();
+        let held = held_until.is_some();
+        let held_until = tokio::time::sleep_until(held_until.unwrap_or(self.last_read));
         let may_read = (self.stalled.is_none() || self.read_buf.len() < STALLED_READ_LIMIT)
             && !self.stored.full()
             && !self.out_full()

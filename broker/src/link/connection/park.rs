@@ -32,7 +32,7 @@ impl Connection {
     pub(crate) fn parkable(&self) -> bool {
         self.stream.tcp().is_some()
             && self.out.is_empty()
-            && !self.lag_held()
+            && self.held_until().is_none()
             && self.stalled.is_none()
             && !self.stored.busy()
             && !self.s.link.is_own()
@@ -123,8 +123,8 @@ impl Connection {
                     self.on_mailbox().await
                 }
                 Woken::Readable(Err(_)) => Err(Ending::Dropped),
-                // Left unread while a reader lags (`congestion.rs`): the run loop waits.
-                Woken::Readable(Ok(())) if self.lag_held() => Ok(()),
+                // Left unread while held back (`congestion.rs`): the run loop waits.
+                Woken::Readable(Ok(())) if self.held_until().is_some() => Ok(()),
                 Woken::Readable(Ok(())) => match self.stream.try_read_tcp(&mut self.read_buf) {
                     Ok(0) => Err(Ending::Dropped),
                     Ok(n) => self.on_read(n).await,
