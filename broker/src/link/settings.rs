@@ -142,8 +142,12 @@ pub struct BrokerConfig {
 const DEFAULT_MAX_OUTBOUND_BYTES: usize = 32 * 1024 * 1024;
 
 /// The router keeps at most 4 segments of this size per filter (bare rumqttd's example
-/// config keeps 1 GiB per filter).
-const ROUTER_SEGMENT_SIZE: usize = 4 * 1024 * 1024;
+/// config keeps 1 GiB per filter), and never gives them back. Readers take from it at the
+/// router's pace (`connection/writing.rs`, `connection/congestion.rs`), so it only has to
+/// cover how long a lag takes to hold devices back: 4 × 2 MiB lost nothing in 8 of 8 QoS 0
+/// bursts of 200,000 messages, 4 × 1 MiB lost up to 16 % in 2 of 6, and 4 × 4 MiB kept
+/// 35 MiB more after the load benchmark (docs/perf-log/session-14.md).
+const ROUTER_SEGMENT_SIZE: usize = 2 * 1024 * 1024;
 
 /// SPEC §3: anonymous clients get everything outside the device tree and `$SYS`.
 pub fn default_anonymous_rules() -> Vec<AclRule> {
