@@ -14,11 +14,8 @@ use tokio::task::JoinSet;
 
 use crate::broker::{self, Broker};
 use crate::http::Http;
-use crate::run::{answer, connect_all, device_topics, rss};
+use crate::run::{answer, connect_all, device_topics, rss, settle_memory};
 use crate::Args;
-
-/// How long after a job its RSS is read: jemalloc returns freed pages within 10 s.
-const RSS_DECAY: Duration = Duration::from_secs(15);
 
 /// How often the job's progress is read (`GET /api/v1/jobs/{id}` counts every command).
 const POLL: Duration = Duration::from_millis(250);
@@ -56,7 +53,7 @@ pub async fn run(args: &Args) -> anyhow::Result<String> {
     let started = Instant::now();
     b.provision_bulk(n).await?;
     let provision = started.elapsed();
-    b.settle().await;
+    settle_memory(&b).await;
     let rss_empty = rss(b.pid())?;
     eprintln!("scale --job: {n} devices provisioned in {provision:?}; connecting ...");
     let devices = b.devices.clone();
@@ -66,16 +63,14 @@ pub async fn run(args: &Args) -> anyhow::Result<String> {
     for (client, device) in clients.into_iter().zip(devices.iter()) {
         answering.spawn(answer(client, device.id.clone(), answers.clone()));
     }
-    b.settle().await;
+    settle_memory(&b).await;
     let rss_idle = rss(b.pid())?;
     eprintln!("scale --job: connected in {connect:?}; the job ...");
     let mut runs = Vec::new();
     for round in 0..2 {
         answers.store(0, Ordering::Relaxed);
         let mut report = job(&b, n, &answers, round).await?;
-        b.settle().await;
-        // Freed memory goes back to the system within jemalloc's 10 s decay.
-        tokio::time::sleep(RSS_DECAY).await;
+        settle_memory(&b).await;
         report.rss_after = rss(b.pid())?;
         runs.push(report);
     }

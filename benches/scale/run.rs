@@ -73,12 +73,12 @@ pub async fn run(args: &Args) -> anyhow::Result<String> {
     let started = Instant::now();
     b.provision_bulk(n).await?;
     let provision = started.elapsed();
-    b.settle().await;
+    settle_memory(&b).await;
     let rss_empty = rss(b.pid())?;
     eprintln!("scale: {n} devices provisioned in {provision:?}; connecting ...");
     let devices = b.devices.clone();
     let (mut clients, connect) = connect_all(b.mqtt, &devices, args.at_once, device_topics).await?;
-    b.settle().await;
+    settle_memory(&b).await;
     let rss_idle = rss(b.pid())?;
     eprintln!("scale: connected in {connect:?}; command round trips ...");
     let responders: Vec<Client> = clients.drain(..RESPONDERS).collect();
@@ -89,7 +89,7 @@ pub async fn run(args: &Args) -> anyhow::Result<String> {
     }
     let api = api_round_trips(b.admin, &devices[..RESPONDERS], args.rtt).await?;
     let mqtt = mqtt_round_trips(b.mqtt, &devices[..RESPONDERS], args.rtt).await?;
-    b.settle().await;
+    settle_memory(&b).await;
     let rss_after_commands = rss(b.pid())?;
     eprintln!("scale: restarting the broker ...");
     answering.abort_all();
@@ -406,6 +406,14 @@ async fn connect_anonymous(
 }
 
 /// Resident set size of a process, bytes (`VmRSS`).
+/// Waits until the broker is idle, then past jemalloc's 10 s decay: the RSS read then is
+/// what the broker holds, not what its background threads are about to give back (every
+/// RSS reading of this bench, the empty broker's included).
+pub(crate) async fn settle_memory(b: &Broker) {
+    b.settle().await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+}
+
 pub(crate) fn rss(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb = (status.lines())
