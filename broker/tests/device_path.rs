@@ -316,20 +316,19 @@ async fn a_takeover_under_load_loses_no_acknowledged_command() {
     }
 }
 
-/// A QoS 0 burst of 200,000 small messages from 10 devices to one service client that
-/// keeps reading loses nothing (issue 15: the router's per-filter log was cut under it).
-/// Each device writes its 20,000 PUBLISHes in one write, faster than one reader can
-/// take them, and the burst (~18 MB) is far larger than the router's log of a filter:
-/// only a reader that keeps pace gets them all.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_qos0_burst_from_ten_devices_to_one_reader_loses_nothing() {
-    const DEVICES: usize = 10;
-    const EACH: usize = 20_000;
-    // A log of 4 × 256 KiB (~11,000 of these messages) instead of 4 × 4 MiB: in-process
-    // the reader keeps up better than against the release binary, so the log is made
-    // small enough that a reader the devices outrun is cut (this fails without the lag
-    // hold of `congestion.rs`), and large enough for the time the hold takes to start.
-    let t = Target::with(|c| c.router_segment_size = 256 * 1024).await;
+/// Devices in a burst test, and the QoS 0 PUBLISHes each writes.
+const BURST_DEVICES: usize = 10;
+const BURST_EACH: usize = 20_000;
+
+/// A broker configured by `config` with a service client reading `device/+/status` at
+/// QoS 0, and [`BURST_DEVICES`] devices `{prefix}0..` each writing [`BURST_EACH`] QoS 0
+/// PUBLISHes (64-byte payloads, ~18 MB in all) in one write as soon as it is connected.
+/// The tasks end with a PINGRESP after the last PUBLISH: all of it was read.
+async fn burst(
+    config: impl FnOnce(&mut fleetmq_broker::BrokerConfig),
+    prefix: &'static str,
+) -> (Target, Client, Vec<tokio::task::JoinHandle<Client>>) {
+    let t = Target::with(config).await;
     let b = t.broker.as_ref().expect("fleetmq");
     let all = AclRule {
         action: AclAction::All,
@@ -337,32 +336,49 @@ async fn a_qos0_burst_from_ten_devices_to_one_reader_loses_nothing() {
         allow: true,
     };
     b.add_service("backend", "backend-pass", vec![all]).await;
-    for i in 0..DEVICES {
-        b.add_device(&format!("b{i}"), "tok", false).await;
+    for i in 0..BURST_DEVICES {
+        b.add_device(&format!("{prefix}{i}"), "tok", false).await;
     }
     let mut reader = backend(&t, Via::Tcp, Ver::V4).await;
     assert_eq!(reader.subscribe("device/+/status", 0).await, [0]);
     let mut senders = Vec::new();
-    for i in 0..DEVICES {
-        let mut d = device(&t, Via::Tcp, Ver::V4, &format!("b{i}"), "tok").await;
+    for i in 0..BURST_DEVICES {
+        let mut d = device(&t, Via::Tcp, Ver::V4, &format!("{prefix}{i}"), "tok").await;
         senders.push(tokio::spawn(async move {
-            let topic = format!("device/b{i}/status");
+            let topic = format!("device/{prefix}{i}/status");
             let mut burst = Vec::new();
-            for n in 0..EACH {
+            for n in 0..BURST_EACH {
                 qos0_publish_v4(&mut burst, &topic, format!("{n:064}").as_bytes());
             }
             assert!(d.send_raw(&burst).await);
-            // A PINGRESP after the last PUBLISH: all of them were read by the broker.
             d.pingreq().await;
             d.expect(|p| matches!(p, In::PingResp)).await;
             d
         }));
     }
-    let mut next = [0usize; DEVICES];
+    (t, reader, senders)
+}
+
+/// A QoS 0 burst of 200,000 small messages from 10 devices to one service client that
+/// keeps reading loses nothing (issue 15: the router's per-filter log was cut under it).
+/// Each device writes its 20,000 PUBLISHes in one write, faster than one reader can
+/// take them, and the burst (~18 MB) is far larger than the router's log of a filter:
+/// only a reader that keeps pace gets them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_burst_from_ten_devices_to_one_reader_loses_nothing() {
+    // A log of 4 × 256 KiB (~11,000 of these messages) instead of 4 × 2 MiB: in-process
+    // the reader keeps up better than against the release binary, so the log is made
+    // small enough that a reader the devices outrun is cut (this fails without the lag
+    // hold of `congestion.rs`), and large enough for the time the hold takes to start.
+    let (t, mut reader, senders) = burst(|c| c.router_segment_size = 256 * 1024, "b").await;
+    let mut next = [0usize; BURST_DEVICES];
     let mut got = 0;
-    while got < DEVICES * EACH {
+    while got < BURST_DEVICES * BURST_EACH {
         let Some(m) = reader.next_msg_within(WAIT).await else {
-            panic!("{got} of {} arrived; per device {next:?}", DEVICES * EACH);
+            panic!(
+                "{got} of {} arrived; per device {next:?}",
+                BURST_DEVICES * BURST_EACH
+            );
         };
         let i: usize = m.topic["device/b".len()..m.topic.len() - "/status".len()]
             .parse()
@@ -375,22 +391,8 @@ async fn a_qos0_burst_from_ten_devices_to_one_reader_loses_nothing() {
     for s in senders {
         s.await.unwrap();
     }
+    let b = t.broker.as_ref().expect("fleetmq");
     assert_eq!(b.handle.stats().drops.slow_consumer, 0);
-}
-
-/// Appends a 3.1.1 QoS 0 PUBLISH (remaining length under 16,384).
-fn qos0_publish_v4(out: &mut Vec<u8>, topic: &str, payload: &[u8]) {
-    let len = 2 + topic.len() + payload.len();
-    assert!(len < 16_384);
-    out.push(0x30);
-    if len < 128 {
-        out.push(len as u8);
-    } else {
-        out.extend_from_slice(&[(len % 128) as u8 | 0x80, (len / 128) as u8]);
-    }
-    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    out.extend_from_slice(topic.as_bytes());
-    out.extend_from_slice(payload);
 }
 
 /// A reader that reads nothing holds devices back only until its write buffer is full
@@ -398,37 +400,8 @@ fn qos0_publish_v4(out: &mut Vec<u8>, topic: &str, payload: &[u8]) {
 /// reader could not take is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_reads_nothing_does_not_hold_devices_back() {
-    const DEVICES: usize = 10;
-    const EACH: usize = 20_000;
-    let t = Target::with(|c| c.max_outbound_bytes = 256 * 1024).await;
-    let b = t.broker.as_ref().expect("fleetmq");
-    let all = AclRule {
-        action: AclAction::All,
-        topic: "#".into(),
-        allow: true,
-    };
-    b.add_service("backend", "backend-pass", vec![all]).await;
-    for i in 0..DEVICES {
-        b.add_device(&format!("s{i}"), "tok", false).await;
-    }
-    let mut stuck = backend(&t, Via::Tcp, Ver::V4).await;
-    assert_eq!(stuck.subscribe("device/+/status", 0).await, [0]);
     let started = std::time::Instant::now();
-    let mut senders = Vec::new();
-    for i in 0..DEVICES {
-        let mut d = device(&t, Via::Tcp, Ver::V4, &format!("s{i}"), "tok").await;
-        senders.push(tokio::spawn(async move {
-            let topic = format!("device/s{i}/status");
-            let mut burst = Vec::new();
-            for n in 0..EACH {
-                qos0_publish_v4(&mut burst, &topic, format!("{n:064}").as_bytes());
-            }
-            assert!(d.send_raw(&burst).await);
-            d.pingreq().await;
-            d.expect(|p| matches!(p, In::PingResp)).await;
-            d
-        }));
-    }
+    let (t, mut stuck, senders) = burst(|c| c.max_outbound_bytes = 256 * 1024, "s").await;
     let mut devices = Vec::new();
     for s in senders {
         devices.push(s.await.unwrap());
@@ -450,11 +423,30 @@ async fn a_reader_that_reads_nothing_does_not_hold_devices_back() {
     {
         got += 1;
     }
-    let cut = b.handle.stats().drops.slow_consumer;
-    assert!(got < DEVICES * EACH, "the reader was cut (test premise)");
-    assert_eq!(
-        got as u64 + cut,
-        (DEVICES * EACH) as u64,
-        "got {got}, counted {cut}"
-    );
+    let cut = t
+        .broker
+        .as_ref()
+        .expect("fleetmq")
+        .handle
+        .stats()
+        .drops
+        .slow_consumer;
+    let all = BURST_DEVICES * BURST_EACH;
+    assert!(got < all, "the reader was cut (test premise)");
+    assert_eq!(got as u64 + cut, all as u64, "got {got}, counted {cut}");
+}
+
+/// Appends a 3.1.1 QoS 0 PUBLISH (remaining length under 16,384).
+fn qos0_publish_v4(out: &mut Vec<u8>, topic: &str, payload: &[u8]) {
+    let len = 2 + topic.len() + payload.len();
+    assert!(len < 16_384);
+    out.push(0x30);
+    if len < 128 {
+        out.push(len as u8);
+    } else {
+        out.extend_from_slice(&[(len % 128) as u8 | 0x80, (len / 128) as u8]);
+    }
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(payload);
 }
