@@ -137,9 +137,11 @@ pub struct BrokerConfig {
     pub teltonika: TeltonikaConfig,
 }
 
-/// Default of `mqtt.max_outbound_bytes`: a burst of 200,000 telemetry messages to one
-/// subscriber fits (issue 15), and the room is freed once written.
-const DEFAULT_MAX_OUTBOUND_BYTES: usize = 32 * 1024 * 1024;
+/// Default of `mqtt.max_outbound_bytes`. A reader that keeps up needs little of it
+/// (devices wait while it lags, `connection/congestion.rs`); a reader behind a slow
+/// link gets this much slack (~80,000 small messages) before the router's log, and a
+/// broker with many of them no more than this each. The room is freed once written.
+const DEFAULT_MAX_OUTBOUND_BYTES: usize = 8 * 1024 * 1024;
 
 /// The router keeps at most 4 segments of this size per filter (bare rumqttd's example
 /// config keeps 1 GiB per filter), and never gives them back. Readers take from it at the
