@@ -352,7 +352,10 @@ async fn burst(
             }
             assert!(d.send_raw(&burst).await);
             d.pingreq().await;
-            d.expect(|p| matches!(p, In::PingResp)).await;
+            // Devices are read at the reader's pace while it lags: in a debug build
+            // beside the rest of the suite that can take a while.
+            let pong = d.recv_within(std::time::Duration::from_secs(60)).await;
+            assert!(matches!(pong, Some(In::PingResp)), "{pong:?}");
             d
         }));
     }
@@ -374,7 +377,10 @@ async fn a_qos0_burst_from_ten_devices_to_one_reader_loses_nothing() {
     let mut next = [0usize; BURST_DEVICES];
     let mut got = 0;
     while got < BURST_DEVICES * BURST_EACH {
-        let Some(m) = reader.next_msg_within(WAIT).await else {
+        let Some(m) = reader
+            .next_msg_within(std::time::Duration::from_secs(30))
+            .await
+        else {
             panic!(
                 "{got} of {} arrived; per device {next:?}",
                 BURST_DEVICES * BURST_EACH
@@ -407,10 +413,10 @@ async fn a_reader_that_reads_nothing_does_not_hold_devices_back() {
         devices.push(s.await.unwrap());
     }
     // Held back 100 ms per read for as long as the reader lagged, the bursts would take
-    // minutes.
+    // about 25 s (3 s alone here).
     let took = started.elapsed();
     assert!(
-        took < std::time::Duration::from_secs(10),
+        took < std::time::Duration::from_secs(15),
         "the bursts took {took:?}"
     );
     // The reader reads again: what it gets and what the router's log cut for it (counted
