@@ -12,6 +12,13 @@ use crate::schema;
 use crate::secret::TokenKey;
 use crate::token_key;
 
+/// Bytes of pages redb keeps in memory (nine tenths read cache, one tenth write buffer);
+/// redb's default is 1 GiB. Past it, reads come from the OS page cache (a `pread` of a
+/// 4 KiB page). The default let telemetry ingest keep 13–22 MB of written pages cached
+/// after the load benchmark's 400,000 points, and the command and job tables ~0.7 KB per
+/// device after a job (docs/perf-log/session-14.md).
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
 /// Name of the database file inside the data directory.
 pub const DB_FILE_NAME: &str = "fleetmq.redb";
 
@@ -168,7 +175,9 @@ pub fn now_ms() -> u64 {
 /// short panics in `page_manager.rs`) instead of returning an error; that becomes
 /// [`OpenError::Damaged`], naming the file and what to do.
 fn open_file(path: &Path) -> Result<Database, OpenError> {
-    open_with(path, |p| Database::create(p))
+    open_with(path, |p| {
+        Database::builder().set_cache_size(CACHE_BYTES).create(p)
+    })
 }
 
 /// Runs `open` (redb's `create` or `open`) on `path`, turning a lock held by another
