@@ -18,10 +18,12 @@
 //! wake-up while it appends whatever the devices send; its per-filter log is cut when
 //! the reader is four segments behind. A connection the router paused with more to give
 //! (`Notification::Unschedule`) while its write buffer has room (`writing.rs`) therefore
-//! counts as *lagging*, and while any connection lags, devices' sockets are not read
-//! (for at most [`MAX_LAG_PAUSE`] at a time), so the CPU goes to moving the backlog from
+//! counts as *lagging* until a batch ends without that, or nothing came for
+//! [`LAG_WINDOW`] (the router says nothing when a reader caught up). While any
+//! connection lags, other clients' sockets are not read (for at most [`MAX_LAG_PAUSE`]
+//! at a time), so the CPU goes to moving the backlog from
 //! the router into the reader's buffer. That takes the router's pace, not the reader's
-//! socket's: a reader behind a slow socket holds devices back only until its buffer is
+//! socket's: a reader behind a slow socket holds publishers back only until its buffer is
 //! full, and then no more (the router's log takes what follows, and is cut for it).
 //!
 //! rumqttd also takes a link's whole buffer in one event and appends it before it hands
@@ -41,14 +43,23 @@ use tokio::time::Instant;
 
 use crate::link::codec::framing::{self, PublishMeta};
 use crate::link::codec::topic;
+use crate::link::connection::router_link::RouterLink;
 use crate::link::connection::{Connection, Ending};
 use crate::link::security::auth::Identity;
 
-/// How long a device's socket is left unread at most while a reader lags.
+/// How long a client's socket is left unread at most while a reader lags.
 pub(crate) const MAX_LAG_PAUSE: Duration = Duration::from_millis(100);
 
-/// How often a device held back by its publisher link's backlog looks again.
+/// A lagging reader that took nothing from the router for this long caught up (the
+/// router says nothing when it did).
+pub(crate) const LAG_WINDOW: Duration = Duration::from_millis(20);
+
+/// How often a client held back by its router link's backlog looks again.
 const BACKLOG_RECHECK: Duration = Duration::from_millis(1);
+
+/// Packets a client's own router link may hold that the router has not taken yet, past
+/// which the client is not read (as `device_links::PUBLISHER_BACKLOG` for devices).
+const OWN_BACKLOG: usize = 500;
 
 /// The congested connections and their QoS 1/2 filters.
 pub(crate) struct Congestion {
@@ -104,7 +115,7 @@ impl Congestion {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// A connection starts or stops lagging behind the router; devices held back look
+    /// A connection starts or stops lagging behind the router; clients held back look
     /// again once none lags.
     fn lag(&self, lagging: bool) {
         if lagging {
@@ -119,7 +130,7 @@ impl Congestion {
         self.lagging.load(Ordering::Acquire) > 0
     }
 
-    /// A receiver that sees every [`Congestion::leave`], and the end of every lag.
+    /// A receiver that sees every [`Congestion::leave`].
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
@@ -148,19 +159,30 @@ impl Connection {
         }
     }
 
-    /// Until when this device's socket is left unread, if it is: while its publisher
-    /// link holds a backlog the router has not taken (`device_links.rs`; looked at again
-    /// every millisecond), or while some reader lags behind the router, for at most
-    /// [`MAX_LAG_PAUSE`] after the device was last read.
+    /// Until when this client's socket is left unread, if it is: a device's while its
+    /// publisher link holds a backlog the router has not taken (`device_links.rs`;
+    /// looked at again every millisecond), and any publisher's while some other reader
+    /// lags behind the router, for at most [`MAX_LAG_PAUSE`] after it was last read.
     pub(crate) fn held_until(&self) -> Option<Instant> {
-        if !matches!(self.s.identity, Identity::Device(_)) {
-            return None;
-        }
-        if self.core.device_links.backlogged(&self.s.router_key) {
+        let backlogged = match &self.s.link {
+            RouterLink::Own(own) => own.tx.buffer().len() >= OWN_BACKLOG,
+            _ if matches!(self.s.identity, Identity::Device(_)) => {
+                self.core.device_links.backlogged(&self.s.router_key)
+            }
+            _ => false,
+        };
+        if backlogged {
             return Some(Instant::now() + BACKLOG_RECHECK);
         }
+        if self.write.lagging {
+            // A lagging reader itself is never held: it reads its acknowledgements.
+            return None;
+        }
+        if !self.core.congestion.lagging() {
+            return None;
+        }
         let until = self.last_read + MAX_LAG_PAUSE;
-        (self.core.congestion.lagging() && Instant::now() < until).then_some(until)
+        (Instant::now() < until).then_some(until)
     }
 
     /// Whether a PUBLISH must wait: QoS 1/2 on a topic a congested connection other than

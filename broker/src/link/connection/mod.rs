@@ -267,7 +267,14 @@ impl Connection {
         );
         let held_until = self.held_until();
         let held = held_until.is_some();
-        let held_until = tokio::time::sleep_until(held_until.unwrap_or(self.last_read));
+        // One timer for both: a held client looks again, a lagging reader (never held)
+        // that got nothing for a while caught up.
+        let lagging = self.write.lagging;
+        let held_until = tokio::time::sleep_until(match held_until {
+            Some(until) => until,
+            None if lagging => Instant::now() + congestion::LAG_WINDOW,
+            None => self.last_read,
+        });
         let may_read = (self.stalled.is_none() || self.read_buf.len() < STALLED_READ_LIMIT)
             && !self.stored.full()
             && !self.out_full()
@@ -298,7 +305,12 @@ impl Connection {
                 Ok(()) => Ok(()),
                 Err(_) => Err(Ending::Closed(CloseReason::ShuttingDown)),
             },
-            _ = held_until, if held => Ok(()),
+            _ = held_until, if held || lagging => {
+                if lagging {
+                    self.set_lagging(false);
+                }
+                Ok(())
+            }
             written = self.stored.next(), if self.stored.busy() => {
                 let boxed = Box::pin(self.telemetry_written(written));
                 boxed.await
