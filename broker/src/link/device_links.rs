@@ -96,9 +96,7 @@ impl DeviceLinks {
             Some(Err(_)) | None => Err(RouterGone),
         }
     }
-}
 
-impl DeviceLinks {
     /// The publisher link of a device, locked.
     fn link_of(&self, device_key: &str) -> std::sync::MutexGuard<'_, LinkTx> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();

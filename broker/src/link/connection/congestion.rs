@@ -112,7 +112,7 @@ impl Congestion {
             }
             self.count.store(map.len(), Ordering::Release);
         }
-        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        self.bump();
     }
 
     /// A connection starts or stops lagging behind the router; clients held back look
@@ -121,8 +121,13 @@ impl Congestion {
         if lagging {
             self.lagging.fetch_add(1, Ordering::AcqRel);
         } else if self.lagging.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.changed.send_modify(|v| *v = v.wrapping_add(1));
+            self.bump();
         }
+    }
+
+    /// Tells paused and held clients to look again.
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// Whether some connection lags behind the router.

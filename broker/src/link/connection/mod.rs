@@ -544,7 +544,8 @@ fn disconnect_reason(ending: Ending) -> Option<DisconnectReasonCode> {
 
 impl Connection {
     /// Drains what the router has for this client: the first notification and whatever
-    /// else is already queued, written in one write; then wakes the router if it paused us.
+    /// else is already queued, written as far as the socket takes it; then wakes the
+    /// router if it paused us (`writing.rs`).
     async fn egress(&mut self, first: rumqttd::Notification) -> Result<(), Ending> {
         let mut flow = self.notification(first);
         let mut drained = false;

@@ -27,8 +27,9 @@ pub(crate) enum Woken {
 impl Connection {
     /// Whether the connection can wait in [`park`]: a plain TCP socket (TLS and
     /// WebSocket streams may hold decoded bytes their socket's readiness does not show),
-    /// nothing the socket has not taken yet, not held back for a lagging reader, no PUBLISH waiting for congested subscribers, no telemetry write under way, no
-    /// router link of its own, no `$SYS` subscription and nothing stuck in its queue.
+    /// nothing the socket has not taken yet, not held back (`congestion.rs`), no PUBLISH
+    /// waiting for congested subscribers, no telemetry write under way, no router link of
+    /// its own, no `$SYS` subscription and nothing stuck in its queue.
     pub(crate) fn parkable(&self) -> bool {
         self.stream.tcp().is_some()
             && self.out.is_empty()

@@ -33,17 +33,10 @@ impl Stream {
     /// Appends what arrives to `buf`; `Ok(0)` means the peer closed the stream.
     pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         if self.tcp().is_some() {
-            // Waits for data before taking room for it, so an idle connection holds no
-            // read buffer (cancel-safe: `readable` is, and the read does not wait).
-            loop {
-                if let Some(s) = self.tcp() {
-                    s.readable().await?;
-                }
-                match self.try_read_tcp(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    read => return read,
-                }
-            }
+            return match self.tcp_ready(buf, true, false).await {
+                Io::Read(read) => read,
+                Io::Writable => unreachable!("write readiness was not asked for"),
+            };
         }
         reserve(buf);
         match self {
@@ -72,6 +65,13 @@ impl Stream {
         if self.tcp().is_none() {
             return Io::Read(self.read(buf).await);
         }
+        self.tcp_ready(buf, read, write).await
+    }
+
+    /// [`Stream::read_or_writable`] on a plain TCP socket. Waits for data before taking
+    /// room for it, so an idle connection holds no read buffer (cancel-safe: `ready` is,
+    /// and the read does not wait).
+    async fn tcp_ready(&mut self, buf: &mut BytesMut, read: bool, write: bool) -> Io {
         let interest = match (read, write) {
             (true, true) => Interest::READABLE | Interest::WRITABLE,
             (true, false) => Interest::READABLE,
@@ -81,7 +81,7 @@ impl Stream {
         loop {
             let ready = match self.tcp() {
                 Some(s) => s.ready(interest).await,
-                None => unreachable!("checked above"),
+                None => return Io::Read(Err(io::ErrorKind::Unsupported.into())),
             };
             let ready = match ready {
                 Ok(ready) => ready,
